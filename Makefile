@@ -1,0 +1,49 @@
+# colo — `make run` (set up + plan the bundled newsroom) and `make test` (set up + lint + types + tests).
+# Works from a fresh clone: creates .venv when missing. torch comes as the pinned build in constraints.txt
+# (a local CPU wheel on CI machines) so no install ever pulls a CUDA build here.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+COLO   := $(VENV)/bin/colo
+
+.PHONY: run test lint typecheck pytest bench schema clean gpu-test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
+
+$(VENV)/.stamp-run: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -c constraints.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import colo" && touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -c constraints.txt -e '.[dev,profile]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import colo, pytest, mypy, torch, transformers" && touch $@ $(VENV)/.stamp-run
+
+run: $(VENV)/.stamp-run
+	$(COLO) plan examples/newsroom/colo.yaml --out out/mps_allocation_config.json
+
+test: $(VENV)/.stamp-dev lint typecheck pytest
+
+lint: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff check src tests
+
+typecheck: $(VENV)/.stamp-dev
+	$(VENV)/bin/mypy --strict src
+
+pytest: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.stamp-dev
+	$(PY) benchmarks/plan_scale.py
+
+schema: $(VENV)/.stamp-run
+	$(COLO) schema > docs/colo.schema.json
+
+# On a machine with a GPU (see docs/gpu-testing.md): the GPU-marked tests.
+gpu-test:
+	python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu
+
+clean:
+	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,59 @@
+"""The ``colo`` command: a typer app; each command module registers its commands on it.
+
+Command modules import heavy libraries (torch, FastAPI, pynvml) inside the command functions so that
+``colo --help`` and ``colo plan`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from colo import __version__
+from colo.errors import ColoError
+
+app = typer.Typer(
+    name="colo",
+    help="Run many model services safely on shared NVIDIA GPUs with CUDA MPS: know, plan, run, serve, prove.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# Each module defines ``register(app)``. Listed here so the command set is visible in one place.
+COMMAND_MODULES = [
+    "colo.cli.plan_cmd",
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"colo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """colo: know what each model needs, plan MPS limits, run and supervise agents, serve, benchmark."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    """Console-script entry point: ColoError becomes one paragraph on stderr and its exit code."""
+    try:
+        app()
+    except ColoError as err:
+        from colo.cli.common import err_console
+
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

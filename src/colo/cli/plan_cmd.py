@@ -1,0 +1,9 @@
+"""``colo plan``, ``colo validate``, ``colo schema``."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""

@@ -1,0 +1,120 @@
+"""``plan(config, gpus) -> Plan``: the pure allocation planner (no I/O, no clock, no randomness)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from colo.plan.inventory import pinned_candidates
+from colo.plan.limits import agent_limit, agent_models, declared_memory, margin_findings
+from colo.plan.placement import Request, place, placement_order
+from colo.plan.types import AgentPlan, GpuSlot, GpuSummary, ModelMemory, Plan, PolicyFinding, Summary, Unplaced
+from colo.spec.config import ColoConfig
+
+
+def plan(
+    config: ColoConfig,
+    gpus: Sequence[GpuSlot],
+    memory: Mapping[str, ModelMemory] | None = None,
+) -> Plan:
+    """Turn model memory into per-agent MPS limits and place the agents on ``gpus``.
+
+    ``memory`` maps model id -> requirement (measured, estimated or declared); by default the models'
+    declared ``memory``. Agents that fit nowhere are returned in ``Plan.unplaced`` with the reason; call
+    :func:`require_complete` to make that an error.
+
+    Raises PlanError for a model without any memory figure, ConfigError for a pin that matches no GPU.
+    """
+    mem = dict(declared_memory(config)) if memory is None else dict(memory)
+    pol = config.policy
+    rows: dict[str, tuple[tuple[ModelMemory, ...], int, int, int]] = {}
+    requests = []
+    for name, agent in config.agents.items():
+        models = agent_models(config, name, mem)
+        requirement = sum(m.requirement_bytes for m in models)
+        margin, limit = agent_limit(config, name, requirement)
+        rows[name] = (models, requirement, margin, limit)
+        cand = pinned_candidates(name, agent, gpus)
+        requests.append(Request(name, agent.priority, limit, None if cand is None else tuple(cand)))
+
+    capacity = [max(g.memory_total_bytes - pol.reserve_per_gpu_bytes, 0) for g in gpus]
+    outcome = place(
+        requests,
+        capacity,
+        [g.label for g in gpus],
+        strategy=pol.placement,
+        max_clients=pol.max_clients_per_gpu,
+        allow_oversubscription=pol.allow_oversubscription,
+    )
+
+    agents: list[AgentPlan] = []
+    unplaced: list[Unplaced] = []
+    per_gpu: dict[int, list[AgentPlan]] = {i: [] for i in range(len(gpus))}
+    for req in placement_order(requests):
+        spec = config.agents[req.name]
+        models, requirement, margin, limit = rows[req.name]
+        pclass = pol.priorities[spec.priority]
+        pos = outcome.placed.get(req.name)
+        ap = AgentPlan(
+            name=req.name,
+            models=models,
+            priority=spec.priority,
+            requirement_bytes=requirement,
+            margin_bytes=margin,
+            limit_bytes=limit,
+            client_priority=pclass.client_priority,
+            active_thread_pct=pclass.active_thread_pct,
+            gpu=gpus[pos] if pos is not None else None,
+            margin_policy=config.margin_for(req.name).describe(),
+        )
+        agents.append(ap)
+        if pos is None:
+            unplaced.append(Unplaced(req.name, spec.priority, limit, outcome.refused[req.name]))
+        else:
+            per_gpu[pos].append(ap)
+
+    summaries = tuple(
+        GpuSummary(
+            gpu=g,
+            agents=tuple(a.name for a in per_gpu[i]),
+            calculated_bytes=sum(a.requirement_bytes for a in per_gpu[i]),
+            margin_bytes=sum(a.margin_bytes for a in per_gpu[i]),
+            allocated_bytes=sum(a.limit_bytes for a in per_gpu[i]),
+        )
+        for i, g in enumerate(gpus)
+    )
+    placed = [a for a in agents if a.gpu is not None]
+    summary = Summary(
+        total_agents=len(placed),
+        calculated_bytes=sum(a.requirement_bytes for a in placed),
+        margin_bytes=sum(a.margin_bytes for a in placed),
+        allocated_bytes=sum(a.limit_bytes for a in placed),
+        gpu_memory_bytes=sum(g.memory_total_bytes for g in gpus),
+    )
+    findings = margin_findings(config, {n: r[1] for n, r in rows.items()})
+    findings += [
+        PolicyFinding(n, "placed past its GPU's free memory (policy.allow_oversubscription)")
+        for n in outcome.oversubscribed
+    ]
+    return Plan(
+        agents=tuple(agents),
+        gpus=summaries,
+        unplaced=tuple(unplaced),
+        summary=summary,
+        placement=pol.placement,
+        max_clients_per_gpu=pol.max_clients_per_gpu,
+        findings=tuple(sorted(findings, key=lambda f: f.agent)),
+    )
+
+
+def require_complete(p: Plan) -> Plan:
+    """Return ``p`` if every agent was placed; else raise DoesNotFitError listing each refusal."""
+    from colo.errors import DoesNotFitError
+
+    if p.unplaced:
+        reasons = "; ".join(u.reason for u in p.unplaced)
+        raise DoesNotFitError(
+            f"{len(p.unplaced)} agent(s) fit on no GPU: {reasons}",
+            agents=tuple(u.agent for u in p.unplaced),
+            hint="lower margins, add GPUs, or set policy.allow_oversubscription",
+        )
+    return p

@@ -1,0 +1,148 @@
+"""What a plan is: frozen dataclasses, built by :func:`colo.plan.plan`, read by everything after it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from colo.spec.config import Priority
+
+MemorySource = Literal["declared", "measured", "estimated", "observed"]
+
+
+@dataclass(frozen=True, order=True)
+class GpuSlot:
+    """One GPU the planner may place agents on. ``index`` is the NVML index on its node."""
+
+    node: str
+    index: int
+    name: str = field(compare=False)
+    memory_total_bytes: int = field(compare=False)
+    uuid: str | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> str:
+        """Stable id: ``"local:0"``, ``"node-b:3"``."""
+        return f"{self.node}:{self.index}"
+
+    @property
+    def label(self) -> str:
+        """Short form for tables: ``gpu0`` on the default node, else ``node-b/gpu3``."""
+        return f"gpu{self.index}" if self.node == "local" else f"{self.node}/gpu{self.index}"
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """What one model needs on the GPU (bytes) and where the number came from."""
+
+    model: str
+    requirement_bytes: int
+    source: MemorySource = "declared"
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AgentPlan:
+    """One agent's allocation. ``gpu`` is None when it was left out (see Plan.unplaced)."""
+
+    name: str
+    models: tuple[ModelMemory, ...]
+    priority: Priority
+    requirement_bytes: int
+    margin_bytes: int
+    limit_bytes: int
+    client_priority: int
+    active_thread_pct: int
+    gpu: GpuSlot | None
+    margin_policy: str = ""
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        return tuple(m.model for m in self.models)
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    """An agent that fits on no GPU, with the numbers that say why."""
+
+    agent: str
+    priority: Priority
+    limit_bytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class GpuSummary:
+    """Per-GPU totals. utilisation = allocated / memory; efficiency = calculated / allocated."""
+
+    gpu: GpuSlot
+    agents: tuple[str, ...]
+    calculated_bytes: int
+    margin_bytes: int
+    allocated_bytes: int
+
+    @property
+    def free_bytes(self) -> int:
+        return self.gpu.memory_total_bytes - self.allocated_bytes
+
+    @property
+    def utilization_pct(self) -> float:
+        return 100.0 * self.allocated_bytes / self.gpu.memory_total_bytes if self.gpu.memory_total_bytes else 0.0
+
+    @property
+    def efficiency_pct(self) -> float:
+        return 100.0 * self.calculated_bytes / self.allocated_bytes if self.allocated_bytes else 0.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Totals over placed agents, derived from the rows (never written by hand)."""
+
+    total_agents: int
+    calculated_bytes: int
+    margin_bytes: int
+    allocated_bytes: int
+    gpu_memory_bytes: int
+
+    @property
+    def efficiency_pct(self) -> float:
+        return 100.0 * self.calculated_bytes / self.allocated_bytes if self.allocated_bytes else 0.0
+
+    @property
+    def utilization_pct(self) -> float:
+        return 100.0 * self.allocated_bytes / self.gpu_memory_bytes if self.gpu_memory_bytes else 0.0
+
+
+@dataclass(frozen=True)
+class PolicyFinding:
+    """A warning about a valid plan (e.g. a margin below the policy's)."""
+
+    agent: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole allocation: agents in placement order, GPUs, what was left out, and totals."""
+
+    agents: tuple[AgentPlan, ...]
+    gpus: tuple[GpuSummary, ...]
+    unplaced: tuple[Unplaced, ...]
+    summary: Summary
+    placement: str
+    max_clients_per_gpu: int
+    findings: tuple[PolicyFinding, ...] = ()
+
+    def agent(self, name: str) -> AgentPlan:
+        for a in self.agents:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    @property
+    def placed(self) -> tuple[AgentPlan, ...]:
+        return tuple(a for a in self.agents if a.gpu is not None)
+
+    @property
+    def complete(self) -> bool:
+        return not self.unplaced

@@ -1,0 +1,157 @@
+"""Reading colo.yaml (or the same as JSON) with errors a person can act on.
+
+Every failure becomes one :class:`~colo.errors.ConfigError` naming the file, the field path, the line where
+known, and what to write instead. Nothing here touches a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from colo.errors import ConfigError
+from colo.spec.config import ColoConfig
+from colo.spec.yaml_lines import DuplicateKeyError, Path, line_of, load_with_lines
+
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A parsed document and where it came from (``lines`` maps field paths to 1-based lines)."""
+
+    source: str
+    data: Any
+    lines: dict[Path, int]
+
+
+def dotted(path: Path) -> str:
+    """``("agents", "critic", "models", 0)`` -> ``agents.critic.models[0]``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def read_text(path: str | FsPath) -> str:
+    """Read a user's file, translating OS errors into ConfigError."""
+    p = FsPath(path)
+    try:
+        if p.is_dir():
+            raise ConfigError("is a directory, not a file", source=str(p), hint="pass the path of a colo.yaml")
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"is {size} bytes; colo reads files up to 8 MiB", source=str(p))
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError("no such file", source=str(p), hint="check the path") from exc
+    except PermissionError as exc:
+        raise ConfigError("permission denied", source=str(p), hint="check the file's mode") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("is not UTF-8 text", source=str(p)) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot be read ({exc.strerror})", source=str(p)) from exc
+
+
+def parse_document(text: str, source: str) -> Loaded:
+    """YAML or JSON text -> plain data with line numbers; empty or non-mapping documents are errors."""
+    try:
+        data, lines = load_with_lines(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(
+            f"{exc}", source=source, field=dotted(exc.path), line=exc.line,
+            hint="each name may appear once; rename or remove one",
+        ) from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or "syntax error"
+        raise ConfigError(
+            f"not valid YAML/JSON: {problem}", source=source, line=line,
+            hint="check indentation, quotes and colons at that line",
+        ) from exc
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"not valid YAML/JSON: {exc}", source=source) from exc
+    if data is None:
+        raise ConfigError("is empty", source=source, hint="see examples/newsroom/colo.yaml for a start")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"must hold a mapping at the top level, not a {type(data).__name__}", source=source, line=1
+        )
+    return Loaded(source=source, data=data, lines=lines)
+
+
+def _first_error(exc: ValidationError, loaded: Loaded) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    path: Path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    # pydantic reports union branches ("list[GpuInventory]", "literal['auto']"); drop those loc parts.
+    path = tuple(p for p in path if not (isinstance(p, str) and ("[" in p or p.startswith("literal"))))
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key {path[-1]!r}" if path else "unknown key"
+        hint = "check the spelling; `colo schema` lists every key"
+    elif err["type"] == "missing":
+        hint = "add it; `colo schema` describes it"
+    else:
+        value = err.get("input")
+        if isinstance(value, str | int | float | bool) and len(repr(value)) < 60:
+            msg = f"{msg} (got {value!r})"
+        hint = None
+    more = f" ({len(errors) - 1} more error(s) after fixing this one)" if len(errors) > 1 else ""
+    return ConfigError(
+        msg + more, source=loaded.source, field=dotted(path) or None, line=line_of(loaded.lines, path), hint=hint
+    )
+
+
+def config_from_loaded(loaded: Loaded) -> ColoConfig:
+    """Validate parsed data into a :class:`ColoConfig` and cross-check references between sections."""
+    try:
+        config = ColoConfig.model_validate(loaded.data)
+    except ValidationError as exc:
+        raise _first_error(exc, loaded) from exc
+    check_references(config, loaded)
+    return config
+
+
+def check_references(config: ColoConfig, loaded: Loaded | None = None) -> None:
+    """Agents name known models; pins name known nodes. Raises ConfigError at the first broken reference."""
+    source = loaded.source if loaded else "<config>"
+    lines = loaded.lines if loaded else {}
+    known = sorted(config.models)
+    nodes = {g.node for g in config.gpus} if isinstance(config.gpus, list) else None
+    for name, agent in config.agents.items():
+        for i, model in enumerate(agent.models):
+            if model not in config.models:
+                path: Path = ("agents", name, "models", i)
+                close = [k for k in known if model.split("/")[-1].lower() in k.lower()][:3]
+                hint = f"did you mean {', '.join(close)}?" if close else "add it under 'models:' first"
+                raise ConfigError(
+                    f"unknown model {model!r}", source=source, field=dotted(path),
+                    line=line_of(lines, path), hint=hint,
+                )
+        if nodes is not None and agent.node is not None and agent.node not in nodes:
+            path = ("agents", name, "node")
+            raise ConfigError(
+                f"unknown node {agent.node!r}; the inventory has {', '.join(sorted(nodes))}",
+                source=source, field=dotted(path), line=line_of(lines, path),
+            )
+
+
+def load_config(path: str | FsPath) -> ColoConfig:
+    """Read and validate a colo.yaml. Raises ConfigError (exit 2) with file, field and line."""
+    return config_from_loaded(parse_document(read_text(path), str(path)))
+
+
+def load_config_text(text: str, source: str = "<request body>") -> ColoConfig:
+    """Validate a colo.yaml given as text (the API's ``POST /apply``)."""
+    return config_from_loaded(parse_document(text, source))

@@ -1,0 +1,133 @@
+"""Sizes and percentages: parsed once at the edge, integers (bytes, percent) inside, formatted in views.
+
+Units (case-insensitive):
+
+- binary: ``KiB MiB GiB TiB`` (powers of 1024) and MPS's bare ``K M G T``, which CUDA MPS reads as binary;
+- SI: ``KB MB GB TB`` (powers of 1000) and ``B``.
+
+The seed format's ``*_gb`` fields are GiB (its "24 GB" RTX 3090 is 24 GiB of memory): :func:`gib` and
+:func:`from_gib` convert them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+KIB = 1024
+MIB = 1024**2
+GIB = 1024**3
+TIB = 1024**4
+
+_UNITS: dict[str, int] = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": KIB,
+    "mib": MIB,
+    "gib": GIB,
+    "tib": TIB,
+    "k": KIB,
+    "m": MIB,
+    "g": GIB,
+    "t": TIB,
+}
+
+_SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$")
+_PCT_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$")
+
+# A single GPU with more than 1 PiB of memory is a typo, not a plan.
+MAX_SIZE_BYTES = 1024**5
+
+
+def parse_size(text: str | int) -> int:
+    """Parse ``"1.5GiB"``, ``"512MiB"``, ``"0.5GB"``, ``"2G"`` into bytes (rounded up to a whole byte).
+
+    Integers are taken as bytes. Raises ``ValueError`` (with the accepted units) for a missing or unknown
+    unit, a negative or absurd value.
+    """
+    if isinstance(text, bool):
+        raise ValueError("a size must be a string with a unit, such as '512MiB' or '1.5GiB'")
+    if isinstance(text, int):
+        value_bytes = text
+    else:
+        m = _SIZE_RE.match(str(text))
+        if not m:
+            raise ValueError(f"{text!r} is not a size; write a number and a unit, such as '512MiB' or '1.5GiB'")
+        number, unit = m.group(1), m.group(2).lower()
+        if not unit:
+            raise ValueError(
+                f"{text!r} has no unit; write e.g. '{number}GiB' (binary) or '{number}GB' (SI, 10^9 bytes)"
+            )
+        if unit not in _UNITS:
+            raise ValueError(
+                f"unknown unit {m.group(2)!r} in {text!r}; use B, KiB, MiB, GiB, TiB (binary), "
+                "KB, MB, GB, TB (SI) or MPS's K, M, G, T (binary)"
+            )
+        value = float(number)
+        if not math.isfinite(value):
+            raise ValueError(f"{text!r} is not a finite size")
+        value_bytes = math.ceil(value * _UNITS[unit] - 1e-6)
+    if value_bytes < 0:
+        raise ValueError(f"{text!r} is negative; a size must be 0 or more")
+    if value_bytes > MAX_SIZE_BYTES:
+        raise ValueError(f"{text!r} is over 1 PiB; is the unit right?")
+    return value_bytes
+
+
+def parse_percent(text: str | float | int) -> float:
+    """Parse ``"50%"`` (or a number already in percent) into a float percent, 0..10000."""
+    if isinstance(text, bool):
+        raise ValueError("a percentage must be written like '50%'")
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        m = _PCT_RE.match(text)
+        if not m:
+            raise ValueError(f"{text!r} is not a percentage; write e.g. '50%'")
+        value = float(m.group(1))
+    if not math.isfinite(value) or value < 0 or value > 10000:
+        raise ValueError(f"{text!r} is outside 0%..10000%")
+    return value
+
+
+def round_up(value: int, step: int) -> int:
+    """Round ``value`` up to a multiple of ``step`` (``step`` <= 1 leaves it unchanged)."""
+    if step <= 1:
+        return value
+    return -(-value // step) * step
+
+
+def gib(value_bytes: int, ndigits: int = 3) -> float:
+    """Bytes as GiB, rounded for the seed format's ``*_gb`` fields."""
+    return round(value_bytes / GIB, ndigits)
+
+
+def from_gib(value_gib: float) -> int:
+    """GiB (a seed-format ``*_gb`` value) as bytes."""
+    return round(value_gib * GIB)
+
+
+def mps_limit(value_bytes: int) -> str:
+    """A limit as MPS wants it: whole MiB (rounded up, never below the plan), e.g. ``"1536M"``."""
+    return f"{-(-value_bytes // MIB)}M"
+
+
+def format_size(value_bytes: int, precision: int = 1) -> str:
+    """Human form in binary units: ``format_size(1536 * MIB) == "1.5 GiB"``."""
+    if value_bytes < KIB:
+        return f"{value_bytes} B"
+    for unit, factor in (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if value_bytes >= factor:
+            return f"{value_bytes / factor:.{precision}f} {unit}"
+    return f"{value_bytes} B"  # pragma: no cover - unreachable
+
+
+def format_size_exact(value_bytes: int) -> str:
+    """Shortest exact unit string that :func:`parse_size` reads back to the same bytes."""
+    for unit, factor in (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if value_bytes and value_bytes % factor == 0:
+            return f"{value_bytes // factor}{unit}"
+    return f"{value_bytes}B"
