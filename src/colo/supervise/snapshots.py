@@ -1,0 +1,69 @@
+"""Frozen snapshots of agents and events: what the supervisor hands to the API, the CLI and the store."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from colo.supervise.state import AgentState
+
+
+class EventKind(str, Enum):
+    """What happened to an agent or a GPU."""
+
+    STARTED = "started"  # process spawned
+    READY = "ready"  # health check passed -> RUNNING
+    EXITED = "exited"  # process ended (code or signal in detail)
+    OOM = "out_of_memory"  # the process reported CUDA out-of-memory (its MPS limit)
+    MPS_FAULT = "mps_fault"  # the GPU's MPS server went to FAULT
+    RESTARTED = "restarted"  # started again by policy, API, apply or fault recovery
+    FATAL = "fatal"  # gave up: crash loop or spawn failure
+    STOPPED = "stopped"  # stopped on request
+    ADOPTED = "adopted"  # a live process re-adopted after an orchestrator restart
+    APPLIED = "applied"  # a new plan was applied
+    UNHEALTHY = "unhealthy"  # health checks failing
+    DAEMON = "mps_daemon"  # an MPS daemon started, stopped or was restarted
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event. ``time`` is wall-clock seconds since the epoch (for people); ``agent`` may be None."""
+
+    seq: int
+    time: float
+    kind: EventKind
+    agent: str | None
+    message: str
+    gpu: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = self.kind.value
+        return d
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """One agent at one moment: state, process, placement, memory (bytes), restarts, last error."""
+
+    name: str
+    state: AgentState
+    pid: int | None
+    gpu: str | None  # GpuSlot.key, e.g. "local:0"
+    gpu_uuid: str | None
+    limit_bytes: int
+    requirement_bytes: int
+    priority: str
+    restarts: int
+    memory_used_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    last_error: str | None = None
+    since: float | None = None  # wall-clock time of the last state change
+    models: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["state"] = self.state.value
+        d["models"] = list(self.models)
+        return d
