@@ -11,8 +11,9 @@ from rich.console import Console
 
 from colo.errors import ColoError
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, `make run | tee`) gets a wide page instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def print_json(data: Any) -> None:

@@ -88,7 +88,7 @@ def parse_document(text: str, source: str) -> Loaded:
     return Loaded(source=source, data=data, lines=lines)
 
 
-def _first_error(exc: ValidationError, loaded: Loaded) -> ConfigError:
+def config_error_from(exc: ValidationError, loaded: Loaded) -> ConfigError:
     errors = exc.errors(include_url=False)
     err = errors[0]
     path: Path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -118,7 +118,7 @@ def config_from_loaded(loaded: Loaded) -> ColoConfig:
     try:
         config = ColoConfig.model_validate(loaded.data)
     except ValidationError as exc:
-        raise _first_error(exc, loaded) from exc
+        raise config_error_from(exc, loaded) from exc
     check_references(config, loaded)
     return config
 
