@@ -76,7 +76,12 @@ class Margin(_Strict):
             if not text:
                 raise ValueError("empty margin; write e.g. '50%', '512MiB' or '50%, at least 512MiB'")
             if "%" not in text:
-                return {"percent": 0.0, "at_least": text}
+                try:
+                    return {"percent": 0.0, "at_least": units.parse_size(text)}
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{value!r} is not a margin; write '50%', '512MiB' or '50%, at least 512MiB' ({exc})"
+                    ) from exc
             m = _MARGIN_RE.match(text)
             if not m or m.group("pct") is None:
                 raise ValueError(

@@ -90,7 +90,10 @@ def parse_document(text: str, source: str) -> Loaded:
 
 def config_error_from(exc: ValidationError, loaded: Loaded) -> ConfigError:
     errors = exc.errors(include_url=False)
-    err = errors[0]
+    # A union (``gpus: auto | [...]``) reports every branch; the literal branch is rarely what was meant.
+    specific = [e for e in errors if not any(isinstance(p, str) and p.startswith("literal[") for p in e["loc"])]
+    errors = specific or errors
+    err = max(errors, key=lambda e: len(e["loc"])) if len(errors) > 1 and specific else errors[0]
     path: Path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     # pydantic reports union branches ("list[GpuInventory]", "literal['auto']"); drop those loc parts.
     path = tuple(p for p in path if not (isinstance(p, str) and ("[" in p or p.startswith("literal"))))
