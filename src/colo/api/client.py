@@ -1,0 +1,214 @@
+"""``ApiClient``: how the CLI talks to a running orchestrator (``colo status``/``logs``/``agent``/``apply``).
+
+::
+
+    client = ApiClient.from_state_dir(state_dir(config.state_dir), url=None)   # token from <state>/api-token
+    client.agents()                       # [AgentStatus dicts]
+    client.action("critic", "restart")    # {"agent", "action", "status"}
+
+Errors (all ColoError, so the CLI prints one paragraph and exits with their code):
+
+- nothing answers -> OrchestratorUnreachable "no orchestrator running at 127.0.0.1:8014";
+- 401 -> UsageError (wrong or missing token); 404 -> UsageError (no such agent);
+- 422 -> ConfigError with the server's field and line; 409 -> SupervisorError;
+- anything else -> ApiError with the status and the server's message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from colo.api.auth import read_token
+from colo.errors import ColoError, ConfigError, OrchestratorUnreachable, SupervisorError, UsageError
+from colo.spec.config import ApiSettings
+
+DEFAULT_URL = "http://127.0.0.1:8014"
+
+Verb = Literal["start", "stop", "restart"]
+
+
+class ApiError(ColoError):
+    """The orchestrator answered with an error the CLI has no better class for."""
+
+    def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+def base_url(settings: ApiSettings | None = None, url: str | None = None) -> str:
+    """``url`` when given, else ``http://<api.host>:<api.port>`` from the config (0.0.0.0 -> 127.0.0.1)."""
+    if url:
+        return url.rstrip("/")
+    if settings is None:
+        return DEFAULT_URL
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def _where(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+class ApiClient:
+    """A small synchronous client of the colo API. ``transport``/``client`` are for tests."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        token: str | None = None,
+        *,
+        timeout_secs: float = 10.0,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = client or httpx.Client(base_url=self.base_url, timeout=timeout_secs)
+        self._headers = headers
+
+    @classmethod
+    def from_state_dir(
+        cls, state_dir: Path, url: str | None = None, settings: ApiSettings | None = None
+    ) -> ApiClient:
+        """A client for the orchestrator whose token is in ``state_dir`` (or ``$COLO_API_TOKEN``)."""
+        return cls(base_url(settings, url), read_token(Path(state_dir)))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transport -------------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._client.request(method, path, headers=self._headers, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise OrchestratorUnreachable(
+                f"no orchestrator running at {_where(self.base_url)}",
+                hint="start one with `colo up CONFIG` (or pass --url)",
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise OrchestratorUnreachable(
+                f"the orchestrator at {_where(self.base_url)} did not answer in time",
+                hint="it may be busy applying a plan; try again",
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise OrchestratorUnreachable(
+                f"cannot talk to the orchestrator at {_where(self.base_url)} ({type(exc).__name__})"
+            ) from exc
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response
+
+    def _error(self, response: httpx.Response) -> ColoError:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        message = str(body.get("error") or body.get("detail") or response.reason_phrase or "error")
+        status = response.status_code
+        if status == 401:
+            return UsageError(
+                "the orchestrator refused the API token",
+                hint="run as the orchestrator's user (token in <state dir>/api-token) or set COLO_API_TOKEN",
+            )
+        if status == 404:
+            return UsageError(message)
+        if status == 422 and ("field" in body or "line" in body):
+            return ConfigError(
+                str(body.get("message") or message),
+                source=body.get("source"),
+                hint=body.get("hint"),
+                field=body.get("field"),
+                line=body.get("line"),
+            )
+        if status == 409:
+            return SupervisorError(message)
+        return ApiError(f"the orchestrator answered {status}: {message}", status=status)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # --- routes ----------------------------------------------------------------------------------------
+
+    def healthz(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/healthz")
+        return result
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every agent's status (``AgentStatus.to_dict()`` form)."""
+        result: list[dict[str, Any]] = self._json("GET", "/agents")["agents"]
+        return result
+
+    def agent(self, name: str) -> dict[str, Any]:
+        """One agent's status; UsageError when there is no such agent."""
+        result: dict[str, Any] = self._json("GET", f"/agents/{name}")
+        return result
+
+    def action(self, name: str, verb: Verb) -> dict[str, Any]:
+        """Start, stop or restart ``name``; returns ``{"agent", "action", "status"}``."""
+        if verb not in ("start", "stop", "restart"):
+            raise UsageError(f"unknown action {verb!r}; use start, stop or restart")
+        result: dict[str, Any] = self._json("POST", f"/agents/{name}/{verb}")
+        return result
+
+    def apply(self, text: str) -> dict[str, Any]:
+        """Send a colo.yaml (YAML or JSON); returns what was restarted/started/stopped/unchanged/left out."""
+        result: dict[str, Any] = self._json(
+            "POST",
+            "/apply",
+            content=text.encode("utf-8"),
+            headers={**self._headers, "Content-Type": "application/yaml"},
+        )
+        return result
+
+    def events(self, since: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        """Events with seq > ``since``, oldest first."""
+        result: list[dict[str, Any]] = self._json("GET", "/events", params={"since": since, "limit": limit})[
+            "events"
+        ]
+        return result
+
+    def follow_events(self, since: int = 0) -> Iterator[dict[str, Any]]:
+        """Events as they happen (the SSE stream), forever or until the server ends the stream."""
+        try:
+            with self._client.stream(
+                "GET", "/events", params={"since": since, "follow": 1}, headers=self._headers, timeout=None
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self._error(response)
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        yield json.loads(line[6:])
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise OrchestratorUnreachable(
+                f"no orchestrator running at {_where(self.base_url)}",
+                hint="start one with `colo up CONFIG` (or pass --url)",
+            ) from exc
+
+    def allocation(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/mps/allocation")
+        return result
+
+    def gpu_info(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/gpu/info")
+        return result
+
+    def metrics_text(self) -> str:
+        return self._request("GET", "/metrics").text

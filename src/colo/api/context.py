@@ -1,0 +1,84 @@
+"""What every route reads: the source, the token check, caches, the apply lock (one per app)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from colo.api.auth import bearer_matches
+from colo.api.cache import PlanDocCache, TtlCache
+from colo.api.gpu_view import GpuState, read_gpu_state
+from colo.api.source import ApiSource
+from colo.plan.types import Plan
+
+
+def _render_allocation(plan: Plan) -> dict[str, Any]:
+    from colo.plan.allocation_doc import allocation_document
+
+    return allocation_document(plan)
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    """Tunables of one app. Seconds and bytes."""
+
+    gpu_ttl_secs: float = 1.0  # NVML and the MPS control pipe are read at most once per this
+    max_body_bytes: int = 1024 * 1024  # POST bodies over this get 413
+    event_poll_secs: float = 0.5  # how often an SSE stream looks for new events
+    stream_max_secs: float = 3600.0  # an SSE stream ends after this (clients reconnect with Last-Event-ID)
+    heartbeat_secs: float = 15.0  # an SSE comment line keeps idle proxies from closing the stream
+
+
+@dataclass
+class ApiContext:
+    """Per-app state shared by the routes (stored at ``app.state.ctx``)."""
+
+    source: ApiSource
+    token: str
+    open_reads: bool
+    options: ApiOptions
+    clock: Callable[[], float] = time.monotonic
+    apply_lock: threading.Lock = field(default_factory=threading.Lock)
+    gpu_cache: TtlCache[GpuState] = field(init=False)
+    allocation_cache: PlanDocCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gpu_cache = TtlCache(self.options.gpu_ttl_secs, self.clock)
+        self.allocation_cache = PlanDocCache(_render_allocation)
+
+    def gpu_state(self) -> GpuState:
+        """The GPU state, read at most once per ``gpu_ttl_secs``."""
+        return self.gpu_cache.get(lambda: read_gpu_state(self.source))
+
+
+def ctx_of(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+UNAUTHORIZED = HTTPException(
+    status_code=401,
+    detail={
+        "error": "missing or wrong API token; send 'Authorization: Bearer <token>' "
+        "(the token is in the state dir's api-token file, or COLO_API_TOKEN)"
+    },
+    headers={"WWW-Authenticate": "Bearer"},
+)
+
+
+def require_token(request: Request) -> None:
+    """Dependency of mutating routes: 401 unless the bearer token matches."""
+    if not bearer_matches(request.headers.get("authorization"), ctx_of(request).token):
+        raise UNAUTHORIZED
+
+
+def require_read(request: Request) -> None:
+    """Dependency of read routes: open when reads are open, else the same check as mutations."""
+    ctx = ctx_of(request)
+    if not ctx.open_reads and not bearer_matches(request.headers.get("authorization"), ctx.token):
+        raise UNAUTHORIZED

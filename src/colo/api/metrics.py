@@ -1,0 +1,228 @@
+"""``GET /metrics``: Prometheus text, built at scrape time from snapshots (nothing is kept between scrapes).
+
+Names follow what DCGM-exporter and node-exporter users expect: a ``colo_`` prefix, the unit as a suffix
+(``_bytes``, ``_celsius``, ``_watts``, ``_percent``), ``_total`` for counters; labels ``agent``, ``gpu`` (the
+NVML index, or ``node:index`` off the local node) and ``uuid``.
+
+==============================================  =======  ===================================================
+metric                                          type     meaning
+==============================================  =======  ===================================================
+colo_agent_memory_used_bytes                    gauge    GPU memory the agent's process uses now
+colo_agent_memory_peak_bytes                    gauge    highest use seen since it started
+colo_agent_memory_limit_bytes                   gauge    its MPS pinned-memory limit (the plan)
+colo_agent_memory_requirement_bytes             gauge    what its models need (before the margin)
+colo_agent_state                                gauge    1 for the agent's current state (label ``state``)
+colo_agent_up                                   gauge    1 when RUNNING
+colo_agent_restarts_total                       counter  restarts since the orchestrator started
+colo_gpu_memory_total_bytes / _used / _free     gauge    per GPU (NVML)
+colo_gpu_utilization_percent                    gauge    SM utilisation (like DCGM_FI_DEV_GPU_UTIL)
+colo_gpu_memory_utilization_percent             gauge    memory-bandwidth utilisation
+colo_gpu_temperature_celsius                    gauge
+colo_gpu_power_watts                            gauge
+colo_gpu_process_memory_used_bytes              gauge    per GPU process (``pid``, ``agent`` when known)
+colo_mps_daemon_up                              gauge    1 when the GPU's MPS control daemon runs
+colo_mps_server_active                          gauge    1 when its server is ACTIVE (0: INITIALIZING/FAULT)
+colo_mps_clients                                gauge    MPS client processes on the GPU
+colo_mps_enabled                                gauge    1 when MPS is in use
+colo_plan_agents / colo_plan_agents_unplaced    gauge    agents placed / left out by the plan
+colo_plan_calculated_bytes / _margin / _allocated gauge  plan totals
+colo_plan_gpu_allocated_bytes                   gauge    limits placed on each GPU
+colo_gpu_scrape_ok                              gauge    0 when NVML could not be read (see /gpu/info error)
+==============================================  =======  ===================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from colo.api.gpu_view import GpuState
+from colo.plan.types import GpuSlot, Plan
+from colo.supervise.snapshots import AgentStatus
+from colo.supervise.state import AgentState
+
+
+@dataclass(frozen=True)
+class MetricsInput:
+    """What one scrape reads: agents, the plan (None when unreadable) and the GPU state."""
+
+    statuses: Sequence[AgentStatus]
+    plan: Plan | None
+    gpu: GpuState
+
+
+def gpu_label(key: str | None) -> str:
+    """``"local:0"`` -> ``"0"`` (like DCGM's ``gpu`` label); other nodes keep ``"node:index"``."""
+    if not key:
+        return ""
+    node, _, index = key.partition(":")
+    return index if node == "local" and index else key
+
+
+def _slot_uuid(slot: GpuSlot) -> str:
+    return slot.uuid or ""
+
+
+class ColoCollector(Collector):
+    """A prometheus-client collector: calls ``read()`` at each scrape and yields metric families."""
+
+    def __init__(self, read: Callable[[], MetricsInput]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        # Nothing described up front: families depend on the snapshot, so registration must not collect.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        data = self._read()
+        yield from self._agents(data.statuses)
+        yield from self._gpus(data.gpu, data.statuses)
+        if data.plan is not None:
+            yield from self._plan(data.plan)
+
+    def _agents(self, statuses: Sequence[AgentStatus]) -> Iterator[Metric]:
+        labels = ["agent", "gpu", "uuid"]
+        used = GaugeMetricFamily(
+            "colo_agent_memory_used_bytes", "GPU memory the agent's process uses now.", labels=labels
+        )
+        peak = GaugeMetricFamily(
+            "colo_agent_memory_peak_bytes", "Highest GPU memory use seen for the agent.", labels=labels
+        )
+        limit = GaugeMetricFamily(
+            "colo_agent_memory_limit_bytes", "The agent's MPS pinned device memory limit.", labels=labels
+        )
+        need = GaugeMetricFamily(
+            "colo_agent_memory_requirement_bytes",
+            "Memory the agent's models need, before the safety margin.",
+            labels=labels,
+        )
+        state = GaugeMetricFamily(
+            "colo_agent_state", "1 for the agent's current state.", labels=["agent", "state"]
+        )
+        up = GaugeMetricFamily(
+            "colo_agent_up", "1 when the agent is RUNNING (started and healthy).", labels=["agent"]
+        )
+        restarts = CounterMetricFamily("colo_agent_restarts", "Restarts of the agent.", labels=["agent"])
+        for s in statuses:
+            values = [s.name, gpu_label(s.gpu), s.gpu_uuid or ""]
+            if s.memory_used_bytes is not None:
+                used.add_metric(values, s.memory_used_bytes)
+            if s.memory_peak_bytes is not None:
+                peak.add_metric(values, s.memory_peak_bytes)
+            limit.add_metric(values, s.limit_bytes)
+            need.add_metric(values, s.requirement_bytes)
+            for st in AgentState:
+                state.add_metric([s.name, st.value], 1.0 if s.state == st else 0.0)
+            up.add_metric([s.name], 1.0 if s.state == AgentState.RUNNING else 0.0)
+            restarts.add_metric([s.name], s.restarts)
+        yield from (used, peak, limit, need, state, up, restarts)
+
+    def _gpus(self, gpu: GpuState, statuses: Sequence[AgentStatus]) -> Iterator[Metric]:
+        labels = ["gpu", "uuid", "name"]
+        fams = {
+            "total": GaugeMetricFamily("colo_gpu_memory_total_bytes", "GPU memory.", labels=labels),
+            "used": GaugeMetricFamily(
+                "colo_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=labels
+            ),
+            "free": GaugeMetricFamily("colo_gpu_memory_free_bytes", "GPU memory free (NVML).", labels=labels),
+            "util": GaugeMetricFamily("colo_gpu_utilization_percent", "SM utilisation.", labels=labels),
+            "mutil": GaugeMetricFamily(
+                "colo_gpu_memory_utilization_percent", "Memory-bandwidth utilisation.", labels=labels
+            ),
+            "temp": GaugeMetricFamily("colo_gpu_temperature_celsius", "GPU temperature.", labels=labels),
+            "power": GaugeMetricFamily("colo_gpu_power_watts", "GPU power draw.", labels=labels),
+        }
+        proc = GaugeMetricFamily(
+            "colo_gpu_process_memory_used_bytes",
+            "GPU memory of one process.",
+            labels=["gpu", "uuid", "pid", "agent", "mps_client"],
+        )
+        daemon_up = GaugeMetricFamily(
+            "colo_mps_daemon_up", "1 when the GPU's MPS control daemon runs.", labels=["gpu", "uuid"]
+        )
+        server_active = GaugeMetricFamily(
+            "colo_mps_server_active",
+            "1 when the GPU's MPS server is ACTIVE.",
+            labels=["gpu", "uuid", "pid", "status"],
+        )
+        clients = GaugeMetricFamily(
+            "colo_mps_clients", "MPS client processes on the GPU.", labels=["gpu", "uuid"]
+        )
+        by_pid = {s.pid: s.name for s in statuses if s.pid is not None}
+        for g in gpu.gpus:
+            values = [str(g.index), g.uuid, g.name]
+            fams["total"].add_metric(values, g.memory_total_bytes)
+            fams["used"].add_metric(values, g.memory_used_bytes)
+            fams["free"].add_metric(values, g.memory_free_bytes)
+            for key, reading in (
+                ("util", g.sm_util_pct),
+                ("mutil", g.mem_util_pct),
+                ("temp", g.temperature_c),
+                ("power", g.power_w),
+            ):
+                if reading is not None:
+                    fams[key].add_metric(values, float(reading))
+            daemon = gpu.daemons.get(g.uuid)
+            if daemon is not None:
+                daemon_up.add_metric([str(g.index), g.uuid], 1.0 if daemon.running else 0.0)
+                clients.add_metric([str(g.index), g.uuid], len(daemon.client_pids))
+                for server in daemon.servers:
+                    server_active.add_metric(
+                        [str(g.index), g.uuid, str(server.pid), server.status],
+                        1.0 if server.status.upper() == "ACTIVE" else 0.0,
+                    )
+        for p in gpu.processes:
+            if p.used_memory_bytes is None:
+                continue
+            proc.add_metric(
+                [
+                    str(p.gpu_index),
+                    p.gpu_uuid,
+                    str(p.pid),
+                    by_pid.get(p.pid, ""),
+                    "1" if p.is_mps_client else "0",
+                ],
+                p.used_memory_bytes,
+            )
+        enabled = GaugeMetricFamily(
+            "colo_mps_enabled", "1 when MPS is in use.", value=1.0 if gpu.mps_enabled else 0.0
+        )
+        ok = GaugeMetricFamily(
+            "colo_gpu_scrape_ok", "0 when NVML could not be read.", value=0.0 if gpu.error else 1.0
+        )
+        yield from (*fams.values(), proc, daemon_up, server_active, clients, enabled, ok)
+
+    def _plan(self, plan: Plan) -> Iterator[Metric]:
+        s = plan.summary
+        yield GaugeMetricFamily("colo_plan_agents", "Agents placed by the plan.", value=len(plan.placed))
+        yield GaugeMetricFamily(
+            "colo_plan_agents_unplaced", "Agents the plan left out.", value=len(plan.unplaced)
+        )
+        yield GaugeMetricFamily(
+            "colo_plan_calculated_bytes", "Sum of placed agents' requirements.", value=s.calculated_bytes
+        )
+        yield GaugeMetricFamily(
+            "colo_plan_margin_bytes", "Sum of placed agents' margins.", value=s.margin_bytes
+        )
+        yield GaugeMetricFamily(
+            "colo_plan_allocated_bytes", "Sum of placed agents' MPS limits.", value=s.allocated_bytes
+        )
+        yield GaugeMetricFamily(
+            "colo_plan_gpu_memory_bytes", "Memory of the GPUs planned for.", value=s.gpu_memory_bytes
+        )
+        per_gpu = GaugeMetricFamily(
+            "colo_plan_gpu_allocated_bytes", "MPS limits placed on the GPU.", labels=["gpu", "uuid"]
+        )
+        for g in plan.gpus:
+            per_gpu.add_metric([gpu_label(g.gpu.key), _slot_uuid(g.gpu)], g.allocated_bytes)
+        yield per_gpu
+
+
+def registry_for(read: Callable[[], MetricsInput]) -> CollectorRegistry:
+    """A private registry holding only colo's collector (no process/platform collectors of the API itself)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ColoCollector(read))
+    return registry

@@ -1,0 +1,72 @@
+"""``POST /apply``: a new colo.yaml (YAML or JSON body) -> validate -> plan -> rolling apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from colo.api.context import ctx_of, require_token
+from colo.errors import ConfigError
+from colo.spec import ColoConfig, load_config_text
+
+router = APIRouter(tags=["apply"])
+
+BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "A complete colo.yaml, as YAML or JSON.",
+        "content": {
+            "application/yaml": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"type": "object"}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def _apply(request: Request, config: ColoConfig) -> dict[str, Any]:
+    ctx = ctx_of(request)
+    if not ctx.apply_lock.acquire(blocking=False):
+        raise HTTPException(
+            status_code=409, detail={"error": "another apply is running; try again when it ends"}
+        )
+    try:
+        result = ctx.source.apply(config)
+    finally:
+        ctx.apply_lock.release()
+    return {
+        "applied": True,
+        "restarted": list(result.restarted),
+        "started": list(result.started),
+        "stopped": list(result.stopped),
+        "unchanged": list(result.unchanged),
+        "left_out": list(result.left_out),
+    }
+
+
+@router.post(
+    "/apply",
+    dependencies=[Depends(require_token)],
+    summary="Apply a new configuration (token required)",
+    openapi_extra=BODY_DOC,
+    responses={
+        409: {"description": "another apply is running"},
+        413: {"description": "body over the size limit"},
+        422: {"description": "invalid configuration, or a plan that does not fit; nothing changed"},
+    },
+)
+async def apply(request: Request) -> dict[str, Any]:
+    """Validate the body as colo.yaml, plan it and roll it out agent by agent.
+
+    422 ``{"error", "field", "line"}`` for an invalid file, 422 ``{"error", "agents"}`` when it does not fit
+    (nothing changed either way), 409 while another apply runs, 413 over the body limit.
+    """
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("is not UTF-8 text", source="<request body>") from None
+    config = load_config_text(text, source="<request body>")
+    return await run_in_threadpool(_apply, request, config)

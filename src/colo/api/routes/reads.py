@@ -1,0 +1,76 @@
+"""``GET /healthz``, ``GET /mps/allocation``, ``GET /gpu/info``, ``GET /metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from colo import __version__
+from colo.api.context import ctx_of, require_read
+from colo.api.gpu_view import gpu_info_document
+from colo.api.metrics import MetricsInput, registry_for
+from colo.errors import ColoError
+from colo.plan.types import Plan
+
+router = APIRouter(dependencies=[Depends(require_read)])
+
+
+@router.get("/healthz", tags=["reads"], summary="Liveness: the API answers")
+def healthz() -> dict[str, Any]:
+    """``{"status": "ok", "version": ...}`` whenever the process serves requests."""
+    return {"status": "ok", "version": __version__}
+
+
+@router.get(
+    "/mps/allocation",
+    tags=["reads"],
+    summary="The allocation document in the seed's format",
+    responses={200: {"content": {"application/json": {}}, "description": "mps_resource_allocation and colo"}},
+)
+def mps_allocation(request: Request) -> Response:
+    """The plan as ``mps_allocation_config.json``: ``mps_resource_allocation.agent_allocations`` (one entry
+    per placed agent: ``mps_memory_limit_gb``, ``calculated_requirement_gb``, ``safety_margin_gb``,
+    ``priority``, ``models``, ``colo``) and ``.system_summary``; colo's detail under ``colo``. Rendered once
+    per plan.
+
+    Equivalent: ``curl -s http://127.0.0.1:8014/mps/allocation | jq .mps_resource_allocation``.
+    """
+    ctx = ctx_of(request)
+    body = ctx.allocation_cache.body(ctx.source.current_plan())
+    return Response(content=body, media_type="application/json")
+
+
+@router.get("/gpu/info", tags=["reads"], summary="GPUs, MPS daemons and their clients")
+def gpu_info(request: Request) -> dict[str, Any]:
+    """``mps_enabled`` and ``mps`` (``enabled``, ``pipe_dir``, ``control_process``) as in the seed, then per
+    GPU: memory (bytes), utilisation (percent), temperature (°C), power (W), its MPS daemon (pipe dir,
+    servers with pid/status/clients) and its processes joined to colo agents. Without a GPU:
+    ``mps_enabled: false`` and an
+    ``error`` that says why. GPU readings are at most ``gpu_ttl_secs`` old.
+    """
+    ctx = ctx_of(request)
+    return gpu_info_document(ctx.gpu_state(), ctx.source.statuses())
+
+
+@router.get(
+    "/metrics",
+    tags=["reads"],
+    summary="Prometheus metrics",
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}},
+)
+def metrics(request: Request) -> Response:
+    """Per-agent memory used/limit (bytes), state, restarts; per-GPU memory, utilisation, temperature, power;
+    MPS daemon up per GPU; plan totals. See ``colo.api.metrics`` for every name."""
+    ctx = ctx_of(request)
+
+    def read() -> MetricsInput:
+        plan: Plan | None
+        try:
+            plan = ctx.source.current_plan()
+        except ColoError:
+            plan = None
+        return MetricsInput(ctx.source.statuses(), plan, ctx.gpu_state())
+
+    return Response(content=generate_latest(registry_for(read)), media_type=CONTENT_TYPE_LATEST)
