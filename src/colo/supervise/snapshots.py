@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from colo.supervise.state import AgentState
 
 
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     """What happened to an agent or a GPU."""
 
     STARTED = "started"  # process spawned

@@ -6,10 +6,10 @@ RUNNING means "passed its health check" (or stayed up ``start_secs`` when it has
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class AgentState(str, Enum):
+class AgentState(StrEnum):
     """Where an agent's process is in its life."""
 
     STOPPED = "STOPPED"  # not running, and not asked to be

@@ -1,0 +1,383 @@
+"""One agent's life: a state machine driven by ``tick()`` with an injected clock, runner and health probe.
+
+Nothing here sleeps or raises into the loop: a crash, a spawn failure, a failing health check becomes a
+state, a ``last_error`` and an event. Transitions follow :data:`colo.supervise.state.ALLOWED`; each one is
+commented where it happens. ``docs/states.md`` draws them.
+
+* RUNNING only after the health check passes (``type: none``: after ``start_secs`` up).
+* An exit is a *failure* unless it has code 0 (or the agent was asked to stop). Failures in a row — exits
+  while STARTING or within ``stable_secs`` of becoming RUNNING — beyond ``max_retries`` make it FATAL.
+* ``hold`` (set during MPS fault recovery) keeps an agent that exited in BACKOFF until released, without
+  counting the exit as a failure: the fault was the GPU's, not the agent's.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from colo.errors import SupervisorError
+from colo.spec.config import HealthCheck
+from colo.supervise.clock import Clock
+from colo.supervise.health import Probe
+from colo.supervise.policy import RestartRules
+from colo.supervise.runner import ExitStatus, LaunchSpec, ProcessHandle, Runner
+from colo.supervise.snapshots import AgentStatus, EventKind
+from colo.supervise.state import AgentState, check_transition
+from colo.supervise.store import AgentRecord
+
+#: While STARTING, probe at least this often (seconds) so readiness is noticed quickly.
+STARTING_PROBE_SECS = 1.0
+
+EventSink = Callable[[EventKind, str], None]
+
+
+@dataclass(frozen=True)
+class AgentSetup:
+    """Everything one agent runs with: how to launch it, how to check it, when to restart it, its plan."""
+
+    name: str
+    launch: LaunchSpec
+    health: HealthCheck
+    rules: RestartRules
+    priority: str = "medium"
+    requirement_bytes: int = 0
+    models: tuple[str, ...] = ()
+
+    @property
+    def limit_bytes(self) -> int:
+        return self.launch.limit_bytes
+
+    def needs_restart_for(self, new: AgentSetup) -> bool:
+        """Whether ``new`` needs a new process (limit, placement, command, env or cwd changed)."""
+        return self.launch != new.launch
+
+
+class Agent:
+    """One supervised agent. Call :meth:`tick` often; use start/stop/restart to steer it."""
+
+    def __init__(
+        self,
+        setup: AgentSetup,
+        *,
+        runner: Runner,
+        probe: Probe,
+        clock: Clock,
+        log_path: Path,
+        on_event: EventSink,
+        on_change: Callable[[Agent], None],
+        restarts: int = 0,
+    ) -> None:
+        self.setup = setup
+        self._next_setup: AgentSetup | None = None
+        self._runner = runner
+        self._probe = probe
+        self._clock = clock
+        self._log_path = log_path
+        self._emit = on_event
+        self._changed = on_change
+        self.state = AgentState.STOPPED
+        self.handle: ProcessHandle | None = None
+        self.restarts = restarts
+        self.failures = 0  # failures in a row (crash-loop counter)
+        self.hold = False
+        self.last_error: str | None = None
+        self.since = clock.wall()
+        self.memory_used_bytes: int | None = None
+        self.memory_peak_bytes: int | None = None
+        self._spawned_once = False
+        self._started_at = 0.0
+        self._ready_at: float | None = None
+        self._next_probe_at = 0.0
+        self._health_failures = 0
+        self._backoff_until = 0.0
+        self._stop_deadline = 0.0
+        self._killed = False
+        self._kill_reason: str | None = None
+        self._restart_after_stop: str | None = None
+        self._oom: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.setup.name
+
+    # steering --------------------------------------------------------------------------------------------
+    def start(self, reason: str = "start requested") -> None:
+        """Start if not up: STOPPED/EXITED/FATAL/BACKOFF -> STARTING (a stop in progress restarts after)."""
+        if self.state in (AgentState.STARTING, AgentState.RUNNING):
+            return
+        if self.state == AgentState.STOPPING:
+            self._restart_after_stop = reason
+            return
+        if self.state in (AgentState.EXITED, AgentState.FATAL, AgentState.STOPPED):
+            self.failures = 0  # a person (or colo up) asked: a fresh start, not part of a crash loop
+        self._spawn(reason)
+
+    def stop(self, reason: str = "stop requested", *, restart: bool = False) -> None:
+        """Stop: the stop signal now, SIGKILL after ``stop_wait_secs``. ``restart`` starts it again after."""
+        now = self._clock.monotonic()
+        self._restart_after_stop = reason if restart else None
+        if self.state in (AgentState.STARTING, AgentState.RUNNING):
+            # STARTING/RUNNING -> STOPPING: stop, restart, apply, or MPS fault recovery
+            self._set(AgentState.STOPPING)
+            self._stop_deadline = now + self.setup.rules.stop_wait_secs
+            self._killed = False
+            if self.handle is not None:
+                self._runner.signal(self.handle, self.setup.rules.stop_signal)
+            return
+        if self.state == AgentState.STOPPING:
+            return
+        if self.state in (AgentState.BACKOFF, AgentState.EXITED, AgentState.FATAL):
+            # BACKOFF/EXITED/FATAL -> STOPPED: nothing runs; clear the state
+            self._set(AgentState.STOPPED)
+            self._emit(EventKind.STOPPED, reason)
+        if restart:
+            self._restart_after_stop = None
+            self._spawn(reason)
+
+    def restart(self, reason: str = "restart requested") -> None:
+        """Stop (if up) and start again."""
+        self.stop(reason, restart=True)
+
+    def reconfigure(self, setup: AgentSetup) -> None:
+        """Use ``setup`` from the next start on (the running process is left alone)."""
+        if setup.launch == self.setup.launch:
+            self.setup = setup
+            self._next_setup = None
+        else:
+            self._next_setup = setup
+
+    def adopt(self, handle: ProcessHandle) -> None:
+        """Take over a live process found after an orchestrator restart: STOPPED -> RUNNING."""
+        self.handle = handle
+        self._spawned_once = True
+        now = self._clock.monotonic()
+        self._started_at = now
+        self._ready_at = now
+        self._next_probe_at = now + self.setup.health.interval_secs
+        # STOPPED -> RUNNING: re-adopted a live process after an orchestrator restart
+        self._set(AgentState.RUNNING)
+        self._emit(EventKind.ADOPTED, f"re-adopted pid {handle.pid}")
+
+    def note_oom(self, line: str) -> None:
+        """The agent's log says it ran out of GPU memory (its MPS limit): record it once per process."""
+        if self._oom is None and self.handle is not None:
+            self._oom = line
+            self.last_error = f"out of memory: {line}"
+            self._emit(EventKind.OOM, f"out of memory (limit {self.setup.limit_bytes} bytes): {line}")
+            self._changed(self)
+
+    # the loop --------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Advance the state machine by looking at the process and the clock."""
+        now = self._clock.monotonic()
+        st = self.state
+        if st == AgentState.BACKOFF:
+            if not self.hold and now >= self._backoff_until:
+                self._spawn("backoff over")  # BACKOFF -> STARTING
+            return
+        if st not in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING) or self.handle is None:
+            return
+        status = self._runner.poll(self.handle)
+        if st == AgentState.STOPPING:
+            if status is not None:
+                self._on_stopped(status)
+            elif now >= self._stop_deadline and not self._killed:
+                self._kill(f"did not stop within {self.setup.rules.stop_wait_secs:g} s")
+            return
+        if status is not None:
+            self._on_exit(status, now)
+            return
+        if self._kill_reason is not None:
+            if now >= self._stop_deadline and not self._killed:
+                self._kill(self._kill_reason)
+            return
+        if st == AgentState.STARTING:
+            self._tick_starting(now)
+        else:
+            self._tick_running(now)
+
+    def _tick_starting(self, now: float) -> None:
+        check = self.setup.health
+        up_secs = now - self._started_at
+        if check.type == "none":
+            if up_secs >= check.start_secs:
+                self._ready(f"up for {check.start_secs:g} s")
+            return
+        if now >= self._next_probe_at:
+            self._next_probe_at = now + min(check.interval_secs, STARTING_PROBE_SECS)
+            result = self._probe(check)
+            if result.ok:
+                self._ready(result.detail or "health check passed")
+                return
+            self.last_error = f"not ready: {result.detail}"
+        if up_secs >= check.startup_timeout_secs:
+            self._begin_kill(f"not healthy after {check.startup_timeout_secs:g} s ({self.last_error})")
+
+    def _tick_running(self, now: float) -> None:
+        stable_secs = self.setup.rules.stable_secs
+        if self.failures and self._ready_at is not None and now - self._ready_at >= stable_secs:
+            self.failures = 0  # stayed up: the crash loop (if any) is over
+        check = self.setup.health
+        if check.type == "none" or now < self._next_probe_at:
+            return
+        self._next_probe_at = now + check.interval_secs
+        result = self._probe(check)
+        if result.ok:
+            self._health_failures = 0
+            return
+        self._health_failures += 1
+        self.last_error = f"health check failed: {result.detail}"
+        if self._health_failures >= check.failures_before_restart:
+            self._emit(EventKind.UNHEALTHY, f"{self._health_failures} failed health checks: {result.detail}")
+            self._begin_kill(f"unhealthy ({result.detail})")
+        else:
+            self._changed(self)
+
+    # internals -------------------------------------------------------------------------------------------
+    def _set(self, new: AgentState) -> None:
+        check_transition(self.state, new)
+        self.state = new
+        self.since = self._clock.wall()
+        self._changed(self)
+
+    def _spawn(self, reason: str) -> None:
+        if self._next_setup is not None:
+            self.setup, self._next_setup = self._next_setup, None
+        now = self._clock.monotonic()
+        # STOPPED/EXITED/FATAL/BACKOFF -> STARTING: start requested, or backoff over
+        self._set(AgentState.STARTING)
+        self._started_at = now
+        self._ready_at = None
+        self._next_probe_at = now
+        self._health_failures = 0
+        self._kill_reason = None
+        self._killed = False
+        self._oom = None
+        self.memory_used_bytes = None
+        try:
+            self.handle = self._runner.spawn(self.setup.launch, self._log_path)
+        except SupervisorError as exc:
+            self.handle = None
+            self.last_error = str(exc)
+            self._emit(EventKind.FATAL, f"could not start: {exc}")
+            self._set(AgentState.FATAL)  # STARTING -> FATAL: spawn failed
+            return
+        if self._spawned_once:
+            self.restarts += 1
+            self._emit(EventKind.RESTARTED, f"restarted ({reason}), pid {self.handle.pid}")
+        else:
+            self._emit(EventKind.STARTED, f"started, pid {self.handle.pid}")
+        self._spawned_once = True
+        self._changed(self)
+
+    def _ready(self, detail: str) -> None:
+        now = self._clock.monotonic()
+        self._ready_at = now
+        self._next_probe_at = now + self.setup.health.interval_secs
+        if not (self.last_error or "").startswith("out of memory"):
+            self.last_error = None
+        self._set(AgentState.RUNNING)  # STARTING -> RUNNING: health check passed
+        self._emit(EventKind.READY, f"ready ({detail})")
+
+    def _begin_kill(self, reason: str) -> None:
+        # Stay in STARTING/RUNNING while the process is being killed; its exit then counts as a failure.
+        self._kill_reason = reason
+        self.last_error = reason
+        self._stop_deadline = self._clock.monotonic() + self.setup.rules.stop_wait_secs
+        self._killed = False
+        if self.handle is not None:
+            self._runner.signal(self.handle, self.setup.rules.stop_signal)
+        self._changed(self)
+
+    def _kill(self, reason: str) -> None:
+        self._killed = True
+        if self.handle is not None:
+            self._emit(EventKind.STOPPED, f"SIGKILL pid {self.handle.pid}: {reason}")
+            self._runner.signal(self.handle, int(signal.SIGKILL))
+
+    def _on_stopped(self, status: ExitStatus) -> None:
+        pid = self.handle.pid if self.handle else None
+        self.handle = None
+        self.memory_used_bytes = None
+        self._set(AgentState.STOPPED)  # STOPPING -> STOPPED: the process is gone
+        self._emit(EventKind.STOPPED, f"stopped, pid {pid} ({status.describe()})")
+        reason = self._restart_after_stop
+        self._restart_after_stop = None
+        if reason is not None and not self.hold:
+            self._spawn(reason)
+
+    def _on_exit(self, status: ExitStatus, now: float) -> None:
+        pid = self.handle.pid if self.handle else None
+        self.handle = None
+        self.memory_used_bytes = None
+        desc = status.describe()
+        failed = self._kill_reason is not None or not status.succeeded
+        why = self._kill_reason or desc
+        if self._oom is not None:
+            why = f"{why} after out of memory"
+        self._kill_reason = None
+        self._emit(EventKind.EXITED, f"pid {pid} exited: {desc}" + (f" ({why})" if why != desc else ""))
+        if failed:
+            self.last_error = why
+        if self.hold:
+            # STARTING/RUNNING -> BACKOFF: the GPU is recovering from an MPS fault; wait for release
+            self._backoff_until = math.inf
+            self._set(AgentState.BACKOFF)
+            return
+        if not self.setup.rules.wants_restart(succeeded=not failed):
+            self._set(AgentState.EXITED)  # STARTING/RUNNING -> EXITED: the policy does not restart it
+            return
+        stable = self._ready_at is not None and now - self._ready_at >= self.setup.rules.stable_secs
+        self.failures = 1 if stable else self.failures + 1
+        if failed and self.setup.rules.gives_up(self.failures):
+            self.last_error = (
+                f"crash loop: failed {self.failures} times in a row (max_retries "
+                f"{self.setup.rules.max_retries}); last: {why}"
+            )
+            self._set(AgentState.FATAL)  # STARTING/RUNNING -> FATAL: retries used up
+            self._emit(EventKind.FATAL, self.last_error)
+            return
+        delay = self.setup.rules.backoff_secs(self.failures) if failed else 0.0
+        self._backoff_until = now + delay
+        self._set(AgentState.BACKOFF)  # STARTING/RUNNING -> BACKOFF: the policy restarts it after a delay
+
+    def release(self) -> None:
+        """End a hold (MPS fault recovery over): a held BACKOFF agent starts on the next tick."""
+        self.hold = False
+        if self.state == AgentState.BACKOFF and math.isinf(self._backoff_until):
+            self._backoff_until = self._clock.monotonic()
+
+    # views -----------------------------------------------------------------------------------------------
+    def status(self) -> AgentStatus:
+        s = self.setup
+        return AgentStatus(
+            name=s.name,
+            state=self.state,
+            pid=self.handle.pid if self.handle else None,
+            gpu=s.launch.gpu,
+            gpu_uuid=s.launch.gpu_uuid,
+            limit_bytes=s.launch.limit_bytes,
+            requirement_bytes=s.requirement_bytes,
+            priority=s.priority,
+            restarts=self.restarts,
+            memory_used_bytes=self.memory_used_bytes,
+            memory_peak_bytes=self.memory_peak_bytes,
+            last_error=self.last_error,
+            since=self.since,
+            models=s.models,
+        )
+
+    def record(self) -> AgentRecord:
+        return AgentRecord(
+            self.status(), self.handle.start_time if self.handle else None, self.setup.launch.fingerprint()
+        )
+
+    def note_memory(self, used_bytes: int | None) -> None:
+        """The process's GPU memory now (NVML, bytes); keeps the peak."""
+        self.memory_used_bytes = used_bytes
+        if used_bytes is not None:
+            self.memory_peak_bytes = max(self.memory_peak_bytes or 0, used_bytes)

@@ -1,0 +1,863 @@
+"""The running system: plan against the GPUs, start the per-GPU MPS daemons, launch and supervise agents.
+
+``colo up`` builds an :class:`Orchestrator`, calls :meth:`Orchestrator.up`, then :meth:`Orchestrator.run`
+until told to stop; the API (``colo.api.app.create_app(orchestrator, ...)``) and the CLI call the methods
+below. Everything is guarded by one lock, so the API thread and the supervision loop never interleave.
+
+State lives in ``<state_dir>``: ``colo.db`` (the :class:`~colo.supervise.store.Store`: agents, events,
+queued requests), ``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``, ``config.yaml`` (the configuration the
+built-in agents read), ``colo.pid`` and ``colo.lock`` (one orchestrator per state dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
+from colo.files import state_dir as default_state_dir
+from colo.files import write_atomic
+from colo.gpu.mps import MpsDefaults, MpsFleet, MpsRoot, client_env
+from colo.gpu.mps_control import MpsControl
+from colo.gpu.nvml import GpuBackend, slots_from_snapshots
+from colo.plan import inventory_slots, plan
+from colo.plan.types import AgentPlan, GpuSlot, ModelMemory, Plan, Unplaced
+from colo.spec.config import AgentSpec, ColoConfig, HealthCheck
+from colo.supervise.agent import AgentSetup
+from colo.supervise.clock import Clock, SystemClock
+from colo.supervise.health import HealthChecker, Probe
+from colo.supervise.logs import AgentLogs
+from colo.supervise.mps_hooks import FleetHooks
+from colo.supervise.policy import RestartRules
+from colo.supervise.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
+from colo.supervise.snapshots import AgentStatus, Event, EventKind
+from colo.supervise.state import AgentState
+from colo.supervise.store import AgentRecord, Store
+from colo.supervise.supervisor import RecoveryRecord, Supervisor
+
+#: Built-in agents without a ``port`` get ``DEFAULT_PORT_BASE + their position`` among the agents.
+DEFAULT_PORT_BASE = 9100
+TICK_SECS = 0.5
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What an apply did. ``restarted``: queued for a rolling restart (one at a time)."""
+
+    restarted: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {
+            "restarted": list(self.restarted),
+            "started": list(self.started),
+            "stopped": list(self.stopped),
+            "unchanged": list(self.unchanged),
+            "left_out": list(self.left_out),
+        }
+
+
+@dataclass(frozen=True)
+class UpResult:
+    """What ``up`` did: agents started and adopted, agents left out (with reasons), MPS daemons started."""
+
+    started: list[str]
+    adopted: list[str]
+    left_out: list[Unplaced]
+    daemons_started: list[str]
+    daemons_adopted: list[str]
+    mps: bool
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "adopted": self.adopted,
+            "left_out": [
+                {"agent": u.agent, "priority": u.priority, "reason": u.reason} for u in self.left_out
+            ],
+            "daemons_started": self.daemons_started,
+            "daemons_adopted": self.daemons_adopted,
+            "mps": self.mps,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass(frozen=True)
+class StateDirPaths:
+    """Where an orchestrator keeps its files."""
+
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "colo.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "colo.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "colo.lock"
+
+    @property
+    def config_copy(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def mps(self) -> Path:
+        return self.root / "mps"
+
+
+def resolve_state_dir(config: ColoConfig | None, override: str | Path | None) -> Path:
+    """``--state-dir``, else the config's ``state_dir``, else the default (``$COLO_STATE_DIR`` …)."""
+    if override:
+        return Path(override).expanduser()
+    return default_state_dir(config.state_dir if config else None)
+
+
+def running_orchestrator(state_dir: Path) -> int | None:
+    """The pid of the orchestrator that holds ``state_dir`` (its lock is held), else None."""
+    paths = StateDirPaths(Path(state_dir))
+    if not paths.lock_file.exists():
+        return None
+    try:
+        fd = os.open(paths.lock_file, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                return int(paths.pid_file.read_text().strip())
+            except (OSError, ValueError):
+                return -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def config_yaml(config: ColoConfig, source: Path | None = None) -> str:
+    """``config`` as colo.yaml text (sizes in bytes; model paths made absolute against ``source``'s dir)."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if source is not None:
+        for spec in data.get("models", {}).values():
+            p = spec.get("path")
+            if p and not os.path.isabs(os.path.expanduser(p)):
+                spec["path"] = str((source.parent / p).resolve())
+    return "# written by colo: the configuration the running agents were started with\n" + yaml.safe_dump(
+        data, sort_keys=False
+    )
+
+
+class Orchestrator:
+    """The running colo system on this node.
+
+    Injected for tests: ``gpu_backend`` (else NVML when available), ``mps_control`` (else the real
+    ``nvidia-cuda-mps-control``), ``runner``, ``probe``, ``clock``. ``use_mps=False`` is plain time-slicing
+    under the same supervision. ``node`` picks which node of an inventory this machine is.
+
+    Raises from :meth:`up`: ConfigError/PlanError for a bad or unplannable configuration, GpuError/MpsError
+    when the GPUs or MPS cannot be used, SupervisorError when another orchestrator holds the state dir.
+    """
+
+    def __init__(
+        self,
+        config: ColoConfig,
+        *,
+        config_path: str | Path | None = None,
+        state_dir: str | Path | None = None,
+        use_mps: bool = True,
+        node: str | None = None,
+        gpu_backend: GpuBackend | None = None,
+        mps_control: MpsControl | None = None,
+        runner: Runner | None = None,
+        probe: Probe | None = None,
+        clock: Clock | None = None,
+        fault_wait_secs: float = 30.0,
+        memory: Mapping[str, ModelMemory] | None = None,
+    ) -> None:
+        self._config = config
+        self.config_path = Path(config_path).resolve() if config_path else None
+        self.paths = StateDirPaths(resolve_state_dir(config, state_dir))
+        self.want_mps = use_mps
+        self.node = node
+        self._backend = gpu_backend
+        self._backend_given = gpu_backend is not None
+        self._mps_control = mps_control
+        self.runner: Runner = runner or ProcessRunner()
+        self.probe: Probe = probe or HealthChecker()
+        self.clock: Clock = clock or SystemClock()
+        self.fault_wait_secs = fault_wait_secs
+        self._memory_override = memory
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._plan: Plan | None = None
+        self._fleet: MpsFleet | None = None
+        self._daemons_started: list[str] = []
+        self.store = Store(self.paths.db)
+        self.logs = AgentLogs(self.paths.logs)
+        self.supervisor: Supervisor | None = None
+        self.warnings: list[str] = []
+        self._stopping = False
+
+    # --- the API's surface ---------------------------------------------------------------------------
+
+    def config(self) -> ColoConfig:
+        """The configuration now in force."""
+        return self._config
+
+    def current_plan(self) -> Plan:
+        """The plan now in force. Raises SupervisorError before :meth:`up`."""
+        if self._plan is None:
+            raise SupervisorError("colo is not up yet: no plan in force")
+        return self._plan
+
+    def gpu_backend(self) -> GpuBackend | None:
+        return self._backend
+
+    def mps_fleet(self) -> MpsFleet | None:
+        return self._fleet
+
+    def mps_enabled(self) -> bool:
+        return self._fleet is not None
+
+    def statuses(self) -> list[AgentStatus]:
+        """Every agent of the plan: supervised ones, then those left out (STOPPED, reason in last_error)."""
+        with self._lock:
+            out = self._sup().statuses()
+            have = {s.name for s in out}
+            for u in self._plan.unplaced if self._plan else ():
+                if u.agent not in have:
+                    out.append(self._left_out_status(u))
+            return out
+
+    def status(self, name: str) -> AgentStatus:
+        """One agent's status. Raises KeyError for an agent not in the configuration."""
+        with self._lock:
+            sup = self._sup()
+            if name in sup.agents:
+                return sup.agents[name].status()
+            for u in self._plan.unplaced if self._plan else ():
+                if u.agent == name:
+                    return self._left_out_status(u)
+            raise KeyError(name)
+
+    def _left_out_status(self, u: Unplaced) -> AgentStatus:
+        models = tuple(self._config.agents[u.agent].models) if u.agent in self._config.agents else ()
+        return AgentStatus(
+            name=u.agent,
+            state=AgentState.STOPPED,
+            pid=None,
+            gpu=None,
+            gpu_uuid=None,
+            limit_bytes=u.limit_bytes,
+            requirement_bytes=0,
+            priority=u.priority,
+            restarts=0,
+            last_error=f"left out: {u.reason}",
+            models=models,
+        )
+
+    def _agent_for_action(self, name: str) -> Any:
+        sup = self._sup()
+        if name in sup.agents:
+            return sup.agents[name]
+        for u in self._plan.unplaced if self._plan else ():
+            if u.agent == name:
+                raise PlanError(f"agent {name!r} is not placed on any GPU of this node: {u.reason}")
+        raise KeyError(name)
+
+    def start(self, name: str) -> AgentStatus:
+        """Start an agent (also from FATAL/EXITED). Raises KeyError, PlanError (left out)."""
+        with self._lock:
+            agent = self._agent_for_action(name)
+            agent.hold = False
+            agent.start("start requested")
+            return self.status(name)
+
+    def stop(self, name: str) -> AgentStatus:
+        """Stop an agent (stays STOPPED until started). Raises KeyError, PlanError (left out)."""
+        with self._lock:
+            agent = self._agent_for_action(name)
+            uuid = agent.setup.launch.gpu_uuid
+            hooks = self._sup().mps
+            if hooks is not None and uuid and agent.handle is not None:
+                hooks.terminate_client(uuid, agent.handle.pid)
+            agent.stop("stop requested")
+            return self.status(name)
+
+    def restart(self, name: str) -> AgentStatus:
+        """Restart an agent. Raises KeyError, PlanError (left out)."""
+        with self._lock:
+            agent = self._agent_for_action(name)
+            agent.hold = False
+            agent.restart("restart requested")
+            return self.status(name)
+
+    def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:
+        """Events after ``since_seq`` (oldest first), at most ``limit``."""
+        return self.store.events(since_seq, limit)
+
+    def recoveries(self) -> list[RecoveryRecord]:
+        """Finished MPS fault recoveries (with their durations in seconds)."""
+        with self._lock:
+            return list(self._sup().recovered)
+
+    def _sup(self) -> Supervisor:
+        if self.supervisor is None:
+            raise SupervisorError("colo is not up yet")
+        return self.supervisor
+
+    # --- planning ------------------------------------------------------------------------------------
+
+    def _backend_or_none(self) -> GpuBackend | None:
+        if self._backend is None and not self._backend_given:
+            try:
+                from colo.gpu.nvml import NvmlBackend
+
+                backend = NvmlBackend()
+                backend.gpus()
+                self._backend = backend
+            except (GpuError, ImportError) as exc:
+                self._backend_given = True  # do not try again
+                if self._config.gpus == "auto":
+                    raise PlanError(
+                        f"gpus: auto, but the GPUs cannot be read ({exc})",
+                        hint="run where the NVIDIA driver is loaded, or list an inventory under 'gpus:'",
+                    ) from exc
+        return self._backend
+
+    def local_node(self, config: ColoConfig) -> str:
+        """The node this orchestrator runs: ``--node``, else the inventory's only node, else ``local``."""
+        if self.node:
+            return self.node
+        if config.gpus != "auto":
+            nodes = sorted({row.node for row in config.gpus})
+            if len(nodes) == 1:
+                return nodes[0]
+            if "local" in nodes:
+                return "local"
+            raise PlanError(
+                f"the inventory has several nodes ({', '.join(nodes)}) and none is 'local'",
+                hint="say which one this machine is with --node NAME",
+            )
+        return "local"
+
+    def _slots(self, config: ColoConfig) -> tuple[list[GpuSlot], list[str]]:
+        """GPU slots to plan with, and warnings. Inventory GPUs of this node get the UUID of the NVML GPU with
+        the same index."""
+        backend = self._backend_or_none()
+        node = self.local_node(config)
+        warnings: list[str] = []
+        if config.gpus == "auto":
+            if backend is None:
+                raise PlanError("gpus: auto needs the real GPUs, and none were given")
+            return slots_from_snapshots(backend.gpus(), node=node), warnings
+        slots = inventory_slots(config)
+        if backend is None:
+            warnings.append("no NVIDIA GPU visible: agents run without GPU placement or MPS")
+            return slots, warnings
+        real = {s.index: s for s in backend.gpus()}
+        out = []
+        for s in slots:
+            if s.node != node:
+                out.append(s)
+                continue
+            snap = real.get(s.index)
+            if snap is None:
+                warnings.append(
+                    f"inventory GPU {s.key} is not on this machine (NVML sees {len(real)} GPU(s))"
+                )
+                out.append(s)
+            else:
+                out.append(replace(s, uuid=snap.uuid))
+        return out, warnings
+
+    def _memory(self, config: ColoConfig) -> Mapping[str, ModelMemory] | None:
+        if self._memory_override is not None:
+            return self._memory_override
+        if config.policy.memory_source != "db":
+            return None
+        try:
+            from colo.memory.db import ModelDB  # type: ignore[import-not-found,unused-ignore]
+            from colo.memory.resolve import memory_for_plan  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            self.warnings.append(
+                "policy.memory_source: db, but colo.memory is unavailable; using declared memory"
+            )
+            return None
+        result: Mapping[str, ModelMemory] = memory_for_plan(config, ModelDB.open_default(config))
+        return result
+
+    def make_plan(self, config: ColoConfig) -> tuple[Plan, list[str]]:
+        """Plan ``config`` on this machine's GPUs (pure planner over NVML or inventory slots).
+
+        Raises ConfigError, PlanError, GpuError.
+        """
+        slots, warnings = self._slots(config)
+        return plan(config, slots, self._memory(config)), warnings
+
+    def _local_placed(self, p: Plan, config: ColoConfig) -> tuple[list[AgentPlan], list[Unplaced]]:
+        """Placed agents this node runs (plan order = priority order), and agents it cannot run."""
+        node = self.local_node(config)
+        mine: list[AgentPlan] = []
+        missing: list[Unplaced] = list(p.unplaced)
+        have_uuid = self._backend is not None
+        for ap in p.placed:
+            assert ap.gpu is not None
+            if ap.gpu.node != node:
+                continue
+            if have_uuid and ap.gpu.uuid is None:
+                missing.append(
+                    Unplaced(ap.name, ap.priority, ap.limit_bytes, f"{ap.gpu.key} is not on this machine")
+                )
+                continue
+            mine.append(ap)
+        return mine, missing
+
+    # --- launch specs --------------------------------------------------------------------------------
+
+    def _port_of(self, config: ColoConfig, name: str, spec: AgentSpec) -> int:
+        if spec.port is not None:
+            return spec.port
+        return DEFAULT_PORT_BASE + sorted(config.agents).index(name)
+
+    def setup_for(self, config: ColoConfig, ap: AgentPlan) -> AgentSetup:
+        """How ``ap`` is launched: argv (its command or the built-in agent), env (MPS client env, its env),
+        health check (the built-in agent's /health when it has none) and restart rules."""
+        spec = config.agents[ap.name]
+        health: HealthCheck = spec.health
+        if spec.command is not None:
+            argv = tuple(spec.command)
+        else:
+            from colo.workloads.command import builtin_agent_command, health_url
+
+            port = self._port_of(config, ap.name, spec)
+            argv = tuple(builtin_agent_command(ap.name, self.paths.config_copy, port))
+            if health.type == "none":
+                health = health.model_copy(
+                    update={"type": "http", "url": health_url(port), "interval_secs": 5.0}
+                )
+        env: dict[str, str] = {"COLO_AGENT": ap.name}
+        uuid = ap.gpu.uuid if ap.gpu is not None else None
+        if uuid and self._fleet is not None:
+            env.update(client_env(ap, self._fleet.root.for_gpu(uuid), gpu_uuid=uuid))
+        elif uuid:
+            env["CUDA_VISIBLE_DEVICES"] = uuid
+        env.update(spec.env)
+        launch = LaunchSpec(
+            argv=argv,
+            env=tuple(sorted(env.items())),
+            cwd=spec.cwd,
+            gpu=ap.gpu.key if ap.gpu is not None else None,
+            gpu_uuid=uuid,
+            limit_bytes=ap.limit_bytes,
+        )
+        return AgentSetup(
+            name=ap.name,
+            launch=launch,
+            health=health,
+            rules=RestartRules.from_spec(spec.restart),
+            priority=ap.priority,
+            requirement_bytes=ap.requirement_bytes,
+            models=ap.model_ids,
+        )
+
+    # --- up / run / down -----------------------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.paths.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            other = None
+            with contextlib.suppress(OSError, ValueError):
+                other = int(self.paths.pid_file.read_text().strip())
+            raise SupervisorError(
+                f"another colo orchestrator{f' (pid {other})' if other else ''} is running with state dir "
+                f"{self.paths.root}",
+                hint="`colo status` shows it; `colo down` stops it; or use another --state-dir",
+            ) from exc
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def write_pid_file(self, pid: int | None = None) -> None:
+        """Record the orchestrator's pid (``colo down`` signals it)."""
+        write_atomic(self.paths.pid_file, f"{pid or os.getpid()}\n")
+
+    def up(self) -> UpResult:
+        """Plan, start the MPS daemons, re-adopt live agents from the store, launch the rest by priority.
+
+        Raises ConfigError, PlanError, GpuError, MpsError, SupervisorError (nothing is left running then).
+        """
+        with self._lock:
+            self._acquire()
+            try:
+                return self._up()
+            except BaseException:
+                if self._fleet is not None:
+                    with contextlib.suppress(ColoError):
+                        self._stop_daemons()
+                self._release()
+                raise
+
+    def _up(self) -> UpResult:
+        config = self._config
+        p, warnings = self.make_plan(config)
+        self.warnings.extend(warnings)
+        mine, left_out = self._local_placed(p, config)
+        uuids = sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid})
+        started_d: list[str] = []
+        adopted_d: list[str] = []
+        if self.want_mps and uuids:
+            fleet = MpsFleet(MpsRoot.under_state_dir(self.paths.root), uuids, self._mps_control)
+            self._fleet = fleet
+            for uuid in uuids:
+                # No server-wide defaults: each client's own CUDA_MPS_* variables set its limits, and a
+                # server default would cap a limit raised by `colo apply` (defaults reach new servers only).
+                if fleet.daemon(uuid).start(MpsDefaults()):
+                    started_d.append(uuid)
+                else:
+                    adopted_d.append(uuid)
+            self._daemons_started = sorted(
+                set(started_d) | set(self.store.get_meta("mps_daemons_started", []))
+            )
+            self.store.set_meta("mps_daemons_started", self._daemons_started)
+        elif self.want_mps:
+            self.warnings.append("MPS not started: no agent is placed on a GPU with a UUID on this machine")
+        self._plan = p
+        self._write_config_copy(config)
+        sup = Supervisor(
+            runner=self.runner,
+            probe=self.probe,
+            clock=self.clock,
+            store=self.store,
+            logs=self.logs,
+            mps=FleetHooks(self._fleet) if self._fleet is not None else None,
+            gpu_memory=self._gpu_memory if self._backend is not None else None,
+            fault_wait_secs=self.fault_wait_secs,
+        )
+        self.supervisor = sup
+        for uuid in started_d:
+            sup.event(EventKind.DAEMON, None, f"started the MPS daemon of {uuid}", uuid)
+        for uuid in adopted_d:
+            sup.event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
+        records = {r.status.name: r for r in self.store.agents()}
+        started: list[str] = []
+        adopted: list[str] = []
+        roll: list[tuple[AgentSetup, str]] = []
+        wanted = {ap.name for ap in mine}
+        for name, old in records.items():
+            if name not in wanted:
+                self._retire_record(sup, old)
+        for ap in mine:
+            setup = self.setup_for(config, ap)
+            rec = records.get(ap.name)
+            handle = self._adoptable(rec)
+            agent = sup.add(setup, restarts=rec.status.restarts if rec else 0)
+            if handle is not None and rec is not None:
+                agent.adopt(handle)
+                adopted.append(ap.name)
+                if rec.fingerprint != setup.launch.fingerprint():
+                    roll.append((setup, "configuration changed while colo was down"))
+            else:
+                agent.start("colo up")
+                started.append(ap.name)
+        sup.roll(roll)
+        for u in left_out:
+            sup.event(EventKind.STOPPED, u.agent, f"left out ({u.priority}): {u.reason}")
+        self.store.set_meta(
+            "orchestrator",
+            {
+                "pid": os.getpid(),
+                "state_dir": str(self.paths.root),
+                "config_path": str(self.config_path) if self.config_path else None,
+                "mps": self._fleet is not None,
+                "api": {"host": config.api.host, "port": config.api.port},
+            },
+        )
+        return UpResult(
+            started, adopted, left_out, started_d, adopted_d, self._fleet is not None, self.warnings
+        )
+
+    def _adoptable(self, rec: AgentRecord | None) -> ProcessHandle | None:
+        if rec is None or not rec.status.pid or rec.start_time is None:
+            return None
+        return self.runner.adopt(int(rec.status.pid), float(rec.start_time))
+
+    def _retire_record(self, sup: Supervisor, rec: AgentRecord) -> None:
+        """An agent in the store but not in the plan: stop its process if it still runs, forget it."""
+        handle = self._adoptable(rec)
+        if handle is None:
+            self.store.delete_agent(rec.status.name)
+            return
+        s = rec.status
+        launch = LaunchSpec(("?",), (), None, s.gpu, s.gpu_uuid, s.limit_bytes)
+        setup = AgentSetup(s.name, launch, HealthCheck(), RestartRules(policy="never"), s.priority)
+        agent = sup.add(setup, restarts=s.restarts)
+        agent.adopt(handle)
+        sup.retire(s.name)
+
+    def _write_config_copy(self, config: ColoConfig) -> None:
+        if any(a.command is None for a in config.agents.values()):
+            write_atomic(self.paths.config_copy, config_yaml(config, self.config_path))
+
+    def _gpu_memory(self, pids: Sequence[int]) -> dict[int, int]:
+        import psutil
+
+        backend = self._backend
+        if backend is None:
+            return {}
+        used = {p.pid: p.used_memory_bytes for p in backend.processes() if p.used_memory_bytes is not None}
+        out: dict[int, int] = {}
+        for pid in pids:
+            family = [pid]
+            with contextlib.suppress(psutil.Error):
+                family += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+            vals = [used[q] for q in family if q in used]
+            if vals:
+                out[pid] = sum(vals)
+        return out
+
+    def tick(self) -> None:
+        """One supervision pass: queued CLI requests, then every agent, MPS and rolling restarts."""
+        with self._lock:
+            self._serve_requests()
+            self._sup().tick()
+
+    def run(
+        self, stop: threading.Event, *, tick_secs: float = TICK_SECS, reload: threading.Event | None = None
+    ) -> None:
+        """Supervise until ``stop`` is set (then :meth:`down`). ``reload`` set = re-apply the config file."""
+        try:
+            while not stop.is_set():
+                if reload is not None and reload.is_set():
+                    reload.clear()
+                    self.reload()
+                try:
+                    self.tick()
+                except ColoError as exc:  # failures are data; the loop keeps going
+                    self._sup().event(EventKind.UNHEALTHY, None, f"supervision error: {exc}")
+                stop.wait(tick_secs)
+        finally:
+            self.down()
+
+    def reload(self) -> ApplyResult | None:
+        """SIGHUP: load the config file again and apply it; an error is recorded as an event, not raised."""
+        if self.config_path is None:
+            return None
+        from colo.spec import load_config
+
+        try:
+            return self.apply(load_config(self.config_path))
+        except ColoError as exc:
+            self._sup().event(
+                EventKind.APPLIED, None, f"reload of {self.config_path} refused, nothing changed: {exc}"
+            )
+            return None
+
+    def down(self, *, timeout_secs: float | None = None, sleep: Any = None) -> None:
+        """Stop every agent (MPS ``terminate_client``, stop signal, SIGKILL after stop_wait), quit the MPS
+        daemons colo started, release the state dir. Safe to call twice."""
+        import time
+
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            sup = self.supervisor
+        wait = sleep or time.sleep
+        if sup is not None:
+            with self._lock:
+                sup.stop_all()
+            limit = timeout_secs
+            if limit is None:
+                limit = max((a.setup.rules.stop_wait_secs for a in sup.agents.values()), default=0.0) + 5.0
+            deadline = self.clock.monotonic() + limit
+            while True:
+                with self._lock:
+                    sup.tick()
+                    if sup.all_down():
+                        break
+                if self.clock.monotonic() >= deadline:
+                    break
+                wait(0.1)
+            sup.event(EventKind.STOPPED, None, "colo down: agents stopped")
+        with self._lock:
+            try:
+                self._stop_daemons()
+            finally:
+                with contextlib.suppress(ColoError):
+                    self.store.delete_meta("orchestrator")
+                with contextlib.suppress(OSError):
+                    self.paths.pid_file.unlink()
+                self._release()
+
+    def _stop_daemons(self) -> None:
+        fleet = self._fleet
+        if fleet is None:
+            return
+        started = set(self.store.get_meta("mps_daemons_started", []))
+        errors = []
+        for daemon in fleet.daemons():
+            if daemon.gpu_uuid in started or daemon.started_by_colo:
+                try:
+                    daemon.stop()
+                    if self.supervisor is not None:
+                        self.supervisor.event(
+                            EventKind.DAEMON,
+                            None,
+                            f"stopped the MPS daemon of {daemon.gpu_uuid}",
+                            daemon.gpu_uuid,
+                        )
+                except ColoError as exc:
+                    errors.append(str(exc))
+        self.store.set_meta("mps_daemons_started", [])
+        if errors:
+            raise SupervisorError("; ".join(errors))
+
+    # --- apply ---------------------------------------------------------------------------------------
+
+    def apply(self, config: ColoConfig) -> ApplyResult:
+        """Plan ``config`` and move to it: start new agents, stop removed ones, restart (one at a time) only
+        those whose limit, placement, command or env changed.
+
+        Raises DoesNotFitError when an agent above ``low`` priority would be left out, PlanError/ConfigError
+        when it cannot be planned, PlanError when it needs a GPU without a running MPS daemon — nothing is
+        changed then.
+        """
+        with self._lock:
+            sup = self._sup()
+            p, warnings = self.make_plan(config)
+            mine, left_out = self._local_placed(p, config)
+            refused = [u for u in left_out if u.priority != "low"]
+            if refused:
+                raise DoesNotFitError(
+                    "the new configuration does not fit, nothing was changed: "
+                    + "; ".join(f"{u.agent} ({u.priority}): {u.reason}" for u in refused),
+                    agents=tuple(u.agent for u in refused),
+                    hint="lower limits or margins, remove agents, or add GPUs",
+                )
+            if self._fleet is not None:
+                known = {d.gpu_uuid for d in self._fleet.daemons()}
+                extra = sorted(
+                    {ap.gpu.uuid for ap in mine if ap.gpu and ap.gpu.uuid and ap.gpu.uuid not in known}
+                )
+                if extra:
+                    raise PlanError(
+                        f"the new plan uses GPU(s) {', '.join(extra)} without an MPS daemon of this colo",
+                        hint="run `colo down` and `colo up` to use more GPUs",
+                    )
+            new = {ap.name: self.setup_for(config, ap) for ap in mine}
+            result = ApplyResult()
+            roll: list[tuple[AgentSetup, str]] = []
+            for name in list(sup.agents):
+                if name not in new:
+                    sup.retire(name)
+                    result.stopped.append(name)
+            for ap in mine:
+                setup = new[ap.name]
+                agent = sup.agents.get(ap.name)
+                if agent is None:
+                    sup.add(setup).start("added by apply")
+                    result.started.append(ap.name)
+                elif agent.setup.needs_restart_for(setup):
+                    roll.append((setup, f"apply: {describe_change(agent.setup, setup)}"))
+                    result.restarted.append(ap.name)
+                else:
+                    agent.reconfigure(setup)
+                    result.unchanged.append(ap.name)
+            result.left_out.extend(u.agent for u in left_out)
+            self._config = config
+            self._plan = p
+            self.warnings.extend(warnings)
+            self._write_config_copy(config)
+            sup.roll(roll)
+            sup.event(
+                EventKind.APPLIED,
+                None,
+                "applied: " + json.dumps(result.to_dict(), separators=(",", ":")),
+            )
+            return result
+
+    # --- requests queued by the CLI ------------------------------------------------------------------
+
+    def _serve_requests(self) -> None:
+        for req in self.store.pending_requests():
+            try:
+                result: Any
+                if req.action in ("start", "stop", "restart"):
+                    status = getattr(self, req.action)(req.arg or "")
+                    result = status.to_dict()
+                elif req.action == "apply":
+                    from colo.spec import load_config, load_config_text
+
+                    arg = json.loads(req.arg or "{}")
+                    if arg.get("text") is not None:
+                        cfg = load_config_text(arg["text"], arg.get("source") or "<colo apply>")
+                    else:
+                        cfg = load_config(arg["path"])
+                    result = self.apply(cfg).to_dict()
+                    if arg.get("path"):
+                        self.config_path = Path(arg["path"]).resolve()
+                elif req.action == "down":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    result = {"stopping": True}
+                else:
+                    raise SupervisorError(f"unknown request {req.action!r}")
+                self.store.finish_request(req.id, True, result)
+            except KeyError as exc:
+                self.store.finish_request(
+                    req.id, False, {"error": f"no agent {exc.args[0]!r}", "exit_code": 2}
+                )
+            except ColoError as exc:
+                self.store.finish_request(req.id, False, {"error": str(exc), "exit_code": exc.exit_code})
+
+
+def describe_change(old: AgentSetup, new: AgentSetup) -> str:
+    """``"limit 1.5 GiB -> 2 GiB, env"``: what differs between two launch specs."""
+    from colo.units import format_size
+
+    a, b = old.launch, new.launch
+    parts = []
+    if a.limit_bytes != b.limit_bytes:
+        parts.append(f"limit {format_size(a.limit_bytes)} -> {format_size(b.limit_bytes)}")
+    if a.gpu != b.gpu or a.gpu_uuid != b.gpu_uuid:
+        parts.append(f"placement {a.gpu} -> {b.gpu}")
+    if a.argv != b.argv:
+        parts.append("command")
+    limit_keys = {"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"}
+    if {k: v for k, v in a.env if k not in limit_keys} != {k: v for k, v in b.env if k not in limit_keys}:
+        parts.append("env")
+    if a.cwd != b.cwd:
+        parts.append("cwd")
+    return ", ".join(parts) or "launch spec"

@@ -1,0 +1,271 @@
+"""The orchestrator's durable state in SQLite (``<state_dir>/colo.db``, WAL); the only sqlite3 importer.
+
+What is kept:
+
+* ``agents``: each agent's state, pid + process start time (for re-adoption), restarts, placement, limit,
+  last error and launch fingerprint — so ``colo status`` and an orchestrator started again see the truth;
+* ``events``: started, ready, exited (code/signal), out of memory, MPS fault, restarted, fatal, ...;
+* ``requests``: commands queued by the CLI (``colo agent restart``, ``colo apply``) for the running
+  orchestrator, which answers each one in place;
+* ``meta``: small facts (orchestrator pid, config path, MPS daemons colo started).
+
+Every method is safe to call from several threads (one connection, one lock). sqlite3 errors become
+SupervisorError naming the database file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from colo.errors import SupervisorError
+from colo.supervise.snapshots import AgentStatus, Event, EventKind
+from colo.supervise.state import AgentState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    pid INTEGER,
+    start_time REAL,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    gpu TEXT,
+    gpu_uuid TEXT,
+    limit_bytes INTEGER NOT NULL DEFAULT 0,
+    requirement_bytes INTEGER NOT NULL DEFAULT 0,
+    priority TEXT NOT NULL DEFAULT 'medium',
+    memory_used_bytes INTEGER,
+    memory_peak_bytes INTEGER,
+    last_error TEXT,
+    since REAL,
+    models TEXT NOT NULL DEFAULT '[]',
+    fingerprint TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    agent TEXT,
+    message TEXT NOT NULL,
+    gpu TEXT
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    action TEXT NOT NULL,
+    arg TEXT,
+    done INTEGER NOT NULL DEFAULT 0,
+    ok INTEGER,
+    result TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+EVENT_COLUMNS = "seq, time, kind, agent, message, gpu"
+AGENT_COLUMNS = (
+    "name, state, pid, start_time, restarts, gpu, gpu_uuid, limit_bytes, requirement_bytes, priority,"
+    " memory_used_bytes, memory_peak_bytes, last_error, since, models, fingerprint"
+)
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """One agent's row: its status plus what re-adoption needs (process start time, launch fingerprint)."""
+
+    status: AgentStatus
+    start_time: float | None = None
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """A command queued for the running orchestrator. ``result`` is JSON text once ``done``."""
+
+    id: int
+    time: float
+    action: str
+    arg: str | None
+    done: bool = False
+    ok: bool | None = None
+    result: str | None = None
+
+
+class Store:
+    """SQLite at ``path`` (created with its parent directory). Raises SupervisorError when unusable."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise SupervisorError(
+                f"cannot open colo's state database {self.path}: {exc}",
+                hint="check the state directory is writable (--state-dir, or state_dir in colo.yaml)",
+            ) from exc
+
+    @classmethod
+    def open_existing(cls, path: Path) -> Store | None:
+        """The store at ``path`` if the file exists, else None (for read-only views)."""
+        return cls(path) if Path(path).exists() else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise SupervisorError(f"colo's state database {self.path} failed: {exc}") from exc
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, args).fetchall())
+            except sqlite3.Error as exc:
+                raise SupervisorError(f"colo's state database {self.path} failed: {exc}") from exc
+
+    # agents ----------------------------------------------------------------------------------------------
+    def save_agent(self, record: AgentRecord) -> None:
+        """Insert or replace one agent's row."""
+        s = record.status
+        with self._tx() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    s.name,
+                    s.state.value,
+                    s.pid,
+                    record.start_time,
+                    s.restarts,
+                    s.gpu,
+                    s.gpu_uuid,
+                    s.limit_bytes,
+                    s.requirement_bytes,
+                    s.priority,
+                    s.memory_used_bytes,
+                    s.memory_peak_bytes,
+                    s.last_error,
+                    s.since,
+                    json.dumps(list(s.models)),
+                    record.fingerprint,
+                ),
+            )
+
+    def delete_agent(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM agents WHERE name = ?", (name,))
+
+    def agents(self) -> list[AgentRecord]:
+        """All agent rows, by name."""
+        rows = self._query(f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY name")
+        out = []
+        for r in rows:
+            status = AgentStatus(
+                name=r[0],
+                state=AgentState(r[1]),
+                pid=r[2],
+                gpu=r[5],
+                gpu_uuid=r[6],
+                limit_bytes=r[7],
+                requirement_bytes=r[8],
+                priority=r[9],
+                restarts=r[4],
+                memory_used_bytes=r[10],
+                memory_peak_bytes=r[11],
+                last_error=r[12],
+                since=r[13],
+                models=tuple(json.loads(r[14] or "[]")),
+            )
+            out.append(AgentRecord(status, r[3], r[15]))
+        return out
+
+    # events ----------------------------------------------------------------------------------------------
+    def add_event(
+        self, time: float, kind: EventKind, agent: str | None, message: str, gpu: str | None = None
+    ) -> Event:
+        """Append an event; returns it with its sequence number."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO events (time, kind, agent, message, gpu) VALUES (?,?,?,?,?)",
+                (time, kind.value, agent, message, gpu),
+            )
+            seq = int(cur.lastrowid or 0)
+        return Event(seq, time, kind, agent, message, gpu)
+
+    def events(self, since_seq: int = 0, limit: int = 200, agent: str | None = None) -> list[Event]:
+        """Events after ``since_seq``, oldest first, at most ``limit`` (newest when ``since_seq`` is 0)."""
+        where = "seq > ?" + (" AND agent = ?" if agent else "")
+        args: tuple[Any, ...] = (since_seq, agent) if agent else (since_seq,)
+        if since_seq <= 0:
+            sql = (
+                f"SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events WHERE {where}"
+                " ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+            )
+        else:
+            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq LIMIT ?"
+        rows = self._query(sql, (*args, max(limit, 0)))
+        return [Event(r[0], r[1], EventKind(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    # requests --------------------------------------------------------------------------------------------
+    def add_request(self, time: float, action: str, arg: str | None = None) -> int:
+        """Queue a command for the running orchestrator; returns its id."""
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO requests (time, action, arg) VALUES (?,?,?)", (time, action, arg))
+            return int(cur.lastrowid or 0)
+
+    def pending_requests(self) -> list[Request]:
+        rows = self._query("SELECT id, time, action, arg FROM requests WHERE done = 0 ORDER BY id")
+        return [Request(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def finish_request(self, request_id: int, ok: bool, result: Any) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE requests SET done = 1, ok = ?, result = ? WHERE id = ?",
+                (1 if ok else 0, json.dumps(result, default=str), request_id),
+            )
+
+    def request(self, request_id: int) -> Request | None:
+        rows = self._query(
+            "SELECT id, time, action, arg, done, ok, result FROM requests WHERE id = ?", (request_id,)
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return Request(r[0], r[1], r[2], r[3], bool(r[4]), None if r[5] is None else bool(r[5]), r[6])
+
+    # meta ------------------------------------------------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def delete_meta(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM meta WHERE key = ?", (key,))

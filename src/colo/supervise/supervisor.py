@@ -1,0 +1,408 @@
+"""The loop over all agents: ticks their state machines, reads their logs, recovers GPUs from MPS faults,
+and rolls configuration changes through one agent at a time.
+
+Everything outside (processes, health probes, time, MPS, GPU memory) is injected, so the CPU tests drive
+the whole loop with a fake clock, :class:`~colo.supervise.runner.FakeRunner` and a fake :class:`MpsHooks`.
+
+MPS fault recovery, per GPU (other GPUs are untouched)::
+
+    detected (server FAULT, or a client died with an MPS error)
+      -> stopping: every agent on that GPU held; ``terminate_client`` then the stop signal
+      -> waiting: until the GPU's MPS server is ACTIVE again (or gone); past ``fault_wait_secs`` the GPU's
+         daemon is restarted
+      -> relaunching: the agents that were up are started again; done when all are RUNNING
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from colo.errors import ColoError
+from colo.supervise.agent import Agent, AgentSetup
+from colo.supervise.clock import Clock
+from colo.supervise.health import Probe
+from colo.supervise.logs import AgentLogs, LogScanner, scan_text
+from colo.supervise.runner import Runner
+from colo.supervise.snapshots import AgentStatus, Event, EventKind
+from colo.supervise.state import AgentState
+from colo.supervise.store import Store
+
+#: How often (seconds) MPS servers are asked for their status and GPU memory is read.
+MPS_POLL_SECS = 1.0
+MEMORY_POLL_SECS = 2.0
+ROTATE_CHECK_SECS = 30.0
+
+
+@dataclass(frozen=True)
+class MpsFault:
+    """A GPU whose MPS server is in FAULT (``gpu_uuid``), what said so, and the client pid if named."""
+
+    gpu_uuid: str
+    detail: str
+    client_pid: int | None = None
+
+
+class MpsHooks(Protocol):
+    """What the supervisor needs from the per-GPU MPS daemons (the orchestrator adapts ``colo.gpu.mps``)."""
+
+    def faults(self) -> list[MpsFault]:
+        """GPUs whose server reports FAULT now, plus fault lines new in the MPS logs."""
+        ...
+
+    def ready(self, gpu_uuid: str) -> bool:
+        """True when no server of this GPU's daemon is in FAULT (ACTIVE, or none running)."""
+        ...
+
+    def terminate_client(self, gpu_uuid: str, client_pid: int) -> None:
+        """Ask the GPU's MPS server to end this client (best effort; never raises)."""
+        ...
+
+    def restart_daemon(self, gpu_uuid: str) -> None:
+        """Quit and start again the GPU's MPS daemon (re-applying its defaults). Raises MpsError."""
+        ...
+
+
+@dataclass
+class Recovery:
+    """One GPU's MPS fault recovery in progress (monotonic seconds)."""
+
+    gpu_uuid: str
+    detected_at: float
+    phase: str  # stopping | waiting | relaunching
+    agents: list[str]
+    phase_at: float
+    culprit: str | None = None
+    daemon_restarted: bool = False
+
+
+@dataclass
+class RecoveryRecord:
+    """A finished recovery: how long from detection to every agent RUNNING again (seconds)."""
+
+    gpu_uuid: str
+    seconds: float
+    agents: tuple[str, ...]
+    culprit: str | None
+    daemon_restarted: bool
+
+
+@dataclass
+class _Rolling:
+    queue: deque[tuple[str, AgentSetup, str]] = field(default_factory=deque)
+    current: str | None = None
+    deadline: float = 0.0
+
+
+class Supervisor:
+    """Owns the :class:`Agent` objects (in start order: priority first) and drives them."""
+
+    def __init__(
+        self,
+        *,
+        runner: Runner,
+        probe: Probe,
+        clock: Clock,
+        store: Store,
+        logs: AgentLogs,
+        mps: MpsHooks | None = None,
+        gpu_memory: Callable[[Sequence[int]], dict[int, int]] | None = None,
+        fault_wait_secs: float = 30.0,
+        relaunch_timeout_secs: float = 600.0,
+    ) -> None:
+        self.runner = runner
+        self.probe = probe
+        self.clock = clock
+        self.store = store
+        self.logs = logs
+        self.mps = mps
+        self.gpu_memory = gpu_memory
+        self.fault_wait_secs = fault_wait_secs
+        self.relaunch_timeout_secs = relaunch_timeout_secs
+        self.agents: dict[str, Agent] = {}
+        self.recoveries: dict[str, Recovery] = {}
+        self.recovered: list[RecoveryRecord] = []
+        self._retiring: set[str] = set()
+        self._scanners: dict[str, LogScanner] = {}
+        self._scanned_pid: dict[str, int | None] = {}
+        self._suspects: dict[str, tuple[str, str | None]] = {}  # gpu_uuid -> (detail, culprit agent)
+        self._rolling = _Rolling()
+        self._next_mps_poll = 0.0
+        self._next_memory_poll = 0.0
+        self._next_rotate = 0.0
+
+    # events ----------------------------------------------------------------------------------------------
+    def event(self, kind: EventKind, agent: str | None, message: str, gpu: str | None = None) -> Event:
+        """Record an event (wall-clock time) in the store."""
+        return self.store.add_event(self.clock.wall(), kind, agent, message, gpu)
+
+    # membership ------------------------------------------------------------------------------------------
+    def add(self, setup: AgentSetup, *, restarts: int = 0) -> Agent:
+        """Add an agent (STOPPED) to supervision and record it."""
+        name = setup.name
+
+        def on_event(kind: EventKind, message: str) -> None:
+            a = self.agents.get(name)
+            self.event(kind, name, message, a.setup.launch.gpu if a else setup.launch.gpu)
+
+        agent = Agent(
+            setup,
+            runner=self.runner,
+            probe=self.probe,
+            clock=self.clock,
+            log_path=self.logs.path(name),
+            on_event=on_event,
+            on_change=self._save,
+            restarts=restarts,
+        )
+        self.agents[name] = agent
+        self._scanners[name] = LogScanner(self.logs.path(name), from_end=True)
+        self._save(agent)
+        return agent
+
+    def _save(self, agent: Agent) -> None:
+        if agent.name in self.agents:
+            self.store.save_agent(agent.record())
+
+    def retire(self, name: str) -> None:
+        """Stop an agent and forget it once it has stopped (removed from the plan)."""
+        agent = self.agents[name]
+        self._retiring.add(name)
+        agent.hold = True
+        agent.stop("removed from the plan")
+
+    def agent(self, name: str) -> Agent:
+        """The agent called ``name``. Raises KeyError."""
+        return self.agents[name]
+
+    def statuses(self) -> list[AgentStatus]:
+        return [a.status() for a in self.agents.values()]
+
+    # rolling changes -------------------------------------------------------------------------------------
+    def roll(self, changes: Sequence[tuple[AgentSetup, str]]) -> None:
+        """Restart these agents with their new setups one at a time (next one once the last is RUNNING)."""
+        for setup, reason in changes:
+            self._rolling.queue.append((setup.name, setup, reason))
+
+    @property
+    def rolling_pending(self) -> list[str]:
+        """Agents still waiting for (or in) their rolling restart."""
+        names = [n for n, _, _ in self._rolling.queue]
+        return ([self._rolling.current] if self._rolling.current else []) + names
+
+    def _tick_rolling(self, now: float) -> None:
+        r = self._rolling
+        if r.current is not None:
+            agent = self.agents.get(r.current)
+            settled = agent is None or agent.state in (
+                AgentState.RUNNING,
+                AgentState.FATAL,
+                AgentState.EXITED,
+            )
+            if not settled and now < r.deadline:
+                return
+            r.current = None
+        while r.queue:
+            name, setup, reason = r.queue.popleft()
+            agent = self.agents.get(name)
+            if agent is None or name in self._retiring:
+                continue
+            agent.reconfigure(setup)
+            agent.restart(reason)
+            r.current = name
+            health = setup.health
+            r.deadline = now + setup.rules.stop_wait_secs + health.startup_timeout_secs + 5.0
+            return
+
+    # the loop --------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """One pass: agents, logs, MPS faults, recoveries, rolling restarts, memory, log rotation."""
+        now = self.clock.monotonic()
+        for agent in list(self.agents.values()):
+            before = agent.handle
+            self._scan_log(agent)
+            try:
+                agent.tick()
+            except ColoError as exc:  # failures are data: never let one agent stop the loop
+                agent.last_error = str(exc)
+            if before is not None and agent.handle is None:
+                self._scan_log(agent, pid=before.pid)  # the last words of a process that just ended
+        for name in list(self._retiring):
+            gone = self.agents.get(name)
+            if gone is None or (gone.handle is None and gone.state != AgentState.STOPPING):
+                self._retiring.discard(name)
+                self.agents.pop(name, None)
+                self._scanners.pop(name, None)
+                self.store.delete_agent(name)
+        self._tick_mps(now)
+        self._tick_recoveries(now)
+        self._tick_rolling(now)
+        if self.gpu_memory is not None and now >= self._next_memory_poll:
+            self._next_memory_poll = now + MEMORY_POLL_SECS
+            self._poll_memory()
+        if now >= self._next_rotate:
+            self._next_rotate = now + ROTATE_CHECK_SECS
+            for name in self.agents:
+                self.logs.rotate_if_needed(name)
+
+    def _scan_log(self, agent: Agent, pid: int | None = None) -> None:
+        scanner = self._scanners.get(agent.name)
+        if scanner is None:
+            return
+        text = scanner.read_new()
+        if not text:
+            return
+        found = scan_text(text)
+        if found.oom and agent.handle is not None:
+            agent.note_oom(found.oom)
+        elif found.oom and pid is not None:
+            self.event(EventKind.OOM, agent.name, f"out of memory: {found.oom}", agent.setup.launch.gpu)
+            agent.last_error = f"out of memory: {found.oom}"
+            self._save(agent)
+        uuid = agent.setup.launch.gpu_uuid
+        if found.mps_error and self.mps is not None and uuid and uuid not in self.recoveries:
+            culprit = agent.name if found.fault_cause else None
+            detail, prior = self._suspects.get(uuid, (f"{agent.name}: {found.mps_error}", None))
+            self._suspects[uuid] = (detail, prior or culprit)
+
+    def _tick_mps(self, now: float) -> None:
+        if self.mps is None:
+            return
+        faults: list[MpsFault] = []
+        if now >= self._next_mps_poll:
+            self._next_mps_poll = now + MPS_POLL_SECS
+            try:
+                faults = self.mps.faults()
+            except ColoError as exc:
+                self.event(EventKind.DAEMON, None, f"cannot read MPS status: {exc}")
+        for fault in faults:
+            if fault.gpu_uuid in self.recoveries:
+                continue
+            culprit = self._agent_of_pid(fault.client_pid)
+            suspect = self._suspects.pop(fault.gpu_uuid, None)
+            if culprit is None and suspect is not None:
+                culprit = suspect[1]
+            self._begin_recovery(fault.gpu_uuid, fault.detail, culprit, now)
+        for uuid, (detail, culprit) in list(self._suspects.items()):
+            # Clients died with MPS errors even if the server was not seen in FAULT.
+            del self._suspects[uuid]
+            if uuid not in self.recoveries:
+                self._begin_recovery(uuid, detail, culprit, now)
+
+    def _agent_of_pid(self, pid: int | None) -> str | None:
+        if pid is None:
+            return None
+        for agent in self.agents.values():
+            if agent.handle is not None and agent.handle.pid == pid:
+                return agent.name
+        return None
+
+    def agents_on(self, gpu_uuid: str) -> list[Agent]:
+        return [a for a in self.agents.values() if a.setup.launch.gpu_uuid == gpu_uuid]
+
+    def _begin_recovery(self, uuid: str, detail: str, culprit: str | None, now: float) -> None:
+        on_gpu = self.agents_on(uuid)
+        was_up = [
+            a.name
+            for a in on_gpu
+            if a.state in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING, AgentState.BACKOFF)
+            and a.name not in self._retiring
+        ]
+        blame = f"; faulting client: {culprit}" if culprit else "; faulting client not named in the logs"
+        self.event(
+            EventKind.MPS_FAULT,
+            culprit,
+            f"MPS fault on {uuid}: {detail}{blame}; stopping {len(was_up)} agent(s) on that GPU",
+            uuid,
+        )
+        for a in on_gpu:
+            a.hold = True
+            if a.handle is not None and a.state in (AgentState.STARTING, AgentState.RUNNING):
+                if self.mps is not None:
+                    self.mps.terminate_client(uuid, a.handle.pid)
+                a.stop("MPS fault recovery")
+        self.recoveries[uuid] = Recovery(uuid, now, "stopping", was_up, now, culprit)
+
+    def _tick_recoveries(self, now: float) -> None:
+        for uuid, rec in list(self.recoveries.items()):
+            agents = [self.agents[n] for n in rec.agents if n in self.agents]
+            if rec.phase == "stopping":
+                if all(a.handle is None for a in self.agents_on(uuid)):
+                    rec.phase, rec.phase_at = "waiting", now
+                else:
+                    continue
+            if rec.phase == "waiting":
+                ready = self.mps is None or self._safe_ready(uuid)
+                if not ready and now - rec.phase_at < self.fault_wait_secs:
+                    continue
+                if not ready and self.mps is not None:
+                    try:
+                        self.mps.restart_daemon(uuid)
+                        rec.daemon_restarted = True
+                        self.event(
+                            EventKind.DAEMON, None, f"restarted the MPS daemon of {uuid} (still FAULT)", uuid
+                        )
+                    except ColoError as exc:
+                        self.event(EventKind.DAEMON, None, f"could not restart the MPS daemon: {exc}", uuid)
+                for a in self.agents_on(uuid):
+                    a.release()
+                for a in agents:
+                    a.start("MPS fault recovery")
+                rec.phase, rec.phase_at = "relaunching", now
+                continue
+            if rec.phase == "relaunching":
+                settled = all(
+                    a.state in (AgentState.RUNNING, AgentState.FATAL, AgentState.EXITED) for a in agents
+                )
+                if not settled and now - rec.phase_at < self.relaunch_timeout_secs:
+                    continue
+                secs = now - rec.detected_at
+                running = len([a for a in agents if a.state == AgentState.RUNNING])
+                ok = running == len(agents)
+                self.recovered.append(
+                    RecoveryRecord(uuid, secs, tuple(rec.agents), rec.culprit, rec.daemon_restarted)
+                )
+                self.event(
+                    EventKind.RESTARTED,
+                    None,
+                    f"MPS fault recovery on {uuid} {'done' if ok else 'incomplete'} in {secs:.1f} s: "
+                    f"{running}/{len(agents)} agents RUNNING",
+                    uuid,
+                )
+                del self.recoveries[uuid]
+
+    def _safe_ready(self, uuid: str) -> bool:
+        assert self.mps is not None
+        try:
+            return self.mps.ready(uuid)
+        except ColoError:
+            return False
+
+    def _poll_memory(self) -> None:
+        assert self.gpu_memory is not None
+        pids = [a.handle.pid for a in self.agents.values() if a.handle is not None]
+        if not pids:
+            return
+        try:
+            used = self.gpu_memory(pids)
+        except ColoError:
+            return
+        for agent in self.agents.values():
+            if agent.handle is not None:
+                agent.note_memory(used.get(agent.handle.pid))
+
+    # shutting down ---------------------------------------------------------------------------------------
+    def stop_all(self) -> None:
+        """Ask every agent to stop (lowest priority first; MPS ``terminate_client`` before the signal)."""
+        for agent in reversed(list(self.agents.values())):
+            agent.hold = True
+            uuid = agent.setup.launch.gpu_uuid
+            if self.mps is not None and uuid and agent.handle is not None:
+                self.mps.terminate_client(uuid, agent.handle.pid)
+            agent.stop("colo down")
+
+    def all_down(self) -> bool:
+        """True when no agent has a process."""
+        return all(a.handle is None for a in self.agents.values())
