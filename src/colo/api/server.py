@@ -6,11 +6,17 @@ import errno
 import ipaddress
 import logging
 import socket
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI
 
+from colo.api.source import ApiSource
 from colo.errors import UsageError
+from colo.spec.config import ApiSettings
 
 log = logging.getLogger("colo.api")
 
@@ -90,3 +96,89 @@ def serve(
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+@dataclass(frozen=True)
+class ApiBinding:
+    """Where and how an app listens: the effective host/port, whether reads are open, and the token."""
+
+    host: str
+    port: int
+    open_reads: bool
+    token: str
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def binding_for(
+    settings: ApiSettings,
+    state_dir: Path,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    open_reads: bool | None = None,
+) -> ApiBinding:
+    """Resolve host/port (flags over config), whether reads are open (on loopback unless configured off;
+    elsewhere only when asked with ``open_reads=True``) and the token (``$COLO_API_TOKEN`` or
+    ``<state_dir>/api-token``, created at first start).
+    """
+    from colo.api.auth import load_or_create_token
+
+    h = host or settings.host
+    p = port or settings.port
+    reads = settings.open_reads and (is_loopback(h) or bool(open_reads))
+    if open_reads is False:
+        reads = False
+    return ApiBinding(h, p, reads, load_or_create_token(state_dir))
+
+
+def run_api(source: ApiSource, binding: ApiBinding, *, warn: Callable[[str], None] | None = None) -> None:
+    """Build the app over ``source`` and serve it in this thread until interrupted (``colo serve``)."""
+    from colo.api.app import create_app
+
+    app = create_app(source, token=binding.token, open_reads=binding.open_reads)
+    serve(app, host=binding.host, port=binding.port, open_reads=binding.open_reads, warn=warn)
+
+
+class ApiThread:
+    """The API served from a background thread (``colo up`` runs its supervisor loop in the main thread).
+
+    ``start()`` binds first and raises UsageError for a busy port; ``stop()`` asks uvicorn to exit and joins.
+    """
+
+    def __init__(
+        self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 8014, log_level: str = "warning"
+    ):
+        import uvicorn
+
+        self.host = host
+        self._sock = bind_socket(host, port)
+        self.port = int(self._sock.getsockname()[1])  # port 0 -> the one the OS picked
+        config = uvicorn.Config(
+            app, log_level=log_level, access_log=False, lifespan="off", server_header=False
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name="colo-api", daemon=True)
+
+    def _run(self) -> None:
+        self._server.run(sockets=[self._sock])
+
+    def start(self, ready_timeout_secs: float = 10.0) -> ApiThread:
+        """Start serving; returns once uvicorn reports it started. Raises UsageError if it does not."""
+        self._thread.start()
+        deadline = time.monotonic() + ready_timeout_secs
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise UsageError(f"the API did not start on {self.host}:{self.port}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout_secs: float = 5.0) -> None:
+        """Ask the server to exit, wait up to ``timeout_secs``, close the socket."""
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout_secs)
+        self._sock.close()

@@ -1,0 +1,1 @@
+"""Rich views of API snapshots (thin: formatting only)."""

@@ -1,0 +1,391 @@
+"""Every route of the colo API, its errors and its auth, through FastAPI's test client and a fake source."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from api_fakes import NEWSROOM, TOKEN, FakeSource, gpu_source
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from colo.api.app import create_app
+from colo.api.context import ApiOptions
+from colo.errors import DoesNotFitError, GpuError, MpsError, SupervisorError
+from colo.gpu.fake_nvml import FakeGpuBackend
+from colo.plan.allocation_doc import allocation_document
+from colo.units import MIB
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def client_for(
+    source: FakeSource, *, open_reads: bool = True, clock: Clock | None = None, options: ApiOptions | None = None
+) -> TestClient:
+    app = create_app(source, token=TOKEN, open_reads=open_reads, options=options, clock=clock or Clock())
+    return TestClient(app, raise_server_exceptions=True)
+
+
+@pytest.fixture
+def source() -> FakeSource:
+    return FakeSource()
+
+
+@pytest.fixture
+def client(source: FakeSource) -> TestClient:
+    return client_for(source)
+
+
+# --- reads -------------------------------------------------------------------------------------------------
+
+
+def test_healthz(client: TestClient) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
+
+
+def test_allocation_is_the_seed_document(client: TestClient, source: FakeSource) -> None:
+    r = client.get("/mps/allocation")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert doc == json.loads(json.dumps(allocation_document(source.current_plan())))
+    alloc = doc["mps_resource_allocation"]
+    assert set(alloc) >= {"agent_allocations", "system_summary"}
+    critic = alloc["agent_allocations"]["critic"]
+    assert critic["mps_memory_limit_gb"] == 4.0
+    assert critic["models"] == ["unitary/unbiased-toxic-roberta", "unitary/toxic-bert"]
+    assert alloc["system_summary"]["total_agents"] == 9
+
+
+def test_allocation_rendered_once_per_plan(source: FakeSource) -> None:
+    app = create_app(source, token=TOKEN)
+    cache = app.state.ctx.allocation_cache
+    renders: list[object] = []
+    inner = cache._render
+    cache._render = lambda p: renders.append(p) or inner(p)
+    client = TestClient(app)
+    first = client.get("/mps/allocation").content
+    assert client.get("/mps/allocation").content == first
+    assert len(renders) == 1
+    # A new plan (what an apply produces) is rendered again.
+    source._plan = dataclasses.replace(source._plan, placement="spread")
+    second = client.get("/mps/allocation").json()
+    assert len(renders) == 2
+    assert second["colo"]["placement"] == "spread"
+
+
+def test_gpu_info_without_gpu_says_why(client: TestClient) -> None:
+    r = client.get("/gpu/info")
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["mps_enabled"] is False
+    assert doc["mps"] == {"enabled": False, "pipe_dir": None, "control_process": False, "daemons_running": 0}
+    assert "nvidia-smi" in doc["error"]
+    assert doc["gpus"] == []
+
+
+def test_gpu_info_when_nvml_fails_is_not_a_500() -> None:
+    src = FakeSource(backend=FakeGpuBackend(error=GpuError("NVML: driver not loaded", hint="try nvidia-smi")))
+    doc = client_for(src).get("/gpu/info").json()
+    assert doc["mps_enabled"] is False
+    assert "driver not loaded" in doc["error"]
+
+
+def test_gpu_info_shows_daemon_clients_and_agents(tmp_path: Path) -> None:
+    src = gpu_source(tmp_path)
+    doc = client_for(src).get("/gpu/info").json()
+    assert doc["mps_enabled"] is True
+    assert doc["mps"]["enabled"] is True
+    assert doc["mps"]["control_process"] is True
+    assert doc["mps"]["pipe_dir"] == str(tmp_path / "pipe")
+    (gpu,) = doc["gpus"]
+    assert gpu["memory_total_bytes"] == 80 * 1024 * MIB
+    assert gpu["temperature_c"] == 35
+    daemon = gpu["mps_daemon"]
+    assert daemon["running"] is True
+    (server,) = daemon["servers"]
+    assert server["status"] == "ACTIVE"
+    names = {a.name for a in src.statuses()}
+    pid_to_agent = {s.pid: s.name for s in src.statuses()}
+    assert server["clients"] == [{"pid": 1000, "agent": pid_to_agent[1000]}, {"pid": 1001, "agent": pid_to_agent[1001]}]
+    procs = {p["pid"]: p for p in gpu["processes"]}
+    assert procs[1000]["used_memory_bytes"] == 900 * MIB and procs[1000]["agent"] in names
+    assert procs[77777]["agent"] is None and procs[77777]["is_mps_client"] is False
+    assert set(gpu["agents"]) == names
+
+
+def test_gpu_info_daemon_error_is_reported_per_gpu(tmp_path: Path) -> None:
+    src = gpu_source(tmp_path)
+    src.mps = False
+    assert src.fleet is not None
+    next(iter(src.fleet.daemons.values())).error = MpsError("control pipe not answering")
+    doc = client_for(src).get("/gpu/info").json()
+    assert doc["mps_enabled"] is False
+    assert doc["gpus"][0]["mps_daemon"]["error"] == "control pipe not answering"
+
+
+def test_gpu_state_is_read_once_per_ttl(tmp_path: Path) -> None:
+    src = gpu_source(tmp_path)
+    clock = Clock()
+    client = client_for(src, clock=clock, options=ApiOptions(gpu_ttl_secs=1.0))
+    assert src.backend is not None
+    client.get("/gpu/info")
+    calls = src.backend.calls
+    client.get("/gpu/info")
+    client.get("/metrics")
+    assert src.backend.calls == calls
+    clock.now += 1.5
+    client.get("/gpu/info")
+    assert src.backend.calls > calls
+
+
+def test_metrics_names_and_values(tmp_path: Path) -> None:
+    src = gpu_source(tmp_path)
+    r = client_for(src).get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    critic = src.status("critic")
+    lab = (("agent", "critic"), ("gpu", "0"), ("uuid", critic.gpu_uuid))
+    assert samples[("colo_agent_memory_used_bytes", lab)] == critic.memory_used_bytes
+    assert samples[("colo_agent_memory_limit_bytes", lab)] == critic.limit_bytes
+    assert samples[("colo_agent_restarts_total", (("agent", "critic"),))] == 1
+    assert samples[("colo_agent_state", (("agent", "critic"), ("state", "RUNNING")))] == 1
+    assert samples[("colo_agent_state", (("agent", "critic"), ("state", "FATAL")))] == 0
+    gpu = (("gpu", "0"), ("name", "NVIDIA H100 80GB HBM3"), ("uuid", critic.gpu_uuid))
+    assert samples[("colo_gpu_memory_used_bytes", gpu)] == 3 * 1024 * MIB
+    assert samples[("colo_gpu_temperature_celsius", gpu)] == 35
+    assert samples[("colo_gpu_power_watts", gpu)] == 70
+    assert samples[("colo_mps_daemon_up", (("gpu", "0"), ("uuid", critic.gpu_uuid)))] == 1
+    assert samples[("colo_mps_clients", (("gpu", "0"), ("uuid", critic.gpu_uuid)))] == 2
+    assert samples[("colo_plan_agents", ())] == 9
+    assert samples[("colo_plan_allocated_bytes", ())] == src.current_plan().summary.allocated_bytes
+    assert samples[("colo_gpu_scrape_ok", ())] == 1
+
+
+def test_metrics_without_gpu_still_answer(client: TestClient) -> None:
+    text = client.get("/metrics").text
+    assert "colo_gpu_scrape_ok 0.0" in text
+    assert "colo_plan_agents 9.0" in text
+
+
+# --- agents ------------------------------------------------------------------------------------------------
+
+
+def test_agents_list_and_one(client: TestClient, source: FakeSource) -> None:
+    agents = client.get("/agents").json()["agents"]
+    assert {a["name"] for a in agents} == {a.name for a in source.statuses()}
+    one = client.get("/agents/critic").json()
+    assert one["state"] == "RUNNING"
+    assert one["limit_bytes"] == source.status("critic").limit_bytes
+    assert one["memory_used_bytes"] == source.status("critic").memory_used_bytes
+    assert one["restarts"] == 1 and one["pid"] == source.status("critic").pid
+
+
+def test_unknown_agent_is_404(client: TestClient) -> None:
+    r = client.get("/agents/nobody")
+    assert r.status_code == 404
+    assert r.json() == {"error": "no agent named 'nobody'"}
+    assert client.post("/agents/nobody/restart", headers=AUTH).status_code == 404
+
+
+def test_bad_agent_name_is_422(client: TestClient) -> None:
+    assert client.get("/agents/-bad").status_code == 422
+
+
+@pytest.mark.parametrize("verb", ["start", "stop", "restart"])
+def test_actions_need_the_token(client: TestClient, source: FakeSource, verb: str) -> None:
+    assert client.post(f"/agents/critic/{verb}").status_code == 401
+    assert client.post(f"/agents/critic/{verb}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post(f"/agents/critic/{verb}", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    assert source.calls == []
+    r = client.post(f"/agents/critic/{verb}", headers=AUTH)
+    assert r.status_code == 200
+    assert r.json()["action"] == verb and r.json()["status"]["name"] == "critic"
+    assert source.calls == [(verb, "critic")]
+
+
+def test_unknown_action_is_422(client: TestClient) -> None:
+    assert client.post("/agents/critic/explode", headers=AUTH).status_code == 422
+
+
+def test_401_never_echoes_the_token(client: TestClient) -> None:
+    r = client.post("/agents/critic/restart", headers={"Authorization": f"Bearer {TOKEN}x"})
+    assert r.status_code == 401
+    assert TOKEN not in r.text
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_action_refused_is_409_and_redacted(client: TestClient, source: FakeSource) -> None:
+    source.action_error = SupervisorError(f"cannot restart: token {TOKEN} leaked into a message")
+    r = client.post("/agents/critic/restart", headers=AUTH)
+    assert r.status_code == 409
+    assert TOKEN not in r.text
+    assert "<redacted>" in r.json()["error"]
+
+
+def test_closed_reads_need_the_token(source: FakeSource) -> None:
+    client = client_for(source, open_reads=False)
+    for path in ("/agents", "/agents/critic", "/mps/allocation", "/gpu/info", "/metrics", "/events", "/healthz"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=AUTH).status_code == 200, path
+
+
+# --- apply -------------------------------------------------------------------------------------------------
+
+
+def test_apply_yaml(client: TestClient, source: FakeSource) -> None:
+    body = NEWSROOM.read_text().replace("margin: 0.5GiB", "margin: 0.75GiB", 1)
+    r = client.post("/apply", content=body, headers={**AUTH, "Content-Type": "application/yaml"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "applied": True,
+        "restarted": ["critic"],
+        "started": [],
+        "stopped": [],
+        "unchanged": ["analyst", "balancer"],
+        "left_out": [],
+    }
+    assert len(source.applied) == 1
+    # The new plan is what /mps/allocation serves now.
+    doc = client.get("/mps/allocation").json()
+    assert doc["mps_resource_allocation"]["agent_allocations"]["analyst"]["safety_margin_gb"] == 0.75
+
+
+def test_apply_json(client: TestClient, source: FakeSource) -> None:
+    body = {"gpus": [{"memory": "24GiB"}], "models": {"m": {"memory": "1GiB"}}, "agents": {"a": {"models": ["m"]}}}
+    r = client.post("/apply", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert list(source.applied[0].agents) == ["a"]
+
+
+def test_apply_needs_the_token(client: TestClient, source: FakeSource) -> None:
+    assert client.post("/apply", content="x: 1").status_code == 401
+    assert source.applied == []
+
+
+def test_apply_invalid_config_is_422_with_field_and_line(client: TestClient, source: FakeSource) -> None:
+    body = "models:\n  m: {memory: 1GiB}\nagents:\n  a:\n    models: [m]\n    priority: urgent\n"
+    r = client.post("/apply", content=body, headers=AUTH)
+    assert r.status_code == 422
+    err = r.json()
+    assert err["field"] == "agents.a.priority"
+    assert err["line"] == 6
+    assert err["source"] == "<request body>"
+    assert source.applied == []
+
+
+@pytest.mark.parametrize("body", ["agents: [", "", "just a string", "\xff"])
+def test_apply_unparseable_is_422(client: TestClient, body: str) -> None:
+    assert client.post("/apply", content=body.encode("latin-1"), headers=AUTH).status_code == 422
+
+
+def test_apply_that_does_not_fit_is_422(client: TestClient, source: FakeSource) -> None:
+    source.apply_error = DoesNotFitError("critic needs 40 GiB; the largest GPU has 24 GiB", agents=("critic",))
+    r = client.post("/apply", content=NEWSROOM.read_text(), headers=AUTH)
+    assert r.status_code == 422
+    assert r.json()["agents"] == ["critic"]
+    assert "40 GiB" in r.json()["error"]
+
+
+def test_apply_while_another_runs_is_409(source: FakeSource) -> None:
+    app = create_app(source, token=TOKEN)
+    client = TestClient(app)
+    lock = app.state.ctx.apply_lock
+    assert lock.acquire(blocking=False)
+    try:
+        r = client.post("/apply", content=NEWSROOM.read_text(), headers=AUTH)
+    finally:
+        lock.release()
+    assert r.status_code == 409
+    assert "another apply" in r.json()["error"]
+    assert source.applied == []
+    assert client.post("/apply", content=NEWSROOM.read_text(), headers=AUTH).status_code == 200
+
+
+def test_body_over_the_limit_is_413(source: FakeSource) -> None:
+    client = client_for(source, options=ApiOptions(max_body_bytes=1000))
+    r = client.post("/apply", content=b"#" * 2000, headers=AUTH)
+    assert r.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is counted as the body arrives
+        for _ in range(10):
+            yield b"#" * 300
+
+    r = client.post("/apply", content=chunks(), headers=AUTH)
+    assert r.status_code == 413
+    assert source.applied == []
+
+
+# --- events ------------------------------------------------------------------------------------------------
+
+
+def test_events_list_since_and_limit(client: TestClient) -> None:
+    events = client.get("/events").json()["events"]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
+    assert events[0]["kind"] == "started" and events[0]["agent"] == "critic"
+    assert [e["seq"] for e in client.get("/events", params={"since": 3}).json()["events"]] == [4, 5]
+    assert [e["seq"] for e in client.get("/events", params={"limit": 2}).json()["events"]] == [1, 2]
+    assert client.get("/events", params={"limit": 0}).status_code == 422
+    assert client.get("/events", params={"since": -1}).status_code == 422
+
+
+def test_events_follow_streams_sse(source: FakeSource) -> None:
+    class Ticking(Clock):
+        def __call__(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    client = client_for(
+        source, clock=Ticking(), options=ApiOptions(event_poll_secs=0.0, stream_max_secs=3.0, heartbeat_secs=1.0)
+    )
+    r = client.get("/events", params={"follow": 1, "since": 3})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    frames = [f for f in r.text.split("\n\n") if f.startswith("id:")]
+    assert [f.splitlines()[0] for f in frames] == ["id: 4", "id: 5"]
+    data = json.loads(frames[0].splitlines()[2].removeprefix("data: "))
+    assert data["seq"] == 4 and data["message"] == "event 4"
+    # Last-Event-ID resumes after the last event the client saw.
+    r = client.get("/events", params={"follow": 1}, headers={"Last-Event-ID": "4"})
+    assert [f.splitlines()[0] for f in r.text.split("\n\n") if f.startswith("id:")] == ["id: 5"]
+
+
+# --- schema ------------------------------------------------------------------------------------------------
+
+
+def test_openapi_lists_every_route(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths) >= {
+        "/healthz",
+        "/mps/allocation",
+        "/gpu/info",
+        "/metrics",
+        "/agents",
+        "/agents/{name}",
+        "/agents/{name}/{action}",
+        "/apply",
+        "/events",
+    }
+    assert client.get("/docs").status_code == 200
+
+
+def test_empty_token_is_refused(source: FakeSource) -> None:
+    with pytest.raises(ValueError):
+        create_app(source, token="")
