@@ -1,0 +1,168 @@
+"""Texts to token ids for the built-in agent: the model's real tokenizer when it is on disk, else a hash.
+
+The built-in agent must run offline with random weights, where no tokenizer files exist. Then texts become
+ids deterministically: each word (or punctuation mark, long words in 4-character pieces) is hashed with
+BLAKE2b into ``[reserved, vocab_size)``, so the same text always gives the same ids, every id is valid for the
+model's embedding table, and the low ids (where special tokens live) are never produced. ``/health`` says
+which one is in use (``"tokenizer": "hash fallback"``).
+
+transformers is imported inside :func:`load_tokenizer` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+HASH_FALLBACK = "hash fallback"
+_WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_PIECE_CHARS = 4
+_LONG_WORD_CHARS = 6
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids per text (unpadded) and whether any text was cut to ``max_len``."""
+
+    ids: list[list[int]]
+    truncated: bool
+
+
+class Tokenizer(Protocol):
+    """What the agent needs from a tokenizer."""
+
+    @property
+    def description(self) -> str:
+        """Shown in /health: ``"hash fallback"`` or the real tokenizer's class and source."""
+        ...
+
+    @property
+    def pad_id(self) -> int:
+        """Id used to pad rows of a batch (masked out by the attention mask)."""
+        ...
+
+    def encode(self, texts: Sequence[str], max_len: int) -> Encoded:
+        """Ids for each text, at most ``max_len`` (>= 1) per text; an empty text gives one id."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str | None:
+        """Text for ids, or None when this tokenizer cannot decode (the hash fallback)."""
+        ...
+
+
+class HashTokenizer:
+    """Deterministic word-hash ids within ``[reserved, vocab_size)``; never decodes."""
+
+    def __init__(self, vocab_size: int, *, pad_id: int = 0, reserved: int | None = None) -> None:
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size {vocab_size} is too small for hashed ids")
+        self.vocab_size = vocab_size
+        self._pad_id = pad_id
+        # Keep clear of the special tokens at the start of most vocabularies (BERT's [CLS] is 101).
+        self.reserved = min(1000, vocab_size // 10) if reserved is None else reserved
+        if not 0 <= self.reserved < vocab_size:
+            raise ValueError(f"reserved {self.reserved} must be in [0, {vocab_size})")
+
+    @property
+    def description(self) -> str:
+        return HASH_FALLBACK
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    def _id(self, piece: str) -> int:
+        digest = hashlib.blake2b(piece.encode("utf-8"), digest_size=8).digest()
+        return self.reserved + int.from_bytes(digest, "little") % (self.vocab_size - self.reserved)
+
+    def _pieces(self, text: str) -> list[str]:
+        pieces: list[str] = []
+        for word in _WORD_RE.findall(text.lower()):
+            if len(word) <= _LONG_WORD_CHARS:
+                pieces.append(word)
+            else:
+                pieces += [word[i : i + _PIECE_CHARS] for i in range(0, len(word), _PIECE_CHARS)]
+        return pieces or [""]
+
+    def encode(self, texts: Sequence[str], max_len: int) -> Encoded:
+        if max_len < 1:
+            raise ValueError(f"max_len {max_len} must be >= 1")
+        rows: list[list[int]] = []
+        truncated = False
+        for text in texts:
+            ids = [self._id(p) for p in self._pieces(text)]
+            if len(ids) > max_len:
+                ids, truncated = ids[:max_len], True
+            rows.append(ids)
+        return Encoded(rows, truncated)
+
+    def decode(self, ids: Sequence[int]) -> str | None:
+        return None
+
+
+class HfTokenizer:
+    """A transformers tokenizer loaded from local files (no network)."""
+
+    def __init__(self, tokenizer: Any, source: str) -> None:
+        self._tok = tokenizer
+        self._source = source
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self._pad_id = int(pad)
+
+    @property
+    def description(self) -> str:
+        return f"{type(self._tok).__name__} ({self._source})"
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    def encode(self, texts: Sequence[str], max_len: int) -> Encoded:
+        if max_len < 1:
+            raise ValueError(f"max_len {max_len} must be >= 1")
+        full = self._tok(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        rows: list[list[int]] = []
+        truncated = False
+        for ids in full:
+            ids = [int(i) for i in ids] or [self._pad_id]
+            if len(ids) > max_len:
+                ids, truncated = ids[:max_len], True
+            rows.append(ids)
+        return Encoded(rows, truncated)
+
+    def decode(self, ids: Sequence[int]) -> str | None:
+        return str(self._tok.decode(list(ids), skip_special_tokens=True))
+
+
+def load_tokenizer(model_id: str, path: str | None, vocab_size: int, *, real_weights: bool) -> Tokenizer:
+    """The model's tokenizer from ``path`` or the local Hugging Face cache, else a :class:`HashTokenizer`.
+
+    Only local files are read (``local_files_only=True``): the agent never reaches the network for a
+    tokenizer. With random weights a real tokenizer would still be valid (ids are within the same vocabulary),
+    so it is used whenever found. Never raises for a missing tokenizer; logs which one is used.
+    """
+    source = path if path else model_id
+    if path and not os.path.isdir(path):
+        log.info("%s: %s is not a directory; tokenizer: %s", model_id, path, HASH_FALLBACK)
+        return HashTokenizer(vocab_size)
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except Exception as exc:  # missing files show up as OSError, ValueError or others depending on the model
+        log.info("%s: no local tokenizer (%s); tokenizer: %s", model_id, type(exc).__name__, HASH_FALLBACK)
+        return HashTokenizer(vocab_size)
+    origin = "local path" if path else "hugging face cache"
+    if not real_weights:
+        origin += ", weights random"
+    log.info("%s: tokenizer %s from %s", model_id, type(tok).__name__, origin)
+    return HfTokenizer(tok, f"{origin}: {source}")
