@@ -10,11 +10,27 @@ import importlib
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from colo import __version__
 from colo.errors import ColoError
 
+
+class ColoGroup(TyperGroup):
+    """The root command group: a ColoError from any command is one paragraph on stderr and its exit code."""
+
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except ColoError as err:
+            from colo.cli.common import err_console
+
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            ctx.exit(err.exit_code)
+
+
 app = typer.Typer(
+    cls=ColoGroup,
     name="colo",
     help="Run many model services safely on shared NVIDIA GPUs with CUDA MPS: know, plan, run, serve, prove.",
     no_args_is_help=True,
@@ -25,6 +41,7 @@ app = typer.Typer(
 
 # Each module defines ``register(app)``. Listed here so the command set is visible in one place.
 COMMAND_MODULES = [
+    "colo.cli.api_cmd",
     "colo.cli.plan_cmd",
 ]
 
@@ -47,13 +64,8 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console-script entry point: ColoError becomes one paragraph on stderr and its exit code."""
+    """Console-script entry point (errors are handled by :class:`ColoGroup`)."""
     try:
         app()
-    except ColoError as err:
-        from colo.cli.common import err_console
-
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

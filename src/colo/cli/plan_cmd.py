@@ -42,7 +42,7 @@ def parse_gpu_option(values: list[str]) -> list[GpuInventory]:
             raise UsageError(f"--gpu {v!r}: write e.g. '24GiB', '8x80GiB' or 'node-a:8x80GiB'")
         try:
             mem = units.parse_size(m.group("mem"))
-            rows.append(GpuInventory(node=node, memory=mem, count=int(m.group("count") or 1)))
+            rows.append(GpuInventory(node=node, memory_bytes=mem, count=int(m.group("count") or 1)))
         except ValueError as exc:
             raise UsageError(f"--gpu {v!r}: {exc}") from exc
     return rows
@@ -59,7 +59,7 @@ def load_plannable(path: str, gpu_opts: list[str]) -> ColoConfig:
         )
     if kind == "model_config":
         mc = parse_model_config(loaded)
-        gpus = override or [GpuInventory(name="GPU", memory=24 * units.GIB)]
+        gpus = override or [GpuInventory(name="GPU", memory_bytes=24 * units.GIB)]
         if not override:
             err_console.print("note: a model_config.json has no GPU inventory; planning for one 24 GiB GPU "
                               "(use --gpu to change)")
@@ -95,7 +95,8 @@ def model_memory(config: ColoConfig, from_db: bool, db_path: str | None) -> dict
     from colo.memory.resolve import memory_for_plan
 
     db = ModelDB.open(db_path) if db_path else ModelDB.open_default(config)
-    return memory_for_plan(config, db)
+    resolved: dict[str, ModelMemory] = memory_for_plan(config, db)
+    return resolved
 
 
 def _gib(value_bytes: int) -> str:

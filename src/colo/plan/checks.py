@@ -106,13 +106,14 @@ def check_allocation(doc: AllocationFile, margin_policy: Margin, max_clients_per
 def _per_gpu_checks(doc: AllocationFile, max_clients: int) -> list[Finding]:
     """With colo's placement keys: per-GPU capacity and the MPS client cap."""
     per_gpu: Counter[str] = Counter()
-    alloc_gb: Counter[str] = Counter()
+    alloc_gb: dict[str, float] = {}
     for row in doc.mps_resource_allocation.agent_allocations.values():
         extra = (row.model_extra or {}).get("colo")
         gpu = extra.get("gpu") if isinstance(extra, dict) else None
         if isinstance(gpu, dict) and "key" in gpu:
             per_gpu[str(gpu["key"])] += 1
-            alloc_gb[str(gpu["key"])] += row.mps_memory_limit_gb
+            key = str(gpu["key"])
+            alloc_gb[key] = alloc_gb.get(key, 0.0) + row.mps_memory_limit_gb
     out = []
     for key, n in sorted(per_gpu.items()):
         if n > max_clients:

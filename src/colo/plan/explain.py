@@ -40,9 +40,7 @@ def explain_plan(plan: Plan, *, reserve_per_gpu_bytes: int = 0, pinned: Collecti
             lines.append(f"{head}: NOT PLACED — {reason}")
             continue
         key = a.gpu.key
-        fitting = [
-            k for k in free if free[k] >= a.limit_bytes and clients[k] < plan.max_clients_per_gpu
-        ]
+        fitting = [k for k in free if free[k] >= a.limit_bytes and clients[k] < plan.max_clients_per_gpu]
         before = free[key]
         free[key] -= a.limit_bytes
         clients[key] += 1

@@ -7,7 +7,16 @@ from collections.abc import Mapping, Sequence
 from colo.plan.inventory import pinned_candidates
 from colo.plan.limits import agent_limit, agent_models, declared_memory, margin_findings
 from colo.plan.placement import Request, place, placement_order
-from colo.plan.types import AgentPlan, GpuSlot, GpuSummary, ModelMemory, Plan, PolicyFinding, Summary, Unplaced
+from colo.plan.types import (
+    AgentPlan,
+    GpuSlot,
+    GpuSummary,
+    ModelMemory,
+    Plan,
+    PolicyFinding,
+    Summary,
+    Unplaced,
+)
 from colo.spec.config import ColoConfig
 
 

@@ -196,8 +196,8 @@ class AgentSpec(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
     port: int | None = Field(None, ge=1, le=65535, description="Port the agent serves on (built-in agent).")
-    health: HealthCheck = Field(default_factory=HealthCheck)  # type: ignore[arg-type]
-    restart: RestartPolicy = Field(default_factory=RestartPolicy)  # type: ignore[arg-type]
+    health: HealthCheck = Field(default_factory=HealthCheck)
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
 
     @field_validator("command")
     @classmethod
@@ -245,7 +245,7 @@ def _default_priorities() -> dict[Priority, PriorityClass]:
 class Policy(_Strict):
     """How requirements become limits and limits become placements."""
 
-    margin: Margin = Field(default_factory=lambda: Margin(percent=50.0, at_least=512 * units.MIB))
+    margin: Margin = Field(default_factory=lambda: Margin(percent=50.0, at_least_bytes=512 * units.MIB))
     round_to_bytes: Bytes = Field(128 * units.MIB, alias="round_to", description="Limits rounded up to this.")
     priorities: dict[Priority, PriorityClass] = Field(default_factory=_default_priorities)
     max_clients_per_gpu: int = Field(48, ge=1, le=60, description="MPS client processes per GPU (48; <=60).")
@@ -281,9 +281,9 @@ class ColoConfig(_Strict):
     )
     models: dict[str, ModelSpec]
     agents: dict[str, AgentSpec]
-    policy: Policy = Field(default_factory=Policy)  # type: ignore[arg-type]
+    policy: Policy = Field(default_factory=Policy)
     state_dir: str | None = Field(None, description="Where colo keeps state (default ~/.local/state/colo).")
-    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @field_validator("agents")
     @classmethod
