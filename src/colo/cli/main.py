@@ -42,7 +42,9 @@ app = typer.Typer(
 # Each module defines ``register(app)``. Listed here so the command set is visible in one place.
 COMMAND_MODULES = [
     "colo.cli.api_cmd",
+    "colo.cli.gpu_cmd",
     "colo.cli.plan_cmd",
+    "colo.cli.render_cmd",
 ]
 
 

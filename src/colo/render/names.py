@@ -49,7 +49,7 @@ def is_label_key(text: str) -> bool:
 
 
 def to_dns_label(name: str) -> str | None:
-    """The DNS label colo uses for ``name`` (lowercase; ``_`` and ``.`` become ``-``), or None if impossible."""
+    """The DNS label for ``name`` (lowercase; ``_`` and ``.`` become ``-``), or None when impossible."""
     label = name.lower().replace("_", "-").replace(".", "-")
     return label if is_dns_label(label) else None
 
@@ -116,7 +116,7 @@ def check_labels(labels: dict[str, str], *, field: str) -> None:
             raise ConfigError(f"label key {key!r} is not a Kubernetes label key", field=f"{field}.labels")
         if not is_label_value(value):
             raise ConfigError(
-                f"label {key}={value!r}: the value is not a Kubernetes label value (alphanumeric at both ends, "
-                "'-', '_', '.' between, at most 63)",
+                f"label {key}={value!r}: the value is not a Kubernetes label value (alphanumeric at both "
+                "ends, '-', '_', '.' between, at most 63)",
                 field=f"{field}.labels.{key}",
             )

@@ -1,0 +1,232 @@
+"""``colo render k8s|nvidia-device-plugin|systemd`` and ``colo node`` (the node agent).
+
+The renderers are pure (:mod:`colo.render`); this module loads the config, plans, writes the files
+atomically and prints what it did. A plan that leaves an agent out is an error here: there is nothing to
+render for an agent without a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+
+from colo import __version__
+from colo.cli.common import console, err_console, print_json
+from colo.errors import UsageError
+from colo.plan import Plan, plan, require_complete
+from colo.plan.explain import explain_plan
+from colo.spec.config import ColoConfig
+
+render_app = typer.Typer(
+    help="Render a plan for Kubernetes, NVIDIA's device plugin, or systemd.",
+    no_args_is_help=True,
+)
+
+RENDER_MARK = "# Rendered by `colo render"
+
+
+def _load(config_path: str, from_db: bool, db: str | None) -> tuple[ColoConfig, str, Plan]:
+    """The config, its text, and its complete plan. Raises ConfigError, PlanError/DoesNotFitError."""
+    from colo.cli.plan_cmd import gpu_slots, model_memory
+    from colo.spec.load import load_config, read_text
+
+    text = read_text(config_path)
+    config = load_config(config_path)
+    p = require_complete(plan(config, gpu_slots(config), model_memory(config, from_db, db)))
+    return config, text, p
+
+
+def _write_tree(out: Path, files: dict[str, str], *, prune: tuple[str, ...] = ()) -> list[Path]:
+    """Write ``files`` under ``out`` atomically; remove earlier colo-rendered files under ``prune`` dirs
+    that this rendering no longer has (an agent that was removed). Returns the paths written."""
+    from colo.files import write_atomic
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    written = [write_atomic(out / rel, text) for rel, text in sorted(files.items())]
+    keep = {(out / rel).resolve() for rel in files}
+    for sub in prune:
+        base = out / sub
+        if not base.is_dir():
+            continue
+        for old in sorted(base.rglob("*")):
+            if old.is_file() and old.resolve() not in keep:
+                try:
+                    head = old.read_text(encoding="utf-8", errors="replace")[:200]
+                except OSError:
+                    continue
+                if RENDER_MARK in head:
+                    old.unlink()
+    return written
+
+
+_FROM_DB = typer.Option(False, "--from-db", help="Use measured (else estimated) memory from the model DB.")
+_DB = typer.Option(None, "--db", help="Model database file (default: the state dir's).")
+
+
+@render_app.command("k8s")
+def k8s_command(
+    config_path: str = typer.Argument(..., metavar="CONFIG", help="colo.yaml with a cluster inventory."),
+    out: Path = typer.Option(..., "--out", help="Directory for the manifests (kustomization.yaml at its top)."),
+    namespace: str = typer.Option("colo", "--namespace", help="Namespace of every object."),
+    image: str = typer.Option(f"colo:{__version__}", "--image", help="Image with colo (node agent, agents)."),
+    agent_image: str | None = typer.Option(None, "--agent-image", help="Image for the agents (default --image)."),
+    service_monitor: bool = typer.Option(False, "--service-monitor", help="Add a prometheus-operator ServiceMonitor."),
+    runtime_class: str = typer.Option(
+        "nvidia", "--runtime-class", help="RuntimeClass of the NVIDIA container runtime ('' for none)."
+    ),
+    state_dir: str = typer.Option("/var/lib/colo", "--state-dir", help="Node agent's state dir on each host."),
+    agent_uid: int = typer.Option(1000, "--agent-uid", min=1, help="uid of every agent pod (one MPS user)."),
+    from_db: bool = _FROM_DB,
+    db: str | None = _DB,
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Render Kubernetes manifests: node-agent DaemonSet, one pinned Deployment per agent, ConfigMap, Service."""
+    from colo.render.k8s import K8sOptions, render_k8s
+    from colo.render.node_agent import NodeAgentLayout
+
+    config, text, p = _load(config_path, from_db, db)
+    opts = K8sOptions(
+        namespace=namespace,
+        image=image,
+        agent_image=agent_image,
+        service_monitor=service_monitor,
+        runtime_class=runtime_class or None,
+        agent_uid=agent_uid,
+        layout=NodeAgentLayout(state_dir=state_dir),
+    )
+    rendered = render_k8s(config, p, config_text=text, source=Path(config_path).name, options=opts)
+    written = _write_tree(out, rendered.files, prune=("agents",))
+    placement = rendered.files["placement.txt"].splitlines()[1:]
+    if as_json:
+        print_json(
+            {"out": str(out), "files": sorted(rendered.files), "notes": list(rendered.notes), "placement": placement}
+        )
+        return
+    for line in placement:
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {len(written)} files to {out}: `kubectl apply -k {out}` "
+        f"(label the GPU nodes {opts.node_label[0]}={opts.node_label[1]} first)",
+        highlight=False,
+    )
+
+
+@render_app.command("nvidia-device-plugin")
+def device_plugin_command(
+    config_path: str = typer.Argument(..., metavar="CONFIG", help="colo.yaml with a cluster inventory."),
+    out: Path | None = typer.Option(None, "--out", help="Write the plugin's ConfigMap here (else stdout)."),
+    namespace: str = typer.Option("nvidia-device-plugin", "--namespace", help="The plugin's namespace."),
+    from_db: bool = _FROM_DB,
+    db: str | None = _DB,
+    as_json: bool = typer.Option(False, "--json", help="Print the verdicts (and the YAML) as JSON."),
+) -> None:
+    """NVIDIA device plugin `sharing.mps` config where every agent of a node asks the same; else say why not."""
+    from colo.files import write_atomic
+    from colo.render.device_plugin import render_device_plugin
+    from colo.render.names import check_namespace
+
+    check_namespace(namespace)
+    config, _, p = _load(config_path, from_db, db)
+    result = render_device_plugin(config, p, namespace=namespace)
+    if out is not None and result.yaml is not None:
+        write_atomic(out, result.yaml)
+    if as_json:
+        print_json(
+            {
+                "verdicts": [dataclasses.asdict(v) | {"eligible": v.eligible} for v in result.verdicts],
+                "yaml": result.yaml,
+            }
+        )
+        return
+    for v in result.verdicts:
+        if v.eligible:
+            err_console.print(
+                f"node {v.node}: the device plugin can run its {len(v.agents)} agents ({v.config_name}); "
+                + "; ".join(v.notes),
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            err_console.print(
+                f"node {v.node}: needs colo's own mode (`colo render k8s`): " + "; ".join(v.reasons),
+                highlight=False,
+                soft_wrap=True,
+            )
+    if out is None:
+        typer.echo(result.yaml, nl=False)
+    else:
+        err_console.print(f"wrote {out}", highlight=False)
+
+
+@render_app.command("systemd")
+def systemd_command(
+    config_path: str = typer.Argument(..., metavar="CONFIG", help="colo.yaml"),
+    out: Path = typer.Option(..., "--out", help="Directory for the units (one folder per node on a cluster)."),
+    agents: bool = typer.Option(False, "--agents", help="Also a unit and an MPS drop-in per agent."),
+    colo_bin: str = typer.Option("/usr/local/bin/colo", "--colo-bin", help="Absolute path of colo on the host."),
+    python: str = typer.Option("/usr/bin/python3", "--python", help="Python of the built-in agent."),
+    config_on_host: str = typer.Option("/etc/colo/colo.yaml", "--config-path", help="colo.yaml on the host."),
+    state_dir: str = typer.Option("/var/lib/colo", "--state-dir", help="COLO_STATE_DIR of colo up."),
+    agent_user: str | None = typer.Option(None, "--agent-user", help="User= of every agent unit (one MPS user)."),
+    from_db: bool = _FROM_DB,
+    db: str | None = _DB,
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Render systemd units: colo.service (colo up) and, with --agents, per-agent units and MPS drop-ins."""
+    from colo.render.node_agent import NodeAgentLayout
+    from colo.render.systemd import SystemdOptions, render_systemd
+
+    for flag, value in (
+        ("--colo-bin", colo_bin),
+        ("--python", python),
+        ("--config-path", config_on_host),
+        ("--state-dir", state_dir),
+    ):
+        if not value.startswith("/"):
+            raise UsageError(f"{flag} {value!r} must be an absolute path (systemd needs one)")
+    config, _, p = _load(config_path, from_db, db)
+    opts = SystemdOptions(
+        colo_bin=colo_bin,
+        python=python,
+        config_path=config_on_host,
+        layout=NodeAgentLayout(state_dir=state_dir),
+        agent_user=agent_user,
+    )
+    files = render_systemd(config, p, source=Path(config_path).name, options=opts, agents=agents)
+    written = _write_tree(out, files, prune=(".",))
+    if as_json:
+        print_json({"out": str(out), "files": sorted(files)})
+        return
+    console.print(f"wrote {len(written)} files to {out}", highlight=False)
+    console.print(
+        f"install: copy a node's files to /etc/systemd/system/, put the config at {config_on_host}, then "
+        "`systemctl daemon-reload && systemctl enable --now colo.service`",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def explain_command(
+    config_path: str = typer.Argument(..., metavar="CONFIG", help="colo.yaml"),
+    from_db: bool = _FROM_DB,
+    db: str | None = _DB,
+) -> None:
+    """Why each agent lands on its GPU (placement order, strategy, free room)."""
+    from colo.cli.plan_cmd import gpu_slots, model_memory
+    from colo.spec.load import load_config
+
+    config = load_config(config_path)
+    p = plan(config, gpu_slots(config), model_memory(config, from_db, db))
+    pinned = [n for n, s in config.agents.items() if s.gpu is not None or s.node is not None]
+    for line in explain_plan(p, reserve_per_gpu_bytes=config.policy.reserve_per_gpu_bytes, pinned=pinned):
+        console.print(line, highlight=False, soft_wrap=True)
+    require_complete(p)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``colo render ...`` and ``colo node`` to ``app``."""
+    render_app.command("explain")(explain_command)
+    app.add_typer(render_app, name="render")
