@@ -121,9 +121,7 @@ class FakeMpsControl:
         pipe = env.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_PIPE_DIR)
         log = env.get("CUDA_MPS_LOG_DIRECTORY", "/var/log/nvidia-mps")
         if self._live(pipe) is not None:
-            raise MpsError(
-                f"`{CONTROL_BIN} -d` exited with status 1: An instance of this daemon is already running"
-            )
+            raise MpsError(f"`{CONTROL_BIN} -d` exited with status 1: An instance of this daemon is already running")
         d = self.add_daemon(pipe, log, env.get("CUDA_VISIBLE_DEVICES"))
         d.answers = not self.start_unresponsive
 
@@ -136,9 +134,7 @@ class FakeMpsControl:
         Path(pipe_dir).mkdir(parents=True, exist_ok=True)
         (Path(pipe_dir) / "control").touch()
         (Path(pipe_dir) / PID_FILE).write_text(f"{d.pid}\n")
-        self._log(
-            d, "control.log", "Control", d.pid, f"Starting control daemon using socket {pipe_dir}/control"
-        )
+        self._log(d, "control.log", "Control", d.pid, f"Starting control daemon using socket {pipe_dir}/control")
         self._log(
             d,
             "control.log",
@@ -156,13 +152,10 @@ class FakeMpsControl:
         d = self._live(pipe)
         if d is None:
             raise MpsError(
-                f"{CONTROL_BIN} exited with status 1 for {command!r} in {pipe}: "
-                "Cannot find MPS control daemon process"
+                f"{CONTROL_BIN} exited with status 1 for {command!r} in {pipe}: Cannot find MPS control daemon process"
             )
         if not d.answers:
-            raise MpsError(
-                f"the MPS control daemon in {pipe} did not answer {command!r} within {timeout_secs:g} s"
-            )
+            raise MpsError(f"the MPS control daemon in {pipe} did not answer {command!r} within {timeout_secs:g} s")
         d.commands.append(command)
         self._log(d, "control.log", "Control", d.pid, "Accepting connection...")
         self._log(d, "control.log", "Control", d.pid, "NEW UI")
@@ -231,14 +224,10 @@ class FakeMpsControl:
         for d in self.daemons.values():
             if not d.alive or (pipe_dir is not None and _key(pipe_dir) != _key(d.pipe_dir)):
                 continue
-            out.append(
-                MpsProcess(d.pid, "control", d.pipe_dir, d.visible_devices, d.uid, (CONTROL_BIN, "-d"))
-            )
+            out.append(MpsProcess(d.pid, "control", d.pipe_dir, d.visible_devices, d.uid, (CONTROL_BIN, "-d")))
             for s in d.servers.values():
                 out.append(
-                    MpsProcess(
-                        s.pid, "server", d.pipe_dir, d.visible_devices, s.uid, ("nvidia-cuda-mps-server",)
-                    )
+                    MpsProcess(s.pid, "server", d.pipe_dir, d.visible_devices, s.uid, ("nvidia-cuda-mps-server",))
                 )
         return sorted(out, key=lambda p: p.pid)
 
@@ -273,9 +262,7 @@ class FakeMpsControl:
             server = FakeServer(spid, uid, "ACTIVE", [], d.active_thread_pct, d.pinned_mem_limit.get("0"))
             d.servers[spid] = server
             self._log(d, "control.log", "Control", spid, f"Starting new server {spid} for user {uid}")
-            self._log(
-                d, "server.log", "Server", spid, f"Active Threads Percentage set to {d.active_thread_pct:.1f}"
-            )
+            self._log(d, "server.log", "Server", spid, f"Active Threads Percentage set to {d.active_thread_pct:.1f}")
             self._log(d, "server.log", "Server", spid, "Server has started")
             self._log(d, "control.log", "Control", d.pid, f"NEW SERVER {spid}: Ready")
         else:
@@ -287,9 +274,7 @@ class FakeMpsControl:
                 f"NEW CLIENT {client_pid} from user {uid}: Server already exists",
             )
         server.clients.append(client_pid)
-        self._log(
-            d, "server.log", "Server", server.pid, f"Client {{PID: {client_pid}, Context ID: 0}} connected"
-        )
+        self._log(d, "server.log", "Server", server.pid, f"Client {{PID: {client_pid}, Context ID: 0}} connected")
         return server.pid
 
     def disconnect_client(self, pipe_dir: str | Path, client_pid: int) -> None:

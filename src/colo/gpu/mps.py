@@ -453,9 +453,7 @@ class MpsDaemon:
             return snap(control_pid=None, running=False, healthy=False)
         pct = self.default_active_thread_pct()
         if pct is None:
-            return snap(
-                control_pid=pid, running=True, healthy=False, error="the control daemon does not answer"
-            )
+            return snap(control_pid=pid, running=True, healthy=False, error="the control daemon does not answer")
         servers: list[ServerInfo] = []
         error: str | None = None
         try:
@@ -607,9 +605,7 @@ def client_env(
         log_dir = log_dir if log_dir is not None else pipe_dir.log_dir
         pipe_dir = pipe_dir.pipe_dir
     if agent.limit_bytes <= 0:
-        raise MpsError(
-            f"agent {agent.name!r} has no memory limit in the plan", hint="run `colo plan` to see why"
-        )
+        raise MpsError(f"agent {agent.name!r} has no memory limit in the plan", hint="run `colo plan` to see why")
     env = {"CUDA_MPS_PIPE_DIRECTORY": str(pipe_dir)}
     if log_dir is not None:
         env["CUDA_MPS_LOG_DIRECTORY"] = str(log_dir)

@@ -221,9 +221,7 @@ class SubprocessMpsControl:
                     hint="check the log dir's control.log",
                 ) from exc
             except OSError as exc:
-                raise MpsError(
-                    f"cannot run {binary}: {exc.strerror or exc}", hint="check the binary"
-                ) from exc
+                raise MpsError(f"cannot run {binary}: {exc.strerror or exc}", hint="check the binary") from exc
             out.seek(0)
             said = out.read().strip().replace("\n", " ")
         if done.returncode != 0:

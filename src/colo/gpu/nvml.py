@@ -202,16 +202,10 @@ class NvmlBackend:
                 hint="run as a user allowed to use /dev/nvidia* (or as root)",
             )
         if code == const("NVML_ERROR_NOT_SUPPORTED"):
-            return GpuError(
-                f"not supported on this GPU: {doing}", hint="this query needs a newer GPU or driver"
-            )
+            return GpuError(f"not supported on this GPU: {doing}", hint="this query needs a newer GPU or driver")
         if code == const("NVML_ERROR_GPU_IS_LOST"):
-            return GpuError(
-                f"the GPU fell off the bus while {doing}", hint="check `nvidia-smi` and the kernel log"
-            )
-        return GpuError(
-            f"NVML failed while {doing}: {detail}", hint="try `nvidia-smi` to see the driver's view"
-        )
+            return GpuError(f"the GPU fell off the bus while {doing}", hint="check `nvidia-smi` and the kernel log")
+        return GpuError(f"NVML failed while {doing}: {detail}", hint="try `nvidia-smi` to see the driver's view")
 
     def _call(self, doing: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -238,9 +232,7 @@ class NvmlBackend:
     def cuda_version(self) -> str:
         """The CUDA version the driver supports, e.g. ``"13.0"``. Raises GpuError."""
         lib = self._lib()
-        return cuda_version_text(
-            int(self._call("reading the CUDA version", lib.nvmlSystemGetCudaDriverVersion))
-        )
+        return cuda_version_text(int(self._call("reading the CUDA version", lib.nvmlSystemGetCudaDriverVersion)))
 
     def _handles(self) -> list[tuple[int, Any]]:
         lib = self._lib()
