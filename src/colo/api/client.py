@@ -75,9 +75,7 @@ class ApiClient:
         self._headers = headers
 
     @classmethod
-    def from_state_dir(
-        cls, state_dir: Path, url: str | None = None, settings: ApiSettings | None = None
-    ) -> ApiClient:
+    def from_state_dir(cls, state_dir: Path, url: str | None = None, settings: ApiSettings | None = None) -> ApiClient:
         """A client for the orchestrator whose token is in ``state_dir`` (or ``$COLO_API_TOKEN``)."""
         return cls(base_url(settings, url), read_token(Path(state_dir)))
 
@@ -179,9 +177,7 @@ class ApiClient:
 
     def events(self, since: int = 0, limit: int = 200) -> list[dict[str, Any]]:
         """Events with seq > ``since``, oldest first."""
-        result: list[dict[str, Any]] = self._json("GET", "/events", params={"since": since, "limit": limit})[
-            "events"
-        ]
+        result: list[dict[str, Any]] = self._json("GET", "/events", params={"since": since, "limit": limit})["events"]
         return result
 
     def follow_events(self, since: int = 0) -> Iterator[dict[str, Any]]:

@@ -13,52 +13,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import psutil
 
-from colo.api.source import ApiSource, ClientProcessView, GpuSnapshotView
+from colo.api.source import ApiSource
 from colo.errors import ColoError
+from colo.gpu.mps import DaemonStatus, MpsFleet
+from colo.gpu.nvml import ClientProcess, GpuSnapshot
 from colo.supervise.snapshots import AgentStatus
 
 NO_GPU_HINT = "no GPU backend: colo sees no NVIDIA GPU here (is the driver loaded? try `nvidia-smi`)"
 
 
 @dataclass(frozen=True)
-class ServerState:
-    """One MPS server of a daemon: pid, status (ACTIVE, INITIALIZING, FAULT...) and client pids."""
-
-    pid: int
-    status: str
-    clients: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class DaemonState:
-    """One GPU's MPS control daemon as read now."""
-
-    gpu_uuid: str
-    pipe_dir: str | None
-    log_dir: str | None
-    running: bool
-    servers: tuple[ServerState, ...] = ()
-    error: str | None = None
-
-    @property
-    def client_pids(self) -> tuple[int, ...]:
-        return tuple(pid for s in self.servers for pid in s.clients)
-
-
-@dataclass(frozen=True)
 class GpuState:
     """GPUs, GPU processes and MPS daemons at one moment; ``error`` says why something is missing."""
 
-    gpus: tuple[GpuSnapshotView, ...] = ()
-    processes: tuple[ClientProcessView, ...] = ()
+    gpus: tuple[GpuSnapshot, ...] = ()
+    processes: tuple[ClientProcess, ...] = ()
     driver_version: str | None = None
     cuda_version: str | None = None
-    daemons: dict[str, DaemonState] = field(default_factory=dict)
+    daemons: dict[str, DaemonStatus] = field(default_factory=dict)
     mps_enabled: bool = False
     error: str | None = None
 
@@ -67,38 +43,19 @@ def _text(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _status_text(status: object) -> str:
-    if isinstance(status, Enum):
-        return str(status.name)
-    return str(status)
+def client_pids(daemon: DaemonStatus) -> tuple[int, ...]:
+    """Every client pid of every server of ``daemon``."""
+    return tuple(pid for server in daemon.servers for pid in server.client_pids)
 
 
-def _read_daemon(fleet: object, uuid: str) -> DaemonState | None:
-    """The fleet's daemon for ``uuid`` (duck-typed on colo.gpu.mps's MpsFleet/MpsDaemon), or None."""
+def _read_daemon(fleet: MpsFleet, uuid: str) -> DaemonStatus | None:
+    """The fleet's daemon status for ``uuid`` (None when the GPU is not in the fleet). Never raises."""
     try:
-        daemon = fleet.daemon(uuid)  # type: ignore[attr-defined]
-    except (KeyError, LookupError):
+        return fleet.daemon(uuid).status()
+    except KeyError:
         return None
-    except ColoError as err:
-        return DaemonState(uuid, None, None, False, error=_text(err))
-    if daemon is None:
-        return None
-    paths = getattr(daemon, "paths", None)
-    pipe_dir = getattr(paths, "pipe_dir", None)
-    log_dir = getattr(paths, "log_dir", None)
-    pipe = str(pipe_dir) if pipe_dir else None
-    log = str(log_dir) if log_dir else None
-    try:
-        running = bool(daemon.is_running())
-        servers: list[ServerState] = []
-        if running:
-            for pid in daemon.server_pids():
-                status = _status_text(daemon.server_status(pid))
-                clients = tuple(int(c) for c in daemon.client_pids(pid))
-                servers.append(ServerState(int(pid), status, clients))
     except (ColoError, OSError) as err:
-        return DaemonState(uuid, pipe, log, running=False, error=_text(err))
-    return DaemonState(uuid, pipe, log, running=running, servers=tuple(servers))
+        return DaemonStatus(uuid, "", "", None, running=False, healthy=False, error=_text(err))
 
 
 def read_gpu_state(source: ApiSource) -> GpuState:
@@ -114,7 +71,7 @@ def read_gpu_state(source: ApiSource) -> GpuState:
     except (ColoError, OSError) as err:
         return GpuState(error=_text(err))
     fleet = source.mps_fleet()
-    daemons: dict[str, DaemonState] = {}
+    daemons: dict[str, DaemonStatus] = {}
     if fleet is not None:
         for g in gpus:
             d = _read_daemon(fleet, g.uuid)
@@ -141,7 +98,7 @@ def _agent_of(pid: int, by_pid: dict[int, str]) -> str | None:
     return None
 
 
-def _process_doc(p: ClientProcessView, by_pid: dict[int, str]) -> dict[str, Any]:
+def _process_doc(p: ClientProcess, by_pid: dict[int, str]) -> dict[str, Any]:
     return {
         "pid": p.pid,
         "name": p.name,
@@ -151,18 +108,21 @@ def _process_doc(p: ClientProcessView, by_pid: dict[int, str]) -> dict[str, Any]
     }
 
 
-def _daemon_doc(d: DaemonState | None, by_pid: dict[int, str]) -> dict[str, Any] | None:
+def _daemon_doc(d: DaemonStatus | None, by_pid: dict[int, str]) -> dict[str, Any] | None:
     if d is None:
         return None
     return {
-        "pipe_dir": d.pipe_dir,
-        "log_dir": d.log_dir,
+        "pipe_dir": d.pipe_dir or None,
+        "log_dir": d.log_dir or None,
+        "control_pid": d.control_pid,
         "running": d.running,
+        "healthy": d.healthy,
+        "default_active_thread_pct": d.default_active_thread_pct,
         "servers": [
             {
                 "pid": s.pid,
-                "status": s.status,
-                "clients": [{"pid": c, "agent": _agent_of(c, by_pid)} for c in s.clients],
+                "status": s.status.value,
+                "clients": [{"pid": c, "agent": _agent_of(c, by_pid)} for c in s.client_pids],
             }
             for s in d.servers
         ],
@@ -177,9 +137,7 @@ def gpu_info_document(state: GpuState, statuses: Sequence[AgentStatus]) -> dict[
     first = running[0] if running else next(iter(state.daemons.values()), None)
     gpus_doc = []
     for g in state.gpus:
-        procs = [
-            p for p in state.processes if p.gpu_uuid == g.uuid or (not p.gpu_uuid and p.gpu_index == g.index)
-        ]
+        procs = [p for p in state.processes if p.gpu_uuid == g.uuid or (not p.gpu_uuid and p.gpu_index == g.index)]
         agents = sorted({s.name for s in statuses if s.gpu_uuid == g.uuid})
         gpus_doc.append(
             {
@@ -193,7 +151,8 @@ def gpu_info_document(state: GpuState, statuses: Sequence[AgentStatus]) -> dict[
                 "mem_util_pct": g.mem_util_pct,
                 "temperature_c": g.temperature_c,
                 "power_w": g.power_w,
-                "compute_mode": _status_text(getattr(g, "compute_mode", None)),
+                "compute_mode": g.compute_mode,
+                "mig_mode": g.mig_mode,
                 "mps_daemon": _daemon_doc(state.daemons.get(g.uuid), by_pid),
                 "processes": [_process_doc(p, by_pid) for p in procs],
                 "agents": agents,
@@ -203,7 +162,7 @@ def gpu_info_document(state: GpuState, statuses: Sequence[AgentStatus]) -> dict[
         "mps_enabled": state.mps_enabled,
         "mps": {
             "enabled": state.mps_enabled,
-            "pipe_dir": first.pipe_dir if first else None,
+            "pipe_dir": (first.pipe_dir or None) if first else None,
             "control_process": bool(running),
             "daemons_running": len(running),
         },

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from colo.api.gpu_view import GpuState
+from colo.api.gpu_view import GpuState, client_pids
+from colo.gpu.mps import ServerStatus
 from colo.plan.types import GpuSlot, Plan
 from colo.supervise.snapshots import AgentStatus
 from colo.supervise.state import AgentState
@@ -99,12 +100,8 @@ class ColoCollector(Collector):
             "Memory the agent's models need, before the safety margin.",
             labels=labels,
         )
-        state = GaugeMetricFamily(
-            "colo_agent_state", "1 for the agent's current state.", labels=["agent", "state"]
-        )
-        up = GaugeMetricFamily(
-            "colo_agent_up", "1 when the agent is RUNNING (started and healthy).", labels=["agent"]
-        )
+        state = GaugeMetricFamily("colo_agent_state", "1 for the agent's current state.", labels=["agent", "state"])
+        up = GaugeMetricFamily("colo_agent_up", "1 when the agent is RUNNING (started and healthy).", labels=["agent"])
         restarts = CounterMetricFamily("colo_agent_restarts", "Restarts of the agent.", labels=["agent"])
         for s in statuses:
             values = [s.name, gpu_label(s.gpu), s.gpu_uuid or ""]
@@ -124,9 +121,7 @@ class ColoCollector(Collector):
         labels = ["gpu", "uuid", "name"]
         fams = {
             "total": GaugeMetricFamily("colo_gpu_memory_total_bytes", "GPU memory.", labels=labels),
-            "used": GaugeMetricFamily(
-                "colo_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=labels
-            ),
+            "used": GaugeMetricFamily("colo_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=labels),
             "free": GaugeMetricFamily("colo_gpu_memory_free_bytes", "GPU memory free (NVML).", labels=labels),
             "util": GaugeMetricFamily("colo_gpu_utilization_percent", "SM utilisation.", labels=labels),
             "mutil": GaugeMetricFamily(
@@ -148,9 +143,7 @@ class ColoCollector(Collector):
             "1 when the GPU's MPS server is ACTIVE.",
             labels=["gpu", "uuid", "pid", "status"],
         )
-        clients = GaugeMetricFamily(
-            "colo_mps_clients", "MPS client processes on the GPU.", labels=["gpu", "uuid"]
-        )
+        clients = GaugeMetricFamily("colo_mps_clients", "MPS client processes on the GPU.", labels=["gpu", "uuid"])
         by_pid = {s.pid: s.name for s in statuses if s.pid is not None}
         for g in gpu.gpus:
             values = [str(g.index), g.uuid, g.name]
@@ -168,11 +161,11 @@ class ColoCollector(Collector):
             daemon = gpu.daemons.get(g.uuid)
             if daemon is not None:
                 daemon_up.add_metric([str(g.index), g.uuid], 1.0 if daemon.running else 0.0)
-                clients.add_metric([str(g.index), g.uuid], len(daemon.client_pids))
+                clients.add_metric([str(g.index), g.uuid], len(client_pids(daemon)))
                 for server in daemon.servers:
                     server_active.add_metric(
-                        [str(g.index), g.uuid, str(server.pid), server.status],
-                        1.0 if server.status.upper() == "ACTIVE" else 0.0,
+                        [str(g.index), g.uuid, str(server.pid), server.status.value],
+                        1.0 if server.status is ServerStatus.ACTIVE else 0.0,
                     )
         for p in gpu.processes:
             if p.used_memory_bytes is None:
@@ -187,26 +180,18 @@ class ColoCollector(Collector):
                 ],
                 p.used_memory_bytes,
             )
-        enabled = GaugeMetricFamily(
-            "colo_mps_enabled", "1 when MPS is in use.", value=1.0 if gpu.mps_enabled else 0.0
-        )
-        ok = GaugeMetricFamily(
-            "colo_gpu_scrape_ok", "0 when NVML could not be read.", value=0.0 if gpu.error else 1.0
-        )
+        enabled = GaugeMetricFamily("colo_mps_enabled", "1 when MPS is in use.", value=1.0 if gpu.mps_enabled else 0.0)
+        ok = GaugeMetricFamily("colo_gpu_scrape_ok", "0 when NVML could not be read.", value=0.0 if gpu.error else 1.0)
         yield from (*fams.values(), proc, daemon_up, server_active, clients, enabled, ok)
 
     def _plan(self, plan: Plan) -> Iterator[Metric]:
         s = plan.summary
         yield GaugeMetricFamily("colo_plan_agents", "Agents placed by the plan.", value=len(plan.placed))
-        yield GaugeMetricFamily(
-            "colo_plan_agents_unplaced", "Agents the plan left out.", value=len(plan.unplaced)
-        )
+        yield GaugeMetricFamily("colo_plan_agents_unplaced", "Agents the plan left out.", value=len(plan.unplaced))
         yield GaugeMetricFamily(
             "colo_plan_calculated_bytes", "Sum of placed agents' requirements.", value=s.calculated_bytes
         )
-        yield GaugeMetricFamily(
-            "colo_plan_margin_bytes", "Sum of placed agents' margins.", value=s.margin_bytes
-        )
+        yield GaugeMetricFamily("colo_plan_margin_bytes", "Sum of placed agents' margins.", value=s.margin_bytes)
         yield GaugeMetricFamily(
             "colo_plan_allocated_bytes", "Sum of placed agents' MPS limits.", value=s.allocated_bytes
         )

@@ -15,8 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from colo.api.source import ApiSource, ApplyOutcome, GpuBackendView
+from colo.api.source import ApiSource, ApplyOutcome
 from colo.errors import ColoError, PlanError, SupervisorError
+from colo.files import state_dir
+from colo.gpu.mps import MpsFleet, MpsRoot
+from colo.gpu.nvml import GpuBackend, NvmlBackend, slots_from_snapshots
 from colo.plan import GpuSlot, Plan, inventory_slots, plan
 from colo.plan.types import ModelMemory
 from colo.spec import ColoConfig, load_config
@@ -37,9 +40,9 @@ class ReadOnlySource:
         self,
         config: ColoConfig,
         current: Plan,
-        backend: GpuBackendView | None,
+        backend: GpuBackend | None,
         *,
-        fleet: object | None = None,
+        fleet: MpsFleet | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
@@ -124,10 +127,10 @@ class ReadOnlySource:
     def config(self) -> ColoConfig:
         return self._config
 
-    def gpu_backend(self) -> GpuBackendView | None:
+    def gpu_backend(self) -> GpuBackend | None:
         return self._backend
 
-    def mps_fleet(self) -> object | None:
+    def mps_fleet(self) -> MpsFleet | None:
         return self._fleet
 
     def mps_enabled(self) -> bool:
@@ -136,27 +139,24 @@ class ReadOnlySource:
             return False
         try:
             for g in self._backend.gpus():
-                daemon = self._fleet.daemon(g.uuid)  # type: ignore[attr-defined]
-                if daemon is not None and daemon.is_running():
+                if g.uuid in self._fleet.gpu_uuids and self._fleet.daemon(g.uuid).is_running():
                     return True
         except (ColoError, OSError, KeyError):
             return False
         return False
 
 
-def _nvml_backend() -> GpuBackendView | None:
-    """NVML when it answers, else None (no driver, no GPU, no pynvml)."""
+def _nvml_backend() -> GpuBackend | None:
+    """NVML when it answers, else None (no driver, no GPU)."""
+    backend = NvmlBackend()
     try:
-        from colo.gpu.nvml import NvmlBackend
-
-        backend = NvmlBackend()
         backend.gpus()
-    except (ImportError, ColoError, OSError):
+    except (ColoError, OSError, ImportError):
         return None
     return backend
 
 
-def _slots(config: ColoConfig, backend: GpuBackendView | None) -> list[GpuSlot]:
+def _slots(config: ColoConfig, backend: GpuBackend | None) -> list[GpuSlot]:
     if config.gpus != "auto":
         return inventory_slots(config)
     if backend is None:
@@ -164,9 +164,7 @@ def _slots(config: ColoConfig, backend: GpuBackendView | None) -> list[GpuSlot]:
             "gpus: auto, but no GPU can be read here",
             hint="list an inventory under 'gpus:' to serve the plan on a machine without a GPU",
         )
-    from colo.gpu.nvml import slots_from_snapshots
-
-    return slots_from_snapshots([g for g in backend.gpus()])  # type: ignore[misc]
+    return slots_from_snapshots(backend.gpus())
 
 
 def _memory(config: ColoConfig) -> dict[str, ModelMemory] | None:
@@ -179,35 +177,34 @@ def _memory(config: ColoConfig) -> dict[str, ModelMemory] | None:
     return result
 
 
-def _fleet(mps_root: Path, backend: GpuBackendView | None) -> object | None:
+def _fleet(mps_root: Path, backend: GpuBackend | None) -> MpsFleet | None:
+    """The per-GPU daemons under ``mps_root`` (only read: never started or stopped here)."""
     if backend is None:
         return None
     try:
-        from colo.gpu.mps import MpsFleet, MpsRoot  # type: ignore[import-not-found,unused-ignore]
-
-        uuids = [g.uuid for g in backend.gpus()]
-        fleet: object = MpsFleet(MpsRoot(mps_root), uuids)
-    except (ImportError, ColoError, OSError):
+        return MpsFleet(MpsRoot(mps_root), [g.uuid for g in backend.gpus()])
+    except (ColoError, OSError):
         return None
-    return fleet
 
 
 def load_read_only(
     config_path: str | Path,
     *,
-    backend: GpuBackendView | None = None,
+    backend: GpuBackend | None = None,
     use_nvml: bool = True,
     mps_root: Path | None = None,
 ) -> ApiSource:
     """Load ``config_path``, plan it, and return the read-only source ``colo serve`` runs.
 
     ``backend`` overrides NVML (tests); ``use_nvml=False`` serves with no GPU backend. ``mps_root`` is where
-    the per-GPU MPS pipe dirs live (``colo.gpu.mps.MpsRoot``); when given, their daemons are read.
+    the per-GPU MPS pipe dirs live (``colo.gpu.mps.MpsRoot``; default ``<state_dir>/mps``, where ``colo up``
+    starts them); their daemons are read, never started.
     Raises ConfigError (bad file) or PlanError (nothing to plan against).
     """
     config = load_config(config_path)
     if backend is None and use_nvml:
         backend = _nvml_backend()
     current = plan(config, _slots(config, backend), _memory(config))
-    fleet = _fleet(mps_root, backend) if mps_root is not None else None
+    root = mps_root if mps_root is not None else MpsRoot.under_state_dir(state_dir(config.state_dir)).base_dir
+    fleet = _fleet(root, backend)
     return ReadOnlySource(config, current, backend, fleet=fleet)

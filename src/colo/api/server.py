@@ -58,9 +58,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
                 hint=f"is a colo orchestrator already running? try `colo status`, or pick another --port "
                 f"(`ss -ltnp 'sport = :{port}'` shows who holds it)",
             ) from exc
-        raise UsageError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc})", hint="check --host"
-        ) from exc
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc})", hint="check --host") from exc
     sock.set_inheritable(True)
     return sock
 
@@ -149,17 +147,13 @@ class ApiThread:
     ``start()`` binds first and raises UsageError for a busy port; ``stop()`` asks uvicorn to exit and joins.
     """
 
-    def __init__(
-        self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 8014, log_level: str = "warning"
-    ):
+    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 8014, log_level: str = "warning"):
         import uvicorn
 
         self.host = host
         self._sock = bind_socket(host, port)
         self.port = int(self._sock.getsockname()[1])  # port 0 -> the one the OS picked
-        config = uvicorn.Config(
-            app, log_level=log_level, access_log=False, lifespan="off", server_header=False
-        )
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", server_header=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="colo-api", daemon=True)
 

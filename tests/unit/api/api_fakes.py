@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 from colo.errors import ColoError
+from colo.gpu.fake_mps import FakeMpsControl
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
+from colo.gpu.mps import MpsFleet, MpsRoot
 from colo.gpu.nvml import ClientProcess
 from colo.plan import Plan, inventory_slots, plan
 from colo.spec import ColoConfig, load_config
@@ -20,51 +21,6 @@ ROOT = Path(__file__).resolve().parents[3]
 NEWSROOM = ROOT / "examples" / "newsroom" / "colo.yaml"
 TOKEN = "s3cret-token-for-tests-0123456789"
 UUID0 = "GPU-00000000-0000-0000-0000-000000000000"
-
-
-class Status(Enum):
-    ACTIVE = "ACTIVE"
-    FAULT = "FAULT"
-
-
-@dataclass(frozen=True)
-class FakePaths:
-    pipe_dir: Path
-    log_dir: Path
-
-
-@dataclass
-class FakeDaemon:
-    """Answers like colo.gpu.mps.MpsDaemon: running, one server, its clients."""
-
-    paths: FakePaths
-    running: bool = True
-    server_pid: int = 4242
-    status: Status = Status.ACTIVE
-    clients: list[int] = field(default_factory=list)
-    error: ColoError | None = None
-
-    def is_running(self) -> bool:
-        if self.error:
-            raise self.error
-        return self.running
-
-    def server_pids(self) -> list[int]:
-        return [self.server_pid] if self.running else []
-
-    def server_status(self, pid: int) -> Status:
-        return self.status
-
-    def client_pids(self, server_pid: int) -> list[int]:
-        return list(self.clients)
-
-
-@dataclass
-class FakeFleet:
-    daemons: dict[str, FakeDaemon]
-
-    def daemon(self, uuid: str) -> FakeDaemon:
-        return self.daemons[uuid]
 
 
 @dataclass
@@ -106,7 +62,7 @@ class FakeSource:
         self,
         *,
         backend: FakeGpuBackend | None = None,
-        fleet: FakeFleet | None = None,
+        fleet: MpsFleet | None = None,
         mps: bool = False,
     ) -> None:
         self._config, self._plan = newsroom()
@@ -172,20 +128,26 @@ class FakeSource:
     def gpu_backend(self) -> FakeGpuBackend | None:
         return self.backend
 
-    def mps_fleet(self) -> FakeFleet | None:
+    def mps_fleet(self) -> MpsFleet | None:
         return self.fleet
 
     def mps_enabled(self) -> bool:
         return self.mps
 
 
-def gpu_source(tmp_path: Path) -> FakeSource:
-    """A source with one fake H100, an MPS daemon serving two agents' processes, and one stray process."""
+def gpu_source(tmp_path: Path) -> tuple[FakeSource, FakeMpsControl]:
+    """One fake H100 whose MPS daemon (real MpsDaemon over the fake control program) serves two agents'
+    processes (pids 1000, 1001), plus one stray non-MPS process."""
     gpu = fake_gpu(0, memory_used_bytes=3 * GIB)
     procs = [
         ClientProcess(1000, 0, gpu.uuid, 900 * MIB, True, ("python", "agent"), "python"),
         ClientProcess(1001, 0, gpu.uuid, 1200 * MIB, True, ("python", "agent"), "python"),
         ClientProcess(77777, 0, gpu.uuid, 300 * MIB, False, ("other",), "other"),
     ]
-    daemon = FakeDaemon(FakePaths(tmp_path / "pipe", tmp_path / "log"), clients=[1000, 1001])
-    return FakeSource(backend=FakeGpuBackend([gpu], procs), fleet=FakeFleet({gpu.uuid: daemon}), mps=True)
+    control = FakeMpsControl()
+    fleet = MpsFleet(MpsRoot(tmp_path / "mps"), [gpu.uuid], control)
+    fleet.start_all()
+    pipe = fleet.daemon(gpu.uuid).paths.pipe_dir
+    control.connect_client(pipe, 1000)
+    control.connect_client(pipe, 1001)
+    return FakeSource(backend=FakeGpuBackend([gpu], procs), fleet=fleet, mps=True), control

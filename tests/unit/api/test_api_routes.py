@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_fakes import NEWSROOM, TOKEN, FakeSource, gpu_source
+from api_fakes import NEWSROOM, TOKEN, UUID0, FakeSource, gpu_source
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from colo.api.app import create_app
 from colo.api.context import ApiOptions
-from colo.errors import DoesNotFitError, GpuError, MpsError, SupervisorError
+from colo.errors import DoesNotFitError, GpuError, SupervisorError
 from colo.gpu.fake_nvml import FakeGpuBackend
 from colo.plan.allocation_doc import allocation_document
 from colo.units import MIB
@@ -35,6 +37,14 @@ def client_for(
 ) -> TestClient:
     app = create_app(source, token=TOKEN, open_reads=open_reads, options=options, clock=clock or Clock())
     return TestClient(app, raise_server_exceptions=True)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory: MPS pipe dirs must stay under the Unix socket path limit."""
+    path = Path(tempfile.mkdtemp(prefix="colo-api-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -104,18 +114,20 @@ def test_gpu_info_when_nvml_fails_is_not_a_500() -> None:
     assert "driver not loaded" in doc["error"]
 
 
-def test_gpu_info_shows_daemon_clients_and_agents(tmp_path: Path) -> None:
-    src = gpu_source(tmp_path)
+def test_gpu_info_shows_daemon_clients_and_agents(short_tmp: Path) -> None:
+    src, _ = gpu_source(short_tmp)
     doc = client_for(src).get("/gpu/info").json()
+    pipe = str(short_tmp / "mps" / UUID0 / "pipe")
     assert doc["mps_enabled"] is True
     assert doc["mps"]["enabled"] is True
     assert doc["mps"]["control_process"] is True
-    assert doc["mps"]["pipe_dir"] == str(tmp_path / "pipe")
+    assert doc["mps"]["pipe_dir"] == pipe
     (gpu,) = doc["gpus"]
     assert gpu["memory_total_bytes"] == 80 * 1024 * MIB
     assert gpu["temperature_c"] == 35
     daemon = gpu["mps_daemon"]
-    assert daemon["running"] is True
+    assert daemon["running"] is True and daemon["healthy"] is True
+    assert daemon["pipe_dir"] == pipe and daemon["control_pid"] is not None
     (server,) = daemon["servers"]
     assert server["status"] == "ACTIVE"
     names = {a.name for a in src.statuses()}
@@ -127,18 +139,34 @@ def test_gpu_info_shows_daemon_clients_and_agents(tmp_path: Path) -> None:
     assert set(gpu["agents"]) == names
 
 
-def test_gpu_info_daemon_error_is_reported_per_gpu(tmp_path: Path) -> None:
-    src = gpu_source(tmp_path)
-    src.mps = False
-    assert src.fleet is not None
-    next(iter(src.fleet.daemons.values())).error = MpsError("control pipe not answering")
+def test_gpu_info_daemon_error_is_reported_per_gpu(short_tmp: Path) -> None:
+    src, control = gpu_source(short_tmp)
+    control.hang(short_tmp / "mps" / UUID0 / "pipe")
     doc = client_for(src).get("/gpu/info").json()
-    assert doc["mps_enabled"] is False
-    assert doc["gpus"][0]["mps_daemon"]["error"] == "control pipe not answering"
+    daemon = doc["gpus"][0]["mps_daemon"]
+    assert daemon["running"] is True and daemon["healthy"] is False
+    assert "does not answer" in daemon["error"]
 
 
-def test_gpu_state_is_read_once_per_ttl(tmp_path: Path) -> None:
-    src = gpu_source(tmp_path)
+def test_gpu_info_fault_and_stopped_daemon(short_tmp: Path) -> None:
+    src, control = gpu_source(short_tmp)
+    pipe = short_tmp / "mps" / UUID0 / "pipe"
+    control.fault(pipe)
+    clock = Clock()
+    client = client_for(src, clock=clock)
+    assert client.get("/gpu/info").json()["gpus"][0]["mps_daemon"]["servers"][0]["status"] == "FAULT"
+    assert "colo_mps_server_active{" in client.get("/metrics").text
+    assert src.fleet is not None
+    src.fleet.stop_all()
+    src.mps = False
+    clock.now += 10
+    doc = client.get("/gpu/info").json()
+    assert doc["mps_enabled"] is False and doc["mps"]["control_process"] is False
+    assert doc["gpus"][0]["mps_daemon"]["running"] is False
+
+
+def test_gpu_state_is_read_once_per_ttl(short_tmp: Path) -> None:
+    src, _ = gpu_source(short_tmp)
     clock = Clock()
     client = client_for(src, clock=clock, options=ApiOptions(gpu_ttl_secs=1.0))
     assert src.backend is not None
@@ -152,8 +180,8 @@ def test_gpu_state_is_read_once_per_ttl(tmp_path: Path) -> None:
     assert src.backend.calls > calls
 
 
-def test_metrics_names_and_values(tmp_path: Path) -> None:
-    src = gpu_source(tmp_path)
+def test_metrics_names_and_values(short_tmp: Path) -> None:
+    src, _ = gpu_source(short_tmp)
     r = client_for(src).get("/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")

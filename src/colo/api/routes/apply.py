@@ -29,9 +29,7 @@ BODY_DOC = {
 def _apply(request: Request, config: ColoConfig) -> dict[str, Any]:
     ctx = ctx_of(request)
     if not ctx.apply_lock.acquire(blocking=False):
-        raise HTTPException(
-            status_code=409, detail={"error": "another apply is running; try again when it ends"}
-        )
+        raise HTTPException(status_code=409, detail={"error": "another apply is running; try again when it ends"})
     try:
         result = ctx.source.apply(config)
     finally:
