@@ -53,9 +53,7 @@ def tcp_probe(host: str, port: int, timeout_secs: float) -> HealthResult:
 def command_probe(argv: list[str], timeout_secs: float) -> HealthResult:
     """Run ``argv``; exit code 0 is healthy."""
     try:
-        done = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_secs, check=False
-        )
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_secs, check=False)
     except subprocess.TimeoutExpired:
         return HealthResult(False, f"{argv[0]} timed out after {timeout_secs:g} s")
     except OSError as exc:

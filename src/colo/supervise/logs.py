@@ -70,9 +70,7 @@ def scan_text(text: str) -> LogFindings:
 class AgentLogs:
     """The log files of all agents under ``log_dir``. Sizes in bytes."""
 
-    def __init__(
-        self, log_dir: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS
-    ) -> None:
+    def __init__(self, log_dir: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS) -> None:
         self.dir = Path(log_dir)
         self.max_bytes = max_bytes
         self.backups = backups

@@ -22,10 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
-from colo.files import state_dir as default_state_dir
 from colo.files import write_atomic
 from colo.gpu.mps import MpsDefaults, MpsFleet, MpsRoot, client_env
 from colo.gpu.mps_control import MpsControl
@@ -42,6 +39,7 @@ from colo.supervise.policy import RestartRules
 from colo.supervise.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
 from colo.supervise.snapshots import AgentStatus, Event, EventKind
 from colo.supervise.state import AgentState
+from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_dir
 from colo.supervise.store import AgentRecord, Store
 from colo.supervise.supervisor import RecoveryRecord, Supervisor
 
@@ -86,88 +84,12 @@ class UpResult:
         return {
             "started": self.started,
             "adopted": self.adopted,
-            "left_out": [
-                {"agent": u.agent, "priority": u.priority, "reason": u.reason} for u in self.left_out
-            ],
+            "left_out": [{"agent": u.agent, "priority": u.priority, "reason": u.reason} for u in self.left_out],
             "daemons_started": self.daemons_started,
             "daemons_adopted": self.daemons_adopted,
             "mps": self.mps,
             "warnings": self.warnings,
         }
-
-
-@dataclass(frozen=True)
-class StateDirPaths:
-    """Where an orchestrator keeps its files."""
-
-    root: Path
-
-    @property
-    def db(self) -> Path:
-        return self.root / "colo.db"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "colo.pid"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.root / "colo.lock"
-
-    @property
-    def config_copy(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def mps(self) -> Path:
-        return self.root / "mps"
-
-
-def resolve_state_dir(config: ColoConfig | None, override: str | Path | None) -> Path:
-    """``--state-dir``, else the config's ``state_dir``, else the default (``$COLO_STATE_DIR`` …)."""
-    if override:
-        return Path(override).expanduser()
-    return default_state_dir(config.state_dir if config else None)
-
-
-def running_orchestrator(state_dir: Path) -> int | None:
-    """The pid of the orchestrator that holds ``state_dir`` (its lock is held), else None."""
-    paths = StateDirPaths(Path(state_dir))
-    if not paths.lock_file.exists():
-        return None
-    try:
-        fd = os.open(paths.lock_file, os.O_RDWR)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                return int(paths.pid_file.read_text().strip())
-            except (OSError, ValueError):
-                return -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def config_yaml(config: ColoConfig, source: Path | None = None) -> str:
-    """``config`` as colo.yaml text (sizes in bytes; model paths made absolute against ``source``'s dir)."""
-    data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if source is not None:
-        for spec in data.get("models", {}).values():
-            p = spec.get("path")
-            if p and not os.path.isabs(os.path.expanduser(p)):
-                spec["path"] = str((source.parent / p).resolve())
-    return "# written by colo: the configuration the running agents were started with\n" + yaml.safe_dump(
-        data, sort_keys=False
-    )
 
 
 class Orchestrator:
@@ -386,9 +308,7 @@ class Orchestrator:
                 continue
             snap = real.get(s.index)
             if snap is None:
-                warnings.append(
-                    f"inventory GPU {s.key} is not on this machine (NVML sees {len(real)} GPU(s))"
-                )
+                warnings.append(f"inventory GPU {s.key} is not on this machine (NVML sees {len(real)} GPU(s))")
                 out.append(s)
             else:
                 out.append(replace(s, uuid=snap.uuid))
@@ -403,9 +323,7 @@ class Orchestrator:
             from colo.memory.db import ModelDB  # type: ignore[import-not-found,unused-ignore]
             from colo.memory.resolve import memory_for_plan  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
-            self.warnings.append(
-                "policy.memory_source: db, but colo.memory is unavailable; using declared memory"
-            )
+            self.warnings.append("policy.memory_source: db, but colo.memory is unavailable; using declared memory")
             return None
         result: Mapping[str, ModelMemory] = memory_for_plan(config, ModelDB.open_default(config))
         return result
@@ -429,9 +347,7 @@ class Orchestrator:
             if ap.gpu.node != node:
                 continue
             if have_uuid and ap.gpu.uuid is None:
-                missing.append(
-                    Unplaced(ap.name, ap.priority, ap.limit_bytes, f"{ap.gpu.key} is not on this machine")
-                )
+                missing.append(Unplaced(ap.name, ap.priority, ap.limit_bytes, f"{ap.gpu.key} is not on this machine"))
                 continue
             mine.append(ap)
         return mine, missing
@@ -456,9 +372,7 @@ class Orchestrator:
             port = self._port_of(config, ap.name, spec)
             argv = tuple(builtin_agent_command(ap.name, self.paths.config_copy, port))
             if health.type == "none":
-                health = health.model_copy(
-                    update={"type": "http", "url": health_url(port), "interval_secs": 5.0}
-                )
+                health = health.model_copy(update={"type": "http", "url": health_url(port), "interval_secs": 5.0})
         env: dict[str, str] = {"COLO_AGENT": ap.name}
         uuid = ap.gpu.uuid if ap.gpu is not None else None
         if uuid and self._fleet is not None:
@@ -548,9 +462,7 @@ class Orchestrator:
                     started_d.append(uuid)
                 else:
                     adopted_d.append(uuid)
-            self._daemons_started = sorted(
-                set(started_d) | set(self.store.get_meta("mps_daemons_started", []))
-            )
+            self._daemons_started = sorted(set(started_d) | set(self.store.get_meta("mps_daemons_started", [])))
             self.store.set_meta("mps_daemons_started", self._daemons_started)
         elif self.want_mps:
             self.warnings.append("MPS not started: no agent is placed on a GPU with a UUID on this machine")
@@ -605,9 +517,7 @@ class Orchestrator:
                 "api": {"host": config.api.host, "port": config.api.port},
             },
         )
-        return UpResult(
-            started, adopted, left_out, started_d, adopted_d, self._fleet is not None, self.warnings
-        )
+        return UpResult(started, adopted, left_out, started_d, adopted_d, self._fleet is not None, self.warnings)
 
     def _adoptable(self, rec: AgentRecord | None) -> ProcessHandle | None:
         if rec is None or not rec.status.pid or rec.start_time is None:
@@ -680,9 +590,7 @@ class Orchestrator:
         try:
             return self.apply(load_config(self.config_path))
         except ColoError as exc:
-            self._sup().event(
-                EventKind.APPLIED, None, f"reload of {self.config_path} refused, nothing changed: {exc}"
-            )
+            self._sup().event(EventKind.APPLIED, None, f"reload of {self.config_path} refused, nothing changed: {exc}")
             return None
 
     def down(self, *, timeout_secs: float | None = None, sleep: Any = None) -> None:
@@ -769,9 +677,7 @@ class Orchestrator:
                 )
             if self._fleet is not None:
                 known = {d.gpu_uuid for d in self._fleet.daemons()}
-                extra = sorted(
-                    {ap.gpu.uuid for ap in mine if ap.gpu and ap.gpu.uuid and ap.gpu.uuid not in known}
-                )
+                extra = sorted({ap.gpu.uuid for ap in mine if ap.gpu and ap.gpu.uuid and ap.gpu.uuid not in known})
                 if extra:
                     raise PlanError(
                         f"the new plan uses GPU(s) {', '.join(extra)} without an MPS daemon of this colo",
@@ -836,9 +742,7 @@ class Orchestrator:
                     raise SupervisorError(f"unknown request {req.action!r}")
                 self.store.finish_request(req.id, True, result)
             except KeyError as exc:
-                self.store.finish_request(
-                    req.id, False, {"error": f"no agent {exc.args[0]!r}", "exit_code": 2}
-                )
+                self.store.finish_request(req.id, False, {"error": f"no agent {exc.args[0]!r}", "exit_code": 2})
             except ColoError as exc:
                 self.store.finish_request(req.id, False, {"error": str(exc), "exit_code": exc.exit_code})
 

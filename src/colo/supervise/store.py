@@ -106,9 +106,7 @@ class Store:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None
-            )
+            self._db = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
@@ -204,9 +202,7 @@ class Store:
         return out
 
     # events ----------------------------------------------------------------------------------------------
-    def add_event(
-        self, time: float, kind: EventKind, agent: str | None, message: str, gpu: str | None = None
-    ) -> Event:
+    def add_event(self, time: float, kind: EventKind, agent: str | None, message: str, gpu: str | None = None) -> Event:
         """Append an event; returns it with its sequence number."""
         with self._tx() as db:
             cur = db.execute(
@@ -249,9 +245,7 @@ class Store:
             )
 
     def request(self, request_id: int) -> Request | None:
-        rows = self._query(
-            "SELECT id, time, action, arg, done, ok, result FROM requests WHERE id = ?", (request_id,)
-        )
+        rows = self._query("SELECT id, time, action, arg, done, ok, result FROM requests WHERE id = ?", (request_id,))
         if not rows:
             return None
         r = rows[0]

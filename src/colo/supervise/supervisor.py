@@ -341,9 +341,7 @@ class Supervisor:
                     try:
                         self.mps.restart_daemon(uuid)
                         rec.daemon_restarted = True
-                        self.event(
-                            EventKind.DAEMON, None, f"restarted the MPS daemon of {uuid} (still FAULT)", uuid
-                        )
+                        self.event(EventKind.DAEMON, None, f"restarted the MPS daemon of {uuid} (still FAULT)", uuid)
                     except ColoError as exc:
                         self.event(EventKind.DAEMON, None, f"could not restart the MPS daemon: {exc}", uuid)
                 for a in self.agents_on(uuid):
@@ -353,17 +351,13 @@ class Supervisor:
                 rec.phase, rec.phase_at = "relaunching", now
                 continue
             if rec.phase == "relaunching":
-                settled = all(
-                    a.state in (AgentState.RUNNING, AgentState.FATAL, AgentState.EXITED) for a in agents
-                )
+                settled = all(a.state in (AgentState.RUNNING, AgentState.FATAL, AgentState.EXITED) for a in agents)
                 if not settled and now - rec.phase_at < self.relaunch_timeout_secs:
                     continue
                 secs = now - rec.detected_at
                 running = len([a for a in agents if a.state == AgentState.RUNNING])
                 ok = running == len(agents)
-                self.recovered.append(
-                    RecoveryRecord(uuid, secs, tuple(rec.agents), rec.culprit, rec.daemon_restarted)
-                )
+                self.recovered.append(RecoveryRecord(uuid, secs, tuple(rec.agents), rec.culprit, rec.daemon_restarted))
                 self.event(
                     EventKind.RESTARTED,
                     None,
@@ -391,7 +385,10 @@ class Supervisor:
             return
         for agent in self.agents.values():
             if agent.handle is not None:
+                before = agent.memory_used_bytes
                 agent.note_memory(used.get(agent.handle.pid))
+                if agent.memory_used_bytes != before:
+                    self._save(agent)
 
     # shutting down ---------------------------------------------------------------------------------------
     def stop_all(self) -> None:

@@ -1,0 +1,434 @@
+"""``colo up``, ``colo down``, ``colo status``, ``colo apply``, ``colo logs``, ``colo agent start|stop|restart``.
+
+``up`` runs the orchestrator in the foreground (systemd-friendly: SIGTERM/SIGINT stop it cleanly, SIGHUP
+re-applies the config file) or detached. The other commands find it through its state directory: the
+SQLite store is the truth for ``status``; actions are queued in the store and answered by the running
+orchestrator on its next tick (so they work whether or not its HTTP API is up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from colo.cli.common import console, err_console, print_json
+from colo.errors import ColoError, OrchestratorUnreachable, SupervisorError, UsageError
+
+STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
+REQUEST_TIMEOUT_SECS = 60.0
+
+
+def _state_dir(state_dir: Path | None, config: Path | None) -> Path:
+    from colo.supervise.statedir import resolve_state_dir
+
+    cfg = None
+    if config is not None and state_dir is None:
+        from colo.spec import load_config
+
+        cfg = load_config(config)
+    return resolve_state_dir(cfg, state_dir)
+
+
+def _warn(msg: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+
+
+# --- up ----------------------------------------------------------------------------------------------------
+
+
+def up_command(
+    config: Path = typer.Argument(..., help="colo.yaml to run."),
+    no_mps: bool = typer.Option(False, "--no-mps", help="Plain time-slicing: no MPS daemons, same supervision."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background (pid file, log file)."),
+    node: str | None = typer.Option(None, "--node", help="Which node of the inventory this machine is."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+    no_api: bool = typer.Option(False, "--no-api", help="Do not serve the HTTP API."),
+) -> None:
+    """Plan against the GPUs, start the MPS daemons, launch the agents by priority and supervise them."""
+    from colo.spec import load_config
+    from colo.supervise.statedir import StateDirPaths, resolve_state_dir, running_orchestrator
+
+    cfg = load_config(config)
+    sd = resolve_state_dir(cfg, state_dir)
+    other = running_orchestrator(sd)
+    if other is not None:
+        raise SupervisorError(
+            f"colo is already up with state dir {sd} (pid {other})",
+            hint="`colo status` shows it; `colo apply CONFIG` changes it; `colo down` stops it",
+        )
+    if detach:
+        _detach(StateDirPaths(sd))
+    _run_foreground(cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api)
+
+
+def _detach(paths: Any) -> None:
+    """Double-fork into a new session; the parent waits until the child holds the state dir (or died)."""
+    from colo.supervise.statedir import running_orchestrator
+
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    log_path = paths.logs / "orchestrator.log"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    first = os.fork()
+    if first > 0:
+        os.waitpid(first, 0)
+        deadline = time.monotonic() + 120.0
+        while time.monotonic() < deadline:
+            pid = running_orchestrator(paths.root)
+            if pid is not None and pid > 0:
+                console.print(f"colo up: running in the background, pid {pid}; log {log_path}", highlight=False)
+                raise typer.Exit(0)
+            if paths.pid_file.exists() is False and _child_failed(log_path):
+                break
+            time.sleep(0.2)
+        tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+        raise SupervisorError(f"the detached orchestrator did not come up; its log {log_path} ends:\n{tail}")
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+
+
+def _child_failed(log_path: Path) -> bool:
+    try:
+        return "error:" in log_path.read_text(errors="replace")[-4000:]
+    except OSError:
+        return False
+
+
+def _run_foreground(cfg: Any, config_path: Path, sd: Path, *, use_mps: bool, node: str | None, api: bool) -> None:
+    import signal
+
+    from colo.supervise.orchestrator import Orchestrator
+
+    orch = Orchestrator(cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node)
+    try:
+        result = orch.up()
+    except ColoError:
+        raise
+    orch.write_pid_file()
+    for w in result.warnings:
+        _warn(w)
+    for u in result.left_out:
+        _warn(f"{u.agent} ({u.priority}) left out: {u.reason}")
+    mode = "MPS" if result.mps else "time-slicing (no MPS)"
+    console.print(
+        f"colo up: {len(result.started)} started, {len(result.adopted)} adopted, {len(result.left_out)} left out;"
+        f" {mode}; state {sd}",
+        highlight=False,
+    )
+    stop = threading.Event()
+    reload = threading.Event()
+
+    def on_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    def on_hup(signum: int, frame: object) -> None:
+        reload.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    server = _start_api(orch, sd) if api else None
+    try:
+        orch.run(stop, reload=reload)
+    finally:
+        if server is not None:
+            server.should_exit = True
+    console.print("colo down: agents stopped" + (", MPS daemons quit" if result.mps else ""), highlight=False)
+
+
+def _start_api(orch: Any, sd: Path) -> Any:
+    """Serve the API in a daemon thread (uvicorn); None with a warning when it cannot start."""
+    try:
+        import uvicorn
+
+        from colo.api.app import create_app
+        from colo.api.server import bind_socket, binding_for, exposure_warning
+    except ImportError as exc:
+        _warn(f"the HTTP API is not available ({exc}); `colo status` reads the state dir instead")
+        return None
+    try:
+        binding = binding_for(orch.config().api, sd)
+        message = exposure_warning(binding.host, binding.open_reads)
+        if message:
+            _warn(message)
+        sock = bind_socket(binding.host, binding.port)
+        app = create_app(orch, token=binding.token, open_reads=binding.open_reads)
+    except (ColoError, ValueError) as exc:
+        _warn(f"the HTTP API did not start: {exc}")
+        return None
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
+    )
+    thread = threading.Thread(target=lambda: server.run(sockets=[sock]), name="colo-api", daemon=True)
+    thread.start()
+    console.print(f"colo API: {binding.url}", highlight=False)
+    return server
+
+
+# --- down --------------------------------------------------------------------------------------------------
+
+
+def down_command(
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Take the state dir from this colo.yaml."),
+    timeout: float = typer.Option(120.0, "--timeout", min=1.0, help="Seconds to wait for a clean stop."),
+) -> None:
+    """Stop the agents gracefully and quit the MPS daemons colo started."""
+    import signal
+
+    from colo.supervise.statedir import running_orchestrator, stop_leftovers
+
+    sd = _state_dir(state_dir, config)
+    pid = running_orchestrator(sd)
+    if pid is not None and pid > 0:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pid = None
+        if pid is not None:
+            deadline = time.monotonic() + timeout
+            while running_orchestrator(sd) is not None:
+                if time.monotonic() > deadline:
+                    raise SupervisorError(
+                        f"the orchestrator (pid {pid}) did not stop within {timeout:g} s",
+                        hint=f"see `colo logs` and `colo status`; `kill -9 {pid}` then `colo down` cleans up",
+                    )
+                time.sleep(0.2)
+            console.print(f"colo down: orchestrator (pid {pid}) stopped its agents and quit", highlight=False)
+            return
+    if pid is not None and pid < 0:
+        raise SupervisorError(f"the state dir {sd} is locked by a process without a pid file")
+    done = stop_leftovers(sd)
+    if not done:
+        console.print(f"colo down: nothing is running (state dir {sd})", highlight=False)
+        return
+    for line in done:
+        console.print(f"colo down: {line}", highlight=False)
+
+
+# --- status ------------------------------------------------------------------------------------------------
+
+
+def status_data(sd: Path) -> dict[str, Any]:
+    """What ``colo status`` shows: the orchestrator (pid or None) and every agent's last recorded status."""
+    from colo.supervise.statedir import StateDirPaths, running_orchestrator
+    from colo.supervise.store import Store
+
+    paths = StateDirPaths(sd)
+    pid = running_orchestrator(sd)
+    store = Store.open_existing(paths.db)
+    if store is None:
+        return {"state_dir": str(sd), "orchestrator": None, "agents": [], "recent_events": []}
+    try:
+        agents = [r.status.to_dict() for r in store.agents()]
+        meta = store.get_meta("orchestrator") if pid else None
+        events = [e.to_dict() for e in store.events(0, 10)]
+    finally:
+        store.close()
+    orch = {"pid": pid, **(meta or {})} if pid else None
+    return {"state_dir": str(sd), "orchestrator": orch, "agents": agents, "recent_events": events}
+
+
+def status_command(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Take the state dir from this colo.yaml."),
+) -> None:
+    """Each agent's state, pid, GPU, limit, memory, restarts and last error."""
+    from rich.table import Table
+
+    from colo import units
+
+    sd = _state_dir(state_dir, config)
+    data = status_data(sd)
+    if as_json:
+        print_json(data)
+        return
+    if data["orchestrator"] is None and not data["agents"]:
+        console.print(f"colo is not running (nothing in state dir {sd}); start it with `colo up CONFIG`")
+        return
+    orch = data["orchestrator"]
+    if orch:
+        mode = "MPS" if orch.get("mps") else "time-slicing"
+        console.print(f"colo is up: orchestrator pid {orch['pid']}, {mode}, state dir {sd}", highlight=False)
+    else:
+        console.print(
+            f"[bold yellow]colo is not running[/]: states below are as last recorded in {sd}", highlight=False
+        )
+    table = Table(header_style="bold")
+    for col in ("agent", "state", "pid", "gpu", "priority", "limit", "used", "restarts", "last error"):
+        table.add_column(col)
+    colors = {"RUNNING": "green", "STARTING": "cyan", "BACKOFF": "yellow", "FATAL": "bold red", "EXITED": "red"}
+    for a in data["agents"]:
+        state = a["state"]
+        used = a.get("memory_used_bytes")
+        table.add_row(
+            a["name"],
+            f"[{colors.get(state, 'white')}]{state}[/]",
+            str(a["pid"] or "-"),
+            a["gpu"] or "-",
+            a["priority"],
+            units.format_size(a["limit_bytes"]) if a["limit_bytes"] else "-",
+            units.format_size(used) if used else "-",
+            str(a["restarts"]),
+            (a.get("last_error") or "")[:80],
+        )
+    console.print(table)
+
+
+# --- requests to the running orchestrator ------------------------------------------------------------------
+
+
+class RequestRefused(ColoError):
+    """The running orchestrator refused a queued request (its message and exit code)."""
+
+
+def send_request(sd: Path, action: str, arg: str | None, *, timeout_secs: float = REQUEST_TIMEOUT_SECS) -> Any:
+    """Queue ``action`` for the running orchestrator and wait for its answer (its JSON result).
+
+    Raises OrchestratorUnreachable when none runs, SupervisorError when it does not answer in time, and the
+    orchestrator's error (with its exit code) when it refused.
+    """
+    from colo.supervise.statedir import StateDirPaths, running_orchestrator
+    from colo.supervise.store import Store
+
+    pid = running_orchestrator(sd)
+    if pid is None:
+        raise OrchestratorUnreachable(
+            f"colo is not running with state dir {sd}", hint="start it with `colo up CONFIG` (or pass --state-dir)"
+        )
+    store = Store(StateDirPaths(sd).db)
+    try:
+        rid = store.add_request(time.time(), action, arg)
+        deadline = time.monotonic() + timeout_secs
+        while True:
+            req = store.request(rid)
+            if req is not None and req.done:
+                result = json.loads(req.result or "null")
+                if not req.ok:
+                    err = RequestRefused(str(result.get("error", "refused")))
+                    err.exit_code = int(result.get("exit_code", 1))
+                    raise err
+                return result
+            if time.monotonic() > deadline:
+                raise SupervisorError(f"the orchestrator (pid {pid}) did not answer within {timeout_secs:g} s")
+            time.sleep(0.1)
+    finally:
+        store.close()
+
+
+def apply_command(
+    config: Path = typer.Argument(..., help="The new colo.yaml."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Move the running system to a new colo.yaml: restart only the agents whose limit, placement, command or
+    env changed, one at a time. If it does not fit, nothing changes."""
+    from colo.spec import load_config
+
+    load_config(config)  # a bad file is reported here, with its line
+    sd = _state_dir(state_dir, config)
+    result = send_request(sd, "apply", json.dumps({"path": str(config.resolve())}))
+    if as_json:
+        print_json(result)
+        return
+    for key in ("restarted", "started", "stopped", "unchanged", "left_out"):
+        names = result.get(key) or []
+        console.print(f"{key:>9}: {', '.join(names) if names else '-'}", highlight=False)
+
+
+agent_app = typer.Typer(help="Start, stop or restart one agent of the running system.", no_args_is_help=True)
+
+
+def _agent_action(action: str, name: str, state_dir: Path | None, as_json: bool) -> None:
+    sd = _state_dir(state_dir, None)
+    result = send_request(sd, action, name)
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"{name}: {result.get('state')} (pid {result.get('pid') or '-'})", highlight=False)
+
+
+@agent_app.command("start")
+def agent_start(
+    name: str = typer.Argument(..., help="Agent name."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Start an agent (also one that is FATAL or EXITED)."""
+    _agent_action("start", name, state_dir, as_json)
+
+
+@agent_app.command("stop")
+def agent_stop(
+    name: str = typer.Argument(..., help="Agent name."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Stop an agent; it stays STOPPED until started."""
+    _agent_action("stop", name, state_dir, as_json)
+
+
+@agent_app.command("restart")
+def agent_restart(
+    name: str = typer.Argument(..., help="Agent name."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Restart an agent."""
+    _agent_action("restart", name, state_dir, as_json)
+
+
+# --- logs --------------------------------------------------------------------------------------------------
+
+
+def logs_command(
+    agent: str = typer.Argument(..., help="Agent name (or 'orchestrator')."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    lines: int = typer.Option(100, "--lines", "-n", min=0, help="How many lines to print first."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+) -> None:
+    """Print an agent's log (stdout and stderr); ``-f`` follows it."""
+    from colo.supervise.logs import AgentLogs
+    from colo.supervise.statedir import StateDirPaths
+
+    sd = _state_dir(state_dir, None)
+    logs = AgentLogs(StateDirPaths(sd).logs)
+    if not logs.path(agent).exists():
+        raise UsageError(
+            f"no log for agent {agent!r} in {logs.dir}", hint="`colo status` lists the agents; check --state-dir"
+        )
+    for line in logs.tail(agent, lines):
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+    if not follow:
+        return
+    try:
+        for text in logs.follow(agent, sleep=time.sleep, keep_going=lambda: True):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``up``, ``down``, ``status``, ``apply``, ``logs`` and the ``agent`` group."""
+    app.command("up")(up_command)
+    app.command("down")(down_command)
+    app.command("status")(status_command)
+    app.command("apply")(apply_command)
+    app.command("logs")(logs_command)
+    app.add_typer(agent_app, name="agent")

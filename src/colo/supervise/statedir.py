@@ -1,0 +1,164 @@
+"""colo's state directory: where an orchestrator keeps its files, whether one runs, and cleaning up after one
+that died.
+
+``<state_dir>/colo.db`` (SQLite: agents, events, requests), ``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``,
+``config.yaml`` (what the built-in agents read), ``colo.pid`` and ``colo.lock`` (held by the running
+orchestrator: one per state dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from colo.files import state_dir as default_state_dir
+from colo.spec.config import ColoConfig
+
+
+@dataclass(frozen=True)
+class StateDirPaths:
+    """Where an orchestrator keeps its files."""
+
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "colo.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "colo.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "colo.lock"
+
+    @property
+    def config_copy(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def mps(self) -> Path:
+        return self.root / "mps"
+
+
+def resolve_state_dir(config: ColoConfig | None, override: str | Path | None) -> Path:
+    """``--state-dir``, else the config's ``state_dir``, else the default (``$COLO_STATE_DIR`` …)."""
+    if override:
+        return Path(override).expanduser()
+    return default_state_dir(config.state_dir if config else None)
+
+
+def running_orchestrator(state_dir: Path) -> int | None:
+    """The pid of the orchestrator that holds ``state_dir`` (its lock is held), else None."""
+    paths = StateDirPaths(Path(state_dir))
+    if not paths.lock_file.exists():
+        return None
+    try:
+        fd = os.open(paths.lock_file, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                return int(paths.pid_file.read_text().strip())
+            except (OSError, ValueError):
+                return -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def config_yaml(config: ColoConfig, source: Path | None = None) -> str:
+    """``config`` as colo.yaml text (sizes in bytes; model paths made absolute against ``source``'s dir)."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if source is not None:
+        for spec in data.get("models", {}).values():
+            p = spec.get("path")
+            if p and not os.path.isabs(os.path.expanduser(p)):
+                spec["path"] = str((source.parent / p).resolve())
+    return "# written by colo: the configuration the running agents were started with\n" + yaml.safe_dump(
+        data, sort_keys=False
+    )
+
+
+def stop_leftovers(
+    state_dir: Path,
+    *,
+    stop_wait_secs: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+    mps_control: object | None = None,
+) -> list[str]:
+    """After an orchestrator died: stop the agents the store says are still running (same pid AND start
+    time; SIGTERM, then SIGKILL after ``stop_wait_secs``) and quit the MPS daemons colo started.
+
+    Returns lines describing what was done. Raises SupervisorError/MpsError when something survives.
+    """
+    from colo.supervise.runner import ProcessRunner
+    from colo.supervise.snapshots import EventKind
+    from colo.supervise.state import AgentState
+    from colo.supervise.store import Store
+
+    paths = StateDirPaths(Path(state_dir))
+    store = Store.open_existing(paths.db)
+    if store is None:
+        return []
+    done: list[str] = []
+    runner = ProcessRunner()
+    try:
+        live = []
+        for rec in store.agents():
+            s = rec.status
+            handle = runner.adopt(s.pid, rec.start_time) if s.pid and rec.start_time is not None else None
+            if handle is not None:
+                runner.signal(handle, int(signal.SIGTERM))
+                live.append((rec, handle))
+        deadline = time.monotonic() + stop_wait_secs
+        while live and time.monotonic() < deadline and any(runner.poll(h) is None for _, h in live):
+            sleep(0.1)
+        for rec, handle in live:
+            how = "stopped"
+            if runner.poll(handle) is None:
+                runner.signal(handle, int(signal.SIGKILL))
+                how = "killed"
+            done.append(f"{rec.status.name}: {how} pid {handle.pid}")
+            store.add_event(time.time(), EventKind.STOPPED, rec.status.name, f"colo down (no orchestrator): {how}")
+        for rec in store.agents():
+            if rec.status.pid or rec.status.state != AgentState.STOPPED:
+                from dataclasses import replace
+
+                store.save_agent(
+                    replace(rec, status=replace(rec.status, state=AgentState.STOPPED, pid=None), start_time=None)
+                )
+        uuids = store.get_meta("mps_daemons_started", [])
+        if uuids:
+            from colo.gpu.mps import MpsDaemon, MpsRoot
+            from colo.gpu.mps_control import MpsControl
+
+            root = MpsRoot.under_state_dir(paths.root)
+            control = mps_control if isinstance(mps_control, MpsControl) else None
+            for uuid in uuids:
+                result = MpsDaemon(root.for_gpu(uuid), uuid, control).stop()
+                done.append(f"MPS daemon {uuid}: {result.message}")
+            store.set_meta("mps_daemons_started", [])
+        store.delete_meta("orchestrator")
+    finally:
+        store.close()
+    with contextlib.suppress(OSError):
+        paths.pid_file.unlink()
+    return done
