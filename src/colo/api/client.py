@@ -92,7 +92,8 @@ class ApiClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._client.request(method, path, headers=self._headers, **kwargs)
+            headers = {**self._headers, **kwargs.pop("headers", {})}
+            response = self._client.request(method, path, headers=headers, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise OrchestratorUnreachable(
                 f"no orchestrator running at {_where(self.base_url)}",

@@ -1,0 +1,64 @@
+"""The read-only source of ``colo serve``: plan and GPUs, no agents, actions refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from api_fakes import NEWSROOM, TOKEN
+from fastapi.testclient import TestClient
+
+from colo.api.app import create_app
+from colo.api.readonly import load_read_only
+from colo.errors import PlanError, SupervisorError
+from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
+from colo.supervise.state import AgentState
+
+AUTO = """
+gpus: auto
+models:
+  m: {memory: 2GiB}
+agents:
+  a: {models: [m]}
+  b: {models: [m]}
+"""
+
+
+def test_newsroom_without_gpu(tmp_path: Path) -> None:
+    source = load_read_only(NEWSROOM, use_nvml=False, mps_root=tmp_path)
+    statuses = source.statuses()
+    assert len(statuses) == 9
+    assert {s.state for s in statuses} == {AgentState.STOPPED}
+    assert source.status("critic").limit_bytes == source.current_plan().agent("critic").limit_bytes
+    with pytest.raises(KeyError):
+        source.status("nobody")
+    with pytest.raises(SupervisorError, match="read-only"):
+        source.restart("critic")
+    with pytest.raises(KeyError):
+        source.start("nobody")
+    with pytest.raises(SupervisorError):
+        source.apply(source.config())
+    assert source.gpu_backend() is None and source.mps_fleet() is None and source.mps_enabled() is False
+    assert [e.seq for e in source.events()] == [1]
+
+
+def test_routes_over_the_read_only_source(tmp_path: Path) -> None:
+    client = TestClient(create_app(load_read_only(NEWSROOM, use_nvml=False, mps_root=tmp_path), token=TOKEN))
+    assert client.get("/mps/allocation").json()["mps_resource_allocation"]["system_summary"]["total_agents"] == 9
+    info = client.get("/gpu/info")
+    assert info.status_code == 200 and info.json()["mps_enabled"] is False and info.json()["error"]
+    r = client.post("/agents/critic/restart", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 409 and "colo up" in r.json()["error"]
+    r = client.post("/apply", content=NEWSROOM.read_text(), headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 409
+
+
+def test_auto_gpus_use_the_backend(tmp_path: Path) -> None:
+    cfg = tmp_path / "colo.yaml"
+    cfg.write_text(AUTO)
+    backend = FakeGpuBackend([fake_gpu(0), fake_gpu(1)])
+    source = load_read_only(cfg, backend=backend, mps_root=Path("/tmp/colo-none"))
+    assert [a.gpu.uuid for a in source.current_plan().placed if a.gpu] == [fake_gpu(0).uuid] * 2
+    assert source.mps_fleet() is not None and source.mps_enabled() is False  # no daemon runs there
+    with pytest.raises(PlanError, match="gpus: auto"):
+        load_read_only(cfg, use_nvml=False)
