@@ -44,6 +44,7 @@ COMMAND_MODULES = [
     "colo.cli.api_cmd",
     "colo.cli.gpu_cmd",
     "colo.cli.plan_cmd",
+    "colo.cli.bench_cmd",
     "colo.cli.run_cmd",
     "colo.cli.render_cmd",
 ]

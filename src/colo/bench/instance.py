@@ -1,0 +1,91 @@
+"""One benchmark instance: ``python -m colo.bench.instance '<InstanceSpec JSON>'``.
+
+Protocol on stdout (one JSON object per line, prefixed so library output cannot be mistaken for it):
+
+- ``COLO-BENCH READY {...}`` after the workload is loaded, warmed up and captured (facts for the report);
+- then the instance waits for a line ``GO`` on stdin (the harness's barrier: every instance starts together);
+- ``COLO-BENCH RESULT {...}``: items, elapsed seconds, per-request latencies, after the timed window;
+- ``COLO-BENCH ERROR {...}`` instead, if anything failed (the message and the exception type).
+
+The exit status is 0 after RESULT, 1 after ERROR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from colo.bench.spec import InstanceSpec
+from colo.bench.workloads import Workload, make_workload
+
+PREFIX = "COLO-BENCH "
+
+
+def emit(stream: TextIO, tag: str, payload: dict[str, Any]) -> None:
+    """Write one protocol line and flush."""
+    stream.write(f"{PREFIX}{tag} {json.dumps(payload)}\n")
+    stream.flush()
+
+
+def timed_loop(workload: Workload, duration_secs: float, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """Run requests back to back for ``duration_secs`` (the last one may end past it); return the result."""
+    latencies: list[float] = []
+    items = 0.0
+    extra: dict[str, float] = {}
+    start = clock()
+    now = start
+    while now - start < duration_secs:
+        t0 = clock()
+        outcome = workload.request()
+        now = clock()
+        latencies.append(now - t0)
+        items += outcome.items
+        for key, value in outcome.extra.items():
+            extra[key] = extra.get(key, 0.0) + value
+    return {"items": items, "elapsed_secs": now - start, "latencies_secs": latencies, "extra": extra}
+
+
+def run(spec: InstanceSpec, stdin: TextIO, stdout: TextIO) -> int:
+    """Prepare, report READY, wait for GO, run the timed loop, report RESULT (or ERROR). Returns the status."""
+    workload: Workload | None = None
+    try:
+        workload = make_workload(spec.kind, spec.params)
+        info = workload.prepare()
+        emit(stdout, "READY", {"pid": os.getpid(), "unit": workload.unit, "info": info})
+        line = stdin.readline()
+        if line.strip() != "GO":
+            emit(stdout, "ERROR", {"type": "Aborted", "message": f"expected GO, got {line.strip()!r}"})
+            return 1
+        result = timed_loop(workload, spec.duration_secs)
+        result["unit"] = workload.unit
+        emit(stdout, "RESULT", result)
+        return 0
+    except Exception as exc:
+        emit(
+            stdout,
+            "ERROR",
+            {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc(limit=8)},
+        )
+        return 1
+    finally:
+        if workload is not None:
+            with contextlib.suppress(Exception):  # closing after a failure must not hide the first error
+                workload.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m colo.bench.instance '<InstanceSpec JSON>'\n")
+        return 2
+    return run(InstanceSpec.from_json(args[0]), sys.stdin, sys.stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The co-location mode of a benchmark point: time-slicing, or colo's own MPS daemon for the run.
+
+``timeslice``: instances are ordinary CUDA processes; the GPU time-slices between their contexts. Their
+``CUDA_MPS_PIPE_DIRECTORY`` points at an empty private directory, so a system MPS daemon (at the default
+``/tmp/nvidia-mps``) cannot capture them by accident.
+
+``mps``: colo starts an MPS control daemon in a private pipe directory under ``/tmp`` (pinned to the GPU
+by UUID, through :mod:`colo.gpu.mps`), runs the point's instances as its clients, and quits the daemon
+afterwards — also when the point fails. Optional per-instance limits: pinned memory and active thread %.
+
+``external``: nothing is changed (HTTP targets: the server's own GPU setup is what is measured).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from colo import units
+from colo.errors import MpsError, UsageError
+
+MODES = ("timeslice", "mps", "external")
+
+
+@dataclass(frozen=True)
+class MpsClientLimits:
+    """Per-instance MPS settings (None: no limit). Only applied in ``mps`` mode."""
+
+    pinned_mem_limit_bytes: int | None = None
+    active_thread_pct: int | None = None
+    client_priority: int | None = None
+
+    def env(self, device_ordinal: int = 0) -> dict[str, str]:
+        """``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` / ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` /
+        ``CUDA_MPS_CLIENT_PRIORITY`` for the limits that are set."""
+        out: dict[str, str] = {}
+        if self.pinned_mem_limit_bytes is not None:
+            out["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = f"{device_ordinal}={units.mps_limit(self.pinned_mem_limit_bytes)}"
+        if self.active_thread_pct is not None:
+            if not 1 <= self.active_thread_pct <= 100:
+                raise UsageError(f"active thread percentage {self.active_thread_pct} must be 1..100")
+            out["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(self.active_thread_pct)
+        if self.client_priority is not None:
+            out["CUDA_MPS_CLIENT_PRIORITY"] = str(self.client_priority)
+        return out
+
+
+def check_modes(modes: list[str]) -> list[str]:
+    """Validate ``--mode`` values. Raises UsageError for an unknown one."""
+    for m in modes:
+        if m not in MODES:
+            raise UsageError(f"unknown mode {m!r}; use timeslice, mps or both (timeslice,mps), or external")
+    return modes
+
+
+@contextmanager
+def colocation_env(mode: str, gpu_uuid: str | None, *, tmp_root: str = "/tmp") -> Iterator[dict[str, str]]:
+    """Environment additions for instances of one point in ``mode``; for ``mps`` a daemon runs meanwhile.
+
+    ``gpu_uuid`` pins instances (and the daemon) to one GPU via ``CUDA_VISIBLE_DEVICES``; it is required for
+    ``mps``. The private directory is removed afterwards. Raises MpsError when the daemon cannot start (or
+    stop), UsageError for an unknown mode.
+    """
+    check_modes([mode])
+    if mode == "external":
+        yield {}
+        return
+    base = tempfile.mkdtemp(prefix="colo-bench-", dir=tmp_root)
+    daemon = None
+    try:
+        env: dict[str, str] = {}
+        if gpu_uuid:
+            env["CUDA_VISIBLE_DEVICES"] = gpu_uuid
+        if mode == "timeslice":
+            empty = f"{base}/no-mps"
+            import os
+
+            os.makedirs(empty, exist_ok=True)
+            env["CUDA_MPS_PIPE_DIRECTORY"] = empty
+            yield env
+            return
+        if not gpu_uuid:
+            raise MpsError("MPS mode needs a GPU (by UUID) and none was found", hint="is nvidia-smi working?")
+        from colo.gpu.mps import MpsDaemon, MpsRoot
+
+        paths = MpsRoot(base).for_gpu(gpu_uuid)
+        daemon = MpsDaemon(paths, gpu_uuid)
+        daemon.start()
+        env["CUDA_MPS_PIPE_DIRECTORY"] = str(paths.pipe_dir)
+        env["CUDA_MPS_LOG_DIRECTORY"] = str(paths.log_dir)
+        yield env
+    finally:
+        try:
+            if daemon is not None:
+                daemon.stop(timeout_secs=10.0)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,280 @@
+"""Benchmark reports: JSON (everything, with machine facts), Markdown (the seed guide's table and more),
+PNG (aggregate throughput and scaling efficiency against N, both modes, with the merged-batch bound).
+
+Several runs can go in one file of each kind (the GPU script bundles its parts).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from colo import units
+from colo.bench.results import BenchResult, PointResult
+from colo.files import write_atomic
+
+MODE_NAMES = {"timeslice": "time-slicing", "mps": "MPS", "merged": "merged batch", "external": "as served"}
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.0f} %"
+
+
+def _ms(value_secs: float | None) -> str:
+    if value_secs is None or not math.isfinite(value_secs):
+        return "–"
+    ms = value_secs * 1000
+    return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def to_json(results: Sequence[BenchResult], *, with_latencies: bool = False) -> str:
+    """All runs as one JSON document: ``{"runs": [...]}`` (latency lists only when asked; summaries always)."""
+    return json.dumps({"runs": [r.to_dict(with_latencies=with_latencies) for r in results]}, indent=1, default=str)
+
+
+def load_json(text: str) -> list[BenchResult]:
+    """Runs from :func:`to_json` output (or a single run's dict). Raises ValueError for other JSON."""
+    raw = json.loads(text)
+    if isinstance(raw, dict) and "runs" in raw:
+        return [BenchResult.from_dict(r) for r in raw["runs"]]
+    if isinstance(raw, dict) and "points" in raw:
+        return [BenchResult.from_dict(raw)]
+    raise ValueError("not a colo bench result (expected a 'runs' list)")
+
+
+def machine_line(result: BenchResult) -> str:
+    """GPU, driver, CUDA, torch in one line."""
+    m = result.machine
+    parts = []
+    if m.get("gpu"):
+        mem = m.get("gpu_memory_bytes")
+        parts.append(f"{m['gpu']}" + (f" ({units.format_size(int(mem))})" if mem else ""))
+    if m.get("driver"):
+        parts.append(f"driver {m['driver']}")
+    if m.get("cuda_driver"):
+        parts.append(f"CUDA {m['cuda_driver']}")
+    if m.get("torch"):
+        parts.append(f"torch {m['torch']}" + (f" (CUDA {m['torch_cuda']})" if m.get("torch_cuda") else ""))
+    return ", ".join(parts) or "unknown machine"
+
+
+def _activity(point: PointResult) -> str:
+    if point.gpu is None or not point.gpu.samples:
+        return "–"
+    sm = point.gpu.sm_util_mean_pct
+    return f"{sm:.0f} %" if sm is not None else "–"
+
+
+def scaling_table(result: BenchResult) -> list[str]:
+    """The seed's table (mode | individual | aggregate | scaling efficiency) plus the bound, latency, GPU."""
+    unit = f"{result.unit}/s"
+    lines = [
+        f"| mode | N | individual ({unit}) | aggregate ({unit}) | scaling efficiency | MPS / time-slicing "
+        f"| merged bound ({unit}) | of bound | p50 ms | p99 ms | GPU SM busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode in result.modes():
+        for n in result.concurrencies(mode):
+            p = result.point(mode, n)
+            if p is None:
+                continue
+            lat = p.latency
+            lines.append(
+                f"| {MODE_NAMES.get(mode, mode)} | {n} | {_num(p.individual_per_sec)} | "
+                f"{_num(p.aggregate_per_sec)} | {_pct(result.efficiency(mode, n))} | "
+                f"{_ratio(result.mps_ratio(n)) if mode == 'mps' else '–'} | {_num(result.bound(n))} | "
+                f"{_pct(result.bound_fraction(mode, n))} | {_ms(lat.p50_secs)} | {_ms(lat.p99_secs)} | "
+                f"{_activity(p)} |"
+            )
+    return lines
+
+
+def instance_table(result: BenchResult) -> list[str]:
+    """Per instance (agent) rates for each mode: for a fixed set of different instances."""
+    modes = result.modes()
+    header = "| instance | " + " | ".join(f"{MODE_NAMES.get(m, m)} ({result.unit}/s) | p50 ms | p99 ms" for m in modes)
+    lines = [header + " |", "|---|" + "---|---|---|" * len(modes)]
+    first = result.point(modes[0], result.concurrencies(modes[0])[0]) if modes else None
+    if first is None:
+        return []
+    for inst in first.instances:
+        cells = [inst.label or str(inst.index)]
+        for m in modes:
+            p = result.point(m, result.concurrencies(m)[0])
+            match = next((i for i in p.instances if i.index == inst.index), None) if p else None
+            if match is None:
+                cells += ["–", "–", "–"]
+                continue
+            from colo.bench import stats
+
+            lat = stats.summarize_latencies(match.latencies_secs)
+            cells += [_num(match.per_sec), _ms(lat.p50_secs), _ms(lat.p99_secs)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def activity_lines(result: BenchResult) -> list[str]:
+    """Why MPS did or did not help: device utilisation per point, per-instance memory (and SM % if any)."""
+    out: list[str] = []
+    per_process = False
+    for p in result.points:
+        if p.gpu is None or not p.gpu.samples:
+            continue
+        per_process = per_process or p.gpu.per_process_util
+        mem = p.gpu.process_memory_max_bytes()
+        mem_text = ", ".join(units.format_size(v) for v in mem.values()) if mem else "–"
+        sm_proc = p.gpu.process_sm_mean_pct()
+        sm_text = ", ".join(f"{v:.0f} %" for v in sm_proc.values()) if sm_proc else ""
+        out.append(
+            f"- {MODE_NAMES.get(p.mode, p.mode)} N={p.concurrency}: SM busy {_num(p.gpu.sm_util_mean_pct, 0)} %, "
+            f"memory controller {_num(p.gpu.mem_util_mean_pct, 0)} %, per-instance memory {mem_text}"
+            + (f", per-instance SM {sm_text}" if sm_text else "")
+            + f" ({len(p.gpu.samples)} samples)"
+        )
+    if out and not per_process:
+        out.append("- NVML gave device-level utilisation only (no per-process SM %); per-instance numbers are memory.")
+    return out
+
+
+def reading(result: BenchResult) -> list[str]:
+    """Plain sentences derived from the numbers (no judgement beyond them)."""
+    out: list[str] = []
+    levels = [n for n in result.concurrencies("mps") if n > 1 and result.mps_ratio(n) is not None]
+    for n in levels:
+        r = result.mps_ratio(n)
+        assert r is not None
+        verdict = "faster than" if r > 1.05 else "slower than" if r < 0.95 else "on par with"
+        out.append(f"- N={n}: MPS {_ratio(r)} time-slicing ({verdict}).")
+    single = result.point("timeslice", 1)
+    if single and single.gpu and single.gpu.sm_util_mean_pct is not None:
+        sm = single.gpu.sm_util_mean_pct
+        out.append(
+            f"- One instance alone keeps the SMs busy {sm:.0f} % of the time: "
+            + (
+                "little idle GPU for MPS to fill."
+                if sm >= 80
+                else "room for other processes' kernels, which MPS can run concurrently."
+            )
+        )
+    return out
+
+
+def to_markdown(results: Sequence[BenchResult]) -> str:
+    """Every run as a Markdown section."""
+    parts: list[str] = []
+    for r in results:
+        parts.append(f"### {r.title}\n")
+        parts.append(
+            f"Workload: `{r.workload}`; {r.settings.get('duration_secs', '?')} s per point; "
+            f"machine: {machine_line(r)}; {r.created}.\n"
+        )
+        fixed = len(r.concurrencies()) == 1 and any(len({i.label for i in p.instances}) > 1 for p in r.points)
+        parts.extend(scaling_table(r))
+        parts.append("")
+        if fixed:
+            parts.extend(instance_table(r))
+            parts.append("")
+        act = activity_lines(r)
+        if act:
+            parts.append("GPU activity during the timed window (NVML samples):\n")
+            parts.extend(act)
+            parts.append("")
+        read = reading(r)
+        if read:
+            parts.extend(read)
+            parts.append("")
+    return "\n".join(parts)
+
+
+def plot_png(results: Sequence[BenchResult]) -> bytes:
+    """One row per run with more than one N: aggregate throughput and scaling efficiency against N for each
+    mode, the merged-batch bound dashed. Returns PNG bytes (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results if len(r.concurrencies()) > 1]
+    rows = max(1, len(runs))
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 3.6 * rows), squeeze=False)
+    colors = {"timeslice": "tab:blue", "mps": "tab:orange", "external": "tab:green"}
+    for row, r in enumerate(runs):
+        ax_t, ax_e = axes[row][0], axes[row][1]
+        for mode in r.modes():
+            ns = r.concurrencies(mode)
+            agg = [r.point(mode, n).aggregate_per_sec for n in ns]  # type: ignore[union-attr]
+            eff = [r.efficiency(mode, n) for n in ns]
+            label = MODE_NAMES.get(mode, mode)
+            ax_t.plot(ns, agg, marker="o", color=colors.get(mode), label=label)
+            ax_e.plot(
+                ns,
+                [100 * e if e is not None else math.nan for e in eff],
+                marker="o",
+                color=colors.get(mode),
+                label=label,
+            )
+        bound_ns = [n for n in r.concurrencies() if r.bound(n) is not None]
+        if len(bound_ns) > 1:
+            bounds = [r.bound(n) or math.nan for n in bound_ns]
+            ax_t.plot(bound_ns, bounds, linestyle="--", color="gray", label="merged-batch bound")
+            single = r.bound(1)
+            if single:
+                ax_e.plot(
+                    bound_ns,
+                    [100 * (r.bound(n) or math.nan) / (n * single) for n in bound_ns],
+                    linestyle="--",
+                    color="gray",
+                    label="merged-batch bound",
+                )
+        ax_t.set_title(f"{r.title}: aggregate", fontsize=9)
+        ax_t.set_xlabel("instances N")
+        ax_t.set_ylabel(f"{r.unit}/s")
+        ax_e.set_title(f"{r.title}: scaling efficiency", fontsize=9)
+        ax_e.set_xlabel("instances N")
+        ax_e.set_ylabel("% of N × single")
+        ax_e.axhline(100, color="lightgray", linewidth=0.8)
+        for ax in (ax_t, ax_e):
+            ax.set_xticks(r.concurrencies())
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    if not runs:
+        axes[0][0].text(0.5, 0.5, "no run with more than one N", ha="center", va="center")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_reports(results: Sequence[BenchResult], out_dir: str | Path, stem: str = "bench") -> dict[str, Path]:
+    """Write ``<stem>.json`` (with latency lists), ``<stem>.md`` and ``<stem>.png`` under ``out_dir``.
+
+    Returns the paths by kind. Raises ConfigError when the directory is not writable.
+    """
+    out = Path(out_dir)
+    paths: dict[str, Path] = {}
+    paths["json"] = write_atomic(out / f"{stem}.json", to_json(results, with_latencies=True))
+    paths["md"] = write_atomic(out / f"{stem}.md", to_markdown(results))
+    paths["png"] = write_atomic(out / f"{stem}.png", plot_png(results))
+    return paths
+
+
+def summary_rows(result: BenchResult) -> list[dict[str, Any]]:
+    """The table's rows as data (for ``--json`` and the live view)."""
+    return list(result.to_dict()["summary"])

@@ -1,0 +1,186 @@
+"""A compact Llama-style decoder for benchmarking one-token decode steps: static KV cache, graph-capturable.
+
+Exactly the Llama-3.1 architecture's arithmetic for a single new token per stream (RMSNorm, rotary position
+embedding, grouped-query attention reading a static KV cache, SwiGLU MLP, untied LM head, greedy argmax),
+with random weights in one dtype (bf16 by default): decode speed depends on the shapes, not the values.
+Every tensor the step touches is allocated up front and updated in place (next token, position, cache), so
+the whole step can be captured once as a CUDA graph and replayed for each token.
+
+The KV cache is not filled from a real prompt: attention reads all ``max_len`` cached positions every step
+(masked beyond the current one), i.e. the cost of the longest context, which is small next to the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """Architecture sizes. ``head_dim`` = hidden / heads."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    rope_theta: float = 500000.0
+    rms_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads or self.heads % self.kv_heads or (self.hidden // self.heads) % 2:
+            raise ValueError(f"inconsistent shape {self}: hidden/heads and heads/kv_heads must divide evenly")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer (attention, MLP, two norms)."""
+        qkv = self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim
+        out = self.hidden * self.hidden
+        mlp = 3 * self.hidden * self.intermediate
+        return qkv + out + mlp + 2 * self.hidden
+
+    def param_count(self) -> int:
+        """All parameters (embedding and LM head untied, as in Llama-3.1-8B: 8.03 B)."""
+        return self.layers * self.layer_params() + 2 * self.vocab * self.hidden + self.hidden
+
+    def bytes_read_per_step(self, dtype_bytes: int, batch_size: int, max_len: int) -> int:
+        """Bytes one decode step must read from memory: every weight except the embedding table (one row
+        per stream), plus the static KV cache."""
+        weights = (self.param_count() - self.vocab * self.hidden) * dtype_bytes
+        kv = 2 * self.layers * batch_size * self.kv_heads * max_len * self.head_dim * dtype_bytes
+        return weights + kv
+
+
+SHAPES: dict[str, LlamaShape] = {
+    # meta-llama/Llama-3.1-8B config.json
+    "llama-3.1-8b": LlamaShape(hidden=4096, layers=32, heads=32, kv_heads=8, intermediate=14336, vocab=128256),
+    # small enough for CPU tests
+    "tiny": LlamaShape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=256),
+}
+
+
+def shape_named(name: str) -> LlamaShape:
+    """A shape from :data:`SHAPES`. Raises ValueError naming the known ones."""
+    if name not in SHAPES:
+        raise ValueError(f"unknown decode shape {name!r}; known: {', '.join(sorted(SHAPES))}")
+    return SHAPES[name]
+
+
+class StaticLlamaDecoder:
+    """Random-weight Llama decoder for ``batch_size`` streams with a static ``max_len`` KV cache.
+
+    :meth:`step` decodes one token for every stream in place: reads ``tokens`` and ``pos``, writes the cache at
+    ``pos``, leaves the greedy next tokens in ``tokens`` and advances ``pos`` by one.
+    """
+
+    def __init__(
+        self,
+        shape: LlamaShape,
+        *,
+        batch_size: int = 1,
+        max_len: int = 1024,
+        dtype: Any = None,
+        device: str = "cuda",
+        seed: int = 0,
+    ) -> None:
+        import torch
+
+        self.shape = shape
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.dtype = dtype or torch.bfloat16
+        self.device = device
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        hd = shape.head_dim
+
+        def weight(rows: int, cols: int) -> Any:
+            w = torch.randn(rows, cols, dtype=self.dtype, device=device, generator=gen)
+            return w.mul_(0.02)
+
+        def ones() -> Any:
+            return torch.ones(shape.hidden, dtype=self.dtype, device=device)
+
+        self.embed = weight(shape.vocab, shape.hidden)
+        self.layers: list[dict[str, Any]] = []
+        for _ in range(shape.layers):
+            self.layers.append(
+                {
+                    "attn_norm": ones(),
+                    "wqkv": weight((shape.heads + 2 * shape.kv_heads) * hd, shape.hidden),
+                    "wo": weight(shape.hidden, shape.heads * hd),
+                    "mlp_norm": ones(),
+                    "w_gate_up": weight(2 * shape.intermediate, shape.hidden),
+                    "w_down": weight(shape.hidden, shape.intermediate),
+                    "k_cache": torch.zeros(batch_size, shape.kv_heads, max_len, hd, dtype=self.dtype, device=device),
+                    "v_cache": torch.zeros(batch_size, shape.kv_heads, max_len, hd, dtype=self.dtype, device=device),
+                }
+            )
+        self.final_norm = ones()
+        self.lm_head = weight(shape.vocab, shape.hidden)
+        self.tokens = torch.randint(0, shape.vocab, (batch_size,), device=device, generator=gen)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.positions = torch.arange(max_len, device=device)
+        inv_freq = 1.0 / (shape.rope_theta ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
+        freqs = torch.outer(torch.arange(max_len, device=device, dtype=torch.float32), inv_freq)
+        self.cos = freqs.cos()
+        self.sin = freqs.sin()
+        self.scale = hd**-0.5
+
+    def reset(self, position: int = 0) -> None:
+        """Set the position (outside a graph); the cache keeps its contents."""
+        self.pos.fill_(position)
+
+    def _rms(self, x: Any, weight: Any) -> Any:
+        import torch
+
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.shape.rms_eps)
+        return xf.to(self.dtype) * weight
+
+    @staticmethod
+    def _rope(x: Any, cos: Any, sin: Any) -> Any:
+        import torch
+
+        half = x.shape[-1] // 2
+        xf = x.float()
+        x1, x2 = xf[..., :half], xf[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+    def step(self) -> Any:
+        """Decode one token per stream (in place); returns the ``tokens`` tensor."""
+        import torch
+        import torch.nn.functional as F
+
+        s = self.shape
+        b, hd, group = self.batch_size, s.head_dim, s.heads // s.kv_heads
+        x = F.embedding(self.tokens, self.embed)  # [B, H]
+        cos = self.cos.index_select(0, self.pos)  # [1, hd/2]
+        sin = self.sin.index_select(0, self.pos)
+        visible = self.positions <= self.pos  # [L]
+        for layer in self.layers:
+            h = self._rms(x, layer["attn_norm"])
+            qkv = F.linear(h, layer["wqkv"])
+            q, k, v = qkv.split((s.heads * hd, s.kv_heads * hd, s.kv_heads * hd), dim=-1)  # type: ignore[no-untyped-call]
+            q = self._rope(q.view(b, s.heads, hd), cos, sin)
+            k = self._rope(k.view(b, s.kv_heads, hd), cos, sin)
+            layer["k_cache"].index_copy_(2, self.pos, k.unsqueeze(2))
+            layer["v_cache"].index_copy_(2, self.pos, v.view(b, s.kv_heads, hd).unsqueeze(2))
+            qg = q.view(b, s.kv_heads, group, hd)
+            scores = torch.matmul(qg, layer["k_cache"].transpose(-1, -2)).float() * self.scale  # [B,kv,g,L]
+            scores = scores.masked_fill(~visible, float("-inf"))
+            probs = torch.softmax(scores, dim=-1).to(self.dtype)
+            attn = torch.matmul(probs, layer["v_cache"])  # [B, kv, g, hd]
+            x = x + F.linear(attn.reshape(b, s.heads * hd), layer["wo"])
+            h = self._rms(x, layer["mlp_norm"])
+            gate, up = F.linear(h, layer["w_gate_up"]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer["w_down"])
+        logits = F.linear(self._rms(x, self.final_norm), self.lm_head)
+        self.tokens.copy_(logits.argmax(dim=-1))
+        self.pos.add_(1)
+        return self.tokens

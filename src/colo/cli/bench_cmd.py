@@ -1,0 +1,440 @@
+"""``colo bench``, ``colo capacity``, ``colo advise``: measure co-location, count instances, decide.
+
+``colo bench encoder|decode|cmd|http`` runs N instances (separate processes) together under time-slicing
+and/or colo's own MPS daemon, prints the seed guide's table (mode | individual | aggregate | scaling
+efficiency) with latency, the MPS / time-slicing ratio and the merged-batch bound, and writes
+``bench.json`` / ``bench.md`` / ``bench.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from colo import units
+from colo.cli.common import console, err_console, print_json
+from colo.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from colo.bench.results import BenchResult, PointResult
+    from colo.bench.spec import InstanceSpec
+    from colo.gpu.nvml import GpuBackend
+
+bench_app = typer.Typer(
+    help="Measure N instances together, MPS vs time-slicing, against the merged-batch bound.",
+    no_args_is_help=True,
+)
+
+MODE_HELP = "timeslice, mps, or both: timeslice,mps"
+CONC_HELP = "numbers of concurrent instances, e.g. 1,2,4,8 (1 is always measured)"
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    """``"1,2,4"`` -> (1, 2, 4). Raises UsageError."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise UsageError(f"{what} {text!r}: write whole numbers separated by commas, e.g. 1,2,4,8") from exc
+    if not values or any(v < 1 or v > 64 for v in values):
+        raise UsageError(f"{what} {text!r}: each value must be 1..64")
+    return values
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    from colo.bench.mps import check_modes
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    return tuple(check_modes(modes or ["timeslice"]))
+
+
+def _backend(required: bool) -> GpuBackend | None:
+    from colo.errors import GpuError
+    from colo.gpu.nvml import NvmlBackend
+
+    try:
+        backend = NvmlBackend()
+        backend.gpus()
+        return backend
+    except GpuError:
+        if required:
+            raise
+        return None
+
+
+def _point_line(point: PointResult) -> str:
+    lat = point.latency
+    p50 = f"{1000 * lat.p50_secs:.2f} ms" if math.isfinite(lat.p50_secs) else "–"
+    sm = point.gpu.sm_util_mean_pct if point.gpu else None
+    sm_text = f", SM busy {sm:.0f} %" if sm is not None else ""
+    return (
+        f"{point.mode} N={point.concurrency}: aggregate {point.aggregate_per_sec:,.1f} {point.unit}/s, "
+        f"individual {point.individual_per_sec:,.1f}, p50 {p50}{sm_text}"
+    )
+
+
+def _run(
+    spec: InstanceSpec,
+    *,
+    title: str,
+    modes: str,
+    concurrency: str,
+    out: Path,
+    gpu: int,
+    thread_pct: int | None,
+    mem_limit: str | None,
+    bound: bool,
+    as_json: bool,
+) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from colo.bench.mps import MpsClientLimits
+    from colo.bench.report import to_json, write_reports
+    from colo.bench.runner import BenchPlan, run_bench
+
+    mode_list = parse_modes(modes)
+    try:
+        limit_bytes = units.parse_size(mem_limit) if mem_limit else None
+    except ValueError as exc:
+        raise UsageError(f"--mem-limit {mem_limit!r}: {exc}") from exc
+    plan = BenchPlan(
+        title,
+        base=spec,
+        modes=mode_list,
+        concurrencies=parse_int_list(concurrency, "--concurrency"),
+        merged_bound=bound,
+        limits=MpsClientLimits(pinned_mem_limit_bytes=limit_bytes, active_thread_pct=thread_pct),
+        gpu_index=gpu,
+    )
+    needs_gpu = "mps" in mode_list or spec.kind in ("encoder", "decode", "hf_decode")
+    backend = _backend(required="mps" in mode_list)
+    if backend is None and needs_gpu and spec.params.get("device", "auto") != "cpu":
+        err_console.print("[yellow]no NVIDIA GPU found (NVML): running on the CPU, no GPU activity samples[/]")
+    view = err_console if as_json else console
+    steps = plan.steps()
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=view, transient=True
+    ) as progress:
+        task = progress.add_task(f"{title}: starting", total=len(steps))
+
+        def on_message(msg: str) -> None:
+            progress.update(task, description=msg)
+
+        def on_point(point: PointResult) -> None:
+            progress.advance(task)
+            progress.console.print(_point_line(point), highlight=False)
+
+        result = run_bench(plan, backend=backend, progress=on_message, on_point=on_point)
+    paths = write_reports([result], out)
+    if as_json:
+        import sys
+
+        sys.stdout.write(to_json([result]) + "\n")
+        return
+    _print_table(result)
+    console.print(f"reports: {paths['json']}, {paths['md']}, {paths['png']}", highlight=False)
+
+
+def _print_table(result: BenchResult) -> None:
+    from rich.table import Table
+
+    from colo.bench.report import MODE_NAMES, _ms, _num, _pct, _ratio
+
+    unit = f"{result.unit}/s"
+    table = Table(title=result.title)
+    for col in (
+        "mode",
+        "N",
+        f"individual {unit}",
+        f"aggregate {unit}",
+        "scaling eff.",
+        "MPS/TS",
+        "bound",
+        "of bound",
+        "p50 ms",
+        "p99 ms",
+        "SM busy",
+    ):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for mode in result.modes():
+        for n in result.concurrencies(mode):
+            p = result.point(mode, n)
+            if p is None:
+                continue
+            sm = p.gpu.sm_util_mean_pct if p.gpu else None
+            table.add_row(
+                MODE_NAMES.get(mode, mode),
+                str(n),
+                _num(p.individual_per_sec),
+                _num(p.aggregate_per_sec),
+                _pct(result.efficiency(mode, n)),
+                _ratio(result.mps_ratio(n)) if mode == "mps" else "–",
+                _num(result.bound(n)),
+                _pct(result.bound_fraction(mode, n)),
+                _ms(p.latency.p50_secs),
+                _ms(p.latency.p99_secs),
+                f"{sm:.0f} %" if sm is not None else "–",
+            )
+    console.print(table)
+
+
+# --- shared options -------------------------------------------------------------------------------------
+
+_MODE = typer.Option("timeslice,mps", "--mode", help=MODE_HELP)
+_CONC = typer.Option("1,2,4,8", "--concurrency", "-n", help=CONC_HELP)
+_DURATION = typer.Option(10.0, "--duration", min=0.1, help="timed window per point, seconds")
+_OUT = typer.Option(Path("bench-out"), "--out", help="directory for bench.json, bench.md, bench.png")
+_GPU = typer.Option(0, "--gpu", help="NVML index of the GPU")
+_THREADS = typer.Option(
+    None, "--thread-pct", min=1, max=100, help="MPS: CUDA_MPS_ACTIVE_THREAD_PERCENTAGE per instance"
+)
+_MEM = typer.Option(None, "--mem-limit", help="MPS: pinned memory limit per instance, e.g. 4GiB")
+_BOUND = typer.Option(True, "--bound/--no-bound", help="also run one process with the merged batch")
+_JSON = typer.Option(False, "--json", help="print the results as JSON (progress goes to stderr)")
+
+
+@bench_app.command("encoder")
+def bench_encoder(
+    model: str = typer.Option(..., "--model", "-m", help="catalog model id or local path's model id"),
+    path: str | None = typer.Option(None, "--path", help="local directory with the model's weights"),
+    batch: int = typer.Option(8, "--batch", min=1, help="sequences per request"),
+    seq: int = typer.Option(128, "--seq", min=1, help="tokens per sequence"),
+    dtype: str = typer.Option("float16", "--dtype", help="float16, bfloat16 or float32"),
+    graphs: bool = typer.Option(True, "--graphs/--no-graphs", help="CUDA-graph capture the forward"),
+    mode: str = _MODE,
+    concurrency: str = _CONC,
+    duration: float = _DURATION,
+    out: Path = _OUT,
+    gpu: int = _GPU,
+    thread_pct: int | None = _THREADS,
+    mem_limit: str | None = _MEM,
+    bound: bool = _BOUND,
+    as_json: bool = _JSON,
+) -> None:
+    """Encoder inference: forward passes of MODEL at --batch × --seq, one process per instance."""
+    from colo.bench.spec import InstanceSpec
+
+    params: dict[str, Any] = {
+        "model": model,
+        "batch_size": batch,
+        "seq_len": seq,
+        "dtype": dtype,
+        "cuda_graphs": graphs,
+    }
+    if path:
+        params["path"] = path
+    spec = InstanceSpec("encoder", params, duration_secs=duration)
+    _run(
+        spec,
+        title=f"encoder {model} {dtype} {batch}×{seq}",
+        modes=mode,
+        concurrency=concurrency,
+        out=out,
+        gpu=gpu,
+        thread_pct=thread_pct,
+        mem_limit=mem_limit,
+        bound=bound,
+        as_json=as_json,
+    )
+
+
+@bench_app.command("decode")
+def bench_decode(
+    shape: str = typer.Option("llama-3.1-8b", "--shape", help="built-in Llama-style shape: llama-3.1-8b or tiny"),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="a catalog generator via transformers StaticCache (e.g. distilgpt2) instead of the built-in shape",
+    ),
+    batch: int = typer.Option(1, "--batch", min=1, help="streams per instance"),
+    tokens: int = typer.Option(32, "--tokens", min=1, help="tokens per request (per stream)"),
+    dtype: str | None = typer.Option(None, "--dtype", help="default bfloat16 (shape) / float16 (--model)"),
+    graphs: bool = typer.Option(True, "--graphs/--no-graphs", help="CUDA-graph capture the decode step"),
+    mode: str = _MODE,
+    concurrency: str = typer.Option("1,2,3", "--concurrency", "-n", help=CONC_HELP),
+    duration: float = _DURATION,
+    out: Path = _OUT,
+    gpu: int = _GPU,
+    thread_pct: int | None = _THREADS,
+    mem_limit: str | None = _MEM,
+    bound: bool = _BOUND,
+    as_json: bool = _JSON,
+) -> None:
+    """Generator decode: tokens/s with a static KV cache and a CUDA-graph-captured one-token step."""
+    from colo.bench.spec import InstanceSpec
+
+    common = {"batch_size": batch, "tokens_per_request": tokens, "cuda_graphs": graphs}
+    if model:
+        spec = InstanceSpec(
+            "hf_decode", {"model": model, "dtype": dtype or "float16", **common}, duration_secs=duration
+        )
+        title = f"decode {model}"
+    else:
+        from colo.bench.workloads.llama import SHAPES
+
+        if shape not in SHAPES:
+            raise UsageError(f"--shape {shape!r}: use one of {', '.join(sorted(SHAPES))}")
+        spec = InstanceSpec("decode", {"shape": shape, "dtype": dtype or "bfloat16", **common}, duration_secs=duration)
+        title = f"decode {shape} shape"
+    _run(
+        spec,
+        title=title,
+        modes=mode,
+        concurrency=concurrency,
+        out=out,
+        gpu=gpu,
+        thread_pct=thread_pct,
+        mem_limit=mem_limit,
+        bound=bound,
+        as_json=as_json,
+    )
+
+
+@bench_app.command("cmd")
+def bench_cmd(
+    cmd: str = typer.Option(..., "--cmd", help="the command each instance runs; it must print e.g. '812 tok/s'"),
+    pattern: str | None = typer.Option(None, "--pattern", help="regex with a 'value' group (and 'unit')"),
+    mode: str = _MODE,
+    concurrency: str = _CONC,
+    duration: float = _DURATION,
+    out: Path = _OUT,
+    gpu: int = _GPU,
+    thread_pct: int | None = _THREADS,
+    mem_limit: str | None = _MEM,
+    as_json: bool = _JSON,
+) -> None:
+    """A user command: run N copies together, parse the throughput line each prints."""
+    from colo.bench.spec import InstanceSpec
+
+    params: dict[str, Any] = {"command": cmd}
+    if pattern:
+        params["pattern"] = pattern
+    spec = InstanceSpec("cmd", params, duration_secs=duration)
+    _run(
+        spec,
+        title=f"command {cmd}",
+        modes=mode,
+        concurrency=concurrency,
+        out=out,
+        gpu=gpu,
+        thread_pct=thread_pct,
+        mem_limit=mem_limit,
+        bound=False,
+        as_json=as_json,
+    )
+
+
+@bench_app.command("http")
+def bench_http(
+    url: str = typer.Option("http://127.0.0.1:11434", "--url", help="server base URL"),
+    api: str = typer.Option("ollama-chat", "--api", help="ollama-chat, ollama-generate or openai-chat"),
+    model: str = typer.Option("llama3.1:8b", "--model", "-m", help="model name the server knows"),
+    prompt: str = typer.Option("Write a short paragraph about GPUs.", "--prompt"),
+    max_tokens: int = typer.Option(128, "--max-tokens", min=1),
+    concurrency: str = typer.Option("1,2,3", "--concurrency", "-n", help="concurrent clients, e.g. 1,2,3"),
+    duration: float = _DURATION,
+    out: Path = _OUT,
+    gpu: int = _GPU,
+    as_json: bool = _JSON,
+) -> None:
+    """An HTTP target (Ollama or OpenAI-compatible): N concurrent clients; tokens from the server's counts."""
+    from colo.bench.spec import InstanceSpec
+    from colo.bench.workloads.http import APIS
+
+    if api not in APIS:
+        raise UsageError(f"--api {api!r}: use one of {', '.join(APIS)}")
+    spec = InstanceSpec(
+        "http",
+        {"url": url, "api": api, "model": model, "prompt": prompt, "max_tokens": max_tokens},
+        duration_secs=duration,
+    )
+    _run(
+        spec,
+        title=f"http {api} {model}",
+        modes="external",
+        concurrency=concurrency,
+        out=out,
+        gpu=gpu,
+        thread_pct=None,
+        mem_limit=None,
+        bound=False,
+        as_json=as_json,
+    )
+
+
+# --- capacity and advise ----------------------------------------------------------------------------------
+
+
+def capacity_command(
+    model: str = typer.Argument(..., help="model id (catalog or config), or a name with --memory"),
+    gpu: str | None = typer.Option(None, "--gpu", help="GPU name, e.g. H100, 'RTX 3090', A100-40GB"),
+    gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="GPU memory, e.g. 80GiB"),
+    memory: str | None = typer.Option(None, "--memory", help="the model's requirement, e.g. 4.9GiB"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="colo.yaml: the model's memory and policy"),
+    as_json: bool = typer.Option(False, "--json", help="print as JSON"),
+) -> None:
+    """How many instances of MODEL fit on one GPU: theoretically, with margins, and under the client cap."""
+    from colo.bench.capacity import capacity_for, resolve_gpu_memory, resolve_requirement
+
+    cfg = None
+    if config is not None:
+        from colo.spec.load import load_config
+
+        cfg = load_config(config)
+    try:
+        requirement = resolve_requirement(model, memory=memory, config=cfg)
+        gpu_name, gpu_bytes = resolve_gpu_memory(gpu=gpu, gpu_memory=gpu_memory, config=cfg)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    answer = capacity_for(model, requirement, gpu_name, gpu_bytes, policy=cfg.policy if cfg else None)
+    if as_json:
+        print_json(answer.to_dict())
+        return
+    for line in answer.lines():
+        console.print(line, highlight=False)
+
+
+def advise_command(
+    config: Path = typer.Argument(..., help="colo.yaml"),
+    bench: Path | None = typer.Option(None, "--bench", help="bench.json from `colo bench` on this GPU"),
+    gpu: list[str] = typer.Option([], "--gpu", help="plan for this GPU instead of the config's, e.g. 80GiB"),
+    as_json: bool = typer.Option(False, "--json", help="print as JSON"),
+) -> None:
+    """MPS, separate servers (time-slicing) or MIG for CONFIG, with the reasons that applied."""
+    from colo.bench.advise import advise
+    from colo.bench.report import load_json
+    from colo.cli.plan_cmd import load_plannable
+    from colo.plan import inventory_slots, plan
+
+    cfg = load_plannable(str(config), gpu)
+    slots = inventory_slots(cfg)
+    the_plan = plan(cfg, slots)
+    runs = []
+    if bench is not None:
+        try:
+            runs = load_json(bench.read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"not a colo bench result: {exc}",
+                source=str(bench),
+                hint="pass the bench.json that `colo bench --out DIR` wrote",
+            ) from exc
+    advice = advise(cfg, the_plan, runs)
+    if as_json:
+        print_json(advice.to_dict())
+        return
+    console.print(f"[bold]{advice.headline()}[/]", highlight=False)
+    for reason in advice.reasons:
+        console.print(f"  {reason.symbol()} {reason.text}", highlight=False)
+    for note in advice.notes:
+        console.print(f"  · {note}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bench`` (a group), ``capacity`` and ``advise``."""
+    app.add_typer(bench_app, name="bench")
+    app.command("capacity")(capacity_command)
+    app.command("advise")(advise_command)
