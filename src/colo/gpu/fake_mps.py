@@ -8,6 +8,14 @@ it writes ``control.log``/``server.log`` lines in the format real daemons write
 (``[2026-05-31 23:48:21.671 Control 11107] NEW CLIENT 11801 from user 1000: ...``), so the log reader is
 tested against the same text.
 
+Run as a program (``python -m colo.gpu.fake_mps``, or an executable wrapper named like the real binary) it
+behaves like ``nvidia-cuda-mps-control`` itself, so :class:`~colo.gpu.mps_control.SubprocessMpsControl` and the
+process scan are tested end to end on CPU: ``-d`` forks a daemon that serves the same replies on a Unix socket
+``<pipe dir>/control`` (its process named ``nvidia-cuda-mps-control ... -f``); without arguments it sends the
+command lines read from stdin to that socket and prints the replies, or exits 1 with
+``Cannot find MPS control daemon process``. ``FAKE_MPS_HANG=1`` in the daemon's environment makes it accept
+connections and never answer.
+
 Faults a test can provoke: binary missing (``binary_present=False``), a daemon that never answers
 (``hang(pipe_dir)``), one that ignores ``quit`` (``ignore_quit(pipe_dir)``), a launcher that fails
 (``fail_start``), a daemon already running from elsewhere (``add_daemon(...)``), a server FAULT (``fault``).
@@ -126,10 +134,16 @@ class FakeMpsControl:
         d.answers = not self.start_unresponsive
 
     def add_daemon(
-        self, pipe_dir: str | Path, log_dir: str | Path, visible_devices: str | None = None, *, uid: int = 0
+        self,
+        pipe_dir: str | Path,
+        log_dir: str | Path,
+        visible_devices: str | None = None,
+        *,
+        uid: int = 0,
+        pid: int | None = None,
     ) -> FakeDaemon:
         """A daemon as ``nvidia-cuda-mps-control -d`` would leave it (also: one "started elsewhere")."""
-        d = FakeDaemon(self._pid(), str(pipe_dir), str(log_dir), visible_devices, uid)
+        d = FakeDaemon(pid or self._pid(), str(pipe_dir), str(log_dir), visible_devices, uid)
         self.daemons[_key(pipe_dir)] = d
         Path(pipe_dir).mkdir(parents=True, exist_ok=True)
         (Path(pipe_dir) / "control").touch()
@@ -309,3 +323,120 @@ class FakeMpsControl:
     def ignore_quit(self, pipe_dir: str | Path) -> None:
         """The daemon answers ``quit`` but does not exit."""
         self.daemon_at(pipe_dir).obeys_quit = False
+
+
+# --- the program ------------------------------------------------------------------------------------------
+
+
+def _set_process_name(name: str) -> None:
+    """Linux ``comm`` (15 bytes), as the real binary's process shows in ``ps``; best effort."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+
+
+def _serve(pipe_dir: str, log_dir: str) -> int:
+    """The daemon: one command per connection on ``<pipe_dir>/control``; ``quit`` ends it."""
+    import socket
+    import time
+
+    _set_process_name(CONTROL_BIN)
+    fake = FakeMpsControl()
+    d = fake.add_daemon(pipe_dir, log_dir, os.environ.get("CUDA_VISIBLE_DEVICES"), pid=os.getpid())
+    path = Path(pipe_dir) / "control"
+    path.unlink(missing_ok=True)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(8)
+    hang = os.environ.get("FAKE_MPS_HANG") == "1"
+    try:
+        while d.alive:
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                if hang:
+                    time.sleep(3600)
+                    continue
+                reply = fake._run(d, data.decode().split())
+                conn.sendall(reply.encode())
+    finally:
+        srv.close()
+        path.unlink(missing_ok=True)
+        (Path(pipe_dir) / PID_FILE).unlink(missing_ok=True)
+    return 0
+
+
+def _client(pipe_dir: str, lines: list[str]) -> int:
+    import socket
+    import sys
+
+    path = Path(pipe_dir) / "control"
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(path))
+                s.sendall(line.strip().encode() + b"\n")
+                reply = b""
+                while chunk := s.recv(4096):
+                    reply += chunk
+        except OSError:
+            sys.stdout.write("Cannot find MPS control daemon process\n")
+            return 1
+        sys.stdout.write(reply.decode())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``nvidia-cuda-mps-control [-d|-f]``, imitated (tests only)."""
+    import subprocess
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    pipe_dir = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_PIPE_DIR)
+    log_dir = os.environ.get("CUDA_MPS_LOG_DIRECTORY", "/var/log/nvidia-mps")
+    if "-d" in args:
+        pid_file = Path(pipe_dir) / PID_FILE
+        if pid_file.exists():
+            try:
+                pid = int(pid_file.read_text().strip() or "0")
+                if pid > 0:
+                    os.kill(pid, 0)
+                    sys.stdout.write("An instance of this daemon is already running\n")
+                    return 1
+            except (OSError, ValueError):
+                pass  # stale: the daemon was killed
+        Path(pipe_dir).mkdir(parents=True, exist_ok=True)
+        subprocess.Popen(
+            [CONTROL_BIN, "-m", "colo.gpu.fake_mps", "-f"],
+            executable=sys.executable,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            # argv[0] is not a path to Python, so the child cannot find this venv by itself.
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+        )
+        # Like the real one, return once the daemon can be reached.
+        import time
+
+        deadline = time.monotonic() + 10.0
+        while not (Path(pipe_dir) / "control").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return 0
+    if "-f" in args:
+        return _serve(pipe_dir, log_dir)
+    return _client(pipe_dir, sys.stdin.read().splitlines())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

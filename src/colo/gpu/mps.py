@@ -356,7 +356,7 @@ class MpsDaemon:
         if existing:
             self._adopt(existing[0], defaults)
             return False
-        self.control.start_daemon(env=self.env(), timeout_secs=self.command_timeout_secs)
+        self.control.start_daemon(env=self.env(), timeout_secs=max(self.command_timeout_secs, self.start_timeout_secs))
         deadline = self._time.now() + self.start_timeout_secs
         while not self.healthy():
             if self._time.now() >= deadline:

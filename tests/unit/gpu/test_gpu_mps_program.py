@@ -1,0 +1,107 @@
+"""The real SubprocessMpsControl and process scan, end to end, against the fake control program.
+
+The fake program (``colo.gpu.fake_mps`` run as an executable named ``nvidia-cuda-mps-control``) forks a real
+daemon process on a Unix socket, so start / health / defaults / quit / kill run exactly as on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from colo.errors import MpsError
+from colo.gpu.mps import MpsDaemon, MpsDefaults, MpsRoot
+from colo.gpu.mps_control import SubprocessMpsControl, scan_processes
+
+UUID = "GPU-aaaaaaaa-2222-3333-4444-555555555555"
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="cgp", dir="/tmp"))
+    yield d
+    # Never leave a fake daemon behind, whatever the test did.
+    for p in scan_processes(None):
+        if p.pipe_dir.startswith(str(d)):
+            os.kill(p.pid, signal.SIGKILL)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def binary(workdir: Path) -> str:
+    path = workdir / "bin" / "nvidia-cuda-mps-control"
+    path.parent.mkdir()
+    path.write_text(
+        f"#!{sys.executable}\nimport runpy\nrunpy.run_module('colo.gpu.fake_mps', run_name='__main__', alter_sys=True)\n"
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def daemon(workdir: Path, binary: str, *, hang: bool = False) -> MpsDaemon:
+    env = dict(os.environ)
+    env.pop("FAKE_MPS_HANG", None)
+    if hang:
+        env["FAKE_MPS_HANG"] = "1"
+    return MpsDaemon(
+        MpsRoot(workdir / "mps").for_gpu(UUID),
+        UUID,
+        SubprocessMpsControl(binary),
+        command_timeout_secs=0.5 if hang else 5.0,
+        start_timeout_secs=3.0 if hang else 10.0,
+        base_env=env,
+    )
+
+
+def test_start_health_defaults_and_quit(workdir: Path, binary: str) -> None:
+    d = daemon(workdir, binary)
+    assert d.status().running is False
+    assert d.start(MpsDefaults(pinned_mem_limit_bytes=2 << 30, active_thread_pct=40)) is True
+    procs = d.processes()
+    assert [p.kind for p in procs] == ["control"]
+    assert procs[0].visible_devices == UUID
+    assert d.control_pid() == procs[0].pid
+    assert d.healthy() and d.default_active_thread_pct() == 40.0
+    assert d.server_pids() == []
+    # Adopting the running daemon starts nothing new.
+    again = daemon(workdir, binary)
+    assert again.start(MpsDefaults(active_thread_pct=40)) is False
+    assert again.control_pid() == procs[0].pid
+    result = d.stop(timeout_secs=3)
+    assert result.quit_answered and result.killed_pids == ()
+    assert scan_processes(d.paths.pipe_dir) == []
+    assert (d.paths.log_dir / "control.log").read_text().count("Starting control daemon") == 1
+
+
+def test_daemon_that_never_answers_is_refused_then_killed(workdir: Path, binary: str) -> None:
+    hung = daemon(workdir, binary, hang=True)
+    with pytest.raises(MpsError, match="did not answer within"):
+        hung.start()
+    pid = hung.control_pid()
+    assert pid is not None
+    # A second start finds it and refuses to adopt a daemon that does not answer.
+    with pytest.raises(MpsError, match="does not answer"):
+        daemon(workdir, binary, hang=True).start()
+    result = hung.stop(timeout_secs=1)
+    assert not result.quit_answered and result.killed_pids == (pid,)
+    assert scan_processes(hung.paths.pipe_dir) == []
+
+
+def test_command_to_no_daemon_fails_clearly(workdir: Path, binary: str) -> None:
+    d = daemon(workdir, binary)
+    d.prepare_dirs()
+    with pytest.raises(MpsError, match="exited with status 1.*Cannot find MPS control daemon"):
+        d.send("get_server_list")
+    assert d.healthy() is False
+
+
+def test_missing_binary(workdir: Path) -> None:
+    with pytest.raises(MpsError, match="not an executable"):
+        SubprocessMpsControl(str(workdir / "nope")).send("ps", env={})
