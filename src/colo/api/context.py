@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException, Request
+from pydantic import BaseModel
 
 from colo.api.auth import bearer_matches
 from colo.api.cache import PlanDocCache, TtlCache
@@ -54,6 +55,29 @@ class ApiContext:
     def gpu_state(self) -> GpuState:
         """The GPU state, read at most once per ``gpu_ttl_secs``."""
         return self.gpu_cache.get(lambda: read_gpu_state(self.source))
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``error`` is one paragraph (never containing the token)."""
+
+    error: str
+    field: str | None = None
+    line: int | None = None
+    source: str | None = None
+    agents: list[str] | None = None
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses."""
+    text = {
+        401: "missing or wrong API token",
+        404: "no such agent",
+        409: "not possible now (read-only source, another apply running, agent state)",
+        413: "request body over the limit",
+        422: "invalid input, or a plan that does not fit (nothing changed)",
+        503: "the GPU or its MPS daemon cannot be read",
+    }
+    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
 
 
 def ctx_of(request: Request) -> ApiContext:

@@ -6,11 +6,11 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
-from colo.api.context import ctx_of, require_read, require_token
+from colo.api.context import ctx_of, errors, require_read, require_token
 from colo.api.source import ApiSource
 from colo.supervise.snapshots import AgentStatus
 
-router = APIRouter(tags=["agents"])
+router = APIRouter(tags=["agents"], responses=errors(401, 404))
 
 AgentName = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="The agent's name in colo.yaml.")
 
@@ -43,6 +43,7 @@ def agent(request: Request, name: str = AgentName) -> dict[str, Any]:
     "/agents/{name}/{action}",
     dependencies=[Depends(require_token)],
     summary="Start, stop or restart an agent (token required)",
+    responses=errors(409, 503),
 )
 def agent_action(
     request: Request,

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from colo.api.context import ctx_of, require_token
+from colo.api.context import ctx_of, errors, require_token
 from colo.errors import ConfigError
 from colo.spec import ColoConfig, load_config_text
 
@@ -49,11 +49,7 @@ def _apply(request: Request, config: ColoConfig) -> dict[str, Any]:
     dependencies=[Depends(require_token)],
     summary="Apply a new configuration (token required)",
     openapi_extra=BODY_DOC,
-    responses={
-        409: {"description": "another apply is running"},
-        413: {"description": "body over the size limit"},
-        422: {"description": "invalid configuration, or a plan that does not fit; nothing changed"},
-    },
+    responses=errors(401, 409, 413, 422, 503),
 )
 async def apply(request: Request) -> dict[str, Any]:
     """Validate the body as colo.yaml, plan it and roll it out agent by agent.

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from colo.api.context import ApiContext, ctx_of, require_read
+from colo.api.context import ApiContext, ctx_of, errors, require_read
 from colo.supervise.snapshots import Event
 
-router = APIRouter(tags=["events"], dependencies=[Depends(require_read)])
+router = APIRouter(tags=["events"], dependencies=[Depends(require_read)], responses=errors(401))
 
 MAX_SEQ = 2**62
 

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from colo import __version__
-from colo.api.context import ctx_of, require_read
+from colo.api.context import ctx_of, errors, require_read
 from colo.api.gpu_view import gpu_info_document
 from colo.api.metrics import MetricsInput, registry_for
 from colo.errors import ColoError
 from colo.plan.types import Plan
 
-router = APIRouter(dependencies=[Depends(require_read)])
+router = APIRouter(dependencies=[Depends(require_read)], responses=errors(401))
 
 
 @router.get("/healthz", tags=["reads"], summary="Liveness: the API answers")
