@@ -216,6 +216,8 @@ class FakeRunner:
     def spawn(self, spec: LaunchSpec, log_path: Path) -> ProcessHandle:
         if spec.argv[0] in self.fail_argv0:
             raise SupervisorError(f"cannot start {spec.argv[0]!r}: No such file or directory")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.touch()  # as the real runner opens it for the child's output
         pid = self._next_pid
         self._next_pid += 1
         self._wall += 1.0

@@ -1,0 +1,375 @@
+"""The orchestrator on CPU: fake GPUs (NVML), fake MPS control, fake runner and clock.
+
+Covers: launch by priority with the MPS client environment, left-out low agents, MPS fault recovery on one
+GPU only, out-of-memory events from logs, re-adoption after an orchestrator restart (no duplicates),
+``apply`` restarting only changed agents one at a time, and nothing changing when the new plan does not fit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from colo.errors import DoesNotFitError, SupervisorError
+from colo.gpu.fake_mps import FakeMpsControl
+from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
+from colo.spec import load_config_text
+from colo.spec.config import ColoConfig
+from colo.supervise.clock import FakeClock
+from colo.supervise.health import HealthResult
+from colo.supervise.orchestrator import Orchestrator
+from colo.supervise.runner import FakeRunner
+from colo.supervise.snapshots import EventKind
+from colo.supervise.state import AgentState
+from colo.units import GIB
+
+S = AgentState
+
+BASE = """
+version: 1
+gpus: auto
+models:
+  small: {memory: 1GiB}
+  big: {memory: 6GiB}
+agents:
+"""
+
+
+def agent(
+    name: str,
+    *,
+    model: str = "small",
+    priority: str = "medium",
+    gpu: int | None = None,
+    restart: str = "backoff_initial_secs: 1",
+    extra: str = "",
+) -> str:
+    pin = f", gpu: {gpu}" if gpu is not None else ""
+    return (
+        f"  {name}: {{models: [{model}], priority: {priority}, command: [bin-{name}], margin: 0.5GiB{pin},"
+        f" health: {{type: none, start_secs: 1}}, restart: {{{restart}}}{extra}}}\n"
+    )
+
+
+def config(*agents: str) -> ColoConfig:
+    return load_config_text(BASE + "".join(agents), "test.yaml")
+
+
+class World:
+    """Two 10 GiB fake GPUs, fake MPS, fake processes, a fake clock; builds orchestrators on one state dir."""
+
+    def __init__(self, tmp_path: Path, gpus: int = 2, gpu_gib: int = 10) -> None:
+        # MPS pipe dirs must stay short (Unix socket paths): pytest's tmp_path is too long for them.
+        self.state = Path(tempfile.mkdtemp(prefix="cs", dir="/tmp"))
+        self._cleanup = self.state
+        self.clock = FakeClock()
+        self.runner = FakeRunner()
+        self.mps = FakeMpsControl()
+        self.backend = FakeGpuBackend([fake_gpu(i, memory_total_bytes=gpu_gib * GIB) for i in range(gpus)])
+
+    def orchestrator(self, cfg: ColoConfig, **kw: object) -> Orchestrator:
+        return Orchestrator(
+            cfg,
+            state_dir=self.state,
+            gpu_backend=self.backend,
+            mps_control=self.mps,
+            runner=self.runner,
+            probe=lambda c: HealthResult(True, "ok"),
+            clock=self.clock,
+            fault_wait_secs=10.0,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def run(self, orch: Orchestrator, secs: float, step: float = 0.5) -> None:
+        t = 0.0
+        while t < secs:
+            self.clock.advance(step)
+            orch.tick()
+            t += step
+
+    def pid(self, orch: Orchestrator, name: str) -> int:
+        pid = orch.status(name).pid
+        assert pid is not None
+        return pid
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_dirs() -> Iterator[None]:
+    before = set(Path("/tmp").glob("cs*"))
+    yield
+    for d in set(Path("/tmp").glob("cs*")) - before:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def uuid(i: int) -> str:
+    return fake_gpu(i).uuid
+
+
+def test_up_launches_by_priority_with_mps_env_and_reports_left_out(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    cfg = config(
+        agent("low1", model="big", priority="low"),
+        agent("hi", priority="high"),
+        agent("mid", model="big"),
+    )
+    orch = w.orchestrator(cfg)
+    result = orch.up()
+    assert result.started == ["hi", "mid"]  # priority order
+    assert [u.agent for u in result.left_out] == ["low1"]
+    assert result.daemons_started == [uuid(0)]
+    assert [p.spec.argv[0] for p in w.runner.spawned] == ["bin-hi", "bin-mid"]
+    env = w.runner.spawned[0].spec.env_dict()
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(w.state / "mps" / uuid(0) / "pipe")
+    assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=1536M"
+    assert env["CUDA_VISIBLE_DEVICES"] == uuid(0)
+    w.run(orch, 2)
+    states = {s.name: s.state for s in orch.statuses()}
+    assert states == {"hi": S.RUNNING, "mid": S.RUNNING, "low1": S.STOPPED}
+    assert "left out" in (orch.status("low1").last_error or "")
+    with pytest.raises(KeyError):
+        orch.status("nobody")
+    orch.down(sleep=w.clock.advance)
+    assert not w.runner.alive()
+    assert all(not d.alive for d in w.mps.daemons.values())
+
+
+def test_no_mps_runs_the_same_agents_without_daemons(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a")), use_mps=False)
+    result = orch.up()
+    assert not result.mps and not w.mps.daemons
+    env = w.runner.spawned[0].spec.env_dict()
+    assert env["CUDA_VISIBLE_DEVICES"] == uuid(0)
+    assert not any(k.startswith("CUDA_MPS_") for k in env)
+    orch.down(sleep=w.clock.advance)
+
+
+def test_second_orchestrator_on_same_state_dir_is_refused(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a")))
+    orch.up()
+    with pytest.raises(SupervisorError, match="another colo orchestrator"):
+        w.orchestrator(config(agent("a"))).up()
+    orch.down(sleep=w.clock.advance)
+
+
+def test_killed_agent_is_restarted_others_untouched(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    orch = w.orchestrator(config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1)))
+    orch.up()
+    w.run(orch, 2)
+    before = {n: w.pid(orch, n) for n in "abc"}
+    w.runner.exit(before["b"], sig=signal.SIGKILL)
+    w.run(orch, 3)
+    assert orch.status("b").state == S.RUNNING
+    assert w.pid(orch, "b") != before["b"] and orch.status("b").restarts == 1
+    assert w.pid(orch, "a") == before["a"] and w.pid(orch, "c") == before["c"]
+    kinds = [(e.kind, e.agent) for e in orch.events()]
+    assert (EventKind.EXITED, "b") in kinds and (EventKind.RESTARTED, "b") in kinds
+    orch.down(sleep=w.clock.advance)
+
+
+def test_mps_fault_recovers_that_gpu_only_and_names_the_culprit(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    orch = w.orchestrator(config(agent("a", gpu=0), agent("bad", gpu=0), agent("c", gpu=1)))
+    orch.up()
+    w.run(orch, 2)
+    pipe0 = w.state / "mps" / uuid(0) / "pipe"
+    for name in ("a", "bad"):
+        w.mps.connect_client(pipe0, w.pid(orch, name))
+    w.mps.connect_client(w.state / "mps" / uuid(1) / "pipe", w.pid(orch, "c"))
+    pids = {n: w.pid(orch, n) for n in ("a", "bad", "c")}
+    (w.state / "logs" / "bad.log").write_text("RuntimeError: CUDA error: an illegal memory access was encountered\n")
+    w.mps.fault(pipe0)
+    w.run(orch, 1.5)
+    fault_events = [e for e in orch.events() if e.kind == EventKind.MPS_FAULT]
+    assert len(fault_events) == 1
+    assert fault_events[0].gpu == uuid(0) and fault_events[0].agent == "bad"
+    assert "faulting client: bad" in fault_events[0].message
+    # terminate_client was sent for each client on the faulted GPU, then the stop signal
+    sent = [cmd for pipe, cmd in w.mps.sent if cmd.startswith("terminate_client")]
+    assert len(sent) == 2
+    assert orch.status("a").state == S.STOPPED and orch.status("c").state == S.RUNNING
+    # Real MPS: the server returns to ACTIVE once every affected client has exited. (The fake leaves FAULT
+    # only on disconnect_client, and terminate_client already removed the clients.)
+    for server in w.mps.daemon_at(pipe0).servers.values():
+        assert not server.clients
+        server.status = "ACTIVE"
+    w.run(orch, 5)
+    assert orch.status("a").state == S.RUNNING and orch.status("bad").state == S.RUNNING
+    assert w.pid(orch, "a") != pids["a"] and w.pid(orch, "bad") != pids["bad"]
+    assert w.pid(orch, "c") == pids["c"]  # the other GPU is untouched
+    (rec,) = orch.recoveries()
+    assert rec.gpu_uuid == uuid(0) and rec.culprit == "bad" and not rec.daemon_restarted
+    assert rec.agents == ("a", "bad") and 0 < rec.seconds < 10
+    orch.down(sleep=w.clock.advance)
+
+
+def test_mps_fault_that_does_not_clear_restarts_the_daemon(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a")))
+    orch.up()
+    w.run(orch, 2)
+    pipe0 = w.state / "mps" / uuid(0) / "pipe"
+    w.mps.connect_client(pipe0, 99999)  # a client colo does not know keeps the server in FAULT
+    w.mps.fault(pipe0)
+    w.run(orch, 15)
+    (rec,) = orch.recoveries()
+    assert rec.daemon_restarted
+    assert orch.status("a").state == S.RUNNING
+    assert any(e.kind == EventKind.DAEMON and "restarted" in e.message for e in orch.events())
+    orch.down(sleep=w.clock.advance)
+
+
+def test_oom_in_log_is_an_event_and_only_that_agent_fails(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    cfg = config(agent("hog", restart="policy: never"), agent("ok"))
+    orch = w.orchestrator(cfg)
+    orch.up()
+    w.run(orch, 2)
+    pid = w.pid(orch, "hog")
+    with open(w.state / "logs" / "hog.log", "a") as fh:
+        fh.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    w.runner.exit(pid, code=3)
+    w.run(orch, 1)
+    oom = [e for e in orch.events() if e.kind == EventKind.OOM]
+    assert [e.agent for e in oom] == ["hog"]
+    assert orch.status("hog").state == S.EXITED
+    assert "out of memory" in (orch.status("hog").last_error or "")
+    assert orch.status("ok").state == S.RUNNING
+    assert not [e for e in orch.events() if e.kind == EventKind.MPS_FAULT]
+    orch.down(sleep=w.clock.advance)
+
+
+def test_orchestrator_restart_adopts_live_agents_without_duplicates(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    cfg = config(agent("a"), agent("b"))
+    first = w.orchestrator(cfg)
+    first.up()
+    w.run(first, 2)
+    pids = {n: w.pid(first, n) for n in "ab"}
+    first._release()  # what SIGKILL does to the lock; the agents keep running
+    w.runner.exit(pids["b"], code=1)  # b died while no orchestrator watched
+    second = w.orchestrator(cfg)
+    result = second.up()
+    assert result.adopted == ["a"] and result.started == ["b"]
+    assert result.daemons_adopted == [uuid(0)] and result.daemons_started == []
+    assert w.pid(second, "a") == pids["a"]
+    assert len(w.runner.alive()) == 2
+    assert second.status("a").state == S.RUNNING
+    assert any(e.kind == EventKind.ADOPTED and e.agent == "a" for e in second.events())
+    second.down(sleep=w.clock.advance)
+    assert not w.runner.alive()
+
+
+def test_restart_with_changed_config_adopts_then_rolls_changed_agent(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    first = w.orchestrator(config(agent("a"), agent("b"), agent("gone")))
+    first.up()
+    w.run(first, 2)
+    pids = {n: w.pid(first, n) for n in ("a", "b", "gone")}
+    first._release()
+    second = w.orchestrator(config(agent("a"), agent("b", model="big")))
+    result = second.up()
+    assert sorted(result.adopted) == ["a", "b"]
+    w.run(second, 4)
+    assert w.pid(second, "a") == pids["a"]
+    assert w.pid(second, "b") != pids["b"]  # its limit changed while colo was down
+    assert pids["gone"] not in w.runner.alive()  # not in the new config: stopped
+    assert "gone" not in {s.name for s in second.statuses()}
+    second.down(sleep=w.clock.advance)
+
+
+def test_apply_restarts_only_changed_agents_one_at_a_time(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1, gpu_gib=20)
+    orch = w.orchestrator(config(agent("a"), agent("b"), agent("c"), agent("d")))
+    orch.up()
+    w.run(orch, 2)
+    pids = {n: w.pid(orch, n) for n in "abcd"}
+    new = config(
+        agent("a", model="big"),  # limit changed
+        agent("b", extra=", env: {X: '1'}"),  # env changed
+        agent("c", restart="backoff_initial_secs: 1, max_retries: 9"),  # policy only: no restart needed
+        agent("e"),  # new
+    )
+    result = orch.apply(new)
+    assert result.restarted == ["a", "b"]
+    assert result.started == ["e"] and result.stopped == ["d"]
+    assert result.unchanged == ["c"] and result.left_out == []
+    w.clock.advance(0.5)
+    orch.tick()
+    # one at a time: a is being restarted, b still runs its old process
+    assert w.pid(orch, "b") == pids["b"]
+    assert orch.status("a").state in (S.STARTING, S.STOPPING)
+    w.run(orch, 6)
+    assert w.pid(orch, "a") != pids["a"] and w.pid(orch, "b") != pids["b"]
+    assert w.pid(orch, "c") == pids["c"]
+    assert orch.status("a").limit_bytes == 6 * GIB + 512 * 1024 * 1024
+    assert w.runner.running("bin-b").spec.env_dict()["X"] == "1"
+    assert orch.status("c").state == S.RUNNING and orch.status("e").state == S.RUNNING
+    assert "d" not in {s.name for s in orch.statuses()}
+    assert pids["d"] not in w.runner.alive()
+    a_ready = max(e.seq for e in orch.events() if e.agent == "a" and e.kind == EventKind.READY)
+    b_restart = min(e.seq for e in orch.events() if e.agent == "b" and e.kind == EventKind.RESTARTED)
+    assert a_ready < b_restart  # b was restarted only after a was RUNNING again
+    orch.down(sleep=w.clock.advance)
+
+
+def test_apply_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a"), agent("b")))
+    orch.up()
+    w.run(orch, 2)
+    pids = {n: w.pid(orch, n) for n in "ab"}
+    spawned = len(w.runner.spawned)
+    too_big = config(agent("a", model="big"), agent("b", model="big"))  # 2 × 6.5 GiB on 10 GiB
+    with pytest.raises(DoesNotFitError, match="nothing was changed"):
+        orch.apply(too_big)
+    w.run(orch, 3)
+    assert {n: w.pid(orch, n) for n in "ab"} == pids
+    assert len(w.runner.spawned) == spawned
+    assert orch.config().agents["a"].models == ["small"]
+    orch.down(sleep=w.clock.advance)
+
+
+def test_apply_leaves_out_low_priority_when_full(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a"), agent("spare", priority="low")))
+    orch.up()
+    w.run(orch, 2)
+    spare = w.pid(orch, "spare")
+    result = orch.apply(config(agent("a", model="big"), agent("spare", model="big", priority="low")))
+    assert result.left_out == ["spare"] and result.stopped == ["spare"]
+    w.run(orch, 4)
+    assert spare not in w.runner.alive()
+    assert orch.status("spare").state == S.STOPPED
+    assert "left out" in (orch.status("spare").last_error or "")
+    orch.down(sleep=w.clock.advance)
+
+
+def test_start_stop_restart_by_name_and_queued_requests(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a")))
+    orch.up()
+    w.run(orch, 2)
+    orch.stop("a")
+    w.run(orch, 1)
+    assert orch.status("a").state == S.STOPPED
+    orch.start("a")
+    w.run(orch, 2)
+    assert orch.status("a").state == S.RUNNING
+    rid = orch.store.add_request(0.0, "restart", "a")
+    bad = orch.store.add_request(0.0, "stop", "nobody")
+    w.run(orch, 0.5)
+    req = orch.store.request(rid)
+    assert req is not None and req.done and req.ok
+    req = orch.store.request(bad)
+    assert req is not None and req.done and not req.ok and "nobody" in (req.result or "")
+    with pytest.raises(KeyError):
+        orch.restart("nobody")
+    orch.down(sleep=w.clock.advance)
