@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 from pathlib import Path
 
@@ -257,7 +258,7 @@ def test_every_recorded_transition_is_allowed(tmp_path: Path) -> None:
     rig.step(0)
     rig.agent.start()
     seen = [S.STOPPED, *rig.states]
-    pairs = [(a, b) for a, b in zip(seen, seen[1:], strict=False) if a != b]
+    pairs = [(a, b) for a, b in itertools.pairwise(seen) if a != b]
     assert pairs, "no transitions recorded"
     for a, b in pairs:
         assert b in ALLOWED[a], f"{a} -> {b}"
