@@ -2,7 +2,7 @@
 
 - :class:`TtlCache` holds one value for ``ttl_secs`` (monotonic clock, injectable): GPU state is read from
   NVML and the MPS control pipe at most once per TTL however many clients poll ``/gpu/info`` and
-  ``/metrics``.
+  ``/metrics``, and a refresh never makes other requests wait.
 - :class:`PlanDocCache` holds the rendered allocation document for the current plan object: a new plan
   (an apply) is a new object, so the identity check is the invalidation.
 """
@@ -21,35 +21,43 @@ T = TypeVar("T")
 
 
 class TtlCache(Generic[T]):
-    """One value, refreshed by ``load`` when older than ``ttl_secs``. Thread-safe; loads run one at a time."""
+    """One value, refreshed by ``load`` when older than ``ttl_secs``. Thread-safe.
+
+    Stale-while-revalidate: once a value exists, a stale read by one caller refreshes it while concurrent
+    callers get the previous value at once, so a slow read of the GPU (the MPS control pipe answers in tens of
+    milliseconds) never queues other requests. Only the very first load is waited for.
+    """
 
     def __init__(self, ttl_secs: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl_secs = ttl_secs
         self._clock = clock
         self._lock = threading.Lock()
-        self._value: T | None = None
-        self._loaded_at: float | None = None
+        # (value, loaded_at) swapped as one tuple so a reader never sees a value with another's time.
+        self._entry: tuple[T, float] | None = None
 
     def get(self, load: Callable[[], T]) -> T:
-        """The cached value, or ``load()``'s result when none is fresh. ``load``'s errors propagate."""
-        with self._lock:
-            now = self._clock()
-            if self._value is None or self._loaded_at is None or now - self._loaded_at >= self._ttl_secs:
-                self._value = load()
-                self._loaded_at = self._clock()
-            return self._value
-
-    def peek_fresh(self) -> T | None:
-        """The value when it is still fresh, else None (never loads; no lock wait on the fast path)."""
-        value, loaded_at = self._value, self._loaded_at
-        if value is None or loaded_at is None or self._clock() - loaded_at >= self._ttl_secs:
-            return None
-        return value
+        """A fresh value, or the stale one while another caller refreshes it. ``load``'s errors propagate."""
+        entry = self._entry
+        if entry is not None and self._clock() - entry[1] < self._ttl_secs:
+            return entry[0]
+        if entry is not None:
+            if not self._lock.acquire(blocking=False):
+                return entry[0]  # someone is refreshing: serve the previous value
+        else:
+            self._lock.acquire()
+        try:
+            entry = self._entry
+            if entry is None or self._clock() - entry[1] >= self._ttl_secs:
+                value = load()
+                entry = (value, self._clock())
+                self._entry = entry
+            return entry[0]
+        finally:
+            self._lock.release()
 
     def clear(self) -> None:
         with self._lock:
-            self._value = None
-            self._loaded_at = None
+            self._entry = None
 
 
 class PlanDocCache:
