@@ -104,25 +104,24 @@ class AgentRuntime:
         Raises LoadOutOfMemory (after logging a line with "CUDA out of memory") when the device runs out of
         memory; any other failure is re-raised. Either way the runtime is left ``failed`` with the reason.
         """
-        stage = "loading"
-        current = self.specs[0][0]
+        step = ["loading", self.specs[0][0]]  # what was running when something failed
         try:
             for model_id, spec in self.specs:
-                current = model_id
+                step[1] = model_id
                 loaded = self.loader(model_id, spec, device=self.device, dtype=self.dtype, clock=self.clock)
                 with self._models_lock:
                     self.models[model_id] = loaded
-            stage = "warming up"
-            self._warm_up()
+            step[0] = "warming up"
+            self._warm_up(step)
         except Exception as exc:
             self.status = "failed"
             if is_oom(exc):
-                self.error = f"{OOM_TEXT} while {stage} {current}: {exc}"
+                self.error = f"{OOM_TEXT} while {step[0]} {step[1]}: {exc}"
                 log.error("%s", self.error)
                 raise LoadOutOfMemory(
                     self.error, hint="the agent's MPS memory limit is too low for it"
                 ) from exc
-            self.error = f"{type(exc).__name__} while {stage} {current}: {exc}"
+            self.error = f"{type(exc).__name__} while {step[0]} {step[1]}: {exc}"
             log.error("%s", self.error)
             raise
         self._ready_secs = self.clock() - self._started
@@ -131,9 +130,13 @@ class AgentRuntime:
             "agent %s ready on %s in %.2fs (%s)", self.agent, self.device, self._ready_secs, self.warm_up
         )
 
-    def _warm_up(self) -> None:
-        """One forward per model: the worst case (batch × max_seq_len, all new tokens) or one short row."""
+    def _warm_up(self, step: list[str]) -> None:
+        """One forward per model: the worst case (batch × max_seq_len, all new tokens) or one short row.
+
+        ``step[1]`` is set to the model being warmed up (for the failure message).
+        """
         for model_id, model in self.models.items():
+            step[1] = model_id
             if self.worst_case:
                 rows = worst_case_rows(model)
             else:

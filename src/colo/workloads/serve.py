@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from colo.errors import ColoError, UsageError
 from colo.workloads.command import DEFAULT_HOST
@@ -38,9 +38,16 @@ EXIT_FAILED = 1
 EXIT_OOM = 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, hint="see python -m colo.workloads.serve --help")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The agent's command line. Raises UsageError (exit 2) instead of argparse's own exit."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m colo.workloads.serve",
         description="Serve one colo agent's models: GET /health, POST /infer.",
         exit_on_error=False,
