@@ -17,6 +17,7 @@ from colo.errors import GpuError, MpsError, UsageError
 
 if TYPE_CHECKING:
     from colo.gpu.mps import MpsRoot
+    from colo.gpu.mps_control import MpsControl
     from colo.gpu.nvml import GpuBackend, GpuSnapshot
     from colo.plan.types import AgentPlan, Plan
     from colo.spec.config import ColoConfig
@@ -32,6 +33,12 @@ def _backend() -> GpuBackend:
     from colo.gpu.nvml import NvmlBackend
 
     return NvmlBackend()
+
+
+def _control() -> MpsControl:
+    from colo.gpu.mps_control import SubprocessMpsControl
+
+    return SubprocessMpsControl()
 
 
 def _root(config: ColoConfig | None) -> MpsRoot:
@@ -103,7 +110,7 @@ def info_command(
     """GPUs, MPS state per GPU, and client processes with their memory (what GET /gpu/info serves)."""
     from colo.gpu.info import gpu_info
 
-    info = gpu_info(_backend(), _root(_load(config_path)))
+    info = gpu_info(_backend(), _root(_load(config_path)), _control())
     if as_json:
         print_json(info)
         return
@@ -190,18 +197,19 @@ def start_command(
             gpus = [g for g in gpus if g.uuid in by_uuid] or gpus
         defaults = {u: defaults_for_agents(a) for u, a in by_uuid.items()}
     root = _root(config)
+    control = _control()
     for g in gpus:
-        d = MpsDaemon(root.for_gpu(g.uuid), g.uuid, start_timeout_secs=timeout)
+        d = MpsDaemon(root.for_gpu(g.uuid), g.uuid, control, start_timeout_secs=timeout)
         started = d.start(defaults.get(g.uuid))
         verb = "started" if started else "adopted running"
         console.print(f"gpu{g.index} {g.uuid}: {verb} MPS daemon (pipe dir {d.paths.pipe_dir})", highlight=False)
-    _warn_foreign(root, [g.uuid for g in gpus])
+    _warn_foreign(root, [g.uuid for g in gpus], control)
 
 
-def _warn_foreign(root: MpsRoot, uuids: list[str]) -> None:
+def _warn_foreign(root: MpsRoot, uuids: list[str], control: MpsControl) -> None:
     from colo.gpu.mps import MpsFleet
 
-    for f in MpsFleet(root, uuids).foreign_daemons():
+    for f in MpsFleet(root, uuids, control).foreign_daemons():
         err_console.print(
             f"[yellow]note:[/] another MPS control daemon (pid {f.pid}) runs with pipe dir {f.pipe_dir}"
             + (f" (CUDA_VISIBLE_DEVICES={f.visible_devices})" if f.visible_devices else " (all GPUs)")
@@ -241,8 +249,9 @@ def status_command(
     except GpuError:
         used = {}
     rows: list[dict[str, Any]] = []
+    control = _control()
     for index, uuid in targets:
-        st = MpsDaemon(root.for_gpu(uuid), uuid).status()
+        st = MpsDaemon(root.for_gpu(uuid), uuid, control).status()
         row = st.to_dict() | {"gpu_index": index, "clients": []}
         for s in st.servers:
             for c in s.client_pids:
@@ -280,10 +289,11 @@ def stop_command(
 
     root = _root(_load(config_path))
     failures: list[str] = []
+    control = _control()
     for index, uuid in _daemon_uuids(root, gpu):
         label = f"gpu{index} {uuid}" if index is not None else uuid
         try:
-            result = MpsDaemon(root.for_gpu(uuid), uuid).stop(timeout_secs=timeout)
+            result = MpsDaemon(root.for_gpu(uuid), uuid, control).stop(timeout_secs=timeout)
         except MpsError as exc:
             failures.append(f"{label}: {exc}")
             continue
