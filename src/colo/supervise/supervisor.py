@@ -262,6 +262,10 @@ class Supervisor:
             agent.last_error = f"out of memory: {found.oom}"
             self._save(agent)
         uuid = agent.setup.launch.gpu_uuid
+        rec = self.recoveries.get(uuid) if uuid else None
+        if rec is not None and rec.culprit is None and found.fault_cause:
+            rec.culprit = agent.name  # its log said so only after the server was seen in FAULT
+            self.event(EventKind.MPS_FAULT, agent.name, f"faulting client on {uuid}: {agent.name}", uuid)
         if found.mps_error and self.mps is not None and uuid and uuid not in self.recoveries:
             culprit = agent.name if found.fault_cause else None
             detail, prior = self._suspects.get(uuid, (f"{agent.name}: {found.mps_error}", None))
@@ -358,11 +362,12 @@ class Supervisor:
                 running = len([a for a in agents if a.state == AgentState.RUNNING])
                 ok = running == len(agents)
                 self.recovered.append(RecoveryRecord(uuid, secs, tuple(rec.agents), rec.culprit, rec.daemon_restarted))
+                blame = f" (faulting client: {rec.culprit})" if rec.culprit else ""
                 self.event(
                     EventKind.RESTARTED,
                     None,
                     f"MPS fault recovery on {uuid} {'done' if ok else 'incomplete'} in {secs:.1f} s: "
-                    f"{running}/{len(agents)} agents RUNNING",
+                    f"{running}/{len(agents)} agents RUNNING{blame}",
                     uuid,
                 )
                 del self.recoveries[uuid]

@@ -1,0 +1,579 @@
+"""Supervision drills on a real GPU with real MPS (issue 5). Each drill prints one line:
+
+    GPU-RESULT drill=N name=... outcome=pass|fail seconds=S detail=...
+
+1. newsroom up: nine built-in agents RUNNING under MPS, each an MPS client (NVML) under its limit;
+2. SIGKILL one agent -> restarted and healthy; the others' pids unchanged;
+7. ``colo apply`` with one agent's limit changed -> only that agent restarted;
+6. SIGKILL the orchestrator, start it again -> the same pids adopted, no duplicates;
+3. an agent that always exits -> BACKOFF then FATAL, shown by ``colo status --json``;
+4. an agent that allocates past its MPS limit -> it alone fails with out-of-memory (event); others serve;
+5. a client launches an illegal-address kernel -> MPS FAULT detected, every agent on that GPU RUNNING again.
+
+Drills 1, 2, 7, 6 share one newsroom run through the real CLI (``colo up`` in a subprocess); 3-5 drive an
+in-process Orchestrator. Every MPS daemon is quit and every process killed in teardown, always. State dirs
+are short paths under /tmp (MPS sockets live there). Needs about 6 minutes (PER_FILE_SECS=420).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.gpu
+
+ROOT = Path(__file__).resolve().parents[2]
+NEWSROOM = ROOT / "examples" / "newsroom" / "colo.yaml"
+COLO = [sys.executable, "-c", "import sys; from colo.cli.main import main; sys.argv[0] = 'colo'; main()"]
+
+# A small GPU agent for drills 3-5: "serve PORT" (CUDA up, /health runs a CUDA op), "hog PORT" (allocates past
+# its limit), "exit CODE". With FAULT_TRIGGER set, it launches an illegal-address kernel when that file appears.
+AGENT_PY = r'''
+import http.server, os, sys, threading, time
+mode = sys.argv[1]
+if mode == "exit":
+    print("exiting on purpose", flush=True)
+    sys.exit(int(sys.argv[2]))
+port = int(sys.argv[2])
+import torch
+x = torch.ones(16 * 1024 * 1024, device="cuda")
+torch.cuda.synchronize()
+print(f"cuda ready pid={os.getpid()} limit={os.environ.get('CUDA_MPS_PINNED_DEVICE_MEM_LIMIT')}", flush=True)
+if mode == "hog":
+    chunks = []
+    for i in range(400):
+        chunks.append(torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda"))
+        print(f"allocated {(i + 1) * 256} MiB", flush=True)
+    print("hog: the limit was not enforced", flush=True)
+    sys.exit(5)
+
+PTX = b"""
+.version 7.0
+.target sm_70
+.address_size 64
+.visible .entry colo_bad()
+{
+    .reg .b64 %rd<2>;
+    .reg .b32 %r<2>;
+    mov.u64 %rd1, 16;
+    mov.u32 %r1, 1;
+    st.global.u32 [%rd1], %r1;
+    ret;
+}
+"""
+
+def fault():
+    import ctypes
+    cu = ctypes.CDLL("libcuda.so.1")
+    dev, ctx, mod, fn = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+    steps = [
+        ("cuDeviceGet", lambda: cu.cuDeviceGet(ctypes.byref(dev), 0)),
+        ("cuDevicePrimaryCtxRetain", lambda: cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev)),
+        ("cuCtxSetCurrent", lambda: cu.cuCtxSetCurrent(ctx)),
+        ("cuModuleLoadData", lambda: cu.cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(PTX))),
+        ("cuModuleGetFunction", lambda: cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"colo_bad")),
+    ]
+    for name, call in steps:
+        rc = call()
+        if rc != 0:
+            print(f"FAULT-INJECTION-FAILED {name} returned {rc}", flush=True)
+            os._exit(9)
+    print("launching an illegal-address kernel", flush=True)
+    launch = cu.cuLaunchKernel(fn, 1, 1, 1, 1, 1, 1, 0, None, None, None)
+    sync = cu.cuCtxSynchronize()
+    print(f"cuLaunchKernel={launch} cuCtxSynchronize={sync}", flush=True)
+    if 700 in (launch, sync):
+        print("CUDA error: an illegal memory access was encountered (CUDA_ERROR_ILLEGAL_ADDRESS 700)", flush=True)
+    os._exit(1)
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        try:
+            float((x[:1] + 1).sum().item())
+            code = 200
+        except Exception as exc:
+            print(f"health: CUDA error: {exc}", flush=True)
+            code = 500
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(b"ok" if code == 200 else b"cuda error")
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Health)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+trigger = os.environ.get("FAULT_TRIGGER")
+while True:
+    if trigger and os.path.exists(trigger):
+        os.unlink(trigger)
+        fault()
+    time.sleep(0.1)
+'''
+
+
+def result(drill: int, name: str, ok: bool, secs: float, detail: str = "") -> None:
+    text = detail.replace("\n", " ")[:300]
+    print(f"GPU-RESULT drill={drill} name={name} outcome={'pass' if ok else 'fail'} seconds={secs:.1f} detail={text}")
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.5, tick: Callable[[], None] | None = None) -> Any:
+    """Poll ``pred`` until truthy (returned) or ``timeout`` seconds (returns the last falsy value)."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        if tick is not None:
+            tick()
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    return value
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    src = str(ROOT / "src")
+    e["PYTHONPATH"] = src + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e["PYTHONUNBUFFERED"] = "1"
+    e.setdefault("HF_HUB_OFFLINE", "1")  # the GPU machine has no network: never wait on the Hub
+    return e
+
+
+def gpu0_uuid() -> str:
+    from colo.gpu.nvml import NvmlBackend
+
+    return min(NvmlBackend().gpus(), key=lambda g: g.index).uuid
+
+
+def kill_tree_under(marker: str) -> list[int]:
+    """SIGKILL every process whose command line or environment mentions ``marker`` (a unique temp dir)."""
+    import psutil
+
+    killed = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            hit = marker in cmd
+            if not hit:
+                with contextlib.suppress(psutil.Error):
+                    hit = any(marker in v for v in proc.environ().values())
+            if hit:
+                proc.kill()
+                killed.append(proc.pid)
+        except psutil.Error:
+            continue
+    return killed
+
+
+def quit_mps(state_dir: Path) -> None:
+    from colo.gpu.mps import MpsDaemon, MpsRoot
+
+    root = MpsRoot.under_state_dir(state_dir)
+    for uuid in root.gpu_uuids():
+        with contextlib.suppress(Exception):
+            MpsDaemon(root.for_gpu(uuid), uuid).stop(timeout_secs=5.0)
+
+
+def cleanup(state_dir: Path) -> None:
+    """Always: quit this state dir's MPS daemon, kill anything left that belongs to it, remove it."""
+    quit_mps(state_dir)
+    kill_tree_under(str(state_dir))
+    quit_mps(state_dir)
+    shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def health_ok(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return 200 <= r.status < 300
+    except OSError:
+        return False
+
+
+# --- the newsroom through the CLI: drills 1, 2, 7, 6 -----------------------------------------------------
+
+
+def colo_status(sd: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [*COLO, "status", "--json", "--state-dir", str(sd)], env=env(), capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    data: dict[str, Any] = json.loads(out.stdout)
+    return data
+
+
+def agents_by_name(sd: Path) -> dict[str, dict[str, Any]]:
+    return {a["name"]: a for a in colo_status(sd)["agents"]}
+
+
+def start_colo(sd: Path, config: Path) -> subprocess.Popen[bytes]:
+    log = open(sd / f"up-{int(time.time() * 1000)}.log", "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [*COLO, "up", str(config), "--state-dir", str(sd), "--no-api"],
+        env=env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def all_running(sd: Path, n: int) -> dict[str, dict[str, Any]] | None:
+    agents = agents_by_name(sd)
+    if len(agents) == n and all(a["state"] == "RUNNING" for a in agents.values()):
+        return agents
+    return None
+
+
+@pytest.fixture(scope="class")
+def newsroom() -> Iterator[dict[str, Any]]:
+    sd = Path(tempfile.mkdtemp(prefix="cn", dir="/tmp"))
+    box: dict[str, Any] = {"sd": sd, "procs": []}
+    try:
+        box["procs"].append(start_colo(sd, NEWSROOM))
+        yield box
+    finally:
+        with contextlib.suppress(Exception):
+            subprocess.run([*COLO, "down", "--state-dir", str(sd), "--timeout", "60"], env=env(), timeout=90)
+        for p in box["procs"]:
+            with contextlib.suppress(Exception):
+                p.kill()
+                p.wait(5)
+        for log in sorted(sd.glob("up-*.log")):
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        cleanup(sd)
+
+
+class TestNewsroom:
+    """Drills 1, 2, 7, 6 in this order on one running newsroom."""
+
+    def test_drill1_newsroom_up_under_mps(self, newsroom: dict[str, Any]) -> None:
+        from colo.gpu.nvml import NvmlBackend
+
+        sd: Path = newsroom["sd"]
+        t0 = time.monotonic()
+        agents = wait_for(lambda: all_running(sd, 9), timeout=300, step=2.0)
+        secs = time.monotonic() - t0
+        if not agents:
+            states = {n: (a["state"], a.get("last_error")) for n, a in agents_by_name(sd).items()}
+            result(1, "newsroom_up", False, secs, f"not all RUNNING: {states}")
+            pytest.fail(f"newsroom agents not all RUNNING after {secs:.0f} s: {states}")
+        procs = {p.pid: p for p in NvmlBackend().processes()}
+        problems = []
+        rows = []
+        for name, a in sorted(agents.items()):
+            p = procs.get(a["pid"])
+            if p is None:
+                problems.append(f"{name}: pid {a['pid']} not an NVML GPU process")
+                continue
+            used = p.used_memory_bytes or 0
+            rows.append(f"{name}:{used // 2**20}MiB/{a['limit_bytes'] // 2**20}MiB")
+            if not p.is_mps_client:
+                problems.append(f"{name}: not listed as an MPS client")
+            if p.used_memory_bytes is not None and used > a["limit_bytes"]:
+                problems.append(f"{name}: uses {used} > limit {a['limit_bytes']}")
+        newsroom["pids"] = {n: a["pid"] for n, a in agents.items()}
+        result(1, "newsroom_up", not problems, secs, "; ".join(problems) or " ".join(rows))
+        assert not problems, problems
+
+    def test_drill2_sigkill_one_agent(self, newsroom: dict[str, Any]) -> None:
+        sd: Path = newsroom["sd"]
+        before: dict[str, int] = newsroom.get("pids") or {}
+        if len(before) != 9:
+            pytest.skip("drill 1 did not bring the newsroom up")
+        victim = "analyst"
+        t0 = time.monotonic()
+        os.kill(before[victim], signal.SIGKILL)
+
+        def back() -> dict[str, dict[str, Any]] | None:
+            agents = all_running(sd, 9)
+            if agents and agents[victim]["pid"] not in (None, before[victim]):
+                return agents
+            return None
+
+        agents = wait_for(back, timeout=120, step=0.5)
+        secs = time.monotonic() - t0
+        ok = bool(agents)
+        detail = ""
+        if agents:
+            moved = [n for n in before if n != victim and agents[n]["pid"] != before[n]]
+            healthy = health_ok(int(yaml.safe_load(NEWSROOM.read_text())["agents"][victim]["port"]))
+            ok = not moved and healthy and agents[victim]["restarts"] >= 1
+            detail = f"new pid {agents[victim]['pid']}, others moved: {moved or 'none'}, /health ok: {healthy}"
+            newsroom["pids"] = {n: a["pid"] for n, a in agents.items()}
+        else:
+            detail = f"states: { {n: a['state'] for n, a in agents_by_name(sd).items()} }"
+        result(2, "sigkill_agent", ok, secs, detail)
+        assert ok, detail
+
+    def test_drill7_apply_one_limit_changed(self, newsroom: dict[str, Any]) -> None:
+        sd: Path = newsroom["sd"]
+        before: dict[str, int] = newsroom.get("pids") or {}
+        if len(before) != 9:
+            pytest.skip("the newsroom is not up")
+        data = yaml.safe_load(NEWSROOM.read_text())
+        data["agents"]["balancer"]["margin"] = "1GiB"  # limit 1 GiB -> 1.5 GiB
+        new_cfg = sd / "newsroom-applied.yaml"
+        new_cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+        newsroom["config"] = new_cfg
+        limit_before = agents_by_name(sd)["balancer"]["limit_bytes"]
+        t0 = time.monotonic()
+        out = subprocess.run(
+            [*COLO, "apply", str(new_cfg), "--state-dir", str(sd), "--json"],
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        if out.returncode != 0:
+            result(7, "apply_one_limit", False, time.monotonic() - t0, out.stderr)
+            pytest.fail(out.stderr)
+        applied = json.loads(out.stdout)
+
+        def done() -> dict[str, dict[str, Any]] | None:
+            agents = all_running(sd, 9)
+            if agents and agents["balancer"]["pid"] != before["balancer"]:
+                return agents
+            return None
+
+        agents = wait_for(done, timeout=120, step=0.5)
+        secs = time.monotonic() - t0
+        ok = bool(agents) and applied["restarted"] == ["balancer"]
+        detail = f"apply: {applied}"
+        if agents:
+            moved = [n for n in before if n != "balancer" and agents[n]["pid"] != before[n]]
+            limit_after = agents["balancer"]["limit_bytes"]
+            ok = ok and not moved and limit_after == limit_before + 2**29
+            detail += (
+                f"; balancer limit {limit_before >> 20} -> {limit_after >> 20} MiB; others moved: {moved or 'none'}"
+            )
+            newsroom["pids"] = {n: a["pid"] for n, a in agents.items()}
+        result(7, "apply_one_limit", ok, secs, detail)
+        assert ok, detail
+
+    def test_drill6_orchestrator_sigkill_and_adopt(self, newsroom: dict[str, Any]) -> None:
+        import psutil
+
+        sd: Path = newsroom["sd"]
+        before: dict[str, int] = newsroom.get("pids") or {}
+        if len(before) != 9:
+            pytest.skip("the newsroom is not up")
+        config: Path = newsroom.get("config") or NEWSROOM
+        orch = colo_status(sd)["orchestrator"]
+        assert orch and orch["pid"]
+        t0 = time.monotonic()
+        os.kill(int(orch["pid"]), signal.SIGKILL)
+        wait_for(lambda: colo_status(sd)["orchestrator"] is None, timeout=20, step=0.2)
+        alive = [n for n, pid in before.items() if psutil.pid_exists(pid)]
+        newsroom["procs"].append(start_colo(sd, config))
+
+        def adopted() -> dict[str, dict[str, Any]] | None:
+            st = colo_status(sd)
+            agents = {a["name"]: a for a in st["agents"]}
+            if st["orchestrator"] and len(agents) == 9 and all(a["state"] == "RUNNING" for a in agents.values()):
+                return agents
+            return None
+
+        agents = wait_for(adopted, timeout=90, step=0.5)
+        secs = time.monotonic() - t0
+        detail = f"alive while orphaned: {len(alive)}/9"
+        ok = bool(agents) and len(alive) == 9
+        if agents:
+            changed = [n for n in before if agents[n]["pid"] != before[n]]
+            counts = {}
+            for n in before:
+                counts[n] = sum(
+                    1
+                    for p in psutil.process_iter(["cmdline"])
+                    if "--agent" in (p.info["cmdline"] or [])
+                    and n in (p.info["cmdline"] or [])
+                    and str(sd) in " ".join(p.info["cmdline"] or [])
+                )
+            dupes = {n: c for n, c in counts.items() if c != 1}
+            adopted_events = sum(1 for e in colo_status(sd)["recent_events"] if e["kind"] == "adopted")
+            ok = ok and not changed and not dupes
+            detail += f"; pids changed: {changed or 'none'}; duplicates: {dupes or 'none'}; adopted events seen: {adopted_events}"
+        result(6, "orchestrator_sigkill_adopt", ok, secs, detail)
+        assert ok, detail
+
+
+# --- in-process orchestrator with small agents: drills 3, 4, 5 --------------------------------------------
+
+
+@pytest.fixture
+def small() -> Iterator[dict[str, Any]]:
+    sd = Path(tempfile.mkdtemp(prefix="cd", dir="/tmp"))
+    (sd / "agent.py").write_text(AGENT_PY)
+    box: dict[str, Any] = {"sd": sd, "orch": None}
+    try:
+        yield box
+    finally:
+        orch = box.get("orch")
+        if orch is not None:
+            with contextlib.suppress(Exception):
+                orch.down(timeout_secs=20)
+        cleanup(sd)
+
+
+def small_config(sd: Path, agents: dict[str, dict[str, Any]]) -> Any:
+    from colo.spec import load_config_text
+
+    doc = {
+        "version": 1,
+        "gpus": "auto",
+        "models": {"tiny": {"memory": "512MiB"}},
+        "agents": agents,
+    }
+    return load_config_text(yaml.safe_dump(doc), str(sd / "drill.yaml"))
+
+
+def serve_agent(sd: Path, port: int, *, mode: str = "serve", extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "models": ["tiny"],
+        "margin": "512MiB",  # limit 1 GiB
+        "command": [sys.executable, str(sd / "agent.py"), mode, str(port)],
+        "env": extra_env or {},
+        "health": {
+            "type": "http",
+            "url": f"http://127.0.0.1:{port}/health",
+            "interval_secs": 2,
+            "timeout_secs": 2,
+            "startup_timeout_secs": 120,
+        },
+        "restart": {"policy": "always", "max_retries": 3, "backoff_initial_secs": 1, "stop_wait_secs": 5},
+    }
+
+
+def up(box: dict[str, Any], agents: dict[str, dict[str, Any]]) -> Any:
+    from colo.supervise.orchestrator import Orchestrator
+
+    sd: Path = box["sd"]
+    orch = Orchestrator(small_config(sd, agents), state_dir=sd, fault_wait_secs=20.0)
+    box["orch"] = orch
+    orch.up()
+    return orch
+
+
+def states(orch: Any) -> dict[str, str]:
+    return {s.name: s.state.value for s in orch.statuses()}
+
+
+def test_drill3_always_exits_backoff_then_fatal(small: dict[str, Any]) -> None:
+    sd: Path = small["sd"]
+    agent = {
+        "models": ["tiny"],
+        "command": [sys.executable, str(sd / "agent.py"), "exit", "1"],
+        "health": {"type": "none", "start_secs": 3},
+        "restart": {"policy": "always", "max_retries": 3, "backoff_initial_secs": 0.5, "backoff_max_secs": 2},
+    }
+    t0 = time.monotonic()
+    orch = up(small, {"crasher": agent})
+    seen: set[str] = set()
+
+    def fatal() -> bool:
+        seen.add(orch.status("crasher").state.value)
+        return orch.status("crasher").state.value == "FATAL"
+
+    ok = bool(wait_for(fatal, timeout=60, step=0.1, tick=orch.tick))
+    secs = time.monotonic() - t0
+    st = colo_status(sd)
+    row = next(a for a in st["agents"] if a["name"] == "crasher")
+    ok = ok and "BACKOFF" in seen and row["state"] == "FATAL" and "crash loop" in (row["last_error"] or "")
+    result(
+        3, "crash_loop_fatal", ok, secs, f"states seen {sorted(seen)}; colo status: {row['state']}: {row['last_error']}"
+    )
+    assert ok
+
+
+def test_drill4_allocates_past_limit_oom_alone(small: dict[str, Any]) -> None:
+    sd: Path = small["sd"]
+    p_ok, p_hog = free_port(), free_port()
+    hog = serve_agent(sd, p_hog, mode="hog")
+    hog["restart"] = {"policy": "never", "stop_wait_secs": 5}
+    t0 = time.monotonic()
+    orch = up(small, {"steady": serve_agent(sd, p_ok), "hog": hog})
+
+    def settled() -> bool:
+        s = states(orch)
+        return s.get("steady") == "RUNNING" and s.get("hog") in ("EXITED", "FATAL", "BACKOFF")
+
+    wait_for(settled, timeout=120, step=0.3, tick=orch.tick)
+    secs = time.monotonic() - t0
+    for _ in range(10):  # a few more ticks: the steady agent keeps serving
+        orch.tick()
+        time.sleep(0.2)
+    ooms = [e for e in orch.events() if e.kind.value == "out_of_memory"]
+    s = states(orch)
+    steady_pid = orch.status("steady").pid
+    serving = health_ok(p_ok)
+    ok = [e.agent for e in ooms][:1] == ["hog"] and all(e.agent == "hog" for e in ooms)
+    ok = ok and s["hog"] == "EXITED" and s["steady"] == "RUNNING" and serving and orch.status("steady").restarts == 0
+    tail = " | ".join((sd / "logs" / "hog.log").read_text(errors="replace").strip().splitlines()[-2:])
+    result(4, "oom_alone", ok, secs, f"states {s}; steady pid {steady_pid} serving={serving}; hog log: {tail}")
+    assert ok, (s, ooms, tail)
+
+
+def test_drill5_illegal_address_fault_recovery(small: dict[str, Any]) -> None:
+    sd: Path = small["sd"]
+    trigger = sd / "fault-now"
+    ports = {"alpha": free_port(), "beta": free_port(), "faulter": free_port()}
+    agents = {n: serve_agent(sd, p) for n, p in ports.items()}
+    agents["faulter"] = serve_agent(sd, ports["faulter"], extra_env={"FAULT_TRIGGER": str(trigger)})
+    orch = up(small, agents)
+    up_ok = wait_for(lambda: all(v == "RUNNING" for v in states(orch).values()), 120, 0.3, orch.tick)
+    if not up_ok:
+        result(5, "mps_fault_recovery", False, 0.0, f"agents did not come up: {states(orch)}")
+        pytest.fail(f"agents did not come up: {states(orch)}")
+    before = {n: orch.status(n).pid for n in ports}
+    t0 = time.monotonic()
+    trigger.touch()
+    detected = wait_for(
+        lambda: [e for e in orch.events() if e.kind.value == "mps_fault"], timeout=30, step=0.1, tick=orch.tick
+    )
+    t_detect = time.monotonic() - t0
+    recovered = wait_for(lambda: orch.recoveries(), timeout=150, step=0.2, tick=orch.tick)
+    secs = time.monotonic() - t0
+    s = states(orch)
+    after = {n: orch.status(n).pid for n in ports}
+    faulter_log = (sd / "logs" / "faulter.log").read_text(errors="replace")
+    injected = "FAULT-INJECTION-FAILED" not in faulter_log and "launching an illegal-address kernel" in faulter_log
+    detail = f"detected after {t_detect:.1f} s; states {s}"
+    ok = bool(detected) and bool(recovered) and injected
+    if recovered:
+        rec = recovered[0]
+        moved = all(after[n] != before[n] for n in ports)
+        ok = ok and all(v == "RUNNING" for v in s.values()) and moved
+        detail += (
+            f"; recovery {rec.seconds:.1f} s (fault -> all RUNNING), culprit {rec.culprit},"
+            f" daemon restarted {rec.daemon_restarted}; all relaunched: {moved}"
+        )
+    if detected:
+        detail += f"; event: {detected[0].message}"
+    if not injected:
+        detail += "; fault injection: " + " | ".join(faulter_log.strip().splitlines()[-3:])
+    result(5, "mps_fault_recovery", ok, secs, detail)
+    assert ok, detail
