@@ -502,6 +502,11 @@ class MpsDaemon:
             except MpsError:
                 answered = False
         left = self._wait_gone(pids, timeout_secs + 2.0 if answered else 0.0)
+        if answered and any(p.kind == "control" and p.pid in left for p in procs):
+            # A control program that does not take `-t` may have ignored it: ask once more without it.
+            with contextlib.suppress(MpsError):
+                self.send("quit")
+            left = self._wait_gone(left, 3.0)
         killed: list[int] = []
         for sig, wait in ((SIGTERM, 3.0), (SIGKILL, 3.0)):
             if not left:

@@ -94,6 +94,8 @@ def _same_dir(a: str, b: str) -> bool:
 
 def _kind_of(proc: psutil.Process, cmdline: list[str]) -> ProcessKind | None:
     names = []
+    with contextlib.suppress(psutil.Error, OSError):
+        names.append(os.path.basename(proc.exe()))
     if cmdline:
         names.append(os.path.basename(cmdline[0]))
     with contextlib.suppress(psutil.Error):
@@ -103,7 +105,7 @@ def _kind_of(proc: psutil.Process, cmdline: list[str]) -> ProcessKind | None:
             return "server"
         if n.startswith("nvidia-cuda-mps-control"):
             # Without -d/-f it is an interactive client (someone's `echo cmd | nvidia-cuda-mps-control`).
-            if len(cmdline) > 1 and not ({"-d", "-f"} & set(cmdline[1:])):
+            if cmdline and not ({"-d", "-f"} & set(cmdline[1:])):
                 return None
             return "control"
         if n == "nvidia-cuda-mps":  # the kernel's 15-character comm, cmdline unreadable
