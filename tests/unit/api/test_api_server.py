@@ -77,3 +77,12 @@ def test_api_thread_serves_http() -> None:
         thread.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base}/healthz", timeout=2)
+
+
+def test_listening_socket_says_tcp() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose proto is TCP; without it keep-alive answers wait ~40 ms."""
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
