@@ -110,9 +110,7 @@ def cached_snapshot(model_id: str) -> Path | None:
     return folder if _has_weights(folder) else None
 
 
-def resolve_source(
-    model_id: str, *, path: str | None = None, random_weights: bool | None = None
-) -> ModelSource:
+def resolve_source(model_id: str, *, path: str | None = None, random_weights: bool | None = None) -> ModelSource:
     """Decide where ``model_id`` comes from (see the module docstring).
 
     ``random_weights``: None = real weights when present, else random; True = always random (catalog or the
@@ -315,9 +313,7 @@ def check_shape(source: ModelSource, seq_len: int, new_tokens: int) -> None:
         )
 
 
-def run_worst_case(
-    built: BuiltModel, batch_size: int, seq_len: int, new_tokens: int = 0, *, seed: int = 0
-) -> int:
+def run_worst_case(built: BuiltModel, batch_size: int, seq_len: int, new_tokens: int = 0, *, seed: int = 0) -> int:
     """Run one worst-case request under ``torch.inference_mode``; return the number of output tokens.
 
     Encoders: one forward of ``batch_size × seq_len``. Generators and seq2seq: greedy ``generate`` of exactly
@@ -327,9 +323,7 @@ def run_worst_case(
     import torch
 
     check_shape(built.source, seq_len, new_tokens)
-    inputs = example_inputs(
-        built.source.model_id, batch_size, seq_len, built.device, source=built.source, seed=seed
-    )
+    inputs = example_inputs(built.source.model_id, batch_size, seq_len, built.device, source=built.source, seed=seed)
     with torch.inference_mode(), _quiet_transformers():
         if built.source.task == "encoder" or new_tokens <= 0:
             if built.source.task == "seq2seq":

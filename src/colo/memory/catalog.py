@@ -56,9 +56,7 @@ def _entry(model_id: str, raw: dict[str, Any], source: str) -> CatalogEntry:
             field=f"models.{model_id}",
         )
     if "model_type" not in raw["config"]:
-        raise ConfigError(
-            "catalog config has no model_type", source=source, field=f"models.{model_id}.config"
-        )
+        raise ConfigError("catalog config has no model_type", source=source, field=f"models.{model_id}.config")
     return CatalogEntry(
         model_id=model_id,
         task=cast(Task, task),
@@ -84,9 +82,7 @@ def _load() -> tuple[dict[str, CatalogEntry], dict[str, str]]:
             raise ConfigError(f"unreadable catalog file ({exc})", source=source) from exc
         for mid, raw in data.get("models", {}).items():
             if mid in entries:
-                raise ConfigError(
-                    f"model {mid!r} is in two catalog files", source=source, field=f"models.{mid}"
-                )
+                raise ConfigError(f"model {mid!r} is in two catalog files", source=source, field=f"models.{mid}")
             entries[mid] = _entry(mid, raw, source)
         aliases.update(data.get("aliases", {}))
     for alias, target in aliases.items():

@@ -19,7 +19,7 @@ LAYER = {
 }
 # Same-layer imports that are part of the design.
 ALLOWED_SIDEWAYS = {
-    ("supervise", "gpu"), ("profiling", "gpu"), ("profiling", "memory"), ("workloads", "gpu"),
+    ("supervise", "gpu"), ("profiling", "gpu"), ("profiling", "memory"), ("workloads", "gpu"), ("memory", "plan"),
     ("supervise", "workloads"), ("cli", "api"), ("cli", "bench"), ("cli", "render"), ("api", "cli"),
     ("render", "cli"), ("bench", "api"),
 }
