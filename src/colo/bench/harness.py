@@ -107,7 +107,11 @@ class _Instance:
         return data.decode("utf-8", "replace")[-limit:]
 
     def stop(self, wait_secs: float) -> None:
-        """Let the instance exit on its own for ``wait_secs``, then SIGTERM, then SIGKILL its process group."""
+        """Close its stdin (an instance still waiting for GO then exits), let it exit on its own for
+        ``wait_secs``, then SIGTERM, then SIGKILL its process group."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         try:
             self.proc.wait(timeout=wait_secs)
         except subprocess.TimeoutExpired:
@@ -185,7 +189,7 @@ def run_point(
         if sampler is not None and activity is None:
             sampler.stop()
         for inst in instances:
-            inst.stop(wait_secs=10.0 if inst.result is not None else 0.0)
+            inst.stop(wait_secs=10.0 if inst.result is not None or inst.ready is not None else 0.5)
     results = []
     for inst in instances:
         assert inst.ready is not None and inst.result is not None
@@ -201,6 +205,7 @@ def run_point(
                 latencies_secs=tuple(float(x) for x in res.get("latencies_secs", ())),
                 info=dict(inst.ready.get("info", {})),
                 extra={str(k): float(v) for k, v in dict(res.get("extra", {})).items()},
+                started_monotonic=float(res.get("started_monotonic", 0.0)),
             )
         )
     return PointResult(

@@ -48,7 +48,13 @@ def timed_loop(workload: Workload, duration_secs: float, clock: Callable[[], flo
         items += outcome.items
         for key, value in outcome.extra.items():
             extra[key] = extra.get(key, 0.0) + value
-    return {"items": items, "elapsed_secs": now - start, "latencies_secs": latencies, "extra": extra}
+    return {
+        "items": items,
+        "elapsed_secs": now - start,
+        "started_monotonic": start,  # CLOCK_MONOTONIC is system-wide: comparable across instances
+        "latencies_secs": latencies,
+        "extra": extra,
+    }
 
 
 def run(spec: InstanceSpec, stdin: TextIO, stdout: TextIO) -> int:

@@ -262,14 +262,17 @@ def plot_png(results: Sequence[BenchResult]) -> bytes:
     return buf.getvalue()
 
 
-def write_reports(results: Sequence[BenchResult], out_dir: str | Path, stem: str = "bench") -> dict[str, Path]:
-    """Write ``<stem>.json`` (with latency lists), ``<stem>.md`` and ``<stem>.png`` under ``out_dir``.
+def write_reports(
+    results: Sequence[BenchResult], out_dir: str | Path, stem: str = "bench", *, with_latencies: bool = False
+) -> dict[str, Path]:
+    """Write ``<stem>.json`` (latency summaries; every request's latency only ``with_latencies``: tiny models
+    make hundreds of thousands), ``<stem>.md`` and ``<stem>.png`` under ``out_dir``.
 
     Returns the paths by kind. Raises ConfigError when the directory is not writable.
     """
     out = Path(out_dir)
     paths: dict[str, Path] = {}
-    paths["json"] = write_atomic(out / f"{stem}.json", to_json(results, with_latencies=True))
+    paths["json"] = write_atomic(out / f"{stem}.json", to_json(results, with_latencies=with_latencies))
     paths["md"] = write_atomic(out / f"{stem}.md", to_markdown(results))
     paths["png"] = write_atomic(out / f"{stem}.png", plot_png(results))
     return paths

@@ -30,6 +30,7 @@ class InstanceResult:
     latencies_secs: tuple[float, ...]
     info: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, float] = field(default_factory=dict)
+    started_monotonic: float = 0.0
 
     @property
     def per_sec(self) -> float:
@@ -56,6 +57,7 @@ class InstanceResult:
             "unit": self.unit,
             "items": self.items,
             "elapsed_secs": self.elapsed_secs,
+            "started_monotonic": self.started_monotonic,
             "per_sec": self.per_sec,
             "server_per_sec": self.server_per_sec,
             "requests": self.requests,
@@ -69,6 +71,7 @@ class InstanceResult:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> InstanceResult:
+        """Inverse of :meth:`to_dict`. Without the latency list, ``per_sec`` still holds (items / elapsed)."""
         return cls(
             index=int(raw["index"]),
             label=str(raw.get("label", "")),
@@ -79,6 +82,7 @@ class InstanceResult:
             latencies_secs=tuple(float(x) for x in raw.get("latencies_secs", ())),
             info=dict(raw.get("info", {})),
             extra={str(k): float(v) for k, v in dict(raw.get("extra", {})).items()},
+            started_monotonic=float(raw.get("started_monotonic", 0.0)),
         )
 
 
@@ -91,6 +95,7 @@ class PointResult:
     instances: tuple[InstanceResult, ...]
     gpu: GpuActivity | None = None
     workload: str = ""
+    stored_latency: stats.LatencySummary | None = None  # from a JSON report written without latency lists
 
     @property
     def unit(self) -> str:
@@ -108,11 +113,19 @@ class PointResult:
 
     @property
     def latency(self) -> stats.LatencySummary:
-        """Latency over all requests of all instances."""
+        """Latency over all requests of all instances (the stored summary when the lists were not kept)."""
         pooled: list[float] = []
         for inst in self.instances:
             pooled.extend(inst.latencies_secs)
+        if not pooled and self.stored_latency is not None:
+            return self.stored_latency
         return stats.summarize_latencies(pooled)
+
+    @property
+    def start_spread_secs(self) -> float:
+        """How far apart the instances' timed windows began (the barrier's precision)."""
+        starts = [i.started_monotonic for i in self.instances]
+        return max(starts) - min(starts) if starts else 0.0
 
     @property
     def fairness(self) -> float | None:
@@ -128,6 +141,7 @@ class PointResult:
             "individual_per_sec": self.individual_per_sec,
             "latency": self.latency.to_dict(),
             "fairness": self.fairness,
+            "start_spread_secs": self.start_spread_secs,
             "instances": [i.to_dict(with_latencies=with_latencies) for i in self.instances],
             "gpu": self.gpu.to_dict() if self.gpu else None,
         }
@@ -141,6 +155,7 @@ class PointResult:
             instances=tuple(InstanceResult.from_dict(i) for i in raw.get("instances", ())),
             gpu=GpuActivity.from_dict(gpu) if gpu else None,
             workload=str(raw.get("workload", "")),
+            stored_latency=stats.latency_from_dict(raw["latency"]) if raw.get("latency") else None,
         )
 
 

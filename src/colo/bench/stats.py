@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,23 @@ def finite(value: float | None) -> float | None:
 
 
 EMPTY_LATENCY = LatencySummary(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+
+
+def latency_from_dict(raw: dict[str, Any]) -> LatencySummary:
+    """Inverse of :meth:`LatencySummary.to_dict` (None back to NaN)."""
+
+    def num(key: str) -> float:
+        value = raw.get(key)
+        return math.nan if value is None else float(value)
+
+    return LatencySummary(
+        count=int(raw.get("count", 0)),
+        mean_secs=num("mean_secs"),
+        p50_secs=num("p50_secs"),
+        p90_secs=num("p90_secs"),
+        p99_secs=num("p99_secs"),
+        max_secs=num("max_secs"),
+    )
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

@@ -1,0 +1,157 @@
+"""The process harness with a CPU workload: barrier, timed window, errors, cleanup (a few seconds in all)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+from colo.bench.harness import BenchError, child_env, run_point
+from colo.bench.instance import timed_loop
+from colo.bench.runner import BenchPlan, run_bench
+from colo.bench.spec import InstanceSpec
+from colo.bench.workloads.base import RequestOutcome
+from colo.errors import UsageError
+
+
+def _children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.is_running() and p.status() != "zombie"]
+
+
+def test_instances_start_together_after_uneven_warm_up() -> None:
+    specs = [
+        InstanceSpec("cpu", {"sleep_secs": 0.005, "prepare_secs": 0.0}, label="fast", duration_secs=0.3),
+        InstanceSpec("cpu", {"sleep_secs": 0.005, "prepare_secs": 0.6}, label="slow", duration_secs=0.3),
+    ]
+    messages: list[str] = []
+    point = run_point(specs, mode="timeslice", progress=messages.append)
+    assert point.concurrency == 2 and [i.label for i in point.instances] == ["fast", "slow"]
+    # The slow one warmed up 0.6 s longer; the barrier still started both windows together.
+    assert point.start_spread_secs < 0.25
+    for inst in point.instances:
+        assert inst.elapsed_secs >= 0.3
+        assert inst.requests >= 10 and inst.items == inst.requests
+        assert 0.004 < inst.latencies_secs[0] < 0.2
+        assert inst.pid != os.getpid() and inst.info == {"device": "cpu"}
+    assert point.aggregate_per_sec == pytest.approx(sum(i.per_sec for i in point.instances))
+    assert any("loading" in m for m in messages) and any("running" in m for m in messages)
+    assert not _children()
+
+
+def test_a_failing_instance_stops_the_point_and_says_why() -> None:
+    specs = [
+        InstanceSpec("cpu", {"sleep_secs": 0.001}, label="good", duration_secs=0.2),
+        InstanceSpec("cpu", {"fail_in": "prepare"}, label="bad", duration_secs=0.2),
+    ]
+    with pytest.raises(BenchError) as err:
+        run_point(specs, mode="timeslice")
+    assert "bad" in str(err.value) and "told to fail in prepare" in str(err.value)
+    assert not _children()
+
+
+def test_a_request_failure_is_reported() -> None:
+    with pytest.raises(BenchError, match="told to fail in request"):
+        run_point([InstanceSpec("cpu", {"fail_in": "request"}, duration_secs=0.2)], mode="timeslice")
+    assert not _children()
+
+
+def test_warm_up_timeout_kills_the_instances() -> None:
+    spec = InstanceSpec("cpu", {"prepare_secs": 30.0}, label="sleepy", duration_secs=0.2)
+    t0 = time.monotonic()
+    with pytest.raises(BenchError, match="timed out while loading: no READY from sleepy"):
+        run_point([spec], mode="timeslice", ready_timeout_secs=0.5)
+    assert time.monotonic() - t0 < 15
+    assert not _children()
+
+
+def test_bad_workload_parameters_fail_in_the_child() -> None:
+    with pytest.raises(BenchError, match="bad parameters"):
+        run_point([InstanceSpec("cpu", {"no_such": 1}, duration_secs=0.1)], mode="timeslice")
+
+
+def test_run_bench_measures_single_and_merged_bound() -> None:
+    base = InstanceSpec("cpu", {"sleep_secs": 0.01, "items_per_request": 2.0}, duration_secs=0.3)
+    plan = BenchPlan("cpu", base=base, modes=("timeslice",), concurrencies=(2,))
+    assert plan.steps() == [("timeslice", 1), ("timeslice", 2), ("merged", 2)]
+    result = run_bench(plan)
+    assert [(p.mode, p.concurrency) for p in result.points] == plan.steps()
+    merged = result.point("merged", 2)
+    assert merged is not None and merged.instances[0].items == 4.0 * merged.instances[0].requests
+    eff = result.efficiency("timeslice", 2)
+    assert eff is not None and 0.7 < eff < 1.3  # sleeping instances scale
+    assert result.bound(2) == merged.aggregate_per_sec
+    assert result.machine["gpu"] is None and result.settings["concurrency"] == [1, 2]
+
+
+def test_plan_validation() -> None:
+    base = InstanceSpec("cpu")
+    with pytest.raises(UsageError):
+        BenchPlan("x")
+    with pytest.raises(UsageError):
+        BenchPlan("x", base=base, modes=("fast",))
+    with pytest.raises(UsageError):
+        BenchPlan("x", base=base, concurrencies=(0,))
+    with pytest.raises(UsageError, match="needs an NVIDIA GPU"):
+        run_bench(BenchPlan("x", base=base, modes=("mps",)))
+    fixed = BenchPlan("x", fixed=(base, base), modes=("timeslice", "mps"))
+    assert fixed.steps() == [("timeslice", 2), ("mps", 2)]
+    assert BenchPlan("x", base=InstanceSpec("http", {"url": "u"})).merged(2) is None
+
+
+def test_spec_round_trip_and_errors() -> None:
+    spec = InstanceSpec("encoder", {"model": "m", "batch_size": 8}, label="a", duration_secs=2.5, env={"X": "1"})
+    assert InstanceSpec.from_json(spec.to_json()) == spec
+    assert spec.with_params(batch_size=16).params["batch_size"] == 16
+    assert spec.describe() == "encoder(model=m, batch_size=8)"
+    with pytest.raises(UsageError):
+        InstanceSpec("gpu-magic")
+    with pytest.raises(UsageError):
+        InstanceSpec("cpu", duration_secs=0)
+    with pytest.raises(UsageError):
+        InstanceSpec.from_json("{not json")
+
+
+def test_child_env_puts_colo_on_pythonpath() -> None:
+    env = child_env({"PYTHONPATH": "/elsewhere"}, {"A": "b"})
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert parts[1] == "/elsewhere" and parts[0].endswith("src") and env["A"] == "b"
+
+
+class _StepClock:
+    """Advances 0.25 s per reading: a fake clock for the timed loop."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        self.now += 0.25
+        return self.now
+
+
+class _Counting:
+    unit = "item"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def prepare(self) -> dict[str, object]:
+        return {}
+
+    def request(self) -> RequestOutcome:
+        self.calls += 1
+        return RequestOutcome(3.0, {"eval_secs": 0.1})
+
+    def close(self) -> None:
+        return None
+
+
+def test_timed_loop_with_a_fake_clock() -> None:
+    work = _Counting()
+    result = timed_loop(work, 1.0, clock=_StepClock())
+    # start=100.25; each request reads the clock twice (+0.5 s): ends at 100.75, 101.25 (>= 1 s elapsed).
+    assert work.calls == 2
+    assert result["items"] == 6.0 and result["elapsed_secs"] == pytest.approx(1.0)
+    assert result["latencies_secs"] == [0.25, 0.25]
+    assert result["extra"] == {"eval_secs": pytest.approx(0.2)}
