@@ -231,15 +231,15 @@ def agents_by_name(sd: Path) -> dict[str, dict[str, Any]]:
 
 
 def start_colo(sd: Path, config: Path) -> subprocess.Popen[bytes]:
-    log = open(sd / f"up-{int(time.time() * 1000)}.log", "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [*COLO, "up", str(config), "--state-dir", str(sd), "--no-api"],
-        env=env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with open(sd / f"up-{int(time.time() * 1000)}.log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [*COLO, "up", str(config), "--state-dir", str(sd), "--no-api"],
+            env=env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def all_running(sd: Path, n: int) -> dict[str, dict[str, Any]] | None:
