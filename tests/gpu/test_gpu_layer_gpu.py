@@ -1,0 +1,505 @@
+"""On a real GPU: colo's NVML backend and MPS daemons, with torch clients started under ``client_env``.
+
+Every test runs its own MPS control daemon in a private state dir under /tmp (``<tmp>/mps/<uuid>/pipe``),
+pinned to one GPU by UUID, and its fixture always quits it (killing it if it does not answer) and asserts no
+nvidia-cuda-mps-control / -server process of that pipe dir is left. Clients are child pythons
+(``sys.executable -c ...``) with ``os.environ`` + ``client_env(...)``; they are killed in teardown whatever
+happens. Nothing here changes a GPU setting (compute mode, clocks, MIG).
+
+Each test prints one ``GPU-RESULT <name>: ...`` summary line with the measured figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from colo.errors import MpsError
+from colo.gpu.mps import MpsDaemon, MpsDefaults, MpsFleet, MpsRoot, ServerStatus, client_env
+from colo.gpu.mps_control import SubprocessMpsControl, find_binary, scan_processes
+from colo.gpu.mps_log import MpsLogKind, MpsLogReader
+from colo.gpu.nvml import ClientProcess, GpuSnapshot, NvmlBackend
+from colo.plan.types import AgentPlan, GpuSlot, ModelMemory
+
+pytestmark = pytest.mark.gpu
+
+MIB = 1024**2
+GIB = 1024**3
+
+# A child CUDA client: creates its context, reports what it sees, tries the allocations it is given (freeing
+# each), holds 256 MiB so NVML shows it, then waits for a line on stdin.
+CHILD = r"""
+import json, os, sys
+import torch
+probes = json.loads(sys.argv[1])
+torch.zeros(1, device="cuda")
+torch.cuda.synchronize()
+free, total = torch.cuda.mem_get_info()
+props = torch.cuda.get_device_properties(0)
+res = {"pid": os.getpid(), "free": free, "total": total, "sms": props.multi_processor_count,
+       "count": torch.cuda.device_count(), "uuid": str(getattr(props, "uuid", "") or ""), "allocs": []}
+for n in probes:
+    try:
+        t = torch.empty(n, dtype=torch.uint8, device="cuda")
+        t.fill_(1)
+        torch.cuda.synchronize()
+        res["allocs"].append([n, "ok"])
+        del t
+    except torch.cuda.OutOfMemoryError:
+        res["allocs"].append([n, "oom"])
+    except RuntimeError as exc:
+        res["allocs"].append([n, "error: " + str(exc)[:300]])
+    torch.cuda.empty_cache()
+hold = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+hold.fill_(1)
+torch.cuda.synchronize()
+print(json.dumps(res), flush=True)
+sys.stdin.readline()
+"""
+
+
+def result_line(name: str, text: str) -> None:
+    print(f"\nGPU-RESULT {name}: {text}", flush=True)
+
+
+def gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / GIB:.2f}GiB"
+
+
+# --- fixtures -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpus() -> list[GpuSnapshot]:
+    if find_binary() is None:
+        pytest.skip("nvidia-cuda-mps-control is not installed")
+    found = NvmlBackend().gpus()
+    if not found:
+        pytest.skip("NVML sees no GPU")
+    return found
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="colo-gpu-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Clients:
+    """Child CUDA clients of one test; all killed at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, env_extra: dict[str, str], probes: list[int]) -> subprocess.Popen[str]:
+        env = dict(os.environ)
+        for k in ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_CLIENT_PRIORITY"):
+            env.pop(k, None)
+        env.update(env_extra)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(probes)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def report(proc: subprocess.Popen[str], timeout_secs: float = 180.0) -> dict[str, Any]:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout_secs)
+        line = proc.stdout.readline() if ready else ""
+        if not line:
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"client {proc.pid} gave no report (rc={proc.returncode}): {err[-2000:]}")
+        data: dict[str, Any] = json.loads(line)
+        return data
+
+    @staticmethod
+    def release(proc: subprocess.Popen[str], timeout_secs: float = 60.0) -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.write("\n")
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=timeout_secs)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            with contextlib.suppress(Exception):
+                p.communicate(timeout=30)
+
+
+@pytest.fixture
+def clients() -> Iterator[Clients]:
+    c = Clients()
+    yield c
+    c.close()
+
+
+@dataclass
+class Started:
+    daemons: list[MpsDaemon]
+    server_pids: set[int]
+
+    def note_servers(self, d: MpsDaemon) -> list[int]:
+        pids = d.server_pids()
+        self.server_pids.update(pids)
+        return pids
+
+
+@pytest.fixture
+def started(state_dir: Path) -> Iterator[Started]:
+    """Daemons a test starts; teardown quits each and asserts nothing of its pipe dir survives."""
+    s = Started([], set())
+    yield s
+    leftovers: list[str] = []
+    for d in s.daemons:
+        with contextlib.suppress(Exception):
+            s.server_pids.update(d.server_pids())
+        try:
+            d.stop(timeout_secs=10)
+        except Exception as exc:  # keep going: every daemon must be tried
+            leftovers.append(f"stop failed for {d.gpu_uuid}: {exc}")
+        for p in scan_processes(d.paths.pipe_dir):
+            leftovers.append(f"{p.kind} {p.pid} of {d.paths.pipe_dir}")
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, signal.SIGKILL)
+    for pid in s.server_pids:
+        if not gone(pid):
+            leftovers.append(f"server {pid}")
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"MPS processes left behind: {leftovers}"
+
+
+def new_daemon(state_dir: Path, uuid: str, started: Started, **kw: Any) -> MpsDaemon:
+    d = MpsDaemon(MpsRoot.under_state_dir(state_dir).for_gpu(uuid), uuid, SubprocessMpsControl(), **kw)
+    started.daemons.append(d)
+    return d
+
+
+def agent(name: str, limit_bytes: int, uuid: str, *, pct: int = 100, prio: int = 0) -> AgentPlan:
+    return AgentPlan(
+        name=name,
+        models=(ModelMemory("probe", limit_bytes // 2),),
+        priority="medium",
+        requirement_bytes=limit_bytes // 2,
+        margin_bytes=limit_bytes - limit_bytes // 2,
+        limit_bytes=limit_bytes,
+        client_priority=prio,
+        active_thread_pct=pct,
+        gpu=GpuSlot("local", 0, "GPU", 80 * GIB, uuid),
+    )
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie counts: in a container, PID 1 may never reap a daemon's orphans)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for(pred: Callable[[], bool], secs: float, step: float = 0.25) -> bool:
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def nvml_row(uuid: str, pid: int) -> tuple[ClientProcess | None, str]:
+    """The NVML row of ``pid`` on that GPU; if NVML reports host pids (another PID namespace), the only MPS
+    client on that GPU. Returns (row, how it was matched)."""
+    rows = [p for p in NvmlBackend().processes() if p.gpu_uuid == uuid]
+    for r in rows:
+        if r.pid == pid:
+            return r, "pid"
+    mps = [r for r in rows if r.is_mps_client]
+    if len(mps) == 1:
+        return mps[0], f"only MPS client (NVML pid {mps[0].pid} != {pid}: other PID namespace)"
+    return None, f"no row for pid {pid} in {rows}"
+
+
+def colo_cli(state_dir: Path, *args: str) -> dict[str, Any]:
+    """``colo <args> --json`` in a child python (colo is not installed on the GPU machine: PYTHONPATH)."""
+    env = dict(os.environ, COLO_STATE_DIR=str(state_dir))
+    done = subprocess.run(
+        [sys.executable, "-c", "from colo.cli.main import main; main()", *args, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"colo {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}"
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+# --- tests ---------------------------------------------------------------------------------------------
+
+
+def test_daemon_lifecycle_defaults_status_and_logs(
+    gpus: list[GpuSnapshot], state_dir: Path, started: Started, clients: Clients
+) -> None:
+    """start → health → defaults reach the first server → server ACTIVE with the client → log events →
+    quit leaves nothing → a restart re-applies the defaults."""
+    uuid = gpus[0].uuid
+    d = new_daemon(state_dir, uuid, started)
+    defaults = MpsDefaults(pinned_mem_limit_bytes=4 * GIB, active_thread_pct=50)
+    t0 = time.monotonic()
+    assert d.start(defaults) is True
+    start_secs = time.monotonic() - t0
+    assert d.healthy()
+    assert d.default_active_thread_pct() == 50.0
+    procs = d.processes()
+    assert [p.kind for p in procs] == ["control"], procs
+    assert procs[0].visible_devices == uuid
+    assert d.server_pids() == []  # no server before the first client
+    reader = MpsLogReader(d.paths.log_dir)
+    assert any(e.kind is MpsLogKind.DAEMON_STARTED for e in reader.read_new())
+
+    # A client with only the pipe dir (no limits of its own) gets the daemon's defaults.
+    proc = clients.start({"CUDA_MPS_PIPE_DIRECTORY": str(d.paths.pipe_dir), "CUDA_VISIBLE_DEVICES": uuid}, [])
+    rep = clients.report(proc)
+    assert rep["free"] < 4 * GIB, f"default pinned limit not applied: free={rep['free']}"
+    spids = started.note_servers(d)
+    assert len(spids) == 1, spids
+    assert wait_for(lambda: d.server_status(spids[0]) is ServerStatus.ACTIVE, 15), d.server_status(spids[0])
+    listed = d.client_pids(spids[0])
+    assert listed, "get_client_list is empty while a client is connected"
+    pid_seen = rep["pid"] in listed
+    ps_rows = d.ps()
+    clients.release(proc)
+    events: list[Any] = []
+
+    def saw_exit() -> bool:
+        events.extend(reader.read_new())
+        return any(e.kind is MpsLogKind.CLIENT_DISCONNECTED for e in events)
+
+    disconnected = wait_for(saw_exit, 15)
+    connected = [e for e in events if e.kind is MpsLogKind.CLIENT_CONNECTED]
+    raw = ""
+    for name in ("control.log", "server.log"):
+        with contextlib.suppress(OSError):
+            raw += f"--- {name}\n" + (d.paths.log_dir / name).read_text()[-3000:]
+    assert connected, f"no connect event:\n{raw}"
+    own_pid_logged = any(e.client_pid == rep["pid"] for e in connected)
+    assert disconnected, f"no disconnect event:\n{raw}"
+
+    result = d.stop(timeout_secs=10)
+    assert result.was_running
+    assert scan_processes(d.paths.pipe_dir) == []
+    assert all(gone(p) for p in spids)
+
+    # Defaults are lost on quit: a restart applies them again.
+    assert d.start(defaults) is True
+    assert d.default_active_thread_pct() == 50.0
+    result_line(
+        "mps_lifecycle",
+        f"start {start_secs:.2f}s, health ok, default thread 50% read back, client free={gib(rep['free'])} under "
+        f"4GiB default limit, server {spids[0]} ACTIVE, clients {listed} (own pid {'seen' if pid_seen else 'NOT seen'}), "
+        f"ps rows {len(ps_rows)}, log events connect={len(connected)} (own pid {'logged' if own_pid_logged else 'NOT logged'}) "
+        f"disconnect=yes, quit: {result.message}; "
+        f"restart re-applied defaults",
+    )
+
+
+def test_client_limit_2gib_is_enforced_and_visible_in_gpu_info(
+    gpus: list[GpuSnapshot], state_dir: Path, started: Started, clients: Clients
+) -> None:
+    uuid = gpus[0].uuid
+    d = new_daemon(state_dir, uuid, started)
+    d.start(MpsDefaults())
+    env = client_env(agent("probe", 2 * GIB, uuid), MpsRoot.under_state_dir(state_dir).for_gpu(uuid), gpu_uuid=uuid)
+    assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=2048M"
+    proc = clients.start(env, [512 * MIB, 2 * GIB])
+    rep = clients.report(proc)
+    allocs = dict((n, r) for n, r in rep["allocs"])
+    assert allocs[512 * MIB] == "ok", rep
+    assert allocs[2 * GIB] == "oom", f"2 GiB allocation under a 2 GiB limit did not fail with OOM: {rep}"
+    assert rep["free"] < 2 * GIB, rep
+    started.note_servers(d)
+
+    row, how = nvml_row(uuid, rep["pid"])
+    assert row is not None, how
+    assert row.is_mps_client, row
+    assert row.used_memory_bytes is not None and row.used_memory_bytes >= 256 * MIB, row
+
+    info = colo_cli(state_dir, "gpu", "info")
+    assert info["mps_enabled"] is True and info["mps"]["enabled"] is True and info["mps"]["control_process"]
+    assert info["mps"]["pipe_dir"] == str(d.paths.pipe_dir)
+    rows = [p for p in info["processes"] if p["gpu_uuid"] == uuid and p["is_mps_client"]]
+    mine = [p for p in rows if p["pid"] == row.pid]
+    assert mine, f"client not in colo gpu info: {info['processes']}"
+    assert mine[0]["used_memory_bytes"] and mine[0]["used_memory_bytes"] >= 256 * MIB
+    status = colo_cli(state_dir, "mps", "status", "--gpu", uuid)
+    drow = status["daemons"][0]
+    assert drow["healthy"] and drow["servers"] and drow["servers"][0]["status"] == "ACTIVE", drow
+    clients.release(proc)
+    result_line(
+        "limit_2GiB",
+        f"free after context {gib(rep['free'])}; alloc 512MiB ok; alloc 2GiB failed OOM as expected; NVML used="
+        f"{gib(row.used_memory_bytes)} (matched by {how}); colo gpu info lists it as MPS client with "
+        f"{gib(mine[0]['used_memory_bytes'])}, limit {gib(mine[0]['mps_limit_bytes'])}; "
+        f"colo mps status: server {drow['servers'][0]['pid']} ACTIVE",
+    )
+
+
+def test_two_clients_get_their_own_limits_and_thread_pct(
+    gpus: list[GpuSnapshot], state_dir: Path, started: Started, clients: Clients
+) -> None:
+    uuid = gpus[0].uuid
+    d = new_daemon(state_dir, uuid, started)
+    d.start(MpsDefaults())
+    paths = MpsRoot.under_state_dir(state_dir).for_gpu(uuid)
+    env_small = client_env(agent("small", 1 * GIB, uuid, pct=100), paths, gpu_uuid=uuid)
+    env_big = client_env(agent("big", 3 * GIB, uuid, pct=25, prio=1), paths, gpu_uuid=uuid)
+    small = clients.start(env_small, [1 * GIB])
+    big = clients.start(env_big, [int(1.5 * GIB), 3 * GIB])
+    rs, rb = clients.report(small), clients.report(big)  # both alive at once on one server
+    spids = started.note_servers(d)
+    assert len(spids) == 1
+    both = d.client_pids(spids[0])
+    assert len(both) >= 2, both
+    a_small, a_big = dict((n, r) for n, r in rs["allocs"]), dict((n, r) for n, r in rb["allocs"])
+    assert rs["free"] < 1 * GIB, rs
+    assert 1 * GIB < rb["free"] < 3 * GIB, rb
+    assert a_small[1 * GIB] == "oom", rs
+    assert a_big[int(1.5 * GIB)] == "ok", rb
+    assert a_big[3 * GIB] == "oom", rb
+    # Active thread %: a ceiling on SMs the client sees (granted in whole TPCs of 2 SMs).
+    full, low = rs["sms"], rb["sms"]
+    assert low < full, (low, full)
+    assert low <= math.ceil(full * 25 / 100) + 2, (low, full)
+    clients.release(small)
+    clients.release(big)
+    result_line(
+        "two_clients",
+        f"1GiB client free={gib(rs['free'])}, alloc 1GiB OOM; 3GiB client free={gib(rb['free'])}, alloc 1.5GiB ok, "
+        f"alloc 3GiB OOM; one server {spids[0]} with clients {both}; SMs seen: 100% -> {full}, 25% -> {low}",
+    )
+
+
+def test_unanswered_quit_is_killed_and_foreign_daemons_are_refused(
+    gpus: list[GpuSnapshot], state_dir: Path, started: Started
+) -> None:
+    """Faults provoked safely: a daemon in our pipe dir pinned elsewhere is refused, one started by hand for the
+    same GPU is adopted, and a daemon that does not answer (SIGSTOP) is killed by stop()."""
+    uuid = gpus[0].uuid
+    d = new_daemon(state_dir, uuid, started, command_timeout_secs=3.0)
+    d.prepare_dirs()
+    by_hand = dict(d.env(), CUDA_VISIBLE_DEVICES="0")
+    binary = find_binary()
+    assert binary is not None
+    subprocess.run(
+        [binary, "-d"],
+        env=by_hand,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=30,
+        check=True,
+    )
+    assert wait_for(d.is_running, 10)
+    with pytest.raises(MpsError, match="pinned to") as refused:
+        d.start()
+    first = d.stop(timeout_secs=5)
+    assert first.was_running and scan_processes(d.paths.pipe_dir) == []
+
+    subprocess.run(
+        [binary, "-d"],
+        env=d.env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=30,
+        check=True,
+    )
+    assert wait_for(d.healthy, 10)
+    assert d.start(MpsDefaults(active_thread_pct=70)) is False  # adopted, defaults applied
+    assert d.default_active_thread_pct() == 70.0
+
+    pid = d.control_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert not d.healthy()
+        t0 = time.monotonic()
+        result = d.stop(timeout_secs=2)
+        secs = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGCONT)
+    assert not result.quit_answered and pid in result.killed_pids, result
+    assert scan_processes(d.paths.pipe_dir) == []
+    result_line(
+        "mps_faults",
+        f"daemon pinned to CUDA_VISIBLE_DEVICES=0 refused (...{str(refused.value).partition(' but ')[2][:60]}); "
+        "hand-started daemon "
+        f"adopted with defaults; SIGSTOPped daemon: {result.message} in {secs:.1f}s; nothing left",
+    )
+
+
+def test_one_daemon_per_gpu_second_gpu_is_device_0(
+    gpus: list[GpuSnapshot], state_dir: Path, started: Started, clients: Clients
+) -> None:
+    if len(gpus) < 2:
+        pytest.skip(f"needs 2 GPUs, NVML sees {len(gpus)}: one daemon per GPU is checked on a 2-GPU machine")
+    u0, u1 = gpus[0].uuid, gpus[1].uuid
+    root = MpsRoot.under_state_dir(state_dir)
+    fleet = MpsFleet(root, [u0, u1])
+    started.daemons.extend(fleet.daemons())
+    assert fleet.start_all() == {u0: True, u1: True}
+    c0, c1 = fleet.daemon(u0).control_pid(), fleet.daemon(u1).control_pid()
+    assert c0 and c1 and c0 != c1
+    assert [p.visible_devices for p in fleet.daemon(u1).processes()] == [u1]
+    env = client_env(agent("second", 1 * GIB, u1), root.for_gpu(u1), gpu_uuid=u1)
+    proc = clients.start(env, [1 * GIB])
+    rep = clients.report(proc)
+    assert rep["count"] == 1, rep
+    if rep["uuid"]:
+        assert u1.lower().endswith(rep["uuid"].lower().removeprefix("gpu-")), (rep["uuid"], u1)
+    assert rep["free"] < 1 * GIB and dict((n, r) for n, r in rep["allocs"])[1 * GIB] == "oom", rep
+    s1 = started.note_servers(fleet.daemon(u1))
+    s0 = started.note_servers(fleet.daemon(u0))
+    assert len(s1) == 1 and s0 == [], (s0, s1)
+    row, how = nvml_row(u1, rep["pid"])
+    assert row is not None and row.gpu_uuid == u1, how
+    clients.release(proc)
+    results = fleet.stop_all()
+    assert all(r.was_running for r in results.values())
+    result_line(
+        "multi_gpu",
+        f"daemons {c0} (gpu0) and {c1} (gpu1); client on gpu1 sees {rep['count']} device (uuid {rep['uuid']}), "
+        f"free={gib(rep['free'])} under 1GiB, alloc 1GiB OOM; servers gpu0={s0} gpu1={s1}; NVML row on gpu1 ({how})",
+    )
