@@ -107,10 +107,14 @@ def k8s_command(
         return
     for line in placement:
         console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"wrote {len(written)} files to {out}", highlight=False)
     console.print(
-        f"wrote {len(written)} files to {out}: `kubectl apply -k {out}` "
-        f"(label the GPU nodes {opts.node_label[0]}={opts.node_label[1]} first)",
+        f"next: label the GPU nodes `kubectl label node NODE {opts.node_label[0]}={opts.node_label[1]}`, "
+        f"create the API token `kubectl create namespace {namespace}; kubectl -n {namespace} create secret "
+        f"generic {opts.api_token_secret} --from-literal=token=$(openssl rand -hex 32)`, then "
+        f"`kubectl apply -k {out}` (docs/kubernetes.md)",
         highlight=False,
+        soft_wrap=True,
     )
 
 

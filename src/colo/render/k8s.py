@@ -11,7 +11,9 @@ What is rendered (every object in namespace ``options.namespace``):
   and ``/metrics`` on the pod's port. Host access: host IPC, the host's ``/dev/shm``, the MPS root and the
   state dir; not privileged, no host network, no host PID, no service-account token.
 - ``node-agent-service.yaml``: a headless Service over the node agents (port ``api``; Prometheus scrapes
-  ``/metrics``); ``servicemonitor.yaml`` (prometheus-operator) when asked.
+  ``/metrics``); ``servicemonitor.yaml`` (prometheus-operator) when asked. The API token comes from the
+  Secret ``options.api_token_secret`` (key ``token``), which the cluster owner creates: no secret is
+  rendered into files that end up in git.
 - ``agents/<name>.yaml``: per agent a Deployment of one pod pinned to its planned node (required node
   affinity on ``kubernetes.io/hostname``), sharing host IPC, ``/dev/shm`` and its GPU's pipe dir with the
   node agent, with the MPS client environment of its plan (``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``, active
@@ -66,6 +68,7 @@ class K8sOptions:
     node_label: tuple[str, str] = ("colo.dev/gpu-node", "true")
     agent_uid: int = 1000
     agent_cpu_request: str = "500m"
+    api_token_secret: str = "colo-api-token"
     layout: NodeAgentLayout = field(default_factory=NodeAgentLayout)
 
 
@@ -338,13 +341,19 @@ def _node_agent_objects(
     labels = _labels("colo-node-agent", NODE_AGENT)
     selector = {"app.kubernetes.io/name": "colo-node-agent", "app.kubernetes.io/instance": NODE_AGENT}
     port = config.api.port
-    probe = {"httpGet": {"path": "/healthz", "port": "api", "scheme": "HTTP"}, "periodSeconds": 10}
+    # TCP probes: the API answers reads only with the token once it listens beyond loopback.
+    probe = {"tcpSocket": {"port": "api"}, "periodSeconds": 10}
     key, value = opts.node_label
     container: dict[str, Any] = {
         "name": "node-agent",
         "image": opts.image,
         "command": layout.node_agent_argv(POD_CONFIG_PATH, "$(NODE_NAME)", port),
         "env": [
+            # One token for every node agent (and Prometheus): a Secret the cluster owner creates.
+            {
+                "name": "COLO_API_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": opts.api_token_secret, "key": "token"}},
+            },
             {"name": "COLO_STATE_DIR", "value": layout.state_dir},
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"},
@@ -431,7 +440,17 @@ def _service_objects(opts: K8sOptions, config: ColoConfig) -> tuple[dict[str, An
         "spec": {
             "selector": {"matchLabels": selector},
             "namespaceSelector": {"matchNames": [opts.namespace]},
-            "endpoints": [{"port": "api", "path": "/metrics", "interval": "15s"}],
+            "endpoints": [
+                {
+                    "port": "api",
+                    "path": "/metrics",
+                    "interval": "15s",
+                    "authorization": {
+                        "type": "Bearer",
+                        "credentials": {"name": opts.api_token_secret, "key": "token"},
+                    },
+                }
+            ],
         },
     }
     return service, monitor

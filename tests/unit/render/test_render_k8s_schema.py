@@ -120,7 +120,14 @@ def test_service_monitor_has_no_packaged_schema_and_is_checked_by_hand(objects: 
     spec = monitor["spec"]
     service = next(o for o in objects if o["kind"] == "Service" and o["spec"].get("clusterIP"))
     assert spec["selector"]["matchLabels"] == service["spec"]["selector"]
-    assert spec["endpoints"] == [{"port": "api", "path": "/metrics", "interval": "15s"}]
+    assert spec["endpoints"] == [
+        {
+            "port": "api",
+            "path": "/metrics",
+            "interval": "15s",
+            "authorization": {"type": "Bearer", "credentials": {"name": "colo-api-token", "key": "token"}},
+        }
+    ]
     assert service["spec"]["ports"][0]["name"] == "api"
 
 
