@@ -47,6 +47,7 @@ COMMAND_MODULES = [
     "colo.cli.bench_cmd",
     "colo.cli.run_cmd",
     "colo.cli.render_cmd",
+    "colo.cli.memory_cmd",
 ]
 
 
