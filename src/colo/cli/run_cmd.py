@@ -234,6 +234,27 @@ def status_data(sd: Path) -> dict[str, Any]:
         return {"state_dir": str(sd), "orchestrator": None, "agents": [], "recent_events": []}
     try:
         agents = [r.status.to_dict() for r in store.agents()]
+        have = {a["name"] for a in agents}
+        for u in store.get_meta("left_out", []):
+            if u["agent"] not in have:
+                agents.append(
+                    {
+                        "name": u["agent"],
+                        "state": "STOPPED",
+                        "pid": None,
+                        "gpu": None,
+                        "gpu_uuid": None,
+                        "limit_bytes": u["limit_bytes"],
+                        "requirement_bytes": 0,
+                        "priority": u["priority"],
+                        "restarts": 0,
+                        "memory_used_bytes": None,
+                        "memory_peak_bytes": None,
+                        "last_error": f"left out: {u['reason']}",
+                        "since": None,
+                        "models": [],
+                    }
+                )
         meta = store.get_meta("orchestrator") if pid else None
         events = [e.to_dict() for e in store.events(0, 10)]
     finally:

@@ -46,6 +46,7 @@ from colo.supervise.supervisor import RecoveryRecord, Supervisor
 #: Built-in agents without a ``port`` get ``DEFAULT_PORT_BASE + their position`` among the agents.
 DEFAULT_PORT_BASE = 9100
 TICK_SECS = 0.5
+MPS_COMMAND_TIMEOUT_SECS = 5.0
 
 
 @dataclass(frozen=True)
@@ -314,19 +315,18 @@ class Orchestrator:
                 out.append(replace(s, uuid=snap.uuid))
         return out, warnings
 
-    def _memory(self, config: ColoConfig) -> Mapping[str, ModelMemory] | None:
+    def _memory(self, config: ColoConfig, slots: Sequence[GpuSlot]) -> Mapping[str, ModelMemory] | None:
+        """Model memory for the planner: measured/estimated from the model DB when ``policy.memory_source:
+        db`` (for this machine's GPU model), else None (the models' declared ``memory``)."""
         if self._memory_override is not None:
             return self._memory_override
         if config.policy.memory_source != "db":
             return None
-        try:
-            from colo.memory.db import ModelDB  # type: ignore[import-not-found,unused-ignore]
-            from colo.memory.resolve import memory_for_plan  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            self.warnings.append("policy.memory_source: db, but colo.memory is unavailable; using declared memory")
-            return None
-        result: Mapping[str, ModelMemory] = memory_for_plan(config, ModelDB.open_default(config))
-        return result
+        from colo.memory.db import ModelDB
+        from colo.memory.resolve import memory_for_plan
+
+        gpu_name = slots[0].name if slots else None
+        return memory_for_plan(config, ModelDB.open_default(config), gpu_name)
 
     def make_plan(self, config: ColoConfig) -> tuple[Plan, list[str]]:
         """Plan ``config`` on this machine's GPUs (pure planner over NVML or inventory slots).
@@ -334,7 +334,7 @@ class Orchestrator:
         Raises ConfigError, PlanError, GpuError.
         """
         slots, warnings = self._slots(config)
-        return plan(config, slots, self._memory(config)), warnings
+        return plan(config, slots, self._memory(config, slots)), warnings
 
     def _local_placed(self, p: Plan, config: ColoConfig) -> tuple[list[AgentPlan], list[Unplaced]]:
         """Placed agents this node runs (plan order = priority order), and agents it cannot run."""
@@ -453,7 +453,13 @@ class Orchestrator:
         started_d: list[str] = []
         adopted_d: list[str] = []
         if self.want_mps and uuids:
-            fleet = MpsFleet(MpsRoot.under_state_dir(self.paths.root), uuids, self._mps_control)
+            fleet = MpsFleet(
+                MpsRoot.under_state_dir(self.paths.root),
+                uuids,
+                self._mps_control,
+                # bounded so a daemon that stops answering cannot stall the supervision loop for long
+                daemon_options={"command_timeout_secs": MPS_COMMAND_TIMEOUT_SECS},
+            )
             self._fleet = fleet
             for uuid in uuids:
                 # No server-wide defaults: each client's own CUDA_MPS_* variables set its limits, and a
@@ -507,6 +513,7 @@ class Orchestrator:
         sup.roll(roll)
         for u in left_out:
             sup.event(EventKind.STOPPED, u.agent, f"left out ({u.priority}): {u.reason}")
+        self._record_left_out(left_out)
         self.store.set_meta(
             "orchestrator",
             {
@@ -518,6 +525,16 @@ class Orchestrator:
             },
         )
         return UpResult(started, adopted, left_out, started_d, adopted_d, self._fleet is not None, self.warnings)
+
+    def _record_left_out(self, left_out: Sequence[Unplaced]) -> None:
+        """Keep the agents this node does not run in the store, so `colo status` reports them too."""
+        self.store.set_meta(
+            "left_out",
+            [
+                {"agent": u.agent, "priority": u.priority, "limit_bytes": u.limit_bytes, "reason": u.reason}
+                for u in left_out
+            ],
+        )
 
     def _adoptable(self, rec: AgentRecord | None) -> ProcessHandle | None:
         if rec is None or not rec.status.pid or rec.start_time is None:
@@ -703,6 +720,7 @@ class Orchestrator:
                     agent.reconfigure(setup)
                     result.unchanged.append(ap.name)
             result.left_out.extend(u.agent for u in left_out)
+            self._record_left_out(left_out)
             self._config = config
             self._plan = p
             self.warnings.extend(warnings)
