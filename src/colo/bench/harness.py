@@ -1,9 +1,10 @@
 """Run N benchmark instances together: separate processes, a start barrier, a fixed timed window.
 
-For each point the harness starts one ``python -m colo.bench.instance`` process per :class:`InstanceSpec`,
-waits until every one has loaded, warmed up and captured its workload (``READY``), starts the GPU sampler,
-sends ``GO`` to all at once, and collects each instance's ``RESULT`` (items, elapsed seconds, per-request
-latencies). Any instance that fails, or a timeout, stops every instance of the point and raises
+The harness starts one ``python -m colo.bench.instance`` process per :class:`InstanceSpec`, waits until
+every one has loaded, warmed up and captured its workload (``READY``), starts the GPU sampler, sends ``GO``
+to all at once, and collects each instance's ``RESULT`` (items, elapsed seconds, per-request latencies).
+An :class:`InstanceGroup` keeps its processes between windows, so N = 1, 2, 4, 8 of one mode run on the same
+eight loaded processes (the ones not in a window sit idle). Any instance that fails, or a timeout, stops every instance of the point and raises
 :class:`BenchError` with the failing instance's message and the tail of its stderr.
 
 Processes run in their own session (process group) so a workload's children (``--cmd``) are stopped with it.
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import colo
-from colo.bench.gpu_sampler import GpuSampler
+from colo.bench.gpu_sampler import GpuActivity, GpuSampler
 from colo.bench.instance import PREFIX
 from colo.bench.results import InstanceResult, PointResult
 from colo.bench.spec import InstanceSpec
@@ -74,6 +75,7 @@ class _Instance:
         )
         self.ready: dict[str, Any] | None = None
         self.result: dict[str, Any] | None = None
+        self.exit_payload: dict[str, Any] | None = None  # set when its stdout closed (the process ended)
         self._reader = threading.Thread(target=self._read, args=(events,), daemon=True)
         self._reader.start()
 
@@ -143,6 +145,109 @@ def _fail(inst: _Instance, what: str, payload: Mapping[str, Any]) -> BenchError:
     return BenchError(text, hint="run one instance alone (--concurrency 1) to see the whole error")
 
 
+class InstanceGroup:
+    """Instance processes started once, then run together any number of times (a context manager).
+
+    ``start()`` spawns one process per spec and waits for every READY; ``run(count)`` sends GO to the first
+    ``count`` instances and collects their RESULTs — the others stay idle (loaded, no GPU work), so one
+    group serves every concurrency level of a mode without reloading models. Leaving the ``with`` block
+    stops every process (stdin closed, then SIGTERM / SIGKILL of its process group).
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[InstanceSpec],
+        *,
+        env: Mapping[str, str] | None = None,
+        ready_timeout_secs: float = 900.0,
+        result_grace_secs: float = 120.0,
+        progress: Progress | None = None,
+        name: str = "instances",
+        python: str = sys.executable,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not specs:
+            raise BenchError("no instances to run")
+        self.specs = list(specs)
+        self.env = dict(os.environ if env is None else env)
+        self.ready_timeout_secs = ready_timeout_secs
+        self.result_grace_secs = result_grace_secs
+        self.say = progress or (lambda _msg: None)
+        self.name = name
+        self.python = python
+        self.clock = clock
+        self._events: queue.Queue[Any] = queue.Queue()
+        self._instances: list[_Instance] = []
+        self._idle_exits: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> InstanceGroup:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Spawn the processes and wait until every one is READY. Raises BenchError."""
+        for i, spec in enumerate(self.specs):
+            self._instances.append(_Instance(i, spec, self.env, self.python, self._events))
+        self.say(f"{self.name}: loading and warming up")
+        deadline = self.clock() + self.ready_timeout_secs
+        _collect(self._instances, self._events, self._idle_exits, "READY", deadline, "while loading", self.clock)
+
+    def run(
+        self, count: int, *, sampler: GpuSampler | None = None, label: str | None = None
+    ) -> tuple[list[InstanceResult], GpuActivity | None]:
+        """One timed window of the first ``count`` instances together; their results and GPU activity."""
+        chosen = self._instances[:count]
+        _drain(self._instances, self._events, self._idle_exits)
+        for inst in chosen:
+            if inst.exit_payload is not None:
+                raise _fail(inst, "while idle", inst.exit_payload)
+            inst.result = None
+        activity = None
+        if sampler is not None:
+            sampler.start([inst.proc.pid for inst in chosen])
+        try:
+            for inst in chosen:
+                inst.send("GO")
+            self.say(f"{label or self.name}: running")
+            window = max(inst.spec.duration_secs for inst in chosen)
+            deadline = self.clock() + window + self.result_grace_secs
+            _collect(chosen, self._events, self._idle_exits, "RESULT", deadline, "while running", self.clock)
+        finally:
+            if sampler is not None:
+                activity = sampler.stop()
+        return [_instance_result(inst) for inst in chosen], activity
+
+    def close(self) -> None:
+        """Stop every process of the group."""
+        for inst in self._instances:
+            inst.stop(wait_secs=10.0 if inst.ready is not None else 0.5)
+        self._instances = []
+
+
+def _instance_result(inst: _Instance) -> InstanceResult:
+    assert inst.ready is not None and inst.result is not None
+    res = inst.result
+    return InstanceResult(
+        index=inst.index,
+        label=inst.spec.label,
+        pid=int(inst.ready.get("pid", inst.proc.pid)),
+        unit=str(res.get("unit", inst.ready.get("unit", "item"))),
+        items=float(res["items"]),
+        elapsed_secs=float(res["elapsed_secs"]),
+        latencies_secs=tuple(float(x) for x in res.get("latencies_secs", ())),
+        info=dict(inst.ready.get("info", {})),
+        extra={str(k): float(v) for k, v in dict(res.get("extra", {})).items()},
+        started_monotonic=float(res.get("started_monotonic", 0.0)),
+    )
+
+
 def run_point(
     specs: Sequence[InstanceSpec],
     *,
@@ -156,58 +261,25 @@ def run_point(
     python: str = sys.executable,
     clock: Callable[[], float] = time.monotonic,
 ) -> PointResult:
-    """Run ``specs`` (one instance each) together; return the point's results.
+    """Start ``specs`` (one process each), run them together once, stop them; return the point.
 
     ``name`` labels progress messages (default ``"<mode> N=<count>"``).
     ``env`` is the environment every instance starts from (default: this process's), e.g. with the MPS pipe
     directory set. ``ready_timeout_secs`` bounds loading + warm-up; ``result_grace_secs`` is how long past the
     timed window a last request may take. Raises BenchError (every instance stopped) on any failure.
     """
-    if not specs:
-        raise BenchError("no instances to run")
-    say = progress or (lambda _msg: None)
     name = name or f"{mode} N={len(specs)}"
-    events: queue.Queue[Any] = queue.Queue()
-    base_env = dict(os.environ if env is None else env)
-    instances: list[_Instance] = []
-    activity = None
-    try:
-        for i, spec in enumerate(specs):
-            instances.append(_Instance(i, spec, base_env, python, events))
-        say(f"{name}: loading and warming up")
-        _collect(instances, events, "READY", clock() + ready_timeout_secs, "while loading", clock)
-        if sampler is not None:
-            sampler.start([inst.proc.pid for inst in instances])
-        for inst in instances:
-            inst.send("GO")
-        say(f"{name}: running")
-        window = max(s.duration_secs for s in specs)
-        _collect(instances, events, "RESULT", clock() + window + result_grace_secs, "while running", clock)
-        if sampler is not None:
-            activity = sampler.stop()
-    finally:
-        if sampler is not None and activity is None:
-            sampler.stop()
-        for inst in instances:
-            inst.stop(wait_secs=10.0 if inst.result is not None or inst.ready is not None else 0.5)
-    results = []
-    for inst in instances:
-        assert inst.ready is not None and inst.result is not None
-        res = inst.result
-        results.append(
-            InstanceResult(
-                index=inst.index,
-                label=inst.spec.label,
-                pid=int(inst.ready.get("pid", inst.proc.pid)),
-                unit=str(res.get("unit", inst.ready.get("unit", "item"))),
-                items=float(res["items"]),
-                elapsed_secs=float(res["elapsed_secs"]),
-                latencies_secs=tuple(float(x) for x in res.get("latencies_secs", ())),
-                info=dict(inst.ready.get("info", {})),
-                extra={str(k): float(v) for k, v in dict(res.get("extra", {})).items()},
-                started_monotonic=float(res.get("started_monotonic", 0.0)),
-            )
-        )
+    with InstanceGroup(
+        specs,
+        env=env,
+        ready_timeout_secs=ready_timeout_secs,
+        result_grace_secs=result_grace_secs,
+        progress=progress,
+        name=name,
+        python=python,
+        clock=clock,
+    ) as group:
+        results, activity = group.run(len(specs), sampler=sampler)
     return PointResult(
         mode=mode,
         concurrency=len(specs),
@@ -220,17 +292,20 @@ def run_point(
 def _collect(
     instances: Sequence[_Instance],
     events: queue.Queue[Any],
+    idle_exits: dict[int, dict[str, Any]],
     tag: str,
     deadline: float,
     what: str,
     clock: Callable[[], float],
 ) -> None:
-    """Wait until every instance has sent ``tag``; raise BenchError on ERROR, early exit or the deadline."""
+    """Wait until every one of ``instances`` has sent ``tag``; raise BenchError on an ERROR, an early exit or
+    the deadline. Events of other instances (of the same group, idle) are noted, not waited for."""
+    by_index = {inst.index: inst for inst in instances}
     pending = {inst.index for inst in instances if _got(inst, tag) is None}
     while pending:
         remaining = deadline - clock()
         if remaining <= 0:
-            names = ", ".join(instances[i].spec.label or f"instance {i}" for i in sorted(pending))
+            names = ", ".join(by_index[i].spec.label or f"instance {i}" for i in sorted(pending))
             raise BenchError(
                 f"timed out {what}: no {tag} from {names}",
                 hint="raise the timeout, or run one instance alone to see where it hangs",
@@ -239,7 +314,13 @@ def _collect(
             index, got, payload = events.get(timeout=min(remaining, 1.0))
         except queue.Empty:
             continue
-        inst = instances[index]
+        inst = by_index.get(index)
+        if inst is None:
+            if got == "EOF":
+                idle_exits[index] = payload
+            continue
+        if got == "EOF":
+            inst.exit_payload = payload
         if got == "ERROR":
             raise _fail(inst, what, payload)
         if got == "EOF" and index in pending:
@@ -250,6 +331,20 @@ def _collect(
             inst.result = payload
         if got == tag:
             pending.discard(index)
+
+
+def _drain(instances: Sequence[_Instance], events: queue.Queue[Any], idle_exits: dict[int, dict[str, Any]]) -> None:
+    """Note instances that ended while idle (their EOF arrived when no one was waiting for them)."""
+    while True:
+        try:
+            index, got, payload = events.get_nowait()
+        except queue.Empty:
+            break
+        if got == "EOF":
+            idle_exits[index] = payload
+    for inst in instances:
+        if inst.index in idle_exits:
+            inst.exit_payload = idle_exits[inst.index]
 
 
 def _got(inst: _Instance, tag: str) -> dict[str, Any] | None:

@@ -4,10 +4,11 @@ Protocol on stdout (one JSON object per line, prefixed so library output cannot 
 
 - ``COLO-BENCH READY {...}`` after the workload is loaded, warmed up and captured (facts for the report);
 - then the instance waits for a line ``GO`` on stdin (the harness's barrier: every instance starts together);
-- ``COLO-BENCH RESULT {...}``: items, elapsed seconds, per-request latencies, after the timed window;
+- ``COLO-BENCH RESULT {...}``: items, elapsed seconds, per-request latencies, after the timed window; then it
+  waits for the next ``GO`` (another window) until stdin closes or says ``QUIT``;
 - ``COLO-BENCH ERROR {...}`` instead, if anything failed (the message and the exception type).
 
-The exit status is 0 after RESULT, 1 after ERROR.
+The exit status is 0 when stdin closes after READY, 1 after ERROR.
 """
 
 from __future__ import annotations
@@ -64,14 +65,16 @@ def run(spec: InstanceSpec, stdin: TextIO, stdout: TextIO) -> int:
         workload = make_workload(spec.kind, spec.params)
         info = workload.prepare()
         emit(stdout, "READY", {"pid": os.getpid(), "unit": workload.unit, "info": info})
-        line = stdin.readline()
-        if line.strip() != "GO":
-            emit(stdout, "ERROR", {"type": "Aborted", "message": f"expected GO, got {line.strip()!r}"})
-            return 1
-        result = timed_loop(workload, spec.duration_secs)
-        result["unit"] = workload.unit
-        emit(stdout, "RESULT", result)
-        return 0
+        while True:
+            line = stdin.readline()
+            if not line or line.strip() == "QUIT":  # the harness closed stdin: done
+                return 0
+            if line.strip() != "GO":
+                emit(stdout, "ERROR", {"type": "Aborted", "message": f"expected GO, got {line.strip()!r}"})
+                return 1
+            result = timed_loop(workload, spec.duration_secs)
+            result["unit"] = workload.unit
+            emit(stdout, "RESULT", result)
     except Exception as exc:
         emit(
             stdout,

@@ -3,20 +3,22 @@
 :func:`run_bench` runs, for each mode (``timeslice``, ``mps``) and each N, N copies of the base instance
 together (:func:`colo.bench.harness.run_point`), then — when the workload has a batch — one process with the
 merged batch (N × batch) in time-slicing mode (a single process: no co-location to choose) as the upper
-bound. N = 1 is always measured, since scaling efficiency is relative to it. A run with a fixed set of
+bound. N = 1 is always measured, since scaling efficiency is relative to it. The instances of one mode are
+started once (as many as the largest N) and reused for every N: the ones outside a window sit idle, loaded. A run with a fixed set of
 different instances (e.g. the newsroom's nine agents) is one point per mode.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from colo.bench.gpu_sampler import GpuSampler
-from colo.bench.harness import Progress, run_point
+from colo.bench.harness import InstanceGroup, Progress, run_point
 from colo.bench.mps import MpsClientLimits, check_modes, colocation_env
 from colo.bench.results import BenchResult, PointResult
 from colo.bench.spec import InstanceSpec
@@ -118,39 +120,50 @@ def run_bench(
     elif "mps" in plan.modes:
         raise UsageError("--mode mps needs an NVIDIA GPU (NVML found none)", hint="use --mode timeslice")
     points: list[PointResult] = []
-    for mode, n in plan.steps():
-        specs: Sequence[InstanceSpec]
-        if plan.fixed:
-            specs = list(plan.fixed)
-        elif mode == "merged":
-            merged = plan.merged(n)
-            assert merged is not None
-            specs = [replace(merged, label=f"merged x{n}")]
-        else:
-            specs = plan.instances(n)
-        if mode == "mps":
-            limit_env = plan.limits.env()
-            specs = [replace(s, env={**limit_env, **s.env}) for s in specs]
-        sampler = GpuSampler(backend, plan.gpu_index, interval_secs=plan.sample_interval_secs) if backend else None
-        run_mode = "timeslice" if mode == "merged" else mode
-        with colocation_env(run_mode, uuid) as extra_env:
-            import os
 
-            env = {**os.environ, **extra_env}
-            point = run_point(
-                specs,
-                mode=mode,
-                env=env,
-                sampler=sampler,
-                ready_timeout_secs=plan.ready_timeout_secs,
-                progress=progress,
-                name=f"merged batch x{n}" if mode == "merged" else f"{mode} N={len(specs)}",
-            )
-        if mode == "merged":
-            point = replace(point, concurrency=n)
+    def sampler() -> GpuSampler | None:
+        return GpuSampler(backend, plan.gpu_index, interval_secs=plan.sample_interval_secs) if backend else None
+
+    def record(point: PointResult) -> None:
         points.append(point)
         if on_point is not None:
             on_point(point)
+
+    for mode in plan.modes:
+        specs = list(plan.fixed) if plan.fixed else plan.instances(max(plan.levels()))
+        if mode == "mps":
+            limit_env = plan.limits.env()
+            specs = [replace(s, env={**limit_env, **s.env}) for s in specs]
+        levels = [len(specs)] if plan.fixed else plan.levels()
+        with (
+            colocation_env(mode, uuid) as extra_env,
+            InstanceGroup(
+                specs,
+                env={**os.environ, **extra_env},
+                ready_timeout_secs=plan.ready_timeout_secs,
+                progress=progress,
+                name=f"{mode}: {len(specs)} instance(s)",
+            ) as group,
+        ):
+            for n in levels:
+                results, activity = group.run(n, sampler=sampler(), label=f"{mode} N={n}")
+                record(PointResult(mode, n, tuple(results), activity, specs[0].describe()))
+    for mode, n in plan.steps():
+        if mode != "merged":
+            continue
+        merged = plan.merged(n)
+        assert merged is not None
+        with colocation_env("timeslice", uuid) as extra_env:
+            point = run_point(
+                [replace(merged, label=f"merged x{n}")],
+                mode="merged",
+                env={**os.environ, **extra_env},
+                sampler=sampler(),
+                ready_timeout_secs=plan.ready_timeout_secs,
+                progress=progress,
+                name=f"merged batch x{n}",
+            )
+        record(replace(point, concurrency=n))
     machine = machine_facts(backend, plan.gpu_index)
     first = points[0].instances[0].info if points and points[0].instances else {}
     for key in ("torch", "torch_cuda", "device", "sm_count"):

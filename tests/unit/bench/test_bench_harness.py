@@ -155,3 +155,22 @@ def test_timed_loop_with_a_fake_clock() -> None:
     assert result["items"] == 6.0 and result["elapsed_secs"] == pytest.approx(1.0)
     assert result["latencies_secs"] == [0.25, 0.25]
     assert result["extra"] == {"eval_secs": pytest.approx(0.2)}
+
+
+def test_a_group_reuses_its_processes_across_levels() -> None:
+    from colo.bench.harness import InstanceGroup
+
+    spec = InstanceSpec("cpu", {"sleep_secs": 0.005}, duration_secs=0.2)
+    with InstanceGroup([spec, spec, spec]) as group:
+        one, _ = group.run(1)
+        three, activity = group.run(3)
+        assert activity is None
+        assert [r.index for r in one] == [0] and [r.index for r in three] == [0, 1, 2]
+        assert one[0].pid == three[0].pid  # the same process served both windows
+        assert all(r.requests >= 5 for r in three)
+        victim = psutil.Process(three[2].pid)
+        victim.kill()  # an instance that dies while idle is reported at its next window
+        victim.wait(timeout=5)
+        with pytest.raises(BenchError, match="failed while (idle|running)"):
+            group.run(3)
+    assert not _children()
