@@ -230,7 +230,72 @@ def explain_command(
     require_complete(p)
 
 
+def _orchestrator_runs_agents_elsewhere() -> bool:
+    """True when the supervisor's foreground run accepts ``run_agents`` (agents as pods or units)."""
+    import inspect
+
+    from colo.cli.run_cmd import _run_foreground
+
+    return "run_agents" in inspect.signature(_run_foreground).parameters
+
+
+def node_command(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="colo.yaml with the cluster inventory."),
+    node: str = typer.Option(..., "--node", help="Which node of the inventory this machine is."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="State dir (MPS pipe dirs under <it>/mps)."),
+    host: str | None = typer.Option(None, "--host", help="API address (overrides api.host; 0.0.0.0 in a pod)."),
+    port: int | None = typer.Option(None, "--port", min=1, max=65535, help="API port (overrides api.port)."),
+    no_agents: bool = typer.Option(
+        False, "--no-agents", help="Agents run elsewhere (pods, systemd units): MPS daemons and the API only."
+    ),
+    no_api: bool = typer.Option(False, "--no-api", help="Do not serve the HTTP API."),
+) -> None:
+    """The node agent: `colo up --node NODE` (same code path), with index links to the MPS pipe dirs."""
+    from colo.cli.run_cmd import _run_foreground
+    from colo.errors import SupervisorError
+    from colo.gpu.mps import MpsRoot
+    from colo.spec.load import load_config
+    from colo.supervise.statedir import resolve_state_dir, running_orchestrator
+
+    cfg = load_config(config_path)
+    if cfg.gpus != "auto":
+        nodes = sorted({row.node for row in cfg.gpus})
+        if node not in nodes:
+            raise UsageError(f"--node {node!r} is not a node of {config_path}'s inventory ({', '.join(nodes)})")
+    if no_agents and not _orchestrator_runs_agents_elsewhere():
+        raise UsageError(
+            "--no-agents: this colo's orchestrator cannot yet leave the agents to Kubernetes or systemd",
+            hint="run `colo node` without --no-agents to supervise the agents here (not with agent pods)",
+        )
+    api = cfg.api.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    cfg = cfg.model_copy(update={"api": api})
+    sd = resolve_state_dir(cfg, state_dir)
+    other = running_orchestrator(sd)
+    if other is not None:
+        raise SupervisorError(f"colo is already up with state dir {sd} (pid {other})", hint="`colo status` shows it")
+    _link_gpus(MpsRoot.under_state_dir(sd).base_dir)
+    extra = {"run_agents": False} if no_agents else {}
+    _run_foreground(cfg, config_path, sd, use_mps=True, node=node, api=not no_api, **extra)
+
+
+def _link_gpus(mps_root: Path) -> None:
+    """Write ``by-index`` links for the GPUs NVML sees; without NVML, say so (agents then run without MPS)."""
+    from colo.errors import ColoError
+    from colo.render.node_agent import write_index_links
+
+    try:
+        from colo.gpu.nvml import NvmlBackend
+
+        pairs = [(g.index, g.uuid) for g in NvmlBackend().gpus()]
+    except ColoError as exc:
+        err_console.print(f"[bold yellow]warning:[/] no GPU index links: {exc}", highlight=False, soft_wrap=True)
+        return
+    for link in write_index_links(mps_root, pairs):
+        console.print(f"linked {link} -> {link.readlink()}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``colo render ...`` and ``colo node`` to ``app``."""
     render_app.command("explain")(explain_command)
     app.add_typer(render_app, name="render")
+    app.command("node")(node_command)

@@ -5,7 +5,8 @@ Per node of the plan (``<node>/`` when the inventory has several nodes, the top 
 - ``colo.service``: ``colo up CONFIG`` (``--node NODE`` on a cluster), Type=simple, restarted on failure,
   ``COLO_STATE_DIR`` and ``StateDirectory=`` for its state, ``KillMode=mixed`` so colo stops its agents in
   order before systemd's SIGKILL reaches what is left.
-- with ``agents=True``: ``colo.service`` runs ``--no-agents`` and each agent planned on the node gets
+- with ``agents=True``: ``colo.service`` runs the node agent ``colo node CONFIG --node NODE --no-agents``
+  (MPS daemons, index links, API; no agents) and each agent planned on the node gets
   ``colo-agent-<name>.service`` (its command, restart policy, stop signal and timeout) and a drop-in
   ``colo-agent-<name>.service.d/10-colo-mps.conf`` with its MPS client environment: the seed's "systemd
   environment examples", generated. A user who already has a unit for an agent copies the drop-in directory
@@ -70,17 +71,19 @@ def node_unit(
     config: ColoConfig, opts: SystemdOptions, *, node: str | None, agents_by_systemd: bool, stop_secs: float
 ) -> str:
     """``colo.service`` for ``node`` (None: a single host)."""
-    argv = [opts.colo_bin, "up", opts.config_path]
-    if node is not None:
-        argv += ["--node", node]
     if agents_by_systemd:
-        argv.append("--no-agents")
+        # The node agent: MPS daemons (and the index links the drop-ins' pipe dirs go through), no agents.
+        argv = [opts.colo_bin, "node", opts.config_path, "--node", node or "local", "--no-agents"]
+    else:
+        argv = [opts.colo_bin, "up", opts.config_path] + (["--node", node] if node is not None else [])
     state = opts.layout.state_dir
     lines = [
         "[Unit]",
-        "Description=colo: model agents on shared GPUs under CUDA MPS (colo up"
-        + (f" --node {node}" if node else "")
-        + ")",
+        (
+            f"Description=colo node agent on {node}: MPS daemons and API; agents run as colo-agent-*.service"
+            if agents_by_systemd
+            else f"Description=colo: model agents on shared GPUs under CUDA MPS ({' '.join(argv[1:2] + argv[3:])})"
+        ),
         "Wants=network-online.target",
         "After=network-online.target nvidia-persistenced.service",
         "StartLimitIntervalSec=300",
@@ -197,7 +200,7 @@ def render_systemd(
         on_node = [a for a in plan.placed if a.gpu is not None and a.gpu.node == node]
         stop = max((config.agents[a.name].restart.stop_wait_secs for a in on_node), default=10.0)
         files[f"{prefix}colo.service"] = header + node_unit(
-            config, opts, node=node if multi else None, agents_by_systemd=agents, stop_secs=stop
+            config, opts, node=node if multi or agents else None, agents_by_systemd=agents, stop_secs=stop
         )
         if not agents:
             continue

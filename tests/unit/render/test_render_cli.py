@@ -138,6 +138,6 @@ def test_systemd_single_node_layout(tmp_path: Path) -> None:
     assert "Restart=no" in unit and "KillSignal=SIGINT" in unit
     assert "--agent chief_editor" in unit
     node = (out / "colo.service").read_text()
-    assert "ExecStart=/usr/local/bin/colo up /etc/colo/colo.yaml --no-agents" in node
+    assert "ExecStart=/usr/local/bin/colo node /etc/colo/colo.yaml --node node-a --no-agents" in node
     code, text = _run("render", "systemd", str(cfg), "--out", str(out), "--colo-bin", "colo")
     assert code == 2 and "absolute path" in text
