@@ -70,8 +70,10 @@ class Agent:
         on_event: EventSink,
         on_change: Callable[[Agent], None],
         restarts: int = 0,
+        pre_stop: Callable[[Agent], None] | None = None,
     ) -> None:
         self.setup = setup
+        self._pre_stop = pre_stop
         self._next_setup: AgentSetup | None = None
         self._runner = runner
         self._probe = probe
@@ -126,6 +128,8 @@ class Agent:
             self._stop_deadline = now + self.setup.rules.stop_wait_secs
             self._killed = False
             if self.handle is not None:
+                if self._pre_stop is not None:
+                    self._pre_stop(self)  # MPS terminate_client: the supported way to end a client
                 self._runner.signal(self.handle, self.setup.rules.stop_signal)
             return
         if self.state == AgentState.STOPPING:

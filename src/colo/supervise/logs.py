@@ -32,7 +32,6 @@ MPS_ERROR_PATTERNS = (
     "MPS_SERVER_NOT_READY",
     "cudaErrorMpsConnectionFailed",
     "cudaErrorMpsRpcFailure",
-    "cudaErrorMpsClientTerminated",
     "error 807",
     "error code 807",
     "illegal memory access",
@@ -40,6 +39,7 @@ MPS_ERROR_PATTERNS = (
     "cudaErrorIllegalAddress",
     "CUDA_ERROR_ILLEGAL_ADDRESS",
 )
+# (cudaErrorMpsClientTerminated is left out: colo's own terminate_client causes it on every stop.)
 # Errors that mean *this* client caused the fault (not merely saw it).
 FAULT_CAUSE_PATTERNS = ("illegal memory access", "cudaErrorIllegalAddress", "CUDA_ERROR_ILLEGAL_ADDRESS")
 

@@ -223,10 +223,6 @@ class Orchestrator:
         """Stop an agent (stays STOPPED until started). Raises KeyError, PlanError (left out)."""
         with self._lock:
             agent = self._agent_for_action(name)
-            uuid = agent.setup.launch.gpu_uuid
-            hooks = self._sup().mps
-            if hooks is not None and uuid and agent.handle is not None:
-                hooks.terminate_client(uuid, agent.handle.pid)
             agent.stop("stop requested")
             return self.status(name)
 

@@ -129,6 +129,7 @@ class Supervisor:
         self._scanned_pid: dict[str, int | None] = {}
         self._suspects: dict[str, tuple[str, str | None]] = {}  # gpu_uuid -> (detail, culprit agent)
         self._rolling = _Rolling()
+        self.shutting_down = False
         self._next_mps_poll = 0.0
         self._next_memory_poll = 0.0
         self._next_rotate = 0.0
@@ -156,11 +157,17 @@ class Supervisor:
             on_event=on_event,
             on_change=self._save,
             restarts=restarts,
+            pre_stop=self._terminate_client if self.mps is not None else None,
         )
         self.agents[name] = agent
         self._scanners[name] = LogScanner(self.logs.path(name), from_end=True)
         self._save(agent)
         return agent
+
+    def _terminate_client(self, agent: Agent) -> None:
+        uuid = agent.setup.launch.gpu_uuid
+        if self.mps is not None and uuid and agent.handle is not None:
+            self.mps.terminate_client(uuid, agent.handle.pid)
 
     def _save(self, agent: Agent) -> None:
         if agent.name in self.agents:
@@ -236,9 +243,10 @@ class Supervisor:
                 self.agents.pop(name, None)
                 self._scanners.pop(name, None)
                 self.store.delete_agent(name)
-        self._tick_mps(now)
-        self._tick_recoveries(now)
-        self._tick_rolling(now)
+        if not self.shutting_down:
+            self._tick_mps(now)
+            self._tick_recoveries(now)
+            self._tick_rolling(now)
         if self.gpu_memory is not None and now >= self._next_memory_poll:
             self._next_memory_poll = now + MEMORY_POLL_SECS
             self._poll_memory()
@@ -266,7 +274,8 @@ class Supervisor:
         if rec is not None and rec.culprit is None and found.fault_cause:
             rec.culprit = agent.name  # its log said so only after the server was seen in FAULT
             self.event(EventKind.MPS_FAULT, agent.name, f"faulting client on {uuid}: {agent.name}", uuid)
-        if found.mps_error and self.mps is not None and uuid and uuid not in self.recoveries:
+        stopping = agent.hold or agent.state == AgentState.STOPPING  # colo ended it: not a fault sign
+        if found.mps_error and self.mps is not None and uuid and uuid not in self.recoveries and not stopping:
             culprit = agent.name if found.fault_cause else None
             detail, prior = self._suspects.get(uuid, (f"{agent.name}: {found.mps_error}", None))
             self._suspects[uuid] = (detail, prior or culprit)
@@ -324,9 +333,7 @@ class Supervisor:
         for a in on_gpu:
             a.hold = True
             if a.handle is not None and a.state in (AgentState.STARTING, AgentState.RUNNING):
-                if self.mps is not None:
-                    self.mps.terminate_client(uuid, a.handle.pid)
-                a.stop("MPS fault recovery")
+                a.stop("MPS fault recovery")  # terminate_client, then the stop signal
         self.recoveries[uuid] = Recovery(uuid, now, "stopping", was_up, now, culprit)
 
     def _tick_recoveries(self, now: float) -> None:
@@ -398,11 +405,9 @@ class Supervisor:
     # shutting down ---------------------------------------------------------------------------------------
     def stop_all(self) -> None:
         """Ask every agent to stop (lowest priority first; MPS ``terminate_client`` before the signal)."""
+        self.shutting_down = True  # no fault recovery or rolling restart may start anything now
         for agent in reversed(list(self.agents.values())):
             agent.hold = True
-            uuid = agent.setup.launch.gpu_uuid
-            if self.mps is not None and uuid and agent.handle is not None:
-                self.mps.terminate_client(uuid, agent.handle.pid)
             agent.stop("colo down")
 
     def all_down(self) -> bool:

@@ -373,3 +373,23 @@ def test_start_stop_restart_by_name_and_queued_requests(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         orch.restart("nobody")
     orch.down(sleep=w.clock.advance)
+
+
+def test_colo_stopping_an_agent_uses_terminate_client_and_is_not_a_fault(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a"), agent("b")))
+    orch.up()
+    w.run(orch, 2)
+    pipe0 = w.state / "mps" / uuid(0) / "pipe"
+    pid_a, pid_b = w.pid(orch, "a"), w.pid(orch, "b")
+    w.mps.connect_client(pipe0, pid_a)
+    w.runner.ignore_signals.add(pid_a)  # still alive while its log reports the terminated context
+    orch.restart("a")
+    assert "terminate_client" in " ".join(cmd for _, cmd in w.mps.sent)
+    with open(w.state / "logs" / "a.log", "a") as fh:
+        fh.write("RuntimeError: CUDA error: cudaErrorMpsServerNotReady\n")
+    w.run(orch, 15)
+    assert not [e for e in orch.events() if e.kind == EventKind.MPS_FAULT]
+    assert orch.status("a").state == S.RUNNING and w.pid(orch, "a") != pid_a
+    assert w.pid(orch, "b") == pid_b
+    orch.down(sleep=w.clock.advance)
