@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The H100 benchmark behind docs/benchmarks.md ("colo bench"): MPS vs time-slicing, against the merged batch.
 #
-#   scripts/gpu_bench.sh [PART ...]      PARTs: encoder decode hf_decode newsroom (default: all four)
+#   scripts/gpu_bench.sh [PART ...]      PARTs: encoder decode newsroom hf_decode (default: all four, in that order)
 #
 # Writes bench.json, bench.md, bench.png and bench.log to $OUT (default ./bench-out), rewritten after every
 # run, so a run cut short keeps what finished. colo need not be installed: PYTHONPATH=src is set here.

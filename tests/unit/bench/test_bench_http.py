@@ -29,24 +29,48 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/api/chat":
             n = body["options"]["num_predict"]
-            self._reply(200, {
-                "model": body["model"], "created_at": "2026-11-21T18:00:00Z",
-                "message": {"role": "assistant", "content": "word " * n}, "done": True,
-                "total_duration": 60_000_000, "load_duration": 1_000_000,
-                "prompt_eval_count": 12, "prompt_eval_duration": 5_000_000,
-                "eval_count": n, "eval_duration": 50_000_000,
-            })
+            self._reply(
+                200,
+                {
+                    "model": body["model"],
+                    "created_at": "2026-11-21T18:00:00Z",
+                    "message": {"role": "assistant", "content": "word " * n},
+                    "done": True,
+                    "total_duration": 60_000_000,
+                    "load_duration": 1_000_000,
+                    "prompt_eval_count": 12,
+                    "prompt_eval_duration": 5_000_000,
+                    "eval_count": n,
+                    "eval_duration": 50_000_000,
+                },
+            )
         elif self.path == "/api/generate":
             n = body["options"]["num_predict"]
-            self._reply(200, {"model": body["model"], "response": "x" * n, "done": True,
-                              "prompt_eval_count": 7, "eval_count": n, "eval_duration": 25_000_000})
+            self._reply(
+                200,
+                {
+                    "model": body["model"],
+                    "response": "x" * n,
+                    "done": True,
+                    "prompt_eval_count": 7,
+                    "eval_count": n,
+                    "eval_duration": 25_000_000,
+                },
+            )
         elif self.path == "/v1/chat/completions":
             n = body["max_tokens"]
-            self._reply(200, {
-                "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "y"}, "finish_reason": "length"}],
-                "usage": {"prompt_tokens": 9, "completion_tokens": n, "total_tokens": 9 + n},
-            })
+            self._reply(
+                200,
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": "y"}, "finish_reason": "length"}
+                    ],
+                    "usage": {"prompt_tokens": 9, "completion_tokens": n, "total_tokens": 9 + n},
+                },
+            )
         else:
             self._reply(404, {"error": "not found"})
 
@@ -81,8 +105,9 @@ def server() -> Iterator[str]:
         ("openai-chat", 16, None, "/v1/chat/completions"),
     ],
 )
-def test_clients_read_the_servers_token_counts(server: str, api: str, tokens: int, eval_secs: float | None,
-                                               path: str) -> None:
+def test_clients_read_the_servers_token_counts(
+    server: str, api: str, tokens: int, eval_secs: float | None, path: str
+) -> None:
     client = HttpClient(server, api=api, model="llama3.1:8b", max_tokens=tokens)
     done = client.complete()
     client.close()

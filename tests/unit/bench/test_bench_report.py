@@ -17,9 +17,14 @@ from colo.gpu.nvml import ClientProcess
 MakeResult = Callable[..., BenchResult]
 
 RATES = {
-    ("timeslice", 1): 100.0, ("timeslice", 2): 150.0, ("timeslice", 4): 160.0,
-    ("mps", 1): 95.0, ("mps", 2): 180.0, ("mps", 4): 320.0,
-    ("merged", 2): 200.0, ("merged", 4): 400.0,
+    ("timeslice", 1): 100.0,
+    ("timeslice", 2): 150.0,
+    ("timeslice", 4): 160.0,
+    ("mps", 1): 95.0,
+    ("mps", 2): 180.0,
+    ("mps", 4): 320.0,
+    ("merged", 2): 200.0,
+    ("merged", 4): 400.0,
 }
 
 

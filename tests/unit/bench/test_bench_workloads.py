@@ -22,9 +22,11 @@ def _naive_next_tokens(dec: StaticLlamaDecoder, tokens: list[int]) -> list[int]:
     s = dec.shape
     hd, group, n = s.head_dim, s.heads // s.kv_heads, len(tokens)
     x = dec.embed[torch.tensor(tokens)]  # [T, H]
-    cos, sin = dec.cos[:n], dec.sin[:n]  # [T, hd/2]
+    inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    angles = torch.outer(torch.arange(n, dtype=torch.float32), inv_freq)  # [T, hd/2]
+    cos, sin = angles.cos(), angles.sin()
 
-    def rope(t: torch.Tensor) -> torch.Tensor:  # [T, heads, hd]
+    def rope(t: torch.Tensor) -> torch.Tensor:  # [T, heads, hd], Llama's rotate-half pairs (i, i + hd/2)
         half = hd // 2
         c, s_ = cos[:, None, :], sin[:, None, :]
         return torch.cat((t[..., :half] * c - t[..., half:] * s_, t[..., half:] * c + t[..., :half] * s_), -1)
@@ -39,7 +41,7 @@ def _naive_next_tokens(dec: StaticLlamaDecoder, tokens: list[int]) -> list[int]:
         q = rope(q.view(n, s.heads, hd))
         k = rope(k.view(n, s.kv_heads, hd)).repeat_interleave(group, dim=1)
         v = v.view(n, s.kv_heads, hd).repeat_interleave(group, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", q, k) * hd**-0.5
+        scores = torch.einsum("qhd,khd->hqk", q, k)  # the decoder folds 1/sqrt(hd) into its query weights
         probs = scores.masked_fill(~causal, float("-inf")).softmax(-1)
         attn = torch.einsum("hqk,khd->qhd", probs, v).reshape(n, s.heads * hd)
         x = x + F.linear(attn, layer["wo"])
@@ -93,8 +95,16 @@ def test_llama_8b_shape_is_the_real_one() -> None:
 
 def test_decode_workload_on_cpu_counts_tokens_and_wraps() -> None:
     w = make_workload(
-        "decode", {"shape": "tiny", "batch_size": 2, "tokens_per_request": 4, "max_len": 16, "start_pos": 2,
-                   "dtype": "float32", "device": "cpu"}
+        "decode",
+        {
+            "shape": "tiny",
+            "batch_size": 2,
+            "tokens_per_request": 4,
+            "max_len": 16,
+            "start_pos": 2,
+            "dtype": "float32",
+            "device": "cpu",
+        },
     )
     info = w.prepare()
     assert info["cuda_graphs"] is False and info["param_count"] == SHAPES["tiny"].param_count()
