@@ -26,7 +26,8 @@ for f in "${files[@]}"; do
   name=$(basename "$f" .py)
   start=$(date +%s)
   timeout -k 10 "$PER_FILE_SECS" python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" -s \
-    --junitxml="$OUT/$name.xml" "$f" >"$OUT/$name.log" 2>&1
+    -W "ignore::pytest.PytestUnraisableExceptionWarning" -W "ignore::ResourceWarning" \
+    "$f" >"$OUT/$name.log" 2>&1
   rc=$?
   secs=$(( $(date +%s) - start ))
   line=$(grep -E "^(=+ )?[0-9]+ (passed|failed|error|skipped)|no tests ran|passed|failed" "$OUT/$name.log" | tail -1)
