@@ -155,46 +155,43 @@ def agent_memory_for_plan(config: ColoConfig, db: ModelDB, gpu_name: str | None 
     out: dict[str, AgentMemory] = {}
     for name, agent in config.agents.items():
         try:
-            reqs = agent_requests(config, name)
-        except ColoError:
-            continue
-        shapes = tuple(r.shape for r in reqs)
-        together = db.lookup_agent(name, shapes, gpu_name=gpu_name)
-        if together is None and len(reqs) == 1:
-            m = _lookup(db, reqs[0], "measured", gpu_name)
-            if m is not None:
-                out[name] = AgentMemory(name, m.nvml_peak_bytes, "measured", "the model's own measurement")
-                continue
-        if together is not None:
-            p = together.provenance
-            out[name] = AgentMemory(
-                name,
-                together.nvml_peak_bytes,
-                "measured",
-                f"model set measured together on {p.gpu or 'a GPU'} ({p.date[:10]})",
-            )
-            continue
-        measured = [_lookup(db, r, "measured", gpu_name) for r in reqs]
-        if all(m is not None and m.reserved_peak_bytes is not None for m in measured):
-            ms = [m for m in measured if m is not None]
-            overhead = max(m.nvml_peak_bytes - (m.reserved_peak_bytes or 0) for m in ms)
-            weights = sum(m.weights_bytes for m in ms)
-            transient = max((m.reserved_peak_bytes or 0) - m.weights_bytes for m in ms)
-            out[name] = AgentMemory(
-                name, overhead + weights + transient, "measured", "combined from per-model measurements"
-            )
+            reqs: tuple[ModelRequest, ...] = agent_requests(config, name)
+        except ColoError:  # a model colo cannot resolve: only declared figures can apply
+            reqs = ()
+        found = _measured_agent(db, name, reqs, gpu_name) if reqs else None
+        if found is not None:
+            out[name] = found
             continue
         if all(m in per_model for m in agent.models):
             total = sum(per_model[m].requirement_bytes for m in agent.models)
             sources = {per_model[m].source for m in agent.models}
             source: MemorySource = sources.pop() if len(sources) == 1 else "estimated"
-            if len(agent.models) > 1 and source != "declared":
+            if len(agent.models) > 1 and source != "declared" and reqs:
                 combined = _estimate_together(db, reqs, gpu_name)
                 if combined is not None:
                     out[name] = AgentMemory(name, combined, "estimated", "model set estimated together")
                     continue
             out[name] = AgentMemory(name, total, source, "sum of the models' figures")
     return out
+
+
+def _measured_agent(db: ModelDB, name: str, reqs: tuple[ModelRequest, ...], gpu_name: str | None) -> AgentMemory | None:
+    """The agent's set measured together, or combined from its models' own measurements, or None."""
+    together = db.lookup_agent(name, tuple(r.shape for r in reqs), gpu_name=gpu_name)
+    if together is not None:
+        p = together.provenance
+        detail = f"model set measured together on {p.gpu or 'a GPU'} ({p.date[:10]})"
+        return AgentMemory(name, together.nvml_peak_bytes, "measured", detail)
+    measured = [_lookup(db, r, "measured", gpu_name) for r in reqs]
+    if len(measured) == 1 and measured[0] is not None:
+        return AgentMemory(name, measured[0].nvml_peak_bytes, "measured", "the model's own measurement")
+    ms = [m for m in measured if m is not None and m.reserved_peak_bytes is not None]
+    if len(ms) != len(reqs):
+        return None
+    overhead = max(m.nvml_peak_bytes - (m.reserved_peak_bytes or 0) for m in ms)
+    weights = sum(m.weights_bytes for m in ms)
+    transient = max((m.reserved_peak_bytes or 0) - m.weights_bytes for m in ms)
+    return AgentMemory(name, overhead + weights + transient, "measured", "combined from per-model measurements")
 
 
 def _estimate_together(db: ModelDB, reqs: tuple[ModelRequest, ...], gpu_name: str | None) -> int | None:
