@@ -18,21 +18,23 @@ import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
 from colo.files import write_atomic
-from colo.gpu.mps import MpsDefaults, MpsFleet, MpsRoot, client_env
+from colo.gpu.mps import MpsDefaults, MpsFleet, MpsRoot
 from colo.gpu.mps_control import MpsControl
-from colo.gpu.nvml import GpuBackend, slots_from_snapshots
-from colo.plan import inventory_slots, plan
+from colo.gpu.nvml import GpuBackend
+from colo.plan import plan
 from colo.plan.types import AgentPlan, GpuSlot, ModelMemory, Plan, Unplaced
-from colo.spec.config import AgentSpec, ColoConfig, HealthCheck
+from colo.spec.config import ColoConfig, HealthCheck
 from colo.supervise.agent import AgentSetup
 from colo.supervise.clock import Clock, SystemClock
 from colo.supervise.health import HealthChecker, Probe
+from colo.supervise.launch import agent_setup, describe_change
+from colo.supervise.local_plan import gpu_slots, local_node, split_local
 from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_hooks import FleetHooks
 from colo.supervise.policy import RestartRules
@@ -43,8 +45,6 @@ from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_di
 from colo.supervise.store import AgentRecord, Store
 from colo.supervise.supervisor import RecoveryRecord, Supervisor
 
-#: Built-in agents without a ``port`` get ``DEFAULT_PORT_BASE + their position`` among the agents.
-DEFAULT_PORT_BASE = 9100
 TICK_SECS = 0.5
 MPS_COMMAND_TIMEOUT_SECS = 5.0
 
@@ -268,48 +268,11 @@ class Orchestrator:
         return self._backend
 
     def local_node(self, config: ColoConfig) -> str:
-        """The node this orchestrator runs: ``--node``, else the inventory's only node, else ``local``."""
-        if self.node:
-            return self.node
-        if config.gpus != "auto":
-            nodes = sorted({row.node for row in config.gpus})
-            if len(nodes) == 1:
-                return nodes[0]
-            if "local" in nodes:
-                return "local"
-            raise PlanError(
-                f"the inventory has several nodes ({', '.join(nodes)}) and none is 'local'",
-                hint="say which one this machine is with --node NAME",
-            )
-        return "local"
+        """The node this orchestrator runs (``--node``, the inventory's only node, or ``local``)."""
+        return local_node(config, self.node)
 
     def _slots(self, config: ColoConfig) -> tuple[list[GpuSlot], list[str]]:
-        """GPU slots to plan with, and warnings. Inventory GPUs of this node get the UUID of the NVML GPU with
-        the same index."""
-        backend = self._backend_or_none()
-        node = self.local_node(config)
-        warnings: list[str] = []
-        if config.gpus == "auto":
-            if backend is None:
-                raise PlanError("gpus: auto needs the real GPUs, and none were given")
-            return slots_from_snapshots(backend.gpus(), node=node), warnings
-        slots = inventory_slots(config)
-        if backend is None:
-            warnings.append("no NVIDIA GPU visible: agents run without GPU placement or MPS")
-            return slots, warnings
-        real = {s.index: s for s in backend.gpus()}
-        out = []
-        for s in slots:
-            if s.node != node:
-                out.append(s)
-                continue
-            snap = real.get(s.index)
-            if snap is None:
-                warnings.append(f"inventory GPU {s.key} is not on this machine (NVML sees {len(real)} GPU(s))")
-                out.append(s)
-            else:
-                out.append(replace(s, uuid=snap.uuid))
-        return out, warnings
+        return gpu_slots(config, self._backend_or_none(), self.local_node(config))
 
     def _memory(self, config: ColoConfig, slots: Sequence[GpuSlot]) -> Mapping[str, ModelMemory] | None:
         """Model memory for the planner: measured/estimated from the model DB when ``policy.memory_source:
@@ -333,66 +296,14 @@ class Orchestrator:
         return plan(config, slots, self._memory(config, slots)), warnings
 
     def _local_placed(self, p: Plan, config: ColoConfig) -> tuple[list[AgentPlan], list[Unplaced]]:
-        """Placed agents this node runs (plan order = priority order), and agents it cannot run."""
-        node = self.local_node(config)
-        mine: list[AgentPlan] = []
-        missing: list[Unplaced] = list(p.unplaced)
-        have_uuid = self._backend is not None
-        for ap in p.placed:
-            assert ap.gpu is not None
-            if ap.gpu.node != node:
-                continue
-            if have_uuid and ap.gpu.uuid is None:
-                missing.append(Unplaced(ap.name, ap.priority, ap.limit_bytes, f"{ap.gpu.key} is not on this machine"))
-                continue
-            mine.append(ap)
-        return mine, missing
+        return split_local(p, self.local_node(config), have_uuids=self._backend is not None)
 
     # --- launch specs --------------------------------------------------------------------------------
 
-    def _port_of(self, config: ColoConfig, name: str, spec: AgentSpec) -> int:
-        if spec.port is not None:
-            return spec.port
-        return DEFAULT_PORT_BASE + sorted(config.agents).index(name)
-
     def setup_for(self, config: ColoConfig, ap: AgentPlan) -> AgentSetup:
-        """How ``ap`` is launched: argv (its command or the built-in agent), env (MPS client env, its env),
-        health check (the built-in agent's /health when it has none) and restart rules."""
-        spec = config.agents[ap.name]
-        health: HealthCheck = spec.health
-        if spec.command is not None:
-            argv = tuple(spec.command)
-        else:
-            from colo.workloads.command import builtin_agent_command, health_url
-
-            port = self._port_of(config, ap.name, spec)
-            argv = tuple(builtin_agent_command(ap.name, self.paths.config_copy, port))
-            if health.type == "none":
-                health = health.model_copy(update={"type": "http", "url": health_url(port), "interval_secs": 5.0})
-        env: dict[str, str] = {"COLO_AGENT": ap.name}
-        uuid = ap.gpu.uuid if ap.gpu is not None else None
-        if uuid and self._fleet is not None:
-            env.update(client_env(ap, self._fleet.root.for_gpu(uuid), gpu_uuid=uuid))
-        elif uuid:
-            env["CUDA_VISIBLE_DEVICES"] = uuid
-        env.update(spec.env)
-        launch = LaunchSpec(
-            argv=argv,
-            env=tuple(sorted(env.items())),
-            cwd=spec.cwd,
-            gpu=ap.gpu.key if ap.gpu is not None else None,
-            gpu_uuid=uuid,
-            limit_bytes=ap.limit_bytes,
-        )
-        return AgentSetup(
-            name=ap.name,
-            launch=launch,
-            health=health,
-            rules=RestartRules.from_spec(spec.restart),
-            priority=ap.priority,
-            requirement_bytes=ap.requirement_bytes,
-            models=ap.model_ids,
-        )
+        """How ``ap`` is launched here (see :func:`colo.supervise.launch.agent_setup`)."""
+        root = self._fleet.root if self._fleet is not None else None
+        return agent_setup(config, ap, config_copy=self.paths.config_copy, mps_root=root)
 
     # --- up / run / down -----------------------------------------------------------------------------
 
@@ -759,23 +670,3 @@ class Orchestrator:
                 self.store.finish_request(req.id, False, {"error": f"no agent {exc.args[0]!r}", "exit_code": 2})
             except ColoError as exc:
                 self.store.finish_request(req.id, False, {"error": str(exc), "exit_code": exc.exit_code})
-
-
-def describe_change(old: AgentSetup, new: AgentSetup) -> str:
-    """``"limit 1.5 GiB -> 2 GiB, env"``: what differs between two launch specs."""
-    from colo.units import format_size
-
-    a, b = old.launch, new.launch
-    parts = []
-    if a.limit_bytes != b.limit_bytes:
-        parts.append(f"limit {format_size(a.limit_bytes)} -> {format_size(b.limit_bytes)}")
-    if a.gpu != b.gpu or a.gpu_uuid != b.gpu_uuid:
-        parts.append(f"placement {a.gpu} -> {b.gpu}")
-    if a.argv != b.argv:
-        parts.append("command")
-    limit_keys = {"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"}
-    if {k: v for k, v in a.env if k not in limit_keys} != {k: v for k, v in b.env if k not in limit_keys}:
-        parts.append("env")
-    if a.cwd != b.cwd:
-        parts.append("cwd")
-    return ", ".join(parts) or "launch spec"

@@ -1,0 +1,94 @@
+"""How one planned agent is launched: argv, environment (MPS client settings), health check, restart rules.
+
+Two agents whose :class:`~colo.supervise.runner.LaunchSpec` compare equal need no restart: ``colo apply``
+restarts exactly the agents whose limit, placement, command, env or cwd changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from colo.gpu.mps import MpsRoot, client_env
+from colo.plan.types import AgentPlan
+from colo.spec.config import ColoConfig, HealthCheck
+from colo.supervise.agent import AgentSetup
+from colo.supervise.policy import RestartRules
+from colo.supervise.runner import LaunchSpec
+from colo.units import format_size
+
+#: Built-in agents without a ``port`` get ``DEFAULT_PORT_BASE + their position`` among the agents (by name).
+DEFAULT_PORT_BASE = 9100
+#: The built-in agent's /health is probed this often once RUNNING (seconds).
+BUILTIN_HEALTH_INTERVAL_SECS = 5.0
+
+
+def builtin_port(config: ColoConfig, name: str) -> int:
+    """The port of agent ``name`` for the built-in agent: its ``port``, else a stable default."""
+    spec = config.agents[name]
+    if spec.port is not None:
+        return spec.port
+    return DEFAULT_PORT_BASE + sorted(config.agents).index(name)
+
+
+def agent_setup(config: ColoConfig, ap: AgentPlan, *, config_copy: Path, mps_root: MpsRoot | None) -> AgentSetup:
+    """How ``ap`` runs: its ``command`` (else colo's built-in agent reading ``config_copy``), the MPS client
+    environment of its GPU's daemon under ``mps_root`` (None: no MPS; ``CUDA_VISIBLE_DEVICES`` only), its
+    own ``env``, its health check (the built-in agent's ``/health`` when it has none) and restart rules.
+
+    Raises MpsError for an agent without a limit in the plan.
+    """
+    spec = config.agents[ap.name]
+    health: HealthCheck = spec.health
+    if spec.command is not None:
+        argv = tuple(spec.command)
+    else:
+        from colo.workloads.command import builtin_agent_command, health_url
+
+        port = builtin_port(config, ap.name)
+        argv = tuple(builtin_agent_command(ap.name, config_copy, port))
+        if health.type == "none":
+            health = health.model_copy(
+                update={"type": "http", "url": health_url(port), "interval_secs": BUILTIN_HEALTH_INTERVAL_SECS}
+            )
+    env: dict[str, str] = {"COLO_AGENT": ap.name}
+    uuid = ap.gpu.uuid if ap.gpu is not None else None
+    if uuid and mps_root is not None:
+        env.update(client_env(ap, mps_root.for_gpu(uuid), gpu_uuid=uuid))
+    elif uuid:
+        env["CUDA_VISIBLE_DEVICES"] = uuid
+    env.update(spec.env)
+    launch = LaunchSpec(
+        argv=argv,
+        env=tuple(sorted(env.items())),
+        cwd=spec.cwd,
+        gpu=ap.gpu.key if ap.gpu is not None else None,
+        gpu_uuid=uuid,
+        limit_bytes=ap.limit_bytes,
+    )
+    return AgentSetup(
+        name=ap.name,
+        launch=launch,
+        health=health,
+        rules=RestartRules.from_spec(spec.restart),
+        priority=ap.priority,
+        requirement_bytes=ap.requirement_bytes,
+        models=ap.model_ids,
+    )
+
+
+def describe_change(old: AgentSetup, new: AgentSetup) -> str:
+    """``"limit 1 GiB -> 1.5 GiB, env"``: what differs between two launch specs."""
+    a, b = old.launch, new.launch
+    parts = []
+    if a.limit_bytes != b.limit_bytes:
+        parts.append(f"limit {format_size(a.limit_bytes)} -> {format_size(b.limit_bytes)}")
+    if a.gpu != b.gpu or a.gpu_uuid != b.gpu_uuid:
+        parts.append(f"placement {a.gpu} -> {b.gpu}")
+    if a.argv != b.argv:
+        parts.append("command")
+    limit_keys = {"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"}
+    if {k: v for k, v in a.env if k not in limit_keys} != {k: v for k, v in b.env if k not in limit_keys}:
+        parts.append("env")
+    if a.cwd != b.cwd:
+        parts.append("cwd")
+    return ", ".join(parts) or "launch spec"
