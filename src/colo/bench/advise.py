@@ -10,7 +10,8 @@ The rules (seed guide's decision framework, made concrete):
 - measured MPS ≥ 1.05× time-slicing at the largest N → MPS (3); ≤ 0.95× → separate servers (3);
 - one instance alone keeps the SMs busy < 50 % → MPS (1) (idle SMs for other processes' kernels);
   ≥ 80 % → separate servers (1) (nothing to overlap);
-- more agents on a GPU than MPS clients allowed → separate servers (3);
+- more agents on a GPU than MPS clients allowed (or agents the planner left out for that reason) →
+  separate servers (3);
 - every agent runs the same runtime (colo's built-in agent, or one command) → MPS (1) ("same framework");
 - high-priority agents share a GPU with others → isolation matters: a fatal GPU fault in one MPS client is
   reported to every client of that GPU → MIG (2) on a MIG-capable GPU when the agents fit its slices, else
@@ -145,6 +146,16 @@ def advise(config: ColoConfig, plan: Plan, runs: Sequence[BenchResult] = ()) -> 
     crowded = {k: v for k, v in per_gpu.items() if len(v) > cap}
     for key, names in crowded.items():
         reasons.append(Reason("separate", 3, f"{len(names)} agents on {key} exceed the MPS client cap of {cap}"))
+    capped = [u.agent for u in plan.unplaced if "max_clients_per_gpu" in u.reason]
+    if capped:
+        reasons.append(
+            Reason(
+                "separate",
+                3,
+                f"{len(capped)} agent(s) ({', '.join(capped)}) left out because every GPU already has "
+                f"{cap} MPS clients — they exceed the MPS client cap of {cap}",
+            )
+        )
     if plan.unplaced:
         notes.append(
             f"{len(plan.unplaced)} agent(s) fit on no GPU ({', '.join(u.agent for u in plan.unplaced)}): "

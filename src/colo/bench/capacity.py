@@ -73,6 +73,7 @@ class CapacityAnswer:
     with_margins: int
     client_cap: int
     margin_policy: str
+    requirement_source: str = ""
 
     @property
     def practical(self) -> int:
@@ -93,6 +94,7 @@ class CapacityAnswer:
         return {
             "model": self.model,
             "requirement_bytes": self.requirement_bytes,
+            "requirement_source": self.requirement_source,
             "gpu": self.gpu_name,
             "gpu_memory_bytes": self.gpu_memory_bytes,
             "reserve_bytes": self.reserve_bytes,
@@ -112,7 +114,8 @@ class CapacityAnswer:
         fs = units.format_size
         return [
             f"{self.model} on {self.gpu_name} ({fs(self.gpu_memory_bytes)})",
-            f"  requirement per instance: {fs(self.requirement_bytes)}",
+            f"  requirement per instance: {fs(self.requirement_bytes)}"
+            + (f" ({self.requirement_source})" if self.requirement_source else ""),
             f"  theoretical max: {self.theoretical} (memory / requirement, no margin)",
             f"  with margins: {self.with_margins} (limit {fs(self.limit_bytes)} = requirement + margin "
             f"{fs(self.margin_bytes)} [{self.margin_policy}], reserve {fs(self.reserve_bytes)})",
@@ -129,6 +132,7 @@ def capacity_for(
     gpu_memory_bytes: int,
     *,
     policy: Policy | None = None,
+    requirement_source: str = "",
 ) -> CapacityAnswer:
     """Count instances of a model needing ``requirement_bytes`` on a GPU of ``gpu_memory_bytes``, under
     ``policy`` (margin, rounding, reserve, client cap; colo's defaults when None). Raises ValueError for a
@@ -151,25 +155,43 @@ def capacity_for(
         with_margins=usable // limit,
         client_cap=pol.max_clients_per_gpu,
         margin_policy=pol.margin.describe(),
+        requirement_source=requirement_source,
     )
 
 
-def resolve_requirement(model: str, *, memory: str | None = None, config: ColoConfig | None = None) -> int:
-    """The model's requirement in bytes: ``memory`` when given, else the config's declared ``memory`` for it.
+def resolve_requirement(
+    model: str,
+    *,
+    memory: str | None = None,
+    config: ColoConfig | None = None,
+    dtype: str = "float32",
+    batch_size: int = 1,
+    seq_len: int = 512,
+    new_tokens: int = 0,
+) -> tuple[int, str]:
+    """The model's requirement in bytes and where it came from: ``memory`` when given, else the config's
+    declared ``memory``, else colo's offline estimate (catalog models; needs torch) for the given shape.
 
-    Raises ValueError saying what to pass when neither gives a number.
+    Raises ValueError saying what to pass when none gives a number.
     """
     if memory is not None:
-        return units.parse_size(memory)
-    if config is not None and model in config.models and config.models[model].memory_bytes:
-        value = config.models[model].memory_bytes
-        assert value is not None
-        return value
-    where = f" (not declared in the config's models: {', '.join(sorted(config.models))})" if config else ""
-    raise ValueError(
-        f"no memory requirement for {model!r}{where}; pass --memory (e.g. --memory 4.9GiB), or --config with "
-        f"a colo.yaml that declares it, or measure it with `colo profile {model}`"
-    )
+        return units.parse_size(memory), "given (--memory)"
+    if config is not None and model in config.models:
+        spec = config.models[model]
+        if spec.memory_bytes:
+            return spec.memory_bytes, "declared in the config"
+        dtype, batch_size, seq_len, new_tokens = spec.dtype, spec.batch_size, spec.max_seq_len, spec.new_tokens
+    from colo.errors import ColoError
+    from colo.memory.estimate import Workload, estimate
+
+    try:
+        est = estimate(Workload(model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, new_tokens=new_tokens))
+    except ColoError as exc:
+        raise ValueError(
+            f"no memory requirement for {model!r} ({exc}); pass --memory (e.g. --memory 4.9GiB), or --config "
+            f"with a colo.yaml that declares it"
+        ) from exc
+    return est.nvml_peak_bytes, f"estimated ({dtype}, batch {batch_size} × {seq_len} tokens)"
 
 
 def resolve_gpu_memory(

@@ -8,20 +8,38 @@ efficiency) with latency, the MPS / time-slicing ratio and the merged-batch boun
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import typer
 
 from colo import units
-from colo.cli.common import console, err_console, print_json
-from colo.errors import ConfigError, UsageError
+from colo.cli.common import console, err_console, fail, print_json
+from colo.errors import ColoError, ConfigError, UsageError
 
 if TYPE_CHECKING:
     from colo.bench.results import BenchResult, PointResult
     from colo.bench.spec import InstanceSpec
     from colo.gpu.nvml import GpuBackend
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _cli_errors(fn: F) -> F:
+    """Turn ColoError into one paragraph on stderr and its exit code (2 for usage/config errors)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except ColoError as err:
+            fail(err)
+
+    return cast(F, wrapper)
+
 
 bench_app = typer.Typer(
     help="Measure N instances together, MPS vs time-slicing, against the merged-batch bound.",
@@ -196,6 +214,7 @@ _JSON = typer.Option(False, "--json", help="print the results as JSON (progress 
 
 
 @bench_app.command("encoder")
+@_cli_errors
 def bench_encoder(
     model: str = typer.Option(..., "--model", "-m", help="catalog model id or local path's model id"),
     path: str | None = typer.Option(None, "--path", help="local directory with the model's weights"),
@@ -241,6 +260,7 @@ def bench_encoder(
 
 
 @bench_app.command("decode")
+@_cli_errors
 def bench_decode(
     shape: str = typer.Option("llama-3.1-8b", "--shape", help="built-in Llama-style shape: llama-3.1-8b or tiny"),
     model: str | None = typer.Option(
@@ -294,6 +314,7 @@ def bench_decode(
 
 
 @bench_app.command("cmd")
+@_cli_errors
 def bench_cmd(
     cmd: str = typer.Option(..., "--cmd", help="the command each instance runs; it must print e.g. '812 tok/s'"),
     pattern: str | None = typer.Option(None, "--pattern", help="regex with a 'value' group (and 'unit')"),
@@ -328,6 +349,7 @@ def bench_cmd(
 
 
 @bench_app.command("http")
+@_cli_errors
 def bench_http(
     url: str = typer.Option("http://127.0.0.1:11434", "--url", help="server base URL"),
     api: str = typer.Option("ollama-chat", "--api", help="ollama-chat, ollama-generate or openai-chat"),
@@ -368,15 +390,24 @@ def bench_http(
 # --- capacity and advise ----------------------------------------------------------------------------------
 
 
+@_cli_errors
 def capacity_command(
     model: str = typer.Argument(..., help="model id (catalog or config), or a name with --memory"),
     gpu: str | None = typer.Option(None, "--gpu", help="GPU name, e.g. H100, 'RTX 3090', A100-40GB"),
     gpu_memory: str | None = typer.Option(None, "--gpu-memory", help="GPU memory, e.g. 80GiB"),
     memory: str | None = typer.Option(None, "--memory", help="the model's requirement, e.g. 4.9GiB"),
     config: Path | None = typer.Option(None, "--config", "-c", help="colo.yaml: the model's memory and policy"),
+    dtype: str = typer.Option("float32", "--dtype", help="for the estimate: float32, float16, bfloat16"),
+    batch: int = typer.Option(1, "--batch", min=1, help="for the estimate: worst-case batch"),
+    seq: int = typer.Option(512, "--seq", min=1, help="for the estimate: worst-case tokens (prompt)"),
+    new_tokens: int = typer.Option(0, "--new-tokens", min=0, help="for the estimate: generated tokens"),
     as_json: bool = typer.Option(False, "--json", help="print as JSON"),
 ) -> None:
-    """How many instances of MODEL fit on one GPU: theoretically, with margins, and under the client cap."""
+    """How many instances of MODEL fit on one GPU: theoretically, with margins, and under the client cap.
+
+    The requirement: --memory, else the model's declared memory in --config, else colo's offline estimate
+    for --dtype / --batch / --seq (catalog models).
+    """
     from colo.bench.capacity import capacity_for, resolve_gpu_memory, resolve_requirement
 
     cfg = None
@@ -385,11 +416,15 @@ def capacity_command(
 
         cfg = load_config(config)
     try:
-        requirement = resolve_requirement(model, memory=memory, config=cfg)
+        requirement, source = resolve_requirement(
+            model, memory=memory, config=cfg, dtype=dtype, batch_size=batch, seq_len=seq, new_tokens=new_tokens
+        )
         gpu_name, gpu_bytes = resolve_gpu_memory(gpu=gpu, gpu_memory=gpu_memory, config=cfg)
+        answer = capacity_for(
+            model, requirement, gpu_name, gpu_bytes, policy=cfg.policy if cfg else None, requirement_source=source
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    answer = capacity_for(model, requirement, gpu_name, gpu_bytes, policy=cfg.policy if cfg else None)
     if as_json:
         print_json(answer.to_dict())
         return
@@ -397,6 +432,7 @@ def capacity_command(
         console.print(line, highlight=False)
 
 
+@_cli_errors
 def advise_command(
     config: Path = typer.Argument(..., help="colo.yaml"),
     bench: Path | None = typer.Option(None, "--bench", help="bench.json from `colo bench` on this GPU"),
