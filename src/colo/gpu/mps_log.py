@@ -16,7 +16,7 @@ Recognised (text as the daemon and server write it; see docs/mps.md):
   ``Status of client {<pid>, <n>} is ACTIVE``
 - CLIENT_DISCONNECTED ``Client {PID: <pid>, ...} disconnected`` / ``Client <pid> disconnected`` /
   ``Client process disconnected`` / ``Receive command failed, assuming client exit`` /
-  ``Client {<pid>, <n>} exit``
+  ``Client {<pid>, <n>} exit`` (any client line saying disconnected, detached, exit, exited)
 - CLIENT_TERMINATED ``... terminated`` naming a client
 - FAULT            ``Server encountered a fatal exception`` / ``fatal`` / ``FAULT`` / ``Xid``
 - DAEMON_EXITED    ``Exit`` / ``Shutting down`` from the control daemon
@@ -118,7 +118,7 @@ def parse_line(line: str, source: str = "control") -> MpsLogEvent | None:
         return None
     if "terminat" in low and "client" in low:
         return ev(MpsLogKind.CLIENT_TERMINATED, client_pid=_client_pid(msg), server_pid=pid)
-    gone = re.search(r"\bdisconnected\b", low) or "assuming client exit" in low or re.search(r"\}\s*exit", low)
+    gone = re.search(r"\b(disconnected|detached|exit|exited|exiting)\b", low)
     if gone and "client" in low:
         return ev(MpsLogKind.CLIENT_DISCONNECTED, client_pid=_client_pid(msg), server_pid=pid)
     if re.search(r"\bconnected\b", low) and "client" in low:

@@ -52,9 +52,7 @@ class FakeClock:
         self.t += secs
 
 
-def make_daemon(
-    tmp_path: Path, control: FakeMpsControl, uuid: str = UUID, clock: FakeClock | None = None
-) -> MpsDaemon:
+def make_daemon(tmp_path: Path, control: FakeMpsControl, uuid: str = UUID, clock: FakeClock | None = None) -> MpsDaemon:
     clock = clock or FakeClock()
     return MpsDaemon(
         MpsRoot(tmp_path / "mps").for_gpu(uuid),

@@ -118,3 +118,15 @@ def test_reader_sees_what_the_fake_writes(tmp_path: Path) -> None:
         (MpsLogKind.CLIENT_TERMINATED, 322),
         (MpsLogKind.CLIENT_DISCONNECTED, 321),
     ]
+
+
+def test_other_client_exit_wordings() -> None:
+    for text, pid in (
+        ("Client {81, 1} exit", 81),
+        ("Client 670 exited", 670),
+        ("Client {PID: 9, Context ID: 0} detached", 9),
+    ):
+        e = parse_line(f"[2026-05-31 23:48:21.671 Server 17] {text}", "server")
+        assert e is not None and e.kind is MpsLogKind.CLIENT_DISCONNECTED and e.client_pid == pid, text
+    shutdown = parse_line("[2026-05-31 23:48:21.671 Control 1] Exit")
+    assert shutdown is not None and shutdown.kind is MpsLogKind.DAEMON_EXITED

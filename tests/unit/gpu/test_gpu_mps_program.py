@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -105,3 +106,37 @@ def test_command_to_no_daemon_fails_clearly(workdir: Path, binary: str) -> None:
 def test_missing_binary(workdir: Path) -> None:
     with pytest.raises(MpsError, match="not an executable"):
         SubprocessMpsControl(str(workdir / "nope")).send("ps", env={})
+
+
+def test_scan_tells_daemons_servers_and_interactive_clients_apart(workdir: Path) -> None:
+    """Processes named like MPS's (argv[0] and the 15-byte comm) with this pipe dir in their environment."""
+    pipe = workdir / "pipe"
+    body = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'nvidia-cuda-mps', 0, 0, 0); time.sleep(60)"
+    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=str(pipe), CUDA_VISIBLE_DEVICES=UUID)
+    procs = [
+        subprocess.Popen([name, *flags, "-c", body], executable=sys.executable, env=env)
+        for name, flags in (
+            ("nvidia-cuda-mps-control", ["-d"]),
+            ("nvidia-cuda-mps-server", []),
+            ("nvidia-cuda-mps-control", []),  # someone's `echo cmd | nvidia-cuda-mps-control`
+        )
+    ]
+    try:
+        import time
+
+        import psutil
+
+        def renamed() -> bool:
+            return all(psutil.Process(p.pid).name().startswith("nvidia-cuda-mps") for p in procs)
+
+        deadline = time.monotonic() + 10
+        while not renamed() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = scan_processes(pipe)
+        assert [(p.pid, p.kind) for p in found] == [(procs[0].pid, "control"), (procs[1].pid, "server")]
+        assert found[0].visible_devices == UUID
+        assert scan_processes(workdir / "other") == []
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

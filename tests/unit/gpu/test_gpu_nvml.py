@@ -26,9 +26,7 @@ class NVMLError(Exception):
         self.value = value
 
 
-def fake_pynvml(
-    *, init_error: int | None = None, temp_error: int | None = None, mps: bool = True, n: int = 2
-) -> Any:
+def fake_pynvml(*, init_error: int | None = None, temp_error: int | None = None, mps: bool = True, n: int = 2) -> Any:
     """A module-like object with the pynvml functions NvmlBackend calls."""
     calls: dict[str, int] = {"init": 0}
 
@@ -42,9 +40,7 @@ def fake_pynvml(
             raise NVMLError(temp_error)
         return 40 + h
 
-    procs = {
-        0: [SimpleNamespace(pid=100, usedGpuMemory=900 * MIB), SimpleNamespace(pid=200, usedGpuMemory=None)]
-    }
+    procs = {0: [SimpleNamespace(pid=100, usedGpuMemory=900 * MIB), SimpleNamespace(pid=200, usedGpuMemory=None)]}
     mps_procs = {0: [SimpleNamespace(pid=200, usedGpuMemory=2 * GIB)]}
     mod = SimpleNamespace(
         NVML_ERROR_LIBRARY_NOT_FOUND=12,
