@@ -2,7 +2,7 @@
 
 Starts ``colo serve CONFIG`` in a child process (unless ``--url`` points at a running one), then for each
 route sends requests at ``--rate`` per second for ``--secs`` seconds on an open-loop schedule (request *i*
-is due at ``t0 + i / rate`` whether or not earlier ones returned) over keep-alive connections, and reports
+is due at ``t0 + i / rate`` whether or not earlier ones returned) over keep-alive connections (raw asyncio streams: the client costs little CPU), and reports
 latency percentiles two ways: *service* (from the moment the request was sent) and *scheduled* (from the
 moment it was due, which counts any queueing in the client too — no coordinated omission).
 
@@ -82,42 +82,81 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout_secs: flo
     raise SystemExit(f"no answer from {url} in {timeout_secs:.0f} s")
 
 
+class Pool:
+    """Keep-alive HTTP/1.1 connections over raw asyncio streams: a few microseconds of client CPU per request,
+    so the load generator does not become what is measured on a small machine."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened = 0
+
+    async def get(self, path: str) -> tuple[int, int]:
+        """GET ``path``; (status, body bytes). Raises OSError/IncompleteReadError on a broken connection."""
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.opened += 1
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await reader.readexactly(length)
+        self.idle.append((reader, writer))
+        return status, length
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
 async def run_route(url: str, route: str, rate: float, secs: float, warmup_secs: float) -> dict[str, Any]:
     """Open-loop load on one route; latencies in milliseconds."""
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0) as client:
-        # Warm up connections and caches (not measured).
-        warm_until = time.perf_counter() + warmup_secs
-        while time.perf_counter() < warm_until:
-            await client.get(route)
-        total = int(rate * secs)
-        service: list[float] = []
-        scheduled: list[float] = []
-        errors: dict[str, int] = {}
-        sizes: list[int] = []
+    hostport = url.split("://", 1)[1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    pool = Pool(host, int(port))
+    warm_until = time.perf_counter() + warmup_secs
+    while time.perf_counter() < warm_until:
+        await pool.get(route)
+    total = int(rate * secs)
+    service: list[float] = []
+    scheduled: list[float] = []
+    errors: dict[str, int] = {}
+    sizes: list[int] = []
 
-        async def one(due: float) -> None:
-            now = time.perf_counter()
-            if due > now:
-                await asyncio.sleep(due - now)
-            sent = time.perf_counter()
-            try:
-                r = await client.get(route)
-                done = time.perf_counter()
-                if r.status_code != 200:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-                    return
-                sizes.append(len(r.content))
-            except httpx.HTTPError as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                return
-            service.append((done - sent) * 1000)
-            scheduled.append((done - due) * 1000)
+    async def one(due: float) -> None:
+        sent = time.perf_counter()
+        try:
+            status, size = await asyncio.wait_for(pool.get(route), timeout=10)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            return
+        done = time.perf_counter()
+        if status != 200:
+            errors[str(status)] = errors.get(str(status), 0) + 1
+            return
+        sizes.append(size)
+        service.append((done - sent) * 1000)
+        scheduled.append((done - due) * 1000)
 
-        t0 = time.perf_counter() + 0.05
-        started = time.perf_counter()
-        await asyncio.gather(*(one(t0 + i / rate) for i in range(total)))
-        elapsed = time.perf_counter() - started
+    tasks = []
+    t0 = time.perf_counter() + 0.05
+    for i in range(total):
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    pool.close()
     return {
         "route": route,
         "target_rate_per_sec": rate,
@@ -125,6 +164,7 @@ async def run_route(url: str, route: str, rate: float, secs: float, warmup_secs:
         "requests": total,
         "ok": len(service),
         "errors": errors,
+        "connections": pool.opened,
         "achieved_rate_per_sec": round(len(service) / elapsed, 1),
         "body_bytes": int(statistics.median(sizes)) if sizes else 0,
         "service_ms": {p: round(percentile(service, q), 3) for p, q in (("p50", 50), ("p99", 99), ("max", 100))},

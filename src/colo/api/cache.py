@@ -55,7 +55,15 @@ class TtlCache(Generic[T]):
         finally:
             self._lock.release()
 
+    def fresh(self) -> T | None:
+        """The value if it is fresh, else None. Never loads and never waits."""
+        entry = self._entry
+        if entry is not None and self._clock() - entry[1] < self._ttl_secs:
+            return entry[0]
+        return None
+
     def clear(self) -> None:
+        """Forget the value (waits for a running load)."""
         with self._lock:
             self._entry = None
 

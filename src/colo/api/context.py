@@ -29,6 +29,7 @@ class ApiOptions:
     """Tunables of one app. Seconds and bytes."""
 
     gpu_ttl_secs: float = 1.0  # NVML and the MPS control pipe are read at most once per this
+    read_ttl_secs: float = 0.5  # rendered /mps/allocation and /gpu/info bodies are reused this long
     max_body_bytes: int = 1024 * 1024  # POST bodies over this get 413
     event_poll_secs: float = 0.5  # how often an SSE stream looks for new events
     stream_max_secs: float = 3600.0  # an SSE stream ends after this (clients reconnect with Last-Event-ID)
@@ -47,14 +48,23 @@ class ApiContext:
     apply_lock: threading.Lock = field(default_factory=threading.Lock)
     gpu_cache: TtlCache[GpuState] = field(init=False)
     allocation_cache: PlanDocCache = field(init=False)
+    allocation_body: TtlCache[bytes] = field(init=False)
+    gpu_info_body: TtlCache[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
         self.gpu_cache = TtlCache(self.options.gpu_ttl_secs, self.clock)
         self.allocation_cache = PlanDocCache(_render_allocation)
+        self.allocation_body = TtlCache(self.options.read_ttl_secs, self.clock)
+        self.gpu_info_body = TtlCache(self.options.read_ttl_secs, self.clock)
 
     def gpu_state(self) -> GpuState:
         """The GPU state, read at most once per ``gpu_ttl_secs``."""
         return self.gpu_cache.get(lambda: read_gpu_state(self.source))
+
+    def changed(self) -> None:
+        """Forget rendered bodies after this API changed something (an apply, an action)."""
+        self.allocation_body.clear()
+        self.gpu_info_body.clear()
 
 
 class ErrorBody(BaseModel):

@@ -81,17 +81,21 @@ def test_allocation_is_the_seed_document(client: TestClient, source: FakeSource)
 
 
 def test_allocation_rendered_once_per_plan(source: FakeSource) -> None:
-    app = create_app(source, token=TOKEN)
+    clock = Clock()
+    app = create_app(source, token=TOKEN, clock=clock, options=ApiOptions(read_ttl_secs=0.5))
     cache = app.state.ctx.allocation_cache
     renders: list[object] = []
     inner = cache._render
     cache._render = lambda p: renders.append(p) or inner(p)
     client = TestClient(app)
     first = client.get("/mps/allocation").content
+    clock.now += 10  # the body's TTL passes, but the plan is the same object: not rendered again
     assert client.get("/mps/allocation").content == first
     assert len(renders) == 1
-    # A new plan (what an apply produces) is rendered again.
+    # A new plan (a reload made outside this API) is served once the body's TTL has passed.
     source._plan = dataclasses.replace(source._plan, placement="spread")
+    assert client.get("/mps/allocation").content == first
+    clock.now += 0.5
     second = client.get("/mps/allocation").json()
     assert len(renders) == 2
     assert second["colo"]["placement"] == "spread"

@@ -60,4 +60,6 @@ def agent_action(
         getattr(source, action)(name)
     except KeyError:
         raise HTTPException(status_code=404, detail={"error": f"no agent named {name!r}"}) from None
+    finally:
+        ctx_of(request).changed()
     return {"agent": name, "action": action, "status": agent_dict(_status(source, name))}

@@ -34,6 +34,7 @@ def _apply(request: Request, config: ColoConfig) -> dict[str, Any]:
         result = ctx.source.apply(config)
     finally:
         ctx.apply_lock.release()
+        ctx.changed()
     return {
         "applied": True,
         "restarted": list(result.restarted),

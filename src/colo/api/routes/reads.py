@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from colo import __version__
+from colo.api.cache import TtlCache
 from colo.api.context import ctx_of, errors, require_read
 from colo.api.gpu_view import gpu_info_document
 from colo.api.metrics import MetricsInput, registry_for
@@ -23,35 +27,53 @@ def healthz() -> dict[str, Any]:
     return {"status": "ok", "version": __version__}
 
 
+async def cached_body(cache: TtlCache[bytes], load: Callable[[], bytes]) -> bytes:
+    """A fresh body straight from the cache (no thread hop), else loaded in the thread pool: the source's
+    methods may block on the orchestrator's lock, which must never stall the event loop."""
+    fresh = cache.fresh()
+    if fresh is not None:
+        return fresh
+    return await run_in_threadpool(cache.get, load)
+
+
 @router.get(
     "/mps/allocation",
     tags=["reads"],
     summary="The allocation document in the seed's format",
     responses={200: {"content": {"application/json": {}}, "description": "mps_resource_allocation and colo"}},
 )
-def mps_allocation(request: Request) -> Response:
+async def mps_allocation(request: Request) -> Response:
     """The plan as ``mps_allocation_config.json``: ``mps_resource_allocation.agent_allocations`` (one entry
     per placed agent: ``mps_memory_limit_gb``, ``calculated_requirement_gb``, ``safety_margin_gb``,
     ``priority``, ``models``, ``colo``) and ``.system_summary``; colo's detail under ``colo``. Rendered once
-    per plan.
+    per plan; at most ``read_ttl_secs`` old after a reload not made through this API.
 
     Equivalent: ``curl -s http://127.0.0.1:8014/mps/allocation | jq .mps_resource_allocation``.
     """
     ctx = ctx_of(request)
-    body = ctx.allocation_cache.body(ctx.source.current_plan())
+    body = await cached_body(ctx.allocation_body, lambda: ctx.allocation_cache.body(ctx.source.current_plan()))
     return Response(content=body, media_type="application/json")
 
 
-@router.get("/gpu/info", tags=["reads"], summary="GPUs, MPS daemons and their clients")
-def gpu_info(request: Request) -> dict[str, Any]:
+@router.get(
+    "/gpu/info",
+    tags=["reads"],
+    summary="GPUs, MPS daemons and their clients",
+    responses={200: {"content": {"application/json": {}}, "description": "the seed's keys and colo's detail"}},
+)
+async def gpu_info(request: Request) -> Response:
     """``mps_enabled`` and ``mps`` (``enabled``, ``pipe_dir``, ``control_process``) as in the seed, then per
     GPU: memory (bytes), utilisation (percent), temperature (°C), power (W), its MPS daemon (pipe dir,
     servers with pid/status/clients) and its processes joined to colo agents. Without a GPU:
-    ``mps_enabled: false`` and an
-    ``error`` that says why. GPU readings are at most ``gpu_ttl_secs`` old.
+    ``mps_enabled: false`` and an ``error`` that says why. GPU readings are at most ``gpu_ttl_secs`` old.
     """
     ctx = ctx_of(request)
-    return gpu_info_document(ctx.gpu_state(), ctx.source.statuses())
+
+    def render() -> bytes:
+        doc = gpu_info_document(ctx.gpu_state(), ctx.source.statuses())
+        return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+    return Response(content=await cached_body(ctx.gpu_info_body, render), media_type="application/json")
 
 
 @router.get(
