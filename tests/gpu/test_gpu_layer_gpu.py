@@ -327,7 +327,7 @@ def test_daemon_lifecycle_defaults_status_and_logs(
     result_line(
         "mps_lifecycle",
         f"start {start_secs:.2f}s, health ok, default thread 50% read back, client free={gib(rep['free'])} under "
-        f"4GiB default limit, server {spids[0]} ACTIVE, clients {listed} (own pid {'seen' if pid_seen else 'NOT seen'}), "
+        f"4GiB default limit, SMs seen {rep['sms']} at the 50% default, server {spids[0]} ACTIVE, clients {listed} (own pid {'seen' if pid_seen else 'NOT seen'}), "
         f"ps rows {len(ps_rows)}, log events connect={len(connected)} (own pid {'logged' if own_pid_logged else 'NOT logged'}) "
         f"disconnect=yes, quit: {result.message}; "
         f"restart re-applied defaults",
