@@ -1,5 +1,6 @@
 """The supervisor's view of the per-GPU MPS daemons (:class:`~colo.supervise.supervisor.MpsHooks`), over
-``colo.gpu.mps.MpsFleet``: server FAULT polling, ``terminate_client``, and restarting one GPU's daemon.
+``colo.gpu.mps.MpsFleet``: FAULT detection (``get_server_status`` and fault lines new in each daemon's
+``control.log``/``server.log``, which may name the client), ``terminate_client``, restarting one daemon.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import contextlib
 
 from colo.errors import MpsError
 from colo.gpu.mps import MpsDefaults, MpsFleet, ServerStatus
+from colo.gpu.mps_log import MpsLogKind, MpsLogReader
 from colo.supervise.supervisor import MpsFault
 
 
@@ -16,6 +18,13 @@ class FleetHooks:
 
     def __init__(self, fleet: MpsFleet) -> None:
         self.fleet = fleet
+        self._logs = {d.gpu_uuid: self._reader(d.paths.log_dir) for d in fleet.daemons()}
+
+    @staticmethod
+    def _reader(log_dir: object) -> MpsLogReader:
+        reader = MpsLogReader(str(log_dir))
+        reader.read_new()  # what is already there happened before us (an orchestrator restart): skip it
+        return reader
 
     def _uuids(self) -> list[str]:
         return [d.gpu_uuid for d in self.fleet.daemons()]
@@ -23,6 +32,10 @@ class FleetHooks:
     def faults(self) -> list[MpsFault]:
         """GPUs whose MPS server says FAULT (``get_server_status``). Raises MpsError."""
         out: list[MpsFault] = []
+        for uuid, reader in self._logs.items():
+            for event in reader.read_new():
+                if event.kind == MpsLogKind.FAULT:
+                    out.append(MpsFault(uuid, f"MPS log: {event.message}", event.client_pid))
         for uuid in self._uuids():
             daemon = self.fleet.daemon(uuid)
             try:
@@ -58,3 +71,4 @@ class FleetHooks:
         defaults = daemon.last_defaults or MpsDefaults()
         daemon.stop()
         daemon.start(defaults)
+        self._logs[gpu_uuid] = self._reader(daemon.paths.log_dir)

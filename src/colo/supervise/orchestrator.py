@@ -397,6 +397,7 @@ class Orchestrator:
         for uuid in adopted_d:
             sup.event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
         records = {r.status.name: r for r in self.store.agents()}
+        self.write_pid_file()
         started: list[str] = []
         adopted: list[str] = []
         roll: list[tuple[AgentSetup, str]] = []

@@ -393,3 +393,21 @@ def test_colo_stopping_an_agent_uses_terminate_client_and_is_not_a_fault(tmp_pat
     assert orch.status("a").state == S.RUNNING and w.pid(orch, "a") != pid_a
     assert w.pid(orch, "b") == pid_b
     orch.down(sleep=w.clock.advance)
+
+
+def test_fault_line_in_the_mps_log_names_the_client(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a"), agent("b")))
+    orch.up()
+    w.run(orch, 2)
+    pid_b = w.pid(orch, "b")
+    log = w.state / "mps" / uuid(0) / "log" / "server.log"
+    with open(log, "a") as fh:
+        fh.write(f"[2026-11-21 18:00:00.000 Server  4321] Client {{PID: {pid_b}, Context ID: 0}} fatal exception\n")
+    w.run(orch, 6)
+    (fault,) = [e for e in orch.events() if e.kind == EventKind.MPS_FAULT]
+    assert fault.agent == "b" and "MPS log" in fault.message
+    (rec,) = orch.recoveries()
+    assert rec.culprit == "b" and set(rec.agents) == {"a", "b"}
+    assert orch.status("a").state == S.RUNNING and orch.status("b").state == S.RUNNING
+    orch.down(sleep=w.clock.advance)
