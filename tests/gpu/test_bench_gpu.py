@@ -39,7 +39,6 @@ def _no_leftovers() -> None:
     assert not ps.stdout.strip(), f"instance processes left behind: {ps.stdout}"
 
 
-@pytest.mark.timeout(420)
 def test_encoder_tiny_timeslice_and_mps(backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """bert-tiny fp16 8×128 with CUDA graphs, N = 1, 2 in both modes + merged bound; reports written."""
     spec = InstanceSpec(
@@ -68,7 +67,6 @@ def test_encoder_tiny_timeslice_and_mps(backend, tmp_path: Path) -> None:  # typ
     _no_leftovers()
 
 
-@pytest.mark.timeout(420)
 def test_llama8b_decode_single_stream_is_fast(backend) -> None:  # type: ignore[no-untyped-def]
     """The Llama-3.1-8B-shaped bf16 decoder, one stream: CUDA graph used, >= 50 % of the bandwidth bound."""
     spec = InstanceSpec("decode", {"shape": "llama-3.1-8b", "batch_size": 1}, duration_secs=3.0)
@@ -88,7 +86,6 @@ def test_llama8b_decode_single_stream_is_fast(backend) -> None:  # type: ignore[
     _no_leftovers()
 
 
-@pytest.mark.timeout(300)
 def test_distilgpt2_static_cache_decode(backend) -> None:  # type: ignore[no-untyped-def]
     """distilgpt2 with transformers' StaticCache: decodes; prints tok/s and whether the graph captured."""
     spec = InstanceSpec("hf_decode", {"model": "distilgpt2"}, duration_secs=2.0)
@@ -100,7 +97,6 @@ def test_distilgpt2_static_cache_decode(backend) -> None:  # type: ignore[no-unt
     _no_leftovers()
 
 
-@pytest.mark.timeout(300)
 def test_cli_bench_encoder_json(tmp_path: Path) -> None:
     """`colo bench encoder` through the CLI module (as a user runs it) writes its three reports."""
     out = tmp_path / "out"

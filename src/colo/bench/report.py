@@ -152,9 +152,37 @@ def activity_lines(result: BenchResult) -> list[str]:
     return out
 
 
+def bandwidth_line(result: BenchResult) -> str | None:
+    """For decode runs: one stream's tokens/s against the memory-bandwidth bound.
+
+    The bound uses the highest copy bandwidth any instance measured (instances that started together measured
+    it while sharing the GPU; a lone one — N = 1 alone, or a merged-batch process — measures it cleanly).
+    """
+    infos = [i.info for p in result.points for i in p.instances if i.info.get("copy_bandwidth_bytes_per_sec")]
+    single = result.point("timeslice", 1) or result.point("mps", 1)
+    if not infos or single is None or not single.instances:
+        return None
+    bandwidth = max(float(i["copy_bandwidth_bytes_per_sec"]) for i in infos)
+    first = single.instances[0]
+    step_bytes = first.info.get("bytes_read_per_step")
+    batch = int(first.info.get("batch_size", 1) or 1)
+    if not step_bytes:
+        return None
+    bound = bandwidth / float(step_bytes)
+    per_stream = first.per_sec / batch
+    return (
+        f"- One stream: {per_stream:.1f} tok/s = {100 * per_stream / bound:.0f} % of the memory-bandwidth bound "
+        f"({bound:.0f} tok/s = copy bandwidth {bandwidth / 1e12:.2f} TB/s / {float(step_bytes) / 1e9:.1f} GB "
+        f"read per token); CUDA graph: {first.info.get('cuda_graphs')}."
+    )
+
+
 def reading(result: BenchResult) -> list[str]:
     """Plain sentences derived from the numbers (no judgement beyond them)."""
     out: list[str] = []
+    line = bandwidth_line(result)
+    if line:
+        out.append(line)
     levels = [n for n in result.concurrencies("mps") if n > 1 and result.mps_ratio(n) is not None]
     for n in levels:
         r = result.mps_ratio(n)

@@ -112,3 +112,23 @@ def test_sampler_thread_samples_until_stopped_and_survives_errors() -> None:
     backend.error = GpuError("driver went away")
     activity = sampler.stop()
     assert activity.samples and activity.gpu_name == "NVIDIA H100 80GB HBM3"
+
+
+def test_decode_runs_state_the_bandwidth_bound() -> None:
+    from colo.bench.report import bandwidth_line
+    from colo.bench.results import InstanceResult, PointResult
+
+    def inst(tokens_per_sec: float, bandwidth: float) -> InstanceResult:
+        info = {"copy_bandwidth_bytes_per_sec": bandwidth, "bytes_read_per_step": 15e9, "batch_size": 1,
+                "cuda_graphs": True}
+        return InstanceResult(0, "", 1, "tok", tokens_per_sec * 2, 2.0, (0.3,), info)
+
+    # the lone instance measured 3 TB/s; two that started together measured less: the bound uses 3 TB/s
+    r = BenchResult("decode", "decode(shape=llama-3.1-8b)", (
+        PointResult("timeslice", 1, (inst(150.0, 1.5e12),)),
+        PointResult("merged", 2, (inst(290.0, 3.0e12),)),
+    ))
+    line = bandwidth_line(r)
+    assert line is not None
+    assert "150.0 tok/s = 75 % of the memory-bandwidth bound (200 tok/s = copy bandwidth 3.00 TB/s" in line
+    assert bandwidth_line(BenchResult("e", "encoder", (PointResult("timeslice", 1, (inst(1.0, 0.0),)),))) is None
