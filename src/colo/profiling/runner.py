@@ -100,7 +100,8 @@ def run_child(
             raise ProfileError(f"cannot start the profiling child with {python} ({exc})") from exc
         sampler = sampler_factory(proc.pid).start() if sampler_factory else None
         lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_reader_thread, args=(proc.stdout, lines), daemon=True).start()
+        reader = threading.Thread(target=_reader_thread, args=(proc.stdout, lines), daemon=True)
+        reader.start()
         context_bytes = loaded_bytes = None
         result: ChildResult | None = None
         try:
@@ -153,6 +154,9 @@ def run_child(
             if proc.stdin is not None and not proc.stdin.closed:
                 with contextlib.suppress(BrokenPipeError):
                     proc.stdin.close()
+            reader.join(timeout=5.0)
+            if proc.stdout is not None:
+                proc.stdout.close()
         tail = _tail(err_file)
     if result is None:
         raise ProfileError(f"the profiling child exited with status {returncode} and no result: {tail}")
