@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from colo.bench.harness import BenchError, run_point
+from colo.bench.report import to_markdown
+from colo.bench.results import BenchResult
 from colo.bench.spec import InstanceSpec
 from colo.bench.workloads.http import HttpClient, HttpWorkload, parse_completion, request_body
 
@@ -145,8 +147,11 @@ def test_concurrent_clients_through_the_harness(server: str) -> None:
     for inst in point.instances:
         assert inst.requests >= 1 and inst.items == 4 * inst.requests and inst.unit == "tok"
     ollama = InstanceSpec("http", {"url": server, "api": "ollama-generate", "max_tokens": 5}, duration_secs=0.2)
-    inst = run_point([ollama], mode="external").instances[0]
+    ollama_point = run_point([ollama], mode="external")
+    inst = ollama_point.instances[0]
     # Ollama's own rate: eval_count / eval_duration = 5 / 0.025 s
     assert inst.server_per_sec == pytest.approx(200.0)
+    md = to_markdown([BenchResult("ollama", "http", (ollama_point,))])
+    assert "as served N=1: the server's own rate (Ollama eval_count / eval_duration) 200.0 tok/s" in md
     with pytest.raises(BenchError, match="answered 500"):
         run_point([InstanceSpec("http", {"url": server, "model": "broken"}, duration_secs=0.2)], mode="external")
