@@ -174,3 +174,18 @@ def test_a_group_reuses_its_processes_across_levels() -> None:
         with pytest.raises(BenchError, match="failed while (idle|running)"):
             group.run(3)
     assert not _children()
+
+
+def test_a_fixed_set_of_different_instances_runs_together() -> None:
+    from colo.bench.report import to_markdown
+
+    agents = tuple(
+        InstanceSpec("cpu", {"sleep_secs": s}, label=name, duration_secs=0.3)
+        for name, s in (("analyst", 0.002), ("critic", 0.01), ("scout", 0.02))
+    )
+    result = run_bench(BenchPlan("newsroom", fixed=agents, modes=("timeslice",)))
+    assert [(p.mode, p.concurrency) for p in result.points] == [("timeslice", 3)]
+    rates = {i.label: i.per_sec for i in result.points[0].instances}
+    assert rates["analyst"] > rates["critic"] > rates["scout"] > 0
+    md = to_markdown([result])
+    assert "| instance | time-slicing (item/s) | p50 ms | p99 ms |" in md and "| scout |" in md
