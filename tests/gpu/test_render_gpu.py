@@ -1,0 +1,201 @@
+"""On a real GPU: the MPS environment colo *renders* (systemd drop-in, Kubernetes Deployment) works.
+
+One MPS control daemon is started for GPU 0 under a private state dir in /tmp, exactly where the node agent
+keeps it (``<state>/mps/<uuid>/pipe``), and ``colo node``'s index links are written
+(``<state>/mps/by-index/<i> -> ../<uuid>``). Then a child CUDA client (``sys.executable``, torch) is run with
+
+1. the ``Environment=`` lines of the rendered ``colo-agent-<name>.service.d/10-colo-mps.conf``, and
+2. the ``env`` of the rendered Deployment (``NVIDIA_*`` variables are for the container runtime),
+
+and must become a client of that daemon through the *index link* (an MPS server appears), see one device,
+and be held to the planned limit: a small allocation succeeds, one larger than the limit fails.
+
+Teardown always kills the children, quits the daemon and kills any nvidia-cuda-mps-* process left in the
+private pipe dir. Nothing here changes a GPU setting. Each test prints ``GPU-RESULT render ...`` lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from colo.gpu.mps import MpsDaemon, MpsDefaults, MpsRoot
+from colo.gpu.mps_control import SubprocessMpsControl, find_binary, scan_processes
+from colo.gpu.nvml import NvmlBackend
+from colo.plan import inventory_slots, plan, require_complete
+from colo.render.k8s import K8sOptions, render_k8s
+from colo.render.node_agent import NodeAgentLayout, write_index_links
+from colo.render.systemd import SystemdOptions, render_systemd
+from colo.spec import load_config_text
+
+pytestmark = pytest.mark.gpu
+
+MIB = 1024**2
+GIB = 1024**3
+
+# colo.yaml for one node ("local") with one GPU: the agent's limit is 1 GiB + 50 % = 1.5 GiB = 1536M.
+CONFIG = """\
+version: 1
+gpus: [{node: local, name: GPU, memory: 80GiB, count: 1}]
+policy: {margin: "50%, at least 512MiB"}
+models: {probe: {memory: 1GiB}}
+agents:
+  probe_agent: {models: [probe], port: 8000}
+"""
+LIMIT_BYTES = 1536 * MIB
+
+CHILD = r"""
+import json, os, sys
+import torch
+torch.zeros(1, device="cuda")
+torch.cuda.synchronize()
+free, total = torch.cuda.mem_get_info()
+res = {"pid": os.getpid(), "free": free, "total": total, "count": torch.cuda.device_count(), "allocs": []}
+for n in (256 * 1024 * 1024, 2 * 1024 * 1024 * 1024):
+    try:
+        t = torch.empty(n, dtype=torch.uint8, device="cuda")
+        t.fill_(1)
+        torch.cuda.synchronize()
+        res["allocs"].append([n, "ok"])
+        del t
+    except torch.cuda.OutOfMemoryError:
+        res["allocs"].append([n, "oom"])
+    except RuntimeError as exc:
+        res["allocs"].append([n, "error: " + str(exc)[:300]])
+    torch.cuda.empty_cache()
+print(json.dumps(res), flush=True)
+sys.stdin.readline()
+"""
+
+
+def result_line(text: str) -> None:
+    print(f"\nGPU-RESULT render {text}", flush=True)
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="colo-render-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(state_dir: Path) -> Iterator[tuple[MpsDaemon, Any]]:
+    """GPU 0's daemon under ``state_dir``, index links written; always quit and checked at teardown."""
+    if find_binary() is None:
+        pytest.skip("nvidia-cuda-mps-control is not installed")
+    gpus = NvmlBackend().gpus()
+    if not gpus:
+        pytest.skip("NVML sees no GPU")
+    gpu = gpus[0]
+    root = MpsRoot.under_state_dir(state_dir)
+    d = MpsDaemon(root.for_gpu(gpu.uuid), gpu.uuid, SubprocessMpsControl())
+    servers: set[int] = set()
+    try:
+        d.start(MpsDefaults())
+        write_index_links(root.base_dir, [(g.index, g.uuid) for g in gpus])
+        yield d, gpu
+    finally:
+        with contextlib.suppress(Exception):
+            servers.update(d.server_pids())
+        with contextlib.suppress(Exception):
+            d.stop(timeout_secs=10)
+        left = []
+        for p in scan_processes(d.paths.pipe_dir):
+            left.append(f"{p.kind} {p.pid}")
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, signal.SIGKILL)
+        for pid in servers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        assert not left, f"MPS processes left in {d.paths.pipe_dir}: {left}"
+
+
+def run_client(env_extra: dict[str, str], daemon: MpsDaemon) -> tuple[dict[str, Any], list[int]]:
+    """Run the child with ``env_extra``; return its report and the daemon's server pids while it is alive."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_MPS_", "CUDA_VISIBLE_DEVICES"))}
+    env.update(env_extra)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 180.0)
+        line = proc.stdout.readline() if ready else ""
+        if not line:
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"client gave no report (rc={proc.returncode}): {err[-2000:]}")
+        servers = daemon.server_pids()
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        proc.wait(timeout=60)
+        return json.loads(line), servers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(Exception):
+            proc.communicate(timeout=30)
+
+
+def _plan(state_dir: Path) -> tuple[Any, Any, NodeAgentLayout]:
+    config = load_config_text(CONFIG, "colo.yaml")
+    return config, require_complete(plan(config, inventory_slots(config))), NodeAgentLayout(state_dir=str(state_dir))
+
+
+def _check(name: str, report: dict[str, Any], servers: list[int]) -> None:
+    allocs = dict((n, r) for n, r in report["allocs"])
+    result_line(
+        f"{name}: devices={report['count']} free={report['free'] / GIB:.2f}GiB total={report['total'] / GIB:.1f}GiB "
+        f"256MiB={allocs.get(256 * MIB)} 2GiB={allocs.get(2 * GIB)} mps_servers={servers}"
+    )
+    assert servers, "no MPS server: the client did not connect through the rendered pipe dir"
+    assert report["count"] == 1
+    assert report["free"] <= LIMIT_BYTES, "free memory above the rendered limit: the limit was not applied"
+    assert allocs[256 * MIB] == "ok"
+    assert allocs[2 * GIB] == "oom", f"2 GiB allocation under a 1536M limit gave {allocs[2 * GIB]!r}"
+
+
+def test_rendered_systemd_dropin_env_limits_a_real_client(state_dir: Path, daemon: tuple[MpsDaemon, Any]) -> None:
+    d, gpu = daemon
+    config, p, layout = _plan(state_dir)
+    files = render_systemd(config, p, options=SystemdOptions(layout=layout), agents=True)
+    dropin = files["colo-agent-probe-agent.service.d/10-colo-mps.conf"]
+    env = dict(m.groups() for m in re.finditer(r'^Environment="([A-Z_]+)=(.*)"$', dropin, re.MULTILINE))
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == f"{state_dir}/mps/by-index/{gpu.index}/pipe"
+    assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=1536M"
+    report, servers = run_client(env, d)
+    _check("systemd drop-in", report, servers)
+
+
+def test_rendered_deployment_env_limits_a_real_client(state_dir: Path, daemon: tuple[MpsDaemon, Any]) -> None:
+    d, gpu = daemon
+    config, p, layout = _plan(state_dir)
+    files = render_k8s(config, p, config_text=CONFIG, options=K8sOptions(layout=layout)).files
+    deployment = next(
+        o for o in yaml.safe_load_all(files["agents/probe-agent.yaml"]) if o and o["kind"] == "Deployment"
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if not e["name"].startswith("NVIDIA_")}
+    assert env["CUDA_MPS_PIPE_DIRECTORY"].endswith(f"/mps/by-index/{gpu.index}/pipe")
+    report, servers = run_client(env, d)
+    _check("k8s deployment env", report, servers)
