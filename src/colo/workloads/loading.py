@@ -83,9 +83,7 @@ def resolve_device(requested: str = "auto") -> str:
                 hint="use --device auto or cpu, or check CUDA_VISIBLE_DEVICES and the driver (nvidia-smi)",
             )
         return req
-    raise ConfigError(
-        f"{requested!r} is not a device", field="--device", hint="use auto, cpu, cuda or cuda:N"
-    )
+    raise ConfigError(f"{requested!r} is not a device", field="--device", hint="use auto, cpu, cuda or cuda:N")
 
 
 def limits_for(model_id: str, spec: ModelSpec, task: Task, max_positions: int | None) -> ModelLimits:
@@ -125,6 +123,7 @@ def load_model(
     UnknownModelError / ProfileError from colo.memory.build, and torch's errors (CUDA out of memory included)
     as they are: the caller decides what an OOM means.
     """
+    from colo.memory.build import RANDOM_WEIGHTS as BUILD_RANDOM
     from colo.memory.build import build, max_positions
 
     started = clock()
@@ -145,7 +144,7 @@ def load_model(
         task=task,
         module=module,
         tokenizer=tokenizer,
-        weights=source.description if real else RANDOM_WEIGHTS,
+        weights=RANDOM_WEIGHTS if source.description == BUILD_RANDOM else source.description,
         dtype=use_dtype,
         vocab_size=vocab_size,
         limits=limits,
@@ -164,9 +163,7 @@ def load_model(
     return loaded
 
 
-def agent_models(
-    config: ColoConfig, agent_name: str, source: str = "colo.yaml"
-) -> list[tuple[str, ModelSpec]]:
+def agent_models(config: ColoConfig, agent_name: str, source: str = "colo.yaml") -> list[tuple[str, ModelSpec]]:
     """The (model id, spec) pairs of ``agent_name``, in the agent's order.
 
     Raises ConfigError naming the agent when it is not in ``config`` (listing the ones that are).

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from colo.errors import ColoError, UsageError
 from colo.spec.config import ModelSpec
+from colo.units import MIB
 from colo.workloads.inference import is_oom, run_batch, worst_case_rows
 from colo.workloads.loading import LoadedModel, load_model
 
@@ -118,16 +119,20 @@ class AgentRuntime:
             if is_oom(exc):
                 self.error = f"{OOM_TEXT} while {step[0]} {step[1]}: {exc}"
                 log.error("%s", self.error)
-                raise LoadOutOfMemory(
-                    self.error, hint="the agent's MPS memory limit is too low for it"
-                ) from exc
+                raise LoadOutOfMemory(self.error, hint="the agent's MPS memory limit is too low for it") from exc
             self.error = f"{type(exc).__name__} while {step[0]} {step[1]}: {exc}"
             log.error("%s", self.error)
             raise
         self._ready_secs = self.clock() - self._started
         self.status = "ready"
+        peak = device_memory(self.device)["max_memory_reserved_bytes"]
         log.info(
-            "agent %s ready on %s in %.2fs (%s)", self.agent, self.device, self._ready_secs, self.warm_up
+            "agent %s ready on %s in %.2fs (warm-up: %s; peak reserved %s)",
+            self.agent,
+            self.device,
+            self._ready_secs,
+            self.warm_up,
+            "n/a on cpu" if peak is None else f"{peak / MIB:.0f} MiB",
         )
 
     def _warm_up(self, step: list[str]) -> None:
@@ -140,9 +145,7 @@ class AgentRuntime:
             if self.worst_case:
                 rows = worst_case_rows(model)
             else:
-                rows = [
-                    [1 + i % max(1, model.vocab_size - 1) for i in range(min(8, model.limits.max_seq_len))]
-                ]
+                rows = [[1 + i % max(1, model.vocab_size - 1) for i in range(min(8, model.limits.max_seq_len))]]
             new_tokens = model.limits.new_tokens if self.worst_case else min(2, model.limits.new_tokens)
             result = run_batch(
                 model,
@@ -198,9 +201,7 @@ class AgentRuntime:
                 )
             bad = next((v for v in row if not 0 <= v < model.vocab_size), None)
             if bad is not None:
-                raise RequestError(
-                    f"input_ids[{i}] holds {bad}, outside the vocabulary [0, {model.vocab_size})"
-                )
+                raise RequestError(f"input_ids[{i}] holds {bad}, outside the vocabulary [0, {model.vocab_size})")
         return rows, False
 
     def infer(self, req: InferInput) -> dict[str, Any]:
@@ -227,9 +228,7 @@ class AgentRuntime:
         with self._lock:
             started = self.clock()
             try:
-                result = run_batch(
-                    model, rows, device=self.device, max_new_tokens=new_tokens, clock=self.clock
-                )
+                result = run_batch(model, rows, device=self.device, max_new_tokens=new_tokens, clock=self.clock)
             except Exception as exc:
                 if not is_oom(exc):
                     raise

@@ -143,12 +143,31 @@ class HfTokenizer:
         return str(self._tok.decode(list(ids), skip_special_tokens=True))
 
 
+def _unusable(tok: Any, vocab_size: int) -> str | None:
+    """Why a loaded tokenizer cannot serve this model, or None.
+
+    transformers builds an empty tokenizer from a folder holding only config.json; and a tokenizer with more
+    ids than the model's embedding table would index past it.
+    """
+    try:
+        size = len(tok)
+        probe = tok(["colo probe text"], add_special_tokens=False)["input_ids"][0]
+    except Exception as exc:  # a broken tokenizer file fails in many ways; any of them means "don't use it"
+        return f"{type(exc).__name__}: {exc}"
+    if size < 2 or not probe:
+        return f"it has {size} tokens and encodes nothing"
+    if size > vocab_size:
+        return f"it has {size} tokens, more than the model's vocabulary of {vocab_size}"
+    return None
+
+
 def load_tokenizer(model_id: str, path: str | None, vocab_size: int, *, real_weights: bool) -> Tokenizer:
     """The model's tokenizer from ``path`` or the local Hugging Face cache, else a :class:`HashTokenizer`.
 
     Only local files are read (``local_files_only=True``): the agent never reaches the network for a
     tokenizer. With random weights a real tokenizer would still be valid (ids are within the same vocabulary),
-    so it is used whenever found. Never raises for a missing tokenizer; logs which one is used.
+    so it is used whenever found and usable (non-empty, no ids past ``vocab_size``). Never raises for a
+    missing tokenizer; logs which one is used.
     """
     source = path if path else model_id
     if path and not os.path.isdir(path):
@@ -160,6 +179,10 @@ def load_tokenizer(model_id: str, path: str | None, vocab_size: int, *, real_wei
         tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except Exception as exc:  # missing files show up as OSError, ValueError or others depending on the model
         log.info("%s: no local tokenizer (%s); tokenizer: %s", model_id, type(exc).__name__, HASH_FALLBACK)
+        return HashTokenizer(vocab_size)
+    problem = _unusable(tok, vocab_size)
+    if problem:
+        log.info("%s: local tokenizer unusable (%s); tokenizer: %s", model_id, problem, HASH_FALLBACK)
         return HashTokenizer(vocab_size)
     origin = "local path" if path else "hugging face cache"
     if not real_weights:

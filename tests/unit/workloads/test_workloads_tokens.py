@@ -65,3 +65,19 @@ def test_real_tokenizer_on_disk_is_used(tmp_path: Path) -> None:
     enc = tok.encode(["hello world news", "zzz"], 2)
     assert enc.ids == [[2, 3], [1]] and enc.truncated
     assert tok.decode([2, 3]) == "hello world"
+
+
+def test_unusable_tokenizers_fall_back(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "hello": 2, "world": 3, "news": 4}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(tmp_path)
+    # More ids than the model's embedding table: would index past it.
+    assert load_tokenizer("m", str(tmp_path), 3, real_weights=True).description == HASH_FALLBACK
+    # transformers makes an empty tokenizer from a folder with only config.json.
+    only_config = tmp_path / "only-config"
+    GPT2Config(vocab_size=50, n_embd=8, n_layer=1, n_head=2).save_pretrained(only_config)
+    assert load_tokenizer("m", str(only_config), 50, real_weights=False).description == HASH_FALLBACK
