@@ -141,3 +141,17 @@ def test_systemd_single_node_layout(tmp_path: Path) -> None:
     assert "ExecStart=/usr/local/bin/colo node /etc/colo/colo.yaml --node node-a --no-agents" in node
     code, text = _run("render", "systemd", str(cfg), "--out", str(out), "--colo-bin", "colo")
     assert code == 2 and "absolute path" in text
+
+
+def test_explain_command(tmp_path: Path) -> None:
+    code, text = _run("render", "explain", str(mixed(tmp_path / "colo.yaml")))
+    assert code == 0, text
+    assert "placement: spread" in text and "chief_editor (high, limit 15.0 GiB) -> node-a/gpu0" in text
+
+
+def test_device_plugin_json(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["render", "nvidia-device-plugin", str(uniform(tmp_path / "colo.yaml")), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [v["eligible"] for v in doc["verdicts"]] == [True, True]
+    assert doc["verdicts"][0]["replicas"] == 53 and "colo-mps-x53" in doc["yaml"]
