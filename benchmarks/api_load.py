@@ -92,9 +92,21 @@ class Pool:
         self.opened = 0
 
     async def get(self, path: str) -> tuple[int, int]:
-        """GET ``path``; (status, body bytes). Raises OSError/IncompleteReadError on a broken connection."""
+        """GET ``path``; (status, body bytes). A kept-alive connection the server closed meanwhile (uvicorn's
+        keep-alive timeout) is retried once on a new one, as HTTP clients do."""
         if self.idle:
-            reader, writer = self.idle.pop()
+            conn = self.idle.pop()
+            try:
+                return await self._exchange(path, conn)
+            except (OSError, asyncio.IncompleteReadError):
+                conn[1].close()
+        return await self._exchange(path, None)
+
+    async def _exchange(
+        self, path: str, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None
+    ) -> tuple[int, int]:
+        if conn is not None:
+            reader, writer = conn
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port)
             sock = writer.get_extra_info("socket")
@@ -181,7 +193,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, Linux {platform.release()}, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, Linux {platform.release()}, Python {platform.python_version()}; "
+        f"load average at the end {load}"
+    )
 
 
 def markdown(results: list[dict[str, Any]], where: str) -> str:

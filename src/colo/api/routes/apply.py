@@ -63,5 +63,6 @@ async def apply(request: Request) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("is not UTF-8 text", source="<request body>") from None
-    config = load_config_text(text, source="<request body>")
+    # Parsing up to max_body_bytes of YAML takes a while: off the event loop, like the apply itself.
+    config = await run_in_threadpool(load_config_text, text, "<request body>")
     return await run_in_threadpool(_apply, request, config)
