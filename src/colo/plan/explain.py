@@ -23,11 +23,7 @@ def explain_plan(plan: Plan, *, reserve_per_gpu_bytes: int = 0, pinned: Collecti
     slots = [g.gpu for g in plan.gpus]
     free = {g.key: max(g.memory_total_bytes - reserve_per_gpu_bytes, 0) for g in slots}
     clients = dict.fromkeys(free, 0)
-    rule = (
-        "least free room that still fits (best fit)"
-        if plan.placement == "binpack"
-        else "most free room (spread)"
-    )
+    rule = "least free room that still fits (best fit)" if plan.placement == "binpack" else "most free room (spread)"
     lines = [
         f"placement: {plan.placement} — agents taken high priority first, then larger limits, then by name; "
         f"each goes to the GPU with the {rule}; ties go to the GPU listed first; at most "

@@ -1,11 +1,12 @@
 """Kubernetes names: validation, and the deterministic conversion of colo's names into them.
 
-colo's agent names allow ``[A-Za-z0-9_.-]`` (``chief_editor``); Kubernetes object names used here must be
-RFC 1123 DNS labels: lowercase letters, digits and ``-``, starting and ending with a letter or digit, at most
-63 characters. :func:`agent_object_names` converts every agent name the same way every time (lowercase,
-``_`` and ``.`` become ``-``) and refuses, naming the agent, a name that cannot be converted or two names
-that convert to the same label. Node names are never converted: they must already be the names the cluster
-knows (RFC 1123 subdomains), because a pod is pinned to a node by that exact name.
+colo's agent names allow ``[A-Za-z0-9_.-]`` (``chief_editor``); the Kubernetes object names used here must
+be RFC 1035 labels (Service names are): lowercase letters, digits and ``-``, starting with a letter and
+ending with a letter or digit, at most 63 characters. :func:`agent_object_names` converts every agent name
+the same way every time (lowercase, ``_`` and ``.`` become ``-``) and refuses, naming the agent, a name that
+cannot be converted or two names that convert to the same label. Node names are never converted: they must
+already be the names the cluster knows (RFC 1123 subdomains), because a pod is pinned to a node by that
+exact name.
 """
 
 from __future__ import annotations
@@ -48,10 +49,26 @@ def is_label_key(text: str) -> bool:
     return 0 < len(name) <= DNS_LABEL_MAX and bool(_LABEL_NAME_RE.match(name))
 
 
+def is_dns_1035_label(text: str) -> bool:
+    """True for an RFC 1035 label: a DNS-1123 label that starts with a letter (Service names need this)."""
+    return is_dns_label(text) and text[0].isalpha()
+
+
 def to_dns_label(name: str) -> str | None:
-    """The DNS label for ``name`` (lowercase; ``_`` and ``.`` become ``-``), or None when impossible."""
+    """The object name for ``name`` (lowercase; ``_`` and ``.`` become ``-``), or None when impossible.
+
+    The result is an RFC 1035 label (it starts with a letter), so it can name a Service as well as a
+    Deployment.
+    """
     label = name.lower().replace("_", "-").replace(".", "-")
-    return label if is_dns_label(label) else None
+    return label if is_dns_1035_label(label) else None
+
+
+def _suggest(name: str) -> str:
+    text = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")
+    if not text or not text[0].isalpha():
+        text = f"agent-{text}".rstrip("-")
+    return text[:DNS_LABEL_MAX].rstrip("-")
 
 
 def agent_object_names(agents: Iterable[str], *, field: str = "agents") -> dict[str, str]:
@@ -67,10 +84,9 @@ def agent_object_names(agents: Iterable[str], *, field: str = "agents") -> dict[
         if label is None:
             raise ConfigError(
                 f"agent name {name!r} cannot become a Kubernetes name (lowercase letters, digits and '-', "
-                "starting and ending with a letter or digit, at most 63)",
+                "starting with a letter, ending with a letter or digit, at most 63)",
                 field=f"{field}.{name}",
-                hint="rename the agent, e.g. to "
-                + repr(re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-") or "agent-1"),
+                hint="rename the agent, e.g. to " + repr(_suggest(name)),
             )
         if label in owner:
             raise ConfigError(

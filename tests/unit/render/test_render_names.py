@@ -44,6 +44,7 @@ def test_conversion_is_deterministic() -> None:
     assert to_dns_label("chief_editor") == "chief-editor"
     assert to_dns_label("Fact_Checker.v2") == "fact-checker-v2"
     assert to_dns_label("scout_") is None
+    assert to_dns_label("2nd-scout") is None  # a Service name must start with a letter
     names = agent_object_names(["chief_editor-r0", "analyst-r0", "memory"])
     assert names == {"analyst-r0": "analyst-r0", "chief_editor-r0": "chief-editor-r0", "memory": "memory"}
     assert list(names) == sorted(names)
@@ -74,6 +75,8 @@ def test_unconvertible_name_is_named_with_a_suggestion() -> None:
         agent_object_names(["ok", "scout_"])
     assert "agents.scout_" in str(info.value)
     assert "'scout'" in str(info.value)  # the hint proposes a valid name
+    with pytest.raises(ConfigError, match="'agent-2nd'"):
+        agent_object_names(["2nd"])
 
 
 def test_node_namespace_and_label_checks() -> None:
