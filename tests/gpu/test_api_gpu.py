@@ -162,7 +162,7 @@ def test_gpu_info_and_metrics_show_the_real_daemon_and_client(mps_world: dict[st
             while True:
                 info = http.get("/gpu/info").json()
                 gpu = next(g for g in info["gpus"] if g["uuid"] == uuid)
-                daemon = gpu["mps_daemon"] or {}
+                daemon = gpu["mps"] or {}
                 clients = [c["pid"] for s in daemon.get("servers", []) for c in s["clients"]]
                 if child.pid in clients or time.monotonic() > deadline:
                     break
@@ -175,7 +175,8 @@ def test_gpu_info_and_metrics_show_the_real_daemon_and_client(mps_world: dict[st
                 f"daemon_running={daemon.get('running')} healthy={daemon.get('healthy')} servers={servers} "
                 f"child_pid={child.pid} child_in_clients={child.pid in clients} "
                 f"child_nvml_mib={(proc['used_memory_bytes'] or 0) // 2**20 if proc else None} "
-                f"child_agent={proc['agent'] if proc else None} gpu_used_mib={gpu['memory_used_bytes'] // 2**20} "
+                f"child_agent={proc['agent'] if proc else None} "
+                f"child_mps_limit_mib={(proc.get('mps_limit_bytes') or 0) // 2**20 if proc else None} gpu_used_mib={gpu['memory_used_bytes'] // 2**20} "
                 f"processes={[(p['pid'], p['is_mps_client'], p['agent']) for p in gpu['processes']]}"
             )
             assert info["mps_enabled"] is True

@@ -39,8 +39,7 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from colo.api.gpu_view import GpuState, client_pids
-from colo.gpu.mps import ServerStatus
+from colo.api.gpu_view import GpuState
 from colo.plan.types import GpuSlot, Plan
 from colo.supervise.snapshots import AgentStatus
 from colo.supervise.state import AgentState
@@ -145,42 +144,49 @@ class ColoCollector(Collector):
         )
         clients = GaugeMetricFamily("colo_mps_clients", "MPS client processes on the GPU.", labels=["gpu", "uuid"])
         by_pid = {s.pid: s.name for s in statuses if s.pid is not None}
-        for g in gpu.gpus:
-            values = [str(g.index), g.uuid, g.name]
-            fams["total"].add_metric(values, g.memory_total_bytes)
-            fams["used"].add_metric(values, g.memory_used_bytes)
-            fams["free"].add_metric(values, g.memory_free_bytes)
-            for key, reading in (
-                ("util", g.sm_util_pct),
-                ("mutil", g.mem_util_pct),
-                ("temp", g.temperature_c),
-                ("power", g.power_w),
+        for g in gpu.info.get("gpus", []):
+            index, uuid = str(g.get("index", "")), str(g.get("uuid", ""))
+            values = [index, uuid, str(g.get("name", ""))]
+            for key, field in (
+                ("total", "memory_total_bytes"),
+                ("used", "memory_used_bytes"),
+                ("free", "memory_free_bytes"),
+                ("util", "sm_util_pct"),
+                ("mutil", "mem_util_pct"),
+                ("temp", "temperature_c"),
+                ("power", "power_w"),
             ):
-                if reading is not None:
+                reading = g.get(field)
+                if isinstance(reading, int | float):
                     fams[key].add_metric(values, float(reading))
-            daemon = gpu.daemons.get(g.uuid)
-            if daemon is not None:
-                daemon_up.add_metric([str(g.index), g.uuid], 1.0 if daemon.running else 0.0)
-                clients.add_metric([str(g.index), g.uuid], len(client_pids(daemon)))
-                for server in daemon.servers:
+            daemon = g.get("mps")
+            if isinstance(daemon, dict):
+                daemon_up.add_metric([index, uuid], 1.0 if daemon.get("running") else 0.0)
+                servers = daemon.get("servers") or []
+                clients.add_metric([index, uuid], sum(len(sv.get("client_pids") or []) for sv in servers))
+                for sv in servers:
+                    status = str(sv.get("status", ""))
                     server_active.add_metric(
-                        [str(g.index), g.uuid, str(server.pid), server.status.value],
-                        1.0 if server.status is ServerStatus.ACTIVE else 0.0,
+                        [index, uuid, str(sv.get("pid", "")), status], 1.0 if status == "ACTIVE" else 0.0
                     )
-        for p in gpu.processes:
-            if p.used_memory_bytes is None:
+        for p in gpu.info.get("processes", []):
+            used = p.get("used_memory_bytes")
+            if not isinstance(used, int):
                 continue
+            pid = int(p.get("pid", 0))
             proc.add_metric(
                 [
-                    str(p.gpu_index),
-                    p.gpu_uuid,
-                    str(p.pid),
-                    by_pid.get(p.pid, ""),
-                    "1" if p.is_mps_client else "0",
+                    str(p.get("gpu_index", "")),
+                    str(p.get("gpu_uuid", "")),
+                    str(pid),
+                    by_pid.get(pid, ""),
+                    "1" if p.get("is_mps_client") else "0",
                 ],
-                p.used_memory_bytes,
+                used,
             )
-        enabled = GaugeMetricFamily("colo_mps_enabled", "1 when MPS is in use.", value=1.0 if gpu.mps_enabled else 0.0)
+        enabled = GaugeMetricFamily(
+            "colo_mps_enabled", "1 when MPS is in use.", value=1.0 if gpu.info.get("mps_enabled") else 0.0
+        )
         ok = GaugeMetricFamily("colo_gpu_scrape_ok", "0 when NVML could not be read.", value=0.0 if gpu.error else 1.0)
         yield from (*fams.values(), proc, daemon_up, server_active, clients, enabled, ok)
 

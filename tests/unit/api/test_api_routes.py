@@ -106,7 +106,7 @@ def test_gpu_info_without_gpu_says_why(client: TestClient) -> None:
     assert r.status_code == 200
     doc = r.json()
     assert doc["mps_enabled"] is False
-    assert doc["mps"] == {"enabled": False, "pipe_dir": None, "control_process": False, "daemons_running": 0}
+    assert doc["mps"] == {"enabled": False, "pipe_dir": None, "control_process": False}
     assert "nvidia-smi" in doc["error"]
     assert doc["gpus"] == []
 
@@ -129,11 +129,11 @@ def test_gpu_info_shows_daemon_clients_and_agents(short_tmp: Path) -> None:
     (gpu,) = doc["gpus"]
     assert gpu["memory_total_bytes"] == 80 * 1024 * MIB
     assert gpu["temperature_c"] == 35
-    daemon = gpu["mps_daemon"]
+    daemon = gpu["mps"]
     assert daemon["running"] is True and daemon["healthy"] is True
     assert daemon["pipe_dir"] == pipe and daemon["control_pid"] is not None
     (server,) = daemon["servers"]
-    assert server["status"] == "ACTIVE"
+    assert server["status"] == "ACTIVE" and server["client_pids"] == [1000, 1001]
     names = {a.name for a in src.statuses()}
     pid_to_agent = {s.pid: s.name for s in src.statuses()}
     assert server["clients"] == [{"pid": 1000, "agent": pid_to_agent[1000]}, {"pid": 1001, "agent": pid_to_agent[1001]}]
@@ -141,15 +141,17 @@ def test_gpu_info_shows_daemon_clients_and_agents(short_tmp: Path) -> None:
     assert procs[1000]["used_memory_bytes"] == 900 * MIB and procs[1000]["agent"] in names
     assert procs[77777]["agent"] is None and procs[77777]["is_mps_client"] is False
     assert set(gpu["agents"]) == names
+    assert {p["pid"]: p["agent"] for p in doc["processes"]} == {p: procs[p]["agent"] for p in procs}
 
 
 def test_gpu_info_daemon_error_is_reported_per_gpu(short_tmp: Path) -> None:
     src, control = gpu_source(short_tmp)
     control.hang(short_tmp / "mps" / UUID0 / "pipe")
     doc = client_for(src).get("/gpu/info").json()
-    daemon = doc["gpus"][0]["mps_daemon"]
+    daemon = doc["gpus"][0]["mps"]
     assert daemon["running"] is True and daemon["healthy"] is False
     assert "does not answer" in daemon["error"]
+    assert doc["mps_enabled"] is False  # a daemon that does not answer is not MPS in service
 
 
 def test_gpu_info_fault_and_stopped_daemon(short_tmp: Path) -> None:
@@ -158,7 +160,7 @@ def test_gpu_info_fault_and_stopped_daemon(short_tmp: Path) -> None:
     control.fault(pipe)
     clock = Clock()
     client = client_for(src, clock=clock)
-    assert client.get("/gpu/info").json()["gpus"][0]["mps_daemon"]["servers"][0]["status"] == "FAULT"
+    assert client.get("/gpu/info").json()["gpus"][0]["mps"]["servers"][0]["status"] == "FAULT"
     assert "colo_mps_server_active{" in client.get("/metrics").text
     assert src.fleet is not None
     src.fleet.stop_all()
@@ -166,7 +168,7 @@ def test_gpu_info_fault_and_stopped_daemon(short_tmp: Path) -> None:
     clock.now += 10
     doc = client.get("/gpu/info").json()
     assert doc["mps_enabled"] is False and doc["mps"]["control_process"] is False
-    assert doc["gpus"][0]["mps_daemon"]["running"] is False
+    assert doc["gpus"][0]["mps"]["running"] is False
 
 
 def test_gpu_state_is_read_once_per_ttl(short_tmp: Path) -> None:

@@ -50,24 +50,22 @@ def _num(value: Any, unit: str, fmt: str = "{:.0f}") -> str:
 def _daemon_cell(daemon: Mapping[str, Any] | None) -> Text:
     if not daemon:
         return Text("none", style="dim")
+    if not daemon.get("running"):
+        return Text("not running", style="yellow")
     if daemon.get("error"):
         return Text(f"error: {daemon['error']}", style="red")
-    if not daemon.get("running"):
-        return Text("stopped", style="yellow")
     servers = daemon.get("servers") or []
     if not servers:
         return Text("up, no server yet", style="green")
     parts = Text()
     for i, s in enumerate(servers):
         status = str(s.get("status", "?"))
-        style = (
-            "green" if status.upper() == "ACTIVE" else "bold red" if status.upper() == "FAULT" else "yellow"
-        )
+        style = "green" if status.upper() == "ACTIVE" else "bold red" if status.upper() == "FAULT" else "yellow"
         if i:
             parts.append(", ")
         parts.append(f"server {s.get('pid')} ")
         parts.append(status, style=style)
-        parts.append(f" · {len(s.get('clients') or [])} clients")
+        parts.append(f" · {len(s.get('client_pids') or [])} clients")
     return parts
 
 
@@ -77,7 +75,7 @@ def gpu_table(info: Mapping[str, Any]) -> Table:
     for col in ("GPU", "name", "memory", "SM", "mem BW", "temp", "power", "MPS daemon", "pipe dir"):
         table.add_column(col, no_wrap=col not in ("name", "pipe dir"))
     for g in info.get("gpus") or []:
-        daemon = g.get("mps_daemon")
+        daemon = g.get("mps")
         table.add_row(
             str(g.get("index")),
             str(g.get("name", "")),
@@ -117,12 +115,11 @@ def header(info: Mapping[str, Any], url: str) -> Text:
     """One line: where, driver/CUDA, and whether MPS is on."""
     text = Text()
     text.append("colo top", style="bold")
-    text.append(
-        f"  {url}  driver {info.get('driver_version') or '—'}  CUDA {info.get('cuda_version') or '—'}  "
-    )
+    text.append(f"  {url}  driver {info.get('driver_version') or '—'}  CUDA {info.get('cuda_version') or '—'}  ")
     mps = info.get("mps") or {}
     if info.get("mps_enabled"):
-        text.append(f"MPS on ({mps.get('daemons_running', 0)} daemon(s))", style="green")
+        running = sum(1 for d in mps.get("daemons") or [] if d.get("running"))
+        text.append(f"MPS on ({running} daemon(s))", style="green")
     else:
         text.append("MPS off", style="yellow")
     return text
