@@ -149,6 +149,11 @@ def test_up_restart_apply_kill_adopt_down(world: dict[str, Any]) -> None:
     assert again["b"]["limit_bytes"] == 2 * 1024**3
     pids = {n: a["pid"] for n, a in again.items()}
 
+    huge = write_config(world["tmp"] / "huge.yaml", world["ports"], margin_b="40GiB")
+    out = colo("apply", str(huge), "--state-dir", str(sd))
+    assert out.returncode == 1 and "does not fit" in out.stderr and "nothing was changed" in out.stderr
+    assert {n: a["pid"] for n, a in agents(world).items()} == pids
+
     orch_pid = json.loads(colo("status", "--json", "--state-dir", str(sd)).stdout)["orchestrator"]["pid"]
     os.kill(orch_pid, signal.SIGKILL)
     assert wait_for(lambda: json.loads(colo("status", "--json", "--state-dir", str(sd)).stdout)["orchestrator"] is None)

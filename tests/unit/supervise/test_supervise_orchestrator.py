@@ -411,3 +411,19 @@ def test_fault_line_in_the_mps_log_names_the_client(tmp_path: Path) -> None:
     assert rec.culprit == "b" and set(rec.agents) == {"a", "b"}
     assert orch.status("a").state == S.RUNNING and orch.status("b").state == S.RUNNING
     orch.down(sleep=w.clock.advance)
+
+
+def test_reload_reapplies_the_config_file_and_refusal_is_an_event(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    path = tmp_path / "colo.yaml"
+    path.write_text(BASE + agent("a") + agent("b"))
+    orch = w.orchestrator(config(agent("a"), agent("b")), config_path=path)
+    orch.up()
+    w.run(orch, 2)
+    path.write_text(BASE + agent("a", model="big") + agent("b"))
+    result = orch.reload()
+    assert result is not None and result.restarted == ["a"] and result.unchanged == ["b"]
+    path.write_text(BASE + agent("a", model="big") + agent("b", model="big"))  # does not fit on 10 GiB
+    assert orch.reload() is None
+    assert "refused, nothing changed" in orch.events()[-1].message
+    orch.down(sleep=w.clock.advance)
