@@ -62,19 +62,19 @@ if mode == "hog":
     print("hog: the limit was not enforced", flush=True)
     sys.exit(5)
 
-PTX = b"""
-.version 7.0
-.target sm_70
+PTX = """
+.version {version}
+.target {target}
 .address_size 64
 .visible .entry colo_bad()
-{
+{{
     .reg .b64 %rd<2>;
     .reg .b32 %r<2>;
     mov.u64 %rd1, 16;
     mov.u32 %r1, 1;
     st.global.u32 [%rd1], %r1;
     ret;
-}
+}}
 """
 
 def fault():
@@ -85,15 +85,27 @@ def fault():
         ("cuDeviceGet", lambda: cu.cuDeviceGet(ctypes.byref(dev), 0)),
         ("cuDevicePrimaryCtxRetain", lambda: cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev)),
         ("cuCtxSetCurrent", lambda: cu.cuCtxSetCurrent(ctx)),
-        ("cuModuleLoadData", lambda: cu.cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(PTX))),
-        ("cuModuleGetFunction", lambda: cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"colo_bad")),
     ]
     for name, call in steps:
         rc = call()
         if rc != 0:
             print(f"FAULT-INJECTION-FAILED {name} returned {rc}", flush=True)
             os._exit(9)
-    print("launching an illegal-address kernel", flush=True)
+    tried = []
+    for version, target in (("8.0", "sm_80"), ("8.0", "sm_90"), ("7.0", "sm_70")):
+        text = PTX.format(version=version, target=target).encode()
+        rc = cu.cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(text))
+        tried.append(f"{target}:{rc}")
+        if rc == 0:
+            break
+    else:
+        print(f"FAULT-INJECTION-FAILED cuModuleLoadData {tried}", flush=True)
+        os._exit(9)
+    rc = cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"colo_bad")
+    if rc != 0:
+        print(f"FAULT-INJECTION-FAILED cuModuleGetFunction returned {rc}", flush=True)
+        os._exit(9)
+    print(f"launching an illegal-address kernel (PTX {tried[-1]})", flush=True)
     launch = cu.cuLaunchKernel(fn, 1, 1, 1, 1, 1, 1, 0, None, None, None)
     sync = cu.cuCtxSynchronize()
     print(f"cuLaunchKernel={launch} cuCtxSynchronize={sync}", flush=True)
