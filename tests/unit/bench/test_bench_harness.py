@@ -23,13 +23,14 @@ def _children() -> list[psutil.Process]:
 def test_instances_start_together_after_uneven_warm_up() -> None:
     specs = [
         InstanceSpec("cpu", {"sleep_secs": 0.005, "prepare_secs": 0.0}, label="fast", duration_secs=0.3),
-        InstanceSpec("cpu", {"sleep_secs": 0.005, "prepare_secs": 0.6}, label="slow", duration_secs=0.3),
+        InstanceSpec("cpu", {"sleep_secs": 0.005, "prepare_secs": 1.0}, label="slow", duration_secs=0.3),
     ]
     messages: list[str] = []
     point = run_point(specs, mode="timeslice", progress=messages.append)
     assert point.concurrency == 2 and [i.label for i in point.instances] == ["fast", "slow"]
-    # The slow one warmed up 0.6 s longer; the barrier still started both windows together.
-    assert point.start_spread_secs < 0.25
+    # The slow one warmed up 1 s longer; the barrier still started both windows together (the margin is for a
+    # loaded 2-core machine waking the processes up).
+    assert point.start_spread_secs < 0.5
     for inst in point.instances:
         assert inst.elapsed_secs >= 0.3
         assert inst.requests >= 10 and inst.items == inst.requests
