@@ -500,8 +500,9 @@ class Orchestrator:
                     self.reload()
                 try:
                     self.tick()
-                except ColoError as exc:  # failures are data; the loop keeps going
-                    self._sup().event(EventKind.UNHEALTHY, None, f"supervision error: {exc}")
+                except Exception as exc:  # failures are data: one bad tick must not end supervision
+                    with contextlib.suppress(Exception):
+                        self._sup().event(EventKind.UNHEALTHY, None, f"supervision error: {type(exc).__name__}: {exc}")
                 stop.wait(tick_secs)
         finally:
             self.down()

@@ -15,6 +15,7 @@ MPS fault recovery, per GPU (other GPUs are untouched)::
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from colo.supervise.store import Store
 MPS_POLL_SECS = 1.0
 MEMORY_POLL_SECS = 2.0
 ROTATE_CHECK_SECS = 30.0
+#: Events also written into the agent's own log as ``--- colo: ...`` lines.
+LOGGED_KINDS = frozenset({EventKind.STARTED, EventKind.RESTARTED, EventKind.ADOPTED, EventKind.EXITED})
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,9 @@ class Supervisor:
         def on_event(kind: EventKind, message: str) -> None:
             a = self.agents.get(name)
             self.event(kind, name, message, a.setup.launch.gpu if a else setup.launch.gpu)
+            if kind in LOGGED_KINDS:
+                with contextlib.suppress(OSError):
+                    self.logs.mark(name, f"{kind.value}: {message}")  # so `colo logs` shows each life
 
         agent = Agent(
             setup,

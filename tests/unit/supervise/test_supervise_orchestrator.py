@@ -184,7 +184,8 @@ def test_mps_fault_recovers_that_gpu_only_and_names_the_culprit(tmp_path: Path) 
         w.mps.connect_client(pipe0, w.pid(orch, name))
     w.mps.connect_client(w.state / "mps" / uuid(1) / "pipe", w.pid(orch, "c"))
     pids = {n: w.pid(orch, n) for n in ("a", "bad", "c")}
-    (w.state / "logs" / "bad.log").write_text("RuntimeError: CUDA error: an illegal memory access was encountered\n")
+    with open(w.state / "logs" / "bad.log", "a") as fh:  # agents append to their logs
+        fh.write("RuntimeError: CUDA error: an illegal memory access was encountered\n")
     w.mps.fault(pipe0)
     w.run(orch, 1.5)
     fault_events = [e for e in orch.events() if e.kind == EventKind.MPS_FAULT]
