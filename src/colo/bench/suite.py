@@ -62,19 +62,29 @@ def hf_decode_plans(duration_secs: float) -> list[BenchPlan]:
     return [BenchPlan("decode distilgpt2 (transformers StaticCache) fp16", base=spec, concurrencies=(1, 2, 4))]
 
 
-def newsroom_plans(duration_secs: float, config_path: Path = NEWSROOM) -> list[BenchPlan]:
+def agent_specs(
+    config_path: Path, duration_secs: float, *, batch_size: int = 8, seq_len: int = 128, dtype: str = "float16"
+) -> tuple[InstanceSpec, ...]:
+    """One encoder instance per agent of a colo.yaml, running each of its models' forwards in turn.
+
+    Raises ConfigError for an unreadable or invalid file.
+    """
     from colo.spec.load import load_config
 
     config = load_config(config_path)
-    specs = tuple(
+    return tuple(
         InstanceSpec(
             "encoder",
-            {"models": list(agent.models), "batch_size": 8, "seq_len": 128, "dtype": "float16"},
+            {"models": list(agent.models), "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype},
             label=name,
             duration_secs=duration_secs,
         )
         for name, agent in config.agents.items()
     )
+
+
+def newsroom_plans(duration_secs: float, config_path: Path = NEWSROOM) -> list[BenchPlan]:
+    specs = agent_specs(config_path, duration_secs)
     return [BenchPlan("newsroom: nine agents together, fp16 8×128 per model", fixed=specs)]
 
 

@@ -22,6 +22,7 @@ from colo.errors import ColoError, ConfigError, UsageError
 
 if TYPE_CHECKING:
     from colo.bench.results import BenchResult, PointResult
+    from colo.bench.runner import BenchPlan
     from colo.bench.spec import InstanceSpec
     from colo.gpu.nvml import GpuBackend
 
@@ -106,11 +107,8 @@ def _run(
     bound: bool,
     as_json: bool,
 ) -> None:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from colo.bench.mps import MpsClientLimits
-    from colo.bench.report import to_json, write_reports
-    from colo.bench.runner import BenchPlan, run_bench
+    from colo.bench.runner import BenchPlan
 
     mode_list = parse_modes(modes)
     try:
@@ -126,16 +124,26 @@ def _run(
         limits=MpsClientLimits(pinned_mem_limit_bytes=limit_bytes, active_thread_pct=thread_pct),
         gpu_index=gpu,
     )
-    needs_gpu = "mps" in mode_list or spec.kind in ("encoder", "decode", "hf_decode")
-    backend = _backend(required="mps" in mode_list)
-    if backend is None and needs_gpu and spec.params.get("device", "auto") != "cpu":
+    gpu_kind = spec.kind in ("encoder", "decode", "hf_decode") and spec.params.get("device", "auto") != "cpu"
+    _execute(plan, out=out, as_json=as_json, gpu_kind=gpu_kind)
+
+
+def _execute(plan: BenchPlan, *, out: Path, as_json: bool, gpu_kind: bool) -> None:
+    """Run ``plan`` with live progress, write the reports, print the table (or the JSON)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from colo.bench.report import to_json, write_reports
+    from colo.bench.runner import run_bench
+
+    backend = _backend(required="mps" in plan.modes)
+    if backend is None and gpu_kind:
         err_console.print("[yellow]no NVIDIA GPU found (NVML): running on the CPU, no GPU activity samples[/]")
     view = err_console if as_json else console
     steps = plan.steps()
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=view, transient=True
     ) as progress:
-        task = progress.add_task(f"{title}: starting", total=len(steps))
+        task = progress.add_task(f"{plan.title}: starting", total=len(steps))
 
         def on_message(msg: str) -> None:
             progress.update(task, description=msg)
@@ -385,6 +393,30 @@ def bench_http(
         bound=False,
         as_json=as_json,
     )
+
+
+@bench_app.command("agents")
+@_cli_errors
+def bench_agents(
+    config: Path = typer.Argument(..., help="colo.yaml: one instance per agent, running its models"),
+    batch: int = typer.Option(8, "--batch", min=1, help="sequences per forward, every model"),
+    seq: int = typer.Option(128, "--seq", min=1, help="tokens per sequence"),
+    dtype: str = typer.Option("float16", "--dtype", help="float16, bfloat16 or float32"),
+    mode: str = _MODE,
+    duration: float = _DURATION,
+    out: Path = _OUT,
+    gpu: int = _GPU,
+    as_json: bool = _JSON,
+) -> None:
+    """All agents of CONFIG under load together (each agent one process running its models' forwards)."""
+    from colo.bench.runner import BenchPlan
+    from colo.bench.suite import agent_specs
+
+    specs = agent_specs(config, duration, batch_size=batch, seq_len=seq, dtype=dtype)
+    plan = BenchPlan(
+        f"{config.name}: {len(specs)} agents together", fixed=specs, modes=parse_modes(mode), gpu_index=gpu
+    )
+    _execute(plan, out=out, as_json=as_json, gpu_kind=True)
 
 
 # --- capacity and advise ----------------------------------------------------------------------------------

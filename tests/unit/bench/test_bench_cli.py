@@ -90,3 +90,27 @@ def test_bench_usage_errors(tmp_path: Path, no_gpu: None) -> None:
     assert r.exit_code == 2 and "llama-3.1-8b" in r.output
     r = runner.invoke(app, ["bench", "http", "--api", "grpc", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "ollama-chat" in r.output
+
+
+def test_bench_agents_runs_every_agent_of_a_config(tmp_path: Path, no_gpu: None) -> None:
+    config = tmp_path / "colo.yaml"
+    config.write_text(
+        "version: 1\n"
+        "models:\n  google/bert_uncased_L-2_H-128_A-2: {memory: 0.5GiB}\n"
+        "  sentence-transformers/all-MiniLM-L6-v2: {memory: 0.5GiB}\n"
+        "agents:\n"
+        "  analyst: {models: [google/bert_uncased_L-2_H-128_A-2]}\n"
+        "  balancer: {models: [google/bert_uncased_L-2_H-128_A-2, sentence-transformers/all-MiniLM-L6-v2]}\n"
+    )
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["bench", "agents", str(config), "--mode", "timeslice", "--batch", "1", "--seq", "8",
+                            "--duration", "0.3", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    point = json.loads(r.stdout)["runs"][0]["points"][0]
+    assert point["mode"] == "timeslice" and point["concurrency"] == 2
+    labels = {i["label"]: i for i in point["instances"]}
+    assert set(labels) == {"analyst", "balancer"}
+    assert labels["balancer"]["info"]["models"] == [
+        "google/bert_uncased_L-2_H-128_A-2", "sentence-transformers/all-MiniLM-L6-v2"
+    ]
+    assert "| analyst |" in (out / "bench.md").read_text()
