@@ -16,8 +16,10 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_mode --format=csv | tee "$OUT/bench.log"
+set +e
 "$PY" -m colo.bench.suite --out "$OUT" --duration "$DURATION" "$@" 2>&1 | tee -a "$OUT/bench.log"
 status=${PIPESTATUS[0]}
+set -e
 # Nothing of ours may be left behind: no instance process, no private MPS directory (removed after its
 # daemon quit).
 if pgrep -f "colo.bench.instance" >/dev/null 2>&1; then
