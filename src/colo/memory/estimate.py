@@ -3,31 +3,37 @@
 What a process shows in NVML (``nvidia-smi``'s per-process "used memory") is modelled as::
 
     nvml_peak = overhead + reserved
-    reserved  = allocated_peak × (1 + ALLOCATOR_SLACK) + ALLOCATOR_FLOOR, rounded up to 2 MiB
-    allocated_peak = weights + activations (+ KV cache for generators)
+    reserved  = weights × 1.05 + activation footprint + KV cache × KV_GROWTH + 8 MiB, rounded up to 2 MiB
+    allocated = weights + activations (+ KV cache for generators)
 
 - **weights**: the parameters and buffers of the model built on PyTorch's ``meta`` device (no memory, exact
-  shapes): unique tensors only, so tied embeddings count once; floating tensors in the requested dtype.
+  shapes): unique tensors only, so tied embeddings count once; floating tensors in the requested dtype. The
+  caching allocator packs them into shared segments: ~5 % slack.
 - **activations** (inference, ``torch.inference_mode``: nothing is kept for a backward pass): the largest set
   of tensors alive at once inside one layer, for the worst-case shape. ``T = batch × seq`` tokens, ``H``
   hidden, ``I`` feed-forward width, ``A`` heads, ``S = batch × A × seq²`` attention scores, ``e`` bytes per
   element:
 
   - attention, fused (``sdpa`` on CUDA: memory-efficient / flash kernels, no score matrix):
-    layer input + Q, K, V + output + its contiguous copy = ``6·T·H·e``;
+    layer input + Q, K, V + output (+ one spare) = ``6·T·H·e``;
   - attention, eager (the score matrix is materialised): ``5·T·H·e + 2·S·e`` plus a ``batch × seq²`` mask;
     MPNet and T5 keep a relative-position bias of ``S`` for the whole pass;
   - feed-forward: layer input + attention output + the ``T × I`` projection and its activation
-    (gated: three ``T × I``) = ``2·T·H·e + 2·T·I·e`` (``+T·I·e`` gated);
-  - the layer peak is the larger of the two; embeddings (``4·T·H·e``) come before the first layer.
+    = ``2·T·H·e + 2·T·I·e`` (gated: ``3·T·I·e``);
+  - the layer peak is the larger of the two, plus the model's output ``T·H·e``.
+
+  The allocator's footprint for them (**activation footprint**) is the most blocks of each size alive at
+  once — same-sized blocks reuse each other's cached segments from layer to layer, but a larger request
+  never reuses smaller freed segments: ``6·T·H + 2·T·I`` blocks for fused attention (BERT-like models at
+  batch 32 × 512: ~25 % above the allocated peak), the score matrices for eager attention.
 - **KV cache** (generators; seq2seq decoders plus cross-attention over the prompt): ``2 × layers × batch ×
   tokens × kv_heads × head_dim × e``; the cache grows by concatenation, so the old and new copies of a layer
-  coexist and the caching allocator cannot always reuse freed blocks: counted × ``KV_GROWTH``.
+  coexist and freed blocks of growing sizes are hard to reuse: counted × ``KV_GROWTH`` in the footprint.
   The prompt's forward pass (prefill) and the last-token logits (``batch × vocab``, plus the float32 copy
   ``generate`` takes) are added.
 - **overhead**: the CUDA context and library workspaces (cuBLAS), which PyTorch does not see. Measured on an
   H100 (driver 580, CUDA 13, PyTorch 2.11) as NVML − reserved ≈ 680 MiB for every model (``docs/memory.md``);
-  :func:`overhead_for` refines it from the model database's measurements on the same GPU.
+  the model database refines it from measurements on the same GPU (``ModelDB.overhead_for``).
 
 The estimator's error against measured NVML peaks is reported by the GPU test and in ``docs/memory.md``.
 """
@@ -104,6 +110,7 @@ class Estimate:
     params: int
     weights_bytes: int
     activation_bytes: int
+    activation_reserved_bytes: int
     kv_cache_bytes: int
     reserved_bytes: int
     overhead_bytes: int
@@ -126,6 +133,7 @@ class Estimate:
             "params": self.params,
             "weights_bytes": self.weights_bytes,
             "activation_bytes": self.activation_bytes,
+            "activation_reserved_bytes": self.activation_reserved_bytes,
             "kv_cache_bytes": self.kv_cache_bytes,
             "reserved_bytes": self.reserved_bytes,
             "overhead_bytes": self.overhead_bytes,
@@ -215,24 +223,47 @@ def model_shape(model_id: str, path: str | None = None) -> ModelShape:
     return _cached_shape(model_id, path)
 
 
-def _layer_peak(shape: ModelShape, batch: int, seq: int, e: int, *, kv_seq: int | None = None) -> int:
-    """Bytes alive at the peak of one transformer layer over ``batch × seq`` query tokens."""
+def _block(size_bytes: int) -> int:
+    """A tensor's footprint in the caching allocator: large blocks are rounded to 2 MiB segments."""
+    return units.round_up(size_bytes, ALLOCATOR_ROUND_BYTES)
+
+
+def _layer(shape: ModelShape, batch: int, seq: int, e: int, *, kv_seq: int | None = None) -> tuple[int, int]:
+    """``(allocated, reserved)`` bytes of one transformer layer's transient tensors over ``batch × seq``
+    query tokens: the most alive at once, and the caching allocator's footprint for them.
+
+    Same-sized blocks reuse each other's cached segments from layer to layer, but a request larger than every
+    free block gets a segment of its own (the allocator never merges separate segments). So the footprint is
+    the most blocks of each size alive at once: ``6·T·H`` blocks and the feed-forward's ``T × I`` blocks —
+    unless a freed score matrix is large enough to hold the latter.
+    """
     tokens = batch * seq
-    th = tokens * shape.hidden * e
     keys = seq if kv_seq is None else kv_seq
-    scores = batch * shape.heads * seq * keys * e
-    attention = 5 * th + 2 * scores + batch * seq * keys * e if shape.attention == "eager" else 6 * th
+    th = tokens * shape.hidden * e
     ti = tokens * shape.intermediate * e
-    ffn = 2 * th + (3 if shape.gated else 2) * ti
-    return max(attention, ffn, 4 * th)
+    scores = batch * shape.heads * seq * keys * e
+    mask = batch * seq * keys * e
+    eager = shape.attention == "eager"
+    k = 3 if shape.gated else 2
+    attention = 5 * th + 2 * scores + mask if eager else 6 * th
+    ffn = max(2 * th + k * ti, 5 * th + ti)
+    allocated = max(attention, ffn, 4 * th)
+    blocks = 6 * _block(th)
+    if eager:
+        blocks += 2 * _block(scores) + _block(mask)
+    if not eager or ti > scores:
+        blocks += k * _block(ti)
+    return allocated, max(allocated, blocks)
 
 
-def _encoder_activations(shape: ModelShape, w: Workload, e: int) -> int:
-    act = _layer_peak(shape, w.batch_size, w.seq_len, e)
-    if shape.relative_bias:
-        act += w.batch_size * shape.heads * w.seq_len * w.seq_len * e
+def _encoder_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int]:
+    allocated, reserved = _layer(shape, w.batch_size, w.seq_len, e)
+    persistent = 0
+    if shape.relative_bias:  # kept for the whole pass
+        persistent += w.batch_size * shape.heads * w.seq_len * w.seq_len * e
     # the model's output (last hidden state) is alive while the pooler / head runs
-    return act + w.batch_size * w.seq_len * shape.hidden * e
+    output = w.batch_size * w.seq_len * shape.hidden * e
+    return allocated + persistent + output, max(reserved, allocated + output) + persistent
 
 
 def _kv_bytes(shape: ModelShape, batch: int, tokens: int, layers: int, e: int) -> int:
@@ -244,28 +275,37 @@ def _logits_bytes(shape: ModelShape, batch: int, e: int) -> int:
     return batch * shape.vocab * (e + 4 + 4)
 
 
-def _generator_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int]:
+def _generator_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int, int]:
     total = w.seq_len + w.new_tokens
     kv = _kv_bytes(shape, w.batch_size, total, shape.layers, e)
-    prefill = _layer_peak(shape, w.batch_size, w.seq_len, e)
-    act = prefill + _logits_bytes(shape, w.batch_size, e) + int(kv * (KV_GROWTH - 1))
-    return act, kv
+    allocated, reserved = _layer(shape, w.batch_size, w.seq_len, e)
+    logits = _logits_bytes(shape, w.batch_size, e)
+    return allocated + logits, reserved + logits, kv
 
 
-def _seq2seq_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int]:
-    encoder = _encoder_activations(shape, w, e)
+def _seq2seq_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int, int]:
+    enc_alloc, enc_res = _encoder_parts(shape, w, e)
     self_kv = _kv_bytes(shape, w.batch_size, max(w.new_tokens, 1), shape.decoder_layers, e)
     cross_kv = _kv_bytes(shape, w.batch_size, w.seq_len, shape.decoder_layers, e)
     encoder_out = w.batch_size * w.seq_len * shape.hidden * e
-    decode = _layer_peak(shape, w.batch_size, 1, e, kv_seq=w.seq_len) + _logits_bytes(shape, w.batch_size, e)
-    act = max(encoder, decode + encoder_out) + int(self_kv * (KV_GROWTH - 1))
-    return act, self_kv + cross_kv
+    dec_alloc, dec_res = _layer(shape, w.batch_size, 1, e, kv_seq=w.seq_len)
+    logits = _logits_bytes(shape, w.batch_size, e)
+    allocated = max(enc_alloc, dec_alloc + encoder_out + logits)
+    reserved = max(enc_res, dec_res + encoder_out + logits)
+    return allocated, reserved, self_kv + cross_kv
 
 
 def reserved_for(allocated_bytes: int) -> int:
     """PyTorch's reserved (cached) memory for an allocated peak: slack for block rounding and reuse."""
     raw = math.ceil(allocated_bytes * (1 + ALLOCATOR_SLACK)) + ALLOCATOR_FLOOR_BYTES
     return units.round_up(raw, ALLOCATOR_ROUND_BYTES)
+
+
+def _reserved(weights: int, act_reserved: int, kv: int) -> int:
+    # weights: many tensors packed into shared segments (~5 % slack); activations: their block footprint;
+    # KV cache: grows by concatenation, old and new copies of a layer coexist (× KV_GROWTH)
+    raw = math.ceil(weights * (1 + ALLOCATOR_SLACK)) + act_reserved + math.ceil(kv * KV_GROWTH)
+    return units.round_up(raw + ALLOCATOR_FLOOR_BYTES, ALLOCATOR_ROUND_BYTES)
 
 
 def estimate_shape(
@@ -282,14 +322,15 @@ def estimate_shape(
     weights = shape.weights_bytes(w.dtype)
     notes: list[str] = []
     if shape.task == "encoder":
-        act, kv = _encoder_activations(shape, w, e), 0
+        act, act_res = _encoder_parts(shape, w, e)
+        kv = 0
     elif shape.task == "generator":
-        act, kv = _generator_parts(shape, w, e)
+        act, act_res, kv = _generator_parts(shape, w, e)
     else:
-        act, kv = _seq2seq_parts(shape, w, e)
+        act, act_res, kv = _seq2seq_parts(shape, w, e)
     if shape.attention == "eager":
         notes.append("eager attention: the batch × heads × seq² score matrix is materialised")
-    reserved = reserved_for(weights + act + kv)
+    reserved = _reserved(weights, act_res, kv)
     return Estimate(
         model_id=shape.model_id,
         task=shape.task,
@@ -300,6 +341,7 @@ def estimate_shape(
         params=shape.params,
         weights_bytes=weights,
         activation_bytes=act,
+        activation_reserved_bytes=act_res,
         kv_cache_bytes=kv,
         reserved_bytes=reserved,
         overhead_bytes=overhead_bytes,
@@ -335,6 +377,6 @@ def estimate_set(
     parts = [estimate(w, overhead_bytes=overhead_bytes) for w in workloads]
     if not parts:
         return 0
-    transient = max(p.activation_bytes + p.kv_cache_bytes for p in parts)
-    allocated = sum(p.weights_bytes for p in parts) + transient
-    return reserved_for(allocated) + overhead_bytes
+    weights = sum(p.weights_bytes for p in parts)
+    worst = max(parts, key=lambda p: p.activation_reserved_bytes + p.kv_cache_bytes * KV_GROWTH)
+    return _reserved(weights, worst.activation_reserved_bytes, worst.kv_cache_bytes) + overhead_bytes

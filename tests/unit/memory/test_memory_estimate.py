@@ -205,3 +205,20 @@ def test_activation_formula_matches_tensors_alive_in_a_real_forward(model_id: st
 def test_model_shape_is_cached() -> None:
     assert est.model_shape("roberta-base") is est.model_shape("roberta-base")
     assert replace(est.model_shape("roberta-base"), hidden=1).hidden == 1
+
+
+def test_allocator_footprint_of_fused_attention_counts_each_block_size() -> None:
+    s = _shape()  # H = 256, I = 1024
+    w = Workload("toy", "float32", batch_size=32, seq_len=512)
+    e = est.estimate_shape(s, w, overhead_bytes=0)
+    th, ti = 32 * 512 * 256 * 4, 32 * 512 * 1024 * 4
+    assert e.activation_reserved_bytes == 6 * th + 2 * ti  # separate segments per size, reused per layer
+    assert e.activation_reserved_bytes > e.activation_bytes
+
+
+def test_feed_forward_blocks_fit_into_freed_score_matrices() -> None:
+    s = _shape(attention="eager", heads=16)  # S = 32 × 16 × 512² × 4 = 512 MiB > T·I = 64 MiB
+    w = Workload("toy", "float32", batch_size=32, seq_len=512)
+    e = est.estimate_shape(s, w, overhead_bytes=0)
+    th, scores, mask = 32 * 512 * 256 * 4, 32 * 16 * 512 * 512 * 4, 32 * 512 * 512 * 4
+    assert e.activation_reserved_bytes == max(e.activation_bytes, 6 * th + 2 * scores + mask)
