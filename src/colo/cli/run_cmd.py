@@ -8,6 +8,7 @@ orchestrator on its next tick (so they work whether or not its HTTP API is up).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -146,6 +147,8 @@ def _run_foreground(cfg: Any, config_path: Path, sd: Path, *, use_mps: bool, nod
     finally:
         if server is not None:
             server.should_exit = True
+        with contextlib.suppress(ColoError):
+            orch.store.delete_meta("api_url")
     console.print("colo down: agents stopped" + (", MPS daemons quit" if result.mps else ""), highlight=False)
 
 
@@ -174,6 +177,7 @@ def _start_api(orch: Any, sd: Path) -> Any:
     )
     thread = threading.Thread(target=lambda: server.run(sockets=[sock]), name="colo-api", daemon=True)
     thread.start()
+    orch.store.set_meta("api_url", binding.url)  # `colo status` asks the live API first
     console.print(f"colo API: {binding.url}", highlight=False)
     return server
 
@@ -231,7 +235,7 @@ def status_data(sd: Path) -> dict[str, Any]:
     pid = running_orchestrator(sd)
     store = Store.open_existing(paths.db)
     if store is None:
-        return {"state_dir": str(sd), "orchestrator": None, "agents": [], "recent_events": []}
+        return {"state_dir": str(sd), "orchestrator": None, "source": "store", "agents": [], "recent_events": []}
     try:
         agents = [r.status.to_dict() for r in store.agents()]
         have = {a["name"] for a in agents}
@@ -256,11 +260,29 @@ def status_data(sd: Path) -> dict[str, Any]:
                     }
                 )
         meta = store.get_meta("orchestrator") if pid else None
+        api_url = store.get_meta("api_url") if pid else None
         events = [e.to_dict() for e in store.events(0, 10)]
     finally:
         store.close()
     orch = {"pid": pid, **(meta or {})} if pid else None
-    return {"state_dir": str(sd), "orchestrator": orch, "agents": agents, "recent_events": events}
+    source = "store"
+    if pid and api_url:
+        live = _agents_from_api(sd, api_url)
+        if live is not None:
+            agents, source = live, "api"
+    return {"state_dir": str(sd), "orchestrator": orch, "source": source, "agents": agents, "recent_events": events}
+
+
+def _agents_from_api(sd: Path, url: str) -> list[dict[str, Any]] | None:
+    """The live agents from the running orchestrator's API, or None when it does not answer."""
+    try:
+        from colo.api.auth import read_token
+        from colo.api.client import ApiClient
+
+        with ApiClient(url, read_token(sd), timeout_secs=3.0) as client:
+            return client.agents()
+    except (ColoError, ImportError, OSError):
+        return None
 
 
 def status_command(

@@ -398,6 +398,7 @@ class Orchestrator:
             sup.event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
         records = {r.status.name: r for r in self.store.agents()}
         self.write_pid_file()
+        self.store.delete_meta("api_url")  # the CLI records it again once its API serves
         started: list[str] = []
         adopted: list[str] = []
         roll: list[tuple[AgentSetup, str]] = []
