@@ -238,6 +238,17 @@ def colo_status(sd: Path) -> dict[str, Any]:
     return data
 
 
+def store_events(sd: Path) -> list[Any]:
+    """Every event in the state dir's store (read-only use of colo's own Store)."""
+    from colo.supervise.store import Store
+
+    store = Store(sd / "colo.db")
+    try:
+        return store.events(0, 100_000)
+    finally:
+        store.close()
+
+
 def agents_by_name(sd: Path) -> dict[str, dict[str, Any]]:
     return {a["name"]: a for a in colo_status(sd)["agents"]}
 
@@ -294,13 +305,29 @@ class TestNewsroom:
             states = {n: (a["state"], a.get("last_error")) for n, a in agents_by_name(sd).items()}
             result(1, "newsroom_up", False, secs, f"not all RUNNING: {states}")
             pytest.fail(f"newsroom agents not all RUNNING after {secs:.0f} s: {states}")
-        procs = {p.pid: p for p in NvmlBackend().processes()}
+        procs: dict[int, Any] = {}
+        for _ in range(5):  # NVML's process list can lag a moment behind new contexts
+            procs = {p.pid: p for p in NvmlBackend().processes()}
+            if all(a["pid"] in procs for a in agents.values()):
+                break
+            time.sleep(1.0)
         problems = []
         rows = []
+        if not any(a["pid"] in procs for a in agents.values()):
+            # NVML reports host pids; in another PID namespace none match. Check the clients as a set.
+            clients = [p for p in procs.values() if p.is_mps_client]
+            biggest = max(a["limit_bytes"] for a in agents.values())
+            used = sorted((p.used_memory_bytes or 0) // 2**20 for p in clients)
+            rows.append(f"NVML pids differ from agent pids (PID namespace?): {len(clients)} MPS clients, MiB {used}")
+            if len(clients) < 9:
+                problems.append(f"only {len(clients)} MPS clients listed by NVML")
+            if any((p.used_memory_bytes or 0) > biggest for p in clients):
+                problems.append("an MPS client uses more than the largest limit")
         for name, a in sorted(agents.items()):
             p = procs.get(a["pid"])
             if p is None:
-                problems.append(f"{name}: pid {a['pid']} not an NVML GPU process")
+                if procs and any(x["pid"] in procs for x in agents.values()):
+                    problems.append(f"{name}: pid {a['pid']} not an NVML GPU process")
                 continue
             used = p.used_memory_bytes or 0
             rows.append(f"{name}:{used // 2**20}MiB/{a['limit_bytes'] // 2**20}MiB")
@@ -397,6 +424,7 @@ class TestNewsroom:
         config: Path = newsroom.get("config") or NEWSROOM
         orch = colo_status(sd)["orchestrator"]
         assert orch and orch["pid"]
+        last_seq = max((e.seq for e in store_events(sd)), default=0)
         t0 = time.monotonic()
         os.kill(int(orch["pid"]), signal.SIGKILL)
         wait_for(lambda: colo_status(sd)["orchestrator"] is None, timeout=20, step=0.2)
@@ -404,6 +432,9 @@ class TestNewsroom:
         newsroom["procs"].append(start_colo(sd, config))
 
         def adopted() -> dict[str, dict[str, Any]] | None:
+            events = [e for e in store_events(sd) if e.seq > last_seq and e.kind.value == "adopted"]
+            if len({e.agent for e in events}) < 9:
+                return None
             st = colo_status(sd)
             agents = {a["name"]: a for a in st["agents"]}
             if st["orchestrator"] and len(agents) == 9 and all(a["state"] == "RUNNING" for a in agents.values()):
@@ -412,6 +443,7 @@ class TestNewsroom:
 
         agents = wait_for(adopted, timeout=90, step=0.5)
         secs = time.monotonic() - t0
+        time.sleep(3.0)  # a buggy orchestrator would launch duplicates right after adopting: give it the chance
         detail = f"alive while orphaned: {len(alive)}/9"
         ok = bool(agents) and len(alive) == 9
         if agents:
@@ -426,7 +458,12 @@ class TestNewsroom:
                     and str(sd) in " ".join(p.info["cmdline"] or [])
                 )
             dupes = {n: c for n, c in counts.items() if c != 1}
-            adopted_events = sum(1 for e in colo_status(sd)["recent_events"] if e["kind"] == "adopted")
+            adopted_events = sum(1 for e in store_events(sd) if e.seq > last_seq and e.kind.value == "adopted")
+            started = [
+                e.agent for e in store_events(sd) if e.seq > last_seq and e.kind.value in ("started", "restarted")
+            ]
+            ok = ok and not started
+            detail += f"; launched after restart: {started or 'none'}"
             ok = ok and not changed and not dupes
             detail += f"; pids changed: {changed or 'none'}; duplicates: {dupes or 'none'}; adopted events seen: {adopted_events}"
         result(6, "orchestrator_sigkill_adopt", ok, secs, detail)
