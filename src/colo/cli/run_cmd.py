@@ -113,22 +113,7 @@ def _run_foreground(cfg: Any, config_path: Path, sd: Path, *, use_mps: bool, nod
 
     from colo.supervise.orchestrator import Orchestrator
 
-    orch = Orchestrator(cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node)
-    try:
-        result = orch.up()
-    except ColoError:
-        raise
-    orch.write_pid_file()
-    for w in result.warnings:
-        _warn(w)
-    for u in result.left_out:
-        _warn(f"{u.agent} ({u.priority}) left out: {u.reason}")
-    mode = "MPS" if result.mps else "time-slicing (no MPS)"
-    console.print(
-        f"colo up: {len(result.started)} started, {len(result.adopted)} adopted, {len(result.left_out)} left out;"
-        f" {mode}; state {sd}",
-        highlight=False,
-    )
+    # Handlers first: a SIGTERM while agents are being launched still ends in an orderly `down`.
     stop = threading.Event()
     reload = threading.Event()
 
@@ -141,6 +126,18 @@ def _run_foreground(cfg: Any, config_path: Path, sd: Path, *, use_mps: bool, nod
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
+    orch = Orchestrator(cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node)
+    result = orch.up()  # ColoError: nothing left running; main() prints it with its exit code
+    for w in result.warnings:
+        _warn(w)
+    for u in result.left_out:
+        _warn(f"{u.agent} ({u.priority}) left out: {u.reason}")
+    mode = "MPS" if result.mps else "time-slicing (no MPS)"
+    console.print(
+        f"colo up: {len(result.started)} started, {len(result.adopted)} adopted, {len(result.left_out)} left out;"
+        f" {mode}; state {sd}",
+        highlight=False,
+    )
     server = _start_api(orch, sd) if api else None
     try:
         orch.run(stop, reload=reload)
