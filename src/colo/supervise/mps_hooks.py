@@ -1,16 +1,23 @@
 """The supervisor's view of the per-GPU MPS daemons (:class:`~colo.supervise.supervisor.MpsHooks`), over
-``colo.gpu.mps.MpsFleet``: FAULT detection (``get_server_status`` and fault lines new in each daemon's
-``control.log``/``server.log``, which may name the client), ``terminate_client``, restarting one daemon.
+``colo.gpu.mps.MpsFleet``: FAULT detection (``get_server_status``; fault lines new in each daemon's
+``control.log``/``server.log`` name the client when they can), ``terminate_client``, restarting one daemon.
+
+A fault line alone does not start a recovery (a stray "fatal" in a log must not restart a GPU's agents):
+the server's own FAULT status does, and agents dying with MPS errors do (see the supervisor).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 
 from colo.errors import MpsError
 from colo.gpu.mps import MpsDefaults, MpsFleet, ServerStatus
 from colo.gpu.mps_log import MpsLogKind, MpsLogReader
 from colo.supervise.supervisor import MpsFault
+
+#: A fault line in an MPS log names the culprit of a FAULT seen within this many seconds.
+HINT_SECS = 60.0
 
 
 class FleetHooks:
@@ -19,6 +26,7 @@ class FleetHooks:
     def __init__(self, fleet: MpsFleet) -> None:
         self.fleet = fleet
         self._logs = {d.gpu_uuid: self._reader(d.paths.log_dir) for d in fleet.daemons()}
+        self._hints: dict[str, tuple[float, int | None, str]] = {}  # uuid -> (when, client pid, log line)
 
     @staticmethod
     def _reader(log_dir: object) -> MpsLogReader:
@@ -30,12 +38,16 @@ class FleetHooks:
         return [d.gpu_uuid for d in self.fleet.daemons()]
 
     def faults(self) -> list[MpsFault]:
-        """GPUs whose MPS server says FAULT (``get_server_status``). Raises MpsError."""
-        out: list[MpsFault] = []
+        """GPUs whose MPS server says FAULT (``get_server_status``), with the client a recent fault line in
+        that daemon's logs names. Never raises for a daemon that does not answer (skipped)."""
+        now = time.monotonic()
         for uuid, reader in self._logs.items():
             for event in reader.read_new():
                 if event.kind == MpsLogKind.FAULT:
-                    out.append(MpsFault(uuid, f"MPS log: {event.message}", event.client_pid))
+                    old = self._hints.get(uuid)
+                    pid = event.client_pid or (old[1] if old and now - old[0] < HINT_SECS else None)
+                    self._hints[uuid] = (now, pid, event.message)
+        out: list[MpsFault] = []
         for uuid in self._uuids():
             daemon = self.fleet.daemon(uuid)
             try:
@@ -45,7 +57,11 @@ class FleetHooks:
             for pid in pids:
                 with contextlib.suppress(MpsError):
                     if daemon.server_status(pid) == ServerStatus.FAULT:
-                        out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT"))
+                        hint = self._hints.pop(uuid, None)
+                        if hint is not None and now - hint[0] < HINT_SECS:
+                            out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT; log: {hint[2]}", hint[1]))
+                        else:
+                            out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT"))
                         break
         return out
 
@@ -72,3 +88,4 @@ class FleetHooks:
         daemon.stop()
         daemon.start(defaults)
         self._logs[gpu_uuid] = self._reader(daemon.paths.log_dir)
+        self._hints.pop(gpu_uuid, None)

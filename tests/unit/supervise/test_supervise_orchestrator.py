@@ -401,13 +401,23 @@ def test_fault_line_in_the_mps_log_names_the_client(tmp_path: Path) -> None:
     orch = w.orchestrator(config(agent("a"), agent("b")))
     orch.up()
     w.run(orch, 2)
-    pid_b = w.pid(orch, "b")
+    pid_a, pid_b = w.pid(orch, "a"), w.pid(orch, "b")
     log = w.state / "mps" / uuid(0) / "log" / "server.log"
     with open(log, "a") as fh:
         fh.write(f"[2026-11-21 18:00:00.000 Server  4321] Client {{PID: {pid_b}, Context ID: 0}} fatal exception\n")
-    w.run(orch, 6)
+    w.run(orch, 3)
+    assert not [e for e in orch.events() if e.kind == EventKind.MPS_FAULT]  # a log line alone is no fault
+    assert w.pid(orch, "a") == pid_a
+    pipe0 = w.state / "mps" / uuid(0) / "pipe"
+    w.mps.connect_client(pipe0, pid_a)
+    w.mps.connect_client(pipe0, pid_b)
+    w.mps.fault(pipe0)  # now the server says FAULT: recovery, and the log line names the client
+    w.run(orch, 1)
+    for server in w.mps.daemon_at(pipe0).servers.values():  # clients gone -> ACTIVE (as real MPS does)
+        server.status = "ACTIVE"
+    w.run(orch, 5)
     (fault,) = [e for e in orch.events() if e.kind == EventKind.MPS_FAULT]
-    assert fault.agent == "b" and "MPS log" in fault.message
+    assert fault.agent == "b" and "fatal exception" in fault.message
     (rec,) = orch.recoveries()
     assert rec.culprit == "b" and set(rec.agents) == {"a", "b"}
     assert orch.status("a").state == S.RUNNING and orch.status("b").state == S.RUNNING
