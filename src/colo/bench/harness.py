@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +36,24 @@ from colo.errors import ColoError
 
 class BenchError(ColoError):
     """A benchmark instance failed or did not answer in time."""
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit(143) so ``finally`` blocks stop instances and quit MPS
+    daemons (a plain SIGTERM would end the process without them). Main thread only; restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 Progress = Callable[[str], None]
@@ -108,14 +126,18 @@ class _Instance:
             return ""
         return data.decode("utf-8", "replace")[-limit:]
 
-    def stop(self, wait_secs: float) -> None:
-        """Close its stdin (an instance still waiting for GO then exits), let it exit on its own for
-        ``wait_secs``, then SIGTERM, then SIGKILL its process group."""
+    def close_stdin(self) -> None:
+        """EOF on its stdin: an idle instance exits; a running one exits after its window."""
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
+
+    def stop(self, wait_secs: float) -> None:
+        """Close its stdin, let it exit on its own for ``wait_secs``, then SIGTERM, then SIGKILL its process
+        group."""
+        self.close_stdin()
         try:
-            self.proc.wait(timeout=wait_secs)
+            self.proc.wait(timeout=max(wait_secs, 0.0))
         except subprocess.TimeoutExpired:
             for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
                 try:
@@ -184,12 +206,12 @@ class InstanceGroup:
         try:
             self.start()
         except BaseException:
-            self.close()
+            self.close(aborting=True)
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self.close(aborting=exc_type is not None)
 
     def start(self) -> None:
         """Spawn the processes and wait until every one is READY. Raises BenchError."""
@@ -224,10 +246,14 @@ class InstanceGroup:
                 activity = sampler.stop()
         return [_instance_result(inst) for inst in chosen], activity
 
-    def close(self) -> None:
-        """Stop every process of the group."""
+    def close(self, *, aborting: bool = False) -> None:
+        """Stop every process of the group: EOF to all at once, then up to 10 s for them to exit on their own
+        (1 s when aborting: instances may be mid-window), then SIGTERM / SIGKILL."""
         for inst in self._instances:
-            inst.stop(wait_secs=10.0 if inst.ready is not None else 0.5)
+            inst.close_stdin()
+        deadline = self.clock() + (1.0 if aborting else 10.0)
+        for inst in self._instances:
+            inst.stop(wait_secs=deadline - self.clock())
         self._instances = []
 
 

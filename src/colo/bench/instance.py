@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -88,7 +89,22 @@ def run(spec: InstanceSpec, stdin: TextIO, stdout: TextIO) -> int:
                 workload.close()
 
 
+def die_with_parent() -> None:
+    """Linux: ask the kernel to SIGTERM this process when the harness dies (instances run in their own
+    session, so a killed harness would otherwise leave them holding GPU memory)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         sys.stderr.write("usage: python -m colo.bench.instance '<InstanceSpec JSON>'\n")

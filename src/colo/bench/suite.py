@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
+from colo.bench.harness import sigterm_as_exit
 from colo.bench.report import write_reports
 from colo.bench.results import BenchResult, PointResult
 from colo.bench.runner import BenchPlan, run_bench
@@ -127,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             plan = replace(plan, gpu_index=args.gpu)
             log(f"== {plan.title}")
             try:
-                results.append(run_bench(plan, backend=backend, progress=log, on_point=show))
-            except ColoError as exc:
-                failures.append(f"{plan.title}: {exc}")
+                with sigterm_as_exit():
+                    results.append(run_bench(plan, backend=backend, progress=log, on_point=show))
+            except Exception as exc:  # one part failing must not lose the others
+                if not isinstance(exc, ColoError):
+                    traceback.print_exc()
+                failures.append(f"{plan.title}: {type(exc).__name__}: {exc}")
                 log(f"FAILED {plan.title}: {exc}")
             paths = write_reports(results, args.out)
             if failures:

@@ -132,6 +132,7 @@ def _execute(plan: BenchPlan, *, out: Path, as_json: bool, gpu_kind: bool) -> No
     """Run ``plan`` with live progress, write the reports, print the table (or the JSON)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from colo.bench.harness import sigterm_as_exit
     from colo.bench.report import to_json, write_reports
     from colo.bench.runner import run_bench
 
@@ -152,7 +153,8 @@ def _execute(plan: BenchPlan, *, out: Path, as_json: bool, gpu_kind: bool) -> No
             progress.advance(task)
             progress.console.print(_point_line(point), highlight=False)
 
-        result = run_bench(plan, backend=backend, progress=on_message, on_point=on_point)
+        with sigterm_as_exit():
+            result = run_bench(plan, backend=backend, progress=on_message, on_point=on_point)
     paths = write_reports([result], out)
     if as_json:
         import sys

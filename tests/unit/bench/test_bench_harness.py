@@ -190,3 +190,40 @@ def test_a_fixed_set_of_different_instances_runs_together() -> None:
     assert rates["analyst"] > rates["critic"] > rates["scout"] > 0
     md = to_markdown([result])
     assert "| instance | time-slicing (item/s) | p50 ms | p99 ms |" in md and "| scout |" in md
+
+
+_DRIVER = """
+import sys
+from colo.bench.harness import run_point, sigterm_as_exit
+from colo.bench.spec import InstanceSpec
+spec = InstanceSpec("cpu", {"sleep_secs": 0.01}, duration_secs=60.0)
+with sigterm_as_exit():
+    run_point([spec, spec], mode="timeslice", progress=lambda m: print(m, flush=True))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_instances_do_not_outlive_a_killed_harness(sig: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER], stdout=subprocess.PIPE, text=True,
+                              env=child_env(os.environ, {}))
+    try:
+        assert driver.stdout is not None
+        for line in driver.stdout:  # wait until the window is running: both instances are up
+            if "running" in line:
+                break
+        instances = psutil.Process(driver.pid).children()
+        assert len(instances) == 2
+        driver.send_signal(getattr(signal, sig))
+        driver.wait(timeout=30)
+        _gone, alive = psutil.wait_procs(instances, timeout=15)
+        assert not alive, f"instances outlived the harness after {sig}: {alive}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.wait(timeout=10)
+        if driver.stdout is not None:
+            driver.stdout.close()
