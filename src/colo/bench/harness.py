@@ -70,6 +70,7 @@ def child_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, st
         parts.insert(0, src)
     env["PYTHONPATH"] = os.pathsep.join(parts)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["COLO_BENCH_PARENT_PID"] = str(os.getpid())
     return env
 
 

@@ -91,7 +91,8 @@ def run(spec: InstanceSpec, stdin: TextIO, stdout: TextIO) -> int:
 
 def die_with_parent() -> None:
     """Linux: ask the kernel to SIGTERM this process when the harness dies (instances run in their own
-    session, so a killed harness would otherwise leave them holding GPU memory)."""
+    session, so a killed harness would otherwise leave them holding GPU memory). The kernel signals when the
+    harness *thread* that spawned the instance ends: the harness spawns from the thread that runs the bench."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -99,7 +100,8 @@ def die_with_parent() -> None:
     pr_set_pdeathsig = 1
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    parent = os.environ.get("COLO_BENCH_PARENT_PID", "")
+    if parent.isdigit() and os.getppid() != int(parent):  # the harness died before prctl took effect
         sys.exit(1)
 
 
