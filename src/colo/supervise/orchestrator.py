@@ -356,6 +356,10 @@ class Orchestrator:
         p, warnings = self.make_plan(config)
         self.warnings.extend(warnings)
         mine, left_out = self._local_placed(p, config)
+        node = self.local_node(config)
+        elsewhere = [ap.name for ap in p.placed if ap.gpu is not None and ap.gpu.node != node]
+        if elsewhere:
+            self.warnings.append(f"placed on other nodes (not run here, node {node!r}): {', '.join(elsewhere)}")
         uuids = sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid})
         started_d: list[str] = []
         adopted_d: list[str] = []
