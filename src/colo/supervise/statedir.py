@@ -139,7 +139,12 @@ def stop_leftovers(
             done.append(f"{rec.status.name}: {how} pid {handle.pid}")
             store.add_event(time.time(), EventKind.STOPPED, rec.status.name, f"colo down (no orchestrator): {how}")
         for rec in store.agents():
-            if rec.status.pid or rec.status.state != AgentState.STOPPED:
+            if rec.status.pid or rec.status.state in (
+                AgentState.STARTING,
+                AgentState.RUNNING,
+                AgentState.STOPPING,
+                AgentState.BACKOFF,
+            ):
                 from dataclasses import replace
 
                 store.save_agent(
