@@ -188,3 +188,30 @@ def test_process_runner_spawn_failure_is_supervisor_error(tmp_path: Path) -> Non
     spec = LaunchSpec(("/nonexistent/agent",), (), None, None, None, 0)
     with pytest.raises(SupervisorError, match="cannot start"):
         ProcessRunner().spawn(spec, tmp_path / "x.log")
+
+
+def test_stop_leftovers_after_an_orchestrator_died(tmp_path: Path) -> None:
+    from colo.supervise.statedir import StateDirPaths, stop_leftovers
+
+    paths = StateDirPaths(tmp_path / "st")
+    runner = ProcessRunner()
+    spec = LaunchSpec((sys.executable, "-c", "import time; time.sleep(30)"), (), None, None, None, 0)
+    handle = runner.spawn(spec, paths.logs / "a.log")
+    try:
+        store = Store(paths.db)
+        store.save_agent(AgentRecord(status("a", AgentState.RUNNING, handle.pid), handle.start_time))
+        store.save_agent(AgentRecord(status("b", AgentState.FATAL, None)))
+        store.close()
+        done = stop_leftovers(paths.root, stop_wait_secs=5)
+        assert done == [f"a: stopped pid {handle.pid}"]
+        deadline = time.monotonic() + 5
+        while runner.poll(handle) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runner.poll(handle) is not None
+        store = Store(paths.db)
+        states = {r.status.name: (r.status.state, r.status.pid) for r in store.agents()}
+        store.close()
+        assert states == {"a": (AgentState.STOPPED, None), "b": (AgentState.FATAL, None)}
+        assert stop_leftovers(paths.root) == []  # nothing left the second time
+    finally:
+        runner.signal(handle, signal.SIGKILL)
