@@ -173,12 +173,6 @@ def env() -> dict[str, str]:
     return e
 
 
-def gpu0_uuid() -> str:
-    from colo.gpu.nvml import NvmlBackend
-
-    return min(NvmlBackend().gpus(), key=lambda g: g.index).uuid
-
-
 def kill_tree_under(marker: str) -> list[int]:
     """SIGKILL every process whose command line or environment mentions ``marker`` (a unique temp dir)."""
     import psutil
