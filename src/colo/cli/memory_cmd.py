@@ -193,6 +193,7 @@ def profile_command(
     seq: int | None = typer.Option(None, "--seq", min=1, help="Model ids: tokens in (prompt for generators)."),
     new_tokens: int | None = typer.Option(None, "--new-tokens", min=0, help="Model ids: generated tokens."),
     gpu: int = typer.Option(0, "--gpu", min=0, help="NVML index of the GPU to profile on."),
+    device: str = typer.Option("cuda", "--device", hidden=True, help="Torch device of the child (tests: cpu)."),
     agents: bool = typer.Option(True, "--agents/--no-agents", help="Also run each agent's model set together."),
     random_weights: bool = typer.Option(False, "--random-weights", help="Ignore local weights (shapes only)."),
     repeats: int = typer.Option(1, "--repeats", min=1, max=100, help="Worst-case runs per model."),
@@ -224,7 +225,7 @@ def profile_command(
     env = {"CUDA_VISIBLE_DEVICES": match[0].uuid}
     env.update(_mps_env(match[0].uuid, config.state_dir if config else None, mps_pipe_dir))
     db = ModelDB.open(db_path) if db_path else ModelDB.open_default(config)
-    profiler = Profiler(db, backend, device="cuda", env=env, timeout_secs=timeout)
+    profiler = Profiler(db, backend, device=device, env=env, timeout_secs=timeout)
     jobs = jobs_for(models, agent_sets if agents else None)
     results = []
     with Progress(

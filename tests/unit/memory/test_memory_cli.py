@@ -96,3 +96,67 @@ def test_profile_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
     res = runner.invoke(app, ["profile", "roberta-base", "--db", str(tmp_path / "db.json")])
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output
+
+
+def test_profile_records_and_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole command on CPU: a real child (device cpu), NVML faked by a backend that reports this
+    process's children as GPU clients."""
+    import psutil
+
+    from colo.gpu import nvml
+    from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
+    from colo.gpu.nvml import ClientProcess
+
+    class ChildrenBackend(FakeGpuBackend):
+        def __init__(self) -> None:
+            super().__init__([fake_gpu(name="NVIDIA H100 80GB HBM3")])
+
+        def processes(self) -> list[ClientProcess]:
+            uuid = self._gpus[0].uuid
+            return [ClientProcess(c.pid, 0, uuid, 700 * 1024**2, True) for c in psutil.Process().children()]
+
+    monkeypatch.setattr(nvml, "NvmlBackend", ChildrenBackend)
+    monkeypatch.setenv("COLO_STATE_DIR", str(tmp_path / "state"))
+    db = tmp_path / "db.json"
+    res = runner.invoke(
+        app,
+        [
+            "profile",
+            "google/bert_uncased_L-2_H-128_A-2",
+            "--batch",
+            "2",
+            "--seq",
+            "8",
+            "--device",
+            "cpu",
+            "--db",
+            str(db),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout[res.stdout.index("{") :])
+    row = doc["results"][0]
+    assert row["ok"] and row["nvml_peak_bytes"] == 700 * 1024**2
+    assert "random weights" in row["weights"]
+    saved = json.loads(db.read_text())["models"][0]
+    assert (saved["batch_size"], saved["seq_len"], saved["kind"]) == (2, 8, "measured")
+    assert saved["provenance"]["gpu"] == "NVIDIA H100 80GB HBM3"
+    bad = runner.invoke(app, ["profile", "roberta-base", "--gpu", "3", "--device", "cpu", "--db", str(db)])
+    assert bad.exit_code == 2 and "--gpu 3" in bad.output
+
+
+def test_children_join_colos_mps_daemon_when_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from colo.cli.memory_cmd import _mps_env
+
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    uuid = "GPU-00000000-0000-0000-0000-000000000000"
+    assert _mps_env(uuid, str(tmp_path), None) == {}
+    pipe = tmp_path / "mps" / uuid / "pipe"
+    pipe.mkdir(parents=True)
+    (pipe / "control").touch()
+    env = _mps_env(uuid, str(tmp_path), None)
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(pipe)
+    assert _mps_env(uuid, str(tmp_path), "/x/pipe") == {"CUDA_MPS_PIPE_DIRECTORY": "/x/pipe"}
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", "/inherited")
+    assert _mps_env(uuid, str(tmp_path), None) == {}  # inherited as is
