@@ -550,7 +550,19 @@ class Orchestrator:
                 if self.clock.monotonic() >= deadline:
                     break
                 wait(0.1)
-            sup.event(EventKind.STOPPED, None, "colo down: agents stopped")
+            left = [a for a in sup.agents.values() if a.handle is not None]
+            if left:  # past every stop_wait: make sure nothing of ours outlives `down`
+                for a in left:
+                    if a.handle is not None:
+                        self.runner.signal(a.handle, int(signal.SIGKILL))
+                for _ in range(50):
+                    with self._lock:
+                        sup.tick()
+                        if sup.all_down():
+                            break
+                    wait(0.1)
+            names = ", ".join(a.name for a in left)
+            sup.event(EventKind.STOPPED, None, "colo down: agents stopped" + (f" (SIGKILL: {names})" if left else ""))
         with self._lock:
             try:
                 self._stop_daemons()

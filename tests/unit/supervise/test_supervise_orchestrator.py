@@ -438,3 +438,16 @@ def test_reload_reapplies_the_config_file_and_refusal_is_an_event(tmp_path: Path
     assert orch.reload() is None
     assert "refused, nothing changed" in orch.events()[-1].message
     orch.down(sleep=w.clock.advance)
+
+
+def test_down_leaves_no_process_behind_even_past_its_timeout(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a", restart="stop_wait_secs: 60")))
+    orch.up()
+    w.run(orch, 2)
+    pid = w.pid(orch, "a")
+    w.runner.ignore_signals.add(pid)
+    orch.down(timeout_secs=1.0, sleep=w.clock.advance)
+    assert not w.runner.alive()
+    assert w.runner.procs[pid].signals[-1] == signal.SIGKILL
+    assert "SIGKILL: a" in orch.events()[-2].message or "SIGKILL: a" in orch.events()[-1].message
