@@ -14,7 +14,7 @@ import datetime as dt
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from colo.bench.gpu_sampler import GpuSampler
@@ -41,12 +41,14 @@ class BenchPlan:
     modes: tuple[str, ...] = ("timeslice", "mps")
     concurrencies: tuple[int, ...] = (1, 2, 4, 8)
     merged_bound: bool = True
-    limits: MpsClientLimits = field(default_factory=MpsClientLimits)
+    limits: tuple[MpsClientLimits, ...] = (MpsClientLimits(),)  # instance i gets limits[i % len(limits)]
     gpu_index: int = 0
     sample_interval_secs: float = 0.2
     ready_timeout_secs: float = 900.0
 
     def __post_init__(self) -> None:
+        if not self.limits:
+            raise UsageError("limits must list at least one MpsClientLimits")
         if (self.base is None) == (not self.fixed):
             raise UsageError("a bench plan needs either one base instance or a fixed set of instances")
         check_modes(list(self.modes))
@@ -79,6 +81,15 @@ class BenchPlan:
         if self.merged_bound and self.merged(2) is not None:
             out += [("merged", n) for n in self.levels() if n > 1]
         return out
+
+
+def specs_for_mode(plan: BenchPlan, mode: str) -> list[InstanceSpec]:
+    """The instances one mode starts: the fixed set, or as many copies as the largest N; under MPS each
+    carries its limits (instance i: ``plan.limits[i % len(plan.limits)]``) in its environment."""
+    specs = list(plan.fixed) if plan.fixed else plan.instances(max(plan.levels()))
+    if mode != "mps":
+        return specs
+    return [replace(s, env={**plan.limits[i % len(plan.limits)].env(), **s.env}) for i, s in enumerate(specs)]
 
 
 def machine_facts(backend: GpuBackend | None, gpu_index: int) -> dict[str, Any]:
@@ -132,8 +143,7 @@ def run_bench(
     for mode in plan.modes:
         specs = list(plan.fixed) if plan.fixed else plan.instances(max(plan.levels()))
         if mode == "mps":
-            limit_env = plan.limits.env()
-            specs = [replace(s, env={**limit_env, **s.env}) for s in specs]
+            specs = [replace(s, env={**plan.limits[i % len(plan.limits)].env(), **s.env}) for i, s in enumerate(specs)]
         levels = [len(specs)] if plan.fixed else plan.levels()
         with (
             colocation_env(mode, uuid) as extra_env,
@@ -180,7 +190,7 @@ def run_bench(
             "concurrency": plan.levels() if not plan.fixed else [len(plan.fixed)],
             "duration_secs": (plan.base or plan.fixed[0]).duration_secs,
             "instance": (plan.base.to_json() if plan.base else [s.to_json() for s in plan.fixed]),
-            "mps_limits": plan.limits.env(),
+            "mps_limits": [lim.env() for lim in plan.limits],
             **(settings or {}),
         },
         created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -21,6 +21,7 @@ from colo.cli.common import console, err_console, fail, print_json
 from colo.errors import ColoError, ConfigError, UsageError
 
 if TYPE_CHECKING:
+    from colo.bench.mps import MpsClientLimits
     from colo.bench.results import BenchResult, PointResult
     from colo.bench.runner import BenchPlan
     from colo.bench.spec import InstanceSpec
@@ -69,6 +70,32 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return tuple(check_modes(modes or ["timeslice"]))
 
 
+def parse_limits(thread_pct: str | None, mem_limit: str | None) -> tuple[MpsClientLimits, ...]:
+    """``--thread-pct 50`` / ``25,75`` and ``--mem-limit 4GiB`` / ``2GiB,6GiB``: per-instance MPS limits
+    (instance i takes the i-th value, cycling). Raises UsageError."""
+    from colo.bench.mps import MpsClientLimits
+
+    pcts: list[int | None] = [None]
+    if thread_pct:
+        try:
+            pcts = [int(v) for v in thread_pct.split(",")]
+        except ValueError as exc:
+            raise UsageError(f"--thread-pct {thread_pct!r}: write percentages like 50 or 25,75") from exc
+        if any(not 1 <= p <= 100 for p in pcts if p is not None):
+            raise UsageError(f"--thread-pct {thread_pct!r}: each value must be 1..100")
+    mems: list[int | None] = [None]
+    if mem_limit:
+        try:
+            mems = [units.parse_size(v.strip()) for v in mem_limit.split(",")]
+        except ValueError as exc:
+            raise UsageError(f"--mem-limit {mem_limit!r}: {exc}") from exc
+    count = max(len(pcts), len(mems))
+    return tuple(
+        MpsClientLimits(pinned_mem_limit_bytes=mems[i % len(mems)], active_thread_pct=pcts[i % len(pcts)])
+        for i in range(count)
+    )
+
+
 def _backend(required: bool) -> GpuBackend | None:
     from colo.errors import GpuError
     from colo.gpu.nvml import NvmlBackend
@@ -102,26 +129,22 @@ def _run(
     concurrency: str,
     out: Path,
     gpu: int,
-    thread_pct: int | None,
+    thread_pct: str | None,
     mem_limit: str | None,
     bound: bool,
     as_json: bool,
 ) -> None:
-    from colo.bench.mps import MpsClientLimits
     from colo.bench.runner import BenchPlan
 
     mode_list = parse_modes(modes)
-    try:
-        limit_bytes = units.parse_size(mem_limit) if mem_limit else None
-    except ValueError as exc:
-        raise UsageError(f"--mem-limit {mem_limit!r}: {exc}") from exc
+    limits = parse_limits(thread_pct, mem_limit)
     plan = BenchPlan(
         title,
         base=spec,
         modes=mode_list,
         concurrencies=parse_int_list(concurrency, "--concurrency"),
         merged_bound=bound,
-        limits=MpsClientLimits(pinned_mem_limit_bytes=limit_bytes, active_thread_pct=thread_pct),
+        limits=limits,
         gpu_index=gpu,
     )
     gpu_kind = spec.kind in ("encoder", "decode", "hf_decode") and spec.params.get("device", "auto") != "cpu"
@@ -216,9 +239,9 @@ _DURATION = typer.Option(10.0, "--duration", min=0.1, help="timed window per poi
 _OUT = typer.Option(Path("bench-out"), "--out", help="directory for bench.json, bench.md, bench.png")
 _GPU = typer.Option(0, "--gpu", help="NVML index of the GPU")
 _THREADS = typer.Option(
-    None, "--thread-pct", min=1, max=100, help="MPS: CUDA_MPS_ACTIVE_THREAD_PERCENTAGE per instance"
+    None, "--thread-pct", help="MPS: CUDA_MPS_ACTIVE_THREAD_PERCENTAGE per instance: 50, or 25,75 (i-th instance)"
 )
-_MEM = typer.Option(None, "--mem-limit", help="MPS: pinned memory limit per instance, e.g. 4GiB")
+_MEM = typer.Option(None, "--mem-limit", help="MPS: pinned memory limit per instance: 4GiB, or 2GiB,6GiB")
 _BOUND = typer.Option(True, "--bound/--no-bound", help="also run one process with the merged batch")
 _JSON = typer.Option(False, "--json", help="print the results as JSON (progress goes to stderr)")
 
@@ -237,7 +260,7 @@ def bench_encoder(
     duration: float = _DURATION,
     out: Path = _OUT,
     gpu: int = _GPU,
-    thread_pct: int | None = _THREADS,
+    thread_pct: str | None = _THREADS,
     mem_limit: str | None = _MEM,
     bound: bool = _BOUND,
     as_json: bool = _JSON,
@@ -288,7 +311,7 @@ def bench_decode(
     duration: float = _DURATION,
     out: Path = _OUT,
     gpu: int = _GPU,
-    thread_pct: int | None = _THREADS,
+    thread_pct: str | None = _THREADS,
     mem_limit: str | None = _MEM,
     bound: bool = _BOUND,
     as_json: bool = _JSON,
@@ -333,7 +356,7 @@ def bench_cmd(
     duration: float = _DURATION,
     out: Path = _OUT,
     gpu: int = _GPU,
-    thread_pct: int | None = _THREADS,
+    thread_pct: str | None = _THREADS,
     mem_limit: str | None = _MEM,
     as_json: bool = _JSON,
 ) -> None:

@@ -114,3 +114,25 @@ def test_bench_agents_runs_every_agent_of_a_config(tmp_path: Path, no_gpu: None)
         "google/bert_uncased_L-2_H-128_A-2", "sentence-transformers/all-MiniLM-L6-v2"
     ]
     assert "| analyst |" in (out / "bench.md").read_text()
+
+
+def test_per_instance_mps_limits() -> None:
+    from colo.bench.runner import BenchPlan, specs_for_mode
+    from colo.bench.spec import InstanceSpec
+    from colo.cli.bench_cmd import parse_limits
+    from colo.errors import UsageError
+
+    limits = parse_limits("25,75", "2GiB")
+    assert [(lim.active_thread_pct, lim.pinned_mem_limit_bytes) for lim in limits] == [(25, 2 << 30), (75, 2 << 30)]
+    plan = BenchPlan("x", base=InstanceSpec("cpu"), concurrencies=(3,), limits=limits)
+    mps = specs_for_mode(plan, "mps")
+    assert [s.env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] for s in mps] == ["25", "75", "25"]
+    assert all(s.env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=2048M" for s in mps)
+    assert all(not s.env for s in specs_for_mode(plan, "timeslice"))  # limits are MPS's only
+    assert parse_limits(None, None)[0].env() == {}
+    with pytest.raises(UsageError):
+        parse_limits("0", None)
+    with pytest.raises(UsageError):
+        parse_limits("half", None)
+    with pytest.raises(UsageError):
+        parse_limits(None, "lots")
