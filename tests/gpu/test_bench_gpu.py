@@ -98,7 +98,8 @@ def test_distilgpt2_static_cache_decode(backend) -> None:  # type: ignore[no-unt
 
 
 def test_cli_bench_encoder_json(tmp_path: Path) -> None:
-    """`colo bench encoder` through the CLI module (as a user runs it) writes its three reports."""
+    """`colo bench encoder` through the CLI module (as a user runs it, with per-instance MPS thread shares)
+    writes its three reports."""
     out = tmp_path / "out"
     cmd = [
         sys.executable,
