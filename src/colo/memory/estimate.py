@@ -3,7 +3,7 @@
 What a process shows in NVML (``nvidia-smi``'s per-process "used memory") is modelled as::
 
     nvml_peak = overhead + reserved
-    reserved  = weights × 1.05 + activation footprint + KV cache × KV_GROWTH + 8 MiB, rounded up to 2 MiB
+    reserved  = weights × 1.05 + activation footprint + KV cache × KV_GROWTH + 32 MiB, rounded up to 2 MiB
     allocated = weights + activations (+ KV cache for generators)
 
 - **weights**: the parameters and buffers of the model built on PyTorch's ``meta`` device (no memory, exact
@@ -51,7 +51,8 @@ from colo.memory.catalog import Task
 
 DEFAULT_OVERHEAD_BYTES = 680 * units.MIB
 ALLOCATOR_SLACK = 0.05
-ALLOCATOR_FLOOR_BYTES = 8 * units.MIB
+# cuBLAS(Lt) workspace (32 MiB on Hopper), allocated through PyTorch's caching allocator, plus small blocks
+ALLOCATOR_FLOOR_BYTES = 32 * units.MIB
 ALLOCATOR_ROUND_BYTES = 2 * units.MIB
 KV_GROWTH = 1.5
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
