@@ -118,6 +118,8 @@ def test_cli_bench_encoder_json(tmp_path: Path) -> None:
         "--out",
         str(out),
         "--json",
+        "--thread-pct",
+        "50,100",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=280, check=False)
     print(done.stdout[-3000:], done.stderr[-3000:])
