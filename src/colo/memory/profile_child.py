@@ -133,7 +133,8 @@ def _is_oom(exc: BaseException) -> bool:
     if type(exc).__name__ == "OutOfMemoryError":
         return True
     text = str(exc)
-    return "out of memory" in text.lower() or "CUDA_ERROR_OUT_OF_MEMORY" in text
+    # cuBLAS/cuDNN handles allocate workspace too: under a tight MPS limit they fail with *_ALLOC_FAILED
+    return "out of memory" in text.lower() or "CUDA_ERROR_OUT_OF_MEMORY" in text or "ALLOC_FAILED" in text
 
 
 def main() -> int:

@@ -178,3 +178,15 @@ def test_jobs_cover_models_then_multi_model_agents() -> None:
     a, b = ModelRequest("a"), ModelRequest("b")
     jobs = jobs_for({"a": a, "b": b}, {"solo": [a], "pair": [a, b]})
     assert [j.label for j in jobs] == ["a", "b", "agent pair"]
+
+
+def test_out_of_memory_is_recognised() -> None:
+    from colo.memory.profile_child import _is_oom
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    assert _is_oom(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert _is_oom(RuntimeError("CUDA error: out of memory"))
+    assert _is_oom(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert not _is_oom(RuntimeError("CUDA error: an illegal memory access was encountered"))
