@@ -125,8 +125,12 @@ def test_cli_bench_encoder_json(tmp_path: Path) -> None:
     print(done.stdout[-3000:], done.stderr[-3000:])
     assert done.returncode == 0
     assert {p.name for p in out.iterdir()} >= {"bench.json", "bench.md", "bench.png"}
-    summary = json.loads(done.stdout)["runs"][0]["summary"]
-    assert {(row["mode"], row["concurrency"]) for row in summary} >= {("timeslice", 2), ("mps", 2)}
+    run = json.loads(done.stdout)["runs"][0]
+    assert {(row["mode"], row["concurrency"]) for row in run["summary"]} >= {("timeslice", 2), ("mps", 2)}
+    mps2 = next(p for p in run["points"] if p["mode"] == "mps" and p["concurrency"] == 2)
+    shares = [i["info"]["env"].get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE") for i in mps2["instances"]]
+    assert shares == ["50", "100"], shares
+    assert all(i["info"]["env"]["CUDA_MPS_PIPE_DIRECTORY"].startswith("/tmp/colo-bench-") for i in mps2["instances"])
     _no_leftovers()
 
 

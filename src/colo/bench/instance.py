@@ -27,6 +27,14 @@ from colo.bench.spec import InstanceSpec
 from colo.bench.workloads import Workload, make_workload
 
 PREFIX = "COLO-BENCH "
+# What made this instance an MPS client (or not), reported with its results.
+REPORTED_ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_MPS_PIPE_DIRECTORY",
+    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+    "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
+    "CUDA_MPS_CLIENT_PRIORITY",
+)
 
 
 def emit(stream: TextIO, tag: str, payload: dict[str, Any]) -> None:
@@ -64,7 +72,8 @@ def run(spec: InstanceSpec, stdin: TextIO, stdout: TextIO) -> int:
     workload: Workload | None = None
     try:
         workload = make_workload(spec.kind, spec.params)
-        info = workload.prepare()
+        info = dict(workload.prepare())
+        info["env"] = {k: os.environ[k] for k in REPORTED_ENV if k in os.environ}
         emit(stdout, "READY", {"pid": os.getpid(), "unit": workload.unit, "info": info})
         while True:
             line = stdin.readline()
