@@ -3,12 +3,13 @@
 What a process shows in NVML (``nvidia-smi``'s per-process "used memory") is modelled as::
 
     nvml_peak = overhead + reserved
-    reserved  = weights × 1.05 + activation footprint + KV cache × KV_GROWTH + 32 MiB, rounded up to 2 MiB
+    reserved  = weight segments + activation footprint + KV cache × KV_GROWTH + 32 MiB, rounded up to 2 MiB
     allocated = weights + activations (+ KV cache for generators)
 
 - **weights**: the parameters and buffers of the model built on PyTorch's ``meta`` device (no memory, exact
-  shapes): unique tensors only, so tied embeddings count once; floating tensors in the requested dtype. The
-  caching allocator packs them into shared segments: ~5 % slack.
+  shapes): unique tensors only, so tied embeddings count once; floating tensors in the requested dtype. Their
+  segments are simulated tensor by tensor with the caching allocator's rules (:func:`segment_footprint`):
+  tensors of 1–10 MiB share 20 MiB segments, which leaves ~5–10 % unused for BERT-sized layers.
 - **activations** (inference, ``torch.inference_mode``: nothing is kept for a backward pass): the largest set
   of tensors alive at once inside one layer, for the worst-case shape. ``T = batch × seq`` tokens, ``H``
   hidden, ``I`` feed-forward width, ``A`` heads, ``S = batch × A × seq²`` attention scores, ``e`` bytes per
@@ -93,9 +94,20 @@ class ModelShape:
     attention: str  # "sdpa" | "eager" | other (treated as fused)
     relative_bias: bool  # a persistent batch × heads × seq² position bias (MPNet, T5)
 
+    # (elements, fixed bytes per element or 0 for "the model dtype"), in the order the model creates them
+    tensors: tuple[tuple[int, int], ...] = ()
+
     def weights_bytes(self, dtype: str) -> int:
         """Parameters and buffers in ``dtype`` (integer buffers keep their own size)."""
         return self.float_elements * DTYPE_BYTES[dtype] + self.other_buffer_bytes
+
+    def weights_reserved_bytes(self, dtype: str) -> int:
+        """The caching allocator's segments for the weights, allocated one tensor after another
+        (:func:`segment_footprint`); without a tensor list, weights × (1 + ALLOCATOR_SLACK)."""
+        if not self.tensors:
+            return math.ceil(self.weights_bytes(dtype) * (1 + ALLOCATOR_SLACK))
+        e = DTYPE_BYTES[dtype]
+        return segment_footprint([n * (fixed or e) for n, fixed in self.tensors])
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,7 @@ class Estimate:
     new_tokens: int
     params: int
     weights_bytes: int
+    weights_reserved_bytes: int
     activation_bytes: int
     activation_reserved_bytes: int
     kv_cache_bytes: int
@@ -133,6 +146,7 @@ class Estimate:
             "new_tokens": self.new_tokens,
             "params": self.params,
             "weights_bytes": self.weights_bytes,
+            "weights_reserved_bytes": self.weights_reserved_bytes,
             "activation_bytes": self.activation_bytes,
             "activation_reserved_bytes": self.activation_reserved_bytes,
             "kv_cache_bytes": self.kv_cache_bytes,
@@ -153,6 +167,53 @@ def _first(cfg: dict[str, Any], *keys: str, default: int = 0) -> int:
     return default
 
 
+def _creation_order(module: Any) -> list[tuple[int, Any]]:
+    """Parameters and buffers with their position in module order (parameters before buffers per module)."""
+    out: list[tuple[int, Any]] = []
+    for sub in module.modules():
+        for t in list(sub.parameters(recurse=False)) + list(sub.buffers(recurse=False)):
+            out.append((len(out), t))
+    return out
+
+
+SMALL_BLOCK_BYTES = units.MIB  # requests up to 1 MiB: the small pool, 2 MiB segments
+SMALL_SEGMENT_BYTES = 2 * units.MIB
+LARGE_SEGMENT_BYTES = 20 * units.MIB  # requests of 1–10 MiB share 20 MiB segments
+MIN_LARGE_ALLOC_BYTES = 10 * units.MIB  # requests of 10 MiB or more get their own segment, 2 MiB-rounded
+BLOCK_ROUND_BYTES = 512
+
+
+def segment_footprint(sizes: list[int]) -> int:
+    """Bytes of cudaMalloc segments PyTorch's caching allocator holds after allocating ``sizes`` in order,
+    nothing freed: blocks rounded to 512 bytes; best fit among free remainders; a new segment of 2 MiB (small
+    pool), 20 MiB (requests under 10 MiB) or the request rounded to 2 MiB; remainders split off when over
+    1 MiB (large pool). The allocator's documented constants (c10/cuda/CUDACachingAllocator.cpp)."""
+    total = 0
+    free: dict[bool, list[int]] = {True: [], False: []}  # small pool?, free remainders
+    for raw in sizes:
+        if raw <= 0:
+            continue
+        size = units.round_up(raw, BLOCK_ROUND_BYTES)
+        small = size <= SMALL_BLOCK_BYTES
+        pool = free[small]
+        fits = [b for b in pool if b >= size]
+        if fits:
+            block = min(fits)
+            pool.remove(block)
+        else:
+            if small:
+                block = SMALL_SEGMENT_BYTES
+            elif size < MIN_LARGE_ALLOC_BYTES:
+                block = LARGE_SEGMENT_BYTES
+            else:
+                block = units.round_up(size, ALLOCATOR_ROUND_BYTES)
+            total += block
+        rest = block - size
+        if rest >= (BLOCK_ROUND_BYTES if small else SMALL_BLOCK_BYTES + 1):
+            pool.append(rest)
+    return total
+
+
 def _meta_shape(model_id: str, path: str | None) -> ModelShape:
     try:
         import torch  # noqa: F401
@@ -169,15 +230,18 @@ def _meta_shape(model_id: str, path: str | None) -> ModelShape:
     params = 0
     float_elements = 0
     other_bytes = 0
-    for tensor in list(module.parameters()) + list(module.buffers()):
+    tensors: list[tuple[int, int]] = []
+    for _, tensor in sorted(_creation_order(module), key=lambda item: item[0]):
         key = id(tensor)
         if key in seen:
             continue
         seen.add(key)
         if tensor.dtype.is_floating_point:
             float_elements += tensor.numel()
+            tensors.append((tensor.numel(), 0))
         else:
             other_bytes += tensor.numel() * tensor.element_size()
+            tensors.append((tensor.numel(), tensor.element_size()))
     for p in {id(p): p for p in module.parameters()}.values():
         params += p.numel()
     cfg = built.source.config
@@ -200,6 +264,7 @@ def _meta_shape(model_id: str, path: str | None) -> ModelShape:
         weights_fp32_bytes=float_elements * 4 + other_bytes,
         float_elements=float_elements,
         other_buffer_bytes=other_bytes,
+        tensors=tuple(tensors),
         hidden=hidden,
         layers=layers,
         decoder_layers=_first(cfg, "num_decoder_layers", default=layers),
@@ -302,10 +367,10 @@ def reserved_for(allocated_bytes: int) -> int:
     return units.round_up(raw, ALLOCATOR_ROUND_BYTES)
 
 
-def _reserved(weights: int, act_reserved: int, kv: int) -> int:
-    # weights: many tensors packed into shared segments (~5 % slack); activations: their block footprint;
+def _reserved(weights_reserved: int, act_reserved: int, kv: int) -> int:
+    # weights: their segments; activations: their block footprint;
     # KV cache: grows by concatenation, old and new copies of a layer coexist (× KV_GROWTH)
-    raw = math.ceil(weights * (1 + ALLOCATOR_SLACK)) + act_reserved + math.ceil(kv * KV_GROWTH)
+    raw = weights_reserved + act_reserved + math.ceil(kv * KV_GROWTH)
     return units.round_up(raw + ALLOCATOR_FLOOR_BYTES, ALLOCATOR_ROUND_BYTES)
 
 
@@ -331,7 +396,7 @@ def estimate_shape(
         act, act_res, kv = _seq2seq_parts(shape, w, e)
     if shape.attention == "eager":
         notes.append("eager attention: the batch × heads × seq² score matrix is materialised")
-    reserved = _reserved(weights, act_res, kv)
+    reserved = _reserved(shape.weights_reserved_bytes(w.dtype), act_res, kv)
     return Estimate(
         model_id=shape.model_id,
         task=shape.task,
@@ -341,6 +406,7 @@ def estimate_shape(
         new_tokens=w.new_tokens if shape.task != "encoder" else 0,
         params=shape.params,
         weights_bytes=weights,
+        weights_reserved_bytes=shape.weights_reserved_bytes(w.dtype),
         activation_bytes=act,
         activation_reserved_bytes=act_res,
         kv_cache_bytes=kv,
@@ -378,6 +444,6 @@ def estimate_set(
     parts = [estimate(w, overhead_bytes=overhead_bytes) for w in workloads]
     if not parts:
         return 0
-    weights = sum(p.weights_bytes for p in parts)
+    weights = sum(p.weights_reserved_bytes for p in parts)
     worst = max(parts, key=lambda p: p.activation_reserved_bytes + p.kv_cache_bytes * KV_GROWTH)
     return _reserved(weights, worst.activation_reserved_bytes, worst.kv_cache_bytes) + overhead_bytes
