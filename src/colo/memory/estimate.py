@@ -3,13 +3,13 @@
 What a process shows in NVML (``nvidia-smi``'s per-process "used memory") is modelled as::
 
     nvml_peak = overhead + reserved
-    reserved  = weight segments + activation footprint + KV cache × KV_GROWTH + 32 MiB, rounded up to 2 MiB
+    reserved  = weight segments + activation footprint + KV cache footprint + 32 MiB, rounded up to 2 MiB
     allocated = weights + activations (+ KV cache for generators)
 
 - **weights**: the parameters and buffers of the model built on PyTorch's ``meta`` device (no memory, exact
   shapes): unique tensors only, so tied embeddings count once; floating tensors in the requested dtype. Their
-  segments are simulated tensor by tensor with the caching allocator's rules (:func:`segment_footprint`):
-  tensors of 1–10 MiB share 20 MiB segments, which leaves ~5–10 % unused for BERT-sized layers.
+  segments are simulated tensor by tensor with the caching allocator's rules (:mod:`colo.memory.allocator`):
+  tensors of 1–10 MiB share 20 MiB segments, which leaves ~5–20 % unused for BERT-sized models.
 - **activations** (inference, ``torch.inference_mode``: nothing is kept for a backward pass): the largest set
   of tensors alive at once inside one layer, for the worst-case shape. ``T = batch × seq`` tokens, ``H``
   hidden, ``I`` feed-forward width, ``A`` heads, ``S = batch × A × seq²`` attention scores, ``e`` bytes per
@@ -28,10 +28,11 @@ What a process shows in NVML (``nvidia-smi``'s per-process "used memory") is mod
   never reuses smaller freed segments: ``6·T·H + 2·T·I`` blocks for fused attention (BERT-like models at
   batch 32 × 512: ~25 % above the allocated peak), the score matrices for eager attention.
 - **KV cache** (generators; seq2seq decoders plus cross-attention over the prompt): ``2 × layers × batch ×
-  tokens × kv_heads × head_dim × e``; the cache grows by concatenation, so the old and new copies of a layer
-  coexist and freed blocks of growing sizes are hard to reuse: counted × ``KV_GROWTH`` in the footprint.
-  The prompt's forward pass (prefill) and the last-token logits (``batch × vocab``, plus the float32 copy
-  ``generate`` takes) are added.
+  tokens × kv_heads × head_dim × e``. It grows by concatenation — every generated token re-allocates each
+  layer's keys and values one token longer and frees the old ones — and freed blocks of growing sizes are
+  hard to reuse: its footprint is simulated step by step with the allocator model (1.1–2.7 × the final
+  cache depending on the shapes). The prompt's forward pass (prefill) and the last-token logits
+  (``batch × vocab``, plus the float32 copy ``generate`` takes) are added.
 - **overhead**: the CUDA context and library workspaces (cuBLAS), which PyTorch does not see. Measured on an
   H100 (driver 580, CUDA 13, PyTorch 2.11) as NVML − reserved ≈ 680 MiB for every model (``docs/memory.md``);
   the model database refines it from measurements on the same GPU (``ModelDB.overhead_for``).
@@ -48,6 +49,7 @@ from typing import Any
 
 from colo import units
 from colo.errors import ProfileError
+from colo.memory.allocator import kv_cache_footprint, segment_footprint
 from colo.memory.catalog import Task
 
 DEFAULT_OVERHEAD_BYTES = 680 * units.MIB
@@ -55,7 +57,6 @@ ALLOCATOR_SLACK = 0.05
 # cuBLAS(Lt) workspace (32 MiB on Hopper), allocated through PyTorch's caching allocator, plus small blocks
 ALLOCATOR_FLOOR_BYTES = 32 * units.MIB
 ALLOCATOR_ROUND_BYTES = 2 * units.MIB
-KV_GROWTH = 1.5
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -126,6 +127,7 @@ class Estimate:
     activation_bytes: int
     activation_reserved_bytes: int
     kv_cache_bytes: int
+    kv_cache_reserved_bytes: int
     reserved_bytes: int
     overhead_bytes: int
     overhead_source: str
@@ -150,6 +152,7 @@ class Estimate:
             "activation_bytes": self.activation_bytes,
             "activation_reserved_bytes": self.activation_reserved_bytes,
             "kv_cache_bytes": self.kv_cache_bytes,
+            "kv_cache_reserved_bytes": self.kv_cache_reserved_bytes,
             "reserved_bytes": self.reserved_bytes,
             "overhead_bytes": self.overhead_bytes,
             "overhead_source": self.overhead_source,
@@ -174,44 +177,6 @@ def _creation_order(module: Any) -> list[tuple[int, Any]]:
         for t in list(sub.parameters(recurse=False)) + list(sub.buffers(recurse=False)):
             out.append((len(out), t))
     return out
-
-
-SMALL_BLOCK_BYTES = units.MIB  # requests up to 1 MiB: the small pool, 2 MiB segments
-SMALL_SEGMENT_BYTES = 2 * units.MIB
-LARGE_SEGMENT_BYTES = 20 * units.MIB  # requests of 1–10 MiB share 20 MiB segments
-MIN_LARGE_ALLOC_BYTES = 10 * units.MIB  # requests of 10 MiB or more get their own segment, 2 MiB-rounded
-BLOCK_ROUND_BYTES = 512
-
-
-def segment_footprint(sizes: list[int]) -> int:
-    """Bytes of cudaMalloc segments PyTorch's caching allocator holds after allocating ``sizes`` in order,
-    nothing freed: blocks rounded to 512 bytes; best fit among free remainders; a new segment of 2 MiB (small
-    pool), 20 MiB (requests under 10 MiB) or the request rounded to 2 MiB; remainders split off when over
-    1 MiB (large pool). The allocator's documented constants (c10/cuda/CUDACachingAllocator.cpp)."""
-    total = 0
-    free: dict[bool, list[int]] = {True: [], False: []}  # small pool?, free remainders
-    for raw in sizes:
-        if raw <= 0:
-            continue
-        size = units.round_up(raw, BLOCK_ROUND_BYTES)
-        small = size <= SMALL_BLOCK_BYTES
-        pool = free[small]
-        fits = [b for b in pool if b >= size]
-        if fits:
-            block = min(fits)
-            pool.remove(block)
-        else:
-            if small:
-                block = SMALL_SEGMENT_BYTES
-            elif size < MIN_LARGE_ALLOC_BYTES:
-                block = LARGE_SEGMENT_BYTES
-            else:
-                block = units.round_up(size, ALLOCATOR_ROUND_BYTES)
-            total += block
-        rest = block - size
-        if rest >= (BLOCK_ROUND_BYTES if small else SMALL_BLOCK_BYTES + 1):
-            pool.append(rest)
-    return total
 
 
 def _meta_shape(model_id: str, path: str | None) -> ModelShape:
@@ -341,24 +306,31 @@ def _logits_bytes(shape: ModelShape, batch: int, e: int) -> int:
     return batch * shape.vocab * (e + 4 + 4)
 
 
-def _generator_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int, int]:
+def _generator_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int, int, int]:
+    """``(activations, activation footprint, KV cache, KV cache footprint)`` of one generate() call."""
     total = w.seq_len + w.new_tokens
     kv = _kv_bytes(shape, w.batch_size, total, shape.layers, e)
+    per_token = w.batch_size * shape.kv_heads * shape.head_dim * e
+    kv_res = kv_cache_footprint(shape.layers, per_token, w.seq_len, w.new_tokens)
     allocated, reserved = _layer(shape, w.batch_size, w.seq_len, e)
     logits = _logits_bytes(shape, w.batch_size, e)
-    return allocated + logits, reserved + logits, kv
+    return allocated + logits, reserved + logits, kv, kv_res
 
 
-def _seq2seq_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int, int]:
+def _seq2seq_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int, int, int]:
     enc_alloc, enc_res = _encoder_parts(shape, w, e)
     self_kv = _kv_bytes(shape, w.batch_size, max(w.new_tokens, 1), shape.decoder_layers, e)
     cross_kv = _kv_bytes(shape, w.batch_size, w.seq_len, shape.decoder_layers, e)
+    per_token = w.batch_size * shape.kv_heads * shape.head_dim * e
+    kv_res = kv_cache_footprint(
+        shape.decoder_layers, per_token, 0, max(w.new_tokens, 1), fixed_bytes=per_token * w.seq_len
+    )
     encoder_out = w.batch_size * w.seq_len * shape.hidden * e
     dec_alloc, dec_res = _layer(shape, w.batch_size, 1, e, kv_seq=w.seq_len)
     logits = _logits_bytes(shape, w.batch_size, e)
     allocated = max(enc_alloc, dec_alloc + encoder_out + logits)
     reserved = max(enc_res, dec_res + encoder_out + logits)
-    return allocated, reserved, self_kv + cross_kv
+    return allocated, reserved, self_kv + cross_kv, kv_res
 
 
 def reserved_for(allocated_bytes: int) -> int:
@@ -367,11 +339,9 @@ def reserved_for(allocated_bytes: int) -> int:
     return units.round_up(raw, ALLOCATOR_ROUND_BYTES)
 
 
-def _reserved(weights_reserved: int, act_reserved: int, kv: int) -> int:
-    # weights: their segments; activations: their block footprint;
-    # KV cache: grows by concatenation, old and new copies of a layer coexist (× KV_GROWTH)
-    raw = weights_reserved + act_reserved + math.ceil(kv * KV_GROWTH)
-    return units.round_up(raw + ALLOCATOR_FLOOR_BYTES, ALLOCATOR_ROUND_BYTES)
+def _reserved(weights_reserved: int, act_reserved: int, kv_reserved: int) -> int:
+    raw = weights_reserved + act_reserved + kv_reserved + ALLOCATOR_FLOOR_BYTES
+    return units.round_up(raw, ALLOCATOR_ROUND_BYTES)
 
 
 def estimate_shape(
@@ -389,14 +359,14 @@ def estimate_shape(
     notes: list[str] = []
     if shape.task == "encoder":
         act, act_res = _encoder_parts(shape, w, e)
-        kv = 0
+        kv = kv_res = 0
     elif shape.task == "generator":
-        act, act_res, kv = _generator_parts(shape, w, e)
+        act, act_res, kv, kv_res = _generator_parts(shape, w, e)
     else:
-        act, act_res, kv = _seq2seq_parts(shape, w, e)
+        act, act_res, kv, kv_res = _seq2seq_parts(shape, w, e)
     if shape.attention == "eager":
         notes.append("eager attention: the batch × heads × seq² score matrix is materialised")
-    reserved = _reserved(shape.weights_reserved_bytes(w.dtype), act_res, kv)
+    reserved = _reserved(shape.weights_reserved_bytes(w.dtype), act_res, kv_res)
     return Estimate(
         model_id=shape.model_id,
         task=shape.task,
@@ -410,6 +380,7 @@ def estimate_shape(
         activation_bytes=act,
         activation_reserved_bytes=act_res,
         kv_cache_bytes=kv,
+        kv_cache_reserved_bytes=kv_res,
         reserved_bytes=reserved,
         overhead_bytes=overhead_bytes,
         overhead_source=overhead_source,
@@ -445,5 +416,5 @@ def estimate_set(
     if not parts:
         return 0
     weights = sum(p.weights_reserved_bytes for p in parts)
-    worst = max(parts, key=lambda p: p.activation_reserved_bytes + p.kv_cache_bytes * KV_GROWTH)
-    return _reserved(weights, worst.activation_reserved_bytes, worst.kv_cache_bytes) + overhead_bytes
+    worst = max(parts, key=lambda p: p.activation_reserved_bytes + p.kv_cache_reserved_bytes)
+    return _reserved(weights, worst.activation_reserved_bytes, worst.kv_cache_reserved_bytes) + overhead_bytes

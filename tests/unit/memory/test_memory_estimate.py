@@ -224,17 +224,6 @@ def test_feed_forward_blocks_fit_into_freed_score_matrices() -> None:
     assert e.activation_reserved_bytes == max(e.activation_bytes, 6 * th + 2 * scores + mask)
 
 
-def test_segment_footprint_follows_the_caching_allocator() -> None:
-    KIB = 1024
-    assert est.segment_footprint([]) == 0
-    assert est.segment_footprint([KIB] * 100) == 2 * MIB  # small pool: one 2 MiB segment
-    assert est.segment_footprint([KIB] * 3000) == 2 * 2 * MIB  # 3,000 × 1 KiB spill into a second one
-    assert est.segment_footprint([9 * MIB] * 3) == 40 * MIB  # two 9 MiB blocks per 20 MiB segment
-    assert est.segment_footprint([31 * MIB]) == 32 * MIB  # own segment, rounded to 2 MiB
-    # a 10.5 MiB tensor reuses the 11 MiB left over in a 20 MiB segment
-    assert est.segment_footprint([9 * MIB, 21 * MIB // 2]) == 20 * MIB
-
-
 def test_weight_segments_of_a_real_model() -> None:
     shape = est.model_shape("roberta-base")
     weights = shape.weights_bytes("float32")
