@@ -12,9 +12,7 @@ from colo.cli.common import console, err_console, print_json
 
 def serve_command(
     config: Path = typer.Argument(..., help="colo.yaml to plan and serve."),
-    host: str | None = typer.Option(
-        None, "--host", help="Address to listen on (default: api.host, 127.0.0.1)."
-    ),
+    host: str | None = typer.Option(None, "--host", help="Address to listen on (default: api.host, 127.0.0.1)."),
     port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Port (default: api.port, 8014)."),
     open_reads: bool | None = typer.Option(
         None, "--open-reads/--token-reads", help="GET routes without a token (default: on loopback only)."
@@ -31,9 +29,7 @@ def serve_command(
 
     source = load_read_only(config, use_nvml=not no_gpu, mps_root=mps_root)
     settings = source.config().api
-    binding = binding_for(
-        settings, state_dir(source.config().state_dir), host=host, port=port, open_reads=open_reads
-    )
+    binding = binding_for(settings, state_dir(source.config().state_dir), host=host, port=port, open_reads=open_reads)
     err_console.print(
         f"colo serve: {binding.url} (read-only: plan and GPU state; API docs at {binding.url}/docs)",
         highlight=False,
@@ -50,15 +46,25 @@ def top_command(
     url: str | None = typer.Option(None, "--url", help="Orchestrator API (default http://127.0.0.1:8014)."),
     interval: float = typer.Option(1.0, "--interval", min=0.1, max=60.0, help="Seconds between refreshes."),
     as_json: bool = typer.Option(False, "--json", help="With --once: the frame's data as JSON."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Take the API address and state dir (token) from this colo.yaml."
+    ),
 ) -> None:
     """A live view of GPUs, their MPS daemons and every agent's memory against its limit (like nvitop)."""
     from rich.live import Live
 
     from colo.api.client import ApiClient
     from colo.cli.views.top import render_frame
-    from colo.files import default_state_dir
+    from colo.files import state_dir
 
-    with ApiClient.from_state_dir(default_state_dir(), url=url) as client:
+    settings = None
+    where = state_dir(None)
+    if config is not None:
+        from colo.spec import load_config
+
+        cfg = load_config(config)
+        settings, where = cfg.api, state_dir(cfg.state_dir)
+    with ApiClient.from_state_dir(where, url=url, settings=settings) as client:
         if once or as_json:
             info, agents = client.gpu_info(), client.agents()
             if as_json:
@@ -69,9 +75,7 @@ def top_command(
         with Live(console=console, screen=False, auto_refresh=False) as live:
             try:
                 while True:
-                    live.update(
-                        render_frame(client.gpu_info(), client.agents(), url=client.base_url), refresh=True
-                    )
+                    live.update(render_frame(client.gpu_info(), client.agents(), url=client.base_url), refresh=True)
                     time.sleep(interval)
             except KeyboardInterrupt:
                 return

@@ -75,3 +75,12 @@ def test_serve_busy_port_exits_2(tmp_path: Path) -> None:
         )
     assert result.exit_code == 2
     assert "already in use" in result.output
+
+
+def test_top_takes_address_from_config(tmp_path: Path, unused_port: int) -> None:
+    cfg = tmp_path / "colo.yaml"
+    text = NEWSROOM.read_text() + f"\napi:\n  port: {unused_port}\nstate_dir: {tmp_path / 'state'}\n"
+    cfg.write_text(text)
+    result = runner.invoke(app, ["top", "--once", "--config", str(cfg)])
+    assert result.exit_code == 1
+    assert f"no orchestrator running at 127.0.0.1:{unused_port}" in result.output
