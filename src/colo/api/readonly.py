@@ -167,14 +167,14 @@ def _slots(config: ColoConfig, backend: GpuBackend | None) -> list[GpuSlot]:
     return slots_from_snapshots(backend.gpus())
 
 
-def _memory(config: ColoConfig) -> dict[str, ModelMemory] | None:
+def _memory(config: ColoConfig, slots: list[GpuSlot]) -> dict[str, ModelMemory] | None:
+    """Measured/estimated memory from the model database when the policy says ``memory_source: db``."""
     if config.policy.memory_source != "db":
         return None
-    from colo.memory.db import ModelDB  # type: ignore[import-not-found,unused-ignore]
-    from colo.memory.resolve import memory_for_plan  # type: ignore[import-not-found,unused-ignore]
+    from colo.memory.db import ModelDB
+    from colo.memory.resolve import memory_for_plan
 
-    result: dict[str, ModelMemory] = memory_for_plan(config, ModelDB.open_default(config))
-    return result
+    return memory_for_plan(config, ModelDB.open_default(config), slots[0].name if slots else None)
 
 
 def _fleet(mps_root: Path, backend: GpuBackend | None) -> MpsFleet | None:
@@ -204,7 +204,8 @@ def load_read_only(
     config = load_config(config_path)
     if backend is None and use_nvml:
         backend = _nvml_backend()
-    current = plan(config, _slots(config, backend), _memory(config))
+    slots = _slots(config, backend)
+    current = plan(config, slots, _memory(config, slots))
     root = mps_root if mps_root is not None else MpsRoot.under_state_dir(state_dir(config.state_dir)).base_dir
     fleet = _fleet(root, backend)
     return ReadOnlySource(config, current, backend, fleet=fleet)

@@ -62,3 +62,17 @@ def test_auto_gpus_use_the_backend(tmp_path: Path) -> None:
     assert source.mps_fleet() is not None and source.mps_enabled() is False  # no daemon runs there
     with pytest.raises(PlanError, match="gpus: auto"):
         load_read_only(cfg, use_nvml=False)
+
+
+def test_memory_from_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """policy.memory_source: db plans from measured/estimated figures, not the declared ones."""
+    monkeypatch.setenv("COLO_STATE_DIR", str(tmp_path / "state"))
+    cfg = tmp_path / "colo.yaml"
+    cfg.write_text(NEWSROOM.read_text().replace("policy:\n", "policy:\n  memory_source: db\n", 1))
+    from_db = load_read_only(cfg, use_nvml=False, mps_root=tmp_path).current_plan()
+    declared = load_read_only(NEWSROOM, use_nvml=False, mps_root=tmp_path).current_plan()
+    sources = {m.source for a in from_db.agents for m in a.models}
+    assert sources - {"declared"}
+    assert {a.name: a.requirement_bytes for a in from_db.agents} != {
+        a.name: a.requirement_bytes for a in declared.agents
+    }
