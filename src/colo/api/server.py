@@ -35,10 +35,13 @@ def exposure_warning(host: str, open_reads: bool) -> str | None:
     """The warning to print for a non-loopback ``host``, else None."""
     if is_loopback(host):
         return None
-    reads = "read routes also need the token" if not open_reads else "read routes are open to the network"
+    if open_reads:
+        exposure = "anyone who reaches it can read the plan, the agents and the GPU state (read routes are open)"
+    else:
+        exposure = "every route, reads too, needs the token, which travels unencrypted over plain HTTP"
     return (
-        f"the colo API listens on {host}, not loopback: anyone who reaches it can read the plan and GPU state"
-        f" ({reads}); mutations need the token. Put it behind a firewall or use --host 127.0.0.1."
+        f"the colo API listens on {host}, not loopback: {exposure}. "
+        "Put it behind a firewall or a TLS proxy, or use --host 127.0.0.1."
     )
 
 

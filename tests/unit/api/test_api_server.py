@@ -36,8 +36,8 @@ def test_is_loopback(host: str, loop: bool) -> None:
 def test_warning_only_off_loopback() -> None:
     assert exposure_warning("127.0.0.1", True) is None
     text = exposure_warning("0.0.0.0", False)
-    assert text is not None and "0.0.0.0" in text and "read routes also need the token" in text
-    assert "open to the network" in (exposure_warning("0.0.0.0", True) or "")
+    assert text is not None and "0.0.0.0" in text and "reads too, needs the token" in text
+    assert "read routes are open" in (exposure_warning("0.0.0.0", True) or "")
 
 
 def test_busy_port_is_a_usage_error() -> None:
