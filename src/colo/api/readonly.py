@@ -21,7 +21,7 @@ from colo.files import state_dir
 from colo.gpu.mps import MpsFleet, MpsRoot
 from colo.gpu.nvml import GpuBackend, NvmlBackend, slots_from_snapshots
 from colo.plan import GpuSlot, Plan, inventory_slots, plan
-from colo.plan.types import ModelMemory
+from colo.plan.types import MemoryInputs
 from colo.spec import ColoConfig, load_config
 from colo.supervise.snapshots import AgentStatus, Event, EventKind
 from colo.supervise.state import AgentState
@@ -167,14 +167,14 @@ def _slots(config: ColoConfig, backend: GpuBackend | None) -> list[GpuSlot]:
     return slots_from_snapshots(backend.gpus())
 
 
-def _memory(config: ColoConfig, slots: list[GpuSlot]) -> dict[str, ModelMemory] | None:
+def _memory(config: ColoConfig, slots: list[GpuSlot]) -> MemoryInputs | None:
     """Measured/estimated memory from the model database when the policy says ``memory_source: db``."""
     if config.policy.memory_source != "db":
         return None
     from colo.memory.db import ModelDB
-    from colo.memory.resolve import memory_for_plan
+    from colo.memory.resolve import plan_memory
 
-    return memory_for_plan(config, ModelDB.open_default(config), slots[0].name if slots else None)
+    return plan_memory(config, ModelDB.open_default(config), slots[0].name if slots else None)
 
 
 def _fleet(mps_root: Path, backend: GpuBackend | None) -> MpsFleet | None:

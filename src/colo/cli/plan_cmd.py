@@ -16,7 +16,7 @@ from colo.errors import ColoError, ConfigError, PlanError, UsageError
 from colo.plan import GpuSlot, Plan, inventory_slots, plan, require_complete
 from colo.plan.allocation_doc import allocation_document
 from colo.plan.checks import Finding, check_allocation, check_plan
-from colo.plan.types import ModelMemory
+from colo.plan.types import MemoryInputs
 from colo.spec.config import ColoConfig, GpuInventory, Policy
 from colo.spec.load import config_from_loaded
 from colo.spec.seed_format import (
@@ -87,15 +87,18 @@ def gpu_slots(config: ColoConfig) -> list[GpuSlot]:
         ) from exc
 
 
-def model_memory(config: ColoConfig, from_db: bool, db_path: str | None) -> dict[str, ModelMemory] | None:
-    """Measured/estimated memory from the model database when asked (``--from-db`` or policy), else None."""
+def model_memory(config: ColoConfig, from_db: bool, db_path: str | None) -> MemoryInputs | None:
+    """Measured/estimated memory from the model database when asked (``--from-db`` or policy), else None.
+
+    Agents whose models were measured (or estimated) together get that one figure: one CUDA context per
+    process, not one per model."""
     if not (from_db or config.policy.memory_source == "db"):
         return None
     from colo.memory.db import ModelDB
-    from colo.memory.resolve import memory_for_plan
+    from colo.memory.resolve import plan_memory
 
     db = ModelDB.open(db_path) if db_path else ModelDB.open_default(config)
-    resolved: dict[str, ModelMemory] = memory_for_plan(config, db)
+    resolved: MemoryInputs = plan_memory(config, db)
     return resolved
 
 

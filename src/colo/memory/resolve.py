@@ -20,7 +20,7 @@ from colo.errors import ColoError
 from colo.memory.db import ModelDB, ModelEntry
 from colo.memory.profile import ModelRequest
 from colo.memory.worst_case import agent_requests, model_request
-from colo.plan.types import MemorySource, ModelMemory
+from colo.plan.types import MemoryInputs, MemorySource, ModelMemory
 from colo.spec.config import ColoConfig
 
 
@@ -209,3 +209,13 @@ def _estimate_together(db: ModelDB, reqs: tuple[ModelRequest, ...], gpu_name: st
         )
     except ColoError:
         return None
+
+
+def plan_memory(config: ColoConfig, db: ModelDB, gpu_name: str | None = None) -> MemoryInputs:
+    """Everything the planner needs from the database: per-model figures, and per-agent figures that count
+    one CUDA context per agent process (see :func:`agent_memory_for_plan`). Pass it to ``plan(..., memory)``."""
+    agents = {
+        name: ModelMemory(name, a.requirement_bytes, a.source, a.detail)
+        for name, a in agent_memory_for_plan(config, db, gpu_name).items()
+    }
+    return MemoryInputs(models=memory_for_plan(config, db, gpu_name), agent_requirements=agents)

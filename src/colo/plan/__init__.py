@@ -2,12 +2,13 @@
 
 from colo.plan.inventory import inventory_slots
 from colo.plan.planner import plan, require_complete
-from colo.plan.types import AgentPlan, GpuSlot, GpuSummary, ModelMemory, Plan, Summary, Unplaced
+from colo.plan.types import AgentPlan, GpuSlot, GpuSummary, MemoryInputs, ModelMemory, Plan, Summary, Unplaced
 
 __all__ = [
     "AgentPlan",
     "GpuSlot",
     "GpuSummary",
+    "MemoryInputs",
     "ModelMemory",
     "Plan",
     "Summary",

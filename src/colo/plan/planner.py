@@ -11,6 +11,7 @@ from colo.plan.types import (
     AgentPlan,
     GpuSlot,
     GpuSummary,
+    MemoryInputs,
     ModelMemory,
     Plan,
     PolicyFinding,
@@ -23,25 +24,32 @@ from colo.spec.config import ColoConfig
 def plan(
     config: ColoConfig,
     gpus: Sequence[GpuSlot],
-    memory: Mapping[str, ModelMemory] | None = None,
+    memory: Mapping[str, ModelMemory] | MemoryInputs | None = None,
 ) -> Plan:
     """Turn model memory into per-agent MPS limits and place the agents on ``gpus``.
 
-    ``memory`` maps model id -> requirement (measured, estimated or declared); by default the models'
-    declared ``memory``. Agents that fit nowhere are returned in ``Plan.unplaced`` with the reason; call
+    ``memory`` maps model id -> requirement (measured, estimated or declared), or is a
+    :class:`MemoryInputs` that also gives whole-agent requirements; by default the models' declared ``memory``. Agents that fit nowhere are returned in ``Plan.unplaced`` with the reason; call
     :func:`require_complete` to make that an error.
 
     Raises PlanError for a model without any memory figure, ConfigError for a pin that matches no GPU.
     """
+    agent_req: Mapping[str, ModelMemory] = {}
+    if isinstance(memory, MemoryInputs):
+        agent_req = memory.agent_requirements
+        memory = memory.models
     mem = dict(declared_memory(config)) if memory is None else dict(memory)
     pol = config.policy
     rows: dict[str, tuple[tuple[ModelMemory, ...], int, int, int]] = {}
+    sources: dict[str, str] = {}
     requests = []
     for name, agent in config.agents.items():
-        models = agent_models(config, name, mem)
-        requirement = sum(m.requirement_bytes for m in models)
+        whole = agent_req.get(name)
+        models = agent_models(config, name, mem) if whole is None else _models_or_whole(config, name, mem, whole)
+        requirement = sum(m.requirement_bytes for m in models) if whole is None else whole.requirement_bytes
         margin, limit = agent_limit(config, name, requirement)
         rows[name] = (models, requirement, margin, limit)
+        sources[name] = "sum of the models" if whole is None else f"{whole.source}: {whole.detail}"
         cand = pinned_candidates(name, agent, gpus)
         requests.append(Request(name, agent.priority, limit, None if cand is None else tuple(cand)))
 
@@ -74,6 +82,7 @@ def plan(
             active_thread_pct=pclass.active_thread_pct,
             gpu=gpus[pos] if pos is not None else None,
             margin_policy=config.margin_for(req.name).describe(),
+            requirement_source=sources[req.name],
         )
         agents.append(ap)
         if pos is None:
@@ -113,6 +122,13 @@ def plan(
         max_clients_per_gpu=pol.max_clients_per_gpu,
         findings=tuple(sorted(findings, key=lambda f: f.agent)),
     )
+
+
+def _models_or_whole(
+    config: ColoConfig, agent: str, memory: Mapping[str, ModelMemory], whole: ModelMemory
+) -> tuple[ModelMemory, ...]:
+    """The agent's per-model figures for display; a model without one is shown with 0 (the whole counts)."""
+    return tuple(memory.get(m) or ModelMemory(m, 0, whole.source, "in the agent's figure") for m in config.agents[agent].models)
 
 
 def require_complete(p: Plan) -> Plan:

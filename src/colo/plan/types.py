@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +43,19 @@ class ModelMemory:
 
 
 @dataclass(frozen=True)
+class MemoryInputs:
+    """What the planner needs to know about memory.
+
+    ``models``: each model's requirement. ``agent_requirements``: agents whose model set was measured or
+    estimated as one process (bytes): that figure replaces the sum of the models', which would count one
+    CUDA context per model instead of one per process.
+    """
+
+    models: Mapping[str, ModelMemory]
+    agent_requirements: Mapping[str, ModelMemory] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class AgentPlan:
     """One agent's allocation. ``gpu`` is None when it was left out (see Plan.unplaced)."""
 
@@ -55,6 +69,7 @@ class AgentPlan:
     active_thread_pct: int
     gpu: GpuSlot | None
     margin_policy: str = ""
+    requirement_source: str = "sum of the models"
 
     @property
     def model_ids(self) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ from colo.gpu.mps import MpsDefaults, MpsFleet, MpsRoot
 from colo.gpu.mps_control import MpsControl
 from colo.gpu.nvml import GpuBackend
 from colo.plan import plan
-from colo.plan.types import AgentPlan, GpuSlot, ModelMemory, Plan, Unplaced
+from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
 from colo.spec.config import ColoConfig, HealthCheck
 from colo.supervise.agent import AgentSetup
 from colo.supervise.clock import Clock, SystemClock
@@ -274,7 +274,9 @@ class Orchestrator:
     def _slots(self, config: ColoConfig) -> tuple[list[GpuSlot], list[str]]:
         return gpu_slots(config, self._backend_or_none(), self.local_node(config))
 
-    def _memory(self, config: ColoConfig, slots: Sequence[GpuSlot]) -> Mapping[str, ModelMemory] | None:
+    def _memory(
+        self, config: ColoConfig, slots: Sequence[GpuSlot]
+    ) -> Mapping[str, ModelMemory] | MemoryInputs | None:
         """Model memory for the planner: measured/estimated from the model DB when ``policy.memory_source:
         db`` (for this machine's GPU model), else None (the models' declared ``memory``)."""
         if self._memory_override is not None:
@@ -282,10 +284,10 @@ class Orchestrator:
         if config.policy.memory_source != "db":
             return None
         from colo.memory.db import ModelDB
-        from colo.memory.resolve import memory_for_plan
+        from colo.memory.resolve import plan_memory
 
         gpu_name = slots[0].name if slots else None
-        return memory_for_plan(config, ModelDB.open_default(config), gpu_name)
+        return plan_memory(config, ModelDB.open_default(config), gpu_name)
 
     def make_plan(self, config: ColoConfig) -> tuple[Plan, list[str]]:
         """Plan ``config`` on this machine's GPUs (pure planner over NVML or inventory slots).

@@ -146,3 +146,15 @@ def test_plan_properties(agents: dict[str, Any], gpu_mem: list[int], placement: 
     # A left-out agent really fits nowhere it could go.
     for u in p.unplaced:
         assert all(g.free_bytes < u.limit_bytes or len(g.agents) >= cap for g in p.gpus)
+
+
+def test_whole_agent_requirement_replaces_the_sum() -> None:
+    from colo.plan import MemoryInputs, ModelMemory
+
+    c = cfg({"pair": {"models": ["m1", "m2"]}, "solo": {"models": ["m1"]}}, [{"memory": "16GiB"}])
+    models = {m: ModelMemory(m, units.GIB * int(m[1:]), "measured") for m in ("m1", "m2")}
+    together = ModelMemory("pair", 2 * units.GIB, "measured", "model set measured together")
+    p = plan(c, inventory_slots(c), MemoryInputs(models, {"pair": together}))
+    assert p.agent("pair").requirement_bytes == 2 * units.GIB  # not 1 + 2 GiB: one CUDA context, not two
+    assert "measured together" in p.agent("pair").requirement_source
+    assert p.agent("solo").requirement_bytes == units.GIB and p.agent("solo").requirement_source == "sum of the models"
