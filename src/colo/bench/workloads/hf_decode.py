@@ -84,12 +84,14 @@ class HfDecodeWorkload:
             position_ids.fill_(self.start_pos)
             # transformers 5.x static layers keep their own write position (``cumulative_length``, a device
             # tensor, graph-safe) and ignore ``cache_position``: rewind it too, or the cache overflows.
-            for layer in getattr(cache, "layers", ()):
-                length = getattr(layer, "cumulative_length", None)
-                if isinstance(length, torch.Tensor):
-                    length.fill_(self.start_pos)
-                elif length is not None:
-                    layer.cumulative_length = self.start_pos
+            # It was created during the first (inference-mode) step, so it may only be updated in that mode.
+            with torch.inference_mode():
+                for layer in getattr(cache, "layers", ()):
+                    length = getattr(layer, "cumulative_length", None)
+                    if isinstance(length, torch.Tensor):
+                        length.fill_(self.start_pos)
+                    elif length is not None:
+                        layer.cumulative_length = self.start_pos
 
         step()  # the first call allocates the static cache's tensors
         reset()
