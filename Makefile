@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 COLO   := $(VENV)/bin/colo
 
-.PHONY: run test lint typecheck pytest bench schema clean gpu-test
+.PHONY: run test lint typecheck pytest bench schema clean gpu-test gpu-bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,9 +41,14 @@ bench: $(VENV)/.stamp-dev
 schema: $(VENV)/.stamp-run
 	$(COLO) schema > docs/colo.schema.json
 
-# On a machine with a GPU (see docs/gpu-testing.md): the GPU-marked tests.
+# On a machine with a GPU, MPS and torch: the GPU-marked tests, file by file, with a table at the end
+# (logs under $$OUT or out/gpu). colo need not be installed there: the script sets PYTHONPATH=src.
 gpu-test:
-	python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu
+	PER_FILE_SECS=300 scripts/gpu_suite.sh
+
+# The H100 benchmark behind docs/benchmarks.md (about 7 minutes).
+gpu-bench:
+	scripts/gpu_bench.sh
 
 clean:
 	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache

@@ -14,3 +14,13 @@ FIXTURES = ROOT / "tests" / "fixtures"
 @pytest.fixture
 def newsroom_path() -> Path:
     return NEWSROOM
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say plainly how many GPU tests this run left out (they run on a GPU with `make gpu-test`)."""
+    deselected = terminalreporter.stats.get("deselected", [])
+    gpu = [item for item in deselected if item.get_closest_marker("gpu") is not None]
+    if gpu:
+        terminalreporter.write_line(
+            f"{len(gpu)} GPU test(s) skipped here (marked gpu); run them on a GPU machine: make gpu-test"
+        )
