@@ -108,7 +108,9 @@ def _child_failed(log_path: Path) -> bool:
         return False
 
 
-def _run_foreground(cfg: Any, config_path: Path, sd: Path, *, use_mps: bool, node: str | None, api: bool) -> None:
+def _run_foreground(
+    cfg: Any, config_path: Path, sd: Path, *, use_mps: bool, node: str | None, api: bool, run_agents: bool = True
+) -> None:
     import signal
 
     from colo.supervise.orchestrator import Orchestrator
@@ -126,7 +128,7 @@ def _run_foreground(cfg: Any, config_path: Path, sd: Path, *, use_mps: bool, nod
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
-    orch = Orchestrator(cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node)
+    orch = Orchestrator(cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node, run_agents=run_agents)
     result = orch.up()  # ColoError: nothing left running; main() prints it with its exit code
     for w in result.warnings:
         _warn(w)

@@ -99,6 +99,8 @@ class Orchestrator:
     Injected for tests: ``gpu_backend`` (else NVML when available), ``mps_control`` (else the real
     ``nvidia-cuda-mps-control``), ``runner``, ``probe``, ``clock``. ``use_mps=False`` is plain time-slicing
     under the same supervision. ``node`` picks which node of an inventory this machine is.
+    ``run_agents=False``: the agents run elsewhere (Kubernetes pods, systemd units; ``colo node --no-agents``):
+    plan, start/adopt this node's MPS daemons and serve the API, but launch no agent.
 
     Raises from :meth:`up`: ConfigError/PlanError for a bad or unplannable configuration, GpuError/MpsError
     when the GPUs or MPS cannot be used, SupervisorError when another orchestrator holds the state dir.
@@ -112,6 +114,7 @@ class Orchestrator:
         state_dir: str | Path | None = None,
         use_mps: bool = True,
         node: str | None = None,
+        run_agents: bool = True,
         gpu_backend: GpuBackend | None = None,
         mps_control: MpsControl | None = None,
         runner: Runner | None = None,
@@ -125,6 +128,7 @@ class Orchestrator:
         self.paths = StateDirPaths(resolve_state_dir(config, state_dir))
         self.want_mps = use_mps
         self.node = node
+        self.run_agents = run_agents
         self._backend = gpu_backend
         self._backend_given = gpu_backend is not None
         self._mps_control = mps_control
@@ -408,6 +412,8 @@ class Orchestrator:
         started: list[str] = []
         adopted: list[str] = []
         roll: list[tuple[AgentSetup, str]] = []
+        if not self.run_agents:
+            mine = []  # agents run as pods/units: this node only keeps their daemons (started above)
         wanted = {ap.name for ap in mine}
         for name, old in records.items():
             if name not in wanted:
@@ -628,6 +634,8 @@ class Orchestrator:
                         f"the new plan uses GPU(s) {', '.join(extra)} without an MPS daemon of this colo",
                         hint="run `colo down` and `colo up` to use more GPUs",
                     )
+            if not self.run_agents:
+                mine = []  # agents run as pods/units (see __init__)
             new = {ap.name: self.setup_for(config, ap) for ap in mine}
             result = ApplyResult()
             roll: list[tuple[AgentSetup, str]] = []

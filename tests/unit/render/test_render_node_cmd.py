@@ -74,3 +74,50 @@ def test_no_agents_is_passed_when_supported(tmp_path: Path, monkeypatch: pytest.
     result = runner.invoke(app, ["node", cfg, "--node", "node-a", "--no-agents", "--state-dir", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
     assert seen == [False]
+
+
+def test_orchestrator_without_agents_keeps_only_the_daemons() -> None:
+    """What `colo node --no-agents` runs: the node's MPS daemons are started, no agent is launched."""
+    import shutil
+    import tempfile
+
+    from colo.gpu.fake_mps import FakeMpsControl
+    from colo.spec import load_config_text
+    from colo.supervise.clock import FakeClock
+    from colo.supervise.orchestrator import Orchestrator
+    from colo.supervise.runner import FakeRunner
+
+    cfg = load_config_text(
+        "version: 1\ngpus: auto\nmodels: {small: {memory: 1GiB}}\n"
+        "agents:\n  a: {models: [small], command: [bin-a]}\n  b: {models: [small], command: [bin-b], gpu: 1}\n",
+        "test.yaml",
+    )
+    state = Path(tempfile.mkdtemp(prefix="cr", dir="/tmp"))  # short: MPS pipe dirs hold Unix sockets
+    runner_ = FakeRunner()
+    mps = FakeMpsControl()
+    try:
+        orch = Orchestrator(
+            cfg,
+            state_dir=state,
+            gpu_backend=FakeGpuBackend([fake_gpu(0), fake_gpu(1)]),
+            mps_control=mps,
+            runner=runner_,
+            clock=FakeClock(),
+            run_agents=False,
+        )
+        result = orch.up()
+        assert result.started == [] and runner_.spawned == []
+        assert sorted(result.daemons_started) == [fake_gpu(0).uuid, fake_gpu(1).uuid]
+        applied = orch.apply(cfg)
+        assert applied.started == [] and runner_.spawned == []
+        assert orch.current_plan().agent("b").gpu is not None
+        orch.down()
+        assert all(not d.alive for d in mps.daemons.values())
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_real_foreground_run_accepts_run_agents() -> None:
+    import inspect
+
+    assert "run_agents" in inspect.signature(run_cmd._run_foreground).parameters
