@@ -199,3 +199,57 @@ def test_rendered_deployment_env_limits_a_real_client(state_dir: Path, daemon: t
     assert env["CUDA_MPS_PIPE_DIRECTORY"].endswith(f"/mps/by-index/{gpu.index}/pipe")
     report, servers = run_client(env, d)
     _check("k8s deployment env", report, servers)
+
+
+def test_colo_node_no_agents_serves_a_rendered_client(state_dir: Path) -> None:
+    """End to end on one host: `colo node CONFIG --node local --no-agents` (a child process) starts GPU 0's
+    MPS daemon and the index links; a client with the rendered drop-in's environment is limited by it; on
+    SIGTERM the node agent quits its daemon."""
+    if find_binary() is None:
+        pytest.skip("nvidia-cuda-mps-control is not installed")
+    gpus = NvmlBackend().gpus()
+    if not gpus:
+        pytest.skip("NVML sees no GPU")
+    cfg_path = state_dir / "colo.yaml"
+    cfg_path.write_text(CONFIG)
+    sd = state_dir / "s"
+    argv = [sys.executable, "-c", "from colo.cli.main import main; main()", "node", str(cfg_path)]
+    argv += ["--node", "local", "--no-agents", "--no-api", "--state-dir", str(sd)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUDA_MPS_")}
+    log = (state_dir / "node.log").open("w")
+    node = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    pipe = sd / "mps" / gpus[0].uuid / "pipe"
+    daemon = MpsDaemon(MpsRoot.under_state_dir(sd).for_gpu(gpus[0].uuid), gpus[0].uuid, SubprocessMpsControl())
+    try:
+        control = sd / "mps" / "by-index" / str(gpus[0].index) / "pipe" / "control"
+        deadline = 120.0
+        waited = 0.0
+        while not control.exists() and node.poll() is None and waited < deadline:
+            select.select([], [], [], 0.5)
+            waited += 0.5
+        assert control.exists(), (
+            f"no MPS control pipe via the index link: {(state_dir / 'node.log').read_text()[-2000:]}"
+        )
+        config, p, layout = _plan(sd)
+        files = render_systemd(config, p, options=SystemdOptions(layout=layout), agents=True)
+        dropin = files["colo-agent-probe-agent.service.d/10-colo-mps.conf"]
+        client_env = dict(m.groups() for m in re.finditer(r'^Environment="([A-Z_]+)=(.*)"$', dropin, re.MULTILINE))
+        report, servers = run_client(client_env, daemon)
+        _check("colo node --no-agents + drop-in", report, servers)
+    finally:
+        if node.poll() is None:
+            node.send_signal(signal.SIGTERM)
+            try:
+                node.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait(timeout=30)
+        log.close()
+        left = []
+        for proc in scan_processes(pipe):
+            left.append(f"{proc.kind} {proc.pid}")
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGKILL)
+        result_line(f"colo node exit={node.returncode} left={left}")
+    assert node.returncode == 0, (state_dir / "node.log").read_text()[-2000:]
+    assert not left, f"the node agent left MPS processes behind: {left}"
