@@ -50,7 +50,7 @@ TOKEN = "gpu-test-token-0123456789abcdef"
 
 
 def _need_gpu() -> None:
-    from colo.gpu.mps_control import find_binary
+    from colo.gpu.mps.control import find_binary
 
     if find_binary() is None:
         pytest.skip("nvidia-cuda-mps-control is not installed")
@@ -65,7 +65,7 @@ def _read_lines(stream: object, out: queue.Queue[str]) -> None:
 def mps_world() -> Iterator[dict[str, object]]:
     """A running daemon under a private root, a child MPS client holding memory; torn down always."""
     _need_gpu()
-    from colo.gpu.mps import MpsFleet, MpsRoot, client_env
+    from colo.gpu.mps.daemon import MpsFleet, MpsRoot, client_env
     from colo.gpu.nvml import NvmlBackend, slots_from_snapshots
     from colo.plan import plan
     from colo.spec import load_config_text

@@ -31,9 +31,9 @@ import psutil
 import pytest
 
 from colo.errors import MpsError
-from colo.gpu.mps import MpsDaemon, MpsDefaults, MpsFleet, MpsRoot, ServerStatus, client_env
-from colo.gpu.mps_control import SubprocessMpsControl, find_binary, scan_processes
-from colo.gpu.mps_log import MpsLogKind, MpsLogReader
+from colo.gpu.mps.control import SubprocessMpsControl, find_binary, scan_processes
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsFleet, MpsRoot, ServerStatus, client_env
+from colo.gpu.mps.log import MpsLogKind, MpsLogReader
 from colo.gpu.nvml import ClientProcess, GpuSnapshot, NvmlBackend
 from colo.plan.types import AgentPlan, GpuSlot, ModelMemory
 

@@ -1,7 +1,7 @@
 """On a real GPU: what the newsroom's eleven models really take, how good the estimator is, and the newsroom
 planned from measurements and run under its new MPS limits.
 
-1. Each of the eleven models in a fresh child (``python -m colo.memory.profile_child``) at fp32, batch 32 ×
+1. Each of the eleven models in a fresh child (``python -m colo.profiling.child``) at fp32, batch 32 ×
    512 tokens (generators and seq2seq: a 64-token prompt + 64 new tokens), NVML sampled for the child's pid
    at >= 50 Hz. One line per model::
 
@@ -35,20 +35,20 @@ from typing import Any
 import pytest
 
 from colo import units
-from colo.gpu.mps import MpsDaemon, MpsDefaults, MpsRoot, client_env
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsRoot, client_env
 from colo.gpu.nvml import GpuSnapshot, NvmlBackend
 from colo.memory.db import ModelDB
 from colo.memory.estimate import Workload, estimate, estimate_set
-from colo.memory.profile import ModelRequest, ProfileRequest
 from colo.memory.resolve import agent_memory_for_plan, memory_for_plan
 from colo.memory.seed_export import model_config_document
-from colo.memory.worst_case import agent_requests, config_requests
+from colo.memory.worst_case import ModelRequest, agent_requests, config_requests
 from colo.plan import inventory_slots, plan
 from colo.plan.limits import agent_limit
 from colo.plan.types import AgentPlan
 from colo.profiling.profiler import Job, JobResult, Profiler
-from colo.profiling.runner import ChildOutcome, child_env, run_child
+from colo.profiling.protocol import ProfileRequest
 from colo.profiling.sampler import PeakSampler, nvml_reader
+from colo.profiling.spawn import ChildOutcome, child_env, run_child
 from colo.spec import load_config
 from colo.spec.config import ColoConfig
 

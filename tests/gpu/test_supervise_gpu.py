@@ -196,7 +196,7 @@ def kill_tree_under(marker: str) -> list[int]:
 
 
 def quit_mps(state_dir: Path) -> None:
-    from colo.gpu.mps import MpsDaemon, MpsRoot
+    from colo.gpu.mps.daemon import MpsDaemon, MpsRoot
 
     root = MpsRoot.under_state_dir(state_dir)
     for uuid in root.gpu_uuids():

@@ -18,7 +18,7 @@ from typing import NoReturn
 from colo.api.source import ApiSource, ApplyOutcome
 from colo.errors import ColoError, PlanError, SupervisorError
 from colo.files import state_dir
-from colo.gpu.mps import MpsFleet, MpsRoot
+from colo.gpu.mps.daemon import MpsFleet, MpsRoot
 from colo.gpu.nvml import GpuBackend, NvmlBackend, slots_from_snapshots
 from colo.plan import GpuSlot, Plan, inventory_slots, plan
 from colo.plan.types import MemoryInputs
@@ -32,7 +32,7 @@ READ_ONLY_HINT = "colo serve only shows the plan and the GPUs; run `colo up CONF
 class ReadOnlySource:
     """An :class:`~colo.api.source.ApiSource` over a fixed config and plan, a GPU backend and MPS daemons.
 
-    ``fleet`` is an object with ``daemon(uuid)`` (``colo.gpu.mps.MpsFleet``) whose daemons are only read,
+    ``fleet`` is an object with ``daemon(uuid)`` (``colo.gpu.mps.daemon.MpsFleet``) whose daemons are only read,
     never started or stopped. ``clock`` gives wall-clock seconds for the one "planned" event.
     """
 
@@ -197,7 +197,7 @@ def load_read_only(
     """Load ``config_path``, plan it, and return the read-only source ``colo serve`` runs.
 
     ``backend`` overrides NVML (tests); ``use_nvml=False`` serves with no GPU backend. ``mps_root`` is where
-    the per-GPU MPS pipe dirs live (``colo.gpu.mps.MpsRoot``; default ``<state_dir>/mps``, where ``colo up``
+    the per-GPU MPS pipe dirs live (``colo.gpu.mps.daemon.MpsRoot``; default ``<state_dir>/mps``, where ``colo up``
     starts them); their daemons are read, never started.
     Raises ConfigError (bad file) or PlanError (nothing to plan against).
     """

@@ -23,8 +23,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from colo.bench.loads import Workload, make_workload
 from colo.bench.spec import InstanceSpec
-from colo.bench.workloads import Workload, make_workload
 
 PREFIX = "COLO-BENCH "
 # What made this instance an MPS client (or not), reported with its results.

@@ -5,7 +5,7 @@
 ``/tmp/nvidia-mps``) cannot capture them by accident.
 
 ``mps``: colo starts an MPS control daemon in a private pipe directory under ``/tmp`` (pinned to the GPU
-by UUID, through :mod:`colo.gpu.mps`), runs the point's instances as its clients, and quits the daemon
+by UUID, through :mod:`colo.gpu.mps.daemon`), runs the point's instances as its clients, and quits the daemon
 afterwards — also when the point fails. Optional per-instance limits: pinned memory and active thread %.
 
 ``external``: nothing is changed (HTTP targets: the server's own GPU setup is what is measured).
@@ -84,7 +84,7 @@ def colocation_env(mode: str, gpu_uuid: str | None, *, tmp_root: str = "/tmp") -
             return
         if not gpu_uuid:
             raise MpsError("MPS mode needs a GPU (by UUID) and none was found", hint="is nvidia-smi working?")
-        from colo.gpu.mps import MpsDaemon, MpsRoot
+        from colo.gpu.mps.daemon import MpsDaemon, MpsRoot
 
         paths = MpsRoot(base).for_gpu(gpu_uuid)
         daemon = MpsDaemon(paths, gpu_uuid)

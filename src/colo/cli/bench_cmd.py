@@ -326,7 +326,7 @@ def bench_decode(
         )
         title = f"decode {model}"
     else:
-        from colo.bench.workloads.llama import SHAPES
+        from colo.bench.loads.llama import SHAPES
 
         if shape not in SHAPES:
             raise UsageError(f"--shape {shape!r}: use one of {', '.join(sorted(SHAPES))}")
@@ -396,8 +396,8 @@ def bench_http(
     as_json: bool = _JSON,
 ) -> None:
     """An HTTP target (Ollama or OpenAI-compatible): N concurrent clients; tokens from the server's counts."""
+    from colo.bench.loads.http import APIS
     from colo.bench.spec import InstanceSpec
-    from colo.bench.workloads.http import APIS
 
     if api not in APIS:
         raise UsageError(f"--api {api!r}: use one of {', '.join(APIS)}")

@@ -16,8 +16,8 @@ from colo.cli.common import console, err_console, print_json
 from colo.errors import GpuError, MpsError, UsageError
 
 if TYPE_CHECKING:
-    from colo.gpu.mps import MpsRoot
-    from colo.gpu.mps_control import MpsControl
+    from colo.gpu.mps.control import MpsControl
+    from colo.gpu.mps.daemon import MpsRoot
     from colo.gpu.nvml import GpuBackend, GpuSnapshot
     from colo.plan.types import AgentPlan, Plan
     from colo.spec.config import ColoConfig
@@ -36,14 +36,14 @@ def _backend() -> GpuBackend:
 
 
 def _control() -> MpsControl:
-    from colo.gpu.mps_control import SubprocessMpsControl
+    from colo.gpu.mps.control import SubprocessMpsControl
 
     return SubprocessMpsControl()
 
 
 def _root(config: ColoConfig | None) -> MpsRoot:
     from colo.files import state_dir
-    from colo.gpu.mps import MpsRoot
+    from colo.gpu.mps.daemon import MpsRoot
 
     return MpsRoot.under_state_dir(state_dir(config.state_dir if config else None))
 
@@ -185,7 +185,7 @@ def start_command(
     timeout: float = typer.Option(20.0, "--timeout", min=1.0, max=600.0, help="Seconds to wait for a daemon."),
 ) -> None:
     """Start (or adopt) one MPS control daemon per GPU, pinned by UUID, with the plan's defaults applied."""
-    from colo.gpu.mps import MpsDaemon, MpsDefaults, defaults_for_agents
+    from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, defaults_for_agents
 
     config = _load(config_path)
     every = _backend().gpus()
@@ -207,7 +207,7 @@ def start_command(
 
 
 def _warn_foreign(root: MpsRoot, uuids: list[str], control: MpsControl) -> None:
-    from colo.gpu.mps import MpsFleet
+    from colo.gpu.mps.daemon import MpsFleet
 
     for f in MpsFleet(root, uuids, control).foreign_daemons():
         err_console.print(
@@ -239,7 +239,7 @@ def status_command(
 ) -> None:
     """Each GPU's daemon: running/healthy, servers with state (INITIALIZING/ACTIVE/FAULT), clients with memory."""
     from colo.gpu.info import pinned_limit_of
-    from colo.gpu.mps import MpsDaemon
+    from colo.gpu.mps.daemon import MpsDaemon
 
     config = _load(config_path)
     root = _root(config)
@@ -285,7 +285,7 @@ def stop_command(
     timeout: float = typer.Option(10.0, "--timeout", min=1.0, max=600.0, help="Seconds `quit -t` may take."),
 ) -> None:
     """Quit each GPU's daemon (``quit -t``); kill it and its servers if it does not answer."""
-    from colo.gpu.mps import MpsDaemon
+    from colo.gpu.mps.daemon import MpsDaemon
 
     root = _root(_load(config_path))
     failures: list[str] = []
@@ -311,7 +311,7 @@ def env_command(
     config_path: Path = typer.Option(..., "--config", "-c", help="colo.yaml with the agent."),
 ) -> None:
     """Print the ``export`` lines that start AGENT by hand as an MPS client under its planned limits."""
-    from colo.gpu.mps import client_env
+    from colo.gpu.mps.daemon import client_env
     from colo.units import format_size
 
     config = _load(config_path)

@@ -17,7 +17,7 @@ from colo import units
 from colo.cli.common import console, err_console, print_json
 from colo.errors import ColoError, UsageError
 from colo.memory.db import ModelDB
-from colo.memory.profile import ModelRequest
+from colo.memory.worst_case import ModelRequest
 from colo.spec.config import ColoConfig, GpuInventory, ModelSpec
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -178,7 +178,7 @@ def _mps_env(gpu_uuid: str, state: str | None, pipe_dir: str | None) -> dict[str
     if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
         return {}
     from colo.files import state_dir
-    from colo.gpu.mps import MpsRoot
+    from colo.gpu.mps.daemon import MpsRoot
 
     paths = MpsRoot.under_state_dir(state_dir(state)).for_gpu(gpu_uuid)
     if (paths.pipe_dir / "control").exists():

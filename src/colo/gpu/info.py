@@ -23,8 +23,8 @@ from typing import Any
 import psutil
 
 from colo import units
-from colo.gpu.mps import DaemonStatus, MpsDaemon, MpsRoot
-from colo.gpu.mps_control import MpsControl, SubprocessMpsControl
+from colo.gpu.mps.control import MpsControl, SubprocessMpsControl
+from colo.gpu.mps.daemon import DaemonStatus, MpsDaemon, MpsRoot
 from colo.gpu.nvml import ClientProcess, GpuBackend
 
 _LIMIT_ITEM = re.compile(r"^\s*(\d+)\s*=\s*(\S+)\s*$")

@@ -4,7 +4,7 @@
 - :mod:`colo.memory.build` — ``build_model`` (local weights, else random weights of the catalog architecture),
   ``example_inputs``, ``run_worst_case``;
 - :mod:`colo.memory.estimate` — the offline estimator (meta-device build + formulas), always "estimate";
-- :mod:`colo.memory.profile` / :mod:`colo.memory.profile_child` — the profiling child and its protocol (the
+- :mod:`colo.profiling.protocol` / :mod:`colo.profiling.child` — the profiling child and its protocol (the
   NVML-sampling parent is :mod:`colo.profiling`, one layer up);
 - :mod:`colo.memory.db` — the JSON model database with provenance and observed usage;
 - :mod:`colo.memory.resolve` — measured > estimated > declared for the planner (``memory_for_plan``);

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from colo import units
 from colo.errors import ColoError
 from colo.memory.db import ModelDB, ModelEntry
-from colo.memory.profile import ModelRequest
-from colo.memory.worst_case import agent_requests, model_request
+from colo.memory.worst_case import ModelRequest, agent_requests, model_request
 from colo.plan.types import MemoryInputs, MemorySource, ModelMemory
 from colo.spec.config import ColoConfig
 

@@ -6,11 +6,29 @@ Encoders: ``batch_size × max_seq_len`` in one forward pass. Generators: a ``max
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from colo.errors import ConfigError
 from colo.memory import catalog
 from colo.memory.catalog import Task
-from colo.memory.profile import ModelRequest
 from colo.spec.config import ColoConfig, ModelSpec
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One model to load and run at its worst case (``seq_len``: input, or prompt for generators)."""
+
+    model: str
+    dtype: str = "float32"
+    batch_size: int = 1
+    seq_len: int = 512
+    new_tokens: int = 0
+    path: str | None = None
+    random_weights: bool | None = None
+
+    @property
+    def shape(self) -> tuple[str, str, int, int, int]:
+        return (self.model, self.dtype, self.batch_size, self.seq_len, self.new_tokens)
 
 
 def task_for(model_id: str, spec: ModelSpec | None) -> Task:

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from colo.errors import ProfileError
 from colo.gpu.nvml import GpuBackend
 from colo.memory.db import AgentEntry, ModelDB, ModelEntry, Provenance
-from colo.memory.profile import ModelRequest, ProfileRequest
-from colo.profiling.runner import DEFAULT_TIMEOUT_SECS, ChildOutcome, child_env, run_child
+from colo.memory.worst_case import ModelRequest
+from colo.profiling.protocol import ProfileRequest
 from colo.profiling.sampler import DEFAULT_INTERVAL_SECS, PeakSampler, nvml_reader
+from colo.profiling.spawn import DEFAULT_TIMEOUT_SECS, ChildOutcome, child_env, run_child
 
 
 def utc_now() -> str:

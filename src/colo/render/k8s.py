@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from colo import __version__, units
 from colo.errors import ConfigError
+from colo.modelserver.command import builtin_agent_command
 from colo.plan.allocation_doc import allocation_document
 from colo.plan.explain import explain_plan
 from colo.plan.types import AgentPlan, Plan
@@ -43,7 +44,6 @@ from colo.render.names import agent_object_names, check_labels, check_namespace,
 from colo.render.node_agent import NodeAgentLayout, agent_client_env
 from colo.render.yamlout import dump, dump_all
 from colo.spec.config import AgentSpec, ColoConfig, HealthCheck
-from colo.workloads.command import builtin_agent_command
 
 KUBERNETES_VERSION = "1.30"
 """The Kubernetes version whose OpenAPI schema the rendered objects are validated against (tests)."""

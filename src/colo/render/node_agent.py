@@ -1,7 +1,7 @@
 """Where the node agent keeps its MPS pipe dirs on a host, and how pods and units find them.
 
 The node agent (``colo node``, i.e. ``colo up --node NAME``) starts one MPS control daemon per GPU under
-``<state_dir>/mps/<GPU UUID>/pipe`` (:class:`colo.gpu.mps.MpsRoot`). A plan rendered from an inventory knows
+``<state_dir>/mps/<GPU UUID>/pipe`` (:class:`colo.gpu.mps.daemon.MpsRoot`). A plan rendered from an inventory knows
 a GPU by its index on its node, not by its UUID, so the node agent also keeps index links::
 
     <state_dir>/mps/by-index/<index>  ->  ../<GPU UUID>
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colo.errors import ConfigError
-from colo.gpu.mps import MAX_PIPE_DIR_CHARS, MpsRoot, client_env
+from colo.gpu.mps.daemon import MAX_PIPE_DIR_CHARS, MpsRoot, client_env
 from colo.plan.types import AgentPlan, GpuSlot
 
 BY_INDEX = "by-index"

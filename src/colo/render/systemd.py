@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from colo.modelserver.command import builtin_agent_command
 from colo.plan.types import AgentPlan, Plan
 from colo.render.names import agent_object_names
 from colo.render.node_agent import NodeAgentLayout, agent_client_env
 from colo.spec.config import AgentSpec, ColoConfig
-from colo.workloads.command import builtin_agent_command
 
 HEADER = "# Rendered by `colo render systemd` from {source}. Re-render instead of editing.\n"
 _RESTART = {"always": "always", "on-failure": "on-failure", "never": "no"}

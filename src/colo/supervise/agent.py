@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from colo.clock import Clock
 from colo.errors import SupervisorError
 from colo.spec.config import HealthCheck
-from colo.supervise.clock import Clock
 from colo.supervise.health import Probe
 from colo.supervise.policy import RestartRules
 from colo.supervise.runner import ExitStatus, LaunchSpec, ProcessHandle, Runner

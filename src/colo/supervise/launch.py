@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from colo.gpu.mps import MpsRoot, client_env
+from colo.gpu.mps.daemon import MpsRoot, client_env
 from colo.plan.types import AgentPlan
 from colo.spec.config import ColoConfig, HealthCheck
 from colo.supervise.agent import AgentSetup
@@ -42,7 +42,7 @@ def agent_setup(config: ColoConfig, ap: AgentPlan, *, config_copy: Path, mps_roo
     if spec.command is not None:
         argv = tuple(spec.command)
     else:
-        from colo.workloads.command import builtin_agent_command, health_url
+        from colo.modelserver.command import builtin_agent_command, health_url
 
         port = builtin_port(config, ap.name)
         argv = tuple(builtin_agent_command(ap.name, config_copy, port))

@@ -1,5 +1,5 @@
 """The supervisor's view of the per-GPU MPS daemons (:class:`~colo.supervise.supervisor.MpsHooks`), over
-``colo.gpu.mps.MpsFleet``: FAULT detection (``get_server_status``; fault lines new in each daemon's
+``colo.gpu.mps.daemon.MpsFleet``: FAULT detection (``get_server_status``; fault lines new in each daemon's
 ``control.log``/``server.log`` name the client when they can), ``terminate_client``, restarting one daemon.
 
 A fault line alone does not start a recovery (a stray "fatal" in a log must not restart a GPU's agents):
@@ -12,8 +12,8 @@ import contextlib
 import time
 
 from colo.errors import MpsError
-from colo.gpu.mps import MpsDefaults, MpsFleet, ServerStatus
-from colo.gpu.mps_log import MpsLogKind, MpsLogReader
+from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, ServerStatus
+from colo.gpu.mps.log import MpsLogKind, MpsLogReader
 from colo.supervise.supervisor import MpsFault
 
 #: A fault line in an MPS log names the culprit of a FAULT seen within this many seconds.

@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from colo.clock import Clock, SystemClock
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
 from colo.files import write_atomic
-from colo.gpu.mps import MpsDefaults, MpsFleet, MpsRoot
-from colo.gpu.mps_control import MpsControl
+from colo.gpu.mps.control import MpsControl
+from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, MpsRoot
 from colo.gpu.nvml import GpuBackend
 from colo.plan import plan
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
 from colo.spec.config import ColoConfig, HealthCheck
 from colo.supervise.agent import AgentSetup
-from colo.supervise.clock import Clock, SystemClock
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.launch import agent_setup, describe_change
 from colo.supervise.local_plan import gpu_slots, local_node, split_local

@@ -152,8 +152,8 @@ def stop_leftovers(
                 )
         uuids = store.get_meta("mps_daemons_started", [])
         if uuids:
-            from colo.gpu.mps import MpsDaemon, MpsRoot
-            from colo.gpu.mps_control import MpsControl
+            from colo.gpu.mps.control import MpsControl
+            from colo.gpu.mps.daemon import MpsDaemon, MpsRoot
 
             root = MpsRoot.under_state_dir(paths.root)
             control = mps_control if isinstance(mps_control, MpsControl) else None

@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from colo.clock import Clock
 from colo.errors import ColoError
 from colo.supervise.agent import Agent, AgentSetup
-from colo.supervise.clock import Clock
 from colo.supervise.health import Probe
 from colo.supervise.logs import AgentLogs, LogScanner, scan_text
 from colo.supervise.runner import Runner
@@ -49,7 +49,7 @@ class MpsFault:
 
 
 class MpsHooks(Protocol):
-    """What the supervisor needs from the per-GPU MPS daemons (the orchestrator adapts ``colo.gpu.mps``)."""
+    """What the supervisor needs from the per-GPU MPS daemons (the orchestrator adapts ``colo.gpu.mps.daemon``)."""
 
     def faults(self) -> list[MpsFault]:
         """GPUs whose server reports FAULT now, plus fault lines new in the MPS logs."""

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from colo.errors import ColoError
-from colo.gpu.fake_mps import FakeMpsControl
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
-from colo.gpu.mps import MpsFleet, MpsRoot
+from colo.gpu.mps.daemon import MpsFleet, MpsRoot
+from colo.gpu.mps.fake import FakeMpsControl
 from colo.gpu.nvml import ClientProcess
 from colo.plan import Plan, inventory_slots, plan
 from colo.spec import ColoConfig, load_config

@@ -6,7 +6,7 @@ without rewinding it, the cache overflowed after max_len tokens (a device-side a
 
 from __future__ import annotations
 
-from colo.bench.workloads.hf_decode import HfDecodeWorkload
+from colo.bench.loads.hf_decode import HfDecodeWorkload
 
 
 def test_decode_wraps_many_times_without_overflow() -> None:

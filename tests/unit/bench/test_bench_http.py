@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from colo.bench.harness import BenchError, run_point
+from colo.bench.loads.http import HttpClient, HttpWorkload, parse_completion, request_body
 from colo.bench.report import to_markdown
 from colo.bench.results import BenchResult
 from colo.bench.spec import InstanceSpec
-from colo.bench.workloads.http import HttpClient, HttpWorkload, parse_completion, request_body
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from colo.cli import gpu_cmd
 from colo.cli.main import app
 from colo.errors import GpuError
-from colo.gpu.fake_mps import FakeMpsControl
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.info import gpu_info, parse_pinned_limit
-from colo.gpu.mps import MpsRoot
+from colo.gpu.mps.daemon import MpsRoot
+from colo.gpu.mps.fake import FakeMpsControl
 from colo.gpu.nvml import ClientProcess
 from colo.units import GIB, MIB
 

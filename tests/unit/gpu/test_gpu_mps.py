@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from colo.errors import MpsError
-from colo.gpu.fake_mps import FakeMpsControl
-from colo.gpu.mps import (
+from colo.gpu.mps.control import SIGKILL, SIGTERM, MpsControl
+from colo.gpu.mps.daemon import (
     MAX_PIPE_DIR_CHARS,
     MpsDaemon,
     MpsDefaults,
@@ -25,7 +25,7 @@ from colo.gpu.mps import (
     parse_ps,
     parse_server_status,
 )
-from colo.gpu.mps_control import SIGKILL, SIGTERM, MpsControl
+from colo.gpu.mps.fake import FakeMpsControl
 from colo.plan.types import AgentPlan, GpuSlot, ModelMemory
 from colo.units import GIB, MIB
 
@@ -161,7 +161,7 @@ def test_pipe_dir_cannot_be_created(tmp_path: Path) -> None:
 
 def test_pipe_dir_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # root may write anywhere, so the permission check is driven through os.access.
-    monkeypatch.setattr("colo.gpu.mps.os.access", lambda path, mode: False)
+    monkeypatch.setattr("colo.gpu.mps.daemon.os.access", lambda path, mode: False)
     d = MpsDaemon(MpsRoot(tmp_path).for_gpu(UUID), UUID, FakeMpsControl(), base_env={})
     with pytest.raises(MpsError, match="not writable"):
         d.start()

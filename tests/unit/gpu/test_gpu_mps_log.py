@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from colo.gpu.fake_mps import FakeMpsControl
-from colo.gpu.mps_log import MpsLogKind, MpsLogReader, parse_line
+from colo.gpu.mps.fake import FakeMpsControl
+from colo.gpu.mps.log import MpsLogKind, MpsLogReader, parse_line
 
 # Lines as real daemons write them (driver 580 / CUDA 13 and older), including padded pids.
 REAL_CONTROL = """\

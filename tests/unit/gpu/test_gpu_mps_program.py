@@ -1,6 +1,6 @@
 """The real SubprocessMpsControl and process scan, end to end, against the fake control program.
 
-The fake program (``colo.gpu.fake_mps`` run as an executable named ``nvidia-cuda-mps-control``) forks a real
+The fake program (``colo.gpu.mps.fake`` run as an executable named ``nvidia-cuda-mps-control``) forks a real
 daemon process on a Unix socket, so start / health / defaults / quit / kill run exactly as on a GPU machine.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from colo.errors import MpsError
-from colo.gpu.mps import MpsDaemon, MpsDefaults, MpsRoot
-from colo.gpu.mps_control import SubprocessMpsControl, scan_processes
+from colo.gpu.mps.control import SubprocessMpsControl, scan_processes
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsRoot
 
 UUID = "GPU-aaaaaaaa-2222-3333-4444-555555555555"
 
@@ -40,7 +40,7 @@ def binary(workdir: Path) -> str:
     path = workdir / "bin" / "nvidia-cuda-mps-control"
     path.parent.mkdir()
     path.write_text(
-        f"#!{sys.executable}\nimport runpy\nrunpy.run_module('colo.gpu.fake_mps', run_name='__main__', alter_sys=True)\n"
+        f"#!{sys.executable}\nimport runpy\nrunpy.run_module('colo.gpu.mps.fake', run_name='__main__', alter_sys=True)\n"
     )
     path.chmod(0o755)
     return str(path)

@@ -14,10 +14,11 @@ from colo.errors import GpuError, ProfileError
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.nvml import ClientProcess
 from colo.memory.db import ModelDB
-from colo.memory.profile import ChildResult, ModelRequest, ModelRun, ProfileRequest, decode_event, encode_event
+from colo.memory.worst_case import ModelRequest
 from colo.profiling.profiler import Job, Profiler, jobs_for
-from colo.profiling.runner import child_env, run_child
+from colo.profiling.protocol import ChildResult, ModelRun, ProfileRequest, decode_event, encode_event
 from colo.profiling.sampler import PeakSampler, nvml_reader
+from colo.profiling.spawn import child_env, run_child
 
 MIB = units.MIB
 TINY = "google/bert_uncased_L-2_H-128_A-2"
@@ -181,7 +182,7 @@ def test_jobs_cover_models_then_multi_model_agents() -> None:
 
 
 def test_out_of_memory_is_recognised() -> None:
-    from colo.memory.profile_child import _is_oom
+    from colo.profiling.child import _is_oom
 
     class OutOfMemoryError(RuntimeError):
         pass

@@ -81,9 +81,9 @@ def test_orchestrator_without_agents_keeps_only_the_daemons() -> None:
     import shutil
     import tempfile
 
-    from colo.gpu.fake_mps import FakeMpsControl
+    from colo.clock import FakeClock
+    from colo.gpu.mps.fake import FakeMpsControl
     from colo.spec import load_config_text
-    from colo.supervise.clock import FakeClock
     from colo.supervise.orchestrator import Orchestrator
     from colo.supervise.runner import FakeRunner
 

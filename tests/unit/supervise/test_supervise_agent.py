@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from colo.clock import FakeClock
 from colo.spec.config import HealthCheck
 from colo.supervise.agent import Agent, AgentSetup
-from colo.supervise.clock import FakeClock
 from colo.supervise.health import HealthResult
 from colo.supervise.policy import RestartRules
 from colo.supervise.runner import FakeRunner, LaunchSpec

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from colo.clock import FakeClock
 from colo.errors import DoesNotFitError, SupervisorError
-from colo.gpu.fake_mps import FakeMpsControl
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
+from colo.gpu.mps.fake import FakeMpsControl
 from colo.spec import load_config_text
 from colo.spec.config import ColoConfig
-from colo.supervise.clock import FakeClock
 from colo.supervise.health import HealthResult
 from colo.supervise.orchestrator import Orchestrator
 from colo.supervise.runner import FakeRunner

@@ -1,0 +1,111 @@
+"""Encoder inference: any catalog model at a fixed batch × sequence length, CUDA-graph captured.
+
+One request is one forward pass over ``batch_size`` sequences of ``seq_len`` tokens, synchronised with the
+GPU; throughput is counted in sequences. The model comes from :func:`colo.memory.build.build_model` (real
+weights when present locally, else the exact architecture with random weights — speed does not depend on the
+values). With several ``models`` (an agent with more than one), one request runs each model once. For a
+seq2seq model a forward is its encoder over the input plus one decoder step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from colo.bench.loads.base import RequestOutcome
+from colo.bench.loads.graphs import capture, resolve_device, torch_dtype, torch_facts
+
+
+class EncoderWorkload:
+    """Forward passes of ``model`` (or each of ``models``) at ``batch_size`` × ``seq_len``."""
+
+    unit = "seq"
+
+    def __init__(
+        self,
+        model: str = "",
+        models: list[str] | None = None,
+        batch_size: int = 8,
+        seq_len: int = 128,
+        dtype: str = "float16",
+        device: str = "auto",
+        cuda_graphs: bool = True,
+        path: str | None = None,
+    ) -> None:
+        self.model_ids = list(models or ([model] if model else []))
+        if not self.model_ids:
+            raise ValueError("encoder workload needs a model (or models)")
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size {batch_size} and seq_len {seq_len} must be positive")
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.dtype = dtype
+        self.device = device
+        self.cuda_graphs = cuda_graphs
+        self.path = path
+        self._steps: list[Any] = []
+        self._sync: Any = None
+        self._info: dict[str, Any] = {}
+
+    def prepare(self) -> dict[str, Any]:
+        import torch
+
+        from colo.memory.build import build_model, example_inputs
+
+        device = resolve_device(self.device)
+        dtype = self.dtype if device != "cpu" else "float32"
+        torch_dtype(dtype)  # validate early
+        graphs_used: list[bool] = []
+        for model_id in self.model_ids:
+            module = build_model(model_id, dtype=dtype, device=device, path=self.path)
+            module.eval()
+            inputs = example_inputs(model_id, self.batch_size, self.seq_len, device)
+            if getattr(module.config, "is_encoder_decoder", False):
+                # seq2seq: the encoder over the input plus one decoder step
+                inputs["decoder_input_ids"] = torch.zeros(self.batch_size, 1, dtype=torch.long, device=device)
+
+            def forward(module: Any = module, inputs: Any = inputs) -> Any:
+                with torch.inference_mode():
+                    return module(**inputs)
+
+            step: Any = forward
+            captured = None
+            if device.startswith("cuda") and self.cuda_graphs:
+                captured = capture(forward)
+                if captured is None and "attention_mask" in inputs:
+                    # The mask is all ones; some model code inspects it on the host, which capture forbids.
+                    unmasked = {k: v for k, v in inputs.items() if k != "attention_mask"}
+
+                    def forward_unmasked(module: Any = module, inputs: Any = unmasked) -> Any:
+                        with torch.inference_mode():
+                            return module(**inputs)
+
+                    captured = capture(forward_unmasked)
+            if captured is not None:
+                step = captured[0].replay
+            else:
+                for _ in range(2):
+                    forward()
+            graphs_used.append(captured is not None)
+            self._steps.append((module, inputs, step, captured))
+        self._sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        for _ in range(3):  # untimed: the first replays of a fresh graph are slower
+            self.request()
+        self._info = {
+            **torch_facts(),
+            "models": self.model_ids,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "dtype": dtype,
+            "cuda_graphs": all(graphs_used),
+            "cuda_graphs_per_model": graphs_used,
+        }
+        return self._info
+
+    def request(self) -> RequestOutcome:
+        for _module, _inputs, step, _captured in self._steps:
+            step()
+        self._sync()
+        return RequestOutcome(float(self.batch_size))
+
+    def close(self) -> None:
+        self._steps.clear()

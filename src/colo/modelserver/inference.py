@@ -1,0 +1,194 @@
+"""One batch through one loaded model: padding, the forward (or greedy generation), and plain outputs.
+
+Encoders return what their head gives: class predictions from ``logits`` of shape [batch, labels],
+per-token predictions from [batch, tokens, vocab], else mean-pooled embeddings of ``last_hidden_state``
+(what sentence-transformers computes for its mean-pooling models). Generators and seq2seq models return the
+greedily generated ids (decoded too when a real tokenizer is there).
+
+Everything runs under ``torch.inference_mode()``; on CUDA the device is synchronised before timing, so
+``forward_ms`` is the GPU time of the batch, not the launch time. torch is imported inside functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from colo.modelserver.loading import LoadedModel
+
+# Embeddings are returned in full up to this many values in a batch; beyond, shape and a head per row.
+FULL_EMBEDDING_VALUES = 4096
+EMBEDDING_HEAD_VALUES = 8
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Outputs of one batch (JSON-ready), and the device time it took in milliseconds."""
+
+    outputs: dict[str, Any]
+    forward_ms: float
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for a device out-of-memory error (torch's OutOfMemoryError, or CUDA's error text under MPS)."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - the agent needs torch anyway
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool, device: str) -> tuple[Any, Any]:
+    """``(input_ids, attention_mask)`` long tensors of shape [len(rows), longest row] on ``device``.
+
+    ``left`` pads on the left (decoder-only generation continues from the last position).
+    """
+    import torch
+
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every row needs at least one token id")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        values = torch.tensor(list(row), dtype=torch.long)
+        if left:
+            ids[i, width - len(row) :] = values
+            mask[i, width - len(row) :] = 1
+        else:
+            ids[i, : len(row)] = values
+            mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued work on a CUDA device (no-op on CPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _first_tensor(out: Any, names: Sequence[str]) -> tuple[str, Any] | None:
+    for name in names:
+        value = getattr(out, name, None)
+        if value is None and isinstance(out, dict):
+            value = out.get(name)
+        if value is not None and hasattr(value, "dim"):
+            return name, value
+    return None
+
+
+def _encoder_outputs(out: Any, mask: Any) -> dict[str, Any]:
+    import torch
+
+    found = _first_tensor(out, ("logits", "prediction_logits"))
+    if found is not None:
+        _, logits = found
+        if logits.dim() == 2:
+            return {
+                "kind": "classification",
+                "logits_shape": list(logits.shape),
+                "predictions": logits.argmax(-1).tolist(),
+            }
+        if logits.dim() == 3:
+            best = logits.argmax(-1)
+            lengths = mask.sum(-1).tolist()
+            return {
+                "kind": "token_predictions",
+                "logits_shape": list(logits.shape),
+                "predictions": [best[i, : int(n)].tolist() for i, n in enumerate(lengths)],
+            }
+    hidden_found = _first_tensor(out, ("last_hidden_state",))
+    if hidden_found is None:
+        if isinstance(out, tuple | list) and out and hasattr(out[0], "dim"):
+            hidden = out[0]
+        elif hasattr(out, "dim"):
+            hidden = out
+        else:
+            raise TypeError(f"the model returned {type(out).__name__}, which has no logits or hidden states")
+    else:
+        hidden = hidden_found[1]
+    if hidden.dim() == 2:
+        pooled = hidden.float()
+    else:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).float()
+    result: dict[str, Any] = {"kind": "embeddings", "embedding_shape": list(pooled.shape)}
+    if pooled.numel() <= FULL_EMBEDDING_VALUES:
+        result["embeddings"] = pooled.tolist()
+    else:
+        result["embeddings_head"] = pooled[:, :EMBEDDING_HEAD_VALUES].tolist()
+    result["embedding_norms"] = torch.linalg.vector_norm(pooled, dim=-1).tolist()
+    return result
+
+
+def run_batch(
+    model: LoadedModel,
+    rows: Sequence[Sequence[int]],
+    *,
+    device: str,
+    max_new_tokens: int = 0,
+    exact_new_tokens: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+) -> BatchResult:
+    """Run ``rows`` of token ids through ``model`` on ``device``.
+
+    Generators (``task`` generator/seq2seq) generate ``max_new_tokens`` greedily; ``exact_new_tokens`` keeps
+    end-of-sequence from stopping early (the worst case generates every token). The caller checks sizes.
+    Raises torch's errors as they are (see :func:`is_oom`).
+    """
+    import torch
+
+    tok = model.tokenizer
+    generator = model.task != "encoder"
+    left = model.task == "generator"
+    with torch.inference_mode():
+        ids, mask = pad_batch(rows, tok.pad_id, left=left, device=device)
+        synchronize(device)
+        started = clock()
+        if not generator:
+            out = model.module(input_ids=ids, attention_mask=mask)
+            synchronize(device)
+            forward_ms = (clock() - started) * 1000.0
+            return BatchResult(_encoder_outputs(out, mask), forward_ms)
+        new = max(1, max_new_tokens)
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "max_new_tokens": new,
+            "do_sample": False,
+            "pad_token_id": tok.pad_id,
+        }
+        if exact_new_tokens:
+            kwargs["min_new_tokens"] = new
+        generated = model.module.generate(**kwargs)
+        synchronize(device)
+        forward_ms = (clock() - started) * 1000.0
+    # Decoder-only output repeats the prompt; seq2seq output starts with the decoder start token.
+    skip = ids.shape[1] if left else 1
+    new_ids = [row[skip:] for row in generated.tolist()]
+    outputs: dict[str, Any] = {
+        "kind": "generation",
+        "generated_ids": new_ids,
+        "generated_tokens": sum(len(r) for r in new_ids),
+    }
+    texts = [tok.decode(r) for r in new_ids]
+    if all(t is not None for t in texts):
+        outputs["texts"] = texts
+    return BatchResult(outputs, forward_ms)
+
+
+def worst_case_rows(model: LoadedModel) -> list[list[int]]:
+    """``max_batch`` rows of ``max_seq_len`` valid ids: the input the plan's memory was sized for."""
+    limits = model.limits
+    span = max(1, model.vocab_size - 1)
+    return [
+        [1 + (r * 7919 + c * 104729) % span for c in range(limits.max_seq_len)]
+        for r in range(limits.max_batch)
+    ]

@@ -1,0 +1,222 @@
+"""``python -m colo.modelserver.serve``: run colo's built-in model agent for one agent of a colo.yaml.
+
+::
+
+    python -m colo.modelserver.serve --agent critic --config colo.yaml --port 9104 [--worst-case]
+
+The HTTP server starts at once (``/health`` answers 503 ``loading``); the models load in a background
+thread, then one warm-up forward runs on the device (``--worst-case``: the worst batch × sequence, so the
+process's memory peak is the one the plan sized its MPS limit for); then ``/health`` answers 200.
+
+Exit codes: 0 after SIGTERM/SIGINT (graceful: uvicorn finishes in-flight requests), 2 for a bad command
+line or colo.yaml, 3 when loading or warming up ran the device out of memory (a line with
+"CUDA out of memory" is logged first), 1 for any other failure (port in use, a model that cannot be built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
+
+from colo.errors import ColoError, UsageError
+from colo.modelserver.command import DEFAULT_HOST
+
+if TYPE_CHECKING:
+    from colo.spec.config import ModelSpec
+
+log = logging.getLogger("colo.modelserver")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_OOM = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, hint="see python -m colo.modelserver.serve --help")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The agent's command line. Raises UsageError (exit 2) instead of argparse's own exit."""
+    parser = _Parser(
+        prog="python -m colo.modelserver.serve",
+        description="Serve one colo agent's models: GET /health, POST /infer.",
+        exit_on_error=False,
+    )
+    parser.add_argument("--agent", required=True, help="Agent name in the config.")
+    parser.add_argument("--config", required=True, help="Path of colo.yaml.")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="Address to listen on (default 127.0.0.1).")
+    parser.add_argument(
+        "--port", type=int, default=None, help="Port (default: the agent's port in the config)."
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N.")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default=None,
+        help="Override every model's dtype.",
+    )
+    parser.add_argument(
+        "--worst-case",
+        action="store_true",
+        help="Warm up with the worst-case batch × max_seq_len (and all new tokens).",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except argparse.ArgumentError as exc:
+        raise UsageError(str(exc), hint="see python -m colo.modelserver.serve --help") from exc
+    if extra:
+        raise UsageError(
+            f"unknown arguments: {' '.join(extra)}", hint="see python -m colo.modelserver.serve --help"
+        )
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is out of range 1..65535")
+    return args
+
+
+def _setup_logging(agent: str, level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format=f"%(asctime)s colo-agent[{agent}] pid=%(process)d %(levelname)s %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _device_line(device: str) -> str:
+    import torch
+
+    parts = [f"device {device}"]
+    if device.startswith("cuda"):
+        parts.append(f"({torch.cuda.get_device_name(device)})")
+    parts.append(f"torch {torch.__version__}")
+    for var in (
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_MPS_PIPE_DIRECTORY",
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+    ):
+        if os.environ.get(var):
+            parts.append(f"{var}={os.environ[var]}")
+    return " ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT or a load failure; return the process exit code."""
+    stop_requested = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        # Before uvicorn runs, and when it re-raises the signal after its graceful shutdown: only record it.
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        args = parse_args(argv)
+    except ColoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    _setup_logging(args.agent, args.log_level)
+    try:
+        from colo.modelserver.loading import agent_models, resolve_device
+        from colo.spec import load_config
+
+        config = load_config(args.config)
+        specs = agent_models(config, args.agent, source=args.config)
+        port = args.port if args.port is not None else config.agents[args.agent].port
+        if port is None:
+            raise UsageError(
+                f"agent {args.agent} has no port in {args.config}",
+                hint="give --port, or set agents.<name>.port in colo.yaml",
+            )
+        device = resolve_device(args.device)
+    except ColoError as err:
+        log.error("%s", err)
+        return err.exit_code
+    if stop_requested.is_set():
+        log.info("stop requested before start; exiting")
+        return EXIT_OK
+    log.info("agent %s: %s", args.agent, _device_line(device))
+    return _serve(args, specs, device, port, stop_requested)
+
+
+def _serve(
+    args: argparse.Namespace,
+    specs: list[tuple[str, ModelSpec]],
+    device: str,
+    port: int,
+    stop_requested: threading.Event,
+) -> int:
+    import uvicorn
+
+    from colo.modelserver.app import create_app
+    from colo.modelserver.runtime import AgentRuntime
+
+    runtime = AgentRuntime(
+        agent=args.agent, specs=specs, device=device, dtype=args.dtype, worst_case=args.worst_case
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(runtime),
+            host=args.host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=30,
+        )
+    )
+    exit_code = [EXIT_OK]
+
+    def _load() -> None:
+        try:
+            runtime.load()
+            return
+        except ColoError as err:  # LoadOutOfMemory (exit 3), unknown model (exit 2), ...
+            exit_code[0] = err.exit_code
+        except Exception:
+            log.exception("agent %s failed to load", args.agent)
+            exit_code[0] = EXIT_FAILED
+        server.should_exit = True
+
+    loader = threading.Thread(target=_load, name="colo-agent-load", daemon=True)
+    loader.start()
+    log.info(
+        "agent %s: serving on http://%s:%d (loading %d model(s))", args.agent, args.host, port, len(specs)
+    )
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind the port
+        log.error("agent %s: the HTTP server could not start on %s:%d", args.agent, args.host, port)
+        code = exc.code if isinstance(exc.code, int) else EXIT_FAILED
+        return _finish(loader, code or EXIT_FAILED)
+    if exit_code[0] != EXIT_OK:
+        log.error("agent %s: exiting with code %d (%s)", args.agent, exit_code[0], runtime.error)
+    elif stop_requested.is_set():
+        log.info("agent %s: stopped", args.agent)
+    return _finish(loader, exit_code[0])
+
+
+def _finish(loader: threading.Thread, code: int) -> int:
+    if loader.is_alive():
+        # Stopped mid-load: torch is busy in the loader thread; leave at once rather than wait for it.
+        log.info("stopping while models are still loading")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,0 @@
-"""colo.workloads."""

@@ -1,0 +1,131 @@
+"""The agent runtime: loading states, warm-up, request checks against the worst case, OOM handling."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from modelserver_fakes import BrokenModule, OomModule, StepClock, tiny_loaded, tiny_loader
+
+from colo.modelserver.runtime import (
+    AgentRuntime,
+    DeviceOutOfMemory,
+    InferInput,
+    LoadOutOfMemory,
+    NotReady,
+    RequestError,
+)
+from colo.spec.config import ModelSpec
+
+SPECS = [
+    ("enc", ModelSpec(batch_size=2, max_seq_len=6)),
+    ("gen", ModelSpec(batch_size=2, max_seq_len=5, new_tokens=4, task="generator")),
+]
+KINDS = {"enc": "bert-cls", "gen": "gpt2"}
+
+
+def _runtime(worst_case: bool = False, loader: Any = None) -> AgentRuntime:
+    return AgentRuntime(agent="critic", specs=SPECS, device="cpu", worst_case=worst_case,
+                        loader=loader or tiny_loader(KINDS), clock=StepClock())
+
+
+@pytest.fixture
+def ready() -> AgentRuntime:
+    rt = _runtime()
+    rt.load()
+    return rt
+
+
+def test_loading_then_ready(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+    rt = _runtime(worst_case=True, loader=tiny_loader(KINDS, calls))
+    assert rt.health()["status"] == "loading"
+    with pytest.raises(NotReady):
+        rt.infer(InferInput(texts=["x"]))
+    with caplog.at_level(logging.INFO, logger="colo.modelserver.runtime"):
+        rt.load()
+    assert calls == ["enc", "gen"]
+    h = rt.health()
+    assert h["status"] == "ready" and h["warm_up"].startswith("worst case") and h["error"] is None
+    assert [m["id"] for m in h["models"]] == ["enc", "gen"]
+    assert h["models"][0]["weights"] == "random (catalog architecture)"
+    assert h["models"][0]["tokenizer"] == "hash fallback"
+    assert h["device"] == "cpu" and h["pid"] > 0 and h["rss_bytes"] > 0
+    assert "warm-up 2×6" in caplog.text and "warm-up 2×5" in caplog.text  # the worst case, per model
+
+
+def test_empty_agent_is_refused() -> None:
+    with pytest.raises(ValueError):
+        AgentRuntime(agent="x", specs=[], device="cpu")
+
+
+def test_default_model_is_the_first(ready: AgentRuntime) -> None:
+    out = ready.infer(InferInput(texts=["good news", "bad news"]))
+    assert out["model"] == "enc" and out["kind"] == "classification" and out["batch_size"] == 2
+    assert set(out["timing"]) == {"prepare_ms", "queue_ms", "forward_ms", "total_ms"}
+    assert out["timing"]["total_ms"] >= out["timing"]["forward_ms"] > 0
+    assert ready.health()["requests"] == 1 and ready.health()["items"] == 2
+
+
+def test_generator_defaults_to_its_new_tokens(ready: AgentRuntime) -> None:
+    out = ready.infer(InferInput(model="gen", input_ids=[[10, 11], [12]]))
+    assert out["task"] == "generator" and all(1 <= len(r) <= 4 for r in out["generated_ids"])
+    out = ready.infer(InferInput(model="gen", texts=["a b c d e f g"], max_new_tokens=1))
+    assert out["truncated"] and out["seq_len"] == 5 and len(out["generated_ids"][0]) == 1
+
+
+@pytest.mark.parametrize(
+    ("req", "words"),
+    [
+        (InferInput(model="nope", texts=["x"]), "not served"),
+        (InferInput(texts=["a", "b", "c"]), "batch_size 2"),
+        (InferInput(texts=[]), "empty"),
+        (InferInput(), "exactly one"),
+        (InferInput(texts=["a"], input_ids=[[1]]), "exactly one"),
+        (InferInput(input_ids=[[1, 2, 3, 4, 5, 6, 7]]), "at most 6"),
+        (InferInput(input_ids=[[1], []]), "is empty"),
+        (InferInput(input_ids=[[1, 101]]), "outside the vocabulary"),
+        (InferInput(model="gen", texts=["a"], max_new_tokens=5), "outside 1..4"),
+        (InferInput(model="gen", texts=["a"], max_new_tokens=0), "outside 1..4"),
+    ],
+)
+def test_requests_beyond_the_worst_case_are_refused(ready: AgentRuntime, req: InferInput, words: str) -> None:
+    with pytest.raises(RequestError, match=words):
+        ready.infer(req)
+    assert ready.health()["rejected"] == 1 and ready.health()["requests"] == 0
+
+
+def test_oom_at_load_is_exit_3_with_the_cuda_line(caplog: pytest.LogCaptureFixture) -> None:
+    def loader(model_id: str, spec: ModelSpec, **kw: Any) -> Any:
+        return tiny_loaded("bert", model_id=model_id, module=OomModule())
+
+    rt = _runtime(loader=loader)
+    with caplog.at_level(logging.ERROR), pytest.raises(LoadOutOfMemory) as info:
+        rt.load()
+    assert info.value.exit_code == 3
+    assert "CUDA out of memory while warming up enc" in caplog.text
+    h = rt.health()
+    assert h["status"] == "failed" and "CUDA out of memory" in h["error"]
+
+
+def test_other_load_failures_are_reraised() -> None:
+    def loader(model_id: str, spec: ModelSpec, **kw: Any) -> Any:
+        raise FileNotFoundError("weights gone")
+
+    rt = _runtime(loader=loader)
+    with pytest.raises(FileNotFoundError):
+        rt.load()
+    assert rt.status == "failed" and "FileNotFoundError while loading enc" in (rt.error or "")
+
+
+def test_request_oom_keeps_the_agent_up(ready: AgentRuntime, caplog: pytest.LogCaptureFixture) -> None:
+    ready.models["enc"].module = OomModule()
+    with caplog.at_level(logging.ERROR), pytest.raises(DeviceOutOfMemory):
+        ready.infer(InferInput(texts=["x"]))
+    assert "CUDA out of memory on a request to enc" in caplog.text
+    assert ready.health()["out_of_memory"] == 1 and ready.health()["status"] == "ready"
+    assert ready.infer(InferInput(model="gen", texts=["x"]))["model"] == "gen"
+    ready.models["enc"].module = BrokenModule()
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        ready.infer(InferInput(texts=["x"]))

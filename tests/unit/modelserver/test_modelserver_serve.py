@@ -1,0 +1,127 @@
+"""``python -m colo.modelserver.serve``: its command line, its exit codes, and one real start on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from colo.errors import UsageError
+from colo.modelserver import serve
+
+ROOT = Path(__file__).resolve().parents[3]
+TINY = "google/bert_uncased_L-2_H-128_A-2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(folder: Path, port: int | None) -> Path:
+    port_line = f"    port: {port}\n" if port else ""
+    path = folder / "colo.yaml"
+    path.write_text(
+        "version: 1\n"
+        "gpus: [{name: T, memory: 8GiB}]\n"
+        f"models:\n  {TINY}: {{memory: 1GiB, batch_size: 4, max_seq_len: 32}}\n"
+        f"agents:\n  solo:\n    models: [{TINY}]\n{port_line}",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def keep_signals() -> Iterator[None]:
+    """main() installs SIGTERM/SIGINT handlers; put pytest's back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_parse_args_errors_are_usage_errors() -> None:
+    with pytest.raises(UsageError):
+        serve.parse_args(["--agent", "a", "--config", "c", "--port", "0"])
+    with pytest.raises(UsageError, match="unknown arguments"):
+        serve.parse_args(["--agent", "a", "--config", "c", "--colour", "red"])
+    with pytest.raises(UsageError):
+        serve.parse_args(["--agent", "a", "--config", "c", "--port", "eighty"])
+
+
+@pytest.mark.usefixtures("keep_signals")
+def test_config_problems_exit_2(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path, None)
+    assert serve.main(["--agent", "solo", "--config", str(cfg), "--device", "cpu"]) == 2
+    assert "has no port" in capfd.readouterr().err
+    assert serve.main(["--agent", "ghost", "--config", str(cfg), "--port", "9", "--device", "cpu"]) == 2
+    assert "no agent 'ghost'" in capfd.readouterr().err
+    assert serve.main(["--agent", "solo", "--config", str(tmp_path / "none.yaml"), "--port", "9"]) == 2
+    assert serve.main(["--agent", "solo", "--config", str(cfg), "--port", "9", "--device", "tpu"]) == 2
+    assert serve.main(["--agent", "solo"]) == 2
+
+
+@pytest.mark.usefixtures("keep_signals")
+def test_oom_while_loading_exits_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import colo.memory.build
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
+
+    monkeypatch.setattr(colo.memory.build, "build", oom)
+    cfg = write_config(tmp_path, free_port())
+    assert serve.main(["--agent", "solo", "--config", str(cfg), "--device", "cpu"]) == 3
+    err = capfd.readouterr().err
+    assert f"CUDA out of memory while loading {TINY}" in err and "exiting with code 3" in err
+
+
+def test_real_process_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path, port)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "colo.modelserver.serve", "--agent", "solo", "--config", str(cfg),
+             "--device", "cpu", "--worst-case"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        health = None
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                health = httpx.get(f"{url}/health", timeout=2)
+                if health.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        assert health is not None and health.status_code == 200, log_path.read_text()
+        body = health.json()
+        assert body["pid"] == proc.pid and body["warm_up"].startswith("worst case")
+        out = httpx.post(f"{url}/infer", json={"texts": ["one", "two three"]}, timeout=30)
+        assert out.status_code == 200 and out.json()["embedding_shape"] == [2, 128]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    text = log_path.read_text()
+    assert "device cpu" in text and "warm-up 4×32" in text and "stopped" in text
