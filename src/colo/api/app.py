@@ -15,25 +15,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from colo import __version__
 from colo.api.context import ApiContext, ApiOptions, ctx_of
+from colo.api.docs import install_docs
+from colo.api.errors import error_body, error_status, errors_in_openapi, install_error_handlers, redact
 from colo.api.routes import agents, apply, events, reads
 from colo.api.source import ApiSource
-from colo.errors import (
-    ColoError,
-    ConfigError,
-    DoesNotFitError,
-    GpuError,
-    MpsError,
-    PlanError,
-    SupervisorError,
-    UsageError,
-)
+
+__all__ = ["BodyLimit", "HeadAsGet", "create_app", "error_body", "error_status", "redact"]
 
 
 class BodyTooLarge(Exception):
@@ -92,35 +86,6 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def redact(text: str, secret: str) -> str:
-    """``text`` with every occurrence of ``secret`` replaced (errors never echo the token)."""
-    return text.replace(secret, "<redacted>") if secret else text
-
-
-def error_status(err: ColoError) -> int:
-    """The HTTP status for a colo error."""
-    if isinstance(err, ConfigError | PlanError):
-        return 422  # DoesNotFitError is a PlanError: invalid for this fleet, nothing changed
-    if isinstance(err, UsageError):
-        return 400
-    if isinstance(err, SupervisorError):
-        return 409
-    if isinstance(err, GpuError | MpsError):
-        return 503
-    return 500
-
-
-def error_body(err: ColoError, token: str) -> dict[str, Any]:
-    """``{"error": ...}`` plus ``field``/``line`` (config) or ``agents`` (does not fit)."""
-    body: dict[str, Any] = {"error": redact(str(err), token)}
-    if isinstance(err, ConfigError):
-        body.update(field=err.field, line=err.line, source=err.source, message=redact(err.detail, token))
-        body["hint"] = redact(err.hint, token) if err.hint else None
-    if isinstance(err, DoesNotFitError):
-        body["agents"] = list(err.agents)
-    return body
-
-
 def create_app(
     source: ApiSource,
     *,
@@ -141,21 +106,71 @@ def create_app(
         title="colo",
         version=__version__,
         description="The colo orchestrator: plan, GPUs and MPS daemons, agents, events, metrics.",
+        docs_url=None,  # served offline by colo.api.docs
+        redoc_url=None,
     )
     app.state.ctx = ApiContext(source=source, token=token, open_reads=open_reads, options=opts, clock=clock)
     app.add_middleware(BodyLimit, max_bytes=opts.max_body_bytes)
 
-    @app.exception_handler(ColoError)
-    async def _colo_error(request: Request, err: Exception) -> JSONResponse:
-        assert isinstance(err, ColoError)
-        return JSONResponse(error_body(err, ctx_of(request).token), status_code=error_status(err))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, err: Exception) -> JSONResponse:
-        assert isinstance(err, StarletteHTTPException)
-        body = err.detail if isinstance(err.detail, dict) else {"error": str(err.detail)}
-        return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
-
+    app.add_middleware(HeadAsGet)
+    install_error_handlers(app, lambda request: ctx_of(request).token)
     for module in (reads, agents, apply, events):
         app.include_router(module.router)
+    install_docs(app)
+    install_openapi(app)
     return app
+
+
+class HeadAsGet:
+    """ASGI middleware: ``HEAD`` on any GET route (``HEAD /metrics``) answers GET's status and headers, no body.
+
+    The event stream is left out: its GET never ends.
+    """
+
+    def __init__(self, app: ASGIApp, skip_prefixes: tuple[str, ...] = ("/events",)) -> None:
+        self.app = app
+        self.skip_prefixes = skip_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or scope["path"].startswith(self.skip_prefixes):
+            await self.app(scope, receive, send)
+            return
+        finished = False
+
+        async def head_send(message: Message) -> None:
+            nonlocal finished
+            if message["type"] == "http.response.body":
+                if finished:
+                    return
+                finished = not message.get("more_body", False)
+                message = {"type": "http.response.body", "body": b"", "more_body": not finished}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, head_send)
+
+
+def install_openapi(app: FastAPI) -> None:
+    """The OpenAPI document names its bearer-token scheme on every route that can answer 401, and shows
+    errors in the ``{"error": ...}`` shape."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        doc.setdefault("components", {}).setdefault("securitySchemes", {})["bearerAuth"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "the token in <state_dir>/api-token (or $COLO_API_TOKEN)",
+        }
+        for methods in doc.get("paths", {}).values():
+            for method, op in methods.items():
+                if "401" not in (op.get("responses") or {}):
+                    continue
+                if method == "get":
+                    op["security"] = [{"bearerAuth": []}, {}]  # reads: unless the server has open reads
+                else:
+                    op["security"] = [{"bearerAuth": []}]  # mutations: always
+        app.openapi_schema = errors_in_openapi(doc)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

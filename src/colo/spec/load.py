@@ -6,6 +6,8 @@ known, and what to write instead. Nothing here touches a GPU.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
@@ -15,7 +17,7 @@ from pydantic import ValidationError
 
 from colo.errors import ConfigError
 from colo.spec.config import ColoConfig
-from colo.spec.yaml_lines import DuplicateKeyError, Path, line_of, load_with_lines
+from colo.spec.yaml_lines import BoundsError, DuplicateKeyError, Path, line_of, load_with_lines
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
@@ -40,24 +42,76 @@ def dotted(path: Path) -> str:
     return out
 
 
-def read_text(path: str | FsPath) -> str:
-    """Read a user's file, translating OS errors into ConfigError."""
-    p = FsPath(path)
+_KIND = (
+    (stat.S_ISDIR, "is a directory, not a file", "pass the path of a colo.yaml"),
+    (stat.S_ISFIFO, "is a FIFO (named pipe), not a regular file", "save the configuration to a file first"),
+    (stat.S_ISCHR, "is a character device, not a regular file", "pass the path of a colo.yaml"),
+    (stat.S_ISBLK, "is a block device, not a regular file", "pass the path of a colo.yaml"),
+    (stat.S_ISSOCK, "is a socket, not a regular file", "pass the path of a colo.yaml"),
+)
+
+
+def _refuse_special(mode: int, source: str) -> None:
+    for test, message, hint in _KIND:
+        if test(mode):
+            raise ConfigError(message, source=source, hint=hint)
+    if not stat.S_ISREG(mode):
+        raise ConfigError("is not a regular file", source=source, hint="pass the path of a colo.yaml")
+
+
+def read_bytes(path: str | FsPath, max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
+    """Read a user's file: regular files only, at most ``max_bytes`` (counted while reading, not from ``stat``).
+
+    FIFOs, devices (``/dev/zero``), sockets and directories are refused before they are read, and the file
+    is opened non-blocking so a FIFO swapped in after the check cannot hang the reader. Raises ConfigError.
+    """
+    source = str(path)
     try:
-        if p.is_dir():
-            raise ConfigError("is a directory, not a file", source=str(p), hint="pass the path of a colo.yaml")
-        size = p.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"is {size} bytes; colo reads files up to 8 MiB", source=str(p))
-        return p.read_text(encoding="utf-8")
+        _refuse_special(os.stat(path).st_mode, source)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            _refuse_special(os.fstat(fd).st_mode, source)  # the file that was opened, not the one checked
+            chunks: list[bytes] = []
+            size = 0
+            while size <= max_bytes:
+                chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
     except FileNotFoundError as exc:
-        raise ConfigError("no such file", source=str(p), hint="check the path") from exc
+        raise ConfigError("no such file", source=source, hint="check the path") from exc
     except PermissionError as exc:
-        raise ConfigError("permission denied", source=str(p), hint="check the file's mode") from exc
+        raise ConfigError("permission denied", source=source, hint="check the file's mode") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError("is a directory, not a file", source=source, hint="pass the path of a colo.yaml") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot be read ({reason})", source=source) from exc
+    if size > max_bytes:
+        raise ConfigError(
+            f"is over {max_bytes // (1024 * 1024)} MiB; colo reads configuration files up to that size",
+            source=source,
+        )
+    return b"".join(chunks)
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    """UTF-8 bytes (a leading BOM allowed) as text; ConfigError naming the line of the first bad byte."""
+    try:
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError("is not UTF-8 text", source=str(p)) from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot be read ({exc.strerror})", source=str(p)) from exc
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"is not UTF-8 text (byte {exc.start})", source=source, line=line, hint="save the file as UTF-8"
+        ) from exc
+
+
+def read_text(path: str | FsPath) -> str:
+    """Read a user's file as text with :func:`read_bytes`'s bounds. Raises ConfigError."""
+    return decode_text(read_bytes(path), str(path))
 
 
 def parse_document(text: str, source: str) -> Loaded:
@@ -69,6 +123,8 @@ def parse_document(text: str, source: str) -> Loaded:
             f"{exc}", source=source, field=dotted(exc.path), line=exc.line,
             hint="each name may appear once; rename or remove one",
         ) from exc
+    except BoundsError as exc:
+        raise ConfigError(f"refused: {exc}", source=source, line=exc.line, hint=exc.hint) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -156,5 +212,12 @@ def load_config(path: str | FsPath) -> ColoConfig:
 
 
 def load_config_text(text: str, source: str = "<request body>") -> ColoConfig:
-    """Validate a colo.yaml given as text (the API's ``POST /apply``)."""
+    """Validate a colo.yaml given as text."""
     return config_from_loaded(parse_document(text, source))
+
+
+def load_config_bytes(raw: bytes, source: str = "<request body>", max_bytes: int = MAX_CONFIG_BYTES) -> ColoConfig:
+    """Validate a colo.yaml given as bytes (the API's ``POST /apply``), with the file reader's bounds."""
+    if len(raw) > max_bytes:
+        raise ConfigError(f"is over {max_bytes} bytes", source=source)
+    return config_from_loaded(parse_document(decode_text(raw, source), source))

@@ -9,7 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from colo.api.context import ctx_of, errors, require_token
 from colo.errors import ConfigError
-from colo.spec import ColoConfig, load_config_text
+from colo.spec import ColoConfig
+from colo.spec.load import load_config_bytes
 
 router = APIRouter(tags=["apply"])
 
@@ -55,14 +56,15 @@ def _apply(request: Request, config: ColoConfig) -> dict[str, Any]:
 async def apply(request: Request) -> dict[str, Any]:
     """Validate the body as colo.yaml, plan it and roll it out agent by agent.
 
-    422 ``{"error", "field", "line"}`` for an invalid file, 422 ``{"error", "agents"}`` when it does not fit
+    422 ``{"error", "field", "line"}`` for an invalid (or empty) file, 422 ``{"error", "agents"}`` when it does not fit
     (nothing changed either way), 409 while another apply runs, 413 over the body limit.
     """
     raw = await request.body()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError("is not UTF-8 text", source="<request body>") from None
-    # Parsing up to max_body_bytes of YAML takes a while: off the event loop, like the apply itself.
-    config = await run_in_threadpool(load_config_text, text, "<request body>")
+    if not raw.strip():
+        raise ConfigError(
+            "is empty", source="<request body>", hint="send a complete colo.yaml as YAML or JSON (Content-Type "
+            "application/yaml, application/json or text/plain)",
+        )
+    # The file reader's bounds (aliases, depth, UTF-8) apply; parsing is off the event loop, like the apply.
+    config = await run_in_threadpool(load_config_bytes, raw, "<request body>")
     return await run_in_threadpool(_apply, request, config)
