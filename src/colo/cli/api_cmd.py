@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from colo.cli.common import console, err_console, print_json
+from colo.cli.common import console, err_console, print_json, safe
 
 
 def serve_command(
@@ -31,13 +31,13 @@ def serve_command(
     settings = source.config().api
     binding = binding_for(settings, state_dir(source.config().state_dir), host=host, port=port, open_reads=open_reads)
     err_console.print(
-        f"colo serve: {binding.url} (read-only: plan and GPU state; API docs at {binding.url}/docs)",
+        safe(f"colo serve: {binding.url} (read-only: plan and GPU state; API docs at {binding.url}/docs)"),
         highlight=False,
     )
     run_api(
         source,
         binding,
-        warn=lambda msg: err_console.print(f"[bold yellow]warning:[/] {msg}", highlight=False),
+        warn=lambda msg: err_console.print(f"[bold yellow]warning:[/] {safe(msg)}", highlight=False),
     )
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import typer
 
 from colo import units
-from colo.cli.common import console, err_console, fail, print_json
+from colo.cli.common import console, err_console, fail, print_json, safe
 from colo.errors import ColoError, ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -167,14 +167,14 @@ def _execute(plan: BenchPlan, *, out: Path, as_json: bool, gpu_kind: bool) -> No
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=view, transient=True
     ) as progress:
-        task = progress.add_task(f"{plan.title}: starting", total=len(steps))
+        task = progress.add_task(f"{safe(plan.title)}: starting", total=len(steps))
 
         def on_message(msg: str) -> None:
-            progress.update(task, description=msg)
+            progress.update(task, description=safe(msg))
 
         def on_point(point: PointResult) -> None:
             progress.advance(task)
-            progress.console.print(_point_line(point), highlight=False)
+            progress.console.print(safe(_point_line(point)), highlight=False)
 
         with sigterm_as_exit():
             result = run_bench(plan, backend=backend, progress=on_message, on_point=on_point)
@@ -185,7 +185,7 @@ def _execute(plan: BenchPlan, *, out: Path, as_json: bool, gpu_kind: bool) -> No
         sys.stdout.write(to_json([result]) + "\n")
         return
     _print_table(result)
-    console.print(f"reports: {paths['json']}, {paths['md']}, {paths['png']}", highlight=False)
+    console.print(safe(f"reports: {paths['json']}, {paths['md']}, {paths['png']}"), highlight=False)
 
 
 def _print_table(result: BenchResult) -> None:
@@ -194,7 +194,7 @@ def _print_table(result: BenchResult) -> None:
     from colo.bench.report import MODE_NAMES, _ms, _num, _pct, _ratio
 
     unit = f"{result.unit}/s"
-    table = Table(title=result.title)
+    table = Table(title=safe(result.title))
     for col in (
         "mode",
         "N",
@@ -486,7 +486,7 @@ def capacity_command(
         print_json(answer.to_dict())
         return
     for line in answer.lines():
-        console.print(line, highlight=False)
+        console.print(safe(line), highlight=False)
 
 
 @_cli_errors
@@ -519,11 +519,11 @@ def advise_command(
     if as_json:
         print_json(advice.to_dict())
         return
-    console.print(f"[bold]{advice.headline()}[/]", highlight=False)
+    console.print(f"[bold]{safe(advice.headline())}[/]", highlight=False)
     for reason in advice.reasons:
-        console.print(f"  {reason.symbol()} {reason.text}", highlight=False)
+        console.print(f"  {reason.symbol()} {safe(reason.text)}", highlight=False)
     for note in advice.notes:
-        console.print(f"  · {note}", highlight=False)
+        console.print(f"  · {safe(note)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,27 +1,117 @@
-"""Helpers shared by the CLI's commands: consoles, JSON output, error exit."""
+"""Helpers shared by the CLI's commands: consoles, user text made safe to print, JSON output, the error path.
+
+User text (file names, model and agent names, config keys and values, server answers) is never markup and
+never reaches the terminal raw: :func:`safe` escapes rich markup *and* control characters (terminal escape
+sequences, NUL, lone surrogates). Every error leaves through :func:`report_error`: one paragraph on stderr;
+the exit code is the error's (1 findings/failures, 2 usage or configuration); an unexpected exception is
+:func:`report_crash`'s one line naming the file the traceback was written to, exit 70.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from colo.errors import ColoError
 
-# Piped output (CI logs, `make run | tee`) gets a wide page instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+EXIT_CRASH = 70  # EX_SOFTWARE: a bug in colo, not in the user's input
+
+
+def _console(stderr: bool) -> Console:
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    # Piped output (CI logs, `colo plan | grep`) keeps tables 160 wide and never wraps a sentence.
+    return Console(stderr=stderr, width=None if tty else 160, soft_wrap=not tty)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
+
+
+def _escape_char(ch: str, keep_newlines: bool) -> str:
+    code = ord(ch)
+    if keep_newlines and ch in "\n\t":
+        return ch
+    if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+        return {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\x1b": "\\e"}.get(ch, f"\\x{code:02x}")
+    if 0xD800 <= code <= 0xDFFF:
+        return f"\\u{code:04x}"  # a lone surrogate cannot be encoded to the terminal
+    if code in (0x200E, 0x200F, 0x2028, 0x2029) or 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069:
+        return f"\\u{code:04x}"  # bidirectional overrides and line separators reorder what the reader sees
+    return ch
+
+
+def plain(text: object, *, keep_newlines: bool = False) -> str:
+    """``text`` with control characters, lone surrogates and bidi overrides escaped (``\\e``, ``\\x00``)."""
+    s = str(text)
+    if s.isprintable() and not any(0xD800 <= ord(c) <= 0xDFFF for c in s):
+        return s
+    return "".join(_escape_char(c, keep_newlines) for c in s)
+
+
+def safe(text: object, *, keep_newlines: bool = False) -> str:
+    """User text for a rich markup string: :func:`plain`, then markup escaped (``[red]`` prints as itself)."""
+    return escape(plain(text, keep_newlines=keep_newlines))
 
 
 def print_json(data: Any) -> None:
-    """Machine-readable output for ``--json``: plain JSON on stdout, no colour, no wrapping."""
+    """Machine-readable output for ``--json``: plain JSON on stdout, no colour, no wrapping.
+
+    Strings are ASCII-escaped JSON, so control characters and lone surrogates cannot reach the terminal.
+    """
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def report_error(err: ColoError | str, *, label: str = "error") -> None:
+    """One paragraph on stderr for ``err``: ``error: <message> — <hint>`` (user text escaped)."""
+    err_console.print(f"[bold red]{label}:[/] {safe(err, keep_newlines=True)}", highlight=False, soft_wrap=True)
 
 
 def fail(err: ColoError) -> NoReturn:
     """Print one paragraph for ``err`` on stderr and exit with its code."""
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    report_error(err)
     raise typer.Exit(err.exit_code)
+
+
+def crash_log_dir() -> Path:
+    """Where tracebacks of crashes go: ``<state dir>/crashes`` when writable, else the temp directory."""
+    from colo.files import default_state_dir
+
+    for base in (default_state_dir() / "crashes", Path(tempfile.gettempdir())):
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            if os.access(base, os.W_OK):
+                return base
+        except OSError:
+            continue
+    return Path(tempfile.gettempdir())
+
+
+def report_crash(exc: BaseException) -> int:
+    """Write ``exc``'s traceback to a file and print ONE line saying where; returns the exit code (70)."""
+    text = "".join(traceback.format_exception(exc))
+    where: str
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=time.strftime("colo-crash-%Y%m%d-%H%M%S-"), suffix=".log", dir=crash_log_dir()
+        )
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
+            fh.write(f"colo {' '.join(sys.argv[1:])}\n\n{text}")
+        where = name
+    except OSError:
+        where = "(could not be written)"
+    err_console.print(
+        f"[bold red]internal error:[/] colo crashed ({safe(type(exc).__name__)}); the details are in "
+        f"{safe(where)} — please report it with that file",
+        highlight=False, soft_wrap=True,
+    )
+    return EXIT_CRASH

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from colo.cli.common import console, err_console, print_json
+from colo.cli.common import console, err_console, print_json, safe
 from colo.errors import GpuError, MpsError, UsageError
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def _print_info(info: dict[str, Any]) -> None:
     state = "enabled" if mps["enabled"] else ("daemon not answering" if mps["control_process"] else "not running")
     console.print(
         f"driver {info['driver_version']}  CUDA {info['cuda_version']}  MPS: {state}"
-        + (f"  (pipe dir {mps['pipe_dir']})" if mps["pipe_dir"] else ""),
+        + (f"  (pipe dir {safe(mps['pipe_dir'])})" if mps["pipe_dir"] else ""),
         highlight=False,
     )
     t = Table(box=None, header_style="bold")
@@ -143,8 +143,8 @@ def _print_info(info: dict[str, Any]) -> None:
             daemon += " · " + ", ".join(f"server {s['pid']} {s['status']}" for s in d["servers"])
         t.add_row(
             str(g["index"]),
-            g["name"],
-            g["uuid"],
+            safe(g["name"]),
+            safe(g["uuid"]),
             f"{_size(g['memory_used_bytes'])} / {_size(g['memory_total_bytes'])}",
             f"{g['sm_util_pct']}%" if g["sm_util_pct"] is not None else "-",
             str(g["compute_mode"] or "-"),
@@ -162,14 +162,14 @@ def _print_info(info: dict[str, Any]) -> None:
                 "M+C" if r["is_mps_client"] else "C",
                 _size(r["used_memory_bytes"]),
                 _size(r["mps_limit_bytes"]),
-                " ".join(r["cmdline"])[:60] or r["name"] or "?",
+                safe(" ".join(r["cmdline"])[:60] or r["name"] or "?"),
             )
         console.print(p)
     else:
         console.print("no GPU processes", style="dim")
     for f in mps["foreign_daemons"]:
         err_console.print(
-            f"[yellow]note:[/] another MPS control daemon (pid {f['pid']}) serves pipe dir {f['pipe_dir']}; "
+            f"[yellow]note:[/] another MPS control daemon (pid {f['pid']}) serves pipe dir {safe(f['pipe_dir'])}; "
             "processes that do not set CUDA_MPS_PIPE_DIRECTORY connect to it",
             highlight=False,
         )
@@ -202,7 +202,7 @@ def start_command(
         d = MpsDaemon(root.for_gpu(g.uuid), g.uuid, control, start_timeout_secs=timeout)
         started = d.start(defaults.get(g.uuid))
         verb = "started" if started else "adopted running"
-        console.print(f"gpu{g.index} {g.uuid}: {verb} MPS daemon (pipe dir {d.paths.pipe_dir})", highlight=False)
+        console.print(f"gpu{g.index} {safe(g.uuid)}: {verb} MPS daemon (pipe dir {safe(d.paths.pipe_dir)})", highlight=False)
     _warn_foreign(root, [g.uuid for g in gpus], control)
 
 
@@ -211,7 +211,7 @@ def _warn_foreign(root: MpsRoot, uuids: list[str], control: MpsControl) -> None:
 
     for f in MpsFleet(root, uuids, control).foreign_daemons():
         err_console.print(
-            f"[yellow]note:[/] another MPS control daemon (pid {f.pid}) runs with pipe dir {f.pipe_dir}"
+            f"[yellow]note:[/] another MPS control daemon (pid {f.pid}) runs with pipe dir {safe(f.pipe_dir)}"
             + (f" (CUDA_VISIBLE_DEVICES={f.visible_devices})" if f.visible_devices else " (all GPUs)")
             + "; processes that do not set CUDA_MPS_PIPE_DIRECTORY connect to it",
             highlight=False,
@@ -266,9 +266,9 @@ def status_command(
         label = f"gpu{r['gpu_index']} " if r["gpu_index"] is not None else ""
         state = "healthy" if r["healthy"] else ("NOT ANSWERING" if r["running"] else "not running")
         pid = f" (pid {r['control_pid']})" if r["control_pid"] else ""
-        console.print(f"{label}{r['gpu_uuid']}: daemon {state}{pid}  pipe dir {r['pipe_dir']}", highlight=False)
+        console.print(f"{label}{safe(r['gpu_uuid'])}: daemon {state}{pid}  pipe dir {safe(r['pipe_dir'])}", highlight=False)
         if r["error"]:
-            console.print(f"  {r['error']}", style="red", highlight=False)
+            console.print(f"  {safe(r['error'])}", style="red", highlight=False)
         for s in r["servers"]:
             console.print(f"  server {s['pid']}: {s['status']}, {len(s['client_pids'])} client(s)", highlight=False)
         for c in r["clients"]:
@@ -297,7 +297,7 @@ def stop_command(
         except MpsError as exc:
             failures.append(f"{label}: {exc}")
             continue
-        console.print(f"{label}: {result.message}", highlight=False)
+        console.print(f"{safe(label)}: {safe(result.message)}", highlight=False)
     if failures:
         raise MpsError("; ".join(failures))
 

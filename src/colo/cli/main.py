@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+import click
 import typer
 from typer.core import TyperGroup
 
@@ -17,16 +18,25 @@ from colo.errors import ColoError
 
 
 class ColoGroup(TyperGroup):
-    """The root command group: a ColoError from any command is one paragraph on stderr and its exit code."""
+    """The root command group, colo's one error path.
+
+    A ColoError from any command is one paragraph on stderr and its exit code (1 findings/failures, 2 usage
+    or configuration); click's own exits pass through; anything else is a crash inside colo: one line naming
+    the file with the traceback, exit 70.
+    """
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
+        from colo.cli.common import report_crash, report_error
+
         try:
             return super().invoke(ctx)
         except ColoError as err:
-            from colo.cli.common import err_console
-
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            report_error(err)
             ctx.exit(err.exit_code)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+            raise
+        except Exception as exc:  # a bug in colo: say where the details are, not a 200-line traceback
+            ctx.exit(report_crash(exc))
 
 
 app = typer.Typer(

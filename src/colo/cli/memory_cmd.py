@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from colo import units
-from colo.cli.common import console, err_console, print_json
+from colo.cli.common import console, err_console, print_json, safe
 from colo.errors import ColoError, UsageError
 from colo.memory.db import ModelDB
 from colo.memory.worst_case import ModelRequest
@@ -106,7 +106,7 @@ def estimate_command(
             print_json(rows)
         else:
             for r in rows:
-                console.print(f"{r['model']:<52} {r['task']:<10} {r['family']}", highlight=False)
+                console.print(f"{safe(r['model']):<52} {r['task']:<10} {safe(r['family'])}", highlight=False)
         return
 
     from colo.memory.db import ModelEntry, Provenance
@@ -153,7 +153,7 @@ def estimate_command(
     for e in results:
         shape = f"{e.dtype} {e.batch_size}×{e.seq_len}" + (f"+{e.new_tokens}" if e.new_tokens else "")
         table.add_row(
-            e.model_id,
+            safe(e.model_id),
             e.task,
             shape,
             f"{e.params / 1e6:,.1f}M",
@@ -165,7 +165,9 @@ def estimate_command(
         )
     console.print(table)
     src = results[0].overhead_source if results else ""
-    console.print(f"label: estimate · overhead: {src}" + (f" · saved to {db.path}" if save else ""), highlight=False)
+    console.print(
+        f"label: estimate · overhead: {safe(src)}" + (f" · saved to {safe(db.path)}" if save else ""), highlight=False
+    )
 
 
 # -- colo profile ---------------------------------------------------------------------------------------
@@ -295,21 +297,21 @@ def _print_profile(rows: list[dict[str, Any]], gpu: str, db: str, env: dict[str,
         table.add_column(col, justify="left" if col in ("job", "weights from") else "right")
     for r in rows:
         if not r["ok"]:
-            table.add_row(r["job"], "[red]failed[/]", "", "", "", "", "", r["error"][:60])
+            table.add_row(safe(r["job"]), "[red]failed[/]", "", "", "", "", "", safe(r["error"][:60]))
             continue
         table.add_row(
-            r["job"],
+            safe(r["job"]),
             _mib(r["weights_bytes"]),
             _mib(r["context_bytes"]),
             _mib(r["allocated_peak_bytes"]),
             _mib(r["reserved_peak_bytes"]),
             _mib(r["nvml_peak_bytes"]),
             f"{r['sample_hz']:.0f}",
-            r["weights"],
+            safe(r["weights"]),
         )
     console.print(table)
     mps = " under MPS" if "CUDA_MPS_PIPE_DIRECTORY" in env or os.environ.get("CUDA_MPS_PIPE_DIRECTORY") else ""
-    console.print(f"recorded in {db}{mps}", highlight=False)
+    console.print(f"recorded in {safe(db)}{mps}", highlight=False)
 
 
 # -- colo db ---------------------------------------------------------------------------------------------
@@ -324,31 +326,31 @@ def db_show_command(
     if as_json:
         print_json(db.to_dict())
         return
-    table = Table(title=str(db.path), title_justify="left")
+    table = Table(title=safe(db.path), title_justify="left")
     for col in ("model", "shape", "kind", "weights MiB", "reserved MiB", "NVML peak MiB", "GPU", "date"):
         table.add_column(col, justify="right" if "MiB" in col else "left")
     for e in db.models():
         shape = f"{e.dtype} {e.batch_size}×{e.seq_len}" + (f"+{e.new_tokens}" if e.new_tokens else "")
         table.add_row(
-            e.model,
+            safe(e.model),
             shape,
             e.kind,
             _mib(e.weights_bytes),
             _mib(e.reserved_peak_bytes),
             _mib(e.nvml_peak_bytes),
-            e.provenance.gpu,
-            e.provenance.date[:19],
+            safe(e.provenance.gpu),
+            safe(e.provenance.date[:19]),
         )
     for a in db.agents():
         table.add_row(
-            f"agent {a.agent}",
+            f"agent {safe(a.agent)}",
             f"{len(a.models)} models",
             a.kind,
             _mib(a.weights_bytes),
             _mib(a.reserved_peak_bytes),
             _mib(a.nvml_peak_bytes),
-            a.provenance.gpu,
-            a.provenance.date[:19],
+            safe(a.provenance.gpu),
+            safe(a.provenance.date[:19]),
         )
     console.print(table)
     if not db.models() and not db.agents():
@@ -370,7 +372,7 @@ def db_export_command(
     doc = model_config_document(config, db, gpu_name)
     if out is not None:
         write_atomic(out, json.dumps(doc, indent=2) + "\n")
-        err_console.print(f"wrote {out}")
+        err_console.print(f"wrote {safe(out)}", highlight=False)
     else:
         print_json(doc)
 

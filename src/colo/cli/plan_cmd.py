@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from colo import units
-from colo.cli.common import console, err_console, print_json
+from colo.cli.common import console, err_console, print_json, report_error, safe
 from colo.errors import ColoError, ConfigError, PlanError, UsageError
 from colo.plan import GpuSlot, Plan, inventory_slots, plan, require_complete
 from colo.plan.allocation_doc import allocation_document
@@ -117,9 +117,9 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool) -> None:
         table.add_column(col, justify="right")
     for a in p.agents:
         models = "\n".join(
-            m.model if m.source == "declared" else f"{m.model} [dim]({m.source})[/]" for m in a.models
+            safe(m.model) if m.source == "declared" else f"{safe(m.model)} [dim]({m.source})[/]" for m in a.models
         )
-        row = [a.name, a.gpu.label if a.gpu else "[red]—[/]", models]
+        row = [safe(a.name), safe(a.gpu.label) if a.gpu else "[red]—[/]", models]
         if show_declared:
             declared = [config.models[m.model].memory_bytes for m in a.models]
             row.append(_gib(sum(d for d in declared if d)) if all(declared) else "—")
@@ -141,13 +141,13 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool) -> None:
         for col in ("gpu", "agents", "allocated GiB", "free GiB", "utilisation %"):
             gt.add_column(col, justify="left" if col == "gpu" else "right")
         for g in p.gpus:
-            gt.add_row(g.gpu.label, str(len(g.agents)), _gib(g.allocated_bytes), _gib(g.free_bytes),
+            gt.add_row(safe(g.gpu.label), str(len(g.agents)), _gib(g.allocated_bytes), _gib(g.free_bytes),
                        f"{g.utilization_pct:.1f}")
         console.print(gt)
     for f in p.findings:
-        console.print(f"[yellow]warning:[/] {f.agent}: {f.message}", highlight=False)
+        console.print(f"[yellow]warning:[/] {safe(f.agent)}: {safe(f.message)}", highlight=False)
     for u in p.unplaced:
-        console.print(f"[red]left out:[/] {u.reason}", highlight=False)
+        console.print(f"[red]left out:[/] {safe(u.reason)}", highlight=False)
 
 
 def plan_command(
@@ -172,7 +172,7 @@ def plan_command(
     else:
         render_plan(p, config, show_declared=from_db or config.policy.memory_source == "db")
         if out is not None:
-            console.print(f"wrote {out}")
+            console.print(f"wrote {safe(out)}", highlight=False)
     if not allow_partial:
         require_complete(p)
 
@@ -210,7 +210,7 @@ def validate_command(
             results.append({"file": path, "valid": False, "error": str(exc), "findings": []})
             worst = 2
             if not as_json:
-                err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+                report_error(exc)
             continue
         results.append({
             "file": path, "kind": kind, "valid": True,
@@ -220,10 +220,10 @@ def validate_command(
             worst = max(worst, 1)
         if not as_json:
             if not findings:
-                console.print(f"[green]ok[/] {path} ({kind})", highlight=False)
+                console.print(f"[green]ok[/] {safe(path)} ({kind})", highlight=False)
             for f in findings:
                 colour = "red" if f.severity == "error" else "yellow"
-                console.print(f"[{colour}]{f.severity}:[/] {path}: {f.where}: {f.message}", highlight=False)
+                console.print(f"[{colour}]{f.severity}:[/] {safe(path)}: {safe(f.where)}: {safe(f.message)}", highlight=False)
     if as_json:
         print_json({"files": results, "exit_code": worst})
     raise typer.Exit(worst)

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from colo import __version__
-from colo.cli.common import console, err_console, print_json
+from colo.cli.common import console, err_console, print_json, safe
 from colo.errors import UsageError
 from colo.plan import Plan, plan, require_complete
 from colo.plan.explain import explain_plan
@@ -106,13 +106,13 @@ def k8s_command(
         )
         return
     for line in placement:
-        console.print(line, highlight=False, soft_wrap=True)
-    console.print(f"wrote {len(written)} files to {out}", highlight=False)
+        console.print(safe(line), highlight=False, soft_wrap=True)
+    console.print(f"wrote {len(written)} files to {safe(out)}", highlight=False)
     console.print(
         f"next: label the GPU nodes `kubectl label node NODE {opts.node_label[0]}={opts.node_label[1]}`, "
         f"create the API token `kubectl create namespace {namespace}; kubectl -n {namespace} create secret "
         f"generic {opts.api_token_secret} --from-literal=token=$(openssl rand -hex 32)`, then "
-        f"`kubectl apply -k {out}` (docs/kubernetes.md)",
+        f"`kubectl apply -k {safe(out)}` (docs/kubernetes.md)",
         highlight=False,
         soft_wrap=True,
     )
@@ -148,21 +148,21 @@ def device_plugin_command(
     for v in result.verdicts:
         if v.eligible:
             err_console.print(
-                f"node {v.node}: the device plugin can run its {len(v.agents)} agents ({v.config_name}); "
-                + "; ".join(v.notes),
+                safe(f"node {v.node}: the device plugin can run its {len(v.agents)} agents ({v.config_name}); "
+                     + "; ".join(v.notes)),
                 highlight=False,
                 soft_wrap=True,
             )
         else:
             err_console.print(
-                f"node {v.node}: needs colo's own mode (`colo render k8s`): " + "; ".join(v.reasons),
+                safe(f"node {v.node}: needs colo's own mode (`colo render k8s`): " + "; ".join(v.reasons)),
                 highlight=False,
                 soft_wrap=True,
             )
     if out is None:
         typer.echo(result.yaml, nl=False)
     else:
-        err_console.print(f"wrote {out}", highlight=False)
+        err_console.print(f"wrote {safe(out)}", highlight=False)
 
 
 @render_app.command("systemd")
@@ -204,9 +204,9 @@ def systemd_command(
     if as_json:
         print_json({"out": str(out), "files": sorted(files)})
         return
-    console.print(f"wrote {len(written)} files to {out}", highlight=False)
+    console.print(f"wrote {len(written)} files to {safe(out)}", highlight=False)
     console.print(
-        f"install: copy a node's files to /etc/systemd/system/, put the config at {config_on_host}, then "
+        f"install: copy a node's files to /etc/systemd/system/, put the config at {safe(config_on_host)}, then "
         "`systemctl daemon-reload && systemctl enable --now colo.service`",
         highlight=False,
         soft_wrap=True,
@@ -226,7 +226,7 @@ def explain_command(
     p = plan(config, gpu_slots(config), model_memory(config, from_db, db))
     pinned = [n for n, s in config.agents.items() if s.gpu is not None or s.node is not None]
     for line in explain_plan(p, reserve_per_gpu_bytes=config.policy.reserve_per_gpu_bytes, pinned=pinned):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(safe(line), highlight=False, soft_wrap=True)
     require_complete(p)
 
 
@@ -288,10 +288,10 @@ def _link_gpus(mps_root: Path) -> None:
 
         pairs = [(g.index, g.uuid) for g in NvmlBackend().gpus()]
     except ColoError as exc:
-        err_console.print(f"[bold yellow]warning:[/] no GPU index links: {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold yellow]warning:[/] no GPU index links: {safe(exc)}", highlight=False, soft_wrap=True)
         return
     for link in write_index_links(mps_root, pairs):
-        console.print(f"linked {link} -> {link.readlink()}", highlight=False)
+        console.print(f"linked {safe(link)} -> {safe(link.readlink())}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -144,15 +144,34 @@ def parse_document(text: str, source: str) -> Loaded:
     return Loaded(source=source, data=data, lines=lines)
 
 
+def data_path(loc: tuple[Any, ...], data: Any, *, keep_last: bool = False) -> Path:
+    """The parts of a pydantic error location that are keys/indices of ``data``.
+
+    pydantic adds its own parts (``function-after[...]``, union branches like ``list[GpuInventory]``); they
+    are dropped by walking the data, so a user's key that happens to contain ``[`` stays. ``keep_last``
+    keeps a final key that is absent (a missing field).
+    """
+    out: list[str | int] = []
+    current = data
+    for i, part in enumerate(loc):
+        if isinstance(current, dict) and isinstance(part, str) and part in current:
+            out.append(part)
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            out.append(part)
+            current = current[part]
+        elif keep_last and i == len(loc) - 1 and isinstance(part, str):
+            out.append(part)
+    return tuple(out)
+
+
 def config_error_from(exc: ValidationError, loaded: Loaded) -> ConfigError:
     errors = exc.errors(include_url=False)
     # A union (``gpus: auto | [...]``) reports every branch; the literal branch is rarely what was meant.
     specific = [e for e in errors if not any(isinstance(p, str) and p.startswith("literal[") for p in e["loc"])]
     errors = specific or errors
     err = max(errors, key=lambda e: len(e["loc"])) if len(errors) > 1 and specific else errors[0]
-    path: Path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    # pydantic reports union branches ("list[GpuInventory]", "literal['auto']"); drop those loc parts.
-    path = tuple(p for p in path if not (isinstance(p, str) and ("[" in p or p.startswith("literal"))))
+    path = data_path(err["loc"], loaded.data, keep_last=err["type"] == "missing")
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
