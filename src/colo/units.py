@@ -35,8 +35,17 @@ _UNITS: dict[str, int] = {
     "t": TIB,
 }
 
-_SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$")
-_PCT_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$")
+# ASCII digits only: Python's \d and float() also read Arabic-Indic "١٢" or full-width "１２" as 12, which a
+# reader of the file would not expect a size to be.
+_SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$", re.ASCII)
+_PCT_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$", re.ASCII)
+
+
+def _non_ascii_digit(text: str) -> str | None:
+    for ch in text:
+        if ch.isdigit() and not ch.isascii():
+            return ch
+    return None
 
 # A single GPU with more than 1 PiB of memory is a typo, not a plan.
 MAX_SIZE_BYTES = 1024**5
@@ -54,6 +63,9 @@ def parse_size(text: str | int) -> int:
         value_bytes = text
     else:
         m = _SIZE_RE.match(str(text))
+        odd = _non_ascii_digit(str(text))
+        if odd is not None:
+            raise ValueError(f"{text!r} has the digit {odd!r} (U+{ord(odd):04X}); write sizes with ASCII digits 0-9")
         if not m:
             raise ValueError(f"{text!r} is not a size; write a number and a unit, such as '512MiB' or '1.5GiB'")
         number, unit = m.group(1), m.group(2).lower()
@@ -85,6 +97,9 @@ def parse_percent(text: str | float | int) -> float:
         value = float(text)
     else:
         m = _PCT_RE.match(text)
+        odd = _non_ascii_digit(text)
+        if odd is not None:
+            raise ValueError(f"{text!r} has the digit {odd!r} (U+{ord(odd):04X}); write percentages with ASCII digits")
         if not m:
             raise ValueError(f"{text!r} is not a percentage; write e.g. '50%'")
         value = float(m.group(1))

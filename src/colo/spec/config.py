@@ -7,8 +7,10 @@ JSON Schema of :class:`ColoConfig`; ``docs/colo.schema.json`` is that output.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -38,7 +40,9 @@ _SIZE_SCHEMA: dict[str, Any] = {
 
 def _size(value: Any) -> int:
     if isinstance(value, float):
-        raise ValueError(f"{value!r} has no unit; write e.g. '{value}GiB'")
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a size; write a finite number with a unit, such as '24GiB'")
+        raise ValueError(f"{value!r} has no unit; write e.g. '{value:g}GiB'")
     if isinstance(value, str | int):
         return units.parse_size(value)
     raise ValueError("a size must be a string with a unit, such as '512MiB' or '1.5GiB'")
@@ -55,7 +59,7 @@ class _Strict(BaseModel):
 
 _MARGIN_RE = re.compile(
     r"^\s*(?:(?P<pct>\d+(?:\.\d+)?)\s*%)?\s*(?:,?\s*(?:at least|min(?:imum)?|>=)\s*(?P<min>[^,]+?))?\s*$",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 
@@ -91,8 +95,10 @@ class Margin(_Strict):
             if m.group("min"):
                 out["at_least"] = m.group("min").strip()
             return out
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a margin; write e.g. '50%', '512MiB' or '50%, at least 512MiB'")
         if isinstance(value, int | float) and not isinstance(value, bool):
-            raise ValueError(f"{value!r} has no unit; write e.g. '50%' or '{value}GiB'")
+            raise ValueError(f"{value!r} has no unit; write e.g. '50%' or '{value:g}GiB'")
         return value
 
     def margin_bytes(self, requirement_bytes: int) -> int:
@@ -116,7 +122,7 @@ class GpuInventory(_Strict):
     node: str = Field("local", description="Node (host) name; several nodes make a cluster inventory.")
     name: str = Field("GPU", description="Model name, e.g. 'NVIDIA GeForce RTX 3090'.")
     memory_bytes: Bytes = Field(alias="memory", description="Memory per GPU, e.g. '24GiB'.")
-    count: int = Field(1, ge=1, le=4096)
+    count: int = Field(1, ge=1, le=4096, strict=True)
     labels: dict[str, str] = Field(default_factory=dict, description="Node labels (rendering for Kubernetes).")
 
     @field_validator("node")
@@ -142,9 +148,9 @@ class ModelSpec(_Strict):
     memory_bytes: Bytes | None = Field(
         None, alias="memory", description="Declared GPU memory requirement (else from the model database)."
     )
-    batch_size: int = Field(1, ge=1, le=65536, description="Largest batch the agent sends (worst case).")
-    max_seq_len: int = Field(512, ge=1, le=1_048_576, description="Longest input in tokens (worst case).")
-    new_tokens: int = Field(64, ge=0, le=1_048_576, description="Generators: tokens generated per request.")
+    batch_size: int = Field(1, ge=1, le=65536, strict=True, description="Largest batch the agent sends (worst case).")
+    max_seq_len: int = Field(512, ge=1, le=1_048_576, strict=True, description="Longest input in tokens (worst case).")
+    new_tokens: int = Field(64, ge=0, le=1_048_576, strict=True, description="Generators: tokens generated per request.")
     task: Task | None = Field(None, description="encoder | generator | seq2seq; default from the catalog.")
 
 
@@ -154,13 +160,37 @@ class HealthCheck(_Strict):
     type: Literal["http", "tcp", "command", "none"] = "none"
     url: str | None = Field(None, description="http: GET this URL; 2xx is healthy.")
     host: str = "127.0.0.1"
-    port: int | None = Field(None, ge=1, le=65535, description="tcp: connect to host:port.")
+    port: int | None = Field(None, ge=1, le=65535, strict=True, description="tcp: connect to host:port.")
     command: list[str] | None = Field(None, description="command: exit 0 is healthy.")
     interval_secs: float = Field(5.0, gt=0, le=3600)
     timeout_secs: float = Field(2.0, gt=0, le=600)
     start_secs: float = Field(1.0, ge=0, le=3600, description="type none: up this long counts as ready.")
     startup_timeout_secs: float = Field(300.0, gt=0, le=86400, description="Give up on readiness after this.")
-    failures_before_restart: int = Field(3, ge=1, le=1000)
+    failures_before_restart: int = Field(3, ge=1, le=1000, strict=True)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
+        except ValueError as exc:
+            raise ValueError(f"{v!r} has a bad port ({exc})") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http(s) URL; write e.g. 'http://127.0.0.1:9001/health'")
+        if any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError(f"{v!r} contains spaces or control characters; percent-encode them")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _health_argv(cls, v: list[str] | None) -> list[str] | None:
+        for arg in v or []:
+            if "\x00" in arg:
+                raise ValueError(f"argument {arg!r} contains a NUL byte, which no command line can carry")
+        return v
 
     @model_validator(mode="after")
     def _needs_target(self) -> HealthCheck:
@@ -177,7 +207,7 @@ class RestartPolicy(_Strict):
     """When and how often an exited agent is started again (capped exponential backoff)."""
 
     policy: Literal["always", "on-failure", "never"] = "on-failure"
-    max_retries: int = Field(5, ge=0, le=10_000, description="Failed starts in a row before FATAL.")
+    max_retries: int = Field(5, ge=0, le=10_000, strict=True, description="Failed starts in a row before FATAL.")
     backoff_initial_secs: float = Field(1.0, ge=0, le=3600)
     backoff_max_secs: float = Field(60.0, ge=0, le=86400)
     stop_wait_secs: float = Field(10.0, ge=0, le=3600, description="Stop signal to SIGKILL.")
@@ -195,7 +225,7 @@ class AgentSpec(_Strict):
     command: list[str] | None = Field(None, description="argv; default: colo's built-in model agent.")
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
-    port: int | None = Field(None, ge=1, le=65535, description="Port the agent serves on (built-in agent).")
+    port: int | None = Field(None, ge=1, le=65535, strict=True, description="Port the agent serves on (built-in agent).")
     health: HealthCheck = Field(default_factory=HealthCheck)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
 
@@ -204,6 +234,9 @@ class AgentSpec(_Strict):
     def _argv(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and (not v or not v[0].strip()):
             raise ValueError("command must be a non-empty argv list, e.g. ['python', 'serve.py']")
+        for arg in v or []:
+            if "\x00" in arg:
+                raise ValueError(f"argument {arg!r} contains a NUL byte, which no command line can carry")
         return v
 
     @field_validator("env")
@@ -214,6 +247,8 @@ class AgentSpec(_Strict):
                 raise ValueError(f"{key!r} is not an environment variable name")
             if key.startswith("CUDA_MPS_"):
                 raise ValueError(f"{key} is set by colo from the plan; remove it from env")
+            if "\x00" in v[key]:
+                raise ValueError(f"the value of {key} contains a NUL byte, which no environment can carry")
         return v
 
     @field_validator("models")
@@ -231,7 +266,7 @@ class PriorityClass(_Strict):
     """What a priority means to MPS."""
 
     client_priority: Literal[0, 1] = Field(0, description="CUDA_MPS_CLIENT_PRIORITY: 0 normal, 1 below normal.")
-    active_thread_pct: int = Field(100, ge=1, le=100, description="CUDA_MPS_ACTIVE_THREAD_PERCENTAGE.")
+    active_thread_pct: int = Field(100, ge=1, le=100, strict=True, description="CUDA_MPS_ACTIVE_THREAD_PERCENTAGE.")
 
 
 def _default_priorities() -> dict[Priority, PriorityClass]:
@@ -248,7 +283,7 @@ class Policy(_Strict):
     margin: Margin = Field(default_factory=lambda: Margin(percent=50.0, at_least_bytes=512 * units.MIB))
     round_to_bytes: Bytes = Field(128 * units.MIB, alias="round_to", description="Limits rounded up to this.")
     priorities: dict[Priority, PriorityClass] = Field(default_factory=_default_priorities)
-    max_clients_per_gpu: int = Field(48, ge=1, le=60, description="MPS client processes per GPU (48; <=60).")
+    max_clients_per_gpu: int = Field(48, ge=1, le=60, strict=True, description="MPS client processes per GPU (48; <=60).")
     allow_oversubscription: bool = Field(False, description="Allow limits to add up past a GPU's memory.")
     placement: Literal["binpack", "spread"] = "binpack"
     reserve_per_gpu_bytes: Bytes = Field(0, alias="reserve_per_gpu", description="Kept free on every GPU.")
@@ -268,7 +303,7 @@ class ApiSettings(_Strict):
     """Where the orchestrator API listens."""
 
     host: str = "127.0.0.1"
-    port: int = Field(8014, ge=1, le=65535)
+    port: int = Field(8014, ge=1, le=65535, strict=True)
     open_reads: bool = Field(True, description="GET routes without a token (mutations always need one).")
 
 
@@ -284,6 +319,13 @@ class ColoConfig(_Strict):
     policy: Policy = Field(default_factory=Policy)
     state_dir: str | None = Field(None, description="Where colo keeps state (default ~/.local/state/colo).")
     api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @field_validator("gpus")
+    @classmethod
+    def _some_gpus(cls, v: Literal["auto"] | list[GpuInventory]) -> Literal["auto"] | list[GpuInventory]:
+        if isinstance(v, list) and not v:
+            raise ValueError("no GPUs listed; list at least one (e.g. '[{memory: 24GiB}]') or write 'gpus: auto'")
+        return v
 
     @field_validator("agents")
     @classmethod

@@ -144,6 +144,14 @@ def parse_document(text: str, source: str) -> Loaded:
     return Loaded(source=source, data=data, lines=lines)
 
 
+def _child(value: Any, part: Any) -> tuple[bool, Any]:
+    if isinstance(value, dict) and isinstance(part, str) and part in value:
+        return True, value[part]
+    if isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+        return True, value[part]
+    return False, None
+
+
 def data_path(loc: tuple[Any, ...], data: Any, *, keep_last: bool = False) -> Path:
     """The parts of a pydantic error location that are keys/indices of ``data``.
 
@@ -154,12 +162,10 @@ def data_path(loc: tuple[Any, ...], data: Any, *, keep_last: bool = False) -> Pa
     out: list[str | int] = []
     current = data
     for i, part in enumerate(loc):
-        if isinstance(current, dict) and isinstance(part, str) and part in current:
+        found, child = _child(current, part)
+        if found:
             out.append(part)
-            current = current[part]
-        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
-            out.append(part)
-            current = current[part]
+            current = child
         elif keep_last and i == len(loc) - 1 and isinstance(part, str):
             out.append(part)
     return tuple(out)

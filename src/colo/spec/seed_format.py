@@ -13,7 +13,7 @@ tools' additions) — these models describe the keys colo relies on.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,7 +68,7 @@ class ModelConfigFile(_Open):
 
     model_memory_specs: dict[str, ModelMemorySpec]
     agent_model_mappings: dict[str, list[str]] = Field(default_factory=dict)
-    batch_size_recommendations: dict[str, int] = Field(default_factory=dict)
+    batch_size_recommendations: dict[str, Annotated[int, Field(ge=1, strict=True)]] = Field(default_factory=dict)
 
 
 FileKind = Literal["colo", "allocation", "model_config"]
