@@ -185,12 +185,17 @@ def _findings_for(path: str) -> tuple[str, list[Finding]]:
         parse_model_config(loaded)
         return kind, []
     config = config_from_loaded(loaded)
+    from colo.spec.checks import check_file
+    from colo.supervise.launch import builtin_port
+
+    file_findings = [Finding(f.severity, f.where, f.message)
+                     for f in check_file(config, loaded, builtin_port=lambda name: builtin_port(config, name))]
     if config.gpus == "auto":
         p = plan(config, [GpuSlot("local", 0, "unbounded", units.MAX_SIZE_BYTES)])
         findings = [f for f in check_plan(p) if f.severity == "warning"]
         findings.append(Finding("warning", "gpus", "gpus: auto — placement not checked (no inventory)"))
-        return kind, findings
-    return kind, check_plan(plan(config, inventory_slots(config)))
+        return kind, file_findings + findings
+    return kind, file_findings + check_plan(plan(config, inventory_slots(config)))
 
 
 def validate_command(
