@@ -79,8 +79,12 @@ def parse_size(text: str | int) -> int:
                 "KB, MB, GB, TB (SI) or MPS's K, M, G, T (binary)"
             )
         value = float(number)
-        if not math.isfinite(value):
+        if not math.isfinite(value) or not math.isfinite(value * _UNITS[unit]):
             raise ValueError(f"{text!r} is not a finite size")
+        if value < 0:
+            raise ValueError(f"{text!r} is negative; a size must be 0 or more")
+        if value * _UNITS[unit] > MAX_SIZE_BYTES:
+            raise ValueError(f"{text!r} is over 1 PiB; is the unit right?")
         value_bytes = math.ceil(value * _UNITS[unit] - 1e-6)
     if value_bytes < 0:
         raise ValueError(f"{text!r} is negative; a size must be 0 or more")
