@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
@@ -50,11 +49,15 @@ def top_command(
         None, "--config", "-c", help="Take the API address and state dir (token) from this colo.yaml."
     ),
 ) -> None:
-    """A live view of GPUs, their MPS daemons and every agent's memory against its limit (like nvitop)."""
+    """A live view of GPUs, their MPS daemons and every agent's memory against its limit (like nvitop).
+
+    `q` quits; the header's clock is the time of the last good poll; while the orchestrator is away the last
+    data stays on screen with a "disconnected, retrying" line, and the view carries on when it returns.
+    """
     from rich.live import Live
 
     from colo.api.client import ApiClient
-    from colo.cli.views.top import render_frame
+    from colo.cli.views.top import TopLoop, render_frame, terminal_keys
     from colo.files import state_dir
 
     settings = None
@@ -70,13 +73,15 @@ def top_command(
             if as_json:
                 print_json({"gpu_info": info, "agents": agents})
             else:
-                console.print(render_frame(info, agents, url=client.base_url))
+                width = console.width if console.is_terminal else None
+                console.print(render_frame(info, agents, url=client.base_url, width=width))
             return
-        with Live(console=console, screen=False, auto_refresh=False) as live:
+        loop = TopLoop(lambda: (client.gpu_info(), client.agents()), url=client.base_url, interval_secs=interval,
+                       wait_key=lambda secs: None)
+        with terminal_keys() as wait_key, Live(console=console, screen=False, auto_refresh=False) as live:
+            loop.wait_key = wait_key
             try:
-                while True:
-                    live.update(render_frame(client.gpu_info(), client.agents(), url=client.base_url), refresh=True)
-                    time.sleep(interval)
+                loop.run(lambda frame: live.update(frame, refresh=True), lambda: console.width)
             except KeyboardInterrupt:
                 return
 
