@@ -23,6 +23,9 @@ $(VENV)/.stamp-dev: pyproject.toml constraints.txt | $(PY)
 
 run: $(VENV)/.stamp-run
 	$(COLO) plan examples/newsroom/colo.yaml --out out/mps_allocation_config.json
+	@echo
+	@echo "colo is installed in $(VENV): run it as $(COLO), or 'source $(VENV)/bin/activate' and then 'colo'."
+	@echo "The example's agents need torch: $(VENV)/bin/pip install -c constraints.txt -e '.[profile]'  (README.md)"
 
 test: $(VENV)/.stamp-dev lint typecheck pytest
 
