@@ -42,13 +42,16 @@ The estimator's error against measured NVML peaks is reported by the GPU test an
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 from colo import units
 from colo.errors import ProfileError
+from colo.memory import catalog
 from colo.memory.allocator import kv_cache_footprint, segment_footprint
 from colo.memory.catalog import Task
 from colo.memory.worst_case import WorstCase
@@ -233,13 +236,40 @@ def _meta_shape(model_id: str, path: str | None) -> ModelShape:
     )
 
 
+def measure_shape(model_id: str, path: str | None = None) -> ModelShape:
+    """Shape numbers of ``model_id`` from a meta-device build now (needs torch + transformers; no GPU).
+    Raises UnknownModelError/ProfileError."""
+    return _meta_shape(model_id, path)
+
+
+@lru_cache(maxsize=1)
+def catalog_shapes() -> dict[str, ModelShape]:
+    """The shape numbers precomputed for the catalog models (``catalog/shapes.json``, written by
+    ``scripts/catalog_shapes.py``): estimating a catalog model needs no torch."""
+    try:
+        text = resources.files("colo.memory").joinpath("catalog", "shapes.json").read_text(encoding="utf-8")
+        raw = json.loads(text).get("shapes", {})
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for mid, d in raw.items():
+        d = dict(d, tensors=tuple((int(n), int(f)) for n, f in d.get("tensors", ())))
+        out[mid] = ModelShape(**d)
+    return out
+
+
 @lru_cache(maxsize=128)
 def _cached_shape(model_id: str, path: str | None) -> ModelShape:
+    if path is None:
+        found = catalog_shapes().get(catalog.canonical_id(model_id))
+        if found is not None:
+            return replace(found, model_id=model_id) if found.model_id != model_id else found
     return _meta_shape(model_id, path)
 
 
 def model_shape(model_id: str, path: str | None = None) -> ModelShape:
-    """Shape numbers of ``model_id`` from a meta-device build (cached). Raises UnknownModelError/ProfileError."""
+    """Shape numbers of ``model_id`` (cached): precomputed for catalog models, else from a meta-device build.
+    Raises UnknownModelError, ProfileError (a model outside the catalog without torch)."""
     return _cached_shape(model_id, path)
 
 

@@ -73,12 +73,8 @@ def _shape_text(req: WorstCase) -> str:
 
 
 def live_estimate(db: ModelDB, req: WorstCase, gpu_name: str | None) -> tuple[int, str] | None:
-    """An estimate computed now (None without torch/transformers or for a model colo cannot resolve)."""
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        return None
+    """An estimate computed now: catalog models from their precomputed shapes (no torch needed), others from a
+    meta-device build (None without torch/transformers, or for a model colo cannot resolve)."""
     from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, estimate
 
     overhead = db.overhead_for(gpu_name) or db.overhead_for(None)
@@ -194,10 +190,6 @@ def _measured_agent(db: ModelDB, name: str, reqs: tuple[WorstCase, ...], gpu_nam
 
 
 def _estimate_together(db: ModelDB, reqs: tuple[WorstCase, ...], gpu_name: str | None) -> int | None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return None
     from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, estimate_set
 
     overhead = db.overhead_for(gpu_name) or db.overhead_for(None)
