@@ -113,7 +113,8 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool) -> None:
                        f"{g.utilization_pct:.1f}")
         console.print(gt)
     for f in p.findings:
-        console.print(f"[yellow]warning:[/] {f.agent}: {f.message}", highlight=False)
+        colour = "red" if f.severity == "error" else "yellow"
+        console.print(f"[{colour}]{f.severity}:[/] {f.agent}: {f.message}", highlight=False, soft_wrap=True)
     for u in p.unplaced:
         console.print(f"[red]left out:[/] {u.reason}", highlight=False)
 

@@ -32,6 +32,7 @@ class MemoryRow:
     measured_bytes: int | None
     estimated_bytes: int | None
     chosen: ModelMemory | None
+    measured_gpu: str | None = None  # the GPU model of the measurement
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -127,6 +128,7 @@ def memory_rows(
                 measured_bytes=measured.nvml_peak_bytes if measured else None,
                 estimated_bytes=estimated[0] if estimated else None,
                 chosen=chosen,
+                measured_gpu=(measured.provenance.gpu or "a GPU") if measured else None,
             )
         )
     return rows

@@ -24,14 +24,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
+from colo import units
 from colo.errors import ColoError, PlanError
 from colo.gpu.mps.daemon import MpsRoot
 from colo.gpu.nvml import GpuSnapshot
 from colo.memory.db import ModelDB
+from colo.memory.resolve import agent_memory_for_plan, memory_rows, plan_memory
+from colo.memory.worst_case import WorstCase, model_request
 from colo.plan import inventory_slots, plan
 from colo.plan.limits import declared_memory
-from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
+from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, PolicyFinding, Unplaced
 from colo.spec.config import ColoConfig
 from colo.supervise.agent import AgentSetup
 from colo.supervise.launch import agent_setup
@@ -128,8 +132,6 @@ def memory_inputs(
     """
     if not (from_db or config.policy.memory_source == "db"):
         return None
-    from colo.memory.resolve import plan_memory
-
     return plan_memory(config, _open_db(config, db), memory_gpu_name(slots))
 
 
@@ -150,6 +152,89 @@ def model_requirement(
     if mem is not None:
         return mem.models.get(model)
     return declared_memory(config).get(model)
+
+
+class PredictedOutOfMemory(PlanError):
+    """The plan gives an agent a limit below what its models' worst case needs (``colo up`` without --force)."""
+
+    exit_code = 2
+
+
+def _gib_text(value_bytes: int) -> str:
+    gib = value_bytes / units.GIB
+    return f"{gib:.2f}".rstrip("0").rstrip(".") + " GiB" if gib < 1 else f"{gib:.1f} GiB"
+
+
+def _shape_text(case: WorstCase) -> str:
+    return f"{case.batch_size} × {case.seq_len}" + (f" + {case.new_tokens} new tokens" if case.new_tokens else "")
+
+
+def memory_findings(
+    config: ColoConfig, p: Plan, slots: Sequence[GpuSlot], db: ModelDB | str | Path | None = None
+) -> list[PolicyFinding]:
+    """Where the plan trusts a declared ``memory`` that the model's worst case exceeds, by the model database
+    (measured on the GPU model planned for, else on another) or, failing that, colo's estimate (catalog
+    models need no torch). An error when the agent's need (its models together, one CUDA context) passes its
+    limit — it will run out of memory — else a warning (only the margin covers it). Agents planned from
+    measured or estimated figures are not second-guessed."""
+    try:
+        database = _open_db(config, db)
+    except ColoError:  # a corrupt database: the plan itself says so when it needs one
+        return []
+    gpu = memory_gpu_name(slots)
+    rows = {r.model: r for r in memory_rows(config, database, gpu)}
+    together = agent_memory_for_plan(config, database, gpu)
+    out: list[PolicyFinding] = []
+    for ap in p.agents:
+        if ap.requirement_source != "sum of the models" or any(m.source != "declared" for m in ap.models):
+            continue
+        need = together.get(ap.name)
+        will_oom = need is not None and need.source != "declared" and need.requirement_bytes > ap.limit_bytes
+        severity: Literal["warning", "error"] = "error" if will_oom else "warning"
+        outcome = "it will run out of memory" if will_oom else f"only its margin covers it (limit {_gib_text(ap.limit_bytes)})"
+        named = 0
+        for m in ap.models:
+            row = rows.get(m.model)
+            if row is None or row.declared_bytes is None:
+                continue
+            if row.measured_bytes is not None:
+                needed, label = row.measured_bytes, f"measured on {row.measured_gpu}"
+            elif row.estimated_bytes is not None:
+                needed, label = row.estimated_bytes, "estimate"
+            else:
+                continue
+            if needed <= row.declared_bytes:
+                continue
+            named += 1
+            case = model_request(m.model, config.models.get(m.model))
+            out.append(PolicyFinding(
+                ap.name,
+                f"memory: {m.model} declares {_gib_text(row.declared_bytes)}; its worst case {_shape_text(case)} "
+                f"needs ~{_gib_text(needed)} ({label}) — {outcome}; raise `memory` or plan with --from-db",
+                severity,
+                "memory",
+            ))
+        if will_oom and not named and need is not None:
+            out.append(PolicyFinding(
+                ap.name,
+                f"memory: {', '.join(ap.model_ids)} together need ~{_gib_text(need.requirement_bytes)} "
+                f"({need.source}: {need.detail}), above the limit {_gib_text(ap.limit_bytes)} — it will run out "
+                "of memory; raise `memory` or plan with --from-db",
+                "error",
+                "memory",
+            ))
+    return out
+
+
+def refuse_predicted_oom(planned: NodePlan) -> None:
+    """Raise PredictedOutOfMemory naming every agent the plan predicts to run out of memory (``colo up``)."""
+    errors = [f for f in planned.plan.findings if f.severity == "error" and f.topic == "memory"]
+    if errors:
+        raise PredictedOutOfMemory(
+            "the plan predicts out-of-memory:\n" + "\n".join(f"  {f.agent}: {f.message}" for f in errors),
+            hint="raise those models' `memory` (or profile them and plan with memory_source: db); "
+            "--force runs it anyway",
+        )
 
 
 def split_local(p: Plan, node: str, *, have_uuids: bool) -> tuple[list[AgentPlan], list[Unplaced]]:
@@ -219,9 +304,13 @@ def plan_slots(
     Raises ConfigError, PlanError.
     """
     mem: MemoryArg = memory if memory is not None else memory_inputs(config, slots, from_db=from_db, db=db)
+    p = plan(config, slots, mem)
+    if memory is None:  # findings about declared numbers (a caller that gave its own memory knows better)
+        found = memory_findings(config, p, slots, db)
+        p = replace(p, findings=tuple(sorted((*p.findings, *found), key=lambda f: f.agent)))
     return NodePlan(
         config=config,
-        plan=plan(config, slots, mem),
+        plan=p,
         node=node,
         slots=tuple(slots),
         warnings=tuple(warnings),
