@@ -174,9 +174,10 @@ def _creation_order(module: Any) -> list[tuple[int, Any]]:
 def _meta_shape(model_id: str, path: str | None) -> ModelShape:
     try:
         import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError as exc:
         raise ProfileError(
-            "estimating needs PyTorch and transformers (a meta-device build counts the parameters)",
+            "estimating a model outside colo's catalog needs PyTorch and transformers (a meta-device build counts the parameters)",
             hint="pip install 'colo[profile]', or declare `memory:` for the model",
         ) from exc
     from colo.memory.build import build
