@@ -66,9 +66,9 @@ def mps_world() -> Iterator[dict[str, object]]:
     """A running daemon under a private root, a child MPS client holding memory; torn down always."""
     _need_gpu()
     from colo.gpu.mps.daemon import MpsFleet, MpsRoot, client_env
-    from colo.gpu.nvml import NvmlBackend, slots_from_snapshots
-    from colo.plan import plan
+    from colo.gpu.nvml import NvmlBackend
     from colo.spec import load_config_text
+    from colo.supervise.planning import plan_node
 
     gpus = NvmlBackend().gpus()
     if not gpus:
@@ -83,7 +83,7 @@ def mps_world() -> Iterator[dict[str, object]]:
         daemon = fleet.daemon(uuid)
         daemon.start()
         config = load_config_text(CONFIG, source=str(cfg_path))
-        agent = plan(config, slots_from_snapshots(gpus[:1])).agent("probe")
+        agent = plan_node(config, gpus[:1]).plan.agent("probe")
         env = {**os.environ, **client_env(agent, daemon.paths, gpu_uuid=uuid)}
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD],

@@ -38,10 +38,10 @@ from colo import units
 from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsRoot, client_env
 from colo.gpu.nvml import GpuSnapshot, NvmlBackend
 from colo.memory.db import ModelDB
-from colo.memory.estimate import Workload, estimate, estimate_set
+from colo.memory.estimate import estimate, estimate_set
 from colo.memory.resolve import agent_memory_for_plan, memory_for_plan
 from colo.memory.seed_export import model_config_document
-from colo.memory.worst_case import ModelRequest, agent_requests, config_requests
+from colo.memory.worst_case import WorstCase, agent_requests, config_requests
 from colo.plan import inventory_slots, plan
 from colo.plan.limits import agent_limit
 from colo.plan.types import AgentPlan
@@ -117,7 +117,7 @@ def model_rows(session: Session) -> list[dict[str, Any]]:
             tail = out.stderr_tail if out else ""
             rows.append({"model": mid, "error": f"{res.error} {tail}"})
             continue
-        w = Workload(mid, entry.dtype, entry.batch_size, entry.seq_len, entry.new_tokens)
+        w = WorstCase(mid, entry.dtype, entry.batch_size, entry.seq_len, entry.new_tokens)
         est = estimate(w)  # default overhead: an independent estimate
         err = 100.0 * (est.nvml_peak_bytes - out.nvml_peak_bytes) / out.nvml_peak_bytes
         werr = 100.0 * (est.weights_bytes - out.result.weights_bytes) / out.result.weights_bytes
@@ -183,7 +183,7 @@ def test_agent_sets_measured_together(session: Session) -> None:
         singles = [session.models[m].model_entry for m in session.config.agents[name].models]
         apart = sum(s.nvml_peak_bytes for s in singles if s is not None)
         reqs = agent_requests(session.config, name)
-        est = estimate_set([Workload(r.model, r.dtype, r.batch_size, r.seq_len, r.new_tokens) for r in reqs])
+        est = estimate_set([WorstCase(r.model, r.dtype, r.batch_size, r.seq_len, r.new_tokens) for r in reqs])
         err = 100.0 * (est - entry.nvml_peak_bytes) / entry.nvml_peak_bytes
         print(
             f"\nGPU-RESULT agent_set={name} models={len(reqs)} nvml_peak_mib={mib(entry.nvml_peak_bytes)} "
@@ -276,7 +276,7 @@ def mps_daemon(session: Session) -> Iterator[tuple[MpsDaemon, Path]]:
 
 
 def _run_under_limit(session: Session, daemon: MpsDaemon, name: str, limit_bytes: int) -> ChildOutcome:
-    reqs: tuple[ModelRequest, ...] = agent_requests(session.config, name)
+    reqs: tuple[WorstCase, ...] = agent_requests(session.config, name)
     fake_plan = AgentPlan(
         name=name,
         models=(),

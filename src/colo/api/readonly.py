@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from colo.api.source import ApiSource, ApplyOutcome
-from colo.errors import ColoError, PlanError, SupervisorError
+from colo.errors import ColoError, SupervisorError
 from colo.files import state_dir
 from colo.gpu.mps.daemon import MpsFleet, MpsRoot
-from colo.gpu.nvml import GpuBackend, NvmlBackend, slots_from_snapshots
-from colo.plan import GpuSlot, Plan, inventory_slots, plan
-from colo.plan.types import MemoryInputs
+from colo.gpu.nvml import GpuBackend, NvmlBackend
+from colo.plan import Plan
 from colo.spec import ColoConfig, load_config
+from colo.supervise.planning import plan_node
 from colo.supervise.snapshots import AgentStatus, Event, EventKind
 from colo.supervise.state import AgentState
 
@@ -156,27 +156,6 @@ def _nvml_backend() -> GpuBackend | None:
     return backend
 
 
-def _slots(config: ColoConfig, backend: GpuBackend | None) -> list[GpuSlot]:
-    if config.gpus != "auto":
-        return inventory_slots(config)
-    if backend is None:
-        raise PlanError(
-            "gpus: auto, but no GPU can be read here",
-            hint="list an inventory under 'gpus:' to serve the plan on a machine without a GPU",
-        )
-    return slots_from_snapshots(backend.gpus())
-
-
-def _memory(config: ColoConfig, slots: list[GpuSlot]) -> MemoryInputs | None:
-    """Measured/estimated memory from the model database when the policy says ``memory_source: db``."""
-    if config.policy.memory_source != "db":
-        return None
-    from colo.memory.db import ModelDB
-    from colo.memory.resolve import plan_memory
-
-    return plan_memory(config, ModelDB.open_default(config), slots[0].name if slots else None)
-
-
 def _fleet(mps_root: Path, backend: GpuBackend | None) -> MpsFleet | None:
     """The per-GPU daemons under ``mps_root`` (only read: never started or stopped here)."""
     if backend is None:
@@ -204,8 +183,7 @@ def load_read_only(
     config = load_config(config_path)
     if backend is None and use_nvml:
         backend = _nvml_backend()
-    slots = _slots(config, backend)
-    current = plan(config, slots, _memory(config, slots))
+    current = plan_node(config, backend.gpus() if backend is not None else None).plan
     root = mps_root if mps_root is not None else MpsRoot.under_state_dir(state_dir(config.state_dir)).base_dir
     fleet = _fleet(root, backend)
     return ReadOnlySource(config, current, backend, fleet=fleet)

@@ -2,8 +2,8 @@
 ("theoretical max" vs "practical max") made exact.
 
 - *theoretical*: GPU memory // the model's requirement (no margin, nothing reserved);
-- *with margins*: (GPU memory − the policy's reserve) // the per-instance MPS limit (requirement + the policy's
-  margin, rounded up like ``colo plan`` does);
+- *with margins*: (GPU memory − the policy's reserve) // the per-instance MPS limit (``plan/limits.py``'s
+  :func:`~colo.plan.limits.limit_for`, the formula ``colo plan`` uses);
 - *client cap*: MPS serves at most ``max_clients_per_gpu`` client processes per GPU (48 by default);
 - the answer is the smaller of the last two, and says which one limited it.
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from colo import units
+from colo.plan.limits import limit_for
 from colo.spec.config import Policy
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ def capacity_for(
         raise ValueError(f"the requirement of {model!r} must be positive, got {requirement_bytes} bytes")
     pol = policy or Policy()
     margin = pol.margin.margin_bytes(requirement_bytes)
-    limit = units.round_up(requirement_bytes + margin, pol.round_to_bytes)
+    limit = limit_for(requirement_bytes, pol.margin, pol.round_to_bytes)  # the limit `colo plan` gives
     usable = max(gpu_memory_bytes - pol.reserve_per_gpu_bytes, 0)
     return CapacityAnswer(
         model=model,
@@ -169,23 +170,29 @@ def resolve_requirement(
     seq_len: int = 512,
     new_tokens: int = 0,
 ) -> tuple[int, str]:
-    """The model's requirement in bytes and where it came from: ``memory`` when given, else the config's
-    declared ``memory``, else colo's offline estimate (catalog models; needs torch) for the given shape.
+    """The model's requirement in bytes and where it came from: ``memory`` when given, else what the config's
+    plan counts for it (declared ``memory``, or the model database under ``memory_source: db``), else colo's offline estimate (catalog models; needs torch) for the given shape.
 
     Raises ValueError saying what to pass when none gives a number.
     """
     if memory is not None:
         return units.parse_size(memory), "given (--memory)"
     if config is not None and model in config.models:
+        from colo.supervise.planning import model_requirement
+
+        planned = model_requirement(config, model)  # what `colo plan` counts for it
+        if planned is not None:
+            if planned.source == "declared":
+                return planned.requirement_bytes, "declared in the config"
+            return planned.requirement_bytes, f"{planned.source}: {planned.detail}"
         spec = config.models[model]
-        if spec.memory_bytes:
-            return spec.memory_bytes, "declared in the config"
         dtype, batch_size, seq_len, new_tokens = spec.dtype, spec.batch_size, spec.max_seq_len, spec.new_tokens
     from colo.errors import ColoError
-    from colo.memory.estimate import Workload, estimate
+    from colo.memory.estimate import estimate
+    from colo.memory.worst_case import WorstCase
 
     try:
-        est = estimate(Workload(model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, new_tokens=new_tokens))
+        est = estimate(WorstCase(model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, new_tokens=new_tokens))
     except ColoError as exc:
         raise ValueError(
             f"no memory requirement for {model!r} ({exc}); pass --memory (e.g. --memory 4.9GiB), or --config "

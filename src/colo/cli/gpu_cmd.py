@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from colo.gpu.mps.control import MpsControl
     from colo.gpu.mps.daemon import MpsRoot
     from colo.gpu.nvml import GpuBackend, GpuSnapshot
-    from colo.plan.types import AgentPlan, Plan
     from colo.spec.config import ColoConfig
+    from colo.supervise.planning import NodePlan
 
 gpu_app = typer.Typer(help="GPUs as NVML sees them, with their MPS daemons and client processes.")
 mps_app = typer.Typer(help="One CUDA MPS control daemon per GPU: start, status, stop, and client env lines.")
@@ -73,30 +73,11 @@ def _select(gpus: list[GpuSnapshot], wanted: list[str] | None) -> list[GpuSnapsh
     return out
 
 
-def _plan(config: ColoConfig, gpus: list[GpuSnapshot]) -> Plan:
-    """The plan over the configured inventory, or over these GPUs for ``gpus: auto``; slots get real UUIDs."""
-    from dataclasses import replace
+def _planned(config: ColoConfig, gpus: list[GpuSnapshot] | None) -> NodePlan:
+    """The plan ``colo up`` would run here (:func:`colo.supervise.planning.plan_node`); ``gpus``: NVML's."""
+    from colo.supervise.planning import plan_node
 
-    from colo.gpu.nvml import slots_from_snapshots
-    from colo.plan import inventory_slots, plan
-
-    if config.gpus == "auto":
-        slots = slots_from_snapshots(gpus)
-    else:
-        by_index = {g.index: g.uuid for g in gpus}
-        slots = [
-            replace(s, uuid=s.uuid or by_index.get(s.index)) if s.node == "local" else s
-            for s in inventory_slots(config)
-        ]
-    return plan(config, slots)
-
-
-def _agents_by_uuid(p: Plan) -> dict[str, list[AgentPlan]]:
-    out: dict[str, list[AgentPlan]] = {}
-    for a in p.placed:
-        if a.gpu is not None and a.gpu.uuid:
-            out.setdefault(a.gpu.uuid, []).append(a)
-    return out
+    return plan_node(config, gpus)
 
 
 # --- colo gpu info ------------------------------------------------------------------------------------
@@ -184,23 +165,23 @@ def start_command(
     config_path: Path | None = CONFIG_OPT,
     timeout: float = typer.Option(20.0, "--timeout", min=1.0, max=600.0, help="Seconds to wait for a daemon."),
 ) -> None:
-    """Start (or adopt) one MPS control daemon per GPU, pinned by UUID, with the plan's defaults applied."""
-    from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, defaults_for_agents
+    """Start (or adopt) one MPS control daemon per GPU, pinned by UUID, as ``colo up`` does: with --config,
+    on the GPUs the plan runs agents on; no server-wide default limits (each client's environment, from
+    ``colo mps env``, sets its own)."""
+    from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
 
     config = _load(config_path)
     every = _backend().gpus()
     gpus = _select(every, gpu)
-    defaults: dict[str, MpsDefaults] = {}
-    if config is not None:
-        by_uuid = _agents_by_uuid(_plan(config, every))
-        if not gpu:
-            gpus = [g for g in gpus if g.uuid in by_uuid] or gpus
-        defaults = {u: defaults_for_agents(a) for u, a in by_uuid.items()}
+    if config is not None and not gpu:
+        used = set(_planned(config, every).mps_gpu_uuids())
+        gpus = [g for g in gpus if g.uuid in used] or gpus
     root = _root(config)
     control = _control()
     for g in gpus:
         d = MpsDaemon(root.for_gpu(g.uuid), g.uuid, control, start_timeout_secs=timeout)
-        started = d.start(defaults.get(g.uuid))
+        # No server-wide defaults, like `colo up`: a server default would cap a limit raised later.
+        started = d.start(MpsDefaults())
         verb = "started" if started else "adopted running"
         console.print(f"gpu{g.index} {safe(g.uuid)}: {verb} MPS daemon (pipe dir {safe(d.paths.pipe_dir)})", highlight=False)
     _warn_foreign(root, [g.uuid for g in gpus], control)
@@ -310,8 +291,12 @@ def env_command(
     agent: str = typer.Argument(..., help="Agent name from colo.yaml."),
     config_path: Path = typer.Option(..., "--config", "-c", help="colo.yaml with the agent."),
 ) -> None:
-    """Print the ``export`` lines that start AGENT by hand as an MPS client under its planned limits."""
+    """Print the ``export`` lines that start AGENT by hand as an MPS client under its planned limits: the
+    environment ``colo up`` launches it with (same plan, same launch setup)."""
+    from colo.files import state_dir
     from colo.gpu.mps.daemon import client_env
+    from colo.supervise.planning import launch_setup
+    from colo.supervise.statedir import StateDirPaths
     from colo.units import format_size
 
     config = _load(config_path)
@@ -325,8 +310,8 @@ def env_command(
     except GpuError:
         if config.gpus == "auto":
             raise
-        gpus = []
-    ap = _plan(config, gpus).agent(agent)
+        gpus = None
+    ap = _planned(config, gpus).plan.agent(agent)
     if ap.gpu is None:
         raise UsageError(f"agent {agent!r} fits on no GPU in the plan", hint="run `colo plan` to see why")
     uuid = ap.gpu.uuid
@@ -336,7 +321,10 @@ def env_command(
         f"client priority {ap.client_priority}, on {ap.gpu.label}" + (f" ({uuid})" if uuid else "")
     ]
     if uuid:
-        env = client_env(ap, root.for_gpu(uuid), gpu_uuid=uuid)
+        order = list(client_env(ap, root.for_gpu(uuid), gpu_uuid=uuid))
+        setup = launch_setup(config, ap, config_copy=StateDirPaths(state_dir(config.state_dir)).config_copy, mps_root=root)
+        launch_env = {k: v for k, v in setup.launch.env if k != "COLO_AGENT"}
+        env = {k: launch_env[k] for k in order if k in launch_env} | launch_env
         lines.append(f"# the GPU's daemon must be running: colo mps start --gpu {uuid} --config {config_path}")
     else:
         env = client_env(ap, root.base_dir / "<gpu-uuid>" / "pipe")

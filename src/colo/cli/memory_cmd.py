@@ -17,7 +17,7 @@ from colo import units
 from colo.cli.common import console, err_console, print_json, safe
 from colo.errors import ColoError, UsageError
 from colo.memory.db import ModelDB
-from colo.memory.worst_case import ModelRequest
+from colo.memory.worst_case import WorstCase
 from colo.spec.config import ColoConfig, GpuInventory, ModelSpec
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -44,7 +44,7 @@ def _targets(
     seq: int | None,
     new_tokens: int | None,
     random_weights: bool | None,
-) -> tuple[ColoConfig | None, dict[str, ModelRequest], dict[str, tuple[ModelRequest, ...]]]:
+) -> tuple[ColoConfig | None, dict[str, WorstCase], dict[str, tuple[WorstCase, ...]]]:
     """A config file (its models and agents) or model ids (the command line's shape), as requests."""
     from colo.memory.worst_case import agent_requests, config_requests, model_request
 
@@ -110,7 +110,7 @@ def estimate_command(
         return
 
     from colo.memory.db import ModelEntry, Provenance
-    from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, Workload, estimate
+    from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, estimate
     from colo.profiling.profiler import utc_now
 
     config, models, _agents = _targets(
@@ -121,7 +121,7 @@ def estimate_command(
     results = []
     for req in models.values():
         est = estimate(
-            Workload(req.model, req.dtype, req.batch_size, req.seq_len, req.new_tokens, req.path),
+            req,
             overhead_bytes=overhead[0] if overhead else DEFAULT_OVERHEAD_BYTES,
             overhead_source=overhead[1] if overhead else "default 680 MiB (H100, CUDA 13; docs/memory.md)",
         )

@@ -12,11 +12,10 @@ from rich.table import Table
 
 from colo import units
 from colo.cli.common import console, err_console, print_json, report_error, safe
-from colo.errors import ColoError, ConfigError, PlanError, UsageError
-from colo.plan import GpuSlot, Plan, inventory_slots, plan, require_complete
+from colo.errors import ConfigError, UsageError
+from colo.plan import GpuSlot, Plan, require_complete
 from colo.plan.allocation_doc import allocation_document
 from colo.plan.checks import Finding, check_allocation, check_plan
-from colo.plan.types import MemoryInputs
 from colo.spec.config import ColoConfig, GpuInventory, Policy
 from colo.spec.load import config_from_loaded
 from colo.spec.seed_format import (
@@ -25,6 +24,7 @@ from colo.spec.seed_format import (
     parse_allocation,
     parse_model_config,
 )
+from colo.supervise import planning
 
 _GPU_OPT = re.compile(r"^(?:(?P<count>\d+)x)?(?P<mem>[0-9.]+\s*[A-Za-z]+)$")
 
@@ -70,38 +70,6 @@ def load_plannable(path: str, gpu_opts: list[str]) -> ColoConfig:
     return config
 
 
-def gpu_slots(config: ColoConfig) -> list[GpuSlot]:
-    """The configured inventory, or for ``gpus: auto`` the GPUs NVML sees now."""
-    if config.gpus != "auto":
-        return inventory_slots(config)
-    try:
-        from colo.gpu.nvml import NvmlBackend, slots_from_snapshots
-    except ImportError as exc:  # pragma: no cover - the gpu layer ships with colo
-        raise PlanError("gpus: auto needs colo's GPU layer") from exc
-    try:
-        return slots_from_snapshots(NvmlBackend().gpus())
-    except ColoError as exc:
-        raise PlanError(
-            f"gpus: auto, but the GPUs cannot be read ({exc.message})",
-            hint="plan without a GPU with --gpu 24GiB (or list an inventory under 'gpus:')",
-        ) from exc
-
-
-def model_memory(config: ColoConfig, from_db: bool, db_path: str | None) -> MemoryInputs | None:
-    """Measured/estimated memory from the model database when asked (``--from-db`` or policy), else None.
-
-    Agents whose models were measured (or estimated) together get that one figure: one CUDA context per
-    process, not one per model."""
-    if not (from_db or config.policy.memory_source == "db"):
-        return None
-    from colo.memory.db import ModelDB
-    from colo.memory.resolve import plan_memory
-
-    db = ModelDB.open(db_path) if db_path else ModelDB.open_default(config)
-    resolved: MemoryInputs = plan_memory(config, db)
-    return resolved
-
-
 def _gib(value_bytes: int) -> str:
     return f"{value_bytes / units.GIB:.2f}"
 
@@ -145,7 +113,8 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool) -> None:
                        f"{g.utilization_pct:.1f}")
         console.print(gt)
     for f in p.findings:
-        console.print(f"[yellow]warning:[/] {safe(f.agent)}: {safe(f.message)}", highlight=False)
+        colour = "red" if f.severity == "error" else "yellow"
+        console.print(f"[{colour}]{f.severity}:[/] {safe(f.agent)}: {safe(f.message)}", highlight=False, soft_wrap=True)
     for u in p.unplaced:
         console.print(f"[red]left out:[/] {safe(u.reason)}", highlight=False)
 
@@ -163,7 +132,7 @@ def plan_command(
     from colo.files import write_atomic
 
     config = load_plannable(config_path, gpu)
-    p = plan(config, gpu_slots(config), model_memory(config, from_db, db))
+    p = planning.plan_config(config, from_db=from_db, db=db).plan
     doc = allocation_document(p)
     if out is not None:
         write_atomic(out, json.dumps(doc, indent=2) + "\n")
@@ -191,11 +160,11 @@ def _findings_for(path: str) -> tuple[str, list[Finding]]:
     file_findings = [Finding(f.severity, f.where, f.message)
                      for f in check_file(config, loaded, builtin_port=lambda name: builtin_port(config, name))]
     if config.gpus == "auto":
-        p = plan(config, [GpuSlot("local", 0, "unbounded", units.MAX_SIZE_BYTES)])
+        p = planning.plan_slots(config, [GpuSlot("local", 0, "unbounded", units.MAX_SIZE_BYTES)]).plan
         findings = [f for f in check_plan(p) if f.severity == "warning"]
         findings.append(Finding("warning", "gpus", "gpus: auto — placement not checked (no inventory)"))
         return kind, file_findings + findings
-    return kind, file_findings + check_plan(plan(config, inventory_slots(config)))
+    return kind, file_findings + check_plan(planning.plan_config(config).plan)
 
 
 def validate_command(

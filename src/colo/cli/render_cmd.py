@@ -15,7 +15,7 @@ import typer
 from colo import __version__
 from colo.cli.common import console, err_console, print_json, safe
 from colo.errors import UsageError
-from colo.plan import Plan, plan, require_complete
+from colo.plan import Plan, require_complete
 from colo.plan.explain import explain_plan
 from colo.spec.config import ColoConfig
 
@@ -29,12 +29,12 @@ RENDER_MARK = "# Rendered by `colo render"
 
 def _load(config_path: str, from_db: bool, db: str | None) -> tuple[ColoConfig, str, Plan]:
     """The config, its text, and its complete plan. Raises ConfigError, PlanError/DoesNotFitError."""
-    from colo.cli.plan_cmd import gpu_slots, model_memory
     from colo.spec.load import load_config, read_text
+    from colo.supervise.planning import plan_config
 
     text = read_text(config_path)
     config = load_config(config_path)
-    p = require_complete(plan(config, gpu_slots(config), model_memory(config, from_db, db)))
+    p = require_complete(plan_config(config, from_db=from_db, db=db).plan)
     return config, text, p
 
 
@@ -219,11 +219,11 @@ def explain_command(
     db: str | None = _DB,
 ) -> None:
     """Why each agent lands on its GPU (placement order, strategy, free room)."""
-    from colo.cli.plan_cmd import gpu_slots, model_memory
     from colo.spec.load import load_config
+    from colo.supervise.planning import plan_config
 
     config = load_config(config_path)
-    p = plan(config, gpu_slots(config), model_memory(config, from_db, db))
+    p = plan_config(config, from_db=from_db, db=db).plan
     pinned = [n for n, s in config.agents.items() if s.gpu is not None or s.node is not None]
     for line in explain_plan(p, reserve_per_gpu_bytes=config.policy.reserve_per_gpu_bytes, pinned=pinned):
         console.print(safe(line), highlight=False, soft_wrap=True)

@@ -51,12 +51,16 @@ def up_command(
     node: str | None = typer.Option(None, "--node", help="Which node of the inventory this machine is."),
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
     no_api: bool = typer.Option(False, "--no-api", help="Do not serve the HTTP API."),
+    force: bool = typer.Option(False, "--force", help="Run a plan that predicts an agent runs out of memory."),
 ) -> None:
     """Plan against the GPUs, start the MPS daemons, launch the agents by priority and supervise them."""
     from colo.spec import load_config
+    from colo.supervise import planning
     from colo.supervise.statedir import StateDirPaths, resolve_state_dir, running_orchestrator
 
     cfg = load_config(config)
+    if not force:  # exit 2 with the findings (the orchestrator plans the same way again)
+        planning.refuse_predicted_oom(planning.plan_node(cfg, planning.read_gpus(), node=node))
     sd = resolve_state_dir(cfg, state_dir)
     other = running_orchestrator(sd)
     if other is not None:

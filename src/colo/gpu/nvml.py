@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
@@ -26,7 +26,6 @@ from typing import Any, Protocol, runtime_checkable
 import psutil
 
 from colo.errors import GpuError
-from colo.plan.types import GpuSlot
 
 
 @dataclass(frozen=True)
@@ -104,14 +103,6 @@ class GpuBackend(Protocol):
     def driver_version(self) -> str: ...
 
     def cuda_version(self) -> str: ...
-
-
-def slots_from_snapshots(snaps: Iterable[GpuSnapshot], node: str = "local") -> list[GpuSlot]:
-    """GPUs found by NVML as planner slots (``gpus: auto``), UUID filled, in index order."""
-    return [
-        GpuSlot(node=node, index=s.index, name=s.name, memory_total_bytes=s.memory_total_bytes, uuid=s.uuid)
-        for s in sorted(snaps, key=lambda s: s.index)
-    ]
 
 
 def process_identity(pid: int) -> tuple[str, tuple[str, ...]]:

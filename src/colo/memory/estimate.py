@@ -42,15 +42,19 @@ The estimator's error against measured NVML peaks is reported by the GPU test an
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 from colo import units
 from colo.errors import ProfileError
+from colo.memory import catalog
 from colo.memory.allocator import kv_cache_footprint, segment_footprint
 from colo.memory.catalog import Task
+from colo.memory.worst_case import WorstCase
 
 DEFAULT_OVERHEAD_BYTES = 680 * units.MIB
 ALLOCATOR_SLACK = 0.05
@@ -58,18 +62,6 @@ ALLOCATOR_SLACK = 0.05
 ALLOCATOR_FLOOR_BYTES = 32 * units.MIB
 ALLOCATOR_ROUND_BYTES = 2 * units.MIB
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-@dataclass(frozen=True)
-class Workload:
-    """One model's worst case: ``seq_len`` is the input (encoders) or the prompt (generators, seq2seq)."""
-
-    model_id: str
-    dtype: str = "float32"
-    batch_size: int = 1
-    seq_len: int = 512
-    new_tokens: int = 0
-    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,9 +174,10 @@ def _creation_order(module: Any) -> list[tuple[int, Any]]:
 def _meta_shape(model_id: str, path: str | None) -> ModelShape:
     try:
         import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError as exc:
         raise ProfileError(
-            "estimating needs PyTorch and transformers (a meta-device build counts the parameters)",
+            "estimating a model outside colo's catalog needs PyTorch and transformers (a meta-device build counts the parameters)",
             hint="pip install 'colo[profile]', or declare `memory:` for the model",
         ) from exc
     from colo.memory.build import build
@@ -244,13 +237,40 @@ def _meta_shape(model_id: str, path: str | None) -> ModelShape:
     )
 
 
+def measure_shape(model_id: str, path: str | None = None) -> ModelShape:
+    """Shape numbers of ``model_id`` from a meta-device build now (needs torch + transformers; no GPU).
+    Raises UnknownModelError/ProfileError."""
+    return _meta_shape(model_id, path)
+
+
+@lru_cache(maxsize=1)
+def catalog_shapes() -> dict[str, ModelShape]:
+    """The shape numbers precomputed for the catalog models (``catalog/shapes.json``, written by
+    ``scripts/catalog_shapes.py``): estimating a catalog model needs no torch."""
+    try:
+        text = resources.files("colo.memory").joinpath("catalog", "shapes.json").read_text(encoding="utf-8")
+        raw = json.loads(text).get("shapes", {})
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for mid, d in raw.items():
+        d = dict(d, tensors=tuple((int(n), int(f)) for n, f in d.get("tensors", ())))
+        out[mid] = ModelShape(**d)
+    return out
+
+
 @lru_cache(maxsize=128)
 def _cached_shape(model_id: str, path: str | None) -> ModelShape:
+    if path is None:
+        found = catalog_shapes().get(catalog.canonical_id(model_id))
+        if found is not None:
+            return replace(found, model_id=model_id) if found.model_id != model_id else found
     return _meta_shape(model_id, path)
 
 
 def model_shape(model_id: str, path: str | None = None) -> ModelShape:
-    """Shape numbers of ``model_id`` from a meta-device build (cached). Raises UnknownModelError/ProfileError."""
+    """Shape numbers of ``model_id`` (cached): precomputed for catalog models, else from a meta-device build.
+    Raises UnknownModelError, ProfileError (a model outside the catalog without torch)."""
     return _cached_shape(model_id, path)
 
 
@@ -287,7 +307,7 @@ def _layer(shape: ModelShape, batch: int, seq: int, e: int, *, kv_seq: int | Non
     return allocated, max(allocated, blocks)
 
 
-def _encoder_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int]:
+def _encoder_parts(shape: ModelShape, w: WorstCase, e: int) -> tuple[int, int]:
     allocated, reserved = _layer(shape, w.batch_size, w.seq_len, e)
     persistent = 0
     if shape.relative_bias:  # kept for the whole pass
@@ -306,7 +326,7 @@ def _logits_bytes(shape: ModelShape, batch: int, e: int) -> int:
     return batch * shape.vocab * (e + 4 + 4)
 
 
-def _generator_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int, int, int]:
+def _generator_parts(shape: ModelShape, w: WorstCase, e: int) -> tuple[int, int, int, int]:
     """``(activations, activation footprint, KV cache, KV cache footprint)`` of one generate() call."""
     total = w.seq_len + w.new_tokens
     kv = _kv_bytes(shape, w.batch_size, total, shape.layers, e)
@@ -317,7 +337,7 @@ def _generator_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int, 
     return allocated + logits, reserved + logits, kv, kv_res
 
 
-def _seq2seq_parts(shape: ModelShape, w: Workload, e: int) -> tuple[int, int, int, int]:
+def _seq2seq_parts(shape: ModelShape, w: WorstCase, e: int) -> tuple[int, int, int, int]:
     enc_alloc, enc_res = _encoder_parts(shape, w, e)
     self_kv = _kv_bytes(shape, w.batch_size, max(w.new_tokens, 1), shape.decoder_layers, e)
     cross_kv = _kv_bytes(shape, w.batch_size, w.seq_len, shape.decoder_layers, e)
@@ -346,7 +366,7 @@ def _reserved(weights_reserved: int, act_reserved: int, kv_reserved: int) -> int
 
 def estimate_shape(
     shape: ModelShape,
-    w: Workload,
+    w: WorstCase,
     *,
     overhead_bytes: int = DEFAULT_OVERHEAD_BYTES,
     overhead_source: str = "default (H100, CUDA 13: 680 MiB)",
@@ -391,7 +411,7 @@ def estimate_shape(
 
 
 def estimate(
-    w: Workload,
+    w: WorstCase,
     *,
     overhead_bytes: int = DEFAULT_OVERHEAD_BYTES,
     overhead_source: str = "default (H100, CUDA 13: 680 MiB)",
@@ -401,12 +421,12 @@ def estimate(
     Raises UnknownModelError for a model colo cannot resolve, ProfileError without torch or for a bad dtype.
     """
     return estimate_shape(
-        model_shape(w.model_id, w.path), w, overhead_bytes=overhead_bytes, overhead_source=overhead_source
+        model_shape(w.model, w.path), w, overhead_bytes=overhead_bytes, overhead_source=overhead_source
     )
 
 
 def estimate_set(
-    workloads: list[Workload],
+    workloads: list[WorstCase],
     *,
     overhead_bytes: int = DEFAULT_OVERHEAD_BYTES,
 ) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from colo import units
 from colo.errors import ColoError
 from colo.memory.db import ModelDB, ModelEntry
-from colo.memory.worst_case import ModelRequest, agent_requests, model_request
+from colo.memory.worst_case import WorstCase, agent_requests, model_request
 from colo.plan.types import MemoryInputs, MemorySource, ModelMemory
 from colo.spec.config import ColoConfig
 
@@ -32,6 +32,7 @@ class MemoryRow:
     measured_bytes: int | None
     estimated_bytes: int | None
     chosen: ModelMemory | None
+    measured_gpu: str | None = None  # the GPU model of the measurement
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -55,7 +56,7 @@ class AgentMemory:
     detail: str
 
 
-def _lookup(db: ModelDB, req: ModelRequest, kind: str, gpu_name: str | None) -> ModelEntry | None:
+def _lookup(db: ModelDB, req: WorstCase, kind: str, gpu_name: str | None) -> ModelEntry | None:
     return db.lookup(
         req.model,
         dtype=req.dtype,
@@ -67,24 +68,20 @@ def _lookup(db: ModelDB, req: ModelRequest, kind: str, gpu_name: str | None) -> 
     )
 
 
-def _shape_text(req: ModelRequest) -> str:
+def _shape_text(req: WorstCase) -> str:
     shape = f"{req.dtype} b{req.batch_size}×{req.seq_len}"
     return shape + (f"+{req.new_tokens}" if req.new_tokens else "")
 
 
-def live_estimate(db: ModelDB, req: ModelRequest, gpu_name: str | None) -> tuple[int, str] | None:
-    """An estimate computed now (None without torch/transformers or for a model colo cannot resolve)."""
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        return None
-    from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, Workload, estimate
+def live_estimate(db: ModelDB, req: WorstCase, gpu_name: str | None) -> tuple[int, str] | None:
+    """An estimate computed now: catalog models from their precomputed shapes (no torch needed), others from a
+    meta-device build (None without torch/transformers, or for a model colo cannot resolve)."""
+    from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, estimate
 
     overhead = db.overhead_for(gpu_name) or db.overhead_for(None)
     try:
         est = estimate(
-            Workload(req.model, req.dtype, req.batch_size, req.seq_len, req.new_tokens, req.path),
+            req,
             overhead_bytes=overhead[0] if overhead else DEFAULT_OVERHEAD_BYTES,
             overhead_source=overhead[1] if overhead else "default 680 MiB",
         )
@@ -131,6 +128,7 @@ def memory_rows(
                 measured_bytes=measured.nvml_peak_bytes if measured else None,
                 estimated_bytes=estimated[0] if estimated else None,
                 chosen=chosen,
+                measured_gpu=(measured.provenance.gpu or "a GPU") if measured else None,
             )
         )
     return rows
@@ -154,7 +152,7 @@ def agent_memory_for_plan(config: ColoConfig, db: ModelDB, gpu_name: str | None 
     out: dict[str, AgentMemory] = {}
     for name, agent in config.agents.items():
         try:
-            reqs: tuple[ModelRequest, ...] = agent_requests(config, name)
+            reqs: tuple[WorstCase, ...] = agent_requests(config, name)
         except ColoError:  # a model colo cannot resolve: only declared figures can apply
             reqs = ()
         found = _measured_agent(db, name, reqs, gpu_name) if reqs else None
@@ -174,7 +172,7 @@ def agent_memory_for_plan(config: ColoConfig, db: ModelDB, gpu_name: str | None 
     return out
 
 
-def _measured_agent(db: ModelDB, name: str, reqs: tuple[ModelRequest, ...], gpu_name: str | None) -> AgentMemory | None:
+def _measured_agent(db: ModelDB, name: str, reqs: tuple[WorstCase, ...], gpu_name: str | None) -> AgentMemory | None:
     """The agent's set measured together, or combined from its models' own measurements, or None."""
     together = db.lookup_agent(name, tuple(r.shape for r in reqs), gpu_name=gpu_name)
     if together is not None:
@@ -193,17 +191,13 @@ def _measured_agent(db: ModelDB, name: str, reqs: tuple[ModelRequest, ...], gpu_
     return AgentMemory(name, overhead + weights + transient, "measured", "combined from per-model measurements")
 
 
-def _estimate_together(db: ModelDB, reqs: tuple[ModelRequest, ...], gpu_name: str | None) -> int | None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return None
-    from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, Workload, estimate_set
+def _estimate_together(db: ModelDB, reqs: tuple[WorstCase, ...], gpu_name: str | None) -> int | None:
+    from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, estimate_set
 
     overhead = db.overhead_for(gpu_name) or db.overhead_for(None)
     try:
         return estimate_set(
-            [Workload(r.model, r.dtype, r.batch_size, r.seq_len, r.new_tokens, r.path) for r in reqs],
+            list(reqs),
             overhead_bytes=overhead[0] if overhead else DEFAULT_OVERHEAD_BYTES,
         )
     except ColoError:

@@ -1,4 +1,6 @@
-"""Each model's declared worst case, from colo.yaml: what ``colo profile`` runs and ``colo estimate`` sizes.
+"""THE worst-case request shape (:class:`WorstCase`) and each model's, from colo.yaml: what ``colo profile``
+runs, ``colo estimate`` sizes and the model database is keyed by. (``spec.config.ModelSpec`` is what the user
+declared; :func:`model_request` turns it into a WorstCase.)
 
 Encoders: ``batch_size × max_seq_len`` in one forward pass. Generators: a ``max_seq_len`` prompt for each of
 ``batch_size`` sequences plus ``new_tokens`` generated. Seq2seq: a ``max_seq_len`` input, ``new_tokens`` out.
@@ -15,8 +17,10 @@ from colo.spec.config import ColoConfig, ModelSpec
 
 
 @dataclass(frozen=True)
-class ModelRequest:
-    """One model to load and run at its worst case (``seq_len``: input, or prompt for generators)."""
+class WorstCase:
+    """One model at its worst-case request: ``batch_size`` sequences of ``seq_len`` tokens (the input for
+    encoders, the prompt for generators and seq2seq) plus ``new_tokens`` generated, in ``dtype``. ``path``: a
+    local checkpoint; ``random_weights``: profile without downloading weights (None: colo decides)."""
 
     model: str
     dtype: str = "float32"
@@ -46,11 +50,11 @@ def task_for(model_id: str, spec: ModelSpec | None) -> Task:
     return catalog.task_of(model_id)  # raises UnknownModelError with the hint
 
 
-def model_request(model_id: str, spec: ModelSpec | None = None, *, random_weights: bool | None = None) -> ModelRequest:
+def model_request(model_id: str, spec: ModelSpec | None = None, *, random_weights: bool | None = None) -> WorstCase:
     """The worst case of one model (a bare id gets batch 1 × 512, 64 new tokens for generators)."""
     spec = spec or ModelSpec()
     task = task_for(model_id, spec)
-    return ModelRequest(
+    return WorstCase(
         model=model_id,
         dtype=spec.dtype,
         batch_size=spec.batch_size,
@@ -61,12 +65,12 @@ def model_request(model_id: str, spec: ModelSpec | None = None, *, random_weight
     )
 
 
-def config_requests(config: ColoConfig, *, random_weights: bool | None = None) -> dict[str, ModelRequest]:
+def config_requests(config: ColoConfig, *, random_weights: bool | None = None) -> dict[str, WorstCase]:
     """Every model of the config at its worst case, by model id."""
     return {mid: model_request(mid, spec, random_weights=random_weights) for mid, spec in config.models.items()}
 
 
-def agent_requests(config: ColoConfig, agent: str, *, random_weights: bool | None = None) -> tuple[ModelRequest, ...]:
+def agent_requests(config: ColoConfig, agent: str, *, random_weights: bool | None = None) -> tuple[WorstCase, ...]:
     """The models an agent loads together, each at its worst case. Raises ConfigError for an unknown agent."""
     if agent not in config.agents:
         raise ConfigError(f"no agent {agent!r}", field="agents", hint=f"agents are: {', '.join(config.agents)}")

@@ -102,6 +102,6 @@ def allocation_document(plan: Plan) -> dict[str, Any]:
                 {"agent": u.agent, "priority": u.priority, "limit_gb": units.gib(u.limit_bytes), "reason": u.reason}
                 for u in plan.unplaced
             ],
-            "findings": [{"agent": f.agent, "message": f.message} for f in plan.findings],
+            "findings": [{"agent": f.agent, "severity": f.severity, "message": f.message} for f in plan.findings],
         },
     }

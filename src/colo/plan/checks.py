@@ -30,7 +30,7 @@ class Finding:
 def check_plan(plan: Plan) -> list[Finding]:
     """Findings for a planned colo config: agents that fit nowhere, and policy warnings."""
     out = [Finding("error", f"agents.{u.agent}", f"does not fit: {u.reason}") for u in plan.unplaced]
-    out += [Finding("warning", f"agents.{f.agent}.margin", f.message) for f in plan.findings]
+    out += [Finding(f.severity, f"agents.{f.agent}.{f.topic}", f.message) for f in plan.findings]
     return out
 
 

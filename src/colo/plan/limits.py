@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from colo import units
 from colo.errors import PlanError
 from colo.plan.types import ModelMemory, PolicyFinding
-from colo.spec.config import ColoConfig
+from colo.spec.config import ColoConfig, Margin
 
 
 def declared_memory(config: ColoConfig) -> dict[str, ModelMemory]:
@@ -34,10 +34,14 @@ def agent_models(config: ColoConfig, agent: str, memory: Mapping[str, ModelMemor
     return tuple(out)
 
 
+def limit_for(requirement_bytes: int, margin: Margin, round_to_bytes: int) -> int:
+    """THE limit formula: an MPS limit of ``round_up(requirement + margin(requirement), round_to)`` bytes."""
+    return units.round_up(requirement_bytes + margin.margin_bytes(requirement_bytes), round_to_bytes)
+
+
 def agent_limit(config: ColoConfig, agent: str, requirement_bytes: int) -> tuple[int, int]:
-    """``(margin_bytes, limit_bytes)``: limit = round_up(requirement + margin); margin includes rounding."""
-    margin = config.margin_for(agent).margin_bytes(requirement_bytes)
-    limit = units.round_up(requirement_bytes + margin, config.policy.round_to_bytes)
+    """``(margin_bytes, limit_bytes)`` of ``agent`` (:func:`limit_for`); the margin includes the rounding."""
+    limit = limit_for(requirement_bytes, config.margin_for(agent), config.policy.round_to_bytes)
     return limit - requirement_bytes, limit
 
 

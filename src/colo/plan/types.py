@@ -130,10 +130,13 @@ class Summary:
 
 @dataclass(frozen=True)
 class PolicyFinding:
-    """A warning about a valid plan (e.g. a margin below the policy's)."""
+    """Something to know about a valid plan: a margin below the policy's (a warning), a declared ``memory``
+    below what the model's worst case needs (``topic`` "memory"; an error when the agent will run out)."""
 
     agent: str
     message: str
+    severity: Literal["warning", "error"] = "warning"
+    topic: str = "margin"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from colo.errors import ProfileError
 from colo.gpu.nvml import GpuBackend
 from colo.memory.db import AgentEntry, ModelDB, ModelEntry, Provenance
-from colo.memory.worst_case import ModelRequest
+from colo.memory.worst_case import WorstCase
 from colo.profiling.protocol import ProfileRequest
 from colo.profiling.sampler import DEFAULT_INTERVAL_SECS, PeakSampler, nvml_reader
 from colo.profiling.spawn import DEFAULT_TIMEOUT_SECS, ChildOutcome, child_env, run_child
@@ -31,7 +31,7 @@ def utc_now() -> str:
 class Job:
     """One child to run: a single model (``agent`` None) or an agent's model set."""
 
-    models: tuple[ModelRequest, ...]
+    models: tuple[WorstCase, ...]
     agent: str | None = None
 
     @property
@@ -89,7 +89,7 @@ def provenance_for(
     )
 
 
-def model_entry(req: ModelRequest, outcome: ChildOutcome, prov: Provenance) -> ModelEntry:
+def model_entry(req: WorstCase, outcome: ChildOutcome, prov: Provenance) -> ModelEntry:
     """The database entry for a single-model child. Raises ProfileError without an NVML peak."""
     res = outcome.result
     if outcome.nvml_peak_bytes is None:
@@ -118,7 +118,7 @@ def model_entry(req: ModelRequest, outcome: ChildOutcome, prov: Provenance) -> M
     )
 
 
-def agent_entry(agent: str, reqs: Sequence[ModelRequest], outcome: ChildOutcome, prov: Provenance) -> AgentEntry:
+def agent_entry(agent: str, reqs: Sequence[WorstCase], outcome: ChildOutcome, prov: Provenance) -> AgentEntry:
     """The database entry for an agent's model set. Raises ProfileError without an NVML peak."""
     res = outcome.result
     if outcome.nvml_peak_bytes is None:
@@ -199,8 +199,8 @@ class Profiler:
 
 
 def jobs_for(
-    models: Mapping[str, ModelRequest],
-    agents: Mapping[str, Sequence[ModelRequest]] | None = None,
+    models: Mapping[str, WorstCase],
+    agents: Mapping[str, Sequence[WorstCase]] | None = None,
 ) -> list[Job]:
     """One job per model, then one per agent with more than one model (single-model agents are covered by
     their model's own job)."""

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from colo.errors import ProfileError
-from colo.memory.worst_case import ModelRequest
+from colo.memory.worst_case import WorstCase
 
 PROTOCOL_VERSION = 1
 ErrorKind = Literal["oom", "config", "error"]
@@ -32,7 +32,7 @@ ErrorKind = Literal["oom", "config", "error"]
 class ProfileRequest:
     """What the child does: load ``models`` together on ``device``, then run each ``repeats`` times."""
 
-    models: tuple[ModelRequest, ...]
+    models: tuple[WorstCase, ...]
     device: str = "cuda"
     handshake: bool = True
     repeats: int = 1
@@ -50,7 +50,7 @@ class ProfileRequest:
             data = json.loads(text)
             if data.get("version") != PROTOCOL_VERSION:
                 raise ValueError(f"protocol version {data.get('version')!r}, expected {PROTOCOL_VERSION}")
-            models = tuple(ModelRequest(**m) for m in data["models"])
+            models = tuple(WorstCase(**m) for m in data["models"])
             if not models:
                 raise ValueError("no models")
             return ProfileRequest(

@@ -28,13 +28,12 @@ from colo.files import write_atomic
 from colo.gpu.mps.control import MpsControl
 from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, MpsRoot
 from colo.gpu.nvml import GpuBackend
-from colo.plan import plan
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
 from colo.spec.config import ColoConfig, HealthCheck
+from colo.supervise import planning
 from colo.supervise.agent import AgentSetup
 from colo.supervise.health import HealthChecker, Probe
-from colo.supervise.launch import agent_setup, describe_change
-from colo.supervise.local_plan import gpu_slots, local_node, split_local
+from colo.supervise.launch import describe_change
 from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_hooks import FleetHooks
 from colo.supervise.policy import RestartRules
@@ -273,10 +272,12 @@ class Orchestrator:
 
     def local_node(self, config: ColoConfig) -> str:
         """The node this orchestrator runs (``--node``, the inventory's only node, or ``local``)."""
-        return local_node(config, self.node)
+        return planning.local_node(config, self.node)
 
     def _slots(self, config: ColoConfig) -> tuple[list[GpuSlot], list[str]]:
-        return gpu_slots(config, self._backend_or_none(), self.local_node(config))
+        backend = self._backend_or_none()
+        gpus = backend.gpus() if backend is not None else None
+        return planning.gpu_slots(config, gpus, self.local_node(config))
 
     def _memory(
         self, config: ColoConfig, slots: Sequence[GpuSlot]
@@ -285,31 +286,28 @@ class Orchestrator:
         db`` (for this machine's GPU model), else None (the models' declared ``memory``)."""
         if self._memory_override is not None:
             return self._memory_override
-        if config.policy.memory_source != "db":
-            return None
-        from colo.memory.db import ModelDB
-        from colo.memory.resolve import plan_memory
-
-        gpu_name = slots[0].name if slots else None
-        return plan_memory(config, ModelDB.open_default(config), gpu_name)
+        return planning.memory_inputs(config, slots)
 
     def make_plan(self, config: ColoConfig) -> tuple[Plan, list[str]]:
-        """Plan ``config`` on this machine's GPUs (pure planner over NVML or inventory slots).
+        """Plan ``config`` on this machine's GPUs (the steps of :func:`colo.supervise.planning.plan_node`).
 
         Raises ConfigError, PlanError, GpuError.
         """
         slots, warnings = self._slots(config)
-        return plan(config, slots, self._memory(config, slots)), warnings
+        planned = planning.plan_slots(
+            config, slots, node=self.local_node(config), memory=self._memory(config, slots), warnings=warnings
+        )
+        return planned.plan, list(planned.warnings)
 
     def _local_placed(self, p: Plan, config: ColoConfig) -> tuple[list[AgentPlan], list[Unplaced]]:
-        return split_local(p, self.local_node(config), have_uuids=self._backend is not None)
+        return planning.split_local(p, self.local_node(config), have_uuids=self._backend is not None)
 
     # --- launch specs --------------------------------------------------------------------------------
 
     def setup_for(self, config: ColoConfig, ap: AgentPlan) -> AgentSetup:
-        """How ``ap`` is launched here (see :func:`colo.supervise.launch.agent_setup`)."""
+        """How ``ap`` is launched here (see :func:`colo.supervise.planning.launch_setup`)."""
         root = self._fleet.root if self._fleet is not None else None
-        return agent_setup(config, ap, config_copy=self.paths.config_copy, mps_root=root)
+        return planning.launch_setup(config, ap, config_copy=self.paths.config_copy, mps_root=root)
 
     # --- up / run / down -----------------------------------------------------------------------------
 

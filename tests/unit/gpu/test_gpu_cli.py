@@ -110,7 +110,7 @@ def test_parse_pinned_limit() -> None:
     assert parse_pinned_limit("0=lots") is None
 
 
-def test_mps_start_with_plan_defaults_status_and_stop(
+def test_mps_start_like_up_status_and_stop(
     fakes: tuple[FakeGpuBackend, FakeMpsControl], state: Path, newsroom_path: Path, limited_process: int
 ) -> None:
     backend, control = fakes
@@ -121,9 +121,8 @@ def test_mps_start_with_plan_defaults_status_and_stop(
     pipe = MpsRoot.under_state_dir(state).for_gpu(GPU0.uuid).pipe_dir
     daemon = control.daemon_at(pipe)
     assert daemon.visible_devices == GPU0.uuid
-    # The largest limit on that GPU (fact_checker: 4 GiB + 1 GiB margin, the seed's 5.0 GB) is the server-wide
-    # cap: clients can only lower it.
-    assert daemon.pinned_mem_limit == {"0": "5120M"}
+    # Started as `colo up` starts it: no server-wide default limit (each client's environment sets its own).
+    assert daemon.pinned_mem_limit == {}
 
     control.connect_client(pipe, limited_process)
     backend.set_processes([ClientProcess(limited_process, 0, GPU0.uuid, 900 * MIB, True)])

@@ -15,7 +15,6 @@ from colo.gpu.nvml import (
     NvmlBackend,
     cuda_version_text,
     merge_process_lists,
-    slots_from_snapshots,
 )
 from colo.units import GIB, MIB
 
@@ -167,15 +166,6 @@ def test_merge_uses_mps_memory_when_compute_list_has_none() -> None:
 def test_cuda_version_text() -> None:
     assert cuda_version_text(13000) == "13.0"
     assert cuda_version_text(12040) == "12.4"
-
-
-def test_slots_from_snapshots_in_index_order_with_uuid() -> None:
-    slots = slots_from_snapshots([fake_gpu(1), fake_gpu(0, memory_total_bytes=24 * GIB)], node="n1")
-    assert [(s.node, s.index, s.memory_total_bytes) for s in slots] == [
-        ("n1", 0, 24 * GIB),
-        ("n1", 1, 80 * GIB),
-    ]
-    assert slots[0].uuid == fake_gpu(0).uuid
 
 
 def test_fake_backend_is_a_gpu_backend_and_fails_on_demand() -> None:

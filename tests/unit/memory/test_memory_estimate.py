@@ -13,7 +13,8 @@ import pytest
 
 from colo import units
 from colo.memory import estimate as est
-from colo.memory.estimate import ModelShape, Workload
+from colo.memory.estimate import ModelShape
+from colo.memory.worst_case import WorstCase
 
 MIB = units.MIB
 
@@ -52,7 +53,7 @@ def test_weights_scale_with_dtype_but_integer_buffers_do_not() -> None:
 
 def test_encoder_with_fused_attention_is_bounded_by_the_feed_forward() -> None:
     s = _shape()
-    w = Workload("toy", "float32", batch_size=8, seq_len=128)
+    w = WorstCase("toy", "float32", batch_size=8, seq_len=128)
     e = est.estimate_shape(s, w, overhead_bytes=0)
     tokens = 8 * 128
     ffn = 2 * tokens * 256 * 4 + 2 * tokens * 1024 * 4
@@ -62,7 +63,7 @@ def test_encoder_with_fused_attention_is_bounded_by_the_feed_forward() -> None:
 
 
 def test_eager_attention_adds_two_score_matrices_and_relative_bias_one_more() -> None:
-    w = Workload("toy", "float32", batch_size=8, seq_len=512)
+    w = WorstCase("toy", "float32", batch_size=8, seq_len=512)
     fused = est.estimate_shape(_shape(), w, overhead_bytes=0).activation_bytes
     eager = est.estimate_shape(_shape(attention="eager"), w, overhead_bytes=0).activation_bytes
     biased = est.estimate_shape(_shape(attention="eager", relative_bias=True), w, overhead_bytes=0)
@@ -85,7 +86,7 @@ def test_generator_kv_cache_uses_kv_heads() -> None:
         gated=True,
         vocab=128256,
     )
-    w = Workload("toy", "bfloat16", batch_size=1, seq_len=1000, new_tokens=24)
+    w = WorstCase("toy", "bfloat16", batch_size=1, seq_len=1000, new_tokens=24)
     e = est.estimate_shape(llama_like, w, overhead_bytes=0)
     assert e.kv_cache_bytes == 2 * 32 * 1 * 1024 * 8 * 128 * 2  # 128 MiB at 1,024 tokens
     assert e.kv_cache_bytes == 128 * MIB
@@ -94,7 +95,7 @@ def test_generator_kv_cache_uses_kv_heads() -> None:
 
 def test_seq2seq_counts_self_and_cross_attention_caches() -> None:
     t5_like = _shape(task="seq2seq", model_type="t5", relative_bias=True, gated=True, decoder_layers=6)
-    w = Workload("toy", "float32", batch_size=4, seq_len=64, new_tokens=16)
+    w = WorstCase("toy", "float32", batch_size=4, seq_len=64, new_tokens=16)
     e = est.estimate_shape(t5_like, w, overhead_bytes=0)
     per_token = 2 * 6 * 4 * 4 * 64 * 4  # 2 × layers × batch × heads × head_dim × bytes
     assert e.kv_cache_bytes == per_token * (16 + 64)
@@ -104,7 +105,7 @@ def test_reserved_rounds_up_and_nvml_adds_the_overhead() -> None:
     assert est.reserved_for(0) == est.ALLOCATOR_FLOOR_BYTES
     r = est.reserved_for(100 * MIB)
     assert r % (2 * MIB) == 0 and r >= 105 * MIB
-    e = est.estimate_shape(_shape(), Workload("toy"), overhead_bytes=600 * MIB, overhead_source="test")
+    e = est.estimate_shape(_shape(), WorstCase("toy"), overhead_bytes=600 * MIB, overhead_source="test")
     assert e.nvml_peak_bytes == e.reserved_bytes + 600 * MIB
     assert e.reserved_bytes >= e.weights_bytes + e.activation_bytes
 
@@ -113,14 +114,14 @@ def test_bad_dtype() -> None:
     from colo.errors import ProfileError
 
     with pytest.raises(ProfileError):
-        est.estimate_shape(_shape(), Workload("toy", dtype="int8"))
+        est.estimate_shape(_shape(), WorstCase("toy", dtype="int8"))
 
 
 def test_estimate_real_catalog_model_weights_match_parameter_bytes() -> None:
-    e = est.estimate(Workload("roberta-base", "float32", 32, 512))
+    e = est.estimate(WorstCase("roberta-base", "float32", 32, 512))
     # 124.65 M parameters × 4 bytes, plus the position-id buffers
     assert e.weights_bytes == pytest.approx(124.65e6 * 4, rel=0.002)
-    half = est.estimate(Workload("roberta-base", "float16", 32, 512))
+    half = est.estimate(WorstCase("roberta-base", "float16", 32, 512))
     assert half.weights_bytes == pytest.approx(e.weights_bytes / 2, rel=0.01)
     assert e.overhead_bytes == est.DEFAULT_OVERHEAD_BYTES
     assert e.nvml_peak_bytes > e.weights_bytes + est.DEFAULT_OVERHEAD_BYTES
@@ -132,8 +133,8 @@ def test_tied_embeddings_count_once() -> None:
 
 
 def test_estimate_set_counts_one_overhead_and_the_largest_transient() -> None:
-    a = Workload("google/bert_uncased_L-2_H-128_A-2", "float32", 32, 512)
-    b = Workload("sentence-transformers/all-MiniLM-L6-v2", "float32", 32, 512)
+    a = WorstCase("google/bert_uncased_L-2_H-128_A-2", "float32", 32, 512)
+    b = WorstCase("sentence-transformers/all-MiniLM-L6-v2", "float32", 32, 512)
     ea, eb = est.estimate(a), est.estimate(b)
     together = est.estimate_set([a, b])
     assert together < ea.nvml_peak_bytes + eb.nvml_peak_bytes
@@ -198,7 +199,7 @@ def test_activation_formula_matches_tensors_alive_in_a_real_forward(model_id: st
         build.run_worst_case(built, batch, seq, 0)
     shape = est.model_shape(model_id, str(tmp_path))
     assert shape.attention == attn and shape.layers == 2
-    predicted = est.estimate_shape(shape, Workload(model_id, "float32", batch, seq)).activation_bytes
+    predicted = est.estimate_shape(shape, WorstCase(model_id, "float32", batch, seq)).activation_bytes
     assert predicted == pytest.approx(tracker.peak, rel=0.2)
 
 
@@ -209,7 +210,7 @@ def test_model_shape_is_cached() -> None:
 
 def test_allocator_footprint_of_fused_attention_counts_each_block_size() -> None:
     s = _shape()  # H = 256, I = 1024
-    w = Workload("toy", "float32", batch_size=32, seq_len=512)
+    w = WorstCase("toy", "float32", batch_size=32, seq_len=512)
     e = est.estimate_shape(s, w, overhead_bytes=0)
     th, ti = 32 * 512 * 256 * 4, 32 * 512 * 1024 * 4
     assert e.activation_reserved_bytes == 6 * th + 2 * ti  # separate segments per size, reused per layer
@@ -218,7 +219,7 @@ def test_allocator_footprint_of_fused_attention_counts_each_block_size() -> None
 
 def test_feed_forward_blocks_fit_into_freed_score_matrices() -> None:
     s = _shape(attention="eager", heads=16)  # S = 32 × 16 × 512² × 4 = 512 MiB > T·I = 64 MiB
-    w = Workload("toy", "float32", batch_size=32, seq_len=512)
+    w = WorstCase("toy", "float32", batch_size=32, seq_len=512)
     e = est.estimate_shape(s, w, overhead_bytes=0)
     th, scores, mask = 32 * 512 * 256 * 4, 32 * 16 * 512 * 512 * 4, 32 * 512 * 512 * 4
     assert e.activation_reserved_bytes == max(e.activation_bytes, 6 * th + 2 * scores + mask)

@@ -14,7 +14,7 @@ from colo.errors import GpuError, ProfileError
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.nvml import ClientProcess
 from colo.memory.db import ModelDB
-from colo.memory.worst_case import ModelRequest
+from colo.memory.worst_case import WorstCase
 from colo.profiling.profiler import Job, Profiler, jobs_for
 from colo.profiling.protocol import ChildResult, ModelRun, ProfileRequest, decode_event, encode_event
 from colo.profiling.sampler import PeakSampler, nvml_reader
@@ -25,7 +25,7 @@ TINY = "google/bert_uncased_L-2_H-128_A-2"
 
 
 def test_request_roundtrip_and_validation() -> None:
-    req = ProfileRequest(models=(ModelRequest(TINY, batch_size=2, seq_len=8),), device="cpu", repeats=2)
+    req = ProfileRequest(models=(WorstCase(TINY, batch_size=2, seq_len=8),), device="cpu", repeats=2)
     assert ProfileRequest.from_json(req.to_json()) == req
     for bad in (
         "",
@@ -125,7 +125,7 @@ def test_profiler_runs_a_real_child_and_records_it(tmp_path: Path) -> None:
     profiler = Profiler(
         db, backend, device="cpu", timeout_secs=240, interval_secs=0.005, now=lambda: "2026-11-21T18:00:00+00:00"
     )
-    req = ModelRequest(TINY, batch_size=2, seq_len=16)
+    req = WorstCase(TINY, batch_size=2, seq_len=16)
     result = profiler.run_job(Job((req,)))
     assert result.ok, result.error
     out = result.outcome
@@ -146,7 +146,7 @@ def test_profiler_runs_a_real_child_and_records_it(tmp_path: Path) -> None:
 
 
 def test_a_bad_request_is_a_failed_result_not_an_exception() -> None:
-    bad = ProfileRequest(models=(ModelRequest(TINY),), device="cpu", handshake=False, version=99)
+    bad = ProfileRequest(models=(WorstCase(TINY),), device="cpu", handshake=False, version=99)
     out = run_child(bad, timeout_secs=60)
     assert not out.result.ok and out.result.error_kind == "config" and out.returncode == 2
     assert "protocol version" in out.result.error
@@ -155,7 +155,7 @@ def test_a_bad_request_is_a_failed_result_not_an_exception() -> None:
 def test_a_child_past_its_timeout_is_killed(tmp_path: Path) -> None:
     slow = tmp_path / "slow.py"
     slow.write_text("import time\ntime.sleep(60)\n")
-    req = ProfileRequest(models=(ModelRequest(TINY),), device="cpu", handshake=False)
+    req = ProfileRequest(models=(WorstCase(TINY),), device="cpu", handshake=False)
     with pytest.raises(ProfileError, match="ran past"):
         _run_script(slow, req)
     assert not [c for c in psutil.Process().children() if c.is_running() and c.status() != "zombie"]
@@ -170,13 +170,13 @@ def _run_script(script: Path, req: ProfileRequest) -> None:
 
 
 def test_a_missing_interpreter_is_a_profile_error() -> None:
-    req = ProfileRequest(models=(ModelRequest(TINY),), device="cpu")
+    req = ProfileRequest(models=(WorstCase(TINY),), device="cpu")
     with pytest.raises(ProfileError, match="cannot start"):
         run_child(req, python="/nonexistent/python")
 
 
 def test_jobs_cover_models_then_multi_model_agents() -> None:
-    a, b = ModelRequest("a"), ModelRequest("b")
+    a, b = WorstCase("a"), WorstCase("b")
     jobs = jobs_for({"a": a, "b": b}, {"solo": [a], "pair": [a, b]})
     assert [j.label for j in jobs] == ["a", "b", "agent pair"]
 

@@ -1,0 +1,359 @@
+"""The one planning pipeline: (config, GPUs, model database) -> the plan, and the part this node runs.
+
+Every command that needs a plan gets it here — ``colo plan``, ``colo validate``, ``colo up`` / ``colo apply``
+(the orchestrator), ``colo serve``, ``colo mps env|start``, ``colo render``, ``colo capacity`` — so they can
+never disagree about an agent's limit or GPU (``tests/unit/supervise/test_supervise_planning_agreement.py``
+proves it).
+
+The steps, each a function below:
+
+1. **which node** this machine is (:func:`local_node`: ``--node``, the inventory's only node, else ``local``);
+2. **GPU slots** (:func:`gpu_slots`): ``gpus: auto`` -> the GPUs NVML sees (:func:`slots_from_snapshots`); an
+   inventory -> its slots, where this node's GPUs get the UUID of the NVML GPU with the same index (so the
+   newsroom's "RTX 3090, index 0" runs on whatever GPU 0 is here);
+3. **model memory** (:func:`memory_inputs`): declared ``memory`` (``memory_source: declared``), or measured >
+   estimated > declared from the model database for the GPU model planned for (``memory_source: db`` or
+   ``--from-db``);
+4. **the pure planner** (:func:`colo.plan.plan`);
+5. **the local split** (:meth:`NodePlan.local`): agents placed on other nodes are left to those nodes; agents
+   placed on an inventory GPU this machine does not have are reported, not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from colo import units
+from colo.errors import ColoError, PlanError
+from colo.gpu.mps.daemon import MpsRoot
+from colo.gpu.nvml import GpuSnapshot
+from colo.memory.db import ModelDB
+from colo.memory.resolve import agent_memory_for_plan, memory_rows, plan_memory
+from colo.memory.worst_case import WorstCase, model_request
+from colo.plan import inventory_slots, plan
+from colo.plan.limits import declared_memory
+from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, PolicyFinding, Unplaced
+from colo.spec.config import ColoConfig
+from colo.supervise.agent import AgentSetup
+from colo.supervise.launch import agent_setup
+
+MemoryArg = Mapping[str, ModelMemory] | MemoryInputs | None
+
+
+def local_node(config: ColoConfig, node: str | None = None) -> str:
+    """``node`` (``--node``), else the inventory's only node, else ``local``. Raises PlanError if ambiguous."""
+    if node:
+        return node
+    if config.gpus != "auto":
+        nodes = sorted({row.node for row in config.gpus})
+        if len(nodes) == 1:
+            return nodes[0]
+        if "local" in nodes:
+            return "local"
+        raise PlanError(
+            f"the inventory has several nodes ({', '.join(nodes)}) and none is 'local'",
+            hint="say which one this machine is with --node NAME",
+        )
+    return "local"
+
+
+def slots_from_snapshots(snaps: Iterable[GpuSnapshot], node: str = "local") -> list[GpuSlot]:
+    """GPUs found by NVML as planner slots (``gpus: auto``), UUID filled, in index order."""
+    return [
+        GpuSlot(node=node, index=s.index, name=s.name, memory_total_bytes=s.memory_total_bytes, uuid=s.uuid)
+        for s in sorted(snaps, key=lambda s: s.index)
+    ]
+
+
+def read_gpus() -> list[GpuSnapshot] | None:
+    """The GPUs NVML sees now, or None when NVML cannot be read here (no driver, no GPU, no pynvml)."""
+    try:
+        from colo.gpu.nvml import NvmlBackend
+
+        return list(NvmlBackend().gpus())
+    except (ColoError, OSError, ImportError):
+        return None
+
+
+def gpu_slots(
+    config: ColoConfig, gpus: Sequence[GpuSnapshot] | None, node: str
+) -> tuple[list[GpuSlot], list[str]]:
+    """GPU slots to plan with, and warnings. ``gpus``: NVML's GPUs on this machine, None when unknown.
+
+    Raises PlanError for ``gpus: auto`` without GPUs.
+    """
+    warnings: list[str] = []
+    if config.gpus == "auto":
+        if gpus is None:
+            raise PlanError(
+                "gpus: auto needs the real GPUs, and none can be read here",
+                hint="run where the NVIDIA driver is loaded (try `nvidia-smi`), or list an inventory under 'gpus:'",
+            )
+        return slots_from_snapshots(gpus, node=node), warnings
+    slots = inventory_slots(config)
+    if gpus is None:
+        return slots, warnings
+    real = {s.index: s for s in gpus}
+    out = []
+    for s in slots:
+        if s.node != node:
+            out.append(s)
+            continue
+        snap = real.get(s.index)
+        if snap is None:
+            warnings.append(f"inventory GPU {s.key} is not on this machine (NVML sees {len(real)} GPU(s))")
+            out.append(s)
+        else:
+            out.append(replace(s, uuid=snap.uuid))
+    return out, warnings
+
+
+def memory_gpu_name(slots: Sequence[GpuSlot]) -> str | None:
+    """The GPU model whose measurements the model database prefers: the first slot's name."""
+    return slots[0].name if slots else None
+
+
+def memory_inputs(
+    config: ColoConfig,
+    slots: Sequence[GpuSlot],
+    *,
+    from_db: bool = False,
+    db: ModelDB | str | Path | None = None,
+) -> MemoryInputs | None:
+    """Model memory for the planner: measured > estimated > declared from the model database (``db``: a
+    database, a file, or None for the state dir's) for the GPU model of ``slots``, when ``from_db`` or
+    ``policy.memory_source: db``; else None (the models' declared ``memory``).
+
+    Agents whose models were measured (or estimated) together get that one figure: one CUDA context per
+    process, not one per model. Raises ConfigError for a corrupt database file.
+    """
+    if not (from_db or config.policy.memory_source == "db"):
+        return None
+    return plan_memory(config, _open_db(config, db), memory_gpu_name(slots))
+
+
+def _open_db(config: ColoConfig, db: ModelDB | str | Path | None) -> ModelDB:
+    if isinstance(db, ModelDB):
+        return db
+    return ModelDB.open(db) if db is not None else ModelDB.open_default(config)
+
+
+def model_requirement(
+    config: ColoConfig, model: str, *, from_db: bool = False, db: ModelDB | str | Path | None = None
+) -> ModelMemory | None:
+    """One model's requirement as the plan of ``config`` counts it (``colo capacity --config``): from the
+    model database for the inventory's GPU model when the policy (or ``from_db``) says so, else declared.
+    None when the plan has no figure for it."""
+    slots = inventory_slots(config) if config.gpus != "auto" else []
+    mem = memory_inputs(config, slots, from_db=from_db, db=db)
+    if mem is not None:
+        return mem.models.get(model)
+    return declared_memory(config).get(model)
+
+
+class PredictedOutOfMemory(PlanError):
+    """The plan gives an agent a limit below what its models' worst case needs (``colo up`` without --force)."""
+
+    exit_code = 2
+
+
+def _gib_text(value_bytes: int) -> str:
+    gib = value_bytes / units.GIB
+    return f"{gib:.2f}".rstrip("0").rstrip(".") + " GiB" if gib < 1 else f"{gib:.1f} GiB"
+
+
+def _shape_text(case: WorstCase) -> str:
+    return f"{case.batch_size} × {case.seq_len}" + (f" + {case.new_tokens} new tokens" if case.new_tokens else "")
+
+
+def memory_findings(
+    config: ColoConfig, p: Plan, slots: Sequence[GpuSlot], db: ModelDB | str | Path | None = None
+) -> list[PolicyFinding]:
+    """Where the plan trusts a declared ``memory`` that the model's worst case exceeds, by the model database
+    (measured on the GPU model planned for, else on another) or, failing that, colo's estimate (catalog
+    models need no torch). An error when the agent's need (its models together, one CUDA context) passes its
+    limit — it will run out of memory — else a warning (only the margin covers it). Agents planned from
+    measured or estimated figures are not second-guessed."""
+    try:
+        database = _open_db(config, db)
+    except ColoError:  # a corrupt database: the plan itself says so when it needs one
+        return []
+    gpu = memory_gpu_name(slots)
+    rows = {r.model: r for r in memory_rows(config, database, gpu)}
+    together = agent_memory_for_plan(config, database, gpu)
+    out: list[PolicyFinding] = []
+    for ap in p.agents:
+        if ap.requirement_source != "sum of the models" or any(m.source != "declared" for m in ap.models):
+            continue
+        need = together.get(ap.name)
+        will_oom = need is not None and need.source != "declared" and need.requirement_bytes > ap.limit_bytes
+        severity: Literal["warning", "error"] = "error" if will_oom else "warning"
+        outcome = "it will run out of memory" if will_oom else f"only its margin covers it (limit {_gib_text(ap.limit_bytes)})"
+        named = 0
+        for m in ap.models:
+            row = rows.get(m.model)
+            if row is None or row.declared_bytes is None:
+                continue
+            if row.measured_bytes is not None:
+                needed, label = row.measured_bytes, f"measured on {row.measured_gpu}"
+            elif row.estimated_bytes is not None:
+                needed, label = row.estimated_bytes, "estimate"
+            else:
+                continue
+            if needed <= row.declared_bytes:
+                continue
+            named += 1
+            case = model_request(m.model, config.models.get(m.model))
+            out.append(PolicyFinding(
+                ap.name,
+                f"memory: {m.model} declares {_gib_text(row.declared_bytes)}; its worst case {_shape_text(case)} "
+                f"needs ~{_gib_text(needed)} ({label}) — {outcome}; raise `memory` or plan with --from-db",
+                severity,
+                "memory",
+            ))
+        if will_oom and not named and need is not None:
+            out.append(PolicyFinding(
+                ap.name,
+                f"memory: {', '.join(ap.model_ids)} together need ~{_gib_text(need.requirement_bytes)} "
+                f"({need.source}: {need.detail}), above the limit {_gib_text(ap.limit_bytes)} — it will run out "
+                "of memory; raise `memory` or plan with --from-db",
+                "error",
+                "memory",
+            ))
+    return out
+
+
+def refuse_predicted_oom(planned: NodePlan) -> None:
+    """Raise PredictedOutOfMemory naming every agent the plan predicts to run out of memory (``colo up``)."""
+    errors = [f for f in planned.plan.findings if f.severity == "error" and f.topic == "memory"]
+    if errors:
+        raise PredictedOutOfMemory(
+            "the plan predicts out-of-memory:\n" + "\n".join(f"  {f.agent}: {f.message}" for f in errors),
+            hint="raise those models' `memory` (or profile them and plan with memory_source: db); "
+            "--force runs it anyway",
+        )
+
+
+def split_local(p: Plan, node: str, *, have_uuids: bool) -> tuple[list[AgentPlan], list[Unplaced]]:
+    """Placed agents this node runs (plan order = priority order), and the agents it cannot run (the plan's
+    unplaced ones, and, when this machine's GPUs are known, those placed on a GPU it does not have)."""
+    mine: list[AgentPlan] = []
+    missing: list[Unplaced] = list(p.unplaced)
+    for ap in p.placed:
+        assert ap.gpu is not None
+        if ap.gpu.node != node:
+            continue
+        if have_uuids and ap.gpu.uuid is None:
+            missing.append(Unplaced(ap.name, ap.priority, ap.limit_bytes, f"{ap.gpu.key} is not on this machine"))
+            continue
+        mine.append(ap)
+    return mine, missing
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """A plan and what it means for this node.
+
+    ``node``: this machine's node (None: planned without one; :meth:`local` then asks :func:`local_node`).
+    ``gpus_known``: NVML's GPUs were given, so a placed agent without a GPU UUID is not on this machine.
+    ``warnings``: about the GPUs (an inventory GPU NVML does not see).
+    """
+
+    config: ColoConfig
+    plan: Plan
+    node: str | None
+    slots: tuple[GpuSlot, ...]
+    warnings: tuple[str, ...] = ()
+    gpus_known: bool = False
+
+    def local(self) -> tuple[list[AgentPlan], list[Unplaced]]:
+        """Agents this node runs, and those it cannot (see :func:`split_local`)."""
+        return split_local(self.plan, self.here(), have_uuids=self.gpus_known)
+
+    def here(self) -> str:
+        """This machine's node. Raises PlanError when an inventory of several nodes leaves it ambiguous."""
+        return self.node or local_node(self.config)
+
+    def elsewhere(self) -> list[str]:
+        """Agents placed on other nodes (run there, not here)."""
+        here = self.here()
+        return [ap.name for ap in self.plan.placed if ap.gpu is not None and ap.gpu.node != here]
+
+    def mps_gpu_uuids(self) -> list[str]:
+        """UUIDs of this node's GPUs that run an agent: the GPUs that need an MPS daemon."""
+        mine, _ = self.local()
+        return sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid})
+
+
+def plan_slots(
+    config: ColoConfig,
+    slots: Sequence[GpuSlot],
+    *,
+    node: str | None = None,
+    memory: MemoryArg = None,
+    from_db: bool = False,
+    db: ModelDB | str | Path | None = None,
+    warnings: Sequence[str] = (),
+    gpus_known: bool = False,
+) -> NodePlan:
+    """Plan ``config`` on ``slots`` (for this machine's ``node``, if known). ``memory`` overrides the memory step (tests, callers that resolved it).
+
+    Raises ConfigError, PlanError.
+    """
+    mem: MemoryArg = memory if memory is not None else memory_inputs(config, slots, from_db=from_db, db=db)
+    p = plan(config, slots, mem)
+    if memory is None:  # findings about declared numbers (a caller that gave its own memory knows better)
+        found = memory_findings(config, p, slots, db)
+        p = replace(p, findings=tuple(sorted((*p.findings, *found), key=lambda f: f.agent)))
+    return NodePlan(
+        config=config,
+        plan=p,
+        node=node,
+        slots=tuple(slots),
+        warnings=tuple(warnings),
+        gpus_known=gpus_known,
+    )
+
+
+def plan_node(
+    config: ColoConfig,
+    gpus: Sequence[GpuSnapshot] | None,
+    *,
+    node: str | None = None,
+    memory: MemoryArg = None,
+    from_db: bool = False,
+    db: ModelDB | str | Path | None = None,
+) -> NodePlan:
+    """The whole pipeline: node, slots (``gpus``: NVML's GPUs here, None when unknown), memory, plan.
+
+    Raises ConfigError, PlanError (``gpus: auto`` without GPUs, an ambiguous node, a model without memory).
+    """
+    here = local_node(config, node)
+    slots, warnings = gpu_slots(config, gpus, here)
+    return plan_slots(
+        config, slots, node=here, memory=memory, from_db=from_db, db=db, warnings=warnings,
+        gpus_known=gpus is not None,
+    )
+
+
+def plan_config(config: ColoConfig, *, from_db: bool = False, db: ModelDB | str | Path | None = None) -> NodePlan:
+    """Plan without running anything (``colo plan``, ``validate``, ``render``): an inventory as configured
+    (no GPU needed), ``gpus: auto`` on the GPUs NVML sees now. Raises ConfigError, PlanError."""
+    if config.gpus != "auto":
+        return plan_slots(config, inventory_slots(config), from_db=from_db, db=db)
+    gpus = read_gpus()
+    if gpus is None:
+        raise PlanError(
+            "gpus: auto, but the GPUs cannot be read here",
+            hint="plan without a GPU with --gpu 24GiB (or list an inventory under 'gpus:')",
+        )
+    return plan_node(config, gpus, from_db=from_db, db=db)
+
+
+def launch_setup(config: ColoConfig, ap: AgentPlan, *, config_copy: Path, mps_root: MpsRoot | None) -> AgentSetup:
+    """How planned agent ``ap`` is launched on this node: argv, MPS client environment, health, restart
+    rules (``colo up`` launches exactly this; ``colo mps env`` prints its environment)."""
+    return agent_setup(config, ap, config_copy=config_copy, mps_root=mps_root)

@@ -1,0 +1,163 @@
+"""THE agreement test: every caller gets its plan from the one pipeline (``colo.supervise.planning``).
+
+``colo plan --json``, ``colo mps env AGENT``, ``colo serve``'s plan and the limits ``colo up`` (the Orchestrator
+over fake NVML, fake MPS and a fake runner) launches each agent with must agree — for ``memory_source:
+declared`` and ``db``, on one GPU and on several. The model database holds measurements from the fake GPU's
+model AND newer ones from another GPU model, so a caller that asks the database without the GPU name (or
+ignores ``memory_source: db``) plans different limits and fails this test.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from colo import units
+from colo.api.readonly import load_read_only
+from colo.cli import gpu_cmd
+from colo.cli.main import app
+from colo.clock import FakeClock
+from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
+from colo.gpu.mps.fake import FakeMpsControl
+from colo.memory.db import ModelDB, ModelEntry, Provenance
+from colo.spec import load_config
+from colo.supervise.health import HealthResult
+from colo.supervise.orchestrator import Orchestrator
+from colo.supervise.runner import FakeRunner
+
+GIB, MIB = units.GIB, units.MIB
+HERE_GPU = "NVIDIA H100 80GB HBM3"  # the fake GPUs' name
+OTHER_GPU = "NVIDIA A10"
+MODELS = {"acme/enc-a": (1 * GIB, 1200 * MIB, 2600 * MIB), "acme/enc-b": (3 * GIB // 2, 900 * MIB, 2100 * MIB)}
+#          model: (declared, measured on HERE_GPU, measured later on OTHER_GPU)
+
+runner = CliRunner()
+
+
+def config_text(source: str, gpus: int, gpu_gib: int, inventory: bool) -> str:
+    gpu_rows = f"[{{name: {HERE_GPU}, memory: {gpu_gib}GiB, count: {gpus}}}]" if inventory else "auto"
+    models = "\n".join(
+        f"  {m}: {{memory: {d // MIB}MiB, task: encoder, batch_size: 32, max_seq_len: 512}}"
+        for m, (d, _, _) in MODELS.items()
+    )
+    return f"""
+version: 1
+gpus: {gpu_rows}
+policy: {{memory_source: {source}}}
+models:
+{models}
+agents:
+  wire: {{models: [acme/enc-a], priority: high, command: [bin-wire]}}
+  desk: {{models: [acme/enc-b], command: [bin-desk]}}
+  archive: {{models: [acme/enc-a], priority: low, command: [bin-archive]}}
+"""
+
+
+def entry(model: str, nvml_bytes: int, gpu: str, date: str) -> ModelEntry:
+    return ModelEntry(
+        model=model,
+        dtype="float32",
+        batch_size=32,
+        seq_len=512,
+        new_tokens=0,
+        kind="measured",
+        nvml_peak_bytes=nvml_bytes,
+        weights_bytes=90 * MIB,
+        reserved_peak_bytes=nvml_bytes - 500 * MIB,
+        overhead_bytes=500 * MIB,
+        provenance=Provenance(gpu=gpu, date=date),
+    )
+
+
+@pytest.fixture
+def state(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="cpa", dir="/tmp"))  # short: MPS pipe paths are Unix sockets
+    monkeypatch.setenv("COLO_STATE_DIR", str(d))
+    db = ModelDB(d / "model_db.json")
+    for model, (_, here, other) in MODELS.items():
+        db.put(entry(model, here, HERE_GPU, "2026-11-01T10:00:00+00:00"))
+        db.put(entry(model, other, OTHER_GPU, "2026-11-20T10:00:00+00:00"))  # newer, another GPU model
+    db.save()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def from_plan_json(path: Path) -> dict[str, tuple[str, int | None]]:
+    result = runner.invoke(app, ["plan", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)["mps_resource_allocation"]["agent_allocations"]
+    return {a: (v["colo"]["mps_pinned_device_mem_limit"], v["colo"]["gpu"]["index"]) for a, v in doc.items()}
+
+
+def from_mps_env(path: Path, agents: list[str], backend: FakeGpuBackend) -> dict[str, tuple[str, int | None]]:
+    by_uuid = {g.uuid: g.index for g in backend.gpus()}
+    out = {}
+    for a in agents:
+        result = runner.invoke(app, ["mps", "env", a, "--config", str(path)])
+        assert result.exit_code == 0, result.output
+        env = dict(ln[len("export "):].split("=", 1) for ln in result.stdout.splitlines() if ln.startswith("export "))
+        out[a] = (env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"].split("=", 1)[1], by_uuid[env["CUDA_VISIBLE_DEVICES"]])
+    return out
+
+
+def from_up(path: Path, state: Path, backend: FakeGpuBackend) -> tuple[dict[str, tuple[str, int | None]], dict[str, int]]:
+    clock = FakeClock()
+    fake_runner = FakeRunner()
+    orch = Orchestrator(
+        load_config(path),
+        state_dir=state,
+        gpu_backend=backend,
+        mps_control=FakeMpsControl(),
+        runner=fake_runner,
+        probe=lambda c: HealthResult(True, "ok"),
+        clock=clock,
+    )
+    orch.up()
+    try:
+        by_uuid = {g.uuid: g.index for g in backend.gpus()}
+        limits: dict[str, tuple[str, int | None]] = {}
+        limit_bytes: dict[str, int] = {}
+        for proc in fake_runner.spawned:
+            env: dict[str, Any] = dict(proc.spec.env)
+            name = env["COLO_AGENT"]
+            limits[name] = (env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"].split("=", 1)[1], by_uuid[env["CUDA_VISIBLE_DEVICES"]])
+            limit_bytes[name] = proc.spec.limit_bytes
+        return limits, limit_bytes
+    finally:
+        orch.down(sleep=clock.advance)
+
+
+@pytest.mark.parametrize("source", ["declared", "db"])
+@pytest.mark.parametrize(("gpus", "inventory"), [(1, False), (2, False), (2, True)], ids=["1gpu", "2gpus", "inventory"])
+def test_plan_mps_env_serve_and_up_agree(
+    source: str, gpus: int, inventory: bool, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpu_gib = 8 if gpus == 1 else 4  # several: the three agents do not fit on one 4 GiB GPU
+    backend = FakeGpuBackend([fake_gpu(i, memory_total_bytes=gpu_gib * GIB) for i in range(gpus)])
+    monkeypatch.setattr("colo.gpu.nvml.NvmlBackend", lambda *a, **k: backend)  # what every CLI caller opens
+    monkeypatch.setattr(gpu_cmd, "_backend", lambda: backend)
+    path = state / "colo.yaml"
+    path.write_text(config_text(source, gpus, gpu_gib, inventory))
+
+    planned = from_plan_json(path)
+    agents = sorted(planned)
+    launched, launched_bytes = from_up(path, state, backend)
+    assert launched == planned
+    assert from_mps_env(path, agents, backend) == planned
+    served = load_read_only(path, backend=backend).current_plan()
+    assert {a.name: (units.mps_limit(a.limit_bytes), a.gpu.index if a.gpu else None) for a in served.placed} == planned
+    assert launched_bytes == {a.name: a.limit_bytes for a in served.placed}
+
+    # and the plan is the right one: the declared numbers, or the measurements from THIS GPU's model
+    pick = 0 if source == "declared" else 1
+    for a in served.placed:
+        assert a.requirement_bytes == MODELS[a.models[0].model][pick], a
+    if gpus > 1:
+        assert len({gpu for _, gpu in planned.values()}) > 1  # the agents really are on several GPUs
