@@ -531,3 +531,30 @@ def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
     app.command("capacity")(capacity_command)
     app.command("advise")(advise_command)
+
+
+# --- llama.cpp: a random-weight GGUF, and clients spread over several servers ------------------------------
+
+
+@bench_app.command("make-gguf")
+@_cli_errors
+def bench_make_gguf(
+    out: Path = typer.Option(..., "--out", help="the GGUF file to write"),
+    shape: str = typer.Option("llama-3.1-8b", "--shape", help="llama-3.1-8b, llama-3.2-1b or tiny"),
+    quant: str = typer.Option("q4_k", "--quant", help="q4_k, q8_0 or f16"),
+    vocab_from: Path | None = typer.Option(None, "--vocab-from", help="vocab-only GGUF (ggml-vocab-llama-bpe.gguf)"),
+    layers: int = typer.Option(0, "--layers", min=0, help="override the shape's layer count"),
+    as_json: bool = _JSON,
+) -> None:
+    """Write a random-weight Llama GGUF for llama.cpp (needs the `gguf` package: llama.cpp's gguf-py)."""
+    from colo.bench.gguf_random import shape_named, write_random_gguf
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError as exc:
+        raise UsageError("the `gguf` package is missing", hint="put llama.cpp's gguf-py on PYTHONPATH, or pip install gguf") from exc
+    done = write_random_gguf(out, shape_named(shape, n_layers=layers), quant=quant, vocab_from=vocab_from)
+    if as_json:
+        print_json(done.to_dict())
+        return
+    console.print(safe(f"wrote {done.path}: {units.format_size(done.size_bytes)}, {done.tensors} tensors, {done.seconds:.1f} s"), highlight=False)
