@@ -20,6 +20,7 @@ LAYER = {
 # Same-layer imports that are part of the design.
 ALLOWED_SIDEWAYS = {
     ("supervise", "gpu"), ("profiling", "gpu"), ("profiling", "memory"), ("modelserver", "gpu"), ("memory", "plan"),
+    ("profiling", "supervise"),  # a command agent is profiled through the supervisor's runner and health probe
     ("supervise", "modelserver"), ("cli", "api"), ("cli", "bench"), ("cli", "render"),
     ("render", "cli"), ("bench", "api"),
 }

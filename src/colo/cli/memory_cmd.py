@@ -209,6 +209,7 @@ def profile_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from colo.gpu.nvml import NvmlBackend
+    from colo.profiling.command import command_agents, models_only_in_command_agents, profile_command_agent
     from colo.profiling.profiler import Profiler, jobs_for
 
     config, models, agent_sets = _targets(
@@ -228,6 +229,12 @@ def profile_command(
     env.update(_mps_env(match[0].uuid, config.state_dir if config else None, mps_pipe_dir))
     db = ModelDB.open(db_path) if db_path else ModelDB.open_default(config)
     profiler = Profiler(db, backend, device=device, env=env, timeout_secs=timeout)
+    commands = command_agents(config) if config is not None else {}
+    if commands:  # measured as they run (their own command under load), not in colo's child
+        assert config is not None
+        skip = models_only_in_command_agents(config)
+        models = {m: r for m, r in models.items() if m not in skip}
+        agent_sets = {a: r for a, r in agent_sets.items() if a not in commands}
     jobs = jobs_for(models, agent_sets if agents else None)
     results = []
     with Progress(
@@ -238,12 +245,20 @@ def profile_command(
         console=err_console,
         transient=as_json,
     ) as progress:
-        task = progress.add_task("profiling", total=len(jobs))
+        task = progress.add_task("profiling", total=len(jobs) + len(commands))
         for job in jobs:
             progress.update(task, description=f"profiling {job.label}")
             results.append(profiler.run_job(job, repeats=repeats))
             progress.advance(task)
             db.save()  # keep what was measured even if a later child is interrupted
+        for name, agent in commands.items():
+            progress.update(task, description=f"profiling agent {name} (its command, under its profile load)")
+            from colo.files import state_dir
+
+            log_dir = state_dir(config.state_dir if config else None) / "logs"
+            results.append(profile_command_agent(agent, db, backend, log_dir=log_dir, env=env))
+            progress.advance(task)
+            db.save()
     rows = [_result_row(r) for r in results]
     if export is not None and config is not None:
         from colo.files import write_atomic
@@ -265,6 +280,24 @@ def profile_command(
 def _result_row(r: Any) -> dict[str, Any]:
     out = r.outcome
     res = out.result if out else None
+    entry = r.agent_entry
+    if out is None and entry is not None and entry.command:  # a command agent: its process tree's peak
+        return {
+            "job": r.job.label,
+            "agent": r.job.agent,
+            "models": [m.model for m in r.job.models],
+            "ok": r.ok,
+            "error": r.error,
+            "weights": "its own command",
+            "weights_bytes": None,
+            "context_bytes": None,
+            "allocated_peak_bytes": None,
+            "reserved_peak_bytes": None,
+            "nvml_peak_bytes": entry.nvml_peak_bytes,
+            "samples": entry.samples,
+            "sample_hz": entry.sample_hz,
+            "command": entry.command,
+        }
     return {
         "job": r.job.label,
         "agent": r.job.agent,

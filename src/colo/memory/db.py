@@ -91,7 +91,8 @@ class ModelEntry:
 @dataclass(frozen=True)
 class AgentEntry:
     """An agent's model set loaded together in one process and run one request at a time, as the agent
-    would. ``models`` are ``(model, dtype, batch_size, seq_len, new_tokens)``."""
+    would; or a command agent (``command``: what ran and under which load), its process tree's NVML peak.
+    ``models`` are ``(model, dtype, batch_size, seq_len, new_tokens)``."""
 
     agent: str
     models: tuple[tuple[str, str, int, int, int], ...]
@@ -104,6 +105,7 @@ class AgentEntry:
     samples: int = 0
     sample_hz: float = 0.0
     provenance: Provenance = field(default_factory=Provenance)
+    command: str = ""  # a command agent: its argv and the load it was measured under ("" = colo's child)
 
     @property
     def key(self) -> tuple[Any, ...]:

@@ -63,9 +63,33 @@ def provenance_for(
 ) -> Provenance:
     """Provenance of one child's numbers: the GPU it was seen on (NVML), driver/CUDA, the child's torch."""
     res = outcome.result
-    gpu_name, uuid, driver, cuda = res.device_name, "", "", res.cuda_version
+    return gpu_provenance(
+        backend,
+        outcome.sampler.gpu_uuid if outcome.sampler else "",
+        now=now,
+        env=env,
+        gpu_name=res.device_name,
+        cuda=res.cuda_version,
+        torch=res.torch_version,
+        transformers=res.transformers_version,
+    )
+
+
+def gpu_provenance(
+    backend: GpuBackend | None,
+    uuid: str,
+    *,
+    now: Callable[[], str] = utc_now,
+    env: Mapping[str, str] | None = None,
+    gpu_name: str = "",
+    cuda: str = "",
+    torch: str = "",
+    transformers: str = "",
+) -> Provenance:
+    """Provenance of a measurement on the GPU ``uuid`` (NVML's name, driver and CUDA when ``backend`` answers;
+    else the given ``gpu_name``/``cuda``); ``mps`` when ``env`` names an MPS pipe directory."""
+    driver = ""
     if backend is not None:
-        uuid = outcome.sampler.gpu_uuid if outcome.sampler else ""
         try:
             snaps = backend.gpus()
             match = [g for g in snaps if g.uuid == uuid] or snaps[:1]
@@ -81,8 +105,8 @@ def provenance_for(
         gpu_uuid=uuid,
         driver=driver,
         cuda=cuda,
-        torch=res.torch_version,
-        transformers=res.transformers_version,
+        torch=torch,
+        transformers=transformers,
         date=now(),
         host=socket.gethostname(),
         mps=mps,

@@ -214,6 +214,32 @@ class RestartPolicy(_Strict):
     stop_signal: Literal["TERM", "INT", "QUIT", "HUP"] = "TERM"
 
 
+class ProfileLoad(_Strict):
+    """How ``colo profile`` drives a command agent while it samples the agent's GPU memory: ``concurrency``
+    clients send ``method path`` (JSON ``body``) back to back, ``requests`` in all or for ``duration_secs``."""
+
+    method: Literal["GET", "POST"] = "POST"
+    path: str = Field("/v1/chat/completions", description="Request path, e.g. /v1/chat/completions.")
+    body: dict[str, Any] | None = Field(None, description="JSON body of every request.")
+    url: str | None = Field(None, description="Base URL; default http://127.0.0.1:<port>.")
+    concurrency: int = Field(1, ge=1, le=256, strict=True, description="Clients sending at the same time.")
+    requests: int | None = Field(None, ge=1, le=1_000_000, strict=True, description="Requests in all (default 2 per client).")
+    duration_secs: float | None = Field(None, gt=0, le=86400, description="Send for this long instead.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} is not a request path; write e.g. '/v1/chat/completions'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ProfileLoad:
+        if self.requests is not None and self.duration_secs is not None:
+            raise ValueError("give 'requests' or 'duration_secs', not both")
+        return self
+
+
 class AgentSpec(_Strict):
     """An agent: one process that loads ``models`` together, run under one MPS limit."""
 
@@ -228,6 +254,7 @@ class AgentSpec(_Strict):
     port: int | None = Field(None, ge=1, le=65535, strict=True, description="Port the agent serves on (built-in agent).")
     health: HealthCheck = Field(default_factory=HealthCheck)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    profile: ProfileLoad | None = Field(None, description="Command agents: the load `colo profile` measures under.")
 
     @field_validator("command")
     @classmethod
@@ -250,6 +277,14 @@ class AgentSpec(_Strict):
             if "\x00" in v[key]:
                 raise ValueError(f"the value of {key} contains a NUL byte, which no environment can carry")
         return v
+
+    @model_validator(mode="after")
+    def _profile_needs_command(self) -> AgentSpec:
+        if self.profile is not None and self.command is None:
+            raise ValueError("'profile' applies to agents with a 'command' (the built-in agent is profiled by model)")
+        if self.profile is not None and self.profile.url is None and self.port is None:
+            raise ValueError("'profile' needs the agent's 'port' (or a 'url' in 'profile')")
+        return self
 
     @field_validator("models")
     @classmethod

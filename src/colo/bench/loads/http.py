@@ -2,7 +2,10 @@
 ``/v1/chat/completions``; each instance is one client sending requests back to back.
 
 Tokens come from the server's own counts: Ollama's ``eval_count`` (and ``eval_duration``, nanoseconds, for
-the server-side rate the seed guide reports), OpenAI's ``usage.completion_tokens``. Non-streaming requests.
+the server-side rate the seed guide reports), OpenAI's ``usage.completion_tokens`` (and, from llama.cpp's
+``llama-server``, its ``timings.predicted_ms``: the server-side generation time). Non-streaming requests.
+``ignore_eos`` (OpenAI API of llama-server) makes every request generate exactly ``max_tokens`` tokens: what a
+random-weight model needs, and what makes runs comparable.
 """
 
 from __future__ import annotations
@@ -18,22 +21,29 @@ _PATHS = {"ollama-chat": "/api/chat", "ollama-generate": "/api/generate", "opena
 
 @dataclass(frozen=True)
 class Completion:
-    """What one response said: generated tokens, server-side generation seconds (Ollama), prompt tokens."""
+    """What one response said: generated tokens, server-side generation seconds (Ollama's ``eval_duration``,
+    llama-server's ``timings.predicted_ms``), prompt tokens."""
 
     completion_tokens: int
     eval_secs: float | None
     prompt_tokens: int | None
 
 
-def request_body(api: str, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
-    """The JSON body for ``api`` (non-streaming). Raises ValueError for an unknown api."""
+def request_body(api: str, model: str, prompt: str, max_tokens: int, ignore_eos: bool = False) -> dict[str, Any]:
+    """The JSON body for ``api`` (non-streaming). ``ignore_eos``: llama-server's extension of the OpenAI body
+    (Ollama has none: refused there). Raises ValueError for an unknown api."""
+    if ignore_eos and api != "openai-chat":
+        raise ValueError(f"ignore_eos is a llama-server extension of the OpenAI API; {api} has no such option")
     messages = [{"role": "user", "content": prompt}]
     if api == "ollama-chat":
         return {"model": model, "messages": messages, "stream": False, "options": {"num_predict": max_tokens}}
     if api == "ollama-generate":
         return {"model": model, "prompt": prompt, "stream": False, "options": {"num_predict": max_tokens}}
     if api == "openai-chat":
-        return {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": False}
+        body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": False}
+        if ignore_eos:
+            body["ignore_eos"] = True
+        return body
     raise ValueError(f"unknown api {api!r}; use one of {', '.join(APIS)}")
 
 
@@ -54,7 +64,10 @@ def parse_completion(api: str, body: Any) -> Completion:
     if not isinstance(usage, dict) or "completion_tokens" not in usage:
         raise ValueError(f"{api}: the response has no 'usage.completion_tokens'")
     prompt = usage.get("prompt_tokens")
-    return Completion(int(usage["completion_tokens"]), None, int(prompt) if prompt is not None else None)
+    timings = body.get("timings")  # llama-server's own clock for this request
+    predicted_ms = timings.get("predicted_ms") if isinstance(timings, dict) else None
+    eval_secs = float(predicted_ms) / 1000 if isinstance(predicted_ms, int | float) and predicted_ms > 0 else None
+    return Completion(int(usage["completion_tokens"]), eval_secs, int(prompt) if prompt is not None else None)
 
 
 class HttpClient:
@@ -69,6 +82,7 @@ class HttpClient:
         max_tokens: int = 128,
         timeout_secs: float = 300.0,
         api_key: str | None = None,
+        ignore_eos: bool = False,
     ) -> None:
         import httpx
 
@@ -76,7 +90,7 @@ class HttpClient:
             raise ValueError(f"unknown api {api!r}; use one of {', '.join(APIS)}")
         self.api = api
         self.endpoint = url.rstrip("/") + _PATHS[api]
-        self.body = request_body(api, model, prompt, max_tokens)
+        self.body = request_body(api, model, prompt, max_tokens, ignore_eos)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout_secs, headers=headers)
 
