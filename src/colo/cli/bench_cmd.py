@@ -558,3 +558,54 @@ def bench_make_gguf(
         print_json(done.to_dict())
         return
     console.print(safe(f"wrote {done.path}: {units.format_size(done.size_bytes)}, {done.tensors} tensors, {done.seconds:.1f} s"), highlight=False)
+
+
+@bench_app.command("servers")
+@_cli_errors
+def bench_servers(
+    url: list[str] = typer.Option(..., "--url", help="a server's base URL; repeat: client i -> URL i mod count"),
+    setup: str = typer.Option(..., "--setup", help="how the servers run: mps, timeslice, or batching (one server)"),
+    api: str = typer.Option("openai-chat", "--api", help="openai-chat, ollama-chat or ollama-generate"),
+    model: str = typer.Option("llama3.1:8b", "--model", "-m", help="model name the servers know"),
+    prompt: str = typer.Option("Write a short paragraph about GPUs.", "--prompt"),
+    max_tokens: int = typer.Option(128, "--max-tokens", min=1),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="llama-server: always generate --max-tokens"),
+    concurrency: str = typer.Option("1,2,3", "--concurrency", "-n", help="concurrent clients, e.g. 1,2,3"),
+    duration: float = _DURATION,
+    title: str = typer.Option("llama-server", "--title"),
+    append: bool = typer.Option(False, "--append", help="keep the other setups already in OUT/bench.json"),
+    out: Path = _OUT,
+    gpu: int = _GPU,
+    as_json: bool = _JSON,
+) -> None:
+    """N clients over running servers, recorded as one setup (the guide's table: bench.json/md + servers.md)."""
+    from colo.bench.loads.http import APIS
+    from colo.bench.report import load_json, to_json, write_reports
+    from colo.bench.servers import merge_into, run_servers, table_markdown
+    from colo.files import write_atomic
+
+    if api not in APIS:
+        raise UsageError(f"--api {api!r}: use one of {', '.join(APIS)}")
+    if ignore_eos and api != "openai-chat":
+        raise UsageError("--ignore-eos is llama-server's extension of the OpenAI API: use --api openai-chat")
+    params = {"api": api, "model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": ignore_eos}
+    previous = None
+    if append and (out / "bench.json").exists():
+        try:
+            previous = load_json((out / "bench.json").read_text(encoding="utf-8"))[0]
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            raise ConfigError(f"not a colo bench result: {exc}", source=str(out / "bench.json")) from exc
+    result = run_servers(
+        url, parse_int_list(concurrency, "--concurrency"), params, setup=setup, duration_secs=duration,
+        title=title, backend=_backend(required=False), gpu_index=gpu,
+        on_point=lambda p: err_console.print(safe(_point_line(p)), highlight=False),
+    )
+    result = merge_into(previous, result)
+    write_reports([result], out)
+    write_atomic(out / "servers.md", "\n".join([f"## {result.title}", "", *table_markdown(result), ""]))
+    if as_json:
+        import sys
+
+        sys.stdout.write(to_json([result]) + "\n")
+        return
+    console.print("\n".join(table_markdown(result)), highlight=False, markup=False)
