@@ -28,12 +28,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-np", "--parallel", type=int, default=1)
     p.add_argument("--load-secs", type=float, default=0.3)
     p.add_argument("--secs-per-token", type=float, default=0.001)
+    p.add_argument("--version", action="store_true")
     args, _unknown = p.parse_known_args(argv)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if args.version:
+        print("version: 0 (fake llama-server)\nbuilt with python for tests")
+        return
     ready_at = time.monotonic() + args.load_secs
     slots = threading.Semaphore(max(args.parallel, 1))
 

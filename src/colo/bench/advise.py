@@ -1,5 +1,5 @@
-"""``colo advise``: the seed guide's decision — MPS, separate servers (time-slicing), or MIG — from a
-configuration, its plan and (best) a ``colo bench`` result measured on the same GPU.
+"""``colo advise``: the seed guide's decision — MPS, separate servers (time-slicing), MIG, or one batching
+server — from a configuration, its plan and (best) a ``colo bench`` result measured on the same GPU.
 
 Each rule that applies adds a :class:`Reason` pointing at one option with a weight; the option with the
 highest total wins (ties: MPS, then separate servers, then MIG). Measurements weigh most: a measured MPS /
@@ -12,12 +12,16 @@ The rules (seed guide's decision framework, made concrete):
   ≥ 80 % → separate servers (1) (nothing to overlap);
 - more agents on a GPU than MPS clients allowed (or agents the planner left out for that reason) →
   separate servers (3);
-- every agent runs the same runtime (colo's built-in agent, or one command) → MPS (1) ("same framework");
+- every agent runs the same runtime (colo's built-in agent, or one program) → MPS (1) ("same framework");
 - high-priority agents share a GPU with others → isolation matters: a fatal GPU fault in one MPS client is
   reported to every client of that GPU → MIG (2) on a MIG-capable GPU when the agents fit its slices, else
   separate servers (2);
 - low-priority agents with a smaller thread share → MPS (1) (only MPS enforces SM shares and priorities
   between processes);
+- a measured batching setup (``colo bench servers --setup batching``: one server, N parallel slots, e.g.
+  llama-server ``-np N`` / Ollama's ``OLLAMA_NUM_PARALLEL``) ≥ 1.05× the best separate-servers setup at the
+  largest common N → one batching server (3); ≤ 0.95× → the best separate setup (2). When the batching
+  server wins, a note says what it costs: one process, one fault domain, and one copy of the weights;
 - no measurement → a note to run ``colo bench``.
 """
 
@@ -25,15 +29,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from colo.bench.results import BenchResult
 from colo.plan.types import Plan
 from colo.spec.config import ColoConfig
 
-Option = Literal["mps", "separate", "mig"]
-OPTIONS: tuple[Option, ...] = ("mps", "separate", "mig")
-OPTION_NAMES = {"mps": "MPS", "separate": "separate servers (time-slicing)", "mig": "MIG"}
+Option = Literal["mps", "separate", "mig", "batching"]
+OPTIONS: tuple[Option, ...] = ("mps", "separate", "mig", "batching")
+OPTION_NAMES = {
+    "mps": "MPS",
+    "separate": "separate servers (time-slicing)",
+    "mig": "MIG",
+    "batching": "one batching server (N parallel slots)",
+}
 MIG_CAPABLE = ("a100", "a30", "h100", "h200", "h20", "b200", "b100", "gb200", "rtx pro 6000")
 MIG_MAX_INSTANCES = 7
 
@@ -47,7 +57,7 @@ class Reason:
     text: str
 
     def symbol(self) -> str:
-        return {"mps": "+MPS", "separate": "+separate", "mig": "+MIG"}[self.points_to]
+        return {"mps": "+MPS", "separate": "+separate", "mig": "+MIG", "batching": "+batching"}[self.points_to]
 
     def to_dict(self) -> dict[str, Any]:
         return {"points_to": self.points_to, "weight": self.weight, "text": self.text}
@@ -108,6 +118,9 @@ def _bench_reasons(runs: Sequence[BenchResult]) -> tuple[list[Reason], list[str]
                 )
             else:
                 notes.append(f"{run.title}: MPS and time-slicing within 5 % at N={n} ({r:.2f}×)")
+        batching_reasons, batching_notes = _batching_reasons(run)
+        reasons += batching_reasons
+        notes += batching_notes
         single = run.point("timeslice", 1) or run.point("mps", 1)
         sm = single.gpu.sm_util_mean_pct if single is not None and single.gpu is not None else None
         if sm is not None:
@@ -130,6 +143,42 @@ def _bench_reasons(runs: Sequence[BenchResult]) -> tuple[list[Reason], list[str]
                     )
                 )
     return reasons, notes
+
+
+def _batching_reasons(run: BenchResult) -> tuple[list[Reason], list[str]]:
+    """One server with N slots against N separate servers (the best of MPS and time-slicing) at the largest
+    N both measured."""
+    separate = [m for m in ("mps", "timeslice") if m in run.modes()]
+    common = [
+        n
+        for n in run.concurrencies("batching")
+        if n > 1 and any(run.point(m, n) is not None for m in separate)
+    ]
+    if not common:
+        return [], []
+    n = max(common)
+    batch = run.point("batching", n)
+    assert batch is not None
+    best_mode, best = max(
+        ((m, p.aggregate_per_sec) for m in separate if (p := run.point(m, n)) is not None), key=lambda mv: mv[1]
+    )
+    if best <= 0:
+        return [], []
+    ratio = batch.aggregate_per_sec / best
+    unit = f"{run.unit}/s"
+    setup = "MPS" if best_mode == "mps" else "time-sliced"
+    text = (
+        f"{run.title}: one server with {n} slots {batch.aggregate_per_sec:,.1f} {unit} aggregate vs "
+        f"{best:,.1f} for {n} separate servers ({setup}): {ratio:.2f}×"
+    )
+    if ratio >= 1.05:
+        return [Reason("batching", 3, text)], [
+            "one batching server is one process: one crash or GPU fault stops every stream, and its slots "
+            "share one context size; it holds the weights once, where N servers hold N copies"
+        ]
+    if ratio <= 0.95:
+        return [Reason("mps" if best_mode == "mps" else "separate", 2, text + " (batching slower)")], []
+    return [], [text + " (within 5 %)"]
 
 
 def advise(config: ColoConfig, plan: Plan, runs: Sequence[BenchResult] = ()) -> Advice:
@@ -162,11 +211,12 @@ def advise(config: ColoConfig, plan: Plan, runs: Sequence[BenchResult] = ()) -> 
             "neither MPS nor time-slicing adds memory"
         )
 
-    commands = {tuple(a.command) if a.command else ("<colo built-in agent>",) for a in config.agents.values()}
+    # The runtime is the program (three llama-servers on three ports are one runtime).
+    commands = {Path(a.command[0]).name if a.command else "<colo built-in agent>" for a in config.agents.values()}
     if len(commands) == 1 and len(config.agents) > 1:
         reasons.append(Reason("mps", 1, "every agent runs the same runtime — the seed's 'same framework' case"))
     elif len(commands) > 1:
-        notes.append(f"{len(commands)} different agent commands: heterogeneous runtimes")
+        notes.append(f"{len(commands)} different agent programs ({', '.join(sorted(commands))}): heterogeneous runtimes")
 
     by_name = {a.name: a for a in plan.placed}
     isolation_gpus = [

@@ -170,8 +170,8 @@ def resolve_requirement(
     seq_len: int = 512,
     new_tokens: int = 0,
 ) -> tuple[int, str]:
-    """The model's requirement in bytes and where it came from: ``memory`` when given, else what the config's
-    plan counts for it (declared ``memory``, or the model database under ``memory_source: db``), else colo's offline estimate (catalog models; needs torch) for the given shape.
+    """The model's requirement in bytes and where it came from: ``memory`` when given, else a command agent's
+    measurement (:func:`measured_in_command_agent`), else what the config's plan counts for it (declared ``memory``, or the model database under ``memory_source: db``), else colo's offline estimate (catalog models; needs torch) for the given shape.
 
     Raises ValueError saying what to pass when none gives a number.
     """
@@ -179,6 +179,10 @@ def resolve_requirement(
         return units.parse_size(memory), "given (--memory)"
     if config is not None and model in config.models:
         from colo.supervise.planning import model_requirement
+
+        by_agent = measured_in_command_agent(config, model)
+        if by_agent is not None:
+            return by_agent
 
         planned = model_requirement(config, model)  # what `colo plan` counts for it
         if planned is not None:
@@ -219,3 +223,23 @@ def resolve_gpu_memory(
         first = config.gpus[0]
         return first.name, first.memory_bytes
     raise ValueError("which GPU? pass --gpu NAME (e.g. H100) or --gpu-memory 80GiB, or --config with a gpus list")
+
+
+def measured_in_command_agent(config: ColoConfig, model: str) -> tuple[int, str] | None:
+    """Under ``memory_source: db``: the largest measured peak of a command agent serving only ``model``
+    (``colo profile`` of e.g. a llama-server agent), with where it came from; else None."""
+    if config.policy.memory_source != "db":
+        return None
+    from colo.memory.db import ModelDB
+    from colo.memory.resolve import agent_memory_for_plan
+
+    found = agent_memory_for_plan(config, ModelDB.open_default(config))
+    serving = [
+        (found[name], name)
+        for name, agent in config.agents.items()
+        if agent.command is not None and agent.models == [model] and name in found and found[name].source == "measured"
+    ]
+    if not serving:
+        return None
+    mem, name = max(serving, key=lambda pair: pair[0].requirement_bytes)
+    return mem.requirement_bytes, f"measured: agent {name}, {mem.detail}"

@@ -14,7 +14,7 @@ each) and measured together. With ``append``, the points of earlier setups in th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -121,9 +121,10 @@ def server_rate(point: PointResult) -> tuple[float | None, float | None]:
     return sum(rates) / len(rates), sum(rates)
 
 
-def table_rows(result: BenchResult) -> list[dict[str, Any]]:
+def table_rows(result: BenchResult, memory: Mapping[str, Sequence[int]] | None = None) -> list[dict[str, Any]]:
     """The guide's table as data: per setup and N, client-counted and server-reported tok/s, efficiency,
-    MPS / time-slicing, p50/p99 seconds per request, the largest server process's memory."""
+    MPS / time-slicing, p50/p99 seconds per request, and ``memory[setup]``: the servers' GPU memory (bytes,
+    e.g. from ``colo status``; the benchmark itself only sees its clients)."""
     rows = []
     for mode in result.modes():
         for n in result.concurrencies(mode):
@@ -131,7 +132,6 @@ def table_rows(result: BenchResult) -> list[dict[str, Any]]:
             if p is None:
                 continue
             per_client, summed = server_rate(p)
-            mem = p.gpu.process_memory_max_bytes() if p.gpu else {}
             rows.append(
                 {
                     "setup": mode,
@@ -146,13 +146,13 @@ def table_rows(result: BenchResult) -> list[dict[str, Any]]:
                     "p50_secs": p.latency.p50_secs if p.latency.count else None,
                     "p99_secs": p.latency.p99_secs if p.latency.count else None,
                     "requests": p.latency.count,
-                    "gpu_process_memory_bytes": sorted(mem.values(), reverse=True),
+                    "server_memory_bytes": list((memory or {}).get(mode, ())),
                 }
             )
     return rows
 
 
-def table_markdown(result: BenchResult) -> list[str]:
+def table_markdown(result: BenchResult, memory: Mapping[str, Sequence[int]] | None = None) -> list[str]:
     """:func:`table_rows` as a Markdown table."""
 
     def num(v: float | None, fmt: str = "{:.1f}") -> str:
@@ -160,11 +160,11 @@ def table_markdown(result: BenchResult) -> list[str]:
 
     lines = [
         "| setup | streams | per stream tok/s | aggregate tok/s | server: per stream | server: aggregate "
-        "| scaling eff. | MPS / TS | p50 s | p99 s | GPU memory per process |",
+        "| scaling eff. | MPS / TS | p50 s | p99 s | GPU memory per server |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in table_rows(result):
-        mem = ", ".join(f"{b / 2**30:.2f} GiB" for b in r["gpu_process_memory_bytes"]) or "–"
+    for r in table_rows(result, memory):
+        mem = ", ".join(f"{b / 2**30:.2f} GiB" for b in r["server_memory_bytes"]) or "–"
         eff = r["scaling_efficiency"]
         lines.append(
             f"| {r['setup_name']} | {r['streams']} | {num(r['per_stream_tok_per_sec'])} | "
