@@ -13,7 +13,9 @@
 # · 5 the same three servers time-sliced (`colo up --no-mps`), `--setup timeslice` · 6 one server with 3 slots
 # (colo.batching.yaml), `--setup batching` · 7 `colo capacity`, `colo advise`, results.{json,md}.
 # $OUT gets at most 8 files: results.json results.md bench.json bench.md bench.png gpu_llama.log llama-logs.txt.
-# Knobs: BENCH_DURATION (s per point, default 6), MAX_TOKENS (per request, default 128), LLAMA_TARBALL.
+# Knobs: BENCH_DURATION (s per point, default 6), MAX_TOKENS (per request, default 128), LLAMA_TARBALL,
+# PYTHON (the interpreter with colo's dependencies), BUILD_ONLY=1 (stop after the build: split into two calls
+# while the machine stays warm, if one call would run past its limit).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -67,6 +69,7 @@ else
   say "GPU-RESULT step=build ok=True seconds=$(( $(date +%s) - T0 ))"
 fi
 LLAMA_VERSION=$(llama-server --version 2>&1 | grep -i -m1 version || echo unknown)
+if [ "${BUILD_ONLY:-0}" = 1 ]; then say "BUILD_ONLY: $LLAMA_VERSION"; trap - EXIT; exit 0; fi
 
 # --- 2. the model -----------------------------------------------------------------------------------------
 GGUF="$W/llama-3.1-8b-q4_k.gguf"

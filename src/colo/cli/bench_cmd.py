@@ -544,7 +544,7 @@ def bench_make_gguf(
     quant: str = typer.Option("q4_k", "--quant", help="q4_k, q8_0 or f16"),
     vocab_from: Path | None = typer.Option(None, "--vocab-from", help="vocab-only GGUF (ggml-vocab-llama-bpe.gguf)"),
     layers: int = typer.Option(0, "--layers", min=0, help="override the shape's layer count"),
-    as_json: bool = _JSON,
+    as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
     """Write a random-weight Llama GGUF for llama.cpp (needs the `gguf` package: llama.cpp's gguf-py)."""
     from colo.bench.gguf_random import shape_named, write_random_gguf
@@ -571,12 +571,12 @@ def bench_servers(
     max_tokens: int = typer.Option(128, "--max-tokens", min=1),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="llama-server: always generate --max-tokens"),
     concurrency: str = typer.Option("1,2,3", "--concurrency", "-n", help="concurrent clients, e.g. 1,2,3"),
-    duration: float = _DURATION,
+    duration: float = typer.Option(10.0, "--duration", min=0.1, help="timed window per point, seconds"),
     title: str = typer.Option("llama-server", "--title"),
     append: bool = typer.Option(False, "--append", help="keep the other setups already in OUT/bench.json"),
-    out: Path = _OUT,
-    gpu: int = _GPU,
-    as_json: bool = _JSON,
+    out: Path = typer.Option(Path("bench-out"), "--out", help="directory for bench.json/md/png and servers.md"),
+    gpu: int = typer.Option(0, "--gpu", help="NVML index of the GPU (activity samples)"),
+    as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
     """N clients over running servers, recorded as one setup (the guide's table: bench.json/md + servers.md)."""
     from colo.bench.loads.http import APIS

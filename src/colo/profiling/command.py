@@ -214,7 +214,7 @@ def run_command_agent(
     )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle = runner.spawn(spec, log_path)
-    sampler = PeakSampler(reader, handle.pid, interval_secs=interval_secs).start()
+    stop_sampling = _sample_peak(reader, handle.pid, interval_secs)
     started = time.monotonic()
     try:
         _wait_healthy(agent, handle, runner, probe, log_path, started, poll_secs)
@@ -223,17 +223,37 @@ def run_command_agent(
         if outcome.ok == 0:
             raise ProfileError(f"agent {agent.name}: no load request succeeded ({outcome.first_error})")
     finally:
-        stats = sampler.stop()
+        peak = stop_sampling()
         _stop(agent, handle, runner)
     return CommandRun(
         pid=handle.pid,
-        peak_bytes=stats.peak_bytes,
-        samples=stats.samples,
-        sample_hz=stats.rate_hz,
-        gpu_uuid=stats.gpu_uuid,
+        peak_bytes=peak.peak_bytes,
+        samples=peak.samples,
+        sample_hz=peak.sample_hz,
+        gpu_uuid=peak.gpu_uuid,
         ready_secs=ready,
         load=outcome,
     )
+
+
+@dataclass(frozen=True)
+class _Peak:
+    peak_bytes: int | None
+    samples: int
+    sample_hz: float
+    gpu_uuid: str
+
+
+def _sample_peak(reader: Reader, pid: int, interval_secs: float) -> Callable[[], _Peak]:
+    """Start sampling ``pid`` through ``reader`` on a background thread; returns the function that stops it
+    and gives the peak. (The one place this module touches the NVML sampler.)"""
+    sampler = PeakSampler(reader, pid, interval_secs=interval_secs).start()
+
+    def stop() -> _Peak:
+        stats = sampler.stop()
+        return _Peak(stats.peak_bytes, stats.samples, stats.rate_hz, stats.gpu_uuid)
+
+    return stop
 
 
 def _wait_healthy(
