@@ -64,7 +64,9 @@ def wait_ready(
         pids = {a["name"]: a["pid"] for a in agents}
         running = agents and all(a["state"] == "RUNNING" for a in agents)
         fresh = not not_pids or all(pids.get(n) != p for n, p in not_pids.items())
-        if running and fresh and all(chat_ok(ports[a["name"]], 10.0) for a in agents if a["name"] in ports):
+        # Always send the requests: an idle server whose MPS server died only notices at its next CUDA call.
+        answers = [chat_ok(ports[a["name"]], 10.0) for a in agents if a["name"] in ports]
+        if running and fresh and all(answers):
             return True, time.monotonic() - start, pids
         if time.monotonic() - start > timeout_secs:
             states = ", ".join(f"{a['name']}={a['state']}" for a in agents)
@@ -244,7 +246,7 @@ def main() -> int:
     dr = sub.add_parser("drill")
     dr.add_argument("config")
     dr.add_argument("--out", required=True)
-    dr.add_argument("--timeout", type=float, default=240.0)
+    dr.add_argument("--timeout", type=float, default=150.0)
     dr.add_argument("--fake", action="store_true")
     s = sub.add_parser("summary")
     s.add_argument("dir")

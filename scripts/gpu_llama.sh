@@ -133,7 +133,7 @@ bench() {  # $1 setup, then URLs
 up() {  # $1 config, $2 extra flag
   say "colo up $1 $2"
   colo up -d "$1" $2 --force || return 1
-  "$PY" "$REPO/scripts/gpu_llama.py" wait "$1" --timeout 300
+  "$PY" "$REPO/scripts/gpu_llama.py" wait "$1" --timeout 150
 }
 down() { colo down --config "$1" --timeout 60 > /dev/null; }
 S=(http://127.0.0.1:9301 http://127.0.0.1:9302 http://127.0.0.1:9303)
