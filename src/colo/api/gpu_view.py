@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 from colo.api.source import ApiSource
 from colo.errors import ColoError
 from colo.files import state_dir
+from colo.gpu import procs
 from colo.gpu.info import gpu_info
 from colo.gpu.mps.daemon import MpsRoot
 from colo.supervise.snapshots import AgentStatus
@@ -75,12 +74,9 @@ def agent_of(pid: int, by_pid: dict[int, str]) -> str | None:
     """The agent whose process is ``pid`` or one of its ancestors (an agent's command may fork its worker)."""
     if pid in by_pid:
         return by_pid[pid]
-    try:
-        for parent in psutil.Process(pid).parents():
-            if parent.pid in by_pid:
-                return by_pid[parent.pid]
-    except (psutil.Error, OSError):
-        return None
+    for parent in procs.ancestors(pid) or ():
+        if parent in by_pid:
+            return by_pid[parent]
     return None
 
 

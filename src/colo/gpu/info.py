@@ -20,9 +20,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
 from colo import units
+from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl, SubprocessMpsControl
 from colo.gpu.mps.daemon import DaemonStatus, MpsDaemon, MpsRoot
 from colo.gpu.nvml import ClientProcess, GpuBackend
@@ -33,9 +32,8 @@ _LIMIT_ITEM = re.compile(r"^\s*(\d+)\s*=\s*(\S+)\s*$")
 def pinned_limit_of(pid: int) -> int | None:
     """The ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` a running process was started with, for its device 0 (or its
     only entry), in bytes; None when unset or unreadable (other user, other PID namespace)."""
-    try:
-        env = psutil.Process(pid).environ()
-    except (psutil.Error, OSError):
+    env = procs.environ(pid)
+    if env is None:
         return None
     return parse_pinned_limit(env.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", ""))
 

@@ -25,6 +25,7 @@ from typing import Any
 from colo.clock import Clock, SystemClock
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
 from colo.files import write_atomic
+from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl
 from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, MpsRoot
 from colo.gpu.nvml import GpuBackend
@@ -480,17 +481,13 @@ class Orchestrator:
             write_atomic(self.paths.config_copy, config_yaml(config, self.config_path))
 
     def _gpu_memory(self, pids: Sequence[int]) -> dict[int, int]:
-        import psutil
-
         backend = self._backend
         if backend is None:
             return {}
         used = {p.pid: p.used_memory_bytes for p in backend.processes() if p.used_memory_bytes is not None}
         out: dict[int, int] = {}
         for pid in pids:
-            family = [pid]
-            with contextlib.suppress(psutil.Error):
-                family += [c.pid for c in psutil.Process(pid).children(recursive=True)]
+            family = [pid, *procs.descendants(pid)]
             vals = [used[q] for q in family if q in used]
             if vals:
                 out[pid] = sum(vals)
