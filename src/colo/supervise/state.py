@@ -81,7 +81,3 @@ def check_transition(old: AgentState, new: AgentState) -> None:
     if new not in ALLOWED[old]:
         raise TransitionError(f"{old.value} -> {new.value} is not an allowed agent transition")
 
-
-def is_up(state: AgentState) -> bool:
-    """Whether a process is (meant to be) alive in this state."""
-    return state in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING)

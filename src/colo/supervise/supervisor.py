@@ -199,12 +199,6 @@ class Supervisor:
         for setup, reason in changes:
             self._rolling.queue.append((setup.name, setup, reason))
 
-    @property
-    def rolling_pending(self) -> list[str]:
-        """Agents still waiting for (or in) their rolling restart."""
-        names = [n for n, _, _ in self._rolling.queue]
-        return ([self._rolling.current] if self._rolling.current else []) + names
-
     def _tick_rolling(self, now: float) -> None:
         r = self._rolling
         if r.current is not None:
