@@ -1,4 +1,4 @@
-"""The supervisor's view of the per-GPU MPS daemons (:class:`~colo.supervise.supervisor.MpsHooks`), over
+"""The supervisor's view of the per-GPU MPS daemons (:class:`~colo.supervise.recovery.MpsHooks`), over
 ``colo.gpu.mps.daemon.MpsFleet``: FAULT detection (``get_server_status``; fault lines new in each daemon's
 ``control.log``/``server.log`` name the client when they can), ``terminate_client``, restarting one daemon.
 
@@ -14,7 +14,7 @@ import time
 from colo.errors import MpsError
 from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, ServerStatus
 from colo.gpu.mps.log import MpsLogKind, MpsLogReader
-from colo.supervise.supervisor import MpsFault
+from colo.supervise.recovery import MpsFault
 
 #: A fault line in an MPS log names the culprit of a FAULT seen within this many seconds.
 HINT_SECS = 60.0

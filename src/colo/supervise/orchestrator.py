@@ -39,12 +39,13 @@ from colo.supervise.local_plan import gpu_slots, local_node, split_local
 from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_hooks import FleetHooks
 from colo.supervise.policy import RestartRules
+from colo.supervise.recovery import RecoveryRecord
 from colo.supervise.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
 from colo.supervise.snapshots import AgentStatus, Event, EventKind
 from colo.supervise.state import AgentState
 from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_dir
 from colo.supervise.store import AgentRecord, Store
-from colo.supervise.supervisor import RecoveryRecord, Supervisor
+from colo.supervise.supervisor import Supervisor
 
 TICK_SECS = 0.5
 MPS_COMMAND_TIMEOUT_SECS = 5.0
