@@ -10,7 +10,8 @@ Errors (all ColoError, so the CLI prints one paragraph and exits with their code
 
 - nothing answers -> OrchestratorUnreachable "no orchestrator running at 127.0.0.1:8014";
 - 401 -> UsageError (wrong or missing token); 404 -> UsageError (no such agent);
-- 422 -> ConfigError with the server's field and line; 409 -> SupervisorError;
+- 422 -> ConfigError with the server's field and line, DoesNotFitError with its agents, else PlanError;
+- 409 -> SupervisorError;
 - anything else -> ApiError with the status and the server's message.
 """
 
@@ -24,7 +25,15 @@ from typing import Any, Literal
 import httpx
 
 from colo.api.auth import read_token
-from colo.errors import ColoError, ConfigError, OrchestratorUnreachable, SupervisorError, UsageError
+from colo.errors import (
+    ColoError,
+    ConfigError,
+    DoesNotFitError,
+    OrchestratorUnreachable,
+    PlanError,
+    SupervisorError,
+    UsageError,
+)
 from colo.spec.config import ApiSettings
 
 DEFAULT_URL = "http://127.0.0.1:8014"
@@ -136,6 +145,10 @@ class ApiClient:
                 field=body.get("field"),
                 line=body.get("line"),
             )
+        if status == 422 and isinstance(body.get("agents"), list):
+            return DoesNotFitError(message, agents=tuple(str(a) for a in body["agents"]))
+        if status == 422:
+            return PlanError(message)
         if status == 409:
             return SupervisorError(message)
         return ApiError(f"the orchestrator answered {status}: {message}", status=status)

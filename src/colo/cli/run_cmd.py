@@ -2,25 +2,28 @@
 
 ``up`` runs the orchestrator in the foreground (systemd-friendly: SIGTERM/SIGINT stop it cleanly, SIGHUP
 re-applies the config file) or detached. The other commands find it through its state directory: the
-SQLite store is the truth for ``status``; actions are queued in the store and answered by the running
-orchestrator on its next tick (so they work whether or not its HTTP API is up).
+SQLite store is the truth for ``status`` when no API answers; actions (``apply``, ``agent start|stop|restart``)
+go to the running orchestrator's HTTP API (its address and token are in the state dir), and ``down`` signals
+its pid.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from colo.cli.common import console, err_console, print_json
 from colo.errors import ColoError, OrchestratorUnreachable, SupervisorError, UsageError
+
+if TYPE_CHECKING:
+    from colo.api.client import Verb
 
 STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
 REQUEST_TIMEOUT_SECS = 60.0
@@ -331,19 +334,16 @@ def status_command(
     console.print(table)
 
 
-# --- requests to the running orchestrator ------------------------------------------------------------------
+# --- actions, through the running orchestrator's HTTP API ----------------------------------------------------
 
 
-class RequestRefused(ColoError):
-    """The running orchestrator refused a queued request (its message and exit code)."""
+def orchestrator_client(sd: Path, *, timeout_secs: float = REQUEST_TIMEOUT_SECS) -> Any:
+    """An :class:`~colo.api.client.ApiClient` for the orchestrator running with state dir ``sd``.
 
-
-def send_request(sd: Path, action: str, arg: str | None, *, timeout_secs: float = REQUEST_TIMEOUT_SECS) -> Any:
-    """Queue ``action`` for the running orchestrator and wait for its answer (its JSON result).
-
-    Raises OrchestratorUnreachable when none runs, SupervisorError when it does not answer in time, and the
-    orchestrator's error (with its exit code) when it refused.
+    Raises OrchestratorUnreachable when none runs there, or when it serves no HTTP API (``colo up --no-api``).
     """
+    from colo.api.auth import read_token
+    from colo.api.client import ApiClient
     from colo.supervise.statedir import StateDirPaths, running_orchestrator
     from colo.supervise.store import Store
 
@@ -352,24 +352,19 @@ def send_request(sd: Path, action: str, arg: str | None, *, timeout_secs: float 
         raise OrchestratorUnreachable(
             f"colo is not running with state dir {sd}", hint="start it with `colo up CONFIG` (or pass --state-dir)"
         )
-    store = Store(StateDirPaths(sd).db)
-    try:
-        rid = store.add_request(time.time(), action, arg)
-        deadline = time.monotonic() + timeout_secs
-        while True:
-            req = store.request(rid)
-            if req is not None and req.done:
-                result = json.loads(req.result or "null")
-                if not req.ok:
-                    err = RequestRefused(str(result.get("error", "refused")))
-                    err.exit_code = int(result.get("exit_code", 1))
-                    raise err
-                return result
-            if time.monotonic() > deadline:
-                raise SupervisorError(f"the orchestrator (pid {pid}) did not answer within {timeout_secs:g} s")
-            time.sleep(0.1)
-    finally:
-        store.close()
+    store = Store.open_existing(StateDirPaths(sd).db)
+    url = None
+    if store is not None:
+        try:
+            url = store.get_meta("api_url")
+        finally:
+            store.close()
+    if not url:
+        raise OrchestratorUnreachable(
+            f"colo is up (pid {pid}) but serves no HTTP API, so it cannot be asked to act",
+            hint="start it without --no-api; `colo down` (a signal) still works",
+        )
+    return ApiClient(str(url), read_token(sd), timeout_secs=timeout_secs)
 
 
 def apply_command(
@@ -380,10 +375,14 @@ def apply_command(
     """Move the running system to a new colo.yaml: restart only the agents whose limit, placement, command or
     env changed, one at a time. If it does not fit, nothing changes."""
     from colo.spec import load_config
+    from colo.supervise.statedir import config_yaml
 
-    load_config(config)  # a bad file is reported here, with its line
+    cfg = load_config(config)  # a bad file is reported here, with its line
     sd = _state_dir(state_dir, config)
-    result = send_request(sd, "apply", json.dumps({"path": str(config.resolve())}))
+    with orchestrator_client(sd) as client:
+        # Sent whole, model paths made absolute: the orchestrator may run in another directory.
+        result = client.apply(config_yaml(cfg, config.resolve()))
+    result.pop("applied", None)
     if as_json:
         print_json(result)
         return
@@ -395,9 +394,10 @@ def apply_command(
 agent_app = typer.Typer(help="Start, stop or restart one agent of the running system.", no_args_is_help=True)
 
 
-def _agent_action(action: str, name: str, state_dir: Path | None, as_json: bool) -> None:
+def _agent_action(action: Verb, name: str, state_dir: Path | None, as_json: bool) -> None:
     sd = _state_dir(state_dir, None)
-    result = send_request(sd, action, name)
+    with orchestrator_client(sd) as client:
+        result = client.action(name, action)["status"]
     if as_json:
         print_json(result)
     else:

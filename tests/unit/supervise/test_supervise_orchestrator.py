@@ -353,7 +353,7 @@ def test_apply_leaves_out_low_priority_when_full(tmp_path: Path) -> None:
     orch.down(sleep=w.clock.advance)
 
 
-def test_start_stop_restart_by_name_and_queued_requests(tmp_path: Path) -> None:
+def test_start_stop_restart_by_name(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1)
     orch = w.orchestrator(config(agent("a")))
     orch.up()
@@ -364,13 +364,10 @@ def test_start_stop_restart_by_name_and_queued_requests(tmp_path: Path) -> None:
     orch.start("a")
     w.run(orch, 2)
     assert orch.status("a").state == S.RUNNING
-    rid = orch.store.add_request(0.0, "restart", "a")
-    bad = orch.store.add_request(0.0, "stop", "nobody")
-    w.run(orch, 0.5)
-    req = orch.store.request(rid)
-    assert req is not None and req.done and req.ok
-    req = orch.store.request(bad)
-    assert req is not None and req.done and not req.ok and "nobody" in (req.result or "")
+    pid = w.pid(orch, "a")
+    orch.restart("a")
+    w.run(orch, 2)
+    assert orch.status("a").state == S.RUNNING and w.pid(orch, "a") != pid
     with pytest.raises(KeyError):
         orch.restart("nobody")
     orch.down(sleep=w.clock.advance)
