@@ -32,8 +32,9 @@ from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, Supervi
 from colo.files import write_atomic
 from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl
-from colo.gpu.mps.daemon import MpsFleet
+from colo.gpu.mps.daemon import MpsFleet, MpsRoot
 from colo.gpu.nvml import GpuBackend
+from colo.gpu.poller import GpuPoller, GpuState, no_gpu_state
 from colo.plan import plan
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
 from colo.spec.config import ColoConfig
@@ -48,13 +49,15 @@ from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_hooks import FleetHooks
 from colo.supervise.recovery import RecoveryRecord
 from colo.supervise.runner import ProcessRunner, Runner
-from colo.supervise.snapshots import AgentStatus, Event, EventKind
+from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
 from colo.supervise.state import AgentState
 from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_dir
 from colo.supervise.store import Store
 from colo.supervise.supervisor import Supervisor
 
 TICK_SECS = 0.5
+#: How often (seconds) the GPUs and their MPS daemons are read for the snapshot (and agents' memory).
+GPU_POLL_SECS = 1.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,11 @@ class Orchestrator:
         self.supervisor: Supervisor | None = None
         self.warnings: list[str] = []
         self._stopping = False
+        self._poller: GpuPoller | None = None
+        self._gpu: GpuState = no_gpu_state()
+        self._gpu_at = 0.0
+        self._next_gpu_poll = 0.0
+        self._snapshot: SystemSnapshot | None = None
 
     # --- the API's surface ---------------------------------------------------------------------------
 
@@ -167,14 +175,26 @@ class Orchestrator:
             raise SupervisorError("colo is not up yet: no plan in force")
         return self._plan
 
-    def gpu_backend(self) -> GpuBackend | None:
-        return self._backend
+    def snapshot(self) -> SystemSnapshot:
+        """The system as last published (once per GPU poll, and after every action and apply): the API
+        reads this, never the GPUs. Never waits for the supervision loop. Raises SupervisorError before
+        :meth:`up`."""
+        snap = self._snapshot
+        if snap is None:
+            raise SupervisorError("colo is not up yet: nothing published")
+        return snap
 
-    def mps_fleet(self) -> MpsFleet | None:
-        return self._fleet
+    def _publish(self) -> None:
+        """Freeze the agents, the plan and the last GPU reading into the snapshot (under the lock)."""
+        self._snapshot = SystemSnapshot(self._config, self._plan, tuple(self.statuses()), self._gpu, self._gpu_at)
 
-    def mps_enabled(self) -> bool:
-        return self._fleet is not None
+    def _poll_gpus(self, *, force: bool = False) -> None:
+        """Read the GPUs and their MPS daemons (the node's one poller), at most once per GPU_POLL_SECS."""
+        now = self.clock.monotonic()
+        if self._poller is None or (not force and now < self._next_gpu_poll):
+            return
+        self._next_gpu_poll = now + GPU_POLL_SECS
+        self._gpu, self._gpu_at = self._poller.read(), now
 
     def statuses(self) -> list[AgentStatus]:
         """Every agent of the plan: supervised ones, then those left out (STOPPED, reason in last_error)."""
@@ -228,6 +248,7 @@ class Orchestrator:
             agent = self._agent_for_action(name)
             agent.hold = False
             agent.start("start requested")
+            self._publish()
             return self.status(name)
 
     def stop(self, name: str) -> AgentStatus:
@@ -235,6 +256,7 @@ class Orchestrator:
         with self._lock:
             agent = self._agent_for_action(name)
             agent.stop("stop requested")
+            self._publish()
             return self.status(name)
 
     def restart(self, name: str) -> AgentStatus:
@@ -243,6 +265,7 @@ class Orchestrator:
             agent = self._agent_for_action(name)
             agent.hold = False
             agent.restart("restart requested")
+            self._publish()
             return self.status(name)
 
     def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:
@@ -362,6 +385,10 @@ class Orchestrator:
             self.warnings.append("MPS not started: no agent is placed on a GPU with a UUID on this machine")
         self._plan = p
         self._write_config_copy(config)
+        if self._backend is not None:
+            root = self._fleet.root if self._fleet is not None else MpsRoot.under_state_dir(self.paths.root)
+            control = self._fleet.control if self._fleet is not None else None
+            self._poller = GpuPoller(self._backend, root, control)
         sup = Supervisor(
             runner=self.runner,
             probe=self.probe,
@@ -398,6 +425,8 @@ class Orchestrator:
                 "api": {"host": config.api.host, "port": config.api.port},
             },
         )
+        self._poll_gpus(force=True)
+        self._publish()
         return UpResult(started, adopted, left_out, started_d, adopted_d, self._fleet is not None, self.warnings)
 
     def _record_left_out(self, left_out: Sequence[Unplaced]) -> None:
@@ -415,22 +444,23 @@ class Orchestrator:
             write_atomic(self.paths.config_copy, config_yaml(config, self.config_path))
 
     def _gpu_memory(self, pids: Sequence[int]) -> dict[int, int]:
-        backend = self._backend
-        if backend is None:
-            return {}
-        used = {p.pid: p.used_memory_bytes for p in backend.processes() if p.used_memory_bytes is not None}
+        """GPU memory of each agent's process tree (an agent's command may fork its CUDA worker), from the
+        last GPU reading: no second poller."""
+        used = self._gpu.process_memory_bytes()
         out: dict[int, int] = {}
         for pid in pids:
-            family = [pid, *procs.descendants(pid)]
-            vals = [used[q] for q in family if q in used]
+            vals = [used[q] for q in (pid, *procs.descendants(pid)) if q in used]
             if vals:
                 out[pid] = sum(vals)
         return out
 
     def tick(self) -> None:
-        """One supervision pass: every agent, MPS and rolling restarts."""
+        """One supervision pass: read the GPUs (when due), every agent, MPS and rolling restarts; then publish
+        the snapshot."""
         with self._lock:
+            self._poll_gpus()
             self._sup().tick()
+            self._publish()
 
     def run(
         self, stop: threading.Event, *, tick_secs: float = TICK_SECS, reload: threading.Event | None = None
@@ -579,6 +609,7 @@ class Orchestrator:
             self.warnings.extend(warnings)
             self._write_config_copy(config)
             sup.roll(roll)
+            self._publish()
             sup.event(
                 EventKind.APPLIED,
                 None,
