@@ -248,9 +248,11 @@ def agents_by_name(sd: Path) -> dict[str, dict[str, Any]]:
 
 
 def start_colo(sd: Path, config: Path) -> subprocess.Popen[bytes]:
+    # With its HTTP API (the config's api.port, 8014 for the newsroom): `colo apply` and `colo agent ...`
+    # reach the orchestrator through it.
     with open(sd / f"up-{int(time.time() * 1000)}.log", "ab") as log:  # the child keeps its own copy
         return subprocess.Popen(
-            [*COLO, "up", str(config), "--state-dir", str(sd), "--no-api"],
+            [*COLO, "up", str(config), "--state-dir", str(sd)],
             env=env(),
             stdout=log,
             stderr=subprocess.STDOUT,
