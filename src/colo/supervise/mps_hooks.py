@@ -1,6 +1,7 @@
 """The supervisor's view of the per-GPU MPS daemons (:class:`~colo.supervise.recovery.MpsHooks`), over
-``colo.gpu.mps.daemon.MpsFleet``: FAULT detection (``get_server_status``; fault lines new in each daemon's
-``control.log``/``server.log`` name the client when they can), ``terminate_client``, restarting one daemon.
+``colo.gpu.mps.daemon.MpsFleet``: FAULT detection (the server statuses of the node's one GPU reading, else
+``get_server_status``; fault lines new in each daemon's ``control.log``/``server.log`` name the client when
+they can), ``terminate_client``, restarting one daemon.
 
 A fault line alone does not start a recovery (a stray "fatal" in a log must not restart a GPU's agents):
 the server's own FAULT status does, and agents dying with MPS errors do (see the supervisor).
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 from colo.errors import MpsError
 from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, ServerStatus
 from colo.gpu.mps.log import MpsLogKind, MpsLogReader
+from colo.gpu.poller import GpuState
 from colo.supervise.recovery import MpsFault
 
 #: A fault line in an MPS log names the culprit of a FAULT seen within this many seconds.
@@ -21,10 +24,15 @@ HINT_SECS = 60.0
 
 
 class FleetHooks:
-    """:class:`MpsHooks` for an :class:`MpsFleet`; each MPS command is bounded by the daemon's timeout."""
+    """:class:`MpsHooks` for an :class:`MpsFleet`; each MPS command is bounded by the daemon's timeout.
 
-    def __init__(self, fleet: MpsFleet) -> None:
+    ``reading`` (the orchestrator's last :class:`~colo.gpu.poller.GpuState`): when given, FAULT is read from
+    it instead of asking the daemons again, so one poller reads each GPU's MPS.
+    """
+
+    def __init__(self, fleet: MpsFleet, reading: Callable[[], GpuState] | None = None) -> None:
         self.fleet = fleet
+        self._reading = reading
         self._logs = {d.gpu_uuid: self._reader(d.paths.log_dir) for d in fleet.daemons()}
         self._hints: dict[str, tuple[float, int | None, str]] = {}  # uuid -> (when, client pid, log line)
 
@@ -38,8 +46,9 @@ class FleetHooks:
         return [d.gpu_uuid for d in self.fleet.daemons()]
 
     def faults(self) -> list[MpsFault]:
-        """GPUs whose MPS server says FAULT (``get_server_status``), with the client a recent fault line in
-        that daemon's logs names. Never raises for a daemon that does not answer (skipped)."""
+        """GPUs whose MPS server says FAULT (in the last GPU reading, else ``get_server_status``), with the
+        client a recent fault line in that daemon's logs names. Never raises for a daemon that does not
+        answer (skipped)."""
         now = time.monotonic()
         for uuid, reader in self._logs.items():
             for event in reader.read_new():
@@ -48,6 +57,19 @@ class FleetHooks:
                     pid = event.client_pid or (old[1] if old and now - old[0] < HINT_SECS else None)
                     self._hints[uuid] = (now, pid, event.message)
         out: list[MpsFault] = []
+        for uuid, pid in self._faulted_servers():
+            hint = self._hints.pop(uuid, None)
+            if hint is not None and now - hint[0] < HINT_SECS:
+                out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT; log: {hint[2]}", hint[1]))
+            else:
+                out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT"))
+        return out
+
+    def _faulted_servers(self) -> list[tuple[str, int]]:
+        """(GPU UUID, server pid) of the first server in FAULT on each GPU of the fleet."""
+        if self._reading is not None:
+            return self._faulted_in(self._reading())
+        out: list[tuple[str, int]] = []
         for uuid in self._uuids():
             daemon = self.fleet.daemon(uuid)
             try:
@@ -57,12 +79,22 @@ class FleetHooks:
             for pid in pids:
                 with contextlib.suppress(MpsError):
                     if daemon.server_status(pid) == ServerStatus.FAULT:
-                        hint = self._hints.pop(uuid, None)
-                        if hint is not None and now - hint[0] < HINT_SECS:
-                            out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT; log: {hint[2]}", hint[1]))
-                        else:
-                            out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT"))
+                        out.append((uuid, pid))
                         break
+        return out
+
+    def _faulted_in(self, state: GpuState) -> list[tuple[str, int]]:
+        """The same, read from a GPU reading (``gpus[].mps.servers[].status``, as ``/gpu/info`` shows it)."""
+        mine = set(self._uuids())
+        out: list[tuple[str, int]] = []
+        for gpu in state.info.get("gpus", []):
+            uuid = gpu.get("uuid")
+            if uuid not in mine:
+                continue
+            for server in (gpu.get("mps") or {}).get("servers") or []:
+                if server.get("status") == ServerStatus.FAULT.value:
+                    out.append((str(uuid), int(server["pid"])))
+                    break
         return out
 
     def ready(self, gpu_uuid: str) -> bool:

@@ -188,6 +188,9 @@ class Orchestrator:
         """Freeze the agents, the plan and the last GPU reading into the snapshot (under the lock)."""
         self._snapshot = SystemSnapshot(self._config, self._plan, tuple(self.statuses()), self._gpu, self._gpu_at)
 
+    def _last_gpu(self) -> GpuState:
+        return self._gpu
+
     def _poll_gpus(self, *, force: bool = False) -> None:
         """Read the GPUs and their MPS daemons (the node's one poller), at most once per GPU_POLL_SECS."""
         now = self.clock.monotonic()
@@ -308,9 +311,7 @@ class Orchestrator:
     def _slots(self, config: ColoConfig) -> tuple[list[GpuSlot], list[str]]:
         return gpu_slots(config, self._backend_or_none(), self.local_node(config))
 
-    def _memory(
-        self, config: ColoConfig, slots: Sequence[GpuSlot]
-    ) -> Mapping[str, ModelMemory] | MemoryInputs | None:
+    def _memory(self, config: ColoConfig, slots: Sequence[GpuSlot]) -> Mapping[str, ModelMemory] | MemoryInputs | None:
         """Model memory for the planner: measured/estimated from the model DB when ``policy.memory_source:
         db`` (for this machine's GPU model), else None (the models' declared ``memory``)."""
         if self._memory_override is not None:
@@ -395,7 +396,9 @@ class Orchestrator:
             clock=self.clock,
             store=self.store,
             logs=self.logs,
-            mps=FleetHooks(self._fleet) if self._fleet is not None else None,
+            mps=FleetHooks(self._fleet, self._last_gpu if self._poller is not None else None)
+            if self._fleet is not None
+            else None,
             gpu_memory=self._gpu_memory if self._backend is not None else None,
             fault_wait_secs=self.fault_wait_secs,
         )
