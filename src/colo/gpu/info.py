@@ -67,8 +67,10 @@ def gpu_info(
     control: MpsControl | None = None,
     *,
     limit_of: Callable[[int], int | None] = pinned_limit_of,
+    command_timeout_secs: float | None = None,
 ) -> dict[str, Any]:
-    """The ``/gpu/info`` document. Only runs the MPS control program for GPUs whose daemon process exists.
+    """The ``/gpu/info`` document. Only runs the MPS control program for GPUs whose daemon process exists,
+    each command bounded by ``command_timeout_secs`` (the daemon's default when None).
 
     Raises GpuError (NVML). MPS problems are reported inside the document (``error`` per daemon).
     """
@@ -77,7 +79,10 @@ def gpu_info(
     control = control if control is not None else SubprocessMpsControl()
     statuses: dict[str, DaemonStatus] = {}
     for g in gpus:
-        statuses[g.uuid] = MpsDaemon(root.for_gpu(g.uuid), g.uuid, control).status()
+        daemon = MpsDaemon(root.for_gpu(g.uuid), g.uuid, control)
+        if command_timeout_secs is not None:
+            daemon.command_timeout_secs = command_timeout_secs
+        statuses[g.uuid] = daemon.status()
     ours = {os.path.realpath(s.pipe_dir) for s in statuses.values()}
     foreign = [
         {"pid": p.pid, "pipe_dir": p.pipe_dir, "visible_devices": p.visible_devices}

@@ -62,19 +62,30 @@ def no_gpu_state(reason: str = NO_GPU_HINT) -> GpuState:
 
 class GpuPoller:
     """Reads NVML (``backend``) and the MPS daemon of every GPU under ``root`` (through ``control``; the real
-    ``nvidia-cuda-mps-control`` when None). ``backend`` None: no GPU here, every read says so."""
+    ``nvidia-cuda-mps-control`` when None), each MPS command bounded by ``command_timeout_secs`` (so a daemon
+    that stops answering delays one read by that much at most). ``backend`` None: no GPU here, every read
+    says so."""
 
-    def __init__(self, backend: GpuBackend | None, root: MpsRoot, control: MpsControl | None = None) -> None:
+    def __init__(
+        self,
+        backend: GpuBackend | None,
+        root: MpsRoot,
+        control: MpsControl | None = None,
+        *,
+        command_timeout_secs: float | None = None,
+    ) -> None:
         self.backend = backend
         self.root = root
         self.control = control
+        self.command_timeout_secs = command_timeout_secs
 
     def read(self) -> GpuState:
         """Read everything now. Never raises for GPU/MPS failures (see :attr:`GpuState.error`)."""
         if self.backend is None:
             return no_gpu_state()
         try:
-            return GpuState(gpu_info(self.backend, self.root, self.control))
+            info = gpu_info(self.backend, self.root, self.control, command_timeout_secs=self.command_timeout_secs)
+            return GpuState(info)
         except (ColoError, OSError) as err:
             reason = str(err) or type(err).__name__
             return no_gpu_state(reason)

@@ -40,7 +40,7 @@ from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan,
 from colo.spec.config import ColoConfig
 from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
-from colo.supervise.fleet import make_fleet, start_fleet, stop_fleet
+from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, make_fleet, start_fleet, stop_fleet
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.launch import agent_setup, describe_change
 from colo.supervise.local_plan import gpu_slots, local_node, split_local
@@ -389,7 +389,7 @@ class Orchestrator:
         if self._backend is not None:
             root = self._fleet.root if self._fleet is not None else MpsRoot.under_state_dir(self.paths.root)
             control = self._fleet.control if self._fleet is not None else None
-            self._poller = GpuPoller(self._backend, root, control)
+            self._poller = GpuPoller(self._backend, root, control, command_timeout_secs=MPS_COMMAND_TIMEOUT_SECS)
         sup = Supervisor(
             runner=self.runner,
             probe=self.probe,
