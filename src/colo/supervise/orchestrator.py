@@ -30,11 +30,10 @@ from typing import Any
 from colo.clock import Clock, SystemClock
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
 from colo.files import write_atomic
-from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl
 from colo.gpu.mps.daemon import MpsFleet, MpsRoot
 from colo.gpu.nvml import GpuBackend
-from colo.gpu.poller import GpuPoller, GpuState, no_gpu_state
+from colo.gpu.poller import GpuPoller
 from colo.plan import plan
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
 from colo.spec.config import ColoConfig
@@ -47,6 +46,7 @@ from colo.supervise.local_plan import gpu_slots, local_node, split_local
 from colo.supervise.lockfile import StateLock
 from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_hooks import FleetHooks
+from colo.supervise.publish import Publisher
 from colo.supervise.recovery import RecoveryRecord
 from colo.supervise.runner import ProcessRunner, Runner
 from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
@@ -56,8 +56,6 @@ from colo.supervise.store import Store
 from colo.supervise.supervisor import Supervisor
 
 TICK_SECS = 0.5
-#: How often (seconds) the GPUs and their MPS daemons are read for the snapshot (and agents' memory).
-GPU_POLL_SECS = 1.0
 
 
 @dataclass(frozen=True)
@@ -157,11 +155,7 @@ class Orchestrator:
         self.supervisor: Supervisor | None = None
         self.warnings: list[str] = []
         self._stopping = False
-        self._poller: GpuPoller | None = None
-        self._gpu: GpuState = no_gpu_state()
-        self._gpu_at = 0.0
-        self._next_gpu_poll = 0.0
-        self._snapshot: SystemSnapshot | None = None
+        self._published = Publisher(None, self.clock.monotonic)
 
     # --- the API's surface ---------------------------------------------------------------------------
 
@@ -179,25 +173,14 @@ class Orchestrator:
         """The system as last published (once per GPU poll, and after every action and apply): the API
         reads this, never the GPUs. Never waits for the supervision loop. Raises SupervisorError before
         :meth:`up`."""
-        snap = self._snapshot
+        snap = self._published.latest()
         if snap is None:
             raise SupervisorError("colo is not up yet: nothing published")
         return snap
 
     def _publish(self) -> None:
         """Freeze the agents, the plan and the last GPU reading into the snapshot (under the lock)."""
-        self._snapshot = SystemSnapshot(self._config, self._plan, tuple(self.statuses()), self._gpu, self._gpu_at)
-
-    def _last_gpu(self) -> GpuState:
-        return self._gpu
-
-    def _poll_gpus(self, *, force: bool = False) -> None:
-        """Read the GPUs and their MPS daemons (the node's one poller), at most once per GPU_POLL_SECS."""
-        now = self.clock.monotonic()
-        if self._poller is None or (not force and now < self._next_gpu_poll):
-            return
-        self._next_gpu_poll = now + GPU_POLL_SECS
-        self._gpu, self._gpu_at = self._poller.read(), now
+        self._published.publish(self._config, self._plan, self.statuses())
 
     def statuses(self) -> list[AgentStatus]:
         """Every agent of the plan: supervised ones, then those left out (STOPPED, reason in last_error)."""
@@ -389,17 +372,18 @@ class Orchestrator:
         if self._backend is not None:
             root = self._fleet.root if self._fleet is not None else MpsRoot.under_state_dir(self.paths.root)
             control = self._fleet.control if self._fleet is not None else None
-            self._poller = GpuPoller(self._backend, root, control, command_timeout_secs=MPS_COMMAND_TIMEOUT_SECS)
+            poller = GpuPoller(self._backend, root, control, command_timeout_secs=MPS_COMMAND_TIMEOUT_SECS)
+            self._published = Publisher(poller, self.clock.monotonic)
         sup = Supervisor(
             runner=self.runner,
             probe=self.probe,
             clock=self.clock,
             store=self.store,
             logs=self.logs,
-            mps=FleetHooks(self._fleet, self._last_gpu if self._poller is not None else None)
+            mps=FleetHooks(self._fleet, self._published.reading if self._backend is not None else None)
             if self._fleet is not None
             else None,
-            gpu_memory=self._gpu_memory if self._backend is not None else None,
+            gpu_memory=self._published.tree_memory if self._backend is not None else None,
             fault_wait_secs=self.fault_wait_secs,
         )
         self.supervisor = sup
@@ -428,7 +412,7 @@ class Orchestrator:
                 "api": {"host": config.api.host, "port": config.api.port},
             },
         )
-        self._poll_gpus(force=True)
+        self._published.poll(force=True)
         self._publish()
         return UpResult(started, adopted, left_out, started_d, adopted_d, self._fleet is not None, self.warnings)
 
@@ -446,22 +430,11 @@ class Orchestrator:
         if any(a.command is None for a in config.agents.values()):
             write_atomic(self.paths.config_copy, config_yaml(config, self.config_path))
 
-    def _gpu_memory(self, pids: Sequence[int]) -> dict[int, int]:
-        """GPU memory of each agent's process tree (an agent's command may fork its CUDA worker), from the
-        last GPU reading: no second poller."""
-        used = self._gpu.process_memory_bytes()
-        out: dict[int, int] = {}
-        for pid in pids:
-            vals = [used[q] for q in (pid, *procs.descendants(pid)) if q in used]
-            if vals:
-                out[pid] = sum(vals)
-        return out
-
     def tick(self) -> None:
         """One supervision pass: read the GPUs (when due), every agent, MPS and rolling restarts; then publish
         the snapshot."""
         with self._lock:
-            self._poll_gpus()
+            self._published.poll()
             self._sup().tick()
             self._publish()
 
