@@ -53,7 +53,9 @@ def up_command(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background (pid file, log file)."),
     node: str | None = typer.Option(None, "--node", help="Which node of the inventory this machine is."),
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
-    no_api: bool = typer.Option(False, "--no-api", help="Do not serve the HTTP API."),
+    no_api: bool = typer.Option(
+        False, "--no-api", help="Do not serve the HTTP API (then `colo apply` and `colo agent` cannot reach it)."
+    ),
 ) -> None:
     """Plan against the GPUs, start the MPS daemons, launch the agents by priority and supervise them."""
     from colo.spec import load_config

@@ -1,8 +1,9 @@
 """The running system: plan against the GPUs, start the per-GPU MPS daemons, launch and supervise agents.
 
 ``colo up`` builds an :class:`Orchestrator`, calls :meth:`Orchestrator.up`, then :meth:`Orchestrator.run`
-until told to stop; the API (``colo.api.app.create_app(orchestrator, ...)``) and the CLI call the methods
-below. Everything is guarded by one lock, so the API thread and the supervision loop never interleave.
+until told to stop; the API (``colo.api.app.create_app(orchestrator, ...)``) reads its published
+:meth:`Orchestrator.snapshot` and calls its actions and :meth:`Orchestrator.apply`. Actions, applies and ticks
+are guarded by one lock, so the API thread and the supervision loop never interleave.
 
 State lives in ``<state_dir>``: ``colo.db`` (the :class:`~colo.supervise.store.Store`: agents, events),
 ``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``, ``config.yaml`` (the configuration the built-in agents
@@ -12,7 +13,8 @@ The orchestrator starts, ticks, applies and stops; the rooms it calls: :mod:`col
 state dir's lock and pid file), :mod:`colo.supervise.fleet` (the per-GPU MPS daemons),
 :mod:`colo.supervise.adoption` (agents that outlived an orchestrator), :mod:`colo.supervise.supervisor` (the
 loop over agents) with :mod:`colo.supervise.recovery` (MPS fault recovery), and
-:mod:`colo.supervise.planning` (what the plan is made of).
+:mod:`colo.supervise.publish` (the one GPU reading and the snapshot the API serves). The CLI reaches a
+running orchestrator through its HTTP API only (``colo.api``), ``colo down`` through a signal.
 """
 
 from __future__ import annotations
@@ -294,7 +296,9 @@ class Orchestrator:
     def _slots(self, config: ColoConfig) -> tuple[list[GpuSlot], list[str]]:
         return gpu_slots(config, self._backend_or_none(), self.local_node(config))
 
-    def _memory(self, config: ColoConfig, slots: Sequence[GpuSlot]) -> Mapping[str, ModelMemory] | MemoryInputs | None:
+    def _memory(
+        self, config: ColoConfig, slots: Sequence[GpuSlot]
+    ) -> Mapping[str, ModelMemory] | MemoryInputs | None:
         """Model memory for the planner: measured/estimated from the model DB when ``policy.memory_source:
         db`` (for this machine's GPU model), else None (the models' declared ``memory``)."""
         if self._memory_override is not None:
