@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 
@@ -179,14 +180,13 @@ class ApiClient:
         result: dict[str, Any] = self._json("POST", f"/agents/{name}/{verb}")
         return result
 
-    def apply(self, text: str) -> dict[str, Any]:
-        """Send a colo.yaml (YAML or JSON); returns what was restarted/started/stopped/unchanged/left out."""
-        result: dict[str, Any] = self._json(
-            "POST",
-            "/apply",
-            content=text.encode("utf-8"),
-            headers={**self._headers, "Content-Type": "application/yaml"},
-        )
+    def apply(self, text: str, config_path: Path | None = None) -> dict[str, Any]:
+        """Send a colo.yaml (YAML or JSON); returns what was restarted/started/stopped/unchanged/left out.
+        ``config_path``: the file it came from (absolute), which the orchestrator reloads on SIGHUP."""
+        headers = {**self._headers, "Content-Type": "application/yaml"}
+        if config_path is not None:
+            headers["X-Colo-Config-Path"] = quote(str(config_path))  # percent-encoded: headers are ASCII
+        result: dict[str, Any] = self._json("POST", "/apply", content=text.encode("utf-8"), headers=headers)
         return result
 
     def events(self, since: int = 0, limit: int = 200) -> list[dict[str, Any]]:

@@ -70,6 +70,7 @@ class FakeSource:
         self.action_error: ColoError | None = None
         self.apply_error: ColoError | None = None
         self.applied: list[ColoConfig] = []
+        self.applied_paths: list[str | None] = []
         self.apply_result = FakeApplyResult()
         self.apply_entered = threading.Event()
         self.apply_release: threading.Event | None = None
@@ -93,7 +94,7 @@ class FakeSource:
     def restart(self, name: str) -> None:
         self._act("restart", name)
 
-    def apply(self, config: ColoConfig) -> FakeApplyResult:
+    def apply(self, config: ColoConfig, config_path: str | None = None) -> FakeApplyResult:
         """Plan ``config`` on its inventory and take it (or raise ``apply_error``)."""
         self.apply_entered.set()
         if self.apply_release is not None:
@@ -101,6 +102,7 @@ class FakeSource:
         if self.apply_error:
             raise self.apply_error
         self.applied.append(config)
+        self.applied_paths.append(config_path)
         self.config = config
         self.plan = plan(config, inventory_slots(config))
         return self.apply_result

@@ -131,7 +131,7 @@ class ReadOnlySource:
         self._known(name)
         self._refuse(f"restart {name!r}")
 
-    def apply(self, config: ColoConfig) -> ApplyOutcome:
+    def apply(self, config: ColoConfig, config_path: str | None = None) -> ApplyOutcome:
         self._refuse("apply a configuration")
 
     def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:

@@ -383,7 +383,7 @@ def apply_command(
     sd = _state_dir(state_dir, config)
     with orchestrator_client(sd) as client:
         # Sent whole, model paths made absolute: the orchestrator may run in another directory.
-        result = client.apply(config_yaml(cfg, config.resolve()))
+        result = client.apply(config_yaml(cfg, config.resolve()), config.resolve())
     result.pop("applied", None)
     if as_json:
         print_json(result)

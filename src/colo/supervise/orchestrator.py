@@ -533,9 +533,10 @@ class Orchestrator:
 
     # --- apply ---------------------------------------------------------------------------------------
 
-    def apply(self, config: ColoConfig) -> ApplyResult:
+    def apply(self, config: ColoConfig, config_path: str | Path | None = None) -> ApplyResult:
         """Plan ``config`` and move to it: start new agents, stop removed ones, restart (one at a time) only
-        those whose limit, placement, command or env changed.
+        those whose limit, placement, command or env changed. ``config_path``: the file it came from, which
+        a later reload (SIGHUP) reads again.
 
         Raises DoesNotFitError when an agent above ``low`` priority would be left out, PlanError/ConfigError
         when it cannot be planned, PlanError when it needs a GPU without a running MPS daemon — nothing is
@@ -584,6 +585,8 @@ class Orchestrator:
                     result.unchanged.append(ap.name)
             result.left_out.extend(u.agent for u in left_out)
             self._record_left_out(left_out)
+            if config_path is not None:
+                self.config_path = Path(config_path).resolve()
             self._config = config
             self._plan = p
             self.warnings.extend(warnings)

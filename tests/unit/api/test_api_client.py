@@ -42,6 +42,8 @@ def test_action_and_apply(source: FakeSource) -> None:
     assert client.action("critic", "restart")["action"] == "restart"
     assert source.calls == [("restart", "critic")]
     assert client.apply(NEWSROOM.read_text())["restarted"] == ["critic"]
+    client.apply(NEWSROOM.read_text(), Path("/srv/näws room/colo.yaml"))
+    assert source.applied_paths == [None, "/srv/näws room/colo.yaml"]  # what SIGHUP reloads afterwards
     with pytest.raises(UsageError):
         client.action("critic", "explode")  # type: ignore[arg-type]
 

@@ -350,6 +350,8 @@ def test_apply_leaves_out_low_priority_when_full(tmp_path: Path) -> None:
     assert spare not in w.runner.alive()
     assert orch.status("spare").state == S.STOPPED
     assert "left out" in (orch.status("spare").last_error or "")
+    orch.apply(config(agent("a"), agent("spare", priority="low")), tmp_path / "new.yaml")
+    assert orch.config_path == (tmp_path / "new.yaml").resolve()  # what SIGHUP reloads from now on
     orch.down(sleep=w.clock.advance)
 
 
