@@ -231,49 +231,22 @@ def down_command(
 
 
 def status_data(sd: Path) -> dict[str, Any]:
-    """What ``colo status`` shows: the orchestrator (pid or None) and every agent's last recorded status."""
-    from colo.supervise.statedir import StateDirPaths, running_orchestrator
-    from colo.supervise.store import Store
+    """What ``colo status`` shows: the orchestrator (pid or None) and every agent, from the running
+    orchestrator's API when it answers, else as last recorded in the state dir."""
+    from colo.supervise.statedir import recorded_state
 
-    paths = StateDirPaths(sd)
-    pid = running_orchestrator(sd)
-    store = Store.open_existing(paths.db)
-    if store is None:
+    rec = recorded_state(sd)
+    if rec is None:
         return {"state_dir": str(sd), "orchestrator": None, "source": "store", "agents": [], "recent_events": []}
-    try:
-        agents = [r.status.to_dict() for r in store.agents()]
-        have = {a["name"] for a in agents}
-        for u in store.get_meta("left_out", []):
-            if u["agent"] not in have:
-                agents.append(
-                    {
-                        "name": u["agent"],
-                        "state": "STOPPED",
-                        "pid": None,
-                        "gpu": None,
-                        "gpu_uuid": None,
-                        "limit_bytes": u["limit_bytes"],
-                        "requirement_bytes": 0,
-                        "priority": u["priority"],
-                        "restarts": 0,
-                        "memory_used_bytes": None,
-                        "memory_peak_bytes": None,
-                        "last_error": f"left out: {u['reason']}",
-                        "since": None,
-                        "models": [],
-                    }
-                )
-        meta = store.get_meta("orchestrator") if pid else None
-        api_url = store.get_meta("api_url") if pid else None
-        events = [e.to_dict() for e in store.events(0, 10)]
-    finally:
-        store.close()
-    orch = {"pid": pid, **(meta or {})} if pid else None
+    agents = [a.to_dict() for a in rec.agents]
+    pid = rec.orchestrator_pid
+    orch = {"pid": pid, **(rec.orchestrator or {})} if pid else None
     source = "store"
-    if pid and api_url:
-        live = _agents_from_api(sd, api_url)
+    if pid and rec.api_url:
+        live = _agents_from_api(sd, rec.api_url)
         if live is not None:
             agents, source = live, "api"
+    events = [e.to_dict() for e in rec.events]
     return {"state_dir": str(sd), "orchestrator": orch, "source": source, "agents": agents, "recent_events": events}
 
 
@@ -346,21 +319,15 @@ def orchestrator_client(sd: Path, *, timeout_secs: float = REQUEST_TIMEOUT_SECS)
     """
     from colo.api.auth import read_token
     from colo.api.client import ApiClient
-    from colo.supervise.statedir import StateDirPaths, running_orchestrator
-    from colo.supervise.store import Store
+    from colo.supervise.statedir import recorded_state, running_orchestrator
 
     pid = running_orchestrator(sd)
     if pid is None:
         raise OrchestratorUnreachable(
             f"colo is not running with state dir {sd}", hint="start it with `colo up CONFIG` (or pass --state-dir)"
         )
-    store = Store.open_existing(StateDirPaths(sd).db)
-    url = None
-    if store is not None:
-        try:
-            url = store.get_meta("api_url")
-        finally:
-            store.close()
+    rec = recorded_state(sd, events=0)
+    url = rec.api_url if rec is not None else None
     if not url:
         raise OrchestratorUnreachable(
             f"colo is up (pid {pid}) but serves no HTTP API, so it cannot be asked to act",
