@@ -66,11 +66,18 @@ class FleetHooks:
         return out
 
     def _faulted_servers(self) -> list[tuple[str, int]]:
-        """(GPU UUID, server pid) of the first server in FAULT on each GPU of the fleet."""
-        if self._reading is not None:
-            return self._faulted_in(self._reading())
+        """(GPU UUID, server pid) of the first server in FAULT on each GPU of the fleet: from the last GPU
+        reading, and asked of the daemon itself for a GPU the reading did not fully see."""
+        uuids = self._uuids()
         out: list[tuple[str, int]] = []
-        for uuid in self._uuids():
+        if self._reading is not None:
+            seen, out = self._faulted_in(self._reading())
+            uuids = [u for u in uuids if u not in seen]
+        return out + self._asked(uuids)
+
+    def _asked(self, uuids: list[str]) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        for uuid in uuids:
             daemon = self.fleet.daemon(uuid)
             try:
                 pids = daemon.server_pids()
@@ -83,19 +90,23 @@ class FleetHooks:
                         break
         return out
 
-    def _faulted_in(self, state: GpuState) -> list[tuple[str, int]]:
-        """The same, read from a GPU reading (``gpus[].mps.servers[].status``, as ``/gpu/info`` shows it)."""
+    def _faulted_in(self, state: GpuState) -> tuple[set[str], list[tuple[str, int]]]:
+        """The GPUs whose daemon the reading saw whole (``gpus[].mps`` without an ``error``, as ``/gpu/info``
+        shows it), and the FAULT servers among them."""
         mine = set(self._uuids())
+        seen: set[str] = set()
         out: list[tuple[str, int]] = []
         for gpu in state.info.get("gpus", []):
             uuid = gpu.get("uuid")
-            if uuid not in mine:
-                continue
-            for server in (gpu.get("mps") or {}).get("servers") or []:
+            daemon = gpu.get("mps") or {}
+            if uuid not in mine or daemon.get("error") or not daemon.get("healthy"):
+                continue  # a partial reading: ask the daemon itself
+            seen.add(str(uuid))
+            for server in daemon.get("servers") or []:
                 if server.get("status") == ServerStatus.FAULT.value:
                     out.append((str(uuid), int(server["pid"])))
                     break
-        return out
+        return seen, out
 
     def ready(self, gpu_uuid: str) -> bool:
         """No server of this GPU in FAULT. Raises MpsError when the daemon does not answer."""
