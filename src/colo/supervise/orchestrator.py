@@ -373,21 +373,21 @@ class Orchestrator:
             self.warnings.append("MPS not started: no agent is placed on a GPU with a UUID on this machine")
         self._plan = p
         self._write_config_copy(config)
+        reading = None  # without NVML there is no GPU reading: FAULT is asked of the daemons, no memory
         if self._backend is not None:
             root = self._fleet.root if self._fleet is not None else MpsRoot.under_state_dir(self.paths.root)
             control = self._fleet.control if self._fleet is not None else None
             poller = GpuPoller(self._backend, root, control, command_timeout_secs=MPS_COMMAND_TIMEOUT_SECS)
             self._published = Publisher(poller, self.clock.monotonic)
+            reading = self._published.reading
         sup = Supervisor(
             runner=self.runner,
             probe=self.probe,
             clock=self.clock,
             store=self.store,
             logs=self.logs,
-            mps=FleetHooks(self._fleet, self._published.reading if self._backend is not None else None)
-            if self._fleet is not None
-            else None,
-            gpu_memory=self._published.tree_memory if self._backend is not None else None,
+            mps=FleetHooks(self._fleet, reading) if self._fleet is not None else None,
+            gpu_memory=self._published.tree_memory if reading is not None else None,
             fault_wait_secs=self.fault_wait_secs,
         )
         self.supervisor = sup
