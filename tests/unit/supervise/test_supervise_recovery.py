@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,37 @@ def test_an_empty_gpu_goes_through_every_phase_and_restarts_a_daemon_stuck_in_fa
     (done,) = recs.recovered
     assert (done.seconds, done.daemon_restarted, done.trigger) == (7.0, True, RecoveryTrigger.CLIENT_MPS_ERROR)
     assert [k for k, _ in events] == [EventKind.MPS_FAULT, EventKind.DAEMON, EventKind.RESTARTED]
+
+
+def test_fleet_hooks_read_fault_from_the_gpu_reading_and_ask_only_what_it_missed() -> None:
+    import shutil
+    import tempfile
+
+    from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
+    from colo.gpu.mps.daemon import MpsFleet, MpsRoot
+    from colo.gpu.mps.fake import FakeMpsControl
+    from colo.gpu.poller import GpuPoller
+    from colo.supervise.mps_hooks import FleetHooks
+
+    root = Path(tempfile.mkdtemp(prefix="cr", dir="/tmp"))  # MPS socket paths must stay short
+    try:
+        gpus = [fake_gpu(0), fake_gpu(1)]
+        control = FakeMpsControl()
+        fleet = MpsFleet(MpsRoot(root), [g.uuid for g in gpus], control)
+        fleet.start_all()
+        for g in gpus:
+            control.connect_client(fleet.daemon(g.uuid).paths.pipe_dir, 1000 + g.index)
+        control.fault(fleet.daemon(gpus[1].uuid).paths.pipe_dir)
+        reading = GpuPoller(FakeGpuBackend(gpus), fleet.root, control).read()
+        hooks = FleetHooks(fleet, lambda: reading)
+        sent = len(control.sent)
+        (fault,) = hooks.faults()
+        assert fault.gpu_uuid == gpus[1].uuid and "reports FAULT" in fault.detail
+        assert len(control.sent) == sent  # both daemons seen whole in the reading: nothing asked again
+        control.hang(fleet.daemon(gpus[1].uuid).paths.pipe_dir)
+        partial = GpuPoller(FakeGpuBackend(gpus), fleet.root, control, command_timeout_secs=0.2).read()
+        hooks = FleetHooks(fleet, lambda: partial)
+        assert hooks.faults() == []  # the hung daemon is asked itself, and does not answer: skipped
+    finally:
+        fleet.stop_all(timeout_secs=1)
+        shutil.rmtree(root, ignore_errors=True)
