@@ -133,7 +133,6 @@ def test_gpu_info_and_metrics_show_the_real_daemon_and_client(mps_world: dict[st
     from prometheus_client.parser import text_string_to_metric_families
 
     from colo.api.app import create_app
-    from colo.api.context import ApiOptions
     from colo.api.readonly import ReadOnlySource, load_read_only
     from colo.api.server import ApiThread
     from colo.supervise.state import AgentState
@@ -153,8 +152,8 @@ def test_gpu_info_and_metrics_show_the_real_daemon_and_client(mps_world: dict[st
                 for s in super().statuses()
             ]
 
-    source = ChildIsProbe(base.config(), base.current_plan(), base.gpu_backend(), fleet=base.mps_fleet())
-    server = ApiThread(create_app(source, token=TOKEN, options=ApiOptions(gpu_ttl_secs=0.5)), port=0).start()
+    source = ChildIsProbe(base.config, base.plan, base.backend, fleet=base.fleet, poll_secs=0.5)
+    server = ApiThread(create_app(source, token=TOKEN), port=0).start()
     try:
         url = f"http://127.0.0.1:{server.port}"
         with httpx.Client(base_url=url, timeout=30) as http:

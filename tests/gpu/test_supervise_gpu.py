@@ -248,11 +248,13 @@ def agents_by_name(sd: Path) -> dict[str, dict[str, Any]]:
 
 
 def start_colo(sd: Path, config: Path) -> subprocess.Popen[bytes]:
+    # With its HTTP API (the config's api.port, 8014 for the newsroom): `colo apply` and `colo agent ...`
+    # reach the orchestrator through it.
     with open(sd / f"up-{int(time.time() * 1000)}.log", "ab") as log:  # the child keeps its own copy
         return subprocess.Popen(
             # --force: the drills run the seed's numbers, which colo predicts too small for two agents' worst
             # case (issue 13); the drills send no such request.
-            [*COLO, "up", str(config), "--state-dir", str(sd), "--no-api", "--force"],
+            [*COLO, "up", str(config), "--state-dir", str(sd), "--force"],
             env=env(),
             stdout=log,
             stderr=subprocess.STDOUT,

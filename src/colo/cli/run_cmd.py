@@ -2,25 +2,28 @@
 
 ``up`` runs the orchestrator in the foreground (systemd-friendly: SIGTERM/SIGINT stop it cleanly, SIGHUP
 re-applies the config file) or detached. The other commands find it through its state directory: the
-SQLite store is the truth for ``status``; actions are queued in the store and answered by the running
-orchestrator on its next tick (so they work whether or not its HTTP API is up).
+SQLite store is the truth for ``status`` when no API answers; actions (``apply``, ``agent start|stop|restart``)
+go to the running orchestrator's HTTP API (its address and token are in the state dir), and ``down`` signals
+its pid.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from colo.cli.common import console, err_console, print_json
 from colo.errors import ColoError, OrchestratorUnreachable, SupervisorError, UsageError
+
+if TYPE_CHECKING:
+    from colo.api.client import Verb
 
 STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
 REQUEST_TIMEOUT_SECS = 60.0
@@ -50,7 +53,9 @@ def up_command(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background (pid file, log file)."),
     node: str | None = typer.Option(None, "--node", help="Which node of the inventory this machine is."),
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
-    no_api: bool = typer.Option(False, "--no-api", help="Do not serve the HTTP API."),
+    no_api: bool = typer.Option(
+        False, "--no-api", help="Do not serve the HTTP API (then `colo apply` and `colo agent` cannot reach it)."
+    ),
     force: bool = typer.Option(False, "--force", help="Run a plan that predicts an agent runs out of memory."),
 ) -> None:
     """Plan against the GPUs, start the MPS daemons, launch the agents by priority and supervise them."""
@@ -230,49 +235,22 @@ def down_command(
 
 
 def status_data(sd: Path) -> dict[str, Any]:
-    """What ``colo status`` shows: the orchestrator (pid or None) and every agent's last recorded status."""
-    from colo.supervise.statedir import StateDirPaths, running_orchestrator
-    from colo.supervise.store import Store
+    """What ``colo status`` shows: the orchestrator (pid or None) and every agent, from the running
+    orchestrator's API when it answers, else as last recorded in the state dir."""
+    from colo.supervise.statedir import recorded_state
 
-    paths = StateDirPaths(sd)
-    pid = running_orchestrator(sd)
-    store = Store.open_existing(paths.db)
-    if store is None:
+    rec = recorded_state(sd)
+    if rec is None:
         return {"state_dir": str(sd), "orchestrator": None, "source": "store", "agents": [], "recent_events": []}
-    try:
-        agents = [r.status.to_dict() for r in store.agents()]
-        have = {a["name"] for a in agents}
-        for u in store.get_meta("left_out", []):
-            if u["agent"] not in have:
-                agents.append(
-                    {
-                        "name": u["agent"],
-                        "state": "STOPPED",
-                        "pid": None,
-                        "gpu": None,
-                        "gpu_uuid": None,
-                        "limit_bytes": u["limit_bytes"],
-                        "requirement_bytes": 0,
-                        "priority": u["priority"],
-                        "restarts": 0,
-                        "memory_used_bytes": None,
-                        "memory_peak_bytes": None,
-                        "last_error": f"left out: {u['reason']}",
-                        "since": None,
-                        "models": [],
-                    }
-                )
-        meta = store.get_meta("orchestrator") if pid else None
-        api_url = store.get_meta("api_url") if pid else None
-        events = [e.to_dict() for e in store.events(0, 10)]
-    finally:
-        store.close()
-    orch = {"pid": pid, **(meta or {})} if pid else None
+    agents = [a.to_dict() for a in rec.agents]
+    pid = rec.orchestrator_pid
+    orch = {"pid": pid, **(rec.orchestrator or {})} if pid else None
     source = "store"
-    if pid and api_url:
-        live = _agents_from_api(sd, api_url)
+    if pid and rec.api_url:
+        live = _agents_from_api(sd, rec.api_url)
         if live is not None:
             agents, source = live, "api"
+    events = [e.to_dict() for e in rec.events]
     return {"state_dir": str(sd), "orchestrator": orch, "source": source, "agents": agents, "recent_events": events}
 
 
@@ -335,45 +313,31 @@ def status_command(
     console.print(table)
 
 
-# --- requests to the running orchestrator ------------------------------------------------------------------
+# --- actions, through the running orchestrator's HTTP API ----------------------------------------------------
 
 
-class RequestRefused(ColoError):
-    """The running orchestrator refused a queued request (its message and exit code)."""
+def orchestrator_client(sd: Path, *, timeout_secs: float = REQUEST_TIMEOUT_SECS) -> Any:
+    """An :class:`~colo.api.client.ApiClient` for the orchestrator running with state dir ``sd``.
 
-
-def send_request(sd: Path, action: str, arg: str | None, *, timeout_secs: float = REQUEST_TIMEOUT_SECS) -> Any:
-    """Queue ``action`` for the running orchestrator and wait for its answer (its JSON result).
-
-    Raises OrchestratorUnreachable when none runs, SupervisorError when it does not answer in time, and the
-    orchestrator's error (with its exit code) when it refused.
+    Raises OrchestratorUnreachable when none runs there, or when it serves no HTTP API (``colo up --no-api``).
     """
-    from colo.supervise.statedir import StateDirPaths, running_orchestrator
-    from colo.supervise.store import Store
+    from colo.api.auth import read_token
+    from colo.api.client import ApiClient
+    from colo.supervise.statedir import recorded_state, running_orchestrator
 
     pid = running_orchestrator(sd)
     if pid is None:
         raise OrchestratorUnreachable(
             f"colo is not running with state dir {sd}", hint="start it with `colo up CONFIG` (or pass --state-dir)"
         )
-    store = Store(StateDirPaths(sd).db)
-    try:
-        rid = store.add_request(time.time(), action, arg)
-        deadline = time.monotonic() + timeout_secs
-        while True:
-            req = store.request(rid)
-            if req is not None and req.done:
-                result = json.loads(req.result or "null")
-                if not req.ok:
-                    err = RequestRefused(str(result.get("error", "refused")))
-                    err.exit_code = int(result.get("exit_code", 1))
-                    raise err
-                return result
-            if time.monotonic() > deadline:
-                raise SupervisorError(f"the orchestrator (pid {pid}) did not answer within {timeout_secs:g} s")
-            time.sleep(0.1)
-    finally:
-        store.close()
+    rec = recorded_state(sd, events=0)
+    url = rec.api_url if rec is not None else None
+    if not url:
+        raise OrchestratorUnreachable(
+            f"colo is up (pid {pid}) but serves no HTTP API, so it cannot be asked to act",
+            hint="start it without --no-api; `colo down` (a signal) still works",
+        )
+    return ApiClient(str(url), read_token(sd), timeout_secs=timeout_secs)
 
 
 def apply_command(
@@ -384,10 +348,14 @@ def apply_command(
     """Move the running system to a new colo.yaml: restart only the agents whose limit, placement, command or
     env changed, one at a time. If it does not fit, nothing changes."""
     from colo.spec import load_config
+    from colo.supervise.statedir import config_yaml
 
-    load_config(config)  # a bad file is reported here, with its line
+    cfg = load_config(config)  # a bad file is reported here, with its line
     sd = _state_dir(state_dir, config)
-    result = send_request(sd, "apply", json.dumps({"path": str(config.resolve())}))
+    with orchestrator_client(sd) as client:
+        # Sent whole, model paths made absolute: the orchestrator may run in another directory.
+        result = client.apply(config_yaml(cfg, config.resolve()), config.resolve())
+    result.pop("applied", None)
     if as_json:
         print_json(result)
         return
@@ -399,9 +367,10 @@ def apply_command(
 agent_app = typer.Typer(help="Start, stop or restart one agent of the running system.", no_args_is_help=True)
 
 
-def _agent_action(action: str, name: str, state_dir: Path | None, as_json: bool) -> None:
+def _agent_action(action: Verb, name: str, state_dir: Path | None, as_json: bool) -> None:
     sd = _state_dir(state_dir, None)
-    result = send_request(sd, action, name)
+    with orchestrator_client(sd) as client:
+        result = client.action(name, action)["status"]
     if as_json:
         print_json(result)
     else:

@@ -321,9 +321,6 @@ def device_memory(device: str) -> dict[str, int | None]:
 
 
 def _rss_bytes() -> int | None:
-    try:
-        import psutil
+    from colo.gpu.procs import rss_bytes
 
-        return int(psutil.Process().memory_info().rss)
-    except Exception:  # psutil missing or the process table unreadable: leave it out
-        return None
+    return rss_bytes()

@@ -150,13 +150,6 @@ class LogScanner:
             except FileNotFoundError:
                 self.offset = 0
 
-    def skip_to_end(self) -> None:
-        """Forget what is in the file now (e.g. when a new process starts logging)."""
-        try:
-            self.offset = self.path.stat().st_size
-        except FileNotFoundError:
-            self.offset = 0
-
     def read_new(self) -> str:
         """Text appended since the last call ("" when nothing new or no file)."""
         try:

@@ -1,12 +1,18 @@
-"""Frozen snapshots of agents and events: what the supervisor hands to the API, the CLI and the store."""
+"""Frozen snapshots of agents and events, and :class:`SystemSnapshot` (GPUs + MPS + agents + plan at one
+moment): what the supervisor hands to the API, the CLI and the store."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from colo.gpu.poller import GpuState
 from colo.supervise.state import AgentState
+
+if TYPE_CHECKING:
+    from colo.plan.types import Plan
+    from colo.spec.config import ColoConfig
 
 
 class EventKind(StrEnum):
@@ -67,3 +73,26 @@ class AgentStatus:
         d["state"] = self.state.value
         d["models"] = list(self.models)
         return d
+
+
+@dataclass(frozen=True)
+class SystemSnapshot:
+    """The running system at one moment, published by the supervisor once per poll (and after each action):
+    the GPUs and their MPS daemons/servers/clients (``gpu``, read once per poll by the one poller of this
+    node), every agent (placed ones, then those left out), the plan and the configuration in force.
+
+    ``taken_at``: monotonic seconds of the GPU reading. ``plan`` is None before the first plan exists.
+    """
+
+    config: ColoConfig
+    plan: Plan | None
+    agents: tuple[AgentStatus, ...]
+    gpu: GpuState
+    taken_at: float = 0.0
+
+    def agent(self, name: str) -> AgentStatus:
+        """One agent's status. Raises KeyError for an agent not in the snapshot."""
+        for s in self.agents:
+            if s.name == name:
+                return s
+        raise KeyError(name)

@@ -1,6 +1,6 @@
 """The run commands end to end on CPU with real processes (no GPU, no MPS): the flows the GPU drills use.
 
-``colo up`` runs as a subprocess with two tiny HTTP agents; the test then drives ``status --json``,
+``colo up`` runs as a subprocess (with its HTTP API) and two tiny HTTP agents; the test then drives ``status --json``,
 ``agent restart``, ``apply``, SIGKILL of the orchestrator + ``up`` again (adoption), ``logs`` and ``down``.
 Also the views without a running orchestrator (CliRunner).
 """
@@ -52,6 +52,8 @@ def env() -> dict[str, str]:
 def write_config(path: Path, ports: dict[str, int], margin_b: str = "512MiB") -> Path:
     agents = {}
     for name, port in ports.items():
+        if name == "api":
+            continue
         agents[name] = {
             "models": ["m"],
             "margin": margin_b if name == "b" else "512MiB",
@@ -61,6 +63,7 @@ def write_config(path: Path, ports: dict[str, int], margin_b: str = "512MiB") ->
         }
     doc = {"version": 1, "gpus": [{"name": "X", "memory": "24GiB"}], "models": {"m": {"memory": "1GiB"}}}
     doc["agents"] = agents
+    doc["api"] = {"host": "127.0.0.1", "port": ports["api"]}  # actions reach the orchestrator over HTTP
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -83,7 +86,7 @@ def wait_for(pred: Callable[[], Any], timeout: float = 30.0) -> Any:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     (tmp_path / "agent.py").write_text(AGENT)
-    ports = {"a": free_port(), "b": free_port()}
+    ports = {"a": free_port(), "b": free_port(), "api": free_port()}
     box: dict[str, Any] = {
         "sd": tmp_path / "state",
         "cfg": write_config(tmp_path / "colo.yaml", ports),
@@ -105,7 +108,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 def start(box: dict[str, Any], cfg: Path) -> subprocess.Popen[str]:
     p = subprocess.Popen(
-        [*COLO, "up", str(cfg), "--state-dir", str(box["sd"]), "--no-api"],
+        [*COLO, "up", str(cfg), "--state-dir", str(box["sd"])],
         env=env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

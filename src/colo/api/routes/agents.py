@@ -22,7 +22,7 @@ def agent_dict(s: AgentStatus) -> dict[str, Any]:
 
 def _status(source: ApiSource, name: str) -> AgentStatus:
     try:
-        return source.status(name)
+        return source.snapshot().agent(name)
     except KeyError:
         raise HTTPException(status_code=404, detail={"error": f"no agent named {name!r}"}) from None
 
@@ -30,7 +30,7 @@ def _status(source: ApiSource, name: str) -> AgentStatus:
 @router.get("/agents", dependencies=[Depends(require_read)], summary="Every agent's status")
 def agents(request: Request) -> dict[str, Any]:
     """``{"agents": [...]}``, each as ``GET /agents/{name}`` returns it."""
-    return {"agents": [agent_dict(s) for s in ctx_of(request).source.statuses()]}
+    return {"agents": [agent_dict(s) for s in ctx_of(request).source.snapshot().agents]}
 
 
 @router.get("/agents/{name}", dependencies=[Depends(require_read)], summary="One agent's status")
