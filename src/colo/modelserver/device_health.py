@@ -21,7 +21,7 @@ from colo.modelserver.device_errors import DeviceErrorKind, classify, first_line
 
 Probe = Callable[[], None]
 
-DEFAULT_TIMEOUT_SECS = 2.0
+DEFAULT_TIMEOUT_SECS = 1.0  # below the supervisor's default health timeout (2 s)
 DEFAULT_MIN_INTERVAL_SECS = 0.25
 
 

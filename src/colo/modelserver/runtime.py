@@ -32,7 +32,13 @@ from typing import Any, Literal
 from colo.errors import ColoError, UsageError
 from colo.modelserver.batching import DeviceWorker, Job, QueueFull, merged_rows
 from colo.modelserver.device_errors import DeviceErrorKind, classify, first_line
-from colo.modelserver.device_health import ContextWatch, Probe, cuda_round_trip, trigger_device_assert
+from colo.modelserver.device_health import (
+    DEFAULT_TIMEOUT_SECS,
+    ContextWatch,
+    Probe,
+    cuda_round_trip,
+    trigger_device_assert,
+)
 from colo.modelserver.inference import BatchResult, is_oom, run_batch, run_merged, worst_case_rows
 from colo.modelserver.loading import LoadedModel, load_model
 from colo.modelserver.metrics import AgentMetrics
@@ -122,7 +128,7 @@ class AgentRuntime:
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
     max_queue: int = DEFAULT_MAX_QUEUE
     probe: Probe | None = None
-    probe_timeout_secs: float = 2.0
+    probe_timeout_secs: float = DEFAULT_TIMEOUT_SECS
     on_context_lost: Callable[[str], None] = lambda reason: None
     metrics: AgentMetrics = field(init=False)
     _state_lock: threading.Lock = field(default_factory=threading.Lock)
