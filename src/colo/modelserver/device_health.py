@@ -34,9 +34,11 @@ def cuda_round_trip(device: str) -> Probe:
         import torch
 
         if "stream" not in state:
+            # The tensor comes from the current stream's pool (a side-stream allocation would reserve a
+            # segment of its own); the side stream waits for its zeroing once.
+            state["tensor"] = torch.zeros(1, device=device)
             stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
-            with torch.cuda.stream(stream):
-                state["tensor"] = torch.zeros(1, device=device)
+            stream.wait_stream(torch.cuda.current_stream(device))
             state["stream"] = stream
         stream = state["stream"]
         with torch.cuda.stream(stream):
