@@ -23,6 +23,8 @@ Probe = Callable[[], None]
 
 DEFAULT_TIMEOUT_SECS = 1.0  # below the supervisor's default health timeout (2 s)
 DEFAULT_MIN_INTERVAL_SECS = 0.25
+# A probe unanswered this long is a hung device, not a busy one: the context is declared lost.
+DEFAULT_HANG_SECS = 10.0
 
 
 def cuda_round_trip(device: str) -> Probe:
@@ -84,11 +86,16 @@ class ContextWatch:
 
     def check(self) -> str | None:
         """None when the context answered; else the reason it is unusable (an error line, or a timeout)."""
+        return self.check_hung()[0]
+
+    def check_hung(self) -> tuple[str | None, float]:
+        """``(reason, hung_secs)``: as :meth:`check`, and how long the unanswered probe had been running when
+        the answer was decided (0.0 unless the reason is a timeout)."""
         with self._lock:
             now = self._clock()
             fresh = self._checked_at is not None and now - self._checked_at < self.min_interval_secs
             if fresh and self._in_flight_since is None:
-                return self._outcome
+                return self._outcome, 0.0
             if self._in_flight_since is None:
                 self._in_flight_since = now
                 self._done.clear()
@@ -97,11 +104,12 @@ class ContextWatch:
         self._done.wait(max(0.0, self.timeout_secs - (self._clock() - since)))
         with self._lock:
             if self._in_flight_since is None:
-                return self._outcome
+                return self._outcome, 0.0
             waited = self._clock() - self._in_flight_since
             if waited >= self.timeout_secs:
-                return f"the device did not answer a round trip within {self.timeout_secs:g} s (hung?)"
-            return None  # the clock moved less than the wait: treat as still fine
+                reason = f"the device did not answer a round trip within {self.timeout_secs:g} s (hung?)"
+                return reason, waited
+            return None, 0.0  # the clock moved less than the wait: treat as still fine
 
     def _run(self) -> None:
         outcome: str | None = None

@@ -33,6 +33,7 @@ from colo.errors import ColoError, UsageError
 from colo.modelserver.batching import DeviceWorker, Job, QueueFull, merged_rows
 from colo.modelserver.device_errors import DeviceErrorKind, classify, first_line
 from colo.modelserver.device_health import (
+    DEFAULT_HANG_SECS,
     DEFAULT_TIMEOUT_SECS,
     ContextWatch,
     Probe,
@@ -47,7 +48,7 @@ from colo.units import MIB
 
 log = logging.getLogger(__name__)
 
-Status = Literal["loading", "ready", "failed", "context_lost"]
+Status = Literal["loading", "ready", "unresponsive", "failed", "context_lost"]
 OOM_TEXT = "CUDA out of memory"
 DEFAULT_BATCH_WAIT_MS = 2.0
 DEFAULT_MAX_QUEUE = 64
@@ -111,7 +112,9 @@ class AgentRuntime:
     ``loader`` builds one model (tests inject one). ``batch_wait_ms``: the longest a batch waits for more
     requests to merge; ``max_queue``: requests allowed to wait for the device (beyond: 503). ``probe``: the
     context round trip (default: :func:`cuda_round_trip` on CUDA, none on CPU); ``probe_timeout_secs`` bounds
-    it. ``on_context_lost(reason)`` is called once when the context is found unusable.
+    it (past it /health says ``unresponsive``, 503); a probe unanswered for ``hang_secs`` is a hung device and
+    the context is declared lost. ``on_context_lost(reason)`` is called once when the context is found
+    unusable.
     """
 
     agent: str
@@ -129,6 +132,7 @@ class AgentRuntime:
     max_queue: int = DEFAULT_MAX_QUEUE
     probe: Probe | None = None
     probe_timeout_secs: float = DEFAULT_TIMEOUT_SECS
+    hang_secs: float = DEFAULT_HANG_SECS
     on_context_lost: Callable[[str], None] = lambda reason: None
     metrics: AgentMetrics = field(init=False)
     _state_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -400,6 +404,37 @@ class AgentRuntime:
         log.error("agent %s: %s; exiting to be restarted", self.agent, reason)
         self.on_context_lost(reason)
 
+    def check_context(self) -> tuple[Status, str | None]:
+        """Probe the context when ready: ``(status, error)`` for /health.
+
+        A failed probe loses the context for good (:meth:`context_lost`); a probe still unanswered after
+        ``probe_timeout_secs`` gives ``unresponsive`` (503, not sticky), and after ``hang_secs`` loses it.
+        """
+        if self.status == "ready" and self._watch is not None:
+            reason, hung = self._watch.check_hung()
+            if reason is not None:
+                if hung == 0.0 or hung >= self.hang_secs:
+                    self.context_lost(reason if hung == 0.0 else f"{reason}; unanswered for {hung:.0f} s")
+                else:
+                    return "unresponsive", reason
+        return self.status, self.error
+
+    def watch_context(self, interval_secs: float = 0.5) -> threading.Thread | None:
+        """Probe the context every ``interval_secs`` on a daemon thread, so a broken context is found (and the
+        agent leaves) within about a second even when nobody asks /health. Returns the thread (None on CPU:
+        nothing to probe)."""
+        if self._watch is None:
+            return None
+
+        def loop() -> None:
+            while self.status != "context_lost":
+                self.check_context()
+                time.sleep(interval_secs)
+
+        thread = threading.Thread(target=loop, name=f"colo-agent-{self.agent}-watch", daemon=True)
+        thread.start()
+        return thread
+
     def inject_fault(self) -> None:
         """Fault hook (tests only, reached only when the server was started with the fault route): launch a
         kernel that fails a device-side assert on the device thread, so the context breaks for good."""
@@ -426,14 +461,11 @@ class AgentRuntime:
 
     def health(self) -> dict[str, Any]:
         """What /health returns: status, models (weights, tokenizer), device, pid, memory counters."""
-        if self.status == "ready" and self._watch is not None:
-            reason = self._watch.check()
-            if reason is not None:
-                self.context_lost(reason)
+        status, error = self.check_context()
         with self._models_lock:
             models = [m.describe() for m in self.models.values()]
         return {
-            "status": self.status,
+            "status": status,
             "agent": self.agent,
             "pid": os.getpid(),
             "device": self.device,
@@ -442,7 +474,7 @@ class AgentRuntime:
             "models": models,
             "models_expected": [m for m, _ in self.specs],
             "warm_up": self.warm_up,
-            "error": self.error,
+            "error": error,
             "uptime_secs": round(self.clock() - self._started, 3),
             "ready_after_secs": None if self._ready_secs is None else round(self._ready_secs, 3),
             "requests": self._counters.requests,
@@ -452,7 +484,7 @@ class AgentRuntime:
             "queue_depth": self._worker.depth,
             "batch_wait_ms": self.batch_wait_ms,
             "max_queue": self.max_queue,
-            **_device_memory_or_none(self.device, self.status),
+            **_device_memory_or_none(self.device, status),
         }
 
 
@@ -467,8 +499,9 @@ def _empty_cache(device: str) -> None:
 
 
 def _device_memory_or_none(device: str, status: Status) -> dict[str, int | None]:
-    """device_memory, except when the context is lost (CUDA calls would fail or hang): all None but RSS."""
-    if status != "context_lost":
+    """device_memory, except when the context is lost or unresponsive (CUDA calls could fail or hang): all
+    None but RSS."""
+    if status not in ("context_lost", "unresponsive"):
         try:
             return device_memory(device)
         except RuntimeError:

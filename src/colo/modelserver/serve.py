@@ -256,6 +256,7 @@ def _serve(
     def _load() -> None:
         try:
             runtime.load()
+            runtime.watch_context()  # a lost context is found within about a second, polled or not
             return
         except ColoError as err:  # LoadOutOfMemory (exit 3), unknown model (exit 2), ...
             exit_code[0] = err.exit_code

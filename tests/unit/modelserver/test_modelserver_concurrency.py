@@ -99,3 +99,30 @@ def test_health_probes_the_context() -> None:
     assert h["status"] == "context_lost" and "cudaErrorMpsRpcFailure" in h["error"]
     assert rt.health()["status"] == "context_lost" and len(lost) == 1
     assert h["memory_allocated_bytes"] is None  # no CUDA calls on a lost context
+
+
+def test_a_slow_probe_is_unresponsive_then_lost_when_hung() -> None:
+    release = threading.Event()
+    lost: list[str] = []
+    hang = threading.Event()
+
+    def probe() -> None:
+        if hang.is_set():
+            release.wait(10)
+
+    rt = _runtime(probe=probe, probe_timeout_secs=0.05, hang_secs=0.5, on_context_lost=lost.append)
+    assert rt.health()["status"] == "ready"
+    hang.set()
+    rt._watch.min_interval_secs = 0  # type: ignore[union-attr]
+    h = rt.health()
+    assert h["status"] == "unresponsive" and "did not answer" in h["error"] and not lost
+    assert rt.status == "ready"  # not sticky
+    watcher = rt.watch_context(interval_secs=0.05)
+    assert watcher is not None
+    watcher.join(5)
+    release.set()
+    assert rt.status == "context_lost" and len(lost) == 1 and "unanswered for" in lost[0]
+
+
+def test_no_watch_on_cpu() -> None:
+    assert _runtime().watch_context() is None
