@@ -308,7 +308,8 @@ def test_batching_16_clients_under_mps_stays_within_the_limit(
         agent = _spawn(config, "memory", port, env, tmp_path / "memory.log")
         _wait_healthy(agent)
         rows = [[1000 + (r * 31 + c) % 5000 for c in range(128)] for r in range(8)]
-        lone = httpx.post(f"{agent.url}/infer", json={"input_ids": rows}, timeout=60).json()
+        lones = [httpx.post(f"{agent.url}/infer", json={"input_ids": rows}, timeout=60).json() for _ in range(5)]
+        lone = sorted(lones, key=lambda a: a["timing"]["queue_ms"])[2]  # the median of five lone requests
         peak = [0]
         stop = threading.Event()
 
