@@ -84,16 +84,21 @@ class ContextWatch:
         self._outcome: str | None = None  # the last finished probe's failure (None: it passed)
         self._checked_at: float | None = None
 
-    def check(self) -> str | None:
-        """None when the context answered; else the reason it is unusable (an error line, or a timeout)."""
-        return self.check_hung()[0]
+    def check(self, *, fresh_only: bool = False) -> str | None:
+        """None when the context answered; else the reason it is unusable (an error line, or a timeout).
+        ``fresh_only``: never reuse an earlier result."""
+        return self.check_hung(fresh_only=fresh_only)[0]
 
-    def check_hung(self) -> tuple[str | None, float]:
+    def check_hung(self, *, fresh_only: bool = False) -> tuple[str | None, float]:
         """``(reason, hung_secs)``: as :meth:`check`, and how long the unanswered probe had been running when
         the answer was decided (0.0 unless the reason is a timeout)."""
         with self._lock:
             now = self._clock()
-            fresh = self._checked_at is not None and now - self._checked_at < self.min_interval_secs
+            fresh = (
+                not fresh_only
+                and self._checked_at is not None
+                and now - self._checked_at < self.min_interval_secs
+            )
             if fresh and self._in_flight_since is None:
                 return self._outcome, 0.0
             if self._in_flight_since is None:

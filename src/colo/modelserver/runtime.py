@@ -390,7 +390,12 @@ class AgentRuntime:
             self.context_lost(reason)
             error = ContextLost(f"agent {self.agent}: {reason}", hint="the agent is restarting")
         else:
-            return exc
+            # An error the text does not place: if the context no longer answers, that was the cause.
+            probed = self._watch.check(fresh_only=True) if self._watch is not None else None
+            if probed is None:
+                return exc
+            self.context_lost(f"{probed} (after {first_line(exc)} on {model_id})")
+            error = ContextLost(f"agent {self.agent}: {self.error}", hint="the agent is restarting")
         error.__cause__ = exc
         return error
 

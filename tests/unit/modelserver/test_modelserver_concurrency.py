@@ -126,3 +126,21 @@ def test_a_slow_probe_is_unresponsive_then_lost_when_hung() -> None:
 
 def test_no_watch_on_cpu() -> None:
     assert _runtime().watch_context() is None
+
+
+def test_an_unplaced_error_is_a_lost_context_when_the_probe_fails() -> None:
+    broken = threading.Event()
+    lost: list[str] = []
+
+    def probe() -> None:
+        if broken.is_set():
+            raise RuntimeError("CUDA error: unknown error")
+
+    rt = _runtime(probe=probe, on_context_lost=lost.append)
+    rt.models["enc"].module = RaisingModule("CUDA error: unknown error")
+    with pytest.raises(RuntimeError, match="unknown error"):  # the context still answers: a plain error
+        rt.infer(InferInput(texts=["x"]))
+    broken.set()
+    with pytest.raises(ContextLost):
+        rt.infer(InferInput(texts=["x"]))
+    assert len(lost) == 1 and rt.status == "context_lost"
