@@ -11,7 +11,6 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from colo import units
 from colo.bench.results import BenchResult, PointResult
@@ -313,7 +312,3 @@ def write_reports(
     paths["png"] = write_atomic(out / f"{stem}.png", plot_png(results))
     return paths
 
-
-def summary_rows(result: BenchResult) -> list[dict[str, Any]]:
-    """The table's rows as data (for ``--json`` and the live view)."""
-    return list(result.to_dict()["summary"])

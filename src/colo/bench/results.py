@@ -6,7 +6,7 @@ and ``colo advise`` read it. ``to_dict``/``from_dict`` round-trip it through the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -261,7 +261,3 @@ class BenchResult:
             created=str(raw.get("created", "")),
         )
 
-
-def combine(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
-    """Several runs as one JSON-able list (the GPU script bundles its parts in one file)."""
-    return [r.to_dict() for r in results]
