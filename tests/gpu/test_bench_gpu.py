@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from colo.bench.report import to_json, to_markdown, write_reports
-from colo.bench.runner import BenchPlan, run_bench
+from colo.bench.run import BenchPlan, run_bench
 from colo.bench.spec import InstanceSpec
 
 pytestmark = pytest.mark.gpu

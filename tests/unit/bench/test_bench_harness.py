@@ -11,7 +11,7 @@ import pytest
 from colo.bench.harness import BenchError, child_env, run_point
 from colo.bench.instance import timed_loop
 from colo.bench.loads.base import RequestOutcome
-from colo.bench.runner import BenchPlan, run_bench
+from colo.bench.run import BenchPlan, run_bench
 from colo.bench.spec import InstanceSpec
 from colo.errors import UsageError
 
