@@ -65,7 +65,9 @@ def _read_lines(stream: object, out: queue.Queue[str]) -> None:
 def mps_world() -> Iterator[dict[str, object]]:
     """A running daemon under a private root, a child MPS client holding memory; torn down always."""
     _need_gpu()
-    from colo.gpu.mps.daemon import MpsFleet, MpsRoot, client_env
+    from colo.gpu.mps.env import client_env
+    from colo.gpu.mps.fleet import MpsFleet
+    from colo.gpu.mps.root import MpsRoot
     from colo.gpu.nvml import NvmlBackend, slots_from_snapshots
     from colo.plan import plan
     from colo.spec import load_config_text

@@ -32,8 +32,12 @@ import pytest
 
 from colo.errors import MpsError
 from colo.gpu.mps.control import SubprocessMpsControl, find_binary, scan_processes
-from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsFleet, MpsRoot, ServerStatus, client_env
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
+from colo.gpu.mps.env import client_env
+from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.log import MpsLogKind, MpsLogReader
+from colo.gpu.mps.replies import ServerStatus
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import ClientProcess, GpuSnapshot, NvmlBackend
 from colo.plan.types import AgentPlan, GpuSlot, ModelMemory
 

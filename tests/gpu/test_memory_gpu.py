@@ -35,7 +35,9 @@ from typing import Any
 import pytest
 
 from colo import units
-from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsRoot, client_env
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
+from colo.gpu.mps.env import client_env
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuSnapshot, NvmlBackend
 from colo.memory.db import ModelDB
 from colo.memory.estimate import Workload, estimate, estimate_set

@@ -34,7 +34,8 @@ import pytest
 import yaml
 
 from colo.gpu.mps.control import SubprocessMpsControl, find_binary, scan_processes
-from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsRoot
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import NvmlBackend
 from colo.plan import inventory_slots, plan, require_complete
 from colo.render.k8s import K8sOptions, render_k8s

@@ -196,7 +196,8 @@ def kill_tree_under(marker: str) -> list[int]:
 
 
 def quit_mps(state_dir: Path) -> None:
-    from colo.gpu.mps.daemon import MpsDaemon, MpsRoot
+    from colo.gpu.mps.daemon import MpsDaemon
+    from colo.gpu.mps.root import MpsRoot
 
     root = MpsRoot.under_state_dir(state_dir)
     for uuid in root.gpu_uuids():

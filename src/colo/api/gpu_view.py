@@ -23,7 +23,7 @@ from colo.api.source import ApiSource
 from colo.errors import ColoError
 from colo.files import state_dir
 from colo.gpu.info import gpu_info
-from colo.gpu.mps.daemon import MpsRoot
+from colo.gpu.mps.root import MpsRoot
 from colo.supervise.snapshots import AgentStatus
 
 NO_GPU_HINT = "no GPU backend: colo sees no NVIDIA GPU here (is the driver loaded? try `nvidia-smi`)"

@@ -18,7 +18,8 @@ from typing import NoReturn
 from colo.api.source import ApiSource, ApplyOutcome
 from colo.errors import ColoError, PlanError, SupervisorError
 from colo.files import state_dir
-from colo.gpu.mps.daemon import MpsFleet, MpsRoot
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend, NvmlBackend, slots_from_snapshots
 from colo.plan import GpuSlot, Plan, inventory_slots, plan
 from colo.plan.types import MemoryInputs

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from colo.gpu.mps.daemon import MpsFleet
+from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.nvml import GpuBackend
 from colo.plan.types import Plan
 from colo.spec.config import ColoConfig

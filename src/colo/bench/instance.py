@@ -25,16 +25,11 @@ from typing import Any, TextIO
 
 from colo.bench.loads import Workload, make_workload
 from colo.bench.spec import InstanceSpec
+from colo.gpu.mps.env import CLIENT_VARS
 
 PREFIX = "COLO-BENCH "
 # What made this instance an MPS client (or not), reported with its results.
-REPORTED_ENV = (
-    "CUDA_VISIBLE_DEVICES",
-    "CUDA_MPS_PIPE_DIRECTORY",
-    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
-    "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
-    "CUDA_MPS_CLIENT_PRIORITY",
-)
+REPORTED_ENV = CLIENT_VARS
 
 
 def emit(stream: TextIO, tag: str, payload: dict[str, Any]) -> None:

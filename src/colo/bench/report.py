@@ -311,4 +311,3 @@ def write_reports(
     paths["md"] = write_atomic(out / f"{stem}.md", to_markdown(results))
     paths["png"] = write_atomic(out / f"{stem}.png", plot_png(results))
     return paths
-

@@ -260,4 +260,3 @@ class BenchResult:
             settings=dict(raw.get("settings", {})),
             created=str(raw.get("created", "")),
         )
-

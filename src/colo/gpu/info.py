@@ -24,7 +24,10 @@ import psutil
 
 from colo import units
 from colo.gpu.mps.control import MpsControl, SubprocessMpsControl
-from colo.gpu.mps.daemon import DaemonStatus, MpsDaemon, MpsRoot
+from colo.gpu.mps.daemon import MpsDaemon
+from colo.gpu.mps.env import pinned_limit_text
+from colo.gpu.mps.replies import DaemonStatus
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import ClientProcess, GpuBackend
 
 _LIMIT_ITEM = re.compile(r"^\s*(\d+)\s*=\s*(\S+)\s*$")
@@ -37,7 +40,7 @@ def pinned_limit_of(pid: int) -> int | None:
         env = psutil.Process(pid).environ()
     except (psutil.Error, OSError):
         return None
-    return parse_pinned_limit(env.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", ""))
+    return parse_pinned_limit(pinned_limit_text(env))
 
 
 def parse_pinned_limit(text: str, ordinal: int = 0) -> int | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from colo.errors import ProfileError
+from colo.gpu.mps.env import pipe_dir_of
 from colo.gpu.nvml import GpuBackend
 from colo.memory.db import AgentEntry, ModelDB, ModelEntry, Provenance
 from colo.memory.worst_case import ModelRequest
@@ -75,7 +76,7 @@ def provenance_for(
             cuda = backend.cuda_version() or cuda
         except Exception:  # provenance is best effort; the measurement stands without it
             pass
-    mps = bool((env or {}).get("CUDA_MPS_PIPE_DIRECTORY"))
+    mps = pipe_dir_of(env or {}) is not None
     return Provenance(
         gpu=gpu_name,
         gpu_uuid=uuid,

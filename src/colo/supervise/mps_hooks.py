@@ -12,8 +12,10 @@ import contextlib
 import time
 
 from colo.errors import MpsError
-from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, ServerStatus
+from colo.gpu.mps.daemon import MpsDefaults
+from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.log import MpsLogKind, MpsLogReader
+from colo.gpu.mps.replies import ServerStatus
 from colo.supervise.supervisor import MpsFault
 
 #: A fault line in an MPS log names the culprit of a FAULT seen within this many seconds.

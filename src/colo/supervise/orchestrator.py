@@ -26,7 +26,9 @@ from colo.clock import Clock, SystemClock
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
 from colo.files import write_atomic
 from colo.gpu.mps.control import MpsControl
-from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, MpsRoot
+from colo.gpu.mps.daemon import MpsDefaults
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
 from colo.plan import plan
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced

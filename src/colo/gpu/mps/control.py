@@ -28,6 +28,7 @@ from typing import Literal, Protocol, runtime_checkable
 import psutil
 
 from colo.errors import MpsError
+from colo.gpu.mps.env import pipe_dir_of
 
 CONTROL_BIN = "nvidia-cuda-mps-control"
 SERVER_BIN = "nvidia-cuda-mps-server"
@@ -129,7 +130,7 @@ def scan_processes(pipe_dir: Path | None = None) -> list[MpsProcess]:
                 environ = proc.environ()
             except (psutil.AccessDenied, OSError):
                 environ = {}
-            pdir = environ.get("CUDA_MPS_PIPE_DIRECTORY") or DEFAULT_PIPE_DIR
+            pdir = pipe_dir_of(environ) or DEFAULT_PIPE_DIR
             if pipe_dir is not None and not _same_dir(pdir, str(pipe_dir)):
                 continue
             try:
@@ -175,7 +176,7 @@ class SubprocessMpsControl:
     def send(self, command: str, *, env: Mapping[str, str], timeout_secs: float = 10.0) -> str:
         """``echo "<command>" | nvidia-cuda-mps-control``. Raises MpsError (timeout, non-zero exit)."""
         binary = self.binary()
-        pipe_dir = env.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_PIPE_DIR)
+        pipe_dir = pipe_dir_of(env) or DEFAULT_PIPE_DIR
         try:
             done = subprocess.run(
                 [binary],
