@@ -39,6 +39,7 @@ from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
 from colo.gpu.mps.env import client_env
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuSnapshot, NvmlBackend
+from colo.gpu.sampler import Sampler, nvml_read
 from colo.memory.db import ModelDB
 from colo.memory.estimate import Workload, estimate, estimate_set
 from colo.memory.resolve import agent_memory_for_plan, memory_for_plan
@@ -49,7 +50,6 @@ from colo.plan.limits import agent_limit
 from colo.plan.types import AgentPlan
 from colo.profiling.profiler import Job, JobResult, Profiler
 from colo.profiling.protocol import ProfileRequest
-from colo.profiling.sampler import PeakSampler, nvml_reader
 from colo.profiling.spawn import ChildOutcome, child_env, run_child
 from colo.spec import load_config
 from colo.spec.config import ColoConfig
@@ -293,8 +293,8 @@ def _run_under_limit(session: Session, daemon: MpsDaemon, name: str, limit_bytes
     env = child_env(client_env(fake_plan, daemon.paths, gpu_uuid=session.gpu.uuid))
     request = ProfileRequest(models=reqs, device="cuda", handshake=True)
 
-    def sampler(pid: int) -> PeakSampler:
-        return PeakSampler(nvml_reader(session.backend), pid, interval_secs=0.02)
+    def sampler(pid: int) -> Sampler:
+        return Sampler(nvml_read(session.backend, [pid]), interval_secs=0.02)
 
     return run_child(request, sampler_factory=sampler, env=env, timeout_secs=CHILD_TIMEOUT_SECS)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from colo.bench import stats
-from colo.bench.gpu_sampler import GpuActivity
+from colo.bench.activity import GpuActivity
 
 Mode = Literal["timeslice", "mps", "merged", "external"]
 MODES: tuple[str, ...] = ("timeslice", "mps")

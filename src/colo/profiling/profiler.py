@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from colo.errors import ProfileError
 from colo.gpu.mps.env import pipe_dir_of
 from colo.gpu.nvml import GpuBackend
+from colo.gpu.sampler import PEAK_INTERVAL_SECS, Sampler, nvml_read
 from colo.memory.db import AgentEntry, ModelDB, ModelEntry, Provenance
 from colo.memory.worst_case import ModelRequest
 from colo.profiling.protocol import ProfileRequest
-from colo.profiling.sampler import DEFAULT_INTERVAL_SECS, PeakSampler, nvml_reader
 from colo.profiling.spawn import DEFAULT_TIMEOUT_SECS, ChildOutcome, child_env, run_child
 
 
@@ -154,7 +154,7 @@ class Profiler:
         device: str = "cuda",
         env: Mapping[str, str] | None = None,
         timeout_secs: float = DEFAULT_TIMEOUT_SECS,
-        interval_secs: float = DEFAULT_INTERVAL_SECS,
+        interval_secs: float = PEAK_INTERVAL_SECS,
         now: Callable[[], str] = utc_now,
     ) -> None:
         self.db = db
@@ -165,9 +165,11 @@ class Profiler:
         self.interval_secs = interval_secs
         self.now = now
 
-    def _sampler(self, pid: int) -> PeakSampler:
+    def _sampler(self, pid: int) -> Sampler:
         assert self.backend is not None
-        return PeakSampler(nvml_reader(self.backend), pid, interval_secs=self.interval_secs)
+        return Sampler(
+            nvml_read(self.backend, [pid]), interval_secs=self.interval_secs, name=f"colo-nvml-sampler-{pid}"
+        )
 
     def run_job(self, job: Job, *, repeats: int = 1) -> JobResult:
         """Run one job in a fresh child and record it (database changed in memory; call ``db.save()``)."""
