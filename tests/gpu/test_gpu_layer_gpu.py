@@ -23,15 +23,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from mps_daemons import CLIENT, MpsDaemons, gone, gpus_with_mps
 
 from colo.errors import MpsError
-from colo.gpu.mps.control import SubprocessMpsControl, find_binary, scan_processes
+from colo.gpu.mps.control import find_binary, scan_processes
 from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
 from colo.gpu.mps.env import client_env
 from colo.gpu.mps.fleet import MpsFleet
@@ -46,38 +45,6 @@ pytestmark = pytest.mark.gpu
 MIB = 1024**2
 GIB = 1024**3
 
-# A child CUDA client: creates its context, reports what it sees, tries the allocations it is given (freeing
-# each), holds 256 MiB so NVML shows it, then waits for a line on stdin.
-CHILD = r"""
-import json, os, sys
-import torch
-probes = json.loads(sys.argv[1])
-torch.zeros(1, device="cuda")
-torch.cuda.synchronize()
-free, total = torch.cuda.mem_get_info()
-props = torch.cuda.get_device_properties(0)
-res = {"pid": os.getpid(), "free": free, "total": total, "sms": props.multi_processor_count,
-       "count": torch.cuda.device_count(), "uuid": str(getattr(props, "uuid", "") or ""), "allocs": []}
-for n in probes:
-    try:
-        t = torch.empty(n, dtype=torch.uint8, device="cuda")
-        t.fill_(1)
-        torch.cuda.synchronize()
-        res["allocs"].append([n, "ok"])
-        del t
-    except torch.cuda.OutOfMemoryError:
-        res["allocs"].append([n, "oom"])
-    except RuntimeError as exc:
-        res["allocs"].append([n, "error: " + str(exc)[:300]])
-    torch.cuda.empty_cache()
-hold = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
-hold.fill_(1)
-torch.cuda.synchronize()
-print(json.dumps(res), flush=True)
-sys.stdin.readline()
-"""
-
-
 def result_line(name: str, text: str) -> None:
     print(f"\nGPU-RESULT {name}: {text}", flush=True)
 
@@ -91,12 +58,7 @@ def gib(n: int | None) -> str:
 
 @pytest.fixture(scope="module")
 def gpus() -> list[GpuSnapshot]:
-    if find_binary() is None:
-        pytest.skip("nvidia-cuda-mps-control is not installed")
-    found = NvmlBackend().gpus()
-    if not found:
-        pytest.skip("NVML sees no GPU")
-    return found
+    return gpus_with_mps()
 
 
 @pytest.fixture
@@ -118,7 +80,7 @@ class Clients:
             env.pop(k, None)
         env.update(env_extra)
         proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, json.dumps(probes)],
+            [sys.executable, "-c", CLIENT, json.dumps(probes)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -167,46 +129,20 @@ def clients() -> Iterator[Clients]:
     c.close()
 
 
-@dataclass
-class Started:
-    daemons: list[MpsDaemon]
-    server_pids: set[int]
-
-    def note_servers(self, d: MpsDaemon) -> list[int]:
-        pids = d.server_pids()
-        self.server_pids.update(pids)
-        return pids
+Started = MpsDaemons
 
 
 @pytest.fixture
 def started(state_dir: Path) -> Iterator[Started]:
     """Daemons a test starts; teardown quits each and asserts nothing of its pipe dir survives."""
-    s = Started([], set())
+    s = MpsDaemons()
     yield s
-    leftovers: list[str] = []
-    for d in s.daemons:
-        with contextlib.suppress(Exception):
-            s.server_pids.update(d.server_pids())
-        try:
-            d.stop(timeout_secs=10)
-        except Exception as exc:  # keep going: every daemon must be tried
-            leftovers.append(f"stop failed for {d.gpu_uuid}: {exc}")
-        for p in scan_processes(d.paths.pipe_dir):
-            leftovers.append(f"{p.kind} {p.pid} of {d.paths.pipe_dir}")
-            with contextlib.suppress(OSError):
-                os.kill(p.pid, signal.SIGKILL)
-    for pid in s.server_pids:
-        if not gone(pid):
-            leftovers.append(f"server {pid}")
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+    leftovers = s.close()
     assert not leftovers, f"MPS processes left behind: {leftovers}"
 
 
 def new_daemon(state_dir: Path, uuid: str, started: Started, **kw: Any) -> MpsDaemon:
-    d = MpsDaemon(MpsRoot.under_state_dir(state_dir).for_gpu(uuid), uuid, SubprocessMpsControl(), **kw)
-    started.daemons.append(d)
-    return d
+    return started.new(MpsRoot.under_state_dir(state_dir), uuid, **kw)
 
 
 def agent(name: str, limit_bytes: int, uuid: str, *, pct: int = 100, prio: int = 0) -> AgentPlan:
@@ -221,14 +157,6 @@ def agent(name: str, limit_bytes: int, uuid: str, *, pct: int = 100, prio: int =
         active_thread_pct=pct,
         gpu=GpuSlot("local", 0, "GPU", 80 * GIB, uuid),
     )
-
-
-def gone(pid: int) -> bool:
-    """Exited (a zombie counts: in a container, PID 1 may never reap a daemon's orphans)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def wait_for(pred: Callable[[], bool], secs: float, step: float = 0.25) -> bool:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mps_daemons import gpus_with_mps, running_daemon
 
 from colo import units
 from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
@@ -259,22 +260,13 @@ def test_newsroom_planned_from_measurements(session: Session) -> None:
 
 @pytest.fixture(scope="module")
 def mps_daemon(session: Session) -> Iterator[tuple[MpsDaemon, Path]]:
-    if (
-        shutil.which("nvidia-cuda-mps-control") is None
-        and not Path("/usr/local/nvidia/bin/nvidia-cuda-mps-control").exists()
-    ):
-        pytest.skip("nvidia-cuda-mps-control is not installed")
+    gpus_with_mps()
     base = Path(tempfile.mkdtemp(prefix="colo-mem-", dir="/tmp"))
-    paths = MpsRoot(base).for_gpu(session.gpu.uuid)
-    daemon = MpsDaemon(paths, session.gpu.uuid)
     try:
-        daemon.start(MpsDefaults(None, None, None))
-        yield daemon, paths.pipe_dir
+        with running_daemon(MpsRoot(base), session.gpu.uuid, MpsDefaults(None, None, None)) as daemon:
+            yield daemon, daemon.paths.pipe_dir
     finally:
-        try:
-            daemon.stop(timeout_secs=15.0)
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _run_under_limit(session: Session, daemon: MpsDaemon, name: str, limit_bytes: int) -> ChildOutcome:

@@ -32,11 +32,11 @@ from typing import Any
 
 import pytest
 import yaml
+from mps_daemons import CLIENT, gpus_with_mps, running_daemon
 
-from colo.gpu.mps.control import SubprocessMpsControl, find_binary, scan_processes
+from colo.gpu.mps.control import SubprocessMpsControl, scan_processes
 from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
 from colo.gpu.mps.root import MpsRoot
-from colo.gpu.nvml import NvmlBackend
 from colo.plan import inventory_slots, plan, require_complete
 from colo.render.k8s import K8sOptions, render_k8s
 from colo.render.node_agent import NodeAgentLayout, write_index_links
@@ -59,28 +59,7 @@ agents:
 """
 LIMIT_BYTES = 1536 * MIB
 
-CHILD = r"""
-import json, os, sys
-import torch
-torch.zeros(1, device="cuda")
-torch.cuda.synchronize()
-free, total = torch.cuda.mem_get_info()
-res = {"pid": os.getpid(), "free": free, "total": total, "count": torch.cuda.device_count(), "allocs": []}
-for n in (256 * 1024 * 1024, 2 * 1024 * 1024 * 1024):
-    try:
-        t = torch.empty(n, dtype=torch.uint8, device="cuda")
-        t.fill_(1)
-        torch.cuda.synchronize()
-        res["allocs"].append([n, "ok"])
-        del t
-    except torch.cuda.OutOfMemoryError:
-        res["allocs"].append([n, "oom"])
-    except RuntimeError as exc:
-        res["allocs"].append([n, "error: " + str(exc)[:300]])
-    torch.cuda.empty_cache()
-print(json.dumps(res), flush=True)
-sys.stdin.readline()
-"""
+PROBES = [256 * MIB, 2 * GIB]
 
 
 def result_line(text: str) -> None:
@@ -97,33 +76,12 @@ def state_dir() -> Iterator[Path]:
 @pytest.fixture
 def daemon(state_dir: Path) -> Iterator[tuple[MpsDaemon, Any]]:
     """GPU 0's daemon under ``state_dir``, index links written; always quit and checked at teardown."""
-    if find_binary() is None:
-        pytest.skip("nvidia-cuda-mps-control is not installed")
-    gpus = NvmlBackend().gpus()
-    if not gpus:
-        pytest.skip("NVML sees no GPU")
+    gpus = gpus_with_mps()
     gpu = gpus[0]
     root = MpsRoot.under_state_dir(state_dir)
-    d = MpsDaemon(root.for_gpu(gpu.uuid), gpu.uuid, SubprocessMpsControl())
-    servers: set[int] = set()
-    try:
-        d.start(MpsDefaults())
+    with running_daemon(root, gpu.uuid, MpsDefaults()) as d:
         write_index_links(root.base_dir, [(g.index, g.uuid) for g in gpus])
         yield d, gpu
-    finally:
-        with contextlib.suppress(Exception):
-            servers.update(d.server_pids())
-        with contextlib.suppress(Exception):
-            d.stop(timeout_secs=10)
-        left = []
-        for p in scan_processes(d.paths.pipe_dir):
-            left.append(f"{p.kind} {p.pid}")
-            with contextlib.suppress(OSError):
-                os.kill(p.pid, signal.SIGKILL)
-        for pid in servers:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        assert not left, f"MPS processes left in {d.paths.pipe_dir}: {left}"
 
 
 def run_client(env_extra: dict[str, str], daemon: MpsDaemon) -> tuple[dict[str, Any], list[int]]:
@@ -131,7 +89,7 @@ def run_client(env_extra: dict[str, str], daemon: MpsDaemon) -> tuple[dict[str, 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_MPS_", "CUDA_VISIBLE_DEVICES"))}
     env.update(env_extra)
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
+        [sys.executable, "-c", CLIENT, json.dumps(PROBES)],
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -206,11 +164,7 @@ def test_colo_node_no_agents_serves_a_rendered_client(state_dir: Path) -> None:
     """End to end on one host: `colo node CONFIG --node local --no-agents` (a child process) starts GPU 0's
     MPS daemon and the index links; a client with the rendered drop-in's environment is limited by it; on
     SIGTERM the node agent quits its daemon."""
-    if find_binary() is None:
-        pytest.skip("nvidia-cuda-mps-control is not installed")
-    gpus = NvmlBackend().gpus()
-    if not gpus:
-        pytest.skip("NVML sees no GPU")
+    gpus = gpus_with_mps()
     cfg_path = state_dir / "colo.yaml"
     cfg_path.write_text(CONFIG)
     sd = state_dir / "s"
