@@ -4,15 +4,20 @@
 (killing it if it does not answer), kills whatever of its pipe dir survived and returns those leftovers.
 ``running_daemon`` is the one-daemon case as a context manager that asserts nothing was left. ``quit_all``
 quits the daemons colo itself started under a root (a ``colo up`` / ``colo node`` run). ``CLIENT`` is a torch
-child that reports what its context sees and tries the allocations it is given.
+child that reports what its context sees and tries the allocations it is given; ``Clients`` runs such
+children and kills them at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import signal
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -53,6 +58,60 @@ torch.cuda.synchronize()
 print(json.dumps(res), flush=True)
 sys.stdin.readline()
 """
+
+
+class Clients:
+    """Child CUDA clients of one test; all killed at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, env_extra: Mapping[str, str], probes: Sequence[int]) -> subprocess.Popen[str]:
+        """:data:`CLIENT` with ``probes``, in this process's environment without any MPS or GPU selection
+        variable, plus ``env_extra`` (the client environment under test)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_MPS_", "CUDA_VISIBLE_DEVICES"))}
+        env.update(env_extra)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CLIENT, json.dumps(list(probes))],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def report(proc: subprocess.Popen[str], timeout_secs: float = 180.0) -> dict[str, Any]:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout_secs)
+        line = proc.stdout.readline() if ready else ""
+        if not line:
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"client {proc.pid} gave no report (rc={proc.returncode}): {err[-2000:]}")
+        data: dict[str, Any] = json.loads(line)
+        return data
+
+    @staticmethod
+    def release(proc: subprocess.Popen[str], timeout_secs: float = 60.0) -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.write("\n")
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=timeout_secs)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            with contextlib.suppress(Exception):
+                p.communicate(timeout=30)
 
 
 def gpus_with_mps() -> list[GpuSnapshot]:

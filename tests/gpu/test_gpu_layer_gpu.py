@@ -15,19 +15,16 @@ import contextlib
 import json
 import math
 import os
-import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mps_daemons import CLIENT, MpsDaemons, gone, gpus_with_mps
+from mps_daemons import Clients, MpsDaemons, gone, gpus_with_mps
 
 from colo.errors import MpsError
 from colo.gpu.mps.control import find_binary, scan_processes
@@ -59,67 +56,6 @@ def gib(n: int | None) -> str:
 @pytest.fixture(scope="module")
 def gpus() -> list[GpuSnapshot]:
     return gpus_with_mps()
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="colo-gpu-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-class Clients:
-    """Child CUDA clients of one test; all killed at teardown."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, env_extra: dict[str, str], probes: list[int]) -> subprocess.Popen[str]:
-        env = dict(os.environ)
-        for k in ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_CLIENT_PRIORITY"):
-            env.pop(k, None)
-        env.update(env_extra)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CLIENT, json.dumps(probes)],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def report(proc: subprocess.Popen[str], timeout_secs: float = 180.0) -> dict[str, Any]:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], timeout_secs)
-        line = proc.stdout.readline() if ready else ""
-        if not line:
-            proc.kill()
-            _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"client {proc.pid} gave no report (rc={proc.returncode}): {err[-2000:]}")
-        data: dict[str, Any] = json.loads(line)
-        return data
-
-    @staticmethod
-    def release(proc: subprocess.Popen[str], timeout_secs: float = 60.0) -> None:
-        assert proc.stdin is not None
-        with contextlib.suppress(OSError):
-            proc.stdin.write("\n")
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=timeout_secs)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            with contextlib.suppress(Exception):
-                p.communicate(timeout=30)
 
 
 @pytest.fixture

@@ -17,22 +17,19 @@ private pipe dir. Nothing here changes a GPU setting. Each test prints ``GPU-RES
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from mps_daemons import CLIENT, gpus_with_mps, running_daemon
+from mps_daemons import Clients, gpus_with_mps, running_daemon
 
 from colo.gpu.mps.control import SubprocessMpsControl, scan_processes
 from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
@@ -67,13 +64,6 @@ def result_line(text: str) -> None:
 
 
 @pytest.fixture
-def state_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="colo-render-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
 def daemon(state_dir: Path) -> Iterator[tuple[MpsDaemon, Any]]:
     """GPU 0's daemon under ``state_dir``, index links written; always quit and checked at teardown."""
     gpus = gpus_with_mps()
@@ -86,34 +76,15 @@ def daemon(state_dir: Path) -> Iterator[tuple[MpsDaemon, Any]]:
 
 def run_client(env_extra: dict[str, str], daemon: MpsDaemon) -> tuple[dict[str, Any], list[int]]:
     """Run the child with ``env_extra``; return its report and the daemon's server pids while it is alive."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_MPS_", "CUDA_VISIBLE_DEVICES"))}
-    env.update(env_extra)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, json.dumps(PROBES)],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    clients = Clients()
     try:
-        assert proc.stdout is not None and proc.stdin is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 180.0)
-        line = proc.stdout.readline() if ready else ""
-        if not line:
-            proc.kill()
-            _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"client gave no report (rc={proc.returncode}): {err[-2000:]}")
+        proc = clients.start(env_extra, PROBES)
+        report = clients.report(proc)
         servers = daemon.server_pids()
-        proc.stdin.write("\n")
-        proc.stdin.close()
-        proc.wait(timeout=60)
-        return json.loads(line), servers
+        clients.release(proc)
+        return report, servers
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        with contextlib.suppress(Exception):
-            proc.communicate(timeout=30)
+        clients.close()
 
 
 def _plan(state_dir: Path) -> tuple[Any, Any, NodeAgentLayout]:
