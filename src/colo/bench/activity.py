@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from colo.gpu.nvml import GpuBackend
 
 
+# The window's summary figures in bench.json, in order: attributes of GpuActivity.
+SUMMARY = ("gpu_index", "gpu_name", "sm_util_mean_pct", "mem_util_mean_pct", "memory_used_max_bytes")
+
+
 @dataclass(frozen=True)
 class GpuActivity:
     """Samples over one benchmark window on one GPU, and their summary."""
@@ -56,12 +60,9 @@ class GpuActivity:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary (:data:`SUMMARY`), the per-instance peaks and every sample."""
         return {
-            "gpu_index": self.gpu_index,
-            "gpu_name": self.gpu_name,
-            "sm_util_mean_pct": self.sm_util_mean_pct,
-            "mem_util_mean_pct": self.mem_util_mean_pct,
-            "memory_used_max_bytes": self.memory_used_max_bytes,
+            **{name: getattr(self, name) for name in SUMMARY},
             "process_memory_max_bytes": {str(k): v for k, v in self.process_memory_max_bytes().items()},
             "samples": [s.to_dict() for s in self.samples],
         }
