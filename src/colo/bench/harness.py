@@ -175,6 +175,10 @@ class InstanceGroup:
     ``count`` instances and collects their RESULTs — the others stay idle (loaded, no GPU work), so one
     group serves every concurrency level of a mode without reloading models. Leaving the ``with`` block
     stops every process (stdin closed, then SIGTERM / SIGKILL of its process group).
+
+    ``env`` is the environment every instance starts from (default: this process's), e.g. with the MPS pipe
+    directory set. ``ready_timeout_secs`` bounds loading + warm-up; ``result_grace_secs`` is how long past the
+    timed window a last request may take. ``progress`` gets messages labelled ``name``.
     """
 
     def __init__(
@@ -279,34 +283,18 @@ def run_point(
     specs: Sequence[InstanceSpec],
     *,
     mode: str,
-    env: Mapping[str, str] | None = None,
     sampler: ActivityWatch | None = None,
-    ready_timeout_secs: float = 900.0,
-    result_grace_secs: float = 120.0,
-    progress: Progress | None = None,
     name: str | None = None,
-    python: str = sys.executable,
-    clock: Clock | None = None,
+    **group: Any,
 ) -> PointResult:
     """Start ``specs`` (one process each), run them together once, stop them; return the point.
 
-    ``name`` labels progress messages (default ``"<mode> N=<count>"``).
-    ``env`` is the environment every instance starts from (default: this process's), e.g. with the MPS pipe
-    directory set. ``ready_timeout_secs`` bounds loading + warm-up; ``result_grace_secs`` is how long past the
-    timed window a last request may take. Raises BenchError (every instance stopped) on any failure.
+    ``name`` labels progress messages (default ``"<mode> N=<count>"``); ``group``: the rest of
+    :class:`InstanceGroup`'s options (``env``, ``ready_timeout_secs``, ``result_grace_secs``, ``progress``,
+    ``python``, ``clock``). Raises BenchError (every instance stopped) on any failure.
     """
-    name = name or f"{mode} N={len(specs)}"
-    with InstanceGroup(
-        specs,
-        env=env,
-        ready_timeout_secs=ready_timeout_secs,
-        result_grace_secs=result_grace_secs,
-        progress=progress,
-        name=name,
-        python=python,
-        clock=clock,
-    ) as group:
-        results, activity = group.run(len(specs), sampler=sampler)
+    with InstanceGroup(specs, name=name or f"{mode} N={len(specs)}", **group) as running:
+        results, activity = running.run(len(specs), sampler=sampler)
     return PointResult(
         mode=mode,
         concurrency=len(specs),
