@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,6 @@ from colo.gpu.mps.log import MpsLogKind, MpsLogReader
 from colo.gpu.mps.replies import ServerStatus
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import ClientProcess, GpuSnapshot, NvmlBackend
-from colo.plan.types import AgentPlan, GpuSlot, ModelMemory
 
 pytestmark = pytest.mark.gpu
 
@@ -81,18 +81,19 @@ def new_daemon(state_dir: Path, uuid: str, started: Started, **kw: Any) -> MpsDa
     return started.new(MpsRoot.under_state_dir(state_dir), uuid, **kw)
 
 
-def agent(name: str, limit_bytes: int, uuid: str, *, pct: int = 100, prio: int = 0) -> AgentPlan:
-    return AgentPlan(
-        name=name,
-        models=(ModelMemory("probe", limit_bytes // 2),),
-        priority="medium",
-        requirement_bytes=limit_bytes // 2,
-        margin_bytes=limit_bytes - limit_bytes // 2,
-        limit_bytes=limit_bytes,
-        client_priority=prio,
-        active_thread_pct=pct,
-        gpu=GpuSlot("local", 0, "GPU", 80 * GIB, uuid),
-    )
+@dataclass(frozen=True)
+class Client:
+    """What ``client_env`` reads of a plan entry (``colo.gpu.mps.env.ClientSettings``): the GPU layer needs no
+    plan types."""
+
+    name: str
+    limit_bytes: int
+    active_thread_pct: int = 100
+    client_priority: int = 0
+
+
+def agent(name: str, limit_bytes: int, uuid: str, *, pct: int = 100, prio: int = 0) -> Client:
+    return Client(name, limit_bytes, pct, prio)
 
 
 def wait_for(pred: Callable[[], bool], secs: float, step: float = 0.25) -> bool:

@@ -99,12 +99,13 @@ def model_entry(req: ModelRequest, outcome: ChildOutcome, prov: Provenance) -> M
             hint="is the child on this machine's GPU, in this PID namespace? try `nvidia-smi`",
         )
     run = res.runs[0] if res.runs else None
+    model, dtype, batch_size, seq_len, new_tokens = req.shape
     return ModelEntry(
-        model=req.model,
-        dtype=req.dtype,
-        batch_size=req.batch_size,
-        seq_len=req.seq_len,
-        new_tokens=req.new_tokens,
+        model,
+        dtype,
+        batch_size,
+        seq_len,
+        new_tokens,
         kind="measured",
         nvml_peak_bytes=outcome.nvml_peak_bytes,
         weights_bytes=res.weights_bytes,
