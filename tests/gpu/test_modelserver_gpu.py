@@ -286,7 +286,9 @@ def test_batching_16_clients_under_mps_stays_within_the_limit(
 
     import torch
 
-    from colo.gpu.mps.daemon import MpsDaemon, MpsRoot, client_env
+    from colo.gpu.mps.daemon import MpsDaemon
+    from colo.gpu.mps.env import client_env
+    from colo.gpu.mps.root import MpsRoot
     from colo.gpu.nvml import NvmlBackend
 
     if not torch.cuda.is_available():

@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mps_daemons import quit_all
 
 pytestmark = pytest.mark.gpu
 
@@ -196,12 +197,9 @@ def kill_tree_under(marker: str) -> list[int]:
 
 
 def quit_mps(state_dir: Path) -> None:
-    from colo.gpu.mps.daemon import MpsDaemon, MpsRoot
+    from colo.gpu.mps.root import MpsRoot
 
-    root = MpsRoot.under_state_dir(state_dir)
-    for uuid in root.gpu_uuids():
-        with contextlib.suppress(Exception):
-            MpsDaemon(root.for_gpu(uuid), uuid).stop(timeout_secs=5.0)
+    quit_all(MpsRoot.under_state_dir(state_dir))
 
 
 def cleanup(state_dir: Path) -> None:

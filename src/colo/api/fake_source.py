@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from colo.api.source import PolledGpu
 from colo.errors import ColoError
 from colo.files import state_dir
-from colo.gpu.mps.daemon import MpsFleet, MpsRoot
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
 from colo.gpu.poller import GpuPoller
 from colo.plan import Plan, inventory_slots, plan

@@ -18,7 +18,8 @@ from typing import NoReturn
 from colo.api.source import ApiSource, ApplyOutcome, PolledGpu
 from colo.errors import ColoError, SupervisorError
 from colo.files import state_dir
-from colo.gpu.mps.daemon import MpsFleet, MpsRoot
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend, NvmlBackend
 from colo.gpu.poller import GpuPoller
 from colo.plan import Plan

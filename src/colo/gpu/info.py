@@ -23,7 +23,10 @@ from typing import Any
 from colo import units
 from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl, SubprocessMpsControl
-from colo.gpu.mps.daemon import DaemonStatus, MpsDaemon, MpsRoot
+from colo.gpu.mps.daemon import MpsDaemon
+from colo.gpu.mps.env import pinned_limit_text
+from colo.gpu.mps.replies import DaemonStatus
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import ClientProcess, GpuBackend
 
 _LIMIT_ITEM = re.compile(r"^\s*(\d+)\s*=\s*(\S+)\s*$")
@@ -35,7 +38,7 @@ def pinned_limit_of(pid: int) -> int | None:
     env = procs.environ(pid)
     if env is None:
         return None
-    return parse_pinned_limit(env.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", ""))
+    return parse_pinned_limit(pinned_limit_text(env))
 
 
 def parse_pinned_limit(text: str, ordinal: int = 0) -> int | None:

@@ -17,7 +17,7 @@ from typing import Any
 from colo.errors import ColoError
 from colo.gpu.info import gpu_info
 from colo.gpu.mps.control import MpsControl
-from colo.gpu.mps.daemon import MpsRoot
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
 
 NO_GPU_HINT = "no GPU backend: colo sees no NVIDIA GPU here (is the driver loaded? try `nvidia-smi`)"

@@ -35,6 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 from colo.errors import ColoError, UsageError
+from colo.gpu.mps import env as mps_env
 from colo.modelserver.command import DEFAULT_HOST
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST, EXIT_FAILED, EXIT_OK, EXIT_OOM
 
@@ -163,10 +164,10 @@ def _device_line(device: str) -> str:
         parts.append(f"({torch.cuda.get_device_name(device)})")
     parts.append(f"torch {torch.__version__}")
     for var in (
-        "CUDA_VISIBLE_DEVICES",
-        "CUDA_MPS_PIPE_DIRECTORY",
-        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
-        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+        mps_env.VISIBLE_DEVICES,
+        mps_env.PIPE_DIRECTORY,
+        mps_env.PINNED_DEVICE_MEM_LIMIT,
+        mps_env.ACTIVE_THREAD_PERCENTAGE,
     ):
         if os.environ.get(var):
             parts.append(f"{var}={os.environ[var]}")

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from colo.errors import ColoError, SupervisorError
 from colo.gpu.mps.control import MpsControl
-from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, MpsRoot
+from colo.gpu.mps.daemon import MpsDefaults
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.root import MpsRoot
 from colo.supervise.store import Store
 
 #: Bounds every MPS command, so a daemon that stops answering cannot stall the supervision loop for long.

@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable
 
 from colo.errors import MpsError
-from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, ServerStatus
+from colo.gpu.mps.daemon import MpsDefaults
+from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.log import MpsLogKind, MpsLogReader
+from colo.gpu.mps.replies import ServerStatus
 from colo.gpu.poller import GpuState
 from colo.supervise.recovery import MpsFault
 

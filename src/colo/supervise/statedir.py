@@ -154,7 +154,8 @@ def stop_leftovers(
         uuids = store.get_meta("mps_daemons_started", [])
         if uuids:
             from colo.gpu.mps.control import MpsControl
-            from colo.gpu.mps.daemon import MpsDaemon, MpsRoot
+            from colo.gpu.mps.daemon import MpsDaemon
+            from colo.gpu.mps.root import MpsRoot
 
             root = MpsRoot.under_state_dir(paths.root)
             control = mps_control if isinstance(mps_control, MpsControl) else None

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from colo.api.fake_source import FakeApplyResult, FakeSource
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
-from colo.gpu.mps.daemon import MpsFleet, MpsRoot
 from colo.gpu.mps.fake import FakeMpsControl
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import ClientProcess, GpuBackend
 from colo.plan import Plan, inventory_slots, plan
 from colo.spec import ColoConfig, load_config

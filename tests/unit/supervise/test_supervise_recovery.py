@@ -75,8 +75,9 @@ def test_fleet_hooks_read_fault_from_the_gpu_reading_and_ask_only_what_it_missed
     import tempfile
 
     from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
-    from colo.gpu.mps.daemon import MpsFleet, MpsRoot
     from colo.gpu.mps.fake import FakeMpsControl
+    from colo.gpu.mps.fleet import MpsFleet
+    from colo.gpu.mps.root import MpsRoot
     from colo.gpu.poller import GpuPoller
     from colo.supervise.mps_hooks import FleetHooks
 

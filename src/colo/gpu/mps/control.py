@@ -22,10 +22,11 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from colo.errors import MpsError
 from colo.gpu import procs
+from colo.gpu.mps.env import pipe_dir_of
 
 CONTROL_BIN = "nvidia-cuda-mps-control"
 SERVER_BIN = "nvidia-cuda-mps-server"
@@ -118,7 +119,7 @@ def scan_processes(pipe_dir: Path | None = None) -> list[MpsProcess]:
         kind = _kind_of(view)
         if kind is None:
             continue
-        pdir = view.environ.get("CUDA_MPS_PIPE_DIRECTORY") or DEFAULT_PIPE_DIR
+        pdir = pipe_dir_of(view.environ) or DEFAULT_PIPE_DIR
         if pipe_dir is not None and not _same_dir(pdir, str(pipe_dir)):
             continue
         out.append(
@@ -132,6 +133,19 @@ def scan_processes(pipe_dir: Path | None = None) -> list[MpsProcess]:
             )
         )
     return sorted(out, key=lambda p: p.pid)
+
+
+def _run(
+    argv: list[str], *, timeout_secs: float, timeout_error: MpsError, **kw: Any
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run(argv, **kw)`` with the two ways it fails as MpsError: ``timeout_error`` past
+    ``timeout_secs``, a binary that cannot run. A non-zero exit is the caller's to judge."""
+    try:
+        return subprocess.run(argv, timeout=timeout_secs, check=False, **kw)
+    except subprocess.TimeoutExpired as exc:
+        raise timeout_error from exc
+    except OSError as exc:
+        raise MpsError(f"cannot run {argv[0]}: {exc.strerror or exc}", hint="check the binary") from exc
 
 
 class SubprocessMpsControl:
@@ -158,24 +172,19 @@ class SubprocessMpsControl:
     def send(self, command: str, *, env: Mapping[str, str], timeout_secs: float = 10.0) -> str:
         """``echo "<command>" | nvidia-cuda-mps-control``. Raises MpsError (timeout, non-zero exit)."""
         binary = self.binary()
-        pipe_dir = env.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_PIPE_DIR)
-        try:
-            done = subprocess.run(
-                [binary],
-                input=command + "\n",
-                env=dict(env),
-                capture_output=True,
-                text=True,
-                timeout=timeout_secs,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise MpsError(
+        pipe_dir = pipe_dir_of(env) or DEFAULT_PIPE_DIR
+        done = _run(
+            [binary],
+            timeout_secs=timeout_secs,
+            timeout_error=MpsError(
                 f"the MPS control daemon in {pipe_dir} did not answer {command!r} within {timeout_secs:g} s",
                 hint="it may be hung: `colo mps stop` kills it if `quit` is not answered",
-            ) from exc
-        except OSError as exc:
-            raise MpsError(f"cannot run {binary}: {exc.strerror or exc}", hint="check the binary") from exc
+            ),
+            input=command + "\n",
+            env=dict(env),
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             said = (done.stdout + done.stderr).strip().replace("\n", " ")
             raise MpsError(
@@ -183,30 +192,25 @@ class SubprocessMpsControl:
                 + (f": {said}" if said else ""),
                 hint="is a control daemon running in that pipe dir? `colo mps status` shows it",
             )
-        return done.stdout
+        return str(done.stdout)
 
     def start_daemon(self, *, env: Mapping[str, str], timeout_secs: float = 10.0) -> None:
         """``nvidia-cuda-mps-control -d``. Raises MpsError (timeout, non-zero exit, with its output)."""
         binary = self.binary()
         # A file, not a pipe: the daemon forks and would hold a pipe open until it exits.
         with tempfile.TemporaryFile(mode="w+") as out:
-            try:
-                done = subprocess.run(
-                    [binary, "-d"],
-                    env=dict(env),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout_secs,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise MpsError(
+            done = _run(
+                [binary, "-d"],
+                timeout_secs=timeout_secs,
+                timeout_error=MpsError(
                     f"`{CONTROL_BIN} -d` did not return within {timeout_secs:g} s",
                     hint="check the log dir's control.log",
-                ) from exc
-            except OSError as exc:
-                raise MpsError(f"cannot run {binary}: {exc.strerror or exc}", hint="check the binary") from exc
+                ),
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
             out.seek(0)
             said = out.read().strip().replace("\n", " ")
         if done.returncode != 0:
