@@ -5,6 +5,12 @@ re-applies the config file) or detached. The other commands find it through its 
 SQLite store is the truth for ``status`` when no API answers; actions (``apply``, ``agent start|stop|restart``)
 go to the running orchestrator's HTTP API (its address and token are in the state dir), and ``down`` signals
 its pid.
+
+``up`` reports what became of the agents: after launching, it waits (bounded by the agents' start timeouts)
+until each has a first outcome — RUNNING, or crash-looping/FATAL with the last line its process printed — and
+prints how many reached RUNNING. Detached, it then exits 0 when all did, :data:`EXIT_NOT_ALL_RUNNING` (3) when
+some did not — the orchestrator keeps running and supervising them either way. In the foreground it prints
+the same summary and goes on supervising (its exit code is that of its stop: 0 after a clean ``colo down``).
 """
 
 from __future__ import annotations
@@ -19,14 +25,20 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from colo.cli.common import console, err_console, print_json
+from colo.cli.common import console, err_console, print_json, safe
 from colo.errors import ColoError, OrchestratorUnreachable, SupervisorError, UsageError
 
 if TYPE_CHECKING:
     from colo.api.client import Verb
+    from colo.spec.config import ColoConfig
+    from colo.supervise.first_outcome import UpOutcome
 
 STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
 REQUEST_TIMEOUT_SECS = 60.0
+#: ``colo up --detach``: the orchestrator is up, but not every agent reached RUNNING (it keeps supervising).
+EXIT_NOT_ALL_RUNNING = 3
+#: Store meta key: the first outcome the orchestrator saw (``{"pid": ..., **UpOutcome.to_dict()}``).
+FIRST_OUTCOME_KEY = "first_outcome"
 
 
 def _state_dir(state_dir: Path | None, config: Path | None) -> Path:
@@ -41,7 +53,8 @@ def _state_dir(state_dir: Path | None, config: Path | None) -> Path:
 
 
 def _warn(msg: str) -> None:
-    err_console.print(f"[bold yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+    """One warning on stderr; ``msg`` is plain text (user text in it is escaped here)."""
+    err_console.print(f"[bold yellow]warning:[/] {safe(msg)}", highlight=False, soft_wrap=True)
 
 
 # --- up ----------------------------------------------------------------------------------------------------
@@ -50,20 +63,35 @@ def _warn(msg: str) -> None:
 def up_command(
     config: Path = typer.Argument(..., help="colo.yaml to run."),
     no_mps: bool = typer.Option(False, "--no-mps", help="Plain time-slicing: no MPS daemons, same supervision."),
-    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background (pid file, log file)."),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        "-d",
+        help="Run in the background (pid file, log file). Exits 0 once every agent is RUNNING, 3 when some "
+        "did not get there (the orchestrator keeps running).",
+    ),
     node: str | None = typer.Option(None, "--node", help="Which node of the inventory this machine is."),
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
     no_api: bool = typer.Option(
         False, "--no-api", help="Do not serve the HTTP API (then `colo apply` and `colo agent` cannot reach it)."
     ),
     force: bool = typer.Option(False, "--force", help="Run a plan that predicts an agent runs out of memory."),
+    skip_needs_check: bool = typer.Option(
+        False,
+        "--skip-needs-check",
+        help="Launch built-in model agents even when this Python cannot import torch and transformers.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the agents' first outcome as JSON."),
 ) -> None:
-    """Plan against the GPUs, start the MPS daemons, launch the agents by priority and supervise them."""
+    """Plan against the GPUs, start the MPS daemons, launch the agents by priority and supervise them;
+    report how many reached RUNNING and why the others did not."""
     from colo.spec import load_config
     from colo.supervise import planning
     from colo.supervise.statedir import StateDirPaths, resolve_state_dir, running_orchestrator
 
     cfg = load_config(config)
+    if not skip_needs_check:
+        check_builtin_agent_needs(cfg)
     if not force:  # exit 2 with the findings (the orchestrator plans the same way again)
         planning.refuse_predicted_oom(planning.plan_node(cfg, planning.read_gpus(), node=node))
     sd = resolve_state_dir(cfg, state_dir)
@@ -74,12 +102,36 @@ def up_command(
             hint="`colo status` shows it; `colo apply CONFIG` changes it; `colo down` stops it",
         )
     if detach:
-        _detach(StateDirPaths(sd))
-    _run_foreground(cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api)
+        _detach(StateDirPaths(sd), cfg, as_json=as_json)
+    _run_foreground(cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api, as_json=as_json)
 
 
-def _detach(paths: Any) -> None:
-    """Double-fork into a new session; the parent waits until the child holds the state dir (or died)."""
+def check_builtin_agent_needs(cfg: ColoConfig) -> None:
+    """Refuse (UsageError, exit 2) when an agent runs colo's built-in model agent (no ``command:``) and the
+    Python it would run with — this one, ``sys.executable`` — cannot import torch or transformers."""
+    from colo.modelserver.command import missing_modules
+
+    builtin = [name for name, agent in cfg.agents.items() if agent.command is None]
+    if not builtin:
+        return
+    missing = missing_modules()
+    if not missing:
+        return
+    pip = Path(sys.executable).with_name("pip")
+    pip_cmd = str(pip) if pip.exists() else f"{sys.executable} -m pip"
+    shown = ", ".join(builtin[:5]) + (f" and {len(builtin) - 5} more" if len(builtin) > 5 else "")
+    raise UsageError(
+        f"{len(builtin)} agent(s) ({shown}) run colo's built-in model agent (no `command:` in colo.yaml), which "
+        f"needs torch and transformers, but this Python ({sys.executable}) cannot import {' or '.join(missing)}; "
+        "every one of them would crash at start",
+        hint=f"install them from colo's source directory: `{pip_cmd} install -e '.[profile]' -c constraints.txt` "
+        "(torch is pinned there); or give those agents a `command:`; `--skip-needs-check` launches them anyway",
+    )
+
+
+def _detach(paths: Any, cfg: ColoConfig, *, as_json: bool = False) -> None:
+    """Double-fork into a new session; the parent waits until the child holds the state dir (or died), then
+    until the child reports the agents' first outcome, prints it and exits 0 or 3."""
     from colo.supervise.statedir import running_orchestrator
 
     paths.logs.mkdir(parents=True, exist_ok=True)
@@ -93,8 +145,8 @@ def _detach(paths: Any) -> None:
         while time.monotonic() < deadline:
             pid = running_orchestrator(paths.root)
             if pid is not None and pid > 0:
-                console.print(f"colo up: running in the background, pid {pid}; log {log_path}", highlight=False)
-                raise typer.Exit(0)
+                _say(f"colo up: running in the background, pid {pid}; log {log_path}", as_json)
+                _report_detached(paths, cfg, pid, log_path, as_json=as_json)
             if paths.pid_file.exists() is False and _child_failed(log_path):
                 break
             time.sleep(0.2)
@@ -110,6 +162,45 @@ def _detach(paths: Any) -> None:
     os.dup2(out, 2)
 
 
+def _report_detached(paths: Any, cfg: ColoConfig, pid: int, log_path: Path, *, as_json: bool) -> None:
+    """Wait for the detached orchestrator's first-outcome report in the store; print it; exit 0 or 3.
+
+    Raises SupervisorError when the orchestrator dies first (with the end of its log)."""
+    from colo.supervise.first_outcome import UpOutcome, wait_secs
+    from colo.supervise.statedir import running_orchestrator
+    from colo.supervise.store import Store
+
+    # The orchestrator's own wait is bounded by the same timeouts; it also has to plan and launch first.
+    deadline = time.monotonic() + wait_secs(cfg, list(cfg.agents)) + 120.0
+    progress = _Progress(as_json)
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        store = Store.open_existing(paths.db)
+        found = None
+        if store is not None:
+            try:
+                found = store.get_meta(FIRST_OUTCOME_KEY)
+                done = sum(1 for r in store.agents() if r.status.state.value == "RUNNING")
+            finally:
+                store.close()
+            progress.show(f"{done} of {len(cfg.agents)} agents RUNNING", time.monotonic() - started)
+        if isinstance(found, dict) and found.get("pid") == pid:
+            progress.clear()
+            outcome = UpOutcome.from_dict(found)
+            _print_outcome(outcome, as_json=as_json, extra={"pid": pid, "log": str(log_path)})
+            raise typer.Exit(0 if outcome.all_running else EXIT_NOT_ALL_RUNNING)
+        if running_orchestrator(paths.root) != pid:
+            progress.clear()
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            raise SupervisorError(f"the detached orchestrator (pid {pid}) stopped; its log {log_path} ends:\n{tail}")
+        time.sleep(0.2)
+    progress.clear()
+    raise SupervisorError(
+        f"the orchestrator (pid {pid}) is running but reported no outcome of its agents in time",
+        hint="`colo status` shows them; `colo down` stops it",
+    )
+
+
 def _child_failed(log_path: Path) -> bool:
     try:
         return "error:" in log_path.read_text(errors="replace")[-4000:]
@@ -118,7 +209,15 @@ def _child_failed(log_path: Path) -> bool:
 
 
 def _run_foreground(
-    cfg: Any, config_path: Path, sd: Path, *, use_mps: bool, node: str | None, api: bool, run_agents: bool = True
+    cfg: Any,
+    config_path: Path,
+    sd: Path,
+    *,
+    use_mps: bool,
+    node: str | None,
+    api: bool,
+    run_agents: bool = True,
+    as_json: bool = False,
 ) -> None:
     import signal
 
@@ -144,12 +243,21 @@ def _run_foreground(
     for u in result.left_out:
         _warn(f"{u.agent} ({u.priority}) left out: {u.reason}")
     mode = "MPS" if result.mps else "time-slicing (no MPS)"
-    console.print(
-        f"colo up: {len(result.started)} started, {len(result.adopted)} adopted, {len(result.left_out)} left out;"
-        f" {mode}; state {sd}",
-        highlight=False,
+    _say(
+        f"colo up: {len(result.started)} launched, {len(result.adopted)} adopted, {len(result.left_out)} left out;"
+        f" {mode}; state {safe(sd)}",
+        as_json,
     )
-    server = _start_api(orch, sd) if api else None
+    server = _start_api(orch, sd, as_json=as_json) if api else None
+    with contextlib.suppress(ColoError):
+        orch.store.delete_meta(FIRST_OUTCOME_KEY)
+    watch = threading.Thread(
+        target=_watch_first_outcome,
+        args=(orch, cfg, [*result.started, *result.adopted], stop, as_json),
+        name="colo-first-outcome",
+        daemon=True,
+    )
+    watch.start()
     try:
         orch.run(stop, reload=reload)
     finally:
@@ -157,10 +265,93 @@ def _run_foreground(
             server.should_exit = True
         with contextlib.suppress(ColoError):
             orch.store.delete_meta("api_url")
-    console.print("colo down: agents stopped" + (", MPS daemons quit" if result.mps else ""), highlight=False)
+    _say("colo down: agents stopped" + (", MPS daemons quit" if result.mps else ""), as_json)
 
 
-def _start_api(orch: Any, sd: Path) -> Any:
+def _watch_first_outcome(orch: Any, cfg: ColoConfig, names: list[str], stop: threading.Event, as_json: bool) -> None:
+    """Wait (bounded) for every launched agent's first outcome while the loop supervises them; print the
+    summary and record it in the store (a detached ``colo up`` reads it there)."""
+    from colo.clock import SystemClock
+    from colo.supervise.first_outcome import wait_first_outcomes, wait_secs
+
+    if not names:
+        return
+    progress = _Progress(as_json)
+    try:
+        outcome = wait_first_outcomes(
+            orch.statuses,
+            names,
+            timeout_secs=wait_secs(cfg, names),
+            clock=SystemClock(),
+            keep_going=lambda: not stop.is_set(),
+            on_progress=lambda done, total, secs: progress.show(
+                f"waiting for the agents' first outcome: {done} of {total}", secs
+            ),
+        )
+        progress.clear()
+        if stop.is_set():
+            return
+        _print_outcome(outcome, as_json=as_json)
+        orch.store.set_meta(FIRST_OUTCOME_KEY, {"pid": os.getpid(), **outcome.to_dict()})
+    except ColoError as exc:  # the report is a courtesy: never let it disturb supervision
+        progress.clear()
+        _warn(f"could not report the agents' first outcome: {exc}")
+
+
+def _print_outcome(outcome: UpOutcome, *, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """The first-outcome summary: ``N of M agents RUNNING``, then one line per agent that is not, with
+    colo's reason and the last line its process printed (user text, never markup)."""
+    if as_json:
+        print_json({**(extra or {}), **outcome.to_dict()})
+        return
+    total = len(outcome.agents)
+    ok = len(outcome.running)
+    secs = f"after {outcome.waited_secs:.0f} s"
+    if outcome.all_running:
+        console.print(f"colo up: all {total} agents RUNNING ({secs})", highlight=False)
+        return
+    console.print(
+        f"[bold yellow]colo up: {ok} of {total} agents RUNNING[/] ({secs}); "
+        f"{total - ok} did not get there:",
+        highlight=False,
+    )
+    for a in outcome.not_running:
+        why = a.last_error_line or a.reason or "(no reason recorded)"
+        extra_reason = f" ({safe(a.reason)})" if a.last_error_line and a.reason else ""
+        label = "still starting" if a.outcome.value == "starting" else a.outcome.value
+        console.print(f"  {safe(a.name)}: {label}{extra_reason}: {safe(why)}", highlight=False, soft_wrap=True)
+    console.print(
+        "  the orchestrator keeps supervising them; `colo status` shows each agent, `colo logs AGENT` its log",
+        highlight=False,
+    )
+
+
+class _Progress:
+    """A live one-line progress on stderr when it is a terminal (nothing otherwise, nor with --json)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.live = sys.stderr.isatty() and not as_json
+        self.shown = False
+
+    def show(self, text: str, secs: float) -> None:
+        if self.live:
+            sys.stderr.write(f"\r\x1b[K{text} ({secs:.0f} s)")
+            sys.stderr.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
+def _say(text: str, as_json: bool) -> None:
+    """A line for people: stdout, or stderr with --json (stdout is the JSON then). ``text`` is markup-safe."""
+    (err_console if as_json else console).print(text, highlight=False)
+
+
+def _start_api(orch: Any, sd: Path, *, as_json: bool = False) -> Any:
     """Serve the API in a daemon thread (uvicorn); None with a warning when it cannot start."""
     try:
         import uvicorn
@@ -186,7 +377,7 @@ def _start_api(orch: Any, sd: Path) -> Any:
     thread = threading.Thread(target=lambda: server.run(sockets=[sock]), name="colo-api", daemon=True)
     thread.start()
     orch.store.set_meta("api_url", binding.url)  # `colo status` asks the live API first
-    console.print(f"colo API: {binding.url}", highlight=False)
+    _say(f"colo API: {safe(binding.url)}", as_json)
     return server
 
 
@@ -300,17 +491,27 @@ def status_command(
         state = a["state"]
         used = a.get("memory_used_bytes")
         table.add_row(
-            a["name"],
-            f"[{colors.get(state, 'white')}]{state}[/]",
+            safe(a["name"]),
+            f"[{colors.get(state, 'white')}]{safe(state)}[/]",
             str(a["pid"] or "-"),
-            a["gpu"] or "-",
-            a["priority"],
+            safe(a["gpu"] or "-"),
+            safe(a["priority"]),
             units.format_size(a["limit_bytes"]) if a["limit_bytes"] else "-",
             units.format_size(used) if used else "-",
             str(a["restarts"]),
-            (a.get("last_error") or "")[:80],
+            _last_error_cell(a),
         )
     console.print(table)
+
+
+def _last_error_cell(agent: dict[str, Any]) -> str:
+    """colo's reason (``exit code 1``) and, below it, the last line the agent's process printed when it failed
+    (``ModuleNotFoundError: No module named 'torch'``): user text, escaped."""
+    reason = (agent.get("last_error") or "")[:80]
+    line = (agent.get("last_error_line") or "")[:120]
+    if not line:
+        return safe(reason)
+    return f"{safe(reason)}\n[red]{safe(line)}[/]" if reason else f"[red]{safe(line)}[/]"
 
 
 # --- actions, through the running orchestrator's HTTP API ----------------------------------------------------

@@ -51,7 +51,11 @@ class Event:
 
 @dataclass(frozen=True)
 class AgentStatus:
-    """One agent at one moment: state, process, placement, memory (bytes), restarts, last error."""
+    """One agent at one moment: state, process, placement, memory (bytes), restarts, last error.
+
+    ``last_error`` is colo's reason (``exit code 1``, ``not ready: ...``); ``last_error_line`` is the agent's
+    own last word, the last non-empty line of its log when its process last failed (e.g.
+    ``ModuleNotFoundError: No module named 'torch'``), cleared once it is RUNNING again."""
 
     name: str
     state: AgentState
@@ -65,6 +69,7 @@ class AgentStatus:
     memory_used_bytes: int | None = None
     memory_peak_bytes: int | None = None
     last_error: str | None = None
+    last_error_line: str | None = None  # the last line of its log when it last failed (e.g. the exception)
     since: float | None = None  # wall-clock time of the last state change
     models: tuple[str, ...] = field(default_factory=tuple)
 

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS agents (
     last_error TEXT,
     since REAL,
     models TEXT NOT NULL DEFAULT '[]',
-    fingerprint TEXT
+    fingerprint TEXT,
+    last_error_line TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS meta (
 EVENT_COLUMNS = "seq, time, kind, agent, message, gpu"
 AGENT_COLUMNS = (
     "name, state, pid, start_time, restarts, gpu, gpu_uuid, limit_bytes, requirement_bytes, priority,"
-    " memory_used_bytes, memory_peak_bytes, last_error, since, models, fingerprint"
+    " memory_used_bytes, memory_peak_bytes, last_error, since, models, fingerprint, last_error_line"
 )
 
 
@@ -86,11 +87,18 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._add_missing_columns()
         except (sqlite3.Error, OSError) as exc:
             raise SupervisorError(
                 f"cannot open colo's state database {self.path}: {exc}",
                 hint="check the state directory is writable (--state-dir, or state_dir in colo.yaml)",
             ) from exc
+
+    def _add_missing_columns(self) -> None:
+        """A state dir written by an older colo lacks columns added since: add them (NULL for old rows)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(agents)")}
+        if "last_error_line" not in have:
+            self._db.execute("ALTER TABLE agents ADD COLUMN last_error_line TEXT")
 
     @classmethod
     def open_existing(cls, path: Path) -> Store | None:
@@ -128,7 +136,7 @@ class Store:
         s = record.status
         with self._tx() as db:
             db.execute(
-                f"INSERT OR REPLACE INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     s.name,
                     s.state.value,
@@ -146,6 +154,7 @@ class Store:
                     s.since,
                     json.dumps(list(s.models)),
                     record.fingerprint,
+                    s.last_error_line,
                 ),
             )
 
@@ -171,6 +180,7 @@ class Store:
                 memory_used_bytes=r[10],
                 memory_peak_bytes=r[11],
                 last_error=r[12],
+                last_error_line=r[16],
                 since=r[13],
                 models=tuple(json.loads(r[14] or "[]")),
             )
