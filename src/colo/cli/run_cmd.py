@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from colo.cli.common import console, err_console, print_json, safe
+from colo.cli.common import _console, console, err_console, print_json, safe
 from colo.errors import ColoError, OrchestratorUnreachable, SupervisorError, UsageError
 
 if TYPE_CHECKING:
@@ -138,6 +138,7 @@ def _detach(paths: Any, cfg: ColoConfig, *, as_json: bool = False) -> None:
     log_path = paths.logs / "orchestrator.log"
     sys.stdout.flush()
     sys.stderr.flush()
+    offset = log_path.stat().st_size if log_path.exists() else 0
     first = os.fork()
     if first > 0:
         os.waitpid(first, 0)
@@ -146,12 +147,13 @@ def _detach(paths: Any, cfg: ColoConfig, *, as_json: bool = False) -> None:
             pid = running_orchestrator(paths.root)
             if pid is not None and pid > 0:
                 _say(f"colo up: running in the background, pid {pid}; log {log_path}", as_json)
-                _report_detached(paths, cfg, pid, log_path, as_json=as_json)
-            if paths.pid_file.exists() is False and _child_failed(log_path):
+                _report_detached(paths, cfg, pid, log_path, offset, as_json=as_json)
+            if paths.pid_file.exists() is False and _child_failed(log_path, offset):
                 break
             time.sleep(0.2)
-        tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-        raise SupervisorError(f"the detached orchestrator did not come up; its log {log_path} ends:\n{tail}")
+        raise SupervisorError(
+            f"the detached orchestrator did not come up; its log {log_path} ends:\n{_log_tail(log_path, offset)}"
+        )
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
@@ -160,9 +162,22 @@ def _detach(paths: Any, cfg: ColoConfig, *, as_json: bool = False) -> None:
     out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)
     os.dup2(out, 2)
+    global console, err_console
+    # The consoles were made for the terminal (colours, its width): the log file wants plain unwrapped lines.
+    console, err_console = _console(stderr=False), _console(stderr=True)
 
 
-def _report_detached(paths: Any, cfg: ColoConfig, pid: int, log_path: Path, *, as_json: bool) -> None:
+def _log_tail(log_path: Path, offset: int = 0) -> str:
+    """The last 2,000 characters the log got past ``offset`` ("" when there is none)."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")[-2000:]
+    except OSError:
+        return ""
+
+
+def _report_detached(paths: Any, cfg: ColoConfig, pid: int, log_path: Path, offset: int, *, as_json: bool) -> None:
     """Wait for the detached orchestrator's first-outcome report in the store; print it; exit 0 or 3.
 
     Raises SupervisorError when the orchestrator dies first (with the end of its log)."""
@@ -191,8 +206,9 @@ def _report_detached(paths: Any, cfg: ColoConfig, pid: int, log_path: Path, *, a
             raise typer.Exit(0 if outcome.all_running else EXIT_NOT_ALL_RUNNING)
         if running_orchestrator(paths.root) != pid:
             progress.clear()
-            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-            raise SupervisorError(f"the detached orchestrator (pid {pid}) stopped; its log {log_path} ends:\n{tail}")
+            raise SupervisorError(
+                f"the detached orchestrator (pid {pid}) stopped; its log {log_path} ends:\n{_log_tail(log_path, offset)}"
+            )
         time.sleep(0.2)
     progress.clear()
     raise SupervisorError(
@@ -201,9 +217,12 @@ def _report_detached(paths: Any, cfg: ColoConfig, pid: int, log_path: Path, *, a
     )
 
 
-def _child_failed(log_path: Path) -> bool:
+def _child_failed(log_path: Path, offset: int = 0) -> bool:
+    """Whether what the child wrote to its log past ``offset`` (earlier runs' lines are before it) is an error."""
     try:
-        return "error:" in log_path.read_text(errors="replace")[-4000:]
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            return "error:" in fh.read().decode(errors="replace")[-4000:]
     except OSError:
         return False
 
@@ -274,8 +293,6 @@ def _watch_first_outcome(orch: Any, cfg: ColoConfig, names: list[str], stop: thr
     from colo.clock import SystemClock
     from colo.supervise.first_outcome import wait_first_outcomes, wait_secs
 
-    if not names:
-        return
     progress = _Progress(as_json)
     try:
         outcome = wait_first_outcomes(
@@ -307,6 +324,9 @@ def _print_outcome(outcome: UpOutcome, *, as_json: bool, extra: dict[str, Any] |
     total = len(outcome.agents)
     ok = len(outcome.running)
     secs = f"after {outcome.waited_secs:.0f} s"
+    if not total:
+        console.print("colo up: no agent was launched on this node", highlight=False)
+        return
     if outcome.all_running:
         console.print(f"colo up: all {total} agents RUNNING ({secs})", highlight=False)
         return

@@ -204,3 +204,83 @@ def test_views_without_an_orchestrator(tmp_path: Path) -> None:
     bad.write_text("version: 1\nagents: {}\nmodels: {}\n")
     res = runner.invoke(app, ["up", str(bad), "--state-dir", sd])
     assert res.exit_code == 2
+
+
+def test_up_detached_reports_each_agents_first_outcome(world: dict[str, Any]) -> None:
+    sd, tmp = world["sd"], world["tmp"]
+    (tmp / "broken.py").write_text("import torch_that_is_not_installed\n")
+    doc = yaml.safe_load(world["cfg"].read_text())
+    doc["agents"]["b"]["command"] = [sys.executable, str(tmp / "broken.py")]
+    cfg = tmp / "broken.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+
+    up = colo("up", str(cfg), "--detach", "--state-dir", str(sd))
+    assert up.returncode == 3, up.stdout + up.stderr  # up, but not every agent RUNNING
+    assert "colo up: 1 of 2 agents RUNNING" in up.stdout
+    assert "b: crash-looping (exit code 1): ModuleNotFoundError: No module named 'torch_that_is_not_installed'" in (
+        up.stdout
+    )
+    assert "the orchestrator keeps supervising them" in up.stdout
+    b = agents(world)["b"]
+    assert b["last_error_line"] == "ModuleNotFoundError: No module named 'torch_that_is_not_installed'"
+    shown = colo("status", "--state-dir", str(sd))
+    assert shown.returncode == 0 and "No module named 'torch_that_is_not_installed'" in shown.stdout
+    log = (sd / "logs" / "orchestrator.log").read_text()
+    assert "b: crash-looping" in log  # the orchestrator's log says so too
+    assert colo("down", "--state-dir", str(sd)).returncode == 0
+
+    up = colo("up", str(world["cfg"]), "--detach", "--json", "--state-dir", str(sd))
+    assert up.returncode == 0, up.stdout + up.stderr
+    report = json.loads(up.stdout)
+    assert report["all_running"] and report["running"] == report["total"] == 2
+    assert {a["name"]: a["outcome"] for a in report["agents"]} == {"a": "running", "b": "running"}
+    assert "running in the background" in up.stderr
+
+
+def test_status_shows_the_last_error_line_as_text(tmp_path: Path) -> None:
+    from colo.supervise.snapshots import AgentStatus
+    from colo.supervise.state import AgentState
+    from colo.supervise.store import AgentRecord, Store
+
+    sd = tmp_path / "state"
+    store = Store(sd / "colo.db")
+    line = "ValueError: bad [/x] [red]gone[/red] \x1b[2J"
+    store.save_agent(
+        AgentRecord(
+            AgentStatus("b", AgentState.BACKOFF, None, None, None, 0, 0, "medium", 2, last_error="exit code 1",
+                        last_error_line=line)
+        )
+    )
+    store.close()
+    res = CliRunner().invoke(app, ["status", "--state-dir", str(sd)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "ValueError: bad [/x] [red]gone[/red] \\e[2J" in res.output and "exit code 1" in res.output
+    res = CliRunner().invoke(app, ["status", "--json", "--state-dir", str(sd)])
+    assert json.loads(res.output)["agents"][0]["last_error_line"] == line
+
+
+def test_up_checks_the_built_in_agents_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from colo.cli import run_cmd
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("torch", "transformers") else real(name, *a)
+    )
+    ran: list[Path] = []
+    monkeypatch.setattr(run_cmd, "_run_foreground", lambda cfg, path, sd, **kw: ran.append(path))
+    sized = ROOT / "examples" / "newsroom" / "colo.sized.yaml"
+    sd = str(tmp_path / "state")
+    res = CliRunner().invoke(app, ["up", str(sized), "--state-dir", sd], terminal_width=400)
+    assert res.exit_code == 2 and ran == []
+    assert "built-in model agent" in res.output and "cannot import torch or transformers" in res.output
+    assert "install -e '.[profile]' -c constraints.txt" in res.output and "--skip-needs-check" in res.output
+    res = CliRunner().invoke(app, ["up", str(sized), "--state-dir", sd, "--skip-needs-check"])
+    assert res.exit_code == 0, res.output
+    assert ran == [sized]
+    # Agents with their own command need nothing of colo's.
+    own = write_config(tmp_path / "colo.yaml", {"a": free_port(), "api": free_port()})
+    res = CliRunner().invoke(app, ["up", str(own), "--state-dir", sd])
+    assert res.exit_code == 0, res.output
+    assert ran == [sized, own]
