@@ -335,6 +335,12 @@ class TestNewsroom:
         result(1, "newsroom_up", not problems, secs, "; ".join(problems) or " ".join(rows))
         assert not problems, problems
 
+        def summary() -> str | None:  # `colo up` says what became of the agents (issue 16)
+            text = "".join(log.read_text(errors="replace") for log in sd.glob("up-*.log"))
+            return text if "colo up: all 9 agents RUNNING" in text else None
+
+        assert wait_for(summary, timeout=30, step=1.0), "colo up printed no first-outcome summary"
+
     def test_drill2_sigkill_one_agent(self, newsroom: dict[str, Any]) -> None:
         sd: Path = newsroom["sd"]
         before: dict[str, int] = newsroom.get("pids") or {}

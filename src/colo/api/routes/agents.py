@@ -16,7 +16,8 @@ AgentName = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="The 
 
 
 def agent_dict(s: AgentStatus) -> dict[str, Any]:
-    """An agent status as JSON: state, pid, GPU, limit/requirement/used/peak (bytes), restarts, last error."""
+    """An agent status as JSON: state, pid, GPU, limit/requirement/used/peak (bytes), restarts, last error and
+    the last line its process printed when it failed (``last_error_line``)."""
     return s.to_dict()
 
 
