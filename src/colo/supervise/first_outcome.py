@@ -108,8 +108,8 @@ class UpOutcome:
 def classify(status: AgentStatus, restarts_at_start: int) -> Outcome | None:
     """``status``'s first outcome, or None while it has none yet (STARTING, never failed since the wait began).
 
-    ``restarts_at_start``: its restart count when the wait began; more restarts since mean it failed and was
-    started again (a crash loop seen between two polls).
+    ``restarts_at_start``: its restart count when the wait began; more restarts since, with a failure's log line
+    recorded, mean it failed and was started again between two polls (a crash loop).
     """
     state = status.state
     if state == AgentState.RUNNING:
@@ -120,11 +120,11 @@ def classify(status: AgentStatus, restarts_at_start: int) -> Outcome | None:
         return Outcome.EXITED
     if state == AgentState.BACKOFF:
         return Outcome.CRASH_LOOP
-    if state in (AgentState.STOPPED, AgentState.STOPPING):
+    if state == AgentState.STOPPED:
         return Outcome.STOPPED
-    if status.restarts > restarts_at_start:
-        return Outcome.CRASH_LOOP
-    return None
+    if state == AgentState.STARTING and status.restarts > restarts_at_start and status.last_error_line:
+        return Outcome.CRASH_LOOP  # failed and already started again (a restart by apply has no error line)
+    return None  # STARTING, or STOPPING (a restart in progress: it comes back through STARTING)
 
 
 def wait_secs(config: ColoConfig, names: Sequence[str]) -> float:

@@ -172,6 +172,8 @@ def test_up_restart_apply_kill_adopt_down(world: dict[str, Any]) -> None:
     for pid in pids.values():
         assert wait_for(lambda pid=pid: not _alive(pid), timeout=10)
     assert json.loads(colo("status", "--json", "--state-dir", str(sd)).stdout)["orchestrator"] is None
+    printed = world["procs"][-1].communicate(timeout=30)[0]  # the foreground `colo up` said what became of them
+    assert "colo up: all 2 agents RUNNING" in printed, printed
 
 
 def colo_up(box: dict[str, Any]) -> bool:

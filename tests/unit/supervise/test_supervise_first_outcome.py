@@ -30,7 +30,10 @@ def test_classify() -> None:
     assert classify(status("a", S.FATAL), 0) == Outcome.FATAL
     assert classify(status("a", S.EXITED), 0) == Outcome.EXITED
     assert classify(status("a", S.STARTING), 0) is None
-    assert classify(status("a", S.STARTING, restarts=2), 1) == Outcome.CRASH_LOOP  # crashed between two polls
+    assert classify(status("a", S.STARTING, restarts=2, line="boom"), 1) == Outcome.CRASH_LOOP  # between polls
+    assert classify(status("a", S.STARTING, restarts=2), 1) is None  # restarted by apply, not a failure
+    assert classify(status("a", S.STOPPING), 0) is None
+    assert classify(status("a", S.STOPPED), 0) == Outcome.STOPPED
 
 
 def test_wait_until_every_agent_has_a_first_outcome() -> None:
