@@ -146,7 +146,7 @@ def _detach(paths: Any, cfg: ColoConfig, *, as_json: bool = False) -> None:
         while time.monotonic() < deadline:
             pid = running_orchestrator(paths.root)
             if pid is not None and pid > 0:
-                _say(f"colo up: running in the background, pid {pid}; log {log_path}", as_json)
+                _say(f"colo up: running in the background, pid {pid}; log {safe(log_path)}", as_json)
                 _report_detached(paths, cfg, pid, log_path, offset, as_json=as_json)
             if paths.pid_file.exists() is False and _child_failed(log_path, offset):
                 break
@@ -436,10 +436,10 @@ def down_command(
         raise SupervisorError(f"the state dir {sd} is locked by a process without a pid file")
     done = stop_leftovers(sd)
     if not done:
-        console.print(f"colo down: nothing is running (state dir {sd})", highlight=False)
+        console.print(f"colo down: nothing is running (state dir {safe(sd)})", highlight=False)
         return
     for line in done:
-        console.print(f"colo down: {line}", highlight=False)
+        console.print(f"colo down: {safe(line)}", highlight=False)
 
 
 # --- status ------------------------------------------------------------------------------------------------
@@ -493,15 +493,15 @@ def status_command(
         print_json(data)
         return
     if data["orchestrator"] is None and not data["agents"]:
-        console.print(f"colo is not running (nothing in state dir {sd}); start it with `colo up CONFIG`")
+        console.print(f"colo is not running (nothing in state dir {safe(sd)}); start it with `colo up CONFIG`")
         return
     orch = data["orchestrator"]
     if orch:
         mode = "MPS" if orch.get("mps") else "time-slicing"
-        console.print(f"colo is up: orchestrator pid {orch['pid']}, {mode}, state dir {sd}", highlight=False)
+        console.print(f"colo is up: orchestrator pid {orch['pid']}, {mode}, state dir {safe(sd)}", highlight=False)
     else:
         console.print(
-            f"[bold yellow]colo is not running[/]: states below are as last recorded in {sd}", highlight=False
+            f"[bold yellow]colo is not running[/]: states below are as last recorded in {safe(sd)}", highlight=False
         )
     table = Table(header_style="bold")
     for col in ("agent", "state", "pid", "gpu", "priority", "limit", "used", "restarts", "last error"):
