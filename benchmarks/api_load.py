@@ -2,9 +2,11 @@
 
 Starts ``colo serve CONFIG`` in a child process (unless ``--url`` points at a running one), then for each
 route sends requests at ``--rate`` per second for ``--secs`` seconds on an open-loop schedule (request *i*
-is due at ``t0 + i / rate`` whether or not earlier ones returned) over keep-alive connections (raw asyncio streams: the client costs little CPU), and reports
-latency percentiles two ways: *service* (from the moment the request was sent) and *scheduled* (from the
-moment it was due, which counts any queueing in the client too — no coordinated omission).
+is due at ``t0 + i / rate`` whether or not earlier ones returned) over keep-alive HTTP/1.1 connections
+(``httpx.AsyncClient``), and reports latency percentiles two ways: *service* (from the moment the request was
+sent) and *scheduled* (from the moment it was due, which counts any queueing in the client too — no
+coordinated omission). Percentiles are :func:`colo.bench.stats.percentile`'s (linear interpolation between
+closest ranks, numpy's default), the definition every figure in docs/benchmarks.md uses.
 
     python benchmarks/api_load.py examples/newsroom/colo.yaml --rate 500 --secs 30 --json out.json
 
@@ -30,16 +32,13 @@ from typing import Any
 
 import httpx
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # an uninstalled checkout works
+
+from colo.bench.stats import percentile  # noqa: E402
+
 ROUTES = ("/mps/allocation", "/gpu/info")
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of ``values`` (``pct`` in 0..100)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
+MAX_CONNECTIONS = 64  # requests in flight at once; at 500 req/s a healthy server needs a few
 
 
 def free_port() -> int:
@@ -51,9 +50,8 @@ def free_port() -> int:
 
 def start_server(config: Path, port: int, state_dir: Path) -> subprocess.Popen[bytes]:
     """``colo serve`` in a child process (PYTHONPATH=src so an uninstalled checkout works)."""
-    root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "COLO_STATE_DIR": str(state_dir)}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "src"), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
     cmd = [
         sys.executable,
         "-c",
@@ -82,79 +80,44 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout_secs: flo
     raise SystemExit(f"no answer from {url} in {timeout_secs:.0f} s")
 
 
-class Pool:
-    """Keep-alive HTTP/1.1 connections over raw asyncio streams: a few microseconds of client CPU per request,
-    so the load generator does not become what is measured on a small machine."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self.opened = 0
-
-    async def get(self, path: str) -> tuple[int, int]:
-        """GET ``path``; (status, body bytes). A kept-alive connection the server closed meanwhile (uvicorn's
-        keep-alive timeout) is retried once on a new one, as HTTP clients do."""
-        if self.idle:
-            conn = self.idle.pop()
-            try:
-                return await self._exchange(path, conn)
-            except (OSError, asyncio.IncompleteReadError):
-                conn[1].close()
-        return await self._exchange(path, None)
-
-    async def _exchange(
-        self, path: str, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None
-    ) -> tuple[int, int]:
-        if conn is not None:
-            reader, writer = conn
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.opened += 1
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length = 0
-        for line in lines[1:]:
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        await reader.readexactly(length)
-        self.idle.append((reader, writer))
-        return status, length
-
-    def close(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
+def client(url: str) -> httpx.AsyncClient:
+    """Keep-alive HTTP/1.1 connections with ``TCP_NODELAY`` (without it every keep-alive answer may wait on
+    Nagle + delayed ACK)."""
+    transport = httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        retries=1,  # a kept-alive connection the server closed meanwhile (uvicorn's keep-alive timeout)
+    )
+    return httpx.AsyncClient(base_url=url, transport=transport, timeout=10.0)
 
 
 async def run_route(url: str, route: str, rate: float, secs: float, warmup_secs: float) -> dict[str, Any]:
     """Open-loop load on one route; latencies in milliseconds."""
-    hostport = url.split("://", 1)[1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    pool = Pool(host, int(port))
+    http = client(url)
     warm_until = time.perf_counter() + warmup_secs
     while time.perf_counter() < warm_until:
-        await pool.get(route)
+        await http.get(route)
     total = int(rate * secs)
     service: list[float] = []
     scheduled: list[float] = []
     errors: dict[str, int] = {}
     sizes: list[int] = []
 
+    gate = asyncio.Semaphore(MAX_CONNECTIONS)
+
     async def one(due: float) -> None:
-        sent = time.perf_counter()
         try:
-            status, size = await asyncio.wait_for(pool.get(route), timeout=10)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
+            async with gate:  # queue here, FIFO and cheap: httpx's pool slows down with thousands waiting
+                sent = time.perf_counter()
+                response = await http.get(route)
+        except httpx.HTTPError as exc:
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             return
         done = time.perf_counter()
-        if status != 200:
-            errors[str(status)] = errors.get(str(status), 0) + 1
+        if response.status_code != 200:
+            errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
             return
-        sizes.append(size)
+        sizes.append(len(response.content))
         service.append((done - sent) * 1000)
         scheduled.append((done - due) * 1000)
 
@@ -168,7 +131,7 @@ async def run_route(url: str, route: str, rate: float, secs: float, warmup_secs:
         tasks.append(asyncio.create_task(one(due)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
-    pool.close()
+    await http.aclose()
     return {
         "route": route,
         "target_rate_per_sec": rate,
@@ -176,7 +139,6 @@ async def run_route(url: str, route: str, rate: float, secs: float, warmup_secs:
         "requests": total,
         "ok": len(service),
         "errors": errors,
-        "connections": pool.opened,
         "achieved_rate_per_sec": round(len(service) / elapsed, 1),
         "body_bytes": int(statistics.median(sizes)) if sizes else 0,
         "service_ms": {p: round(percentile(service, q), 3) for p, q in (("p50", 50), ("p99", 99), ("max", 100))},
@@ -212,7 +174,7 @@ def markdown(results: list[dict[str, Any]], where: str) -> str:
             f"{r['service_ms']['p99']:.2f} | {r['service_ms']['max']:.1f} | {r['scheduled_ms']['p99']:.2f} |"
         )
     lines.append("")
-    lines.append(f"Machine: {where}.")
+    lines.append(f"Machine: {where}. Percentiles: linear interpolation between closest ranks (colo.bench.stats).")
     return "\n".join(lines)
 
 

@@ -108,11 +108,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 def _mps_server_pids(config: str) -> list[int]:
     from colo.gpu.mps.daemon import MpsDaemon
-
-    try:  # where the MPS root lives after the gpu/mps split
-        from colo.gpu.mps.root import MpsRoot  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        from colo.gpu.mps.daemon import MpsRoot
+    from colo.gpu.mps.root import MpsRoot
 
     root = MpsRoot.under_state_dir(_state(config))
     uuids = {a["gpu_uuid"] for a in _agents(config) if a.get("gpu_uuid")}

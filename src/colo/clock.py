@@ -1,6 +1,8 @@
-"""Time for the supervisor, injected: a monotonic clock for durations and a wall clock for people.
+"""Time, injected: a monotonic clock for durations, a wall clock for people, and a sleep.
 
-Tests pass :class:`FakeClock` and advance it instead of sleeping.
+The one clock convention of colo: code that reads or waits on time takes a :class:`Clock` (default
+:class:`SystemClock`). Tests pass :class:`FakeClock` and advance it (its ``sleep`` advances it) instead of
+sleeping.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    """Where the supervisor reads time. ``monotonic()`` for durations (seconds), ``wall()`` for records."""
+    """Where time is read. ``monotonic()`` for durations (seconds), ``wall()`` for records, ``sleep(secs)``
+    to wait (blocking the calling thread)."""
 
     def monotonic(self) -> float: ...
 
     def wall(self) -> float: ...
+
+    def sleep(self, secs: float) -> None: ...
 
 
 class SystemClock:
@@ -25,6 +30,9 @@ class SystemClock:
 
     def wall(self) -> float:
         return time.time()
+
+    def sleep(self, secs: float) -> None:
+        time.sleep(max(secs, 0.0))
 
 
 class FakeClock:
@@ -39,6 +47,10 @@ class FakeClock:
 
     def wall(self) -> float:
         return self._wall
+
+    def sleep(self, secs: float) -> None:
+        """Return at once, the clocks ``secs`` later (a wait that takes no time)."""
+        self.advance(max(secs, 0.0))
 
     def advance(self, secs: float) -> None:
         """Move both clocks forward by ``secs`` (>= 0)."""

@@ -1,6 +1,6 @@
 """On a real GPU: ``/gpu/info`` and ``/metrics`` reflect a real MPS daemon and a real client.
 
-Starts one MPS control daemon (colo's MpsFleet, private pipe dir under /tmp), one child python that
+Starts one MPS control daemon (the GPU tests' ``running_daemon``, private pipe dir under /tmp), one child python that
 allocates 512 MiB with torch under ``client_env`` (so it is an MPS client of that daemon), serves the API
 over the read-only source of ``colo serve`` (real NVML, the same MPS root) in a uvicorn thread, then checks
 what the routes say. Always stops the child, the server and the daemon.
@@ -10,6 +10,7 @@ Prints ``GPU-RESULT api ...`` lines.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import queue
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mps_daemons import running_daemon
 
 pytestmark = pytest.mark.gpu
 
@@ -65,7 +67,8 @@ def _read_lines(stream: object, out: queue.Queue[str]) -> None:
 def mps_world() -> Iterator[dict[str, object]]:
     """A running daemon under a private root, a child MPS client holding memory; torn down always."""
     _need_gpu()
-    from colo.gpu.mps.daemon import MpsFleet, MpsRoot, client_env
+    from colo.gpu.mps.env import client_env
+    from colo.gpu.mps.root import MpsRoot
     from colo.gpu.nvml import NvmlBackend
     from colo.spec import load_config_text
     from colo.supervise.planning import plan_node
@@ -77,11 +80,10 @@ def mps_world() -> Iterator[dict[str, object]]:
     root = Path(tempfile.mkdtemp(prefix="colo-apigpu-", dir="/tmp"))
     cfg_path = root / "colo.yaml"
     cfg_path.write_text(CONFIG)
-    fleet = MpsFleet(MpsRoot(root / "mps"), [uuid])
     child: subprocess.Popen[str] | None = None
+    daemons = contextlib.ExitStack()
     try:
-        daemon = fleet.daemon(uuid)
-        daemon.start()
+        daemon = daemons.enter_context(running_daemon(MpsRoot(root / "mps"), uuid))
         config = load_config_text(CONFIG, source=str(cfg_path))
         agent = plan_node(config, gpus[:1]).plan.agent("probe")
         env = {**os.environ, **client_env(agent, daemon.paths, gpu_uuid=uuid)}
@@ -118,7 +120,7 @@ def mps_world() -> Iterator[dict[str, object]]:
                 child.kill()
                 child.wait(10)
         try:
-            fleet.stop_all(timeout_secs=15)
+            daemons.close()
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -133,7 +135,6 @@ def test_gpu_info_and_metrics_show_the_real_daemon_and_client(mps_world: dict[st
     from prometheus_client.parser import text_string_to_metric_families
 
     from colo.api.app import create_app
-    from colo.api.context import ApiOptions
     from colo.api.readonly import ReadOnlySource, load_read_only
     from colo.api.server import ApiThread
     from colo.supervise.state import AgentState
@@ -153,8 +154,8 @@ def test_gpu_info_and_metrics_show_the_real_daemon_and_client(mps_world: dict[st
                 for s in super().statuses()
             ]
 
-    source = ChildIsProbe(base.config(), base.current_plan(), base.gpu_backend(), fleet=base.mps_fleet())
-    server = ApiThread(create_app(source, token=TOKEN, options=ApiOptions(gpu_ttl_secs=0.5)), port=0).start()
+    source = ChildIsProbe(base.config, base.plan, base.backend, fleet=base.fleet, poll_secs=0.5)
+    server = ApiThread(create_app(source, token=TOKEN), port=0).start()
     try:
         url = f"http://127.0.0.1:{server.port}"
         with httpx.Client(base_url=url, timeout=30) as http:

@@ -15,64 +15,32 @@ import contextlib
 import json
 import math
 import os
-import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from mps_daemons import Clients, MpsDaemons, gone, gpus_with_mps
 
 from colo.errors import MpsError
-from colo.gpu.mps.control import SubprocessMpsControl, find_binary, scan_processes
-from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsFleet, MpsRoot, ServerStatus, client_env
+from colo.gpu.mps.control import find_binary, scan_processes
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
+from colo.gpu.mps.env import client_env
+from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.log import MpsLogKind, MpsLogReader
+from colo.gpu.mps.replies import ServerStatus
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import ClientProcess, GpuSnapshot, NvmlBackend
-from colo.plan.types import AgentPlan, GpuSlot, ModelMemory
 
 pytestmark = pytest.mark.gpu
 
 MIB = 1024**2
 GIB = 1024**3
-
-# A child CUDA client: creates its context, reports what it sees, tries the allocations it is given (freeing
-# each), holds 256 MiB so NVML shows it, then waits for a line on stdin.
-CHILD = r"""
-import json, os, sys
-import torch
-probes = json.loads(sys.argv[1])
-torch.zeros(1, device="cuda")
-torch.cuda.synchronize()
-free, total = torch.cuda.mem_get_info()
-props = torch.cuda.get_device_properties(0)
-res = {"pid": os.getpid(), "free": free, "total": total, "sms": props.multi_processor_count,
-       "count": torch.cuda.device_count(), "uuid": str(getattr(props, "uuid", "") or ""), "allocs": []}
-for n in probes:
-    try:
-        t = torch.empty(n, dtype=torch.uint8, device="cuda")
-        t.fill_(1)
-        torch.cuda.synchronize()
-        res["allocs"].append([n, "ok"])
-        del t
-    except torch.cuda.OutOfMemoryError:
-        res["allocs"].append([n, "oom"])
-    except RuntimeError as exc:
-        res["allocs"].append([n, "error: " + str(exc)[:300]])
-    torch.cuda.empty_cache()
-hold = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
-hold.fill_(1)
-torch.cuda.synchronize()
-print(json.dumps(res), flush=True)
-sys.stdin.readline()
-"""
-
 
 def result_line(name: str, text: str) -> None:
     print(f"\nGPU-RESULT {name}: {text}", flush=True)
@@ -87,73 +55,7 @@ def gib(n: int | None) -> str:
 
 @pytest.fixture(scope="module")
 def gpus() -> list[GpuSnapshot]:
-    if find_binary() is None:
-        pytest.skip("nvidia-cuda-mps-control is not installed")
-    found = NvmlBackend().gpus()
-    if not found:
-        pytest.skip("NVML sees no GPU")
-    return found
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="colo-gpu-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-class Clients:
-    """Child CUDA clients of one test; all killed at teardown."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, env_extra: dict[str, str], probes: list[int]) -> subprocess.Popen[str]:
-        env = dict(os.environ)
-        for k in ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "CUDA_MPS_CLIENT_PRIORITY"):
-            env.pop(k, None)
-        env.update(env_extra)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, json.dumps(probes)],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def report(proc: subprocess.Popen[str], timeout_secs: float = 180.0) -> dict[str, Any]:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], timeout_secs)
-        line = proc.stdout.readline() if ready else ""
-        if not line:
-            proc.kill()
-            _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"client {proc.pid} gave no report (rc={proc.returncode}): {err[-2000:]}")
-        data: dict[str, Any] = json.loads(line)
-        return data
-
-    @staticmethod
-    def release(proc: subprocess.Popen[str], timeout_secs: float = 60.0) -> None:
-        assert proc.stdin is not None
-        with contextlib.suppress(OSError):
-            proc.stdin.write("\n")
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=timeout_secs)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            with contextlib.suppress(Exception):
-                p.communicate(timeout=30)
+    return gpus_with_mps()
 
 
 @pytest.fixture
@@ -163,68 +65,35 @@ def clients() -> Iterator[Clients]:
     c.close()
 
 
-@dataclass
-class Started:
-    daemons: list[MpsDaemon]
-    server_pids: set[int]
-
-    def note_servers(self, d: MpsDaemon) -> list[int]:
-        pids = d.server_pids()
-        self.server_pids.update(pids)
-        return pids
+Started = MpsDaemons
 
 
 @pytest.fixture
 def started(state_dir: Path) -> Iterator[Started]:
     """Daemons a test starts; teardown quits each and asserts nothing of its pipe dir survives."""
-    s = Started([], set())
+    s = MpsDaemons()
     yield s
-    leftovers: list[str] = []
-    for d in s.daemons:
-        with contextlib.suppress(Exception):
-            s.server_pids.update(d.server_pids())
-        try:
-            d.stop(timeout_secs=10)
-        except Exception as exc:  # keep going: every daemon must be tried
-            leftovers.append(f"stop failed for {d.gpu_uuid}: {exc}")
-        for p in scan_processes(d.paths.pipe_dir):
-            leftovers.append(f"{p.kind} {p.pid} of {d.paths.pipe_dir}")
-            with contextlib.suppress(OSError):
-                os.kill(p.pid, signal.SIGKILL)
-    for pid in s.server_pids:
-        if not gone(pid):
-            leftovers.append(f"server {pid}")
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+    leftovers = s.close()
     assert not leftovers, f"MPS processes left behind: {leftovers}"
 
 
 def new_daemon(state_dir: Path, uuid: str, started: Started, **kw: Any) -> MpsDaemon:
-    d = MpsDaemon(MpsRoot.under_state_dir(state_dir).for_gpu(uuid), uuid, SubprocessMpsControl(), **kw)
-    started.daemons.append(d)
-    return d
+    return started.new(MpsRoot.under_state_dir(state_dir), uuid, **kw)
 
 
-def agent(name: str, limit_bytes: int, uuid: str, *, pct: int = 100, prio: int = 0) -> AgentPlan:
-    return AgentPlan(
-        name=name,
-        models=(ModelMemory("probe", limit_bytes // 2),),
-        priority="medium",
-        requirement_bytes=limit_bytes // 2,
-        margin_bytes=limit_bytes - limit_bytes // 2,
-        limit_bytes=limit_bytes,
-        client_priority=prio,
-        active_thread_pct=pct,
-        gpu=GpuSlot("local", 0, "GPU", 80 * GIB, uuid),
-    )
+@dataclass(frozen=True)
+class Client:
+    """What ``client_env`` reads of a plan entry (``colo.gpu.mps.env.ClientSettings``): the GPU layer needs no
+    plan types."""
+
+    name: str
+    limit_bytes: int
+    active_thread_pct: int = 100
+    client_priority: int = 0
 
 
-def gone(pid: int) -> bool:
-    """Exited (a zombie counts: in a container, PID 1 may never reap a daemon's orphans)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+def agent(name: str, limit_bytes: int, uuid: str, *, pct: int = 100, prio: int = 0) -> Client:
+    return Client(name, limit_bytes, pct, prio)
 
 
 def wait_for(pred: Callable[[], bool], secs: float, step: float = 0.25) -> bool:

@@ -33,10 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mps_daemons import gpus_with_mps, running_daemon
 
 from colo import units
-from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsRoot, client_env
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
+from colo.gpu.mps.env import client_env
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuSnapshot, NvmlBackend
+from colo.gpu.sampler import Sampler, nvml_read
 from colo.memory.db import ModelDB
 from colo.memory.estimate import estimate, estimate_set
 from colo.memory.resolve import agent_memory_for_plan, memory_for_plan
@@ -47,7 +51,6 @@ from colo.plan.limits import agent_limit
 from colo.plan.types import AgentPlan
 from colo.profiling.profiler import Job, JobResult, Profiler
 from colo.profiling.protocol import ProfileRequest
-from colo.profiling.sampler import PeakSampler, nvml_reader
 from colo.profiling.spawn import ChildOutcome, child_env, run_child
 from colo.spec import load_config
 from colo.spec.config import ColoConfig
@@ -257,22 +260,13 @@ def test_newsroom_planned_from_measurements(session: Session) -> None:
 
 @pytest.fixture(scope="module")
 def mps_daemon(session: Session) -> Iterator[tuple[MpsDaemon, Path]]:
-    if (
-        shutil.which("nvidia-cuda-mps-control") is None
-        and not Path("/usr/local/nvidia/bin/nvidia-cuda-mps-control").exists()
-    ):
-        pytest.skip("nvidia-cuda-mps-control is not installed")
+    gpus_with_mps()
     base = Path(tempfile.mkdtemp(prefix="colo-mem-", dir="/tmp"))
-    paths = MpsRoot(base).for_gpu(session.gpu.uuid)
-    daemon = MpsDaemon(paths, session.gpu.uuid)
     try:
-        daemon.start(MpsDefaults(None, None, None))
-        yield daemon, paths.pipe_dir
+        with running_daemon(MpsRoot(base), session.gpu.uuid, MpsDefaults(None, None, None)) as daemon:
+            yield daemon, daemon.paths.pipe_dir
     finally:
-        try:
-            daemon.stop(timeout_secs=15.0)
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _run_under_limit(session: Session, daemon: MpsDaemon, name: str, limit_bytes: int) -> ChildOutcome:
@@ -291,8 +285,8 @@ def _run_under_limit(session: Session, daemon: MpsDaemon, name: str, limit_bytes
     env = child_env(client_env(fake_plan, daemon.paths, gpu_uuid=session.gpu.uuid))
     request = ProfileRequest(models=reqs, device="cuda", handshake=True)
 
-    def sampler(pid: int) -> PeakSampler:
-        return PeakSampler(nvml_reader(session.backend), pid, interval_secs=0.02)
+    def sampler(pid: int) -> Sampler:
+        return Sampler(nvml_read(session.backend, [pid]), interval_secs=0.02)
 
     return run_child(request, sampler_factory=sampler, env=env, timeout_secs=CHILD_TIMEOUT_SECS)
 

@@ -17,25 +17,23 @@ private pipe dir. Nothing here changes a GPU setting. Each test prints ``GPU-RES
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from mps_daemons import Clients, gpus_with_mps, running_daemon
 
-from colo.gpu.mps.control import SubprocessMpsControl, find_binary, scan_processes
-from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsRoot
-from colo.gpu.nvml import NvmlBackend
+from colo.gpu.mps.control import SubprocessMpsControl, scan_processes
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
+from colo.gpu.mps.root import MpsRoot
 from colo.plan import inventory_slots, plan, require_complete
 from colo.render.k8s import K8sOptions, render_k8s
 from colo.render.node_agent import NodeAgentLayout, write_index_links
@@ -58,28 +56,7 @@ agents:
 """
 LIMIT_BYTES = 1536 * MIB
 
-CHILD = r"""
-import json, os, sys
-import torch
-torch.zeros(1, device="cuda")
-torch.cuda.synchronize()
-free, total = torch.cuda.mem_get_info()
-res = {"pid": os.getpid(), "free": free, "total": total, "count": torch.cuda.device_count(), "allocs": []}
-for n in (256 * 1024 * 1024, 2 * 1024 * 1024 * 1024):
-    try:
-        t = torch.empty(n, dtype=torch.uint8, device="cuda")
-        t.fill_(1)
-        torch.cuda.synchronize()
-        res["allocs"].append([n, "ok"])
-        del t
-    except torch.cuda.OutOfMemoryError:
-        res["allocs"].append([n, "oom"])
-    except RuntimeError as exc:
-        res["allocs"].append([n, "error: " + str(exc)[:300]])
-    torch.cuda.empty_cache()
-print(json.dumps(res), flush=True)
-sys.stdin.readline()
-"""
+PROBES = [256 * MIB, 2 * GIB]
 
 
 def result_line(text: str) -> None:
@@ -87,74 +64,27 @@ def result_line(text: str) -> None:
 
 
 @pytest.fixture
-def state_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="colo-render-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
 def daemon(state_dir: Path) -> Iterator[tuple[MpsDaemon, Any]]:
     """GPU 0's daemon under ``state_dir``, index links written; always quit and checked at teardown."""
-    if find_binary() is None:
-        pytest.skip("nvidia-cuda-mps-control is not installed")
-    gpus = NvmlBackend().gpus()
-    if not gpus:
-        pytest.skip("NVML sees no GPU")
+    gpus = gpus_with_mps()
     gpu = gpus[0]
     root = MpsRoot.under_state_dir(state_dir)
-    d = MpsDaemon(root.for_gpu(gpu.uuid), gpu.uuid, SubprocessMpsControl())
-    servers: set[int] = set()
-    try:
-        d.start(MpsDefaults())
+    with running_daemon(root, gpu.uuid, MpsDefaults()) as d:
         write_index_links(root.base_dir, [(g.index, g.uuid) for g in gpus])
         yield d, gpu
-    finally:
-        with contextlib.suppress(Exception):
-            servers.update(d.server_pids())
-        with contextlib.suppress(Exception):
-            d.stop(timeout_secs=10)
-        left = []
-        for p in scan_processes(d.paths.pipe_dir):
-            left.append(f"{p.kind} {p.pid}")
-            with contextlib.suppress(OSError):
-                os.kill(p.pid, signal.SIGKILL)
-        for pid in servers:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        assert not left, f"MPS processes left in {d.paths.pipe_dir}: {left}"
 
 
 def run_client(env_extra: dict[str, str], daemon: MpsDaemon) -> tuple[dict[str, Any], list[int]]:
     """Run the child with ``env_extra``; return its report and the daemon's server pids while it is alive."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_MPS_", "CUDA_VISIBLE_DEVICES"))}
-    env.update(env_extra)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    clients = Clients()
     try:
-        assert proc.stdout is not None and proc.stdin is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 180.0)
-        line = proc.stdout.readline() if ready else ""
-        if not line:
-            proc.kill()
-            _, err = proc.communicate(timeout=30)
-            raise AssertionError(f"client gave no report (rc={proc.returncode}): {err[-2000:]}")
+        proc = clients.start(env_extra, PROBES)
+        report = clients.report(proc)
         servers = daemon.server_pids()
-        proc.stdin.write("\n")
-        proc.stdin.close()
-        proc.wait(timeout=60)
-        return json.loads(line), servers
+        clients.release(proc)
+        return report, servers
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        with contextlib.suppress(Exception):
-            proc.communicate(timeout=30)
+        clients.close()
 
 
 def _plan(state_dir: Path) -> tuple[Any, Any, NodeAgentLayout]:
@@ -205,11 +135,7 @@ def test_colo_node_no_agents_serves_a_rendered_client(state_dir: Path) -> None:
     """End to end on one host: `colo node CONFIG --node local --no-agents` (a child process) starts GPU 0's
     MPS daemon and the index links; a client with the rendered drop-in's environment is limited by it; on
     SIGTERM the node agent quits its daemon."""
-    if find_binary() is None:
-        pytest.skip("nvidia-cuda-mps-control is not installed")
-    gpus = NvmlBackend().gpus()
-    if not gpus:
-        pytest.skip("NVML sees no GPU")
+    gpus = gpus_with_mps()
     cfg_path = state_dir / "colo.yaml"
     cfg_path.write_text(CONFIG)
     sd = state_dir / "s"

@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mps_daemons import quit_all
 
 pytestmark = pytest.mark.gpu
 
@@ -196,12 +197,9 @@ def kill_tree_under(marker: str) -> list[int]:
 
 
 def quit_mps(state_dir: Path) -> None:
-    from colo.gpu.mps.daemon import MpsDaemon, MpsRoot
+    from colo.gpu.mps.root import MpsRoot
 
-    root = MpsRoot.under_state_dir(state_dir)
-    for uuid in root.gpu_uuids():
-        with contextlib.suppress(Exception):
-            MpsDaemon(root.for_gpu(uuid), uuid).stop(timeout_secs=5.0)
+    quit_all(MpsRoot.under_state_dir(state_dir))
 
 
 def cleanup(state_dir: Path) -> None:
@@ -248,11 +246,13 @@ def agents_by_name(sd: Path) -> dict[str, dict[str, Any]]:
 
 
 def start_colo(sd: Path, config: Path) -> subprocess.Popen[bytes]:
+    # With its HTTP API (the config's api.port, 8014 for the newsroom): `colo apply` and `colo agent ...`
+    # reach the orchestrator through it.
     with open(sd / f"up-{int(time.time() * 1000)}.log", "ab") as log:  # the child keeps its own copy
         return subprocess.Popen(
             # --force: the drills run the seed's numbers, which colo predicts too small for two agents' worst
             # case (issue 13); the drills send no such request.
-            [*COLO, "up", str(config), "--state-dir", str(sd), "--no-api", "--force"],
+            [*COLO, "up", str(config), "--state-dir", str(sd), "--force"],
             env=env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -334,6 +334,12 @@ class TestNewsroom:
         newsroom["pids"] = {n: a["pid"] for n, a in agents.items()}
         result(1, "newsroom_up", not problems, secs, "; ".join(problems) or " ".join(rows))
         assert not problems, problems
+
+        def summary() -> str | None:  # `colo up` says what became of the agents (issue 16)
+            text = "".join(log.read_text(errors="replace") for log in sd.glob("up-*.log"))
+            return text if "colo up: all 9 agents RUNNING" in text else None
+
+        assert wait_for(summary, timeout=30, step=1.0), "colo up printed no first-outcome summary"
 
     def test_drill2_sigkill_one_agent(self, newsroom: dict[str, Any]) -> None:
         sd: Path = newsroom["sd"]

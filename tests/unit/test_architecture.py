@@ -26,7 +26,7 @@ ALLOWED_SIDEWAYS = {
 }
 NEVER = {("gpu", "supervise"), ("gpu", "api"), ("gpu", "cli"), ("supervise", "api"), ("supervise", "cli"),
          ("plan", "memory"), ("api", "cli")}
-DOORS = {"pynvml": {"gpu/nvml.py"}, "sqlite3": {"supervise/store.py"}}
+DOORS = {"pynvml": {"gpu/nvml.py"}, "sqlite3": {"supervise/store.py"}, "psutil": {"gpu/procs.py"}}
 
 
 def _imports(path: Path) -> list[str]:

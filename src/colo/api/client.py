@@ -10,7 +10,8 @@ Errors (all ColoError, so the CLI prints one paragraph and exits with their code
 
 - nothing answers -> OrchestratorUnreachable "no orchestrator running at 127.0.0.1:8014";
 - 401 -> UsageError (wrong or missing token); 404 -> UsageError (no such agent);
-- 422 -> ConfigError with the server's field and line; 409 -> SupervisorError;
+- 422 -> ConfigError with the server's field and line, DoesNotFitError with its agents, else PlanError;
+- 409 -> SupervisorError;
 - anything else -> ApiError with the status and the server's message.
 """
 
@@ -20,11 +21,20 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 
 from colo.api.auth import read_token
-from colo.errors import ColoError, ConfigError, OrchestratorUnreachable, SupervisorError, UsageError
+from colo.errors import (
+    ColoError,
+    ConfigError,
+    DoesNotFitError,
+    OrchestratorUnreachable,
+    PlanError,
+    SupervisorError,
+    UsageError,
+)
 from colo.spec.config import ApiSettings
 
 DEFAULT_URL = "http://127.0.0.1:8014"
@@ -136,6 +146,10 @@ class ApiClient:
                 field=body.get("field"),
                 line=body.get("line"),
             )
+        if status == 422 and isinstance(body.get("agents"), list):
+            return DoesNotFitError(message, agents=tuple(str(a) for a in body["agents"]))
+        if status == 422:
+            return PlanError(message)
         if status == 409:
             return SupervisorError(message)
         return ApiError(f"the orchestrator answered {status}: {message}", status=status)
@@ -166,14 +180,13 @@ class ApiClient:
         result: dict[str, Any] = self._json("POST", f"/agents/{name}/{verb}")
         return result
 
-    def apply(self, text: str) -> dict[str, Any]:
-        """Send a colo.yaml (YAML or JSON); returns what was restarted/started/stopped/unchanged/left out."""
-        result: dict[str, Any] = self._json(
-            "POST",
-            "/apply",
-            content=text.encode("utf-8"),
-            headers={**self._headers, "Content-Type": "application/yaml"},
-        )
+    def apply(self, text: str, config_path: Path | None = None) -> dict[str, Any]:
+        """Send a colo.yaml (YAML or JSON); returns what was restarted/started/stopped/unchanged/left out.
+        ``config_path``: the file it came from (absolute), which the orchestrator reloads on SIGHUP."""
+        headers = {**self._headers, "Content-Type": "application/yaml"}
+        if config_path is not None:
+            headers["X-Colo-Config-Path"] = quote(str(config_path))  # percent-encoded: headers are ASCII
+        result: dict[str, Any] = self._json("POST", "/apply", content=text.encode("utf-8"), headers=headers)
         return result
 
     def events(self, since: int = 0, limit: int = 200) -> list[dict[str, Any]]:

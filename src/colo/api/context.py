@@ -1,4 +1,4 @@
-"""What every route reads: the source, the token check, caches, the apply lock (one per app)."""
+"""What every route reads: the source (its snapshot), the token check, body caches, the apply lock (one per app)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pydantic import BaseModel
 
 from colo.api.auth import bearer_matches
 from colo.api.cache import PlanDocCache, TtlCache
-from colo.api.gpu_view import GpuState, read_gpu_state
 from colo.api.source import ApiSource
 from colo.plan.types import Plan
 
@@ -28,7 +27,6 @@ def _render_allocation(plan: Plan) -> dict[str, Any]:
 class ApiOptions:
     """Tunables of one app. Seconds and bytes."""
 
-    gpu_ttl_secs: float = 1.0  # NVML and the MPS control pipe are read at most once per this
     read_ttl_secs: float = 0.5  # rendered /mps/allocation and /gpu/info bodies are reused this long
     max_body_bytes: int = 1024 * 1024  # POST bodies over this get 413
     event_poll_secs: float = 0.5  # how often an SSE stream looks for new events
@@ -46,20 +44,14 @@ class ApiContext:
     options: ApiOptions
     clock: Callable[[], float] = time.monotonic
     apply_lock: threading.Lock = field(default_factory=threading.Lock)
-    gpu_cache: TtlCache[GpuState] = field(init=False)
     allocation_cache: PlanDocCache = field(init=False)
     allocation_body: TtlCache[bytes] = field(init=False)
     gpu_info_body: TtlCache[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.gpu_cache = TtlCache(self.options.gpu_ttl_secs, self.clock)
         self.allocation_cache = PlanDocCache(_render_allocation)
         self.allocation_body = TtlCache(self.options.read_ttl_secs, self.clock)
         self.gpu_info_body = TtlCache(self.options.read_ttl_secs, self.clock)
-
-    def gpu_state(self) -> GpuState:
-        """The GPU state, read at most once per ``gpu_ttl_secs``."""
-        return self.gpu_cache.get(lambda: read_gpu_state(self.source))
 
     def changed(self) -> None:
         """Forget rendered bodies after this API changed something (an apply, an action)."""

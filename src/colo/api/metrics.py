@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from colo.api.gpu_view import GpuState
+from colo.gpu.poller import GpuState
 from colo.plan.types import GpuSlot, Plan
 from colo.supervise.snapshots import AgentStatus
 from colo.supervise.state import AgentState

@@ -15,15 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from colo.api.source import ApiSource, ApplyOutcome
+from colo.api.source import ApiSource, ApplyOutcome, PolledGpu
 from colo.errors import ColoError, SupervisorError
 from colo.files import state_dir
-from colo.gpu.mps.daemon import MpsFleet, MpsRoot
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend, NvmlBackend
+from colo.gpu.poller import GpuPoller
 from colo.plan import Plan
 from colo.spec import ColoConfig, load_config
 from colo.supervise.planning import plan_node
-from colo.supervise.snapshots import AgentStatus, Event, EventKind
+from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
 from colo.supervise.state import AgentState
 
 READ_ONLY_HINT = "colo serve only shows the plan and the GPUs; run `colo up CONFIG` to run and manage agents"
@@ -32,8 +34,9 @@ READ_ONLY_HINT = "colo serve only shows the plan and the GPUs; run `colo up CONF
 class ReadOnlySource:
     """An :class:`~colo.api.source.ApiSource` over a fixed config and plan, a GPU backend and MPS daemons.
 
-    ``fleet`` is an object with ``daemon(uuid)`` (``colo.gpu.mps.daemon.MpsFleet``) whose daemons are only read,
-    never started or stopped. ``clock`` gives wall-clock seconds for the one "planned" event.
+    ``fleet`` (``colo.gpu.mps.daemon.MpsFleet``) says where the daemons are; they are only read, never started
+    or stopped. The GPUs and daemons are read by one poller of its own, on demand and at most once per
+    ``poll_secs`` (``monotonic`` seconds). ``clock`` gives wall-clock seconds for the one "planned" event.
     """
 
     def __init__(
@@ -44,11 +47,20 @@ class ReadOnlySource:
         *,
         fleet: MpsFleet | None = None,
         clock: Callable[[], float] = time.time,
+        poll_secs: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._config = config
-        self._plan = current
-        self._backend = backend
-        self._fleet = fleet
+        self.config = config
+        self.plan = current
+        self.backend = backend
+        self.fleet = fleet
+        poller = None
+        if backend is not None:
+            if fleet is not None:
+                poller = GpuPoller(backend, fleet.root, fleet.control)
+            else:
+                poller = GpuPoller(backend, MpsRoot.under_state_dir(state_dir(config.state_dir)))
+        self._gpu = PolledGpu(poller, poll_secs=poll_secs, clock=monotonic)
         placed = len(current.placed)
         self._events = [
             Event(
@@ -77,7 +89,7 @@ class ReadOnlySource:
         ]
 
     def _planned_status(self, name: str) -> AgentStatus:
-        a = self._plan.agent(name)
+        a = self.plan.agent(name)
         return AgentStatus(
             name=a.name,
             state=AgentState.STOPPED,
@@ -92,58 +104,39 @@ class ReadOnlySource:
         )
 
     def statuses(self) -> list[AgentStatus]:
+        """The agents as planned: STOPPED, no pid (colo serve runs nothing)."""
         return list(self._statuses)
 
-    def status(self, name: str) -> AgentStatus:
-        for s in self._statuses:
-            if s.name == name:
-                return s
-        raise KeyError(name)
+    def snapshot(self) -> SystemSnapshot:
+        """The plan's agents and the GPUs as last read (read now when the last reading is older than
+        ``poll_secs``)."""
+        gpu, taken_at = self._gpu.get()
+        return SystemSnapshot(self.config, self.plan, tuple(self.statuses()), gpu, taken_at)
 
     def _refuse(self, what: str) -> NoReturn:
         raise SupervisorError(f"cannot {what}: this is a read-only colo serve", hint=READ_ONLY_HINT)
 
+    def _known(self, name: str) -> None:
+        if all(s.name != name for s in self._statuses):
+            raise KeyError(name)
+
     def start(self, name: str) -> None:
-        self.status(name)
+        self._known(name)
         self._refuse(f"start {name!r}")
 
     def stop(self, name: str) -> None:
-        self.status(name)
+        self._known(name)
         self._refuse(f"stop {name!r}")
 
     def restart(self, name: str) -> None:
-        self.status(name)
+        self._known(name)
         self._refuse(f"restart {name!r}")
 
-    def apply(self, config: ColoConfig) -> ApplyOutcome:
+    def apply(self, config: ColoConfig, config_path: str | None = None) -> ApplyOutcome:
         self._refuse("apply a configuration")
 
     def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:
         return [e for e in self._events if e.seq > since_seq][:limit]
-
-    def current_plan(self) -> Plan:
-        return self._plan
-
-    def config(self) -> ColoConfig:
-        return self._config
-
-    def gpu_backend(self) -> GpuBackend | None:
-        return self._backend
-
-    def mps_fleet(self) -> MpsFleet | None:
-        return self._fleet
-
-    def mps_enabled(self) -> bool:
-        """True when any of the fleet's daemons runs (read through the fleet; False without one)."""
-        if self._fleet is None or self._backend is None:
-            return False
-        try:
-            for g in self._backend.gpus():
-                if g.uuid in self._fleet.gpu_uuids and self._fleet.daemon(g.uuid).is_running():
-                    return True
-        except (ColoError, OSError, KeyError):
-            return False
-        return False
 
 
 def _nvml_backend() -> GpuBackend | None:

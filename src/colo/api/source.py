@@ -1,23 +1,25 @@
 """What the API needs from the running system: the :class:`ApiSource` Protocol.
 
-The API never imports the supervisor. ``colo up`` hands its ``colo.supervise.orchestrator.Orchestrator``
-to :func:`colo.api.app.create_app`; that class satisfies this Protocol structurally (same method names
-and meanings). ``colo serve`` hands a :class:`colo.api.readonly.ReadOnlySource` instead (plan and GPU
-state, no agents running). Tests use a fake beside them in ``tests/unit/api``.
+The API never imports the supervisor and never reads a GPU: it serves the :class:`SystemSnapshot` its
+source publishes (GPUs, MPS daemons/servers/clients, agents, plan) and forwards actions and applies.
+
+- ``colo up`` hands its ``colo.supervise.orchestrator.Orchestrator`` (it publishes a snapshot per GPU poll);
+- ``colo serve`` hands a :class:`colo.api.readonly.ReadOnlySource` (the plan, no agents, one GPU poller);
+- tests hand :class:`colo.api.fake_source.FakeSource`.
 
 A type-checking-only assertion at the bottom makes mypy prove the Orchestrator conforms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from colo.gpu.mps.daemon import MpsFleet
-from colo.gpu.nvml import GpuBackend
-from colo.plan.types import Plan
+from colo.api.cache import TtlCache
+from colo.gpu.poller import GpuPoller, GpuState, no_gpu_state
 from colo.spec.config import ColoConfig
-from colo.supervise.snapshots import AgentStatus, Event
+from colo.supervise.snapshots import Event, SystemSnapshot
 
 
 class ApplyOutcome(Protocol):
@@ -36,25 +38,45 @@ class ApplyOutcome(Protocol):
 
 
 class ApiSource(Protocol):
-    """The running system as the API sees it (the brief's ``Orchestrator`` methods).
+    """The running system as the API sees it.
 
-    Errors: ``KeyError`` for an unknown agent; ``PlanError``/``DoesNotFitError``/``ConfigError`` from
+    Errors: ``KeyError`` for an unknown agent (actions); ``PlanError``/``DoesNotFitError``/``ConfigError`` from
     :meth:`apply` with nothing changed; ``SupervisorError`` when an action cannot be done now (for example
-    on a read-only source); ``GpuError``/``MpsError`` when the GPU or its daemon cannot be read.
+    on a read-only source) or before anything is published.
     """
 
-    def statuses(self) -> list[AgentStatus]: ...
-    def status(self, name: str) -> AgentStatus: ...
+    def snapshot(self) -> SystemSnapshot:
+        """The latest published snapshot; cheap (never reads a GPU, never waits for the supervision loop)."""
+        ...
+
+    def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]: ...
     def start(self, name: str) -> object: ...
     def stop(self, name: str) -> object: ...
     def restart(self, name: str) -> object: ...
-    def apply(self, config: ColoConfig) -> ApplyOutcome: ...
-    def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]: ...
-    def current_plan(self) -> Plan: ...
-    def config(self) -> ColoConfig: ...
-    def gpu_backend(self) -> GpuBackend | None: ...
-    def mps_fleet(self) -> MpsFleet | None: ...
-    def mps_enabled(self) -> bool: ...
+    def apply(self, config: ColoConfig, config_path: str | None = None) -> ApplyOutcome:
+        """Move to ``config``; ``config_path`` (the file it came from, when the client says) is what a later
+        reload (SIGHUP) reads again."""
+        ...
+
+
+class PolledGpu:
+    """The GPU state of a source without a supervisor (``colo serve``, the fake): its one poller, read on
+    demand at most once per ``poll_secs`` (stale-while-revalidate: a slow read never queues other requests).
+    ``poller`` None: no GPU here."""
+
+    def __init__(
+        self, poller: GpuPoller | None, *, poll_secs: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.poller = poller
+        self._clock = clock
+        self._cache: TtlCache[tuple[GpuState, float]] = TtlCache(poll_secs, clock)
+
+    def get(self) -> tuple[GpuState, float]:
+        """The GPU state and the monotonic time it was read."""
+        poller = self.poller
+        if poller is None:
+            return no_gpu_state(), 0.0
+        return self._cache.get(lambda: (poller.read(), self._clock()))
 
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ Pure functions; the CLI resolves the requirement and the GPU's memory first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from colo import units
@@ -92,19 +92,11 @@ class CapacityAnswer:
         return self.gpu_memory_bytes - self.reserve_bytes - self.practical * self.limit_bytes
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field (the GPU's name as ``gpu``) and the derived figures."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["gpu"] = out.pop("gpu_name")
         return {
-            "model": self.model,
-            "requirement_bytes": self.requirement_bytes,
-            "requirement_source": self.requirement_source,
-            "gpu": self.gpu_name,
-            "gpu_memory_bytes": self.gpu_memory_bytes,
-            "reserve_bytes": self.reserve_bytes,
-            "margin_bytes": self.margin_bytes,
-            "margin_policy": self.margin_policy,
-            "limit_bytes": self.limit_bytes,
-            "theoretical": self.theoretical,
-            "with_margins": self.with_margins,
-            "client_cap": self.client_cap,
+            **out,
             "practical": self.practical,
             "limited_by": self.limited_by,
             "free_after_bytes": self.free_after_bytes,

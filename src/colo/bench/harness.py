@@ -21,16 +21,16 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import colo
-from colo.bench.gpu_sampler import GpuActivity, GpuSampler
+from colo.bench.activity import ActivityWatch, GpuActivity
 from colo.bench.instance import PREFIX
 from colo.bench.results import InstanceResult, PointResult
 from colo.bench.spec import InstanceSpec
+from colo.clock import Clock, SystemClock
 from colo.errors import ColoError
 
 
@@ -175,6 +175,10 @@ class InstanceGroup:
     ``count`` instances and collects their RESULTs — the others stay idle (loaded, no GPU work), so one
     group serves every concurrency level of a mode without reloading models. Leaving the ``with`` block
     stops every process (stdin closed, then SIGTERM / SIGKILL of its process group).
+
+    ``env`` is the environment every instance starts from (default: this process's), e.g. with the MPS pipe
+    directory set. ``ready_timeout_secs`` bounds loading + warm-up; ``result_grace_secs`` is how long past the
+    timed window a last request may take. ``progress`` gets messages labelled ``name``.
     """
 
     def __init__(
@@ -187,7 +191,7 @@ class InstanceGroup:
         progress: Progress | None = None,
         name: str = "instances",
         python: str = sys.executable,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         if not specs:
             raise BenchError("no instances to run")
@@ -198,7 +202,7 @@ class InstanceGroup:
         self.say = progress or (lambda _msg: None)
         self.name = name
         self.python = python
-        self.clock = clock
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self._events: queue.Queue[Any] = queue.Queue()
         self._instances: list[_Instance] = []
         self._idle_exits: dict[int, dict[str, Any]] = {}
@@ -219,11 +223,11 @@ class InstanceGroup:
         for i, spec in enumerate(self.specs):
             self._instances.append(_Instance(i, spec, self.env, self.python, self._events))
         self.say(f"{self.name}: loading and warming up")
-        deadline = self.clock() + self.ready_timeout_secs
+        deadline = self.clock.monotonic() + self.ready_timeout_secs
         _collect(self._instances, self._events, self._idle_exits, "READY", deadline, "while loading", self.clock)
 
     def run(
-        self, count: int, *, sampler: GpuSampler | None = None, label: str | None = None
+        self, count: int, *, sampler: ActivityWatch | None = None, label: str | None = None
     ) -> tuple[list[InstanceResult], GpuActivity | None]:
         """One timed window of the first ``count`` instances together; their results and GPU activity."""
         chosen = self._instances[:count]
@@ -240,7 +244,7 @@ class InstanceGroup:
                 inst.send("GO")
             self.say(f"{label or self.name}: running")
             window = max(inst.spec.duration_secs for inst in chosen)
-            deadline = self.clock() + window + self.result_grace_secs
+            deadline = self.clock.monotonic() + window + self.result_grace_secs
             _collect(chosen, self._events, self._idle_exits, "RESULT", deadline, "while running", self.clock)
         finally:
             if sampler is not None:
@@ -252,9 +256,9 @@ class InstanceGroup:
         (1 s when aborting: instances may be mid-window), then SIGTERM / SIGKILL."""
         for inst in self._instances:
             inst.close_stdin()
-        deadline = self.clock() + (1.0 if aborting else 10.0)
+        deadline = self.clock.monotonic() + (1.0 if aborting else 10.0)
         for inst in self._instances:
-            inst.stop(wait_secs=deadline - self.clock())
+            inst.stop(wait_secs=deadline - self.clock.monotonic())
         self._instances = []
 
 
@@ -279,34 +283,18 @@ def run_point(
     specs: Sequence[InstanceSpec],
     *,
     mode: str,
-    env: Mapping[str, str] | None = None,
-    sampler: GpuSampler | None = None,
-    ready_timeout_secs: float = 900.0,
-    result_grace_secs: float = 120.0,
-    progress: Progress | None = None,
+    sampler: ActivityWatch | None = None,
     name: str | None = None,
-    python: str = sys.executable,
-    clock: Callable[[], float] = time.monotonic,
+    **group: Any,
 ) -> PointResult:
     """Start ``specs`` (one process each), run them together once, stop them; return the point.
 
-    ``name`` labels progress messages (default ``"<mode> N=<count>"``).
-    ``env`` is the environment every instance starts from (default: this process's), e.g. with the MPS pipe
-    directory set. ``ready_timeout_secs`` bounds loading + warm-up; ``result_grace_secs`` is how long past the
-    timed window a last request may take. Raises BenchError (every instance stopped) on any failure.
+    ``name`` labels progress messages (default ``"<mode> N=<count>"``); ``group``: the rest of
+    :class:`InstanceGroup`'s options (``env``, ``ready_timeout_secs``, ``result_grace_secs``, ``progress``,
+    ``python``, ``clock``). Raises BenchError (every instance stopped) on any failure.
     """
-    name = name or f"{mode} N={len(specs)}"
-    with InstanceGroup(
-        specs,
-        env=env,
-        ready_timeout_secs=ready_timeout_secs,
-        result_grace_secs=result_grace_secs,
-        progress=progress,
-        name=name,
-        python=python,
-        clock=clock,
-    ) as group:
-        results, activity = group.run(len(specs), sampler=sampler)
+    with InstanceGroup(specs, name=name or f"{mode} N={len(specs)}", **group) as running:
+        results, activity = running.run(len(specs), sampler=sampler)
     return PointResult(
         mode=mode,
         concurrency=len(specs),
@@ -323,14 +311,14 @@ def _collect(
     tag: str,
     deadline: float,
     what: str,
-    clock: Callable[[], float],
+    clock: Clock,
 ) -> None:
     """Wait until every one of ``instances`` has sent ``tag``; raise BenchError on an ERROR, an early exit or
     the deadline. Events of other instances (of the same group, idle) are noted, not waited for."""
     by_index = {inst.index: inst for inst in instances}
     pending = {inst.index for inst in instances if _got(inst, tag) is None}
     while pending:
-        remaining = deadline - clock()
+        remaining = deadline - clock.monotonic()
         if remaining <= 0:
             names = ", ".join(by_index[i].spec.label or f"instance {i}" for i in sorted(pending))
             raise BenchError(

@@ -18,23 +18,17 @@ import json
 import os
 import signal
 import sys
-import time
 import traceback
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from colo.bench.loads import Workload, make_workload
 from colo.bench.spec import InstanceSpec
+from colo.clock import Clock, SystemClock
+from colo.gpu.mps.env import CLIENT_VARS
 
 PREFIX = "COLO-BENCH "
 # What made this instance an MPS client (or not), reported with its results.
-REPORTED_ENV = (
-    "CUDA_VISIBLE_DEVICES",
-    "CUDA_MPS_PIPE_DIRECTORY",
-    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
-    "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
-    "CUDA_MPS_CLIENT_PRIORITY",
-)
+REPORTED_ENV = CLIENT_VARS
 
 
 def emit(stream: TextIO, tag: str, payload: dict[str, Any]) -> None:
@@ -43,17 +37,18 @@ def emit(stream: TextIO, tag: str, payload: dict[str, Any]) -> None:
     stream.flush()
 
 
-def timed_loop(workload: Workload, duration_secs: float, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+def timed_loop(workload: Workload, duration_secs: float, clock: Clock | None = None) -> dict[str, Any]:
     """Run requests back to back for ``duration_secs`` (the last one may end past it); return the result."""
     latencies: list[float] = []
     items = 0.0
     extra: dict[str, float] = {}
-    start = clock()
+    clock = clock if clock is not None else SystemClock()
+    start = clock.monotonic()
     now = start
     while now - start < duration_secs:
-        t0 = clock()
+        t0 = clock.monotonic()
         outcome = workload.request()
-        now = clock()
+        now = clock.monotonic()
         latencies.append(now - t0)
         items += outcome.items
         for key, value in outcome.extra.items():

@@ -5,7 +5,7 @@
 ``/tmp/nvidia-mps``) cannot capture them by accident.
 
 ``mps``: colo starts an MPS control daemon in a private pipe directory under ``/tmp`` (pinned to the GPU
-by UUID, through :mod:`colo.gpu.mps.daemon`), runs the point's instances as its clients, and quits the daemon
+by UUID, through :mod:`colo.gpu.mps.daemon`; its environment from :mod:`colo.gpu.mps.env`), runs the point's instances as its clients, and quits the daemon
 afterwards — also when the point fails. Optional per-instance limits: pinned memory and active thread %.
 
 ``external``: nothing is changed (HTTP targets: the server's own GPU setup is what is measured).
@@ -13,14 +13,15 @@ afterwards — also when the point fails. Optional per-instance limits: pinned m
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from colo import units
 from colo.errors import MpsError, UsageError
+from colo.gpu.mps import env as mps_env
 
 MODES = ("timeslice", "mps", "external")
 
@@ -34,18 +35,15 @@ class MpsClientLimits:
     client_priority: int | None = None
 
     def env(self, device_ordinal: int = 0) -> dict[str, str]:
-        """``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` / ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` /
-        ``CUDA_MPS_CLIENT_PRIORITY`` for the limits that are set."""
-        out: dict[str, str] = {}
-        if self.pinned_mem_limit_bytes is not None:
-            out["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = f"{device_ordinal}={units.mps_limit(self.pinned_mem_limit_bytes)}"
-        if self.active_thread_pct is not None:
-            if not 1 <= self.active_thread_pct <= 100:
-                raise UsageError(f"active thread percentage {self.active_thread_pct} must be 1..100")
-            out["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(self.active_thread_pct)
-        if self.client_priority is not None:
-            out["CUDA_MPS_CLIENT_PRIORITY"] = str(self.client_priority)
-        return out
+        """The client limit variables (:func:`colo.gpu.mps.env.limits_env`) for the limits that are set."""
+        if self.active_thread_pct is not None and not 1 <= self.active_thread_pct <= 100:
+            raise UsageError(f"active thread percentage {self.active_thread_pct} must be 1..100")
+        return mps_env.limits_env(
+            pinned_mem_limit_bytes=self.pinned_mem_limit_bytes,
+            active_thread_pct=self.active_thread_pct,
+            client_priority=self.client_priority,
+            device_ordinal=device_ordinal,
+        )
 
 
 def check_modes(modes: list[str]) -> list[str]:
@@ -73,24 +71,22 @@ def colocation_env(mode: str, gpu_uuid: str | None, *, tmp_root: str = "/tmp") -
     try:
         env: dict[str, str] = {}
         if gpu_uuid:
-            env["CUDA_VISIBLE_DEVICES"] = gpu_uuid
+            env[mps_env.VISIBLE_DEVICES] = gpu_uuid
         if mode == "timeslice":
             empty = f"{base}/no-mps"
-            import os
-
             os.makedirs(empty, exist_ok=True)
-            env["CUDA_MPS_PIPE_DIRECTORY"] = empty
+            env.update(mps_env.daemon_location(empty))
             yield env
             return
         if not gpu_uuid:
             raise MpsError("MPS mode needs a GPU (by UUID) and none was found", hint="is nvidia-smi working?")
-        from colo.gpu.mps.daemon import MpsDaemon, MpsRoot
+        from colo.gpu.mps.daemon import MpsDaemon
+        from colo.gpu.mps.root import MpsRoot
 
         paths = MpsRoot(base).for_gpu(gpu_uuid)
         daemon = MpsDaemon(paths, gpu_uuid)
         daemon.start()
-        env["CUDA_MPS_PIPE_DIRECTORY"] = str(paths.pipe_dir)
-        env["CUDA_MPS_LOG_DIRECTORY"] = str(paths.log_dir)
+        env.update(mps_env.daemon_location(paths))
         yield env
     finally:
         try:

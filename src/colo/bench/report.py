@@ -11,7 +11,6 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from colo import units
 from colo.bench.results import BenchResult, PointResult
@@ -130,24 +129,19 @@ def instance_table(result: BenchResult) -> list[str]:
 
 
 def activity_lines(result: BenchResult) -> list[str]:
-    """Why MPS did or did not help: device utilisation per point, per-instance memory (and SM % if any)."""
+    """Why MPS did or did not help: device utilisation per point, per-instance memory."""
     out: list[str] = []
-    per_process = False
     for p in result.points:
         if p.gpu is None or not p.gpu.samples:
             continue
-        per_process = per_process or p.gpu.per_process_util
         mem = p.gpu.process_memory_max_bytes()
         mem_text = ", ".join(units.format_size(v) for v in mem.values()) if mem else "–"
-        sm_proc = p.gpu.process_sm_mean_pct()
-        sm_text = ", ".join(f"{v:.0f} %" for v in sm_proc.values()) if sm_proc else ""
         out.append(
             f"- {MODE_NAMES.get(p.mode, p.mode)} N={p.concurrency}: SM busy {_num(p.gpu.sm_util_mean_pct, 0)} %, "
             f"memory controller {_num(p.gpu.mem_util_mean_pct, 0)} %, per-instance memory {mem_text}"
-            + (f", per-instance SM {sm_text}" if sm_text else "")
             + f" ({len(p.gpu.samples)} samples)"
         )
-    if out and not per_process:
+    if out:
         out.append("- NVML gave device-level utilisation only (no per-process SM %); per-instance numbers are memory.")
     return out
 
@@ -312,8 +306,3 @@ def write_reports(
     paths["md"] = write_atomic(out / f"{stem}.md", to_markdown(results))
     paths["png"] = write_atomic(out / f"{stem}.png", plot_png(results))
     return paths
-
-
-def summary_rows(result: BenchResult) -> list[dict[str, Any]]:
-    """The table's rows as data (for ``--json`` and the live view)."""
-    return list(result.to_dict()["summary"])

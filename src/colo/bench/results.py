@@ -6,12 +6,12 @@ and ``colo advise`` read it. ``to_dict``/``from_dict`` round-trip it through the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from colo.bench import stats
-from colo.bench.gpu_sampler import GpuActivity
+from colo.bench.activity import GpuActivity
 
 Mode = Literal["timeslice", "mps", "merged", "external"]
 MODES: tuple[str, ...] = ("timeslice", "mps")
@@ -260,8 +260,3 @@ class BenchResult:
             settings=dict(raw.get("settings", {})),
             created=str(raw.get("created", "")),
         )
-
-
-def combine(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
-    """Several runs as one JSON-able list (the GPU script bundles its parts in one file)."""
-    return [r.to_dict() for r in results]

@@ -7,7 +7,7 @@ MPS, or without it); ``setup`` names it and becomes the points' mode — ``mps``
 ``batching`` — so one :class:`~colo.bench.results.BenchResult` holds the guide's whole table: scaling
 efficiency within a setup, MPS / time-slicing at each N, and ``colo advise`` reads it.
 
-Each N is one fixed set of instances (:func:`colo.bench.runner.run_bench`), started, warmed (one request
+Each N is one fixed set of instances (:func:`colo.bench.run.run_bench`), started, warmed (one request
 each) and measured together. With ``append``, the points of earlier setups in the same report are kept.
 """
 
@@ -78,7 +78,7 @@ def run_servers(
     on_point: Callable[[PointResult], None] | None = None,
 ) -> BenchResult:
     """Measure ``setup`` at every N of ``levels`` (1 added). Raises UsageError / BenchError."""
-    from colo.bench.runner import BenchPlan, run_bench
+    from colo.bench.run import BenchPlan, run_bench
 
     if setup not in SETUPS:
         raise UsageError(f"setup {setup!r}: use one of {', '.join(SETUPS)}")

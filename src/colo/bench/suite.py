@@ -1,6 +1,6 @@
 """The benchmark suite behind ``docs/benchmarks.md``: ``python -m colo.bench.suite --out DIR [PART ...]``.
 
-Parts (each a list of :class:`~colo.bench.runner.BenchPlan`):
+Parts (each a list of :class:`~colo.bench.run.BenchPlan`):
 
 - ``encoder``: bert_uncased_L-2_H-128_A-2 (tiny) and roberta-base, fp16, batch 8 × 128 tokens, CUDA graphs,
   N = 1, 2, 4, 8, time-slicing and MPS, with the merged-batch bound;
@@ -27,7 +27,7 @@ from pathlib import Path
 from colo.bench.harness import sigterm_as_exit
 from colo.bench.report import write_reports
 from colo.bench.results import BenchResult, PointResult
-from colo.bench.runner import BenchPlan, run_bench
+from colo.bench.run import BenchPlan, run_bench
 from colo.bench.spec import InstanceSpec
 from colo.errors import ColoError
 from colo.files import write_atomic

@@ -27,8 +27,8 @@ def serve_command(
     from colo.files import state_dir
 
     source = load_read_only(config, use_nvml=not no_gpu, mps_root=mps_root)
-    settings = source.config().api
-    binding = binding_for(settings, state_dir(source.config().state_dir), host=host, port=port, open_reads=open_reads)
+    cfg = source.snapshot().config
+    binding = binding_for(cfg.api, state_dir(cfg.state_dir), host=host, port=port, open_reads=open_reads)
     err_console.print(
         safe(f"colo serve: {binding.url} (read-only: plan and GPU state; API docs at {binding.url}/docs)"),
         highlight=False,

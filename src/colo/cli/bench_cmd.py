@@ -9,39 +9,26 @@ efficiency) with latency, the MPS / time-slicing ratio and the merged-batch boun
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import typing
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from colo import units
-from colo.cli.common import console, err_console, fail, print_json, safe
-from colo.errors import ColoError, ConfigError, UsageError
+from colo.cli.common import console, err_console, print_json, safe
+from colo.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from colo.bench.mps import MpsClientLimits
     from colo.bench.results import BenchResult, PointResult
-    from colo.bench.runner import BenchPlan
+    from colo.bench.run import BenchPlan
     from colo.bench.spec import InstanceSpec
     from colo.gpu.nvml import GpuBackend
-
-F = TypeVar("F", bound=Callable[..., None])
-
-
-def _cli_errors(fn: F) -> F:
-    """Turn ColoError into one paragraph on stderr and its exit code (2 for usage/config errors)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except ColoError as err:
-            fail(err)
-
-    return cast(F, wrapper)
-
 
 bench_app = typer.Typer(
     help="Measure N instances together, MPS vs time-slicing, against the merged-batch bound.",
@@ -121,43 +108,13 @@ def _point_line(point: PointResult) -> str:
     )
 
 
-def _run(
-    spec: InstanceSpec,
-    *,
-    title: str,
-    modes: str,
-    concurrency: str,
-    out: Path,
-    gpu: int,
-    thread_pct: str | None,
-    mem_limit: str | None,
-    bound: bool,
-    as_json: bool,
-) -> None:
-    from colo.bench.runner import BenchPlan
-
-    mode_list = parse_modes(modes)
-    limits = parse_limits(thread_pct, mem_limit)
-    plan = BenchPlan(
-        title,
-        base=spec,
-        modes=mode_list,
-        concurrencies=parse_int_list(concurrency, "--concurrency"),
-        merged_bound=bound,
-        limits=limits,
-        gpu_index=gpu,
-    )
-    gpu_kind = spec.kind in ("encoder", "decode", "hf_decode") and spec.params.get("device", "auto") != "cpu"
-    _execute(plan, out=out, as_json=as_json, gpu_kind=gpu_kind)
-
-
 def _execute(plan: BenchPlan, *, out: Path, as_json: bool, gpu_kind: bool) -> None:
     """Run ``plan`` with live progress, write the reports, print the table (or the JSON)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from colo.bench.harness import sigterm_as_exit
     from colo.bench.report import to_json, write_reports
-    from colo.bench.runner import run_bench
+    from colo.bench.run import run_bench
 
     backend = _backend(required="mps" in plan.modes)
     if backend is None and gpu_kind:
@@ -233,37 +190,120 @@ def _print_table(result: BenchResult) -> None:
 
 # --- shared options -------------------------------------------------------------------------------------
 
-_MODE = typer.Option("timeslice,mps", "--mode", help=MODE_HELP)
-_CONC = typer.Option("1,2,4,8", "--concurrency", "-n", help=CONC_HELP)
-_DURATION = typer.Option(10.0, "--duration", min=0.1, help="timed window per point, seconds")
-_OUT = typer.Option(Path("bench-out"), "--out", help="directory for bench.json, bench.md, bench.png")
-_GPU = typer.Option(0, "--gpu", help="NVML index of the GPU")
-_THREADS = typer.Option(
-    None, "--thread-pct", help="MPS: CUDA_MPS_ACTIVE_THREAD_PERCENTAGE per instance: 50, or 25,75 (i-th instance)"
-)
-_MEM = typer.Option(None, "--mem-limit", help="MPS: pinned memory limit per instance: 4GiB, or 2GiB,6GiB")
-_BOUND = typer.Option(True, "--bound/--no-bound", help="also run one process with the merged batch")
-_JSON = typer.Option(False, "--json", help="print the results as JSON (progress goes to stderr)")
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """The options every ``colo bench`` subcommand shares, declared once (:data:`_SHARED`).
+
+    A subcommand that does not offer one gets the default here (``cmd`` and ``http`` have no merged-batch
+    bound, ``http`` no MPS limits and mode ``external``).
+    """
+
+    mode: str = "timeslice,mps"
+    concurrency: str = "1,2,4,8"
+    duration: float = 10.0
+    out: Path = Path("bench-out")
+    gpu: int = 0
+    thread_pct: str | None = None
+    mem_limit: str | None = None
+    bound: bool = False
+    as_json: bool = False
+
+    def run(self, spec: InstanceSpec, title: str) -> None:
+        """N copies of ``spec`` at each concurrency, in each mode: run, write the reports, print."""
+        from colo.bench.run import BenchPlan
+
+        plan = BenchPlan(
+            title,
+            base=spec,
+            modes=parse_modes(self.mode),
+            concurrencies=parse_int_list(self.concurrency, "--concurrency"),
+            merged_bound=self.bound,
+            limits=parse_limits(self.thread_pct, self.mem_limit),
+            gpu_index=self.gpu,
+        )
+        gpu_kind = spec.kind in ("encoder", "decode", "hf_decode") and spec.params.get("device", "auto") != "cpu"
+        _execute(plan, out=self.out, as_json=self.as_json, gpu_kind=gpu_kind)
 
 
-@bench_app.command("encoder")
-@_cli_errors
+_SHARED: dict[str, tuple[Any, Callable[..., Any]]] = {
+    "mode": (str, lambda default="timeslice,mps": typer.Option(default, "--mode", help=MODE_HELP)),
+    "concurrency": (
+        str,
+        lambda default="1,2,4,8", help=CONC_HELP: typer.Option(default, "--concurrency", "-n", help=help),
+    ),
+    "duration": (float, lambda: typer.Option(10.0, "--duration", min=0.1, help="timed window per point, seconds")),
+    "out": (
+        Path,
+        lambda: typer.Option(Path("bench-out"), "--out", help="directory for bench.json, bench.md, bench.png"),
+    ),
+    "gpu": (int, lambda: typer.Option(0, "--gpu", help="NVML index of the GPU")),
+    "thread_pct": (
+        str | None,
+        lambda: typer.Option(
+            None,
+            "--thread-pct",
+            help="MPS: CUDA_MPS_ACTIVE_THREAD_PERCENTAGE per instance: 50, or 25,75 (i-th instance)",
+        ),
+    ),
+    "mem_limit": (
+        str | None,
+        lambda: typer.Option(None, "--mem-limit", help="MPS: pinned memory limit per instance: 4GiB, or 2GiB,6GiB"),
+    ),
+    "bound": (
+        bool,
+        lambda: typer.Option(True, "--bound/--no-bound", help="also run one process with the merged batch"),
+    ),
+    "as_json": (
+        bool,
+        lambda: typer.Option(False, "--json", help="print the results as JSON (progress goes to stderr)"),
+    ),
+}
+ALL_SHARED = tuple(_SHARED)
+
+
+def bench_command(
+    name: str, shared: tuple[str, ...] = ALL_SHARED, **option_args: dict[str, Any]
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``colo bench NAME``: the function's own options plus the ``shared`` ones (``option_args``
+    changes one's default or help, e.g. ``concurrency={"default": "1,2,3"}``). The function gets the shared
+    values as its first argument, a :class:`BenchOptions`."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
+        hints = typing.get_type_hints(fn)
+        params = own + [
+            inspect.Parameter(
+                key,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=_SHARED[key][1](**option_args.get(key, {})),
+                annotation=_SHARED[key][0],
+            )
+            for key in shared
+        ]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> None:
+            opts = BenchOptions(**{k: kwargs.pop(k) for k in shared})
+            fn(opts, **kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: hints.get(p.name, p.annotation) for p in params}
+        bench_app.command(name)(command)
+        return fn
+
+    return register
+
+
+@bench_command("encoder")
 def bench_encoder(
+    opts: BenchOptions,
     model: str = typer.Option(..., "--model", "-m", help="catalog model id or local path's model id"),
     path: str | None = typer.Option(None, "--path", help="local directory with the model's weights"),
     batch: int = typer.Option(8, "--batch", min=1, help="sequences per request"),
     seq: int = typer.Option(128, "--seq", min=1, help="tokens per sequence"),
     dtype: str = typer.Option("float16", "--dtype", help="float16, bfloat16 or float32"),
     graphs: bool = typer.Option(True, "--graphs/--no-graphs", help="CUDA-graph capture the forward"),
-    mode: str = _MODE,
-    concurrency: str = _CONC,
-    duration: float = _DURATION,
-    out: Path = _OUT,
-    gpu: int = _GPU,
-    thread_pct: str | None = _THREADS,
-    mem_limit: str | None = _MEM,
-    bound: bool = _BOUND,
-    as_json: bool = _JSON,
 ) -> None:
     """Encoder inference: forward passes of MODEL at --batch × --seq, one process per instance."""
     from colo.bench.spec import InstanceSpec
@@ -277,24 +317,12 @@ def bench_encoder(
     }
     if path:
         params["path"] = path
-    spec = InstanceSpec("encoder", params, duration_secs=duration)
-    _run(
-        spec,
-        title=f"encoder {model} {dtype} {batch}×{seq}",
-        modes=mode,
-        concurrency=concurrency,
-        out=out,
-        gpu=gpu,
-        thread_pct=thread_pct,
-        mem_limit=mem_limit,
-        bound=bound,
-        as_json=as_json,
-    )
+    opts.run(InstanceSpec("encoder", params, duration_secs=opts.duration), f"encoder {model} {dtype} {batch}×{seq}")
 
 
-@bench_app.command("decode")
-@_cli_errors
+@bench_command("decode", concurrency={"default": "1,2,3"})
 def bench_decode(
+    opts: BenchOptions,
     shape: str = typer.Option("llama-3.1-8b", "--shape", help="built-in Llama-style shape: llama-3.1-8b or tiny"),
     model: str | None = typer.Option(
         None,
@@ -306,59 +334,28 @@ def bench_decode(
     tokens: int = typer.Option(32, "--tokens", min=1, help="tokens per request (per stream)"),
     dtype: str | None = typer.Option(None, "--dtype", help="default bfloat16 (shape) / float16 (--model)"),
     graphs: bool = typer.Option(True, "--graphs/--no-graphs", help="CUDA-graph capture the decode step"),
-    mode: str = _MODE,
-    concurrency: str = typer.Option("1,2,3", "--concurrency", "-n", help=CONC_HELP),
-    duration: float = _DURATION,
-    out: Path = _OUT,
-    gpu: int = _GPU,
-    thread_pct: str | None = _THREADS,
-    mem_limit: str | None = _MEM,
-    bound: bool = _BOUND,
-    as_json: bool = _JSON,
 ) -> None:
     """Generator decode: tokens/s with a static KV cache and a CUDA-graph-captured one-token step."""
     from colo.bench.spec import InstanceSpec
 
     common = {"batch_size": batch, "tokens_per_request": tokens, "cuda_graphs": graphs}
     if model:
-        spec = InstanceSpec(
-            "hf_decode", {"model": model, "dtype": dtype or "float16", **common}, duration_secs=duration
-        )
-        title = f"decode {model}"
-    else:
-        from colo.bench.loads.llama import SHAPES
+        params: dict[str, Any] = {"model": model, "dtype": dtype or "float16", **common}
+        opts.run(InstanceSpec("hf_decode", params, duration_secs=opts.duration), f"decode {model}")
+        return
+    from colo.bench.loads.llama import SHAPES
 
-        if shape not in SHAPES:
-            raise UsageError(f"--shape {shape!r}: use one of {', '.join(sorted(SHAPES))}")
-        spec = InstanceSpec("decode", {"shape": shape, "dtype": dtype or "bfloat16", **common}, duration_secs=duration)
-        title = f"decode {shape} shape"
-    _run(
-        spec,
-        title=title,
-        modes=mode,
-        concurrency=concurrency,
-        out=out,
-        gpu=gpu,
-        thread_pct=thread_pct,
-        mem_limit=mem_limit,
-        bound=bound,
-        as_json=as_json,
-    )
+    if shape not in SHAPES:
+        raise UsageError(f"--shape {shape!r}: use one of {', '.join(sorted(SHAPES))}")
+    params = {"shape": shape, "dtype": dtype or "bfloat16", **common}
+    opts.run(InstanceSpec("decode", params, duration_secs=opts.duration), f"decode {shape} shape")
 
 
-@bench_app.command("cmd")
-@_cli_errors
+@bench_command("cmd", tuple(k for k in ALL_SHARED if k != "bound"))
 def bench_cmd(
+    opts: BenchOptions,
     cmd: str = typer.Option(..., "--cmd", help="the command each instance runs; it must print e.g. '812 tok/s'"),
     pattern: str | None = typer.Option(None, "--pattern", help="regex with a 'value' group (and 'unit')"),
-    mode: str = _MODE,
-    concurrency: str = _CONC,
-    duration: float = _DURATION,
-    out: Path = _OUT,
-    gpu: int = _GPU,
-    thread_pct: str | None = _THREADS,
-    mem_limit: str | None = _MEM,
-    as_json: bool = _JSON,
 ) -> None:
     """A user command: run N copies together, parse the throughput line each prints."""
     from colo.bench.spec import InstanceSpec
@@ -366,34 +363,21 @@ def bench_cmd(
     params: dict[str, Any] = {"command": cmd}
     if pattern:
         params["pattern"] = pattern
-    spec = InstanceSpec("cmd", params, duration_secs=duration)
-    _run(
-        spec,
-        title=f"command {cmd}",
-        modes=mode,
-        concurrency=concurrency,
-        out=out,
-        gpu=gpu,
-        thread_pct=thread_pct,
-        mem_limit=mem_limit,
-        bound=False,
-        as_json=as_json,
-    )
+    opts.run(InstanceSpec("cmd", params, duration_secs=opts.duration), f"command {cmd}")
 
 
-@bench_app.command("http")
-@_cli_errors
+@bench_command(
+    "http",
+    ("concurrency", "duration", "out", "gpu", "as_json"),
+    concurrency={"default": "1,2,3", "help": "concurrent clients, e.g. 1,2,3"},
+)
 def bench_http(
+    opts: BenchOptions,
     url: str = typer.Option("http://127.0.0.1:11434", "--url", help="server base URL"),
     api: str = typer.Option("ollama-chat", "--api", help="ollama-chat, ollama-generate or openai-chat"),
     model: str = typer.Option("llama3.1:8b", "--model", "-m", help="model name the server knows"),
     prompt: str = typer.Option("Write a short paragraph about GPUs.", "--prompt"),
     max_tokens: int = typer.Option(128, "--max-tokens", min=1),
-    concurrency: str = typer.Option("1,2,3", "--concurrency", "-n", help="concurrent clients, e.g. 1,2,3"),
-    duration: float = _DURATION,
-    out: Path = _OUT,
-    gpu: int = _GPU,
-    as_json: bool = _JSON,
 ) -> None:
     """An HTTP target (Ollama or OpenAI-compatible): N concurrent clients; tokens from the server's counts."""
     from colo.bench.loads.http import APIS
@@ -401,53 +385,32 @@ def bench_http(
 
     if api not in APIS:
         raise UsageError(f"--api {api!r}: use one of {', '.join(APIS)}")
-    spec = InstanceSpec(
-        "http",
-        {"url": url, "api": api, "model": model, "prompt": prompt, "max_tokens": max_tokens},
-        duration_secs=duration,
-    )
-    _run(
-        spec,
-        title=f"http {api} {model}",
-        modes="external",
-        concurrency=concurrency,
-        out=out,
-        gpu=gpu,
-        thread_pct=None,
-        mem_limit=None,
-        bound=False,
-        as_json=as_json,
-    )
+    params = {"url": url, "api": api, "model": model, "prompt": prompt, "max_tokens": max_tokens}
+    replace(opts, mode="external").run(InstanceSpec("http", params, duration_secs=opts.duration), f"http {api} {model}")
 
 
-@bench_app.command("agents")
-@_cli_errors
+@bench_command("agents", ("mode", "duration", "out", "gpu", "as_json"))
 def bench_agents(
+    opts: BenchOptions,
     config: Path = typer.Argument(..., help="colo.yaml: one instance per agent, running its models"),
     batch: int = typer.Option(8, "--batch", min=1, help="sequences per forward, every model"),
     seq: int = typer.Option(128, "--seq", min=1, help="tokens per sequence"),
     dtype: str = typer.Option("float16", "--dtype", help="float16, bfloat16 or float32"),
-    mode: str = _MODE,
-    duration: float = _DURATION,
-    out: Path = _OUT,
-    gpu: int = _GPU,
-    as_json: bool = _JSON,
 ) -> None:
     """All agents of CONFIG under load together (each agent one process running its models' forwards)."""
-    from colo.bench.runner import BenchPlan
+    from colo.bench.run import BenchPlan
     from colo.bench.suite import agent_specs
 
-    specs = agent_specs(config, duration, batch_size=batch, seq_len=seq, dtype=dtype)
+    specs = agent_specs(config, opts.duration, batch_size=batch, seq_len=seq, dtype=dtype)
     plan = BenchPlan(
-        f"{config.name}: {len(specs)} agents together", fixed=specs, modes=parse_modes(mode), gpu_index=gpu
+        f"{config.name}: {len(specs)} agents together", fixed=specs, modes=parse_modes(opts.mode), gpu_index=opts.gpu
     )
-    _execute(plan, out=out, as_json=as_json, gpu_kind=True)
+    _execute(plan, out=opts.out, as_json=opts.as_json, gpu_kind=True)
 
 
 # --- capacity and advise ----------------------------------------------------------------------------------
 
 
-@_cli_errors
 def capacity_command(
     model: str = typer.Argument(..., help="model id (catalog or config), or a name with --memory"),
     gpu: str | None = typer.Option(None, "--gpu", help="GPU name, e.g. H100, 'RTX 3090', A100-40GB"),
@@ -489,7 +452,6 @@ def capacity_command(
         console.print(safe(line), highlight=False)
 
 
-@_cli_errors
 def advise_command(
     config: Path = typer.Argument(..., help="colo.yaml"),
     bench: Path | None = typer.Option(None, "--bench", help="bench.json from `colo bench` on this GPU"),
@@ -536,15 +498,14 @@ def register(app: typer.Typer) -> None:
 # --- llama.cpp: a random-weight GGUF, and clients spread over several servers ------------------------------
 
 
-@bench_app.command("make-gguf")
-@_cli_errors
+@bench_command("make-gguf", ("as_json",))
 def bench_make_gguf(
+    opts: BenchOptions,
     out: Path = typer.Option(..., "--out", help="the GGUF file to write"),
     shape: str = typer.Option("llama-3.1-8b", "--shape", help="llama-3.1-8b, llama-3.2-1b or tiny"),
     quant: str = typer.Option("q4_k", "--quant", help="q4_k, q8_0 or f16"),
     vocab_from: Path | None = typer.Option(None, "--vocab-from", help="vocab-only GGUF (ggml-vocab-llama-bpe.gguf)"),
     layers: int = typer.Option(0, "--layers", min=0, help="override the shape's layer count"),
-    as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
     """Write a random-weight Llama GGUF for llama.cpp (needs the `gguf` package: llama.cpp's gguf-py)."""
     from colo.bench.gguf_random import shape_named, write_random_gguf
@@ -552,17 +513,28 @@ def bench_make_gguf(
     try:
         import gguf  # noqa: F401
     except ImportError as exc:
-        raise UsageError("the `gguf` package is missing", hint="put llama.cpp's gguf-py on PYTHONPATH, or pip install gguf") from exc
+        raise UsageError(
+            "the `gguf` package is missing", hint="put llama.cpp's gguf-py on PYTHONPATH, or pip install gguf"
+        ) from exc
     done = write_random_gguf(out, shape_named(shape, n_layers=layers), quant=quant, vocab_from=vocab_from)
-    if as_json:
+    if opts.as_json:
         print_json(done.to_dict())
         return
-    console.print(safe(f"wrote {done.path}: {units.format_size(done.size_bytes)}, {done.tensors} tensors, {done.seconds:.1f} s"), highlight=False)
+    console.print(
+        safe(
+            f"wrote {done.path}: {units.format_size(done.size_bytes)}, {done.tensors} tensors, {done.seconds:.1f} s"
+        ),
+        highlight=False,
+    )
 
 
-@bench_app.command("servers")
-@_cli_errors
+@bench_command(
+    "servers",
+    ("concurrency", "duration", "out", "gpu", "as_json"),
+    concurrency={"default": "1,2,3", "help": "concurrent clients, e.g. 1,2,3"},
+)
 def bench_servers(
+    opts: BenchOptions,
     url: list[str] = typer.Option(..., "--url", help="a server's base URL; repeat: client i -> URL i mod count"),
     setup: str = typer.Option(..., "--setup", help="how the servers run: mps, timeslice, or batching (one server)"),
     api: str = typer.Option("openai-chat", "--api", help="openai-chat, ollama-chat or ollama-generate"),
@@ -570,15 +542,10 @@ def bench_servers(
     prompt: str = typer.Option("Write a short paragraph about GPUs.", "--prompt"),
     max_tokens: int = typer.Option(128, "--max-tokens", min=1),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="llama-server: always generate --max-tokens"),
-    concurrency: str = typer.Option("1,2,3", "--concurrency", "-n", help="concurrent clients, e.g. 1,2,3"),
-    duration: float = typer.Option(10.0, "--duration", min=0.1, help="timed window per point, seconds"),
     title: str = typer.Option("llama-server", "--title"),
     append: bool = typer.Option(False, "--append", help="keep the other setups already in OUT/bench.json"),
-    out: Path = typer.Option(Path("bench-out"), "--out", help="directory for bench.json/md/png and servers.md"),
-    gpu: int = typer.Option(0, "--gpu", help="NVML index of the GPU (activity samples)"),
-    as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
-    """N clients over running servers, recorded as one setup (the guide's table: bench.json/md + servers.md)."""
+    """N clients over running servers, recorded as one setup (the guide's table: OUT/bench.json/md + servers.md)."""
     from colo.bench.loads.http import APIS
     from colo.bench.report import load_json, to_json, write_reports
     from colo.bench.servers import merge_into, run_servers, table_markdown
@@ -588,6 +555,7 @@ def bench_servers(
         raise UsageError(f"--api {api!r}: use one of {', '.join(APIS)}")
     if ignore_eos and api != "openai-chat":
         raise UsageError("--ignore-eos is llama-server's extension of the OpenAI API: use --api openai-chat")
+    out = opts.out
     params = {"api": api, "model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": ignore_eos}
     previous = None
     if append and (out / "bench.json").exists():
@@ -596,14 +564,20 @@ def bench_servers(
         except (OSError, ValueError, KeyError, IndexError) as exc:
             raise ConfigError(f"not a colo bench result: {exc}", source=str(out / "bench.json")) from exc
     result = run_servers(
-        url, parse_int_list(concurrency, "--concurrency"), params, setup=setup, duration_secs=duration,
-        title=title, backend=_backend(required=False), gpu_index=gpu,
+        url,
+        parse_int_list(opts.concurrency, "--concurrency"),
+        params,
+        setup=setup,
+        duration_secs=opts.duration,
+        title=title,
+        backend=_backend(required=False),
+        gpu_index=opts.gpu,
         on_point=lambda p: err_console.print(safe(_point_line(p)), highlight=False),
     )
     result = merge_into(previous, result)
     write_reports([result], out)
     write_atomic(out / "servers.md", "\n".join([f"## {result.title}", "", *table_markdown(result), ""]))
-    if as_json:
+    if opts.as_json:
         import sys
 
         sys.stdout.write(to_json([result]) + "\n")

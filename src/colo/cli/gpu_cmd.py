@@ -17,7 +17,7 @@ from colo.errors import GpuError, MpsError, UsageError
 
 if TYPE_CHECKING:
     from colo.gpu.mps.control import MpsControl
-    from colo.gpu.mps.daemon import MpsRoot
+    from colo.gpu.mps.root import MpsRoot
     from colo.gpu.nvml import GpuBackend, GpuSnapshot
     from colo.spec.config import ColoConfig
     from colo.supervise.planning import NodePlan
@@ -43,7 +43,7 @@ def _control() -> MpsControl:
 
 def _root(config: ColoConfig | None) -> MpsRoot:
     from colo.files import state_dir
-    from colo.gpu.mps.daemon import MpsRoot
+    from colo.gpu.mps.root import MpsRoot
 
     return MpsRoot.under_state_dir(state_dir(config.state_dir if config else None))
 
@@ -188,7 +188,7 @@ def start_command(
 
 
 def _warn_foreign(root: MpsRoot, uuids: list[str], control: MpsControl) -> None:
-    from colo.gpu.mps.daemon import MpsFleet
+    from colo.gpu.mps.fleet import MpsFleet
 
     for f in MpsFleet(root, uuids, control).foreign_daemons():
         err_console.print(
@@ -294,7 +294,7 @@ def env_command(
     """Print the ``export`` lines that start AGENT by hand as an MPS client under its planned limits: the
     environment ``colo up`` launches it with (same plan, same launch setup)."""
     from colo.files import state_dir
-    from colo.gpu.mps.daemon import client_env
+    from colo.gpu.mps.env import client_env
     from colo.supervise.planning import launch_setup
     from colo.supervise.statedir import StateDirPaths
     from colo.units import format_size

@@ -175,16 +175,18 @@ def estimate_command(
 
 def _mps_env(gpu_uuid: str, state: str | None, pipe_dir: str | None) -> dict[str, str]:
     """MPS client variables when a daemon runs for this GPU (explicit pipe dir, inherited, or colo's own)."""
+    from colo.gpu.mps.env import daemon_location, pipe_dir_of
+
     if pipe_dir:
-        return {"CUDA_MPS_PIPE_DIRECTORY": pipe_dir}
-    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+        return daemon_location(pipe_dir)
+    if pipe_dir_of(os.environ):
         return {}
     from colo.files import state_dir
-    from colo.gpu.mps.daemon import MpsRoot
+    from colo.gpu.mps.root import MpsRoot
 
     paths = MpsRoot.under_state_dir(state_dir(state)).for_gpu(gpu_uuid)
     if (paths.pipe_dir / "control").exists():
-        return {"CUDA_MPS_PIPE_DIRECTORY": str(paths.pipe_dir), "CUDA_MPS_LOG_DIRECTORY": str(paths.log_dir)}
+        return daemon_location(paths)
     return {}
 
 
@@ -247,12 +249,12 @@ def profile_command(
     ) as progress:
         task = progress.add_task("profiling", total=len(jobs) + len(commands))
         for job in jobs:
-            progress.update(task, description=f"profiling {job.label}")
+            progress.update(task, description=safe(f"profiling {job.label}"))
             results.append(profiler.run_job(job, repeats=repeats))
             progress.advance(task)
             db.save()  # keep what was measured even if a later child is interrupted
         for name, agent in commands.items():
-            progress.update(task, description=f"profiling agent {name} (its command, under its profile load)")
+            progress.update(task, description=safe(f"profiling agent {name} (its command, under its profile load)"))
             from colo.files import state_dir
 
             log_dir = state_dir(config.state_dir if config else None) / "logs"
@@ -343,7 +345,9 @@ def _print_profile(rows: list[dict[str, Any]], gpu: str, db: str, env: dict[str,
             safe(r["weights"]),
         )
     console.print(table)
-    mps = " under MPS" if "CUDA_MPS_PIPE_DIRECTORY" in env or os.environ.get("CUDA_MPS_PIPE_DIRECTORY") else ""
+    from colo.gpu.mps.env import pipe_dir_of
+
+    mps = " under MPS" if pipe_dir_of(env) or pipe_dir_of(os.environ) else ""
     console.print(f"recorded in {safe(db)}{mps}", highlight=False)
 
 

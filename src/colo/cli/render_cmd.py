@@ -253,7 +253,7 @@ def node_command(
     """The node agent: `colo up --node NODE` (same code path), with index links to the MPS pipe dirs."""
     from colo.cli.run_cmd import _run_foreground
     from colo.errors import SupervisorError
-    from colo.gpu.mps.daemon import MpsRoot
+    from colo.gpu.mps.root import MpsRoot
     from colo.spec.load import load_config
     from colo.supervise.statedir import resolve_state_dir, running_orchestrator
 

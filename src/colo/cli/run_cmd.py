@@ -2,28 +2,43 @@
 
 ``up`` runs the orchestrator in the foreground (systemd-friendly: SIGTERM/SIGINT stop it cleanly, SIGHUP
 re-applies the config file) or detached. The other commands find it through its state directory: the
-SQLite store is the truth for ``status``; actions are queued in the store and answered by the running
-orchestrator on its next tick (so they work whether or not its HTTP API is up).
+SQLite store is the truth for ``status`` when no API answers; actions (``apply``, ``agent start|stop|restart``)
+go to the running orchestrator's HTTP API (its address and token are in the state dir), and ``down`` signals
+its pid.
+
+``up`` reports what became of the agents: after launching, it waits (bounded by the agents' start timeouts)
+until each has a first outcome — RUNNING, or crash-looping/FATAL with the last line its process printed — and
+prints how many reached RUNNING. Detached, it then exits 0 when all did, :data:`EXIT_NOT_ALL_RUNNING` (3) when
+some did not — the orchestrator keeps running and supervising them either way. In the foreground it prints
+the same summary and goes on supervising (its exit code is that of its stop: 0 after a clean ``colo down``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from colo.cli.common import console, err_console, print_json
+from colo.cli.common import _console, console, err_console, print_json, safe
 from colo.errors import ColoError, OrchestratorUnreachable, SupervisorError, UsageError
+
+if TYPE_CHECKING:
+    from colo.api.client import Verb
+    from colo.spec.config import ColoConfig
+    from colo.supervise.first_outcome import UpOutcome
 
 STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
 REQUEST_TIMEOUT_SECS = 60.0
+#: ``colo up --detach``: the orchestrator is up, but not every agent reached RUNNING (it keeps supervising).
+EXIT_NOT_ALL_RUNNING = 3
+#: Store meta key: the first outcome the orchestrator saw (``{"pid": ..., **UpOutcome.to_dict()}``).
+FIRST_OUTCOME_KEY = "first_outcome"
 
 
 def _state_dir(state_dir: Path | None, config: Path | None) -> Path:
@@ -38,7 +53,8 @@ def _state_dir(state_dir: Path | None, config: Path | None) -> Path:
 
 
 def _warn(msg: str) -> None:
-    err_console.print(f"[bold yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+    """One warning on stderr; ``msg`` is plain text (user text in it is escaped here)."""
+    err_console.print(f"[bold yellow]warning:[/] {safe(msg)}", highlight=False, soft_wrap=True)
 
 
 # --- up ----------------------------------------------------------------------------------------------------
@@ -47,18 +63,35 @@ def _warn(msg: str) -> None:
 def up_command(
     config: Path = typer.Argument(..., help="colo.yaml to run."),
     no_mps: bool = typer.Option(False, "--no-mps", help="Plain time-slicing: no MPS daemons, same supervision."),
-    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background (pid file, log file)."),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        "-d",
+        help="Run in the background (pid file, log file). Exits 0 once every agent is RUNNING, 3 when some "
+        "did not get there (the orchestrator keeps running).",
+    ),
     node: str | None = typer.Option(None, "--node", help="Which node of the inventory this machine is."),
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
-    no_api: bool = typer.Option(False, "--no-api", help="Do not serve the HTTP API."),
+    no_api: bool = typer.Option(
+        False, "--no-api", help="Do not serve the HTTP API (then `colo apply` and `colo agent` cannot reach it)."
+    ),
     force: bool = typer.Option(False, "--force", help="Run a plan that predicts an agent runs out of memory."),
+    skip_needs_check: bool = typer.Option(
+        False,
+        "--skip-needs-check",
+        help="Launch built-in model agents even when this Python cannot import torch and transformers.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the agents' first outcome as JSON."),
 ) -> None:
-    """Plan against the GPUs, start the MPS daemons, launch the agents by priority and supervise them."""
+    """Plan against the GPUs, start the MPS daemons, launch the agents by priority and supervise them;
+    report how many reached RUNNING and why the others did not."""
     from colo.spec import load_config
     from colo.supervise import planning
     from colo.supervise.statedir import StateDirPaths, resolve_state_dir, running_orchestrator
 
     cfg = load_config(config)
+    if not skip_needs_check:
+        check_builtin_agent_needs(cfg)
     if not force:  # exit 2 with the findings (the orchestrator plans the same way again)
         planning.refuse_predicted_oom(planning.plan_node(cfg, planning.read_gpus(), node=node))
     sd = resolve_state_dir(cfg, state_dir)
@@ -69,18 +102,43 @@ def up_command(
             hint="`colo status` shows it; `colo apply CONFIG` changes it; `colo down` stops it",
         )
     if detach:
-        _detach(StateDirPaths(sd))
-    _run_foreground(cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api)
+        _detach(StateDirPaths(sd), cfg, as_json=as_json)
+    _run_foreground(cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api, as_json=as_json)
 
 
-def _detach(paths: Any) -> None:
-    """Double-fork into a new session; the parent waits until the child holds the state dir (or died)."""
+def check_builtin_agent_needs(cfg: ColoConfig) -> None:
+    """Refuse (UsageError, exit 2) when an agent runs colo's built-in model agent (no ``command:``) and the
+    Python it would run with — this one, ``sys.executable`` — cannot import torch or transformers."""
+    from colo.modelserver.command import missing_modules
+
+    builtin = [name for name, agent in cfg.agents.items() if agent.command is None]
+    if not builtin:
+        return
+    missing = missing_modules()
+    if not missing:
+        return
+    pip = Path(sys.executable).with_name("pip")
+    pip_cmd = str(pip) if pip.exists() else f"{sys.executable} -m pip"
+    shown = ", ".join(builtin[:5]) + (f" and {len(builtin) - 5} more" if len(builtin) > 5 else "")
+    raise UsageError(
+        f"{len(builtin)} agent(s) ({shown}) run colo's built-in model agent (no `command:` in colo.yaml), which "
+        f"needs torch and transformers, but this Python ({sys.executable}) cannot import {' or '.join(missing)}; "
+        "every one of them would crash at start",
+        hint=f"install them from colo's source directory: `{pip_cmd} install -e '.[profile]' -c constraints.txt` "
+        "(torch is pinned there); or give those agents a `command:`; `--skip-needs-check` launches them anyway",
+    )
+
+
+def _detach(paths: Any, cfg: ColoConfig, *, as_json: bool = False) -> None:
+    """Double-fork into a new session; the parent waits until the child holds the state dir (or died), then
+    until the child reports the agents' first outcome, prints it and exits 0 or 3."""
     from colo.supervise.statedir import running_orchestrator
 
     paths.logs.mkdir(parents=True, exist_ok=True)
     log_path = paths.logs / "orchestrator.log"
     sys.stdout.flush()
     sys.stderr.flush()
+    offset = log_path.stat().st_size if log_path.exists() else 0
     first = os.fork()
     if first > 0:
         os.waitpid(first, 0)
@@ -88,13 +146,14 @@ def _detach(paths: Any) -> None:
         while time.monotonic() < deadline:
             pid = running_orchestrator(paths.root)
             if pid is not None and pid > 0:
-                console.print(f"colo up: running in the background, pid {pid}; log {log_path}", highlight=False)
-                raise typer.Exit(0)
-            if paths.pid_file.exists() is False and _child_failed(log_path):
+                _say(f"colo up: running in the background, pid {pid}; log {safe(log_path)}", as_json)
+                _report_detached(paths, cfg, pid, log_path, offset, as_json=as_json)
+            if paths.pid_file.exists() is False and _child_failed(log_path, offset):
                 break
             time.sleep(0.2)
-        tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-        raise SupervisorError(f"the detached orchestrator did not come up; its log {log_path} ends:\n{tail}")
+        raise SupervisorError(
+            f"the detached orchestrator did not come up; its log {log_path} ends:\n{_log_tail(log_path, offset)}"
+        )
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
@@ -103,17 +162,81 @@ def _detach(paths: Any) -> None:
     out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)
     os.dup2(out, 2)
+    global console, err_console
+    # The consoles were made for the terminal (colours, its width): the log file wants plain unwrapped lines.
+    console, err_console = _console(stderr=False), _console(stderr=True)
 
 
-def _child_failed(log_path: Path) -> bool:
+def _log_tail(log_path: Path, offset: int = 0) -> str:
+    """The last 2,000 characters the log got past ``offset`` ("" when there is none)."""
     try:
-        return "error:" in log_path.read_text(errors="replace")[-4000:]
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")[-2000:]
+    except OSError:
+        return ""
+
+
+def _report_detached(paths: Any, cfg: ColoConfig, pid: int, log_path: Path, offset: int, *, as_json: bool) -> None:
+    """Wait for the detached orchestrator's first-outcome report in the store; print it; exit 0 or 3.
+
+    Raises SupervisorError when the orchestrator dies first (with the end of its log)."""
+    from colo.supervise.first_outcome import UpOutcome, wait_secs
+    from colo.supervise.statedir import running_orchestrator
+    from colo.supervise.store import Store
+
+    # The orchestrator's own wait is bounded by the same timeouts; it also has to plan and launch first.
+    deadline = time.monotonic() + wait_secs(cfg, list(cfg.agents)) + 120.0
+    progress = _Progress(as_json)
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        store = Store.open_existing(paths.db)
+        found = None
+        if store is not None:
+            try:
+                found = store.get_meta(FIRST_OUTCOME_KEY)
+                done = sum(1 for r in store.agents() if r.status.state.value == "RUNNING")
+            finally:
+                store.close()
+            progress.show(f"{done} of {len(cfg.agents)} agents RUNNING", time.monotonic() - started)
+        if isinstance(found, dict) and found.get("pid") == pid:
+            progress.clear()
+            outcome = UpOutcome.from_dict(found)
+            _print_outcome(outcome, as_json=as_json, extra={"pid": pid, "log": str(log_path)})
+            raise typer.Exit(0 if outcome.all_running else EXIT_NOT_ALL_RUNNING)
+        if running_orchestrator(paths.root) != pid:
+            progress.clear()
+            raise SupervisorError(
+                f"the detached orchestrator (pid {pid}) stopped; its log {log_path} ends:\n{_log_tail(log_path, offset)}"
+            )
+        time.sleep(0.2)
+    progress.clear()
+    raise SupervisorError(
+        f"the orchestrator (pid {pid}) is running but reported no outcome of its agents in time",
+        hint="`colo status` shows them; `colo down` stops it",
+    )
+
+
+def _child_failed(log_path: Path, offset: int = 0) -> bool:
+    """Whether what the child wrote to its log past ``offset`` (earlier runs' lines are before it) is an error."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            return "error:" in fh.read().decode(errors="replace")[-4000:]
     except OSError:
         return False
 
 
 def _run_foreground(
-    cfg: Any, config_path: Path, sd: Path, *, use_mps: bool, node: str | None, api: bool, run_agents: bool = True
+    cfg: Any,
+    config_path: Path,
+    sd: Path,
+    *,
+    use_mps: bool,
+    node: str | None,
+    api: bool,
+    run_agents: bool = True,
+    as_json: bool = False,
 ) -> None:
     import signal
 
@@ -139,12 +262,21 @@ def _run_foreground(
     for u in result.left_out:
         _warn(f"{u.agent} ({u.priority}) left out: {u.reason}")
     mode = "MPS" if result.mps else "time-slicing (no MPS)"
-    console.print(
-        f"colo up: {len(result.started)} started, {len(result.adopted)} adopted, {len(result.left_out)} left out;"
-        f" {mode}; state {sd}",
-        highlight=False,
+    _say(
+        f"colo up: {len(result.started)} launched, {len(result.adopted)} adopted, {len(result.left_out)} left out;"
+        f" {mode}; state {safe(sd)}",
+        as_json,
     )
-    server = _start_api(orch, sd) if api else None
+    server = _start_api(orch, sd, as_json=as_json) if api else None
+    with contextlib.suppress(ColoError):
+        orch.store.delete_meta(FIRST_OUTCOME_KEY)
+    watch = threading.Thread(
+        target=_watch_first_outcome,
+        args=(orch, cfg, [*result.started, *result.adopted], stop, as_json),
+        name="colo-first-outcome",
+        daemon=True,
+    )
+    watch.start()
     try:
         orch.run(stop, reload=reload)
     finally:
@@ -152,10 +284,94 @@ def _run_foreground(
             server.should_exit = True
         with contextlib.suppress(ColoError):
             orch.store.delete_meta("api_url")
-    console.print("colo down: agents stopped" + (", MPS daemons quit" if result.mps else ""), highlight=False)
+    _say("colo down: agents stopped" + (", MPS daemons quit" if result.mps else ""), as_json)
 
 
-def _start_api(orch: Any, sd: Path) -> Any:
+def _watch_first_outcome(orch: Any, cfg: ColoConfig, names: list[str], stop: threading.Event, as_json: bool) -> None:
+    """Wait (bounded) for every launched agent's first outcome while the loop supervises them; print the
+    summary and record it in the store (a detached ``colo up`` reads it there)."""
+    from colo.clock import SystemClock
+    from colo.supervise.first_outcome import wait_first_outcomes, wait_secs
+
+    progress = _Progress(as_json)
+    try:
+        outcome = wait_first_outcomes(
+            orch.statuses,
+            names,
+            timeout_secs=wait_secs(cfg, names),
+            clock=SystemClock(),
+            keep_going=lambda: not stop.is_set(),
+            on_progress=lambda done, total, secs: progress.show(
+                f"waiting for the agents' first outcome: {done} of {total}", secs
+            ),
+        )
+        progress.clear()
+        if stop.is_set():
+            return
+        _print_outcome(outcome, as_json=as_json)
+        orch.store.set_meta(FIRST_OUTCOME_KEY, {"pid": os.getpid(), **outcome.to_dict()})
+    except ColoError as exc:  # the report is a courtesy: never let it disturb supervision
+        progress.clear()
+        _warn(f"could not report the agents' first outcome: {exc}")
+
+
+def _print_outcome(outcome: UpOutcome, *, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """The first-outcome summary: ``N of M agents RUNNING``, then one line per agent that is not, with
+    colo's reason and the last line its process printed (user text, never markup)."""
+    if as_json:
+        print_json({**(extra or {}), **outcome.to_dict()})
+        return
+    total = len(outcome.agents)
+    ok = len(outcome.running)
+    secs = f"after {outcome.waited_secs:.0f} s"
+    if not total:
+        console.print("colo up: no agent was launched on this node", highlight=False)
+        return
+    if outcome.all_running:
+        console.print(f"colo up: all {total} agents RUNNING ({secs})", highlight=False)
+        return
+    console.print(
+        f"[bold yellow]colo up: {ok} of {total} agents RUNNING[/] ({secs}); "
+        f"{total - ok} did not get there:",
+        highlight=False,
+    )
+    for a in outcome.not_running:
+        why = a.last_error_line or a.reason or "(no reason recorded)"
+        extra_reason = f" ({safe(a.reason)})" if a.last_error_line and a.reason else ""
+        label = "still starting" if a.outcome.value == "starting" else a.outcome.value
+        console.print(f"  {safe(a.name)}: {label}{extra_reason}: {safe(why)}", highlight=False, soft_wrap=True)
+    console.print(
+        "  the orchestrator keeps supervising them; `colo status` shows each agent, `colo logs AGENT` its log",
+        highlight=False,
+    )
+
+
+class _Progress:
+    """A live one-line progress on stderr when it is a terminal (nothing otherwise, nor with --json)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.live = sys.stderr.isatty() and not as_json
+        self.shown = False
+
+    def show(self, text: str, secs: float) -> None:
+        if self.live:
+            sys.stderr.write(f"\r\x1b[K{text} ({secs:.0f} s)")
+            sys.stderr.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
+def _say(text: str, as_json: bool) -> None:
+    """A line for people: stdout, or stderr with --json (stdout is the JSON then). ``text`` is markup-safe."""
+    (err_console if as_json else console).print(text, highlight=False)
+
+
+def _start_api(orch: Any, sd: Path, *, as_json: bool = False) -> Any:
     """Serve the API in a daemon thread (uvicorn); None with a warning when it cannot start."""
     try:
         import uvicorn
@@ -181,7 +397,7 @@ def _start_api(orch: Any, sd: Path) -> Any:
     thread = threading.Thread(target=lambda: server.run(sockets=[sock]), name="colo-api", daemon=True)
     thread.start()
     orch.store.set_meta("api_url", binding.url)  # `colo status` asks the live API first
-    console.print(f"colo API: {binding.url}", highlight=False)
+    _say(f"colo API: {safe(binding.url)}", as_json)
     return server
 
 
@@ -220,59 +436,32 @@ def down_command(
         raise SupervisorError(f"the state dir {sd} is locked by a process without a pid file")
     done = stop_leftovers(sd)
     if not done:
-        console.print(f"colo down: nothing is running (state dir {sd})", highlight=False)
+        console.print(f"colo down: nothing is running (state dir {safe(sd)})", highlight=False)
         return
     for line in done:
-        console.print(f"colo down: {line}", highlight=False)
+        console.print(f"colo down: {safe(line)}", highlight=False)
 
 
 # --- status ------------------------------------------------------------------------------------------------
 
 
 def status_data(sd: Path) -> dict[str, Any]:
-    """What ``colo status`` shows: the orchestrator (pid or None) and every agent's last recorded status."""
-    from colo.supervise.statedir import StateDirPaths, running_orchestrator
-    from colo.supervise.store import Store
+    """What ``colo status`` shows: the orchestrator (pid or None) and every agent, from the running
+    orchestrator's API when it answers, else as last recorded in the state dir."""
+    from colo.supervise.statedir import recorded_state
 
-    paths = StateDirPaths(sd)
-    pid = running_orchestrator(sd)
-    store = Store.open_existing(paths.db)
-    if store is None:
+    rec = recorded_state(sd)
+    if rec is None:
         return {"state_dir": str(sd), "orchestrator": None, "source": "store", "agents": [], "recent_events": []}
-    try:
-        agents = [r.status.to_dict() for r in store.agents()]
-        have = {a["name"] for a in agents}
-        for u in store.get_meta("left_out", []):
-            if u["agent"] not in have:
-                agents.append(
-                    {
-                        "name": u["agent"],
-                        "state": "STOPPED",
-                        "pid": None,
-                        "gpu": None,
-                        "gpu_uuid": None,
-                        "limit_bytes": u["limit_bytes"],
-                        "requirement_bytes": 0,
-                        "priority": u["priority"],
-                        "restarts": 0,
-                        "memory_used_bytes": None,
-                        "memory_peak_bytes": None,
-                        "last_error": f"left out: {u['reason']}",
-                        "since": None,
-                        "models": [],
-                    }
-                )
-        meta = store.get_meta("orchestrator") if pid else None
-        api_url = store.get_meta("api_url") if pid else None
-        events = [e.to_dict() for e in store.events(0, 10)]
-    finally:
-        store.close()
-    orch = {"pid": pid, **(meta or {})} if pid else None
+    agents = [a.to_dict() for a in rec.agents]
+    pid = rec.orchestrator_pid
+    orch = {"pid": pid, **(rec.orchestrator or {})} if pid else None
     source = "store"
-    if pid and api_url:
-        live = _agents_from_api(sd, api_url)
+    if pid and rec.api_url:
+        live = _agents_from_api(sd, rec.api_url)
         if live is not None:
             agents, source = live, "api"
+    events = [e.to_dict() for e in rec.events]
     return {"state_dir": str(sd), "orchestrator": orch, "source": source, "agents": agents, "recent_events": events}
 
 
@@ -304,15 +493,15 @@ def status_command(
         print_json(data)
         return
     if data["orchestrator"] is None and not data["agents"]:
-        console.print(f"colo is not running (nothing in state dir {sd}); start it with `colo up CONFIG`")
+        console.print(f"colo is not running (nothing in state dir {safe(sd)}); start it with `colo up CONFIG`")
         return
     orch = data["orchestrator"]
     if orch:
         mode = "MPS" if orch.get("mps") else "time-slicing"
-        console.print(f"colo is up: orchestrator pid {orch['pid']}, {mode}, state dir {sd}", highlight=False)
+        console.print(f"colo is up: orchestrator pid {orch['pid']}, {mode}, state dir {safe(sd)}", highlight=False)
     else:
         console.print(
-            f"[bold yellow]colo is not running[/]: states below are as last recorded in {sd}", highlight=False
+            f"[bold yellow]colo is not running[/]: states below are as last recorded in {safe(sd)}", highlight=False
         )
     table = Table(header_style="bold")
     for col in ("agent", "state", "pid", "gpu", "priority", "limit", "used", "restarts", "last error"):
@@ -322,58 +511,54 @@ def status_command(
         state = a["state"]
         used = a.get("memory_used_bytes")
         table.add_row(
-            a["name"],
-            f"[{colors.get(state, 'white')}]{state}[/]",
+            safe(a["name"]),
+            f"[{colors.get(state, 'white')}]{safe(state)}[/]",
             str(a["pid"] or "-"),
-            a["gpu"] or "-",
-            a["priority"],
+            safe(a["gpu"] or "-"),
+            safe(a["priority"]),
             units.format_size(a["limit_bytes"]) if a["limit_bytes"] else "-",
             units.format_size(used) if used else "-",
             str(a["restarts"]),
-            (a.get("last_error") or "")[:80],
+            _last_error_cell(a),
         )
     console.print(table)
 
 
-# --- requests to the running orchestrator ------------------------------------------------------------------
+def _last_error_cell(agent: dict[str, Any]) -> str:
+    """colo's reason (``exit code 1``) and, below it, the last line the agent's process printed when it failed
+    (``ModuleNotFoundError: No module named 'torch'``): user text, escaped."""
+    reason = (agent.get("last_error") or "")[:80]
+    line = (agent.get("last_error_line") or "")[:120]
+    if not line:
+        return safe(reason)
+    return f"{safe(reason)}\n[red]{safe(line)}[/]" if reason else f"[red]{safe(line)}[/]"
 
 
-class RequestRefused(ColoError):
-    """The running orchestrator refused a queued request (its message and exit code)."""
+# --- actions, through the running orchestrator's HTTP API ----------------------------------------------------
 
 
-def send_request(sd: Path, action: str, arg: str | None, *, timeout_secs: float = REQUEST_TIMEOUT_SECS) -> Any:
-    """Queue ``action`` for the running orchestrator and wait for its answer (its JSON result).
+def orchestrator_client(sd: Path, *, timeout_secs: float = REQUEST_TIMEOUT_SECS) -> Any:
+    """An :class:`~colo.api.client.ApiClient` for the orchestrator running with state dir ``sd``.
 
-    Raises OrchestratorUnreachable when none runs, SupervisorError when it does not answer in time, and the
-    orchestrator's error (with its exit code) when it refused.
+    Raises OrchestratorUnreachable when none runs there, or when it serves no HTTP API (``colo up --no-api``).
     """
-    from colo.supervise.statedir import StateDirPaths, running_orchestrator
-    from colo.supervise.store import Store
+    from colo.api.auth import read_token
+    from colo.api.client import ApiClient
+    from colo.supervise.statedir import recorded_state, running_orchestrator
 
     pid = running_orchestrator(sd)
     if pid is None:
         raise OrchestratorUnreachable(
             f"colo is not running with state dir {sd}", hint="start it with `colo up CONFIG` (or pass --state-dir)"
         )
-    store = Store(StateDirPaths(sd).db)
-    try:
-        rid = store.add_request(time.time(), action, arg)
-        deadline = time.monotonic() + timeout_secs
-        while True:
-            req = store.request(rid)
-            if req is not None and req.done:
-                result = json.loads(req.result or "null")
-                if not req.ok:
-                    err = RequestRefused(str(result.get("error", "refused")))
-                    err.exit_code = int(result.get("exit_code", 1))
-                    raise err
-                return result
-            if time.monotonic() > deadline:
-                raise SupervisorError(f"the orchestrator (pid {pid}) did not answer within {timeout_secs:g} s")
-            time.sleep(0.1)
-    finally:
-        store.close()
+    rec = recorded_state(sd, events=0)
+    url = rec.api_url if rec is not None else None
+    if not url:
+        raise OrchestratorUnreachable(
+            f"colo is up (pid {pid}) but serves no HTTP API, so it cannot be asked to act",
+            hint="start it without --no-api; `colo down` (a signal) still works",
+        )
+    return ApiClient(str(url), read_token(sd), timeout_secs=timeout_secs)
 
 
 def apply_command(
@@ -384,10 +569,14 @@ def apply_command(
     """Move the running system to a new colo.yaml: restart only the agents whose limit, placement, command or
     env changed, one at a time. If it does not fit, nothing changes."""
     from colo.spec import load_config
+    from colo.supervise.statedir import config_yaml
 
-    load_config(config)  # a bad file is reported here, with its line
+    cfg = load_config(config)  # a bad file is reported here, with its line
     sd = _state_dir(state_dir, config)
-    result = send_request(sd, "apply", json.dumps({"path": str(config.resolve())}))
+    with orchestrator_client(sd) as client:
+        # Sent whole, model paths made absolute: the orchestrator may run in another directory.
+        result = client.apply(config_yaml(cfg, config.resolve()), config.resolve())
+    result.pop("applied", None)
     if as_json:
         print_json(result)
         return
@@ -399,9 +588,10 @@ def apply_command(
 agent_app = typer.Typer(help="Start, stop or restart one agent of the running system.", no_args_is_help=True)
 
 
-def _agent_action(action: str, name: str, state_dir: Path | None, as_json: bool) -> None:
+def _agent_action(action: Verb, name: str, state_dir: Path | None, as_json: bool) -> None:
     sd = _state_dir(state_dir, None)
-    result = send_request(sd, action, name)
+    with orchestrator_client(sd) as client:
+        result = client.action(name, action)["status"]
     if as_json:
         print_json(result)
     else:

@@ -1,6 +1,7 @@
-"""The GPU layer: NVML snapshots (``colo.gpu.nvml``) and CUDA MPS daemons (``colo.gpu.mps.daemon``).
+"""The GPU layer: NVML snapshots (``colo.gpu.nvml``), the one NVML sampling loop (``colo.gpu.sampler``) and CUDA
+MPS daemons (``colo.gpu.mps``).
 
-Only ``colo.gpu.nvml`` imports pynvml; only ``colo.gpu.mps.daemon`` (through ``colo.gpu.mps.control``) runs
+Only ``colo.gpu.nvml`` imports pynvml; only ``colo.gpu.mps.control`` runs
 ``nvidia-cuda-mps-control``. Fakes beside them (``fake_nvml``, ``fake_mps``) are for tests only.
 Import the submodules directly; this package imports nothing heavy.
 """

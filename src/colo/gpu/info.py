@@ -20,11 +20,13 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
 from colo import units
+from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl, SubprocessMpsControl
-from colo.gpu.mps.daemon import DaemonStatus, MpsDaemon, MpsRoot
+from colo.gpu.mps.daemon import MpsDaemon
+from colo.gpu.mps.env import pinned_limit_text
+from colo.gpu.mps.replies import DaemonStatus
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import ClientProcess, GpuBackend
 
 _LIMIT_ITEM = re.compile(r"^\s*(\d+)\s*=\s*(\S+)\s*$")
@@ -33,11 +35,10 @@ _LIMIT_ITEM = re.compile(r"^\s*(\d+)\s*=\s*(\S+)\s*$")
 def pinned_limit_of(pid: int) -> int | None:
     """The ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` a running process was started with, for its device 0 (or its
     only entry), in bytes; None when unset or unreadable (other user, other PID namespace)."""
-    try:
-        env = psutil.Process(pid).environ()
-    except (psutil.Error, OSError):
+    env = procs.environ(pid)
+    if env is None:
         return None
-    return parse_pinned_limit(env.get("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", ""))
+    return parse_pinned_limit(pinned_limit_text(env))
 
 
 def parse_pinned_limit(text: str, ordinal: int = 0) -> int | None:
@@ -69,8 +70,10 @@ def gpu_info(
     control: MpsControl | None = None,
     *,
     limit_of: Callable[[int], int | None] = pinned_limit_of,
+    command_timeout_secs: float | None = None,
 ) -> dict[str, Any]:
-    """The ``/gpu/info`` document. Only runs the MPS control program for GPUs whose daemon process exists.
+    """The ``/gpu/info`` document. Only runs the MPS control program for GPUs whose daemon process exists,
+    each command bounded by ``command_timeout_secs`` (the daemon's default when None).
 
     Raises GpuError (NVML). MPS problems are reported inside the document (``error`` per daemon).
     """
@@ -79,7 +82,10 @@ def gpu_info(
     control = control if control is not None else SubprocessMpsControl()
     statuses: dict[str, DaemonStatus] = {}
     for g in gpus:
-        statuses[g.uuid] = MpsDaemon(root.for_gpu(g.uuid), g.uuid, control).status()
+        daemon = MpsDaemon(root.for_gpu(g.uuid), g.uuid, control)
+        if command_timeout_secs is not None:
+            daemon.command_timeout_secs = command_timeout_secs
+        statuses[g.uuid] = daemon.status()
     ours = {os.path.realpath(s.pipe_dir) for s in statuses.values()}
     foreign = [
         {"pid": p.pid, "pipe_dir": p.pipe_dir, "visible_devices": p.visible_devices}

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
-import psutil
-
 from colo.errors import GpuError
+from colo.gpu import procs
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class GpuSnapshot:
 class ClientProcess:
     """A process holding a CUDA context on a GPU. ``is_mps_client``: listed by the MPS variant of the NVML
     query (nvidia-smi type ``M+C``). ``used_memory_bytes`` is None where NVML cannot see it (other PID
-    namespace, no permission). ``cmdline``/``name`` come from psutil; empty when the pid is not visible
+    namespace, no permission). ``cmdline``/``name`` come from ``colo.gpu.procs``; empty when the pid is not visible
     here."""
 
     pid: int
@@ -106,13 +105,8 @@ class GpuBackend(Protocol):
 
 
 def process_identity(pid: int) -> tuple[str, tuple[str, ...]]:
-    """``(name, cmdline)`` of ``pid`` from psutil; ``("", ())`` when it is gone or not visible."""
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            return proc.name(), tuple(proc.cmdline())
-    except (psutil.Error, OSError):
-        return "", ()
+    """``(name, cmdline)`` of ``pid`` (``colo.gpu.procs``); ``("", ())`` when it is gone or not visible."""
+    return procs.identity(pid)
 
 
 _COMPUTE_MODES = {0: "Default", 1: "Exclusive_Thread", 2: "Prohibited", 3: "Exclusive_Process"}
@@ -131,7 +125,7 @@ class NvmlBackend:
     """The real :class:`GpuBackend` over nvidia-ml-py (``pynvml``).
 
     ``nvml`` lets a test pass a stand-in module; by default ``pynvml`` is imported on first use.
-    ``identify(pid) -> (name, cmdline)`` joins processes with psutil (injectable for tests).
+    ``identify(pid) -> (name, cmdline)`` joins processes with ``colo.gpu.procs`` (injectable for tests).
     """
 
     def __init__(
@@ -264,7 +258,7 @@ class NvmlBackend:
         return out
 
     def processes(self) -> list[ClientProcess]:
-        """Compute processes on every GPU, MPS clients marked, joined with psutil. Raises GpuError."""
+        """Compute processes on every GPU, MPS clients marked, joined with their names. Raises GpuError."""
         lib = self._lib()
         out: list[ClientProcess] = []
         for index, h in self._handles():

@@ -12,6 +12,13 @@ Where weights come from, in order:
 ``example_inputs`` makes the worst-case inputs (batch × sequence; generators: the prompt) and
 ``run_worst_case`` runs one worst-case request (a forward pass, or ``generate`` of ``new_tokens`` tokens).
 
+Building random weights fast: the model's class (its ``modeling_*`` module: most of the first build's time) is
+imported before the model is built, outside the ``torch.device`` context (:func:`preload` does it alone, for
+a launcher that imports before it forks); inside, torch's and transformers' random initialisers are skipped
+(each weight used to be filled twice: kaiming-uniform by torch, then normal by transformers) and every weight
+they would have filled gets ONE cheap fill (uniform with the config's ``initializer_range`` std, biases
+zero). Parameters, buffers, dtypes, devices and tying are exactly those of the plain build, so the memory is.
+
 torch and transformers are imported inside the functions: importing this module is cheap.
 """
 
@@ -203,6 +210,98 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(before)
 
 
+def _model_class(auto_cls: Any, config: Any) -> Any:
+    """The concrete class ``auto_cls.from_config(config)`` builds; importing it imports its modeling module."""
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    return _get_model_class(config, auto_cls._model_mapping)  # type: ignore[no-untyped-call]
+
+
+def preload(model_id: str, *, path: str | None = None) -> None:
+    """Import everything building ``model_id`` needs (torch, transformers, its modeling module) without
+    touching CUDA or allocating weights. Raises what :func:`resolve_source` and :func:`hf_config` raise, and
+    transformers' error for an architecture it does not know."""
+    import torch  # noqa: F401
+
+    source = resolve_source(model_id, path=path)
+    with _quiet_transformers():
+        _model_class(_auto_class(source.head), hf_config(source))
+
+
+# torch.nn.init's random initialisers (they dispatch through torch-function modes) and the Tensor methods.
+_RANDOM_INITS = (
+    "uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+    "xavier_normal_", "orthogonal_", "sparse_",
+)
+_RANDOM_FILLS = ("uniform_", "normal_")
+_INIT_MODULES = ("torch.nn.init", "transformers.initialization")
+
+
+@contextmanager
+def _skip_random_init() -> Iterator[set[int]]:
+    """Within: torch.nn.init's random initialisers and ``Tensor.uniform_`` / ``normal_`` do nothing (torch's and
+    transformers' initialisers all go through them). Yields the data pointers they were asked to fill, for
+    :func:`_fill_skipped`."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    skipped: set[int] = set()
+    methods = {getattr(torch.Tensor, name) for name in _RANDOM_FILLS}
+
+    def is_random_fill(func: Any) -> bool:
+        # By name: transformers swaps torch.nn.init's functions for guarded copies while it builds a model.
+        if func in methods:
+            return True
+        return getattr(func, "__name__", "") in _RANDOM_INITS and getattr(func, "__module__", "") in _INIT_MODULES
+
+    class SkipRandomFills(TorchFunctionMode):
+        def __torch_function__(
+            self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            if is_random_fill(func):
+                # torch.nn.init passes the tensor as a keyword when it dispatches; Tensor methods as args[0].
+                tensor = args[0] if args else kwargs.get("tensor")
+                if isinstance(tensor, torch.Tensor):
+                    if tensor.device.type != "meta":
+                        skipped.add(tensor.data_ptr())
+                    return tensor
+            return func(*args, **kwargs)
+
+    with SkipRandomFills():
+        yield skipped
+
+
+def _fill_skipped(module: Any, skipped: set[int], std: float) -> None:
+    """Fill every parameter and buffer whose random init was skipped: uniform with standard deviation ``std``
+    (matrices, embeddings) or zeros (vectors: biases). Tied weights are filled once.
+
+    On CPU most of what is left is the first touch of fresh pages (any fill pays it), not the random numbers.
+    """
+    import torch
+
+    bound = std * 3.0**0.5  # U(-b, b) has standard deviation b / sqrt(3)
+    done: set[int] = set()
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            ptr = tensor.data_ptr()
+            if ptr not in skipped or ptr in done or not tensor.is_floating_point():
+                continue
+            done.add(ptr)
+            if tensor.dim() < 2:
+                tensor.zero_()
+            else:
+                tensor.uniform_(-bound, bound)
+
+
+def _init_std(config: Any) -> float:
+    for name in ("initializer_range", "init_std"):
+        value = getattr(config, name, None)
+        if isinstance(value, int | float) and 0 < value < 1:
+            return float(value)
+    return 0.02
+
+
 def build(
     model_id: str,
     *,
@@ -213,7 +312,8 @@ def build(
 ) -> BuiltModel:
     """Build ``model_id`` in ``dtype`` on ``device`` (``"cpu"``, ``"cuda:0"``, ``"meta"``), in eval mode.
 
-    Random weights are created directly on ``device`` (no CPU copy); real weights are loaded with
+    Random weights are created directly on ``device`` (no CPU copy) and filled once, cheaply (see the module
+    docstring); real weights are loaded with
     ``local_files_only`` and moved. On ``"meta"`` nothing is allocated: use it to count parameters.
     Raises ConfigError / UnknownModelError / ProfileError (see :func:`resolve_source`).
     """
@@ -234,8 +334,11 @@ def build(
             module = module.to(device)
         else:
             config = hf_config(source)
-            with torch.device(device):
+            _model_class(cls, config)  # its modeling module is imported here, not under the device context
+            with torch.device(device), _skip_random_init() as skipped:
                 module = cls.from_config(config, dtype=tdtype)
+            if device != "meta":
+                _fill_skipped(module, skipped, _init_std(config))
     module.eval()
     return BuiltModel(module=module, source=source, dtype=dtype, device=device)
 

@@ -11,12 +11,29 @@ No heavy imports here: the supervisor imports this module.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
 
 MODULE = "colo.modelserver.serve"
 DEFAULT_HOST = "127.0.0.1"
+#: What the built-in agent imports beyond colo's own dependencies (the ``profile`` extra).
+NEEDED_MODULES = ("torch", "transformers")
+
+
+def missing_modules(needed: Sequence[str] = NEEDED_MODULES) -> list[str]:
+    """The modules of ``needed`` this interpreter (``sys.executable``, which the built-in agent runs with)
+    cannot import, found with :func:`importlib.util.find_spec` — without importing them (torch is slow)."""
+    missing = []
+    for name in needed:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken package, or a half-imported module without a spec
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
 
 def builtin_agent_command(

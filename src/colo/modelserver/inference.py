@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from colo.modelserver.device_errors import DeviceErrorKind, classify
 from colo.modelserver.loading import LoadedModel
 
 # Embeddings are returned in full up to this many values in a batch; beyond, shape and a head per row.
@@ -32,15 +33,9 @@ class BatchResult:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for a device out-of-memory error (torch's OutOfMemoryError, or CUDA's error text under MPS)."""
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except ImportError:  # pragma: no cover - the agent needs torch anyway
-        pass
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    """True for a device allocation failure: CUDA out of memory (torch's OutOfMemoryError, or CUDA's error text
+    under MPS) or a cuBLAS/cuDNN workspace that could not be allocated."""
+    return classify(exc) is DeviceErrorKind.ALLOC_FAILED
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool, device: str) -> tuple[Any, Any]:
@@ -84,36 +79,45 @@ def _first_tensor(out: Any, names: Sequence[str]) -> tuple[str, Any] | None:
     return None
 
 
+def _encoder_tensor(out: Any) -> tuple[str, Any]:
+    """The tensor an encoder's answer is made from: ``("logits", t)`` or ``("hidden", t)``."""
+    found = _first_tensor(out, ("logits", "prediction_logits"))
+    if found is not None and found[1].dim() in (2, 3):
+        return "logits", found[1]
+    hidden_found = _first_tensor(out, ("last_hidden_state",))
+    if hidden_found is not None:
+        return "hidden", hidden_found[1]
+    if isinstance(out, tuple | list) and out and hasattr(out[0], "dim"):
+        return "hidden", out[0]
+    if hasattr(out, "dim"):
+        return "hidden", out
+    raise TypeError(f"the model returned {type(out).__name__}, which has no logits or hidden states")
+
+
 def _encoder_outputs(out: Any, mask: Any) -> dict[str, Any]:
+    kind, tensor = _encoder_tensor(out)
+    return _format_encoder(kind, tensor, mask)
+
+
+def _format_encoder(kind: str, tensor: Any, mask: Any) -> dict[str, Any]:
     import torch
 
-    found = _first_tensor(out, ("logits", "prediction_logits"))
-    if found is not None:
-        _, logits = found
+    if kind == "logits":
+        logits = tensor
         if logits.dim() == 2:
             return {
                 "kind": "classification",
                 "logits_shape": list(logits.shape),
                 "predictions": logits.argmax(-1).tolist(),
             }
-        if logits.dim() == 3:
-            best = logits.argmax(-1)
-            lengths = mask.sum(-1).tolist()
-            return {
-                "kind": "token_predictions",
-                "logits_shape": list(logits.shape),
-                "predictions": [best[i, : int(n)].tolist() for i, n in enumerate(lengths)],
-            }
-    hidden_found = _first_tensor(out, ("last_hidden_state",))
-    if hidden_found is None:
-        if isinstance(out, tuple | list) and out and hasattr(out[0], "dim"):
-            hidden = out[0]
-        elif hasattr(out, "dim"):
-            hidden = out
-        else:
-            raise TypeError(f"the model returned {type(out).__name__}, which has no logits or hidden states")
-    else:
-        hidden = hidden_found[1]
+        best = logits.argmax(-1)
+        lengths = mask.sum(-1).tolist()
+        return {
+            "kind": "token_predictions",
+            "logits_shape": list(logits.shape),
+            "predictions": [best[i, : int(n)].tolist() for i, n in enumerate(lengths)],
+        }
+    hidden = tensor
     if hidden.dim() == 2:
         pooled = hidden.float()
     else:
@@ -126,6 +130,46 @@ def _encoder_outputs(out: Any, mask: Any) -> dict[str, Any]:
         result["embeddings_head"] = pooled[:, :EMBEDDING_HEAD_VALUES].tolist()
     result["embedding_norms"] = torch.linalg.vector_norm(pooled, dim=-1).tolist()
     return result
+
+
+def run_merged(
+    model: LoadedModel,
+    groups: Sequence[Sequence[Sequence[int]]],
+    *,
+    device: str,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[BatchResult]:
+    """Run several requests' rows of one encoder as ONE batch; one result per group, as if run alone.
+
+    The rows are right-padded to the longest row of all groups; each group's outputs are cut back to its own
+    rows and its own longest row, so an answer does not depend on what it was batched with (up to float
+    rounding). ``forward_ms`` is the merged batch's device time. Raises ValueError for a generator (they
+    run one request per batch) and torch's errors as they are.
+    """
+    import torch
+
+    if model.task != "encoder":
+        raise ValueError(f"{model.model_id} is a {model.task}: generators are not merged")
+    rows = [row for group in groups for row in group]
+    with torch.inference_mode():
+        ids, mask = pad_batch(rows, model.tokenizer.pad_id, left=False, device=device)
+        synchronize(device)
+        started = clock()
+        out = model.module(input_ids=ids, attention_mask=mask)
+        synchronize(device)
+        forward_ms = (clock() - started) * 1000.0
+        kind, tensor = _encoder_tensor(out)
+        results: list[BatchResult] = []
+        first = 0
+        for group in groups:
+            last = first + len(group)
+            width = max(len(r) for r in group)
+            part = tensor[first:last]
+            if part.dim() == 3:
+                part = part[:, :width]
+            results.append(BatchResult(_format_encoder(kind, part, mask[first:last, :width]), forward_ms))
+            first = last
+    return results
 
 
 def run_batch(

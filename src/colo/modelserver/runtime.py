@@ -2,12 +2,21 @@
 
 One :class:`AgentRuntime` per process. :meth:`AgentRuntime.load` builds every model of the agent, then runs a
 warm-up forward on the device (the worst-case batch × sequence when asked, so the process's memory peak is
-the one the plan was sized for); only then is the agent ready and ``/health`` answers 200. Requests run one
-at a time under a lock: one batch in flight keeps the peak at one worst case, which is what the MPS limit
-allows for.
+the one the plan was sized for); only then is the agent ready and ``/health`` answers 200.
+
+All device work — loading, warm-up, every batch — runs on ONE thread, the :class:`DeviceWorker`: requests are
+checked on the HTTP threads, queued, and merged (encoders) into batches of at most the model's ``batch_size``
+rows of at most ``max_seq_len`` ids, so the device never holds more than the worst case the MPS limit was
+sized for, whatever the concurrency.
+
+``/health`` is ``ready`` only while the CUDA context answers a tiny round trip (:class:`ContextWatch`); a
+context found unusable — by the probe or by a request — turns the runtime ``context_lost`` for good: the
+reason is logged once and ``on_context_lost`` is called (the server exits with ``EXIT_CONTEXT_LOST``).
 
 Errors a request can cause: :class:`RequestError` (bad input, HTTP 422), :class:`NotReady` (503),
-:class:`DeviceOutOfMemory` (507). Load failures leave the runtime ``failed`` with the reason.
+:class:`QueueFull` (503 with Retry-After), :class:`ContextLost` (503), :class:`DeviceOutOfMemory` (507: CUDA
+out of memory or a cuBLAS/cuDNN allocation failure; one log line, the agent stays up). Load failures leave the
+runtime ``failed`` with the reason.
 """
 
 from __future__ import annotations
@@ -21,15 +30,29 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from colo.errors import ColoError, UsageError
-from colo.modelserver.inference import is_oom, run_batch, worst_case_rows
+from colo.modelserver.batching import DeviceWorker, Job, QueueFull, merged_rows
+from colo.modelserver.device_errors import DeviceErrorKind, classify, first_line
+from colo.modelserver.device_health import (
+    DEFAULT_HANG_SECS,
+    DEFAULT_TIMEOUT_SECS,
+    ContextWatch,
+    Probe,
+    cuda_round_trip,
+    trigger_device_assert,
+)
+from colo.modelserver.inference import BatchResult, is_oom, run_batch, run_merged, worst_case_rows
 from colo.modelserver.loading import LoadedModel, load_model
+from colo.modelserver.metrics import AgentMetrics
 from colo.spec.config import ModelSpec
 from colo.units import MIB
 
 log = logging.getLogger(__name__)
 
-Status = Literal["loading", "ready", "failed"]
+Status = Literal["loading", "ready", "unresponsive", "failed", "context_lost"]
 OOM_TEXT = "CUDA out of memory"
+DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_MAX_QUEUE = 64
+RETRY_AFTER_SECS = 1
 
 
 class RequestError(UsageError):
@@ -42,6 +65,10 @@ class NotReady(ColoError):
 
 class DeviceOutOfMemory(ColoError):
     """A request ran the device out of memory; the agent stays up and frees what it can."""
+
+
+class ContextLost(ColoError):
+    """The agent's CUDA context is unusable (HTTP 503); the agent is exiting to be restarted."""
 
 
 class LoadOutOfMemory(ColoError):
@@ -60,6 +87,16 @@ class InferInput:
     max_new_tokens: int | None = None
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """A job's share of a batch: its result, when the batch started, and what it was merged with."""
+
+    result: BatchResult
+    started: float
+    batch_requests: int
+    batch_rows: int
+
+
 @dataclass
 class _Counters:
     requests: int = 0
@@ -72,7 +109,12 @@ class _Counters:
 class AgentRuntime:
     """An agent's models on one device. Thread-safe: /health reads while a request or the load runs.
 
-    ``loader`` builds one model (tests inject one); ``memory_probe`` returns device memory counters.
+    ``loader`` builds one model (tests inject one). ``batch_wait_ms``: the longest a batch waits for more
+    requests to merge; ``max_queue``: requests allowed to wait for the device (beyond: 503). ``probe``: the
+    context round trip (default: :func:`cuda_round_trip` on CUDA, none on CPU); ``probe_timeout_secs`` bounds
+    it (past it /health says ``unresponsive``, 503); a probe unanswered for ``hang_secs`` is a hung device and
+    the context is declared lost. ``on_context_lost(reason)`` is called once when the context is found
+    unusable.
     """
 
     agent: str
@@ -86,16 +128,38 @@ class AgentRuntime:
     error: str | None = None
     models: dict[str, LoadedModel] = field(default_factory=dict)
     warm_up: str | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)  # one batch on the device at a time
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
+    max_queue: int = DEFAULT_MAX_QUEUE
+    probe: Probe | None = None
+    probe_timeout_secs: float = DEFAULT_TIMEOUT_SECS
+    hang_secs: float = DEFAULT_HANG_SECS
+    on_context_lost: Callable[[str], None] = lambda reason: None
+    metrics: AgentMetrics = field(init=False)
+    _state_lock: threading.Lock = field(default_factory=threading.Lock)
     _models_lock: threading.Lock = field(default_factory=threading.Lock)  # /health never waits on a batch
     _counters: _Counters = field(default_factory=_Counters)
     _started: float = 0.0
     _ready_secs: float | None = None
+    _worker: DeviceWorker = field(init=False)
+    _watch: ContextWatch | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._started = self.clock()
         if not self.specs:
             raise ValueError(f"agent {self.agent} has no models")
+        self.metrics = AgentMetrics(self.agent)
+        self._worker = DeviceWorker(
+            self._execute,
+            wait_secs=self.batch_wait_ms / 1000.0,
+            max_queue=self.max_queue,
+            on_depth=self.metrics.queue_depth.set,
+            name=f"colo-agent-{self.agent}-device",
+        )
+        probe = self.probe
+        if probe is None and self.device.startswith("cuda"):
+            probe = cuda_round_trip(self.device)
+        if probe is not None:
+            self._watch = ContextWatch(probe, timeout_secs=self.probe_timeout_secs)
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -106,7 +170,8 @@ class AgentRuntime:
         memory; any other failure is re-raised. Either way the runtime is left ``failed`` with the reason.
         """
         step = ["loading", self.specs[0][0]]  # what was running when something failed
-        try:
+
+        def build_and_warm_up() -> None:  # on the device thread, like every batch after it
             for model_id, spec in self.specs:
                 step[1] = model_id
                 loaded = self.loader(model_id, spec, device=self.device, dtype=self.dtype, clock=self.clock)
@@ -114,6 +179,9 @@ class AgentRuntime:
                     self.models[model_id] = loaded
             step[0] = "warming up"
             self._warm_up(step)
+
+        try:
+            self._worker.call(build_and_warm_up)
         except Exception as exc:
             self.status = "failed"
             if is_oom(exc):
@@ -168,6 +236,8 @@ class AgentRuntime:
     # --- requests -----------------------------------------------------------------------------------------
 
     def _model(self, model_id: str | None) -> LoadedModel:
+        if self.status == "context_lost":
+            raise ContextLost(f"agent {self.agent}: {self.error}", hint="the agent is restarting")
         if self.status != "ready":
             raise NotReady(f"agent {self.agent} is {self.status}" + (f": {self.error}" if self.error else ""))
         if model_id is None:
@@ -205,9 +275,11 @@ class AgentRuntime:
         return rows, False
 
     def infer(self, req: InferInput) -> dict[str, Any]:
-        """Check ``req`` against the model's limits and run it; a JSON-ready answer with timings in ms.
+        """Check ``req`` against the model's limits, queue it for the device and wait for its batch.
 
-        Raises NotReady, RequestError, or DeviceOutOfMemory (the cache is emptied and the agent stays up).
+        A JSON-ready answer with timings in ms (``queue_ms``: waiting for the device, merging included).
+        Raises NotReady, ContextLost, RequestError, QueueFull, or DeviceOutOfMemory (the cache is emptied and
+        the agent stays up); any other error of the batch as it is.
         """
         received = self.clock()
         try:
@@ -223,48 +295,182 @@ class AgentRuntime:
                     )
         except RequestError:
             self._counters.rejected += 1
+            self.metrics.error("bad_request")
+            raise
+        except ContextLost:
+            self.metrics.error("context_lost")
+            raise
+        except NotReady:
+            self.metrics.error("not_ready")
             raise
         prepared = self.clock()
-        with self._lock:
-            started = self.clock()
-            try:
-                result = run_batch(model, rows, device=self.device, max_new_tokens=new_tokens, clock=self.clock)
-            except Exception as exc:
-                if not is_oom(exc):
-                    raise
-                self._counters.out_of_memory += 1
-                log.error("%s on a request to %s (batch %d): %s", OOM_TEXT, model.model_id, len(rows), exc)
-                _empty_cache(self.device)
-                raise DeviceOutOfMemory(
-                    f"{OOM_TEXT} running a batch of {len(rows)} on {model.model_id}",
-                    hint="send smaller batches, or raise the agent's memory limit",
-                ) from exc
-            self._counters.requests += 1
-            self._counters.items += len(rows)
+        job = Job(
+            model_id=model.model_id,
+            rows=rows,
+            max_rows=model.limits.max_batch,
+            mergeable=model.task == "encoder",
+            new_tokens=new_tokens,
+        )
+        try:
+            answer: _Answer = self._worker.submit(job).result()
+        except QueueFull:
+            self.metrics.error("queue_full")
+            raise
+        except DeviceOutOfMemory:
+            self.metrics.error("alloc_failed")
+            raise
+        except ContextLost:
+            self.metrics.error("context_lost")
+            raise
+        except Exception:
+            self.metrics.error("other")
+            raise
         done = self.clock()
+        self.metrics.requests.inc()
+        self.metrics.rows.inc(len(rows))
+        self.metrics.latency.observe(max(0.0, done - received))
         return {
             "model": model.model_id,
             "task": model.task,
             "batch_size": len(rows),
             "seq_len": max(len(r) for r in rows),
             "truncated": truncated,
-            **result.outputs,
+            **answer.result.outputs,
             "timing": {
                 "prepare_ms": round((prepared - received) * 1000.0, 3),
-                "queue_ms": round((started - prepared) * 1000.0, 3),
-                "forward_ms": round(result.forward_ms, 3),
+                "queue_ms": round(max(0.0, answer.started - prepared) * 1000.0, 3),
+                "forward_ms": round(answer.result.forward_ms, 3),
                 "total_ms": round((done - received) * 1000.0, 3),
             },
+            "device_batch": {"requests": answer.batch_requests, "rows": answer.batch_rows},
         }
+
+    def _execute(self, jobs: list[Job]) -> None:
+        """One batch on the device thread: every job is answered (a result, or the batch's error)."""
+        model = self.models[jobs[0].model_id]
+        rows = merged_rows(jobs)
+        started = self.clock()
+        try:
+            if model.task == "encoder":
+                results = run_merged(model, [j.rows for j in jobs], device=self.device, clock=self.clock)
+            else:
+                (job,) = jobs
+                results = [
+                    run_batch(model, job.rows, device=self.device, max_new_tokens=job.new_tokens, clock=self.clock)
+                ]
+        except Exception as exc:
+            error = self._batch_error(exc, model.model_id, len(jobs), rows)
+            for job in jobs:
+                job.future.set_exception(error)
+            return
+        self._counters.requests += len(jobs)
+        self._counters.items += rows
+        self.metrics.batch_rows.observe(rows)
+        self.metrics.batch_requests.observe(len(jobs))
+        self.metrics.forward.observe(results[0].forward_ms / 1000.0)
+        for job, result in zip(jobs, results, strict=True):
+            job.future.set_result(_Answer(result, started, len(jobs), rows))
+
+    def _batch_error(self, exc: Exception, model_id: str, requests: int, rows: int) -> Exception:
+        """What the requests of a failed batch get; device conditions are logged in ONE line, no traceback."""
+        kind = classify(exc)
+        if kind is DeviceErrorKind.ALLOC_FAILED:
+            self._counters.out_of_memory += requests
+            log.error(
+                "%s on a request to %s (batch %d rows, %d request(s)): %s",
+                OOM_TEXT, model_id, rows, requests, first_line(exc),
+            )
+            _empty_cache(self.device)
+            error: Exception = DeviceOutOfMemory(
+                f"{OOM_TEXT} running a batch of {rows} on {model_id} ({first_line(exc)})",
+                hint="send smaller batches, or raise the agent's memory limit",
+            )
+        elif kind is DeviceErrorKind.CONTEXT_LOST:
+            reason = f"CUDA context lost running a batch on {model_id}: {first_line(exc)}"
+            self.context_lost(reason)
+            error = ContextLost(f"agent {self.agent}: {reason}", hint="the agent is restarting")
+        else:
+            # An error the text does not place: if the context no longer answers, that was the cause.
+            probed = self._watch.check(fresh_only=True) if self._watch is not None else None
+            if probed is None:
+                return exc
+            self.context_lost(f"{probed} (after {first_line(exc)} on {model_id})")
+            error = ContextLost(f"agent {self.agent}: {self.error}", hint="the agent is restarting")
+        error.__cause__ = exc
+        return error
+
+    def context_lost(self, reason: str) -> None:
+        """Mark the context unusable for good: log ``reason`` once and call ``on_context_lost`` once."""
+        with self._state_lock:
+            if self.status == "context_lost":
+                return
+            self.status = "context_lost"
+            self.error = reason
+        log.error("agent %s: %s; exiting to be restarted", self.agent, reason)
+        self.on_context_lost(reason)
+
+    def check_context(self) -> tuple[Status, str | None]:
+        """Probe the context when ready: ``(status, error)`` for /health.
+
+        A failed probe loses the context for good (:meth:`context_lost`); a probe still unanswered after
+        ``probe_timeout_secs`` gives ``unresponsive`` (503, not sticky), and after ``hang_secs`` loses it.
+        """
+        if self.status == "ready" and self._watch is not None:
+            reason, hung = self._watch.check_hung()
+            if reason is not None:
+                if hung == 0.0 or hung >= self.hang_secs:
+                    self.context_lost(reason if hung == 0.0 else f"{reason}; unanswered for {hung:.0f} s")
+                else:
+                    return "unresponsive", reason
+        return self.status, self.error
+
+    def watch_context(self, interval_secs: float = 0.5) -> threading.Thread | None:
+        """Probe the context every ``interval_secs`` on a daemon thread, so a broken context is found (and the
+        agent leaves) within about a second even when nobody asks /health. Returns the thread (None on CPU:
+        nothing to probe)."""
+        if self._watch is None:
+            return None
+
+        def loop() -> None:
+            while self.status != "context_lost":
+                self.check_context()
+                time.sleep(interval_secs)
+
+        thread = threading.Thread(target=loop, name=f"colo-agent-{self.agent}-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def inject_fault(self) -> None:
+        """Fault hook (tests only, reached only when the server was started with the fault route): launch a
+        kernel that fails a device-side assert on the device thread, so the context breaks for good."""
+        try:
+            self._worker.call(lambda: trigger_device_assert(self.device))
+        except RuntimeError as exc:  # already broken, or the launch itself failed: the probe will tell
+            log.warning("fault hook: %s", first_line(exc))
+
+    @property
+    def retry_after_secs(self) -> int:
+        """What a 503 for a full queue tells the client to wait."""
+        return RETRY_AFTER_SECS
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text of ``/metrics``."""
+        self.metrics.queue_depth.set(self._worker.depth)
+        return self.metrics.render()
+
+    def close(self) -> None:
+        """Stop taking requests (queued ones fail with QueueFull)."""
+        self._worker.close()
 
     # --- health ---------------------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         """What /health returns: status, models (weights, tokenizer), device, pid, memory counters."""
+        status, error = self.check_context()
         with self._models_lock:
             models = [m.describe() for m in self.models.values()]
         return {
-            "status": self.status,
+            "status": status,
             "agent": self.agent,
             "pid": os.getpid(),
             "device": self.device,
@@ -273,14 +479,17 @@ class AgentRuntime:
             "models": models,
             "models_expected": [m for m, _ in self.specs],
             "warm_up": self.warm_up,
-            "error": self.error,
+            "error": error,
             "uptime_secs": round(self.clock() - self._started, 3),
             "ready_after_secs": None if self._ready_secs is None else round(self._ready_secs, 3),
             "requests": self._counters.requests,
             "items": self._counters.items,
             "rejected": self._counters.rejected,
             "out_of_memory": self._counters.out_of_memory,
-            **device_memory(self.device),
+            "queue_depth": self._worker.depth,
+            "batch_wait_ms": self.batch_wait_ms,
+            "max_queue": self.max_queue,
+            **_device_memory_or_none(self.device, status),
         }
 
 
@@ -288,14 +497,37 @@ def _empty_cache(device: str) -> None:
     import torch
 
     if device.startswith("cuda"):
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError as exc:  # a broken context: the next request or probe reports it
+            log.warning("could not empty the CUDA cache: %s", first_line(exc))
+
+
+def _device_memory_or_none(device: str, status: Status) -> dict[str, int | None]:
+    """device_memory, except when the context is lost or unresponsive (CUDA calls could fail or hang): all
+    None but RSS."""
+    if status not in ("context_lost", "unresponsive"):
+        try:
+            return device_memory(device)
+        except RuntimeError:
+            pass
+    return {
+        "memory_allocated_bytes": None,
+        "memory_reserved_bytes": None,
+        "max_memory_allocated_bytes": None,
+        "max_memory_reserved_bytes": None,
+        "rss_bytes": _rss_bytes(),
+    }
 
 
 def _device_name(device: str) -> str:
     import torch
 
     if device.startswith("cuda"):
-        return str(torch.cuda.get_device_name(device))
+        try:
+            return str(torch.cuda.get_device_name(device))
+        except RuntimeError:  # a broken context
+            return "unknown (CUDA error)"
     return "cpu"
 
 
@@ -321,9 +553,6 @@ def device_memory(device: str) -> dict[str, int | None]:
 
 
 def _rss_bytes() -> int | None:
-    try:
-        import psutil
+    from colo.gpu.procs import rss_bytes
 
-        return int(psutil.Process().memory_info().rss)
-    except Exception:  # psutil missing or the process table unreadable: leave it out
-        return None
+    return rss_bytes()

@@ -3,14 +3,22 @@
 ::
 
     python -m colo.modelserver.serve --agent critic --config colo.yaml --port 9104 [--worst-case]
+        [--batch-wait-ms 2] [--max-queue 64]
 
-The HTTP server starts at once (``/health`` answers 503 ``loading``); the models load in a background
+The HTTP server starts at once (``/health`` answers 503 ``loading``); the models load on the agent's device
 thread, then one warm-up forward runs on the device (``--worst-case``: the worst batch × sequence, so the
 process's memory peak is the one the plan sized its MPS limit for); then ``/health`` answers 200.
 
-Exit codes: 0 after SIGTERM/SIGINT (graceful: uvicorn finishes in-flight requests), 2 for a bad command
-line or colo.yaml, 3 when loading or warming up ran the device out of memory (a line with
-"CUDA out of memory" is logged first), 1 for any other failure (port in use, a model that cannot be built).
+Start-up order, for speed and for a pre-forking launcher: :func:`import_modules` does every heavy import
+(torch, transformers, the agent's model classes, the HTTP stack) and never touches CUDA, so a launcher may call
+it once, fork, and call :func:`main` in each child: the imports are then already done, and CUDA is first
+initialised in the child (``resolve_device``), after its MPS environment is set.
+
+Exit codes (:mod:`colo.modelserver.exit_codes`): 0 after SIGTERM/SIGINT (graceful: uvicorn finishes
+in-flight requests), 2 for a bad command line or colo.yaml, 3 when loading or warming up ran the device out of
+memory (a line with "CUDA out of memory" is logged first), 4 (``EXIT_CONTEXT_LOST``) when the CUDA context
+became unusable while serving (one line says why first), 1 for any other failure (port in use, a model that
+cannot be built).
 """
 
 from __future__ import annotations
@@ -21,21 +29,25 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 from colo.errors import ColoError, UsageError
+from colo.gpu.mps import env as mps_env
 from colo.modelserver.command import DEFAULT_HOST
+from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST, EXIT_FAILED, EXIT_OK, EXIT_OOM
 
 if TYPE_CHECKING:
     from colo.spec.config import ModelSpec
 
 log = logging.getLogger("colo.modelserver")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_OOM = 3
+__all__ = ["EXIT_CONTEXT_LOST", "EXIT_FAILED", "EXIT_OK", "EXIT_OOM", "import_modules", "main", "parse_args"]
+
+# After the context is lost: time for in-flight 503 answers to go out before the process exits.
+CONTEXT_LOST_EXIT_GRACE_SECS = 0.3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +82,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Warm up with the worst-case batch × max_seq_len (and all new tokens).",
     )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=None,
+        help="Longest a batch waits to merge concurrent requests (default: the agent's batch_wait_ms, 2).",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=64, help="Requests allowed to wait for the device; beyond, 503."
+    )
+    # Tests only: POST /debug/fault breaks the CUDA context. Hidden, and never passed by colo.
+    parser.add_argument("--enable-fault-route", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     try:
         args, extra = parser.parse_known_args(argv)
@@ -81,7 +104,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if args.port is not None and not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port} is out of range 1..65535")
+    if args.batch_wait_ms is not None and not 0 <= args.batch_wait_ms <= 1000:
+        raise UsageError(f"--batch-wait-ms {args.batch_wait_ms} is outside 0..1000")
+    if not 1 <= args.max_queue <= 100_000:
+        raise UsageError(f"--max-queue {args.max_queue} is outside 1..100000")
     return args
+
+
+def import_modules(specs: Sequence[tuple[str, ModelSpec]] = ()) -> dict[str, float]:
+    """Do every heavy import the agent needs — torch, transformers, the HTTP stack, and the model classes of
+    ``specs`` — without initialising CUDA. Returns seconds per step (``torch``, ``transformers``, ``http``,
+    ``models``). Safe to call in a parent that forks agents afterwards; a model whose class cannot be found
+    here is left for the load to report.
+    """
+    clock = time.perf_counter
+    spent: dict[str, float] = {}
+    started = clock()
+    import torch  # noqa: F401
+
+    spent["torch"] = clock() - started
+    started = clock()
+    import transformers  # noqa: F401
+
+    spent["transformers"] = clock() - started
+    started = clock()
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+
+    import colo.modelserver.app
+    import colo.modelserver.runtime  # noqa: F401
+
+    spent["http"] = clock() - started
+    started = clock()
+    from colo.memory.build import preload
+
+    for model_id, spec in specs:
+        try:
+            preload(model_id, path=spec.path)
+        except Exception as exc:  # the load reports it properly, with its exit code
+            log.debug("preload of %s skipped: %s", model_id, exc)
+    spent["models"] = clock() - started
+    return spent
 
 
 def _setup_logging(agent: str, level: str) -> None:
@@ -101,10 +164,10 @@ def _device_line(device: str) -> str:
         parts.append(f"({torch.cuda.get_device_name(device)})")
     parts.append(f"torch {torch.__version__}")
     for var in (
-        "CUDA_VISIBLE_DEVICES",
-        "CUDA_MPS_PIPE_DIRECTORY",
-        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
-        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+        mps_env.VISIBLE_DEVICES,
+        mps_env.PIPE_DIRECTORY,
+        mps_env.PINNED_DEVICE_MEM_LIMIT,
+        mps_env.ACTIVE_THREAD_PERCENTAGE,
     ):
         if os.environ.get(var):
             parts.append(f"{var}={os.environ[var]}")
@@ -133,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         config = load_config(args.config)
         specs = agent_models(config, args.agent, source=args.config)
+        spent = import_modules(specs)  # instant when a launcher imported them before forking
+        log.info("imports: %s", " ".join(f"{k} {v:.2f}s" for k, v in spent.items()))
         port = args.port if args.port is not None else config.agents[args.agent].port
         if port is None:
             raise UsageError(
@@ -147,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("stop requested before start; exiting")
         return EXIT_OK
     log.info("agent %s: %s", args.agent, _device_line(device))
-    return _serve(args, specs, device, port, stop_requested)
+    wait_ms = args.batch_wait_ms if args.batch_wait_ms is not None else config.agents[args.agent].batch_wait_ms
+    return _serve(args, specs, device, port, stop_requested, wait_ms)
 
 
 def _serve(
@@ -156,6 +222,7 @@ def _serve(
     device: str,
     port: int,
     stop_requested: threading.Event,
+    batch_wait_ms: float,
 ) -> int:
     import uvicorn
 
@@ -163,11 +230,20 @@ def _serve(
     from colo.modelserver.runtime import AgentRuntime
 
     runtime = AgentRuntime(
-        agent=args.agent, specs=specs, device=device, dtype=args.dtype, worst_case=args.worst_case
+        agent=args.agent,
+        specs=specs,
+        device=device,
+        dtype=args.dtype,
+        worst_case=args.worst_case,
+        batch_wait_ms=batch_wait_ms,
+        max_queue=args.max_queue,
+        on_context_lost=lambda reason: _exit_soon(args.agent, EXIT_CONTEXT_LOST),
     )
+    if args.enable_fault_route:
+        log.warning("agent %s: the fault route POST /debug/fault is enabled (tests only)", args.agent)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(runtime),
+            create_app(runtime, fault_route=args.enable_fault_route),
             host=args.host,
             port=port,
             log_config=None,
@@ -181,6 +257,7 @@ def _serve(
     def _load() -> None:
         try:
             runtime.load()
+            runtime.watch_context()  # a lost context is found within about a second, polled or not
             return
         except ColoError as err:  # LoadOutOfMemory (exit 3), unknown model (exit 2), ...
             exit_code[0] = err.exit_code
@@ -205,6 +282,24 @@ def _serve(
     elif stop_requested.is_set():
         log.info("agent %s: stopped", args.agent)
     return _finish(loader, exit_code[0])
+
+
+def _exit_soon(agent: str, code: int) -> None:
+    """Leave the process with ``code`` shortly (in-flight answers go out first), from a side thread.
+
+    os._exit, not a graceful stop: with the context lost, torch's and uvicorn's shutdown may wait on the
+    device. The reason was logged once by the runtime.
+    """
+
+    def leave() -> None:
+        time.sleep(CONTEXT_LOST_EXIT_GRACE_SECS)
+        log.error("agent %s: exiting with code %d (CUDA context lost)", agent, code)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    threading.Thread(target=leave, name="colo-agent-exit", daemon=True).start()
 
 
 def _finish(loader: threading.Thread, code: int) -> int:

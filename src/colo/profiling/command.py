@@ -18,7 +18,6 @@ NVML backend and a tiny HTTP server.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
 import time
@@ -27,17 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colo.errors import ProfileError
+from colo.gpu import procs
 from colo.gpu.nvml import GpuBackend
+from colo.gpu.sampler import PEAK_INTERVAL_SECS, Read, Sample, Sampler, nvml_read
 from colo.memory.db import AgentEntry, ModelDB
 from colo.memory.worst_case import WorstCase, agent_requests
 from colo.profiling.profiler import Job, JobResult, gpu_provenance, utc_now
-from colo.profiling.sampler import DEFAULT_INTERVAL_SECS, PeakSampler, Reader
 from colo.spec.config import ColoConfig, HealthCheck, ProfileLoad
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
 
 #: The NVML sampling interval for command agents: their peak lasts seconds (weights, KV cache), not ms.
-COMMAND_INTERVAL_SECS = max(DEFAULT_INTERVAL_SECS, 0.02)
+COMMAND_INTERVAL_SECS = max(PEAK_INTERVAL_SECS, 0.02)
+
+#: A reading of the process tree under a root pid (given once the agent is spawned).
+TreeReader = Callable[[int], Read]
 
 
 @dataclass(frozen=True)
@@ -96,21 +99,23 @@ def models_only_in_command_agents(config: ColoConfig) -> set[str]:
     return {m for name in profiled for m in config.agents[name].models} - others
 
 
-def tree_reader(backend: GpuBackend) -> Reader:
-    """A sampler reader summing NVML's used memory over ``pid`` and its descendants (a wrapper script's
-    server child counts): ``nvidia-smi --query-compute-apps=pid,used_memory`` for the whole tree."""
+def tree_reader(backend: GpuBackend) -> TreeReader:
+    """A reading of NVML's used memory summed over a root pid and its descendants, filed under the root
+    (a wrapper script's server child counts): ``nvidia-smi --query-compute-apps=pid,used_memory`` for the
+    whole tree, its members looked up again at every reading (children come and go)."""
 
-    def read(pid: int) -> tuple[int | None, str]:
-        import psutil
+    def for_root(pid: int) -> Read:
+        def read(t_secs: float) -> Sample | None:
+            sample = nvml_read(backend, [pid, *procs.descendants(pid)])(t_secs)
+            if sample is None or not sample.process_gpu_uuid:
+                return Sample(t_secs)
+            uuid = sample.process_gpu_uuid.get(pid) or next(iter(sample.process_gpu_uuid.values()))
+            used = sample.process_memory_bytes
+            return Sample(t_secs, {pid: sum(used.values())} if used else {}, {pid: uuid})
 
-        family = {pid}
-        with contextlib.suppress(psutil.Error):
-            family |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
-        rows = [p for p in backend.processes() if p.pid in family]
-        used = [p.used_memory_bytes for p in rows if p.used_memory_bytes is not None]
-        return (sum(used) if used else None), (rows[0].gpu_uuid if rows else "")
+        return read
 
-    return read
+    return for_root
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,7 @@ def _tail(path: Path, n: int = 600) -> str:
 def run_command_agent(
     agent: CommandAgent,
     *,
-    reader: Reader,
+    reader: TreeReader,
     log_path: Path,
     env: Mapping[str, str] | None = None,
     runner: Runner | None = None,
@@ -244,13 +249,13 @@ class _Peak:
     gpu_uuid: str
 
 
-def _sample_peak(reader: Reader, pid: int, interval_secs: float) -> Callable[[], _Peak]:
-    """Start sampling ``pid`` through ``reader`` on a background thread; returns the function that stops it
-    and gives the peak. (The one place this module touches the NVML sampler.)"""
-    sampler = PeakSampler(reader, pid, interval_secs=interval_secs).start()
+def _sample_peak(reader: TreeReader, pid: int, interval_secs: float) -> Callable[[], _Peak]:
+    """Start sampling the tree under ``pid`` through ``reader`` (colo's one NVML sampling loop, on its
+    background thread); returns the function that stops it and gives the peak."""
+    sampler = Sampler(reader(pid), interval_secs=interval_secs, name=f"colo-profile-{pid}").start()
 
     def stop() -> _Peak:
-        stats = sampler.stop()
+        stats = sampler.stop().peak(pid)
         return _Peak(stats.peak_bytes, stats.samples, stats.rate_hz, stats.gpu_uuid)
 
     return stop

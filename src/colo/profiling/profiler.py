@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from colo.errors import ProfileError
+from colo.gpu.mps.env import pipe_dir_of
 from colo.gpu.nvml import GpuBackend
+from colo.gpu.sampler import PEAK_INTERVAL_SECS, Sampler, nvml_read
 from colo.memory.db import AgentEntry, ModelDB, ModelEntry, Provenance
 from colo.memory.worst_case import WorstCase
 from colo.profiling.protocol import ProfileRequest
-from colo.profiling.sampler import DEFAULT_INTERVAL_SECS, PeakSampler, nvml_reader
 from colo.profiling.spawn import DEFAULT_TIMEOUT_SECS, ChildOutcome, child_env, run_child
 
 
@@ -99,7 +100,7 @@ def gpu_provenance(
             cuda = backend.cuda_version() or cuda
         except Exception:  # provenance is best effort; the measurement stands without it
             pass
-    mps = bool((env or {}).get("CUDA_MPS_PIPE_DIRECTORY"))
+    mps = pipe_dir_of(env or {}) is not None
     return Provenance(
         gpu=gpu_name,
         gpu_uuid=uuid,
@@ -122,12 +123,13 @@ def model_entry(req: WorstCase, outcome: ChildOutcome, prov: Provenance) -> Mode
             hint="is the child on this machine's GPU, in this PID namespace? try `nvidia-smi`",
         )
     run = res.runs[0] if res.runs else None
+    model, dtype, batch_size, seq_len, new_tokens = req.shape
     return ModelEntry(
-        model=req.model,
-        dtype=req.dtype,
-        batch_size=req.batch_size,
-        seq_len=req.seq_len,
-        new_tokens=req.new_tokens,
+        model,
+        dtype,
+        batch_size,
+        seq_len,
+        new_tokens,
         kind="measured",
         nvml_peak_bytes=outcome.nvml_peak_bytes,
         weights_bytes=res.weights_bytes,
@@ -177,7 +179,7 @@ class Profiler:
         device: str = "cuda",
         env: Mapping[str, str] | None = None,
         timeout_secs: float = DEFAULT_TIMEOUT_SECS,
-        interval_secs: float = DEFAULT_INTERVAL_SECS,
+        interval_secs: float = PEAK_INTERVAL_SECS,
         now: Callable[[], str] = utc_now,
     ) -> None:
         self.db = db
@@ -188,9 +190,11 @@ class Profiler:
         self.interval_secs = interval_secs
         self.now = now
 
-    def _sampler(self, pid: int) -> PeakSampler:
+    def _sampler(self, pid: int) -> Sampler:
         assert self.backend is not None
-        return PeakSampler(nvml_reader(self.backend), pid, interval_secs=self.interval_secs)
+        return Sampler(
+            nvml_read(self.backend, [pid]), interval_secs=self.interval_secs, name=f"colo-nvml-sampler-{pid}"
+        )
 
     def run_job(self, job: Job, *, repeats: int = 1) -> JobResult:
         """Run one job in a fresh child and record it (database changed in memory; call ``db.save()``)."""

@@ -19,19 +19,19 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO
 
+from colo.clock import Clock, SystemClock
 from colo.errors import ProfileError
+from colo.gpu.sampler import PeakStats, Sampler
 from colo.profiling.protocol import ChildResult, ProfileRequest, decode_event
-from colo.profiling.sampler import PeakSampler, SamplerStats
 
 CHILD_MODULE = "colo.profiling.child"
 DEFAULT_TIMEOUT_SECS = 600.0
 
-SamplerFactory = Callable[[int], PeakSampler]
+SamplerFactory = Callable[[int], Sampler]  # pid -> a sampler of that pid (not started)
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ChildOutcome:
     context_bytes: int | None
     loaded_bytes: int | None
     nvml_peak_bytes: int | None
-    sampler: SamplerStats | None
+    sampler: PeakStats | None
     stderr_tail: str
     wall_secs: float
 
@@ -78,13 +78,14 @@ def run_child(
     env: Mapping[str, str] | None = None,
     timeout_secs: float = DEFAULT_TIMEOUT_SECS,
     python: str = sys.executable,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock | None = None,
 ) -> ChildOutcome:
     """Start the child for ``request``, sample it, follow the protocol, return the outcome.
 
     ``env``: the child's full environment (default :func:`child_env`). Raises ProfileError (see module doc).
     """
-    started = clock()
+    clock = clock if clock is not None else SystemClock()
+    started = clock.monotonic()
     deadline = started + timeout_secs
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as err_file:
         try:
@@ -109,7 +110,7 @@ def run_child(
             proc.stdin.write(request.to_json() + "\n")
             proc.stdin.flush()
             while result is None:
-                remaining = deadline - clock()
+                remaining = deadline - clock.monotonic()
                 if remaining <= 0:
                     raise ProfileError(
                         f"the profiling child ran past {timeout_secs:.0f} s and was killed",
@@ -126,7 +127,8 @@ def run_child(
                     continue
                 kind = event["event"]
                 if kind in ("context", "loaded"):
-                    reading = sampler.sample_once() if sampler else None
+                    sample = sampler.sample_once() if sampler else None
+                    reading = sample.memory_of(proc.pid) if sample else None
                     if kind == "context":
                         context_bytes = reading
                     else:
@@ -137,7 +139,7 @@ def run_child(
                 elif kind == "result":
                     result = ChildResult.from_event(event)
             try:
-                returncode = proc.wait(timeout=max(deadline - clock(), 1.0))
+                returncode = proc.wait(timeout=max(deadline - clock.monotonic(), 1.0))
             except subprocess.TimeoutExpired as exc:
                 raise ProfileError("the profiling child did not exit after its result") from exc
         except BrokenPipeError as exc:
@@ -150,7 +152,7 @@ def run_child(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
-            stats = sampler.stop() if sampler else None
+            stats = sampler.stop().peak(proc.pid) if sampler else None
             if proc.stdin is not None and not proc.stdin.closed:
                 with contextlib.suppress(BrokenPipeError):
                     proc.stdin.close()
@@ -168,7 +170,7 @@ def run_child(
         nvml_peak_bytes=stats.peak_bytes if stats else None,
         sampler=stats,
         stderr_tail=tail,
-        wall_secs=clock() - started,
+        wall_secs=clock.monotonic() - started,
     )
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from colo import units
 from colo.errors import PlanError
+from colo.gpu.mps import env as mps_env
 from colo.plan.types import AgentPlan, Plan
 from colo.render.yamlout import dump, dump_all
 from colo.spec.config import ColoConfig
@@ -99,7 +100,7 @@ def node_verdict(node: str, agents: list[AgentPlan], config: ColoConfig) -> Node
         notes.append(f"the plugin caps each client at {plugin_pct}% of the SMs (plan: {agents[0].active_thread_pct}%)")
     if agents[0].client_priority != 0:
         notes.append(
-            "the plugin does not set MPS client priority: add CUDA_MPS_CLIENT_PRIORITY="
+            f"the plugin does not set MPS client priority: add {mps_env.CLIENT_PRIORITY}="
             f"{agents[0].client_priority} to the pods' env"
         )
     return NodeVerdict(node, names, replicas, f"colo-mps-x{replicas}", (), tuple(notes))

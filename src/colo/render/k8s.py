@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from colo import __version__, units
 from colo.errors import ConfigError
+from colo.gpu.mps import env as mps_env
 from colo.modelserver.command import builtin_agent_command
 from colo.plan.allocation_doc import allocation_document
 from colo.plan.explain import explain_plan
@@ -248,10 +249,10 @@ def _agent_objects(
         "command": [
             "sh",
             "-c",
-            'until [ -e "$CUDA_MPS_PIPE_DIRECTORY/control" ]; do echo "waiting for the MPS daemon in '
-            '$CUDA_MPS_PIPE_DIRECTORY"; sleep 2; done',
+            f'until [ -e "${mps_env.PIPE_DIRECTORY}/control" ]; do echo "waiting for the MPS daemon in '
+            f'${mps_env.PIPE_DIRECTORY}"; sleep 2; done',
         ],
-        "env": [{"name": "CUDA_MPS_PIPE_DIRECTORY", "value": pipe_dir}],
+        "env": [{"name": k, "value": v} for k, v in mps_env.daemon_location(pipe_dir).items()],
         "volumeMounts": [{"name": "mps-root", "mountPath": layout.mps_root, "readOnly": True}],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }

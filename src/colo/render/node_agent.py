@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colo.errors import ConfigError
-from colo.gpu.mps.daemon import MAX_PIPE_DIR_CHARS, MpsRoot, client_env
+from colo.gpu.mps.env import client_env
+from colo.gpu.mps.root import MAX_PIPE_DIR_CHARS, MpsRoot
 from colo.plan.types import AgentPlan, GpuSlot
 
 BY_INDEX = "by-index"

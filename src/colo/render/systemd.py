@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from colo.gpu.mps import env as mps_env
 from colo.modelserver.command import builtin_agent_command
 from colo.plan.types import AgentPlan, Plan
 from colo.render.names import agent_object_names
@@ -168,7 +169,7 @@ def mps_dropin(a: AgentPlan, opts: SystemdOptions) -> str:
     env = agent_client_env(a, a.gpu, opts.layout)
     lines = [
         f"# MPS client environment of agent {a.name} on {a.gpu.label}: limit "
-        f"{env['CUDA_MPS_PINNED_DEVICE_MEM_LIMIT']}, priority {a.priority}.",
+        f"{env[mps_env.PINNED_DEVICE_MEM_LIMIT]}, priority {a.priority}.",
         "# The pipe dir selects the GPU: its daemon exposes only that GPU, as device 0.",
         "[Service]",
         *(environment_line(k, v) for k, v in sorted(env.items())),

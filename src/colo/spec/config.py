@@ -252,6 +252,9 @@ class AgentSpec(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
     port: int | None = Field(None, ge=1, le=65535, strict=True, description="Port the agent serves on (built-in agent).")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="Built-in agent: longest a batch waits to merge concurrent requests (ms)."
+    )
     health: HealthCheck = Field(default_factory=HealthCheck)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     profile: ProfileLoad | None = Field(None, description="Command agents: the load `colo profile` measures under.")

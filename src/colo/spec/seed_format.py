@@ -135,20 +135,3 @@ def config_from_model_config(mc: ModelConfigFile, gpus: list[GpuInventory], sour
     except ValidationError as exc:
         raise ConfigError(str(exc.errors(include_url=False)[0]["msg"]), source=source) from exc
 
-
-def model_config_from_config(config: ColoConfig) -> dict[str, Any]:
-    """The seed ``model_config.json`` for a colo config's declared memory."""
-    return {
-        "model_memory_specs": {
-            mid: {
-                "memory_gb": units.gib(spec.memory_bytes) if spec.memory_bytes is not None else None,
-                "dtype": spec.dtype,
-                "batch_size": spec.batch_size,
-                "max_seq_len": spec.max_seq_len,
-                "source": "declared",
-            }
-            for mid, spec in config.models.items()
-        },
-        "agent_model_mappings": {name: list(a.models) for name, a in config.agents.items()},
-        "batch_size_recommendations": {mid: spec.batch_size for mid, spec in config.models.items()},
-    }

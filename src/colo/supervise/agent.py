@@ -23,6 +23,7 @@ from colo.clock import Clock
 from colo.errors import SupervisorError
 from colo.spec.config import HealthCheck
 from colo.supervise.health import Probe
+from colo.supervise.logs import last_line
 from colo.supervise.policy import RestartRules
 from colo.supervise.runner import ExitStatus, LaunchSpec, ProcessHandle, Runner
 from colo.supervise.snapshots import AgentStatus, EventKind
@@ -87,6 +88,7 @@ class Agent:
         self.failures = 0  # failures in a row (crash-loop counter)
         self.hold = False
         self.last_error: str | None = None
+        self.last_error_line: str | None = None  # its log's last line when it last failed
         self.since = clock.wall()
         self.memory_used_bytes: int | None = None
         self.memory_peak_bytes: int | None = None
@@ -284,6 +286,7 @@ class Agent:
         self._next_probe_at = now + self.setup.health.interval_secs
         if not (self.last_error or "").startswith("out of memory"):
             self.last_error = None
+        self.last_error_line = None
         self._set(AgentState.RUNNING)  # STARTING -> RUNNING: health check passed
         self._emit(EventKind.READY, f"ready ({detail})")
 
@@ -327,6 +330,7 @@ class Agent:
         self._emit(EventKind.EXITED, f"pid {pid} exited: {desc}" + (f" ({why})" if why != desc else ""))
         if failed:
             self.last_error = why
+            self.last_error_line = last_line(self._log_path)
         if self.hold:
             # STARTING/RUNNING -> BACKOFF: the GPU is recovering from an MPS fault; wait for release
             self._backoff_until = math.inf
@@ -371,6 +375,7 @@ class Agent:
             memory_used_bytes=self.memory_used_bytes,
             memory_peak_bytes=self.memory_peak_bytes,
             last_error=self.last_error,
+            last_error_line=self.last_error_line,
             since=self.since,
             models=s.models,
         )

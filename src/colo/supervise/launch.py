@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from colo.gpu.mps.daemon import MpsRoot, client_env
+from colo.gpu.mps.env import PINNED_DEVICE_MEM_LIMIT, client_env
+from colo.gpu.mps.root import MpsRoot
 from colo.plan.types import AgentPlan
 from colo.spec.config import ColoConfig, HealthCheck
 from colo.supervise.agent import AgentSetup
@@ -86,7 +87,7 @@ def describe_change(old: AgentSetup, new: AgentSetup) -> str:
         parts.append(f"placement {a.gpu} -> {b.gpu}")
     if a.argv != b.argv:
         parts.append("command")
-    limit_keys = {"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"}
+    limit_keys = {PINNED_DEVICE_MEM_LIMIT}
     if {k: v for k, v in a.env if k not in limit_keys} != {k: v for k, v in b.env if k not in limit_keys}:
         parts.append("env")
     if a.cwd != b.cwd:

@@ -67,6 +67,29 @@ def scan_text(text: str) -> LogFindings:
     return LogFindings(oom, mps, cause)
 
 
+COLO_MARK = "--- colo: "  # the lines colo itself writes into an agent's log (AgentLogs.mark)
+LAST_LINE_MAX_CHARS = 300
+
+
+def last_line(path: Path, *, window_bytes: int = 16 * 1024) -> str | None:
+    """The last non-empty line of ``path`` that colo did not write itself (stripped, at most 300
+    characters), or None when there is none or the file cannot be read. Reads only the file's last
+    ``window_bytes``: the line a crashed agent printed last, e.g. ``ModuleNotFoundError: No module named 'torch'``.
+    """
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(size - window_bytes, 0))
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    for line in reversed(data.splitlines()):
+        text = line.strip()
+        if text and not text.startswith(COLO_MARK.strip()):
+            return text[:LAST_LINE_MAX_CHARS]
+    return None
+
+
 class AgentLogs:
     """The log files of all agents under ``log_dir``. Sizes in bytes."""
 
@@ -83,7 +106,7 @@ class AgentLogs:
         """Append a colo line (``--- colo: ...``) to the agent's log, e.g. before each start."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.path(agent), "a", encoding="utf-8") as fh:
-            fh.write(f"--- colo: {text}\n")
+            fh.write(f"{COLO_MARK}{text}\n")
 
     def rotate_if_needed(self, agent: str) -> bool:
         """Copy-then-truncate the log once it passes ``max_bytes``; True when it rotated."""
@@ -149,13 +172,6 @@ class LogScanner:
                 self.offset = self.path.stat().st_size
             except FileNotFoundError:
                 self.offset = 0
-
-    def skip_to_end(self) -> None:
-        """Forget what is in the file now (e.g. when a new process starts logging)."""
-        try:
-            self.offset = self.path.stat().st_size
-        except FileNotFoundError:
-            self.offset = 0
 
     def read_new(self) -> str:
         """Text appended since the last call ("" when nothing new or no file)."""

@@ -1,18 +1,25 @@
 """The running system: plan against the GPUs, start the per-GPU MPS daemons, launch and supervise agents.
 
 ``colo up`` builds an :class:`Orchestrator`, calls :meth:`Orchestrator.up`, then :meth:`Orchestrator.run`
-until told to stop; the API (``colo.api.app.create_app(orchestrator, ...)``) and the CLI call the methods
-below. Everything is guarded by one lock, so the API thread and the supervision loop never interleave.
+until told to stop; the API (``colo.api.app.create_app(orchestrator, ...)``) reads its published
+:meth:`Orchestrator.snapshot` and calls its actions and :meth:`Orchestrator.apply`. Actions, applies and ticks
+are guarded by one lock, so the API thread and the supervision loop never interleave.
 
-State lives in ``<state_dir>``: ``colo.db`` (the :class:`~colo.supervise.store.Store`: agents, events,
-queued requests), ``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``, ``config.yaml`` (the configuration the
-built-in agents read), ``colo.pid`` and ``colo.lock`` (one orchestrator per state dir).
+State lives in ``<state_dir>``: ``colo.db`` (the :class:`~colo.supervise.store.Store`: agents, events),
+``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``, ``config.yaml`` (the configuration the built-in agents
+read), ``colo.pid`` and ``colo.lock`` (one orchestrator per state dir).
+
+The orchestrator starts, ticks, applies and stops; the rooms it calls: :mod:`colo.supervise.lockfile` (the
+state dir's lock and pid file), :mod:`colo.supervise.fleet` (the per-GPU MPS daemons),
+:mod:`colo.supervise.adoption` (agents that outlived an orchestrator), :mod:`colo.supervise.supervisor` (the
+loop over agents) with :mod:`colo.supervise.recovery` (MPS fault recovery), and
+:mod:`colo.supervise.publish` (the one GPU reading and the snapshot the API serves). The CLI reaches a
+running orchestrator through its HTTP API only (``colo.api``), ``colo down`` through a signal.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -26,26 +33,31 @@ from colo.clock import Clock, SystemClock
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
 from colo.files import write_atomic
 from colo.gpu.mps.control import MpsControl
-from colo.gpu.mps.daemon import MpsDefaults, MpsFleet, MpsRoot
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
+from colo.gpu.poller import GpuPoller
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
-from colo.spec.config import ColoConfig, HealthCheck
+from colo.spec.config import ColoConfig
 from colo.supervise import planning
+from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
+from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, make_fleet, start_fleet, stop_fleet
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.launch import describe_change
+from colo.supervise.lockfile import StateLock
 from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_hooks import FleetHooks
-from colo.supervise.policy import RestartRules
-from colo.supervise.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
-from colo.supervise.snapshots import AgentStatus, Event, EventKind
+from colo.supervise.publish import Publisher
+from colo.supervise.recovery import RecoveryRecord
+from colo.supervise.runner import ProcessRunner, Runner
+from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
 from colo.supervise.state import AgentState
 from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_dir
-from colo.supervise.store import AgentRecord, Store
-from colo.supervise.supervisor import RecoveryRecord, Supervisor
+from colo.supervise.store import Store
+from colo.supervise.supervisor import Supervisor
 
 TICK_SECS = 0.5
-MPS_COMMAND_TIMEOUT_SECS = 5.0
 
 
 @dataclass(frozen=True)
@@ -137,15 +149,15 @@ class Orchestrator:
         self.fault_wait_secs = fault_wait_secs
         self._memory_override = memory
         self._lock = threading.RLock()
-        self._lock_fd: int | None = None
+        self._lock_file = StateLock(self.paths)
         self._plan: Plan | None = None
         self._fleet: MpsFleet | None = None
-        self._daemons_started: list[str] = []
         self.store = Store(self.paths.db)
         self.logs = AgentLogs(self.paths.logs)
         self.supervisor: Supervisor | None = None
         self.warnings: list[str] = []
         self._stopping = False
+        self._published = Publisher(None, self.clock.monotonic)
 
     # --- the API's surface ---------------------------------------------------------------------------
 
@@ -159,14 +171,18 @@ class Orchestrator:
             raise SupervisorError("colo is not up yet: no plan in force")
         return self._plan
 
-    def gpu_backend(self) -> GpuBackend | None:
-        return self._backend
+    def snapshot(self) -> SystemSnapshot:
+        """The system as last published (once per GPU poll, and after every action and apply): the API
+        reads this, never the GPUs. Never waits for the supervision loop. Raises SupervisorError before
+        :meth:`up`."""
+        snap = self._published.latest()
+        if snap is None:
+            raise SupervisorError("colo is not up yet: nothing published")
+        return snap
 
-    def mps_fleet(self) -> MpsFleet | None:
-        return self._fleet
-
-    def mps_enabled(self) -> bool:
-        return self._fleet is not None
+    def _publish(self) -> None:
+        """Freeze the agents, the plan and the last GPU reading into the snapshot (under the lock)."""
+        self._published.publish(self._config, self._plan, self.statuses())
 
     def statuses(self) -> list[AgentStatus]:
         """Every agent of the plan: supervised ones, then those left out (STOPPED, reason in last_error)."""
@@ -220,6 +236,7 @@ class Orchestrator:
             agent = self._agent_for_action(name)
             agent.hold = False
             agent.start("start requested")
+            self._publish()
             return self.status(name)
 
     def stop(self, name: str) -> AgentStatus:
@@ -227,6 +244,7 @@ class Orchestrator:
         with self._lock:
             agent = self._agent_for_action(name)
             agent.stop("stop requested")
+            self._publish()
             return self.status(name)
 
     def restart(self, name: str) -> AgentStatus:
@@ -235,6 +253,7 @@ class Orchestrator:
             agent = self._agent_for_action(name)
             agent.hold = False
             agent.restart("restart requested")
+            self._publish()
             return self.status(name)
 
     def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:
@@ -311,33 +330,12 @@ class Orchestrator:
 
     # --- up / run / down -----------------------------------------------------------------------------
 
-    def _acquire(self) -> None:
-        self.paths.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.paths.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            other = None
-            with contextlib.suppress(OSError, ValueError):
-                other = int(self.paths.pid_file.read_text().strip())
-            raise SupervisorError(
-                f"another colo orchestrator{f' (pid {other})' if other else ''} is running with state dir "
-                f"{self.paths.root}",
-                hint="`colo status` shows it; `colo down` stops it; or use another --state-dir",
-            ) from exc
-        self._lock_fd = fd
-
-    def _release(self) -> None:
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-            self._lock_fd = None
-
     def write_pid_file(self, pid: int | None = None) -> None:
         """Record the orchestrator's pid (``colo down`` signals it)."""
-        write_atomic(self.paths.pid_file, f"{pid or os.getpid()}\n")
+        self._lock_file.write_pid(pid)
+
+    def _release(self) -> None:
+        self._lock_file.release()
 
     def up(self) -> UpResult:
         """Plan, start the MPS daemons, re-adopt live agents from the store, launch the rest by priority.
@@ -345,14 +343,14 @@ class Orchestrator:
         Raises ConfigError, PlanError, GpuError, MpsError, SupervisorError (nothing is left running then).
         """
         with self._lock:
-            self._acquire()
+            self._lock_file.acquire()
             try:
                 return self._up()
             except BaseException:
                 if self._fleet is not None:
                     with contextlib.suppress(ColoError):
                         self._stop_daemons()
-                self._release()
+                self._lock_file.release()
                 raise
 
     def _up(self) -> UpResult:
@@ -368,35 +366,27 @@ class Orchestrator:
         started_d: list[str] = []
         adopted_d: list[str] = []
         if self.want_mps and uuids:
-            fleet = MpsFleet(
-                MpsRoot.under_state_dir(self.paths.root),
-                uuids,
-                self._mps_control,
-                # bounded so a daemon that stops answering cannot stall the supervision loop for long
-                daemon_options={"command_timeout_secs": MPS_COMMAND_TIMEOUT_SECS},
-            )
-            self._fleet = fleet
-            for uuid in uuids:
-                # No server-wide defaults: each client's own CUDA_MPS_* variables set its limits, and a
-                # server default would cap a limit raised by `colo apply` (defaults reach new servers only).
-                if fleet.daemon(uuid).start(MpsDefaults()):
-                    started_d.append(uuid)
-                else:
-                    adopted_d.append(uuid)
-            self._daemons_started = sorted(set(started_d) | set(self.store.get_meta("mps_daemons_started", [])))
-            self.store.set_meta("mps_daemons_started", self._daemons_started)
+            self._fleet = make_fleet(self.paths.root, uuids, self._mps_control)
+            started_d, adopted_d = start_fleet(self._fleet, self.store)
         elif self.want_mps:
             self.warnings.append("MPS not started: no agent is placed on a GPU with a UUID on this machine")
         self._plan = p
         self._write_config_copy(config)
+        reading = None  # without NVML there is no GPU reading: FAULT is asked of the daemons, no memory
+        if self._backend is not None:
+            root = self._fleet.root if self._fleet is not None else MpsRoot.under_state_dir(self.paths.root)
+            control = self._fleet.control if self._fleet is not None else None
+            poller = GpuPoller(self._backend, root, control, command_timeout_secs=MPS_COMMAND_TIMEOUT_SECS)
+            self._published = Publisher(poller, self.clock.monotonic)
+            reading = self._published.reading
         sup = Supervisor(
             runner=self.runner,
             probe=self.probe,
             clock=self.clock,
             store=self.store,
             logs=self.logs,
-            mps=FleetHooks(self._fleet) if self._fleet is not None else None,
-            gpu_memory=self._gpu_memory if self._backend is not None else None,
+            mps=FleetHooks(self._fleet, reading) if self._fleet is not None else None,
+            gpu_memory=self._published.tree_memory if reading is not None else None,
             fault_wait_secs=self.fault_wait_secs,
         )
         self.supervisor = sup
@@ -404,31 +394,13 @@ class Orchestrator:
             sup.event(EventKind.DAEMON, None, f"started the MPS daemon of {uuid}", uuid)
         for uuid in adopted_d:
             sup.event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
-        records = {r.status.name: r for r in self.store.agents()}
+        records = self.store.agents()
         self.write_pid_file()
         self.store.delete_meta("api_url")  # the CLI records it again once its API serves
-        started: list[str] = []
-        adopted: list[str] = []
-        roll: list[tuple[AgentSetup, str]] = []
         if not self.run_agents:
             mine = []  # agents run as pods/units: this node only keeps their daemons (started above)
-        wanted = {ap.name for ap in mine}
-        for name, old in records.items():
-            if name not in wanted:
-                self._retire_record(sup, old)
-        for ap in mine:
-            setup = self.setup_for(config, ap)
-            rec = records.get(ap.name)
-            handle = self._adoptable(rec)
-            agent = sup.add(setup, restarts=rec.status.restarts if rec else 0)
-            if handle is not None and rec is not None:
-                agent.adopt(handle)
-                adopted.append(ap.name)
-                if rec.fingerprint != setup.launch.fingerprint():
-                    roll.append((setup, "configuration changed while colo was down"))
-            else:
-                agent.start("colo up")
-                started.append(ap.name)
+        done = take_over(sup, self.runner, records, [self.setup_for(config, ap) for ap in mine])
+        started, adopted, roll = done.started, done.adopted, done.roll
         sup.roll(roll)
         for u in left_out:
             sup.event(EventKind.STOPPED, u.agent, f"left out ({u.priority}): {u.reason}")
@@ -443,6 +415,8 @@ class Orchestrator:
                 "api": {"host": config.api.host, "port": config.api.port},
             },
         )
+        self._published.poll(force=True)
+        self._publish()
         return UpResult(started, adopted, left_out, started_d, adopted_d, self._fleet is not None, self.warnings)
 
     def _record_left_out(self, left_out: Sequence[Unplaced]) -> None:
@@ -455,50 +429,17 @@ class Orchestrator:
             ],
         )
 
-    def _adoptable(self, rec: AgentRecord | None) -> ProcessHandle | None:
-        if rec is None or not rec.status.pid or rec.start_time is None:
-            return None
-        return self.runner.adopt(int(rec.status.pid), float(rec.start_time))
-
-    def _retire_record(self, sup: Supervisor, rec: AgentRecord) -> None:
-        """An agent in the store but not in the plan: stop its process if it still runs, forget it."""
-        handle = self._adoptable(rec)
-        if handle is None:
-            self.store.delete_agent(rec.status.name)
-            return
-        s = rec.status
-        launch = LaunchSpec(("?",), (), None, s.gpu, s.gpu_uuid, s.limit_bytes)
-        setup = AgentSetup(s.name, launch, HealthCheck(), RestartRules(policy="never"), s.priority)
-        agent = sup.add(setup, restarts=s.restarts)
-        agent.adopt(handle)
-        sup.retire(s.name)
-
     def _write_config_copy(self, config: ColoConfig) -> None:
         if any(a.command is None for a in config.agents.values()):
             write_atomic(self.paths.config_copy, config_yaml(config, self.config_path))
 
-    def _gpu_memory(self, pids: Sequence[int]) -> dict[int, int]:
-        import psutil
-
-        backend = self._backend
-        if backend is None:
-            return {}
-        used = {p.pid: p.used_memory_bytes for p in backend.processes() if p.used_memory_bytes is not None}
-        out: dict[int, int] = {}
-        for pid in pids:
-            family = [pid]
-            with contextlib.suppress(psutil.Error):
-                family += [c.pid for c in psutil.Process(pid).children(recursive=True)]
-            vals = [used[q] for q in family if q in used]
-            if vals:
-                out[pid] = sum(vals)
-        return out
-
     def tick(self) -> None:
-        """One supervision pass: queued CLI requests, then every agent, MPS and rolling restarts."""
+        """One supervision pass: read the GPUs (when due), every agent, MPS and rolling restarts; then publish
+        the snapshot."""
         with self._lock:
-            self._serve_requests()
+            self._published.poll()
             self._sup().tick()
+            self._publish()
 
     def run(
         self, stop: threading.Event, *, tick_secs: float = TICK_SECS, reload: threading.Event | None = None
@@ -575,38 +516,26 @@ class Orchestrator:
             finally:
                 with contextlib.suppress(ColoError):
                     self.store.delete_meta("orchestrator")
-                with contextlib.suppress(OSError):
-                    self.paths.pid_file.unlink()
-                self._release()
+                self._lock_file.remove_pid()
+                self._lock_file.release()
 
     def _stop_daemons(self) -> None:
-        fleet = self._fleet
-        if fleet is None:
+        if self._fleet is None:
             return
-        started = set(self.store.get_meta("mps_daemons_started", []))
-        errors = []
-        for daemon in fleet.daemons():
-            if daemon.gpu_uuid in started or daemon.started_by_colo:
-                try:
-                    daemon.stop()
-                    if self.supervisor is not None:
-                        self.supervisor.event(
-                            EventKind.DAEMON,
-                            None,
-                            f"stopped the MPS daemon of {daemon.gpu_uuid}",
-                            daemon.gpu_uuid,
-                        )
-                except ColoError as exc:
-                    errors.append(str(exc))
-        self.store.set_meta("mps_daemons_started", [])
-        if errors:
-            raise SupervisorError("; ".join(errors))
+        sup = self.supervisor
+
+        def stopped(uuid: str) -> None:
+            if sup is not None:
+                sup.event(EventKind.DAEMON, None, f"stopped the MPS daemon of {uuid}", uuid)
+
+        stop_fleet(self._fleet, self.store, stopped)
 
     # --- apply ---------------------------------------------------------------------------------------
 
-    def apply(self, config: ColoConfig) -> ApplyResult:
+    def apply(self, config: ColoConfig, config_path: str | Path | None = None) -> ApplyResult:
         """Plan ``config`` and move to it: start new agents, stop removed ones, restart (one at a time) only
-        those whose limit, placement, command or env changed.
+        those whose limit, placement, command or env changed. ``config_path``: the file it came from, which
+        a later reload (SIGHUP) reads again.
 
         Raises DoesNotFitError when an agent above ``low`` priority would be left out, PlanError/ConfigError
         when it cannot be planned, PlanError when it needs a GPU without a running MPS daemon — nothing is
@@ -655,45 +584,17 @@ class Orchestrator:
                     result.unchanged.append(ap.name)
             result.left_out.extend(u.agent for u in left_out)
             self._record_left_out(left_out)
+            if config_path is not None:
+                self.config_path = Path(config_path).resolve()
             self._config = config
             self._plan = p
             self.warnings.extend(warnings)
             self._write_config_copy(config)
             sup.roll(roll)
+            self._publish()
             sup.event(
                 EventKind.APPLIED,
                 None,
                 "applied: " + json.dumps(result.to_dict(), separators=(",", ":")),
             )
             return result
-
-    # --- requests queued by the CLI ------------------------------------------------------------------
-
-    def _serve_requests(self) -> None:
-        for req in self.store.pending_requests():
-            try:
-                result: Any
-                if req.action in ("start", "stop", "restart"):
-                    status = getattr(self, req.action)(req.arg or "")
-                    result = status.to_dict()
-                elif req.action == "apply":
-                    from colo.spec import load_config, load_config_text
-
-                    arg = json.loads(req.arg or "{}")
-                    if arg.get("text") is not None:
-                        cfg = load_config_text(arg["text"], arg.get("source") or "<colo apply>")
-                    else:
-                        cfg = load_config(arg["path"])
-                    result = self.apply(cfg).to_dict()
-                    if arg.get("path"):
-                        self.config_path = Path(arg["path"]).resolve()
-                elif req.action == "down":
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    result = {"stopping": True}
-                else:
-                    raise SupervisorError(f"unknown request {req.action!r}")
-                self.store.finish_request(req.id, True, result)
-            except KeyError as exc:
-                self.store.finish_request(req.id, False, {"error": f"no agent {exc.args[0]!r}", "exit_code": 2})
-            except ColoError as exc:
-                self.store.finish_request(req.id, False, {"error": str(exc), "exit_code": exc.exit_code})

@@ -28,7 +28,7 @@ from typing import Literal
 
 from colo import units
 from colo.errors import ColoError, PlanError
-from colo.gpu.mps.daemon import MpsRoot
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuSnapshot
 from colo.memory.db import ModelDB
 from colo.memory.resolve import agent_memory_for_plan, memory_rows, plan_memory

@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from colo.errors import SupervisorError
-
-#: Two start times within this many seconds are the same process (psutil's create_time is rounded).
-START_TIME_TOLERANCE_SECS = 1.0
+from colo.gpu import procs
 
 
 @dataclass(frozen=True)
@@ -114,14 +112,12 @@ def _base_env() -> dict[str, str]:
 
 
 class ProcessRunner:
-    """Real processes via ``subprocess`` (children) and ``psutil`` (adopted processes)."""
+    """Real processes via ``subprocess`` (children) and ``colo.gpu.procs`` (adopted processes)."""
 
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def spawn(self, spec: LaunchSpec, log_path: Path) -> ProcessHandle:
-        import psutil
-
         env = _base_env()
         env.update(spec.env_dict())
         try:
@@ -143,11 +139,9 @@ class ProcessRunner:
                 hint="check the agent's command (is it installed and on PATH?) and cwd",
             ) from exc
         self._children[proc.pid] = proc
-        try:
-            start = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            start = 0.0  # exited already; poll() reports how
-        return ProcessHandle(proc.pid, start)
+        start = procs.create_time(proc.pid)
+        # None: exited already; poll() reports how
+        return ProcessHandle(proc.pid, start if start is not None else 0.0)
 
     def poll(self, handle: ProcessHandle) -> ExitStatus | None:
         child = self._children.get(handle.pid)
@@ -160,15 +154,7 @@ class ProcessRunner:
         return None if self._alive(handle) else ExitStatus()
 
     def _alive(self, handle: ProcessHandle) -> bool:
-        import psutil
-
-        try:
-            proc = psutil.Process(handle.pid)
-            if abs(proc.create_time() - handle.start_time) > START_TIME_TOLERANCE_SECS:
-                return False
-            return proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+        return procs.is_alive(handle.pid, handle.start_time)
 
     def signal(self, handle: ProcessHandle, sig: int) -> None:
         if handle.pid not in self._children and not self._alive(handle):

@@ -1,12 +1,18 @@
-"""Frozen snapshots of agents and events: what the supervisor hands to the API, the CLI and the store."""
+"""Frozen snapshots of agents and events, and :class:`SystemSnapshot` (GPUs + MPS + agents + plan at one
+moment): what the supervisor hands to the API, the CLI and the store."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from colo.gpu.poller import GpuState
 from colo.supervise.state import AgentState
+
+if TYPE_CHECKING:
+    from colo.plan.types import Plan
+    from colo.spec.config import ColoConfig
 
 
 class EventKind(StrEnum):
@@ -45,7 +51,11 @@ class Event:
 
 @dataclass(frozen=True)
 class AgentStatus:
-    """One agent at one moment: state, process, placement, memory (bytes), restarts, last error."""
+    """One agent at one moment: state, process, placement, memory (bytes), restarts, last error.
+
+    ``last_error`` is colo's reason (``exit code 1``, ``not ready: ...``); ``last_error_line`` is the agent's
+    own last word, the last non-empty line of its log when its process last failed (e.g.
+    ``ModuleNotFoundError: No module named 'torch'``), cleared once it is RUNNING again."""
 
     name: str
     state: AgentState
@@ -59,6 +69,7 @@ class AgentStatus:
     memory_used_bytes: int | None = None
     memory_peak_bytes: int | None = None
     last_error: str | None = None
+    last_error_line: str | None = None  # the last line of its log when it last failed (e.g. the exception)
     since: float | None = None  # wall-clock time of the last state change
     models: tuple[str, ...] = field(default_factory=tuple)
 
@@ -67,3 +78,26 @@ class AgentStatus:
         d["state"] = self.state.value
         d["models"] = list(self.models)
         return d
+
+
+@dataclass(frozen=True)
+class SystemSnapshot:
+    """The running system at one moment, published by the supervisor once per poll (and after each action):
+    the GPUs and their MPS daemons/servers/clients (``gpu``, read once per poll by the one poller of this
+    node), every agent (placed ones, then those left out), the plan and the configuration in force.
+
+    ``taken_at``: monotonic seconds of the GPU reading. ``plan`` is None before the first plan exists.
+    """
+
+    config: ColoConfig
+    plan: Plan | None
+    agents: tuple[AgentStatus, ...]
+    gpu: GpuState
+    taken_at: float = 0.0
+
+    def agent(self, name: str) -> AgentStatus:
+        """One agent's status. Raises KeyError for an agent not in the snapshot."""
+        for s in self.agents:
+            if s.name == name:
+                return s
+        raise KeyError(name)

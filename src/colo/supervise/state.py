@@ -80,8 +80,3 @@ def check_transition(old: AgentState, new: AgentState) -> None:
     """Raise TransitionError unless ``old -> new`` is allowed."""
     if new not in ALLOWED[old]:
         raise TransitionError(f"{old.value} -> {new.value} is not an allowed agent transition")
-
-
-def is_up(state: AgentState) -> bool:
-    """Whether a process is (meant to be) alive in this state."""
-    return state in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING)

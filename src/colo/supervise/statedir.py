@@ -21,6 +21,7 @@ import yaml
 
 from colo.files import state_dir as default_state_dir
 from colo.spec.config import ColoConfig
+from colo.supervise.snapshots import AgentStatus, Event
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,8 @@ def stop_leftovers(
         uuids = store.get_meta("mps_daemons_started", [])
         if uuids:
             from colo.gpu.mps.control import MpsControl
-            from colo.gpu.mps.daemon import MpsDaemon, MpsRoot
+            from colo.gpu.mps.daemon import MpsDaemon
+            from colo.gpu.mps.root import MpsRoot
 
             root = MpsRoot.under_state_dir(paths.root)
             control = mps_control if isinstance(mps_control, MpsControl) else None
@@ -167,3 +169,53 @@ def stop_leftovers(
     with contextlib.suppress(OSError):
         paths.pid_file.unlink()
     return done
+
+
+@dataclass(frozen=True)
+class RecordedState:
+    """What the state dir's store says, for ``colo status`` when no API answers: every agent as last recorded
+    (those the plan left out too: STOPPED, reason in ``last_error``), the running orchestrator's pid and
+    facts (None when none runs), its API address, and the newest events."""
+
+    orchestrator_pid: int | None
+    orchestrator: dict[str, object] | None
+    api_url: str | None
+    agents: list[AgentStatus]
+    events: list[Event]
+
+
+def recorded_state(state_dir: Path, *, events: int = 10) -> RecordedState | None:
+    """Read the store of ``state_dir`` (None when there is none). Raises SupervisorError for a broken one."""
+    from colo.supervise.state import AgentState
+    from colo.supervise.store import Store
+
+    paths = StateDirPaths(Path(state_dir))
+    pid = running_orchestrator(paths.root)
+    store = Store.open_existing(paths.db)
+    if store is None:
+        return None
+    try:
+        agents = [r.status for r in store.agents()]
+        have = {a.name for a in agents}
+        for u in store.get_meta("left_out", []):
+            if u["agent"] not in have:
+                agents.append(
+                    AgentStatus(
+                        u["agent"],
+                        AgentState.STOPPED,
+                        None,
+                        None,
+                        None,
+                        u["limit_bytes"],
+                        0,
+                        u["priority"],
+                        0,
+                        last_error=f"left out: {u['reason']}",
+                    )
+                )
+        meta = store.get_meta("orchestrator") if pid else None
+        api_url = store.get_meta("api_url") if pid else None
+        recent = store.events(0, events)
+    finally:
+        store.close()
+    return RecordedState(pid, meta, api_url, agents, recent)

@@ -5,8 +5,6 @@ What is kept:
 * ``agents``: each agent's state, pid + process start time (for re-adoption), restarts, placement, limit,
   last error and launch fingerprint — so ``colo status`` and an orchestrator started again see the truth;
 * ``events``: started, ready, exited (code/signal), out of memory, MPS fault, restarted, fatal, ...;
-* ``requests``: commands queued by the CLI (``colo agent restart``, ``colo apply``) for the running
-  orchestrator, which answers each one in place;
 * ``meta``: small facts (orchestrator pid, config path, MPS daemons colo started).
 
 Every method is safe to call from several threads (one connection, one lock). sqlite3 errors become
@@ -45,7 +43,8 @@ CREATE TABLE IF NOT EXISTS agents (
     last_error TEXT,
     since REAL,
     models TEXT NOT NULL DEFAULT '[]',
-    fingerprint TEXT
+    fingerprint TEXT,
+    last_error_line TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,15 +54,6 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL,
     gpu TEXT
 );
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL,
-    action TEXT NOT NULL,
-    arg TEXT,
-    done INTEGER NOT NULL DEFAULT 0,
-    ok INTEGER,
-    result TEXT
-);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -72,7 +62,7 @@ CREATE TABLE IF NOT EXISTS meta (
 EVENT_COLUMNS = "seq, time, kind, agent, message, gpu"
 AGENT_COLUMNS = (
     "name, state, pid, start_time, restarts, gpu, gpu_uuid, limit_bytes, requirement_bytes, priority,"
-    " memory_used_bytes, memory_peak_bytes, last_error, since, models, fingerprint"
+    " memory_used_bytes, memory_peak_bytes, last_error, since, models, fingerprint, last_error_line"
 )
 
 
@@ -83,19 +73,6 @@ class AgentRecord:
     status: AgentStatus
     start_time: float | None = None
     fingerprint: str | None = None
-
-
-@dataclass(frozen=True)
-class Request:
-    """A command queued for the running orchestrator. ``result`` is JSON text once ``done``."""
-
-    id: int
-    time: float
-    action: str
-    arg: str | None
-    done: bool = False
-    ok: bool | None = None
-    result: str | None = None
 
 
 class Store:
@@ -110,11 +87,18 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            self._add_missing_columns()
         except (sqlite3.Error, OSError) as exc:
             raise SupervisorError(
                 f"cannot open colo's state database {self.path}: {exc}",
                 hint="check the state directory is writable (--state-dir, or state_dir in colo.yaml)",
             ) from exc
+
+    def _add_missing_columns(self) -> None:
+        """A state dir written by an older colo lacks columns added since: add them (NULL for old rows)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(agents)")}
+        if "last_error_line" not in have:
+            self._db.execute("ALTER TABLE agents ADD COLUMN last_error_line TEXT")
 
     @classmethod
     def open_existing(cls, path: Path) -> Store | None:
@@ -152,7 +136,7 @@ class Store:
         s = record.status
         with self._tx() as db:
             db.execute(
-                f"INSERT OR REPLACE INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     s.name,
                     s.state.value,
@@ -170,6 +154,7 @@ class Store:
                     s.since,
                     json.dumps(list(s.models)),
                     record.fingerprint,
+                    s.last_error_line,
                 ),
             )
 
@@ -195,6 +180,7 @@ class Store:
                 memory_used_bytes=r[10],
                 memory_peak_bytes=r[11],
                 last_error=r[12],
+                last_error_line=r[16],
                 since=r[13],
                 models=tuple(json.loads(r[14] or "[]")),
             )
@@ -225,31 +211,6 @@ class Store:
             sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq LIMIT ?"
         rows = self._query(sql, (*args, max(limit, 0)))
         return [Event(r[0], r[1], EventKind(r[2]), r[3], r[4], r[5]) for r in rows]
-
-    # requests --------------------------------------------------------------------------------------------
-    def add_request(self, time: float, action: str, arg: str | None = None) -> int:
-        """Queue a command for the running orchestrator; returns its id."""
-        with self._tx() as db:
-            cur = db.execute("INSERT INTO requests (time, action, arg) VALUES (?,?,?)", (time, action, arg))
-            return int(cur.lastrowid or 0)
-
-    def pending_requests(self) -> list[Request]:
-        rows = self._query("SELECT id, time, action, arg FROM requests WHERE done = 0 ORDER BY id")
-        return [Request(r[0], r[1], r[2], r[3]) for r in rows]
-
-    def finish_request(self, request_id: int, ok: bool, result: Any) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE requests SET done = 1, ok = ?, result = ? WHERE id = ?",
-                (1 if ok else 0, json.dumps(result, default=str), request_id),
-            )
-
-    def request(self, request_id: int) -> Request | None:
-        rows = self._query("SELECT id, time, action, arg, done, ok, result FROM requests WHERE id = ?", (request_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return Request(r[0], r[1], r[2], r[3], bool(r[4]), None if r[5] is None else bool(r[5]), r[6])
 
     # meta ------------------------------------------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:

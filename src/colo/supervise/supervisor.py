@@ -4,13 +4,8 @@ and rolls configuration changes through one agent at a time.
 Everything outside (processes, health probes, time, MPS, GPU memory) is injected, so the CPU tests drive
 the whole loop with a fake clock, :class:`~colo.supervise.runner.FakeRunner` and a fake :class:`MpsHooks`.
 
-MPS fault recovery, per GPU (other GPUs are untouched)::
-
-    detected (server FAULT, or a client died with an MPS error)
-      -> stopping: every agent on that GPU held; ``terminate_client`` then the stop signal
-      -> waiting: until the GPU's MPS server is ACTIVE again (or gone); past ``fault_wait_secs`` the GPU's
-         daemon is restarted
-      -> relaunching: the agents that were up are started again; done when all are RUNNING
+MPS fault recovery (its phases, triggers and allowed transitions) lives in :mod:`colo.supervise.recovery`;
+the supervisor feeds it what it detects: MPS status polls and agents dying with MPS errors in their logs.
 """
 
 from __future__ import annotations
@@ -19,13 +14,13 @@ import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from colo.clock import Clock
 from colo.errors import ColoError
 from colo.supervise.agent import Agent, AgentSetup
 from colo.supervise.health import Probe
 from colo.supervise.logs import AgentLogs, LogScanner, scan_text
+from colo.supervise.recovery import MpsFault, MpsHooks, Recoveries, RecoveryRecord, RecoveryTrigger
 from colo.supervise.runner import Runner
 from colo.supervise.snapshots import AgentStatus, Event, EventKind
 from colo.supervise.state import AgentState
@@ -37,59 +32,6 @@ MEMORY_POLL_SECS = 2.0
 ROTATE_CHECK_SECS = 30.0
 #: Events also written into the agent's own log as ``--- colo: ...`` lines.
 LOGGED_KINDS = frozenset({EventKind.STARTED, EventKind.RESTARTED, EventKind.ADOPTED, EventKind.EXITED})
-
-
-@dataclass(frozen=True)
-class MpsFault:
-    """A GPU whose MPS server is in FAULT (``gpu_uuid``), what said so, and the client pid if named."""
-
-    gpu_uuid: str
-    detail: str
-    client_pid: int | None = None
-
-
-class MpsHooks(Protocol):
-    """What the supervisor needs from the per-GPU MPS daemons (the orchestrator adapts ``colo.gpu.mps.daemon``)."""
-
-    def faults(self) -> list[MpsFault]:
-        """GPUs whose server reports FAULT now, plus fault lines new in the MPS logs."""
-        ...
-
-    def ready(self, gpu_uuid: str) -> bool:
-        """True when no server of this GPU's daemon is in FAULT (ACTIVE, or none running)."""
-        ...
-
-    def terminate_client(self, gpu_uuid: str, client_pid: int) -> None:
-        """Ask the GPU's MPS server to end this client (best effort; never raises)."""
-        ...
-
-    def restart_daemon(self, gpu_uuid: str) -> None:
-        """Quit and start again the GPU's MPS daemon (re-applying its defaults). Raises MpsError."""
-        ...
-
-
-@dataclass
-class Recovery:
-    """One GPU's MPS fault recovery in progress (monotonic seconds)."""
-
-    gpu_uuid: str
-    detected_at: float
-    phase: str  # stopping | waiting | relaunching
-    agents: list[str]
-    phase_at: float
-    culprit: str | None = None
-    daemon_restarted: bool = False
-
-
-@dataclass
-class RecoveryRecord:
-    """A finished recovery: how long from detection to every agent RUNNING again (seconds)."""
-
-    gpu_uuid: str
-    seconds: float
-    agents: tuple[str, ...]
-    culprit: str | None
-    daemon_restarted: bool
 
 
 @dataclass
@@ -122,11 +64,13 @@ class Supervisor:
         self.logs = logs
         self.mps = mps
         self.gpu_memory = gpu_memory
-        self.fault_wait_secs = fault_wait_secs
-        self.relaunch_timeout_secs = relaunch_timeout_secs
         self.agents: dict[str, Agent] = {}
-        self.recoveries: dict[str, Recovery] = {}
-        self.recovered: list[RecoveryRecord] = []
+        self.recoveries = Recoveries(
+            mps=mps,
+            event=self.event,
+            fault_wait_secs=fault_wait_secs,
+            relaunch_timeout_secs=relaunch_timeout_secs,
+        )
         self._retiring: set[str] = set()
         self._scanners: dict[str, LogScanner] = {}
         self._scanned_pid: dict[str, int | None] = {}
@@ -136,6 +80,11 @@ class Supervisor:
         self._next_mps_poll = 0.0
         self._next_memory_poll = 0.0
         self._next_rotate = 0.0
+
+    @property
+    def recovered(self) -> list[RecoveryRecord]:
+        """Finished MPS fault recoveries, oldest first."""
+        return self.recoveries.recovered
 
     # events ----------------------------------------------------------------------------------------------
     def event(self, kind: EventKind, agent: str | None, message: str, gpu: str | None = None) -> Event:
@@ -199,12 +148,6 @@ class Supervisor:
         for setup, reason in changes:
             self._rolling.queue.append((setup.name, setup, reason))
 
-    @property
-    def rolling_pending(self) -> list[str]:
-        """Agents still waiting for (or in) their rolling restart."""
-        names = [n for n, _, _ in self._rolling.queue]
-        return ([self._rolling.current] if self._rolling.current else []) + names
-
     def _tick_rolling(self, now: float) -> None:
         r = self._rolling
         if r.current is not None:
@@ -251,7 +194,7 @@ class Supervisor:
                 self.store.delete_agent(name)
         if not self.shutting_down:
             self._tick_mps(now)
-            self._tick_recoveries(now)
+            self.recoveries.tick(now, self.agents, self.agents_on)
             self._tick_rolling(now)
         if self.gpu_memory is not None and now >= self._next_memory_poll:
             self._next_memory_poll = now + MEMORY_POLL_SECS
@@ -303,12 +246,13 @@ class Supervisor:
             suspect = self._suspects.pop(fault.gpu_uuid, None)
             if culprit is None and suspect is not None:
                 culprit = suspect[1]
-            self._begin_recovery(fault.gpu_uuid, fault.detail, culprit, now)
+            self.recoveries.begin(fault, culprit, self.agents_on(fault.gpu_uuid), self._retiring, now)
         for uuid, (detail, culprit) in list(self._suspects.items()):
             # Clients died with MPS errors even if the server was not seen in FAULT.
-            del self._suspects[uuid]
+            del self._suspects[uuid]  # CLIENT_MPS_ERROR
             if uuid not in self.recoveries:
-                self._begin_recovery(uuid, detail, culprit, now)
+                fault = MpsFault(uuid, detail, trigger=RecoveryTrigger.CLIENT_MPS_ERROR)
+                self.recoveries.begin(fault, culprit, self.agents_on(uuid), self._retiring, now)
 
     def _agent_of_pid(self, pid: int | None) -> str | None:
         if pid is None:
@@ -319,78 +263,8 @@ class Supervisor:
         return None
 
     def agents_on(self, gpu_uuid: str) -> list[Agent]:
+        """The agents placed on this GPU."""
         return [a for a in self.agents.values() if a.setup.launch.gpu_uuid == gpu_uuid]
-
-    def _begin_recovery(self, uuid: str, detail: str, culprit: str | None, now: float) -> None:
-        on_gpu = self.agents_on(uuid)
-        was_up = [
-            a.name
-            for a in on_gpu
-            if a.state in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING, AgentState.BACKOFF)
-            and a.name not in self._retiring
-        ]
-        blame = f"; faulting client: {culprit}" if culprit else "; faulting client not named in the logs"
-        self.event(
-            EventKind.MPS_FAULT,
-            culprit,
-            f"MPS fault on {uuid}: {detail}{blame}; stopping {len(was_up)} agent(s) on that GPU",
-            uuid,
-        )
-        for a in on_gpu:
-            a.hold = True
-            if a.handle is not None and a.state in (AgentState.STARTING, AgentState.RUNNING):
-                a.stop("MPS fault recovery")  # terminate_client, then the stop signal
-        self.recoveries[uuid] = Recovery(uuid, now, "stopping", was_up, now, culprit)
-
-    def _tick_recoveries(self, now: float) -> None:
-        for uuid, rec in list(self.recoveries.items()):
-            agents = [self.agents[n] for n in rec.agents if n in self.agents]
-            if rec.phase == "stopping":
-                if all(a.handle is None for a in self.agents_on(uuid)):
-                    rec.phase, rec.phase_at = "waiting", now
-                else:
-                    continue
-            if rec.phase == "waiting":
-                ready = self.mps is None or self._safe_ready(uuid)
-                if not ready and now - rec.phase_at < self.fault_wait_secs:
-                    continue
-                if not ready and self.mps is not None:
-                    try:
-                        self.mps.restart_daemon(uuid)
-                        rec.daemon_restarted = True
-                        self.event(EventKind.DAEMON, None, f"restarted the MPS daemon of {uuid} (still FAULT)", uuid)
-                    except ColoError as exc:
-                        self.event(EventKind.DAEMON, None, f"could not restart the MPS daemon: {exc}", uuid)
-                for a in self.agents_on(uuid):
-                    a.release()
-                for a in agents:
-                    a.start("MPS fault recovery")
-                rec.phase, rec.phase_at = "relaunching", now
-                continue
-            if rec.phase == "relaunching":
-                settled = all(a.state in (AgentState.RUNNING, AgentState.FATAL, AgentState.EXITED) for a in agents)
-                if not settled and now - rec.phase_at < self.relaunch_timeout_secs:
-                    continue
-                secs = now - rec.detected_at
-                running = len([a for a in agents if a.state == AgentState.RUNNING])
-                ok = running == len(agents)
-                self.recovered.append(RecoveryRecord(uuid, secs, tuple(rec.agents), rec.culprit, rec.daemon_restarted))
-                blame = f" (faulting client: {rec.culprit})" if rec.culprit else ""
-                self.event(
-                    EventKind.RESTARTED,
-                    None,
-                    f"MPS fault recovery on {uuid} {'done' if ok else 'incomplete'} in {secs:.1f} s: "
-                    f"{running}/{len(agents)} agents RUNNING{blame}",
-                    uuid,
-                )
-                del self.recoveries[uuid]
-
-    def _safe_ready(self, uuid: str) -> bool:
-        assert self.mps is not None
-        try:
-            return self.mps.ready(uuid)
-        except ColoError:
-            return False
 
     def _poll_memory(self) -> None:
         assert self.gpu_memory is not None

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from api_fakes import NEWSROOM, TOKEN, FakeSource
+from api_fakes import NEWSROOM, TOKEN, FakeSource, newsroom_source
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -21,7 +21,7 @@ runner = CliRunner()
 @pytest.fixture
 def fake_api(monkeypatch: pytest.MonkeyPatch) -> FakeSource:
     """Make ``ApiClient.from_state_dir`` talk to an in-process app over a fake orchestrator."""
-    source = FakeSource()
+    source = newsroom_source()
     test_client = TestClient(create_app(source, token=TOKEN))
 
     def from_state_dir(state_dir: Path, url: str | None = None, settings: object = None) -> client_module.ApiClient:
@@ -34,7 +34,7 @@ def fake_api(monkeypatch: pytest.MonkeyPatch) -> FakeSource:
 def test_top_once_prints_agents_and_limits(fake_api: FakeSource) -> None:
     result = runner.invoke(app, ["top", "--once"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for s in fake_api.statuses():
+    for s in fake_api.snapshot().agents:
         assert s.name in result.output
     assert "RUNNING" in result.output
     assert "MPS off" in result.output
@@ -45,7 +45,7 @@ def test_top_json(fake_api: FakeSource) -> None:
     result = runner.invoke(app, ["top", "--once", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert {a["name"] for a in data["agents"]} == {s.name for s in fake_api.statuses()}
+    assert {a["name"] for a in data["agents"]} == {s.name for s in fake_api.snapshot().agents}
     assert data["gpu_info"]["mps_enabled"] is False
 
 

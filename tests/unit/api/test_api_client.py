@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_fakes import NEWSROOM, TOKEN, FakeSource
+from api_fakes import NEWSROOM, TOKEN, FakeSource, newsroom_source
 from fastapi.testclient import TestClient
 
 from colo.api.app import create_app
@@ -18,7 +18,7 @@ from colo.spec.config import ApiSettings
 
 @pytest.fixture
 def source() -> FakeSource:
-    return FakeSource()
+    return newsroom_source()
 
 
 def api(source: FakeSource, token: str | None = TOKEN) -> ApiClient:
@@ -29,7 +29,7 @@ def api(source: FakeSource, token: str | None = TOKEN) -> ApiClient:
 def test_reads(source: FakeSource) -> None:
     client = api(source)
     assert client.healthz()["status"] == "ok"
-    assert {a["name"] for a in client.agents()} == {s.name for s in source.statuses()}
+    assert {a["name"] for a in client.agents()} == {s.name for s in source.snapshot().agents}
     assert client.agent("critic")["name"] == "critic"
     assert [e["seq"] for e in client.events(since=2, limit=2)] == [3, 4]
     assert "agent_allocations" in client.allocation()["mps_resource_allocation"]
@@ -42,6 +42,8 @@ def test_action_and_apply(source: FakeSource) -> None:
     assert client.action("critic", "restart")["action"] == "restart"
     assert source.calls == [("restart", "critic")]
     assert client.apply(NEWSROOM.read_text())["restarted"] == ["critic"]
+    client.apply(NEWSROOM.read_text(), Path("/srv/näws room/colo.yaml"))
+    assert source.applied_paths == [None, "/srv/näws room/colo.yaml"]  # what SIGHUP reloads afterwards
     with pytest.raises(UsageError):
         client.action("critic", "explode")  # type: ignore[arg-type]
 

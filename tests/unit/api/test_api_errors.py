@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from api_fakes import TOKEN, FakeSource
+from api_fakes import TOKEN, newsroom_source
 from fastapi.testclient import TestClient
 
 from colo.api.app import create_app
@@ -14,7 +14,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def client() -> TestClient:
-    return TestClient(create_app(FakeSource(), token=TOKEN), raise_server_exceptions=False)
+    return TestClient(create_app(newsroom_source(), token=TOKEN), raise_server_exceptions=False)
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=abc", "since=-1", "follow=maybe"])
@@ -54,11 +54,13 @@ def test_head_metrics_and_healthz(client: TestClient) -> None:
 
 
 def test_crash_inside_a_route_is_error_shaped() -> None:
-    class Broken(FakeSource):
-        def statuses(self):  # type: ignore[no-untyped-def]
-            raise RuntimeError("boom")
+    source = newsroom_source()
 
-    r = TestClient(create_app(Broken(), token=TOKEN), raise_server_exceptions=False).get("/agents")
+    def broken() -> object:
+        raise RuntimeError("boom")
+
+    source.snapshot = broken  # type: ignore[method-assign]
+    r = TestClient(create_app(source, token=TOKEN), raise_server_exceptions=False).get("/agents")
     assert r.status_code == 500 and "internal error" in r.json()["error"]
 
 

@@ -26,19 +26,19 @@ agents:
 
 def test_newsroom_without_gpu(tmp_path: Path) -> None:
     source = load_read_only(NEWSROOM, use_nvml=False, mps_root=tmp_path)
-    statuses = source.statuses()
+    statuses = source.snapshot().agents
     assert len(statuses) == 9
     assert {s.state for s in statuses} == {AgentState.STOPPED}
-    assert source.status("critic").limit_bytes == source.current_plan().agent("critic").limit_bytes
+    assert source.snapshot().agent("critic").limit_bytes == source.plan.agent("critic").limit_bytes
     with pytest.raises(KeyError):
-        source.status("nobody")
+        source.snapshot().agent("nobody")
     with pytest.raises(SupervisorError, match="read-only"):
         source.restart("critic")
     with pytest.raises(KeyError):
         source.start("nobody")
     with pytest.raises(SupervisorError):
-        source.apply(source.config())
-    assert source.gpu_backend() is None and source.mps_fleet() is None and source.mps_enabled() is False
+        source.apply(source.config)
+    assert source.backend is None and source.fleet is None and source.snapshot().gpu.info["mps_enabled"] is False
     assert [e.seq for e in source.events()] == [1]
 
 
@@ -58,8 +58,8 @@ def test_auto_gpus_use_the_backend(tmp_path: Path) -> None:
     cfg.write_text(AUTO)
     backend = FakeGpuBackend([fake_gpu(0), fake_gpu(1)])
     source = load_read_only(cfg, backend=backend, mps_root=Path("/tmp/colo-none"))
-    assert [a.gpu.uuid for a in source.current_plan().placed if a.gpu] == [fake_gpu(0).uuid] * 2
-    assert source.mps_fleet() is not None and source.mps_enabled() is False  # no daemon runs there
+    assert [a.gpu.uuid for a in source.plan.placed if a.gpu] == [fake_gpu(0).uuid] * 2
+    assert source.fleet is not None and source.snapshot().gpu.info["mps_enabled"] is False  # no daemon runs there
     with pytest.raises(PlanError, match="gpus: auto"):
         load_read_only(cfg, use_nvml=False)
 
@@ -69,8 +69,8 @@ def test_memory_from_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("COLO_STATE_DIR", str(tmp_path / "state"))
     cfg = tmp_path / "colo.yaml"
     cfg.write_text(NEWSROOM.read_text().replace("policy:\n", "policy:\n  memory_source: db\n", 1))
-    from_db = load_read_only(cfg, use_nvml=False, mps_root=tmp_path).current_plan()
-    declared = load_read_only(NEWSROOM, use_nvml=False, mps_root=tmp_path).current_plan()
+    from_db = load_read_only(cfg, use_nvml=False, mps_root=tmp_path).plan
+    declared = load_read_only(NEWSROOM, use_nvml=False, mps_root=tmp_path).plan
     sources = {m.source for a in from_db.agents for m in a.models}
     assert sources - {"declared"}
     assert {a.name: a.requirement_bytes for a in from_db.agents} != {

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_fakes import NEWSROOM, TOKEN, UUID0, FakeSource, gpu_source
+from api_fakes import NEWSROOM, TOKEN, UUID0, FakeSource, gpu_source, newsroom_source
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -49,7 +49,7 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def source() -> FakeSource:
-    return FakeSource()
+    return newsroom_source()
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_allocation_is_the_seed_document(client: TestClient, source: FakeSource)
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json"
     doc = r.json()
-    assert doc == json.loads(json.dumps(allocation_document(source.current_plan())))
+    assert doc == json.loads(json.dumps(allocation_document(source.plan)))
     alloc = doc["mps_resource_allocation"]
     assert set(alloc) >= {"agent_allocations", "system_summary"}
     critic = alloc["agent_allocations"]["critic"]
@@ -93,7 +93,7 @@ def test_allocation_rendered_once_per_plan(source: FakeSource) -> None:
     assert client.get("/mps/allocation").content == first
     assert len(renders) == 1
     # A new plan (a reload made outside this API) is served once the body's TTL has passed.
-    source._plan = dataclasses.replace(source._plan, placement="spread")
+    source.plan = dataclasses.replace(source.plan, placement="spread")
     assert client.get("/mps/allocation").content == first
     clock.now += 0.5
     second = client.get("/mps/allocation").json()
@@ -112,7 +112,7 @@ def test_gpu_info_without_gpu_says_why(client: TestClient) -> None:
 
 
 def test_gpu_info_when_nvml_fails_is_not_a_500() -> None:
-    src = FakeSource(backend=FakeGpuBackend(error=GpuError("NVML: driver not loaded", hint="try nvidia-smi")))
+    src = newsroom_source(backend=FakeGpuBackend(error=GpuError("NVML: driver not loaded", hint="try nvidia-smi")))
     doc = client_for(src).get("/gpu/info").json()
     assert doc["mps_enabled"] is False
     assert "driver not loaded" in doc["error"]
@@ -134,8 +134,8 @@ def test_gpu_info_shows_daemon_clients_and_agents(short_tmp: Path) -> None:
     assert daemon["pipe_dir"] == pipe and daemon["control_pid"] is not None
     (server,) = daemon["servers"]
     assert server["status"] == "ACTIVE" and server["client_pids"] == [1000, 1001]
-    names = {a.name for a in src.statuses()}
-    pid_to_agent = {s.pid: s.name for s in src.statuses()}
+    names = {a.name for a in src.snapshot().agents}
+    pid_to_agent = {s.pid: s.name for s in src.snapshot().agents}
     assert server["clients"] == [{"pid": 1000, "agent": pid_to_agent[1000]}, {"pid": 1001, "agent": pid_to_agent[1001]}]
     procs = {p["pid"]: p for p in gpu["processes"]}
     assert procs[1000]["used_memory_bytes"] == 900 * MIB and procs[1000]["agent"] in names
@@ -155,26 +155,25 @@ def test_gpu_info_daemon_error_is_reported_per_gpu(short_tmp: Path) -> None:
 
 
 def test_gpu_info_fault_and_stopped_daemon(short_tmp: Path) -> None:
-    src, control = gpu_source(short_tmp)
+    clock = Clock()
+    src, control = gpu_source(short_tmp, clock)
     pipe = short_tmp / "mps" / UUID0 / "pipe"
     control.fault(pipe)
-    clock = Clock()
     client = client_for(src, clock=clock)
     assert client.get("/gpu/info").json()["gpus"][0]["mps"]["servers"][0]["status"] == "FAULT"
     assert "colo_mps_server_active{" in client.get("/metrics").text
     assert src.fleet is not None
     src.fleet.stop_all()
-    src.mps = False
     clock.now += 10
     doc = client.get("/gpu/info").json()
     assert doc["mps_enabled"] is False and doc["mps"]["control_process"] is False
     assert doc["gpus"][0]["mps"]["running"] is False
 
 
-def test_gpu_state_is_read_once_per_ttl(short_tmp: Path) -> None:
-    src, _ = gpu_source(short_tmp)
+def test_gpu_state_is_read_once_per_poll(short_tmp: Path) -> None:
     clock = Clock()
-    client = client_for(src, clock=clock, options=ApiOptions(gpu_ttl_secs=1.0))
+    src, _ = gpu_source(short_tmp, clock)  # the source's one poller: at most one read per second
+    client = client_for(src, clock=clock)
     assert src.backend is not None
     client.get("/gpu/info")
     calls = src.backend.calls
@@ -195,7 +194,7 @@ def test_metrics_names_and_values(short_tmp: Path) -> None:
     for fam in text_string_to_metric_families(r.text):
         for s in fam.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    critic = src.status("critic")
+    critic = src.snapshot().agent("critic")
     lab = (("agent", "critic"), ("gpu", "0"), ("uuid", critic.gpu_uuid))
     assert samples[("colo_agent_memory_used_bytes", lab)] == critic.memory_used_bytes
     assert samples[("colo_agent_memory_limit_bytes", lab)] == critic.limit_bytes
@@ -209,7 +208,7 @@ def test_metrics_names_and_values(short_tmp: Path) -> None:
     assert samples[("colo_mps_daemon_up", (("gpu", "0"), ("uuid", critic.gpu_uuid)))] == 1
     assert samples[("colo_mps_clients", (("gpu", "0"), ("uuid", critic.gpu_uuid)))] == 2
     assert samples[("colo_plan_agents", ())] == 9
-    assert samples[("colo_plan_allocated_bytes", ())] == src.current_plan().summary.allocated_bytes
+    assert samples[("colo_plan_allocated_bytes", ())] == src.plan.summary.allocated_bytes
     assert samples[("colo_gpu_scrape_ok", ())] == 1
 
 
@@ -224,12 +223,12 @@ def test_metrics_without_gpu_still_answer(client: TestClient) -> None:
 
 def test_agents_list_and_one(client: TestClient, source: FakeSource) -> None:
     agents = client.get("/agents").json()["agents"]
-    assert {a["name"] for a in agents} == {a.name for a in source.statuses()}
+    assert {a["name"] for a in agents} == {a.name for a in source.snapshot().agents}
     one = client.get("/agents/critic").json()
     assert one["state"] == "RUNNING"
-    assert one["limit_bytes"] == source.status("critic").limit_bytes
-    assert one["memory_used_bytes"] == source.status("critic").memory_used_bytes
-    assert one["restarts"] == 1 and one["pid"] == source.status("critic").pid
+    assert one["limit_bytes"] == source.snapshot().agent("critic").limit_bytes
+    assert one["memory_used_bytes"] == source.snapshot().agent("critic").memory_used_bytes
+    assert one["restarts"] == 1 and one["pid"] == source.snapshot().agent("critic").pid
 
 
 def test_unknown_agent_is_404(client: TestClient) -> None:

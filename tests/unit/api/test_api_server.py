@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_fakes import TOKEN, FakeSource
+from api_fakes import TOKEN, newsroom_source
 
 from colo.api.app import create_app
 from colo.api.server import ApiThread, bind_socket, binding_for, exposure_warning, is_loopback
@@ -65,7 +65,7 @@ def test_binding_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_api_thread_serves_http() -> None:
-    source = FakeSource()
+    source = newsroom_source()
     thread = ApiThread(create_app(source, token=TOKEN), host="127.0.0.1", port=0).start()
     try:
         base = f"http://127.0.0.1:{thread.port}"

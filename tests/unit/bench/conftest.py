@@ -6,8 +6,9 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from colo.bench.gpu_sampler import GpuActivity, GpuSample
+from colo.bench.activity import GpuActivity
 from colo.bench.results import BenchResult, InstanceResult, PointResult
+from colo.gpu.sampler import Sample
 
 MakeResult = Callable[..., BenchResult]
 
@@ -28,7 +29,7 @@ def point(mode: str, n: int, per_instance: float, *, sm_pct: float = 50.0, unit:
         for i in range(n)
     )
     samples = tuple(
-        GpuSample(
+        Sample(
             t_secs=0.2 * k,
             sm_util_pct=sm_pct,
             mem_util_pct=10.0,
@@ -37,7 +38,7 @@ def point(mode: str, n: int, per_instance: float, *, sm_pct: float = 50.0, unit:
         )
         for k in range(3)
     )
-    return PointResult(mode, n, instances, GpuActivity(0, "NVIDIA H100 80GB HBM3", samples, False), "encoder(x)")
+    return PointResult(mode, n, instances, GpuActivity(0, "NVIDIA H100 80GB HBM3", samples), "encoder(x)")
 
 
 @pytest.fixture()

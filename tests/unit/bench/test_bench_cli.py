@@ -117,7 +117,7 @@ def test_bench_agents_runs_every_agent_of_a_config(tmp_path: Path, no_gpu: None)
 
 
 def test_per_instance_mps_limits() -> None:
-    from colo.bench.runner import BenchPlan, specs_for_mode
+    from colo.bench.run import BenchPlan, specs_for_mode
     from colo.bench.spec import InstanceSpec
     from colo.cli.bench_cmd import parse_limits
     from colo.errors import UsageError

@@ -11,8 +11,9 @@ import pytest
 from colo.bench.harness import BenchError, child_env, run_point
 from colo.bench.instance import timed_loop
 from colo.bench.loads.base import RequestOutcome
-from colo.bench.runner import BenchPlan, run_bench
+from colo.bench.run import BenchPlan, run_bench
 from colo.bench.spec import InstanceSpec
+from colo.clock import FakeClock
 from colo.errors import UsageError
 
 
@@ -120,15 +121,15 @@ def test_child_env_puts_colo_on_pythonpath() -> None:
     assert parts[1] == "/elsewhere" and parts[0].endswith("src") and env["A"] == "b"
 
 
-class _StepClock:
+class _StepClock(FakeClock):
     """Advances 0.25 s per reading: a fake clock for the timed loop."""
 
     def __init__(self) -> None:
-        self.now = 100.0
+        super().__init__(100.0)
 
-    def __call__(self) -> float:
-        self.now += 0.25
-        return self.now
+    def monotonic(self) -> float:
+        self.advance(0.25)
+        return super().monotonic()
 
 
 class _Counting:
@@ -196,6 +197,7 @@ _DRIVER = """
 import sys
 from colo.bench.harness import run_point, sigterm_as_exit
 from colo.bench.spec import InstanceSpec
+from colo.clock import FakeClock
 spec = InstanceSpec("cpu", {"sleep_secs": 0.01}, duration_secs=60.0)
 with sigterm_as_exit():
     run_point([spec, spec], mode="timeslice", progress=lambda m: print(m, flush=True))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from colo.bench.gpu_sampler import GpuSampler, take_sample
+from colo.bench.activity import ActivityWatch, GpuActivity
 from colo.bench.report import load_json, plot_png, to_json, to_markdown, write_reports
 from colo.bench.results import BenchResult
+from colo.clock import FakeClock
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.nvml import ClientProcess
+from colo.gpu.sampler import nvml_read
 
 MakeResult = Callable[..., BenchResult]
 
@@ -83,32 +86,29 @@ def test_sampler_keeps_only_the_benchmarks_processes() -> None:
         ClientProcess(pid=12, gpu_index=0, gpu_uuid=gpu.uuid, used_memory_bytes=None, is_mps_client=True),
     ]
     backend = FakeGpuBackend([gpu], procs)
-    sample = take_sample(backend, 0, [11, 12], 0.5)
+    sample = nvml_read(backend, [11, 12], 0)(0.5)
     assert sample is not None and sample.sm_util_pct == 70 and sample.process_memory_bytes == {11: 1 << 30}
-    assert take_sample(backend, 3, [11], 0.0) is None
-    ticks = iter([10.0, 10.2])
-    sampler = GpuSampler(backend, 0, interval_secs=3600, clock=lambda: next(ticks))
-    sampler._stop.set()  # no background thread samples: the test drives it
-    sampler._pids = [11]
-    sampler._start = 10.0
+    assert nvml_read(backend, [11], 3)(0.0) is None
+    clock = FakeClock(10.0)
+    sampler = ActivityWatch(backend, 0, interval_secs=3600, clock=clock).sampler([11])  # the test drives it
     sampler.sample_once()
+    clock.advance(0.2)
     sampler.sample_once()
-    activity = sampler.stop()
+    activity = GpuActivity(0, "", sampler.samples().samples)
     assert [round(s.t_secs, 3) for s in activity.samples] == [0.0, 0.2]
     assert activity.sm_util_mean_pct == 70 and activity.process_memory_max_bytes() == {11: 1 << 30}
-    assert activity.per_process_util is False
 
 
 def test_sampler_thread_samples_until_stopped_and_survives_errors() -> None:
     from colo.errors import GpuError
 
     backend = FakeGpuBackend([fake_gpu(0)])
-    sampler = GpuSampler(backend, 0, interval_secs=0.01)
+    sampler = ActivityWatch(backend, 0, interval_secs=0.01)
     sampler.start([1])
     deadline = 200
-    while not sampler._samples and deadline:
+    while sampler._sampler is not None and not sampler._sampler.samples().samples and deadline:
         deadline -= 1
-        sampler._stop.wait(0.01)
+        time.sleep(0.01)
     backend.error = GpuError("driver went away")
     activity = sampler.stop()
     assert activity.samples and activity.gpu_name == "NVIDIA H100 80GB HBM3"
@@ -119,15 +119,23 @@ def test_decode_runs_state_the_bandwidth_bound() -> None:
     from colo.bench.results import InstanceResult, PointResult
 
     def inst(tokens_per_sec: float, bandwidth: float) -> InstanceResult:
-        info = {"copy_bandwidth_bytes_per_sec": bandwidth, "bytes_read_per_step": 15e9, "batch_size": 1,
-                "cuda_graphs": True}
+        info = {
+            "copy_bandwidth_bytes_per_sec": bandwidth,
+            "bytes_read_per_step": 15e9,
+            "batch_size": 1,
+            "cuda_graphs": True,
+        }
         return InstanceResult(0, "", 1, "tok", tokens_per_sec * 2, 2.0, (0.3,), info)
 
     # the lone instance measured 3 TB/s; two that started together measured less: the bound uses 3 TB/s
-    r = BenchResult("decode", "decode(shape=llama-3.1-8b)", (
-        PointResult("timeslice", 1, (inst(150.0, 1.5e12),)),
-        PointResult("merged", 2, (inst(290.0, 3.0e12),)),
-    ))
+    r = BenchResult(
+        "decode",
+        "decode(shape=llama-3.1-8b)",
+        (
+            PointResult("timeslice", 1, (inst(150.0, 1.5e12),)),
+            PointResult("merged", 2, (inst(290.0, 3.0e12),)),
+        ),
+    )
     line = bandwidth_line(r)
     assert line is not None
     assert "150.0 tok/s = 75 % of the memory-bandwidth bound (200 tok/s = copy bandwidth 3.00 TB/s" in line

@@ -19,8 +19,8 @@ from colo.cli.main import app
 from colo.errors import GpuError
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.info import gpu_info, parse_pinned_limit
-from colo.gpu.mps.daemon import MpsRoot
 from colo.gpu.mps.fake import FakeMpsControl
+from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import ClientProcess
 from colo.units import GIB, MIB
 

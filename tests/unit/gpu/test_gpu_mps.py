@@ -9,23 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from colo.clock import FakeClock
 from colo.errors import MpsError
 from colo.gpu.mps.control import SIGKILL, SIGTERM, MpsControl
-from colo.gpu.mps.daemon import (
-    MAX_PIPE_DIR_CHARS,
-    MpsDaemon,
-    MpsDefaults,
-    MpsFleet,
-    MpsPaths,
-    MpsRoot,
-    ServerStatus,
-    client_env,
-    defaults_for_agents,
-    parse_pids,
-    parse_ps,
-    parse_server_status,
-)
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, defaults_for_agents
+from colo.gpu.mps.env import client_env
 from colo.gpu.mps.fake import FakeMpsControl
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.replies import ServerStatus, parse_pids, parse_ps, parse_server_status
+from colo.gpu.mps.root import MAX_PIPE_DIR_CHARS, MpsPaths, MpsRoot
 from colo.plan.types import AgentPlan, GpuSlot, ModelMemory
 from colo.units import GIB, MIB
 
@@ -41,27 +33,8 @@ def tmp_path() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, secs: float) -> None:
-        self.t += secs
-
-
 def make_daemon(tmp_path: Path, control: FakeMpsControl, uuid: str = UUID, clock: FakeClock | None = None) -> MpsDaemon:
-    clock = clock or FakeClock()
-    return MpsDaemon(
-        MpsRoot(tmp_path / "mps").for_gpu(uuid),
-        uuid,
-        control,
-        clock=clock.now,
-        sleep=clock.sleep,
-        base_env={},
-    )
+    return MpsDaemon(MpsRoot(tmp_path / "mps").for_gpu(uuid), uuid, control, clock=clock or FakeClock(0.0), base_env={})
 
 
 def agent(name: str = "critic", limit: int = 2 * GIB, pct: int = 50, prio: int = 1) -> AgentPlan:
@@ -144,11 +117,11 @@ def test_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_new_daemon_that_never_answers_times_out_on_the_injected_clock(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     d = make_daemon(tmp_path, FakeMpsControl(start_unresponsive=True), clock=clock)
     with pytest.raises(MpsError, match="did not answer within 20 s"):
         d.start()
-    assert clock.t >= 20.0
+    assert clock.monotonic() >= 20.0
 
 
 def test_pipe_dir_cannot_be_created(tmp_path: Path) -> None:
@@ -205,7 +178,7 @@ def test_stop_quits_cleanly(tmp_path: Path) -> None:
 
 def test_stop_kills_a_daemon_that_does_not_answer_quit(tmp_path: Path) -> None:
     fake = FakeMpsControl()
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     d = make_daemon(tmp_path, fake, clock=clock)
     d.start()
     spid = fake.connect_client(d.paths.pipe_dir, 5)
@@ -221,13 +194,13 @@ def test_stop_kills_a_daemon_that_does_not_answer_quit(tmp_path: Path) -> None:
 
 def test_stop_when_quit_is_ignored_waits_then_kills(tmp_path: Path) -> None:
     fake = FakeMpsControl()
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     d = make_daemon(tmp_path, fake, clock=clock)
     d.start()
     fake.ignore_quit(d.paths.pipe_dir)
     result = d.stop(timeout_secs=4)
     assert result.quit_answered and result.killed_pids == (fake.daemons[next(iter(fake.daemons))].pid,)
-    assert clock.t >= 6.0  # waited timeout + 2 s grace before signalling
+    assert clock.monotonic() >= 6.0  # waited timeout + 2 s grace before signalling
     assert not d.is_running()
 
 
@@ -283,12 +256,12 @@ def test_status_snapshot(tmp_path: Path) -> None:
 def test_fleet_one_daemon_per_gpu_and_foreign_daemons(tmp_path: Path) -> None:
     fake = FakeMpsControl()
     fake.add_daemon(tmp_path / "nvidia-mps", tmp_path / "nvidia-log")  # started by hand, elsewhere
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     fleet = MpsFleet(
         MpsRoot(tmp_path / "mps"),
         [UUID, UUID2],
         fake,
-        {"clock": clock.now, "sleep": clock.sleep, "base_env": {}},
+        {"clock": clock, "base_env": {}},
     )
     assert fleet.start_all({UUID: MpsDefaults(active_thread_pct=40)}) == {UUID: True, UUID2: True}
     pipes = {fake.daemon_at(fleet.daemon(u).paths.pipe_dir).visible_devices for u in (UUID, UUID2)}

@@ -19,7 +19,8 @@ import pytest
 
 from colo.errors import MpsError
 from colo.gpu.mps.control import SubprocessMpsControl, scan_processes
-from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, MpsRoot
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
+from colo.gpu.mps.root import MpsRoot
 
 UUID = "GPU-aaaaaaaa-2222-3333-4444-555555555555"
 

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
 from colo import units
+from colo.clock import FakeClock
 from colo.errors import GpuError, ProfileError
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.nvml import ClientProcess
+from colo.gpu.sampler import Sample, Sampler, nvml_read
 from colo.memory.db import ModelDB
 from colo.memory.worst_case import WorstCase
 from colo.profiling.profiler import Job, Profiler, jobs_for
 from colo.profiling.protocol import ChildResult, ModelRun, ProfileRequest, decode_event, encode_event
-from colo.profiling.sampler import PeakSampler, nvml_reader
 from colo.profiling.spawn import child_env, run_child
 
 MIB = units.MIB
@@ -56,33 +58,39 @@ def test_result_event_roundtrip() -> None:
         ChildResult.from_event({"event": "result", "nonsense": 1})
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
+def _pid42(readings: list[tuple[int | None, str]]) -> Callable[[float], Sample]:
+    """A reading of pid 42 as nvml_read gives it: (bytes used or None, GPU UUID or "") per call."""
+    it = iter(readings)
 
-    def __call__(self) -> float:
-        return self.now
+    def read(t_secs: float) -> Sample:
+        used, uuid = next(it)
+        return Sample(t_secs, {42: used} if used is not None else {}, {42: uuid} if uuid else {})
+
+    return read
+
+
+def _memory(sample: Sample | None) -> int | None:
+    return sample.memory_of(42) if sample else None
 
 
 def test_sampler_keeps_the_peak_and_counts_the_rate() -> None:
-    readings = iter([(None, ""), (100, "GPU-1"), (300, "GPU-1"), (200, "GPU-1")])
-    clock = _Clock()
-    s = PeakSampler(lambda pid: next(readings), pid=42, clock=clock)
-    assert s.sample_once() is None
-    assert [s.sample_once() for _ in range(3)] == [100, 300, 200]
-    clock.now += 0.04
-    stats = s.stats()
+    clock = FakeClock(100.0)
+    s = Sampler(_pid42([(None, ""), (100, "GPU-1"), (300, "GPU-1"), (200, "GPU-1")]), clock=clock)
+    assert _memory(s.sample_once()) is None
+    assert [_memory(s.sample_once()) for _ in range(3)] == [100, 300, 200]
+    clock.advance(0.04)
+    stats = s.samples().peak(42)
     assert stats.peak_bytes == 300 and stats.samples == 4 and stats.gpu_uuid == "GPU-1"
     assert stats.rate_hz == pytest.approx(100.0)
 
 
 def test_sampler_survives_nvml_errors() -> None:
-    def boom(pid: int) -> tuple[int | None, str]:
+    def boom(t_secs: float) -> Sample:
         raise GpuError("NVML hiccup")
 
-    s = PeakSampler(boom, pid=1, clock=_Clock())
+    s = Sampler(boom, clock=FakeClock())
     assert s.sample_once() is None
-    assert s.stats().errors == 1 and s.stats().peak_bytes is None
+    assert s.samples().errors == 1 and s.samples().peak(1).peak_bytes is None
 
 
 def test_nvml_reader_sums_the_pids_rows() -> None:
@@ -93,7 +101,13 @@ def test_nvml_reader_sums_the_pids_rows() -> None:
         ClientProcess(6, 0, gpu.uuid, 999, True),
         ClientProcess(5, 0, gpu.uuid, None, True),
     ]
-    read = nvml_reader(FakeGpuBackend([gpu], rows))
+    backend = FakeGpuBackend([gpu], rows)
+
+    def read(pid: int) -> tuple[int | None, str]:
+        sample = nvml_read(backend, [pid])(0.0)
+        assert sample is not None
+        return sample.memory_of(pid), sample.process_gpu_uuid.get(pid, "")
+
     assert read(5) == (150, gpu.uuid)
     assert read(7) == (None, "")
 

@@ -101,3 +101,14 @@ class BrokenModule(torch.nn.Module):
 
     def forward(self, **kwargs: Any) -> Any:
         raise RuntimeError("shape mismatch in layer 3")
+
+
+class RaisingModule(torch.nn.Module):
+    """Raises ``RuntimeError(message)`` on every forward (a cuBLAS allocation failure, a lost context...)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def forward(self, **kwargs: Any) -> Any:
+        raise RuntimeError(self.message)

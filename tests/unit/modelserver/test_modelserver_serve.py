@@ -125,3 +125,42 @@ def test_real_process_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
             proc.wait(timeout=10)
     text = log_path.read_text()
     assert "device cpu" in text and "warm-up 4×32" in text and "stopped" in text
+
+
+def test_batching_options_are_checked() -> None:
+    base = ["--agent", "a", "--config", "c"]
+    args = serve.parse_args(base)
+    assert args.batch_wait_ms is None and args.max_queue == 64 and not args.enable_fault_route
+    assert serve.parse_args([*base, "--batch-wait-ms", "5", "--max-queue", "8"]).batch_wait_ms == 5.0
+    with pytest.raises(UsageError, match="batch-wait-ms"):
+        serve.parse_args([*base, "--batch-wait-ms", "-1"])
+    with pytest.raises(UsageError, match="max-queue"):
+        serve.parse_args([*base, "--max-queue", "0"])
+
+
+def test_import_modules_touches_no_cuda() -> None:
+    from colo.spec.config import ModelSpec
+
+    spent = serve.import_modules([(TINY, ModelSpec()), ("no/such-model", ModelSpec())])
+    assert set(spent) == {"torch", "transformers", "http", "models"}
+    assert "transformers.models.bert.modeling_bert" in sys.modules
+    assert not torch.cuda.is_initialized()
+
+
+def test_a_lost_context_exits_with_its_own_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
+
+    codes: list[int] = []
+    left = threading.Event()
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        left.set()
+
+    monkeypatch.setattr(serve.os, "_exit", fake_exit)
+    monkeypatch.setattr(serve.logging, "shutdown", lambda: None)  # keep pytest's handlers open
+    monkeypatch.setattr(serve, "CONTEXT_LOST_EXIT_GRACE_SECS", 0.0)
+    serve._exit_soon("solo", EXIT_CONTEXT_LOST)
+    assert left.wait(5) and codes == [4]

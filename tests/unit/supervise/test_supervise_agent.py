@@ -278,3 +278,20 @@ def test_rules_from_spec_and_questions() -> None:
     assert not rules.gives_up(2) and rules.gives_up(3)
     assert RestartRules(policy="always").wants_restart(succeeded=True)
     assert not RestartRules(policy="never").wants_restart(succeeded=False)
+
+
+def test_a_failed_exit_keeps_the_last_line_of_the_log_until_running(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.agent.start()
+    (tmp_path / "a.log").write_text(
+        "--- colo: started, pid 4000\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+        "ModuleNotFoundError: No module named 'torch'\n\n--- colo: pid 4000 exited: exit code 1\n"
+    )
+    rig.runner.exit(rig.pid(), code=1)
+    assert rig.step(0) == S.BACKOFF
+    status = rig.agent.status()
+    assert status.last_error == "exit code 1"
+    assert status.last_error_line == "ModuleNotFoundError: No module named 'torch'"
+    assert rig.step(1) == S.STARTING and rig.agent.status().last_error_line is not None  # still why it failed
+    assert rig.step(2) == S.RUNNING
+    assert rig.agent.status().last_error_line is None

@@ -1,6 +1,6 @@
 """The run commands end to end on CPU with real processes (no GPU, no MPS): the flows the GPU drills use.
 
-``colo up`` runs as a subprocess with two tiny HTTP agents; the test then drives ``status --json``,
+``colo up`` runs as a subprocess (with its HTTP API) and two tiny HTTP agents; the test then drives ``status --json``,
 ``agent restart``, ``apply``, SIGKILL of the orchestrator + ``up`` again (adoption), ``logs`` and ``down``.
 Also the views without a running orchestrator (CliRunner).
 """
@@ -52,6 +52,8 @@ def env() -> dict[str, str]:
 def write_config(path: Path, ports: dict[str, int], margin_b: str = "512MiB") -> Path:
     agents = {}
     for name, port in ports.items():
+        if name == "api":
+            continue
         agents[name] = {
             "models": ["m"],
             "margin": margin_b if name == "b" else "512MiB",
@@ -61,6 +63,7 @@ def write_config(path: Path, ports: dict[str, int], margin_b: str = "512MiB") ->
         }
     doc = {"version": 1, "gpus": [{"name": "X", "memory": "24GiB"}], "models": {"m": {"memory": "1GiB"}}}
     doc["agents"] = agents
+    doc["api"] = {"host": "127.0.0.1", "port": ports["api"]}  # actions reach the orchestrator over HTTP
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -83,7 +86,7 @@ def wait_for(pred: Callable[[], Any], timeout: float = 30.0) -> Any:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     (tmp_path / "agent.py").write_text(AGENT)
-    ports = {"a": free_port(), "b": free_port()}
+    ports = {"a": free_port(), "b": free_port(), "api": free_port()}
     box: dict[str, Any] = {
         "sd": tmp_path / "state",
         "cfg": write_config(tmp_path / "colo.yaml", ports),
@@ -105,7 +108,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 def start(box: dict[str, Any], cfg: Path) -> subprocess.Popen[str]:
     p = subprocess.Popen(
-        [*COLO, "up", str(cfg), "--state-dir", str(box["sd"]), "--no-api"],
+        [*COLO, "up", str(cfg), "--state-dir", str(box["sd"])],
         env=env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -169,6 +172,8 @@ def test_up_restart_apply_kill_adopt_down(world: dict[str, Any]) -> None:
     for pid in pids.values():
         assert wait_for(lambda pid=pid: not _alive(pid), timeout=10)
     assert json.loads(colo("status", "--json", "--state-dir", str(sd)).stdout)["orchestrator"] is None
+    printed = world["procs"][-1].communicate(timeout=30)[0]  # the foreground `colo up` said what became of them
+    assert "colo up: all 2 agents RUNNING" in printed, printed
 
 
 def colo_up(box: dict[str, Any]) -> bool:
@@ -201,3 +206,83 @@ def test_views_without_an_orchestrator(tmp_path: Path) -> None:
     bad.write_text("version: 1\nagents: {}\nmodels: {}\n")
     res = runner.invoke(app, ["up", str(bad), "--state-dir", sd])
     assert res.exit_code == 2
+
+
+def test_up_detached_reports_each_agents_first_outcome(world: dict[str, Any]) -> None:
+    sd, tmp = world["sd"], world["tmp"]
+    (tmp / "broken.py").write_text("import torch_that_is_not_installed\n")
+    doc = yaml.safe_load(world["cfg"].read_text())
+    doc["agents"]["b"]["command"] = [sys.executable, str(tmp / "broken.py")]
+    cfg = tmp / "broken.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+
+    up = colo("up", str(cfg), "--detach", "--state-dir", str(sd))
+    assert up.returncode == 3, up.stdout + up.stderr  # up, but not every agent RUNNING
+    assert "colo up: 1 of 2 agents RUNNING" in up.stdout
+    assert "b: crash-looping (exit code 1): ModuleNotFoundError: No module named 'torch_that_is_not_installed'" in (
+        up.stdout
+    )
+    assert "the orchestrator keeps supervising them" in up.stdout
+    b = agents(world)["b"]
+    assert b["last_error_line"] == "ModuleNotFoundError: No module named 'torch_that_is_not_installed'"
+    shown = colo("status", "--state-dir", str(sd))
+    assert shown.returncode == 0 and "No module named 'torch_that_is_not_installed'" in shown.stdout
+    log = (sd / "logs" / "orchestrator.log").read_text()
+    assert "b: crash-looping" in log  # the orchestrator's log says so too
+    assert colo("down", "--state-dir", str(sd)).returncode == 0
+
+    up = colo("up", str(world["cfg"]), "--detach", "--json", "--state-dir", str(sd))
+    assert up.returncode == 0, up.stdout + up.stderr
+    report = json.loads(up.stdout)
+    assert report["all_running"] and report["running"] == report["total"] == 2
+    assert {a["name"]: a["outcome"] for a in report["agents"]} == {"a": "running", "b": "running"}
+    assert "running in the background" in up.stderr
+
+
+def test_status_shows_the_last_error_line_as_text(tmp_path: Path) -> None:
+    from colo.supervise.snapshots import AgentStatus
+    from colo.supervise.state import AgentState
+    from colo.supervise.store import AgentRecord, Store
+
+    sd = tmp_path / "state"
+    store = Store(sd / "colo.db")
+    line = "ValueError: bad [/x] [red]gone[/red] \x1b[2J"
+    store.save_agent(
+        AgentRecord(
+            AgentStatus("b", AgentState.BACKOFF, None, None, None, 0, 0, "medium", 2, last_error="exit code 1",
+                        last_error_line=line)
+        )
+    )
+    store.close()
+    res = CliRunner().invoke(app, ["status", "--state-dir", str(sd)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "ValueError: bad [/x] [red]gone[/red] \\e[2J" in res.output and "exit code 1" in res.output
+    res = CliRunner().invoke(app, ["status", "--json", "--state-dir", str(sd)])
+    assert json.loads(res.output)["agents"][0]["last_error_line"] == line
+
+
+def test_up_checks_the_built_in_agents_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from colo.cli import run_cmd
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("torch", "transformers") else real(name, *a)
+    )
+    ran: list[Path] = []
+    monkeypatch.setattr(run_cmd, "_run_foreground", lambda cfg, path, sd, **kw: ran.append(path))
+    sized = ROOT / "examples" / "newsroom" / "colo.sized.yaml"
+    sd = str(tmp_path / "state")
+    res = CliRunner().invoke(app, ["up", str(sized), "--state-dir", sd], terminal_width=400)
+    assert res.exit_code == 2 and ran == []
+    assert "built-in model agent" in res.output and "cannot import torch or transformers" in res.output
+    assert "install -e '.[profile]' -c constraints.txt" in res.output and "--skip-needs-check" in res.output
+    res = CliRunner().invoke(app, ["up", str(sized), "--state-dir", sd, "--skip-needs-check"])
+    assert res.exit_code == 0, res.output
+    assert ran == [sized]
+    # Agents with their own command need nothing of colo's.
+    own = write_config(tmp_path / "colo.yaml", {"a": free_port(), "api": free_port()})
+    res = CliRunner().invoke(app, ["up", str(own), "--state-dir", sd])
+    assert res.exit_code == 0, res.output
+    assert ran == [sized, own]

@@ -350,10 +350,12 @@ def test_apply_leaves_out_low_priority_when_full(tmp_path: Path) -> None:
     assert spare not in w.runner.alive()
     assert orch.status("spare").state == S.STOPPED
     assert "left out" in (orch.status("spare").last_error or "")
+    orch.apply(config(agent("a"), agent("spare", priority="low")), tmp_path / "new.yaml")
+    assert orch.config_path == (tmp_path / "new.yaml").resolve()  # what SIGHUP reloads from now on
     orch.down(sleep=w.clock.advance)
 
 
-def test_start_stop_restart_by_name_and_queued_requests(tmp_path: Path) -> None:
+def test_start_stop_restart_by_name(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1)
     orch = w.orchestrator(config(agent("a")))
     orch.up()
@@ -364,13 +366,10 @@ def test_start_stop_restart_by_name_and_queued_requests(tmp_path: Path) -> None:
     orch.start("a")
     w.run(orch, 2)
     assert orch.status("a").state == S.RUNNING
-    rid = orch.store.add_request(0.0, "restart", "a")
-    bad = orch.store.add_request(0.0, "stop", "nobody")
-    w.run(orch, 0.5)
-    req = orch.store.request(rid)
-    assert req is not None and req.done and req.ok
-    req = orch.store.request(bad)
-    assert req is not None and req.done and not req.ok and "nobody" in (req.result or "")
+    pid = w.pid(orch, "a")
+    orch.restart("a")
+    w.run(orch, 2)
+    assert orch.status("a").state == S.RUNNING and w.pid(orch, "a") != pid
     with pytest.raises(KeyError):
         orch.restart("nobody")
     orch.down(sleep=w.clock.advance)
@@ -451,3 +450,36 @@ def test_down_leaves_no_process_behind_even_past_its_timeout(tmp_path: Path) -> 
     assert not w.runner.alive()
     assert w.runner.procs[pid].signals[-1] == signal.SIGKILL
     assert "SIGKILL: a" in orch.events()[-2].message or "SIGKILL: a" in orch.events()[-1].message
+
+
+def test_one_snapshot_per_poll_feeds_memory_and_the_api(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from colo.api.app import create_app
+    from colo.gpu.nvml import ClientProcess
+
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a"), agent("b")))
+    orch.up()
+    w.run(orch, 2)
+    pid = w.pid(orch, "a")
+    w.backend._processes = [ClientProcess(pid, 0, uuid(0), 700 * 1024**2, True)]
+    calls = w.backend.calls
+    w.run(orch, 3)
+    # Three seconds of ticks: three GPU readings (each gpus + processes + versions), no other NVML reader.
+    per_read = (w.backend.calls - calls) / 3
+    assert per_read == int(per_read) and per_read <= 5
+    snap = orch.snapshot()
+    assert [g["uuid"] for g in snap.gpu.info["gpus"]] == [uuid(0)]
+    assert snap.gpu.info["gpus"][0]["mps"]["running"] is True
+    assert {s.name: s.state for s in snap.agents} == {"a": S.RUNNING, "b": S.RUNNING}
+    assert snap.agent("a").memory_used_bytes == 700 * 1024**2  # from the same reading
+    client = TestClient(create_app(orch, token="t" * 32))
+    before = w.backend.calls
+    doc = client.get("/gpu/info").json()
+    assert [p["agent"] for p in doc["processes"]] == ["a"]
+    assert client.get("/agents/b").json()["state"] == "RUNNING"
+    assert w.backend.calls == before  # the API reads the snapshot, never the GPU
+    r = client.post("/agents/b/stop", headers={"Authorization": "Bearer " + "t" * 32})
+    assert r.json()["status"]["state"] == "STOPPING"  # published by the action itself
+    orch.down(sleep=w.clock.advance)

@@ -26,7 +26,7 @@ def status(name: str, state: AgentState = AgentState.RUNNING, pid: int | None = 
     return AgentStatus(name, state, pid, "local:0", "GPU-1", 1024, 512, "high", 2, models=("m1", "m2"))
 
 
-def test_store_round_trips_agents_events_requests_meta(tmp_path: Path) -> None:
+def test_store_round_trips_agents_events_meta(tmp_path: Path) -> None:
     store = Store(tmp_path / "colo.db")
     store.save_agent(AgentRecord(status("a"), 123.5, "abc"))
     store.save_agent(AgentRecord(status("b", AgentState.FATAL, None)))
@@ -42,13 +42,6 @@ def test_store_round_trips_agents_events_requests_meta(tmp_path: Path) -> None:
     assert [e.message for e in store.events(0, 2)] == ["e3", "e4"]  # newest two, oldest first
     assert [e.message for e in store.events(2, 2)] == ["e2", "e3"]
     assert store.events(0, 10)[0].kind == EventKind.STARTED
-
-    rid = store.add_request(1.0, "restart", "a")
-    assert [r.id for r in store.pending_requests()] == [rid]
-    store.finish_request(rid, True, {"state": "STARTING"})
-    req = store.request(rid)
-    assert req is not None and req.done and req.ok and req.result == '{"state": "STARTING"}'
-    assert store.pending_requests() == []
 
     store.set_meta("k", {"x": [1, 2]})
     assert store.get_meta("k") == {"x": [1, 2]} and store.get_meta("nope", 7) == 7

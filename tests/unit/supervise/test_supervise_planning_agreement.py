@@ -151,7 +151,8 @@ def test_plan_mps_env_serve_and_up_agree(
     launched, launched_bytes = from_up(path, state, backend)
     assert launched == planned
     assert from_mps_env(path, agents, backend) == planned
-    served = load_read_only(path, backend=backend).current_plan()
+    served = load_read_only(path, backend=backend).snapshot().plan
+    assert served is not None
     assert {a.name: (units.mps_limit(a.limit_bytes), a.gpu.index if a.gpu else None) for a in served.placed} == planned
     assert launched_bytes == {a.name: a.limit_bytes for a in served.placed}
 

@@ -94,7 +94,8 @@ def test_every_caller_sees_the_same_findings(newsroom_path: Path, state: Path) -
     offline = planning.plan_config(config).plan.findings
     orch = Orchestrator(config, state_dir=state, gpu_backend=backend)
     assert orch.make_plan(config)[0].findings == offline
-    assert load_read_only(newsroom_path, backend=backend).current_plan().findings == offline
+    served = load_read_only(newsroom_path, backend=backend).snapshot().plan
+    assert served is not None and served.findings == offline
     result = runner.invoke(app, ["validate", str(newsroom_path), "--json"])
     found = json.loads(result.stdout)["files"][0]["findings"]
     assert {"severity": "error", "where": "agents.memory.memory", "message": mini_message(offline)} in found

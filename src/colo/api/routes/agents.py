@@ -16,13 +16,14 @@ AgentName = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="The 
 
 
 def agent_dict(s: AgentStatus) -> dict[str, Any]:
-    """An agent status as JSON: state, pid, GPU, limit/requirement/used/peak (bytes), restarts, last error."""
+    """An agent status as JSON: state, pid, GPU, limit/requirement/used/peak (bytes), restarts, last error and
+    the last line its process printed when it failed (``last_error_line``)."""
     return s.to_dict()
 
 
 def _status(source: ApiSource, name: str) -> AgentStatus:
     try:
-        return source.status(name)
+        return source.snapshot().agent(name)
     except KeyError:
         raise HTTPException(status_code=404, detail={"error": f"no agent named {name!r}"}) from None
 
@@ -30,7 +31,7 @@ def _status(source: ApiSource, name: str) -> AgentStatus:
 @router.get("/agents", dependencies=[Depends(require_read)], summary="Every agent's status")
 def agents(request: Request) -> dict[str, Any]:
     """``{"agents": [...]}``, each as ``GET /agents/{name}`` returns it."""
-    return {"agents": [agent_dict(s) for s in ctx_of(request).source.statuses()]}
+    return {"agents": [agent_dict(s) for s in ctx_of(request).source.snapshot().agents]}
 
 
 @router.get("/agents/{name}", dependencies=[Depends(require_read)], summary="One agent's status")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
@@ -27,12 +28,17 @@ BODY_DOC = {
 }
 
 
+#: Optional request header: the path of the file the body came from, percent-encoded (``colo apply FILE``
+#: sends it), which the orchestrator reads again on SIGHUP.
+CONFIG_PATH_HEADER = "X-Colo-Config-Path"
+
+
 def _apply(request: Request, config: ColoConfig) -> dict[str, Any]:
     ctx = ctx_of(request)
     if not ctx.apply_lock.acquire(blocking=False):
         raise HTTPException(status_code=409, detail={"error": "another apply is running; try again when it ends"})
     try:
-        result = ctx.source.apply(config)
+        result = ctx.source.apply(config, unquote(request.headers.get(CONFIG_PATH_HEADER, "")) or None)
     finally:
         ctx.apply_lock.release()
         ctx.changed()

@@ -15,7 +15,8 @@ from colo.api.cache import TtlCache
 from colo.api.context import ctx_of, errors, require_read
 from colo.api.gpu_view import gpu_info_document
 from colo.api.metrics import MetricsInput, registry_for
-from colo.errors import ColoError
+from colo.api.source import ApiSource
+from colo.errors import SupervisorError
 from colo.plan.types import Plan
 
 router = APIRouter(dependencies=[Depends(require_read)], responses=errors(401))
@@ -51,8 +52,15 @@ async def mps_allocation(request: Request) -> Response:
     Equivalent: ``curl -s http://127.0.0.1:8014/mps/allocation | jq .mps_resource_allocation``.
     """
     ctx = ctx_of(request)
-    body = await cached_body(ctx.allocation_body, lambda: ctx.allocation_cache.body(ctx.source.current_plan()))
+    body = await cached_body(ctx.allocation_body, lambda: ctx.allocation_cache.body(_plan_of(ctx.source)))
     return Response(content=body, media_type="application/json")
+
+
+def _plan_of(source: ApiSource) -> Plan:
+    plan = source.snapshot().plan
+    if plan is None:
+        raise SupervisorError("colo is not up yet: no plan in force")
+    return plan
 
 
 @router.get(
@@ -65,12 +73,13 @@ async def gpu_info(request: Request) -> Response:
     """``mps_enabled`` and ``mps`` (``enabled``, ``pipe_dir``, ``control_process``) as in the seed, then per
     GPU: memory (bytes), utilisation (percent), temperature (°C), power (W), its MPS daemon (pipe dir,
     servers with pid/status/clients) and its processes joined to colo agents. Without a GPU:
-    ``mps_enabled: false`` and an ``error`` that says why. GPU readings are at most ``gpu_ttl_secs`` old.
+    ``mps_enabled: false`` and an ``error`` that says why. GPU readings are the source's last poll (about once a second).
     """
     ctx = ctx_of(request)
 
     def render() -> bytes:
-        doc = gpu_info_document(ctx.gpu_state(), ctx.source.statuses())
+        snap = ctx.source.snapshot()
+        doc = gpu_info_document(snap.gpu, snap.agents)
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
     return Response(content=await cached_body(ctx.gpu_info_body, render), media_type="application/json")
@@ -88,11 +97,7 @@ def metrics(request: Request) -> Response:
     ctx = ctx_of(request)
 
     def read() -> MetricsInput:
-        plan: Plan | None
-        try:
-            plan = ctx.source.current_plan()
-        except ColoError:
-            plan = None
-        return MetricsInput(ctx.source.statuses(), plan, ctx.gpu_state())
+        snap = ctx.source.snapshot()
+        return MetricsInput(snap.agents, snap.plan, snap.gpu)
 
     return Response(content=generate_latest(registry_for(read)), media_type=CONTENT_TYPE_LATEST)

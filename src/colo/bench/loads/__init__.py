@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,33 +12,25 @@ from colo.errors import UsageError
 __all__ = ["RequestOutcome", "Workload", "make_workload"]
 
 
+# kind -> (module, class): imported only when that kind runs (torch, transformers, httpx stay unloaded).
+KINDS = {
+    "encoder": ("colo.bench.loads.encoder", "EncoderWorkload"),
+    "decode": ("colo.bench.loads.decode", "DecodeWorkload"),
+    "hf_decode": ("colo.bench.loads.hf_decode", "HfDecodeWorkload"),
+    "cmd": ("colo.bench.loads.cmd", "CommandWorkload"),
+    "http": ("colo.bench.loads.http", "HttpWorkload"),
+    "cpu": ("colo.bench.loads.cpu", "CpuWorkload"),
+}
+
+
 def make_workload(kind: str, params: Mapping[str, Any]) -> Workload:
     """The workload ``kind`` with keyword ``params``. Raises UsageError for an unknown kind or parameter."""
+    if kind not in KINDS:
+        raise UsageError(f"unknown workload {kind!r}")
+    module, name = KINDS[kind]
+    cls = getattr(importlib.import_module(module), name)
     try:
-        if kind == "encoder":
-            from colo.bench.loads.encoder import EncoderWorkload
-
-            return EncoderWorkload(**params)
-        if kind == "decode":
-            from colo.bench.loads.decode import DecodeWorkload
-
-            return DecodeWorkload(**params)
-        if kind == "hf_decode":
-            from colo.bench.loads.hf_decode import HfDecodeWorkload
-
-            return HfDecodeWorkload(**params)
-        if kind == "cmd":
-            from colo.bench.loads.cmd import CommandWorkload
-
-            return CommandWorkload(**params)
-        if kind == "http":
-            from colo.bench.loads.http import HttpWorkload
-
-            return HttpWorkload(**params)
-        if kind == "cpu":
-            from colo.bench.loads.cpu import CpuWorkload
-
-            return CpuWorkload(**params)
+        workload: Workload = cls(**params)
     except TypeError as exc:
         raise UsageError(f"workload {kind!r}: bad parameters {dict(params)!r}: {exc}") from exc
-    raise UsageError(f"unknown workload {kind!r}")
+    return workload

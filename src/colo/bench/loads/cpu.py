@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from colo.bench.loads.base import RequestOutcome
 
 
+@dataclass
 class CpuWorkload:
     """Each request sleeps ``sleep_secs`` and sums ``work`` integers; counts ``items_per_request`` items.
 
     ``fail_in`` makes ``prepare`` raise (to test error paths).
     """
 
-    unit = "item"
+    unit: ClassVar[str] = "item"
 
-    def __init__(
-        self,
-        sleep_secs: float = 0.001,
-        work: int = 0,
-        items_per_request: float = 1.0,
-        prepare_secs: float = 0.0,
-        fail_in: str = "",
-    ) -> None:
-        self.sleep_secs = sleep_secs
-        self.work = work
-        self.items_per_request = items_per_request
-        self.prepare_secs = prepare_secs
-        self.fail_in = fail_in
+    sleep_secs: float = 0.001
+    work: int = 0
+    items_per_request: float = 1.0
+    prepare_secs: float = 0.0
+    fail_in: str = ""
 
     def prepare(self) -> dict[str, Any]:
         if self.fail_in == "prepare":

@@ -1,7 +1,6 @@
 """Generator decode: tokens/s of a Llama-style model with a static KV cache and a CUDA-graph-captured step.
 
-One request decodes ``tokens_per_request`` tokens for each of ``batch_size`` streams (graph replays back to
-back, one synchronisation at the end); throughput is counted in tokens (streams × steps). The default shape
+The request loop and settings are :class:`~colo.bench.loads.static_decode.StaticDecodeWorkload`'s. The default shape
 is Llama-3.1-8B in bf16 (16 GB of weights per instance). ``prepare`` also measures the device's copy bandwidth
 so the report can state the memory-bandwidth bound: bandwidth / bytes read per step.
 """
@@ -11,9 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from colo.bench.loads.base import RequestOutcome
 from colo.bench.loads.graphs import capture, resolve_device, torch_dtype, torch_facts
 from colo.bench.loads.llama import StaticLlamaDecoder, shape_named
+from colo.bench.loads.static_decode import StaticDecodeWorkload
 
 
 def measure_copy_bandwidth(device: str, size_bytes: int = 1 << 30, repeats: int = 5) -> float:
@@ -34,41 +33,18 @@ def measure_copy_bandwidth(device: str, size_bytes: int = 1 << 30, repeats: int 
     return 2.0 * size_bytes * repeats / elapsed
 
 
-class DecodeWorkload:
-    """Greedy decode of ``batch_size`` streams of a ``shape`` model (see :data:`llama.SHAPES`)."""
+class DecodeWorkload(StaticDecodeWorkload):
+    """Greedy decode of ``batch_size`` streams of a ``shape`` model (see :data:`llama.SHAPES`); the other
+    settings are :class:`StaticDecodeWorkload`'s."""
 
-    unit = "tok"
+    default_max_len, default_start_pos, default_dtype = 1024, 128, "bfloat16"
 
-    def __init__(
-        self,
-        shape: str = "llama-3.1-8b",
-        batch_size: int = 1,
-        tokens_per_request: int = 32,
-        max_len: int = 1024,
-        start_pos: int = 128,
-        dtype: str = "bfloat16",
-        device: str = "auto",
-        cuda_graphs: bool = True,
-        measure_bandwidth: bool = True,
-    ) -> None:
+    def __init__(self, shape: str = "llama-3.1-8b", *, measure_bandwidth: bool = True, **settings: Any) -> None:
         self.shape = shape_named(shape)
         self.shape_name = shape
-        if batch_size < 1 or tokens_per_request < 1:
-            raise ValueError("batch_size and tokens_per_request must be positive")
-        if not 0 <= start_pos < max_len - tokens_per_request:
-            raise ValueError(f"start_pos {start_pos} must leave room for {tokens_per_request} tokens in {max_len}")
-        self.batch_size = batch_size
-        self.tokens_per_request = tokens_per_request
-        self.max_len = max_len
-        self.start_pos = start_pos
-        self.dtype = dtype
-        self.device = device
-        self.cuda_graphs = cuda_graphs
+        super().__init__(**settings)
         self.measure_bandwidth = measure_bandwidth
         self.model: StaticLlamaDecoder | None = None
-        self._replay: Any = None
-        self._sync: Any = None
-        self._pos = start_pos
 
     def prepare(self) -> dict[str, Any]:
         import torch
@@ -94,10 +70,11 @@ class DecodeWorkload:
             with torch.no_grad():
                 return model.step()
 
-        self._replay = captured[0].replay if captured is not None else eager_step
-        self._sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-        self._pos = self.start_pos
-        self.request()  # one untimed request: first replays are slower
+        self._ready(
+            captured[0].replay if captured is not None else eager_step,
+            lambda: model.reset(self.start_pos),
+            torch.cuda.synchronize if device.startswith("cuda") else (lambda: None),
+        )
         dtype_bytes = torch.empty((), dtype=dtype).element_size()
         step_bytes = self.shape.bytes_read_per_step(dtype_bytes, self.batch_size, self.max_len)
         info.update(
@@ -116,17 +93,6 @@ class DecodeWorkload:
         )
         return info
 
-    def request(self) -> RequestOutcome:
-        assert self.model is not None, "prepare() first"
-        if self._pos + self.tokens_per_request >= self.max_len:
-            self.model.reset(self.start_pos)  # wrap around: the static cache has max_len positions
-            self._pos = self.start_pos
-        for _ in range(self.tokens_per_request):
-            self._replay()
-        self._sync()
-        self._pos += self.tokens_per_request
-        return RequestOutcome(float(self.batch_size * self.tokens_per_request))
-
     def close(self) -> None:
+        super().close()
         self.model = None
-        self._replay = None

@@ -9,42 +9,38 @@ seq2seq model a forward is its encoder over the input plus one decoder step.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from colo.bench.loads.base import RequestOutcome
 from colo.bench.loads.graphs import capture, resolve_device, torch_dtype, torch_facts
 
 
+@dataclass
 class EncoderWorkload:
-    """Forward passes of ``model`` (or each of ``models``) at ``batch_size`` × ``seq_len``."""
+    """Forward passes of ``model`` (or each of ``models``) at ``batch_size`` × ``seq_len``. Raises ValueError
+    without a model or with a non-positive size."""
 
-    unit = "seq"
+    unit: ClassVar[str] = "seq"
 
-    def __init__(
-        self,
-        model: str = "",
-        models: list[str] | None = None,
-        batch_size: int = 8,
-        seq_len: int = 128,
-        dtype: str = "float16",
-        device: str = "auto",
-        cuda_graphs: bool = True,
-        path: str | None = None,
-    ) -> None:
-        self.model_ids = list(models or ([model] if model else []))
+    model: str = ""
+    models: list[str] | None = None
+    batch_size: int = 8
+    seq_len: int = 128
+    dtype: str = "float16"
+    device: str = "auto"
+    cuda_graphs: bool = True
+    path: str | None = None
+    _steps: list[Any] = field(default_factory=list, init=False, repr=False)
+    _sync: Any = field(default=None, init=False, repr=False)
+    _info: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model_ids = list(self.models or ([self.model] if self.model else []))
         if not self.model_ids:
             raise ValueError("encoder workload needs a model (or models)")
-        if batch_size < 1 or seq_len < 1:
-            raise ValueError(f"batch_size {batch_size} and seq_len {seq_len} must be positive")
-        self.batch_size = batch_size
-        self.seq_len = seq_len
-        self.dtype = dtype
-        self.device = device
-        self.cuda_graphs = cuda_graphs
-        self.path = path
-        self._steps: list[Any] = []
-        self._sync: Any = None
-        self._info: dict[str, Any] = {}
+        if self.batch_size < 1 or self.seq_len < 1:
+            raise ValueError(f"batch_size {self.batch_size} and seq_len {self.seq_len} must be positive")
 
     def prepare(self) -> dict[str, Any]:
         import torch

@@ -3,49 +3,29 @@
 The model comes from :func:`colo.memory.build.build_model`; a ``transformers.StaticCache`` of ``max_len``
 positions holds the keys and values, and one forward of a single token per stream (static ``input_ids``,
 ``cache_position`` and ``position_ids`` tensors, updated in place) is captured as a CUDA graph. Where the
-model's code cannot be captured, it runs eagerly and ``cuda_graphs: false`` says so in the report.
+model's code cannot be captured, it runs eagerly and ``cuda_graphs: false`` says so in the report. The request
+loop and settings are :class:`~colo.bench.loads.static_decode.StaticDecodeWorkload`'s.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from colo.bench.loads.base import RequestOutcome
 from colo.bench.loads.graphs import capture, resolve_device, torch_dtype, torch_facts
+from colo.bench.loads.static_decode import StaticDecodeWorkload
 
 
-class HfDecodeWorkload:
-    """Greedy one-token steps of a catalog generator with ``transformers.StaticCache``."""
+class HfDecodeWorkload(StaticDecodeWorkload):
+    """Greedy one-token steps of a catalog generator with ``transformers.StaticCache`` (``path``: its local
+    weights); the other settings are :class:`StaticDecodeWorkload`'s."""
 
-    unit = "tok"
+    min_start_pos = 1  # decoding starts after position 0, as this workload always required
+    default_max_len, default_start_pos, default_dtype = 256, 16, "float16"
 
-    def __init__(
-        self,
-        model: str = "distilgpt2",
-        batch_size: int = 1,
-        tokens_per_request: int = 32,
-        max_len: int = 256,
-        start_pos: int = 16,
-        dtype: str = "float16",
-        device: str = "auto",
-        cuda_graphs: bool = True,
-        path: str | None = None,
-    ) -> None:
-        if not 0 < start_pos < max_len - tokens_per_request:
-            raise ValueError(f"start_pos {start_pos} must leave room for {tokens_per_request} tokens in {max_len}")
+    def __init__(self, model: str = "distilgpt2", *, path: str | None = None, **settings: Any) -> None:
+        super().__init__(**settings)
         self.model_id = model
-        self.batch_size = batch_size
-        self.tokens_per_request = tokens_per_request
-        self.max_len = max_len
-        self.start_pos = start_pos
-        self.dtype = dtype
-        self.device = device
-        self.cuda_graphs = cuda_graphs
         self.path = path
-        self._step: Any = None
-        self._sync: Any = None
-        self._reset: Any = None
-        self._pos = start_pos
         self._keep: list[Any] = []
 
     def prepare(self) -> dict[str, Any]:
@@ -99,12 +79,12 @@ class HfDecodeWorkload:
         if device.startswith("cuda") and self.cuda_graphs:
             captured = capture(step)
             reset()
-        self._step = captured[0].replay if captured is not None else step
-        self._reset = reset
-        self._sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         self._keep = [module, cache, tokens, cache_position, position_ids, captured]
-        self._pos = self.start_pos
-        self.request()
+        self._ready(
+            captured[0].replay if captured is not None else step,
+            reset,
+            torch.cuda.synchronize if device.startswith("cuda") else (lambda: None),
+        )
         return {
             **torch_facts(),
             "model": self.model_id,
@@ -115,16 +95,6 @@ class HfDecodeWorkload:
             "cuda_graphs": captured is not None,
         }
 
-    def request(self) -> RequestOutcome:
-        if self._pos + self.tokens_per_request >= self.max_len:
-            self._reset()
-            self._pos = self.start_pos
-        for _ in range(self.tokens_per_request):
-            self._step()
-        self._sync()
-        self._pos += self.tokens_per_request
-        return RequestOutcome(float(self.batch_size * self.tokens_per_request))
-
     def close(self) -> None:
+        super().close()
         self._keep.clear()
-        self._step = None

@@ -6,7 +6,7 @@ with :class:`colo.gpu.mps.fake.FakeMpsControl`. The real :class:`SubprocessMpsCo
 - starts a daemon: ``nvidia-cuda-mps-control -d`` with the pipe/log dirs (and ``CUDA_VISIBLE_DEVICES``) in
   its environment; its output goes to a file, never a pipe, because the forked daemon would keep a pipe open;
 - sends one command: ``echo "<cmd>" | nvidia-cuda-mps-control`` with the same environment, under a timeout;
-- finds the control and server processes of a pipe dir with psutil (the daemon's pid file, then each MPS
+- finds the control and server processes of a pipe dir with ``colo.gpu.procs`` (the daemon's pid file, then each MPS
   process's ``CUDA_MPS_PIPE_DIRECTORY``), and signals them for the last-resort kill.
 
 Raises: MpsError (exit 2) — binary missing, command timed out or failed.
@@ -14,7 +14,6 @@ Raises: MpsError (exit 2) — binary missing, command timed out or failed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal as _signal
@@ -23,11 +22,11 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
-
-import psutil
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from colo.errors import MpsError
+from colo.gpu import procs
+from colo.gpu.mps.env import pipe_dir_of
 
 CONTROL_BIN = "nvidia-cuda-mps-control"
 SERVER_BIN = "nvidia-cuda-mps-server"
@@ -92,14 +91,14 @@ def _same_dir(a: str, b: str) -> bool:
     return os.path.realpath(a.rstrip("/") or "/") == os.path.realpath(b.rstrip("/") or "/")
 
 
-def _kind_of(proc: psutil.Process, cmdline: list[str]) -> ProcessKind | None:
+def _kind_of(view: procs.ProcessView) -> ProcessKind | None:
     names = []
-    with contextlib.suppress(psutil.Error, OSError):
-        names.append(os.path.basename(proc.exe()))
+    if view.exe:
+        names.append(os.path.basename(view.exe))
+    cmdline = list(view.cmdline)
     if cmdline:
         names.append(os.path.basename(cmdline[0]))
-    with contextlib.suppress(psutil.Error):
-        names.append(proc.name())
+    names.append(view.name)
     for n in names:
         if n.startswith("nvidia-cuda-mps-server"):
             return "server"
@@ -114,41 +113,39 @@ def _kind_of(proc: psutil.Process, cmdline: list[str]) -> ProcessKind | None:
 
 
 def scan_processes(pipe_dir: Path | None = None) -> list[MpsProcess]:
-    """MPS daemons and servers visible here (psutil), filtered to ``pipe_dir`` when given."""
+    """MPS daemons and servers visible here (``colo.gpu.procs``), filtered to ``pipe_dir`` when given."""
     out: list[MpsProcess] = []
-    for proc in psutil.process_iter():
-        try:
-            name = proc.name()
-            if not name.startswith("nvidia-cuda-mps"):
-                continue
-            cmdline = proc.cmdline()
-            kind = _kind_of(proc, cmdline)
-            if kind is None:
-                continue
-            try:
-                environ = proc.environ()
-            except (psutil.AccessDenied, OSError):
-                environ = {}
-            pdir = environ.get("CUDA_MPS_PIPE_DIRECTORY") or DEFAULT_PIPE_DIR
-            if pipe_dir is not None and not _same_dir(pdir, str(pipe_dir)):
-                continue
-            try:
-                uid: int | None = proc.uids().real
-            except (psutil.Error, AttributeError):
-                uid = None
-            out.append(
-                MpsProcess(
-                    pid=proc.pid,
-                    kind=kind,
-                    pipe_dir=pdir,
-                    visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
-                    uid=uid,
-                    cmdline=tuple(cmdline),
-                )
-            )
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+    for view in procs.scan("nvidia-cuda-mps"):
+        kind = _kind_of(view)
+        if kind is None:
             continue
+        pdir = pipe_dir_of(view.environ) or DEFAULT_PIPE_DIR
+        if pipe_dir is not None and not _same_dir(pdir, str(pipe_dir)):
+            continue
+        out.append(
+            MpsProcess(
+                pid=view.pid,
+                kind=kind,
+                pipe_dir=pdir,
+                visible_devices=view.environ.get("CUDA_VISIBLE_DEVICES"),
+                uid=view.uid,
+                cmdline=view.cmdline,
+            )
+        )
     return sorted(out, key=lambda p: p.pid)
+
+
+def _run(
+    argv: list[str], *, timeout_secs: float, timeout_error: MpsError, **kw: Any
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run(argv, **kw)`` with the two ways it fails as MpsError: ``timeout_error`` past
+    ``timeout_secs``, a binary that cannot run. A non-zero exit is the caller's to judge."""
+    try:
+        return subprocess.run(argv, timeout=timeout_secs, check=False, **kw)
+    except subprocess.TimeoutExpired as exc:
+        raise timeout_error from exc
+    except OSError as exc:
+        raise MpsError(f"cannot run {argv[0]}: {exc.strerror or exc}", hint="check the binary") from exc
 
 
 class SubprocessMpsControl:
@@ -175,24 +172,19 @@ class SubprocessMpsControl:
     def send(self, command: str, *, env: Mapping[str, str], timeout_secs: float = 10.0) -> str:
         """``echo "<command>" | nvidia-cuda-mps-control``. Raises MpsError (timeout, non-zero exit)."""
         binary = self.binary()
-        pipe_dir = env.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_PIPE_DIR)
-        try:
-            done = subprocess.run(
-                [binary],
-                input=command + "\n",
-                env=dict(env),
-                capture_output=True,
-                text=True,
-                timeout=timeout_secs,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise MpsError(
+        pipe_dir = pipe_dir_of(env) or DEFAULT_PIPE_DIR
+        done = _run(
+            [binary],
+            timeout_secs=timeout_secs,
+            timeout_error=MpsError(
                 f"the MPS control daemon in {pipe_dir} did not answer {command!r} within {timeout_secs:g} s",
                 hint="it may be hung: `colo mps stop` kills it if `quit` is not answered",
-            ) from exc
-        except OSError as exc:
-            raise MpsError(f"cannot run {binary}: {exc.strerror or exc}", hint="check the binary") from exc
+            ),
+            input=command + "\n",
+            env=dict(env),
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             said = (done.stdout + done.stderr).strip().replace("\n", " ")
             raise MpsError(
@@ -200,30 +192,25 @@ class SubprocessMpsControl:
                 + (f": {said}" if said else ""),
                 hint="is a control daemon running in that pipe dir? `colo mps status` shows it",
             )
-        return done.stdout
+        return str(done.stdout)
 
     def start_daemon(self, *, env: Mapping[str, str], timeout_secs: float = 10.0) -> None:
         """``nvidia-cuda-mps-control -d``. Raises MpsError (timeout, non-zero exit, with its output)."""
         binary = self.binary()
         # A file, not a pipe: the daemon forks and would hold a pipe open until it exits.
         with tempfile.TemporaryFile(mode="w+") as out:
-            try:
-                done = subprocess.run(
-                    [binary, "-d"],
-                    env=dict(env),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout_secs,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise MpsError(
+            done = _run(
+                [binary, "-d"],
+                timeout_secs=timeout_secs,
+                timeout_error=MpsError(
                     f"`{CONTROL_BIN} -d` did not return within {timeout_secs:g} s",
                     hint="check the log dir's control.log",
-                ) from exc
-            except OSError as exc:
-                raise MpsError(f"cannot run {binary}: {exc.strerror or exc}", hint="check the binary") from exc
+                ),
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
             out.seek(0)
             said = out.read().strip().replace("\n", " ")
         if done.returncode != 0:
@@ -246,13 +233,7 @@ class SubprocessMpsControl:
             ) from exc
 
     def alive(self, pid: int) -> bool:
-        try:
-            proc = psutil.Process(pid)
-            return proc.status() != psutil.STATUS_ZOMBIE
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return False
-        except psutil.AccessDenied:
-            return True
+        return procs.is_alive(pid, denied_is_alive=True)
 
 
 SIGTERM = int(_signal.SIGTERM)

@@ -1,15 +1,13 @@
-"""CUDA MPS: one control daemon per GPU under colo's state dir, its defaults, health, queries and stop.
+"""One GPU's CUDA MPS control daemon: start or adopt it, its server defaults, health, queries and stop.
 
-Layout (``MpsRoot``)::
+Each daemon is started with ``CUDA_VISIBLE_DEVICES=<uuid>`` (its environment: :func:`colo.gpu.mps.env.daemon_env`),
+so it (and every client) sees its GPU as device 0. Defaults (``set_default_*``) only reach the NEXT server and
+are lost on ``quit``: colo applies them right after starting (before any client can connect) and again
+whenever it adopts a daemon. All talk goes through :class:`colo.gpu.mps.control.MpsControl` (the real one runs
+``nvidia-cuda-mps-control``). Time is injected (a :class:`colo.clock.Clock`) so tests never wait.
 
-    <state_dir>/mps/<GPU UUID>/pipe   CUDA_MPS_PIPE_DIRECTORY of that GPU's daemon (and of its clients)
-    <state_dir>/mps/<GPU UUID>/log    CUDA_MPS_LOG_DIRECTORY: control.log, server.log
-
-Each daemon is started with ``CUDA_VISIBLE_DEVICES=<uuid>``, so it (and every client) sees its GPU as
-device 0. Defaults (``set_default_*``) only reach the NEXT server and are lost on ``quit``: colo applies
-them right after starting (before any client can connect) and again whenever it adopts a daemon.
-All talk goes through :class:`colo.gpu.mps.control.MpsControl` (the real one runs
-``nvidia-cuda-mps-control``). Time is injected (``clock``, ``sleep``) so tests never wait.
+Where the daemons live: :mod:`colo.gpu.mps.root`; one per GPU: :mod:`colo.gpu.mps.fleet`; what the control
+program answers: :mod:`colo.gpu.mps.replies`.
 
 Raises: MpsError (exit 2) with a hint for every failure a person can act on.
 """
@@ -19,15 +17,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from colo import units
+from colo.clock import Clock, SystemClock
 from colo.errors import MpsError
 from colo.gpu.mps.control import SIGKILL, SIGTERM, MpsControl, MpsProcess, SubprocessMpsControl
+from colo.gpu.mps.env import daemon_env
 from colo.gpu.mps.replies import (
     DaemonStatus,
     MpsClientRow,
@@ -38,68 +36,9 @@ from colo.gpu.mps.replies import (
     parse_ps,
     parse_server_status,
 )
-from colo.plan.types import AgentPlan
+from colo.gpu.mps.root import MAX_PIPE_DIR_CHARS, MpsPaths
 
-__all__ = [
-    "MAX_PIPE_DIR_CHARS",
-    "DaemonStatus",
-    "MpsClientRow",
-    "MpsDaemon",
-    "MpsDefaults",
-    "MpsFleet",
-    "MpsPaths",
-    "MpsRoot",
-    "ServerInfo",
-    "ServerStatus",
-    "StopResult",
-    "client_env",
-    "defaults_for_agents",
-    "parse_pids",
-    "parse_ps",
-    "parse_server_status",
-]
-
-# A Unix socket path has at most 107 bytes and MPS creates its sockets inside the pipe dir: leave room.
-MAX_PIPE_DIR_CHARS = 88
-# Client-side variables that must not leak into a daemon's environment (its servers inherit it).
-_CLIENT_VARS = (
-    "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
-    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
-    "CUDA_MPS_CLIENT_PRIORITY",
-)
-
-
-@dataclass(frozen=True)
-class MpsPaths:
-    """The pipe dir and log dir of one GPU's daemon."""
-
-    pipe_dir: Path
-    log_dir: Path
-
-
-class MpsRoot:
-    """colo's MPS directory: one ``<uuid>/pipe`` and ``<uuid>/log`` per GPU."""
-
-    def __init__(self, base_dir: str | Path) -> None:
-        self.base_dir = Path(base_dir)
-
-    @classmethod
-    def under_state_dir(cls, state_dir: str | Path) -> MpsRoot:
-        """The root colo uses by default: ``<state_dir>/mps``."""
-        return cls(Path(state_dir) / "mps")
-
-    def for_gpu(self, uuid: str) -> MpsPaths:
-        """Paths for the GPU with this UUID (not created)."""
-        if not uuid or "/" in uuid or uuid in {".", ".."}:
-            raise MpsError(f"{uuid!r} is not a GPU UUID", hint="use the UUID `colo gpu info` prints")
-        d = self.base_dir / uuid
-        return MpsPaths(pipe_dir=d / "pipe", log_dir=d / "log")
-
-    def gpu_uuids(self) -> list[str]:
-        """UUIDs that have a directory here (daemons colo started at some time)."""
-        if not self.base_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.base_dir.iterdir() if (p / "pipe").is_dir())
+POLL_SECS = 0.1  # how often a wait (for a new daemon to answer, for processes to exit) looks again
 
 
 @dataclass(frozen=True)
@@ -123,7 +62,18 @@ class MpsDefaults:
         return out
 
 
-def defaults_for_agents(agents: Iterable[AgentPlan]) -> MpsDefaults:
+class ClientShare(Protocol):
+    """A client's share of a daemon (``colo.plan.types.AgentPlan`` is one): its pinned memory limit in bytes
+    and its active thread percentage."""
+
+    @property
+    def limit_bytes(self) -> int: ...
+
+    @property
+    def active_thread_pct(self) -> int: ...
+
+
+def defaults_for_agents(agents: Iterable[ClientShare]) -> MpsDefaults:
     """Server defaults for the agents placed on one GPU.
 
     A client's ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` / ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` can only lower the
@@ -140,18 +90,11 @@ def defaults_for_agents(agents: Iterable[AgentPlan]) -> MpsDefaults:
     )
 
 
-@dataclass
-class _Clock:
-    now: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-    poll_secs: float = 0.1
-
-
 class MpsDaemon:
     """The control daemon of one GPU (by UUID), in its own pipe dir.
 
-    ``control`` defaults to the real :class:`SubprocessMpsControl`. ``clock``/``sleep`` are injected for
-    tests. ``command_timeout_secs`` bounds every command; ``start_timeout_secs`` the wait for a new daemon
+    ``control`` defaults to the real :class:`SubprocessMpsControl`; ``clock`` to the system's (tests pass a
+    :class:`colo.clock.FakeClock`, whose ``sleep`` advances it). ``command_timeout_secs`` bounds every command; ``start_timeout_secs`` the wait for a new daemon
     to answer.
     """
 
@@ -161,8 +104,7 @@ class MpsDaemon:
         gpu_uuid: str,
         control: MpsControl | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Clock | None = None,
         command_timeout_secs: float = 10.0,
         start_timeout_secs: float = 20.0,
         base_env: Mapping[str, str] | None = None,
@@ -170,7 +112,7 @@ class MpsDaemon:
         self.paths = paths
         self.gpu_uuid = gpu_uuid
         self.control: MpsControl = control if control is not None else SubprocessMpsControl()
-        self._time = _Clock(clock, sleep)
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.command_timeout_secs = command_timeout_secs
         self.start_timeout_secs = start_timeout_secs
         self._base_env = dict(base_env) if base_env is not None else None
@@ -181,13 +123,7 @@ class MpsDaemon:
 
     def env(self) -> dict[str, str]:
         """The environment for the daemon and for commands: pipe/log dirs, pinned to this GPU."""
-        base = dict(os.environ if self._base_env is None else self._base_env)
-        for k in _CLIENT_VARS:
-            base.pop(k, None)
-        base["CUDA_MPS_PIPE_DIRECTORY"] = str(self.paths.pipe_dir)
-        base["CUDA_MPS_LOG_DIRECTORY"] = str(self.paths.log_dir)
-        base["CUDA_VISIBLE_DEVICES"] = self.gpu_uuid
-        return base
+        return daemon_env(self.paths, self.gpu_uuid, self._base_env)
 
     def prepare_dirs(self) -> None:
         """Create the pipe and log dirs (0700/0755) and check they are usable. Raises MpsError."""
@@ -266,15 +202,15 @@ class MpsDaemon:
             self._adopt(existing[0], defaults)
             return False
         self.control.start_daemon(env=self.env(), timeout_secs=max(self.command_timeout_secs, self.start_timeout_secs))
-        deadline = self._time.now() + self.start_timeout_secs
+        deadline = self.clock.monotonic() + self.start_timeout_secs
         while not self.healthy():
-            if self._time.now() >= deadline:
+            if self.clock.monotonic() >= deadline:
                 raise MpsError(
                     f"the MPS control daemon for GPU {self.gpu_uuid} did not answer within "
                     f"{self.start_timeout_secs:g} s of starting",
                     hint=f"see {self.paths.log_dir / 'control.log'}",
                 )
-            self._time.sleep(self._time.poll_secs)
+            self.clock.sleep(POLL_SECS)
         self.started_by_colo = True
         self.apply_defaults(defaults)
         return True
@@ -382,12 +318,12 @@ class MpsDaemon:
     # --- stop ----------------------------------------------------------------------------------------
 
     def _wait_gone(self, pids: Sequence[int], secs: float) -> list[int]:
-        deadline = self._time.now() + secs
+        deadline = self.clock.monotonic() + secs
         while True:
             left = [p for p in pids if self.control.alive(p)]
-            if not left or self._time.now() >= deadline:
+            if not left or self.clock.monotonic() >= deadline:
                 return left
-            self._time.sleep(self._time.poll_secs)
+            self.clock.sleep(POLL_SECS)
 
     def stop(self, timeout_secs: float = 10.0) -> StopResult:
         """``quit -t <timeout>``; wait for the daemon and its servers to exit; else SIGTERM, then SIGKILL.
@@ -443,89 +379,3 @@ class MpsDaemon:
         else:
             msg = f"the daemon did not answer quit; killed pids {killed}"
         return StopResult(was_running=True, quit_answered=answered, killed_pids=tuple(killed), message=msg)
-
-
-@dataclass
-class MpsFleet:
-    """One daemon per GPU under one root."""
-
-    root: MpsRoot
-    gpu_uuids: Sequence[str]
-    control: MpsControl | None = None
-    daemon_options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.control is None:
-            self.control = SubprocessMpsControl()
-        self._daemons = {
-            u: MpsDaemon(self.root.for_gpu(u), u, self.control, **self.daemon_options) for u in self.gpu_uuids
-        }
-
-    def daemon(self, uuid: str) -> MpsDaemon:
-        """The daemon of this GPU. Raises KeyError for a GPU not in the fleet."""
-        return self._daemons[uuid]
-
-    def daemons(self) -> list[MpsDaemon]:
-        return list(self._daemons.values())
-
-    def start_all(self, defaults_by_uuid: Mapping[str, MpsDefaults] | None = None) -> dict[str, bool]:
-        """Start (or adopt) every GPU's daemon; True where one was started. Raises MpsError (the first)."""
-        defaults_by_uuid = defaults_by_uuid or {}
-        return {u: d.start(defaults_by_uuid.get(u)) for u, d in self._daemons.items()}
-
-    def stop_all(self, timeout_secs: float = 10.0) -> dict[str, StopResult]:
-        """Stop every GPU's daemon. Raises MpsError after trying all of them, naming those that failed."""
-        results: dict[str, StopResult] = {}
-        errors: list[str] = []
-        for u, d in self._daemons.items():
-            try:
-                results[u] = d.stop(timeout_secs)
-            except MpsError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise MpsError("; ".join(errors))
-        return results
-
-    def statuses(self) -> list[DaemonStatus]:
-        return [d.status() for d in self._daemons.values()]
-
-    def foreign_daemons(self) -> list[MpsProcess]:
-        """MPS control daemons here that are not in this fleet's pipe dirs (e.g. /tmp/nvidia-mps)."""
-        assert self.control is not None
-        ours = {os.path.realpath(str(d.paths.pipe_dir)) for d in self._daemons.values()}
-        return [
-            p
-            for p in self.control.find_processes(None)
-            if p.kind == "control" and os.path.realpath(p.pipe_dir) not in ours
-        ]
-
-
-def client_env(
-    agent: AgentPlan,
-    pipe_dir: str | Path | MpsPaths,
-    *,
-    device_ordinal: int = 0,
-    gpu_uuid: str | None = None,
-    log_dir: str | Path | None = None,
-) -> dict[str, str]:
-    """The environment an agent's process needs to run as an MPS client under its plan entry.
-
-    ``CUDA_MPS_PIPE_DIRECTORY`` (its GPU's daemon), ``CUDA_MPS_LOG_DIRECTORY`` (when known: from MpsPaths or
-    ``log_dir``), ``CUDA_VISIBLE_DEVICES=<uuid>`` when ``gpu_uuid`` is given (the client then sees it as
-    device 0), ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT="<ordinal>=<N>M"`` (whole MiB, rounded up),
-    ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` and ``CUDA_MPS_CLIENT_PRIORITY``.
-    """
-    if isinstance(pipe_dir, MpsPaths):
-        log_dir = log_dir if log_dir is not None else pipe_dir.log_dir
-        pipe_dir = pipe_dir.pipe_dir
-    if agent.limit_bytes <= 0:
-        raise MpsError(f"agent {agent.name!r} has no memory limit in the plan", hint="run `colo plan` to see why")
-    env = {"CUDA_MPS_PIPE_DIRECTORY": str(pipe_dir)}
-    if log_dir is not None:
-        env["CUDA_MPS_LOG_DIRECTORY"] = str(log_dir)
-    if gpu_uuid:
-        env["CUDA_VISIBLE_DEVICES"] = gpu_uuid
-    env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = f"{device_ordinal}={units.mps_limit(agent.limit_bytes)}"
-    env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(int(agent.active_thread_pct))
-    env["CUDA_MPS_CLIENT_PRIORITY"] = str(int(agent.client_priority))
-    return env

@@ -31,6 +31,9 @@ from pathlib import Path
 
 from colo.errors import MpsError
 from colo.gpu.mps.control import CONTROL_BIN, DEFAULT_PIPE_DIR, PID_FILE, MpsProcess
+from colo.gpu.mps.env import PIPE_DIRECTORY, VISIBLE_DEVICES, log_dir_of, pipe_dir_of
+
+DEFAULT_LOG_DIR = "/var/log/nvidia-mps"
 
 
 @dataclass
@@ -126,11 +129,11 @@ class FakeMpsControl:
         self._check_binary()
         if self.fail_start is not None:
             raise MpsError(f"`{CONTROL_BIN} -d` exited with status 1: {self.fail_start}")
-        pipe = env.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_PIPE_DIR)
-        log = env.get("CUDA_MPS_LOG_DIRECTORY", "/var/log/nvidia-mps")
+        pipe = pipe_dir_of(env) or DEFAULT_PIPE_DIR
+        log = log_dir_of(env) or DEFAULT_LOG_DIR
         if self._live(pipe) is not None:
             raise MpsError(f"`{CONTROL_BIN} -d` exited with status 1: An instance of this daemon is already running")
-        d = self.add_daemon(pipe, log, env.get("CUDA_VISIBLE_DEVICES"))
+        d = self.add_daemon(pipe, log, env.get(VISIBLE_DEVICES))
         d.answers = not self.start_unresponsive
 
     def add_daemon(
@@ -154,14 +157,14 @@ class FakeMpsControl:
             "control.log",
             "Control",
             d.pid,
-            f"To connect CUDA applications to this daemon, set env CUDA_MPS_PIPE_DIRECTORY={pipe_dir}",
+            f"To connect CUDA applications to this daemon, set env {PIPE_DIRECTORY}={pipe_dir}",
         )
         self._log(d, "control.log", "Control", d.pid, "CUDA MPS Control binary version: 13000")
         return d
 
     def send(self, command: str, *, env: Mapping[str, str], timeout_secs: float = 10.0) -> str:
         self._check_binary()
-        pipe = env.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_PIPE_DIR)
+        pipe = pipe_dir_of(env) or DEFAULT_PIPE_DIR
         self.sent.append((pipe, command))
         d = self._live(pipe)
         if d is None:
@@ -402,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    pipe_dir = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", DEFAULT_PIPE_DIR)
-    log_dir = os.environ.get("CUDA_MPS_LOG_DIRECTORY", "/var/log/nvidia-mps")
+    pipe_dir = pipe_dir_of(os.environ) or DEFAULT_PIPE_DIR
+    log_dir = log_dir_of(os.environ) or DEFAULT_LOG_DIR
     if "-d" in args:
         pid_file = Path(pipe_dir) / PID_FILE
         if pid_file.exists():

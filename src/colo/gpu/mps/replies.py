@@ -8,7 +8,7 @@ pid per line; ``get_server_status <pid>`` prints INITIALIZING, ACTIVE or FAULT; 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
@@ -109,17 +109,10 @@ class DaemonStatus:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "gpu_uuid": self.gpu_uuid,
-            "pipe_dir": self.pipe_dir,
-            "log_dir": self.log_dir,
-            "control_pid": self.control_pid,
-            "running": self.running,
-            "healthy": self.healthy,
-            "default_active_thread_pct": self.default_active_thread_pct,
-            "servers": [s.to_dict() for s in self.servers],
-            "error": self.error,
-        }
+        """Every field by its name, the servers as their dicts."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["servers"] = [s.to_dict() for s in self.servers]
+        return out
 
 
 @dataclass(frozen=True)

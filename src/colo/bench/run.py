@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from colo.bench.gpu_sampler import GpuSampler
+from colo.bench.activity import ActivityWatch
 from colo.bench.harness import InstanceGroup, Progress, run_point
 from colo.bench.mps import MpsClientLimits, check_modes, colocation_env
 from colo.bench.results import BenchResult, PointResult
@@ -132,8 +132,8 @@ def run_bench(
         raise UsageError("--mode mps needs an NVIDIA GPU (NVML found none)", hint="use --mode timeslice")
     points: list[PointResult] = []
 
-    def sampler() -> GpuSampler | None:
-        return GpuSampler(backend, plan.gpu_index, interval_secs=plan.sample_interval_secs) if backend else None
+    def sampler() -> ActivityWatch | None:
+        return ActivityWatch(backend, plan.gpu_index, interval_secs=plan.sample_interval_secs) if backend else None
 
     def record(point: PointResult) -> None:
         points.append(point)
@@ -141,9 +141,7 @@ def run_bench(
             on_point(point)
 
     for mode in plan.modes:
-        specs = list(plan.fixed) if plan.fixed else plan.instances(max(plan.levels()))
-        if mode == "mps":
-            specs = [replace(s, env={**plan.limits[i % len(plan.limits)].env(), **s.env}) for i, s in enumerate(specs)]
+        specs = specs_for_mode(plan, mode)
         levels = [len(specs)] if plan.fixed else plan.levels()
         with (
             colocation_env(mode, uuid) as extra_env,

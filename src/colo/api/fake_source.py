@@ -1,0 +1,116 @@
+"""The fake :class:`~colo.api.source.ApiSource` shipped beside the real ones, for tests on CPU.
+
+An in-memory orchestrator: a configuration, a plan and agent statuses given up front, events, and a GPU side
+read through the real :class:`~colo.gpu.poller.GpuPoller` over whatever backend and MPS fleet the test
+gives (``colo.gpu.fake_nvml``, ``colo.gpu.mps.fake``), at most once per ``poll_secs`` like ``colo serve``.
+It records actions and applies, and can be told to fail or to block an apply.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from colo.api.source import PolledGpu
+from colo.errors import ColoError
+from colo.files import state_dir
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.root import MpsRoot
+from colo.gpu.nvml import GpuBackend
+from colo.gpu.poller import GpuPoller
+from colo.plan import Plan, inventory_slots, plan
+from colo.spec import ColoConfig
+from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
+
+
+@dataclass
+class FakeApplyResult:
+    """What the fake says an apply did."""
+
+    restarted: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+
+
+class FakeSource:
+    """An :class:`~colo.api.source.ApiSource` held in memory. Public attributes are the test's handles:
+    ``config``, ``plan``, ``statuses`` (by name), ``backend``, ``fleet``, ``calls`` (actions seen),
+    ``applied`` (configs applied), ``apply_result`` (what every apply answers), ``action_error``/``apply_error`` (raised when set), ``apply_entered`` and
+    ``apply_release`` (to hold an apply open)."""
+
+    def __init__(
+        self,
+        config: ColoConfig,
+        current: Plan,
+        statuses: Sequence[AgentStatus] = (),
+        *,
+        events: Sequence[Event] = (),
+        backend: GpuBackend | None = None,
+        fleet: MpsFleet | None = None,
+        poll_secs: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.plan = current
+        self.statuses = {s.name: s for s in statuses}
+        self._events = list(events)
+        self.backend = backend
+        self.fleet = fleet
+        poller = None
+        if backend is not None:
+            if fleet is not None:
+                poller = GpuPoller(backend, fleet.root, fleet.control)
+            else:
+                poller = GpuPoller(backend, MpsRoot.under_state_dir(state_dir(config.state_dir)))
+        self._gpu = PolledGpu(poller, poll_secs=poll_secs, clock=clock)
+        self.calls: list[tuple[str, str]] = []
+        self.action_error: ColoError | None = None
+        self.apply_error: ColoError | None = None
+        self.applied: list[ColoConfig] = []
+        self.applied_paths: list[str | None] = []
+        self.apply_result = FakeApplyResult()
+        self.apply_entered = threading.Event()
+        self.apply_release: threading.Event | None = None
+
+    def snapshot(self) -> SystemSnapshot:
+        gpu, taken_at = self._gpu.get()
+        return SystemSnapshot(self.config, self.plan, tuple(self.statuses.values()), gpu, taken_at)
+
+    def _act(self, verb: str, name: str) -> None:
+        self.statuses[name]  # KeyError for an unknown agent, like the orchestrator
+        if self.action_error:
+            raise self.action_error
+        self.calls.append((verb, name))
+
+    def start(self, name: str) -> None:
+        self._act("start", name)
+
+    def stop(self, name: str) -> None:
+        self._act("stop", name)
+
+    def restart(self, name: str) -> None:
+        self._act("restart", name)
+
+    def apply(self, config: ColoConfig, config_path: str | None = None) -> FakeApplyResult:
+        """Plan ``config`` on its inventory and take it (or raise ``apply_error``)."""
+        self.apply_entered.set()
+        if self.apply_release is not None:
+            self.apply_release.wait(5)
+        if self.apply_error:
+            raise self.apply_error
+        self.applied.append(config)
+        self.applied_paths.append(config_path)
+        self.config = config
+        self.plan = plan(config, inventory_slots(config))
+        return self.apply_result
+
+    def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:
+        return [e for e in self._events if e.seq > since_seq][:limit]
+
+    def add_event(self, message: str, *, time_secs: float = 1_700_000_100.0) -> None:
+        """Append a ``restarted`` event of agent ``scout``."""
+        self._events.append(Event(len(self._events) + 1, time_secs, EventKind.RESTARTED, "scout", message))

@@ -1,0 +1,72 @@
+"""One MPS control daemon per GPU under one :class:`~colo.gpu.mps.root.MpsRoot`: start, stop, status together.
+
+Raises: MpsError (exit 2), naming the GPUs whose daemon failed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from colo.errors import MpsError
+from colo.gpu.mps.control import MpsControl, MpsProcess, SubprocessMpsControl
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
+from colo.gpu.mps.replies import DaemonStatus, StopResult
+from colo.gpu.mps.root import MpsRoot
+
+
+@dataclass
+class MpsFleet:
+    """One daemon per GPU under one root."""
+
+    root: MpsRoot
+    gpu_uuids: Sequence[str]
+    control: MpsControl | None = None
+    daemon_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.control is None:
+            self.control = SubprocessMpsControl()
+        self._daemons = {
+            u: MpsDaemon(self.root.for_gpu(u), u, self.control, **self.daemon_options) for u in self.gpu_uuids
+        }
+
+    def daemon(self, uuid: str) -> MpsDaemon:
+        """The daemon of this GPU. Raises KeyError for a GPU not in the fleet."""
+        return self._daemons[uuid]
+
+    def daemons(self) -> list[MpsDaemon]:
+        return list(self._daemons.values())
+
+    def start_all(self, defaults_by_uuid: Mapping[str, MpsDefaults] | None = None) -> dict[str, bool]:
+        """Start (or adopt) every GPU's daemon; True where one was started. Raises MpsError (the first)."""
+        defaults_by_uuid = defaults_by_uuid or {}
+        return {u: d.start(defaults_by_uuid.get(u)) for u, d in self._daemons.items()}
+
+    def stop_all(self, timeout_secs: float = 10.0) -> dict[str, StopResult]:
+        """Stop every GPU's daemon. Raises MpsError after trying all of them, naming those that failed."""
+        results: dict[str, StopResult] = {}
+        errors: list[str] = []
+        for u, d in self._daemons.items():
+            try:
+                results[u] = d.stop(timeout_secs)
+            except MpsError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise MpsError("; ".join(errors))
+        return results
+
+    def statuses(self) -> list[DaemonStatus]:
+        return [d.status() for d in self._daemons.values()]
+
+    def foreign_daemons(self) -> list[MpsProcess]:
+        """MPS control daemons here that are not in this fleet's pipe dirs (e.g. /tmp/nvidia-mps)."""
+        assert self.control is not None
+        ours = {os.path.realpath(str(d.paths.pipe_dir)) for d in self._daemons.values()}
+        return [
+            p
+            for p in self.control.find_processes(None)
+            if p.kind == "control" and os.path.realpath(p.pipe_dir) not in ours
+        ]

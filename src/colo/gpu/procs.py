@@ -1,0 +1,122 @@
+"""Process inspection: the one door to psutil.
+
+Every question colo asks the process table goes through here: is this pid (still the same process) alive,
+when did it start, its children and parents, its environment, its name and command line, its resident memory,
+and which processes look like MPS programs. psutil's errors never leave this module: a process that is gone,
+a zombie or one we may not read answers with a plain value (``None``, ``False``, ``()``), as documented on
+each function, so callers treat "cannot see it" as data.
+
+CLI equivalents: ``ps -o pid,lstart,stat,args -p PID``, ``pgrep -P PID``, ``cat /proc/PID/environ``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psutil
+
+#: Two start times closer than this (seconds) are the same process (psutil rounds create_time).
+START_TIME_TOLERANCE_SECS = 1.0
+
+
+def create_time(pid: int) -> float | None:
+    """The process's start time (epoch seconds), or None when it is gone or not visible."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
+        return None
+
+
+def is_alive(pid: int, start_time: float | None = None, *, denied_is_alive: bool = False) -> bool:
+    """True when ``pid`` runs and is not a zombie (and, given ``start_time``, is the process that started then:
+    a reused pid is not alive). A process we may not inspect counts as alive only when ``denied_is_alive``."""
+    try:
+        proc = psutil.Process(pid)
+        if start_time is not None and abs(proc.create_time() - start_time) > START_TIME_TOLERANCE_SECS:
+            return False
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.AccessDenied:
+        return denied_is_alive
+    except (psutil.Error, OSError):
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every child of ``pid``, recursively; empty when it is gone or not visible."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except (psutil.Error, OSError):
+        return []
+
+
+def ancestors(pid: int) -> list[int] | None:
+    """Pids of ``pid``'s parents, nearest first; None when it is gone or not visible."""
+    try:
+        return [p.pid for p in psutil.Process(pid).parents()]
+    except (psutil.Error, OSError):
+        return None
+
+
+def environ(pid: int) -> dict[str, str] | None:
+    """The environment ``pid`` was started with; None when unreadable (other user, other PID namespace)."""
+    try:
+        return dict(psutil.Process(pid).environ())
+    except (psutil.Error, OSError):
+        return None
+
+
+def identity(pid: int) -> tuple[str, tuple[str, ...]]:
+    """``(name, cmdline)`` of ``pid``; ``("", ())`` when it is gone or not visible."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            return proc.name(), tuple(proc.cmdline())
+    except (psutil.Error, OSError):
+        return "", ()
+
+
+def rss_bytes(pid: int | None = None) -> int | None:
+    """Resident memory of ``pid`` (this process when None) in bytes; None when unreadable."""
+    try:
+        proc = psutil.Process(pid) if pid is not None else psutil.Process()
+        return int(proc.memory_info().rss)
+    except (psutil.Error, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class ProcessView:
+    """What one scan saw of a process: names (``exe`` and ``cmdline`` empty when unreadable), its environment
+    (empty when unreadable) and real uid (None when unreadable)."""
+
+    pid: int
+    name: str
+    exe: str
+    cmdline: tuple[str, ...]
+    environ: dict[str, str]
+    uid: int | None
+
+
+def scan(name_prefix: str) -> Iterator[ProcessView]:
+    """Every visible process whose (kernel, 15-character) name starts with ``name_prefix``. Processes that end
+    while being read are skipped."""
+    for proc in psutil.process_iter():
+        try:
+            name = proc.name()
+            if not name.startswith(name_prefix):
+                continue
+            cmdline = tuple(proc.cmdline())
+            exe = ""
+            with contextlib.suppress(psutil.Error, OSError):
+                exe = proc.exe()
+            env: dict[str, str] = {}
+            with contextlib.suppress(psutil.AccessDenied, OSError):
+                env = dict(proc.environ())
+            uid: int | None = None
+            with contextlib.suppress(psutil.Error, AttributeError):
+                uid = proc.uids().real
+            yield ProcessView(proc.pid, name, exe, cmdline, env, uid)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue

@@ -1,0 +1,65 @@
+"""The built-in agent's Prometheus metrics (``GET /metrics``): queue depth, batch sizes, latency, errors.
+
+One registry per :class:`AgentMetrics` (not the process-global one), so several runtimes in one process
+(tests) never collide. Names, all prefixed ``colo_agent_``:
+
+- ``queue_depth`` (gauge): requests waiting for the device worker;
+- ``batch_rows`` (histogram): rows (sequences) per batch run on the device;
+- ``batch_requests`` (histogram): requests merged into one batch;
+- ``request_latency_seconds`` (histogram): received to answered, for answered requests;
+- ``forward_seconds`` (histogram): device time per batch;
+- ``requests_total`` (counter): answered requests; ``rows_total``: their rows;
+- ``errors_total{kind}`` (counter): bad_request (422), queue_full (503), not_ready (503),
+  alloc_failed (507), context_lost (503), other (500).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+ERROR_KINDS = ("bad_request", "queue_full", "not_ready", "alloc_failed", "context_lost", "other")
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class AgentMetrics:
+    """The agent's metrics in their own registry; :meth:`render` is the ``/metrics`` body."""
+
+    def __init__(self, agent: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["agent"]
+        self.queue_depth = Gauge(
+            "colo_agent_queue_depth", "Requests waiting for the device worker.", labels, registry=self.registry
+        ).labels(agent)
+        self.batch_rows = Histogram(
+            "colo_agent_batch_rows", "Rows per batch run on the device.", labels,
+            buckets=_ROW_BUCKETS, registry=self.registry,
+        ).labels(agent)
+        self.batch_requests = Histogram(
+            "colo_agent_batch_requests", "Requests merged into one device batch.", labels,
+            buckets=_ROW_BUCKETS, registry=self.registry,
+        ).labels(agent)
+        self.latency = Histogram(
+            "colo_agent_request_latency_seconds", "Request received to answered.", labels,
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        ).labels(agent)
+        self.forward = Histogram(
+            "colo_agent_forward_seconds", "Device time per batch.", labels,
+            buckets=_LATENCY_BUCKETS, registry=self.registry,
+        ).labels(agent)
+        self.requests = Counter(
+            "colo_agent_requests", "Answered requests.", labels, registry=self.registry
+        ).labels(agent)
+        self.rows = Counter("colo_agent_rows", "Rows of answered requests.", labels, registry=self.registry).labels(
+            agent
+        )
+        errors = Counter("colo_agent_errors", "Failed requests by kind.", ["agent", "kind"], registry=self.registry)
+        self._errors = {kind: errors.labels(agent, kind) for kind in ERROR_KINDS}
+
+    def error(self, kind: str) -> None:
+        """Count one failed request of ``kind`` (one of ERROR_KINDS)."""
+        self._errors[kind].inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return bytes(generate_latest(self.registry))
