@@ -303,6 +303,10 @@ class _Zygote:
         # EOF: every message the zygote sent has been read; only now may its children be tracked by pid.
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5.0)  # reaped: no zombie zygote
+        for pipe in (self.proc.stdout, self.proc.stdin):
+            with contextlib.suppress(OSError, ValueError):
+                if pipe is not None:
+                    pipe.close()
         with self.cond:
             self.gone.set()
             self.ready.set()
