@@ -187,6 +187,27 @@ def _fork(req: dict[str, Any], inherited: Sequence[int]) -> int:
         os.close(devnull)
 
 
+def _preload_models(argv: Sequence[str], done: set[str]) -> None:
+    """Import the model classes of every agent in the built-in agent's ``--config`` (once per config file), so
+    children start with them imported. Never raises: a child reports its own load errors."""
+    if len(argv) < 3 or argv[1:3] != ["-m", BUILTIN_AGENT_MODULE] or "--config" not in argv[:-1]:
+        return
+    path = argv[argv.index("--config") + 1]
+    if path in done:
+        return
+    done.add(path)
+    try:
+        from colo.modelserver.serve import import_modules
+        from colo.spec import load_config
+
+        config = load_config(path)
+        specs = {m: config.models[m] for a in config.agents.values() for m in a.models if m in config.models}
+        spent = import_modules(sorted(specs.items()))
+        print(f"preloaded {len(specs)} model(s) of {path}: {spent}", file=sys.stderr, flush=True)
+    except Exception as exc:  # the child loads (and reports) for itself
+        print(f"preloading the models of {path} failed: {exc}", file=sys.stderr, flush=True)
+
+
 def _reap(ctl_out: int) -> None:
     while True:
         try:
@@ -224,6 +245,7 @@ def serve(*, preload: bool = True) -> int:
     inherited = (ctl_in, ctl_out, wake_r, wake_w)
     _send(ctl_out, {"ready": True, "pid": os.getpid(), "import_secs": spent, "threads": _threads_now()})
     pending = b""
+    preloaded: set[str] = set()
     try:
         while True:
             ready, _, _ = select.select([ctl_in, wake_r], [], [], 1.0)
@@ -243,6 +265,8 @@ def serve(*, preload: bool = True) -> int:
                 try:
                     req = json.loads(line)
                     rid = req["id"]
+                    if preload:
+                        _preload_models(req["argv"], preloaded)
                     _send(ctl_out, {"id": rid, "pid": _fork(req, inherited)})
                 except (OSError, ValueError, KeyError, TypeError) as exc:
                     _send(ctl_out, {"id": rid, "error": str(exc)})
