@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from colo.gpu.mps.env import client_env
+from colo.gpu.mps.root import MpsRoot
 from colo.plan import inventory_slots, plan
 from colo.spec import load_config
 from colo.supervise.forkserver import ForkRunner
@@ -38,10 +40,10 @@ def launch_specs(
     names: Sequence[str],
     *,
     device: str | None = None,
-    extra_env: Mapping[str, Mapping[str, str]] | None = None,
+    mps: tuple[MpsRoot, str] | None = None,
 ) -> dict[str, tuple[LaunchSpec, int]]:
-    """(launch spec, port) of each agent of ``names`` as colo would start it (no MPS), with ``--device``
-    added when given and ``extra_env[name]`` (the MPS client environment) merged into its env."""
+    """(launch spec, port) of each agent of ``names`` as colo would start it, with ``--device`` added when
+    given; ``mps`` = (root, GPU uuid): the MPS client environment of that GPU's daemon (else no MPS)."""
     config = load_config(config_path)
     p = plan(config, inventory_slots(config))
     out = {}
@@ -50,7 +52,9 @@ def launch_specs(
         assert ap is not None, f"{name} is not placed by the plan"
         spec = agent_setup(config, ap, config_copy=config_path, mps_root=None).launch
         env = {k: v for k, v in spec.env if k != "CUDA_VISIBLE_DEVICES"}
-        env.update((extra_env or {}).get(name, {}))
+        if mps is not None:
+            root, uuid = mps
+            env.update(client_env(ap, root.for_gpu(uuid), gpu_uuid=uuid))
         argv = spec.argv + (("--device", device) if device else ())
         out[name] = (replace(spec, argv=argv, env=tuple(sorted(env.items())), gpu_uuid=None), builtin_port(config, name))
     return out

@@ -57,7 +57,11 @@ Launcher = Literal["fork", "spawn"]
 
 #: Set in the zygote's environment (and so its children's) unless the orchestrator's environment sets them:
 #: libraries that would otherwise start worker threads at import time.
-ZYGOTE_ENV_DEFAULTS: dict[str, str] = {"OPENBLAS_NUM_THREADS": "1"}
+ZYGOTE_ENV_DEFAULTS: dict[str, str] = {
+    "OPENBLAS_NUM_THREADS": "1",
+    # torch.cuda.is_available() asks NVML instead of initialising the CUDA driver (torch's fork-safe check).
+    "PYTORCH_NVML_BASED_CUDA_CHECK": "1",
+}
 #: Variables read when a process starts (interpreter, dynamic loader, thread pools): a child whose value differs
 #: from the zygote's cannot be forked from it and is spawned plainly.
 EXEC_TIME_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH_", "PYTORCH_")
@@ -66,8 +70,9 @@ EXEC_TIME_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "OMP_", "GOMP_", "KMP_", "MKL_
 ENTRY_POINTS = {BUILTIN_AGENT_MODULE: "main"}
 #: How long the first spawn waits for a starting zygote's imports before spawning plainly.
 READY_WAIT_SECS = 60.0
-#: How long a fork request may take before the zygote counts as hung (and plain spawning takes over).
-FORK_REPLY_SECS = 10.0
+#: How long a fork request may take before the zygote counts as hung (and plain spawning takes over). The
+#: first request for a config also imports its model classes in the zygote (seconds).
+FORK_REPLY_SECS = 60.0
 #: Zygotes started after the first one died, at most: past this, every agent is spawned plainly.
 MAX_RESTARTS = 3
 
@@ -88,13 +93,25 @@ def _threads_now() -> int:
         return threading.active_count()
 
 
+def cuda_driver_loaded() -> bool:
+    """Whether libcuda is mapped into this process: something called the CUDA driver (which cannot be used
+    across fork). torch loads it lazily, on the first CUDA call."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            return any("libcuda.so" in line for line in maps)
+    except OSError:
+        return False
+
+
 def fork_blocker() -> str | None:
-    """Why this process must not fork now (more than one thread, a CUDA context), or None when it may."""
+    """Why this process must not fork now (more than one thread, CUDA touched), or None when it may."""
     if threading.active_count() != 1 or _threads_now() != 1:
         return f"the launcher has {_threads_now()} threads; it forks only when single-threaded"
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "CUDA is initialised in the launcher"
+    if cuda_driver_loaded():
+        return "the CUDA driver (libcuda) is loaded in the launcher"
     return None
 
 
@@ -188,14 +205,18 @@ def _fork(req: dict[str, Any], inherited: Sequence[int]) -> int:
 
 
 def _preload_models(argv: Sequence[str], done: set[str]) -> None:
-    """Import the model classes of every agent in the built-in agent's ``--config`` (once per config file), so
-    children start with them imported. Never raises: a child reports its own load errors."""
+    """Import the model classes of every agent in the built-in agent's ``--config`` (once per version of the
+    file), so children start with them imported. Never raises: a child reports its own load errors."""
     if len(argv) < 3 or argv[1:3] != ["-m", BUILTIN_AGENT_MODULE] or "--config" not in argv[:-1]:
         return
     path = argv[argv.index("--config") + 1]
-    if path in done:
+    try:
+        key = f"{path}@{os.stat(path).st_mtime_ns}"
+    except OSError:
         return
-    done.add(path)
+    if key in done:
+        return
+    done.add(key)
     try:
         from colo.modelserver.serve import import_modules
         from colo.spec import load_config
@@ -243,7 +264,9 @@ def serve(*, preload: bool = True) -> int:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     inherited = (ctl_in, ctl_out, wake_r, wake_w)
-    _send(ctl_out, {"ready": True, "pid": os.getpid(), "import_secs": spent, "threads": _threads_now()})
+    blocker = fork_blocker()
+    print(f"launcher ready: imports {spent}; {blocker or 'single-threaded, no CUDA'}", file=sys.stderr, flush=True)
+    _send(ctl_out, {"ready": True, "pid": os.getpid(), "import_secs": spent, "blocker": blocker})
     pending = b""
     preloaded: set[str] = set()
     try:
