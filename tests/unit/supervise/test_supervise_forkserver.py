@@ -32,7 +32,7 @@ def runner() -> Iterator[ForkRunner]:
     r.close()
 
 
-def wait_for(fn: Callable[[], object], secs: float = 10.0) -> object:
+def wait_for(fn: Callable[[], object], secs: float = 30.0) -> object:
     deadline = time.monotonic() + secs
     while time.monotonic() < deadline:
         got = fn()
