@@ -325,6 +325,7 @@ class _Zygote:
     ready: threading.Event = field(default_factory=threading.Event)
     gone: threading.Event = field(default_factory=threading.Event)
     import_secs: dict[str, float] = field(default_factory=dict)
+    blocker: str | None = None  # why the zygote may not fork, as it said when ready
     exits: dict[int, ExitStatus] = field(default_factory=dict)
     replies: dict[int, dict[str, Any]] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -340,6 +341,7 @@ class _Zygote:
             with self.cond:
                 if msg.get("ready"):
                     self.import_secs = dict(msg.get("import_secs") or {})
+                    self.blocker = msg.get("blocker")
                     self.ready.set()
                 elif "exit" in msg:
                     sig = msg.get("signal")
@@ -439,16 +441,16 @@ class ForkRunner:
         if not self._forkable(spec):
             return self.fallback.spawn(spec, log_path)
         env = base_env()
-        env.update(ZYGOTE_ENV_DEFAULTS)
+        for key, value in ZYGOTE_ENV_DEFAULTS.items():
+            env.setdefault(key, value)  # as in the zygote's own environment
         env.update(spec.env_dict())
-        zygote = self._usable_zygote(log_path.parent)
-        reason = "no launcher"
+        zygote, reason = self._usable_zygote(log_path.parent)
         if zygote is not None:
             reason = self._unforkable_env(zygote, env) or ""
             if not reason:
                 try:
                     log_path.parent.mkdir(parents=True, exist_ok=True)
-                    pid = zygote.fork(spec.argv, env, spec.cwd, log_path)
+                    pid = zygote.fork(spec.argv, env, spec.cwd, log_path.absolute())
                 except _Refused as exc:
                     reason = str(exc)
                 except _ZygoteGone as exc:
@@ -528,25 +530,30 @@ class ForkRunner:
         if z is not None:
             z.close()
 
-    def _usable_zygote(self, log_dir: Path) -> _Zygote | None:
+    def _usable_zygote(self, log_dir: Path) -> tuple[_Zygote | None, str]:
+        """The zygote to fork from, or None and why not."""
         with self._lock:
             z = self._zygote
             first = self._log_dir is None
             if z is None or z.gone.is_set():
                 if not first and self._restarts_left <= 0:
-                    return None
+                    return None, "the launcher died too often"
                 if not first:
                     self._restarts_left -= 1
                 z = self._zygote = self._start_zygote(log_dir)
                 if z is None:
-                    return None
+                    return None, "the launcher cannot start"
         # Only the very first zygote is waited for: after a death, agents are spawned plainly until the
         # replacement is ready, so recovery never waits for imports twice.
         if z.first:
             z.ready.wait(self._ready_wait_secs)
-        if not z.ready.is_set() or z.gone.is_set():
-            return None
-        return z
+        if z.gone.is_set():
+            return None, "the launcher exited (see forkserver.log)"
+        if not z.ready.is_set():
+            return None, "the launcher is still importing"
+        if z.blocker:
+            return None, z.blocker
+        return z, ""
 
     def _start_zygote(self, log_dir: Path) -> _Zygote | None:
         first = self._log_dir is None
