@@ -175,3 +175,13 @@ def test_runner_choice_and_builtin_agent_detection() -> None:
     assert is_builtin_agent(builtin)
     assert not is_builtin_agent(LaunchSpec(("python", "-m", "colo.modelserver.serve"), (), None, None, None, 0))
     assert not is_builtin_agent(py("pass"))
+
+
+def test_the_orchestrator_picks_its_runner_from_policy_launcher(tmp_path: Path) -> None:
+    from colo.spec import load_config
+    from colo.supervise.orchestrator import Orchestrator
+
+    config = load_config(Path(__file__).resolve().parents[3] / "examples" / "newsroom" / "colo.sized.yaml")
+    assert isinstance(Orchestrator(config, state_dir=tmp_path / "a").runner, ForkRunner)
+    spawn = config.model_copy(update={"policy": config.policy.model_copy(update={"launcher": "spawn"})})
+    assert isinstance(Orchestrator(spawn, state_dir=tmp_path / "b").runner, ProcessRunner)
