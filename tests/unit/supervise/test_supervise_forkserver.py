@@ -185,3 +185,55 @@ def test_the_orchestrator_picks_its_runner_from_policy_launcher(tmp_path: Path) 
     assert isinstance(Orchestrator(config, state_dir=tmp_path / "a").runner, ForkRunner)
     spawn = config.model_copy(update={"policy": config.policy.model_copy(update={"launcher": "spawn"})})
     assert isinstance(Orchestrator(spawn, state_dir=tmp_path / "b").runner, ProcessRunner)
+
+
+def test_a_real_builtin_agent_forked_on_cpu_serves_and_its_exit_codes_come_back(tmp_path: Path) -> None:
+    """The pre-imported zygote (torch, transformers) forks the built-in agent: its imports are already done,
+    it answers /health and /infer, SIGTERM ends it with 0 and a bad agent name with 2, both reported."""
+    import socket
+
+    import httpx
+
+    from colo.modelserver.command import builtin_agent_command
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    tiny = "google/bert_uncased_L-2_H-128_A-2"
+    cfg = tmp_path / "colo.yaml"
+    cfg.write_text(
+        "version: 1\ngpus: [{name: T, memory: 8GiB}]\n"
+        f"models:\n  {tiny}: {{memory: 1GiB, batch_size: 4, max_seq_len: 32}}\n"
+        f"agents:\n  solo:\n    models: [{tiny}]\n    port: {port}\n",
+        encoding="utf-8",
+    )
+
+    def spec(agent: str) -> LaunchSpec:
+        argv = builtin_agent_command(agent, cfg, port, device="cpu")
+        return LaunchSpec(tuple(argv), (("COLO_AGENT", agent),), str(tmp_path), None, None, 0)
+
+    runner = ForkRunner()
+    try:
+        bad = runner.spawn(spec("ghost"), tmp_path / "ghost.log")
+        assert exit_of(runner, bad) == ExitStatus(code=2)
+        handle = runner.spawn(spec("solo"), tmp_path / "solo.log")
+        assert runner.forks == 2 and runner.fallbacks == []
+
+        def healthy() -> bool:
+            assert runner.poll(handle) is None, (tmp_path / "solo.log").read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, 120)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()["pid"] == handle.pid
+        out = httpx.post(f"http://127.0.0.1:{port}/infer", json={"texts": ["one", "two"]}, timeout=30)
+        assert out.status_code == 200 and out.json()["embedding_shape"] == [2, 128]
+        runner.signal(handle, signal.SIGTERM)
+        assert exit_of(runner, handle) == ExitStatus(code=0)
+        text = (tmp_path / "solo.log").read_text()
+        assert "imports: torch 0.00s transformers 0.00s" in text and "stopped" in text
+        assert zombies_of(os.getpid(), zygote_pid(runner)) == []
+    finally:
+        runner.close()
