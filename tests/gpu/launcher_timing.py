@@ -26,7 +26,7 @@ from colo.gpu.mps.env import client_env
 from colo.gpu.mps.root import MpsRoot
 from colo.plan import inventory_slots, plan
 from colo.spec import load_config
-from colo.supervise.forkserver import ForkRunner
+from colo.supervise.fork_runner import ForkRunner
 from colo.supervise.launch import agent_setup, builtin_port
 from colo.supervise.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
 

@@ -43,7 +43,7 @@ from colo.supervise import planning
 from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
 from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, make_fleet, start_fleet, stop_fleet
-from colo.supervise.forkserver import make_runner
+from colo.supervise.fork_runner import make_runner
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.launch import describe_change
 from colo.supervise.lockfile import StateLock

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from colo.spec.config import Policy
-from colo.supervise.forkserver import ForkRunner, fork_blocker, is_builtin_agent, make_runner
+from colo.supervise.fork_runner import ForkRunner, is_builtin_agent, make_runner
+from colo.supervise.forkserver import fork_blocker
 from colo.supervise.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner
 
 
