@@ -43,6 +43,7 @@ from colo.supervise import planning
 from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
 from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, make_fleet, start_fleet, stop_fleet
+from colo.supervise.fork_runner import make_runner
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.launch import describe_change
 from colo.supervise.lockfile import StateLock
@@ -50,7 +51,7 @@ from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_hooks import FleetHooks
 from colo.supervise.publish import Publisher
 from colo.supervise.recovery import RecoveryRecord
-from colo.supervise.runner import ProcessRunner, Runner
+from colo.supervise.runner import Runner
 from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
 from colo.supervise.state import AgentState
 from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_dir
@@ -143,7 +144,7 @@ class Orchestrator:
         self._backend = gpu_backend
         self._backend_given = gpu_backend is not None
         self._mps_control = mps_control
-        self.runner: Runner = runner or ProcessRunner()
+        self.runner: Runner = runner or make_runner(config.policy.launcher)
         self.probe: Probe = probe or HealthChecker()
         self.clock: Clock = clock or SystemClock()
         self.fault_wait_secs = fault_wait_secs
@@ -516,6 +517,7 @@ class Orchestrator:
             finally:
                 with contextlib.suppress(ColoError):
                     self.store.delete_meta("orchestrator")
+                self.runner.close()  # the pre-imported launcher, if any
                 self._lock_file.remove_pid()
                 self._lock_file.release()
 
