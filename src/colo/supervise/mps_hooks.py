@@ -65,6 +65,7 @@ class FleetHooks:
         self._logs = {d.gpu_uuid: self._reader(d.paths.log_dir) for d in fleet.daemons()}
         self._hints: dict[str, tuple[float, int | None, str]] = {}  # uuid -> (when, client pid, log line)
         self._watch = {d.gpu_uuid: self._learn(d.gpu_uuid) for d in fleet.daemons()}
+        self._last_reading: GpuState | None = None
 
     # --- deaths (every tick) -------------------------------------------------------------------------------
 
@@ -169,6 +170,11 @@ class FleetHooks:
         not answer :data:`UNANSWERED_READINGS` readings in a row (``DAEMON_DIED``). Never raises for a daemon
         that does not answer (skipped)."""
         now = self._now()
+        if self._reading is not None:
+            state = self._reading()
+            if state is self._last_reading:
+                return []  # nothing new since the last call: the next reading comes within GPU_POLL_SECS
+            self._last_reading = state
         for uuid, reader in self._logs.items():
             for event in reader.read_new():
                 if event.kind == MpsLogKind.FAULT:

@@ -30,8 +30,9 @@ from colo.supervise.snapshots import AgentStatus, Event, EventKind
 from colo.supervise.state import AgentState
 from colo.supervise.store import Store
 
-#: How often (seconds) MPS servers are asked for their status and GPU memory is read.
-MPS_POLL_SECS = 1.0
+#: How often (seconds) FAULT is looked for: every tick, so each new GPU reading (once a second) is looked at as
+#: soon as it is taken. Deaths of MPS processes are checked every tick too (liveness only).
+MPS_POLL_SECS = 0.5
 MEMORY_POLL_SECS = 2.0
 ROTATE_CHECK_SECS = 30.0
 #: Events also written into the agent's own log as ``--- colo: ...`` lines.
