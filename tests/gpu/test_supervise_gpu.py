@@ -25,7 +25,7 @@ Drills 1, 2, 7, 8, 9, 10, 11, 6, end share one newsroom run through the real CLI
 8-11 run before 6 so that the orchestrator that started the MPS daemon — its subreaper — is the one that reaps
 it); 3-5 drive an in-process Orchestrator. Every MPS daemon is quit and every process killed in teardown,
 always. State dirs are short paths under /tmp (MPS sockets live there). Needs about 6 minutes
-(PER_FILE_SECS=420).
+(PER_FILE_SECS=540).
 """
 
 from __future__ import annotations
