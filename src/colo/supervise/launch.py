@@ -19,12 +19,12 @@ from colo.units import format_size
 
 #: Built-in agents without a ``port`` get ``DEFAULT_PORT_BASE + their position`` among the agents (by name).
 DEFAULT_PORT_BASE = 9100
-#: The built-in agent's /health is probed this often once RUNNING (seconds), each probe bounded by
+#: The built-in agent's /health is probed this often once RUNNING (seconds: every tick), each probe bounded by
 #: BUILTIN_HEALTH_TIMEOUT_SECS (its own device round trip answers within 1 s, so 1.5 s is "hung"), and two
-#: failed probes in a row restart it: a hung (SIGSTOPped) agent is seen failing within ~2.5 s and killed
-#: within ~5 s. One failure alone does not restart it (a /health queued behind a burst of /infer calls).
-#: Used for every field of the agent's ``health`` the user did not set.
-BUILTIN_HEALTH_INTERVAL_SECS = 1.0
+#: failed probes in a row restart it: a hung (SIGSTOPped) agent fails its first probe within ~2 s and is
+#: killed within ~4 s. One failure alone does not restart it (a /health queued behind a burst of /infer
+#: calls). Used for every field of the agent's ``health`` the user did not set.
+BUILTIN_HEALTH_INTERVAL_SECS = 0.5
 BUILTIN_HEALTH_TIMEOUT_SECS = 1.5
 BUILTIN_HEALTH_FAILURES = 2
 

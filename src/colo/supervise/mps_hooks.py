@@ -137,6 +137,19 @@ class FleetHooks:
             w.ok_at = now
         return out
 
+    def clients(self) -> dict[str, set[int]]:
+        """Per GPU of the fleet seen whole in the last reading: the client pids of its servers."""
+        if self._reading is None:
+            return {}
+        mine = {d.gpu_uuid for d in self.fleet.daemons()}
+        out: dict[str, set[int]] = {}
+        for gpu in self._reading().info.get("gpus", []):
+            daemon = gpu.get("mps") or {}
+            uuid = str(gpu.get("uuid"))
+            if uuid in mine and daemon.get("healthy") and not daemon.get("error"):
+                out[uuid] = {int(c) for srv in daemon.get("servers") or [] for c in srv.get("client_pids") or []}
+        return out
+
     def healthy(self, gpu_uuid: str) -> bool:
         """Daemon and servers alive, the daemon answers ``get_server_list`` (bounded by its command timeout),
         no server in FAULT. Never raises."""

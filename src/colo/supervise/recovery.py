@@ -122,6 +122,10 @@ class MpsHooks(Protocol):
         process liveness only, no MPS command). Each death is reported once."""
         ...
 
+    def clients(self) -> dict[str, set[int]]:
+        """Per GPU, the client pids of its servers in the last GPU reading (GPUs read whole only)."""
+        ...
+
     def healthy(self, gpu_uuid: str) -> bool:
         """A fresh look at this GPU's MPS: daemon and servers alive, the daemon answers (one bounded round
         trip), no server in FAULT. Never raises."""

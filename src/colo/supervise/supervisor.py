@@ -34,6 +34,8 @@ from colo.supervise.store import Store
 #: soon as it is taken. Deaths of MPS processes are checked every tick too (liveness only).
 MPS_POLL_SECS = 0.5
 MEMORY_POLL_SECS = 2.0
+#: How often (seconds) each GPU's MPS client list (from the GPU reading) is compared with its agents.
+CLIENT_CHECK_SECS = 2.0
 ROTATE_CHECK_SECS = 30.0
 #: Events also written into the agent's own log as ``--- colo: ...`` lines.
 LOGGED_KINDS = frozenset({EventKind.STARTED, EventKind.RESTARTED, EventKind.ADOPTED, EventKind.EXITED})
@@ -87,6 +89,10 @@ class Supervisor:
         self._scanned_pid: dict[str, int | None] = {}
         self._suspects: dict[str, tuple[str, str | None]] = {}  # gpu_uuid -> (detail, culprit agent)
         self._lost: dict[str, tuple[str, float]] = {}  # gpu_uuid -> (agent that lost its context, when)
+        self._client_misses: dict[int, int] = {}  # agent pid -> client-list checks in a row it was not listed
+        self._told_foreign: set[int] = set()
+        self._told_namespace: set[str] = set()
+        self._next_client_check = 0.0
         self._rolling = _Rolling()
         self.shutting_down = False
         self._next_mps_poll = 0.0
@@ -321,12 +327,55 @@ class Supervisor:
             if culprit is None and suspect is not None:
                 culprit = suspect[1]
             self._begin(fault, now, culprit)
+        if now >= self._next_client_check:
+            self._next_client_check = now + CLIENT_CHECK_SECS
+            self._compare_clients()
         for uuid, (detail, culprit) in list(self._suspects.items()):
             # Clients died with MPS errors even if the server was not seen in FAULT.
             del self._suspects[uuid]  # CLIENT_MPS_ERROR
             if uuid not in self.recoveries:
                 fault = MpsFault(uuid, detail, trigger=RecoveryTrigger.CLIENT_MPS_ERROR)
                 self.recoveries.begin(fault, culprit, self.agents_on(uuid), self._retiring, now)
+
+    def _compare_clients(self) -> None:
+        """Each GPU's MPS client list against the agents colo placed there: an event (once per pid) for an agent
+        RUNNING on two checks in a row without being a client (it bypasses MPS and its limits, or never touched
+        CUDA), and for a client that is no agent of colo. When no agent pid is listed at all while clients are,
+        the pids are another PID namespace's: nothing is compared (one event)."""
+        assert self.mps is not None
+        try:
+            listed = self.mps.clients()
+        except ColoError:
+            return
+        for uuid, clients in listed.items():
+            running = {a.handle.pid: a for a in self.agents_on(uuid) if a.handle and a.state == AgentState.RUNNING}
+            if clients and running and not clients & set(running):
+                if uuid not in self._told_namespace:
+                    self._told_namespace.add(uuid)
+                    self.event(
+                        EventKind.DAEMON,
+                        None,
+                        f"the MPS clients of {uuid} are not colo's pids (another PID namespace?): not compared",
+                        uuid,
+                    )
+                continue
+            for pid, agent in running.items():
+                if pid in clients:
+                    self._client_misses.pop(pid, None)
+                    continue
+                self._client_misses[pid] = self._client_misses.get(pid, 0) + 1
+                if self._client_misses[pid] == 2:
+                    self.event(
+                        EventKind.DAEMON,
+                        agent.name,
+                        f"{agent.name} (pid {pid}) is RUNNING but not a client of the MPS server of {uuid}: its CUDA"
+                        " work (if any) bypasses MPS and its limits",
+                        uuid,
+                    )
+            ours = {a.handle.pid for a in self.agents.values() if a.handle is not None}
+            for pid in sorted(clients - ours - self._told_foreign):
+                self._told_foreign.add(pid)
+                self.event(EventKind.DAEMON, None, f"MPS client {pid} on {uuid} is not an agent of colo", uuid)
 
     def _agent_of_pid(self, pid: int | None) -> str | None:
         if pid is None:

@@ -161,3 +161,20 @@ def test_the_loop_and_down_reap(tmp_path: Path) -> None:
     assert ticks > 0
     orch.down(sleep=w.clock.advance)
     assert w.mps.reaped_calls > ticks  # after the daemons quit
+
+
+def test_client_list_against_the_agents_placed_there(tmp_path: Path) -> None:
+    w = World(tmp_path, gpus=1)
+    orch = w.orchestrator(config(agent("a"), agent("b")))
+    orch.up()
+    w.run(orch, 2)
+    pipe0 = w.state / "mps" / uuid(0) / "pipe"
+    w.mps.connect_client(pipe0, w.pid(orch, "b"))  # a never became a client: it bypasses MPS
+    w.mps.connect_client(pipe0, 99999)  # someone else's client
+    w.run(orch, 6)
+    said = [e.message for e in orch.events() if e.kind == EventKind.DAEMON]
+    assert sum("a (pid" in m and "not a client" in m for m in said) == 1
+    assert not any("b (pid" in m for m in said)
+    assert sum("MPS client 99999" in m and "not an agent of colo" in m for m in said) == 1
+    assert not orch.recoveries()  # information only
+    orch.down(sleep=w.clock.advance)
