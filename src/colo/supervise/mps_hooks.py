@@ -42,6 +42,7 @@ class _Watched:
     daemon_start: float | None = None
     servers: dict[int, float | None] = field(default_factory=dict)
     ok_at: float = 0.0
+    active_at: float | None = None  # when a look last found no server in FAULT
     unanswered: int = 0
 
 
@@ -195,10 +196,14 @@ class FleetHooks:
                     pid = event.client_pid or (old[1] if old and now - old[0] < HINT_SECS else None)
                     self._hints[uuid] = (now, pid, event.message)
         out: list[MpsFault] = []
-        seen_at = {uuid: w.ok_at for uuid, w in self._watch.items()}
-        for uuid, pid in self._faulted_servers():
+        faulted = self._faulted_servers()
+        for uuid, watched in self._watch.items():
+            if uuid not in {u for u, _ in faulted}:
+                watched.active_at = now  # no FAULT in this look: a later detection's upper bound starts here
+        for uuid, pid in faulted:
             hint = self._hints.pop(uuid, None)
-            ok_at = seen_at.get(uuid)
+            found = self._watch.get(uuid)
+            ok_at = found.active_at if found is not None else None
             if hint is not None and now - hint[0] < HINT_SECS:
                 out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT; log: {hint[2]}", hint[1], seen_ok_at=ok_at))
             else:

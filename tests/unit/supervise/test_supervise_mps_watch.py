@@ -108,6 +108,7 @@ def test_server_fault_is_seen_within_a_second(tmp_path: Path) -> None:
         one_tick(w, orch)
     rec = orch.supervisor.recoveries.get(uuid(0)) if orch.supervisor else None
     assert rec is not None and rec.trigger == RecoveryTrigger.SERVER_FAULT
+    assert rec.detect_secs is not None and rec.detect_secs <= 1.0  # since the last reading without FAULT
     assert orch.status("c").state == S.RUNNING
     orch.down(sleep=w.clock.advance)
 
