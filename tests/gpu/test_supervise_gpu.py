@@ -767,7 +767,7 @@ class TestNewsroom:
             agents = all_serving(sd)
             secs = time.monotonic() - t0
         said = " | ".join(out.stdout.strip().splitlines()[-2:])
-        asserted = out.returncode == 3 and "device-side assert" in out.stdout
+        asserted = out.returncode != 0 and "device-side assert" in (out.stdout + out.stderr)
         faults = events_after(sd, seq, "mps_fault")
         restarted = [e.agent for e in events_after(sd, seq) if e.kind.value in ("restarted", "started") and e.agent]
         contained = bool(agents) and not faults and all(agents[n]["pid"] == before[n] for n in before)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from colo.errors import MpsError
-from colo.gpu.mps.control import MpsControl
+from colo.gpu.mps.control import SIGKILL, MpsControl
 from colo.gpu.mps.daemon import MpsDefaults
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.log import MpsLogKind, MpsLogReader
@@ -302,6 +302,14 @@ class FleetHooks:
         """Stop and start this GPU's daemon with the defaults it had. Raises MpsError."""
         daemon = self.fleet.daemon(gpu_uuid)
         defaults = daemon.last_defaults or MpsDefaults()
+        watched = self._watch.get(gpu_uuid)
+        if watched is not None and watched.daemon_pid is None:
+            # The daemon died: its servers are orphans no `quit` reaches (and a scan may not tie them to the
+            # pipe dir): end the ones colo saw. Their clients (the GPU's agents) are stopped by now.
+            for pid, start in watched.servers.items():
+                if self._alive(pid, start):
+                    with contextlib.suppress(MpsError):
+                        self._control().signal(pid, SIGKILL)
         try:
             daemon.stop()  # also kills what is left of a dead daemon: its server
             self._control().reap()  # a killed daemon's zombie still "holds" its pid file for a new one
