@@ -296,6 +296,9 @@ class Supervisor:
             if uuid in self.recoveries:
                 continue
             if self.mps.healthy(uuid):
+                suspect = self._suspects.get(uuid)
+                if suspect is not None and suspect[0].startswith(f"{name}: "):
+                    del self._suspects[uuid]  # its own last words: the fresh look at the GPU decides
                 self.event(
                     EventKind.UNHEALTHY,
                     name,

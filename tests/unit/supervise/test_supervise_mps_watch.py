@@ -179,3 +179,14 @@ def test_client_list_against_the_agents_placed_there(tmp_path: Path) -> None:
     assert sum("MPS client 99999" in m and "not an agent of colo" in m for m in said) == 1
     assert not orch.recoveries()  # information only
     orch.down(sleep=w.clock.advance)
+
+
+def test_context_lost_with_mps_words_in_its_log_but_a_healthy_gpu_restarts_only_that_agent(tmp_path: Path) -> None:
+    w, orch, _, pids = two_gpus(tmp_path)
+    with open(w.state / "logs" / "a.log", "a") as fh:
+        fh.write("context lost: CUDA error: cudaErrorMpsRpcFailure\n")
+    w.runner.exit(pids["a"], code=EXIT_CONTEXT_LOST)
+    w.run(orch, 2)
+    assert not orch.recoveries() and (not orch.supervisor or uuid(0) not in orch.supervisor.recoveries)
+    assert w.pid(orch, "b") == pids["b"] and orch.status("a").state == S.RUNNING
+    orch.down(sleep=w.clock.advance)
