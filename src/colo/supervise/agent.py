@@ -169,7 +169,7 @@ class Agent:
         now = self._clock.monotonic()
         self._started_at = now
         self._ready_at = now
-        self._next_probe_at = now + self.setup.health.interval_secs
+        self._next_probe_at = now  # probed on the next tick: RUNNING must be confirmed by its health check
         # STOPPED -> RUNNING: re-adopted a live process after an orchestrator restart
         self._set(AgentState.RUNNING)
         self._emit(EventKind.ADOPTED, f"re-adopted pid {handle.pid}")
