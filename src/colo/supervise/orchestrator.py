@@ -32,6 +32,7 @@ from typing import Any
 from colo.clock import Clock, SystemClock
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
 from colo.files import write_atomic
+from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.root import MpsRoot
@@ -158,6 +159,7 @@ class Orchestrator:
         self.supervisor: Supervisor | None = None
         self.warnings: list[str] = []
         self._stopping = False
+        self._subreaper = False
         self._published = Publisher(None, self.clock.monotonic)
 
     # --- the API's surface ---------------------------------------------------------------------------
@@ -182,8 +184,10 @@ class Orchestrator:
         return snap
 
     def _publish(self) -> None:
-        """Freeze the agents, the plan and the last GPU reading into the snapshot (under the lock)."""
-        self._published.publish(self._config, self._plan, self.statuses())
+        """Freeze the agents, the plan, the last GPU reading and the finished MPS recoveries into the snapshot
+        (under the lock)."""
+        done = tuple(r.summary() for r in self.supervisor.recovered) if self.supervisor is not None else ()
+        self._published.publish(self._config, self._plan, self.statuses(), done)
 
     def statuses(self) -> list[AgentStatus]:
         """Every agent of the plan: supervised ones, then those left out (STOPPED, reason in last_error)."""
@@ -367,6 +371,10 @@ class Orchestrator:
         started_d: list[str] = []
         adopted_d: list[str] = []
         if self.want_mps and uuids:
+            if self._mps_control is None:
+                # The real `-d` forks the daemon and its launcher exits: as a subreaper, colo inherits the
+                # daemon (and a killed daemon's server) and reaps them; a container's PID 1 may not.
+                self._subreaper = procs.become_subreaper()
             self._fleet = make_fleet(self.paths.root, uuids, self._mps_control)
             started_d, adopted_d = start_fleet(self._fleet, self.store)
         elif self.want_mps:
@@ -386,7 +394,7 @@ class Orchestrator:
             clock=self.clock,
             store=self.store,
             logs=self.logs,
-            mps=FleetHooks(self._fleet, reading) if self._fleet is not None else None,
+            mps=FleetHooks(self._fleet, reading, monotonic=self.clock.monotonic) if self._fleet is not None else None,
             gpu_memory=self._published.tree_memory if reading is not None else None,
             fault_wait_secs=self.fault_wait_secs,
         )
@@ -438,9 +446,15 @@ class Orchestrator:
         """One supervision pass: read the GPUs (when due), every agent, MPS and rolling restarts; then publish
         the snapshot."""
         with self._lock:
+            self._reap()
             self._published.poll()
             self._sup().tick()
             self._publish()
+
+    def _reap(self) -> None:
+        """Collect MPS processes that ended as our children (see ``colo.gpu.mps.control``): no zombies."""
+        if self._fleet is not None and self._fleet.control is not None:
+            self._fleet.control.reap()
 
     def run(
         self, stop: threading.Event, *, tick_secs: float = TICK_SECS, reload: threading.Event | None = None
@@ -530,7 +544,12 @@ class Orchestrator:
             if sup is not None:
                 sup.event(EventKind.DAEMON, None, f"stopped the MPS daemon of {uuid}", uuid)
 
-        stop_fleet(self._fleet, self.store, stopped)
+        try:
+            stop_fleet(self._fleet, self.store, stopped)
+        finally:
+            self._reap()  # the daemons (and servers) that just exited as our children
+            if self._subreaper:
+                self._subreaper = not procs.become_subreaper(False)
 
     # --- apply ---------------------------------------------------------------------------------------
 
