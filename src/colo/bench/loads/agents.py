@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,12 +145,10 @@ def drive(
     warmup_secs: float = 2.0,
     timeout_secs: float = REQUEST_TIMEOUT_SECS,
     transport: Any = None,
-    on_window: Callable[[bool], None] | None = None,
 ) -> tuple[list[AgentLoad], float, float]:
     """Drive every target with ``clients`` clients for ``warmup_secs`` + ``window_secs``.
 
-    ``transport``: an httpx transport (tests: ``httpx.MockTransport``); ``on_window(True/False)`` is called when
-    the timed window opens and closes (memory sampling). Returns the per-agent loads (peak memory unset), the
+    ``transport``: an httpx transport (tests: ``httpx.MockTransport``). Returns the per-agent loads (peak memory unset), the
     timed window's wall seconds, and this process's CPU seconds over it.
     """
     import httpx
@@ -168,6 +166,7 @@ def drive(
     rows = {t.name: [s.rows for s in t.shapes] for t in targets}
     tallies = {t.name: [_Tally() for _ in range(clients)] for t in targets}
     barrier = threading.Barrier(len(targets) * clients + 1)
+    go = threading.Event()  # set once the window's times are fixed, after every thread is ready
     times: dict[str, float] = {}
 
     def client(target: AgentTarget, index: int) -> None:
@@ -177,6 +176,7 @@ def drive(
         sizes = rows[target.name]
         turn = index  # clients of a multi-model agent start on different models
         barrier.wait()
+        go.wait()
         start, end = times["start"], times["end"]
         while True:
             sent = time.monotonic()
@@ -214,18 +214,15 @@ def drive(
     ]
     for th in threads:
         th.start()
+    barrier.wait()
     now = time.monotonic()
     times["start"] = now + warmup_secs
     times["end"] = now + warmup_secs + window_secs
-    barrier.wait()
+    go.set()
     _sleep_until(times["start"])
-    if on_window:
-        on_window(True)
     cpu0, wall0 = time.process_time(), time.monotonic()
     _sleep_until(times["end"])
     cpu1, wall1 = time.process_time(), time.monotonic()
-    if on_window:
-        on_window(False)
     for th in threads:
         th.join(timeout=timeout_secs + 5.0)
     for pool in pools.values():
