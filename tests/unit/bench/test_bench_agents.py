@@ -99,7 +99,7 @@ def test_shapes_clamp_to_each_models_worst_case(tmp_path: Path) -> None:
         RequestShape("distilgpt2", 8, 64, 8),
     )
     targets = config_targets(cfg, batch=8, seq_len=128, new_tokens=16)
-    assert [(t.name, t.url) for t in targets][0] == ("critic", "http://127.0.0.1:9300")
+    assert (targets[0].name, targets[0].url) == ("critic", "http://127.0.0.1:9300")
     assert [t.name for t in config_targets(cfg, batch=1, seq_len=1, new_tokens=1, only=("scout",))] == ["scout"]
     with pytest.raises(UsageError, match="no agent nobody"):
         config_targets(cfg, batch=1, seq_len=1, new_tokens=1, only=("nobody",))
