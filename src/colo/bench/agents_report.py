@@ -53,7 +53,12 @@ def cpu_cell(point: PointResult) -> str:
     if cores is None:
         return "–"
     host = int(point.load.get("host_cpus", 0))
-    return f"{cores:.2f} core" + (f" of {host}" if host else "")
+    procs = int(point.load.get("processes", 1))
+    busiest = point.load.get("max_process_cores")
+    text = f"{cores:.2f} core" + (f" of {host}" if host else "")
+    if procs > 1 and busiest is not None:
+        text += f" ({procs} processes, busiest {busiest:.2f})"
+    return text
 
 
 def point_rows(result: BenchResult) -> list[list[str]]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from colo.bench.harness import BenchError
-from colo.bench.loads.agents import AgentLoad, AgentTarget, RequestShape, drive, wait_healthy
+from colo.bench.loads.agents import AgentLoad, AgentTarget, RequestShape, drive, drive_spread, wait_healthy
 from colo.bench.results import BenchResult, InstanceResult, PointResult
 from colo.errors import ColoError, UsageError
 
@@ -60,6 +60,7 @@ class AgentsBench:
     state_dir: Path | None = None  # attached: where the running orchestrator keeps its store (pids, limits)
     start_timeout_secs: float = 600.0
     gpu_index: int = 0
+    processes: int = 1  # load-generator processes (the agents split among them)
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -256,17 +257,25 @@ def measure(
         sampler = Sampler(nvml_read(backend, pids), interval_secs=MEMORY_INTERVAL_SECS, name="colo-bench-memory")
         sampler.start()
     try:
-        loads, wall, cpu = drive(
-            targets, clients, bench.window_secs, warmup_secs=bench.warmup_secs, transport=transport
+        done = drive_spread(
+            targets,
+            clients,
+            bench.window_secs,
+            warmup_secs=bench.warmup_secs,
+            processes=bench.processes,
+            transport=transport,
         )
     finally:
         samples = sampler.stop() if sampler is not None else None
+    loads, wall, cpu = done.loads, done.wall_secs, done.cpu_secs
     if samples is not None:
         loads = [replace(ld, peak_memory_bytes=samples.peak(ld.pid).peak_bytes if ld.pid else None) for ld in loads]
     load = {
         "wall_secs": wall,
         "cpu_secs": cpu,
         "cpu_cores_used": cpu / wall if wall > 0 else 0.0,
+        "max_process_cores": done.max_process_cores,
+        "processes": float(done.processes),
         "host_cpus": float(os.cpu_count() or 0),
         "memory_samples": float(len(samples.samples)) if samples else 0.0,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -430,6 +431,9 @@ def bench_agents(
     ),
     lone: float = typer.Option(0.0, "--lone", min=0.0, help="then each agent alone, one row per request, SECS"),
     start_timeout: float = typer.Option(600.0, "--start-timeout", min=1.0, help="seconds to wait for RUNNING"),
+    procs: int = typer.Option(
+        0, "--procs", min=0, max=64, help="load-generator processes (0: one per 4 CPUs, at most one per agent)"
+    ),
 ) -> None:
     """The agents of CONFIG through their HTTP APIs, as users reach them: N clients per agent, all together.
 
@@ -474,6 +478,7 @@ def bench_agents(
         state_dir=state_dir,
         start_timeout_secs=start_timeout,
         gpu_index=opts.gpu,
+        processes=procs or max(1, min(len(targets), (os.cpu_count() or 1) // 4)),
         settings={"batch": batch, "seq_len": seq_len, "new_tokens": new_tokens},
     )
     _execute_agents(bench, out=opts.out, as_json=opts.as_json)

@@ -61,6 +61,7 @@ def serve(port: int, *, shed_every: int = 0, delay_ms: float = 0.0) -> Threading
                 time.sleep(delay_ms / 1000)
             self._send(200, {"outputs": [[0.0] for _ in rows], "timings": {}})
 
+    ThreadingHTTPServer.request_queue_size = 256  # many clients connect at once (the default backlog is 5)
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     return server

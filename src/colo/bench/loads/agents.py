@@ -32,6 +32,7 @@ RETRY_AFTER_KEY = "503-retry-after"
 TRANSPORT_KEY = "transport"
 REQUEST_TIMEOUT_SECS = 60.0
 RETRY_AFTER_MAX_SECS = 5.0
+SPAWN_ALLOWANCE_SECS = 3.0  # worker processes import httpx and connect before the window opens
 
 
 @dataclass(frozen=True)
@@ -145,11 +146,14 @@ def drive(
     warmup_secs: float = 2.0,
     timeout_secs: float = REQUEST_TIMEOUT_SECS,
     transport: Any = None,
+    start_at: float | None = None,
 ) -> tuple[list[AgentLoad], float, float]:
     """Drive every target with ``clients`` clients for ``warmup_secs`` + ``window_secs``.
 
-    ``transport``: an httpx transport (tests: ``httpx.MockTransport``). Returns the per-agent loads (peak memory unset), the
-    timed window's wall seconds, and this process's CPU seconds over it.
+    ``transport``: an httpx transport (tests: ``httpx.MockTransport``); ``start_at``: the timed window opens at
+    this ``time.monotonic()`` instead (several processes share one window; load until then is the warm-up).
+    Returns the per-agent loads (peak memory unset), the timed window's wall seconds, and this process's CPU
+    seconds over it.
     """
     import httpx
 
@@ -215,9 +219,8 @@ def drive(
     for th in threads:
         th.start()
     barrier.wait()
-    now = time.monotonic()
-    times["start"] = now + warmup_secs
-    times["end"] = now + warmup_secs + window_secs
+    times["start"] = time.monotonic() + warmup_secs if start_at is None else start_at
+    times["end"] = times["start"] + window_secs
     go.set()
     _sleep_until(times["start"])
     cpu0, wall0 = time.process_time(), time.monotonic()
@@ -229,6 +232,55 @@ def drive(
         pool.close()
     loads = [_merge(t, clients, tallies[t.name], window_secs) for t in targets]
     return loads, wall1 - wall0, cpu1 - cpu0
+
+
+@dataclass(frozen=True)
+class DriveResult:
+    """:func:`drive_spread`'s answer: per-agent loads, the window's wall seconds, the load generator's CPU
+    seconds (every process) and the busiest process's share of one core."""
+
+    loads: list[AgentLoad]
+    wall_secs: float
+    cpu_secs: float
+    max_process_cores: float
+    processes: int
+
+
+def drive_spread(
+    targets: Sequence[AgentTarget],
+    clients: int,
+    window_secs: float,
+    *,
+    warmup_secs: float = 2.0,
+    processes: int = 1,
+    transport: Any = None,
+) -> DriveResult:
+    """:func:`drive`, the targets split over ``processes`` worker processes (each its own interpreter, so
+    one GIL never limits the load) sharing one timed window; ``processes`` 1 (or a ``transport``) runs here.
+
+    The window opens ``warmup_secs`` (at least :data:`SPAWN_ALLOWANCE_SECS`) after the workers were asked to
+    start; a worker that started later still counts only its share of the window, which its rates show.
+    """
+    groups = [list(targets[i::processes]) for i in range(max(1, min(processes, len(targets))))]
+    if len(groups) == 1 or transport is not None:
+        loads, wall, cpu = drive(targets, clients, window_secs, warmup_secs=warmup_secs, transport=transport)
+        return DriveResult(loads, wall, cpu, cpu / wall if wall > 0 else 0.0, 1)
+    import concurrent.futures
+    import multiprocessing
+
+    start_at = time.monotonic() + max(warmup_secs, SPAWN_ALLOWANCE_SECS)
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads (the sampler's)
+    with concurrent.futures.ProcessPoolExecutor(len(groups), mp_context=ctx) as pool:
+        futures = [
+            pool.submit(drive, group, clients, window_secs, warmup_secs=0.0, start_at=start_at) for group in groups
+        ]
+        answers = [f.result() for f in futures]
+    order = {t.name: i for i, t in enumerate(targets)}
+    loads = sorted((ld for a in answers for ld in a[0]), key=lambda ld: order[ld.name])
+    wall = max(a[1] for a in answers)
+    return DriveResult(
+        loads, wall, sum(a[2] for a in answers), max(a[2] / a[1] if a[1] > 0 else 0.0 for a in answers), len(groups)
+    )
 
 
 def _merge(target: AgentTarget, clients: int, tallies: Sequence[_Tally], window_secs: float) -> AgentLoad:
