@@ -317,7 +317,7 @@ def lone_latency(
     out: dict[str, dict[str, float | int | None]] = {}
     for t in targets:
         single = replace(t, shapes=tuple(replace(s, rows=1) for s in t.shapes))
-        (ld,), _, _ = drive([single], 1, secs, warmup_secs=min(1.0, secs), transport=transport)
+        (ld,), _, _ = drive([single], 1, secs, warmup_secs=min(0.5, secs), transport=transport)
         lat = stats.summarize_latencies(ld.latencies_secs)
         out[t.name] = {
             "requests": lat.count,
@@ -334,14 +334,30 @@ def run_agents_bench(
     backend: GpuBackend | None,
     progress: Progress = lambda _msg: None,
     on_point: Callable[[PointResult], None] | None = None,
+    on_result: Callable[[BenchResult], None] | None = None,
     command: Sequence[str] = COLO_COMMAND,
     transport: Any = None,
 ) -> BenchResult:
-    """Every mode × client count of ``bench``. Raises BenchError (colo up failed, agents not healthy)."""
+    """Every mode × client count of ``bench``; ``on_result`` gets the result so far after each point (a run
+    cut short keeps its points). Raises BenchError (colo up failed, agents not healthy)."""
     from colo.bench.run import machine_facts
 
     points: list[PointResult] = []
     lone: dict[str, Any] = {}
+    machine = machine_facts(backend, bench.gpu_index)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def result() -> BenchResult:
+        settings = {
+            **bench.settings,
+            "duration_secs": bench.window_secs,
+            "warmup_secs": bench.warmup_secs,
+            "clients": list(bench.clients),
+            "attached": bench.attached,
+            "shapes": {t.name: [s.to_dict() for s in t.shapes] for t in bench.targets},
+            "lone": dict(lone),
+        }
+        return BenchResult(bench.title, "agents", tuple(points), machine=machine, settings=settings, created=created)
 
     def run_points(targets: Sequence[AgentTarget], mode: str) -> None:
         for n in bench.clients:
@@ -350,9 +366,13 @@ def run_agents_bench(
             points.append(point)
             if on_point:
                 on_point(point)
+            if on_result:
+                on_result(result())
         if bench.lone_secs > 0:
             progress(f"{mode}: each agent alone, one request at a time")
             lone[mode] = lone_latency(targets, bench.lone_secs, transport=transport)
+            if on_result:
+                on_result(result())
 
     names = [t.name for t in bench.targets]
     for mode in bench.modes:
@@ -376,20 +396,4 @@ def run_agents_bench(
             if missing:
                 raise BenchError(f"RUNNING but /health does not answer 200: {', '.join(missing)}")
             run_points(with_recorded(bench.targets, sd), mode)
-    settings = {
-        **bench.settings,
-        "duration_secs": bench.window_secs,
-        "warmup_secs": bench.warmup_secs,
-        "clients": list(bench.clients),
-        "attached": bench.attached,
-        "shapes": {t.name: [s.to_dict() for s in t.shapes] for t in bench.targets},
-        "lone": lone,
-    }
-    return BenchResult(
-        bench.title,
-        "agents",
-        tuple(points),
-        machine=machine_facts(backend, bench.gpu_index),
-        settings=settings,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+    return result()

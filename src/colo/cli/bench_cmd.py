@@ -507,8 +507,13 @@ def _execute_agents(bench: Any, *, out: Path, as_json: bool) -> None:
             highlight=False,
         )
 
+    def on_result(partial: BenchResult) -> None:  # a run cut short keeps what it measured
+        write_reports([partial], out, stem="agents")
+
     with sigterm_as_exit():
-        result = run_agents_bench(bench, backend=backend, progress=on_message, on_point=on_point)
+        result = run_agents_bench(
+            bench, backend=backend, progress=on_message, on_point=on_point, on_result=on_result
+        )
     paths = write_reports([result], out, stem="agents")
     if as_json:
         import sys
