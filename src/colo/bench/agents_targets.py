@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from colo.bench import agents_report as rep
-from colo.bench.report import load_json
+from colo.bench.report import _ms, load_json
 from colo.bench.results import BenchResult
 
 DEFAULT_BATCH_WAIT_MS = 2.0
@@ -98,7 +98,7 @@ def judge(
         )
     )
     out.append(_lone(new, old, batch_wait_ms or {}))
-    p99 = [f"{p.mode} {p.concurrency}: {rep._ms(p.latency.p99_secs)} ms" for p in new.points]
+    p99 = [f"{p.mode} {p.concurrency}: {_ms(p.latency.p99_secs)} ms" for p in new.points]
     out.append(
         Target("p99 reported", bool(p99) and all(math.isfinite(p.latency.p99_secs) for p in new.points), "; ".join(p99))
     )
