@@ -25,8 +25,13 @@ def retry_after(point: PointResult) -> int:
     return sum(int(i.info.get("retry_after_503", 0)) for i in point.instances)
 
 
+def requests(inst: InstanceResult) -> int:
+    """Successful requests (the stored count when the JSON report dropped the latency list)."""
+    return int(inst.info.get("requests", inst.requests))
+
+
 def requests_per_sec(point: PointResult) -> float:
-    return sum(i.requests / i.elapsed_secs for i in point.instances if i.elapsed_secs > 0)
+    return sum(requests(i) / i.elapsed_secs for i in point.instances if i.elapsed_secs > 0)
 
 
 def memory_cell(inst: InstanceResult) -> str:
@@ -117,14 +122,14 @@ def agent_rows(result: BenchResult) -> list[list[str]]:
     rows = []
     for p in result.points:
         for i in p.instances:
-            lat = i.to_dict(with_latencies=False)["latency"]
+            lat = i.info.get("latency") or i.to_dict(with_latencies=False)["latency"]
             rows.append(
                 [
                     MODE_NAMES.get(p.mode, p.mode),
                     str(p.concurrency),
                     i.label,
                     _num(i.per_sec),
-                    _num(i.requests / i.elapsed_secs if i.elapsed_secs > 0 else math.nan),
+                    _num(requests(i) / i.elapsed_secs if i.elapsed_secs > 0 else math.nan),
                     _ms(lat["p50_secs"]),
                     _ms(lat["p99_secs"]),
                     errors_cell(i),

@@ -285,6 +285,8 @@ def measure(
 
 
 def _instance(index: int, ld: AgentLoad) -> InstanceResult:
+    from colo.bench import stats
+
     return InstanceResult(
         index=index,
         label=ld.name,
@@ -296,6 +298,8 @@ def _instance(index: int, ld: AgentLoad) -> InstanceResult:
         info={
             "url": ld.url,
             "clients": ld.clients,
+            "requests": ld.requests,  # kept when the JSON report drops the latency list
+            "latency": stats.summarize_latencies(ld.latencies_secs).to_dict(),
             "errors": dict(ld.errors),
             "hard_errors": ld.hard_errors,
             "retry_after_503": ld.retry_after,

@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from colo.bench.agents_report import hard_errors, markdown, retry_after, within_limits
 from colo.bench.agents_run import AgentsBench, config_targets, measure, request_shapes, run_agents_bench, url_targets
+from colo.bench.agents_targets import judge
+from colo.bench.agents_targets import main as targets_main
 from colo.bench.loads.agents import (
     RETRY_AFTER_KEY,
     TRANSPORT_KEY,
@@ -26,6 +28,7 @@ from colo.bench.loads.agents import (
     drive_spread,
 )
 from colo.bench.report import load_json, to_json
+from colo.bench.results import BenchResult, InstanceResult, PointResult
 from colo.cli.main import app
 from colo.errors import UsageError
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
@@ -254,3 +257,56 @@ def test_cli_starts_colo_up_per_mode_and_stops_it(tmp_path: Path) -> None:
     for port in ports:  # stopped
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0)
+
+
+def _agents_result(rates: dict[tuple[str, int], float], *, lone_p50: float, errors: int = 0) -> BenchResult:
+    points = tuple(
+        PointResult(
+            mode,
+            n,
+            (
+                InstanceResult(
+                    0,
+                    "memory",
+                    7,
+                    "seq",
+                    rate * 10,
+                    10.0,
+                    (0.01, 0.02),
+                    info={
+                        "requests": 2,
+                        "hard_errors": errors,
+                        "retry_after_503": 1,
+                        "errors": {"500": errors},
+                        "limit_bytes": 2 << 30,
+                        "peak_memory_bytes": 1 << 30,
+                        "within_limit": True,
+                    },
+                ),
+            ),
+            workload="agents",
+            load={"cpu_cores_used": 0.3, "max_process_cores": 0.2, "processes": 2.0, "host_cpus": 16.0},
+        )
+        for (mode, n), rate in rates.items()
+    )
+    lone = {"mps": {"memory": {"requests": 50, "p50_secs": lone_p50, "p99_secs": lone_p50, "errors": 0}}}
+    return BenchResult("t", "agents", points, settings={"lone": lone})
+
+
+def test_issue_13_targets_judged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    new = _agents_result({("mps", 3): 10_000.0, ("timeslice", 3): 5_000.0, ("mps", 1): 4_000.0}, lone_p50=0.004)
+    old = _agents_result({("mps", 3): 4_000.0}, lone_p50=0.003)
+    verdicts = {t.name: t.passed for t in judge(new, old, clients=3, batch_wait_ms={"memory": 2.0})}
+    assert all(verdicts.values()), verdicts
+    assert judge(new, None)[2].passed is None  # no old build: not judged
+    slow = _agents_result({("mps", 3): 10_000.0}, lone_p50=0.0065)
+    assert not judge(slow, old, batch_wait_ms={"memory": 2.0})[4].passed  # +3.5 ms > 2 ms
+    (tmp_path / "new.json").write_text(to_json([_agents_result({("mps", 3): 1.0}, lone_p50=0.01, errors=3)]))
+    (tmp_path / "old.json").write_text(to_json([old]))
+    code = targets_main(
+        [str(tmp_path / "new.json"), "--old", str(tmp_path / "old.json"), "--summary", str(tmp_path / "s.json")]
+    )
+    out = capsys.readouterr().out
+    assert code == 1 and "GPU-RESULT errors other than 503 Retry-After: FAIL" in out and "| old | MPS | 3 |" in out
+    assert json.loads((tmp_path / "s.json").read_text())["targets"][0]["passed"] is False
+    assert targets_main([str(tmp_path / "missing.json")]) == 2
