@@ -47,7 +47,7 @@ cleanup() {
   trap - EXIT TERM INT
   log "cleanup: stopping every agent and MPS daemon"
   old_colo down --state-dir "$OLD_SD" --timeout 60 >>"$LOG" 2>&1 || true
-  for sd in /tmp/colo-bench-agents-*; do
+  for sd in /tmp/colo-agents-bench-*; do
     [ -d "$sd" ] && new_colo down --state-dir "$sd" --timeout 60 >>"$LOG" 2>&1
   done
   if pgrep -af "colo.modelserver.serve" >>"$LOG" 2>&1; then

@@ -167,7 +167,7 @@ def colo_up(
     happened. Raises BenchError when colo exits, an agent turns FATAL, or the wait times out."""
     from colo.supervise.statedir import stop_leftovers
 
-    sd = Path(tempfile.mkdtemp(prefix="colo-bench-agents-"))
+    sd = Path(tempfile.mkdtemp(prefix="colo-agents-bench-"))
     log_path = sd / "up.log"
     argv = [*command, "up", str(config_path), "--state-dir", str(sd), "--no-api", "--force"]
     if not mps:
