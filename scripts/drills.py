@@ -4,7 +4,8 @@
     PYTHONPATH=src python3 scripts/drills.py [--timeout 540] [--out DIR]
 
 Runs ``tests/gpu/test_supervise_gpu.py`` (pytest -m gpu -s), echoes its output, collects the
-``GPU-RESULT drill=N name=... outcome=... seconds=... detail=...`` lines and prints them as a table (and as
+``GPU-RESULT drill=N name=... outcome=... seconds=... [detect_s=D recover_s=R] detail=...`` lines and prints them
+as a table (and as
 ``drills.json`` under ``--out`` / ``$OUT`` when given). Exit code: pytest's (124 on timeout).
 """
 
@@ -21,10 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(
-    r"GPU-RESULT drill=(?P<drill>\d+) name=(?P<name>\S+) outcome=(?P<outcome>\S+) "
-    r"seconds=(?P<seconds>[\d.]+) detail=(?P<detail>.*)$"
+    r"GPU-RESULT drill=(?P<drill>\w+) name=(?P<name>\S+) outcome=(?P<outcome>\S+) "
+    r"seconds=(?P<seconds>[\d.]+)(?: detect_s=(?P<detect_s>\S+) recover_s=(?P<recover_s>\S+))? detail=(?P<detail>.*)$"
 )
-TITLES = {
+TITLES: dict[int | str, str] = {
     1: "newsroom up: 9 agents RUNNING under MPS, each under its limit",
     2: "SIGKILL one agent -> restarted, others untouched",
     3: "always-exiting agent -> BACKOFF then FATAL",
@@ -32,6 +33,11 @@ TITLES = {
     5: "illegal-address kernel -> MPS FAULT recovered",
     6: "SIGKILL orchestrator -> agents re-adopted",
     7: "colo apply one limit -> only that agent restarted",
+    8: "SIGKILL the MPS server -> GPU recovered, all serving",
+    9: "SIGKILL the MPS control daemon -> daemon restored, all serving",
+    10: "SIGSTOP one agent -> killed and restarted, others untouched",
+    11: "outside client device-side assert -> contained, nothing restarted",
+    "end": "colo down -> no MPS process, zombie or agent left",
 }
 
 
@@ -58,7 +64,7 @@ def main() -> int:
         str(ROOT / "tests" / "gpu" / "test_supervise_gpu.py"),
     ]
     start = time.monotonic()
-    results: dict[int, dict[str, str]] = {}
+    results: dict[int | str, dict[str, str | None]] = {}
     lines: list[str] = []
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -69,7 +75,8 @@ def main() -> int:
             lines.append(raw)
             m = LINE.search(raw.rstrip("\n"))
             if m:
-                results[int(m["drill"])] = m.groupdict()
+                drill = m["drill"]
+                results[int(drill) if drill.isdigit() else drill] = m.groupdict()
             if time.monotonic() - start > args.timeout:
                 proc.kill()
                 rc = 124
@@ -80,14 +87,15 @@ def main() -> int:
             proc.kill()
     total = time.monotonic() - start
     print()
-    print(f"{'drill':<6}{'outcome':<9}{'seconds':>8}  what")
-    for n in sorted(TITLES):
+    print(f"{'drill':<6}{'outcome':<9}{'seconds':>8}{'detect':>8}{'recover':>8}  what")
+    for n in TITLES:
         r = results.get(n)
         if r is None:
-            print(f"{n:<6}{'missing':<9}{'-':>8}  {TITLES[n]}")
+            print(f"{n!s:<6}{'missing':<9}{'-':>8}{'':>8}{'':>8}  {TITLES[n]}")
             continue
-        print(f"{n:<6}{r['outcome']:<9}{float(r['seconds']):>8.1f}  {TITLES[n]}")
-        print(f"{'':<23}{r['detail'][:200]}")
+        det, rec = r.get("detect_s") or "", r.get("recover_s") or ""
+        print(f"{n!s:<6}{r['outcome']!s:<9}{float(r['seconds'] or 0):>8.1f}{det:>8}{rec:>8}  {TITLES[n]}")
+        print(f"{'':<39}{(r['detail'] or '')[:300]}")
     print(f"total {total:.0f} s; pytest exit code {rc}")
     if args.out:
         out = Path(args.out)

@@ -1,6 +1,6 @@
-"""Supervision drills on a real GPU with real MPS (issue 5). Each drill prints one line:
+"""Supervision drills on a real GPU with real MPS (issues 5 and 12). Each drill prints one line:
 
-    GPU-RESULT drill=N name=... outcome=pass|fail seconds=S detail=...
+    GPU-RESULT drill=N name=... outcome=pass|fail seconds=S detect_s=D recover_s=R detail=...
 
 1. newsroom up: nine built-in agents RUNNING under MPS, each an MPS client (NVML) under its limit;
 2. SIGKILL one agent -> restarted and healthy; the others' pids unchanged;
@@ -8,11 +8,24 @@
 6. SIGKILL the orchestrator, start it again -> the same pids adopted, no duplicates;
 3. an agent that always exits -> BACKOFF then FATAL, shown by ``colo status --json``;
 4. an agent that allocates past its MPS limit -> it alone fails with out-of-memory (event); others serve;
-5. a client launches an illegal-address kernel -> MPS FAULT detected, every agent on that GPU RUNNING again.
+5. a client launches an illegal-address kernel -> MPS FAULT detected, every agent on that GPU RUNNING again;
+8. SIGKILL the MPS server -> detected (server_died), the GPU's nine agents relaunched, /infer answers again;
+9. SIGKILL the MPS control daemon -> detected (daemon_died), daemon restored, agents relaunched, no zombie;
+10. SIGSTOP one agent (hung) -> its /health probe fails, it is killed and restarted; the others untouched;
+11. a client outside colo, started with `colo mps env`'s lines, hits a device-side assert -> what MPS contains
+    is reported, and colo restarts nothing it need not;
+end. ``colo down`` -> no MPS process, no zombie, no agent left.
 
-Drills 1, 2, 7, 6 share one newsroom run through the real CLI (``colo up`` in a subprocess); 3-5 drive an
-in-process Orchestrator. Every MPS daemon is quit and every process killed in teardown, always. State dirs
-are short paths under /tmp (MPS sockets live there). Needs about 6 minutes (PER_FILE_SECS=420).
+During drills 8-11 a checker thread polls colo's agent states (its API) and one small ``/infer`` per agent
+every ~0.25 s and counts samples where colo said RUNNING while ``/infer`` failed (``running_while_failing``,
+target 0). After each of them, and at the end, the zombies (``ps -eo stat,comm``) and MPS processes are
+printed (``GPU-LEFTOVERS``).
+
+Drills 1, 2, 7, 8, 9, 10, 11, 6, end share one newsroom run through the real CLI (``colo up`` in a subprocess;
+8-11 run before 6 so that the orchestrator that started the MPS daemon — its subreaper — is the one that reaps
+it); 3-5 drive an in-process Orchestrator. Every MPS daemon is quit and every process killed in teardown,
+always. State dirs are short paths under /tmp (MPS sockets live there). Needs about 6 minutes
+(PER_FILE_SECS=540).
 """
 
 from __future__ import annotations
@@ -140,9 +153,26 @@ while True:
 '''
 
 
-def result(drill: int, name: str, ok: bool, secs: float, detail: str = "") -> None:
-    text = detail.replace("\n", " ")[:300]
-    print(f"GPU-RESULT drill={drill} name={name} outcome={'pass' if ok else 'fail'} seconds={secs:.1f} detail={text}")
+def result(
+    drill: int | str,
+    name: str,
+    ok: bool,
+    secs: float,
+    detail: str = "",
+    *,
+    detect_s: float | None = None,
+    recover_s: float | None = None,
+) -> None:
+    text = detail.replace("\n", " ")[:600 if detect_s is not None else 300]
+    figures = ""
+    if detect_s is not None or recover_s is not None:
+        d = f"{detect_s:.2f}" if detect_s is not None else "-"
+        r = f"{recover_s:.2f}" if recover_s is not None else "-"
+        figures = f" detect_s={d} recover_s={r}"
+    print(
+        f"GPU-RESULT drill={drill} name={name} outcome={'pass' if ok else 'fail'} seconds={secs:.1f}{figures}"
+        f" detail={text}"
+    )
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.5, tick: Callable[[], None] | None = None) -> Any:
@@ -287,8 +317,268 @@ def newsroom() -> Iterator[dict[str, Any]]:
         cleanup(sd)
 
 
+# --- issue 12: watching MPS and "RUNNING means serving" (drills 8-11, end) ---------------------------------
+
+PORTS = {name: int(a["port"]) for name, a in yaml.safe_load(NEWSROOM.read_text())["agents"].items()}
+INFER_BODY = json.dumps({"texts": ["colo drill"], "max_new_tokens": 1}).encode()
+
+
+def infer_ok(port: int, timeout: float = 1.0) -> bool:
+    """One small ``POST /infer`` answered 200 within ``timeout`` seconds."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/infer", data=INFER_BODY, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return int(r.status) == 200
+    except OSError:
+        return False
+
+
+class ServingChecker:
+    """During one drill: every ~0.25 s, colo's agent states (from its API) then one small ``/infer`` per agent;
+    counts the samples where colo said RUNNING and ``/infer`` failed (the promise: 0)."""
+
+    def __init__(self, sd: Path) -> None:
+        import threading
+
+        self.sd = sd
+        self.samples = 0
+        self.violations: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="serving-checker", daemon=True)
+
+    def __enter__(self) -> ServingChecker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def count(self) -> int:
+        return sum(self.violations.values())
+
+    def summary(self) -> str:
+        by = ",".join(f"{n}:{c}" for n, c in sorted(self.violations.items())) or "none"
+        return f"running_while_failing={self.count} (of {self.samples} samples; by agent: {by})"
+
+    def _loop(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from colo.api.auth import read_token
+        from colo.api.client import ApiClient
+
+        client = ApiClient(token=read_token(self.sd), timeout_secs=1.0)
+        with ThreadPoolExecutor(len(PORTS)) as pool:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    states = {a["name"]: a["state"] for a in client.agents()}
+                except Exception:
+                    states = {}
+                oks = dict(zip(PORTS, pool.map(infer_ok, PORTS.values()), strict=True))
+                for name, ok in oks.items():
+                    self.samples += 1
+                    if states.get(name) == "RUNNING" and not ok:
+                        self.violations[name] = self.violations.get(name, 0) + 1
+                self._stop.wait(max(0.0, 0.25 - (time.monotonic() - started)))
+        client.close()
+
+
+def zombies() -> list[str]:
+    """Every zombie visible here: ``pid:comm(parent ppid)`` (what ``ps -eo stat,comm`` shows as Z)."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["pid", "name", "ppid", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            out.append(f"{proc.info['pid']}:{proc.info['name']}(parent {proc.info['ppid']})")
+    return out
+
+
+def ours(z: list[str]) -> list[str]:
+    """The MPS zombies whose parent is not PID 1: colo's to reap. (A zombie left to PID 1 was orphaned when
+    drill 6 SIGKILLed the orchestrator that started the daemon; a container's PID 1 may never reap it.)"""
+    return [x for x in z if "nvidia-cuda-mps" in x and not x.endswith("(parent 1)")]
+
+
+def api_states(sd: Path) -> dict[str, str]:
+    """Agent states from colo's API (fast: no CLI start-up)."""
+    from colo.api.auth import read_token
+    from colo.api.client import ApiClient
+
+    with ApiClient(token=read_token(sd), timeout_secs=2.0) as client:
+        return {a["name"]: a["state"] for a in client.agents()}
+
+
+def mps_processes(sd: Path | None = None) -> list[str]:
+    """MPS daemons/servers (of ``sd``'s pipe dirs when given): ``kind:pid``."""
+    from colo.gpu.mps.control import scan_processes
+
+    return [
+        f"{p.kind}:{p.pid}"
+        for p in scan_processes(None)
+        if sd is None or p.pipe_dir.startswith(str(sd))
+    ]
+
+
+def agents_left(sd: Path) -> list[int]:
+    """Processes whose command line names ``sd`` (agents of this state dir), this test's own aside."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid != os.getpid() and str(sd) in " ".join(proc.info["cmdline"] or []):
+            out.append(proc.pid)
+    return out
+
+
+def leftovers(drill: int | str, sd: Path) -> list[str]:
+    """Print and return zombies and this state dir's MPS processes now (after a drill: one daemon, one server)."""
+    z = zombies()
+    m = mps_processes(sd)
+    print(f"GPU-LEFTOVERS drill={drill} zombies={z or 'none'} mps={m or 'none'}")
+    return z
+
+
+def the_gpu(sd: Path) -> tuple[str, Path]:
+    from colo.gpu.mps.root import MpsRoot
+
+    root = MpsRoot.under_state_dir(sd)
+    (uuid,) = root.gpu_uuids()
+    return uuid, root.for_gpu(uuid).pipe_dir
+
+
+def mps_pid(sd: Path, kind: str) -> int | None:
+    """The GPU's control daemon (process scan) or server (``get_server_list``, then the scan)."""
+    from colo.gpu.mps.control import scan_processes
+    from colo.gpu.mps.daemon import MpsDaemon
+    from colo.gpu.mps.root import MpsRoot
+
+    uuid, pipe = the_gpu(sd)
+    if kind == "server":
+        with contextlib.suppress(Exception):
+            pids = MpsDaemon(MpsRoot.under_state_dir(sd).for_gpu(uuid), uuid).server_pids()
+            if pids:
+                return pids[0]
+    found = [p.pid for p in scan_processes(pipe) if p.kind == kind]
+    return found[0] if found else None
+
+
+def events_after(sd: Path, seq: int, kind: str | None = None, text: str = "") -> list[Any]:
+    return [e for e in store_events(sd) if e.seq > seq and (kind is None or e.kind.value == kind) and text in e.message]
+
+
+def colo_figures(sd: Path, seq: int, trigger: str = "") -> tuple[float | None, float | None, str]:
+    """colo's own record of its recovery: (detect_s, recover_s, message) from the "recovery ... done" event."""
+    import re
+
+    done = [e for e in events_after(sd, seq, "restarted", "MPS fault recovery on") if not trigger or f"[{trigger}]" in e.message]
+    if not done:
+        return None, None, ""
+    msg = done[-1].message
+    d = re.search(r"detect_s=([0-9.]+)", msg)
+    r = re.search(r"recover_s=([0-9.]+)", msg)
+    return (float(d.group(1)) if d else None, float(r.group(1)) if r else None, msg)
+
+
+def all_serving(sd: Path) -> dict[str, dict[str, Any]] | None:
+    """All nine RUNNING and every one's /infer answers."""
+    agents = all_running(sd, 9)
+    if agents and all(infer_ok(PORTS[n], timeout=5.0) for n in agents):
+        return agents
+    return None
+
+
+def gpu_failure_drill(newsroom: dict[str, Any], drill: int, name: str, kind: str, trigger: str) -> None:
+    """SIGKILL the GPU's MPS ``kind`` process; colo must notice (``trigger``), relaunch the nine agents, serve."""
+    import psutil
+
+    sd: Path = newsroom["sd"]
+    before: dict[str, int] = newsroom.get("pids") or {}
+    if len(before) != 9 or not all_serving(sd):
+        pytest.skip("the newsroom is not up and serving")
+    victim = mps_pid(sd, kind)
+    assert victim is not None, f"no MPS {kind} of the newsroom's GPU: {mps_processes(sd)}"
+    seq = max((e.seq for e in store_events(sd)), default=0)
+    with ServingChecker(sd) as checker:
+        t0 = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        # Expected: `trigger`; an agent that lost its context a moment earlier may start it as client_rpc_failure.
+        seen = wait_for(lambda: events_after(sd, seq, "mps_fault", "MPS failure on"), timeout=30, step=0.05)
+        t_seen = time.monotonic() - t0
+
+        def back() -> dict[str, dict[str, Any]] | None:
+            agents = all_serving(sd)
+            if agents and all(agents[n]["pid"] != before[n] for n in before):
+                return agents
+            return None
+
+        agents = wait_for(back, timeout=120, step=0.25)
+        secs = time.monotonic() - t0
+        time.sleep(1.0)  # a moment of steady serving in the checker's count
+    detect, recover, msg = colo_figures(sd, seq, "")
+    ok = bool(seen) and bool(agents)
+    detail = f"killed {kind} {victim}; colo saw it after {t_seen:.2f} s (observed)"
+    if seen:
+        detail += f"; event: {seen[0].message}"
+        if f"[{trigger}]" not in seen[0].message:
+            detail += f" (expected trigger {trigger})"
+    if agents:
+        newsroom["pids"] = {n: a["pid"] for n, a in agents.items()}
+        detail += f"; all 9 relaunched and serving after {secs:.1f} s"
+    else:
+        detail += f"; states: { {n: a['state'] for n, a in agents_by_name(sd).items()} }"
+    if kind == "control":
+        new = mps_pid(sd, "control")
+        old_zombie = psutil.pid_exists(victim) and psutil.Process(victim).status() == psutil.STATUS_ZOMBIE
+        ok = ok and new is not None and new != victim and not old_zombie
+        detail += f"; new daemon {new}; old daemon a zombie: {old_zombie}"
+    detail += f"; {checker.summary()}; colo: {msg or 'no recovery record'}"
+    z = leftovers(drill, sd)
+    result(drill, name, ok, secs, detail, detect_s=detect if detect is not None else t_seen, recover_s=recover)
+    assert ok, detail
+    assert not ours(z), f"MPS zombies: {z}"
+
+
+OUTSIDE_CLIENT = r"""
+import sys, torch
+x = torch.zeros(2, device="cuda")
+torch.cuda.synchronize()
+print("outside client: CUDA up", flush=True)
+index = torch.tensor([1 << 20], device="cuda")
+try:
+    x.index_select(0, index)
+    torch.cuda.synchronize()
+    print("outside client: no error?", flush=True)
+except Exception as exc:
+    print("outside client: " + str(exc).strip().splitlines()[0], flush=True)
+    sys.exit(3)
+"""
+
+
+def mps_env_lines(sd: Path, agent: str) -> dict[str, str]:
+    """The environment ``colo mps env AGENT`` prints (its ``export`` lines), for this state dir."""
+    import shlex
+
+    e = env()
+    e["COLO_STATE_DIR"] = str(sd)
+    out = subprocess.run(
+        [*COLO, "mps", "env", agent, "--config", str(NEWSROOM)], env=e, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    found: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export ") :].partition("=")
+            found[key] = shlex.split(value)[0] if value else ""
+    return found
+
+
 class TestNewsroom:
-    """Drills 1, 2, 7, 6 in this order on one running newsroom."""
+    """Drills 1, 2, 7, 8, 9, 10, 11, 6, end in this order on one running newsroom."""
 
     def test_drill1_newsroom_up_under_mps(self, newsroom: dict[str, Any]) -> None:
         from colo.gpu.nvml import NvmlBackend
@@ -416,6 +706,91 @@ class TestNewsroom:
         result(7, "apply_one_limit", ok, secs, detail)
         assert ok, detail
 
+    def test_drill8_sigkill_mps_server(self, newsroom: dict[str, Any]) -> None:
+        gpu_failure_drill(newsroom, 8, "sigkill_mps_server", "server", "server_died")
+
+    def test_drill9_sigkill_mps_control_daemon(self, newsroom: dict[str, Any]) -> None:
+        gpu_failure_drill(newsroom, 9, "sigkill_mps_daemon", "control", "daemon_died")
+
+    def test_drill10_sigstop_one_agent(self, newsroom: dict[str, Any]) -> None:
+        sd: Path = newsroom["sd"]
+        before: dict[str, int] = newsroom.get("pids") or {}
+        if len(before) != 9 or not all_serving(sd):
+            pytest.skip("the newsroom is not up and serving")
+        victim = "memory"
+        with ServingChecker(sd) as checker:
+            t0 = time.monotonic()
+            os.kill(before[victim], signal.SIGSTOP)
+            try:
+                left = wait_for(lambda: api_states(sd).get(victim) != "RUNNING", timeout=30, step=0.1)
+                t_detect = time.monotonic() - t0
+
+                def back() -> dict[str, dict[str, Any]] | None:
+                    agents = all_running(sd, 9)
+                    if agents and agents[victim]["pid"] != before[victim] and infer_ok(PORTS[victim], 5.0):
+                        return agents
+                    return None
+
+                agents = wait_for(back, timeout=120, step=0.25)
+                secs = time.monotonic() - t0
+                time.sleep(1.0)
+            finally:
+                with contextlib.suppress(OSError):  # colo sent SIGCONT with its stop signal; make sure
+                    os.kill(before[victim], signal.SIGCONT)
+        ok = bool(left) and bool(agents)
+        detail = f"SIGSTOP {victim} pid {before[victim]}; left RUNNING after {t_detect:.2f} s"
+        if agents:
+            moved = [n for n in before if n != victim and agents[n]["pid"] != before[n]]
+            ok = ok and not moved
+            newsroom["pids"] = {n: a["pid"] for n, a in agents.items()}
+            detail += f"; new pid {agents[victim]['pid']} serving after {secs:.1f} s; others moved: {moved or 'none'}"
+        events = [e.message for e in store_events(sd) if e.agent == victim][-4:]
+        detail += f"; {checker.summary()}; last events: {events}"
+        leftovers(10, sd)
+        result(10, "sigstop_agent", ok, secs, detail, detect_s=t_detect, recover_s=secs - t_detect)
+        assert ok, detail
+
+    def test_drill11_outside_client_device_assert(self, newsroom: dict[str, Any]) -> None:
+        from colo.gpu.mps.daemon import MpsDaemon
+        from colo.gpu.mps.root import MpsRoot
+
+        sd: Path = newsroom["sd"]
+        before: dict[str, int] = newsroom.get("pids") or {}
+        if len(before) != 9 or not all_serving(sd):
+            pytest.skip("the newsroom is not up and serving")
+        client_env = {k: v for k, v in env().items() if not k.startswith(("CUDA_MPS_", "CUDA_VISIBLE_DEVICES"))}
+        client_env.update(mps_env_lines(sd, "analyst"))
+        seq = max((e.seq for e in store_events(sd)), default=0)
+        uuid, _ = the_gpu(sd)
+        daemon = MpsDaemon(MpsRoot.under_state_dir(sd).for_gpu(uuid), uuid)
+        statuses: list[str] = []
+        with ServingChecker(sd) as checker:
+            t0 = time.monotonic()
+            out = subprocess.run(
+                [sys.executable, "-c", OUTSIDE_CLIENT], env=client_env, capture_output=True, text=True, timeout=120
+            )
+            for _ in range(10):  # watch MPS and the agents for a few seconds after the assert
+                with contextlib.suppress(Exception):
+                    statuses.append(",".join(f"{s.pid}:{s.status.value}" for s in daemon.status().servers))
+                time.sleep(0.5)
+            agents = all_serving(sd)
+            secs = time.monotonic() - t0
+        said = " | ".join(out.stdout.strip().splitlines()[-2:])
+        asserted = out.returncode != 0 and "device-side assert" in (out.stdout + out.stderr)
+        faults = events_after(sd, seq, "mps_fault")
+        restarted = [e.agent for e in events_after(sd, seq) if e.kind.value in ("restarted", "started") and e.agent]
+        contained = bool(agents) and not faults and all(agents[n]["pid"] == before[n] for n in before)
+        recovered = bool(faults) and bool(agents)  # MPS did not contain it: colo must have recovered the GPU
+        ok = asserted and (contained or recovered)
+        detail = (
+            f"client rc={out.returncode}: {said}; server statuses after: {sorted(set(statuses))}; "
+            f"MPS contained it: {contained}; colo restarted: {restarted or 'nothing'}; "
+            f"mps_fault events: {[e.message for e in faults] or 'none'}; {checker.summary()}"
+        )
+        leftovers(11, sd)
+        result(11, "outside_client_device_assert", ok, secs, detail)
+        assert ok, detail + (f"; client stderr: {out.stderr[-500:]}" if not asserted else "")
+
     def test_drill6_orchestrator_sigkill_and_adopt(self, newsroom: dict[str, Any]) -> None:
         import psutil
 
@@ -470,6 +845,33 @@ class TestNewsroom:
             detail += f"; pids changed: {changed or 'none'}; duplicates: {dupes or 'none'}; adopted events seen: {adopted_events}"
         result(6, "orchestrator_sigkill_adopt", ok, secs, detail)
         assert ok, detail
+
+    def test_drill_end_down_leaves_nothing(self, newsroom: dict[str, Any]) -> None:
+        sd: Path = newsroom["sd"]
+        t0 = time.monotonic()
+        out = subprocess.run(
+            [*COLO, "down", "--state-dir", str(sd), "--timeout", "60"],
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        for p in newsroom["procs"]:
+            with contextlib.suppress(Exception):
+                p.wait(30)
+        secs = time.monotonic() - t0
+        time.sleep(1.0)
+        z = zombies()
+        mps = mps_processes(sd)
+        agents = agents_left(sd)
+        print(f"GPU-LEFTOVERS drill=end zombies={z or 'none'} mps={mps or 'none'} agents={agents or 'none'}")
+        ok = out.returncode == 0 and not mps and not agents and not ours(z)
+        detail = (
+            f"colo down rc={out.returncode}; MPS processes: {mps or 'none'}; agents: {agents or 'none'};"
+            f" zombies: {z or 'none'} (colo's to reap: {ours(z) or 'none'})"
+        )
+        result("end", "down_leaves_nothing", ok, secs, detail)
+        assert ok, detail + out.stderr[-500:]
 
 
 # --- in-process orchestrator with small agents: drills 3, 4, 5 --------------------------------------------

@@ -28,6 +28,9 @@ colo_plan_agents / colo_plan_agents_unplaced    gauge    agents placed / left ou
 colo_plan_calculated_bytes / _margin / _allocated gauge  plan totals
 colo_plan_gpu_allocated_bytes                   gauge    limits placed on each GPU
 colo_gpu_scrape_ok                              gauge    0 when NVML could not be read (see /gpu/info error)
+colo_mps_recoveries_total                       counter  finished MPS recoveries of a GPU (``uuid``, ``trigger``)
+colo_mps_recovery_detect_seconds                gauge    the last recovery's detection time (failure -> seen)
+colo_mps_recovery_recover_seconds               gauge    the last recovery's time from detection to all RUNNING
 ==============================================  =======  ===================================================
 """
 
@@ -41,7 +44,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from colo.gpu.poller import GpuState
 from colo.plan.types import GpuSlot, Plan
-from colo.supervise.snapshots import AgentStatus
+from colo.supervise.snapshots import AgentStatus, RecoverySummary
 from colo.supervise.state import AgentState
 
 
@@ -52,6 +55,7 @@ class MetricsInput:
     statuses: Sequence[AgentStatus]
     plan: Plan | None
     gpu: GpuState
+    recoveries: Sequence[RecoverySummary] = ()
 
 
 def gpu_label(key: str | None) -> str:
@@ -82,6 +86,36 @@ class ColoCollector(Collector):
         yield from self._gpus(data.gpu, data.statuses)
         if data.plan is not None:
             yield from self._plan(data.plan)
+        yield from self._recoveries(data.recoveries)
+
+    def _recoveries(self, done: Sequence[RecoverySummary]) -> Iterator[Metric]:
+        labels = ["uuid", "trigger"]
+        total = CounterMetricFamily(
+            "colo_mps_recoveries_total", "Finished MPS recoveries of a GPU, by trigger.", labels=labels
+        )
+        detect = GaugeMetricFamily(
+            "colo_mps_recovery_detect_seconds",
+            "The last MPS recovery's detection time: failed part last seen healthy -> failure seen (upper bound).",
+            labels=labels,
+        )
+        recover = GaugeMetricFamily(
+            "colo_mps_recovery_recover_seconds",
+            "The last MPS recovery's time from detection to every agent of the GPU RUNNING again.",
+            labels=labels,
+        )
+        counts: dict[tuple[str, str], int] = {}
+        last: dict[tuple[str, str], RecoverySummary] = {}
+        for r in done:
+            key = (r.gpu_uuid, r.trigger)
+            counts[key] = counts.get(key, 0) + 1
+            last[key] = r
+        for key, n in sorted(counts.items()):
+            total.add_metric(list(key), float(n))
+            r = last[key]
+            if r.detect_secs is not None:
+                detect.add_metric(list(key), r.detect_secs)
+            recover.add_metric(list(key), r.recover_secs)
+        yield from (total, detect, recover)
 
     def _agents(self, statuses: Sequence[AgentStatus]) -> Iterator[Metric]:
         labels = ["agent", "gpu", "uuid"]

@@ -214,9 +214,18 @@ def to_markdown(results: Sequence[BenchResult]) -> str:
             f"Workload: `{r.workload}`; {r.settings.get('duration_secs', '?')} s per point; "
             f"machine: {machine_line(r)}; {r.created}.\n"
         )
-        fixed = len(r.concurrencies()) == 1 and any(len({i.label for i in p.instances}) > 1 for p in r.points)
+        fixed = (
+            r.workload != "agents"
+            and len(r.concurrencies()) == 1
+            and any(len({i.label for i in p.instances}) > 1 for p in r.points)
+        )
         parts.extend(scaling_table(r))
         parts.append("")
+        if r.workload == "agents":
+            from colo.bench.agents_report import markdown
+
+            parts.extend(markdown(r))
+            parts.append("")
         if fixed:
             parts.extend(instance_table(r))
             parts.append("")
@@ -273,10 +282,11 @@ def plot_png(results: Sequence[BenchResult]) -> bytes:
                     label="merged-batch bound",
                 )
         ax_t.set_title(f"{r.title}: aggregate", fontsize=9)
-        ax_t.set_xlabel("instances N")
+        x_label = "clients per agent" if r.workload == "agents" else "instances N"
+        ax_t.set_xlabel(x_label)
         ax_t.set_ylabel(f"{r.unit}/s")
         ax_e.set_title(f"{r.title}: scaling efficiency", fontsize=9)
-        ax_e.set_xlabel("instances N")
+        ax_e.set_xlabel(x_label)
         ax_e.set_ylabel("% of N × single")
         ax_e.axhline(100, color="lightgray", linewidth=0.8)
         for ax in (ax_t, ax_e):

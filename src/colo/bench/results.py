@@ -96,6 +96,8 @@ class PointResult:
     gpu: GpuActivity | None = None
     workload: str = ""
     stored_latency: stats.LatencySummary | None = None  # from a JSON report written without latency lists
+    # the load generator's own facts (``colo bench agents``: ``cpu_secs``, ``wall_secs``, ``cpu_cores_used``)
+    load: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def unit(self) -> str:
@@ -144,6 +146,7 @@ class PointResult:
             "start_spread_secs": self.start_spread_secs,
             "instances": [i.to_dict(with_latencies=with_latencies) for i in self.instances],
             "gpu": self.gpu.to_dict() if self.gpu else None,
+            "load": dict(self.load),
         }
 
     @classmethod
@@ -156,6 +159,7 @@ class PointResult:
             gpu=GpuActivity.from_dict(gpu) if gpu else None,
             workload=str(raw.get("workload", "")),
             stored_latency=stats.latency_from_dict(raw["latency"]) if raw.get("latency") else None,
+            load={str(k): float(v) for k, v in dict(raw.get("load") or {}).items()},
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -389,15 +390,16 @@ def bench_http(
     replace(opts, mode="external").run(InstanceSpec("http", params, duration_secs=opts.duration), f"http {api} {model}")
 
 
-@bench_command("agents", ("mode", "duration", "out", "gpu", "as_json"))
-def bench_agents(
+@bench_command("forwards", ("mode", "duration", "out", "gpu", "as_json"))
+def bench_forwards(
     opts: BenchOptions,
     config: Path = typer.Argument(..., help="colo.yaml: one instance per agent, running its models"),
     batch: int = typer.Option(8, "--batch", min=1, help="sequences per forward, every model"),
     seq: int = typer.Option(128, "--seq", min=1, help="tokens per sequence"),
     dtype: str = typer.Option("float16", "--dtype", help="float16, bfloat16 or float32"),
 ) -> None:
-    """All agents of CONFIG under load together (each agent one process running its models' forwards)."""
+    """All agents of CONFIG together as bare forwards: one process per agent running its models back to back
+    (no HTTP, no agent; `colo bench agents` goes through the agents' APIs)."""
     from colo.bench.run import BenchPlan
     from colo.bench.suite import agent_specs
 
@@ -406,6 +408,134 @@ def bench_agents(
         f"{config.name}: {len(specs)} agents together", fixed=specs, modes=parse_modes(opts.mode), gpu_index=opts.gpu
     )
     _execute(plan, out=opts.out, as_json=opts.as_json, gpu_kind=True)
+
+
+@bench_command("agents", ("mode", "duration", "out", "gpu", "as_json"))
+def bench_agents(
+    opts: BenchOptions,
+    config: Path | None = typer.Argument(None, help="colo.yaml whose agents colo starts (or, attached, finds)"),
+    clients: str = typer.Option("1,3,16", "--clients", "-n", help="concurrent HTTP clients per agent, e.g. 1,3,16"),
+    batch: int = typer.Option(8, "--batch", min=1, help="sequences per request (at most the model's batch_size)"),
+    seq_len: int = typer.Option(128, "--seq-len", min=1, help="tokens per sequence (at most its max_seq_len)"),
+    new_tokens: int = typer.Option(16, "--new-tokens", min=1, help="generators: tokens per request"),
+    warmup: float = typer.Option(2.0, "--warmup", min=0.0, help="seconds of load before each timed window"),
+    agents: str | None = typer.Option(None, "--agents", help="only these agents of CONFIG: critic,scout"),
+    attach: str | None = typer.Option(
+        None, "--attach", help="load agents already running: NAME=URL,... (or bare URLs); starts nothing"
+    ),
+    attach_config: bool = typer.Option(
+        False, "--attach-config", help="CONFIG's agents are already running (at their ports); starts nothing"
+    ),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="attached: the running colo's state dir (agents' pids and limits)"
+    ),
+    lone: float = typer.Option(0.0, "--lone", min=0.0, help="then each agent alone, one row per request, SECS"),
+    start_timeout: float = typer.Option(600.0, "--start-timeout", min=1.0, help="seconds to wait for RUNNING"),
+    procs: int = typer.Option(
+        0, "--procs", min=0, max=64, help="load-generator processes (0: one per 4 CPUs, at most one per agent)"
+    ),
+) -> None:
+    """The agents of CONFIG through their HTTP APIs, as users reach them: N clients per agent, all together.
+
+    For each --mode colo runs CONFIG as `colo up` does (`--no-mps` for timeslice) in a fresh state dir, waits
+    until every agent is RUNNING, sends `POST /infer` (--batch × --seq-len, clamped to each model's worst case)
+    from N clients per agent for --duration seconds at each --clients count, and stops them. With --attach or
+    --attach-config it loads agents already running (any build) and --mode only labels the results.
+    """
+    from colo.bench.agents_run import AgentsBench, config_targets, url_targets
+    from colo.bench.loads.agents import RequestShape
+    from colo.spec.load import load_config
+
+    counts = parse_int_list(clients, "--clients")
+    modes = parse_modes(opts.mode)
+    only = tuple(a.strip() for a in agents.split(",") if a.strip()) if agents else ()
+    attached = bool(attach) or attach_config
+    if attach and attach_config:
+        raise UsageError("give --attach URLs or --attach-config, not both")
+    if attached and len(modes) != 1:
+        raise UsageError(
+            "attached, colo starts nothing: --mode names what the running agents use (one of timeslice, mps)"
+        )
+    cfg = load_config(config) if config is not None else None
+    if attach:
+        shapes = (RequestShape(None, batch, seq_len),)  # each agent's first model
+        targets = url_targets([u.strip() for u in attach.split(",") if u.strip()], shapes)
+    elif cfg is None:
+        raise UsageError("give CONFIG (colo.yaml), or --attach URL,... for agents already running")
+    else:
+        targets = config_targets(cfg, batch=batch, seq_len=seq_len, new_tokens=new_tokens, only=only)
+    title = f"{config.name if config else 'attached agents'}: {len(targets)} agents through HTTP, {batch}×{seq_len}"
+    bench = AgentsBench(
+        title,
+        config,
+        targets,
+        clients=counts,
+        modes=modes,
+        window_secs=opts.duration,
+        warmup_secs=warmup,
+        lone_secs=lone,
+        attached=attached,
+        state_dir=state_dir,
+        start_timeout_secs=start_timeout,
+        gpu_index=opts.gpu,
+        processes=procs or max(1, min(len(targets), (os.cpu_count() or 1) // 4)),
+        settings={"batch": batch, "seq_len": seq_len, "new_tokens": new_tokens},
+    )
+    _execute_agents(bench, out=opts.out, as_json=opts.as_json)
+
+
+def _execute_agents(bench: Any, *, out: Path, as_json: bool) -> None:
+    from colo.bench.agents_report import AGENT_HEADER, POINT_HEADER, agent_rows, lone_rows, point_rows
+    from colo.bench.agents_run import run_agents_bench
+    from colo.bench.harness import sigterm_as_exit
+    from colo.bench.report import to_json, write_reports
+
+    backend = _backend(required=False)
+    view = err_console if as_json else console
+
+    def on_message(msg: str) -> None:
+        view.print(safe(msg), highlight=False)
+
+    def on_point(point: PointResult) -> None:
+        from colo.bench.agents_report import hard_errors
+
+        view.print(
+            safe(
+                f"{point.mode} {point.concurrency} client(s)/agent: {point.aggregate_per_sec:,.1f} seq/s, "
+                f"p99 {1000 * point.latency.p99_secs:.1f} ms, errors {hard_errors(point)}"
+            ),
+            highlight=False,
+        )
+
+    def on_result(partial: BenchResult) -> None:  # a run cut short keeps what it measured
+        write_reports([partial], out, stem="agents")
+
+    with sigterm_as_exit():
+        result = run_agents_bench(
+            bench, backend=backend, progress=on_message, on_point=on_point, on_result=on_result
+        )
+    paths = write_reports([result], out, stem="agents")
+    if as_json:
+        import sys
+
+        sys.stdout.write(to_json([result]) + "\n")
+        return
+    from rich.table import Table
+
+    for title, header, rows in (
+        (result.title, POINT_HEADER, point_rows(result)),
+        ("per agent", AGENT_HEADER, agent_rows(result)),
+        ("a lone request", *lone_rows(result)),
+    ):
+        if not rows:
+            continue
+        table = Table(title=safe(title))
+        for col in header:
+            table.add_column(col, justify="left" if col in ("mode", "agent") else "right")
+        for row in rows:
+            table.add_row(*(safe(c.replace("**", "")) for c in row))
+        console.print(table)
+    console.print(safe(f"reports: {paths['json']}, {paths['md']}, {paths['png']}"), highlight=False)
 
 
 # --- capacity and advise ----------------------------------------------------------------------------------

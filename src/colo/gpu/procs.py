@@ -12,6 +12,8 @@ CLI equivalents: ``ps -o pid,lstart,stat,args -p PID``, ``pgrep -P PID``, ``cat 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -120,3 +122,48 @@ def scan(name_prefix: str) -> Iterator[ProcessView]:
             yield ProcessView(proc.pid, name, exe, cmdline, env, uid)
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
+
+
+# --- reaping -----------------------------------------------------------------------------------------------
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper(on: bool = True) -> bool:
+    """Make this process a child subreaper (Linux ``prctl(PR_SET_CHILD_SUBREAPER)``): orphans among its
+    descendants (a daemon whose launcher exited) become its children, so it can reap them instead of a PID 1
+    that may not. ``on=False`` ends it. True when it took effect."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def zombie_children(name_prefix: str = "") -> list[tuple[int, str]]:
+    """``(pid, name)`` of this process's children that have exited but were not reaped (``ps`` stat ``Z``),
+    whose kernel name starts with ``name_prefix``."""
+    out: list[tuple[int, str]] = []
+    try:
+        children = psutil.Process().children(recursive=False)
+    except (psutil.Error, OSError):
+        return out
+    for child in children:
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE and child.name().startswith(name_prefix):
+                out.append((child.pid, child.name()))
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def reap_children(name_prefix: str) -> list[int]:
+    """Reap this process's exited children named ``name_prefix``… (``waitpid`` on each, never blocking); their
+    pids. Only named children: a blanket ``waitpid(-1)`` would steal the exit status ``subprocess`` waits for."""
+    reaped: list[int] = []
+    for pid, _ in zombie_children(name_prefix):
+        with contextlib.suppress(ChildProcessError, OSError):
+            done, _status = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                reaped.append(pid)
+    return reaped

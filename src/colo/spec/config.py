@@ -328,6 +328,11 @@ class Policy(_Strict):
     memory_source: Literal["declared", "db"] = Field(
         "declared", description="declared: the models' 'memory'; db: measured/estimated values first."
     )
+    launcher: Literal["fork", "spawn"] = Field(
+        "fork",
+        description="fork: built-in agents are forked from a pre-imported launcher (fast restarts); spawn: a"
+        " fresh interpreter per agent. `command:` agents are always spawned.",
+    )
 
     @field_validator("priorities")
     @classmethod

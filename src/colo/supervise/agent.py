@@ -9,6 +9,12 @@ commented where it happens. ``docs/states.md`` draws them.
   while STARTING or within ``stable_secs`` of becoming RUNNING — beyond ``max_retries`` make it FATAL.
 * ``hold`` (set during MPS fault recovery) keeps an agent that exited in BACKOFF until released, without
   counting the exit as a failure: the fault was the GPU's, not the agent's.
+* An agent that was RUNNING and exits with ``EXIT_CONTEXT_LOST`` (its CUDA context broke under it: an MPS
+  server that died, a sticky device error) starts again at once, and the exit is not counted as a failure;
+  the supervisor also tells MPS recovery (``colo.supervise.recovery``), which decides whether the whole GPU
+  must recover. While STARTING, that exit code counts like any failure (so a broken GPU ends in FATAL).
+* Killing an unhealthy process sends the stop signal and SIGCONT: a stopped (SIGSTOP) process would otherwise
+  only see the signal at SIGKILL time, ``stop_wait_secs`` later.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 
 from colo.clock import Clock
 from colo.errors import SupervisorError
+from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
 from colo.spec.config import HealthCheck
 from colo.supervise.health import Probe
 from colo.supervise.logs import last_line
@@ -103,6 +110,7 @@ class Agent:
         self._kill_reason: str | None = None
         self._restart_after_stop: str | None = None
         self._oom: str | None = None
+        self.last_exit: ExitStatus | None = None  # how the last process ended (None before the first exit)
 
     @property
     def name(self) -> str:
@@ -163,7 +171,7 @@ class Agent:
         now = self._clock.monotonic()
         self._started_at = now
         self._ready_at = now
-        self._next_probe_at = now + self.setup.health.interval_secs
+        self._next_probe_at = now  # probed on the next tick: RUNNING must be confirmed by its health check
         # STOPPED -> RUNNING: re-adopted a live process after an orchestrator restart
         self._set(AgentState.RUNNING)
         self._emit(EventKind.ADOPTED, f"re-adopted pid {handle.pid}")
@@ -298,6 +306,7 @@ class Agent:
         self._killed = False
         if self.handle is not None:
             self._runner.signal(self.handle, self.setup.rules.stop_signal)
+            self._runner.signal(self.handle, int(signal.SIGCONT))  # a hung (stopped) process must see it now
         self._changed(self)
 
     def _kill(self, reason: str) -> None:
@@ -308,6 +317,7 @@ class Agent:
 
     def _on_stopped(self, status: ExitStatus) -> None:
         pid = self.handle.pid if self.handle else None
+        self.last_exit = status
         self.handle = None
         self.memory_used_bytes = None
         self._set(AgentState.STOPPED)  # STOPPING -> STOPPED: the process is gone
@@ -322,6 +332,9 @@ class Agent:
         self.handle = None
         self.memory_used_bytes = None
         desc = status.describe()
+        self.last_exit = status
+        context_lost = status.code == EXIT_CONTEXT_LOST and self._kill_reason is None
+        was_running = self.state == AgentState.RUNNING
         failed = self._kill_reason is not None or not status.succeeded
         why = self._kill_reason or desc
         if self._oom is not None:
@@ -338,6 +351,13 @@ class Agent:
             return
         if not self.setup.rules.wants_restart(succeeded=not failed):
             self._set(AgentState.EXITED)  # STARTING/RUNNING -> EXITED: the policy does not restart it
+            return
+        if context_lost and was_running:
+            # RUNNING -> BACKOFF -> STARTING: its CUDA context broke under it (not its fault): at once, uncounted
+            self.last_error = f"CUDA context lost ({desc})"
+            self._backoff_until = now
+            self._set(AgentState.BACKOFF)
+            self._spawn("its CUDA context was lost")
             return
         stable = self._ready_at is not None and now - self._ready_at >= self.setup.rules.stable_secs
         self.failures = 1 if stable else self.failures + 1

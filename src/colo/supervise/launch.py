@@ -19,8 +19,14 @@ from colo.units import format_size
 
 #: Built-in agents without a ``port`` get ``DEFAULT_PORT_BASE + their position`` among the agents (by name).
 DEFAULT_PORT_BASE = 9100
-#: The built-in agent's /health is probed this often once RUNNING (seconds).
-BUILTIN_HEALTH_INTERVAL_SECS = 5.0
+#: The built-in agent's /health is probed this often once RUNNING (seconds: every tick), each probe bounded by
+#: BUILTIN_HEALTH_TIMEOUT_SECS (its own device round trip answers within 1 s, so 1.5 s is "hung"), and two
+#: failed probes in a row restart it: a hung (SIGSTOPped) agent fails its first probe within ~2 s and is
+#: killed within ~4 s. One failure alone does not restart it (a /health queued behind a burst of /infer
+#: calls). Used for every field of the agent's ``health`` the user did not set.
+BUILTIN_HEALTH_INTERVAL_SECS = 0.5
+BUILTIN_HEALTH_TIMEOUT_SECS = 1.5
+BUILTIN_HEALTH_FAILURES = 2
 
 
 def builtin_port(config: ColoConfig, name: str) -> int:
@@ -48,9 +54,8 @@ def agent_setup(config: ColoConfig, ap: AgentPlan, *, config_copy: Path, mps_roo
         port = builtin_port(config, ap.name)
         argv = tuple(builtin_agent_command(ap.name, config_copy, port))
         if health.type == "none":
-            health = health.model_copy(
-                update={"type": "http", "url": health_url(port), "interval_secs": BUILTIN_HEALTH_INTERVAL_SECS}
-            )
+            health = health.model_copy(update={"type": "http", "url": health_url(port)})
+        health = _builtin_health(health)
     env: dict[str, str] = {"COLO_AGENT": ap.name}
     uuid = ap.gpu.uuid if ap.gpu is not None else None
     if uuid and mps_root is not None:
@@ -75,6 +80,17 @@ def agent_setup(config: ColoConfig, ap: AgentPlan, *, config_copy: Path, mps_roo
         requirement_bytes=ap.requirement_bytes,
         models=ap.model_ids,
     )
+
+
+def _builtin_health(health: HealthCheck) -> HealthCheck:
+    """The built-in agent's probe cadence for every field the user left unset (see the constants above)."""
+    fast = {
+        "interval_secs": BUILTIN_HEALTH_INTERVAL_SECS,
+        "timeout_secs": BUILTIN_HEALTH_TIMEOUT_SECS,
+        "failures_before_restart": BUILTIN_HEALTH_FAILURES,
+    }
+    update = {k: v for k, v in fast.items() if k not in health.model_fields_set}
+    return health.model_copy(update=update) if update else health
 
 
 def describe_change(old: AgentSetup, new: AgentSetup) -> str:

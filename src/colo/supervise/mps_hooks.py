@@ -1,7 +1,9 @@
 """The supervisor's view of the per-GPU MPS daemons (:class:`~colo.supervise.recovery.MpsHooks`), over
 ``colo.gpu.mps.daemon.MpsFleet``: FAULT detection (the server statuses of the node's one GPU reading, else
 ``get_server_status``; fault lines new in each daemon's ``control.log``/``server.log`` name the client when
-they can), ``terminate_client``, restarting one daemon.
+they can), deaths (every control daemon and server process colo started, adopted or saw on its GPUs is watched
+by pid and start time — no MPS command, so every tick), a daemon that stops answering (three readings in a
+row), a fresh health look for one GPU, ``terminate_client``, restarting one daemon.
 
 A fault line alone does not start a recovery (a stray "fatal" in a log must not restart a GPU's agents):
 the server's own FAULT status does, and agents dying with MPS errors do (see the supervisor).
@@ -12,17 +14,36 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from colo.errors import MpsError
+from colo.gpu.mps.control import SIGKILL, MpsControl
 from colo.gpu.mps.daemon import MpsDefaults
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.log import MpsLogKind, MpsLogReader
 from colo.gpu.mps.replies import ServerStatus
 from colo.gpu.poller import GpuState
-from colo.supervise.recovery import MpsFault
+from colo.supervise.recovery import MpsFault, RecoveryTrigger
 
 #: A fault line in an MPS log names the culprit of a FAULT seen within this many seconds.
 HINT_SECS = 60.0
+#: A daemon whose process lives but that did not answer this many GPU readings in a row is treated as dead.
+UNANSWERED_READINGS = 3
+#: Two start times closer than this (seconds) are the same process.
+_SAME_START_SECS = 1.0
+
+
+@dataclass
+class _Watched:
+    """What colo knows of one GPU's MPS processes: the daemon (pid, start time) and servers (pid -> start
+    time), and when they were last seen alive (monotonic seconds)."""
+
+    daemon_pid: int | None = None
+    daemon_start: float | None = None
+    servers: dict[int, float | None] = field(default_factory=dict)
+    ok_at: float = 0.0
+    active_at: float | None = None  # when a look last found no server in FAULT
+    unanswered: int = 0
 
 
 class FleetHooks:
@@ -32,11 +53,119 @@ class FleetHooks:
     it instead of asking the daemons again, so one poller reads each GPU's MPS.
     """
 
-    def __init__(self, fleet: MpsFleet, reading: Callable[[], GpuState] | None = None) -> None:
+    def __init__(
+        self,
+        fleet: MpsFleet,
+        reading: Callable[[], GpuState] | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.fleet = fleet
         self._reading = reading
+        self._now = monotonic
         self._logs = {d.gpu_uuid: self._reader(d.paths.log_dir) for d in fleet.daemons()}
         self._hints: dict[str, tuple[float, int | None, str]] = {}  # uuid -> (when, client pid, log line)
+        self._watch = {d.gpu_uuid: self._learn(d.gpu_uuid) for d in fleet.daemons()}
+        self._last_reading: GpuState | None = None
+
+    # --- deaths (every tick) -------------------------------------------------------------------------------
+
+    def _control(self) -> MpsControl:
+        assert self.fleet.control is not None
+        return self.fleet.control
+
+    def _alive(self, pid: int, start: float | None) -> bool:
+        control = self._control()
+        if not control.alive(pid):
+            return False
+        now_start = control.start_time(pid)
+        return start is None or now_start is None or abs(now_start - start) <= _SAME_START_SECS
+
+    def _learn(self, uuid: str) -> _Watched:
+        """The GPU's daemon and servers as the process table shows them now (a scan: at start, after a
+        restart)."""
+        w = _Watched(ok_at=self._now())
+        try:
+            found = self.fleet.daemon(uuid).processes()
+        except MpsError:
+            return w
+        for p in found:
+            if p.kind == "control" and w.daemon_pid is None:
+                w.daemon_pid, w.daemon_start = p.pid, self._control().start_time(p.pid)
+            elif p.kind == "server":
+                w.servers[p.pid] = self._control().start_time(p.pid)
+        return w
+
+    def _see_servers(self, uuid: str, pids: list[int]) -> None:
+        """Servers listed by the daemon (a reading, ``get_server_list``): watched from now on."""
+        w = self._watch.get(uuid)
+        if w is None:
+            return
+        for pid in pids:
+            if pid not in w.servers:
+                w.servers[pid] = self._control().start_time(pid)
+
+    def deaths(self) -> list[MpsFault]:
+        """The GPUs whose daemon (``DAEMON_DIED``) or a watched server (``SERVER_DIED``) died since the last
+        call; each death once. Process liveness only: cheap enough for every tick."""
+        now = self._now()
+        out: list[MpsFault] = []
+        for uuid, w in self._watch.items():
+            dead_servers = [pid for pid, start in w.servers.items() if not self._alive(pid, start)]
+            for pid in dead_servers:
+                del w.servers[pid]
+            daemon_dead = w.daemon_pid is not None and not self._alive(w.daemon_pid, w.daemon_start)
+            if daemon_dead:
+                gone = f" (and server {', '.join(map(str, dead_servers))})" if dead_servers else ""
+                out.append(
+                    MpsFault(
+                        uuid,
+                        f"MPS control daemon {w.daemon_pid} is gone{gone}",
+                        trigger=RecoveryTrigger.DAEMON_DIED,
+                        seen_ok_at=w.ok_at,
+                    )
+                )
+                w.daemon_pid = w.daemon_start = None
+            elif dead_servers:
+                out.append(
+                    MpsFault(
+                        uuid,
+                        f"MPS server {', '.join(map(str, dead_servers))} is gone",
+                        trigger=RecoveryTrigger.SERVER_DIED,
+                        seen_ok_at=w.ok_at,
+                    )
+                )
+            w.ok_at = now
+        return out
+
+    def clients(self) -> dict[str, set[int]]:
+        """Per GPU of the fleet seen whole in the last reading: the client pids of its servers."""
+        if self._reading is None:
+            return {}
+        mine = {d.gpu_uuid for d in self.fleet.daemons()}
+        out: dict[str, set[int]] = {}
+        for gpu in self._reading().info.get("gpus", []):
+            daemon = gpu.get("mps") or {}
+            uuid = str(gpu.get("uuid"))
+            if uuid in mine and daemon.get("healthy") and not daemon.get("error"):
+                out[uuid] = {int(c) for srv in daemon.get("servers") or [] for c in srv.get("client_pids") or []}
+        return out
+
+    def healthy(self, gpu_uuid: str) -> bool:
+        """Daemon and servers alive, the daemon answers ``get_server_list`` (bounded by its command timeout),
+        no server in FAULT. Never raises."""
+        w = self._watch.get(gpu_uuid)
+        if w is None or w.daemon_pid is None or not self._alive(w.daemon_pid, w.daemon_start):
+            return False
+        if any(not self._alive(pid, start) for pid, start in w.servers.items()):
+            return False
+        try:
+            daemon = self.fleet.daemon(gpu_uuid)
+            pids = daemon.server_pids()
+            self._see_servers(gpu_uuid, pids)
+            return all(daemon.server_status(pid) != ServerStatus.FAULT for pid in pids)
+        except (MpsError, KeyError):
+            return False
 
     @staticmethod
     def _reader(log_dir: object) -> MpsLogReader:
@@ -47,11 +176,19 @@ class FleetHooks:
     def _uuids(self) -> list[str]:
         return [d.gpu_uuid for d in self.fleet.daemons()]
 
+    # --- FAULT and answering (once a second) ------------------------------------------------------------
+
     def faults(self) -> list[MpsFault]:
         """GPUs whose MPS server says FAULT (in the last GPU reading, else ``get_server_status``), with the
-        client a recent fault line in that daemon's logs names. Never raises for a daemon that does not
-        answer (skipped)."""
-        now = time.monotonic()
+        client a recent fault line in that daemon's logs names; and GPUs whose daemon process lives but did
+        not answer :data:`UNANSWERED_READINGS` readings in a row (``DAEMON_DIED``). Never raises for a daemon
+        that does not answer (skipped)."""
+        now = self._now()
+        if self._reading is not None:
+            state = self._reading()
+            if state is self._last_reading:
+                return []  # nothing new since the last call: the next reading comes within GPU_POLL_SECS
+            self._last_reading = state
         for uuid, reader in self._logs.items():
             for event in reader.read_new():
                 if event.kind == MpsLogKind.FAULT:
@@ -59,12 +196,45 @@ class FleetHooks:
                     pid = event.client_pid or (old[1] if old and now - old[0] < HINT_SECS else None)
                     self._hints[uuid] = (now, pid, event.message)
         out: list[MpsFault] = []
-        for uuid, pid in self._faulted_servers():
+        faulted = self._faulted_servers()
+        for uuid, watched in self._watch.items():
+            if uuid not in {u for u, _ in faulted}:
+                watched.active_at = now  # no FAULT in this look: a later detection's upper bound starts here
+        for uuid, pid in faulted:
             hint = self._hints.pop(uuid, None)
+            found = self._watch.get(uuid)
+            ok_at = found.active_at if found is not None else None
             if hint is not None and now - hint[0] < HINT_SECS:
-                out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT; log: {hint[2]}", hint[1]))
+                out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT; log: {hint[2]}", hint[1], seen_ok_at=ok_at))
             else:
-                out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT"))
+                out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT", seen_ok_at=ok_at))
+        return out + self._unanswering()
+
+    def _unanswering(self) -> list[MpsFault]:
+        """From the last reading: daemons whose process runs but which did not answer, several times in a row."""
+        if self._reading is None:
+            return []
+        out: list[MpsFault] = []
+        for gpu in self._reading().info.get("gpus", []):
+            uuid = str(gpu.get("uuid"))
+            w = self._watch.get(uuid)
+            daemon = gpu.get("mps") or {}
+            if w is None or w.daemon_pid is None or not daemon:
+                continue
+            if daemon.get("running") and not daemon.get("healthy"):
+                w.unanswered += 1
+            else:
+                w.unanswered = 0
+            if w.unanswered >= UNANSWERED_READINGS:
+                w.unanswered = 0
+                out.append(
+                    MpsFault(
+                        uuid,
+                        f"MPS control daemon {w.daemon_pid} runs but did not answer {UNANSWERED_READINGS} readings"
+                        " in a row",
+                        trigger=RecoveryTrigger.DAEMON_DIED,
+                    )
+                )
         return out
 
     def _faulted_servers(self) -> list[tuple[str, int]]:
@@ -84,7 +254,8 @@ class FleetHooks:
             try:
                 pids = daemon.server_pids()
             except MpsError:
-                continue  # daemon not answering: the GPU layer reports it; nothing to recover here
+                continue  # daemon not answering: counted from the readings (_unanswering)
+            self._see_servers(uuid, pids)
             for pid in pids:
                 with contextlib.suppress(MpsError):
                     if daemon.server_status(pid) == ServerStatus.FAULT:
@@ -104,6 +275,7 @@ class FleetHooks:
             if uuid not in mine or daemon.get("error") or not daemon.get("healthy"):
                 continue  # a partial reading: ask the daemon itself
             seen.add(str(uuid))
+            self._see_servers(str(uuid), [int(x["pid"]) for x in daemon.get("servers") or []])
             for server in daemon.get("servers") or []:
                 if server.get("status") == ServerStatus.FAULT.value:
                     out.append((str(uuid), int(server["pid"])))
@@ -130,7 +302,19 @@ class FleetHooks:
         """Stop and start this GPU's daemon with the defaults it had. Raises MpsError."""
         daemon = self.fleet.daemon(gpu_uuid)
         defaults = daemon.last_defaults or MpsDefaults()
-        daemon.stop()
-        daemon.start(defaults)
+        watched = self._watch.get(gpu_uuid)
+        if watched is not None and watched.daemon_pid is None:
+            # The daemon died: its servers are orphans no `quit` reaches (and a scan may not tie them to the
+            # pipe dir): end the ones colo saw. Their clients (the GPU's agents) are stopped by now.
+            for pid, start in watched.servers.items():
+                if self._alive(pid, start):
+                    with contextlib.suppress(MpsError):
+                        self._control().signal(pid, SIGKILL)
+        try:
+            daemon.stop()  # also kills what is left of a dead daemon: its server
+            self._control().reap()  # a killed daemon's zombie still "holds" its pid file for a new one
+            daemon.start(defaults)
+        finally:
+            self._watch[gpu_uuid] = self._learn(gpu_uuid)
         self._logs[gpu_uuid] = self._reader(daemon.paths.log_dir)
         self._hints.pop(gpu_uuid, None)

@@ -32,6 +32,7 @@ from typing import Any
 from colo.clock import Clock, SystemClock
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
 from colo.files import write_atomic
+from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.root import MpsRoot
@@ -43,6 +44,7 @@ from colo.supervise import planning
 from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
 from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, make_fleet, start_fleet, stop_fleet
+from colo.supervise.fork_runner import make_runner
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.launch import describe_change
 from colo.supervise.lockfile import StateLock
@@ -50,7 +52,7 @@ from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_hooks import FleetHooks
 from colo.supervise.publish import Publisher
 from colo.supervise.recovery import RecoveryRecord
-from colo.supervise.runner import ProcessRunner, Runner
+from colo.supervise.runner import Runner
 from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
 from colo.supervise.state import AgentState
 from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_dir
@@ -143,7 +145,7 @@ class Orchestrator:
         self._backend = gpu_backend
         self._backend_given = gpu_backend is not None
         self._mps_control = mps_control
-        self.runner: Runner = runner or ProcessRunner()
+        self.runner: Runner = runner or make_runner(config.policy.launcher)
         self.probe: Probe = probe or HealthChecker()
         self.clock: Clock = clock or SystemClock()
         self.fault_wait_secs = fault_wait_secs
@@ -157,6 +159,7 @@ class Orchestrator:
         self.supervisor: Supervisor | None = None
         self.warnings: list[str] = []
         self._stopping = False
+        self._subreaper = False
         self._published = Publisher(None, self.clock.monotonic)
 
     # --- the API's surface ---------------------------------------------------------------------------
@@ -181,8 +184,10 @@ class Orchestrator:
         return snap
 
     def _publish(self) -> None:
-        """Freeze the agents, the plan and the last GPU reading into the snapshot (under the lock)."""
-        self._published.publish(self._config, self._plan, self.statuses())
+        """Freeze the agents, the plan, the last GPU reading and the finished MPS recoveries into the snapshot
+        (under the lock)."""
+        done = tuple(r.summary() for r in self.supervisor.recovered) if self.supervisor is not None else ()
+        self._published.publish(self._config, self._plan, self.statuses(), done)
 
     def statuses(self) -> list[AgentStatus]:
         """Every agent of the plan: supervised ones, then those left out (STOPPED, reason in last_error)."""
@@ -366,6 +371,10 @@ class Orchestrator:
         started_d: list[str] = []
         adopted_d: list[str] = []
         if self.want_mps and uuids:
+            if self._mps_control is None:
+                # The real `-d` forks the daemon and its launcher exits: as a subreaper, colo inherits the
+                # daemon (and a killed daemon's server) and reaps them; a container's PID 1 may not.
+                self._subreaper = procs.become_subreaper()
             self._fleet = make_fleet(self.paths.root, uuids, self._mps_control)
             started_d, adopted_d = start_fleet(self._fleet, self.store)
         elif self.want_mps:
@@ -385,7 +394,7 @@ class Orchestrator:
             clock=self.clock,
             store=self.store,
             logs=self.logs,
-            mps=FleetHooks(self._fleet, reading) if self._fleet is not None else None,
+            mps=FleetHooks(self._fleet, reading, monotonic=self.clock.monotonic) if self._fleet is not None else None,
             gpu_memory=self._published.tree_memory if reading is not None else None,
             fault_wait_secs=self.fault_wait_secs,
         )
@@ -437,9 +446,15 @@ class Orchestrator:
         """One supervision pass: read the GPUs (when due), every agent, MPS and rolling restarts; then publish
         the snapshot."""
         with self._lock:
+            self._reap()
             self._published.poll()
             self._sup().tick()
             self._publish()
+
+    def _reap(self) -> None:
+        """Collect MPS processes that ended as our children (see ``colo.gpu.mps.control``): no zombies."""
+        if self._fleet is not None and self._fleet.control is not None:
+            self._fleet.control.reap()
 
     def run(
         self, stop: threading.Event, *, tick_secs: float = TICK_SECS, reload: threading.Event | None = None
@@ -516,6 +531,7 @@ class Orchestrator:
             finally:
                 with contextlib.suppress(ColoError):
                     self.store.delete_meta("orchestrator")
+                self.runner.close()  # the pre-imported launcher, if any
                 self._lock_file.remove_pid()
                 self._lock_file.release()
 
@@ -528,7 +544,12 @@ class Orchestrator:
             if sup is not None:
                 sup.event(EventKind.DAEMON, None, f"stopped the MPS daemon of {uuid}", uuid)
 
-        stop_fleet(self._fleet, self.store, stopped)
+        try:
+            stop_fleet(self._fleet, self.store, stopped)
+        finally:
+            self._reap()  # the daemons (and servers) that just exited as our children
+            if self._subreaper:
+                self._subreaper = not procs.become_subreaper(False)
 
     # --- apply ---------------------------------------------------------------------------------------
 

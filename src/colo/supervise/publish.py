@@ -13,7 +13,7 @@ from colo.gpu import procs
 from colo.gpu.poller import GpuPoller, GpuState, no_gpu_state
 from colo.plan.types import Plan
 from colo.spec.config import ColoConfig
-from colo.supervise.snapshots import AgentStatus, SystemSnapshot
+from colo.supervise.snapshots import AgentStatus, RecoverySummary, SystemSnapshot
 
 #: How often (seconds) the GPUs and their MPS daemons are read.
 GPU_POLL_SECS = 1.0
@@ -47,9 +47,15 @@ class Publisher:
         """The last GPU reading."""
         return self.gpu
 
-    def publish(self, config: ColoConfig, plan: Plan | None, agents: Sequence[AgentStatus]) -> SystemSnapshot:
-        """Freeze ``agents``, the plan and the last GPU reading into the snapshot."""
-        snap = SystemSnapshot(config, plan, tuple(agents), self.gpu, self.gpu_at)
+    def publish(
+        self,
+        config: ColoConfig,
+        plan: Plan | None,
+        agents: Sequence[AgentStatus],
+        recoveries: Sequence[RecoverySummary] = (),
+    ) -> SystemSnapshot:
+        """Freeze ``agents``, the plan, the last GPU reading and the finished MPS recoveries into the snapshot."""
+        snap = SystemSnapshot(config, plan, tuple(agents), self.gpu, self.gpu_at, tuple(recoveries))
         self._snapshot = snap
         return snap
 

@@ -14,11 +14,17 @@ and :meth:`Recoveries.begin` starts the same phases for that GPU (agents on othe
   EXITED), or after ``relaunch_timeout_secs``.
 - DONE: a :class:`RecoveryRecord` (detection to all RUNNING, in seconds) and an event are written.
 
-Adding a trigger (issue 12: the server process died, the control daemon died, an agent's CUDA calls fail with
-an MPS RPC error): add a member to :class:`RecoveryTrigger`, have :class:`MpsHooks.faults` (or the supervisor's
-log scan) report it as a :class:`MpsFault` with that trigger, and, when the daemon must be restored at once
-rather than after ``fault_wait_secs``, list it in :data:`RESTORE_DAEMON_AT_ONCE`. The phases do not change.
-``docs/states.md`` draws this machine.
+Triggers (:class:`RecoveryTrigger`): the server says FAULT (:meth:`MpsHooks.faults`, once a second); the server
+process died or the control daemon died or stopped answering (:meth:`MpsHooks.deaths`, every tick: process
+liveness is cheap); an agent lost its CUDA context (exit code ``EXIT_CONTEXT_LOST``) while that GPU's MPS no
+longer looks healthy (:meth:`MpsHooks.healthy`, asked at once); an agent's log shows an MPS error. Adding one:
+a member here, a place that reports it as a :class:`MpsFault`, and — when the daemon must be restored as soon
+as the agents are stopped rather than after ``fault_wait_secs`` — an entry in :data:`RESTORE_DAEMON_AT_ONCE`.
+The phases do not change. ``docs/states.md`` draws this machine.
+
+Each recovery records how long detection took (``detect_secs``: from the last moment the failed part was seen
+healthy to the moment the failure was seen — an upper bound) and how long recovery took (``seconds``: from
+detection to every agent of the GPU RUNNING again), as an event and in :attr:`Recoveries.recovered`.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Protocol
 
 from colo.errors import ColoError
 from colo.supervise.agent import Agent
-from colo.supervise.snapshots import EventKind
+from colo.supervise.snapshots import EventKind, RecoverySummary
 from colo.supervise.state import AgentState
 
 
@@ -68,11 +74,17 @@ class RecoveryTrigger(StrEnum):
 
     SERVER_FAULT = "server_fault"  # get_server_status <pid> answered FAULT
     CLIENT_MPS_ERROR = "client_mps_error"  # an agent's log showed an MPS error (it died of it)
+    SERVER_DIED = "server_died"  # a server process colo saw on the GPU is gone while agents used it
+    DAEMON_DIED = "daemon_died"  # the GPU's control daemon process is gone (or stopped answering)
+    CLIENT_RPC_FAILURE = "client_rpc_failure"  # an agent lost its CUDA context and the GPU's MPS is unhealthy
 
 
-#: Triggers after which the GPU's daemon is restored as soon as the agents are stopped (none yet: a FAULT
-#: server clears by itself once its clients are gone). Issue 12's daemon death belongs here.
-RESTORE_DAEMON_AT_ONCE: frozenset[RecoveryTrigger] = frozenset()
+#: Triggers after which the GPU's daemon is restored as soon as the agents are stopped (a FAULT server clears
+#: by itself once its clients are gone; a dead daemon does not come back). A killed daemon's server and clients
+#: keep running, but no new client can connect until a daemon runs in that pipe dir again; whether the old
+#: server would serve the clients of a new daemon is not known, so colo is safe: it stops the GPU's agents,
+#: stops what is left of the old daemon (its server), starts a new one with the same settings, relaunches.
+RESTORE_DAEMON_AT_ONCE: frozenset[RecoveryTrigger] = frozenset({RecoveryTrigger.DAEMON_DIED})
 
 
 class RecoveryTransitionError(Exception):
@@ -87,13 +99,14 @@ def check_transition(old: RecoveryPhase, new: RecoveryPhase) -> None:
 
 @dataclass(frozen=True)
 class MpsFault:
-    """A GPU (``gpu_uuid``) whose MPS is failing: what said so (``trigger``, ``detail``) and the client pid if
-    named."""
+    """A GPU (``gpu_uuid``) whose MPS is failing: what said so (``trigger``, ``detail``), the client pid if
+    named, and ``seen_ok_at`` (monotonic seconds: when the failed part was last seen healthy; None unknown)."""
 
     gpu_uuid: str
     detail: str
     client_pid: int | None = None
     trigger: RecoveryTrigger = RecoveryTrigger.SERVER_FAULT
+    seen_ok_at: float | None = None
 
 
 class MpsHooks(Protocol):
@@ -101,7 +114,21 @@ class MpsHooks(Protocol):
     ``colo.gpu.mps.daemon``)."""
 
     def faults(self) -> list[MpsFault]:
-        """GPUs whose MPS is failing now (today: a server reports FAULT), with log hints."""
+        """GPUs whose MPS server reports FAULT now, with log hints (asked once a second)."""
+        ...
+
+    def deaths(self) -> list[MpsFault]:
+        """GPUs whose control daemon or a server process colo saw died since the last call (every tick:
+        process liveness only, no MPS command). Each death is reported once."""
+        ...
+
+    def clients(self) -> dict[str, set[int]]:
+        """Per GPU, the client pids of its servers in the last GPU reading (GPUs read whole only)."""
+        ...
+
+    def healthy(self, gpu_uuid: str) -> bool:
+        """A fresh look at this GPU's MPS: daemon and servers alive, the daemon answers (one bounded round
+        trip), no server in FAULT. Never raises."""
         ...
 
     def ready(self, gpu_uuid: str) -> bool:
@@ -129,6 +156,7 @@ class Recovery:
     phase: RecoveryPhase = RecoveryPhase.STOPPING
     culprit: str | None = None
     daemon_restarted: bool = False
+    detect_secs: float | None = None
 
     def move(self, new: RecoveryPhase, now: float) -> None:
         """Enter ``new`` (checked against :data:`ALLOWED`) at ``now``."""
@@ -146,6 +174,14 @@ class RecoveryRecord:
     culprit: str | None
     daemon_restarted: bool
     trigger: RecoveryTrigger = RecoveryTrigger.SERVER_FAULT
+    detect_secs: float | None = None
+    ok: bool = True
+
+    def summary(self) -> RecoverySummary:
+        """The frozen form the snapshot carries (and ``/metrics`` reads)."""
+        return RecoverySummary(
+            self.gpu_uuid, self.trigger.value, self.detect_secs, self.seconds, self.daemon_restarted, self.ok
+        )
 
 
 #: Records an event: (kind, agent, message, gpu).
@@ -185,18 +221,24 @@ class Recoveries:
         """(trigger) -> STOPPING: hold and stop every agent of ``on_gpu``; remember those that were up."""
         uuid = fault.gpu_uuid
         was_up = [a.name for a in on_gpu if a.state in _UP and a.name not in retiring]
+        detect = max(0.0, now - fault.seen_ok_at) if fault.seen_ok_at is not None else None
         blame = f"; faulting client: {culprit}" if culprit else "; faulting client not named in the logs"
+        if fault.trigger not in (RecoveryTrigger.SERVER_FAULT, RecoveryTrigger.CLIENT_MPS_ERROR):
+            blame = f"; faulting client: {culprit}" if culprit else ""
+        within = f" (detected within {detect:.2f} s)" if detect is not None else ""
         self._event(
             EventKind.MPS_FAULT,
             culprit,
-            f"MPS fault on {uuid}: {fault.detail}{blame}; stopping {len(was_up)} agent(s) on that GPU",
+            f"MPS failure on {uuid} [{fault.trigger.value}]: {fault.detail}{within}{blame}; "
+            f"stopping {len(was_up)} agent(s) on that GPU",
             uuid,
         )
+        # Recorded before the agents are stopped: their stop consults it (no terminate_client to a dead server).
+        self.active[uuid] = Recovery(uuid, fault.trigger, now, was_up, now, culprit=culprit, detect_secs=detect)
         for a in on_gpu:
             a.hold = True
             if a.handle is not None and a.state in (AgentState.STARTING, AgentState.RUNNING):
                 a.stop("MPS fault recovery")  # terminate_client, then the stop signal
-        self.active[uuid] = Recovery(uuid, fault.trigger, now, was_up, now, culprit=culprit)
 
     def tick(self, now: float, agents: Mapping[str, Agent], agents_on: Callable[[str], list[Agent]]) -> None:
         """Move every recovery on as far as it can go now."""
@@ -249,14 +291,24 @@ class Recoveries:
         running = len([a for a in mine if a.state == AgentState.RUNNING])
         ok = running == len(mine)
         self.recovered.append(
-            RecoveryRecord(rec.gpu_uuid, secs, tuple(rec.agents), rec.culprit, rec.daemon_restarted, rec.trigger)
+            RecoveryRecord(
+                rec.gpu_uuid,
+                secs,
+                tuple(rec.agents),
+                rec.culprit,
+                rec.daemon_restarted,
+                rec.trigger,
+                rec.detect_secs,
+                ok,
+            )
         )
         blame = f" (faulting client: {rec.culprit})" if rec.culprit else ""
+        detect = f"detect_s={rec.detect_secs:.2f} " if rec.detect_secs is not None else ""
         self._event(
             EventKind.RESTARTED,
             None,
-            f"MPS fault recovery on {rec.gpu_uuid} {'done' if ok else 'incomplete'} in {secs:.1f} s: "
-            f"{running}/{len(mine)} agents RUNNING{blame}",
+            f"MPS fault recovery on {rec.gpu_uuid} [{rec.trigger.value}] {'done' if ok else 'incomplete'} in "
+            f"{secs:.1f} s: {running}/{len(mine)} agents RUNNING{blame}; {detect}recover_s={secs:.2f}",
             rec.gpu_uuid,
         )
 

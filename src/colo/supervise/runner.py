@@ -105,9 +105,13 @@ class Runner(Protocol):
         """A handle for a live process with this pid and start time, or None if it is gone or reused."""
         ...
 
+    def close(self) -> None:
+        """Release what the runner itself holds (a launcher process); the agents keep running."""
+        ...
 
-def _base_env() -> dict[str, str]:
-    # The orchestrator's environment minus any MPS settings of the shell it was started from: colo sets those.
+
+def base_env() -> dict[str, str]:
+    """The orchestrator's environment minus any MPS settings of the shell it was started from: colo sets those."""
     return {k: v for k, v in os.environ.items() if not k.startswith("CUDA_MPS_")}
 
 
@@ -118,7 +122,7 @@ class ProcessRunner:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def spawn(self, spec: LaunchSpec, log_path: Path) -> ProcessHandle:
-        env = _base_env()
+        env = base_env()
         env.update(spec.env_dict())
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +175,9 @@ class ProcessRunner:
     def adopt(self, pid: int, start_time: float) -> ProcessHandle | None:
         handle = ProcessHandle(pid, start_time, adopted=True)
         return handle if pid > 0 and self._alive(handle) else None
+
+    def close(self) -> None:
+        """Nothing to release: each agent is a plain child."""
 
 
 @dataclass
@@ -231,6 +238,9 @@ class FakeRunner:
         if proc is None or proc.exit is not None or proc.handle.start_time != start_time:
             return None
         return ProcessHandle(pid, start_time, adopted=True)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     # test controls -------------------------------------------------------------------------------------
     def exit(self, pid: int, code: int | None = None, sig: int | None = None) -> None:

@@ -81,6 +81,21 @@ class AgentStatus:
 
 
 @dataclass(frozen=True)
+class RecoverySummary:
+    """One finished MPS recovery of a GPU (``colo.supervise.recovery``): what triggered it, seconds from the
+    failed part last seen healthy to detection (``detect_secs``, an upper bound; None unknown) and from
+    detection to every agent RUNNING again (``recover_secs``), whether the daemon was restarted, and whether
+    every agent came back (``ok``)."""
+
+    gpu_uuid: str
+    trigger: str
+    detect_secs: float | None
+    recover_secs: float
+    daemon_restarted: bool
+    ok: bool
+
+
+@dataclass(frozen=True)
 class SystemSnapshot:
     """The running system at one moment, published by the supervisor once per poll (and after each action):
     the GPUs and their MPS daemons/servers/clients (``gpu``, read once per poll by the one poller of this
@@ -94,6 +109,7 @@ class SystemSnapshot:
     agents: tuple[AgentStatus, ...]
     gpu: GpuState
     taken_at: float = 0.0
+    recoveries: tuple[RecoverySummary, ...] = ()
 
     def agent(self, name: str) -> AgentStatus:
         """One agent's status. Raises KeyError for an agent not in the snapshot."""

@@ -5,7 +5,10 @@ Everything outside (processes, health probes, time, MPS, GPU memory) is injected
 the whole loop with a fake clock, :class:`~colo.supervise.runner.FakeRunner` and a fake :class:`MpsHooks`.
 
 MPS fault recovery (its phases, triggers and allowed transitions) lives in :mod:`colo.supervise.recovery`;
-the supervisor feeds it what it detects: MPS status polls and agents dying with MPS errors in their logs.
+the supervisor feeds it what it detects: deaths of MPS processes (every tick, before the agents are looked at,
+so a dead server's agents are held before they would respawn), MPS status polls (once a second), agents that
+lost their CUDA context (exit code ``EXIT_CONTEXT_LOST``: recovery when a fresh look at the GPU's MPS is not
+healthy, else only that agent restarts) and agents dying with MPS errors in their logs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 
 from colo.clock import Clock
 from colo.errors import ColoError
+from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
 from colo.supervise.agent import Agent, AgentSetup
 from colo.supervise.health import Probe
 from colo.supervise.logs import AgentLogs, LogScanner, scan_text
@@ -26,12 +30,21 @@ from colo.supervise.snapshots import AgentStatus, Event, EventKind
 from colo.supervise.state import AgentState
 from colo.supervise.store import Store
 
-#: How often (seconds) MPS servers are asked for their status and GPU memory is read.
-MPS_POLL_SECS = 1.0
+#: How often (seconds) FAULT is looked for: every tick, so each new GPU reading (once a second) is looked at as
+#: soon as it is taken. Deaths of MPS processes are checked every tick too (liveness only).
+MPS_POLL_SECS = 0.5
 MEMORY_POLL_SECS = 2.0
+#: How often (seconds) each GPU's MPS client list (from the GPU reading) is compared with its agents.
+CLIENT_CHECK_SECS = 2.0
 ROTATE_CHECK_SECS = 30.0
 #: Events also written into the agent's own log as ``--- colo: ...`` lines.
 LOGGED_KINDS = frozenset({EventKind.STARTED, EventKind.RESTARTED, EventKind.ADOPTED, EventKind.EXITED})
+#: Agent states whose process may hold a CUDA context on its GPU's MPS server.
+_IN_USE = (AgentState.STARTING, AgentState.RUNNING)
+
+
+#: Recoveries during which ``terminate_client`` is not sent: there is no server (or daemon) to do it.
+_NO_SERVER_TO_ASK = frozenset({RecoveryTrigger.SERVER_DIED, RecoveryTrigger.DAEMON_DIED})
 
 
 @dataclass
@@ -75,6 +88,11 @@ class Supervisor:
         self._scanners: dict[str, LogScanner] = {}
         self._scanned_pid: dict[str, int | None] = {}
         self._suspects: dict[str, tuple[str, str | None]] = {}  # gpu_uuid -> (detail, culprit agent)
+        self._lost: dict[str, tuple[str, float]] = {}  # gpu_uuid -> (agent that lost its context, when)
+        self._client_misses: dict[int, int] = {}  # agent pid -> client-list checks in a row it was not listed
+        self._told_foreign: set[int] = set()
+        self._told_namespace: set[str] = set()
+        self._next_client_check = 0.0
         self._rolling = _Rolling()
         self.shutting_down = False
         self._next_mps_poll = 0.0
@@ -121,6 +139,9 @@ class Supervisor:
 
     def _terminate_client(self, agent: Agent) -> None:
         uuid = agent.setup.launch.gpu_uuid
+        rec = self.recoveries.get(uuid) if uuid else None
+        if rec is not None and rec.trigger in _NO_SERVER_TO_ASK:
+            return  # its server or daemon is gone (or hung): asking would only wait for a timeout
         if self.mps is not None and uuid and agent.handle is not None:
             self.mps.terminate_client(uuid, agent.handle.pid)
 
@@ -176,6 +197,8 @@ class Supervisor:
     def tick(self) -> None:
         """One pass: agents, logs, MPS faults, recoveries, rolling restarts, memory, log rotation."""
         now = self.clock.monotonic()
+        if not self.shutting_down:
+            self._tick_deaths(now)
         for agent in list(self.agents.values()):
             before = agent.handle
             self._scan_log(agent)
@@ -183,8 +206,9 @@ class Supervisor:
                 agent.tick()
             except ColoError as exc:  # failures are data: never let one agent stop the loop
                 agent.last_error = str(exc)
-            if before is not None and agent.handle is None:
+            if before is not None and agent.handle is not before:
                 self._scan_log(agent, pid=before.pid)  # the last words of a process that just ended
+                self._note_exit(agent, now)
         for name in list(self._retiring):
             gone = self.agents.get(name)
             if gone is None or (gone.handle is None and gone.state != AgentState.STOPPING):
@@ -229,9 +253,68 @@ class Supervisor:
             detail, prior = self._suspects.get(uuid, (f"{agent.name}: {found.mps_error}", None))
             self._suspects[uuid] = (detail, prior or culprit)
 
+    def _tick_deaths(self, now: float) -> None:
+        """MPS processes that died (every tick: liveness only) start their GPU's recovery at once."""
+        if self.mps is None:
+            return
+        try:
+            deaths = self.mps.deaths()
+        except ColoError as exc:
+            self.event(EventKind.DAEMON, None, f"cannot watch the MPS processes: {exc}")
+            return
+        for fault in deaths:
+            self._begin(fault, now)
+
+    def _begin(self, fault: MpsFault, now: float, culprit: str | None = None) -> None:
+        """Start ``fault``'s GPU recovery unless one runs, or unless a server died that no agent used."""
+        uuid = fault.gpu_uuid
+        if uuid in self.recoveries:
+            return
+        on_gpu = self.agents_on(uuid)
+        in_use = any(a.handle is not None and a.state in _IN_USE and not a.hold for a in on_gpu)
+        if fault.trigger == RecoveryTrigger.SERVER_DIED and not in_use:
+            self.event(EventKind.DAEMON, None, f"{fault.detail} on {uuid}; no agent was using it", uuid)
+            return
+        self.recoveries.begin(fault, culprit, on_gpu, self._retiring, now)
+
+    def _note_exit(self, agent: Agent, now: float) -> None:
+        """An agent that lost its CUDA context (exit code 4) while serving: its GPU's MPS is looked at."""
+        uuid = agent.setup.launch.gpu_uuid
+        status = agent.last_exit
+        if status is None or status.code != EXIT_CONTEXT_LOST or self.mps is None or not uuid:
+            return
+        if agent.hold or self.shutting_down or uuid in self.recoveries:
+            return
+        self._lost.setdefault(uuid, (agent.name, now))
+
+    def _tick_lost(self, now: float) -> None:
+        """CLIENT_RPC_FAILURE: an agent lost its context and a fresh look says the GPU's MPS is unhealthy;
+        a healthy MPS means the loss was the agent's own (a sticky error): only it restarts."""
+        assert self.mps is not None
+        for uuid, (name, at) in list(self._lost.items()):
+            del self._lost[uuid]
+            if uuid in self.recoveries:
+                continue
+            if self.mps.healthy(uuid):
+                suspect = self._suspects.get(uuid)
+                if suspect is not None and suspect[0].startswith(f"{name}: "):
+                    del self._suspects[uuid]  # its own last words: the fresh look at the GPU decides
+                self.event(
+                    EventKind.UNHEALTHY,
+                    name,
+                    f"{name} lost its CUDA context (exit code {EXIT_CONTEXT_LOST}); the MPS of {uuid} is healthy:"
+                    " only this agent restarts",
+                    uuid,
+                )
+                continue
+            detail = f"{name} lost its CUDA context (exit code {EXIT_CONTEXT_LOST}) and the GPU's MPS is not healthy"
+            fault = MpsFault(uuid, detail, trigger=RecoveryTrigger.CLIENT_RPC_FAILURE, seen_ok_at=at)
+            self._begin(fault, now)
+
     def _tick_mps(self, now: float) -> None:
         if self.mps is None:
             return
+        self._tick_lost(now)
         faults: list[MpsFault] = []
         if now >= self._next_mps_poll:
             self._next_mps_poll = now + MPS_POLL_SECS
@@ -246,13 +329,56 @@ class Supervisor:
             suspect = self._suspects.pop(fault.gpu_uuid, None)
             if culprit is None and suspect is not None:
                 culprit = suspect[1]
-            self.recoveries.begin(fault, culprit, self.agents_on(fault.gpu_uuid), self._retiring, now)
+            self._begin(fault, now, culprit)
+        if now >= self._next_client_check:
+            self._next_client_check = now + CLIENT_CHECK_SECS
+            self._compare_clients()
         for uuid, (detail, culprit) in list(self._suspects.items()):
             # Clients died with MPS errors even if the server was not seen in FAULT.
             del self._suspects[uuid]  # CLIENT_MPS_ERROR
             if uuid not in self.recoveries:
                 fault = MpsFault(uuid, detail, trigger=RecoveryTrigger.CLIENT_MPS_ERROR)
                 self.recoveries.begin(fault, culprit, self.agents_on(uuid), self._retiring, now)
+
+    def _compare_clients(self) -> None:
+        """Each GPU's MPS client list against the agents colo placed there: an event (once per pid) for an agent
+        RUNNING on two checks in a row without being a client (it bypasses MPS and its limits, or never touched
+        CUDA), and for a client that is no agent of colo. When no agent pid is listed at all while clients are,
+        the pids are another PID namespace's: nothing is compared (one event)."""
+        assert self.mps is not None
+        try:
+            listed = self.mps.clients()
+        except ColoError:
+            return
+        for uuid, clients in listed.items():
+            running = {a.handle.pid: a for a in self.agents_on(uuid) if a.handle and a.state == AgentState.RUNNING}
+            if clients and running and not clients & set(running):
+                if uuid not in self._told_namespace:
+                    self._told_namespace.add(uuid)
+                    self.event(
+                        EventKind.DAEMON,
+                        None,
+                        f"the MPS clients of {uuid} are not colo's pids (another PID namespace?): not compared",
+                        uuid,
+                    )
+                continue
+            for pid, agent in running.items():
+                if pid in clients:
+                    self._client_misses.pop(pid, None)
+                    continue
+                self._client_misses[pid] = self._client_misses.get(pid, 0) + 1
+                if self._client_misses[pid] == 2:
+                    self.event(
+                        EventKind.DAEMON,
+                        agent.name,
+                        f"{agent.name} (pid {pid}) is RUNNING but not a client of the MPS server of {uuid}: its CUDA"
+                        " work (if any) bypasses MPS and its limits",
+                        uuid,
+                    )
+            ours = {a.handle.pid for a in self.agents.values() if a.handle is not None}
+            for pid in sorted(clients - ours - self._told_foreign):
+                self._told_foreign.add(pid)
+                self.event(EventKind.DAEMON, None, f"MPS client {pid} on {uuid} is not an agent of colo", uuid)
 
     def _agent_of_pid(self, pid: int | None) -> str | None:
         if pid is None:

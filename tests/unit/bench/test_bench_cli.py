@@ -92,7 +92,7 @@ def test_bench_usage_errors(tmp_path: Path, no_gpu: None) -> None:
     assert r.exit_code == 2 and "ollama-chat" in r.output
 
 
-def test_bench_agents_runs_every_agent_of_a_config(tmp_path: Path, no_gpu: None) -> None:
+def test_bench_forwards_runs_every_agent_of_a_config(tmp_path: Path, no_gpu: None) -> None:
     config = tmp_path / "colo.yaml"
     config.write_text(
         "version: 1\n"
@@ -103,7 +103,7 @@ def test_bench_agents_runs_every_agent_of_a_config(tmp_path: Path, no_gpu: None)
         "  balancer: {models: [google/bert_uncased_L-2_H-128_A-2, sentence-transformers/all-MiniLM-L6-v2]}\n"
     )
     out = tmp_path / "out"
-    r = runner.invoke(app, ["bench", "agents", str(config), "--mode", "timeslice", "--batch", "1", "--seq", "8",
+    r = runner.invoke(app, ["bench", "forwards", str(config), "--mode", "timeslice", "--batch", "1", "--seq", "8",
                             "--duration", "0.3", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     point = json.loads(r.stdout)["runs"][0]["points"][0]

@@ -141,3 +141,48 @@ def test_scan_tells_daemons_servers_and_interactive_clients_apart(workdir: Path)
         for p in procs:
             p.kill()
             p.wait()
+
+
+REAPER = r"""
+import os, signal, sys, time
+from pathlib import Path
+from colo.gpu import procs
+from colo.gpu.mps.control import MPS_COMM, SubprocessMpsControl
+from colo.gpu.mps.daemon import MpsDaemon
+from colo.gpu.mps.root import MpsRoot
+
+workdir, binary, uuid = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+subreaper = sys.argv[4] == "1"
+if subreaper:
+    assert procs.become_subreaper()
+control = SubprocessMpsControl(binary)
+d = MpsDaemon(MpsRoot(workdir / "mps").for_gpu(uuid), uuid, control, base_env=dict(os.environ))
+d.start()
+pid = d.control_pid()
+os.kill(pid, signal.SIGKILL)
+deadline = time.monotonic() + 10
+while control.alive(pid) and time.monotonic() < deadline:
+    time.sleep(0.02)
+zombies = [p for p, _ in procs.zombie_children(MPS_COMM)]
+reaped = control.reap()
+print(f"daemon={pid} zombie_child={pid in zombies} reaped={pid in reaped} left={procs.zombie_children(MPS_COMM)}")
+"""
+
+
+@pytest.mark.parametrize("subreaper", [True, False])
+def test_a_killed_daemon_is_reaped_by_its_subreaper(workdir: Path, binary: str, subreaper: bool) -> None:
+    """`-d`'s launcher exits and orphans the daemon: as a child subreaper the starter inherits it, sees the
+    killed daemon as its own zombie and reaps it (in a child process: the test process stays as it is)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    done = subprocess.run(
+        [sys.executable, "-c", REAPER, str(workdir), binary, UUID, "1" if subreaper else "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    if subreaper:
+        assert "zombie_child=True reaped=True left=[]" in done.stdout, done.stdout
+    else:  # without it, the daemon is PID 1's (or another subreaper's) to reap: never ours
+        assert "zombie_child=False reaped=False left=[]" in done.stdout, done.stdout

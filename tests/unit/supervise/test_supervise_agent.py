@@ -295,3 +295,53 @@ def test_a_failed_exit_keeps_the_last_line_of_the_log_until_running(tmp_path: Pa
     assert rig.step(1) == S.STARTING and rig.agent.status().last_error_line is not None  # still why it failed
     assert rig.step(2) == S.RUNNING
     assert rig.agent.status().last_error_line is None
+
+
+def test_context_lost_while_running_restarts_at_once_uncounted_but_while_starting_backs_off(tmp_path: Path) -> None:
+    from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
+
+    rig = Rig(tmp_path)
+    rig.agent.start()
+    assert rig.step(2.1) == S.RUNNING
+    first = rig.pid()
+    rig.runner.exit(first, code=EXIT_CONTEXT_LOST)
+    assert rig.step(0) == S.STARTING and rig.pid() != first  # same tick: no backoff wait
+    assert rig.agent.failures == 0 and rig.agent.restarts == 1
+    assert rig.agent.last_exit is not None and rig.agent.last_exit.code == EXIT_CONTEXT_LOST
+    rig.runner.exit(rig.pid(), code=EXIT_CONTEXT_LOST)  # never got ready: an ordinary failure
+    assert rig.step(0) == S.BACKOFF and rig.agent.failures == 1
+
+
+def test_an_unhealthy_process_is_also_sent_sigcont(tmp_path: Path) -> None:
+    hc = HealthCheck(type="http", url="http://x/health", interval_secs=1, failures_before_restart=1)
+    rig = Rig(tmp_path, health=hc)
+    rig.agent.start()
+    rig.healthy = True
+    assert rig.step(0) == S.RUNNING
+    pid = rig.pid()
+    rig.runner.ignore_signals.add(pid)  # a stopped (SIGSTOP) process: nothing but SIGKILL ends it now
+    rig.healthy = False
+    rig.step(1)
+    assert rig.runner.procs[pid].signals == [signal.SIGTERM, signal.SIGCONT]
+
+
+def test_builtin_agents_are_probed_every_second_unless_the_user_said_otherwise() -> None:
+    from colo.spec import load_config_text
+    from colo.supervise.launch import (
+        BUILTIN_HEALTH_FAILURES,
+        BUILTIN_HEALTH_INTERVAL_SECS,
+        BUILTIN_HEALTH_TIMEOUT_SECS,
+        _builtin_health,
+    )
+
+    cfg = load_config_text(
+        "version: 1\ngpus: auto\nmodels: {m: {memory: 1GiB}}\nagents:\n"
+        "  a: {models: [m], health: {type: http, url: 'http://127.0.0.1:9101/health'}}\n"
+        "  b: {models: [m], health: {type: http, url: 'http://127.0.0.1:9102/health', interval_secs: 7}}\n",
+        "t.yaml",
+    )
+    a = _builtin_health(cfg.agents["a"].health)
+    b = _builtin_health(cfg.agents["b"].health)
+    fast = (BUILTIN_HEALTH_INTERVAL_SECS, BUILTIN_HEALTH_TIMEOUT_SECS, BUILTIN_HEALTH_FAILURES)
+    assert (a.interval_secs, a.timeout_secs, a.failures_before_restart) == fast
+    assert (b.interval_secs, b.timeout_secs, b.failures_before_restart) == (7, *fast[1:])

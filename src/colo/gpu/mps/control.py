@@ -7,7 +7,12 @@ with :class:`colo.gpu.mps.fake.FakeMpsControl`. The real :class:`SubprocessMpsCo
   its environment; its output goes to a file, never a pipe, because the forked daemon would keep a pipe open;
 - sends one command: ``echo "<cmd>" | nvidia-cuda-mps-control`` with the same environment, under a timeout;
 - finds the control and server processes of a pipe dir with ``colo.gpu.procs`` (the daemon's pid file, then each MPS
-  process's ``CUDA_MPS_PIPE_DIRECTORY``), and signals them for the last-resort kill.
+  process's ``CUDA_MPS_PIPE_DIRECTORY``), and signals them for the last-resort kill;
+- reaps: ``-d`` forks the daemon and the launcher exits (``start_daemon`` waits for the launcher), so the daemon
+  is nobody's child but PID 1's — and a container's PID 1 may never reap, leaving ``[nvidia-cuda-mps]
+  <defunct>`` behind. The orchestrator makes itself a child subreaper (``colo.gpu.procs.become_subreaper``)
+  before it starts daemons, so daemons (and a killed daemon's servers) become its children, and
+  :meth:`SubprocessMpsControl.reap` collects those that ended.
 
 Raises: MpsError (exit 2) — binary missing, command timed out or failed.
 """
@@ -32,6 +37,8 @@ CONTROL_BIN = "nvidia-cuda-mps-control"
 SERVER_BIN = "nvidia-cuda-mps-server"
 DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"
 PID_FILE = "nvidia-cuda-mps-control.pid"
+#: The kernel's 15-character name (``comm``) of both the control daemon and the server: what a zombie shows.
+MPS_COMM = "nvidia-cuda-mps"
 # Where drivers put the binary when it is not on PATH (container images, runfile installs).
 _EXTRA_BIN_DIRS = ("/usr/local/nvidia/bin", "/usr/bin", "/usr/local/bin", "/usr/local/cuda/bin")
 
@@ -72,6 +79,16 @@ class MpsControl(Protocol):
 
     def alive(self, pid: int) -> bool:
         """Whether ``pid`` still runs (a zombie counts as gone)."""
+        ...
+
+    def start_time(self, pid: int) -> float | None:
+        """When ``pid`` started (epoch seconds), to tell it from a later process with the same pid; None when
+        it is gone or not visible."""
+        ...
+
+    def reap(self) -> list[int]:
+        """Collect every MPS process that ended as a child of this process (a daemon or server orphaned to it
+        when it is a child subreaper): their pids. Never raises."""
         ...
 
 
@@ -234,6 +251,12 @@ class SubprocessMpsControl:
 
     def alive(self, pid: int) -> bool:
         return procs.is_alive(pid, denied_is_alive=True)
+
+    def start_time(self, pid: int) -> float | None:
+        return procs.create_time(pid)
+
+    def reap(self) -> list[int]:
+        return procs.reap_children(MPS_COMM)
 
 
 SIGTERM = int(_signal.SIGTERM)

@@ -88,6 +88,8 @@ class FakeMpsControl:
         self.daemons: dict[str, FakeDaemon] = {}
         self.signals: list[tuple[int, int]] = []
         self.sent: list[tuple[str, str]] = []
+        self.reaped_calls = 0
+        self.orphans: dict[int, FakeServer] = {}
 
     # --- helpers ---------------------------------------------------------------------------------------
 
@@ -133,8 +135,11 @@ class FakeMpsControl:
         log = log_dir_of(env) or DEFAULT_LOG_DIR
         if self._live(pipe) is not None:
             raise MpsError(f"`{CONTROL_BIN} -d` exited with status 1: An instance of this daemon is already running")
+        old = self.daemons.get(_key(pipe))
         d = self.add_daemon(pipe, log, env.get(VISIBLE_DEVICES))
         d.answers = not self.start_unresponsive
+        if old is not None:
+            self.orphans.update(old.servers)  # a dead daemon's servers outlive it, until signalled
 
     def add_daemon(
         self,
@@ -239,9 +244,10 @@ class FakeMpsControl:
     def find_processes(self, pipe_dir: Path | None = None) -> list[MpsProcess]:
         out: list[MpsProcess] = []
         for d in self.daemons.values():
-            if not d.alive or (pipe_dir is not None and _key(pipe_dir) != _key(d.pipe_dir)):
+            if pipe_dir is not None and _key(pipe_dir) != _key(d.pipe_dir):
                 continue
-            out.append(MpsProcess(d.pid, "control", d.pipe_dir, d.visible_devices, d.uid, (CONTROL_BIN, "-d")))
+            if d.alive:  # a killed daemon's servers still run (and are listed) until signalled themselves
+                out.append(MpsProcess(d.pid, "control", d.pipe_dir, d.visible_devices, d.uid, (CONTROL_BIN, "-d")))
             for s in d.servers.values():
                 out.append(
                     MpsProcess(s.pid, "server", d.pipe_dir, d.visible_devices, s.uid, ("nvidia-cuda-mps-server",))
@@ -250,6 +256,8 @@ class FakeMpsControl:
 
     def signal(self, pid: int, sig: int) -> None:
         self.signals.append((pid, sig))
+        if self.orphans.pop(pid, None) is not None:
+            return
         for d in self.daemons.values():
             if d.alive and d.pid == pid:
                 self._gone(d)  # servers of a killed daemon linger until signalled themselves
@@ -259,7 +267,15 @@ class FakeMpsControl:
                 return
 
     def alive(self, pid: int) -> bool:
-        return any((d.alive and d.pid == pid) or pid in d.servers for d in self.daemons.values())
+        return pid in self.orphans or any((d.alive and d.pid == pid) or pid in d.servers for d in self.daemons.values())
+
+    def start_time(self, pid: int) -> float | None:
+        # Pids are never reused here: a fixed start time per pid.
+        return 1_700_000_000.0 + pid if self.alive(pid) else None
+
+    def reap(self) -> list[int]:
+        self.reaped_calls += 1
+        return []
 
     # --- what clients and faults do (tests drive these) ---------------------------------------------------
 
@@ -318,6 +334,20 @@ class FakeMpsControl:
         s.status = "FAULT"
         self._log(d, "server.log", "Server", s.pid, "Server encountered a fatal exception. Shutting down")
         return s.pid
+
+    def kill_server(self, pipe_dir: str | Path) -> int:
+        """The server process dies (SIGKILL): gone from the daemon's list; its clients stay alive. Its pid."""
+        d = self.daemon_at(pipe_dir)
+        s = next(iter(d.servers.values()))
+        del d.servers[s.pid]
+        self._log(d, "control.log", "Control", d.pid, f"Server {s.pid} exited with status 9")
+        return s.pid
+
+    def kill_daemon(self, pipe_dir: str | Path) -> int:
+        """The control daemon dies (SIGKILL): its servers keep running (as real MPS's do). Its pid."""
+        d = self.daemon_at(pipe_dir)
+        self._gone(d)
+        return d.pid
 
     def hang(self, pipe_dir: str | Path) -> None:
         """The daemon stops answering anything (it still runs until signalled)."""

@@ -1,0 +1,169 @@
+"""The tables of ``colo bench agents`` (Markdown and the terminal's rows): per point, per agent, lone requests.
+
+Read from a :class:`BenchResult` of workload ``agents`` (:mod:`colo.bench.agents_run`): an instance per agent
+whose ``info`` carries its errors by status, 503-with-Retry-After apart, and its NVML peak and limit; the
+point's ``load`` the load generator's CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from colo import units
+from colo.bench.report import MODE_NAMES, _ms, _num
+from colo.bench.results import BenchResult, InstanceResult, PointResult
+
+
+def hard_errors(point: PointResult) -> int:
+    """Errors other than 503-with-Retry-After, over every agent of the point."""
+    return sum(int(i.info.get("hard_errors", 0)) for i in point.instances)
+
+
+def retry_after(point: PointResult) -> int:
+    return sum(int(i.info.get("retry_after_503", 0)) for i in point.instances)
+
+
+def requests(inst: InstanceResult) -> int:
+    """Successful requests (the stored count when the JSON report dropped the latency list)."""
+    return int(inst.info.get("requests", inst.requests))
+
+
+def requests_per_sec(point: PointResult) -> float:
+    return sum(requests(i) / i.elapsed_secs for i in point.instances if i.elapsed_secs > 0)
+
+
+def memory_cell(inst: InstanceResult) -> str:
+    """``peak / limit`` (``!`` when over), ``–`` parts unknown."""
+    peak, limit = inst.info.get("peak_memory_bytes"), inst.info.get("limit_bytes")
+    text = f"{_size(peak)} / {_size(limit)}"
+    return text + " **over**" if peak is not None and limit is not None and peak > limit else text
+
+
+def within_limits(point: PointResult) -> bool | None:
+    """Every agent's peak ≤ its limit; None when no agent had both known."""
+    seen = [i.info.get("within_limit") for i in point.instances if i.info.get("within_limit") is not None]
+    return all(bool(v) for v in seen) if seen else None
+
+
+def errors_cell(inst: InstanceResult) -> str:
+    errors: Mapping[str, Any] = inst.info.get("errors") or {}
+    hard = {k: v for k, v in errors.items() if k != "503-retry-after"}
+    return ", ".join(f"{k}: {v}" for k, v in sorted(hard.items())) or "0"
+
+
+def cpu_cell(point: PointResult) -> str:
+    cores = point.load.get("cpu_cores_used")
+    if cores is None:
+        return "–"
+    host = int(point.load.get("host_cpus", 0))
+    procs = int(point.load.get("processes", 1))
+    busiest = point.load.get("max_process_cores")
+    text = f"{cores:.2f} core" + (f" of {host}" if host else "")
+    if procs > 1 and busiest is not None:
+        text += f" ({procs} processes, busiest {busiest:.2f})"
+    return text
+
+
+def point_rows(result: BenchResult) -> list[list[str]]:
+    """mode, clients, aggregate seq/s, requests/s, p50, p99, errors, 503 Retry-After, peak ≤ limit, CPU."""
+    rows = []
+    for mode in result.modes():
+        for n in result.concurrencies(mode):
+            p = result.point(mode, n)
+            if p is None:
+                continue
+            ok = within_limits(p)
+            rows.append(
+                [
+                    MODE_NAMES.get(mode, mode),
+                    str(n),
+                    _num(p.aggregate_per_sec),
+                    _num(requests_per_sec(p)),
+                    _ms(p.latency.p50_secs),
+                    _ms(p.latency.p99_secs),
+                    str(hard_errors(p)),
+                    str(retry_after(p)),
+                    "–" if ok is None else "yes" if ok else "**no**",
+                    cpu_cell(p),
+                ]
+            )
+    return rows
+
+
+POINT_HEADER = (
+    "mode",
+    "clients/agent",
+    "aggregate seq/s",
+    "requests/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "503 Retry-After",
+    "peak ≤ limit",
+    "load generator CPU",
+)
+AGENT_HEADER = (
+    "mode",
+    "clients",
+    "agent",
+    "seq/s",
+    "requests/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "503 RA",
+    "peak / limit",
+)
+
+
+def agent_rows(result: BenchResult) -> list[list[str]]:
+    rows = []
+    for p in result.points:
+        for i in p.instances:
+            lat = i.info.get("latency") or i.to_dict(with_latencies=False)["latency"]
+            rows.append(
+                [
+                    MODE_NAMES.get(p.mode, p.mode),
+                    str(p.concurrency),
+                    i.label,
+                    _num(i.per_sec),
+                    _num(requests(i) / i.elapsed_secs if i.elapsed_secs > 0 else math.nan),
+                    _ms(lat["p50_secs"]),
+                    _ms(lat["p99_secs"]),
+                    errors_cell(i),
+                    str(i.info.get("retry_after_503", 0)),
+                    memory_cell(i),
+                ]
+            )
+    return rows
+
+
+def lone_rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    """Each agent alone (one client, one row per request): p50/p99 per mode."""
+    lone: Mapping[str, Mapping[str, Mapping[str, Any]]] = result.settings.get("lone") or {}
+    modes = list(lone)
+    header = ["agent"] + [f"{MODE_NAMES.get(m, m)} {q}" for m in modes for q in ("p50 ms", "p99 ms")]
+    agents = sorted({a for m in modes for a in lone[m]})
+    rows = [[a] + [_ms(lone[m].get(a, {}).get(q)) for m in modes for q in ("p50_secs", "p99_secs")] for a in agents]
+    return header, rows
+
+
+def _table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(result: BenchResult) -> list[str]:
+    """The agents' tables as Markdown lines."""
+    lines = ["Through the agents' HTTP APIs (errors exclude 503 with Retry-After, counted apart):", ""]
+    lines += [*_table(POINT_HEADER, point_rows(result)), "", "Per agent:", ""]
+    lines += _table(AGENT_HEADER, agent_rows(result))
+    header, rows = lone_rows(result)
+    if rows:
+        lines += ["", "A lone request (each agent alone, one client, one row):", "", *_table(header, rows)]
+    return lines
+
+
+def _size(value: Any) -> str:
+    return units.format_size(int(value)) if isinstance(value, (int, float)) else "–"

@@ -1,0 +1,339 @@
+""":class:`ForkRunner`: the :class:`~colo.supervise.runner.Runner` that forks built-in agents from the
+pre-imported launcher (:mod:`colo.supervise.forkserver`) and spawns everything else.
+
+Only built-in agents run by this interpreter are forked; ``command:`` agents, and built-in agents whose ``env``
+changes a variable read at process start (``PYTHON*``, ``LD_*``, thread-pool sizes such as ``OMP_NUM_THREADS``;
+the zygote already started with its own), are spawned plainly. The first forkable spawn starts the zygote and
+waits for its imports. If the zygote dies, its children are followed by pid and start time (exit status unknown,
+like an adopted process), new agents are spawned plainly, and a replacement is started (at most
+:data:`MAX_RESTARTS` times). :func:`make_runner` turns ``policy.launcher`` into a runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from colo.errors import SupervisorError
+from colo.gpu import procs
+from colo.modelserver.command import MODULE as BUILTIN_AGENT_MODULE
+from colo.supervise.forkserver import EXEC_TIME_PREFIXES, MODULE, ZYGOTE_ENV_DEFAULTS
+from colo.supervise.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner, Runner, base_env
+
+log = logging.getLogger("colo.supervise.fork_runner")
+
+Launcher = Literal["fork", "spawn"]
+
+#: How long the first spawn waits for a starting zygote's imports before spawning plainly.
+READY_WAIT_SECS = 60.0
+#: How long a fork request may take before the zygote counts as hung (and plain spawning takes over). The
+#: first request for a config also imports its model classes in the zygote (seconds).
+FORK_REPLY_SECS = 60.0
+#: Zygotes started after the first one died, at most: past this, every agent is spawned plainly.
+MAX_RESTARTS = 3
+
+
+class _ZygoteGone(Exception):
+    """The zygote has exited or stopped answering."""
+
+
+class _Refused(Exception):
+    """The zygote answered but would not fork this request (its reason is the message)."""
+
+
+@dataclass
+class _Zygote:
+    """One running zygote process as seen from the orchestrator (a reader thread collects its messages)."""
+
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    first: bool  # the first zygote of its runner: spawns wait for its imports
+    ready: threading.Event = field(default_factory=threading.Event)
+    gone: threading.Event = field(default_factory=threading.Event)
+    import_secs: dict[str, float] = field(default_factory=dict)
+    blocker: str | None = None  # why the zygote may not fork, as it said when ready
+    exits: dict[int, ExitStatus] = field(default_factory=dict)
+    replies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    next_id: int = 0
+
+    def read_forever(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                continue
+            with self.cond:
+                if msg.get("ready"):
+                    self.import_secs = dict(msg.get("import_secs") or {})
+                    self.blocker = msg.get("blocker")
+                    self.ready.set()
+                elif "exit" in msg:
+                    sig = msg.get("signal")
+                    self.exits[int(msg["exit"])] = ExitStatus(code=msg.get("code"), signal=sig)
+                elif msg.get("id") is not None:
+                    self.replies[int(msg["id"])] = msg
+                self.cond.notify_all()
+        # EOF: every message the zygote sent has been read; only now may its children be tracked by pid.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5.0)  # reaped: no zombie zygote
+        for pipe in (self.proc.stdout, self.proc.stdin):
+            with contextlib.suppress(OSError, ValueError):
+                if pipe is not None:
+                    pipe.close()
+        with self.cond:
+            self.gone.set()
+            self.ready.set()
+            self.cond.notify_all()
+
+    def fork(self, argv: Sequence[str], env: dict[str, str], cwd: str | None, log_path: Path) -> int:
+        """Ask for a child; its pid. Raises _ZygoteGone when the zygote is gone or hung, _Refused when it
+        answers with an error."""
+        with self.cond:
+            if self.gone.is_set():
+                raise _ZygoteGone("the launcher has exited")
+            self.next_id += 1
+            rid = self.next_id
+            line = json.dumps({"id": rid, "argv": list(argv), "env": env, "cwd": cwd, "log": str(log_path)})
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(line.encode() + b"\n")
+                self.proc.stdin.flush()
+            except (OSError, ValueError) as exc:
+                raise _ZygoteGone(f"the launcher's pipe is closed: {exc}") from exc
+            ok = self.cond.wait_for(lambda: rid in self.replies or self.gone.is_set(), FORK_REPLY_SECS)
+            reply = self.replies.pop(rid, None)
+        if reply is None:
+            raise _ZygoteGone("the launcher did not answer" if not ok else "the launcher has exited")
+        if "error" in reply:
+            raise _Refused(str(reply["error"]))
+        pid = int(reply["pid"])
+        with self.cond:
+            self.exits.pop(pid, None)  # a stale exit of an earlier child with this (reused) pid
+        return pid
+
+    def close(self, wait_secs: float = 5.0) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=wait_secs)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def is_builtin_agent(spec: LaunchSpec, python: str = sys.executable) -> bool:
+    """Whether ``spec`` runs colo's built-in agent with this interpreter (the only thing the zygote forks)."""
+    return len(spec.argv) >= 3 and spec.argv[0] == python and tuple(spec.argv[1:3]) == ("-m", BUILTIN_AGENT_MODULE)
+
+
+class ForkRunner:
+    """A :class:`~colo.supervise.runner.Runner` that forks built-in agents from a pre-imported zygote and
+    spawns everything else (and everything while no zygote is usable) with ``fallback``.
+
+    ``forkable`` picks the specs to fork (default: :func:`is_builtin_agent`); ``preload=False`` starts a zygote
+    that imports nothing heavy (tests). The zygote starts on the first forkable spawn, which waits for its
+    imports (up to ``ready_wait_secs``); a zygote that dies is replaced in the background while spawns go to
+    ``fallback``, at most ``max_restarts`` times.
+    """
+
+    def __init__(
+        self,
+        *,
+        fallback: Runner | None = None,
+        forkable: Callable[[LaunchSpec], bool] | None = None,
+        preload: bool = True,
+        ready_wait_secs: float = READY_WAIT_SECS,
+        max_restarts: int = MAX_RESTARTS,
+        python: str = sys.executable,
+    ) -> None:
+        self.fallback: Runner = fallback or ProcessRunner()
+        self._forkable = forkable or (lambda spec: is_builtin_agent(spec, python))
+        self._preload = preload
+        self._ready_wait_secs = ready_wait_secs
+        self._restarts_left = max_restarts
+        self._python = python
+        self._lock = threading.Lock()
+        self._zygote: _Zygote | None = None
+        self._log_dir: Path | None = None
+        self._forked: dict[int, _Zygote] = {}  # pid -> the zygote that forked it
+        self.forks = 0
+        self.fallbacks: list[str] = []  # why each forkable spec was spawned plainly
+
+    # --- Runner ---------------------------------------------------------------------------------------
+    def spawn(self, spec: LaunchSpec, log_path: Path) -> ProcessHandle:
+        if not self._forkable(spec):
+            return self.fallback.spawn(spec, log_path)
+        env = base_env()
+        for key, value in ZYGOTE_ENV_DEFAULTS.items():
+            env.setdefault(key, value)  # as in the zygote's own environment
+        env.update(spec.env_dict())
+        zygote, reason = self._usable_zygote(log_path.parent)
+        if zygote is not None:
+            reason = self._unforkable_env(zygote, env) or ""
+            if not reason:
+                try:
+                    log_path.parent.mkdir(parents=True, exist_ok=True)
+                    pid = zygote.fork(spec.argv, env, spec.cwd, log_path.absolute())
+                except _Refused as exc:
+                    reason = str(exc)
+                except _ZygoteGone as exc:
+                    reason = str(exc)
+                    if not zygote.gone.is_set():  # hung: replace it
+                        self._retire(zygote)
+                else:
+                    with self._lock:
+                        self._forked[pid] = zygote
+                        self.forks += 1
+                    start = procs.create_time(pid)
+                    return ProcessHandle(pid, start if start is not None else 0.0)
+        self.fallbacks.append(reason)
+        log.info("spawning %s plainly: %s", spec.argv[0], reason)
+        return self.fallback.spawn(spec, log_path)
+
+    def poll(self, handle: ProcessHandle) -> ExitStatus | None:
+        with self._lock:
+            zygote = self._forked.get(handle.pid)
+        if zygote is None:
+            return self.fallback.poll(handle)
+        with zygote.cond:
+            status = zygote.exits.pop(handle.pid, None)
+        if status is None and not zygote.gone.is_set():
+            return None
+        if status is None and procs.is_alive(handle.pid, handle.start_time or None):
+            return None  # orphaned by a dead zygote: alive by pid and start time
+        with self._lock:
+            self._forked.pop(handle.pid, None)
+        return status or ExitStatus()
+
+    def signal(self, handle: ProcessHandle, sig: int) -> None:
+        with self._lock:
+            zygote = self._forked.get(handle.pid)
+        if zygote is not None:
+            with zygote.cond:
+                if handle.pid in zygote.exits:
+                    return  # ended (not yet polled): its pid may not be signalled
+            if not zygote.gone.is_set():
+                # A child of the live zygote, session leader of its own group.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(handle.pid, sig)
+                return
+        self.fallback.signal(handle, sig)
+
+    def adopt(self, pid: int, start_time: float) -> ProcessHandle | None:
+        return self.fallback.adopt(pid, start_time)
+
+    # --- the zygote -------------------------------------------------------------------------------------
+    def start(self, log_dir: Path) -> None:
+        """Start the zygote now (its imports run in the background), logging to ``log_dir/forkserver.log``."""
+        with self._lock:
+            if self._zygote is None or self._zygote.gone.is_set():
+                self._zygote = self._start_zygote(log_dir)
+
+    def wait_ready(self, timeout_secs: float) -> bool:
+        """Wait until the zygote (started by :meth:`start` or a spawn) has done its imports; False if it
+        is not ready (or gone) by then."""
+        deadline = time.monotonic() + timeout_secs
+        while time.monotonic() < deadline:
+            z = self._zygote
+            if z is not None and z.ready.wait(0.05):
+                return not z.gone.is_set()
+            if z is None:
+                time.sleep(0.05)
+        return False
+
+    def import_secs(self) -> dict[str, float]:
+        """Seconds the current zygote spent importing, per step (empty before it is ready)."""
+        z = self._zygote
+        return dict(z.import_secs) if z is not None else {}
+
+    def close(self) -> None:
+        """Stop the zygote (its children keep running)."""
+        with self._lock:
+            z, self._zygote = self._zygote, None
+        if z is not None:
+            z.close()
+
+    def _usable_zygote(self, log_dir: Path) -> tuple[_Zygote | None, str]:
+        """The zygote to fork from, or None and why not."""
+        with self._lock:
+            z = self._zygote
+            first = self._log_dir is None
+            if z is None or z.gone.is_set():
+                if not first and self._restarts_left <= 0:
+                    return None, "the launcher died too often"
+                if not first:
+                    self._restarts_left -= 1
+                z = self._zygote = self._start_zygote(log_dir)
+                if z is None:
+                    return None, "the launcher cannot start"
+        # Only the very first zygote is waited for: after a death, agents are spawned plainly until the
+        # replacement is ready, so recovery never waits for imports twice.
+        if z.first:
+            z.ready.wait(self._ready_wait_secs)
+        if z.gone.is_set():
+            return None, "the launcher exited (see forkserver.log)"
+        if not z.ready.is_set():
+            return None, "the launcher is still importing"
+        if z.blocker:
+            return None, z.blocker
+        return z, ""
+
+    def _start_zygote(self, log_dir: Path) -> _Zygote | None:
+        first = self._log_dir is None
+        self._log_dir = log_dir
+        env = base_env()
+        for key, value in ZYGOTE_ENV_DEFAULTS.items():
+            env.setdefault(key, value)
+        argv = [self._python, "-m", MODULE] + ([] if self._preload else ["--no-preload"])
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            with open(log_dir / "forkserver.log", "ab") as out:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=out,
+                    env=env,
+                    start_new_session=True,  # a Ctrl-C to `colo up` is colo's to handle, not the launcher's
+                    close_fds=True,
+                )
+        except OSError as exc:
+            log.warning("cannot start the launcher (%s); agents are spawned plainly", exc)
+            return None
+        z = _Zygote(proc, env, first)
+        threading.Thread(target=z.read_forever, name="colo-forkserver-reader", daemon=True).start()
+        return z
+
+    def _retire(self, zygote: _Zygote) -> None:
+        with self._lock:
+            if self._zygote is zygote:
+                self._zygote = None
+        threading.Thread(target=zygote.close, name="colo-forkserver-close", daemon=True).start()
+
+    @staticmethod
+    def _unforkable_env(zygote: _Zygote, env: dict[str, str]) -> str | None:
+        keys = {k for k in (*env, *zygote.env) if k.startswith(EXEC_TIME_PREFIXES)}
+        differ = sorted(k for k in keys if env.get(k) != zygote.env.get(k))
+        return f"env sets {', '.join(differ)} (read at process start)" if differ else None
+
+
+def make_runner(launcher: Launcher) -> Runner:
+    """The runner for ``policy.launcher``: ``fork`` (built-in agents from the zygote) or ``spawn``."""
+    if launcher == "fork":
+        return ForkRunner()
+    if launcher == "spawn":
+        return ProcessRunner()
+    raise SupervisorError(f"unknown launcher {launcher!r}", hint="policy.launcher is fork or spawn")
