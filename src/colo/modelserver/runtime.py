@@ -504,6 +504,17 @@ def _empty_cache(device: str) -> None:
             log.warning("could not empty the CUDA cache: %s", first_line(exc))
 
 
+def _rss_only() -> dict[str, int | None]:
+    """The device counters as None (no CUDA device, or one not to be asked), with the process RSS."""
+    return {
+        "memory_allocated_bytes": None,
+        "memory_reserved_bytes": None,
+        "max_memory_allocated_bytes": None,
+        "max_memory_reserved_bytes": None,
+        "rss_bytes": _rss_bytes(),
+    }
+
+
 def _device_memory_or_none(device: str, status: Status) -> dict[str, int | None]:
     """device_memory, except when the context is lost or unresponsive (CUDA calls could fail or hang): all
     None but RSS."""
@@ -512,13 +523,7 @@ def _device_memory_or_none(device: str, status: Status) -> dict[str, int | None]
             return device_memory(device)
         except RuntimeError:
             pass
-    return {
-        "memory_allocated_bytes": None,
-        "memory_reserved_bytes": None,
-        "max_memory_allocated_bytes": None,
-        "max_memory_reserved_bytes": None,
-        "rss_bytes": _rss_bytes(),
-    }
+    return _rss_only()
 
 
 def _device_name(device: str) -> str:
@@ -544,13 +549,7 @@ def device_memory(device: str) -> dict[str, int | None]:
             "max_memory_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
             "rss_bytes": _rss_bytes(),
         }
-    return {
-        "memory_allocated_bytes": None,
-        "memory_reserved_bytes": None,
-        "max_memory_allocated_bytes": None,
-        "max_memory_reserved_bytes": None,
-        "rss_bytes": _rss_bytes(),
-    }
+    return _rss_only()
 
 
 def _rss_bytes() -> int | None:
