@@ -1,7 +1,7 @@
 """colo's state directory: where an orchestrator keeps its files, whether one runs, and cleaning up after one
 that died.
 
-``<state_dir>/colo.db`` (SQLite: agents, events, requests), ``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``,
+``<state_dir>/colo.db`` (SQLite: agents, events, meta), ``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``,
 ``config.yaml`` (what the built-in agents read), ``colo.pid`` and ``colo.lock`` (held by the running
 orchestrator: one per state dir).
 """
