@@ -67,15 +67,9 @@ class ClientProcess:
     name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid,
-            "gpu_index": self.gpu_index,
-            "gpu_uuid": self.gpu_uuid,
-            "used_memory_bytes": self.used_memory_bytes,
-            "is_mps_client": self.is_mps_client,
-            "name": self.name,
-            "cmdline": list(self.cmdline),
-        }
+        """Plain JSON-able dict: every field, ``cmdline`` last, as a list."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cmdline"}
+        return out | {"cmdline": list(self.cmdline)}
 
 
 @runtime_checkable
