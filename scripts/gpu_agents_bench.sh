@@ -32,6 +32,9 @@ WINDOW="${BENCH_WINDOW:-15}"
 CLIENTS="${BENCH_CLIENTS:-1,3,16}"
 LONE="${BENCH_LONE:-1}"
 PY="${PYTHON:-python3}"
+# Where the machine keeps packages colo needs besides its source (e.g. wheels unpacked to /tmp/site on the
+# lent GPU machine); added after the tree under test, never before it.
+EXTRA_PYTHONPATH="${EXTRA_PYTHONPATH:-}"
 NEW_SRC="$ROOT/src"
 OLD_SRC="${BENCH_OLD_SRC:-$ROOT/.baseline/src}"
 OLD_SD="$(mktemp -d /tmp/colo-old-agents-XXXXXX)"
@@ -40,8 +43,8 @@ COLO_MAIN="from colo.cli.main import main; main()"
 STATUS=0
 
 log() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
-new_colo() { PYTHONPATH="$NEW_SRC" "$PY" -c "$COLO_MAIN" "$@"; }
-old_colo() { PYTHONPATH="$OLD_SRC" "$PY" -c "$COLO_MAIN" "$@"; }
+new_colo() { PYTHONPATH="$NEW_SRC${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}" "$PY" -c "$COLO_MAIN" "$@"; }
+old_colo() { PYTHONPATH="$OLD_SRC${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}" "$PY" -c "$COLO_MAIN" "$@"; }
 
 cleanup() {
   trap - EXIT TERM INT
@@ -73,7 +76,7 @@ log "config $CONFIG, window ${WINDOW}s, clients $CLIENTS, lone ${LONE}s"
 
 # (a) the new agents, colo starting them itself, MPS then time-slicing.
 log "== (a) new agents: MPS and time-slicing"
-run 300 env PYTHONPATH="$NEW_SRC" "$PY" -c "$COLO_MAIN" bench agents "$CONFIG" --mode "$MODES" \
+run 300 env PYTHONPATH="$NEW_SRC${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}" "$PY" -c "$COLO_MAIN" bench agents "$CONFIG" --mode "$MODES" \
   --clients "$CLIENTS" --batch 8 --seq-len 128 --duration "$WINDOW" --warmup 2 --lone "$LONE" \
   --start-timeout 150 --out "$OUT"
 
@@ -82,7 +85,7 @@ if [ -d "$OLD_SRC/colo" ]; then
   log "== (b) old agents (.baseline/src): colo up (MPS), state dir $OLD_SD"
   # shellcheck disable=SC2086  # OLD_UP_ARGS: words
   old_colo up "$CONFIG" --state-dir "$OLD_SD" --detach $OLD_UP_ARGS 2>&1 | tee -a "$LOG"
-  run 170 env PYTHONPATH="$NEW_SRC" "$PY" -c "$COLO_MAIN" bench agents "$CONFIG" --attach-config \
+  run 170 env PYTHONPATH="$NEW_SRC${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}" "$PY" -c "$COLO_MAIN" bench agents "$CONFIG" --attach-config \
     --state-dir "$OLD_SD" --mode mps --clients 3 --batch 8 --seq-len 128 --duration "$WINDOW" --warmup 2 \
     --lone "$LONE" --start-timeout 150 --out "$OUT/old"
   old_colo down --state-dir "$OLD_SD" --timeout 60 2>&1 | tee -a "$LOG"
@@ -95,7 +98,7 @@ log "== (c) issue 13's targets"
 OLD_ARGS=()
 [ -f "$OUT/old/agents.json" ] && OLD_ARGS=(--old "$OUT/old/agents.json")
 if [ -f "$OUT/agents.json" ]; then
-  PYTHONPATH="$NEW_SRC" "$PY" -m colo.bench.agents_targets "$OUT/agents.json" "${OLD_ARGS[@]}" \
+  PYTHONPATH="$NEW_SRC${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}" "$PY" -m colo.bench.agents_targets "$OUT/agents.json" "${OLD_ARGS[@]}" \
     --config "$CONFIG" --clients 3 --summary "$OUT/summary.json" 2>&1 | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" -ne 0 ] && STATUS=1
 else

@@ -38,7 +38,6 @@ _UNITS: dict[str, int] = {
 # ASCII digits only: Python's \d and float() also read Arabic-Indic "١٢" or full-width "１２" as 12, which a
 # reader of the file would not expect a size to be.
 _SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*$", re.ASCII)
-_PCT_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$", re.ASCII)
 
 
 def _non_ascii_digit(text: str) -> str | None:
@@ -91,25 +90,6 @@ def parse_size(text: str | int) -> int:
     if value_bytes > MAX_SIZE_BYTES:
         raise ValueError(f"{text!r} is over 1 PiB; is the unit right?")
     return value_bytes
-
-
-def parse_percent(text: str | float | int) -> float:
-    """Parse ``"50%"`` (or a number already in percent) into a float percent, 0..10000."""
-    if isinstance(text, bool):
-        raise ValueError("a percentage must be written like '50%'")
-    if isinstance(text, int | float):
-        value = float(text)
-    else:
-        m = _PCT_RE.match(text)
-        odd = _non_ascii_digit(text)
-        if odd is not None:
-            raise ValueError(f"{text!r} has the digit {odd!r} (U+{ord(odd):04X}); write percentages with ASCII digits")
-        if not m:
-            raise ValueError(f"{text!r} is not a percentage; write e.g. '50%'")
-        value = float(m.group(1))
-    if not math.isfinite(value) or value < 0 or value > 10000:
-        raise ValueError(f"{text!r} is outside 0%..10000%")
-    return value
 
 
 def round_up(value: int, step: int) -> int:

@@ -92,6 +92,18 @@ class Client:
     client_priority: int = 0
 
 
+def by_size(rep: dict[str, Any]) -> dict[int, str]:
+    """A probe client's answer per allocation size in bytes: "ok" or "oom"."""
+    return dict((n, r) for n, r in rep["allocs"])
+
+
+def running_daemon(state_dir: Path, uuid: str, started: Started) -> MpsDaemon:
+    """A daemon for ``uuid`` started with no server-wide defaults (each client sets its own)."""
+    d = new_daemon(state_dir, uuid, started)
+    d.start(MpsDefaults())
+    return d
+
+
 def agent(name: str, limit_bytes: int, uuid: str, *, pct: int = 100, prio: int = 0) -> Client:
     return Client(name, limit_bytes, pct, prio)
 
@@ -207,13 +219,12 @@ def test_client_limit_2gib_is_enforced_and_visible_in_gpu_info(
     gpus: list[GpuSnapshot], state_dir: Path, started: Started, clients: Clients
 ) -> None:
     uuid = gpus[0].uuid
-    d = new_daemon(state_dir, uuid, started)
-    d.start(MpsDefaults())
+    d = running_daemon(state_dir, uuid, started)
     env = client_env(agent("probe", 2 * GIB, uuid), MpsRoot.under_state_dir(state_dir).for_gpu(uuid), gpu_uuid=uuid)
     assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=2048M"
     proc = clients.start(env, [512 * MIB, 2 * GIB])
     rep = clients.report(proc)
-    allocs = dict((n, r) for n, r in rep["allocs"])
+    allocs = by_size(rep)
     assert allocs[512 * MIB] == "ok", rep
     assert allocs[2 * GIB] == "oom", f"2 GiB allocation under a 2 GiB limit did not fail with OOM: {rep}"
     assert rep["free"] < 2 * GIB, rep
@@ -248,8 +259,7 @@ def test_two_clients_get_their_own_limits_and_thread_pct(
     gpus: list[GpuSnapshot], state_dir: Path, started: Started, clients: Clients
 ) -> None:
     uuid = gpus[0].uuid
-    d = new_daemon(state_dir, uuid, started)
-    d.start(MpsDefaults())
+    d = running_daemon(state_dir, uuid, started)
     paths = MpsRoot.under_state_dir(state_dir).for_gpu(uuid)
     env_small = client_env(agent("small", 1 * GIB, uuid, pct=100), paths, gpu_uuid=uuid)
     env_big = client_env(agent("big", 3 * GIB, uuid, pct=25, prio=1), paths, gpu_uuid=uuid)
@@ -260,7 +270,7 @@ def test_two_clients_get_their_own_limits_and_thread_pct(
     assert len(spids) == 1
     both = d.client_pids(spids[0])
     assert len(both) >= 2, both
-    a_small, a_big = dict((n, r) for n, r in rs["allocs"]), dict((n, r) for n, r in rb["allocs"])
+    a_small, a_big = by_size(rs), by_size(rb)
     assert rs["free"] < 1 * GIB, rs
     assert 1 * GIB < rb["free"] < 3 * GIB, rb
     assert a_small[1 * GIB] == "oom", rs
@@ -358,7 +368,7 @@ def test_one_daemon_per_gpu_second_gpu_is_device_0(
     assert rep["count"] == 1, rep
     if rep["uuid"]:
         assert u1.lower().endswith(rep["uuid"].lower().removeprefix("gpu-")), (rep["uuid"], u1)
-    assert rep["free"] < 1 * GIB and dict((n, r) for n, r in rep["allocs"])[1 * GIB] == "oom", rep
+    assert rep["free"] < 1 * GIB and by_size(rep)[1 * GIB] == "oom", rep
     s1 = started.note_servers(fleet.daemon(u1))
     s0 = started.note_servers(fleet.daemon(u0))
     assert len(s1) == 1 and s0 == [], (s0, s1)

@@ -58,6 +58,3 @@ def test_round_up_and_gib() -> None:
     assert units.round_up(256, 128) == 256
     assert units.gib(units.from_gib(0.5)) == 0.5
     assert units.format_size(1536 * units.MIB) == "1.5 GiB"
-    assert units.parse_percent("50%") == 50.0
-    with pytest.raises(ValueError):
-        units.parse_percent("fifty")

@@ -15,11 +15,8 @@ from dataclasses import dataclass, field
 
 from colo.api.source import PolledGpu
 from colo.errors import ColoError
-from colo.files import state_dir
 from colo.gpu.mps.fleet import MpsFleet
-from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
-from colo.gpu.poller import GpuPoller
 from colo.plan import Plan, inventory_slots, plan
 from colo.spec import ColoConfig
 from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
@@ -60,13 +57,7 @@ class FakeSource:
         self._events = list(events)
         self.backend = backend
         self.fleet = fleet
-        poller = None
-        if backend is not None:
-            if fleet is not None:
-                poller = GpuPoller(backend, fleet.root, fleet.control)
-            else:
-                poller = GpuPoller(backend, MpsRoot.under_state_dir(state_dir(config.state_dir)))
-        self._gpu = PolledGpu(poller, poll_secs=poll_secs, clock=clock)
+        self._gpu = PolledGpu.over(config, backend, fleet, poll_secs=poll_secs, clock=clock)
         self.calls: list[tuple[str, str]] = []
         self.action_error: ColoError | None = None
         self.apply_error: ColoError | None = None

@@ -21,7 +21,6 @@ from colo.files import state_dir
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend, NvmlBackend
-from colo.gpu.poller import GpuPoller
 from colo.plan import Plan
 from colo.spec import ColoConfig, load_config
 from colo.supervise.planning import plan_node
@@ -54,13 +53,7 @@ class ReadOnlySource:
         self.plan = current
         self.backend = backend
         self.fleet = fleet
-        poller = None
-        if backend is not None:
-            if fleet is not None:
-                poller = GpuPoller(backend, fleet.root, fleet.control)
-            else:
-                poller = GpuPoller(backend, MpsRoot.under_state_dir(state_dir(config.state_dir)))
-        self._gpu = PolledGpu(poller, poll_secs=poll_secs, clock=monotonic)
+        self._gpu = PolledGpu.over(config, backend, fleet, poll_secs=poll_secs, clock=monotonic)
         placed = len(current.placed)
         self._events = [
             Event(

@@ -17,6 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from colo.api.cache import TtlCache
+from colo.files import state_dir
+from colo.gpu.mps.fleet import MpsFleet
+from colo.gpu.mps.root import MpsRoot
+from colo.gpu.nvml import GpuBackend
 from colo.gpu.poller import GpuPoller, GpuState, no_gpu_state
 from colo.spec.config import ColoConfig
 from colo.supervise.snapshots import Event, SystemSnapshot
@@ -70,6 +74,26 @@ class PolledGpu:
         self.poller = poller
         self._clock = clock
         self._cache: TtlCache[tuple[GpuState, float]] = TtlCache(poll_secs, clock)
+
+    @classmethod
+    def over(
+        cls,
+        config: ColoConfig,
+        backend: GpuBackend | None,
+        fleet: MpsFleet | None,
+        *,
+        poll_secs: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> PolledGpu:
+        """One poller over ``backend`` (None: no GPU) and the MPS daemons of ``fleet``, or, without a fleet,
+        those under ``config``'s state directory."""
+        poller = None
+        if backend is not None:
+            if fleet is not None:
+                poller = GpuPoller(backend, fleet.root, fleet.control)
+            else:
+                poller = GpuPoller(backend, MpsRoot.under_state_dir(state_dir(config.state_dir)))
+        return cls(poller, poll_secs=poll_secs, clock=clock)
 
     def get(self) -> tuple[GpuState, float]:
         """The GPU state and the monotonic time it was read."""

@@ -598,34 +598,24 @@ def _agent_action(action: Verb, name: str, state_dir: Path | None, as_json: bool
         console.print(f"{name}: {result.get('state')} (pid {result.get('pid') or '-'})", highlight=False)
 
 
-@agent_app.command("start")
-def agent_start(
-    name: str = typer.Argument(..., help="Agent name."),
-    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Start an agent (also one that is FATAL or EXITED)."""
-    _agent_action("start", name, state_dir, as_json)
+def _action_command(verb: Verb, doc: str) -> None:
+    """Register ``colo agent VERB NAME``: one action on the running orchestrator."""
+
+    def command(
+        name: str = typer.Argument(..., help="Agent name."),
+        state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        _agent_action(verb, name, state_dir, as_json)
+
+    command.__doc__ = doc
+    command.__name__ = f"agent_{verb}"
+    agent_app.command(verb)(command)
 
 
-@agent_app.command("stop")
-def agent_stop(
-    name: str = typer.Argument(..., help="Agent name."),
-    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Stop an agent; it stays STOPPED until started."""
-    _agent_action("stop", name, state_dir, as_json)
-
-
-@agent_app.command("restart")
-def agent_restart(
-    name: str = typer.Argument(..., help="Agent name."),
-    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Restart an agent."""
-    _agent_action("restart", name, state_dir, as_json)
+_action_command("start", "Start an agent (also one that is FATAL or EXITED).")
+_action_command("stop", "Stop an agent; it stays STOPPED until started.")
+_action_command("restart", "Restart an agent.")
 
 
 # --- logs --------------------------------------------------------------------------------------------------

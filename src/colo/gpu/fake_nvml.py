@@ -82,6 +82,3 @@ class FakeGpuBackend:
 
     def set_processes(self, processes: Sequence[ClientProcess]) -> None:
         self._processes = list(processes)
-
-    def set_gpus(self, gpus: Sequence[GpuSnapshot]) -> None:
-        self._gpus = list(gpus)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,21 +47,8 @@ class GpuSnapshot:
     cuda_version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (the ``gpus`` rows of ``colo gpu info --json``)."""
-        return {
-            "index": self.index,
-            "uuid": self.uuid,
-            "name": self.name,
-            "memory_total_bytes": self.memory_total_bytes,
-            "memory_used_bytes": self.memory_used_bytes,
-            "memory_free_bytes": self.memory_free_bytes,
-            "compute_mode": self.compute_mode,
-            "mig_mode": self.mig_mode,
-            "temperature_c": self.temperature_c,
-            "power_w": self.power_w,
-            "sm_util_pct": self.sm_util_pct,
-            "mem_util_pct": self.mem_util_pct,
-        }
+        """Plain JSON-able dict (the ``gpus`` rows of ``colo gpu info --json``): every field but the versions."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("driver_version", "cuda_version")}
 
 
 @dataclass(frozen=True)
@@ -80,15 +67,9 @@ class ClientProcess:
     name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid,
-            "gpu_index": self.gpu_index,
-            "gpu_uuid": self.gpu_uuid,
-            "used_memory_bytes": self.used_memory_bytes,
-            "is_mps_client": self.is_mps_client,
-            "name": self.name,
-            "cmdline": list(self.cmdline),
-        }
+        """Plain JSON-able dict: every field, ``cmdline`` last, as a list."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cmdline"}
+        return out | {"cmdline": list(self.cmdline)}
 
 
 @runtime_checkable

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -129,29 +129,9 @@ class Estimate:
     notes: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (``colo estimate --json``)."""
-        return {
-            "model": self.model_id,
-            "label": self.label,
-            "task": self.task,
-            "dtype": self.dtype,
-            "batch_size": self.batch_size,
-            "seq_len": self.seq_len,
-            "new_tokens": self.new_tokens,
-            "params": self.params,
-            "weights_bytes": self.weights_bytes,
-            "weights_reserved_bytes": self.weights_reserved_bytes,
-            "activation_bytes": self.activation_bytes,
-            "activation_reserved_bytes": self.activation_reserved_bytes,
-            "kv_cache_bytes": self.kv_cache_bytes,
-            "kv_cache_reserved_bytes": self.kv_cache_reserved_bytes,
-            "reserved_bytes": self.reserved_bytes,
-            "overhead_bytes": self.overhead_bytes,
-            "overhead_source": self.overhead_source,
-            "nvml_peak_bytes": self.nvml_peak_bytes,
-            "attention": self.attention,
-            "notes": list(self.notes),
-        }
+        """JSON-able form (``colo estimate --json``): every field, ``model`` and ``label`` first."""
+        rest = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model_id", "label")}
+        return {"model": self.model_id, "label": self.label} | rest | {"notes": list(self.notes)}
 
 
 def _first(cfg: dict[str, Any], *keys: str, default: int = 0) -> int:

@@ -18,8 +18,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 ERROR_KINDS = ("bad_request", "queue_full", "not_ready", "alloc_failed", "context_lost", "other")
-_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_ROW_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class AgentMetrics:
@@ -31,22 +31,17 @@ class AgentMetrics:
         self.queue_depth = Gauge(
             "colo_agent_queue_depth", "Requests waiting for the device worker.", labels, registry=self.registry
         ).labels(agent)
-        self.batch_rows = Histogram(
-            "colo_agent_batch_rows", "Rows per batch run on the device.", labels,
-            buckets=_ROW_BUCKETS, registry=self.registry,
-        ).labels(agent)
-        self.batch_requests = Histogram(
-            "colo_agent_batch_requests", "Requests merged into one device batch.", labels,
-            buckets=_ROW_BUCKETS, registry=self.registry,
-        ).labels(agent)
-        self.latency = Histogram(
-            "colo_agent_request_latency_seconds", "Request received to answered.", labels,
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        ).labels(agent)
-        self.forward = Histogram(
-            "colo_agent_forward_seconds", "Device time per batch.", labels,
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
-        ).labels(agent)
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry).labels(agent)
+
+        self.batch_rows = histogram("colo_agent_batch_rows", "Rows per batch run on the device.", _ROW_BUCKETS)
+        self.batch_requests = histogram(
+            "colo_agent_batch_requests", "Requests merged into one device batch.", _ROW_BUCKETS
+        )
+        self.latency = histogram(
+            "colo_agent_request_latency_seconds", "Request received to answered.", _LATENCY_BUCKETS
+        )
+        self.forward = histogram("colo_agent_forward_seconds", "Device time per batch.", _LATENCY_BUCKETS)
         self.requests = Counter(
             "colo_agent_requests", "Answered requests.", labels, registry=self.registry
         ).labels(agent)

@@ -77,6 +77,20 @@ class LoadOutOfMemory(ColoError):
     exit_code = 3
 
 
+# The ``errors_total`` label of each error a request can end with (anything else counts as "other").
+_ERROR_LABELS: tuple[tuple[type[Exception], str], ...] = (
+    (RequestError, "bad_request"),
+    (NotReady, "not_ready"),
+    (QueueFull, "queue_full"),
+    (DeviceOutOfMemory, "alloc_failed"),
+    (ContextLost, "context_lost"),
+)
+
+
+def _error_label(exc: Exception) -> str:
+    return next((label for kind, label in _ERROR_LABELS if isinstance(exc, kind)), "other")
+
+
 @dataclass(frozen=True)
 class InferInput:
     """A checked request: exactly one of ``texts`` / ``input_ids``."""
@@ -293,15 +307,10 @@ class AgentRuntime:
                         f"max_new_tokens {new_tokens} is outside 1..{model.limits.new_tokens} "
                         f"(new_tokens of {model.model_id})"
                     )
-        except RequestError:
-            self._counters.rejected += 1
-            self.metrics.error("bad_request")
-            raise
-        except ContextLost:
-            self.metrics.error("context_lost")
-            raise
-        except NotReady:
-            self.metrics.error("not_ready")
+        except (RequestError, ContextLost, NotReady) as exc:
+            if isinstance(exc, RequestError):
+                self._counters.rejected += 1
+            self.metrics.error(_error_label(exc))
             raise
         prepared = self.clock()
         job = Job(
@@ -313,17 +322,9 @@ class AgentRuntime:
         )
         try:
             answer: _Answer = self._worker.submit(job).result()
-        except QueueFull:
-            self.metrics.error("queue_full")
-            raise
-        except DeviceOutOfMemory:
-            self.metrics.error("alloc_failed")
-            raise
-        except ContextLost:
-            self.metrics.error("context_lost")
-            raise
-        except Exception:
-            self.metrics.error("other")
+        except Exception as exc:
+            known = isinstance(exc, (QueueFull, DeviceOutOfMemory, ContextLost))
+            self.metrics.error(_error_label(exc) if known else "other")
             raise
         done = self.clock()
         self.metrics.requests.inc()
@@ -503,6 +504,17 @@ def _empty_cache(device: str) -> None:
             log.warning("could not empty the CUDA cache: %s", first_line(exc))
 
 
+def _rss_only() -> dict[str, int | None]:
+    """The device counters as None (no CUDA device, or one not to be asked), with the process RSS."""
+    return {
+        "memory_allocated_bytes": None,
+        "memory_reserved_bytes": None,
+        "max_memory_allocated_bytes": None,
+        "max_memory_reserved_bytes": None,
+        "rss_bytes": _rss_bytes(),
+    }
+
+
 def _device_memory_or_none(device: str, status: Status) -> dict[str, int | None]:
     """device_memory, except when the context is lost or unresponsive (CUDA calls could fail or hang): all
     None but RSS."""
@@ -511,13 +523,7 @@ def _device_memory_or_none(device: str, status: Status) -> dict[str, int | None]
             return device_memory(device)
         except RuntimeError:
             pass
-    return {
-        "memory_allocated_bytes": None,
-        "memory_reserved_bytes": None,
-        "max_memory_allocated_bytes": None,
-        "max_memory_reserved_bytes": None,
-        "rss_bytes": _rss_bytes(),
-    }
+    return _rss_only()
 
 
 def _device_name(device: str) -> str:
@@ -543,13 +549,7 @@ def device_memory(device: str) -> dict[str, int | None]:
             "max_memory_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
             "rss_bytes": _rss_bytes(),
         }
-    return {
-        "memory_allocated_bytes": None,
-        "memory_reserved_bytes": None,
-        "max_memory_allocated_bytes": None,
-        "max_memory_reserved_bytes": None,
-        "rss_bytes": _rss_bytes(),
-    }
+    return _rss_only()
 
 
 def _rss_bytes() -> int | None:

@@ -10,7 +10,6 @@ since the last tick and notices truncation.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -196,12 +195,3 @@ class LogScanner:
             data = fh.read(size - start)
         self.offset = start + len(data)
         return data.decode(errors="replace")
-
-
-_CLIENT_RE = re.compile(r"client\s+(?:pid\s+)?(\d+)", re.IGNORECASE)
-
-
-def client_pid_in(text: str) -> int | None:
-    """A client pid named in an MPS log line (``... client 1234 ...``), if any."""
-    m = _CLIENT_RE.search(text)
-    return int(m.group(1)) if m else None

@@ -1,7 +1,7 @@
 """colo's state directory: where an orchestrator keeps its files, whether one runs, and cleaning up after one
 that died.
 
-``<state_dir>/colo.db`` (SQLite: agents, events, requests), ``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``,
+``<state_dir>/colo.db`` (SQLite: agents, events, meta), ``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``,
 ``config.yaml`` (what the built-in agents read), ``colo.pid`` and ``colo.lock`` (held by the running
 orchestrator: one per state dir).
 """
@@ -24,35 +24,28 @@ from colo.spec.config import ColoConfig
 from colo.supervise.snapshots import AgentStatus, Event
 
 
+class _Under:
+    """A path a fixed name below :attr:`StateDirPaths.root`, read as an attribute."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, paths: StateDirPaths, owner: type[StateDirPaths]) -> Path:
+        return paths.root / self.name
+
+
 @dataclass(frozen=True)
 class StateDirPaths:
     """Where an orchestrator keeps its files."""
 
     root: Path
 
-    @property
-    def db(self) -> Path:
-        return self.root / "colo.db"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "colo.pid"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.root / "colo.lock"
-
-    @property
-    def config_copy(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def mps(self) -> Path:
-        return self.root / "mps"
+    db = _Under("colo.db")
+    logs = _Under("logs")
+    pid_file = _Under("colo.pid")
+    lock_file = _Under("colo.lock")
+    config_copy = _Under("config.yaml")
+    mps = _Under("mps")
 
 
 def resolve_state_dir(config: ColoConfig | None, override: str | Path | None) -> Path:

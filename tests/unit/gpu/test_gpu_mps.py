@@ -12,7 +12,7 @@ import pytest
 from colo.clock import FakeClock
 from colo.errors import MpsError
 from colo.gpu.mps.control import SIGKILL, SIGTERM, MpsControl
-from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults, defaults_for_agents
+from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
 from colo.gpu.mps.env import client_env
 from colo.gpu.mps.fake import FakeMpsControl
 from colo.gpu.mps.fleet import MpsFleet
@@ -290,10 +290,8 @@ def test_client_env_from_plan_entry() -> None:
     assert "CUDA_VISIBLE_DEVICES" not in plain and "CUDA_MPS_LOG_DIRECTORY" not in plain
 
 
-def test_defaults_for_agents_take_the_largest() -> None:
-    d = defaults_for_agents([agent("a", 2 * GIB, 50), agent("b", 5 * GIB, 100)])
-    assert d == MpsDefaults(pinned_mem_limit_bytes=5 * GIB, active_thread_pct=100, client_priority=None)
-    assert defaults_for_agents([]) == MpsDefaults()
+def test_defaults_become_set_default_commands() -> None:
+    d = MpsDefaults(pinned_mem_limit_bytes=5 * GIB, active_thread_pct=100, client_priority=None)
     assert d.commands() == [
         "set_default_device_pinned_mem_limit 0 5120M",
         "set_default_active_thread_percentage 100",

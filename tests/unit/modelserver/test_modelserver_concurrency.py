@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +23,17 @@ def _runtime(**kw: Any) -> AgentRuntime:
     rt = AgentRuntime(agent="critic", specs=SPECS, device="cpu", loader=tiny_loader(KINDS), **kw)
     rt.load()
     return rt
+
+
+def _breakable_probe(error: str) -> tuple[threading.Event, Callable[[], None]]:
+    """A context probe that answers until the event is set, then raises ``RuntimeError(error)``."""
+    broken = threading.Event()
+
+    def probe() -> None:
+        if broken.is_set():
+            raise RuntimeError(error)
+
+    return broken, probe
 
 
 def test_sixteen_clients_are_merged_within_batch_size() -> None:
@@ -84,13 +96,8 @@ def test_a_request_that_finds_the_context_lost_is_503_and_the_agent_leaves_once(
 
 
 def test_health_probes_the_context() -> None:
-    broken = threading.Event()
+    broken, probe = _breakable_probe("CUDA error: cudaErrorMpsRpcFailure")
     lost: list[str] = []
-
-    def probe() -> None:
-        if broken.is_set():
-            raise RuntimeError("CUDA error: cudaErrorMpsRpcFailure")
-
     rt = _runtime(probe=probe, on_context_lost=lost.append)
     assert rt.health()["status"] == "ready"
     broken.set()
@@ -129,13 +136,8 @@ def test_no_watch_on_cpu() -> None:
 
 
 def test_an_unplaced_error_is_a_lost_context_when_the_probe_fails() -> None:
-    broken = threading.Event()
+    broken, probe = _breakable_probe("CUDA error: unknown error")
     lost: list[str] = []
-
-    def probe() -> None:
-        if broken.is_set():
-            raise RuntimeError("CUDA error: unknown error")
-
     rt = _runtime(probe=probe, on_context_lost=lost.append)
     rt.models["enc"].module = RaisingModule("CUDA error: unknown error")
     with pytest.raises(RuntimeError, match="unknown error"):  # the context still answers: a plain error

@@ -85,6 +85,13 @@ class World:
             **kw,  # type: ignore[arg-type]
         )
 
+    def started(self, cfg: ColoConfig, **kw: object) -> Orchestrator:
+        """An orchestrator that is up and has ticked for 2 s (its agents running)."""
+        orch = self.orchestrator(cfg, **kw)
+        orch.up()
+        self.run(orch, 2)
+        return orch
+
     def run(self, orch: Orchestrator, secs: float, step: float = 0.5) -> None:
         t = 0.0
         while t < secs:
@@ -160,9 +167,7 @@ def test_second_orchestrator_on_same_state_dir_is_refused(tmp_path: Path) -> Non
 
 def test_killed_agent_is_restarted_others_untouched(tmp_path: Path) -> None:
     w = World(tmp_path)
-    orch = w.orchestrator(config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1)))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1)))
     before = {n: w.pid(orch, n) for n in "abc"}
     w.runner.exit(before["b"], sig=signal.SIGKILL)
     w.run(orch, 3)
@@ -176,9 +181,7 @@ def test_killed_agent_is_restarted_others_untouched(tmp_path: Path) -> None:
 
 def test_mps_fault_recovers_that_gpu_only_and_names_the_culprit(tmp_path: Path) -> None:
     w = World(tmp_path)
-    orch = w.orchestrator(config(agent("a", gpu=0), agent("bad", gpu=0), agent("c", gpu=1)))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a", gpu=0), agent("bad", gpu=0), agent("c", gpu=1)))
     pipe0 = w.state / "mps" / uuid(0) / "pipe"
     for name in ("a", "bad"):
         w.mps.connect_client(pipe0, w.pid(orch, name))
@@ -213,9 +216,7 @@ def test_mps_fault_recovers_that_gpu_only_and_names_the_culprit(tmp_path: Path) 
 
 def test_mps_fault_that_does_not_clear_restarts_the_daemon(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1)
-    orch = w.orchestrator(config(agent("a")))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a")))
     pipe0 = w.state / "mps" / uuid(0) / "pipe"
     w.mps.connect_client(pipe0, 99999)  # a client colo does not know keeps the server in FAULT
     w.mps.fault(pipe0)
@@ -230,9 +231,7 @@ def test_mps_fault_that_does_not_clear_restarts_the_daemon(tmp_path: Path) -> No
 def test_oom_in_log_is_an_event_and_only_that_agent_fails(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1)
     cfg = config(agent("hog", restart="policy: never"), agent("ok"))
-    orch = w.orchestrator(cfg)
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(cfg)
     pid = w.pid(orch, "hog")
     with open(w.state / "logs" / "hog.log", "a") as fh:
         fh.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
@@ -288,9 +287,7 @@ def test_restart_with_changed_config_adopts_then_rolls_changed_agent(tmp_path: P
 
 def test_apply_restarts_only_changed_agents_one_at_a_time(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1, gpu_gib=20)
-    orch = w.orchestrator(config(agent("a"), agent("b"), agent("c"), agent("d")))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a"), agent("b"), agent("c"), agent("d")))
     pids = {n: w.pid(orch, n) for n in "abcd"}
     new = config(
         agent("a", model="big"),  # limit changed
@@ -323,9 +320,7 @@ def test_apply_restarts_only_changed_agents_one_at_a_time(tmp_path: Path) -> Non
 
 def test_apply_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1)
-    orch = w.orchestrator(config(agent("a"), agent("b")))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a"), agent("b")))
     pids = {n: w.pid(orch, n) for n in "ab"}
     spawned = len(w.runner.spawned)
     too_big = config(agent("a", model="big"), agent("b", model="big"))  # 2 × 6.5 GiB on 10 GiB
@@ -340,9 +335,7 @@ def test_apply_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
 
 def test_apply_leaves_out_low_priority_when_full(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1)
-    orch = w.orchestrator(config(agent("a"), agent("spare", priority="low")))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a"), agent("spare", priority="low")))
     spare = w.pid(orch, "spare")
     result = orch.apply(config(agent("a", model="big"), agent("spare", model="big", priority="low")))
     assert result.left_out == ["spare"] and result.stopped == ["spare"]
@@ -357,9 +350,7 @@ def test_apply_leaves_out_low_priority_when_full(tmp_path: Path) -> None:
 
 def test_start_stop_restart_by_name(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1)
-    orch = w.orchestrator(config(agent("a")))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a")))
     orch.stop("a")
     w.run(orch, 1)
     assert orch.status("a").state == S.STOPPED
@@ -377,9 +368,7 @@ def test_start_stop_restart_by_name(tmp_path: Path) -> None:
 
 def test_colo_stopping_an_agent_uses_terminate_client_and_is_not_a_fault(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1)
-    orch = w.orchestrator(config(agent("a"), agent("b")))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a"), agent("b")))
     pipe0 = w.state / "mps" / uuid(0) / "pipe"
     pid_a, pid_b = w.pid(orch, "a"), w.pid(orch, "b")
     w.mps.connect_client(pipe0, pid_a)
@@ -397,9 +386,7 @@ def test_colo_stopping_an_agent_uses_terminate_client_and_is_not_a_fault(tmp_pat
 
 def test_fault_line_in_the_mps_log_names_the_client(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1)
-    orch = w.orchestrator(config(agent("a"), agent("b")))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a"), agent("b")))
     pid_a, pid_b = w.pid(orch, "a"), w.pid(orch, "b")
     log = w.state / "mps" / uuid(0) / "log" / "server.log"
     with open(log, "a") as fh:
@@ -427,9 +414,7 @@ def test_reload_reapplies_the_config_file_and_refusal_is_an_event(tmp_path: Path
     w = World(tmp_path, gpus=1)
     path = tmp_path / "colo.yaml"
     path.write_text(BASE + agent("a") + agent("b"))
-    orch = w.orchestrator(config(agent("a"), agent("b")), config_path=path)
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a"), agent("b")), config_path=path)
     path.write_text(BASE + agent("a", model="big") + agent("b"))
     result = orch.reload()
     assert result is not None and result.restarted == ["a"] and result.unchanged == ["b"]
@@ -441,9 +426,7 @@ def test_reload_reapplies_the_config_file_and_refusal_is_an_event(tmp_path: Path
 
 def test_down_leaves_no_process_behind_even_past_its_timeout(tmp_path: Path) -> None:
     w = World(tmp_path, gpus=1)
-    orch = w.orchestrator(config(agent("a", restart="stop_wait_secs: 60")))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a", restart="stop_wait_secs: 60")))
     pid = w.pid(orch, "a")
     w.runner.ignore_signals.add(pid)
     orch.down(timeout_secs=1.0, sleep=w.clock.advance)
@@ -459,9 +442,7 @@ def test_one_snapshot_per_poll_feeds_memory_and_the_api(tmp_path: Path) -> None:
     from colo.gpu.nvml import ClientProcess
 
     w = World(tmp_path, gpus=1)
-    orch = w.orchestrator(config(agent("a"), agent("b")))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(config(agent("a"), agent("b")))
     pid = w.pid(orch, "a")
     w.backend._processes = [ClientProcess(pid, 0, uuid(0), 700 * 1024**2, True)]
     calls = w.backend.calls

@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from colo import units
 from colo.clock import Clock, SystemClock
@@ -60,34 +60,6 @@ class MpsDefaults:
         if self.client_priority is not None:
             out.append(f"set_default_client_priority {self.client_priority}")
         return out
-
-
-class ClientShare(Protocol):
-    """A client's share of a daemon (``colo.plan.types.AgentPlan`` is one): its pinned memory limit in bytes
-    and its active thread percentage."""
-
-    @property
-    def limit_bytes(self) -> int: ...
-
-    @property
-    def active_thread_pct(self) -> int: ...
-
-
-def defaults_for_agents(agents: Iterable[ClientShare]) -> MpsDefaults:
-    """Server defaults for the agents placed on one GPU.
-
-    A client's ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`` / ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` can only lower the
-    server's values, so the server default is the largest of them: a cap for a client that forgot its env,
-    never below any agent's own limit.
-    """
-    agents = list(agents)
-    if not agents:
-        return MpsDefaults()
-    return MpsDefaults(
-        pinned_mem_limit_bytes=max(a.limit_bytes for a in agents),
-        active_thread_pct=max(a.active_thread_pct for a in agents),
-        client_priority=None,
-    )
 
 
 class MpsDaemon:
