@@ -21,7 +21,7 @@ from typing import Any
 
 
 class JsonHandler(BaseHTTPRequestHandler):
-    """A quiet handler that answers JSON (also the base of the HTTP test servers, imported as ``fakes.fake_llama_server``)."""
+    """A quiet handler that answers JSON; test servers import it as ``fakes.fake_llama_server.JsonHandler``."""
 
     def log_message(self, format: str, *args: Any) -> None:
         return None
