@@ -20,6 +20,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet handler that answers JSON; test servers import it as ``fakes.fake_llama_server.JsonHandler``."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def _reply(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("-m", "--model", default="model.gguf")
@@ -41,18 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ready_at = time.monotonic() + args.load_secs
     slots = threading.Semaphore(max(args.parallel, 1))
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *a: Any) -> None:
-            return None
-
-        def _reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             if self.path == "/health":
                 if time.monotonic() < ready_at:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import DEVNULL
 from typing import Any
 
 import pytest
@@ -97,11 +98,17 @@ def by_size(rep: dict[str, Any]) -> dict[int, str]:
     return dict((n, r) for n, r in rep["allocs"])
 
 
-def running_daemon(state_dir: Path, uuid: str, started: Started) -> MpsDaemon:
-    """A daemon for ``uuid`` started with no server-wide defaults (each client sets its own)."""
-    d = new_daemon(state_dir, uuid, started)
+@pytest.fixture
+def daemon(gpus: list[GpuSnapshot], state_dir: Path, started: Started) -> MpsDaemon:
+    """A daemon for the first GPU started with no server-wide defaults (each client sets its own)."""
+    d = new_daemon(state_dir, gpus[0].uuid, started)
     d.start(MpsDefaults())
     return d
+
+
+def start_by_hand(binary: str, env: dict[str, str]) -> None:
+    """``nvidia-cuda-mps-control -d`` as an operator would start it, outside colo."""
+    subprocess.run([binary, "-d"], env=env, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL, timeout=30, check=True)
 
 
 def agent(name: str, limit_bytes: int, uuid: str, *, pct: int = 100, prio: int = 0) -> Client:
@@ -216,11 +223,10 @@ def test_daemon_lifecycle_defaults_status_and_logs(
 
 
 def test_client_limit_2gib_is_enforced_and_visible_in_gpu_info(
-    gpus: list[GpuSnapshot], state_dir: Path, started: Started, clients: Clients
+    daemon: MpsDaemon, state_dir: Path, started: Started, clients: Clients
 ) -> None:
-    uuid = gpus[0].uuid
-    d = running_daemon(state_dir, uuid, started)
-    env = client_env(agent("probe", 2 * GIB, uuid), MpsRoot.under_state_dir(state_dir).for_gpu(uuid), gpu_uuid=uuid)
+    d, uuid = daemon, daemon.gpu_uuid
+    env = client_env(agent("probe", 2 * GIB, uuid), d.paths, gpu_uuid=uuid)
     assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=2048M"
     proc = clients.start(env, [512 * MIB, 2 * GIB])
     rep = clients.report(proc)
@@ -255,12 +261,8 @@ def test_client_limit_2gib_is_enforced_and_visible_in_gpu_info(
     )
 
 
-def test_two_clients_get_their_own_limits_and_thread_pct(
-    gpus: list[GpuSnapshot], state_dir: Path, started: Started, clients: Clients
-) -> None:
-    uuid = gpus[0].uuid
-    d = running_daemon(state_dir, uuid, started)
-    paths = MpsRoot.under_state_dir(state_dir).for_gpu(uuid)
+def test_two_clients_get_their_own_limits_and_thread_pct(daemon: MpsDaemon, started: Started, clients: Clients) -> None:
+    d, uuid, paths = daemon, daemon.gpu_uuid, daemon.paths
     env_small = client_env(agent("small", 1 * GIB, uuid, pct=100), paths, gpu_uuid=uuid)
     env_big = client_env(agent("big", 3 * GIB, uuid, pct=25, prio=1), paths, gpu_uuid=uuid)
     small = clients.start(env_small, [1 * GIB])
@@ -300,30 +302,14 @@ def test_unanswered_quit_is_killed_and_foreign_daemons_are_refused(
     by_hand = dict(d.env(), CUDA_VISIBLE_DEVICES="0")
     binary = find_binary()
     assert binary is not None
-    subprocess.run(
-        [binary, "-d"],
-        env=by_hand,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=30,
-        check=True,
-    )
+    start_by_hand(binary, by_hand)
     assert wait_for(d.is_running, 10)
     with pytest.raises(MpsError, match="pinned to") as refused:
         d.start()
     first = d.stop(timeout_secs=5)
     assert first.was_running and scan_processes(d.paths.pipe_dir) == []
 
-    subprocess.run(
-        [binary, "-d"],
-        env=d.env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=30,
-        check=True,
-    )
+    start_by_hand(binary, d.env())
     assert wait_for(d.healthy, 10)
     assert d.start(MpsDefaults(active_thread_pct=70)) is False  # adopted, defaults applied
     assert d.default_active_thread_pct() == 70.0

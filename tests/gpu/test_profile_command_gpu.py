@@ -9,7 +9,6 @@ lists the process with ~1 GiB + its CUDA context. One line::
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -17,21 +16,16 @@ import pytest
 from typer.testing import CliRunner
 
 from colo.cli.main import app
+from testkit import FAKE_LLAMA_SERVER as FAKE
+from testkit import free_port
 
 pytestmark = pytest.mark.gpu
-FAKE = Path(__file__).resolve().parents[1] / "fakes" / "fake_llama_server.py"
 MIB = 1024**2
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_profile_command_agent_records_its_real_nvml_peak(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    port = _port()
+    port = free_port()
     code = (
         "import sys, torch; x = torch.empty(1 << 30, dtype=torch.uint8, device='cuda'); x.fill_(1); "
         f"sys.argv = ['llama-server', '--port', '{port}', '--load-secs', '0']; "

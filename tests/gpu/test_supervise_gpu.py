@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,8 @@ from typing import Any
 import pytest
 import yaml
 from mps_daemons import quit_all
+
+from testkit import child_env, free_port
 
 pytestmark = pytest.mark.gpu
 
@@ -189,17 +190,8 @@ def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.5, tick: C
     return value
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def env() -> dict[str, str]:
-    e = dict(os.environ)
-    src = str(ROOT / "src")
-    e["PYTHONPATH"] = src + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    e["PYTHONUNBUFFERED"] = "1"
+    e = child_env(PYTHONUNBUFFERED="1")
     e.setdefault("HF_HUB_OFFLINE", "1")  # the GPU machine has no network: never wait on the Hub
     return e
 

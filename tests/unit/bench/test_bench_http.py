@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -15,13 +15,11 @@ from colo.bench.loads.http import HttpClient, HttpWorkload, parse_completion, re
 from colo.bench.report import to_markdown
 from colo.bench.results import BenchResult
 from colo.bench.spec import InstanceSpec
+from fakes.fake_llama_server import JsonHandler
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     seen: list[tuple[str, dict[str, Any]]] = []  # noqa: RUF012 - shared by the test server's threads
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -75,14 +73,6 @@ class _Handler(BaseHTTPRequestHandler):
             )
         else:
             self._reply(404, {"error": "not found"})
-
-    def _reply(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 @pytest.fixture()

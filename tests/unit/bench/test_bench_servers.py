@@ -4,7 +4,6 @@ report, server-reported timings, ``ignore_eos``."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -19,8 +18,8 @@ from colo.bench.loads.http import parse_completion, request_body
 from colo.bench.report import load_json
 from colo.bench.servers import client_specs, table_rows
 from colo.cli.main import app
-
-FAKE_SERVER = Path(__file__).resolve().parents[2] / "fakes" / "fake_llama_server.py"
+from testkit import FAKE_LLAMA_SERVER as FAKE_SERVER
+from testkit import free_port
 
 # Recorded from llama-server (llama.cpp b6xxx, Llama-3.1-8B Q4_K_M): a non-streaming chat completion.
 RECORDED = {
@@ -61,18 +60,12 @@ def test_client_i_talks_to_server_i_mod_count() -> None:
     assert [s.label for s in specs] == ["c0@a:1", "c1@b:2", "c2@a:1"]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def servers() -> Iterator[list[str]]:
     """Two one-slot fake servers and one with two slots (-np 2)."""
     procs, urls = [], []
     for np_ in (1, 1, 2):
-        port = _port()
+        port = free_port()
         argv = [
             sys.executable,
             str(FAKE_SERVER),

@@ -19,29 +19,31 @@ from colo.memory.worst_case import WorstCase
 MIB = units.MIB
 
 
+# The toy encoder, in the form catalog/shapes.json stores a shape; tests override single fields.
+TOY: dict[str, Any] = {
+    "model_id": "toy",
+    "task": "encoder",
+    "model_type": "bert",
+    "params": 1_000_000,
+    "weights_fp32_bytes": 4_000_000,
+    "float_elements": 1_000_000,
+    "other_buffer_bytes": 4096,
+    "hidden": 256,
+    "layers": 4,
+    "decoder_layers": 4,
+    "heads": 4,
+    "kv_heads": 4,
+    "head_dim": 64,
+    "intermediate": 1024,
+    "vocab": 1000,
+    "gated": False,
+    "attention": "sdpa",
+    "relative_bias": False,
+}
+
+
 def _shape(**kw: Any) -> ModelShape:
-    base = dict(
-        model_id="toy",
-        task="encoder",
-        model_type="bert",
-        params=1_000_000,
-        weights_fp32_bytes=4_000_000,
-        float_elements=1_000_000,
-        other_buffer_bytes=4096,
-        hidden=256,
-        layers=4,
-        decoder_layers=4,
-        heads=4,
-        kv_heads=4,
-        head_dim=64,
-        intermediate=1024,
-        vocab=1000,
-        gated=False,
-        attention="sdpa",
-        relative_bias=False,
-    )
-    base.update(kw)
-    return ModelShape(**base)  # type: ignore[arg-type]
+    return ModelShape(**{**TOY, **kw})
 
 
 def test_weights_scale_with_dtype_but_integer_buffers_do_not() -> None:
@@ -75,17 +77,8 @@ def test_eager_attention_adds_two_score_matrices_and_relative_bias_one_more() ->
 
 
 def test_generator_kv_cache_uses_kv_heads() -> None:
-    llama_like = _shape(
-        task="generator",
-        heads=32,
-        kv_heads=8,
-        head_dim=128,
-        hidden=4096,
-        layers=32,
-        intermediate=14336,
-        gated=True,
-        vocab=128256,
-    )
+    llama_like = _shape(task="generator", hidden=4096, layers=32, intermediate=14336, gated=True, vocab=128256)
+    llama_like = replace(llama_like, heads=32, kv_heads=8, head_dim=128)  # grouped-query attention: 8 KV heads
     w = WorstCase("toy", "bfloat16", batch_size=1, seq_len=1000, new_tokens=24)
     e = est.estimate_shape(llama_like, w, overhead_bytes=0)
     assert e.kv_cache_bytes == 2 * 32 * 1 * 1024 * 8 * 128 * 2  # 128 MiB at 1,024 tokens

@@ -17,6 +17,7 @@ from colo.memory.seed_export import gib_up, model_config_document
 from colo.plan import inventory_slots, plan
 from colo.spec import load_config_text
 from colo.spec.seed_format import ModelConfigFile
+from testkit import measured_entry
 
 MIB, GIB = units.MIB, units.GIB
 
@@ -46,18 +47,13 @@ def measured(
     reserved_mib: int = 100,
     kind: str = "measured",
 ) -> ModelEntry:
-    return ModelEntry(
-        model=model,
-        dtype="float32",
-        batch_size=32,
-        seq_len=512,
-        new_tokens=0,
-        kind=kind,  # type: ignore[arg-type]
-        nvml_peak_bytes=nvml_mib * MIB,
+    return measured_entry(
+        model,
+        nvml_mib * MIB,
+        gpu=gpu,
         weights_bytes=weights_mib * MIB,
         reserved_peak_bytes=reserved_mib * MIB,
-        overhead_bytes=(nvml_mib - reserved_mib) * MIB,
-        provenance=Provenance(gpu=gpu, date="2026-11-21T18:00:00+00:00"),
+        kind=kind,
     )
 
 

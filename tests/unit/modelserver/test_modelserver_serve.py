@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ import torch
 
 from colo.errors import UsageError
 from colo.modelserver import serve
+from testkit import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = "google/bert_uncased_L-2_H-128_A-2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(folder: Path, port: int | None) -> Path:

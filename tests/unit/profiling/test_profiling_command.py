@@ -5,7 +5,6 @@ the agent's limit (``--from-db``)."""
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -20,15 +19,10 @@ from colo.memory.db import ModelDB
 from colo.memory.resolve import agent_memory_for_plan
 from colo.profiling.command import command_agents, models_only_in_command_agents, profile_command_agent
 from colo.spec.load import load_config
+from testkit import FAKE_LLAMA_SERVER as FAKE_SERVER
+from testkit import free_port
 
-FAKE_SERVER = Path(__file__).resolve().parents[2] / "fakes" / "fake_llama_server.py"
 GIB = 1024**3
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TreeBackend(FakeGpuBackend):
@@ -87,7 +81,7 @@ def _config(tmp_path: Path, port: int, *, command: list[str] | None = None) -> P
 
 
 def test_command_agent_is_started_loaded_sampled_stopped_and_recorded(tmp_path: Path) -> None:
-    config = load_config(_config(tmp_path, _port()))
+    config = load_config(_config(tmp_path, free_port()))
     agents = command_agents(config)
     assert list(agents) == ["llama1"]
     assert models_only_in_command_agents(config) == {"llama3.1-8b-q4_k"}
@@ -107,7 +101,7 @@ def test_command_agent_is_started_loaded_sampled_stopped_and_recorded(tmp_path: 
 
 
 def test_a_command_that_dies_is_a_failed_row_with_its_log(tmp_path: Path) -> None:
-    port = _port()
+    port = free_port()
     config = load_config(
         _config(tmp_path, port, command=[sys.executable, "-c", "print('no GPU here'); raise SystemExit(3)"])
     )
@@ -133,7 +127,7 @@ def test_colo_profile_measures_command_agents_and_skips_their_models(
 
     monkeypatch.setattr(nvml, "NvmlBackend", TreeBackend)
     monkeypatch.setattr(profiler.Profiler, "run_job", fake_run_job)
-    path = _config(tmp_path, _port())
+    path = _config(tmp_path, free_port())
     db = tmp_path / "db.json"
     res = CliRunner().invoke(app, ["profile", str(path), "--db", str(db), "--json"])
     assert ran == ["distilbert-base-uncased"]  # the GGUF model is not handed to colo's torch child

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,13 @@ class Rig:
         return [k for k, _ in self.events]
 
 
+def http_rig(tmp_path: Path, **health: Any) -> Rig:
+    """A started rig whose agent is probed over HTTP (``health``: the other HealthCheck fields)."""
+    rig = Rig(tmp_path, health=HealthCheck(type="http", url="http://x/health", **health))
+    rig.agent.start()
+    return rig
+
+
 def test_none_check_is_running_only_after_start_secs(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.agent.start()
@@ -81,9 +89,7 @@ def test_none_check_is_running_only_after_start_secs(tmp_path: Path) -> None:
 
 
 def test_http_check_gates_running_and_startup_timeout_kills(tmp_path: Path) -> None:
-    hc = HealthCheck(type="http", url="http://x/health", startup_timeout_secs=10, interval_secs=5)
-    rig = Rig(tmp_path, health=hc)
-    rig.agent.start()
+    rig = http_rig(tmp_path, startup_timeout_secs=10, interval_secs=5)
     for _ in range(5):
         assert rig.step(1.0) == S.STARTING
     assert rig.probes >= 5  # probed every second while starting, not every interval
@@ -96,9 +102,7 @@ def test_http_check_gates_running_and_startup_timeout_kills(tmp_path: Path) -> N
 
 
 def test_http_ready_then_unhealthy_restarts(tmp_path: Path) -> None:
-    hc = HealthCheck(type="http", url="http://x/health", interval_secs=5, failures_before_restart=2)
-    rig = Rig(tmp_path, health=hc)
-    rig.agent.start()
+    rig = http_rig(tmp_path, interval_secs=5, failures_before_restart=2)
     rig.healthy = True
     assert rig.step(0) == S.RUNNING
     rig.healthy = False
@@ -313,9 +317,7 @@ def test_context_lost_while_running_restarts_at_once_uncounted_but_while_startin
 
 
 def test_an_unhealthy_process_is_also_sent_sigcont(tmp_path: Path) -> None:
-    hc = HealthCheck(type="http", url="http://x/health", interval_secs=1, failures_before_restart=1)
-    rig = Rig(tmp_path, health=hc)
-    rig.agent.start()
+    rig = http_rig(tmp_path, interval_secs=1, failures_before_restart=1)
     rig.healthy = True
     assert rig.step(0) == S.RUNNING
     pid = rig.pid()

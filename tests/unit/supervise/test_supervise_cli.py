@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from colo.cli.main import app
+from testkit import child_env, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 COLO = [sys.executable, "-c", "import sys; from colo.cli.main import main; sys.argv[0] = 'colo'; main()"]
@@ -35,18 +35,6 @@ AGENT = (
     "print('serving', flush=True)\n"
     "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(ROOT / "src") + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    return e
 
 
 def write_config(path: Path, ports: dict[str, int], margin_b: str = "512MiB") -> Path:
@@ -69,7 +57,7 @@ def write_config(path: Path, ports: dict[str, int], margin_b: str = "512MiB") ->
 
 
 def colo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*COLO, *args], env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*COLO, *args], env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -109,7 +97,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
 def start(box: dict[str, Any], cfg: Path) -> subprocess.Popen[str]:
     p = subprocess.Popen(
         [*COLO, "up", str(cfg), "--state-dir", str(box["sd"])],
-        env=env(),
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -26,11 +26,12 @@ from colo.cli.main import app
 from colo.clock import FakeClock
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.mps.fake import FakeMpsControl
-from colo.memory.db import ModelDB, ModelEntry, Provenance
+from colo.memory.db import ModelDB, ModelEntry
 from colo.spec import load_config
 from colo.supervise.health import HealthResult
 from colo.supervise.orchestrator import Orchestrator
 from colo.supervise.runner import FakeRunner
+from testkit import measured_entry
 
 GIB, MIB = units.GIB, units.MIB
 HERE_GPU = "NVIDIA H100 80GB HBM3"  # the fake GPUs' name
@@ -61,18 +62,8 @@ agents:
 
 
 def entry(model: str, nvml_bytes: int, gpu: str, date: str) -> ModelEntry:
-    return ModelEntry(
-        model=model,
-        dtype="float32",
-        batch_size=32,
-        seq_len=512,
-        new_tokens=0,
-        kind="measured",
-        nvml_peak_bytes=nvml_bytes,
-        weights_bytes=90 * MIB,
-        reserved_peak_bytes=nvml_bytes - 500 * MIB,
-        overhead_bytes=500 * MIB,
-        provenance=Provenance(gpu=gpu, date=date),
+    return measured_entry(
+        model, nvml_bytes, gpu=gpu, date=date, weights_bytes=90 * MIB, reserved_peak_bytes=nvml_bytes - 500 * MIB
     )
 
 

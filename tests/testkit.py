@@ -1,0 +1,58 @@
+"""Helpers that test folders share, imported as ``testkit``.
+
+``tests/`` is on ``sys.path`` because ``tests/conftest.py`` lives there (pytest's default ``prepend`` import mode),
+the same mechanism that finds ``api_fakes`` beside the API tests and ``mps_daemons`` beside the GPU tests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from colo.memory.db import ModelEntry, Provenance
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_LLAMA_SERVER = ROOT / "tests" / "fakes" / "fake_llama_server.py"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child python, with this checkout's ``src`` first on PYTHONPATH."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT / "src") + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e.update(extra)
+    return e
+
+
+def measured_entry(
+    model: str,
+    nvml_peak_bytes: int,
+    *,
+    gpu: str,
+    weights_bytes: int,
+    reserved_peak_bytes: int,
+    date: str = "2026-11-21T18:00:00+00:00",
+    kind: str = "measured",
+) -> ModelEntry:
+    """A model-database row as ``colo profile`` writes it (float32, batch 32, 512 tokens); the overhead is the
+    NVML peak less the allocator's reserved peak."""
+    return ModelEntry(
+        model=model,
+        dtype="float32",
+        batch_size=32,
+        seq_len=512,
+        new_tokens=0,
+        kind=kind,  # type: ignore[arg-type]
+        nvml_peak_bytes=nvml_peak_bytes,
+        weights_bytes=weights_bytes,
+        reserved_peak_bytes=reserved_peak_bytes,
+        overhead_bytes=nvml_peak_bytes - reserved_peak_bytes,
+        provenance=Provenance(gpu=gpu, date=date),
+    )
