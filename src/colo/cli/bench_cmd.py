@@ -167,25 +167,21 @@ def _print_table(result: BenchResult) -> None:
         "SM busy",
     ):
         table.add_column(col, justify="left" if col == "mode" else "right")
-    for mode in result.modes():
-        for n in result.concurrencies(mode):
-            p = result.point(mode, n)
-            if p is None:
-                continue
-            sm = p.gpu.sm_util_mean_pct if p.gpu else None
-            table.add_row(
-                MODE_NAMES.get(mode, mode),
-                str(n),
-                _num(p.individual_per_sec),
-                _num(p.aggregate_per_sec),
-                _pct(result.efficiency(mode, n)),
-                _ratio(result.mps_ratio(n)) if mode == "mps" else "–",
-                _num(result.bound(n)),
-                _pct(result.bound_fraction(mode, n)),
-                _ms(p.latency.p50_secs),
-                _ms(p.latency.p99_secs),
-                f"{sm:.0f} %" if sm is not None else "–",
-            )
+    for mode, n, p in result.table_points():
+        sm = p.gpu.sm_util_mean_pct if p.gpu else None
+        table.add_row(
+            MODE_NAMES.get(mode, mode),
+            str(n),
+            _num(p.individual_per_sec),
+            _num(p.aggregate_per_sec),
+            _pct(result.efficiency(mode, n)),
+            _ratio(result.mps_ratio(n)) if mode == "mps" else "–",
+            _num(result.bound(n)),
+            _pct(result.bound_fraction(mode, n)),
+            _ms(p.latency.p50_secs),
+            _ms(p.latency.p99_secs),
+            f"{sm:.0f} %" if sm is not None else "–",
+        )
     console.print(table)
 
 
