@@ -75,6 +75,15 @@ def _targets(
     return None, models, {}
 
 
+# The options every command here shares (`colo estimate` and `colo profile` name their targets alike).
+TARGETS_ARG = typer.Argument(None, metavar="[CONFIG | MODEL ...]", help="colo.yaml or model ids.")
+DTYPE_OPT = typer.Option("float32", "--dtype", help="Model ids: float32 | float16 | bfloat16.")
+BATCH_OPT = typer.Option(None, "--batch", min=1, help="Model ids: batch size (default 1).")
+SEQ_OPT = typer.Option(None, "--seq", min=1, help="Model ids: tokens in (prompt for generators).")
+NEW_TOKENS_OPT = typer.Option(None, "--new-tokens", min=0, help="Model ids: generated tokens.")
+DB_OPT = typer.Option(None, "--db", help="Model database (default: the state dir's).")
+
+
 def _mib(value: int | None) -> str:
     return "—" if value is None else f"{value / units.MIB:,.0f}"
 
@@ -83,13 +92,13 @@ def _mib(value: int | None) -> str:
 
 
 def estimate_command(
-    targets: list[str] = typer.Argument(None, metavar="[CONFIG | MODEL ...]", help="colo.yaml or model ids."),
-    dtype: str = typer.Option("float32", "--dtype", help="Model ids: float32 | float16 | bfloat16."),
-    batch: int | None = typer.Option(None, "--batch", min=1, help="Model ids: batch size (default 1)."),
-    seq: int | None = typer.Option(None, "--seq", min=1, help="Model ids: tokens in (prompt for generators)."),
-    new_tokens: int | None = typer.Option(None, "--new-tokens", min=0, help="Model ids: generated tokens."),
+    targets: list[str] = TARGETS_ARG,
+    dtype: str = DTYPE_OPT,
+    batch: int | None = BATCH_OPT,
+    seq: int | None = SEQ_OPT,
+    new_tokens: int | None = NEW_TOKENS_OPT,
     gpu_name: str | None = typer.Option(None, "--gpu-name", help="Use the DB's measured overhead for this GPU."),
-    db_path: str | None = typer.Option(None, "--db", help="Model database (default: the state dir's)."),
+    db_path: str | None = DB_OPT,
     save: bool = typer.Option(False, "--save", help="Record the estimates in the model database."),
     list_catalog: bool = typer.Option(False, "--list", help="List the architecture catalog and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -191,11 +200,11 @@ def _mps_env(gpu_uuid: str, state: str | None, pipe_dir: str | None) -> dict[str
 
 
 def profile_command(
-    targets: list[str] = typer.Argument(None, metavar="[CONFIG | MODEL ...]", help="colo.yaml or model ids."),
-    dtype: str = typer.Option("float32", "--dtype", help="Model ids: float32 | float16 | bfloat16."),
-    batch: int | None = typer.Option(None, "--batch", min=1, help="Model ids: batch size (default 1)."),
-    seq: int | None = typer.Option(None, "--seq", min=1, help="Model ids: tokens in (prompt for generators)."),
-    new_tokens: int | None = typer.Option(None, "--new-tokens", min=0, help="Model ids: generated tokens."),
+    targets: list[str] = TARGETS_ARG,
+    dtype: str = DTYPE_OPT,
+    batch: int | None = BATCH_OPT,
+    seq: int | None = SEQ_OPT,
+    new_tokens: int | None = NEW_TOKENS_OPT,
     gpu: int = typer.Option(0, "--gpu", min=0, help="NVML index of the GPU to profile on."),
     device: str = typer.Option("cuda", "--device", hidden=True, help="Torch device of the child (tests: cpu)."),
     agents: bool = typer.Option(True, "--agents/--no-agents", help="Also run each agent's model set together."),
@@ -203,7 +212,7 @@ def profile_command(
     repeats: int = typer.Option(1, "--repeats", min=1, max=100, help="Worst-case runs per model."),
     mps_pipe_dir: str | None = typer.Option(None, "--mps-pipe-dir", help="Run children as clients of this MPS daemon."),
     timeout: float = typer.Option(600.0, "--timeout", min=1, help="Seconds per child before it is killed."),
-    db_path: str | None = typer.Option(None, "--db", help="Model database (default: the state dir's)."),
+    db_path: str | None = DB_OPT,
     export: Path | None = typer.Option(None, "--export", help="Also write a seed-format model_config.json here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -355,7 +364,7 @@ def _print_profile(rows: list[dict[str, Any]], gpu: str, db: str, env: dict[str,
 
 
 def db_show_command(
-    db_path: str | None = typer.Option(None, "--db", help="Model database (default: the state dir's)."),
+    db_path: str | None = DB_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the database as JSON."),
 ) -> None:
     """Show the model memory database: one row per model × dtype × shape × kind × GPU, and agent sets."""
@@ -396,7 +405,7 @@ def db_show_command(
 
 def db_export_command(
     config_path: str = typer.Argument(..., metavar="CONFIG", help="colo.yaml (models, shapes and agents)."),
-    db_path: str | None = typer.Option(None, "--db", help="Model database (default: the state dir's)."),
+    db_path: str | None = DB_OPT,
     gpu_name: str | None = typer.Option(None, "--gpu-name", help="Prefer measurements from this GPU model."),
     out: Path | None = typer.Option(None, "--out", help="Write model_config.json here (atomically)."),
 ) -> None:
