@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import typer
 from rich.table import Table
 
 from colo import units
-from colo.cli.common import console, err_console, print_json, safe
+from colo.cli.common import OptionGroup, console, err_console, print_json, safe, with_option_groups
 from colo.errors import ColoError, UsageError
 from colo.memory.db import ModelDB
 from colo.memory.worst_case import WorstCase
@@ -36,17 +37,37 @@ def _load_config(path: str) -> ColoConfig:
     return load_config(path)
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What ``colo estimate`` and ``colo profile`` measure: a colo.yaml, or model ids in the command line's shape."""
+
+    targets: list[str] | None
+    dtype: str
+    batch: int | None
+    seq: int | None
+    new_tokens: int | None
+
+
+TARGET_OPTIONS: Any = OptionGroup(
+    Targets,
+    (
+        ("targets", list[str], typer.Argument(None, metavar="[CONFIG | MODEL ...]", help="colo.yaml or model ids.")),
+        ("dtype", str, typer.Option("float32", "--dtype", help="Model ids: float32 | float16 | bfloat16.")),
+        ("batch", int | None, typer.Option(None, "--batch", min=1, help="Model ids: batch size (default 1).")),
+        ("seq", int | None, typer.Option(None, "--seq", min=1, help="Model ids: tokens in (prompt for generators).")),
+        ("new_tokens", int | None, typer.Option(None, "--new-tokens", min=0, help="Model ids: generated tokens.")),
+    ),
+)
+DB_OPT = typer.Option(None, "--db", help="Model database (default: the state dir's).")
+
+
 def _targets(
-    targets: list[str],
-    *,
-    dtype: str,
-    batch: int | None,
-    seq: int | None,
-    new_tokens: int | None,
-    random_weights: bool | None,
+    what: Targets, *, random_weights: bool | None
 ) -> tuple[ColoConfig | None, dict[str, WorstCase], dict[str, tuple[WorstCase, ...]]]:
     """A config file (its models and agents) or model ids (the command line's shape), as requests."""
     from colo.memory.worst_case import agent_requests, config_requests, model_request
+
+    targets, dtype, batch, seq, new_tokens = what.targets or [], what.dtype, what.batch, what.seq, what.new_tokens
 
     if not targets:
         raise UsageError("name a colo.yaml or one or more model ids, e.g. `colo estimate roberta-base`")
@@ -75,15 +96,6 @@ def _targets(
     return None, models, {}
 
 
-# The options every command here shares (`colo estimate` and `colo profile` name their targets alike).
-TARGETS_ARG = typer.Argument(None, metavar="[CONFIG | MODEL ...]", help="colo.yaml or model ids.")
-DTYPE_OPT = typer.Option("float32", "--dtype", help="Model ids: float32 | float16 | bfloat16.")
-BATCH_OPT = typer.Option(None, "--batch", min=1, help="Model ids: batch size (default 1).")
-SEQ_OPT = typer.Option(None, "--seq", min=1, help="Model ids: tokens in (prompt for generators).")
-NEW_TOKENS_OPT = typer.Option(None, "--new-tokens", min=0, help="Model ids: generated tokens.")
-DB_OPT = typer.Option(None, "--db", help="Model database (default: the state dir's).")
-
-
 def _mib(value: int | None) -> str:
     return "—" if value is None else f"{value / units.MIB:,.0f}"
 
@@ -91,12 +103,9 @@ def _mib(value: int | None) -> str:
 # -- colo estimate --------------------------------------------------------------------------------------
 
 
+@with_option_groups
 def estimate_command(
-    targets: list[str] = TARGETS_ARG,
-    dtype: str = DTYPE_OPT,
-    batch: int | None = BATCH_OPT,
-    seq: int | None = SEQ_OPT,
-    new_tokens: int | None = NEW_TOKENS_OPT,
+    what: Targets = TARGET_OPTIONS,
     gpu_name: str | None = typer.Option(None, "--gpu-name", help="Use the DB's measured overhead for this GPU."),
     db_path: str | None = DB_OPT,
     save: bool = typer.Option(False, "--save", help="Record the estimates in the model database."),
@@ -122,9 +131,7 @@ def estimate_command(
     from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, estimate
     from colo.profiling.profiler import utc_now
 
-    config, models, _agents = _targets(
-        targets or [], dtype=dtype, batch=batch, seq=seq, new_tokens=new_tokens, random_weights=None
-    )
+    config, models, _agents = _targets(what, random_weights=None)
     db = ModelDB.open(db_path) if db_path else ModelDB.open_default(config)
     overhead = db.overhead_for(gpu_name) if gpu_name else db.overhead_for(None)
     results = []
@@ -199,12 +206,9 @@ def _mps_env(gpu_uuid: str, state: str | None, pipe_dir: str | None) -> dict[str
     return {}
 
 
+@with_option_groups
 def profile_command(
-    targets: list[str] = TARGETS_ARG,
-    dtype: str = DTYPE_OPT,
-    batch: int | None = BATCH_OPT,
-    seq: int | None = SEQ_OPT,
-    new_tokens: int | None = NEW_TOKENS_OPT,
+    what: Targets = TARGET_OPTIONS,
     gpu: int = typer.Option(0, "--gpu", min=0, help="NVML index of the GPU to profile on."),
     device: str = typer.Option("cuda", "--device", hidden=True, help="Torch device of the child (tests: cpu)."),
     agents: bool = typer.Option(True, "--agents/--no-agents", help="Also run each agent's model set together."),
@@ -223,14 +227,7 @@ def profile_command(
     from colo.profiling.command import command_agents, models_only_in_command_agents, profile_command_agent
     from colo.profiling.profiler import Profiler, jobs_for
 
-    config, models, agent_sets = _targets(
-        targets or [],
-        dtype=dtype,
-        batch=batch,
-        seq=seq,
-        new_tokens=new_tokens,
-        random_weights=True if random_weights else None,
-    )
+    config, models, agent_sets = _targets(what, random_weights=True if random_weights else None)
     backend = NvmlBackend()
     snaps = backend.gpus()
     match = [g for g in snaps if g.index == gpu]
@@ -292,13 +289,10 @@ def _result_row(r: Any) -> dict[str, Any]:
     out = r.outcome
     res = out.result if out else None
     entry = r.agent_entry
+    models = [m.model for m in r.job.models]
+    job: dict[str, Any] = {"job": r.job.label, "agent": r.job.agent, "models": models, "ok": r.ok, "error": r.error}
     if out is None and entry is not None and entry.command:  # a command agent: its process tree's peak
-        return {
-            "job": r.job.label,
-            "agent": r.job.agent,
-            "models": [m.model for m in r.job.models],
-            "ok": r.ok,
-            "error": r.error,
+        return job | {
             "weights": "its own command",
             "weights_bytes": None,
             "context_bytes": None,
@@ -309,12 +303,7 @@ def _result_row(r: Any) -> dict[str, Any]:
             "sample_hz": entry.sample_hz,
             "command": entry.command,
         }
-    return {
-        "job": r.job.label,
-        "agent": r.job.agent,
-        "models": [m.model for m in r.job.models],
-        "ok": r.ok,
-        "error": r.error,
+    return job | {
         "weights": ", ".join(sorted({run.description for run in res.runs})) if res else "",
         "weights_bytes": res.weights_bytes if res else None,
         "context_bytes": out.context_bytes if out else None,
