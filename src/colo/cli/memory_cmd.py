@@ -17,7 +17,7 @@ from rich.table import Table
 from colo import units
 from colo.cli.common import OptionGroup, console, err_console, print_json, safe, with_option_groups
 from colo.errors import ColoError, UsageError
-from colo.memory.db import ModelDB
+from colo.memory.db import AgentEntry, ModelDB, ModelEntry
 from colo.memory.worst_case import WorstCase
 from colo.spec.config import ColoConfig, GpuInventory, ModelSpec
 
@@ -127,7 +127,7 @@ def estimate_command(
                 console.print(f"{safe(r['model']):<52} {r['task']:<10} {safe(r['family'])}", highlight=False)
         return
 
-    from colo.memory.db import ModelEntry, Provenance
+    from colo.memory.db import Provenance
     from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, estimate
     from colo.profiling.profiler import utc_now
 
@@ -364,10 +364,14 @@ def db_show_command(
     table = Table(title=safe(db.path), title_justify="left")
     for col in ("model", "shape", "kind", "weights MiB", "reserved MiB", "NVML peak MiB", "GPU", "date"):
         table.add_column(col, justify="right" if "MiB" in col else "left")
-    for e in db.models():
-        shape = f"{e.dtype} {e.batch_size}×{e.seq_len}" + (f"+{e.new_tokens}" if e.new_tokens else "")
+    rows: list[tuple[str, str, ModelEntry | AgentEntry]] = [
+        (safe(e.model), f"{e.dtype} {e.batch_size}×{e.seq_len}" + (f"+{e.new_tokens}" if e.new_tokens else ""), e)
+        for e in db.models()
+    ]
+    rows += [(f"agent {safe(a.agent)}", f"{len(a.models)} models", a) for a in db.agents()]
+    for label, shape, e in rows:
         table.add_row(
-            safe(e.model),
+            label,
             shape,
             e.kind,
             _mib(e.weights_bytes),
@@ -375,17 +379,6 @@ def db_show_command(
             _mib(e.nvml_peak_bytes),
             safe(e.provenance.gpu),
             safe(e.provenance.date[:19]),
-        )
-    for a in db.agents():
-        table.add_row(
-            f"agent {safe(a.agent)}",
-            f"{len(a.models)} models",
-            a.kind,
-            _mib(a.weights_bytes),
-            _mib(a.reserved_peak_bytes),
-            _mib(a.nvml_peak_bytes),
-            safe(a.provenance.gpu),
-            safe(a.provenance.date[:19]),
         )
     console.print(table)
     if not db.models() and not db.agents():
