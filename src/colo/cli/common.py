@@ -148,10 +148,10 @@ def with_option_groups(fn: Callable[..., None]) -> Callable[..., None]:
             params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
 
     @functools.wraps(fn)
-    def command(**kwargs: Any) -> None:
+    def command(*args: Any, **kwargs: Any) -> None:
         for name, group in groups.items():
             kwargs[name] = group.build(**{n: kwargs.pop(n) for n, _, _ in group.options})
-        fn(**kwargs)
+        fn(*args, **kwargs)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
