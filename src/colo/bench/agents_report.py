@@ -69,26 +69,22 @@ def cpu_cell(point: PointResult) -> str:
 def point_rows(result: BenchResult) -> list[list[str]]:
     """mode, clients, aggregate seq/s, requests/s, p50, p99, errors, 503 Retry-After, peak ≤ limit, CPU."""
     rows = []
-    for mode in result.modes():
-        for n in result.concurrencies(mode):
-            p = result.point(mode, n)
-            if p is None:
-                continue
-            ok = within_limits(p)
-            rows.append(
-                [
-                    MODE_NAMES.get(mode, mode),
-                    str(n),
-                    _num(p.aggregate_per_sec),
-                    _num(requests_per_sec(p)),
-                    _ms(p.latency.p50_secs),
-                    _ms(p.latency.p99_secs),
-                    str(hard_errors(p)),
-                    str(retry_after(p)),
-                    "–" if ok is None else "yes" if ok else "**no**",
-                    cpu_cell(p),
-                ]
-            )
+    for mode, n, p in result.table_points():
+        ok = within_limits(p)
+        rows.append(
+            [
+                MODE_NAMES.get(mode, mode),
+                str(n),
+                _num(p.aggregate_per_sec),
+                _num(requests_per_sec(p)),
+                _ms(p.latency.p50_secs),
+                _ms(p.latency.p99_secs),
+                str(hard_errors(p)),
+                str(retry_after(p)),
+                "–" if ok is None else "yes" if ok else "**no**",
+                cpu_cell(p),
+            ]
+        )
     return rows
 
 

@@ -50,6 +50,16 @@ def _agg(result: BenchResult | None, mode: str, clients: int) -> float | None:
     return p.aggregate_per_sec if p else None
 
 
+def _speedup(name: str, seq_per_sec: float | None, base_seq_per_sec: float | None, factor: float) -> Target:
+    """``seq_per_sec >= factor x base_seq_per_sec``; not judged when either is missing (or the base is 0)."""
+    ratio = seq_per_sec / base_seq_per_sec if seq_per_sec is not None and base_seq_per_sec else None
+    return Target(
+        name,
+        None if ratio is None else ratio >= factor,
+        f"{_n(seq_per_sec)} vs {_n(base_seq_per_sec)} seq/s = {_x(ratio)}",
+    )
+
+
 def judge(
     new: BenchResult, old: BenchResult | None, *, clients: int = 3, batch_wait_ms: dict[str, float] | None = None
 ) -> list[Target]:
@@ -79,23 +89,10 @@ def judge(
             "; ".join(over) or (f"unknown at {', '.join(unknown)}" if unknown else "every agent, every point"),
         )
     )
-    new_mps, old_mps = _agg(new, "mps", clients), _agg(old, "mps", clients)
-    ratio = new_mps / old_mps if new_mps is not None and old_mps else None
+    new_mps = _agg(new, "mps", clients)
+    out.append(_speedup(f"new >= 2x old at {clients} clients (MPS)", new_mps, _agg(old, "mps", clients), 2.0))
     out.append(
-        Target(
-            f"new >= 2x old at {clients} clients (MPS)",
-            None if ratio is None else ratio >= 2.0,
-            f"{_n(new_mps)} vs {_n(old_mps)} seq/s = {_x(ratio)}",
-        )
-    )
-    ts = _agg(new, "timeslice", clients)
-    mps_ratio = new_mps / ts if new_mps is not None and ts else None
-    out.append(
-        Target(
-            f"MPS >= 1.5x time-slicing at {clients} clients",
-            None if mps_ratio is None else mps_ratio >= 1.5,
-            f"{_n(new_mps)} vs {_n(ts)} seq/s = {_x(mps_ratio)}",
-        )
+        _speedup(f"MPS >= 1.5x time-slicing at {clients} clients", new_mps, _agg(new, "timeslice", clients), 1.5)
     )
     out.append(_lone(new, old, batch_wait_ms or {}))
     p99 = [f"{p.mode} {p.concurrency}: {_ms(p.latency.p99_secs)} ms" for p in new.points]

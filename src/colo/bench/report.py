@@ -88,19 +88,15 @@ def scaling_table(result: BenchResult) -> list[str]:
         f"| merged bound ({unit}) | of bound | p50 ms | p99 ms | GPU SM busy |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode in result.modes():
-        for n in result.concurrencies(mode):
-            p = result.point(mode, n)
-            if p is None:
-                continue
-            lat = p.latency
-            lines.append(
-                f"| {MODE_NAMES.get(mode, mode)} | {n} | {_num(p.individual_per_sec)} | "
-                f"{_num(p.aggregate_per_sec)} | {_pct(result.efficiency(mode, n))} | "
-                f"{_ratio(result.mps_ratio(n)) if mode == 'mps' else '–'} | {_num(result.bound(n))} | "
-                f"{_pct(result.bound_fraction(mode, n))} | {_ms(lat.p50_secs)} | {_ms(lat.p99_secs)} | "
-                f"{_activity(p)} |"
-            )
+    for mode, n, p in result.table_points():
+        lat = p.latency
+        lines.append(
+            f"| {MODE_NAMES.get(mode, mode)} | {n} | {_num(p.individual_per_sec)} | "
+            f"{_num(p.aggregate_per_sec)} | {_pct(result.efficiency(mode, n))} | "
+            f"{_ratio(result.mps_ratio(n)) if mode == 'mps' else '–'} | {_num(result.bound(n))} | "
+            f"{_pct(result.bound_fraction(mode, n))} | {_ms(lat.p50_secs)} | {_ms(lat.p99_secs)} | "
+            f"{_activity(p)} |"
+        )
     return lines
 
 

@@ -193,6 +193,16 @@ class BenchResult:
                 return p
         return None
 
+    def table_points(self) -> list[tuple[str, int, PointResult]]:
+        """``(mode, N, point)`` in table order: each mode of :meth:`modes`, its levels ascending."""
+        out = []
+        for mode in self.modes():
+            for n in self.concurrencies(mode):
+                p = self.point(mode, n)
+                if p is not None:
+                    out.append((mode, n, p))
+        return out
+
     def efficiency(self, mode: str, concurrency: int) -> float | None:
         """Scaling efficiency of ``mode`` at N against the same mode at N = 1."""
         point = self.point(mode, concurrency)
@@ -223,26 +233,22 @@ class BenchResult:
 
     def to_dict(self, *, with_latencies: bool = False) -> dict[str, Any]:
         summary = []
-        for mode in self.modes():
-            for n in self.concurrencies(mode):
-                p = self.point(mode, n)
-                if p is None:
-                    continue
-                summary.append(
-                    {
-                        "mode": mode,
-                        "concurrency": n,
-                        "individual_per_sec": p.individual_per_sec,
-                        "aggregate_per_sec": p.aggregate_per_sec,
-                        "scaling_efficiency": self.efficiency(mode, n),
-                        "mps_over_timeslice": self.mps_ratio(n),
-                        "merged_bound_per_sec": self.bound(n),
-                        "fraction_of_bound": self.bound_fraction(mode, n),
-                        "latency_p50_secs": stats.finite(p.latency.p50_secs),
-                        "latency_p99_secs": stats.finite(p.latency.p99_secs),
-                        "gpu_sm_util_mean_pct": p.gpu.sm_util_mean_pct if p.gpu else None,
-                    }
-                )
+        for mode, n, p in self.table_points():
+            summary.append(
+                {
+                    "mode": mode,
+                    "concurrency": n,
+                    "individual_per_sec": p.individual_per_sec,
+                    "aggregate_per_sec": p.aggregate_per_sec,
+                    "scaling_efficiency": self.efficiency(mode, n),
+                    "mps_over_timeslice": self.mps_ratio(n),
+                    "merged_bound_per_sec": self.bound(n),
+                    "fraction_of_bound": self.bound_fraction(mode, n),
+                    "latency_p50_secs": stats.finite(p.latency.p50_secs),
+                    "latency_p99_secs": stats.finite(p.latency.p99_secs),
+                    "gpu_sm_util_mean_pct": p.gpu.sm_util_mean_pct if p.gpu else None,
+                }
+            )
         return {
             "title": self.title,
             "workload": self.workload,

@@ -126,29 +126,25 @@ def table_rows(result: BenchResult, memory: Mapping[str, Sequence[int]] | None =
     MPS / time-slicing, p50/p99 seconds per request, and ``memory[setup]``: the servers' GPU memory (bytes,
     e.g. from ``colo status``; the benchmark itself only sees its clients)."""
     rows = []
-    for mode in result.modes():
-        for n in result.concurrencies(mode):
-            p = result.point(mode, n)
-            if p is None:
-                continue
-            per_client, summed = server_rate(p)
-            rows.append(
-                {
-                    "setup": mode,
-                    "setup_name": SETUP_NAMES.get(mode, mode),
-                    "streams": n,
-                    "per_stream_tok_per_sec": p.individual_per_sec,
-                    "aggregate_tok_per_sec": p.aggregate_per_sec,
-                    "server_per_stream_tok_per_sec": per_client,
-                    "server_aggregate_tok_per_sec": summed,
-                    "scaling_efficiency": result.efficiency(mode, n),
-                    "mps_over_timeslice": result.mps_ratio(n) if mode == "mps" else None,
-                    "p50_secs": p.latency.p50_secs if p.latency.count else None,
-                    "p99_secs": p.latency.p99_secs if p.latency.count else None,
-                    "requests": p.latency.count,
-                    "server_memory_bytes": list((memory or {}).get(mode, ())),
-                }
-            )
+    for mode, n, p in result.table_points():
+        per_client, summed = server_rate(p)
+        rows.append(
+            {
+                "setup": mode,
+                "setup_name": SETUP_NAMES.get(mode, mode),
+                "streams": n,
+                "per_stream_tok_per_sec": p.individual_per_sec,
+                "aggregate_tok_per_sec": p.aggregate_per_sec,
+                "server_per_stream_tok_per_sec": per_client,
+                "server_aggregate_tok_per_sec": summed,
+                "scaling_efficiency": result.efficiency(mode, n),
+                "mps_over_timeslice": result.mps_ratio(n) if mode == "mps" else None,
+                "p50_secs": p.latency.p50_secs if p.latency.count else None,
+                "p99_secs": p.latency.p99_secs if p.latency.count else None,
+                "requests": p.latency.count,
+                "server_memory_bytes": list((memory or {}).get(mode, ())),
+            }
+        )
     return rows
 
 

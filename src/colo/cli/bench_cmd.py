@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from colo import units
-from colo.cli.common import console, err_console, print_json, safe
+from colo.cli.common import OptionGroup, console, err_console, print_json, safe, with_option_groups
 from colo.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -167,25 +167,21 @@ def _print_table(result: BenchResult) -> None:
         "SM busy",
     ):
         table.add_column(col, justify="left" if col == "mode" else "right")
-    for mode in result.modes():
-        for n in result.concurrencies(mode):
-            p = result.point(mode, n)
-            if p is None:
-                continue
-            sm = p.gpu.sm_util_mean_pct if p.gpu else None
-            table.add_row(
-                MODE_NAMES.get(mode, mode),
-                str(n),
-                _num(p.individual_per_sec),
-                _num(p.aggregate_per_sec),
-                _pct(result.efficiency(mode, n)),
-                _ratio(result.mps_ratio(n)) if mode == "mps" else "–",
-                _num(result.bound(n)),
-                _pct(result.bound_fraction(mode, n)),
-                _ms(p.latency.p50_secs),
-                _ms(p.latency.p99_secs),
-                f"{sm:.0f} %" if sm is not None else "–",
-            )
+    for mode, n, p in result.table_points():
+        sm = p.gpu.sm_util_mean_pct if p.gpu else None
+        table.add_row(
+            MODE_NAMES.get(mode, mode),
+            str(n),
+            _num(p.individual_per_sec),
+            _num(p.aggregate_per_sec),
+            _pct(result.efficiency(mode, n)),
+            _ratio(result.mps_ratio(n)) if mode == "mps" else "–",
+            _num(result.bound(n)),
+            _pct(result.bound_fraction(mode, n)),
+            _ms(p.latency.p50_secs),
+            _ms(p.latency.p99_secs),
+            f"{sm:.0f} %" if sm is not None else "–",
+        )
     console.print(table)
 
 
@@ -367,27 +363,55 @@ def bench_cmd(
     opts.run(InstanceSpec("cmd", params, duration_secs=opts.duration), f"command {cmd}")
 
 
-@bench_command(
-    "http",
-    ("concurrency", "duration", "out", "gpu", "as_json"),
-    concurrency={"default": "1,2,3", "help": "concurrent clients, e.g. 1,2,3"},
-)
+# `colo bench http` and `colo bench servers`: N HTTP clients, each asking the same request.
+HTTP_SHARED = ("concurrency", "duration", "out", "gpu", "as_json")
+HTTP_CLIENTS = {"default": "1,2,3", "help": "concurrent clients, e.g. 1,2,3"}
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """What each HTTP client asks: the API dialect, the model, the prompt and the token budget."""
+
+    api: str
+    model: str
+    prompt: str
+    max_tokens: int
+
+    def params(self) -> dict[str, Any]:
+        """The load's parameters; UsageError for an API the HTTP load does not speak."""
+        from colo.bench.loads.http import APIS
+
+        if self.api not in APIS:
+            raise UsageError(f"--api {self.api!r}: use one of {', '.join(APIS)}")
+        return {"api": self.api, "model": self.model, "prompt": self.prompt, "max_tokens": self.max_tokens}
+
+
+def _request_options(api: str, api_help: str, model_help: str) -> Any:
+    return OptionGroup(
+        HttpRequest,
+        (
+            ("api", str, typer.Option(api, "--api", help=api_help)),
+            ("model", str, typer.Option("llama3.1:8b", "--model", "-m", help=model_help)),
+            ("prompt", str, typer.Option("Write a short paragraph about GPUs.", "--prompt")),
+            ("max_tokens", int, typer.Option(128, "--max-tokens", min=1)),
+        ),
+    )
+
+
+@bench_command("http", HTTP_SHARED, concurrency=HTTP_CLIENTS)
+@with_option_groups
 def bench_http(
     opts: BenchOptions,
     url: str = typer.Option("http://127.0.0.1:11434", "--url", help="server base URL"),
-    api: str = typer.Option("ollama-chat", "--api", help="ollama-chat, ollama-generate or openai-chat"),
-    model: str = typer.Option("llama3.1:8b", "--model", "-m", help="model name the server knows"),
-    prompt: str = typer.Option("Write a short paragraph about GPUs.", "--prompt"),
-    max_tokens: int = typer.Option(128, "--max-tokens", min=1),
+    request: HttpRequest = _request_options(
+        "ollama-chat", "ollama-chat, ollama-generate or openai-chat", "model name the server knows"
+    ),
 ) -> None:
     """An HTTP target (Ollama or OpenAI-compatible): N concurrent clients; tokens from the server's counts."""
-    from colo.bench.loads.http import APIS
     from colo.bench.spec import InstanceSpec
 
-    if api not in APIS:
-        raise UsageError(f"--api {api!r}: use one of {', '.join(APIS)}")
-    params = {"url": url, "api": api, "model": model, "prompt": prompt, "max_tokens": max_tokens}
-    replace(opts, mode="external").run(InstanceSpec("http", params, duration_secs=opts.duration), f"http {api} {model}")
+    spec = InstanceSpec("http", {"url": url, **request.params()}, duration_secs=opts.duration)
+    replace(opts, mode="external").run(spec, f"http {request.api} {request.model}")
 
 
 @bench_command("forwards", ("mode", "duration", "out", "gpu", "as_json"))
@@ -658,35 +682,28 @@ def bench_make_gguf(
     )
 
 
-@bench_command(
-    "servers",
-    ("concurrency", "duration", "out", "gpu", "as_json"),
-    concurrency={"default": "1,2,3", "help": "concurrent clients, e.g. 1,2,3"},
-)
+@bench_command("servers", HTTP_SHARED, concurrency=HTTP_CLIENTS)
+@with_option_groups
 def bench_servers(
     opts: BenchOptions,
     url: list[str] = typer.Option(..., "--url", help="a server's base URL; repeat: client i -> URL i mod count"),
     setup: str = typer.Option(..., "--setup", help="how the servers run: mps, timeslice, or batching (one server)"),
-    api: str = typer.Option("openai-chat", "--api", help="openai-chat, ollama-chat or ollama-generate"),
-    model: str = typer.Option("llama3.1:8b", "--model", "-m", help="model name the servers know"),
-    prompt: str = typer.Option("Write a short paragraph about GPUs.", "--prompt"),
-    max_tokens: int = typer.Option(128, "--max-tokens", min=1),
+    request: HttpRequest = _request_options(
+        "openai-chat", "openai-chat, ollama-chat or ollama-generate", "model name the servers know"
+    ),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="llama-server: always generate --max-tokens"),
     title: str = typer.Option("llama-server", "--title"),
     append: bool = typer.Option(False, "--append", help="keep the other setups already in OUT/bench.json"),
 ) -> None:
     """N clients over running servers, recorded as one setup (the guide's table: OUT/bench.json/md + servers.md)."""
-    from colo.bench.loads.http import APIS
     from colo.bench.report import load_json, to_json, write_reports
     from colo.bench.servers import merge_into, run_servers, table_markdown
     from colo.files import write_atomic
 
-    if api not in APIS:
-        raise UsageError(f"--api {api!r}: use one of {', '.join(APIS)}")
-    if ignore_eos and api != "openai-chat":
+    params = request.params() | {"ignore_eos": ignore_eos}
+    if ignore_eos and request.api != "openai-chat":
         raise UsageError("--ignore-eos is llama-server's extension of the OpenAI API: use --api openai-chat")
     out = opts.out
-    params = {"api": api, "model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": ignore_eos}
     previous = None
     if append and (out / "bench.json").exists():
         try:

@@ -9,12 +9,17 @@ the exit code is the error's (1 findings/failures, 2 usage or configuration); an
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
 import tempfile
 import time
 import traceback
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -115,3 +120,39 @@ def report_crash(exc: BaseException) -> int:
         highlight=False, soft_wrap=True,
     )
     return EXIT_CRASH
+
+
+# -- options several commands share ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    """Options several commands share, declared once: ``options`` is each one's (name, annotation, typer
+    Option or Argument); a command that takes the group as a parameter (``shape: Shape = SHAPE_OPTIONS``,
+    decorated with :func:`with_option_groups`) shows them in its place and gets ``build(**their values)``."""
+
+    build: Callable[..., Any]
+    options: tuple[tuple[str, Any, Any], ...]
+
+
+def with_option_groups(fn: Callable[..., None]) -> Callable[..., None]:
+    """``fn`` with each parameter whose default is an :class:`OptionGroup` spread into that group's options."""
+    hints = typing.get_type_hints(fn)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, OptionGroup] = {}
+    for p in inspect.signature(fn, eval_str=True).parameters.values():
+        if isinstance(p.default, OptionGroup):
+            groups[p.name] = p.default
+            params += [inspect.Parameter(n, p.kind, default=d, annotation=a) for n, a, d in p.default.options]
+        else:
+            params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> None:
+        for name, group in groups.items():
+            kwargs[name] = group.build(**{n: kwargs.pop(n) for n, _, _ in group.options})
+        fn(*args, **kwargs)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ import typer
 from rich.table import Table
 
 from colo import units
-from colo.cli.common import console, err_console, print_json, safe
+from colo.cli.common import OptionGroup, console, err_console, print_json, safe, with_option_groups
 from colo.errors import ColoError, UsageError
-from colo.memory.db import ModelDB
+from colo.memory.db import AgentEntry, ModelDB, ModelEntry
 from colo.memory.worst_case import WorstCase
 from colo.spec.config import ColoConfig, GpuInventory, ModelSpec
 
@@ -36,17 +37,37 @@ def _load_config(path: str) -> ColoConfig:
     return load_config(path)
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What ``colo estimate`` and ``colo profile`` measure: a colo.yaml, or model ids in the command line's shape."""
+
+    targets: list[str] | None
+    dtype: str
+    batch: int | None
+    seq: int | None
+    new_tokens: int | None
+
+
+TARGET_OPTIONS: Any = OptionGroup(
+    Targets,
+    (
+        ("targets", list[str], typer.Argument(None, metavar="[CONFIG | MODEL ...]", help="colo.yaml or model ids.")),
+        ("dtype", str, typer.Option("float32", "--dtype", help="Model ids: float32 | float16 | bfloat16.")),
+        ("batch", int | None, typer.Option(None, "--batch", min=1, help="Model ids: batch size (default 1).")),
+        ("seq", int | None, typer.Option(None, "--seq", min=1, help="Model ids: tokens in (prompt for generators).")),
+        ("new_tokens", int | None, typer.Option(None, "--new-tokens", min=0, help="Model ids: generated tokens.")),
+    ),
+)
+DB_OPT = typer.Option(None, "--db", help="Model database (default: the state dir's).")
+
+
 def _targets(
-    targets: list[str],
-    *,
-    dtype: str,
-    batch: int | None,
-    seq: int | None,
-    new_tokens: int | None,
-    random_weights: bool | None,
+    what: Targets, *, random_weights: bool | None
 ) -> tuple[ColoConfig | None, dict[str, WorstCase], dict[str, tuple[WorstCase, ...]]]:
     """A config file (its models and agents) or model ids (the command line's shape), as requests."""
     from colo.memory.worst_case import agent_requests, config_requests, model_request
+
+    targets, dtype, batch, seq, new_tokens = what.targets or [], what.dtype, what.batch, what.seq, what.new_tokens
 
     if not targets:
         raise UsageError("name a colo.yaml or one or more model ids, e.g. `colo estimate roberta-base`")
@@ -82,14 +103,11 @@ def _mib(value: int | None) -> str:
 # -- colo estimate --------------------------------------------------------------------------------------
 
 
+@with_option_groups
 def estimate_command(
-    targets: list[str] = typer.Argument(None, metavar="[CONFIG | MODEL ...]", help="colo.yaml or model ids."),
-    dtype: str = typer.Option("float32", "--dtype", help="Model ids: float32 | float16 | bfloat16."),
-    batch: int | None = typer.Option(None, "--batch", min=1, help="Model ids: batch size (default 1)."),
-    seq: int | None = typer.Option(None, "--seq", min=1, help="Model ids: tokens in (prompt for generators)."),
-    new_tokens: int | None = typer.Option(None, "--new-tokens", min=0, help="Model ids: generated tokens."),
+    what: Targets = TARGET_OPTIONS,
     gpu_name: str | None = typer.Option(None, "--gpu-name", help="Use the DB's measured overhead for this GPU."),
-    db_path: str | None = typer.Option(None, "--db", help="Model database (default: the state dir's)."),
+    db_path: str | None = DB_OPT,
     save: bool = typer.Option(False, "--save", help="Record the estimates in the model database."),
     list_catalog: bool = typer.Option(False, "--list", help="List the architecture catalog and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -109,13 +127,11 @@ def estimate_command(
                 console.print(f"{safe(r['model']):<52} {r['task']:<10} {safe(r['family'])}", highlight=False)
         return
 
-    from colo.memory.db import ModelEntry, Provenance
+    from colo.memory.db import Provenance
     from colo.memory.estimate import DEFAULT_OVERHEAD_BYTES, estimate
     from colo.profiling.profiler import utc_now
 
-    config, models, _agents = _targets(
-        targets or [], dtype=dtype, batch=batch, seq=seq, new_tokens=new_tokens, random_weights=None
-    )
+    config, models, _agents = _targets(what, random_weights=None)
     db = ModelDB.open(db_path) if db_path else ModelDB.open_default(config)
     overhead = db.overhead_for(gpu_name) if gpu_name else db.overhead_for(None)
     results = []
@@ -190,12 +206,9 @@ def _mps_env(gpu_uuid: str, state: str | None, pipe_dir: str | None) -> dict[str
     return {}
 
 
+@with_option_groups
 def profile_command(
-    targets: list[str] = typer.Argument(None, metavar="[CONFIG | MODEL ...]", help="colo.yaml or model ids."),
-    dtype: str = typer.Option("float32", "--dtype", help="Model ids: float32 | float16 | bfloat16."),
-    batch: int | None = typer.Option(None, "--batch", min=1, help="Model ids: batch size (default 1)."),
-    seq: int | None = typer.Option(None, "--seq", min=1, help="Model ids: tokens in (prompt for generators)."),
-    new_tokens: int | None = typer.Option(None, "--new-tokens", min=0, help="Model ids: generated tokens."),
+    what: Targets = TARGET_OPTIONS,
     gpu: int = typer.Option(0, "--gpu", min=0, help="NVML index of the GPU to profile on."),
     device: str = typer.Option("cuda", "--device", hidden=True, help="Torch device of the child (tests: cpu)."),
     agents: bool = typer.Option(True, "--agents/--no-agents", help="Also run each agent's model set together."),
@@ -203,7 +216,7 @@ def profile_command(
     repeats: int = typer.Option(1, "--repeats", min=1, max=100, help="Worst-case runs per model."),
     mps_pipe_dir: str | None = typer.Option(None, "--mps-pipe-dir", help="Run children as clients of this MPS daemon."),
     timeout: float = typer.Option(600.0, "--timeout", min=1, help="Seconds per child before it is killed."),
-    db_path: str | None = typer.Option(None, "--db", help="Model database (default: the state dir's)."),
+    db_path: str | None = DB_OPT,
     export: Path | None = typer.Option(None, "--export", help="Also write a seed-format model_config.json here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -214,14 +227,7 @@ def profile_command(
     from colo.profiling.command import command_agents, models_only_in_command_agents, profile_command_agent
     from colo.profiling.profiler import Profiler, jobs_for
 
-    config, models, agent_sets = _targets(
-        targets or [],
-        dtype=dtype,
-        batch=batch,
-        seq=seq,
-        new_tokens=new_tokens,
-        random_weights=True if random_weights else None,
-    )
+    config, models, agent_sets = _targets(what, random_weights=True if random_weights else None)
     backend = NvmlBackend()
     snaps = backend.gpus()
     match = [g for g in snaps if g.index == gpu]
@@ -283,13 +289,10 @@ def _result_row(r: Any) -> dict[str, Any]:
     out = r.outcome
     res = out.result if out else None
     entry = r.agent_entry
+    models = [m.model for m in r.job.models]
+    job: dict[str, Any] = {"job": r.job.label, "agent": r.job.agent, "models": models, "ok": r.ok, "error": r.error}
     if out is None and entry is not None and entry.command:  # a command agent: its process tree's peak
-        return {
-            "job": r.job.label,
-            "agent": r.job.agent,
-            "models": [m.model for m in r.job.models],
-            "ok": r.ok,
-            "error": r.error,
+        return job | {
             "weights": "its own command",
             "weights_bytes": None,
             "context_bytes": None,
@@ -300,12 +303,7 @@ def _result_row(r: Any) -> dict[str, Any]:
             "sample_hz": entry.sample_hz,
             "command": entry.command,
         }
-    return {
-        "job": r.job.label,
-        "agent": r.job.agent,
-        "models": [m.model for m in r.job.models],
-        "ok": r.ok,
-        "error": r.error,
+    return job | {
         "weights": ", ".join(sorted({run.description for run in res.runs})) if res else "",
         "weights_bytes": res.weights_bytes if res else None,
         "context_bytes": out.context_bytes if out else None,
@@ -355,7 +353,7 @@ def _print_profile(rows: list[dict[str, Any]], gpu: str, db: str, env: dict[str,
 
 
 def db_show_command(
-    db_path: str | None = typer.Option(None, "--db", help="Model database (default: the state dir's)."),
+    db_path: str | None = DB_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print the database as JSON."),
 ) -> None:
     """Show the model memory database: one row per model × dtype × shape × kind × GPU, and agent sets."""
@@ -366,10 +364,14 @@ def db_show_command(
     table = Table(title=safe(db.path), title_justify="left")
     for col in ("model", "shape", "kind", "weights MiB", "reserved MiB", "NVML peak MiB", "GPU", "date"):
         table.add_column(col, justify="right" if "MiB" in col else "left")
-    for e in db.models():
-        shape = f"{e.dtype} {e.batch_size}×{e.seq_len}" + (f"+{e.new_tokens}" if e.new_tokens else "")
+    rows: list[tuple[str, str, ModelEntry | AgentEntry]] = [
+        (safe(e.model), f"{e.dtype} {e.batch_size}×{e.seq_len}" + (f"+{e.new_tokens}" if e.new_tokens else ""), e)
+        for e in db.models()
+    ]
+    rows += [(f"agent {safe(a.agent)}", f"{len(a.models)} models", a) for a in db.agents()]
+    for label, shape, e in rows:
         table.add_row(
-            safe(e.model),
+            label,
             shape,
             e.kind,
             _mib(e.weights_bytes),
@@ -378,17 +380,6 @@ def db_show_command(
             safe(e.provenance.gpu),
             safe(e.provenance.date[:19]),
         )
-    for a in db.agents():
-        table.add_row(
-            f"agent {safe(a.agent)}",
-            f"{len(a.models)} models",
-            a.kind,
-            _mib(a.weights_bytes),
-            _mib(a.reserved_peak_bytes),
-            _mib(a.nvml_peak_bytes),
-            safe(a.provenance.gpu),
-            safe(a.provenance.date[:19]),
-        )
     console.print(table)
     if not db.models() and not db.agents():
         console.print("empty: run `colo profile CONFIG` on a GPU or `colo estimate CONFIG --save`")
@@ -396,7 +387,7 @@ def db_show_command(
 
 def db_export_command(
     config_path: str = typer.Argument(..., metavar="CONFIG", help="colo.yaml (models, shapes and agents)."),
-    db_path: str | None = typer.Option(None, "--db", help="Model database (default: the state dir's)."),
+    db_path: str | None = DB_OPT,
     gpu_name: str | None = typer.Option(None, "--gpu-name", help="Prefer measurements from this GPU model."),
     out: Path | None = typer.Option(None, "--out", help="Write model_config.json here (atomically)."),
 ) -> None:

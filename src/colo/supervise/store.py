@@ -18,7 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +60,13 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 EVENT_COLUMNS = "seq, time, kind, agent, message, gpu"
+# The agents table's columns, in order: AgentStatus's fields by the same names (``state`` stored as its value,
+# ``models`` as a JSON list) and AgentRecord's ``start_time`` and ``fingerprint``.
 AGENT_COLUMNS = (
     "name, state, pid, start_time, restarts, gpu, gpu_uuid, limit_bytes, requirement_bytes, priority,"
     " memory_used_bytes, memory_peak_bytes, last_error, since, models, fingerprint, last_error_line"
 )
+AGENT_FIELDS = tuple(c.strip() for c in AGENT_COLUMNS.split(","))
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,21 @@ class AgentRecord:
     status: AgentStatus
     start_time: float | None = None
     fingerprint: str | None = None
+
+    def to_row(self) -> tuple[Any, ...]:
+        """The agents table's row, in AGENT_FIELDS order."""
+        s = self.status
+        cells = {f.name: getattr(s, f.name) for f in fields(AgentStatus)}
+        cells |= {"state": s.state.value, "models": json.dumps(list(s.models))}
+        cells |= {"start_time": self.start_time, "fingerprint": self.fingerprint}
+        return tuple(cells[name] for name in AGENT_FIELDS)
+
+    @staticmethod
+    def from_row(row: tuple[Any, ...]) -> AgentRecord:
+        cells = dict(zip(AGENT_FIELDS, row, strict=True))
+        start_time, fingerprint = cells.pop("start_time"), cells.pop("fingerprint")
+        cells |= {"state": AgentState(cells["state"]), "models": tuple(json.loads(cells["models"] or "[]"))}
+        return AgentRecord(AgentStatus(**cells), start_time, fingerprint)
 
 
 class Store:
@@ -133,29 +151,10 @@ class Store:
     # agents ----------------------------------------------------------------------------------------------
     def save_agent(self, record: AgentRecord) -> None:
         """Insert or replace one agent's row."""
-        s = record.status
         with self._tx() as db:
             db.execute(
-                f"INSERT OR REPLACE INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    s.name,
-                    s.state.value,
-                    s.pid,
-                    record.start_time,
-                    s.restarts,
-                    s.gpu,
-                    s.gpu_uuid,
-                    s.limit_bytes,
-                    s.requirement_bytes,
-                    s.priority,
-                    s.memory_used_bytes,
-                    s.memory_peak_bytes,
-                    s.last_error,
-                    s.since,
-                    json.dumps(list(s.models)),
-                    record.fingerprint,
-                    s.last_error_line,
-                ),
+                f"INSERT OR REPLACE INTO agents ({AGENT_COLUMNS}) VALUES ({', '.join('?' * len(AGENT_FIELDS))})",
+                record.to_row(),
             )
 
     def delete_agent(self, name: str) -> None:
@@ -165,27 +164,7 @@ class Store:
     def agents(self) -> list[AgentRecord]:
         """All agent rows, by name."""
         rows = self._query(f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY name")
-        out = []
-        for r in rows:
-            status = AgentStatus(
-                name=r[0],
-                state=AgentState(r[1]),
-                pid=r[2],
-                gpu=r[5],
-                gpu_uuid=r[6],
-                limit_bytes=r[7],
-                requirement_bytes=r[8],
-                priority=r[9],
-                restarts=r[4],
-                memory_used_bytes=r[10],
-                memory_peak_bytes=r[11],
-                last_error=r[12],
-                last_error_line=r[16],
-                since=r[13],
-                models=tuple(json.loads(r[14] or "[]")),
-            )
-            out.append(AgentRecord(status, r[3], r[15]))
-        return out
+        return [AgentRecord.from_row(r) for r in rows]
 
     # events ----------------------------------------------------------------------------------------------
     def add_event(self, time: float, kind: EventKind, agent: str | None, message: str, gpu: str | None = None) -> Event:
