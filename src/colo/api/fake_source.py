@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from colo.api.source import PolledGpu
 from colo.errors import ColoError
@@ -19,18 +18,7 @@ from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.nvml import GpuBackend
 from colo.plan import Plan, inventory_slots, plan
 from colo.spec import ColoConfig
-from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
-
-
-@dataclass
-class FakeApplyResult:
-    """What the fake says an apply did."""
-
-    restarted: list[str] = field(default_factory=list)
-    started: list[str] = field(default_factory=list)
-    stopped: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    left_out: list[str] = field(default_factory=list)
+from colo.supervise.snapshots import AgentStatus, ApplyResult, Event, EventKind, SystemSnapshot
 
 
 class FakeSource:
@@ -63,7 +51,7 @@ class FakeSource:
         self.apply_error: ColoError | None = None
         self.applied: list[ColoConfig] = []
         self.applied_paths: list[str | None] = []
-        self.apply_result = FakeApplyResult()
+        self.apply_result = ApplyResult()
         self.apply_entered = threading.Event()
         self.apply_release: threading.Event | None = None
 
@@ -86,7 +74,7 @@ class FakeSource:
     def restart(self, name: str) -> None:
         self._act("restart", name)
 
-    def apply(self, config: ColoConfig, config_path: str | None = None) -> FakeApplyResult:
+    def apply(self, config: ColoConfig, config_path: str | None = None) -> ApplyResult:
         """Plan ``config`` on its inventory and take it (or raise ``apply_error``)."""
         self.apply_entered.set()
         if self.apply_release is not None:

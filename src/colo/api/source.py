@@ -27,7 +27,7 @@ from colo.supervise.snapshots import Event, SystemSnapshot
 
 
 class ApplyOutcome(Protocol):
-    """What an apply did (``colo.supervise.orchestrator.ApplyResult`` has these fields)."""
+    """What an apply did (``colo.supervise.snapshots.ApplyResult`` is it)."""
 
     @property
     def restarted(self) -> Sequence[str]: ...

@@ -25,7 +25,7 @@ import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,33 +53,13 @@ from colo.supervise.mps_hooks import FleetHooks
 from colo.supervise.publish import Publisher
 from colo.supervise.recovery import RecoveryRecord
 from colo.supervise.runner import Runner
-from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
+from colo.supervise.snapshots import AgentStatus, ApplyResult, Event, EventKind, SystemSnapshot
 from colo.supervise.state import AgentState
 from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_dir
 from colo.supervise.store import Store
 from colo.supervise.supervisor import Supervisor
 
 TICK_SECS = 0.5
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    """What an apply did. ``restarted``: queued for a rolling restart (one at a time)."""
-
-    restarted: list[str] = field(default_factory=list)
-    started: list[str] = field(default_factory=list)
-    stopped: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    left_out: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, list[str]]:
-        return {
-            "restarted": list(self.restarted),
-            "started": list(self.started),
-            "stopped": list(self.stopped),
-            "unchanged": list(self.unchanged),
-            "left_out": list(self.left_out),
-        }
 
 
 @dataclass(frozen=True)

@@ -117,3 +117,23 @@ class SystemSnapshot:
             if s.name == name:
                 return s
         raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What an apply did. ``restarted``: queued for a rolling restart (one at a time)."""
+
+    restarted: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {
+            "restarted": list(self.restarted),
+            "started": list(self.started),
+            "stopped": list(self.stopped),
+            "unchanged": list(self.unchanged),
+            "left_out": list(self.left_out),
+        }

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from colo.api.fake_source import FakeApplyResult, FakeSource
+from colo.api.fake_source import FakeSource
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.mps.fake import FakeMpsControl
 from colo.gpu.mps.fleet import MpsFleet
@@ -15,7 +15,7 @@ from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import ClientProcess, GpuBackend
 from colo.plan import Plan, inventory_slots, plan
 from colo.spec import ColoConfig, load_config
-from colo.supervise.snapshots import AgentStatus, Event, EventKind
+from colo.supervise.snapshots import AgentStatus, ApplyResult, Event, EventKind
 from colo.supervise.state import AgentState
 from colo.units import GIB, MIB
 
@@ -61,7 +61,7 @@ def newsroom_source(
     statuses = [running_status(p, a.name, 1000 + i, (100 + i) * MIB) for i, a in enumerate(p.agents)]
     events = [Event(i, 1_700_000_000.0 + i, EventKind.STARTED, "critic", f"event {i}") for i in range(1, 6)]
     source = FakeSource(config, p, statuses, events=events, backend=backend, fleet=fleet, clock=clock)
-    source.apply_result = FakeApplyResult(restarted=["critic"], unchanged=["analyst", "balancer"])
+    source.apply_result = ApplyResult(restarted=["critic"], unchanged=["analyst", "balancer"])
     return source
 
 
