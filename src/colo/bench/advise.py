@@ -21,7 +21,9 @@ The rules (seed guide's decision framework, made concrete):
 - a measured batching setup (``colo bench servers --setup batching``: one server, N parallel slots, e.g.
   llama-server ``-np N`` / Ollama's ``OLLAMA_NUM_PARALLEL``) ≥ 1.05× the best separate-servers setup at the
   largest common N → one batching server (3); ≤ 0.95× → the best separate setup (2). When the batching
-  server wins, a note says what it costs: one process, one fault domain, and one copy of the weights;
+  server wins, a note says what it costs: one process, one fault domain, and one copy of the weights; and
+  the measured MPS / time-slicing ratio then becomes a note (it only ranks the separate setups that the one
+  server beat), so a measured batching win is not outvoted by it;
 - no measurement → a note to run ``colo bench``.
 """
 
@@ -105,12 +107,19 @@ def _bench_reasons(runs: Sequence[BenchResult]) -> tuple[list[Reason], list[str]
     reasons: list[Reason] = []
     notes: list[str] = []
     for run in runs:
+        batching_reasons, batching_notes = _batching_reasons(run)
+        batching_won = any(r.points_to == "batching" for r in batching_reasons)
         levels = [n for n in run.concurrencies("mps") if n > 1 and run.mps_ratio(n) is not None]
         if levels:
             n = max(levels)
             r = run.mps_ratio(n)
             assert r is not None
-            if r >= 1.05:
+            if batching_won:  # MPS vs time-slicing only ranks the separate setups one server beat
+                notes.append(
+                    f"{run.title}: of the separate-server setups, MPS is {r:.2f}× time-slicing at N={n}; "
+                    "one batching server measured faster than both"
+                )
+            elif r >= 1.05:
                 reasons.append(Reason("mps", 3, f"{run.title}: measured MPS {r:.2f}× time-slicing at N={n}"))
             elif r <= 0.95:
                 reasons.append(
@@ -118,7 +127,6 @@ def _bench_reasons(runs: Sequence[BenchResult]) -> tuple[list[Reason], list[str]
                 )
             else:
                 notes.append(f"{run.title}: MPS and time-slicing within 5 % at N={n} ({r:.2f}×)")
-        batching_reasons, batching_notes = _batching_reasons(run)
         reasons += batching_reasons
         notes += batching_notes
         single = run.point("timeslice", 1) or run.point("mps", 1)

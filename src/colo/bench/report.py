@@ -177,8 +177,8 @@ def reading(result: BenchResult) -> list[str]:
         server = [i.server_per_sec for i in p.instances if i.server_per_sec is not None]
         if server:
             out.append(
-                f"- {MODE_NAMES.get(p.mode, p.mode)} N={p.concurrency}: the server's own rate (Ollama "
-                f"eval_count / eval_duration) {sum(server) / len(server):.1f} tok/s per client, "
+                f"- {MODE_NAMES.get(p.mode, p.mode)} N={p.concurrency}: the server's own rate (tokens over the "
+                f"server-reported generation time: Ollama eval_duration, llama-server timings.predicted_ms) {sum(server) / len(server):.1f} tok/s per client, "
                 f"{sum(server):.1f} summed"
             )
     levels = [n for n in result.concurrencies("mps") if n > 1 and result.mps_ratio(n) is not None]

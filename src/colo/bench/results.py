@@ -41,7 +41,8 @@ class InstanceResult:
 
     @property
     def server_per_sec(self) -> float | None:
-        """Ollama's server-side rate (eval_count / eval_duration summed over requests), when reported."""
+        """The server-side rate: tokens over the generation time the server reported (Ollama ``eval_duration``,
+        llama-server ``timings.predicted_ms``), summed over requests; None when the server reports none."""
         eval_secs = self.extra.get("eval_secs")
         return stats.rate(self.items, eval_secs) if eval_secs else None
 

@@ -616,11 +616,10 @@ def advise_command(
     from colo.bench.advise import advise
     from colo.bench.report import load_json
     from colo.cli.plan_cmd import load_plannable
-    from colo.plan import inventory_slots, plan
+    from colo.supervise import planning
 
     cfg = load_plannable(str(config), gpu)
-    slots = inventory_slots(cfg)
-    the_plan = plan(cfg, slots)
+    the_plan = planning.plan_config(cfg).plan  # the one planning pipeline (gpus: auto reads NVML)
     runs = []
     if bench is not None:
         try:

@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from colo.bench.advise import advise
 from colo.bench.capacity import resolve_requirement
 from colo.bench.report import load_json
@@ -106,3 +108,40 @@ def test_capacity_uses_the_command_agents_measured_peak(tmp_path: Path) -> None:
         config=load_config_text(path.read_text().replace("memory_source: db", "memory_source: declared"), "c.yaml"),
     )
     assert declared == 7 * GIB and why == "declared in the config"
+
+
+H200_RECORDED = ROOT / "tests" / "fixtures" / "bench_llama_servers_h200.json"  # scripts/gpu_llama.sh, lent H200
+
+
+def test_the_h200_measurement_recommends_one_batching_server(tmp_path: Path) -> None:
+    """Measured on the H200 (2026-11-29): 3 slots 521 tok/s, 3 servers under MPS 389, time-sliced 225. The
+    MPS / time-slicing ratio only ranks the separate setups, so it is a note and does not outvote batching."""
+    [run] = load_json(H200_RECORDED.read_text())
+    cfg, p = _guide(tmp_path)
+    a = advise(cfg, p, [run])  # type: ignore[arg-type]
+    assert a.decision == "batching"
+    assert any("1.34×" in r.text and r.points_to == "batching" for r in a.reasons)
+    assert any("MPS is 1.73× time-slicing at N=3" in n for n in a.notes)
+    assert not any("measured MPS" in r.text for r in a.reasons)
+
+
+def test_advise_plans_gpus_auto_through_the_planning_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`colo advise` on the example as shipped (gpus: auto) plans on the GPUs NVML sees, like `colo plan`."""
+    from typer.testing import CliRunner
+
+    from colo.cli.main import app
+    from colo.gpu.nvml import GpuSnapshot
+    from colo.supervise import planning
+
+    h200 = GpuSnapshot(0, "GPU-h200", "NVIDIA H200", 141 * GIB, 0, 141 * GIB)
+    monkeypatch.setattr(planning, "read_gpus", lambda: [h200])
+    config = tmp_path / "colo.yaml"
+    config.write_text(GUIDE.read_text().replace("/tmp/colo-llama/state", str(tmp_path / "state")))
+    r = CliRunner().invoke(app, ["advise", str(config), "--bench", str(H200_RECORDED), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["decision"] == "batching"
+    monkeypatch.setattr(planning, "read_gpus", lambda: None)
+    r = CliRunner().invoke(app, ["advise", str(config)])
+    assert r.exit_code == 1 and "gpus: auto, but the GPUs cannot be read here" in r.output  # as `colo plan`

@@ -142,6 +142,6 @@ def test_concurrent_clients_through_the_harness(server: str) -> None:
     # Ollama's own rate: eval_count / eval_duration = 5 / 0.025 s
     assert inst.server_per_sec == pytest.approx(200.0)
     md = to_markdown([BenchResult("ollama", "http", (ollama_point,))])
-    assert "as served N=1: the server's own rate (Ollama eval_count / eval_duration) 200.0 tok/s" in md
+    assert "as served N=1: the server's own rate (tokens over the server-reported generation time: Ollama eval_duration, llama-server timings.predicted_ms) 200.0 tok/s" in md
     with pytest.raises(BenchError, match="answered 500"):
         run_point([InstanceSpec("http", {"url": server, "model": "broken"}, duration_secs=0.2)], mode="external")
