@@ -153,3 +153,23 @@ def test_plan_mps_env_serve_and_up_agree(
         assert a.requirement_bytes == MODELS[a.models[0].model][pick], a
     if gpus > 1:
         assert len({gpu for _, gpu in planned.values()}) > 1  # the agents really are on several GPUs
+
+
+def test_only_the_planning_pipeline_calls_the_planner() -> None:
+    """Every command gets its plan from supervise/planning.py: no other module imports the planner's ``plan``
+    or ``inventory_slots`` (the API's fake builds a plan for tests, beside the real source)."""
+    import ast
+
+    src = Path(__file__).resolve().parents[3] / "src" / "colo"
+    allowed = {"supervise/planning.py", "api/fake_source.py"}
+    offenders = []
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src).as_posix()
+        if rel.startswith("plan/") or rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in ("colo.plan", "colo.plan.planner", "colo.plan.inventory"):
+                names = {a.name for a in node.names} & {"plan", "inventory_slots", "plan_gpus"}
+                if names:
+                    offenders.append(f"{rel}: {sorted(names)}")
+    assert not offenders, f"plans assembled outside supervise/planning.py: {offenders}"
