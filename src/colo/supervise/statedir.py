@@ -79,8 +79,13 @@ def running_orchestrator(state_dir: Path) -> int | None:
 
 
 def config_yaml(config: ColoConfig, source: Path | None = None) -> str:
-    """``config`` as colo.yaml text (sizes in bytes; model paths made absolute against ``source``'s dir)."""
-    data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    """``config`` as colo.yaml text (sizes in bytes; model paths made absolute against ``source``'s dir).
+
+    Only the fields the user set are written (``exclude_unset``): read back, the copy is the same config *and*
+    still tells a default from a choice — the built-in agent's fast health cadence applies to every ``health``
+    field the user left unset, so a copy that spelled out the defaults (what `colo apply` sends) would turn a
+    0.5 s probe into the generic 5 s one."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
     if source is not None:
         for spec in data.get("models", {}).values():
             p = spec.get("path")

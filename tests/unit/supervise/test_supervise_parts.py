@@ -206,3 +206,25 @@ def test_stop_leftovers_after_an_orchestrator_died(tmp_path: Path) -> None:
         assert stop_leftovers(paths.root) == []  # nothing left the second time
     finally:
         runner.signal(handle, signal.SIGKILL)
+
+
+def test_the_config_copy_keeps_defaults_apart_from_choices(tmp_path: Path) -> None:
+    """What `colo apply` sends and the state dir keeps (config_yaml) reads back as the same config, and the
+    built-in agent's health cadence (for fields the user left unset) survives it: 0.5 s probes, not 5 s."""
+    from colo.plan import inventory_slots
+    from colo.spec.load import load_config, load_config_text
+    from colo.supervise import planning
+    from colo.supervise.launch import BUILTIN_HEALTH_FAILURES, BUILTIN_HEALTH_INTERVAL_SECS
+    from colo.supervise.statedir import config_yaml
+
+    source = Path(__file__).resolve().parents[3] / "examples" / "newsroom" / "colo.yaml"
+    cfg = load_config(source)
+    copy = load_config_text(config_yaml(cfg, source), str(tmp_path / "config.yaml"))
+    assert copy == cfg
+    for config in (cfg, copy):
+        ap = planning.plan_slots(config, inventory_slots(config)).plan.agent("memory")
+        health = planning.launch_setup(config, ap, config_copy=tmp_path / "c.yaml", mps_root=None).health
+        assert (health.interval_secs, health.failures_before_restart) == (
+            BUILTIN_HEALTH_INTERVAL_SECS,
+            BUILTIN_HEALTH_FAILURES,
+        )
