@@ -1,8 +1,8 @@
 """Time, injected: a monotonic clock for durations, a wall clock for people, and a sleep.
 
-The one clock convention of colo: code that reads or waits on time takes a :class:`Clock` (default
-:class:`SystemClock`). Tests pass :class:`FakeClock` and advance it (its ``sleep`` advances it) instead of
-sleeping.
+The one clock convention of colo: code that reads or waits on time takes a :class:`Clock` parameter named
+``clock`` (default :data:`SYSTEM_CLOCK`), never a bare callable such as ``time.monotonic``. Tests pass
+:class:`FakeClock` and advance it (its ``sleep`` advances it) instead of sleeping.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ class SystemClock:
 
     def sleep(self, secs: float) -> None:
         time.sleep(max(secs, 0.0))
+
+
+SYSTEM_CLOCK: Clock = SystemClock()
+"""The real clocks, shared (a :class:`SystemClock` holds no state): the default of every ``clock`` parameter."""
 
 
 class FakeClock:

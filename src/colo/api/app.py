@@ -11,8 +11,6 @@ plan that does not fit, 503 GPU/MPS unreadable. The token never appears in a res
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -26,6 +24,7 @@ from colo.api.docs import install_docs
 from colo.api.errors import error_body, error_status, errors_in_openapi, install_error_handlers, redact
 from colo.api.routes import agents, apply, events, reads
 from colo.api.source import ApiSource
+from colo.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["BodyLimit", "HeadAsGet", "create_app", "error_body", "error_status", "redact"]
 
@@ -92,12 +91,12 @@ def create_app(
     token: str,
     open_reads: bool = True,
     options: ApiOptions | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> FastAPI:
     """The colo API over ``source``. ``token`` guards mutations (and reads when ``open_reads`` is False).
 
-    ``options`` tunes caches and limits; ``clock`` (monotonic seconds) is injected by tests.
-    Raises ValueError for an empty token.
+    ``options`` tunes caches and limits; ``clock`` (a :class:`~colo.clock.Clock`: its monotonic seconds time the
+    caches and event streams) is injected by tests. Raises ValueError for an empty token.
     """
     if not token:
         raise ValueError("the API token must not be empty")

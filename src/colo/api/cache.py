@@ -1,8 +1,8 @@
 """Small caches that keep the read routes fast under load.
 
-- :class:`TtlCache` holds one value for ``ttl_secs`` (monotonic clock, injectable): GPU state is read from
-  NVML and the MPS control pipe at most once per TTL however many clients poll ``/gpu/info`` and
-  ``/metrics``, and a refresh never makes other requests wait.
+- :class:`TtlCache` holds one value for ``ttl_secs`` (an injected :class:`~colo.clock.Clock`'s monotonic
+  seconds): GPU state is read from NVML and the MPS control pipe at most once per TTL however many clients poll
+  ``/gpu/info`` and ``/metrics``, and a refresh never makes other requests wait.
 - :class:`PlanDocCache` holds the rendered allocation document for the current plan object: a new plan
   (an apply) is a new object, so the identity check is the invalidation.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.plan.types import Plan
 
 T = TypeVar("T")
@@ -28,7 +28,7 @@ class TtlCache(Generic[T]):
     milliseconds) never queues other requests. Only the very first load is waited for.
     """
 
-    def __init__(self, ttl_secs: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl_secs: float, clock: Clock = SYSTEM_CLOCK) -> None:
         self._ttl_secs = ttl_secs
         self._clock = clock
         self._lock = threading.Lock()
@@ -38,7 +38,7 @@ class TtlCache(Generic[T]):
     def get(self, load: Callable[[], T]) -> T:
         """A fresh value, or the stale one while another caller refreshes it. ``load``'s errors propagate."""
         entry = self._entry
-        if entry is not None and self._clock() - entry[1] < self._ttl_secs:
+        if entry is not None and self._clock.monotonic() - entry[1] < self._ttl_secs:
             return entry[0]
         if entry is not None:
             if not self._lock.acquire(blocking=False):
@@ -47,9 +47,9 @@ class TtlCache(Generic[T]):
             self._lock.acquire()
         try:
             entry = self._entry
-            if entry is None or self._clock() - entry[1] >= self._ttl_secs:
+            if entry is None or self._clock.monotonic() - entry[1] >= self._ttl_secs:
                 value = load()
-                entry = (value, self._clock())
+                entry = (value, self._clock.monotonic())
                 self._entry = entry
             return entry[0]
         finally:
@@ -58,7 +58,7 @@ class TtlCache(Generic[T]):
     def fresh(self) -> T | None:
         """The value if it is fresh, else None. Never loads and never waits."""
         entry = self._entry
-        if entry is not None and self._clock() - entry[1] < self._ttl_secs:
+        if entry is not None and self._clock.monotonic() - entry[1] < self._ttl_secs:
             return entry[0]
         return None
 

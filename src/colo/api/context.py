@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +12,7 @@ from pydantic import BaseModel
 from colo.api.auth import bearer_matches
 from colo.api.cache import PlanDocCache, TtlCache
 from colo.api.source import ApiSource
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.plan.types import Plan
 
 
@@ -42,7 +41,7 @@ class ApiContext:
     token: str
     open_reads: bool
     options: ApiOptions
-    clock: Callable[[], float] = time.monotonic
+    clock: Clock = SYSTEM_CLOCK
     apply_lock: threading.Lock = field(default_factory=threading.Lock)
     allocation_cache: PlanDocCache = field(init=False)
     allocation_body: TtlCache[bytes] = field(init=False)

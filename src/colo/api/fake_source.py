@@ -9,10 +9,10 @@ It records actions and applies, and can be told to fail or to block an apply.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from colo.api.source import PolledGpu
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.nvml import GpuBackend
@@ -37,7 +37,7 @@ class FakeSource:
         backend: GpuBackend | None = None,
         fleet: MpsFleet | None = None,
         poll_secs: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
         self.plan = current

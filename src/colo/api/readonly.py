@@ -10,12 +10,11 @@ Without a GPU (or NVML) ``/gpu/info`` still answers: ``mps_enabled: false`` and 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
 from colo.api.source import ApiSource, ApplyOutcome, PolledGpu
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError, SupervisorError
 from colo.files import state_dir
 from colo.gpu.mps.fleet import MpsFleet
@@ -35,7 +34,7 @@ class ReadOnlySource:
 
     ``fleet`` (``colo.gpu.mps.daemon.MpsFleet``) says where the daemons are; they are only read, never started
     or stopped. The GPUs and daemons are read by one poller of its own, on demand and at most once per
-    ``poll_secs`` (``monotonic`` seconds). ``clock`` gives wall-clock seconds for the one "planned" event.
+    ``poll_secs`` (``clock``'s monotonic seconds); ``clock``'s wall time stamps the one "planned" event.
     """
 
     def __init__(
@@ -45,20 +44,19 @@ class ReadOnlySource:
         backend: GpuBackend | None,
         *,
         fleet: MpsFleet | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         poll_secs: float = 1.0,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.plan = current
         self.backend = backend
         self.fleet = fleet
-        self._gpu = PolledGpu.over(config, backend, fleet, poll_secs=poll_secs, clock=monotonic)
+        self._gpu = PolledGpu.over(config, backend, fleet, poll_secs=poll_secs, clock=clock)
         placed = len(current.placed)
         self._events = [
             Event(
                 1,
-                clock(),
+                clock.wall(),
                 EventKind.APPLIED,
                 None,
                 f"plan loaded read-only: {placed} agent(s) placed, {len(current.unplaced)} left out",

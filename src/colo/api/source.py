@@ -12,11 +12,11 @@ A type-checking-only assertion at the bottom makes mypy prove the Orchestrator c
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from colo.api.cache import TtlCache
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.files import state_dir
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.root import MpsRoot
@@ -69,7 +69,7 @@ class PolledGpu:
     ``poller`` None: no GPU here."""
 
     def __init__(
-        self, poller: GpuPoller | None, *, poll_secs: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self, poller: GpuPoller | None, *, poll_secs: float = 1.0, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.poller = poller
         self._clock = clock
@@ -83,7 +83,7 @@ class PolledGpu:
         fleet: MpsFleet | None,
         *,
         poll_secs: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> PolledGpu:
         """One poller over ``backend`` (None: no GPU) and the MPS daemons of ``fleet``, or, without a fleet,
         those under ``config``'s state directory."""
@@ -100,7 +100,7 @@ class PolledGpu:
         poller = self.poller
         if poller is None:
             return no_gpu_state(), 0.0
-        return self._cache.get(lambda: (poller.read(), self._clock()))
+        return self._cache.get(lambda: (poller.read(), self._clock.monotonic()))
 
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from colo.clock import Clock
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.gpu.sampler import ACTIVITY_INTERVAL_SECS, Sample, Sampler, nvml_read
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class ActivityWatch:
         gpu_index: int = 0,
         *,
         interval_secs: float = ACTIVITY_INTERVAL_SECS,
-        clock: Clock | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.backend = backend
         self.gpu_index = gpu_index

@@ -30,7 +30,7 @@ from colo.bench.activity import ActivityWatch, GpuActivity
 from colo.bench.instance import PREFIX
 from colo.bench.results import InstanceResult, PointResult
 from colo.bench.spec import InstanceSpec
-from colo.clock import Clock, SystemClock
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError
 
 
@@ -191,7 +191,7 @@ class InstanceGroup:
         progress: Progress | None = None,
         name: str = "instances",
         python: str = sys.executable,
-        clock: Clock | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not specs:
             raise BenchError("no instances to run")
@@ -202,7 +202,7 @@ class InstanceGroup:
         self.say = progress or (lambda _msg: None)
         self.name = name
         self.python = python
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock
         self._events: queue.Queue[Any] = queue.Queue()
         self._instances: list[_Instance] = []
         self._idle_exits: dict[int, dict[str, Any]] = {}

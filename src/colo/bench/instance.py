@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from colo.bench.loads import Workload, make_workload
 from colo.bench.spec import InstanceSpec
-from colo.clock import Clock, SystemClock
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.gpu.mps.env import CLIENT_VARS
 
 PREFIX = "COLO-BENCH "
@@ -37,12 +37,11 @@ def emit(stream: TextIO, tag: str, payload: dict[str, Any]) -> None:
     stream.flush()
 
 
-def timed_loop(workload: Workload, duration_secs: float, clock: Clock | None = None) -> dict[str, Any]:
+def timed_loop(workload: Workload, duration_secs: float, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
     """Run requests back to back for ``duration_secs`` (the last one may end past it); return the result."""
     latencies: list[float] = []
     items = 0.0
     extra: dict[str, float] = {}
-    clock = clock if clock is not None else SystemClock()
     start = clock.monotonic()
     now = start
     while now - start < duration_secs:

@@ -290,7 +290,7 @@ def _run_foreground(
 def _watch_first_outcome(orch: Any, cfg: ColoConfig, names: list[str], stop: threading.Event, as_json: bool) -> None:
     """Wait (bounded) for every launched agent's first outcome while the loop supervises them; print the
     summary and record it in the store (a detached ``colo up`` reads it there)."""
-    from colo.clock import SystemClock
+    from colo.clock import SYSTEM_CLOCK
     from colo.supervise.first_outcome import wait_first_outcomes, wait_secs
 
     progress = _Progress(as_json)
@@ -299,7 +299,7 @@ def _watch_first_outcome(orch: Any, cfg: ColoConfig, names: list[str], stop: thr
             orch.statuses,
             names,
             timeout_secs=wait_secs(cfg, names),
-            clock=SystemClock(),
+            clock=SYSTEM_CLOCK,
             keep_going=lambda: not stop.is_set(),
             on_progress=lambda done, total, secs: progress.show(
                 f"waiting for the agents' first outcome: {done} of {total}", secs
@@ -643,7 +643,7 @@ def logs_command(
     if not follow:
         return
     try:
-        for text in logs.follow(agent, sleep=time.sleep, keep_going=lambda: True):
+        for text in logs.follow(agent, keep_going=lambda: True):
             sys.stdout.write(text)
             sys.stdout.flush()
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from colo.clock import Clock, SystemClock
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import GpuError
 from colo.gpu.nvml import GpuBackend
 
@@ -156,12 +156,12 @@ class Sampler:
         read: Read,
         *,
         interval_secs: float = ACTIVITY_INTERVAL_SECS,
-        clock: Clock | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         name: str = "colo-nvml-sampler",
     ) -> None:
         self._read = read
         self.interval_secs = interval_secs
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock
         self._name = name
         self._lock = threading.Lock()
         self._stop = threading.Event()

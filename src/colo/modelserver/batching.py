@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError
 
 T = TypeVar("T")
@@ -76,7 +76,7 @@ class DeviceWorker:
         wait_secs: float,
         max_queue: int,
         on_depth: Callable[[int], None] = lambda n: None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
         name: str = "colo-agent-device",
     ) -> None:
         if wait_secs < 0:
@@ -113,7 +113,7 @@ class DeviceWorker:
                     f"{len(self._jobs)} requests are already waiting for the device (max_queue {self.max_queue})",
                     hint="retry after a moment, or send larger batches with fewer clients",
                 )
-            job.enqueued = self._clock()
+            job.enqueued = self._clock.monotonic()
             self._jobs.append(job)
             depth = len(self._jobs)
             self._ensure_thread()
@@ -182,10 +182,10 @@ class DeviceWorker:
             batch = [first]
             if first.mergeable:
                 rows = len(first.rows)
-                deadline = self._clock() + self.wait_secs
+                deadline = self._clock.monotonic() + self.wait_secs
                 while rows < first.max_rows and not self._closed:
                     rows = self._gather(first, batch, rows)
-                    remaining = deadline - self._clock()
+                    remaining = deadline - self._clock.monotonic()
                     if rows >= first.max_rows or remaining <= 0 or self._calls:
                         break
                     self._cond.wait(remaining)

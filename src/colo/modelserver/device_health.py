@@ -13,10 +13,10 @@ Probes are injected (a plain ``() -> None`` that raises when the context is unus
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.modelserver.device_errors import DeviceErrorKind, classify, first_line
 
 Probe = Callable[[], None]
@@ -72,7 +72,7 @@ class ContextWatch:
         *,
         timeout_secs: float = DEFAULT_TIMEOUT_SECS,
         min_interval_secs: float = DEFAULT_MIN_INTERVAL_SECS,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._probe = probe
         self.timeout_secs = timeout_secs
@@ -93,7 +93,7 @@ class ContextWatch:
         """``(reason, hung_secs)``: as :meth:`check`, and how long the unanswered probe had been running when
         the answer was decided (0.0 unless the reason is a timeout)."""
         with self._lock:
-            now = self._clock()
+            now = self._clock.monotonic()
             fresh = (
                 not fresh_only
                 and self._checked_at is not None
@@ -106,11 +106,11 @@ class ContextWatch:
                 self._done.clear()
                 threading.Thread(target=self._run, name="colo-agent-probe", daemon=True).start()
             since = self._in_flight_since
-        self._done.wait(max(0.0, self.timeout_secs - (self._clock() - since)))
+        self._done.wait(max(0.0, self.timeout_secs - (self._clock.monotonic() - since)))
         with self._lock:
             if self._in_flight_since is None:
                 return self._outcome, 0.0
-            waited = self._clock() - self._in_flight_since
+            waited = self._clock.monotonic() - self._in_flight_since
             if waited >= self.timeout_secs:
                 reason = f"the device did not answer a round trip within {self.timeout_secs:g} s (hung?)"
                 return reason, waited
@@ -126,6 +126,6 @@ class ContextWatch:
             outcome = f"{prefix}: {first_line(exc)}"
         with self._lock:
             self._outcome = outcome
-            self._checked_at = self._clock()
+            self._checked_at = self._clock.monotonic()
             self._in_flight_since = None
             self._done.set()

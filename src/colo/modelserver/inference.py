@@ -11,11 +11,11 @@ Everything runs under ``torch.inference_mode()``; on CUDA the device is synchron
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.modelserver.device_errors import DeviceErrorKind, classify
 from colo.modelserver.loading import LoadedModel
 
@@ -137,7 +137,7 @@ def run_merged(
     groups: Sequence[Sequence[Sequence[int]]],
     *,
     device: str,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> list[BatchResult]:
     """Run several requests' rows of one encoder as ONE batch; one result per group, as if run alone.
 
@@ -154,10 +154,10 @@ def run_merged(
     with torch.inference_mode():
         ids, mask = pad_batch(rows, model.tokenizer.pad_id, left=False, device=device)
         synchronize(device)
-        started = clock()
+        started = clock.monotonic()
         out = model.module(input_ids=ids, attention_mask=mask)
         synchronize(device)
-        forward_ms = (clock() - started) * 1000.0
+        forward_ms = (clock.monotonic() - started) * 1000.0
         kind, tensor = _encoder_tensor(out)
         results: list[BatchResult] = []
         first = 0
@@ -179,7 +179,7 @@ def run_batch(
     device: str,
     max_new_tokens: int = 0,
     exact_new_tokens: bool = False,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> BatchResult:
     """Run ``rows`` of token ids through ``model`` on ``device``.
 
@@ -195,11 +195,11 @@ def run_batch(
     with torch.inference_mode():
         ids, mask = pad_batch(rows, tok.pad_id, left=left, device=device)
         synchronize(device)
-        started = clock()
+        started = clock.monotonic()
         if not generator:
             out = model.module(input_ids=ids, attention_mask=mask)
             synchronize(device)
-            forward_ms = (clock() - started) * 1000.0
+            forward_ms = (clock.monotonic() - started) * 1000.0
             return BatchResult(_encoder_outputs(out, mask), forward_ms)
         new = max(1, max_new_tokens)
         kwargs: dict[str, Any] = {
@@ -213,7 +213,7 @@ def run_batch(
             kwargs["min_new_tokens"] = new
         generated = model.module.generate(**kwargs)
         synchronize(device)
-        forward_ms = (clock() - started) * 1000.0
+        forward_ms = (clock.monotonic() - started) * 1000.0
     # Decoder-only output repeats the prompt; seq2seq output starts with the decoder start token.
     skip = ids.shape[1] if left else 1
     new_ids = [row[skip:] for row in generated.tolist()]

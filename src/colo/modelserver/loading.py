@@ -8,11 +8,10 @@ weights, so an agent runs offline. Nothing here downloads. torch is imported ins
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ConfigError
 from colo.modelserver.tokens import Tokenizer, load_tokenizer
 from colo.spec.config import ColoConfig, ModelSpec, Task
@@ -115,7 +114,7 @@ def load_model(
     *,
     device: str,
     dtype: str | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> LoadedModel:
     """Build ``model_id`` on ``device`` with real weights when present, else random catalog weights.
 
@@ -126,7 +125,7 @@ def load_model(
     from colo.memory.build import RANDOM_WEIGHTS as BUILD_RANDOM
     from colo.memory.build import build, max_positions
 
-    started = clock()
+    started = clock.monotonic()
     use_dtype = dtype or spec.dtype
     built = build(model_id, dtype=use_dtype, device=device, path=spec.path)
     module = built.module
@@ -149,7 +148,7 @@ def load_model(
         vocab_size=vocab_size,
         limits=limits,
         parameters=parameters,
-        load_secs=clock() - started,
+        load_secs=clock.monotonic() - started,
     )
     log.info(
         "%s: loaded on %s (%s, %s, %.1fM parameters) in %.2fs",

@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError, UsageError
 from colo.modelserver.batching import DeviceWorker, Job, QueueFull, merged_rows
 from colo.modelserver.device_errors import DeviceErrorKind, classify, first_line
@@ -137,7 +137,7 @@ class AgentRuntime:
     dtype: str | None = None
     worst_case: bool = False
     loader: Callable[..., LoadedModel] = load_model
-    clock: Callable[[], float] = time.monotonic
+    clock: Clock = SYSTEM_CLOCK
     status: Status = "loading"
     error: str | None = None
     models: dict[str, LoadedModel] = field(default_factory=dict)
@@ -158,7 +158,7 @@ class AgentRuntime:
     _watch: ContextWatch | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self._started = self.clock()
+        self._started = self.clock.monotonic()
         if not self.specs:
             raise ValueError(f"agent {self.agent} has no models")
         self.metrics = AgentMetrics(self.agent)
@@ -205,7 +205,7 @@ class AgentRuntime:
             self.error = f"{type(exc).__name__} while {step[0]} {step[1]}: {exc}"
             log.error("%s", self.error)
             raise
-        self._ready_secs = self.clock() - self._started
+        self._ready_secs = self.clock.monotonic() - self._started
         self.status = "ready"
         peak = device_memory(self.device)["max_memory_reserved_bytes"]
         log.info(
@@ -295,7 +295,7 @@ class AgentRuntime:
         Raises NotReady, ContextLost, RequestError, QueueFull, or DeviceOutOfMemory (the cache is emptied and
         the agent stays up); any other error of the batch as it is.
         """
-        received = self.clock()
+        received = self.clock.monotonic()
         try:
             model = self._model(req.model)
             rows, truncated = self._rows(model, req)
@@ -312,7 +312,7 @@ class AgentRuntime:
                 self._counters.rejected += 1
             self.metrics.error(_error_label(exc))
             raise
-        prepared = self.clock()
+        prepared = self.clock.monotonic()
         job = Job(
             model_id=model.model_id,
             rows=rows,
@@ -326,7 +326,7 @@ class AgentRuntime:
             known = isinstance(exc, (QueueFull, DeviceOutOfMemory, ContextLost))
             self.metrics.error(_error_label(exc) if known else "other")
             raise
-        done = self.clock()
+        done = self.clock.monotonic()
         self.metrics.requests.inc()
         self.metrics.rows.inc(len(rows))
         self.metrics.latency.observe(max(0.0, done - received))
@@ -350,7 +350,7 @@ class AgentRuntime:
         """One batch on the device thread: every job is answered (a result, or the batch's error)."""
         model = self.models[jobs[0].model_id]
         rows = merged_rows(jobs)
-        started = self.clock()
+        started = self.clock.monotonic()
         try:
             if model.task == "encoder":
                 results = run_merged(model, [j.rows for j in jobs], device=self.device, clock=self.clock)
@@ -435,7 +435,7 @@ class AgentRuntime:
         def loop() -> None:
             while self.status != "context_lost":
                 self.check_context()
-                time.sleep(interval_secs)
+                self.clock.sleep(interval_secs)
 
         thread = threading.Thread(target=loop, name=f"colo-agent-{self.agent}-watch", daemon=True)
         thread.start()
@@ -481,7 +481,7 @@ class AgentRuntime:
             "models_expected": [m for m, _ in self.specs],
             "warm_up": self.warm_up,
             "error": error,
-            "uptime_secs": round(self.clock() - self._started, 3),
+            "uptime_secs": round(self.clock.monotonic() - self._started, 3),
             "ready_after_secs": None if self._ready_secs is None else round(self._ready_secs, 3),
             "requests": self._counters.requests,
             "items": self._counters.items,

@@ -117,25 +117,24 @@ def import_modules(specs: Sequence[tuple[str, ModelSpec]] = ()) -> dict[str, flo
     ``models``). Safe to call in a parent that forks agents afterwards; a model whose class cannot be found
     here is left for the load to report.
     """
-    clock = time.perf_counter
     spent: dict[str, float] = {}
-    started = clock()
+    started = time.perf_counter()
     import torch  # noqa: F401
 
-    spent["torch"] = clock() - started
-    started = clock()
+    spent["torch"] = time.perf_counter() - started
+    started = time.perf_counter()
     import transformers  # noqa: F401
 
-    spent["transformers"] = clock() - started
-    started = clock()
+    spent["transformers"] = time.perf_counter() - started
+    started = time.perf_counter()
     import fastapi  # noqa: F401
     import uvicorn  # noqa: F401
 
     import colo.modelserver.app
     import colo.modelserver.runtime  # noqa: F401
 
-    spent["http"] = clock() - started
-    started = clock()
+    spent["http"] = time.perf_counter() - started
+    started = time.perf_counter()
     from colo.memory.build import preload
 
     for model_id, spec in specs:
@@ -143,7 +142,7 @@ def import_modules(specs: Sequence[tuple[str, ModelSpec]] = ()) -> dict[str, flo
             preload(model_id, path=spec.path)
         except Exception as exc:  # the load reports it properly, with its exit code
             log.debug("preload of %s skipped: %s", model_id, exc)
-    spent["models"] = clock() - started
+    spent["models"] = time.perf_counter() - started
     return spent
 
 

@@ -25,13 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ProfileError
 from colo.gpu import procs
 from colo.gpu.nvml import GpuBackend
 from colo.gpu.sampler import PEAK_INTERVAL_SECS, Read, Sample, Sampler, nvml_read
 from colo.memory.db import AgentEntry, ModelDB
 from colo.memory.worst_case import WorstCase, agent_requests
-from colo.profiling.profiler import Job, JobResult, gpu_provenance, utc_now
+from colo.profiling.profiler import Job, JobResult, gpu_provenance
 from colo.spec.config import ColoConfig, HealthCheck, ProfileLoad
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
@@ -202,8 +203,10 @@ def run_command_agent(
     drive: Callable[[ProfileLoad, str], LoadOutcome] = drive_load,
     interval_secs: float = COMMAND_INTERVAL_SECS,
     poll_secs: float = 0.5,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> CommandRun:
-    """Start, wait for health, load, stop; the NVML peak of the process tree throughout.
+    """Start, wait for health, load, stop; the NVML peak of the process tree throughout (waits and times
+    on ``clock``).
 
     Raises ProfileError when it cannot start, exits or never gets healthy, or every load request fails.
     """
@@ -219,17 +222,17 @@ def run_command_agent(
     )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle = runner.spawn(spec, log_path)
-    stop_sampling = _sample_peak(reader, handle.pid, interval_secs)
-    started = time.monotonic()
+    stop_sampling = _sample_peak(reader, handle.pid, interval_secs, clock)
+    started = clock.monotonic()
     try:
-        _wait_healthy(agent, handle, runner, probe, log_path, started, poll_secs)
-        ready = time.monotonic() - started
+        _wait_healthy(agent, handle, runner, probe, log_path, started, poll_secs, clock)
+        ready = clock.monotonic() - started
         outcome = drive(agent.load, agent.base_url)
         if outcome.ok == 0:
             raise ProfileError(f"agent {agent.name}: no load request succeeded ({outcome.first_error})")
     finally:
         peak = stop_sampling()
-        _stop(agent, handle, runner)
+        _stop(agent, handle, runner, clock)
     return CommandRun(
         pid=handle.pid,
         peak_bytes=peak.peak_bytes,
@@ -249,10 +252,10 @@ class _Peak:
     gpu_uuid: str
 
 
-def _sample_peak(reader: TreeReader, pid: int, interval_secs: float) -> Callable[[], _Peak]:
+def _sample_peak(reader: TreeReader, pid: int, interval_secs: float, clock: Clock) -> Callable[[], _Peak]:
     """Start sampling the tree under ``pid`` through ``reader`` (colo's one NVML sampling loop, on its
     background thread); returns the function that stops it and gives the peak."""
-    sampler = Sampler(reader(pid), interval_secs=interval_secs, name=f"colo-profile-{pid}").start()
+    sampler = Sampler(reader(pid), interval_secs=interval_secs, clock=clock, name=f"colo-profile-{pid}").start()
 
     def stop() -> _Peak:
         stats = sampler.stop().peak(pid)
@@ -269,6 +272,7 @@ def _wait_healthy(
     log_path: Path,
     started: float,
     poll_secs: float,
+    clock: Clock,
 ) -> None:
     check = agent.health
     timeout = check.startup_timeout_secs
@@ -281,32 +285,32 @@ def _wait_healthy(
                 + (_tail(log_path) or "(empty)")
             )
         if check.type == "none":
-            if time.monotonic() - started >= check.start_secs:
+            if clock.monotonic() - started >= check.start_secs:
                 return
         else:
             result = probe(check)
             if result.ok:
                 return
             last = result.detail
-        if time.monotonic() - started > timeout:
+        if clock.monotonic() - started > timeout:
             raise ProfileError(
                 f"agent {agent.name} was not healthy after {timeout:g} s ({last}); log {log_path}",
                 hint="raise health.startup_timeout_secs, or check the agent's command and port",
             )
-        time.sleep(poll_secs)
+        clock.sleep(poll_secs)
 
 
-def _stop(agent: CommandAgent, handle: ProcessHandle, runner: Runner) -> None:
+def _stop(agent: CommandAgent, handle: ProcessHandle, runner: Runner, clock: Clock) -> None:
     runner.signal(handle, agent.stop_signal)
-    deadline = time.monotonic() + agent.stop_wait_secs
+    deadline = clock.monotonic() + agent.stop_wait_secs
     while runner.poll(handle) is None:
-        if time.monotonic() > deadline:
+        if clock.monotonic() > deadline:
             runner.signal(handle, signal.SIGKILL)
-            deadline = time.monotonic() + 5.0
-            while runner.poll(handle) is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            deadline = clock.monotonic() + 5.0
+            while runner.poll(handle) is None and clock.monotonic() < deadline:
+                clock.sleep(0.05)
             return
-        time.sleep(0.05)
+        clock.sleep(0.05)
 
 
 def profile_command_agent(
@@ -319,11 +323,11 @@ def profile_command_agent(
     runner: Runner | None = None,
     probe: Probe | None = None,
     drive: Callable[[ProfileLoad, str], LoadOutcome] = drive_load,
-    now: Callable[[], str] = utc_now,
+    clock: Clock = SYSTEM_CLOCK,
     poll_secs: float = 0.5,
 ) -> JobResult:
-    """Measure ``agent`` and record its :class:`AgentEntry` in ``db`` (in memory; call ``db.save()``).
-    A failure is a failed :class:`JobResult`, not an exception."""
+    """Measure ``agent`` and record its :class:`AgentEntry` in ``db`` (in memory; call ``db.save()``), dated
+    by ``clock``'s wall time. A failure is a failed :class:`JobResult`, not an exception."""
     job = Job(agent.models, agent=agent.name)
     try:
         run = run_command_agent(
@@ -335,6 +339,7 @@ def profile_command_agent(
             probe=probe,
             drive=drive,
             poll_secs=poll_secs,
+            clock=clock,
         )
     except ProfileError as exc:
         return JobResult(job, None, error=str(exc))
@@ -344,7 +349,7 @@ def profile_command_agent(
             None,
             error=f"agent {agent.name}: NVML never saw its processes (pid {run.pid}); is it on this GPU?",
         )
-    prov = gpu_provenance(backend, run.gpu_uuid, now=now, env=env)
+    prov = gpu_provenance(backend, run.gpu_uuid, clock=clock, env=env)
     entry = AgentEntry(
         agent=agent.name,
         models=tuple(m.shape for m in agent.models),

@@ -9,10 +9,11 @@ whether under MPS). A failed child (out of memory, unknown model) is a failed ro
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ProfileError
 from colo.gpu.mps.env import pipe_dir_of
 from colo.gpu.nvml import GpuBackend
@@ -23,9 +24,9 @@ from colo.profiling.protocol import ProfileRequest
 from colo.profiling.spawn import DEFAULT_TIMEOUT_SECS, ChildOutcome, child_env, run_child
 
 
-def utc_now() -> str:
-    """ISO 8601 UTC, seconds."""
-    return datetime.now(UTC).replace(microsecond=0).isoformat()
+def utc_now(clock: Clock = SYSTEM_CLOCK) -> str:
+    """``clock``'s wall time as ISO 8601 UTC, seconds."""
+    return datetime.fromtimestamp(clock.wall(), UTC).replace(microsecond=0).isoformat()
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,16 @@ def provenance_for(
     backend: GpuBackend | None,
     outcome: ChildOutcome,
     *,
-    now: Callable[[], str] = utc_now,
+    clock: Clock = SYSTEM_CLOCK,
     env: Mapping[str, str] | None = None,
 ) -> Provenance:
-    """Provenance of one child's numbers: the GPU it was seen on (NVML), driver/CUDA, the child's torch."""
+    """Provenance of one child's numbers: the GPU it was seen on (NVML), driver/CUDA, the child's torch; dated
+    by ``clock``'s wall time."""
     res = outcome.result
     return gpu_provenance(
         backend,
         outcome.sampler.gpu_uuid if outcome.sampler else "",
-        now=now,
+        clock=clock,
         env=env,
         gpu_name=res.device_name,
         cuda=res.cuda_version,
@@ -80,7 +82,7 @@ def gpu_provenance(
     backend: GpuBackend | None,
     uuid: str,
     *,
-    now: Callable[[], str] = utc_now,
+    clock: Clock = SYSTEM_CLOCK,
     env: Mapping[str, str] | None = None,
     gpu_name: str = "",
     cuda: str = "",
@@ -88,7 +90,8 @@ def gpu_provenance(
     transformers: str = "",
 ) -> Provenance:
     """Provenance of a measurement on the GPU ``uuid`` (NVML's name, driver and CUDA when ``backend`` answers;
-    else the given ``gpu_name``/``cuda``); ``mps`` when ``env`` names an MPS pipe directory."""
+    else the given ``gpu_name``/``cuda``); ``mps`` when ``env`` names an MPS pipe directory; ``date`` is
+    ``clock``'s wall time."""
     driver = ""
     if backend is not None:
         try:
@@ -108,7 +111,7 @@ def gpu_provenance(
         cuda=cuda,
         torch=torch,
         transformers=transformers,
-        date=now(),
+        date=utc_now(clock),
         host=socket.gethostname(),
         mps=mps,
     )
@@ -169,6 +172,7 @@ class Profiler:
 
     ``backend``: NVML (None only for CPU protocol runs, which write nothing to the database).
     ``env``: extra environment for every child (e.g. MPS variables); ``PYTHONPATH`` is passed through.
+    ``clock``: times the children and their sampling, and dates the entries (its wall time).
     """
 
     def __init__(
@@ -180,7 +184,7 @@ class Profiler:
         env: Mapping[str, str] | None = None,
         timeout_secs: float = DEFAULT_TIMEOUT_SECS,
         interval_secs: float = PEAK_INTERVAL_SECS,
-        now: Callable[[], str] = utc_now,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.db = db
         self.backend = backend
@@ -188,12 +192,15 @@ class Profiler:
         self.env = dict(env or {})
         self.timeout_secs = timeout_secs
         self.interval_secs = interval_secs
-        self.now = now
+        self.clock = clock
 
     def _sampler(self, pid: int) -> Sampler:
         assert self.backend is not None
         return Sampler(
-            nvml_read(self.backend, [pid]), interval_secs=self.interval_secs, name=f"colo-nvml-sampler-{pid}"
+            nvml_read(self.backend, [pid]),
+            interval_secs=self.interval_secs,
+            clock=self.clock,
+            name=f"colo-nvml-sampler-{pid}",
         )
 
     def run_job(self, job: Job, *, repeats: int = 1) -> JobResult:
@@ -206,6 +213,7 @@ class Profiler:
                 sampler_factory=self._sampler if self.backend is not None else None,
                 env=env,
                 timeout_secs=self.timeout_secs,
+                clock=self.clock,
             )
         except ProfileError as exc:
             return JobResult(job, None, error=str(exc))
@@ -213,7 +221,7 @@ class Profiler:
             return JobResult(job, outcome, error=f"{outcome.result.error_kind}: {outcome.result.error}")
         if self.backend is None:
             return JobResult(job, outcome)
-        prov = provenance_for(self.backend, outcome, now=self.now, env=env)
+        prov = provenance_for(self.backend, outcome, clock=self.clock, env=env)
         try:
             if job.agent is None:
                 entry = model_entry(job.models[0], outcome, prov)

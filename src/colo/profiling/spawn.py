@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO
 
-from colo.clock import Clock, SystemClock
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ProfileError
 from colo.gpu.sampler import PeakStats, Sampler
 from colo.profiling.protocol import ChildResult, ProfileRequest, decode_event
@@ -78,13 +78,12 @@ def run_child(
     env: Mapping[str, str] | None = None,
     timeout_secs: float = DEFAULT_TIMEOUT_SECS,
     python: str = sys.executable,
-    clock: Clock | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> ChildOutcome:
     """Start the child for ``request``, sample it, follow the protocol, return the outcome.
 
     ``env``: the child's full environment (default :func:`child_env`). Raises ProfileError (see module doc).
     """
-    clock = clock if clock is not None else SystemClock()
     started = clock.monotonic()
     deadline = started + timeout_secs
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as err_file:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colo import units
+from colo.clock import SYSTEM_CLOCK, Clock
 
 DEFAULT_MAX_BYTES = 20 * units.MIB
 DEFAULT_BACKUPS = 3
@@ -152,18 +153,19 @@ class AgentLogs:
         self,
         agent: str,
         *,
-        sleep: Callable[[float], None],
         keep_going: Callable[[], bool],
         poll_secs: float = 0.5,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> Iterator[str]:
-        """Yield new text appended to the log until ``keep_going()`` is false (handles truncation)."""
+        """Yield new text appended to the log until ``keep_going()`` is false (handles truncation); between
+        reads that found nothing it waits ``poll_secs`` on ``clock``."""
         scanner = LogScanner(self.path(agent), from_end=True)
         while keep_going():
             text = scanner.read_new()
             if text:
                 yield text
             else:
-                sleep(poll_secs)
+                clock.sleep(poll_secs)
 
 
 class LogScanner:

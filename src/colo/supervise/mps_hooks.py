@@ -12,10 +12,10 @@ the server's own FAULT status does, and agents dying with MPS errors do (see the
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import MpsError
 from colo.gpu.mps.control import SIGKILL, MpsControl
 from colo.gpu.mps.daemon import MpsDefaults
@@ -58,11 +58,11 @@ class FleetHooks:
         fleet: MpsFleet,
         reading: Callable[[], GpuState] | None = None,
         *,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.fleet = fleet
         self._reading = reading
-        self._now = monotonic
+        self._clock = clock
         self._logs = {d.gpu_uuid: self._reader(d.paths.log_dir) for d in fleet.daemons()}
         self._hints: dict[str, tuple[float, int | None, str]] = {}  # uuid -> (when, client pid, log line)
         self._watch = {d.gpu_uuid: self._learn(d.gpu_uuid) for d in fleet.daemons()}
@@ -84,7 +84,7 @@ class FleetHooks:
     def _learn(self, uuid: str) -> _Watched:
         """The GPU's daemon and servers as the process table shows them now (a scan: at start, after a
         restart)."""
-        w = _Watched(ok_at=self._now())
+        w = _Watched(ok_at=self._clock.monotonic())
         try:
             found = self.fleet.daemon(uuid).processes()
         except MpsError:
@@ -108,7 +108,7 @@ class FleetHooks:
     def deaths(self) -> list[MpsFault]:
         """The GPUs whose daemon (``DAEMON_DIED``) or a watched server (``SERVER_DIED``) died since the last
         call; each death once. Process liveness only: cheap enough for every tick."""
-        now = self._now()
+        now = self._clock.monotonic()
         out: list[MpsFault] = []
         for uuid, w in self._watch.items():
             dead_servers = [pid for pid, start in w.servers.items() if not self._alive(pid, start)]
@@ -183,7 +183,7 @@ class FleetHooks:
         client a recent fault line in that daemon's logs names; and GPUs whose daemon process lives but did
         not answer :data:`UNANSWERED_READINGS` readings in a row (``DAEMON_DIED``). Never raises for a daemon
         that does not answer (skipped)."""
-        now = self._now()
+        now = self._clock.monotonic()
         if self._reading is not None:
             state = self._reading()
             if state is self._last_reading:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from colo.clock import Clock, SystemClock
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
 from colo.files import write_atomic
 from colo.gpu import procs
@@ -112,7 +112,7 @@ class Orchestrator:
         mps_control: MpsControl | None = None,
         runner: Runner | None = None,
         probe: Probe | None = None,
-        clock: Clock | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         fault_wait_secs: float = 30.0,
         memory: Mapping[str, ModelMemory] | None = None,
     ) -> None:
@@ -127,7 +127,7 @@ class Orchestrator:
         self._mps_control = mps_control
         self.runner: Runner = runner or make_runner(config.policy.launcher)
         self.probe: Probe = probe or HealthChecker()
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock
         self.fault_wait_secs = fault_wait_secs
         self._memory_override = memory
         self._lock = threading.RLock()
@@ -140,7 +140,7 @@ class Orchestrator:
         self.warnings: list[str] = []
         self._stopping = False
         self._subreaper = False
-        self._published = Publisher(None, self.clock.monotonic)
+        self._published = Publisher(None, self.clock)
 
     # --- the API's surface ---------------------------------------------------------------------------
 
@@ -366,7 +366,7 @@ class Orchestrator:
             root = self._fleet.root if self._fleet is not None else MpsRoot.under_state_dir(self.paths.root)
             control = self._fleet.control if self._fleet is not None else None
             poller = GpuPoller(self._backend, root, control, command_timeout_secs=MPS_COMMAND_TIMEOUT_SECS)
-            self._published = Publisher(poller, self.clock.monotonic)
+            self._published = Publisher(poller, self.clock)
             reading = self._published.reading
         sup = Supervisor(
             runner=self.runner,
@@ -374,7 +374,7 @@ class Orchestrator:
             clock=self.clock,
             store=self.store,
             logs=self.logs,
-            mps=FleetHooks(self._fleet, reading, monotonic=self.clock.monotonic) if self._fleet is not None else None,
+            mps=FleetHooks(self._fleet, reading, clock=self.clock) if self._fleet is not None else None,
             gpu_memory=self._published.tree_memory if reading is not None else None,
             fault_wait_secs=self.fault_wait_secs,
         )
@@ -466,17 +466,14 @@ class Orchestrator:
             self._sup().event(EventKind.APPLIED, None, f"reload of {self.config_path} refused, nothing changed: {exc}")
             return None
 
-    def down(self, *, timeout_secs: float | None = None, sleep: Any = None) -> None:
+    def down(self, *, timeout_secs: float | None = None) -> None:
         """Stop every agent (MPS ``terminate_client``, stop signal, SIGKILL after stop_wait), quit the MPS
-        daemons colo started, release the state dir. Safe to call twice."""
-        import time
-
+        daemons colo started, release the state dir. Safe to call twice. Waits on the orchestrator's clock."""
         with self._lock:
             if self._stopping:
                 return
             self._stopping = True
             sup = self.supervisor
-        wait = sleep or time.sleep
         if sup is not None:
             with self._lock:
                 sup.stop_all()
@@ -491,7 +488,7 @@ class Orchestrator:
                         break
                 if self.clock.monotonic() >= deadline:
                     break
-                wait(0.1)
+                self.clock.sleep(0.1)
             left = [a for a in sup.agents.values() if a.handle is not None]
             if left:  # past every stop_wait: make sure nothing of ours outlives `down`
                 for a in left:
@@ -502,7 +499,7 @@ class Orchestrator:
                         sup.tick()
                         if sup.all_down():
                             break
-                    wait(0.1)
+                    self.clock.sleep(0.1)
             names = ", ".join(a.name for a in left)
             sup.event(EventKind.STOPPED, None, "colo down: agents stopped" + (f" (SIGKILL: {names})" if left else ""))
         with self._lock:

@@ -7,8 +7,9 @@ FAULT detection (``colo.supervise.mps_hooks``) and each agent's GPU memory (:met
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from colo.clock import Clock
 from colo.gpu import procs
 from colo.gpu.poller import GpuPoller, GpuState, no_gpu_state
 from colo.plan.types import Plan
@@ -21,14 +22,14 @@ GPU_POLL_SECS = 1.0
 
 class Publisher:
     """Holds the last GPU reading and the last snapshot. ``poller`` None: no GPU here (the reading says so).
-    ``monotonic`` gives seconds for the poll schedule. Call from one thread (the orchestrator's lock);
+    ``clock`` (its monotonic seconds) schedules the polls. Call from one thread (the orchestrator's lock);
     :meth:`latest` may be read from any."""
 
     def __init__(
-        self, poller: GpuPoller | None, monotonic: Callable[[], float], *, poll_secs: float = GPU_POLL_SECS
+        self, poller: GpuPoller | None, clock: Clock, *, poll_secs: float = GPU_POLL_SECS
     ) -> None:
         self.poller = poller
-        self._monotonic = monotonic
+        self._clock = clock
         self.poll_secs = poll_secs
         self.gpu: GpuState = no_gpu_state()
         self.gpu_at = 0.0
@@ -37,7 +38,7 @@ class Publisher:
 
     def poll(self, *, force: bool = False) -> None:
         """Read the GPUs and their MPS daemons when a poll is due (or ``force``)."""
-        now = self._monotonic()
+        now = self._clock.monotonic()
         if self.poller is None or (not force and now < self._next_poll):
             return
         self._next_poll = now + self.poll_secs

@@ -12,13 +12,12 @@ import contextlib
 import fcntl
 import os
 import signal
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.files import state_dir as default_state_dir
 from colo.spec.config import ColoConfig
 from colo.supervise.snapshots import AgentStatus, Event
@@ -100,7 +99,7 @@ def stop_leftovers(
     state_dir: Path,
     *,
     stop_wait_secs: float = 10.0,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Clock = SYSTEM_CLOCK,
     mps_control: object | None = None,
 ) -> list[str]:
     """After an orchestrator died: stop the agents the store says are still running (same pid AND start
@@ -127,16 +126,16 @@ def stop_leftovers(
             if handle is not None:
                 runner.signal(handle, int(signal.SIGTERM))
                 live.append((rec, handle))
-        deadline = time.monotonic() + stop_wait_secs
-        while live and time.monotonic() < deadline and any(runner.poll(h) is None for _, h in live):
-            sleep(0.1)
+        deadline = clock.monotonic() + stop_wait_secs
+        while live and clock.monotonic() < deadline and any(runner.poll(h) is None for _, h in live):
+            clock.sleep(0.1)
         for rec, handle in live:
             how = "stopped"
             if runner.poll(handle) is None:
                 runner.signal(handle, int(signal.SIGKILL))
                 how = "killed"
             done.append(f"{rec.status.name}: {how} pid {handle.pid}")
-            store.add_event(time.time(), EventKind.STOPPED, rec.status.name, f"colo down (no orchestrator): {how}")
+            store.add_event(clock.wall(), EventKind.STOPPED, rec.status.name, f"colo down (no orchestrator): {how}")
         for rec in store.agents():
             if rec.status.pid or rec.status.state in (
                 AgentState.STARTING,

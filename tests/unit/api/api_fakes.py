@@ -3,11 +3,10 @@ and one fake GPU whose MPS daemon serves two agents' processes."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from colo.api.fake_source import FakeSource
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.mps.fake import FakeMpsControl
 from colo.gpu.mps.fleet import MpsFleet
@@ -54,7 +53,7 @@ def newsroom_source(
     *,
     backend: GpuBackend | None = None,
     fleet: MpsFleet | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> FakeSource:
     """The newsroom plan with every agent RUNNING (pids 1000.., 100+i MiB used) and five events."""
     config, p = newsroom()
@@ -65,7 +64,7 @@ def newsroom_source(
     return source
 
 
-def gpu_source(tmp_path: Path, clock: Callable[[], float] = time.monotonic) -> tuple[FakeSource, FakeMpsControl]:
+def gpu_source(tmp_path: Path, clock: Clock = SYSTEM_CLOCK) -> tuple[FakeSource, FakeMpsControl]:
     """One fake H100 whose MPS daemon (real MpsDaemon over the fake control program) serves two agents'
     processes (pids 1000, 1001), plus one stray non-MPS process."""
     gpu = fake_gpu(0, memory_used_bytes=3 * GIB)

@@ -8,11 +8,19 @@ from colo.api.cache import TtlCache
 
 
 class Clock:
+    """A :class:`colo.clock.Clock` set by hand (``now`` seconds, both clocks)."""
+
     def __init__(self) -> None:
         self.now = 0.0
 
-    def __call__(self) -> float:
+    def monotonic(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        return self.now
+
+    def sleep(self, secs: float) -> None:
+        self.now += secs
 
 
 def test_fresh_value_is_reused_until_the_ttl() -> None:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from colo.api.app import create_app
 from colo.api.auth import token_path
 from colo.api.client import ApiClient, ApiError, base_url
+from colo.clock import FakeClock
 from colo.errors import ConfigError, OrchestratorUnreachable, SupervisorError, UsageError
 from colo.spec.config import ApiSettings
 
@@ -51,10 +52,17 @@ def test_action_and_apply(source: FakeSource) -> None:
 def test_follow_events_reads_the_stream(source: FakeSource) -> None:
     from colo.api.context import ApiOptions
 
-    ticks = iter(range(100))
-    app = create_app(
-        source, token=TOKEN, clock=lambda: float(next(ticks)), options=ApiOptions(event_poll_secs=0, stream_max_secs=2)
-    )
+    class Ticks(FakeClock):
+        """0, 1, 2, ... seconds: one more at every monotonic reading."""
+
+        def __init__(self) -> None:
+            super().__init__(start=-1.0)
+
+        def monotonic(self) -> float:
+            self.advance(1.0)
+            return super().monotonic()
+
+    app = create_app(source, token=TOKEN, clock=Ticks(), options=ApiOptions(event_poll_secs=0, stream_max_secs=2))
     client = ApiClient("http://testserver", TOKEN, client=TestClient(app))
     assert [e["seq"] for e in client.follow_events(since=3)] == [4, 5]
 

@@ -25,11 +25,19 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Clock:
+    """A :class:`colo.clock.Clock` set by hand (``now`` seconds, both clocks)."""
+
     def __init__(self) -> None:
         self.now = 100.0
 
-    def __call__(self) -> float:
+    def monotonic(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        return self.now
+
+    def sleep(self, secs: float) -> None:
+        self.now += secs
 
 
 def client_for(
@@ -381,7 +389,7 @@ def test_events_list_since_and_limit(client: TestClient) -> None:
 
 def test_events_follow_streams_sse(source: FakeSource) -> None:
     class Ticking(Clock):
-        def __call__(self) -> float:
+        def monotonic(self) -> float:
             self.now += 1.0
             return self.now
 

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from rich.console import Console
 
 from colo.cli.views.top import Column, Freshness, TopLoop, choose_columns, render_frame
+from colo.clock import FakeClock
 from colo.errors import OrchestratorUnreachable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
@@ -71,13 +72,12 @@ def test_user_text_is_never_markup() -> None:
     assert "[red]x[/red] [/]" in out and "\\e[2Jboom [/x]" in out and "\x1b" not in out
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
+class Clock(FakeClock):
+    """Wall time one second later at every reading."""
 
-    def __call__(self) -> float:
-        self.t += 1
-        return self.t
+    def wall(self) -> float:
+        self.advance(1)
+        return super().wall()
 
 
 def test_loop_keeps_data_while_disconnected_and_reconnects(documents: tuple[dict, list]) -> None:  # type: ignore[type-arg]
@@ -94,7 +94,7 @@ def test_loop_keeps_data_while_disconnected_and_reconnects(documents: tuple[dict
         return answer
 
     loop = TopLoop(poll, url="http://127.0.0.1:8014", interval_secs=1.0, wait_key=lambda s: keys.pop(0),
-                   now=Clock())
+                   clock=Clock())
     loop.run(lambda f: frames.append(_text(f, 120)), lambda: 120)
     assert len(frames) == 4 and not keys  # q quit after the fourth frame
     assert "updated" in frames[0] and "disconnected" not in frames[0]

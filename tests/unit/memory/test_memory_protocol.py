@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from colo import units
-from colo.clock import FakeClock
+from colo.clock import FakeClock, SystemClock
 from colo.errors import GpuError, ProfileError
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.nvml import ClientProcess
@@ -133,12 +133,17 @@ class ChildrenBackend(FakeGpuBackend):
         return [ClientProcess(c.pid, 0, uuid, self.used, True) for c in psutil.Process().children()]
 
 
+class DatedClock(SystemClock):
+    """Real waits and durations; the wall clock stopped at 2026-11-21T18:00:00Z (the entry's date)."""
+
+    def wall(self) -> float:
+        return 1_795_284_000.0
+
+
 def test_profiler_runs_a_real_child_and_records_it(tmp_path: Path) -> None:
     db = ModelDB(tmp_path / "db.json")
     backend = ChildrenBackend()
-    profiler = Profiler(
-        db, backend, device="cpu", timeout_secs=240, interval_secs=0.005, now=lambda: "2026-11-21T18:00:00+00:00"
-    )
+    profiler = Profiler(db, backend, device="cpu", timeout_secs=240, interval_secs=0.005, clock=DatedClock())
     req = WorstCase(TINY, batch_size=2, seq_len=16)
     result = profiler.run_job(Job((req,)))
     assert result.ok, result.error
@@ -155,7 +160,7 @@ def test_profiler_runs_a_real_child_and_records_it(tmp_path: Path) -> None:
     assert entry is not None and db.models() == [entry]
     assert entry.nvml_peak_bytes == out.nvml_peak_bytes
     assert entry.provenance.gpu == "NVIDIA H100 80GB HBM3" and entry.provenance.driver == "580.00.00"
-    assert entry.provenance.torch and entry.provenance.date.startswith("2026-11-21")
+    assert entry.provenance.torch and entry.provenance.date == "2026-11-21T18:00:00+00:00"
     assert entry.overhead_bytes == entry.nvml_peak_bytes - (entry.reserved_peak_bytes or 0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -15,15 +16,22 @@ VOCAB = 101
 
 
 class StepClock:
-    """A monotonic clock that advances ``step`` seconds per reading (so timings are known exactly)."""
+    """A :class:`colo.clock.Clock` whose monotonic clock advances ``step`` seconds per reading (so timings are
+    known exactly); its wall clock reads the same, and ``sleep`` really waits (threads that poll stay polite)."""
 
     def __init__(self, start: float = 1000.0, step: float = 0.001) -> None:
         self.now = start
         self.step = step
 
-    def __call__(self) -> float:
+    def monotonic(self) -> float:
         self.now += self.step
         return self.now
+
+    def wall(self) -> float:
+        return self.now
+
+    def sleep(self, secs: float) -> None:
+        time.sleep(max(secs, 0.0))
 
 
 def _quiet() -> None:

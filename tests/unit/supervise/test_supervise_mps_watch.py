@@ -69,7 +69,7 @@ def test_server_death_is_seen_within_a_tick_and_recovers_that_gpu_only(tmp_path:
     assert not orch.recoveries()[0].daemon_restarted  # the daemon lived: it starts a new server itself
     assert f'colo_mps_recoveries_total{{trigger="server_died",uuid="{uuid(0)}"}} 1.0' in metrics_text(orch)
     assert "colo_mps_recovery_detect_seconds{" in metrics_text(orch)
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def metrics_text(orch: Orchestrator) -> str:
@@ -98,7 +98,7 @@ def test_daemon_death_restores_the_daemon_at_once_and_relaunches_that_gpu(tmp_pa
     assert new.alive and new.pid != old
     assert not w.mps.alive(old_server)  # what was left of the old daemon was stopped
     assert any(e.kind == EventKind.DAEMON and "restarted the MPS daemon" in e.message for e in orch.events())
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_server_fault_is_seen_within_a_second(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ def test_server_fault_is_seen_within_a_second(tmp_path: Path) -> None:
     assert rec is not None and rec.trigger == RecoveryTrigger.SERVER_FAULT
     assert rec.detect_secs is not None and rec.detect_secs <= 1.0  # since the last reading without FAULT
     assert orch.status("c").state == S.RUNNING
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_context_lost_on_a_healthy_gpu_restarts_only_that_agent_at_once(tmp_path: Path) -> None:
@@ -127,7 +127,7 @@ def test_context_lost_on_a_healthy_gpu_restarts_only_that_agent_at_once(tmp_path
     assert orch.status("a").state == S.RUNNING and not orch.recoveries()
     sup = orch.supervisor
     assert sup is not None and sup.agents["a"].failures == 0  # not the agent's fault
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_context_lost_while_the_gpus_mps_is_unhealthy_recovers_the_gpu(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_context_lost_while_the_gpus_mps_is_unhealthy_recovers_the_gpu(tmp_path:
     w.run(orch, 14)  # WAITING: the hung daemon never says ready; restarted after fault_wait_secs (10 s)
     gpu0_recovered(w, orch, pids, RecoveryTrigger.CLIENT_RPC_FAILURE)
     assert orch.recoveries()[0].daemon_restarted
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_a_server_that_ends_with_no_agent_on_it_is_not_a_failure(tmp_path: Path) -> None:
@@ -153,14 +153,14 @@ def test_a_server_that_ends_with_no_agent_on_it_is_not_a_failure(tmp_path: Path)
     one_tick(w, orch)
     assert not orch.supervisor or uuid(0) not in orch.supervisor.recoveries
     assert any("no agent was using it" in e.message for e in orch.events())
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_the_loop_and_down_reap(tmp_path: Path) -> None:
     w, orch, _, _ = two_gpus(tmp_path)
     ticks = w.mps.reaped_calls
     assert ticks > 0
-    orch.down(sleep=w.clock.advance)
+    orch.down()
     assert w.mps.reaped_calls > ticks  # after the daemons quit
 
 
@@ -178,7 +178,7 @@ def test_client_list_against_the_agents_placed_there(tmp_path: Path) -> None:
     assert not any("b (pid" in m for m in said)
     assert sum("MPS client 99999" in m and "not an agent of colo" in m for m in said) == 1
     assert not orch.recoveries()  # information only
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_context_lost_with_mps_words_in_its_log_but_a_healthy_gpu_restarts_only_that_agent(tmp_path: Path) -> None:
@@ -189,4 +189,4 @@ def test_context_lost_with_mps_words_in_its_log_but_a_healthy_gpu_restarts_only_
     w.run(orch, 2)
     assert not orch.recoveries() and (not orch.supervisor or uuid(0) not in orch.supervisor.recoveries)
     assert w.pid(orch, "b") == pids["b"] and orch.status("a").state == S.RUNNING
-    orch.down(sleep=w.clock.advance)
+    orch.down()

@@ -140,7 +140,7 @@ def test_up_launches_by_priority_with_mps_env_and_reports_left_out(tmp_path: Pat
     assert "left out" in (orch.status("low1").last_error or "")
     with pytest.raises(KeyError):
         orch.status("nobody")
-    orch.down(sleep=w.clock.advance)
+    orch.down()
     assert not w.runner.alive()
     assert all(not d.alive for d in w.mps.daemons.values())
 
@@ -153,7 +153,7 @@ def test_no_mps_runs_the_same_agents_without_daemons(tmp_path: Path) -> None:
     env = w.runner.spawned[0].spec.env_dict()
     assert env["CUDA_VISIBLE_DEVICES"] == uuid(0)
     assert not any(k.startswith("CUDA_MPS_") for k in env)
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_second_orchestrator_on_same_state_dir_is_refused(tmp_path: Path) -> None:
@@ -162,7 +162,7 @@ def test_second_orchestrator_on_same_state_dir_is_refused(tmp_path: Path) -> Non
     orch.up()
     with pytest.raises(SupervisorError, match="another colo orchestrator"):
         w.orchestrator(config(agent("a"))).up()
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_killed_agent_is_restarted_others_untouched(tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_killed_agent_is_restarted_others_untouched(tmp_path: Path) -> None:
     assert w.pid(orch, "a") == before["a"] and w.pid(orch, "c") == before["c"]
     kinds = [(e.kind, e.agent) for e in orch.events()]
     assert (EventKind.EXITED, "b") in kinds and (EventKind.RESTARTED, "b") in kinds
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_mps_fault_recovers_that_gpu_only_and_names_the_culprit(tmp_path: Path) -> None:
@@ -211,7 +211,7 @@ def test_mps_fault_recovers_that_gpu_only_and_names_the_culprit(tmp_path: Path) 
     (rec,) = orch.recoveries()
     assert rec.gpu_uuid == uuid(0) and rec.culprit == "bad" and not rec.daemon_restarted
     assert rec.agents == ("a", "bad") and 0 < rec.seconds < 10
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_mps_fault_that_does_not_clear_restarts_the_daemon(tmp_path: Path) -> None:
@@ -225,7 +225,7 @@ def test_mps_fault_that_does_not_clear_restarts_the_daemon(tmp_path: Path) -> No
     assert rec.daemon_restarted
     assert orch.status("a").state == S.RUNNING
     assert any(e.kind == EventKind.DAEMON and "restarted" in e.message for e in orch.events())
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_oom_in_log_is_an_event_and_only_that_agent_fails(tmp_path: Path) -> None:
@@ -243,7 +243,7 @@ def test_oom_in_log_is_an_event_and_only_that_agent_fails(tmp_path: Path) -> Non
     assert "out of memory" in (orch.status("hog").last_error or "")
     assert orch.status("ok").state == S.RUNNING
     assert not [e for e in orch.events() if e.kind == EventKind.MPS_FAULT]
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_orchestrator_restart_adopts_live_agents_without_duplicates(tmp_path: Path) -> None:
@@ -263,7 +263,7 @@ def test_orchestrator_restart_adopts_live_agents_without_duplicates(tmp_path: Pa
     assert len(w.runner.alive()) == 2
     assert second.status("a").state == S.RUNNING
     assert any(e.kind == EventKind.ADOPTED and e.agent == "a" for e in second.events())
-    second.down(sleep=w.clock.advance)
+    second.down()
     assert not w.runner.alive()
 
 
@@ -282,7 +282,7 @@ def test_restart_with_changed_config_adopts_then_rolls_changed_agent(tmp_path: P
     assert w.pid(second, "b") != pids["b"]  # its limit changed while colo was down
     assert pids["gone"] not in w.runner.alive()  # not in the new config: stopped
     assert "gone" not in {s.name for s in second.statuses()}
-    second.down(sleep=w.clock.advance)
+    second.down()
 
 
 def test_apply_restarts_only_changed_agents_one_at_a_time(tmp_path: Path) -> None:
@@ -315,7 +315,7 @@ def test_apply_restarts_only_changed_agents_one_at_a_time(tmp_path: Path) -> Non
     a_ready = max(e.seq for e in orch.events() if e.agent == "a" and e.kind == EventKind.READY)
     b_restart = min(e.seq for e in orch.events() if e.agent == "b" and e.kind == EventKind.RESTARTED)
     assert a_ready < b_restart  # b was restarted only after a was RUNNING again
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_apply_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
@@ -330,7 +330,7 @@ def test_apply_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
     assert {n: w.pid(orch, n) for n in "ab"} == pids
     assert len(w.runner.spawned) == spawned
     assert orch.config().agents["a"].models == ["small"]
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_apply_leaves_out_low_priority_when_full(tmp_path: Path) -> None:
@@ -345,7 +345,7 @@ def test_apply_leaves_out_low_priority_when_full(tmp_path: Path) -> None:
     assert "left out" in (orch.status("spare").last_error or "")
     orch.apply(config(agent("a"), agent("spare", priority="low")), tmp_path / "new.yaml")
     assert orch.config_path == (tmp_path / "new.yaml").resolve()  # what SIGHUP reloads from now on
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_start_stop_restart_by_name(tmp_path: Path) -> None:
@@ -363,7 +363,7 @@ def test_start_stop_restart_by_name(tmp_path: Path) -> None:
     assert orch.status("a").state == S.RUNNING and w.pid(orch, "a") != pid
     with pytest.raises(KeyError):
         orch.restart("nobody")
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_colo_stopping_an_agent_uses_terminate_client_and_is_not_a_fault(tmp_path: Path) -> None:
@@ -381,7 +381,7 @@ def test_colo_stopping_an_agent_uses_terminate_client_and_is_not_a_fault(tmp_pat
     assert not [e for e in orch.events() if e.kind == EventKind.MPS_FAULT]
     assert orch.status("a").state == S.RUNNING and w.pid(orch, "a") != pid_a
     assert w.pid(orch, "b") == pid_b
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_fault_line_in_the_mps_log_names_the_client(tmp_path: Path) -> None:
@@ -407,7 +407,7 @@ def test_fault_line_in_the_mps_log_names_the_client(tmp_path: Path) -> None:
     (rec,) = orch.recoveries()
     assert rec.culprit == "b" and set(rec.agents) == {"a", "b"}
     assert orch.status("a").state == S.RUNNING and orch.status("b").state == S.RUNNING
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_reload_reapplies_the_config_file_and_refusal_is_an_event(tmp_path: Path) -> None:
@@ -421,7 +421,7 @@ def test_reload_reapplies_the_config_file_and_refusal_is_an_event(tmp_path: Path
     path.write_text(BASE + agent("a", model="big") + agent("b", model="big"))  # does not fit on 10 GiB
     assert orch.reload() is None
     assert "refused, nothing changed" in orch.events()[-1].message
-    orch.down(sleep=w.clock.advance)
+    orch.down()
 
 
 def test_down_leaves_no_process_behind_even_past_its_timeout(tmp_path: Path) -> None:
@@ -429,7 +429,7 @@ def test_down_leaves_no_process_behind_even_past_its_timeout(tmp_path: Path) -> 
     orch = w.started(config(agent("a", restart="stop_wait_secs: 60")))
     pid = w.pid(orch, "a")
     w.runner.ignore_signals.add(pid)
-    orch.down(timeout_secs=1.0, sleep=w.clock.advance)
+    orch.down(timeout_secs=1.0)
     assert not w.runner.alive()
     assert w.runner.procs[pid].signals[-1] == signal.SIGKILL
     assert "SIGKILL: a" in orch.events()[-2].message or "SIGKILL: a" in orch.events()[-1].message
@@ -463,4 +463,4 @@ def test_one_snapshot_per_poll_feeds_memory_and_the_api(tmp_path: Path) -> None:
     assert w.backend.calls == before  # the API reads the snapshot, never the GPU
     r = client.post("/agents/b/stop", headers={"Authorization": "Bearer " + "t" * 32})
     assert r.json()["status"]["state"] == "STOPPING"  # published by the action itself
-    orch.down(sleep=w.clock.advance)
+    orch.down()

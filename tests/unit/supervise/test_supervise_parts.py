@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from colo.clock import FakeClock
 from colo.spec.config import HealthCheck
 from colo.supervise.health import HealthChecker
 from colo.supervise.logs import AgentLogs, LogScanner, scan_text
@@ -96,11 +97,12 @@ def test_log_follow_yields_new_text(tmp_path: Path) -> None:
     logs.path("a").write_text("old\n")
     rounds = iter(range(10))
 
-    def sleep(_: float) -> None:
-        with open(logs.path("a"), "a") as fh:
-            fh.write("new\n")
+    class AppendingClock(FakeClock):
+        def sleep(self, secs: float) -> None:
+            with open(logs.path("a"), "a") as fh:
+                fh.write("new\n")
 
-    got = list(logs.follow("a", sleep=sleep, keep_going=lambda: next(rounds) < 3))
+    got = list(logs.follow("a", keep_going=lambda: next(rounds) < 3, clock=AppendingClock()))
     assert got == ["new\n"]
 
 

@@ -122,7 +122,7 @@ def from_up(path: Path, state: Path, backend: FakeGpuBackend) -> tuple[dict[str,
             limit_bytes[name] = proc.spec.limit_bytes
         return limits, limit_bytes
     finally:
-        orch.down(sleep=clock.advance)
+        orch.down()
 
 
 @pytest.mark.parametrize("source", ["declared", "db"])

@@ -27,7 +27,7 @@ def sse_frame(event: Event) -> str:
 async def follow_events(ctx: ApiContext, request: Request, since: int, limit: int) -> AsyncIterator[str]:
     """Yield SSE frames for events after ``since`` until the client leaves or ``stream_max_secs`` pass."""
     opts = ctx.options
-    started = ctx.clock()
+    started = ctx.clock.monotonic()
     last_beat = started
     yield ": colo events\n\n"
     while True:
@@ -35,7 +35,7 @@ async def follow_events(ctx: ApiContext, request: Request, since: int, limit: in
         for event in batch:
             since = max(since, event.seq)
             yield sse_frame(event)
-        now = ctx.clock()
+        now = ctx.clock.monotonic()
         if now - started >= opts.stream_max_secs or await request.is_disconnected():
             return
         if now - last_beat >= opts.heartbeat_secs:

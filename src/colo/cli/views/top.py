@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from colo.cli.common import plain
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError
 from colo.units import format_size
 
@@ -274,18 +275,18 @@ class TopLoop:
     """Poll, render, wait for a key; survive the orchestrator going away and coming back.
 
     ``poll()`` returns ``(gpu_info, agents)`` or raises a ColoError (unreachable, refused); ``wait_key(secs)``
-    returns a key pressed within ``secs`` or None; ``now()`` is wall-clock seconds (shown as a clock).
+    returns a key pressed within ``secs`` or None; ``clock``'s wall time stamps each poll (shown as a clock).
     """
 
     def __init__(
         self, poll: Poll, *, url: str, interval_secs: float,
-        wait_key: Callable[[float], str | None], now: Callable[[], float] = time.time,
+        wait_key: Callable[[float], str | None], clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.poll = poll
         self.url = url
         self.interval_secs = interval_secs
         self.wait_key = wait_key
-        self.now = now
+        self.clock = clock
         self.info: Mapping[str, Any] = {}
         self.agents: Sequence[Mapping[str, Any]] = []
         self.fresh = Freshness(last_ok=None)
@@ -295,10 +296,10 @@ class TopLoop:
         try:
             self.info, self.agents = self.poll()
         except ColoError as exc:
-            since = self.fresh.error_since if self.fresh.error is not None else self.now()
+            since = self.fresh.error_since if self.fresh.error is not None else self.clock.wall()
             self.fresh = Freshness(self.fresh.last_ok, error=str(exc), error_since=since)
             return
-        self.fresh = Freshness(last_ok=self.now())
+        self.fresh = Freshness(last_ok=self.clock.wall())
 
     def frame(self, width: int | None) -> RenderableType:
         return render_frame(self.info, self.agents, url=self.url, width=width, fresh=self.fresh)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from colo import units
-from colo.clock import Clock, SystemClock
+from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import MpsError
 from colo.gpu.mps.control import SIGKILL, SIGTERM, MpsControl, MpsProcess, SubprocessMpsControl
 from colo.gpu.mps.env import daemon_env
@@ -76,7 +76,7 @@ class MpsDaemon:
         gpu_uuid: str,
         control: MpsControl | None = None,
         *,
-        clock: Clock | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         command_timeout_secs: float = 10.0,
         start_timeout_secs: float = 20.0,
         base_env: Mapping[str, str] | None = None,
@@ -84,7 +84,7 @@ class MpsDaemon:
         self.paths = paths
         self.gpu_uuid = gpu_uuid
         self.control: MpsControl = control if control is not None else SubprocessMpsControl()
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock
         self.command_timeout_secs = command_timeout_secs
         self.start_timeout_secs = start_timeout_secs
         self._base_env = dict(base_env) if base_env is not None else None

@@ -24,11 +24,12 @@ Faults a test can provoke: binary missing (``binary_present=False``), a daemon t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
+from colo.clock import Clock
 from colo.errors import MpsError
 from colo.gpu.mps.control import CONTROL_BIN, DEFAULT_PIPE_DIR, PID_FILE, MpsProcess
 from colo.gpu.mps.env import PIPE_DIRECTORY, VISIBLE_DEVICES, log_dir_of, pipe_dir_of
@@ -67,8 +68,30 @@ def _key(path: str | Path) -> str:
     return os.path.realpath(str(path))
 
 
+#: Where the fake daemons' log clock starts: 2026-11-21 18:00:00 UTC.
+LOG_EPOCH = datetime(2026, 11, 21, 18, 0, 0, tzinfo=UTC).timestamp()
+
+
+class LogClock:
+    """The fake daemons' default clock: wall time from :data:`LOG_EPOCH`, 7 ms later at each reading (so every
+    log line has its own stamp)."""
+
+    def __init__(self) -> None:
+        self._ms = 0
+
+    def monotonic(self) -> float:
+        return self._ms / 1000.0
+
+    def wall(self) -> float:
+        self._ms += 7
+        return LOG_EPOCH + self._ms / 1000.0
+
+    def sleep(self, secs: float) -> None:
+        self._ms += max(round(secs * 1000.0), 0)
+
+
 class FakeMpsControl:
-    """In-memory MPS daemons. ``now`` gives log timestamps (a fixed, advancing clock by default)."""
+    """In-memory MPS daemons. ``clock``'s wall time stamps the log lines (default: a :class:`LogClock`)."""
 
     def __init__(
         self,
@@ -76,14 +99,13 @@ class FakeMpsControl:
         binary_present: bool = True,
         fail_start: str | None = None,
         start_unresponsive: bool = False,
-        now: Callable[[], datetime] | None = None,
+        clock: Clock | None = None,
         first_pid: int = 4000,
     ) -> None:
         self.binary_present = binary_present
         self.fail_start = fail_start
         self.start_unresponsive = start_unresponsive
-        self._t = datetime(2026, 11, 21, 18, 0, 0)
-        self._now = now or self._tick
+        self._clock: Clock = clock if clock is not None else LogClock()
         self._next_pid = first_pid
         self.daemons: dict[str, FakeDaemon] = {}
         self.signals: list[tuple[int, int]] = []
@@ -93,16 +115,12 @@ class FakeMpsControl:
 
     # --- helpers ---------------------------------------------------------------------------------------
 
-    def _tick(self) -> datetime:
-        self._t += timedelta(milliseconds=7)
-        return self._t
-
     def _pid(self) -> int:
         self._next_pid += 1
         return self._next_pid
 
     def _log(self, d: FakeDaemon, file: str, who: str, pid: int, text: str) -> None:
-        stamp = self._now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        stamp = datetime.fromtimestamp(self._clock.wall(), UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         Path(d.log_dir).mkdir(parents=True, exist_ok=True)
         with open(Path(d.log_dir) / file, "a", encoding="utf-8") as fh:
             fh.write(f"[{stamp} {who} {pid:5d}] {text}\n")
