@@ -106,6 +106,7 @@ class Agent:
         self._health_failures = 0
         self._backoff_until = 0.0
         self._stop_deadline = 0.0
+        self._stop_wait = self.setup.rules.stop_wait_secs
         self._killed = False
         self._kill_reason: str | None = None
         self._restart_after_stop: str | None = None
@@ -128,14 +129,18 @@ class Agent:
             self.failures = 0  # a person (or colo up) asked: a fresh start, not part of a crash loop
         self._spawn(reason)
 
-    def stop(self, reason: str = "stop requested", *, restart: bool = False) -> None:
-        """Stop: the stop signal now, SIGKILL after ``stop_wait_secs``. ``restart`` starts it again after."""
+    def stop(self, reason: str = "stop requested", *, restart: bool = False, wait_secs: float | None = None) -> None:
+        """Stop: the stop signal now, SIGKILL after ``stop_wait_secs`` (or ``wait_secs``, when shorter: MPS
+        recovery, whose agents have no usable GPU context left to shut down). ``restart`` starts it again after."""
         now = self._clock.monotonic()
         self._restart_after_stop = reason if restart else None
         if self.state in (AgentState.STARTING, AgentState.RUNNING):
             # STARTING/RUNNING -> STOPPING: stop, restart, apply, or MPS fault recovery
             self._set(AgentState.STOPPING)
-            self._stop_deadline = now + self.setup.rules.stop_wait_secs
+            self._stop_wait = self.setup.rules.stop_wait_secs if wait_secs is None else min(
+                wait_secs, self.setup.rules.stop_wait_secs
+            )
+            self._stop_deadline = now + self._stop_wait
             self._killed = False
             if self.handle is not None:
                 if self._pre_stop is not None:
@@ -200,7 +205,7 @@ class Agent:
             if status is not None:
                 self._on_stopped(status)
             elif now >= self._stop_deadline and not self._killed:
-                self._kill(f"did not stop within {self.setup.rules.stop_wait_secs:g} s")
+                self._kill(f"did not stop within {self._stop_wait:g} s")
             return
         if status is not None:
             self._on_exit(status, now)

@@ -30,7 +30,7 @@ detection to every agent of the GPU RUNNING again), as an event and in :attr:`Re
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -85,6 +85,11 @@ class RecoveryTrigger(StrEnum):
 #: server would serve the clients of a new daemon is not known, so colo is safe: it stops the GPU's agents,
 #: stops what is left of the old daemon (its server), starts a new one with the same settings, relaunches.
 RESTORE_DAEMON_AT_ONCE: frozenset[RecoveryTrigger] = frozenset({RecoveryTrigger.DAEMON_DIED})
+
+#: How long recovery lets a GPU's agent shut down after its stop signal before SIGKILL (at most the agent's own
+#: ``stop_wait_secs``). Its CUDA context is gone or poisoned, so there is nothing left to drain, and a process
+#: whose MPS server died can hang in CUDA's teardown: waiting the usual 10 s would be 10 s of the whole GPU.
+RECOVERY_STOP_WAIT_SECS = 1.0
 
 
 class RecoveryTransitionError(Exception):
@@ -157,10 +162,12 @@ class Recovery:
     culprit: str | None = None
     daemon_restarted: bool = False
     detect_secs: float | None = None
+    phase_secs: dict[RecoveryPhase, float] = field(default_factory=dict)
 
     def move(self, new: RecoveryPhase, now: float) -> None:
-        """Enter ``new`` (checked against :data:`ALLOWED`) at ``now``."""
+        """Enter ``new`` (checked against :data:`ALLOWED`) at ``now``; the time spent in the old phase is kept."""
         check_transition(self.phase, new)
+        self.phase_secs[self.phase] = now - self.phase_at
         self.phase, self.phase_at = new, now
 
 
@@ -176,6 +183,12 @@ class RecoveryRecord:
     trigger: RecoveryTrigger = RecoveryTrigger.SERVER_FAULT
     detect_secs: float | None = None
     ok: bool = True
+    phase_secs: Mapping[RecoveryPhase, float] = field(default_factory=dict)
+
+    def phases_text(self) -> str:
+        """``stop_s=0.41 wait_s=0.00 relaunch_s=3.20``: where the recovery's seconds went."""
+        names = {RecoveryPhase.STOPPING: "stop", RecoveryPhase.WAITING: "wait", RecoveryPhase.RELAUNCHING: "relaunch"}
+        return " ".join(f"{names[ph]}_s={self.phase_secs[ph]:.2f}" for ph in names if ph in self.phase_secs)
 
     def summary(self) -> RecoverySummary:
         """The frozen form the snapshot carries (and ``/metrics`` reads)."""
@@ -238,7 +251,8 @@ class Recoveries:
         for a in on_gpu:
             a.hold = True
             if a.handle is not None and a.state in (AgentState.STARTING, AgentState.RUNNING):
-                a.stop("MPS fault recovery")  # terminate_client, then the stop signal
+                # terminate_client, then the stop signal, SIGKILL after RECOVERY_STOP_WAIT_SECS
+                a.stop("MPS fault recovery", wait_secs=RECOVERY_STOP_WAIT_SECS)
 
     def tick(self, now: float, agents: Mapping[str, Agent], agents_on: Callable[[str], list[Agent]]) -> None:
         """Move every recovery on as far as it can go now."""
@@ -290,25 +304,26 @@ class Recoveries:
         secs = now - rec.detected_at
         running = len([a for a in mine if a.state == AgentState.RUNNING])
         ok = running == len(mine)
-        self.recovered.append(
-            RecoveryRecord(
-                rec.gpu_uuid,
-                secs,
-                tuple(rec.agents),
-                rec.culprit,
-                rec.daemon_restarted,
-                rec.trigger,
-                rec.detect_secs,
-                ok,
-            )
+        record = RecoveryRecord(
+            rec.gpu_uuid,
+            secs,
+            tuple(rec.agents),
+            rec.culprit,
+            rec.daemon_restarted,
+            rec.trigger,
+            rec.detect_secs,
+            ok,
+            dict(rec.phase_secs),
         )
+        self.recovered.append(record)
         blame = f" (faulting client: {rec.culprit})" if rec.culprit else ""
         detect = f"detect_s={rec.detect_secs:.2f} " if rec.detect_secs is not None else ""
         self._event(
             EventKind.RESTARTED,
             None,
             f"MPS fault recovery on {rec.gpu_uuid} [{rec.trigger.value}] {'done' if ok else 'incomplete'} in "
-            f"{secs:.1f} s: {running}/{len(mine)} agents RUNNING{blame}; {detect}recover_s={secs:.2f}",
+            f"{secs:.1f} s: {running}/{len(mine)} agents RUNNING{blame}; {detect}recover_s={secs:.2f} "
+            f"({record.phases_text()})",
             rec.gpu_uuid,
         )
 

@@ -190,3 +190,26 @@ def test_context_lost_with_mps_words_in_its_log_but_a_healthy_gpu_restarts_only_
     assert not orch.recoveries() and (not orch.supervisor or uuid(0) not in orch.supervisor.recoveries)
     assert w.pid(orch, "b") == pids["b"] and orch.status("a").state == S.RUNNING
     orch.down()
+
+
+def test_recovery_kills_an_agent_stuck_in_teardown_after_one_second_and_times_its_phases(tmp_path: Path) -> None:
+    """An agent whose MPS server died can hang in CUDA's teardown: recovery SIGKILLs it after
+    RECOVERY_STOP_WAIT_SECS, not the agent's 10 s stop_wait_secs; the done event says where the seconds went."""
+    import signal
+
+    from colo.supervise.recovery import RECOVERY_STOP_WAIT_SECS, RecoveryPhase
+
+    w, orch, pipe0, pids = two_gpus(tmp_path)
+    w.runner.ignore_signals.add(pids["a"])  # ignores SIGTERM; only SIGKILL ends it
+    w.mps.kill_server(pipe0)
+    one_tick(w, orch)
+    w.run(orch, RECOVERY_STOP_WAIT_SECS + TICK_SECS)
+    assert signal.SIGKILL in w.runner.procs[pids["a"]].signals
+    w.run(orch, 4)
+    gpu0_recovered(w, orch, pids, RecoveryTrigger.SERVER_DIED)
+    (rec,) = orch.recoveries()
+    assert RECOVERY_STOP_WAIT_SECS <= rec.phase_secs[RecoveryPhase.STOPPING] <= RECOVERY_STOP_WAIT_SECS + 2 * TICK_SECS
+    assert set(rec.phase_secs) == {RecoveryPhase.STOPPING, RecoveryPhase.WAITING, RecoveryPhase.RELAUNCHING}
+    done = [e.message for e in orch.events() if "MPS fault recovery on" in e.message and "done in" in e.message]
+    assert done and "stop_s=" in done[-1] and "relaunch_s=" in done[-1]
+    orch.down()
