@@ -8,9 +8,11 @@ time, whatever the concurrency:
 
 - :meth:`DeviceWorker.submit` queues a request (:class:`Job`); a full queue raises :class:`QueueFull` (the
   API answers 503 with ``Retry-After``).
-- The worker takes the oldest job; if it is mergeable (an encoder request) it gathers queued jobs for the same
-  model while their rows fit in the model's ``batch_size``, waiting at most ``wait_secs`` for more to arrive
-  (so a lone request is slower by at most that wait), then runs them as one batch.
+- The worker takes the oldest job and gathers queued jobs for the same model while their rows fit in the
+  model's ``batch_size`` (encoders, and generators of one model: their prompts are generated together, each
+  request's answer cut back to its own ``max_new_tokens``), then runs them as one batch. It waits for more
+  (at most ``wait_secs``) only while another request is *arriving* — inside the agent, between its HTTP
+  handler and the queue (:meth:`DeviceWorker.arriving`) — so a lone request never waits at all.
 - :meth:`DeviceWorker.call` runs any function on the worker thread (loading, warm-up, the fault hook), ahead of
   queued requests, so all device work shares one thread (one cuBLAS handle, one workspace).
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -42,7 +44,8 @@ class Job:
     """One checked request waiting for the device: ``rows`` of token ids for ``model_id``.
 
     ``mergeable`` jobs of one model are batched together up to ``max_rows`` rows; ``new_tokens`` is for
-    generators (never merged). ``future`` receives the executor's answer.
+    generators (a merged batch generates the largest and each job keeps its own). ``future`` receives the
+    executor's answer.
     """
 
     model_id: str
@@ -52,6 +55,13 @@ class Job:
     new_tokens: int = 0
     enqueued: float = 0.0
     future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass
+class Arrival:
+    """A request counted as arriving (see :meth:`DeviceWorker.arriving`) until ``ended``."""
+
+    ended: bool = False
 
 
 @dataclass
@@ -93,6 +103,7 @@ class DeviceWorker:
         self._calls: deque[_Call] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._arriving = 0
         self._thread: threading.Thread | None = None
 
     # --- callers ---------------------------------------------------------------------------------------------
@@ -103,9 +114,32 @@ class DeviceWorker:
         with self._cond:
             return len(self._jobs)
 
-    def submit(self, job: Job) -> Future[Any]:
-        """Queue ``job``; its future is answered by the executor. Raises QueueFull when the queue is full."""
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[Arrival]:
+        """Mark a request on its way to the queue (being checked and tokenised): a batch being gathered waits
+        for it (at most ``wait_secs``) instead of leaving without it; nothing arriving, nothing waits. Pass the
+        :class:`Arrival` to :meth:`submit`, which ends it as it queues the job (one lock: never a moment
+        where the request is neither arriving nor queued); leaving the block ends it otherwise."""
+        arrival = Arrival()
         with self._cond:
+            self._arriving += 1
+        try:
+            yield arrival
+        finally:
+            with self._cond:
+                if not arrival.ended:
+                    arrival.ended = True
+                    self._arriving -= 1
+                    self._cond.notify_all()
+
+    def submit(self, job: Job, arrival: Arrival | None = None) -> Future[Any]:
+        """Queue ``job`` (ending its ``arrival``); its future is answered by the executor. Raises QueueFull
+        when the queue is full."""
+        with self._cond:
+            if arrival is not None and not arrival.ended:
+                arrival.ended = True
+                self._arriving -= 1
+                self._cond.notify_all()
             if self._closed:
                 raise QueueFull("the agent is stopping", hint="retry against a running agent")
             if len(self._jobs) >= self.max_queue:
@@ -186,7 +220,7 @@ class DeviceWorker:
                 while rows < first.max_rows and not self._closed:
                     rows = self._gather(first, batch, rows)
                     remaining = deadline - self._clock.monotonic()
-                    if rows >= first.max_rows or remaining <= 0 or self._calls:
+                    if rows >= first.max_rows or remaining <= 0 or self._calls or self._arriving == 0:
                         break
                     self._cond.wait(remaining)
             depth = len(self._jobs)

@@ -228,6 +228,47 @@ def run_batch(
     return BatchResult(outputs, forward_ms)
 
 
+def generate_merged(
+    model: LoadedModel,
+    jobs: Sequence[tuple[Sequence[Sequence[int]], int]],
+    *,
+    device: str,
+    clock: Clock = SYSTEM_CLOCK,
+) -> list[BatchResult]:
+    """Generate for several requests of one generator as ONE batch: ``jobs`` are (rows, max_new_tokens); the
+    prompts run together for the largest ``max_new_tokens`` (greedy), and each request gets its own rows cut
+    back to its own ``max_new_tokens`` — what it would get alone, except that a row which ends early is padded
+    to its batch's length, as in any batch. ``forward_ms`` is the merged batch's. The caller keeps the rows
+    within the model's ``batch_size`` and every ``max_new_tokens`` within its ``new_tokens`` (the worst case
+    the plan sized). Raises torch's errors as they are."""
+    if len(jobs) == 1:
+        ((rows, new_tokens),) = jobs
+        return [run_batch(model, rows, device=device, max_new_tokens=new_tokens, clock=clock)]
+    merged = run_batch(
+        model,
+        [row for rows, _ in jobs for row in rows],
+        device=device,
+        max_new_tokens=max(n for _, n in jobs),
+        clock=clock,
+    )
+    generated: list[list[int]] = merged.outputs["generated_ids"]
+    results: list[BatchResult] = []
+    first = 0
+    for rows, new_tokens in jobs:
+        mine = [row[: max(1, new_tokens)] for row in generated[first : first + len(rows)]]
+        first += len(rows)
+        outputs: dict[str, Any] = {
+            "kind": "generation",
+            "generated_ids": mine,
+            "generated_tokens": sum(len(r) for r in mine),
+        }
+        texts = [model.tokenizer.decode(r) for r in mine]
+        if all(t is not None for t in texts):
+            outputs["texts"] = texts
+        results.append(BatchResult(outputs, merged.forward_ms))
+    return results
+
+
 def worst_case_rows(model: LoadedModel) -> list[list[int]]:
     """``max_batch`` rows of ``max_seq_len`` valid ids: the input the plan's memory was sized for."""
     limits = model.limits

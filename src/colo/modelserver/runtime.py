@@ -40,7 +40,14 @@ from colo.modelserver.device_health import (
     cuda_round_trip,
     trigger_device_assert,
 )
-from colo.modelserver.inference import BatchResult, is_oom, run_batch, run_merged, worst_case_rows
+from colo.modelserver.inference import (
+    BatchResult,
+    generate_merged,
+    is_oom,
+    run_batch,
+    run_merged,
+    worst_case_rows,
+)
 from colo.modelserver.loading import LoadedModel, load_model
 from colo.modelserver.metrics import AgentMetrics
 from colo.spec.config import ModelSpec
@@ -296,32 +303,38 @@ class AgentRuntime:
         the agent stays up); any other error of the batch as it is.
         """
         received = self.clock.monotonic()
+        with self._worker.arriving() as arrival:  # a batch being gathered waits for this one
+            try:
+                model = self._model(req.model)
+                rows, truncated = self._rows(model, req)
+                new_tokens = 0
+                if model.task != "encoder":
+                    new_tokens = model.limits.new_tokens if req.max_new_tokens is None else req.max_new_tokens
+                    if not 1 <= new_tokens <= model.limits.new_tokens:
+                        raise RequestError(
+                            f"max_new_tokens {new_tokens} is outside 1..{model.limits.new_tokens} "
+                            f"(new_tokens of {model.model_id})"
+                        )
+            except (RequestError, ContextLost, NotReady) as exc:
+                if isinstance(exc, RequestError):
+                    self._counters.rejected += 1
+                self.metrics.error(_error_label(exc))
+                raise
+            prepared = self.clock.monotonic()
+            job = Job(
+                model_id=model.model_id,
+                rows=rows,
+                max_rows=model.limits.max_batch,
+                mergeable=True,
+                new_tokens=new_tokens,
+            )
+            try:
+                future = self._worker.submit(job, arrival)
+            except Exception as exc:
+                self.metrics.error(_error_label(exc) if isinstance(exc, QueueFull) else "other")
+                raise
         try:
-            model = self._model(req.model)
-            rows, truncated = self._rows(model, req)
-            new_tokens = 0
-            if model.task != "encoder":
-                new_tokens = model.limits.new_tokens if req.max_new_tokens is None else req.max_new_tokens
-                if not 1 <= new_tokens <= model.limits.new_tokens:
-                    raise RequestError(
-                        f"max_new_tokens {new_tokens} is outside 1..{model.limits.new_tokens} "
-                        f"(new_tokens of {model.model_id})"
-                    )
-        except (RequestError, ContextLost, NotReady) as exc:
-            if isinstance(exc, RequestError):
-                self._counters.rejected += 1
-            self.metrics.error(_error_label(exc))
-            raise
-        prepared = self.clock.monotonic()
-        job = Job(
-            model_id=model.model_id,
-            rows=rows,
-            max_rows=model.limits.max_batch,
-            mergeable=model.task == "encoder",
-            new_tokens=new_tokens,
-        )
-        try:
-            answer: _Answer = self._worker.submit(job).result()
+            answer: _Answer = future.result()
         except Exception as exc:
             known = isinstance(exc, (QueueFull, DeviceOutOfMemory, ContextLost))
             self.metrics.error(_error_label(exc) if known else "other")
@@ -355,10 +368,9 @@ class AgentRuntime:
             if model.task == "encoder":
                 results = run_merged(model, [j.rows for j in jobs], device=self.device, clock=self.clock)
             else:
-                (job,) = jobs
-                results = [
-                    run_batch(model, job.rows, device=self.device, max_new_tokens=job.new_tokens, clock=self.clock)
-                ]
+                results = generate_merged(
+                    model, [(j.rows, j.new_tokens) for j in jobs], device=self.device, clock=self.clock
+                )
         except Exception as exc:
             error = self._batch_error(exc, model.model_id, len(jobs), rows)
             for job in jobs:

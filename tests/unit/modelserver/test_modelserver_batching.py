@@ -83,10 +83,33 @@ def test_a_lone_request_waits_at_most_the_batch_wait() -> None:
 def test_a_request_arriving_within_the_wait_joins_the_batch() -> None:
     rec = Recorder()
     worker = DeviceWorker(rec, wait_secs=0.5, max_queue=10)
-    first = worker.submit(_job(rows=2, max_rows=4))
-    time.sleep(0.05)
-    second = worker.submit(_job(rows=2, max_rows=4))  # fills the batch: it runs at once
+    with worker.arriving() as on_its_way:  # the second request is being checked in its HTTP handler
+        first = worker.submit(_job(rows=2, max_rows=4))
+        time.sleep(0.05)
+        second = worker.submit(_job(rows=2, max_rows=4), on_its_way)  # fills the batch: it runs at once
     assert first.result(5) == second.result(5) == (2, 4)
+    worker.close()
+
+
+def test_nothing_arriving_means_no_wait() -> None:
+    """A lone request runs at once, however long the batch wait: nobody is on the way to join it."""
+    rec = Recorder()
+    worker = DeviceWorker(rec, wait_secs=30.0, max_queue=10)
+    worker.call(lambda: None)
+    with worker.arriving() as arrival:
+        lone = worker.submit(_job(rows=1, max_rows=8), arrival)
+    assert lone.result(5) == (1, 1)  # not 30 s later: the future would time out
+
+
+def test_an_arrival_that_fails_its_checks_releases_the_waiting_batch() -> None:
+    rec = Recorder()
+    worker = DeviceWorker(rec, wait_secs=30.0, max_queue=10)
+    worker.call(lambda: None)
+    with pytest.raises(ValueError), worker.arriving():
+        first = worker.submit(_job(rows=1, max_rows=8))
+        time.sleep(0.05)  # the batch waits for the arrival...
+        raise ValueError("a bad request: never queued")  # ...which ends here
+    assert first.result(5) == (1, 1)
     worker.close()
 
 

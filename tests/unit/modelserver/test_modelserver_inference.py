@@ -79,3 +79,25 @@ def test_worst_case_rows_fill_batch_and_sequence() -> None:
     rows = worst_case_rows(tiny_loaded("bert", max_batch=3, max_seq_len=7))
     assert len(rows) == 3 and all(len(r) == 7 for r in rows)
     assert all(1 <= i < VOCAB for r in rows for i in r)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+def test_merged_generation_answers_each_request_as_alone(kind: str) -> None:
+    """Two requests of one generator in one batch: each gets its own rows, cut to its own max_new_tokens, the
+    same greedy ids as alone (random-weight tiny models rarely hit end-of-sequence; min_new_tokens keeps the
+    alone runs full length)."""
+    import torch
+
+    from colo.modelserver.inference import generate_merged
+
+    torch.manual_seed(0)
+    model = tiny_loaded(kind)
+    a_rows, b_rows = [[10, 11, 12]], [[13], [14, 15]]
+    merged = generate_merged(model, [(a_rows, 2), (b_rows, 4)], device="cpu")
+    assert [len(r) for r in merged[0].outputs["generated_ids"]] == [2]
+    assert [len(r) for r in merged[1].outputs["generated_ids"]] == [4, 4]
+    assert merged[1].outputs["generated_tokens"] == 8 and merged[0].forward_ms == merged[1].forward_ms
+    alone_a = run_batch(model, a_rows, device="cpu", max_new_tokens=2, exact_new_tokens=True).outputs
+    assert merged[0].outputs["generated_ids"] == alone_a["generated_ids"]
+    (single,) = generate_merged(model, [(b_rows, 3)], device="cpu")  # one request: run as it is
+    assert [len(r) for r in single.outputs["generated_ids"]] == [3, 3]

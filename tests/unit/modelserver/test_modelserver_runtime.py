@@ -129,3 +129,37 @@ def test_request_oom_keeps_the_agent_up(ready: AgentRuntime, caplog: pytest.LogC
     ready.models["enc"].module = BrokenModule()
     with pytest.raises(RuntimeError, match="shape mismatch"):
         ready.infer(InferInput(texts=["x"]))
+
+
+def test_concurrent_generator_requests_merge_within_the_batch_size(ready: AgentRuntime) -> None:
+    """Generator requests queued together run as one batch (up to batch_size rows), each answered with its
+    own max_new_tokens: a generator no longer runs one request per batch, so many clients do not starve."""
+    import threading
+    import time
+
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        gate.wait(5)
+
+    threading.Thread(target=ready._worker.call, args=(hold,), daemon=True).start()
+    assert entered.wait(5)
+    answers: dict[int, dict[str, Any]] = {}
+
+    def ask(i: int, n: int) -> None:
+        answers[i] = ready.infer(InferInput(model="gen", input_ids=[[10 + i, 11]], max_new_tokens=n))
+
+    threads = [threading.Thread(target=ask, args=(i, n)) for i, n in enumerate((2, 4, 3))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while ready._worker.depth < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert [len(answers[i]["generated_ids"][0]) for i in range(3)] == [2, 4, 3]
+    batches = sorted(a["device_batch"]["rows"] for a in answers.values())
+    assert max(batches) == 2  # batch_size 2: two requests merged, the third in the next batch
