@@ -150,6 +150,7 @@ class AgentRuntime:
     models: dict[str, LoadedModel] = field(default_factory=dict)
     warm_up: str | None = None
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
+    matmul_precision: str | None = None
     max_queue: int = DEFAULT_MAX_QUEUE
     probe: Probe | None = None
     probe_timeout_secs: float = DEFAULT_TIMEOUT_SECS
@@ -193,6 +194,10 @@ class AgentRuntime:
         step = ["loading", self.specs[0][0]]  # what was running when something failed
 
         def build_and_warm_up() -> None:  # on the device thread, like every batch after it
+            if self.matmul_precision is not None:
+                import torch
+
+                torch.set_float32_matmul_precision(self.matmul_precision)  # process-wide: float32 matmuls
             for model_id, spec in self.specs:
                 step[1] = model_id
                 loaded = self.loader(model_id, spec, device=self.device, dtype=self.dtype, clock=self.clock)
@@ -489,6 +494,7 @@ class AgentRuntime:
             "device": self.device,
             "device_name": _device_name(self.device),
             "dtype": self.dtype or "per model",
+            "matmul_precision": self.matmul_precision or "torch default",
             "models": models,
             "models_expected": [m for m, _ in self.specs],
             "warm_up": self.warm_up,

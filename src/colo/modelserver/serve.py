@@ -211,8 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("stop requested before start; exiting")
         return EXIT_OK
     log.info("agent %s: %s", args.agent, _device_line(device))
-    wait_ms = args.batch_wait_ms if args.batch_wait_ms is not None else config.agents[args.agent].batch_wait_ms
-    return _serve(args, specs, device, port, stop_requested, wait_ms)
+    agent = config.agents[args.agent]
+    wait_ms = args.batch_wait_ms if args.batch_wait_ms is not None else agent.batch_wait_ms
+    return _serve(args, specs, device, port, stop_requested, wait_ms, agent.matmul_precision)
 
 
 def _serve(
@@ -222,6 +223,7 @@ def _serve(
     port: int,
     stop_requested: threading.Event,
     batch_wait_ms: float,
+    matmul_precision: str,
 ) -> int:
     import uvicorn
 
@@ -235,6 +237,7 @@ def _serve(
         dtype=args.dtype,
         worst_case=args.worst_case,
         batch_wait_ms=batch_wait_ms,
+        matmul_precision=matmul_precision,
         max_queue=args.max_queue,
         on_context_lost=lambda reason: _exit_soon(args.agent, EXIT_CONTEXT_LOST),
     )

@@ -255,6 +255,13 @@ class AgentSpec(_Strict):
     batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="Built-in agent: longest a batch waits to merge concurrent requests (ms)."
     )
+    matmul_precision: Literal["highest", "high", "medium"] = Field(
+        "high",
+        description=(
+            "Built-in agent: how float32 matrix multiplies run (torch.set_float32_matmul_precision): 'high' "
+            "on TF32 tensor cores (10-bit mantissa; the default), 'highest' in full float32, 'medium' in bfloat16."
+        ),
+    )
     health: HealthCheck = Field(default_factory=HealthCheck)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     profile: ProfileLoad | None = Field(None, description="Command agents: the load `colo profile` measures under.")

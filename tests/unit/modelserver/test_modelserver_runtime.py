@@ -163,3 +163,28 @@ def test_concurrent_generator_requests_merge_within_the_batch_size(ready: AgentR
     assert [len(answers[i]["generated_ids"][0]) for i in range(3)] == [2, 4, 3]
     batches = sorted(a["device_batch"]["rows"] for a in answers.values())
     assert max(batches) == 2  # batch_size 2: two requests merged, the third in the next batch
+
+
+def test_matmul_precision_is_set_before_the_models_load_and_reported() -> None:
+    import torch
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        rt = AgentRuntime(agent="critic", specs=SPECS, device="cpu", loader=tiny_loader(KINDS), clock=StepClock(),
+                          matmul_precision="high")
+        rt.load()
+        assert torch.get_float32_matmul_precision() == "high"
+        assert rt.health()["matmul_precision"] == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_matmul_precision_in_the_config() -> None:
+    from colo.errors import ConfigError
+    from colo.spec.load import load_config_text
+
+    base = "version: 1\ngpus: [{name: G, memory: 24GiB}]\nmodels: {m: {memory: 1GiB}}\nagents:\n  a: {models: [m]%s}\n"
+    assert load_config_text(base % "", "c.yaml").agents["a"].matmul_precision == "high"
+    assert load_config_text(base % ", matmul_precision: highest", "c.yaml").agents["a"].matmul_precision == "highest"
+    with pytest.raises(ConfigError, match="matmul_precision"):
+        load_config_text(base % ", matmul_precision: fast", "c.yaml")
