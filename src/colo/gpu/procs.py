@@ -2,7 +2,7 @@
 
 Every question colo asks the process table goes through here: is this pid (still the same process) alive,
 when did it start, its children and parents, its environment, its name and command line, its resident memory,
-and which processes look like MPS programs. psutil's errors never leave this module: a process that is gone,
+which processes look like MPS programs — and waiting for one of several processes to exit (pidfds). psutil's errors never leave this module: a process that is gone,
 a zombie or one we may not read answers with a plain value (``None``, ``False``, ``()``), as documented on
 each function, so callers treat "cannot see it" as data.
 
@@ -14,7 +14,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Iterator
+import select
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import psutil
@@ -167,3 +170,43 @@ def reap_children(name_prefix: str) -> list[int]:
             if done == pid:
                 reaped.append(pid)
     return reaped
+
+
+def wait_any_exit(pids: Iterable[int], timeout_secs: float, stop: threading.Event | None = None) -> list[int]:
+    """Block until one of ``pids`` exits (then return those that did), ``stop`` is set, or ``timeout_secs``
+    pass (then ``[]``). A pid already gone is returned at once. Linux pidfds (``os.pidfd_open``, kernel 5.3+):
+    the exit is seen the moment it happens, not at the next poll; where pidfds are missing this is a plain
+    wait. ``stop`` is looked at every 0.1 s. A zombie (exited, not yet reaped) counts as exited."""
+    if not hasattr(os, "pidfd_open"):
+        if stop is not None:
+            stop.wait(timeout_secs)
+        else:
+            time.sleep(max(timeout_secs, 0.0))
+        return []
+    fds: dict[int, int] = {}
+    try:
+        for pid in set(pids):
+            try:
+                fds[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:
+                return [pid]
+            except OSError:
+                continue  # not ours to watch (permissions, a kernel without pidfds): the next tick polls it
+        deadline = time.monotonic() + timeout_secs
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (stop is not None and stop.is_set()):
+                return []
+            if not fds:
+                if stop is not None:
+                    stop.wait(min(remaining, 0.1))
+                else:
+                    time.sleep(min(remaining, 0.1))
+                continue
+            ready, _, _ = select.select(list(fds), [], [], min(remaining, 0.1))
+            if ready:
+                return sorted(fds[fd] for fd in ready)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -105,6 +105,15 @@ class FleetHooks:
             if pid not in w.servers:
                 w.servers[pid] = self._control().start_time(pid)
 
+    def watched_pids(self) -> list[int]:
+        """Every MPS process being watched now (daemons and servers): the run loop wakes when one exits."""
+        out: list[int] = []
+        for w in self._watch.values():
+            if w.daemon_pid is not None:
+                out.append(w.daemon_pid)
+            out.extend(w.servers)
+        return out
+
     def deaths(self) -> list[MpsFault]:
         """The GPUs whose daemon (``DAEMON_DIED``) or a watched server (``SERVER_DIED``) died since the last
         call; each death once. Process liveness only: cheap enough for every tick."""

@@ -134,6 +134,8 @@ class Orchestrator:
         self._lock_file = StateLock(self.paths)
         self._plan: Plan | None = None
         self._fleet: MpsFleet | None = None
+        self._hooks: FleetHooks | None = None
+        self._woke: set[int] = set()  # pids that woke the run loop (see _wait_for_next_tick)
         self.store = Store(self.paths.db)
         self.logs = AgentLogs(self.paths.logs)
         self.supervisor: Supervisor | None = None
@@ -368,13 +370,14 @@ class Orchestrator:
             poller = GpuPoller(self._backend, root, control, command_timeout_secs=MPS_COMMAND_TIMEOUT_SECS)
             self._published = Publisher(poller, self.clock)
             reading = self._published.reading
+        self._hooks = FleetHooks(self._fleet, reading, clock=self.clock) if self._fleet is not None else None
         sup = Supervisor(
             runner=self.runner,
             probe=self.probe,
             clock=self.clock,
             store=self.store,
             logs=self.logs,
-            mps=FleetHooks(self._fleet, reading, clock=self.clock) if self._fleet is not None else None,
+            mps=self._hooks,
             gpu_memory=self._published.tree_memory if reading is not None else None,
             fault_wait_secs=self.fault_wait_secs,
         )
@@ -450,9 +453,20 @@ class Orchestrator:
                 except Exception as exc:  # failures are data: one bad tick must not end supervision
                     with contextlib.suppress(Exception):
                         self._sup().event(EventKind.UNHEALTHY, None, f"supervision error: {type(exc).__name__}: {exc}")
-                stop.wait(tick_secs)
+                self._wait_for_next_tick(stop, tick_secs)
         finally:
             self.down()
+
+    def _wait_for_next_tick(self, stop: threading.Event, tick_secs: float) -> None:
+        """Wait ``tick_secs`` — or less: an agent or a watched MPS process (daemon, server) that exits wakes the
+        loop at once (pidfds), so a death is acted on in milliseconds, not at the next tick. A pid that woke
+        the loop does not wake it again (a zombie stays "exited" until reaped)."""
+        with self._lock:
+            pids = {a.handle.pid for a in self._sup().agents.values() if a.handle is not None}
+            if self._hooks is not None:
+                pids.update(self._hooks.watched_pids())
+        self._woke &= pids
+        self._woke.update(procs.wait_any_exit(pids - self._woke, tick_secs, stop))
 
     def reload(self) -> ApplyResult | None:
         """SIGHUP: load the config file again and apply it; an error is recorded as an event, not raised."""
