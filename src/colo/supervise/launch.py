@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from colo.gpu.mps.env import PINNED_DEVICE_MEM_LIMIT, client_env, pipe_dir_of
+from colo.gpu.mps.env import PINNED_DEVICE_MEM_LIMIT, client_env
 from colo.gpu.mps.root import MpsRoot
 from colo.plan.types import AgentPlan
 from colo.spec.config import ColoConfig, HealthCheck
@@ -108,7 +108,7 @@ def describe_change(old: AgentSetup, new: AgentSetup) -> str:
         parts.append(f"placement {a.gpu} -> {b.gpu}")
     if a.argv != b.argv:
         parts.append("command")
-    mps_before, mps_after = _is_mps_client(a.env), _is_mps_client(b.env)
+    mps_before, mps_after = a.mps_client, b.mps_client
     if mps_before != mps_after:
         parts.append("MPS on" if mps_after else "MPS off")
     from colo.modelserver.command import MEMORY_CAP_VAR
@@ -120,6 +120,3 @@ def describe_change(old: AgentSetup, new: AgentSetup) -> str:
         parts.append("cwd")
     return ", ".join(parts) or "launch spec"
 
-
-def _is_mps_client(env: tuple[tuple[str, str], ...]) -> bool:
-    return pipe_dir_of(dict(env)) is not None

@@ -34,6 +34,7 @@ from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, Supervi
 from colo.files import write_atomic
 from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl
+from colo.gpu.mps.daemon import MpsDefaults
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
@@ -43,7 +44,7 @@ from colo.spec.config import ColoConfig
 from colo.supervise import planning
 from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
-from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, make_fleet, start_fleet, stop_fleet
+from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, STARTED_KEY, make_fleet, start_fleet, stop_fleet
 from colo.supervise.fork_runner import make_runner
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.launch import describe_change
@@ -134,6 +135,7 @@ class Orchestrator:
         self._lock_file = StateLock(self.paths)
         self._plan: Plan | None = None
         self._fleet: MpsFleet | None = None
+        self._mps_retiring: set[str] = set()  # GPUs switched to time-slicing whose daemon is still up
         self.store = Store(self.paths.db)
         self.logs = AgentLogs(self.paths.logs)
         self.supervisor: Supervisor | None = None
@@ -299,7 +301,8 @@ class Orchestrator:
         """
         slots, warnings = self._slots(config)
         planned = planning.plan_slots(
-            config, slots, node=self.local_node(config), memory=self._memory(config, slots), warnings=warnings
+            config, slots, node=self.local_node(config), memory=self._memory(config, slots), warnings=warnings,
+            mps_off=None if self.want_mps else "--no-mps",
         )
         return planned.plan, list(planned.warnings)
 
@@ -347,16 +350,17 @@ class Orchestrator:
         elsewhere = [ap.name for ap in p.placed if ap.gpu is not None and ap.gpu.node != node]
         if elsewhere:
             self.warnings.append(f"placed on other nodes (not run here, node {node!r}): {', '.join(elsewhere)}")
-        uuids = sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid})
+        on_gpus = sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid})
+        uuids = planning.mps_gpu_uuids(p, mine)  # the GPUs the plan runs MPS on (policy.mps)
         started_d: list[str] = []
         adopted_d: list[str] = []
-        if self.want_mps and uuids:
-            if self._mps_control is None:
-                # The real `-d` forks the daemon and its launcher exits: as a subreaper, colo inherits the
-                # daemon (and a killed daemon's server) and reaps them; a container's PID 1 may not.
-                self._subreaper = procs.become_subreaper()
+        if self.want_mps and on_gpus:
+            # The fleet exists even when no GPU runs MPS yet: an apply that places a second agent on a GPU
+            # (policy.mps: auto) takes that GPU into it.
             self._fleet = make_fleet(self.paths.root, uuids, self._mps_control)
-            started_d, adopted_d = start_fleet(self._fleet, self.store)
+            if uuids:
+                self._become_subreaper()
+                started_d, adopted_d = start_fleet(self._fleet, self.store)
         elif self.want_mps:
             self.warnings.append("MPS not started: no agent is placed on a GPU with a UUID on this machine")
         self._plan = p
@@ -383,6 +387,7 @@ class Orchestrator:
             sup.event(EventKind.DAEMON, None, f"started the MPS daemon of {uuid}", uuid)
         for uuid in adopted_d:
             sup.event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
+        self._mps_events(p, mine)
         records = self.store.agents()
         self.write_pid_file()
         self.store.delete_meta("api_url")  # the CLI records it again once its API serves
@@ -400,13 +405,105 @@ class Orchestrator:
                 "pid": os.getpid(),
                 "state_dir": str(self.paths.root),
                 "config_path": str(self.config_path) if self.config_path else None,
-                "mps": self._fleet is not None,
+                "mps": bool(uuids),
                 "api": {"host": config.api.host, "port": config.api.port},
             },
         )
         self._published.poll(force=True)
         self._publish()
-        return UpResult(started, adopted, left_out, started_d, adopted_d, self._fleet is not None, self.warnings)
+        return UpResult(started, adopted, left_out, started_d, adopted_d, bool(uuids), self.warnings)
+
+    def _become_subreaper(self) -> None:
+        if self._mps_control is None and not self._subreaper:
+            # The real `-d` forks the daemon and its launcher exits: as a subreaper, colo inherits the
+            # daemon (and a killed daemon's server) and reaps them; a container's PID 1 may not.
+            self._subreaper = procs.become_subreaper()
+
+    def _mps_events(self, p: Plan, mine: Sequence[AgentPlan], before: Plan | None = None) -> None:
+        """One event per GPU of this node with agents: whether it runs MPS and why (on ``up``), or, after an
+        apply, for each GPU whose decision changed."""
+        sup = self._sup()
+        used = {ap.gpu for ap in mine if ap.gpu is not None}
+        old = {g.gpu: g.mps for g in before.gpus} if before is not None else {}
+        for g in p.gpus:
+            if g.gpu not in used and not (before is not None and old.get(g.gpu)):
+                continue
+            if before is not None and old.get(g.gpu, False) == g.mps:
+                continue
+            verb = "" if before is None else ("switches to MPS: " if g.mps else "switches to time-slicing: ")
+            sup.event(EventKind.MPS_MODE, None, f"{g.gpu.label}: {verb}{g.mps_reason}", g.gpu.uuid)
+
+    def _switch_mps(self, p: Plan, mine: Sequence[AgentPlan]) -> list[str]:
+        """Bring the fleet to the GPUs ``p`` runs MPS on (an apply): start (or adopt) the daemon of each GPU
+        that switches to MPS, before its agents restart as its clients; GPUs that switch to time-slicing
+        are left to :meth:`_tick_mps_retire`, which stops their daemon once no agent of the old setup runs
+        there. Returns the GPUs whose daemon was started. Raises MpsError (those started here are stopped)."""
+        if self._fleet is None:
+            return []
+        want = set(planning.mps_gpu_uuids(p, mine))
+        have = {d.gpu_uuid for d in self._fleet.daemons()}
+        self._mps_retiring -= want  # needed again before its daemon was stopped
+        self._mps_retiring |= have - want
+        started: list[str] = []
+        hooks = self._hooks()
+        try:
+            for uuid in sorted(want - have):
+                self._become_subreaper()
+                daemon = self._fleet.add(uuid)
+                if daemon.start(MpsDefaults()):
+                    started.append(uuid)
+                    self.store.set_meta(STARTED_KEY, sorted({uuid, *self.store.get_meta(STARTED_KEY, [])}))
+                    self._sup().event(EventKind.DAEMON, None, f"started the MPS daemon of {uuid}", uuid)
+                else:
+                    self._sup().event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
+                if hooks is not None:
+                    hooks.watch(uuid)
+        except ColoError:
+            for uuid in sorted(want - have):
+                self._drop_daemon(uuid, stop=uuid in started)
+            raise
+        return started
+
+    def _hooks(self) -> FleetHooks | None:
+        mps = self.supervisor.mps if self.supervisor is not None else None
+        return mps if isinstance(mps, FleetHooks) else None
+
+    def _drop_daemon(self, uuid: str, *, stop: bool) -> None:
+        """Leave GPU ``uuid`` out of the fleet; quit its daemon when colo started it (``stop``)."""
+        assert self._fleet is not None
+        hooks = self._hooks()
+        if hooks is not None:
+            hooks.unwatch(uuid)  # its daemon quitting is no fault
+        try:
+            if stop:
+                self._fleet.daemon(uuid).stop()
+                self._reap()
+        finally:
+            self._fleet.remove(uuid)
+            self.store.set_meta(STARTED_KEY, [u for u in self.store.get_meta(STARTED_KEY, []) if u != uuid])
+
+    def _tick_mps_retire(self) -> None:
+        """GPUs that switched to time-slicing: once none of their agents still runs as an MPS client (the
+        rolling restart is through), quit the daemon colo started there (an adopted one is left running)."""
+        if self._fleet is None or not self._mps_retiring:
+            return
+        sup = self._sup()
+        for uuid in sorted(self._mps_retiring):
+            if sup.settling_on(uuid):
+                continue
+            self._mps_retiring.discard(uuid)
+            try:
+                daemon = self._fleet.daemon(uuid)
+            except KeyError:
+                continue
+            ours = daemon.started_by_colo or uuid in self.store.get_meta(STARTED_KEY, [])
+            try:
+                self._drop_daemon(uuid, stop=ours)
+            except ColoError as exc:
+                sup.event(EventKind.DAEMON, None, f"could not stop the MPS daemon of {uuid}: {exc}", uuid)
+                continue
+            what = "stopped the MPS daemon" if ours else "no longer uses the (adopted) MPS daemon"
+            sup.event(EventKind.DAEMON, None, f"{what} of {uuid}: its GPU runs time-sliced now", uuid)
 
     def _record_left_out(self, left_out: Sequence[Unplaced]) -> None:
         """Keep the agents this node does not run in the store, so `colo status` reports them too."""
@@ -429,6 +526,7 @@ class Orchestrator:
             self._reap()
             self._published.poll()
             self._sup().tick()
+            self._tick_mps_retire()
             self._publish()
 
     def _reap(self) -> None:
@@ -554,14 +652,13 @@ class Orchestrator:
                     agents=tuple(u.agent for u in refused),
                     hint="lower limits or margins, remove agents, or add GPUs",
                 )
-            if self._fleet is not None:
-                known = {d.gpu_uuid for d in self._fleet.daemons()}
-                extra = sorted({ap.gpu.uuid for ap in mine if ap.gpu and ap.gpu.uuid and ap.gpu.uuid not in known})
-                if extra:
-                    raise PlanError(
-                        f"the new plan uses GPU(s) {', '.join(extra)} without an MPS daemon of this colo",
-                        hint="run `colo down` and `colo up` to use more GPUs",
-                    )
+            if self.want_mps and self._fleet is None and planning.mps_gpu_uuids(p, mine):
+                raise PlanError(
+                    "the new plan runs MPS on a GPU, and this colo started without GPUs it could run MPS on",
+                    hint="run `colo down` and `colo up`",
+                )
+            before = self._plan
+            self._switch_mps(p, mine)  # daemons first: the agents switching to MPS restart as their clients
             if not self.run_agents:
                 mine = []  # agents run as pods/units (see __init__)
             new = {ap.name: self.setup_for(config, ap) for ap in mine}
@@ -591,6 +688,7 @@ class Orchestrator:
             self._plan = p
             self.warnings.extend(warnings)
             self._write_config_copy(config)
+            self._mps_events(p, mine, before)
             sup.roll(roll)
             self._publish()
             sup.event(

@@ -51,7 +51,7 @@ def config_text(source: str, gpus: int, gpu_gib: int, inventory: bool) -> str:
     return f"""
 version: 1
 gpus: {gpu_rows}
-policy: {{memory_source: {source}}}
+policy: {{memory_source: {source}, mps: on}}
 models:
 {models}
 agents:
