@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from colo.plan.inventory import pinned_candidates
 from colo.plan import mps as mps_policy
+from colo.plan.inventory import pinned_candidates
 from colo.plan.limits import agent_limit, agent_models, declared_memory, margin_findings
 from colo.plan.placement import Request, place, placement_order
 from colo.plan.types import (
@@ -71,8 +71,8 @@ def plan(
     )
 
     counts = [0] * len(gpus)
-    for pos in outcome.placed.values():
-        counts[pos] += 1
+    for at in outcome.placed.values():
+        counts[at] += 1
     decided = [
         mps_policy.decide(g.mps or pol.mps, counts[i], forced_off=mps_off) for i, g in enumerate(gpus)
     ]

@@ -40,7 +40,7 @@ from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
 from colo.gpu.poller import GpuPoller
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
-from colo.spec.config import ColoConfig
+from colo.spec.config import ColoConfig, MpsMode
 from colo.supervise import planning
 from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
@@ -92,7 +92,8 @@ class Orchestrator:
 
     Injected for tests: ``gpu_backend`` (else NVML when available), ``mps_control`` (else the real
     ``nvidia-cuda-mps-control``), ``runner``, ``probe``, ``clock``. ``use_mps=False`` is plain time-slicing
-    under the same supervision. ``node`` picks which node of an inventory this machine is.
+    under the same supervision (``policy.mps: off`` for the run); ``mps_mode`` replaces ``policy.mps`` for the
+    run (``colo up --mps``). ``node`` picks which node of an inventory this machine is.
     ``run_agents=False``: the agents run elsewhere (Kubernetes pods, systemd units; ``colo node --no-agents``):
     plan, start/adopt this node's MPS daemons and serve the API, but launch no agent.
 
@@ -116,11 +117,15 @@ class Orchestrator:
         clock: Clock | None = None,
         fault_wait_secs: float = 30.0,
         memory: Mapping[str, ModelMemory] | None = None,
+        mps_mode: MpsMode | None = None,
     ) -> None:
         self._config = config
         self.config_path = Path(config_path).resolve() if config_path else None
         self.paths = StateDirPaths(resolve_state_dir(config, state_dir))
         self.want_mps = use_mps
+        # `colo up --mps`: policy.mps for this run, whatever the file says. Without agents here (pods, units:
+        # `colo render` writes them as MPS clients) every GPU they run on needs its daemon: on.
+        self.mps_mode: MpsMode | None = mps_mode if mps_mode is not None or run_agents else "on"
         self.node = node
         self.run_agents = run_agents
         self._backend = gpu_backend
@@ -299,6 +304,8 @@ class Orchestrator:
 
         Raises ConfigError, PlanError, GpuError.
         """
+        if self.mps_mode is not None:
+            config = config.model_copy(update={"policy": config.policy.model_copy(update={"mps": self.mps_mode})})
         slots, warnings = self._slots(config)
         planned = planning.plan_slots(
             config, slots, node=self.local_node(config), memory=self._memory(config, slots), warnings=warnings,
@@ -442,8 +449,6 @@ class Orchestrator:
             return []
         want = set(planning.mps_gpu_uuids(p, mine))
         have = {d.gpu_uuid for d in self._fleet.daemons()}
-        self._mps_retiring -= want  # needed again before its daemon was stopped
-        self._mps_retiring |= have - want
         started: list[str] = []
         hooks = self._hooks()
         try:
@@ -462,6 +467,8 @@ class Orchestrator:
             for uuid in sorted(want - have):
                 self._drop_daemon(uuid, stop=uuid in started)
             raise
+        self._mps_retiring -= want  # needed again before its daemon was stopped
+        self._mps_retiring |= have - want
         return started
 
     def _hooks(self) -> FleetHooks | None:
