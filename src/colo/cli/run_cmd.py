@@ -522,7 +522,11 @@ def status_command(
         return
     orch = data["orchestrator"]
     if orch:
-        mode = "MPS" if orch.get("mps") else "time-slicing"
+        gpus = orch.get("mps_gpus")
+        if isinstance(gpus, list):
+            mode = f"MPS on {', '.join(map(str, gpus))}" if gpus else "time-slicing (no GPU runs MPS)"
+        else:
+            mode = "MPS" if orch.get("mps") else "time-slicing"
         console.print(f"colo is up: orchestrator pid {orch['pid']}, {mode}, state dir {safe(sd)}", highlight=False)
     else:
         console.print(

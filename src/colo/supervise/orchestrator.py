@@ -368,6 +368,12 @@ class Orchestrator:
             if uuids:
                 self._become_subreaper()
                 started_d, adopted_d = start_fleet(self._fleet, self.store)
+            # Daemons an earlier orchestrator started on GPUs that now run without MPS: their agents (adopted)
+            # roll out of them, then they quit (see _tick_mps_retire).
+            for uuid in sorted(set(self.store.get_meta(STARTED_KEY, [])) - set(uuids)):
+                if uuid in on_gpus:
+                    self._fleet.add(uuid)
+                    self._mps_retiring.add(uuid)
         elif self.want_mps:
             self.warnings.append("MPS not started: no agent is placed on a GPU with a UUID on this machine")
         self._plan = p
@@ -395,6 +401,7 @@ class Orchestrator:
         for uuid in adopted_d:
             sup.event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
         self._mps_events(p, mine)
+        mps_labels = self._mps_labels(p, mine)
         records = self.store.agents()
         self.write_pid_file()
         self.store.delete_meta("api_url")  # the CLI records it again once its API serves
@@ -413,6 +420,7 @@ class Orchestrator:
                 "state_dir": str(self.paths.root),
                 "config_path": str(self.config_path) if self.config_path else None,
                 "mps": bool(uuids),
+                "mps_gpus": mps_labels,
                 "api": {"host": config.api.host, "port": config.api.port},
             },
         )
@@ -470,6 +478,19 @@ class Orchestrator:
         self._mps_retiring -= want  # needed again before its daemon was stopped
         self._mps_retiring |= have - want
         return started
+
+    def _mps_labels(self, p: Plan, mine: Sequence[AgentPlan]) -> list[str]:
+        """This node's GPUs that run MPS under ``p`` (``gpu0``), for ``colo status``."""
+        if self._fleet is None:
+            return []
+        want = set(planning.mps_gpu_uuids(p, mine))
+        return sorted({ap.gpu.label for ap in mine if ap.gpu is not None and ap.gpu.uuid in want})
+
+    def _record_mps(self, p: Plan, mine: Sequence[AgentPlan]) -> None:
+        meta = self.store.get_meta("orchestrator", None)
+        if isinstance(meta, dict):
+            labels = self._mps_labels(p, mine)
+            self.store.set_meta("orchestrator", {**meta, "mps": bool(labels), "mps_gpus": labels})
 
     def _hooks(self) -> FleetHooks | None:
         mps = self.supervisor.mps if self.supervisor is not None else None
@@ -666,6 +687,7 @@ class Orchestrator:
                 )
             before = self._plan
             self._switch_mps(p, mine)  # daemons first: the agents switching to MPS restart as their clients
+            placed_here = list(mine)
             if not self.run_agents:
                 mine = []  # agents run as pods/units (see __init__)
             new = {ap.name: self.setup_for(config, ap) for ap in mine}
@@ -695,7 +717,8 @@ class Orchestrator:
             self._plan = p
             self.warnings.extend(warnings)
             self._write_config_copy(config)
-            self._mps_events(p, mine, before)
+            self._mps_events(p, placed_here, before)
+            self._record_mps(p, placed_here)
             sup.roll(roll)
             self._publish()
             sup.event(

@@ -88,7 +88,7 @@ def test_apply_placing_a_second_agent_switches_the_gpu_to_mps_and_back(tmp_path:
     orch = w.orchestrator(config(agent("a", gpu=0), agent("c", gpu=1), mps="auto"))
     orch.up()
     w.run(orch, 2)
-    assert daemons(w) == set()
+    assert daemons(w) == set() and orch.store.get_meta("orchestrator")["mps_gpus"] == []
     pids = {n: w.pid(orch, n) for n in ("a", "c")}
 
     # a second agent on gpu0: its daemon starts first, then a restarts as an MPS client; c is untouched
@@ -96,6 +96,7 @@ def test_apply_placing_a_second_agent_switches_the_gpu_to_mps_and_back(tmp_path:
     assert result.started == ["b"] and result.restarted == ["a"] and result.unchanged == ["c"]
     assert daemons(w) == {uuid(0)}
     assert uuid(0) in orch.store.get_meta(STARTED_KEY, [])
+    assert orch.store.get_meta("orchestrator")["mps_gpus"] == ["gpu0"]  # what `colo status` says
     w.run(orch, 6)
     assert w.pid(orch, "a") != pids["a"] and w.pid(orch, "c") == pids["c"]
     assert PIPE_DIRECTORY in env_of(w, "a") and PIPE_DIRECTORY in env_of(w, "b")
@@ -206,3 +207,21 @@ def test_launch_env_caps_the_builtin_agent_without_mps(tmp_path: Path) -> None:
     assert PIPE_DIRECTORY in envs["lone"] and PIPE_DIRECTORY in envs["cmd"]  # gpu1 has two agents
     assert PIPE_DIRECTORY not in envs["solo"] and envs["solo"][MEMORY_CAP_VAR] == str(p.agent("solo").limit_bytes)
     assert envs["solo"][VISIBLE_DEVICES] == "GPU-2"
+
+
+def test_restart_under_auto_rolls_a_lone_agent_out_of_the_old_daemon_then_quits_it(tmp_path: Path) -> None:
+    """An orchestrator that ran a lone agent under MPS (policy.mps: on) is replaced by one under auto: the
+    adopted agent restarts time-sliced, then the daemon the first one started quits."""
+    w = World(tmp_path, gpus=1)
+    first = w.orchestrator(config(agent("a"), mps="on"))
+    first.up()
+    w.run(first, 2)
+    pid = w.pid(first, "a")
+    assert daemons(w) == {uuid(0)}
+    first._release()  # what SIGKILL does to the lock; the agent and the daemon keep running
+    second = w.orchestrator(config(agent("a"), mps="auto"))
+    second.up()
+    w.run(second, 6)
+    assert w.pid(second, "a") != pid and PIPE_DIRECTORY not in env_of(w, "a")
+    assert daemons(w) == set() and second.store.get_meta(STARTED_KEY, []) == []
+    second.down(sleep=w.clock.advance)
