@@ -60,7 +60,7 @@ def test_mps_auto_lone_agent_runs_like_time_slicing(tmp_path: Path) -> None:
     for s in run["summary"]:
         print(
             f"GPU-RESULT mps-auto mode={s['mode']} clients={s['concurrency']} seq_per_s={s['aggregate_per_sec']:.1f} "
-            f"p99_ms={1000 * s['latency_p99_secs']:.2f} over_timeslice={s['over_timeslice']:.3f}"
+            f"p99_ms={1000 * (s['latency_p99_secs'] or 0.0):.2f} over_timeslice={s['over_timeslice']:.3f}"
         )
     for p in run["points"]:
         for inst in p["instances"]:
