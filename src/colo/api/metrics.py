@@ -27,6 +27,7 @@ colo_mps_enabled                                gauge    1 when MPS is in use
 colo_plan_agents / colo_plan_agents_unplaced    gauge    agents placed / left out by the plan
 colo_plan_calculated_bytes / _margin / _allocated gauge  plan totals
 colo_plan_gpu_allocated_bytes                   gauge    limits placed on each GPU
+colo_plan_gpu_mps                               gauge    1 when the plan runs MPS on the GPU (policy.mps)
 colo_gpu_scrape_ok                              gauge    0 when NVML could not be read (see /gpu/info error)
 colo_mps_recoveries_total                       counter  finished MPS recoveries of a GPU (``uuid``, ``trigger``)
 colo_mps_recovery_detect_seconds                gauge    the last recovery's detection time (failure -> seen)
@@ -241,9 +242,14 @@ class ColoCollector(Collector):
         per_gpu = GaugeMetricFamily(
             "colo_plan_gpu_allocated_bytes", "MPS limits placed on the GPU.", labels=["gpu", "uuid"]
         )
+        mps = GaugeMetricFamily(
+            "colo_plan_gpu_mps", "1 when the plan runs MPS on the GPU (policy.mps).", labels=["gpu", "uuid"]
+        )
         for g in plan.gpus:
             per_gpu.add_metric([gpu_label(g.gpu.key), _slot_uuid(g.gpu)], g.allocated_bytes)
+            mps.add_metric([gpu_label(g.gpu.key), _slot_uuid(g.gpu)], 1.0 if g.mps else 0.0)
         yield per_gpu
+        yield mps
 
 
 def registry_for(read: Callable[[], MetricsInput]) -> CollectorRegistry:

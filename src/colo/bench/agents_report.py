@@ -88,6 +88,27 @@ def point_rows(result: BenchResult) -> list[list[str]]:
     return rows
 
 
+#: With ``policy.mps: auto`` a GPU's lone agent runs time-sliced: it should be within this of time-slicing.
+AUTO_TOLERANCE = 0.02
+AUTO_HEADER = ("clients/agent", "mps: auto seq/s", "time-slicing seq/s", "auto / time-slicing", "within 2 %")
+
+
+def auto_rows(result: BenchResult) -> list[list[str]]:
+    """``mps: auto`` against plain time-slicing per client count (both modes measured): the ratio of their
+    aggregates and whether it is within :data:`AUTO_TOLERANCE` (for a one-agent config: auto runs no MPS)."""
+    rows = []
+    for n in result.concurrencies("auto"):
+        auto, ts = result.point("auto", n), result.point("timeslice", n)
+        ratio = result.over_timeslice("auto", n)
+        if auto is None or ts is None or ratio is None:
+            continue
+        ok = abs(ratio - 1.0) <= AUTO_TOLERANCE
+        rows.append(
+            [str(n), _num(auto.aggregate_per_sec), _num(ts.aggregate_per_sec), f"{ratio:.3f}×", "yes" if ok else "**no**"]
+        )
+    return rows
+
+
 POINT_HEADER = (
     "mode",
     "clients/agent",

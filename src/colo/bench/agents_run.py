@@ -1,7 +1,8 @@
 """``colo bench agents``: a config's agents through their HTTP APIs, as users reach them.
 
 For each mode colo runs the config the way ``colo up`` does — the same command in a child process, with
-``--no-mps`` for time-slicing — in a fresh state directory, waits until every agent is RUNNING, loads them
+``--no-mps`` for time-slicing, ``--mps on`` for MPS, ``--mps auto`` for what ``policy.mps: auto`` decides —
+in a fresh state directory, waits until every agent is RUNNING, loads them
 (:mod:`colo.bench.loads.agents`) at each client count, and stops them (``colo down``'s signal, then
 :func:`~colo.supervise.statedir.stop_leftovers` for anything that outlived it). Attached, it loads agents
 already running (any build: the URLs, or a config's ports) and starts nothing.
@@ -41,6 +42,11 @@ Progress = Callable[[str], None]
 #: How colo is started: the interpreter running this bench, the tree on its PYTHONPATH.
 COLO_COMMAND: tuple[str, ...] = (sys.executable, "-c", "from colo.cli.main import main; main()")
 MEMORY_INTERVAL_SECS = 0.05
+#: How ``colo up`` runs the config in each mode: ``mps`` on every GPU with an agent, ``auto`` as
+#: ``policy.mps: auto`` decides (a GPU's lone agent time-sliced), ``timeslice`` without MPS.
+UP_MODE_ARGS: dict[str, tuple[str, ...]] = {"timeslice": ("--no-mps",), "mps": ("--mps", "on"), "auto": ("--mps", "auto")}
+MODE_LABELS = {"timeslice": "time-slicing", "mps": "MPS", "auto": "mps: auto"}
+AGENT_MODES = tuple(UP_MODE_ARGS)
 STOP_WAIT_SECS = 120.0
 
 
@@ -155,24 +161,23 @@ def with_recorded(targets: Sequence[AgentTarget], state_dir: Path | None) -> tup
 def colo_up(
     config_path: Path,
     *,
-    mps: bool,
+    mode: str,
     names: Sequence[str],
     timeout_secs: float,
     progress: Progress,
     command: Sequence[str] = COLO_COMMAND,
     env: dict[str, str] | None = None,
 ) -> Iterator[Path]:
-    """Run ``colo up CONFIG`` (``--no-mps`` unless ``mps``) in a child process with a fresh state dir, wait
+    """Run ``colo up CONFIG`` in ``mode`` (timeslice: ``--no-mps``; mps: ``--mps on``; auto: ``--mps auto``,
+    MPS only where the plan puts 2+ agents on a GPU) in a child process with a fresh state dir, wait
     until the agents ``names`` are RUNNING, yield the state dir; stop everything on the way out, whatever
     happened. Raises BenchError when colo exits, an agent turns FATAL, or the wait times out."""
     from colo.supervise.statedir import stop_leftovers
 
     sd = Path(tempfile.mkdtemp(prefix="colo-agents-bench-"))
     log_path = sd / "up.log"
-    argv = [*command, "up", str(config_path), "--state-dir", str(sd), "--no-api", "--force"]
-    if not mps:
-        argv.append("--no-mps")
-    progress(f"{'MPS' if mps else 'time-slicing'}: colo up (state dir {sd})")
+    argv = [*command, "up", str(config_path), "--state-dir", str(sd), "--no-api", "--force", *UP_MODE_ARGS[mode]]
+    progress(f"{MODE_LABELS[mode]}: colo up (state dir {sd})")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     ok = False
@@ -390,7 +395,7 @@ def run_agents_bench(
             raise UsageError("colo bench agents needs a config to start agents (or --attach)")
         with colo_up(
             bench.config_path,
-            mps=mode == "mps",
+            mode=mode,
             names=names,
             timeout_secs=bench.start_timeout_secs,
             progress=progress,

@@ -16,7 +16,13 @@ from colo import units
 from colo.bench.results import BenchResult, PointResult
 from colo.files import write_atomic
 
-MODE_NAMES = {"timeslice": "time-slicing", "mps": "MPS", "merged": "merged batch", "external": "as served"}
+MODE_NAMES = {
+    "timeslice": "time-slicing",
+    "mps": "MPS",
+    "auto": "mps: auto",
+    "merged": "merged batch",
+    "external": "as served",
+}
 
 
 def _num(value: float | None, digits: int = 1) -> str:

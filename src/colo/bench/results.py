@@ -182,7 +182,7 @@ class BenchResult:
     def modes(self) -> list[str]:
         """Co-location modes present, in a stable order (time-slicing first)."""
         seen = {p.mode for p in self.points if p.mode != "merged"}
-        ordered = [m for m in ("timeslice", "mps", "external") if m in seen]
+        ordered = [m for m in ("timeslice", "mps", "auto", "external") if m in seen]
         return ordered + sorted(seen - set(ordered))
 
     def concurrencies(self, mode: str | None = None) -> list[int]:
@@ -218,6 +218,12 @@ class BenchResult:
         ts = self.point("timeslice", concurrency)
         return stats.ratio(mps.aggregate_per_sec if mps else None, ts.aggregate_per_sec if ts else None)
 
+    def over_timeslice(self, mode: str, concurrency: int) -> float | None:
+        """``mode``'s aggregate / time-slicing's aggregate at N (``auto``: what ``policy.mps: auto`` gives)."""
+        point = self.point(mode, concurrency)
+        ts = self.point("timeslice", concurrency)
+        return stats.ratio(point.aggregate_per_sec if point else None, ts.aggregate_per_sec if ts else None)
+
     def bound(self, concurrency: int) -> float | None:
         """The merged-batch bound at N: one process with N× the batch (N = 1 is the single instance)."""
         merged = self.point("merged", concurrency)
@@ -243,6 +249,7 @@ class BenchResult:
                     "aggregate_per_sec": p.aggregate_per_sec,
                     "scaling_efficiency": self.efficiency(mode, n),
                     "mps_over_timeslice": self.mps_ratio(n),
+                    "over_timeslice": self.over_timeslice(mode, n),
                     "merged_bound_per_sec": self.bound(n),
                     "fraction_of_bound": self.bound_fraction(mode, n),
                     "latency_p50_secs": stats.finite(p.latency.p50_secs),

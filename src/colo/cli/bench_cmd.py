@@ -51,6 +51,17 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
+def parse_agent_modes(text: str) -> tuple[str, ...]:
+    """``colo bench agents --mode``: timeslice, mps and auto (``colo up --mps auto``), comma-separated."""
+    from colo.bench.agents_run import AGENT_MODES
+
+    modes = [m.strip() for m in text.split(",") if m.strip()] or ["timeslice"]
+    for m in modes:
+        if m not in AGENT_MODES:
+            raise UsageError(f"unknown mode {m!r}; use timeslice, mps, auto or several (timeslice,auto)")
+    return tuple(modes)
+
+
 def parse_modes(text: str) -> tuple[str, ...]:
     from colo.bench.mps import check_modes
 
@@ -471,14 +482,14 @@ def bench_agents(
     from colo.spec.load import load_config
 
     counts = parse_int_list(clients, "--clients")
-    modes = parse_modes(opts.mode)
+    modes = parse_agent_modes(opts.mode)
     only = tuple(a.strip() for a in agents.split(",") if a.strip()) if agents else ()
     attached = bool(attach) or attach_config
     if attach and attach_config:
         raise UsageError("give --attach URLs or --attach-config, not both")
     if attached and len(modes) != 1:
         raise UsageError(
-            "attached, colo starts nothing: --mode names what the running agents use (one of timeslice, mps)"
+            "attached, colo starts nothing: --mode names what the running agents use (one of timeslice, mps, auto)"
         )
     cfg = load_config(config) if config is not None else None
     if attach:
@@ -509,7 +520,15 @@ def bench_agents(
 
 
 def _execute_agents(bench: Any, *, out: Path, as_json: bool) -> None:
-    from colo.bench.agents_report import AGENT_HEADER, POINT_HEADER, agent_rows, lone_rows, point_rows
+    from colo.bench.agents_report import (
+        AGENT_HEADER,
+        AUTO_HEADER,
+        POINT_HEADER,
+        agent_rows,
+        auto_rows,
+        lone_rows,
+        point_rows,
+    )
     from colo.bench.agents_run import run_agents_bench
     from colo.bench.harness import sigterm_as_exit
     from colo.bench.report import to_json, write_reports
@@ -550,6 +569,7 @@ def _execute_agents(bench: Any, *, out: Path, as_json: bool) -> None:
         (result.title, POINT_HEADER, point_rows(result)),
         ("per agent", AGENT_HEADER, agent_rows(result)),
         ("a lone request", *lone_rows(result)),
+        ("mps: auto against time-slicing", AUTO_HEADER, auto_rows(result)),
     ):
         if not rows:
             continue

@@ -174,8 +174,11 @@ def start_command(
     every = _backend().gpus()
     gpus = _select(every, gpu)
     if config is not None and not gpu:
-        used = set(_planned(config, every).mps_gpu_uuids())
-        gpus = [g for g in gpus if g.uuid in used] or gpus
+        planned = _planned(config, every)
+        used = set(planned.mps_gpu_uuids())  # the GPUs the plan runs MPS on (policy.mps)
+        for line in planned.plan.mps_lines():
+            console.print(f"[dim]{safe(line)}[/]", highlight=False, soft_wrap=True)
+        gpus = [g for g in gpus if g.uuid in used]
     root = _root(config)
     control = _control()
     for g in gpus:
@@ -311,11 +314,26 @@ def env_command(
         if config.gpus == "auto":
             raise
         gpus = None
-    ap = _planned(config, gpus).plan.agent(agent)
+    planned = _planned(config, gpus)
+    ap = planned.plan.agent(agent)
     if ap.gpu is None:
         raise UsageError(f"agent {agent!r} fits on no GPU in the plan", hint="run `colo plan` to see why")
     uuid = ap.gpu.uuid
     root = _root(config)
+    if not ap.mps:
+        setup = launch_setup(config, ap, config_copy=StateDirPaths(state_dir(config.state_dir)).config_copy, mps_root=root)
+        reason = planned.plan.gpu(ap.gpu).mps_reason
+        lines = [
+            f"# {agent}: no MPS on {ap.gpu.label} ({reason}); limit {format_size(ap.limit_bytes)} held by "
+            f"{ap.enforcement}" + (f" ({uuid})" if uuid else "")
+        ]
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in setup.launch.env if k != "COLO_AGENT"]
+        spec = config.agents[agent]
+        if spec.command:
+            lines.append("# then: " + shlex.join(spec.command))
+        for ln in lines:
+            typer.echo(ln)
+        return
     lines = [
         f"# {agent}: {format_size(ap.limit_bytes)} MPS limit, {ap.active_thread_pct}% of SMs, "
         f"client priority {ap.client_priority}, on {ap.gpu.label}" + (f" ({uuid})" if uuid else "")

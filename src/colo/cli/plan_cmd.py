@@ -83,6 +83,7 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool) -> None:
         table.add_column("declared GiB", justify="right")
     for col in ("calculated GiB", "margin GiB", "limit GiB", "thread %", "client prio", "priority"):
         table.add_column(col, justify="right")
+    table.add_column("limit held by", justify="left")
     for a in p.agents:
         models = "\n".join(
             safe(m.model) if m.source == "declared" else f"{safe(m.model)} [dim]({m.source})[/]" for m in a.models
@@ -94,6 +95,7 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool) -> None:
         row += [
             _gib(a.requirement_bytes), _gib(a.margin_bytes), _gib(a.limit_bytes),
             str(a.active_thread_pct), str(a.client_priority), a.priority,
+            a.enforcement or "—",
         ]
         table.add_row(*row)
     console.print(table)
@@ -112,6 +114,8 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool) -> None:
             gt.add_row(safe(g.gpu.label), str(len(g.agents)), _gib(g.allocated_bytes), _gib(g.free_bytes),
                        f"{g.utilization_pct:.1f}")
         console.print(gt)
+    for line in p.mps_lines():
+        console.print(f"[bold]MPS[/] {safe(line)}", highlight=False, soft_wrap=True)
     for f in p.findings:
         colour = "red" if f.severity == "error" else "yellow"
         console.print(f"[{colour}]{f.severity}:[/] {safe(f.agent)}: {safe(f.message)}", highlight=False, soft_wrap=True)
@@ -146,13 +150,14 @@ def plan_command(
         require_complete(p)
 
 
-def _findings_for(path: str) -> tuple[str, list[Finding]]:
+def _findings_for(path: str) -> tuple[str, list[Finding], list[str]]:
+    """The file's kind, its findings, and (a colo.yaml) which GPUs the plan runs MPS on and why."""
     loaded, kind = load_document(path)
     if kind == "allocation":
-        return kind, check_allocation(parse_allocation(loaded), Policy().margin)
+        return kind, check_allocation(parse_allocation(loaded), Policy().margin), []
     if kind == "model_config":
         parse_model_config(loaded)
-        return kind, []
+        return kind, [], []
     config = config_from_loaded(loaded)
     from colo.spec.checks import check_file
     from colo.supervise.launch import builtin_port
@@ -163,8 +168,10 @@ def _findings_for(path: str) -> tuple[str, list[Finding]]:
         p = planning.plan_slots(config, [GpuSlot("local", 0, "unbounded", units.MAX_SIZE_BYTES)]).plan
         findings = [f for f in check_plan(p) if f.severity == "warning"]
         findings.append(Finding("warning", "gpus", "gpus: auto — placement not checked (no inventory)"))
-        return kind, file_findings + findings
-    return kind, file_findings + check_plan(planning.plan_config(config).plan)
+        mps = [f"{line} (gpus: auto: all agents on one GPU here; decided per GPU at run time)" for line in p.mps_lines()]
+        return kind, file_findings + findings, mps
+    p = planning.plan_config(config).plan
+    return kind, file_findings + check_plan(p), p.mps_lines()
 
 
 def validate_command(
@@ -179,7 +186,7 @@ def validate_command(
     worst = 0
     for path in files:
         try:
-            kind, findings = _findings_for(path)
+            kind, findings, mps = _findings_for(path)
         except ConfigError as exc:
             results.append({"file": path, "valid": False, "error": str(exc), "findings": []})
             worst = 2
@@ -189,6 +196,7 @@ def validate_command(
         results.append({
             "file": path, "kind": kind, "valid": True,
             "findings": [{"severity": f.severity, "where": f.where, "message": f.message} for f in findings],
+            **({"mps": mps} if mps else {}),
         })
         if findings:
             worst = max(worst, 1)
@@ -198,6 +206,8 @@ def validate_command(
             for f in findings:
                 colour = "red" if f.severity == "error" else "yellow"
                 console.print(f"[{colour}]{f.severity}:[/] {safe(path)}: {safe(f.where)}: {safe(f.message)}", highlight=False)
+            for line in mps:
+                console.print(f"[dim]mps:[/] {safe(path)}: {safe(line)}", highlight=False, soft_wrap=True)
     if as_json:
         print_json({"files": results, "exit_code": worst})
     raise typer.Exit(worst)

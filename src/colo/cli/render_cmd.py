@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -274,7 +275,7 @@ def node_command(
     if other is not None:
         raise SupervisorError(f"colo is already up with state dir {sd} (pid {other})", hint="`colo status` shows it")
     _link_gpus(MpsRoot.under_state_dir(sd).base_dir)
-    extra = {"run_agents": False} if no_agents else {}
+    extra: dict[str, Any] = {"run_agents": False} if no_agents else {}
     _run_foreground(cfg, config_path, sd, use_mps=True, node=node, api=not no_api, **extra)
 
 

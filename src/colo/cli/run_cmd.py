@@ -27,10 +27,11 @@ import typer
 
 from colo.cli.common import _console, console, err_console, print_json, safe
 from colo.errors import ColoError, OrchestratorUnreachable, SupervisorError, UsageError
+from colo.spec.config import MPS_MODES
 
 if TYPE_CHECKING:
     from colo.api.client import Verb
-    from colo.spec.config import ColoConfig
+    from colo.spec.config import ColoConfig, MpsMode
     from colo.supervise.first_outcome import UpOutcome
 
 STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
@@ -63,6 +64,12 @@ def _warn(msg: str) -> None:
 def up_command(
     config: Path = typer.Argument(..., help="colo.yaml to run."),
     no_mps: bool = typer.Option(False, "--no-mps", help="Plain time-slicing: no MPS daemons, same supervision."),
+    mps: str | None = typer.Option(
+        None,
+        "--mps",
+        metavar="auto|on|off",
+        help="policy.mps for this run (applies and reloads too): auto (MPS on GPUs with 2+ agents), on, off.",
+    ),
     detach: bool = typer.Option(
         False,
         "--detach",
@@ -89,6 +96,7 @@ def up_command(
     from colo.supervise import planning
     from colo.supervise.statedir import StateDirPaths, resolve_state_dir, running_orchestrator
 
+    mps_mode = check_mps_option(mps, no_mps)
     cfg = load_config(config)
     if not skip_needs_check:
         check_builtin_agent_needs(cfg)
@@ -103,7 +111,21 @@ def up_command(
         )
     if detach:
         _detach(StateDirPaths(sd), cfg, as_json=as_json)
-    _run_foreground(cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api, as_json=as_json)
+    _run_foreground(
+        cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api, as_json=as_json, mps_mode=mps_mode
+    )
+
+
+def check_mps_option(mps: str | None, no_mps: bool) -> MpsMode | None:
+    """``--mps auto|on|off`` as a policy.mps value (None: the config's). Raises UsageError (exit 2) for another
+    value, or with ``--no-mps`` (which is ``off`` for the run) unless it says off too."""
+    if mps is None:
+        return None
+    if mps not in MPS_MODES:
+        raise UsageError(f"--mps {mps!r}: write auto, on or off")
+    if no_mps and mps != "off":
+        raise UsageError(f"--no-mps and --mps {mps} disagree; give one of them")
+    return mps
 
 
 def check_builtin_agent_needs(cfg: ColoConfig) -> None:
@@ -237,6 +259,7 @@ def _run_foreground(
     api: bool,
     run_agents: bool = True,
     as_json: bool = False,
+    mps_mode: MpsMode | None = None,
 ) -> None:
     import signal
 
@@ -255,7 +278,9 @@ def _run_foreground(
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
-    orch = Orchestrator(cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node, run_agents=run_agents)
+    orch = Orchestrator(
+        cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node, run_agents=run_agents, mps_mode=mps_mode
+    )
     result = orch.up()  # ColoError: nothing left running; main() prints it with its exit code
     for w in result.warnings:
         _warn(w)
@@ -497,7 +522,11 @@ def status_command(
         return
     orch = data["orchestrator"]
     if orch:
-        mode = "MPS" if orch.get("mps") else "time-slicing"
+        gpus = orch.get("mps_gpus")
+        if isinstance(gpus, list):
+            mode = f"MPS on {', '.join(map(str, gpus))}" if gpus else "time-slicing (no GPU runs MPS)"
+        else:
+            mode = "MPS" if orch.get("mps") else "time-slicing"
         console.print(f"colo is up: orchestrator pid {orch['pid']}, {mode}, state dir {safe(sd)}", highlight=False)
     else:
         console.print(

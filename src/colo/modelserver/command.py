@@ -18,6 +18,10 @@ from collections.abc import Sequence
 
 MODULE = "colo.modelserver.serve"
 DEFAULT_HOST = "127.0.0.1"
+#: The built-in agent on a GPU without MPS caps PyTorch's caching allocator at this many bytes (its planned
+#: limit): ``torch.cuda.set_per_process_memory_fraction`` (``serve.cap_allocator``). Not set under MPS, whose
+#: pinned limit holds the whole process.
+MEMORY_CAP_VAR = "COLO_MEMORY_CAP_BYTES"
 #: What the built-in agent imports beyond colo's own dependencies (the ``profile`` extra).
 NEEDED_MODULES = ("torch", "transformers")
 
@@ -81,6 +85,11 @@ def builtin_agent_command(
         argv += ["--device", device]
     argv += list(extra_args)
     return argv
+
+
+def memory_cap_env(limit_bytes: int) -> dict[str, str]:
+    """The environment that makes the built-in agent cap its allocator at ``limit_bytes`` (no MPS)."""
+    return {MEMORY_CAP_VAR: str(int(limit_bytes))}
 
 
 def health_url(port: int, host: str = DEFAULT_HOST) -> str:

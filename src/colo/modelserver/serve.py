@@ -30,13 +30,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
 from colo.errors import ColoError, UsageError
 from colo.gpu.mps import env as mps_env
-from colo.modelserver.command import DEFAULT_HOST
+from colo.modelserver.command import DEFAULT_HOST, MEMORY_CAP_VAR
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST, EXIT_FAILED, EXIT_OK, EXIT_OOM
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("colo.modelserver")
 
-__all__ = ["EXIT_CONTEXT_LOST", "EXIT_FAILED", "EXIT_OK", "EXIT_OOM", "import_modules", "main", "parse_args"]
+__all__ = ["EXIT_CONTEXT_LOST", "EXIT_FAILED", "EXIT_OK", "EXIT_OOM", "cap_allocator", "import_modules", "main", "parse_args"]
 
 # After the context is lost: time for in-flight 503 answers to go out before the process exits.
 CONTEXT_LOST_EXIT_GRACE_SECS = 0.3
@@ -167,10 +167,35 @@ def _device_line(device: str) -> str:
         mps_env.PIPE_DIRECTORY,
         mps_env.PINNED_DEVICE_MEM_LIMIT,
         mps_env.ACTIVE_THREAD_PERCENTAGE,
+        MEMORY_CAP_VAR,
     ):
         if os.environ.get(var):
             parts.append(f"{var}={os.environ[var]}")
     return " ".join(parts)
+
+
+def cap_allocator(device: str, environ: Mapping[str, str] | None = None) -> float | None:
+    """On a GPU without MPS (``COLO_MEMORY_CAP_BYTES`` set by the supervisor), cap PyTorch's caching
+    allocator at the agent's planned limit: ``torch.cuda.set_per_process_memory_fraction(limit / total)``.
+    An allocation past it fails as out of memory (507, the agent stays up), as it would under MPS's pinned
+    limit. It counts what PyTorch allocates (weights, activations, cuBLAS workspaces), not the CUDA context
+    (a few hundred MiB), so the process may pass its limit by that much. Returns the fraction, or None when
+    nothing was capped (no variable, not CUDA)."""
+    text = (os.environ if environ is None else environ).get(MEMORY_CAP_VAR, "")
+    if not text or not device.startswith("cuda"):
+        return None
+    try:
+        cap = int(text)
+    except ValueError:
+        log.warning("ignoring %s=%r: not a number of bytes", MEMORY_CAP_VAR, text)
+        return None
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = min(1.0, max(cap, 1) / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    log.info("no MPS: PyTorch's allocator capped at %d MiB (%.4f of %d MiB)", cap >> 20, fraction, total >> 20)
+    return fraction
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("stop requested before start; exiting")
         return EXIT_OK
     log.info("agent %s: %s", args.agent, _device_line(device))
+    cap_allocator(device)
     agent = config.agents[args.agent]
     wait_ms = args.batch_wait_ms if args.batch_wait_ms is not None else agent.batch_wait_ms
     return _serve(args, specs, device, port, stop_requested, wait_ms, agent.matmul_precision)

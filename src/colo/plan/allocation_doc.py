@@ -8,7 +8,11 @@ Seed readers see exactly the keys they know::
         "system_summary": {"total_agents", "total_calculated_memory_gb", "total_mps_allocation_gb",
                            "total_safety_margin_gb", "memory_efficiency_percent",
                            "gpu_utilization_percent", "gpu_memory_gb", "colo": {...}}},
-     "colo": {"format": 1, "placement", "gpus": [...], "unplaced": [...], "findings": [...]}}
+     "colo": {"format": 1, "placement", "gpus": [...], "mps_gpus": [...], "unplaced": [...], "findings": [...]}}
+
+Which GPUs run MPS and why: ``colo.gpus[].mps`` / ``mps_mode`` (auto | on | off) / ``mps_reason``, the keys
+of those that do in ``colo.mps_gpus``; per agent ``colo.mps`` and ``colo.memory_enforcement`` (mps-pinned,
+allocator-cap, none: how its limit is held to).
 
 ``*_gb`` values are GiB (the seed's "GB"), rounded to 3 decimals; the exact values are in ``colo`` as bytes
 and as MPS's ``<N>M`` strings. Summaries are derived from the rows.
@@ -47,6 +51,8 @@ def _agent_entry(a: AgentPlan) -> dict[str, Any]:
             "margin_policy": a.margin_policy,
             "active_thread_percentage": a.active_thread_pct,
             "client_priority": a.client_priority,
+            "mps": a.mps,
+            "memory_enforcement": a.enforcement,
             "model_memory": [
                 {"model": m.model, "requirement_bytes": m.requirement_bytes, "source": m.source}
                 for m in a.models
@@ -95,9 +101,13 @@ def allocation_document(plan: Plan) -> dict[str, Any]:
                     "free_gb": units.gib(g.free_bytes),
                     "utilization_percent": round(g.utilization_pct, 1),
                     "efficiency_percent": round(g.efficiency_pct, 1),
+                    "mps": g.mps,
+                    "mps_mode": g.mps_mode,
+                    "mps_reason": g.mps_reason,
                 }
                 for g in plan.gpus
             ],
+            "mps_gpus": [g.key for g in plan.mps_gpus()],
             "unplaced": [
                 {"agent": u.agent, "priority": u.priority, "limit_gb": units.gib(u.limit_bytes), "reason": u.reason}
                 for u in plan.unplaced

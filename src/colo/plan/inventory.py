@@ -25,7 +25,7 @@ def inventory_slots(config: ColoConfig) -> list[GpuSlot]:
         for _ in range(row.count):
             i = next_index.get(row.node, 0)
             next_index[row.node] = i + 1
-            slots.append(GpuSlot(row.node, i, row.name, row.memory_bytes))
+            slots.append(GpuSlot(row.node, i, row.name, row.memory_bytes, mps=row.mps))
     return slots
 
 

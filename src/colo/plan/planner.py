@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from colo.plan import mps as mps_policy
 from colo.plan.inventory import pinned_candidates
 from colo.plan.limits import agent_limit, agent_models, declared_memory, margin_findings
 from colo.plan.placement import Request, place, placement_order
@@ -25,12 +26,18 @@ def plan(
     config: ColoConfig,
     gpus: Sequence[GpuSlot],
     memory: Mapping[str, ModelMemory] | MemoryInputs | None = None,
+    *,
+    mps_off: str | None = None,
 ) -> Plan:
     """Turn model memory into per-agent MPS limits and place the agents on ``gpus``.
 
     ``memory`` maps model id -> requirement (measured, estimated or declared), or is a
     :class:`MemoryInputs` that also gives whole-agent requirements; by default the models' declared ``memory``. Agents that fit nowhere are returned in ``Plan.unplaced`` with the reason; call
     :func:`require_complete` to make that an error.
+
+    Each GPU's MPS decision (``policy.mps``, a row's ``gpus[].mps``; see :mod:`colo.plan.mps`) is in
+    ``Plan.gpus`` and each agent's ``enforcement``; ``mps_off`` (e.g. ``"--no-mps"``) turns MPS off
+    everywhere for this run and says why.
 
     Raises PlanError for a model without any memory figure, ConfigError for a pin that matches no GPU.
     """
@@ -63,6 +70,12 @@ def plan(
         allow_oversubscription=pol.allow_oversubscription,
     )
 
+    counts = [0] * len(gpus)
+    for at in outcome.placed.values():
+        counts[at] += 1
+    decided = [
+        mps_policy.decide(g.mps or pol.mps, counts[i], forced_off=mps_off) for i, g in enumerate(gpus)
+    ]
     agents: list[AgentPlan] = []
     unplaced: list[Unplaced] = []
     per_gpu: dict[int, list[AgentPlan]] = {i: [] for i in range(len(gpus))}
@@ -83,6 +96,7 @@ def plan(
             gpu=gpus[pos] if pos is not None else None,
             margin_policy=config.margin_for(req.name).describe(),
             requirement_source=sources[req.name],
+            enforcement=None if pos is None else mps_policy.enforcement(decided[pos][0], spec.command is None),
         )
         agents.append(ap)
         if pos is None:
@@ -97,6 +111,9 @@ def plan(
             calculated_bytes=sum(a.requirement_bytes for a in per_gpu[i]),
             margin_bytes=sum(a.margin_bytes for a in per_gpu[i]),
             allocated_bytes=sum(a.limit_bytes for a in per_gpu[i]),
+            mps=decided[i][0],
+            mps_mode=g.mps or pol.mps,
+            mps_reason=decided[i][1],
         )
         for i, g in enumerate(gpus)
     )

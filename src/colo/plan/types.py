@@ -6,9 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from colo.spec.config import Priority
+from colo.spec.config import MpsMode, Priority
 
 MemorySource = Literal["declared", "measured", "estimated", "observed"]
+#: How an agent's memory limit is held to: by MPS (``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``), by the built-in
+#: agent capping PyTorch's allocator (its GPU runs without MPS), or not at all (a command agent without MPS).
+Enforcement = Literal["mps-pinned", "allocator-cap", "none"]
 
 
 @dataclass(frozen=True, order=True)
@@ -20,6 +23,7 @@ class GpuSlot:
     name: str = field(compare=False)
     memory_total_bytes: int = field(compare=False)
     uuid: str | None = field(default=None, compare=False)
+    mps: MpsMode | None = field(default=None, compare=False)  # the inventory row's override of policy.mps
 
     @property
     def key(self) -> str:
@@ -70,6 +74,12 @@ class AgentPlan:
     gpu: GpuSlot | None
     margin_policy: str = ""
     requirement_source: str = "sum of the models"
+    enforcement: Enforcement | None = None  # None: left out (no GPU)
+
+    @property
+    def mps(self) -> bool:
+        """Its GPU runs MPS (the agent is an MPS client under its pinned limit)."""
+        return self.enforcement == "mps-pinned"
 
     @property
     def model_ids(self) -> tuple[str, ...]:
@@ -95,6 +105,9 @@ class GpuSummary:
     calculated_bytes: int
     margin_bytes: int
     allocated_bytes: int
+    mps: bool = False
+    mps_mode: MpsMode = "auto"
+    mps_reason: str = ""
 
     @property
     def free_bytes(self) -> int:
@@ -150,6 +163,21 @@ class Plan:
     placement: str
     max_clients_per_gpu: int
     findings: tuple[PolicyFinding, ...] = ()
+
+    def gpu(self, slot: GpuSlot) -> GpuSummary:
+        """The summary of GPU ``slot``. Raises KeyError."""
+        for g in self.gpus:
+            if g.gpu == slot:
+                return g
+        raise KeyError(slot.key)
+
+    def mps_gpus(self) -> tuple[GpuSlot, ...]:
+        """The GPUs that run MPS (a daemon, agents as its clients)."""
+        return tuple(g.gpu for g in self.gpus if g.mps)
+
+    def mps_lines(self) -> list[str]:
+        """One line per GPU: whether it runs MPS and why (``colo plan``, ``colo validate``)."""
+        return [f"{g.gpu.label}: {g.mps_reason}" for g in self.gpus]
 
     def agent(self, name: str) -> AgentPlan:
         for a in self.agents:

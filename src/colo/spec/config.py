@@ -28,6 +28,9 @@ Priority = Literal["high", "medium", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "medium", "low")
 DType = Literal["float32", "float16", "bfloat16"]
 Task = Literal["encoder", "generator", "seq2seq"]
+#: Whether a GPU runs MPS: ``auto`` (only with 2+ agents placed on it), ``on`` (always), ``off`` (never).
+MpsMode = Literal["auto", "on", "off"]
+MPS_MODES: tuple[MpsMode, ...] = ("auto", "on", "off")
 
 _SIZE_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -124,6 +127,9 @@ class GpuInventory(_Strict):
     memory_bytes: Bytes = Field(alias="memory", description="Memory per GPU, e.g. '24GiB'.")
     count: int = Field(1, ge=1, le=4096, strict=True)
     labels: dict[str, str] = Field(default_factory=dict, description="Node labels (rendering for Kubernetes).")
+    mps: MpsMode | None = Field(
+        None, description="Overrides policy.mps for the GPUs of this row: auto | on | off (default: policy.mps)."
+    )
 
     @field_validator("node")
     @classmethod
@@ -339,6 +345,12 @@ class Policy(_Strict):
         "fork",
         description="fork: built-in agents are forked from a pre-imported launcher (fast restarts); spawn: a"
         " fresh interpreter per agent. `command:` agents are always spawned.",
+    )
+
+    mps: MpsMode = Field(
+        "auto",
+        description="Where MPS runs: auto (a GPU with 2+ agents; a lone agent runs ~13-15% faster time-sliced),"
+        " on (every GPU with an agent), off (none: plain time-slicing). Per GPU: gpus[].mps.",
     )
 
     @field_validator("priorities")

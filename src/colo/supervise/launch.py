@@ -39,7 +39,8 @@ def builtin_port(config: ColoConfig, name: str) -> int:
 
 def agent_setup(config: ColoConfig, ap: AgentPlan, *, config_copy: Path, mps_root: MpsRoot | None) -> AgentSetup:
     """How ``ap`` runs: its ``command`` (else colo's built-in agent reading ``config_copy``), the MPS client
-    environment of its GPU's daemon under ``mps_root`` (None: no MPS; ``CUDA_VISIBLE_DEVICES`` only), its
+    environment of its GPU's daemon under ``mps_root`` when the plan runs MPS on its GPU (``ap.mps``; else,
+    or with ``mps_root`` None, ``CUDA_VISIBLE_DEVICES`` only, and the built-in agent's allocator cap), its
     own ``env``, its health check (the built-in agent's ``/health`` when it has none) and restart rules.
 
     Raises MpsError for an agent without a limit in the plan.
@@ -58,10 +59,14 @@ def agent_setup(config: ColoConfig, ap: AgentPlan, *, config_copy: Path, mps_roo
         health = _builtin_health(health)
     env: dict[str, str] = {"COLO_AGENT": ap.name}
     uuid = ap.gpu.uuid if ap.gpu is not None else None
-    if uuid and mps_root is not None:
+    if uuid and mps_root is not None and ap.mps:
         env.update(client_env(ap, mps_root.for_gpu(uuid), gpu_uuid=uuid))
     elif uuid:
         env["CUDA_VISIBLE_DEVICES"] = uuid
+    if not ap.mps and ap.enforcement == "allocator-cap" and spec.command is None:
+        from colo.modelserver.command import memory_cap_env
+
+        env.update(memory_cap_env(ap.limit_bytes))
     env.update(spec.env)
     launch = LaunchSpec(
         argv=argv,
@@ -103,9 +108,15 @@ def describe_change(old: AgentSetup, new: AgentSetup) -> str:
         parts.append(f"placement {a.gpu} -> {b.gpu}")
     if a.argv != b.argv:
         parts.append("command")
-    limit_keys = {PINNED_DEVICE_MEM_LIMIT}
-    if {k: v for k, v in a.env if k not in limit_keys} != {k: v for k, v in b.env if k not in limit_keys}:
+    mps_before, mps_after = a.mps_client, b.mps_client
+    if mps_before != mps_after:
+        parts.append("MPS on" if mps_after else "MPS off")
+    from colo.modelserver.command import MEMORY_CAP_VAR
+
+    limit_keys = {PINNED_DEVICE_MEM_LIMIT, MEMORY_CAP_VAR}
+    if mps_before == mps_after and {k: v for k, v in a.env if k not in limit_keys} != {k: v for k, v in b.env if k not in limit_keys}:
         parts.append("env")
     if a.cwd != b.cwd:
         parts.append("cwd")
     return ", ".join(parts) or "launch spec"
+

@@ -68,6 +68,18 @@ class FleetHooks:
         self._watch = {d.gpu_uuid: self._learn(d.gpu_uuid) for d in fleet.daemons()}
         self._last_reading: GpuState | None = None
 
+    def watch(self, gpu_uuid: str) -> None:
+        """Watch the daemon of a GPU just taken into the fleet (started by a switch to MPS)."""
+        self._logs[gpu_uuid] = self._reader(self.fleet.daemon(gpu_uuid).paths.log_dir)
+        self._watch[gpu_uuid] = self._learn(gpu_uuid)
+
+    def unwatch(self, gpu_uuid: str) -> None:
+        """Stop watching a GPU about to leave the fleet (a switch to time-slicing): its daemon's exit is no
+        fault."""
+        self._logs.pop(gpu_uuid, None)
+        self._watch.pop(gpu_uuid, None)
+        self._hints.pop(gpu_uuid, None)
+
     # --- deaths (every tick) -------------------------------------------------------------------------------
 
     def _control(self) -> MpsControl:

@@ -34,16 +34,17 @@ from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, Supervi
 from colo.files import write_atomic
 from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl
+from colo.gpu.mps.daemon import MpsDefaults
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
 from colo.gpu.poller import GpuPoller
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
-from colo.spec.config import ColoConfig
+from colo.spec.config import ColoConfig, MpsMode
 from colo.supervise import planning
 from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
-from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, make_fleet, start_fleet, stop_fleet
+from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, STARTED_KEY, make_fleet, start_fleet, stop_fleet
 from colo.supervise.fork_runner import make_runner
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.launch import describe_change
@@ -91,7 +92,8 @@ class Orchestrator:
 
     Injected for tests: ``gpu_backend`` (else NVML when available), ``mps_control`` (else the real
     ``nvidia-cuda-mps-control``), ``runner``, ``probe``, ``clock``. ``use_mps=False`` is plain time-slicing
-    under the same supervision. ``node`` picks which node of an inventory this machine is.
+    under the same supervision (``policy.mps: off`` for the run); ``mps_mode`` replaces ``policy.mps`` for the
+    run (``colo up --mps``). ``node`` picks which node of an inventory this machine is.
     ``run_agents=False``: the agents run elsewhere (Kubernetes pods, systemd units; ``colo node --no-agents``):
     plan, start/adopt this node's MPS daemons and serve the API, but launch no agent.
 
@@ -115,11 +117,15 @@ class Orchestrator:
         clock: Clock = SYSTEM_CLOCK,
         fault_wait_secs: float = 30.0,
         memory: Mapping[str, ModelMemory] | None = None,
+        mps_mode: MpsMode | None = None,
     ) -> None:
         self._config = config
         self.config_path = Path(config_path).resolve() if config_path else None
         self.paths = StateDirPaths(resolve_state_dir(config, state_dir))
         self.want_mps = use_mps
+        # `colo up --mps`: policy.mps for this run, whatever the file says. Without agents here (pods, units:
+        # `colo render` writes them as MPS clients) every GPU they run on needs its daemon: on.
+        self.mps_mode: MpsMode | None = mps_mode if mps_mode is not None or run_agents else "on"
         self.node = node
         self.run_agents = run_agents
         self._backend = gpu_backend
@@ -134,8 +140,8 @@ class Orchestrator:
         self._lock_file = StateLock(self.paths)
         self._plan: Plan | None = None
         self._fleet: MpsFleet | None = None
-        self._hooks: FleetHooks | None = None
         self._woke: set[int] = set()  # pids that woke the run loop (see _wait_for_next_tick)
+        self._mps_retiring: set[str] = set()  # GPUs switched to time-slicing whose daemon is still up
         self.store = Store(self.paths.db)
         self.logs = AgentLogs(self.paths.logs)
         self.supervisor: Supervisor | None = None
@@ -299,9 +305,12 @@ class Orchestrator:
 
         Raises ConfigError, PlanError, GpuError.
         """
+        if self.mps_mode is not None:
+            config = config.model_copy(update={"policy": config.policy.model_copy(update={"mps": self.mps_mode})})
         slots, warnings = self._slots(config)
         planned = planning.plan_slots(
-            config, slots, node=self.local_node(config), memory=self._memory(config, slots), warnings=warnings
+            config, slots, node=self.local_node(config), memory=self._memory(config, slots), warnings=warnings,
+            mps_off=None if self.want_mps else "--no-mps",
         )
         return planned.plan, list(planned.warnings)
 
@@ -349,16 +358,23 @@ class Orchestrator:
         elsewhere = [ap.name for ap in p.placed if ap.gpu is not None and ap.gpu.node != node]
         if elsewhere:
             self.warnings.append(f"placed on other nodes (not run here, node {node!r}): {', '.join(elsewhere)}")
-        uuids = sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid})
+        on_gpus = sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid})
+        uuids = planning.mps_gpu_uuids(p, mine)  # the GPUs the plan runs MPS on (policy.mps)
         started_d: list[str] = []
         adopted_d: list[str] = []
-        if self.want_mps and uuids:
-            if self._mps_control is None:
-                # The real `-d` forks the daemon and its launcher exits: as a subreaper, colo inherits the
-                # daemon (and a killed daemon's server) and reaps them; a container's PID 1 may not.
-                self._subreaper = procs.become_subreaper()
+        if self.want_mps and on_gpus:
+            # The fleet exists even when no GPU runs MPS yet: an apply that places a second agent on a GPU
+            # (policy.mps: auto) takes that GPU into it.
             self._fleet = make_fleet(self.paths.root, uuids, self._mps_control)
-            started_d, adopted_d = start_fleet(self._fleet, self.store)
+            if uuids:
+                self._become_subreaper()
+                started_d, adopted_d = start_fleet(self._fleet, self.store)
+            # Daemons an earlier orchestrator started on GPUs that now run without MPS: their agents (adopted)
+            # roll out of them, then they quit (see _tick_mps_retire).
+            for uuid in sorted(set(self.store.get_meta(STARTED_KEY, [])) - set(uuids)):
+                if uuid in on_gpus:
+                    self._fleet.add(uuid)
+                    self._mps_retiring.add(uuid)
         elif self.want_mps:
             self.warnings.append("MPS not started: no agent is placed on a GPU with a UUID on this machine")
         self._plan = p
@@ -370,14 +386,13 @@ class Orchestrator:
             poller = GpuPoller(self._backend, root, control, command_timeout_secs=MPS_COMMAND_TIMEOUT_SECS)
             self._published = Publisher(poller, self.clock)
             reading = self._published.reading
-        self._hooks = FleetHooks(self._fleet, reading, clock=self.clock) if self._fleet is not None else None
         sup = Supervisor(
             runner=self.runner,
             probe=self.probe,
             clock=self.clock,
             store=self.store,
             logs=self.logs,
-            mps=self._hooks,
+            mps=FleetHooks(self._fleet, reading, clock=self.clock) if self._fleet is not None else None,
             gpu_memory=self._published.tree_memory if reading is not None else None,
             fault_wait_secs=self.fault_wait_secs,
         )
@@ -386,6 +401,8 @@ class Orchestrator:
             sup.event(EventKind.DAEMON, None, f"started the MPS daemon of {uuid}", uuid)
         for uuid in adopted_d:
             sup.event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
+        self._mps_events(p, mine)
+        mps_labels = self._mps_labels(p, mine)
         records = self.store.agents()
         self.write_pid_file()
         self.store.delete_meta("api_url")  # the CLI records it again once its API serves
@@ -403,13 +420,119 @@ class Orchestrator:
                 "pid": os.getpid(),
                 "state_dir": str(self.paths.root),
                 "config_path": str(self.config_path) if self.config_path else None,
-                "mps": self._fleet is not None,
+                "mps": bool(uuids),
+                "mps_gpus": mps_labels,
                 "api": {"host": config.api.host, "port": config.api.port},
             },
         )
         self._published.poll(force=True)
         self._publish()
-        return UpResult(started, adopted, left_out, started_d, adopted_d, self._fleet is not None, self.warnings)
+        return UpResult(started, adopted, left_out, started_d, adopted_d, bool(uuids), self.warnings)
+
+    def _become_subreaper(self) -> None:
+        if self._mps_control is None and not self._subreaper:
+            # The real `-d` forks the daemon and its launcher exits: as a subreaper, colo inherits the
+            # daemon (and a killed daemon's server) and reaps them; a container's PID 1 may not.
+            self._subreaper = procs.become_subreaper()
+
+    def _mps_events(self, p: Plan, mine: Sequence[AgentPlan], before: Plan | None = None) -> None:
+        """One event per GPU of this node with agents: whether it runs MPS and why (on ``up``), or, after an
+        apply, for each GPU whose decision changed."""
+        sup = self._sup()
+        used = {ap.gpu for ap in mine if ap.gpu is not None}
+        old = {g.gpu: g.mps for g in before.gpus} if before is not None else {}
+        for g in p.gpus:
+            if g.gpu not in used and not (before is not None and old.get(g.gpu)):
+                continue
+            if before is not None and old.get(g.gpu, False) == g.mps:
+                continue
+            verb = "" if before is None else ("switches to MPS: " if g.mps else "switches to time-slicing: ")
+            sup.event(EventKind.MPS_MODE, None, f"{g.gpu.label}: {verb}{g.mps_reason}", g.gpu.uuid)
+
+    def _switch_mps(self, p: Plan, mine: Sequence[AgentPlan]) -> list[str]:
+        """Bring the fleet to the GPUs ``p`` runs MPS on (an apply): start (or adopt) the daemon of each GPU
+        that switches to MPS, before its agents restart as its clients; GPUs that switch to time-slicing
+        are left to :meth:`_tick_mps_retire`, which stops their daemon once no agent of the old setup runs
+        there. Returns the GPUs whose daemon was started. Raises MpsError (those started here are stopped)."""
+        if self._fleet is None:
+            return []
+        want = set(planning.mps_gpu_uuids(p, mine))
+        have = {d.gpu_uuid for d in self._fleet.daemons()}
+        started: list[str] = []
+        hooks = self._hooks()
+        try:
+            for uuid in sorted(want - have):
+                self._become_subreaper()
+                daemon = self._fleet.add(uuid)
+                if daemon.start(MpsDefaults()):
+                    started.append(uuid)
+                    self.store.set_meta(STARTED_KEY, sorted({uuid, *self.store.get_meta(STARTED_KEY, [])}))
+                    self._sup().event(EventKind.DAEMON, None, f"started the MPS daemon of {uuid}", uuid)
+                else:
+                    self._sup().event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
+                if hooks is not None:
+                    hooks.watch(uuid)
+        except ColoError:
+            for uuid in sorted(want - have):
+                self._drop_daemon(uuid, stop=uuid in started)
+            raise
+        self._mps_retiring -= want  # needed again before its daemon was stopped
+        self._mps_retiring |= have - want
+        return started
+
+    def _mps_labels(self, p: Plan, mine: Sequence[AgentPlan]) -> list[str]:
+        """This node's GPUs that run MPS under ``p`` (``gpu0``), for ``colo status``."""
+        if self._fleet is None:
+            return []
+        want = set(planning.mps_gpu_uuids(p, mine))
+        return sorted({ap.gpu.label for ap in mine if ap.gpu is not None and ap.gpu.uuid in want})
+
+    def _record_mps(self, p: Plan, mine: Sequence[AgentPlan]) -> None:
+        meta = self.store.get_meta("orchestrator", None)
+        if isinstance(meta, dict):
+            labels = self._mps_labels(p, mine)
+            self.store.set_meta("orchestrator", {**meta, "mps": bool(labels), "mps_gpus": labels})
+
+    def _hooks(self) -> FleetHooks | None:
+        mps = self.supervisor.mps if self.supervisor is not None else None
+        return mps if isinstance(mps, FleetHooks) else None
+
+    def _drop_daemon(self, uuid: str, *, stop: bool) -> None:
+        """Leave GPU ``uuid`` out of the fleet; quit its daemon when colo started it (``stop``)."""
+        assert self._fleet is not None
+        hooks = self._hooks()
+        if hooks is not None:
+            hooks.unwatch(uuid)  # its daemon quitting is no fault
+        try:
+            if stop:
+                self._fleet.daemon(uuid).stop()
+                self._reap()
+        finally:
+            self._fleet.remove(uuid)
+            self.store.set_meta(STARTED_KEY, [u for u in self.store.get_meta(STARTED_KEY, []) if u != uuid])
+
+    def _tick_mps_retire(self) -> None:
+        """GPUs that switched to time-slicing: once none of their agents still runs as an MPS client (the
+        rolling restart is through), quit the daemon colo started there (an adopted one is left running)."""
+        if self._fleet is None or not self._mps_retiring:
+            return
+        sup = self._sup()
+        for uuid in sorted(self._mps_retiring):
+            if sup.settling_on(uuid):
+                continue
+            self._mps_retiring.discard(uuid)
+            try:
+                daemon = self._fleet.daemon(uuid)
+            except KeyError:
+                continue
+            ours = daemon.started_by_colo or uuid in self.store.get_meta(STARTED_KEY, [])
+            try:
+                self._drop_daemon(uuid, stop=ours)
+            except ColoError as exc:
+                sup.event(EventKind.DAEMON, None, f"could not stop the MPS daemon of {uuid}: {exc}", uuid)
+                continue
+            what = "stopped the MPS daemon" if ours else "no longer uses the (adopted) MPS daemon"
+            sup.event(EventKind.DAEMON, None, f"{what} of {uuid}: its GPU runs time-sliced now", uuid)
 
     def _record_left_out(self, left_out: Sequence[Unplaced]) -> None:
         """Keep the agents this node does not run in the store, so `colo status` reports them too."""
@@ -432,6 +555,7 @@ class Orchestrator:
             self._reap()
             self._published.poll()
             self._sup().tick()
+            self._tick_mps_retire()
             self._publish()
 
     def _reap(self) -> None:
@@ -463,8 +587,9 @@ class Orchestrator:
         the loop does not wake it again (a zombie stays "exited" until reaped)."""
         with self._lock:
             pids = {a.handle.pid for a in self._sup().agents.values() if a.handle is not None}
-            if self._hooks is not None:
-                pids.update(self._hooks.watched_pids())
+            hooks = self._hooks()
+            if hooks is not None:
+                pids.update(hooks.watched_pids())
         self._woke &= pids
         self._woke.update(procs.wait_any_exit(pids - self._woke, tick_secs, stop))
 
@@ -565,14 +690,14 @@ class Orchestrator:
                     agents=tuple(u.agent for u in refused),
                     hint="lower limits or margins, remove agents, or add GPUs",
                 )
-            if self._fleet is not None:
-                known = {d.gpu_uuid for d in self._fleet.daemons()}
-                extra = sorted({ap.gpu.uuid for ap in mine if ap.gpu and ap.gpu.uuid and ap.gpu.uuid not in known})
-                if extra:
-                    raise PlanError(
-                        f"the new plan uses GPU(s) {', '.join(extra)} without an MPS daemon of this colo",
-                        hint="run `colo down` and `colo up` to use more GPUs",
-                    )
+            if self.want_mps and self._fleet is None and planning.mps_gpu_uuids(p, mine):
+                raise PlanError(
+                    "the new plan runs MPS on a GPU, and this colo started without GPUs it could run MPS on",
+                    hint="run `colo down` and `colo up`",
+                )
+            before = self._plan
+            self._switch_mps(p, mine)  # daemons first: the agents switching to MPS restart as their clients
+            placed_here = list(mine)
             if not self.run_agents:
                 mine = []  # agents run as pods/units (see __init__)
             new = {ap.name: self.setup_for(config, ap) for ap in mine}
@@ -602,6 +727,8 @@ class Orchestrator:
             self._plan = p
             self.warnings.extend(warnings)
             self._write_config_copy(config)
+            self._mps_events(p, placed_here, before)
+            self._record_mps(p, placed_here)
             sup.roll(roll)
             self._publish()
             sup.event(

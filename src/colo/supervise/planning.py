@@ -283,9 +283,13 @@ class NodePlan:
         return [ap.name for ap in self.plan.placed if ap.gpu is not None and ap.gpu.node != here]
 
     def mps_gpu_uuids(self) -> list[str]:
-        """UUIDs of this node's GPUs that run an agent: the GPUs that need an MPS daemon."""
-        mine, _ = self.local()
-        return sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid})
+        """UUIDs of this node's GPUs the plan runs MPS on: the GPUs that need an MPS daemon."""
+        return mps_gpu_uuids(self.plan, self.local()[0])
+
+
+def mps_gpu_uuids(p: Plan, mine: Sequence[AgentPlan]) -> list[str]:
+    """UUIDs of the GPUs of ``mine`` (this node's agents of ``p``) that the plan runs MPS on."""
+    return sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid and ap.mps})
 
 
 def plan_slots(
@@ -298,13 +302,15 @@ def plan_slots(
     db: ModelDB | str | Path | None = None,
     warnings: Sequence[str] = (),
     gpus_known: bool = False,
+    mps_off: str | None = None,
 ) -> NodePlan:
     """Plan ``config`` on ``slots`` (for this machine's ``node``, if known). ``memory`` overrides the memory step (tests, callers that resolved it).
+    ``mps_off``: MPS is off for this run whatever ``policy.mps`` says, and why (``"--no-mps"``).
 
     Raises ConfigError, PlanError.
     """
     mem: MemoryArg = memory if memory is not None else memory_inputs(config, slots, from_db=from_db, db=db)
-    p = plan(config, slots, mem)
+    p = plan(config, slots, mem, mps_off=mps_off)
     if memory is None:  # findings about declared numbers (a caller that gave its own memory knows better)
         found = memory_findings(config, p, slots, db)
         p = replace(p, findings=tuple(sorted((*p.findings, *found), key=lambda f: f.agent)))
@@ -326,6 +332,7 @@ def plan_node(
     memory: MemoryArg = None,
     from_db: bool = False,
     db: ModelDB | str | Path | None = None,
+    mps_off: str | None = None,
 ) -> NodePlan:
     """The whole pipeline: node, slots (``gpus``: NVML's GPUs here, None when unknown), memory, plan.
 
@@ -335,7 +342,7 @@ def plan_node(
     slots, warnings = gpu_slots(config, gpus, here)
     return plan_slots(
         config, slots, node=here, memory=memory, from_db=from_db, db=db, warnings=warnings,
-        gpus_known=gpus is not None,
+        gpus_known=gpus is not None, mps_off=mps_off,
     )
 
 

@@ -68,6 +68,13 @@ class LaunchSpec:
     def env_dict(self) -> dict[str, str]:
         return dict(self.env)
 
+    @property
+    def mps_client(self) -> bool:
+        """Started as an MPS client (its environment names a daemon's pipe dir): its GPU runs MPS for it."""
+        from colo.gpu.mps.env import pipe_dir_of
+
+        return pipe_dir_of(self.env_dict()) is not None
+
     def fingerprint(self) -> str:
         """A stable short hash of the spec (kept in the store to notice changes across restarts)."""
         import hashlib

@@ -30,6 +30,7 @@ class EventKind(StrEnum):
     APPLIED = "applied"  # a new plan was applied
     UNHEALTHY = "unhealthy"  # health checks failing
     DAEMON = "mps_daemon"  # an MPS daemon started, stopped or was restarted
+    MPS_MODE = "mps_mode"  # a GPU runs MPS or not (policy.mps), or switched (its agents restart, one by one)
 
 
 @dataclass(frozen=True)

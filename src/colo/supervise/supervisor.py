@@ -142,7 +142,7 @@ class Supervisor:
         rec = self.recoveries.get(uuid) if uuid else None
         if rec is not None and rec.trigger in _NO_SERVER_TO_ASK:
             return  # its server or daemon is gone (or hung): asking would only wait for a timeout
-        if self.mps is not None and uuid and agent.handle is not None:
+        if self.mps is not None and uuid and agent.handle is not None and agent.setup.launch.mps_client:
             self.mps.terminate_client(uuid, agent.handle.pid)
 
     def _save(self, agent: Agent) -> None:
@@ -168,6 +168,23 @@ class Supervisor:
         """Restart these agents with their new setups one at a time (next one once the last is RUNNING)."""
         for setup, reason in changes:
             self._rolling.queue.append((setup.name, setup, reason))
+
+    def settling_on(self, gpu_uuid: str) -> bool:
+        """An agent on this GPU still waits for its rolling restart, is being restarted by one, or is being
+        retired: a process started under the GPU's previous setup may still run there."""
+        r = self._rolling
+        pending = {name for name, _, _ in r.queue}
+        if r.current is not None:
+            pending.add(r.current)
+        for name in pending:
+            a = self.agents.get(name)
+            if a is not None and a.setup.launch.gpu_uuid == gpu_uuid:
+                return True
+        for name in self._retiring:
+            a = self.agents.get(name)
+            if a is not None and a.setup.launch.gpu_uuid == gpu_uuid and a.handle is not None:
+                return True
+        return False
 
     def _tick_rolling(self, now: float) -> None:
         r = self._rolling
@@ -248,7 +265,8 @@ class Supervisor:
             rec.culprit = agent.name  # its log said so only after the server was seen in FAULT
             self.event(EventKind.MPS_FAULT, agent.name, f"faulting client on {uuid}: {agent.name}", uuid)
         stopping = agent.hold or agent.state == AgentState.STOPPING  # colo ended it: not a fault sign
-        if found.mps_error and self.mps is not None and uuid and uuid not in self.recoveries and not stopping:
+        mps_client = agent.setup.launch.mps_client  # an agent on a GPU without MPS starts no MPS recovery
+        if found.mps_error and self.mps is not None and uuid and mps_client and uuid not in self.recoveries and not stopping:
             culprit = agent.name if found.fault_cause else None
             detail, prior = self._suspects.get(uuid, (f"{agent.name}: {found.mps_error}", None))
             self._suspects[uuid] = (detail, prior or culprit)
@@ -283,6 +301,8 @@ class Supervisor:
         status = agent.last_exit
         if status is None or status.code != EXIT_CONTEXT_LOST or self.mps is None or not uuid:
             return
+        if not agent.setup.launch.mps_client:
+            return  # its GPU runs without MPS: the agent's own loss, it restarts by its policy
         if agent.hold or self.shutting_down or uuid in self.recoveries:
             return
         self._lost.setdefault(uuid, (agent.name, now))

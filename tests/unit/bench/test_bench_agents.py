@@ -323,3 +323,38 @@ def test_issue_13_targets_judged(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 1 and "GPU-RESULT errors other than 503 Retry-After: FAIL" in out and "| old | MPS | 3 |" in out
     assert json.loads((tmp_path / "s.json").read_text())["targets"][0]["passed"] is False
     assert targets_main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_cli_mode_auto_runs_colo_up_with_mps_auto_and_compares_with_time_slicing(tmp_path: Path) -> None:
+    """`--mode timeslice,auto`: one fake agent, `colo up --no-mps` then `colo up --mps auto` (the plan runs a
+    lone agent without MPS); the report compares auto with time-slicing."""
+    port = _free_port()
+    config = tmp_path / "colo.yaml"
+    config.write_text(
+        "version: 1\ngpus:\n  - {name: H100, memory: 80GiB, count: 1}\n"
+        "models:\n  m1: {memory: 1GiB, batch_size: 4, max_seq_len: 16, task: encoder}\n"
+        f"agents:\n  a0:\n    models: [m1]\n    port: {port}\n"
+        f"    command: [{sys.executable}, {FAKE_AGENT}, '{port}']\n"
+        f"    health: {{type: http, url: 'http://127.0.0.1:{port}/health', interval_secs: 0.5}}\n"
+    )
+    out = tmp_path / "out"
+    args = ["bench", "agents", str(config), "--mode", "timeslice,auto", "-n", "1", "--duration", "0.4",
+            "--warmup", "0.1", "--out", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "mps: auto: colo up" in r.output and "mps: auto against time-slicing" in r.output
+    data = json.loads((out / "agents.json").read_text())["runs"][0]
+    assert [(p["mode"], p["concurrency"]) for p in data["points"]] == [("timeslice", 1), ("auto", 1)]
+    (auto,) = [s for s in data["summary"] if s["mode"] == "auto"]
+    assert auto["over_timeslice"] is not None and auto["over_timeslice"] > 0
+    assert runner.invoke(app, ["bench", "agents", str(config), "--mode", "sometimes"]).exit_code == 2
+
+
+def test_auto_rows_say_whether_auto_is_within_2_percent() -> None:
+    from colo.bench.agents_report import auto_rows
+
+    close = _agents_result({("timeslice", 1): 1000.0, ("auto", 1): 990.0, ("mps", 1): 860.0}, lone_p50=0.004)
+    assert auto_rows(close) == [["1", "990.0", "1,000", "0.990×", "yes"]]
+    far = _agents_result({("timeslice", 1): 1000.0, ("auto", 1): 900.0}, lone_p50=0.004)
+    assert auto_rows(far)[0][-1] == "**no**"
+    assert auto_rows(_agents_result({("mps", 1): 1.0}, lone_p50=0.004)) == []

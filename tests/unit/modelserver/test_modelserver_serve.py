@@ -158,3 +158,26 @@ def test_a_lost_context_exits_with_its_own_code(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(serve, "CONTEXT_LOST_EXIT_GRACE_SECS", 0.0)
     serve._exit_soon("solo", EXIT_CONTEXT_LOST)
     assert left.wait(5) and codes == [4]
+
+
+def test_cap_allocator_caps_torch_at_the_limit_only_without_mps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A built-in agent on a GPU without MPS caps PyTorch's allocator at its planned limit (COLO_MEMORY_CAP_BYTES,
+    set by the supervisor); nothing is capped without the variable or on the CPU."""
+    import types
+
+    import torch
+
+    from colo.modelserver.command import MEMORY_CAP_VAR, memory_cap_env
+    from colo.modelserver.serve import cap_allocator
+
+    calls: list[tuple[float, str]] = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(total_memory=80 << 30))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    assert memory_cap_env(2 << 30) == {MEMORY_CAP_VAR: str(2 << 30)}
+    assert cap_allocator("cuda", memory_cap_env(2 << 30)) == pytest.approx(2 / 80)
+    assert calls == [(pytest.approx(2 / 80), "cuda")]
+    assert cap_allocator("cuda", {}) is None
+    assert cap_allocator("cpu", memory_cap_env(2 << 30)) is None
+    assert cap_allocator("cuda", {MEMORY_CAP_VAR: "lots"}) is None
+    assert cap_allocator("cuda", memory_cap_env(200 << 30)) == 1.0
+    assert len(calls) == 2

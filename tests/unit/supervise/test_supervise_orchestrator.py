@@ -56,8 +56,10 @@ def agent(
     )
 
 
-def config(*agents: str) -> ColoConfig:
-    return load_config_text(BASE + "".join(agents), "test.yaml")
+def config(*agents: str, mps: str = "on") -> ColoConfig:
+    """Agents on ``gpus: auto``; ``mps: on`` by default (these tests watch MPS on GPUs with one agent too;
+    ``policy.mps: auto`` has its own tests in test_supervise_mps_auto.py)."""
+    return load_config_text(BASE.replace("models:", f"policy: {{mps: {mps}}}\nmodels:") + "".join(agents), "test.yaml")
 
 
 class World:

@@ -51,7 +51,7 @@ def config_text(source: str, gpus: int, gpu_gib: int, inventory: bool) -> str:
     return f"""
 version: 1
 gpus: {gpu_rows}
-policy: {{memory_source: {source}}}
+policy: {{memory_source: {source}, mps: on}}
 models:
 {models}
 agents:
@@ -173,3 +173,37 @@ def test_only_the_planning_pipeline_calls_the_planner() -> None:
                 if names:
                     offenders.append(f"{rel}: {sorted(names)}")
     assert not offenders, f"plans assembled outside supervise/planning.py: {offenders}"
+
+
+def test_auto_plan_mps_env_and_up_agree_on_which_agents_are_mps_clients(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """policy.mps: auto on two GPUs: desk alone on gpu1 runs without MPS in the plan, in `colo mps env` and
+    in `colo up`; wire and archive share gpu0 under MPS."""
+    backend = FakeGpuBackend([fake_gpu(i, memory_total_bytes=4 * GIB) for i in range(2)])
+    monkeypatch.setattr("colo.gpu.nvml.NvmlBackend", lambda *a, **k: backend)
+    text = config_text("declared", 2, 4, inventory=False).replace(", mps: on}", "}")
+    text = text.replace("command: [bin-wire]", "command: [bin-wire], gpu: 0").replace(
+        "command: [bin-archive]", "command: [bin-archive], gpu: 0").replace("command: [bin-desk]", "command: [bin-desk], gpu: 1")
+    path = state / "colo.yaml"
+    path.write_text(text)
+    r = runner.invoke(app, ["plan", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    planned = {a: v["colo"]["mps"] for a, v in doc["mps_resource_allocation"]["agent_allocations"].items()}
+    assert planned == {"wire": True, "archive": True, "desk": False}
+    for a, mps in planned.items():
+        out = runner.invoke(app, ["mps", "env", a, "--config", str(path)])
+        assert out.exit_code == 0, out.output
+        assert ("CUDA_MPS_PIPE_DIRECTORY" in out.stdout) == mps, out.stdout
+    assert "no MPS on gpu1 (1 agent — MPS off (auto)" in runner.invoke(app, ["mps", "env", "desk", "--config", str(path)]).stdout
+    fake_runner = FakeRunner()
+    clock = FakeClock()
+    orch = Orchestrator(load_config(path), state_dir=state, gpu_backend=backend, mps_control=FakeMpsControl(),
+                        runner=fake_runner, probe=lambda c: HealthResult(True, "ok"), clock=clock)
+    orch.up()
+    try:
+        up = {dict(p.spec.env)["COLO_AGENT"]: "CUDA_MPS_PIPE_DIRECTORY" in dict(p.spec.env) for p in fake_runner.spawned}
+        assert up == planned
+    finally:
+        orch.down()

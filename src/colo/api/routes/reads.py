@@ -46,8 +46,10 @@ async def cached_body(cache: TtlCache[bytes], load: Callable[[], bytes]) -> byte
 async def mps_allocation(request: Request) -> Response:
     """The plan as ``mps_allocation_config.json``: ``mps_resource_allocation.agent_allocations`` (one entry
     per placed agent: ``mps_memory_limit_gb``, ``calculated_requirement_gb``, ``safety_margin_gb``,
-    ``priority``, ``models``, ``colo``) and ``.system_summary``; colo's detail under ``colo``. Rendered once
-    per plan; at most ``read_ttl_secs`` old after a reload not made through this API.
+    ``priority``, ``models``, ``colo``) and ``.system_summary``; colo's detail under ``colo``, among it which
+    GPUs run MPS and why (``colo.gpus[].mps``, ``mps_mode``, ``mps_reason``; ``colo.mps_gpus``) and how each
+    agent's limit is held (``agent_allocations.<agent>.colo.memory_enforcement``: mps-pinned, allocator-cap,
+    none). Rendered once per plan; at most ``read_ttl_secs`` old after a reload not made through this API.
 
     Equivalent: ``curl -s http://127.0.0.1:8014/mps/allocation | jq .mps_resource_allocation``.
     """

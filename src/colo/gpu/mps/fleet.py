@@ -40,6 +40,19 @@ class MpsFleet:
     def daemons(self) -> list[MpsDaemon]:
         return list(self._daemons.values())
 
+    def add(self, uuid: str) -> MpsDaemon:
+        """Take GPU ``uuid`` into the fleet (nothing is started); its daemon if it is in already."""
+        if uuid not in self._daemons:
+            assert self.control is not None
+            self._daemons[uuid] = MpsDaemon(self.root.for_gpu(uuid), uuid, self.control, **self.daemon_options)
+            self.gpu_uuids = [*self.gpu_uuids, uuid]
+        return self._daemons[uuid]
+
+    def remove(self, uuid: str) -> None:
+        """Leave GPU ``uuid`` out of the fleet (nothing is stopped: stop its daemon first)."""
+        self._daemons.pop(uuid, None)
+        self.gpu_uuids = [u for u in self.gpu_uuids if u != uuid]
+
     def start_all(self, defaults_by_uuid: Mapping[str, MpsDefaults] | None = None) -> dict[str, bool]:
         """Start (or adopt) every GPU's daemon; True where one was started. Raises MpsError (the first)."""
         defaults_by_uuid = defaults_by_uuid or {}
