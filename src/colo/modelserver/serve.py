@@ -191,9 +191,13 @@ def cap_allocator(device: str, environ: Mapping[str, str] | None = None) -> floa
         return None
     import torch
 
-    total = torch.cuda.get_device_properties(device).total_memory
-    fraction = min(1.0, max(cap, 1) / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    try:
+        total = torch.cuda.get_device_properties(device).total_memory
+        fraction = min(1.0, max(cap, 1) / total)
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # serve uncapped rather than not at all
+        log.warning("no MPS: could not cap PyTorch's allocator at %d MiB (%s); running uncapped", cap >> 20, exc)
+        return None
     log.info("no MPS: PyTorch's allocator capped at %d MiB (%.4f of %d MiB)", cap >> 20, fraction, total >> 20)
     return fraction
 
