@@ -82,7 +82,7 @@ def test_bad_since_is_a_usage_error(world: tuple[Path, Path], since: str) -> Non
     cfg, sd = world
     r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--since", since])
     assert r.exit_code == 2
-    assert "--since" in r.output and "duration" in r.output or "longer than zero" in r.output
+    assert ("--since" in r.output and "duration" in r.output) or "longer than zero" in r.output
 
 
 def test_no_history_and_no_orchestrator_are_clear(world: tuple[Path, Path], tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from colo import units
 from colo.clock import FakeClock
 from colo.errors import ConfigError, SupervisorError
 from colo.plan import inventory_slots, plan
-from colo.plan.types import MemoryInputs, TunedLimit
 from colo.plan.limits import declared_memory
+from colo.plan.types import MemoryInputs, TunedLimit
 from colo.spec import load_config_text
 from colo.supervise import tuned
 from colo.supervise.history import UsageRecorder
@@ -22,7 +22,7 @@ from colo.supervise.planning import memory_inputs, plan_config
 from colo.supervise.snapshots import Shape, UsageSample
 from colo.supervise.statedir import StateDirPaths
 from colo.supervise.store import Store
-from colo.supervise.tune_inputs import write_tuned, worst_shapes
+from colo.supervise.tune_inputs import worst_shapes, write_tuned
 from colo.supervise.tuning import (
     ALLOCATOR_GRANULE_BYTES,
     AgentFacts,
