@@ -19,7 +19,7 @@ from colo.supervise.planning import NodePlan
 from colo.supervise.snapshots import Shape, UsageSample
 from colo.supervise.statedir import StateDirPaths
 from colo.supervise.store import Store
-from colo.supervise.tuning import AgentFacts, Proposal, TuneSettings
+from colo.supervise.tuning import TUNE_ROUND_BYTES, AgentFacts, Proposal, TuneSettings
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def gather(config: ColoConfig, state_dir: Path, *, since_wall: float, store: Sto
     entries = tuned.load(paths.tuned_limits)
     facts = agent_facts(config, mine, needs, entries)
     samples = tuple(store.usage(since=since_wall))
-    settings = TuneSettings(round_to_bytes=config.policy.round_to_bytes)
+    settings = TuneSettings(round_to_bytes=min(TUNE_ROUND_BYTES, max(config.policy.round_to_bytes, 1)))
     return TuneInputs(planned, facts, samples, settings, Path(state_dir))
 
 

@@ -10,7 +10,9 @@ The formula, per agent (bytes)::
 * *observed peak*: the highest window high-water mark in the history (NVML, the agent's process tree);
 * *profiled worst case*: ``colo profile``'s measurement of the agent's models at their worst-case shape
   (model database, for the GPU model planned for), when there is one;
-* σ: the population standard deviation of the window peaks: an agent whose use moves gets more room;
+* σ: the population standard deviation of the window peaks once the agent had served its worst case
+  (else of the upper half of the window peaks): an agent whose use still moves gets more room; idle
+  windows before its first heavy request do not count;
 * ``ALLOCATOR_GRANULE_BYTES`` (40 MiB): two of PyTorch's 20 MiB large-pool segments — the caching allocator
   may map one more at any moment for a 1–10 MiB tensor, so less than that is no margin at all;
 * *need*: what the agent's declared worst case needs by the model database (measured, else colo's
@@ -18,7 +20,9 @@ The formula, per agent (bytes)::
   worst-case shape is itself a measurement of that need (NVML, as ``colo profile`` measures) and outranks
   an *estimate*;
 * *failed*: a tuned limit the agent already ran out of memory under (rolled back): never proposed again;
-* ``round_to``: ``policy.round_to`` (128 MiB by default), as every limit.
+* ``round_to``: 32 MiB (``TUNE_ROUND_BYTES``), or ``policy.round_to`` when that is finer: the limit follows a
+  measurement, so the policy's coarse rounding (128 MiB by default, there to absorb an estimate's error)
+  would only lower peak / limit.
 
 Too little history to trust → no proposal, and the reason: fewer than ``min_windows`` windows, a span under
 ``min_secs``, an out-of-memory error in the history, or no window in which the agent had served its
@@ -39,6 +43,9 @@ from colo.memory.allocator import LARGE_SEGMENT_BYTES
 from colo.supervise.snapshots import Shape, UsageSample
 
 ALLOCATOR_GRANULE_BYTES = 2 * LARGE_SEGMENT_BYTES
+#: Tuned limits are rounded up to this (or to ``policy.round_to`` when finer): a limit that follows a
+#: measurement needs no coarse rounding to absorb an estimate's error.
+TUNE_ROUND_BYTES = 32 * units.MIB
 SIGMAS = 3.0
 MIN_WINDOWS = 6
 MIN_SECS = 60.0
@@ -68,7 +75,7 @@ class AgentFacts:
 
 @dataclass(frozen=True)
 class TuneSettings:
-    round_to_bytes: int = 128 * units.MIB
+    round_to_bytes: int = TUNE_ROUND_BYTES
     min_windows: int = MIN_WINDOWS
     min_secs: float = MIN_SECS
     sigmas: float = SIGMAS
@@ -195,6 +202,18 @@ def worst_case_seen(samples: Iterable[UsageSample], worst: Sequence[Shape]) -> b
     return False
 
 
+def _settled_peaks(polled: Sequence[UsageSample], worst: Sequence[Shape]) -> list[int]:
+    """The window peaks whose spread sets the margin: those after the agent had served its worst case (its
+    allocator then holds what the worst case needs; what still moves is noise), else the upper half. Idle
+    windows before the first heavy request say nothing about how far the peak may go."""
+    if worst:
+        done = [s.peak_bytes for s in polled if worst_case_seen([s], worst)]
+        if len(done) > 1:
+            return done
+    peaks = sorted(s.peak_bytes for s in polled)
+    return peaks[len(peaks) // 2 :]
+
+
 def propose_one(facts: AgentFacts, samples: Sequence[UsageSample], settings: TuneSettings) -> Proposal:
     """The proposal for one agent from its history windows (see the module's formula)."""
     polled = [s for s in samples if s.polls > 0]
@@ -202,8 +221,9 @@ def propose_one(facts: AgentFacts, samples: Sequence[UsageSample], settings: Tun
     span = (max(s.end for s in polled) - min(s.start for s in polled)) if polled else 0.0
     oom = sum(s.oom for s in samples)
     peak = max(peaks) if peaks else None
-    stdev = int(statistics.pstdev(peaks)) if len(peaks) > 1 else 0
     seen = worst_case_seen(polled, facts.worst_shapes)
+    spread = _settled_peaks(polled, facts.worst_shapes)
+    stdev = int(statistics.pstdev(spread)) if len(spread) > 1 else 0
 
     def out(reason: str, proposed: int | None = None, basis: int | None = None, margin: int | None = None) -> Proposal:
         return Proposal(

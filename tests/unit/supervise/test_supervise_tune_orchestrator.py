@@ -161,3 +161,22 @@ def test_no_rollback_without_a_tuned_limit(state: Path) -> None:
     assert any(e.kind == EventKind.OOM for e in orch.events())
     assert not any(e.kind == EventKind.ROLLED_BACK for e in orch.events())
     orch.down(sleep=w.clock.advance)
+
+
+def test_a_tuned_agent_that_dies_of_out_of_memory_is_rolled_back(state: Path) -> None:
+    """A command agent (or the built-in agent's device probe) may just die: its last words name the OOM."""
+    cfg = config()
+    tuned.save(state / "tuned_limits.json", {"hog": tuned.TunedEntry(
+        640 * MIB, 600 * MIB, int(1.5 * GIB), tuned.agent_key(cfg, "hog"), "", 1.0)})
+    w = World(state)
+    orch = w.up(cfg)
+    pid = orch.status("hog").pid
+    assert pid is not None
+    with open(state / "logs" / "hog.log", "a") as fh:
+        fh.write("ERROR agent hog: device round trip failed: CUDA error: out of memory; exiting to be restarted\n")
+    w.runner.exit(pid, code=4)
+    w.run(orch, 0.5)
+    assert [e.agent for e in orch.events() if e.kind == EventKind.ROLLED_BACK] == ["hog"]
+    w.run(orch, 5)
+    assert orch.status("hog").limit_bytes == int(1.5 * GIB) and orch.status("hog").state == AgentState.RUNNING
+    orch.down(sleep=w.clock.advance)
