@@ -130,3 +130,37 @@ def format_size_exact(value_bytes: int) -> str:
         if value_bytes and value_bytes % factor == 0:
             return f"{value_bytes // factor}{unit}"
     return f"{value_bytes}B"
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h|d|w)?\s*$", re.ASCII | re.IGNORECASE)
+_DURATION_SECS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Parse ``"90s"``, ``"15m"``, ``"3h"``, ``"7d"``, ``"1w"`` (a bare number is seconds) into seconds.
+
+    Raises ``ValueError`` naming the accepted units for anything else (negative, empty, unknown unit).
+    """
+    if isinstance(text, bool):
+        raise ValueError("a duration must be a number with a unit, such as '90s', '15m', '3h' or '7d'")
+    if isinstance(text, int | float):
+        value = float(text)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{text!r} is not a duration; write e.g. '90s', '15m', '3h' or '7d'")
+        return value
+    match = _DURATION_RE.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration; write e.g. '90s', '15m', '3h' or '7d' (units ms s m h d w)")
+    unit = (match.group(2) or "s").lower()
+    return float(match.group(1)) * _DURATION_SECS[unit]
+
+
+def format_duration(secs: float) -> str:
+    """Short human form: ``45 s``, ``12 min``, ``3.5 h``, ``7 d``."""
+    if secs < 120:
+        return f"{secs:.0f} s"
+    if secs < 7200:
+        return f"{secs / 60:.0f} min"
+    if secs < 172800:
+        return f"{secs / 3600:.1f} h".replace(".0 h", " h")
+    return f"{secs / 86400:.1f} d".replace(".0 d", " d")

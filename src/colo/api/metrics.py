@@ -32,6 +32,12 @@ colo_gpu_scrape_ok                              gauge    0 when NVML could not b
 colo_mps_recoveries_total                       counter  finished MPS recoveries of a GPU (``uuid``, ``trigger``)
 colo_mps_recovery_detect_seconds                gauge    the last recovery's detection time (failure -> seen)
 colo_mps_recovery_recover_seconds               gauge    the last recovery's time from detection to all RUNNING
+colo_agent_usage_window_peak_bytes              gauge    the agent's GPU memory high-water mark over its last
+                                                         usage-history window (``colo tune`` reads the history)
+colo_agent_usage_window_peak_ratio              gauge    that high-water mark / its limit
+colo_agent_usage_window_oom                     gauge    out-of-memory signs in that window
+colo_agent_largest_batch_rows / _seq_len        gauge    the largest batch it had run, per ``model`` (built-in)
+colo_usage_history_rows                         gauge    rows in the usage history (bounded by the policy)
 ==============================================  =======  ===================================================
 """
 
@@ -45,7 +51,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from colo.gpu.poller import GpuState
 from colo.plan.types import GpuSlot, Plan
-from colo.supervise.snapshots import AgentStatus, RecoverySummary
+from colo.supervise.snapshots import AgentStatus, RecoverySummary, UsageSample
 from colo.supervise.state import AgentState
 
 
@@ -57,6 +63,8 @@ class MetricsInput:
     plan: Plan | None
     gpu: GpuState
     recoveries: Sequence[RecoverySummary] = ()
+    usage: Sequence[UsageSample] = ()
+    usage_rows: int | None = None
 
 
 def gpu_label(key: str | None) -> str:
@@ -88,6 +96,43 @@ class ColoCollector(Collector):
         if data.plan is not None:
             yield from self._plan(data.plan)
         yield from self._recoveries(data.recoveries)
+        yield from self._usage(data.usage, data.usage_rows)
+
+    def _usage(self, usage: Sequence[UsageSample], rows: int | None) -> Iterator[Metric]:
+        labels = ["agent", "gpu"]
+        peak = GaugeMetricFamily(
+            "colo_agent_usage_window_peak_bytes",
+            "The agent's GPU memory high-water mark over its last usage-history window (NVML, process tree).",
+            labels=labels,
+        )
+        ratio = GaugeMetricFamily(
+            "colo_agent_usage_window_peak_ratio", "That high-water mark divided by the agent's limit.", labels=labels
+        )
+        oom = GaugeMetricFamily(
+            "colo_agent_usage_window_oom", "Out-of-memory signs in the agent's last window.", labels=labels
+        )
+        brows = GaugeMetricFamily(
+            "colo_agent_largest_batch_rows", "Rows of the largest batch the agent had run.", labels=["agent", "model"]
+        )
+        bseq = GaugeMetricFamily(
+            "colo_agent_largest_batch_seq_len",
+            "Padded length of the largest batch the agent had run.",
+            labels=["agent", "model"],
+        )
+        for u in usage:
+            values = [u.agent, gpu_label(u.gpu)]
+            peak.add_metric(values, u.peak_bytes)
+            if u.limit_bytes:
+                ratio.add_metric(values, u.peak_bytes / u.limit_bytes)
+            oom.add_metric(values, u.oom)
+            for x in u.shapes:
+                brows.add_metric([u.agent, x.model], x.rows)
+                bseq.add_metric([u.agent, x.model], x.seq_len)
+        yield from (peak, ratio, oom, brows, bseq)
+        if rows is not None:
+            total = GaugeMetricFamily("colo_usage_history_rows", "Rows in the usage history (state database).")
+            total.add_metric([], rows)
+            yield total
 
     def _recoveries(self, done: Sequence[RecoverySummary]) -> Iterator[Metric]:
         labels = ["uuid", "trigger"]

@@ -24,7 +24,12 @@ The rules (seed guide's decision framework, made concrete):
   server wins, a note says what it costs: one process, one fault domain, and one copy of the weights; and
   the measured MPS / time-slicing ratio then becomes a note (it only ranks the separate setups that the one
   server beat), so a measured batching win is not outvoted by it;
-- no measurement → a note to run ``colo bench``.
+- no measurement → a note to run ``colo bench``;
+- the usage history (``colo up`` records it; at least ``HISTORY_MIN_WINDOWS`` windows over
+  ``HISTORY_MIN_SECS``): a GPU on which no window ever had more than one busy agent (an agent is busy in a
+  window when it answered requests in it) → separate servers (2): MPS costs a lone process 13–15 % (measured
+  on the H100 and the H200) and there was never a second one to overlap; an agent whose peak never reached
+  half its limit → a note with the figures (``colo tune`` lowers it).
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from colo import units
 from colo.bench.results import BenchResult
 from colo.plan.types import Plan
 from colo.spec.config import ColoConfig
+from colo.supervise.snapshots import UsageSample
 
 Option = Literal["mps", "separate", "mig", "batching"]
 OPTIONS: tuple[Option, ...] = ("mps", "separate", "mig", "batching")
@@ -48,6 +55,9 @@ OPTION_NAMES = {
 }
 MIG_CAPABLE = ("a100", "a30", "h100", "h200", "h20", "b200", "b100", "gb200", "rtx pro 6000")
 MIG_MAX_INSTANCES = 7
+HISTORY_MIN_WINDOWS = 6
+HISTORY_MIN_SECS = 60.0
+LOW_PEAK_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -189,9 +199,66 @@ def _batching_reasons(run: BenchResult) -> tuple[list[Reason], list[str]]:
     return [], [text + " (within 5 %)"]
 
 
-def advise(config: ColoConfig, plan: Plan, runs: Sequence[BenchResult] = ()) -> Advice:
-    """Decide for ``config`` as planned in ``plan``, using ``runs`` (``colo bench`` results) when given."""
+def history_reasons(plan: Plan, history: Sequence[UsageSample]) -> tuple[list[Reason], list[str]]:
+    """What the usage history says (see the module's rules); nothing when it is too short to trust."""
+    reasons: list[Reason] = []
+    notes: list[str] = []
+    if not history:
+        return reasons, notes
+    span = max(u.end for u in history) - min(u.start for u in history)
+    windows = {u.end for u in history}
+    if len(windows) < HISTORY_MIN_WINDOWS or span < HISTORY_MIN_SECS:
+        notes.append(
+            f"usage history too short to judge ({len(windows)} windows over {units.format_duration(span)}; "
+            f"needs {HISTORY_MIN_WINDOWS} over {units.format_duration(HISTORY_MIN_SECS)})"
+        )
+        return reasons, notes
+    period = f"{len(windows)} windows over {units.format_duration(span)}"
+    for ap in plan.placed:
+        mine = [u for u in history if u.agent == ap.name and u.polls > 0]
+        if len(mine) < HISTORY_MIN_WINDOWS:
+            continue
+        peak = max(u.peak_bytes for u in mine)
+        limit = max(u.limit_bytes for u in mine) or ap.limit_bytes
+        if limit and peak / limit < LOW_PEAK_RATIO:
+            notes.append(
+                f"{ap.name} never approaches its limit: peak {units.format_size(peak)} of "
+                f"{units.format_size(limit)} ({100 * peak / limit:.0f} %) over {len(mine)} windows — "
+                "`colo tune` would lower it"
+            )
+    on_gpu: dict[str, set[str]] = {}
+    for ap in plan.placed:
+        assert ap.gpu is not None
+        on_gpu.setdefault(ap.gpu.key, set()).add(ap.name)
+    for key, names in sorted(on_gpu.items()):
+        rows = [u for u in history if u.agent in names and u.requests is not None]
+        if len(names) < 2 or not rows:
+            continue
+        busy: dict[float, int] = {}
+        for u in rows:
+            busy[u.end] = busy.get(u.end, 0) + (1 if (u.requests or 0) > 0 else 0)
+        most = max(busy.values())
+        if most <= 1:
+            reasons.append(
+                Reason(
+                    "separate",
+                    2,
+                    f"{key}: {len(names)} agents placed, but no window of {len(busy)} ({period}) had more than "
+                    f"{most} busy at once — MPS costs a lone process 13–15 % and had nothing to overlap",
+                )
+            )
+    return reasons, notes
+
+
+def advise(
+    config: ColoConfig, plan: Plan, runs: Sequence[BenchResult] = (), history: Sequence[UsageSample] = ()
+) -> Advice:
+    """Decide for ``config`` as planned in ``plan``, using ``runs`` (``colo bench`` results) and the usage
+    ``history`` of the running system when given."""
     reasons, notes = _bench_reasons(runs)
+    h_reasons, h_notes = history_reasons(plan, history)
+    reasons += h_reasons
+    notes += h_notes
     if not runs:
         notes.append("no measurement: run `colo bench` on this GPU with your workload and pass --bench")
 

@@ -626,13 +626,36 @@ def capacity_command(
         console.print(safe(line), highlight=False)
 
 
+def _history(cfg: Any, state_dir: Path | None, since: str | None) -> list[Any]:
+    """The usage history of the state dir (none when colo never ran there)."""
+    import time
+
+    from colo.cli.tune_cmd import parse_since
+    from colo.supervise.statedir import StateDirPaths, resolve_state_dir
+    from colo.supervise.store import Store
+
+    secs = parse_since(since)
+    store = Store.open_existing(StateDirPaths(resolve_state_dir(cfg, state_dir)).db)
+    if store is None:
+        return []
+    try:
+        return store.usage(since=time.time() - secs if secs else 0.0)
+    finally:
+        store.close()
+
+
 def advise_command(
     config: Path = typer.Argument(..., help="colo.yaml"),
     bench: Path | None = typer.Option(None, "--bench", help="bench.json from `colo bench` on this GPU"),
     gpu: list[str] = typer.Option([], "--gpu", help="plan for this GPU instead of the config's, e.g. 80GiB"),
     as_json: bool = typer.Option(False, "--json", help="print as JSON"),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="Read the usage history of this state dir (default: the config's)."
+    ),
+    since: str | None = typer.Option(None, "--since", help="Only usage history newer than this: '30m', '7d'."),
 ) -> None:
-    """MPS, separate servers (time-slicing) or MIG for CONFIG, with the reasons that applied."""
+    """MPS, separate servers (time-slicing) or MIG for CONFIG, with the reasons that applied (from the plan,
+    a `colo bench` result, and the usage history `colo up` recorded in the state dir, when there is one)."""
     from colo.bench.advise import advise
     from colo.bench.report import load_json
     from colo.cli.plan_cmd import load_plannable
@@ -650,7 +673,7 @@ def advise_command(
                 source=str(bench),
                 hint="pass the bench.json that `colo bench --out DIR` wrote",
             ) from exc
-    advice = advise(cfg, the_plan, runs)
+    advice = advise(cfg, the_plan, runs, _history(cfg, state_dir, since))
     if as_json:
         print_json(advice.to_dict())
         return

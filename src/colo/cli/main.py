@@ -58,6 +58,7 @@ COMMAND_MODULES = [
     "colo.cli.run_cmd",
     "colo.cli.render_cmd",
     "colo.cli.memory_cmd",
+    "colo.cli.tune_cmd",
 ]
 
 

@@ -74,16 +74,19 @@ def _gib(value_bytes: int) -> str:
     return f"{value_bytes / units.GIB:.2f}"
 
 
-def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool) -> None:
+def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool, state_dir: Path | None = None) -> None:
     """The allocation table and summary (a view: formats the plan, decides nothing)."""
     table = Table(title="MPS allocation", title_justify="left", header_style="bold")
     for col, just in (("agent", "left"), ("gpu", "left"), ("models", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     if show_declared:
         table.add_column("declared GiB", justify="right")
+    tuned = [a for a in p.agents if a.limit_source != "policy"]
     for col in ("calculated GiB", "margin GiB", "limit GiB", "thread %", "client prio", "priority"):
         table.add_column(col, justify="right")
     table.add_column("limit held by", justify="left")
+    if tuned:
+        table.add_column("limit from", justify="left")
     for a in p.agents:
         models = "\n".join(
             safe(m.model) if m.source == "declared" else f"{safe(m.model)} [dim]({m.source})[/]" for m in a.models
@@ -97,6 +100,8 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool) -> None:
             str(a.active_thread_pct), str(a.client_priority), a.priority,
             a.enforcement or "—",
         ]
+        if tuned:
+            row.append(safe(a.limit_source))
         table.add_row(*row)
     console.print(table)
     s = p.summary
@@ -116,6 +121,15 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool) -> None:
         console.print(gt)
     for line in p.mps_lines():
         console.print(f"[bold]MPS[/] {safe(line)}", highlight=False, soft_wrap=True)
+    policy = [a.name for a in p.agents if a.limit_source == "policy"]
+    if tuned:
+        console.print(
+            f"limits from: the policy (requirement + margin) for {len(policy)} agent(s); `colo tune` "
+            f"({safe(state_dir or 'the state dir')}/tuned_limits.json) for {len(tuned)}:",
+            highlight=False, soft_wrap=True,
+        )
+        for a in tuned:
+            console.print(f"  {safe(a.name)}: {safe(a.requirement_source)}", highlight=False, soft_wrap=True)
     for f in p.findings:
         colour = "red" if f.severity == "error" else "yellow"
         console.print(f"[{colour}]{f.severity}:[/] {safe(f.agent)}: {safe(f.message)}", highlight=False, soft_wrap=True)
@@ -131,19 +145,25 @@ def plan_command(
     from_db: bool = typer.Option(False, "--from-db", help="Use measured (else estimated) memory from the model DB."),
     db: str | None = typer.Option(None, "--db", help="Model database file (default: the state dir's)."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Exit 0 even if some agents fit nowhere."),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="Where `colo tune` keeps tuned limits (default: the config's state dir)."
+    ),
 ) -> None:
     """Plan per-agent MPS limits and placement; print the table, or the allocation file with --json/--out."""
     from colo.files import write_atomic
 
     config = load_plannable(config_path, gpu)
-    p = planning.plan_config(config, from_db=from_db, db=db).plan
+    p = planning.plan_config(config, from_db=from_db, db=db, state_dir=state_dir).plan
     doc = allocation_document(p)
     if out is not None:
         write_atomic(out, json.dumps(doc, indent=2) + "\n")
     if as_json:
         print_json(doc)
     else:
-        render_plan(p, config, show_declared=from_db or config.policy.memory_source == "db")
+        from colo.supervise.statedir import resolve_state_dir
+
+        sd = resolve_state_dir(config, state_dir)
+        render_plan(p, config, show_declared=from_db or config.policy.memory_source == "db", state_dir=sd)
         if out is not None:
             console.print(f"wrote {safe(out)}", highlight=False)
     if not allow_partial:

@@ -124,6 +124,7 @@ class _Counters:
     rejected: int = 0
     out_of_memory: int = 0
     items: int = 0
+    largest: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # model -> (rows, seq_len, new)
 
 
 @dataclass
@@ -383,6 +384,7 @@ class AgentRuntime:
             return
         self._counters.requests += len(jobs)
         self._counters.items += rows
+        self._note_shape(model.model_id, rows, max(len(r) for j in jobs for r in j.rows), jobs[0].new_tokens)
         self.metrics.batch_rows.observe(rows)
         self.metrics.batch_requests.observe(len(jobs))
         self.metrics.forward.observe(results[0].forward_ms / 1000.0)
@@ -416,6 +418,13 @@ class AgentRuntime:
             error = ContextLost(f"agent {self.agent}: {self.error}", hint="the agent is restarting")
         error.__cause__ = exc
         return error
+
+    def _note_shape(self, model_id: str, rows: int, seq_len: int, new_tokens: int) -> None:
+        """Keep the largest batch run on ``model_id`` (rows × padded length, then new tokens) since start:
+        what ``/health`` reports as ``largest_batch`` (colo's usage history reads it)."""
+        have = self._counters.largest.get(model_id)
+        if have is None or (rows * seq_len, new_tokens) > (have[0] * have[1], have[2]):
+            self._counters.largest[model_id] = (rows, seq_len, new_tokens)
 
     def context_lost(self, reason: str) -> None:
         """Mark the context unusable for good: log ``reason`` once and call ``on_context_lost`` once."""
@@ -505,6 +514,9 @@ class AgentRuntime:
             "items": self._counters.items,
             "rejected": self._counters.rejected,
             "out_of_memory": self._counters.out_of_memory,
+            "largest_batch": {
+                m: {"rows": r, "seq_len": q, "new_tokens": n} for m, (r, q, n) in sorted(self._counters.largest.items())
+            },
             "queue_depth": self._worker.depth,
             "batch_wait_ms": self.batch_wait_ms,
             "max_queue": self.max_queue,

@@ -17,6 +17,7 @@ from colo.plan.types import (
     Plan,
     PolicyFinding,
     Summary,
+    TunedLimit,
     Unplaced,
 )
 from colo.spec.config import ColoConfig
@@ -42,21 +43,29 @@ def plan(
     Raises PlanError for a model without any memory figure, ConfigError for a pin that matches no GPU.
     """
     agent_req: Mapping[str, ModelMemory] = {}
+    tuned: Mapping[str, TunedLimit] = {}
     if isinstance(memory, MemoryInputs):
-        agent_req = memory.agent_requirements
+        agent_req, tuned = memory.agent_requirements, memory.tuned
         memory = memory.models
     mem = dict(declared_memory(config)) if memory is None else dict(memory)
     pol = config.policy
     rows: dict[str, tuple[tuple[ModelMemory, ...], int, int, int]] = {}
     sources: dict[str, str] = {}
+    limit_sources: dict[str, str] = {}
     requests = []
     for name, agent in config.agents.items():
         whole = agent_req.get(name)
         models = agent_models(config, name, mem) if whole is None else _models_or_whole(config, name, mem, whole)
         requirement = sum(m.requirement_bytes for m in models) if whole is None else whole.requirement_bytes
         margin, limit = agent_limit(config, name, requirement)
-        rows[name] = (models, requirement, margin, limit)
         sources[name] = "sum of the models" if whole is None else f"{whole.source}: {whole.detail}"
+        t = tuned.get(name)
+        if t is not None:  # colo tune: the observed basis and the limit it chose replace requirement + margin
+            requirement, limit = t.basis_bytes, t.limit_bytes
+            margin = limit - requirement
+            sources[name] = f"observed: {t.detail}" if t.detail else "observed"
+            limit_sources[name] = "tuned"
+        rows[name] = (models, requirement, margin, limit)
         cand = pinned_candidates(name, agent, gpus)
         requests.append(Request(name, agent.priority, limit, None if cand is None else tuple(cand)))
 
@@ -97,6 +106,7 @@ def plan(
             margin_policy=config.margin_for(req.name).describe(),
             requirement_source=sources[req.name],
             enforcement=None if pos is None else mps_policy.enforcement(decided[pos][0], spec.command is None),
+            limit_source=limit_sources.get(req.name, "policy"),
         )
         agents.append(ap)
         if pos is None:

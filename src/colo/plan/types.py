@@ -52,11 +52,24 @@ class MemoryInputs:
 
     ``models``: each model's requirement. ``agent_requirements``: agents whose model set was measured or
     estimated as one process (bytes): that figure replaces the sum of the models', which would count one
-    CUDA context per model instead of one per process.
+    CUDA context per model instead of one per process. ``tuned``: agents whose limit ``colo tune`` set (it
+    replaces requirement + margin).
     """
 
     models: Mapping[str, ModelMemory]
     agent_requirements: Mapping[str, ModelMemory] = field(default_factory=dict)
+    tuned: Mapping[str, TunedLimit] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TunedLimit:
+    """A limit ``colo tune`` set for an agent from its usage history: ``limit_bytes`` covers ``basis_bytes``
+    (the larger of its observed peak and its profiled worst case) plus a margin; ``detail`` says from what."""
+
+    agent: str
+    limit_bytes: int
+    basis_bytes: int
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class AgentPlan:
     def mps(self) -> bool:
         """Its GPU runs MPS (the agent is an MPS client under its pinned limit)."""
         return self.enforcement == "mps-pinned"
+    limit_source: str = "policy"  # "policy" (requirement + margin) or "tuned: ..." (colo tune)
 
     @property
     def model_ids(self) -> tuple[str, ...]:

@@ -53,6 +53,23 @@ def _size(value: Any) -> int:
 
 Bytes = Annotated[int, BeforeValidator(_size), WithJsonSchema(_SIZE_SCHEMA)]
 
+_DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|min|h|d|w)?\s*$", "examples": ["90s", "7d"]},
+        {"type": "number", "minimum": 0, "description": "seconds"},
+    ],
+    "description": "A duration: a number with ms, s, m (min), h, d or w (a bare number is seconds).",
+}
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, str | int | float):
+        return units.parse_duration(value)
+    raise ValueError("a duration must be a number with a unit, such as '90s' or '7d'")
+
+
+Seconds = Annotated[float, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA)]
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -341,6 +358,18 @@ class Policy(_Strict):
     memory_source: Literal["declared", "db"] = Field(
         "declared", description="declared: the models' 'memory'; db: measured/estimated values first."
     )
+    history_window_secs: Seconds = Field(
+        10.0,
+        alias="history_window",
+        description="Usage history: one row per agent per window (its GPU memory high-water mark, its largest"
+        " request shape).",
+    )
+    history_retention_secs: Seconds = Field(
+        7 * 86400.0, alias="history_retention", description="Usage history older than this is pruned."
+    )
+    history_max_rows: int = Field(
+        200_000, ge=100, strict=True, description="Usage history rows kept at most (the oldest are pruned)."
+    )
     launcher: Literal["fork", "spawn"] = Field(
         "fork",
         description="fork: built-in agents are forked from a pre-imported launcher (fast restarts); spawn: a"
@@ -352,6 +381,12 @@ class Policy(_Strict):
         description="Where MPS runs: auto (a GPU with 2+ agents; a lone agent runs ~13-15% faster time-sliced),"
         " on (every GPU with an agent), off (none: plain time-slicing). Per GPU: gpus[].mps.",
     )
+    @field_validator("history_window_secs")
+    @classmethod
+    def _window(cls, v: float) -> float:
+        if v < 1.0:
+            raise ValueError("history_window must be at least 1s (the GPUs are read once a second)")
+        return v
 
     @field_validator("priorities")
     @classmethod

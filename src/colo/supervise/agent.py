@@ -33,7 +33,7 @@ from colo.supervise.health import Probe
 from colo.supervise.logs import last_line
 from colo.supervise.policy import RestartRules
 from colo.supervise.runner import ExitStatus, LaunchSpec, ProcessHandle, Runner
-from colo.supervise.snapshots import AgentStatus, EventKind
+from colo.supervise.snapshots import AgentStatus, EventKind, Shape
 from colo.supervise.state import AgentState, check_transition
 from colo.supervise.store import AgentRecord
 
@@ -99,6 +99,8 @@ class Agent:
         self.since = clock.wall()
         self.memory_used_bytes: int | None = None
         self.memory_peak_bytes: int | None = None
+        self.shapes: tuple[Shape, ...] = ()  # the largest batch per model, from its health body (built-in agent)
+        self.requests_answered: int | None = None  # requests answered since it started, from its health body
         self._spawned_once = False
         self._started_at = 0.0
         self._ready_at: float | None = None
@@ -247,6 +249,7 @@ class Agent:
         result = self._probe(check)
         if result.ok:
             self._health_failures = 0
+            self._read_body(result.body)
             return
         self._health_failures += 1
         self.last_error = f"health check failed: {result.detail}"
@@ -255,6 +258,18 @@ class Agent:
             self._begin_kill(f"unhealthy ({result.detail})")
         else:
             self._changed(self)
+
+    def _read_body(self, body: dict[str, object] | None) -> None:
+        """What a built-in agent's /health says besides "ready": its largest batches (usage history) and its
+        out-of-memory count (507 answers: a second sign, after its log line, that it ran out of memory)."""
+        if not body:
+            return
+        self.shapes = shapes_of(body)
+        answered = body.get("requests")
+        self.requests_answered = answered if isinstance(answered, int) else None
+        oom = body.get("out_of_memory")
+        if isinstance(oom, int) and oom > 0:
+            self.note_oom(f"its /health counts {oom} out-of-memory error(s) (HTTP 507)")
 
     # internals -------------------------------------------------------------------------------------------
     def _set(self, new: AgentState) -> None:
@@ -277,6 +292,8 @@ class Agent:
         self._killed = False
         self._oom = None
         self.memory_used_bytes = None
+        self.shapes = ()
+        self.requests_answered = None
         try:
             self.handle = self._runner.spawn(self.setup.launch, self._log_path)
         except SupervisorError as exc:
@@ -415,3 +432,15 @@ class Agent:
         self.memory_used_bytes = used_bytes
         if used_bytes is not None:
             self.memory_peak_bytes = max(self.memory_peak_bytes or 0, used_bytes)
+
+
+def shapes_of(body: dict[str, object]) -> tuple[Shape, ...]:
+    """The ``largest_batch`` of a built-in agent's /health body as shapes (malformed entries are skipped)."""
+    largest = body.get("largest_batch")
+    if not isinstance(largest, dict):
+        return ()
+    out = []
+    for model, d in sorted(largest.items()):
+        if isinstance(d, dict) and all(isinstance(d.get(k, 0), int) for k in ("rows", "seq_len", "new_tokens")):
+            out.append(Shape(str(model), int(d.get("rows", 0)), int(d.get("seq_len", 0)), int(d.get("new_tokens", 0))))
+    return tuple(out)

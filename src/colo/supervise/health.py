@@ -7,12 +7,14 @@ not probed: the agent state machine treats "up for ``start_secs``" as ready.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from colo.spec.config import HealthCheck
 
@@ -23,9 +25,21 @@ class HealthResult:
 
     ok: bool
     detail: str = ""
+    body: dict[str, Any] | None = None  # an http check's JSON object body (at most BODY_MAX_BYTES), if any
 
 
 Probe = Callable[[HealthCheck], HealthResult]
+
+#: Longest health body read as JSON (the built-in agent's is about 2 KiB).
+BODY_MAX_BYTES = 64 * 1024
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def http_probe(url: str, timeout_secs: float) -> HealthResult:
@@ -33,12 +47,14 @@ def http_probe(url: str, timeout_secs: float) -> HealthResult:
     try:
         with urllib.request.urlopen(url, timeout=timeout_secs) as resp:
             code = int(resp.status)
+            raw = resp.read(BODY_MAX_BYTES + 1)
     except urllib.error.HTTPError as exc:
         return HealthResult(False, f"HTTP {exc.code} from {url}")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return HealthResult(False, f"GET {url}: {reason}")
-    return HealthResult(200 <= code < 300, f"HTTP {code}")
+    body = _json_object(raw) if len(raw) <= BODY_MAX_BYTES else None
+    return HealthResult(200 <= code < 300, f"HTTP {code}", body)
 
 
 def tcp_probe(host: str, port: int, timeout_secs: float) -> HealthResult:

@@ -26,6 +26,7 @@ OOM_PATTERNS = (
     "OutOfMemoryError",
     "CUDA_ERROR_OUT_OF_MEMORY",
     "cudaErrorMemoryAllocation",
+    "CUDA error: out of memory",  # torch's text for cudaErrorMemoryAllocation outside the caching allocator
 )
 MPS_ERROR_PATTERNS = (
     "cudaErrorMpsServerNotReady",

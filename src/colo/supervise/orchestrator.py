@@ -25,10 +25,11 @@ import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from colo import units
 from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, SupervisorError
 from colo.files import write_atomic
@@ -41,12 +42,13 @@ from colo.gpu.nvml import GpuBackend
 from colo.gpu.poller import GpuPoller
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
 from colo.spec.config import ColoConfig, MpsMode
-from colo.supervise import planning
+from colo.supervise import planning, tuned, tuning
 from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
 from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, STARTED_KEY, make_fleet, start_fleet, stop_fleet
 from colo.supervise.fork_runner import make_runner
 from colo.supervise.health import HealthChecker, Probe
+from colo.supervise.history import UsageRecorder
 from colo.supervise.launch import describe_change
 from colo.supervise.lockfile import StateLock
 from colo.supervise.logs import AgentLogs
@@ -149,6 +151,14 @@ class Orchestrator:
         self._stopping = False
         self._subreaper = False
         self._published = Publisher(None, self.clock)
+        pol = config.policy
+        self.usage = UsageRecorder(
+            self.store,
+            self.clock,
+            window_secs=pol.history_window_secs,
+            retention_secs=pol.history_retention_secs,
+            max_rows=pol.history_max_rows,
+        )
 
     # --- the API's surface ---------------------------------------------------------------------------
 
@@ -175,7 +185,8 @@ class Orchestrator:
         """Freeze the agents, the plan, the last GPU reading and the finished MPS recoveries into the snapshot
         (under the lock)."""
         done = tuple(r.summary() for r in self.supervisor.recovered) if self.supervisor is not None else ()
-        self._published.publish(self._config, self._plan, self.statuses(), done)
+        usage = tuple(self.usage.last[n] for n in sorted(self.usage.last))
+        self._published.publish(self._config, self._plan, self.statuses(), done, usage, self.usage.rows)
 
     def statuses(self) -> list[AgentStatus]:
         """Every agent of the plan: supervised ones, then those left out (STOPPED, reason in last_error)."""
@@ -298,7 +309,7 @@ class Orchestrator:
         db`` (for this machine's GPU model), else None (the models' declared ``memory``)."""
         if self._memory_override is not None:
             return self._memory_override
-        return planning.memory_inputs(config, slots)
+        return planning.memory_inputs(config, slots, state_dir=self.paths.root)
 
     def make_plan(self, config: ColoConfig) -> tuple[Plan, list[str]]:
         """Plan ``config`` on this machine's GPUs (the steps of :func:`colo.supervise.planning.plan_node`).
@@ -395,7 +406,9 @@ class Orchestrator:
             mps=FleetHooks(self._fleet, reading, clock=self.clock) if self._fleet is not None else None,
             gpu_memory=self._published.tree_memory if reading is not None else None,
             fault_wait_secs=self.fault_wait_secs,
+            usage=self.usage,
         )
+        self.usage.rows = self.store.usage_rows()
         self.supervisor = sup
         for uuid in started_d:
             sup.event(EventKind.DAEMON, None, f"started the MPS daemon of {uuid}", uuid)
@@ -556,7 +569,44 @@ class Orchestrator:
             self._published.poll()
             self._sup().tick()
             self._tick_mps_retire()
+            for name in self._sup().take_ooms():
+                self._roll_back(name)
             self._publish()
+
+    def _roll_back(self, name: str) -> None:
+        """``name`` ran out of memory: when its limit is a tuned one, restore the limit it had before (its
+        tuned entry is marked rolled back, so later plans use that limit too) and restart it alone."""
+        sup = self._sup()
+        agent = sup.agents.get(name)
+        if self._plan is None or agent is None or self.supervisor is None:
+            return
+        try:
+            ap = self._plan.agent(name)
+            entry = tuned.load(self.paths.tuned_limits).get(name)
+        except (KeyError, ColoError):
+            return
+        previous = entry.previous_limit_bytes if entry is not None else None
+        rolled = entry is not None and entry.rolled_back_at is not None
+        restore = tuning.rollback_limit(ap.limit_source, agent.setup.limit_bytes, previous, rolled)
+        if restore is None:
+            return
+        with contextlib.suppress(ColoError):
+            tuned.mark_rolled_back(self.paths.tuned_limits, name, self.clock.wall())
+        back = replace(
+            ap,
+            limit_bytes=restore,
+            margin_bytes=restore - ap.requirement_bytes,
+            limit_source="rolled back",
+        )
+        self._plan = replace(self._plan, agents=tuple(back if a.name == name else a for a in self._plan.agents))
+        sup.roll([(self.setup_for(self._config, back), "out of memory under its tuned limit: old limit restored")])
+        sup.event(
+            EventKind.ROLLED_BACK,
+            name,
+            f"out of memory under its tuned limit {units.format_size(agent.setup.limit_bytes)}: restored its limit"
+            f" of {units.format_size(restore)} (only {name} restarts)",
+            agent.setup.launch.gpu,
+        )
 
     def _reap(self) -> None:
         """Collect MPS processes that ended as our children (see ``colo.gpu.mps.control``): no zombies."""

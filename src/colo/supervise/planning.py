@@ -35,10 +35,12 @@ from colo.memory.resolve import agent_memory_for_plan, memory_rows, plan_memory
 from colo.memory.worst_case import WorstCase, model_request
 from colo.plan import inventory_slots, plan
 from colo.plan.limits import declared_memory
-from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, PolicyFinding, Unplaced
+from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, PolicyFinding, TunedLimit, Unplaced
 from colo.spec.config import ColoConfig
+from colo.supervise import tuned
 from colo.supervise.agent import AgentSetup
 from colo.supervise.launch import agent_setup
+from colo.supervise.statedir import StateDirPaths, resolve_state_dir
 
 MemoryArg = Mapping[str, ModelMemory] | MemoryInputs | None
 
@@ -122,17 +124,31 @@ def memory_inputs(
     *,
     from_db: bool = False,
     db: ModelDB | str | Path | None = None,
+    state_dir: str | Path | None = None,
 ) -> MemoryInputs | None:
     """Model memory for the planner: measured > estimated > declared from the model database (``db``: a
     database, a file, or None for the state dir's) for the GPU model of ``slots``, when ``from_db`` or
-    ``policy.memory_source: db``; else None (the models' declared ``memory``).
+    ``policy.memory_source: db``; else None (the models' declared ``memory``). Agents ``colo tune`` set a
+    limit for in ``state_dir`` (None: the config's) get it (:func:`tuned_limits`).
 
     Agents whose models were measured (or estimated) together get that one figure: one CUDA context per
     process, not one per model. Raises ConfigError for a corrupt database file.
     """
-    if not (from_db or config.policy.memory_source == "db"):
-        return None
-    return plan_memory(config, _open_db(config, db), memory_gpu_name(slots))
+    base = None
+    if from_db or config.policy.memory_source == "db":
+        base = plan_memory(config, _open_db(config, db), memory_gpu_name(slots))
+    limits = tuned_limits(config, state_dir)
+    if not limits:
+        return base
+    if base is None:
+        return MemoryInputs(declared_memory(config), {}, limits)
+    return replace(base, tuned=limits)
+
+
+def tuned_limits(config: ColoConfig, state_dir: str | Path | None = None) -> dict[str, TunedLimit]:
+    """The limits ``colo tune --apply`` set in the state dir (``tuned_limits.json``) that still apply to
+    ``config`` (see :mod:`colo.supervise.tuned`). Raises ConfigError for a corrupt file."""
+    return tuned.applicable(config, tuned.load(StateDirPaths(resolve_state_dir(config, state_dir)).tuned_limits))
 
 
 def _open_db(config: ColoConfig, db: ModelDB | str | Path | None) -> ModelDB:
@@ -303,13 +319,16 @@ def plan_slots(
     warnings: Sequence[str] = (),
     gpus_known: bool = False,
     mps_off: str | None = None,
+    state_dir: str | Path | None = None,
 ) -> NodePlan:
     """Plan ``config`` on ``slots`` (for this machine's ``node``, if known). ``memory`` overrides the memory step (tests, callers that resolved it).
     ``mps_off``: MPS is off for this run whatever ``policy.mps`` says, and why (``"--no-mps"``).
 
     Raises ConfigError, PlanError.
     """
-    mem: MemoryArg = memory if memory is not None else memory_inputs(config, slots, from_db=from_db, db=db)
+    mem: MemoryArg = (
+        memory if memory is not None else memory_inputs(config, slots, from_db=from_db, db=db, state_dir=state_dir)
+    )
     p = plan(config, slots, mem, mps_off=mps_off)
     if memory is None:  # findings about declared numbers (a caller that gave its own memory knows better)
         found = memory_findings(config, p, slots, db)
@@ -333,6 +352,7 @@ def plan_node(
     from_db: bool = False,
     db: ModelDB | str | Path | None = None,
     mps_off: str | None = None,
+    state_dir: str | Path | None = None,
 ) -> NodePlan:
     """The whole pipeline: node, slots (``gpus``: NVML's GPUs here, None when unknown), memory, plan.
 
@@ -342,22 +362,28 @@ def plan_node(
     slots, warnings = gpu_slots(config, gpus, here)
     return plan_slots(
         config, slots, node=here, memory=memory, from_db=from_db, db=db, warnings=warnings,
-        gpus_known=gpus is not None, mps_off=mps_off,
+        gpus_known=gpus is not None, mps_off=mps_off, state_dir=state_dir,
     )
 
 
-def plan_config(config: ColoConfig, *, from_db: bool = False, db: ModelDB | str | Path | None = None) -> NodePlan:
+def plan_config(
+    config: ColoConfig,
+    *,
+    from_db: bool = False,
+    db: ModelDB | str | Path | None = None,
+    state_dir: str | Path | None = None,
+) -> NodePlan:
     """Plan without running anything (``colo plan``, ``validate``, ``render``): an inventory as configured
     (no GPU needed), ``gpus: auto`` on the GPUs NVML sees now. Raises ConfigError, PlanError."""
     if config.gpus != "auto":
-        return plan_slots(config, inventory_slots(config), from_db=from_db, db=db)
+        return plan_slots(config, inventory_slots(config), from_db=from_db, db=db, state_dir=state_dir)
     gpus = read_gpus()
     if gpus is None:
         raise PlanError(
             "gpus: auto, but the GPUs cannot be read here",
             hint="plan without a GPU with --gpu 24GiB (or list an inventory under 'gpus:')",
         )
-    return plan_node(config, gpus, from_db=from_db, db=db)
+    return plan_node(config, gpus, from_db=from_db, db=db, state_dir=state_dir)
 
 
 def launch_setup(config: ColoConfig, ap: AgentPlan, *, config_copy: Path, mps_root: MpsRoot | None) -> AgentSetup:

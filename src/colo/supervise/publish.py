@@ -14,7 +14,7 @@ from colo.gpu import procs
 from colo.gpu.poller import GpuPoller, GpuState, no_gpu_state
 from colo.plan.types import Plan
 from colo.spec.config import ColoConfig
-from colo.supervise.snapshots import AgentStatus, RecoverySummary, SystemSnapshot
+from colo.supervise.snapshots import AgentStatus, RecoverySummary, SystemSnapshot, UsageSample
 
 #: How often (seconds) the GPUs and their MPS daemons are read.
 GPU_POLL_SECS = 1.0
@@ -54,9 +54,14 @@ class Publisher:
         plan: Plan | None,
         agents: Sequence[AgentStatus],
         recoveries: Sequence[RecoverySummary] = (),
+        usage: Sequence[UsageSample] = (),
+        usage_rows: int = 0,
     ) -> SystemSnapshot:
-        """Freeze ``agents``, the plan, the last GPU reading and the finished MPS recoveries into the snapshot."""
-        snap = SystemSnapshot(config, plan, tuple(agents), self.gpu, self.gpu_at, tuple(recoveries))
+        """Freeze ``agents``, the plan, the last GPU reading, the finished MPS recoveries and each agent's last
+        usage window into the snapshot."""
+        snap = SystemSnapshot(
+            config, plan, tuple(agents), self.gpu, self.gpu_at, tuple(recoveries), tuple(usage), usage_rows
+        )
         self._snapshot = snap
         return snap
 

@@ -31,6 +31,7 @@ class EventKind(StrEnum):
     UNHEALTHY = "unhealthy"  # health checks failing
     DAEMON = "mps_daemon"  # an MPS daemon started, stopped or was restarted
     MPS_MODE = "mps_mode"  # a GPU runs MPS or not (policy.mps), or switched (its agents restart, one by one)
+    ROLLED_BACK = "rolled_back"  # a tuned limit ran out of memory: the agent's old limit was restored
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,48 @@ class AgentStatus:
 
 
 @dataclass(frozen=True)
+class Shape:
+    """The largest batch a built-in agent ran on one model (``rows`` × ``seq_len`` tokens, plus ``new_tokens``
+    generated), as its ``/health`` reports it since the process started."""
+
+    model: str
+    rows: int
+    seq_len: int
+    new_tokens: int = 0
+
+    def covers(self, rows: int, seq_len: int, new_tokens: int = 0) -> bool:
+        """Whether this batch was at least that shape."""
+        return self.rows >= rows and self.seq_len >= seq_len and self.new_tokens >= new_tokens
+
+    def text(self) -> str:
+        return f"{self.rows} × {self.seq_len}" + (f" + {self.new_tokens} new" if self.new_tokens else "")
+
+
+@dataclass(frozen=True)
+class UsageSample:
+    """One agent over one history window (wall-clock ``start``..``end``): its GPU memory high-water mark
+    (NVML, its process tree, bytes) over ``polls`` readings, its limit then, its GPU, the largest batch per
+    model it had run by then (built-in agents; empty for a command agent), the out-of-memory errors seen
+    in the window and the requests it answered in it (None: a command agent, unknown)."""
+
+    agent: str
+    start: float
+    end: float
+    peak_bytes: int
+    limit_bytes: int
+    polls: int
+    gpu: str | None = None
+    shapes: tuple[Shape, ...] = ()
+    oom: int = 0
+    requests: int | None = None  # requests it answered in the window (built-in agent's /health); None unknown
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shapes"] = [asdict(x) for x in self.shapes]
+        return d
+
+
+@dataclass(frozen=True)
 class RecoverySummary:
     """One finished MPS recovery of a GPU (``colo.supervise.recovery``): what triggered it, seconds from the
     failed part last seen healthy to detection (``detect_secs``, an upper bound; None unknown) and from
@@ -111,6 +154,8 @@ class SystemSnapshot:
     gpu: GpuState
     taken_at: float = 0.0
     recoveries: tuple[RecoverySummary, ...] = ()
+    usage: tuple[UsageSample, ...] = ()  # each agent's last finished history window
+    usage_rows: int = 0  # rows in the usage history
 
     def agent(self, name: str) -> AgentStatus:
         """One agent's status. Raises KeyError for an agent not in the snapshot."""

@@ -44,6 +44,7 @@ class StateDirPaths:
     pid_file = _Under("colo.pid")
     lock_file = _Under("colo.lock")
     config_copy = _Under("config.yaml")
+    tuned_limits = _Under("tuned_limits.json")
     mps = _Under("mps")
 
 

@@ -5,6 +5,8 @@ What is kept:
 * ``agents``: each agent's state, pid + process start time (for re-adoption), restarts, placement, limit,
   last error and launch fingerprint — so ``colo status`` and an orchestrator started again see the truth;
 * ``events``: started, ready, exited (code/signal), out of memory, MPS fault, restarted, fatal, ...;
+* ``usage``: the usage history, one row per agent per window (:class:`UsageSample`: memory high-water mark,
+  largest request shapes), bounded by ``policy.history_retention`` and ``policy.history_max_rows``;
 * ``meta``: small facts (orchestrator pid, config path, MPS daemons colo started).
 
 Every method is safe to call from several threads (one connection, one lock). sqlite3 errors become
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from colo.errors import SupervisorError
-from colo.supervise.snapshots import AgentStatus, Event, EventKind
+from colo.supervise.snapshots import AgentStatus, Event, EventKind, Shape, UsageSample
 from colo.supervise.state import AgentState
 
 SCHEMA = """
@@ -54,6 +56,20 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL,
     gpu TEXT
 );
+CREATE TABLE IF NOT EXISTS usage (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent TEXT NOT NULL,
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    peak_bytes INTEGER NOT NULL,
+    limit_bytes INTEGER NOT NULL,
+    polls INTEGER NOT NULL,
+    gpu TEXT,
+    shapes TEXT NOT NULL DEFAULT '[]',
+    oom INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER
+);
+CREATE INDEX IF NOT EXISTS usage_by_agent ON usage (agent, end);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -190,6 +206,51 @@ class Store:
             sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY seq LIMIT ?"
         rows = self._query(sql, (*args, max(limit, 0)))
         return [Event(r[0], r[1], EventKind(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    # usage history ---------------------------------------------------------------------------------------
+    def add_usage(self, samples: list[UsageSample], *, keep_after: float, max_rows: int) -> int:
+        """Append ``samples`` and prune, in one transaction: rows that ended before ``keep_after`` (wall
+        seconds) and the oldest beyond ``max_rows``. Returns how many rows were pruned."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO usage (agent, start, end, peak_bytes, limit_bytes, polls, gpu, shapes, oom, requests)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        s.agent, s.start, s.end, s.peak_bytes, s.limit_bytes, s.polls, s.gpu,
+                        json.dumps([[x.model, x.rows, x.seq_len, x.new_tokens] for x in s.shapes]), s.oom,
+                        s.requests,
+                    )
+                    for s in samples
+                ],
+            )
+            pruned = db.execute("DELETE FROM usage WHERE end < ?", (keep_after,)).rowcount
+            pruned += db.execute(
+                "DELETE FROM usage WHERE seq <= (SELECT seq FROM usage ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (max(max_rows, 0),),
+            ).rowcount
+        return max(pruned, 0)
+
+    def usage(self, since: float = 0.0, agent: str | None = None) -> list[UsageSample]:
+        """History rows that ended at or after ``since`` (wall seconds), oldest first."""
+        where = "end >= ?" + (" AND agent = ?" if agent else "")
+        args: tuple[Any, ...] = (since, agent) if agent else (since,)
+        rows = self._query(
+            "SELECT agent, start, end, peak_bytes, limit_bytes, polls, gpu, shapes, oom, requests FROM usage"
+            f" WHERE {where} ORDER BY seq",
+            args,
+        )
+        return [
+            UsageSample(
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6],
+                tuple(Shape(str(m), int(b), int(q), int(n)) for m, b, q, n in json.loads(r[7] or "[]")), r[8], r[9],
+            )
+            for r in rows
+        ]
+
+    def usage_rows(self) -> int:
+        """How many rows the usage history holds."""
+        return int(self._query("SELECT COUNT(*) FROM usage")[0][0])
 
     # meta ------------------------------------------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:

@@ -23,6 +23,7 @@ from colo.errors import ColoError
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
 from colo.supervise.agent import Agent, AgentSetup
 from colo.supervise.health import Probe
+from colo.supervise.history import UsageRecorder
 from colo.supervise.logs import AgentLogs, LogScanner, scan_text
 from colo.supervise.recovery import MpsFault, MpsHooks, Recoveries, RecoveryRecord, RecoveryTrigger
 from colo.supervise.runner import Runner
@@ -69,6 +70,7 @@ class Supervisor:
         gpu_memory: Callable[[Sequence[int]], dict[int, int]] | None = None,
         fault_wait_secs: float = 30.0,
         relaunch_timeout_secs: float = 600.0,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.runner = runner
         self.probe = probe
@@ -77,7 +79,9 @@ class Supervisor:
         self.logs = logs
         self.mps = mps
         self.gpu_memory = gpu_memory
+        self.usage = usage
         self.agents: dict[str, Agent] = {}
+        self._oom_signs: list[str] = []  # agents with an out-of-memory sign since take_ooms()
         self.recoveries = Recoveries(
             mps=mps,
             event=self.event,
@@ -106,8 +110,19 @@ class Supervisor:
 
     # events ----------------------------------------------------------------------------------------------
     def event(self, kind: EventKind, agent: str | None, message: str, gpu: str | None = None) -> Event:
-        """Record an event (wall-clock time) in the store."""
+        """Record an event (wall-clock time) in the store. An OOM event is also an out-of-memory sign: counted
+        in the usage history, and kept for :meth:`take_ooms`."""
+        if kind == EventKind.OOM and agent is not None:
+            self._oom_signs.append(agent)
+            if self.usage is not None:
+                self.usage.note_oom(agent)
         return self.store.add_event(self.clock.wall(), kind, agent, message, gpu)
+
+    def take_ooms(self) -> list[str]:
+        """Agents that showed an out-of-memory sign since the last call (each once, in order)."""
+        out = list(dict.fromkeys(self._oom_signs))
+        self._oom_signs.clear()
+        return out
 
     # membership ------------------------------------------------------------------------------------------
     def add(self, setup: AgentSetup, *, restarts: int = 0) -> Agent:
@@ -240,6 +255,8 @@ class Supervisor:
         if self.gpu_memory is not None and now >= self._next_memory_poll:
             self._next_memory_poll = now + MEMORY_POLL_SECS
             self._poll_memory()
+        if self.usage is not None:
+            self.usage.tick()
         if now >= self._next_rotate:
             self._next_rotate = now + ROTATE_CHECK_SECS
             for name in self.agents:
@@ -425,6 +442,11 @@ class Supervisor:
             if agent.handle is not None:
                 before = agent.memory_used_bytes
                 agent.note_memory(used.get(agent.handle.pid))
+                if self.usage is not None and agent.state == AgentState.RUNNING:
+                    limit, gpu = agent.setup.limit_bytes, agent.setup.launch.gpu
+                    self.usage.note(
+                        agent.name, agent.memory_used_bytes, limit, gpu, agent.shapes, agent.requests_answered
+                    )
                 if agent.memory_used_bytes != before:
                     self._save(agent)
 

@@ -430,3 +430,21 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
 def test_empty_token_is_refused(source: FakeSource) -> None:
     with pytest.raises(ValueError):
         create_app(source, token="")
+
+
+def test_usage_history_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from colo.api.metrics import ColoCollector, MetricsInput
+    from colo.gpu.poller import no_gpu_state
+    from colo.supervise.snapshots import Shape, UsageSample
+
+    usage = [UsageSample("a", 0.0, 10.0, 900 * 2**20, 1024 * 2**20, 5, "local:0", (Shape("m", 32, 512),), 1, 3)]
+    reg = CollectorRegistry()
+    reg.register(ColoCollector(lambda: MetricsInput((), None, no_gpu_state(), (), usage, 12)))
+    text = generate_latest(reg).decode()
+    assert 'colo_agent_usage_window_peak_bytes{agent="a",gpu="0"} 9.437184e+08' in text
+    assert 'colo_agent_usage_window_peak_ratio{agent="a",gpu="0"} 0.87890625' in text
+    assert 'colo_agent_usage_window_oom{agent="a",gpu="0"} 1.0' in text
+    assert 'colo_agent_largest_batch_rows{agent="a",model="m"} 32.0' in text
+    assert "colo_usage_history_rows 12.0" in text

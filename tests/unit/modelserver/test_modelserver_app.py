@@ -112,3 +112,13 @@ def test_limits_cut_to_positions() -> None:
     assert limits_for("m", ModelSpec(max_seq_len=600), "encoder", 512).new_tokens == 0
     with pytest.raises(Exception, match="no room"):
         limits_for("m", ModelSpec(new_tokens=600), "generator", 512)
+
+
+def test_health_reports_the_largest_batch_served(client: TestClient) -> None:
+    """What colo's usage history reads: per model the largest batch (rows × padded length) run successfully."""
+    assert client.post("/infer", json={"input_ids": [[101] * 20, [101] * 5, [101] * 7]}).status_code == 200
+    assert client.post("/infer", json={"input_ids": [[101] * 4]}).status_code == 200  # smaller: kept the larger
+    body = client.get("/health").json()
+    largest = body["largest_batch"][TINY]
+    assert largest["rows"] * largest["seq_len"] >= 3 * 20 and largest["new_tokens"] == 0
+    assert isinstance(body["requests"], int) and isinstance(body["out_of_memory"], int)

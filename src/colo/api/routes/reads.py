@@ -100,6 +100,6 @@ def metrics(request: Request) -> Response:
 
     def read() -> MetricsInput:
         snap = ctx.source.snapshot()
-        return MetricsInput(snap.agents, snap.plan, snap.gpu, snap.recoveries)
+        return MetricsInput(snap.agents, snap.plan, snap.gpu, snap.recoveries, snap.usage, snap.usage_rows)
 
     return Response(content=generate_latest(registry_for(read)), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,118 @@
+"""Where tuned limits live: ``<state_dir>/tuned_limits.json``, written atomically by ``colo tune --apply``
+and by the orchestrator's rollback, read by every plan of that state dir (``colo plan``, ``up``, ``apply``)
+through :func:`colo.supervise.planning.memory_inputs`::
+
+    {"version": 1,
+     "agents": {"analyst": {"limit_bytes": 1207959552, "basis_bytes": 1100000000,
+                            "previous_limit_bytes": 1879048192, "key": [[model, dtype, batch, seq, new], ...],
+                            "detail": "peak 1.0 GiB over 18 windows (3 min) …", "tuned_at": 1764460000.0,
+                            "rolled_back_at": null}}}
+
+An entry applies only while the agent's models and their worst-case shapes (``key``) are what they were when
+it was tuned, and until it is rolled back (``rolled_back_at`` set: the agent ran out of memory under it, the
+plan uses requirement + margin again). Delete the file (or an entry) to return to the policy's limits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from colo.errors import ColoError, ConfigError
+from colo.files import write_atomic
+from colo.memory.worst_case import model_request
+from colo.plan.types import TunedLimit
+from colo.spec.config import ColoConfig, ModelSpec
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class TunedEntry:
+    """One agent's tuned limit, the limit it replaced, and what it was tuned for."""
+
+    limit_bytes: int
+    basis_bytes: int
+    previous_limit_bytes: int
+    key: tuple[tuple[Any, ...], ...]
+    detail: str = ""
+    tuned_at: float = 0.0
+    rolled_back_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["key"] = [list(k) for k in self.key]
+        return d
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> TunedEntry:
+        return TunedEntry(
+            limit_bytes=int(d["limit_bytes"]),
+            basis_bytes=int(d["basis_bytes"]),
+            previous_limit_bytes=int(d["previous_limit_bytes"]),
+            key=tuple(tuple(k) for k in d.get("key", [])),
+            detail=str(d.get("detail", "")),
+            tuned_at=float(d.get("tuned_at", 0.0)),
+            rolled_back_at=None if d.get("rolled_back_at") is None else float(d["rolled_back_at"]),
+        )
+
+
+def agent_key(config: ColoConfig, agent: str) -> tuple[tuple[Any, ...], ...]:
+    """What a tuned limit was tuned for: the agent's models with their worst-case shapes (a model colo cannot
+    place, such as a command agent's, by its spec's numbers)."""
+    out: list[tuple[Any, ...]] = []
+    for m in config.agents[agent].models:
+        spec = config.models.get(m) or ModelSpec()
+        try:
+            out.append(model_request(m, spec).shape)
+        except ColoError:
+            out.append((m, spec.dtype, spec.batch_size, spec.max_seq_len, spec.new_tokens))
+    return tuple(out)
+
+
+def load(path: Path) -> dict[str, TunedEntry]:
+    """The file's entries (none when it does not exist). Raises ConfigError for a corrupt file."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    try:
+        data = json.loads(p.read_text())
+        return {str(name): TunedEntry.from_dict(d) for name, d in data.get("agents", {}).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"the tuned limits file {p} cannot be read: {exc}",
+            hint="delete it to plan with the policy's limits again (`colo tune --apply` writes a new one)",
+        ) from exc
+
+
+def save(path: Path, entries: Mapping[str, TunedEntry]) -> None:
+    """Write ``entries`` atomically (the whole file)."""
+    body = {"version": VERSION, "agents": {n: e.to_dict() for n, e in sorted(entries.items())}}
+    write_atomic(path, json.dumps(body, indent=2) + "\n")
+
+
+def applicable(config: ColoConfig, entries: Mapping[str, TunedEntry]) -> dict[str, TunedLimit]:
+    """The tuned limits the planner uses: entries of agents still in ``config`` with the same models and
+    worst-case shapes, not rolled back."""
+    out: dict[str, TunedLimit] = {}
+    for name, e in entries.items():
+        if name not in config.agents or e.rolled_back_at is not None:
+            continue
+        if e.key != agent_key(config, name):
+            continue
+        out[name] = TunedLimit(name, e.limit_bytes, e.basis_bytes, e.detail)
+    return out
+
+
+def mark_rolled_back(path: Path, agent: str, when: float) -> TunedEntry | None:
+    """Record that ``agent``'s tuned limit was rolled back (at wall time ``when``); returns its entry."""
+    entries = load(path)
+    e = entries.get(agent)
+    if e is None:
+        return None
+    entries[agent] = replace(e, rolled_back_at=when)
+    save(path, entries)
+    return entries[agent]

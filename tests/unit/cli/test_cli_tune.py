@@ -1,0 +1,142 @@
+"""`colo tune` and the history side of `colo advise` through the CLI: --json, --since, --apply, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from colo.cli.main import app
+from colo.spec import load_config
+from colo.supervise import tuned
+from colo.supervise.snapshots import Shape, UsageSample
+from colo.supervise.store import Store
+from colo.units import GIB, MIB
+
+runner = CliRunner()
+
+CFG = """
+version: 1
+gpus: [{memory: 10GiB}]
+models:
+  google/bert_uncased_L-2_H-128_A-2: {memory: 1GiB, batch_size: 32, max_seq_len: 512}
+  roberta-base: {memory: 2GiB, batch_size: 32, max_seq_len: 512}
+agents:
+  small: {models: [google/bert_uncased_L-2_H-128_A-2], port: 9301}
+  big: {models: [roberta-base], port: 9302}
+"""
+WORST = (Shape("google/bert_uncased_L-2_H-128_A-2", 32, 512, 0),)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[Path, Path]:
+    cfg = tmp_path / "colo.yaml"
+    cfg.write_text(CFG)
+    sd = tmp_path / "state"
+    store = Store(sd / "colo.db")
+    import time
+
+    now = time.time()
+    rows = [
+        UsageSample("small", now - 300 + 10 * i, now - 290 + 10 * i, 700 * MIB, int(1.5 * GIB), 5, "local:0",
+                    WORST, 0, 4)
+        for i in range(20)
+    ] + [UsageSample("big", now - 30, now - 20, 2 * GIB, 3 * GIB, 5, "local:0", (), 0, 0)]
+    store.add_usage(rows, keep_after=0.0, max_rows=1000)
+    store.close()
+    return cfg, sd
+
+
+def test_tune_json_proposes_for_trusted_agents_only(world: tuple[Path, Path]) -> None:
+    cfg, sd = world
+    r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    by = {a["agent"]: a for a in out["agents"]}
+    assert by["small"]["proposed_bytes"] == 768 * MIB and by["small"]["trusted"]
+    assert by["small"]["freed_bytes"] == int(1.5 * GIB) - 768 * MIB
+    assert by["big"]["proposed_bytes"] is None and "too little history" in by["big"]["reason"]
+    assert out["total_before_bytes"] == int(4.5 * GIB)
+    assert out["total_after_bytes"] == 768 * MIB + 3 * GIB
+    assert out["gpus"][0]["text"].startswith("frees 768.0 MiB on gpu0")
+    assert "tuned" not in out  # no --apply: nothing written
+    assert not (sd / "tuned_limits.json").exists()
+
+
+def test_tune_table_and_since(world: tuple[Path, Path]) -> None:
+    cfg, sd = world
+    r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd)])
+    assert r.exit_code == 0, r.output
+    assert "total allocation: 4.50 GiB now → 3.75 GiB proposed" in r.output
+    assert "too little history to trust" in r.output
+    recent = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--since", "1m", "--json"])
+    small = next(a for a in json.loads(recent.stdout)["agents"] if a["agent"] == "small")
+    assert small["windows"] < 20 and small["proposed_bytes"] is None
+
+
+@pytest.mark.parametrize("since", ["soon", "-5m", "0s", "3 fortnights"])
+def test_bad_since_is_a_usage_error(world: tuple[Path, Path], since: str) -> None:
+    cfg, sd = world
+    r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--since", since])
+    assert r.exit_code == 2
+    assert ("--since" in r.output and "duration" in r.output) or "longer than zero" in r.output
+
+
+def test_no_history_and_no_orchestrator_are_clear(world: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg, sd = world
+    r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(tmp_path / "empty")])
+    assert r.exit_code == 1 and "no usage history" in r.output and "colo up" in r.output
+    r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--apply"])
+    assert r.exit_code == 1 and "colo is not running" in r.output
+    assert not (sd / "tuned_limits.json").exists()
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.applied: list[str] = []
+
+    def __enter__(self) -> FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def apply(self, text: str, config_path: Path | None = None) -> dict[str, Any]:
+        self.applied.append(text)
+        return {"applied": True, "restarted": ["small"], "started": [], "stopped": [], "unchanged": ["big"],
+                "left_out": []}
+
+
+def test_apply_writes_tuned_limits_and_asks_the_orchestrator(
+    world: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, sd = world
+    client = FakeClient()
+    monkeypatch.setattr("colo.cli.run_cmd.orchestrator_client", lambda sd, **kw: client)
+    r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--apply", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["tuned"] == ["small"] and out["applied"]["restarted"] == ["small"]
+    assert len(client.applied) == 1
+    entry = tuned.load(sd / "tuned_limits.json")["small"]
+    assert entry.limit_bytes == 768 * MIB and entry.previous_limit_bytes == int(1.5 * GIB)
+    # colo plan now shows where each limit came from
+    p = runner.invoke(app, ["plan", str(cfg), "--state-dir", str(sd)])
+    assert p.exit_code == 0, p.output
+    assert "limit from" in p.output and "tuned" in p.output and "peak 700.0 MiB over 20 windows" in p.output
+    assert tuned.applicable(load_config(cfg), tuned.load(sd / "tuned_limits.json"))["small"].limit_bytes == 768 * MIB
+
+
+def test_advise_reads_the_history(world: tuple[Path, Path]) -> None:
+    cfg, sd = world
+    r = runner.invoke(app, ["advise", str(cfg), "--state-dir", str(sd), "--json"])
+    assert r.exit_code == 0, r.output
+    advice = json.loads(r.stdout)
+    text = " ".join(advice["notes"] + [x["text"] for x in advice["reasons"]])
+    assert "small never approaches its limit: peak 700.0 MiB of 1.5 GiB (46 %)" in text
+    assert "no window" in text and "more than 1 busy" in text
+    r = runner.invoke(app, ["advise", str(cfg), "--state-dir", str(sd), "--since", "nope"])
+    assert r.exit_code == 2

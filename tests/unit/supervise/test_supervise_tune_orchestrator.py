@@ -1,0 +1,182 @@
+"""The orchestrator's side of colo tune on CPU (fake GPUs, MPS, processes and clock): the usage history it
+records from the GPU reading and the health body, and the rollback of a tuned limit that ran out of memory —
+within one poll, an event, nothing else restarted."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from colo.clock import FakeClock
+from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
+from colo.gpu.mps.fake import FakeMpsControl
+from colo.gpu.nvml import ClientProcess
+from colo.spec import load_config_text
+from colo.spec.config import ColoConfig, HealthCheck
+from colo.supervise import tuned
+from colo.supervise.health import HealthResult
+from colo.supervise.orchestrator import Orchestrator
+from colo.supervise.runner import FakeRunner
+from colo.supervise.snapshots import EventKind, Shape
+from colo.supervise.state import AgentState
+from colo.units import GIB, MIB
+
+CFG = """
+version: 1
+gpus: auto
+policy: {history_window: 10s}
+models:
+  small: {memory: 1GiB}
+agents:
+  hog: {models: [small], command: [bin-hog], margin: 0.5GiB, health: {type: http, url: "http://127.0.0.1:9/health"}}
+  ok: {models: [small], command: [bin-ok], margin: 0.5GiB, health: {type: none, start_secs: 1}}
+"""
+
+
+@pytest.fixture
+def state() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="ct", dir="/tmp"))  # MPS pipe dirs must stay short
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+BODY = {"status": "ready", "largest_batch": {"small": {"rows": 32, "seq_len": 512, "new_tokens": 0}}, "requests": 7}
+
+
+class World:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.clock = FakeClock()
+        self.runner = FakeRunner()
+        self.backend = FakeGpuBackend([fake_gpu(0, memory_total_bytes=10 * GIB)])
+        self.body: dict[str, object] = dict(BODY)
+
+    def probe(self, check: HealthCheck) -> HealthResult:
+        return HealthResult(True, "HTTP 200", dict(self.body))
+
+    def up(self, cfg: ColoConfig) -> Orchestrator:
+        orch = Orchestrator(
+            cfg, state_dir=self.state, gpu_backend=self.backend, mps_control=FakeMpsControl(), runner=self.runner,
+            probe=self.probe, clock=self.clock,
+        )
+        orch.up()
+        self.run(orch, 3)
+        return orch
+
+    def run(self, orch: Orchestrator, secs: float, step: float = 0.5) -> None:
+        for _ in range(int(secs / step)):
+            self.clock.advance(step)
+            orch.tick()
+
+    def use(self, orch: Orchestrator, **used: int) -> None:
+        uuid = fake_gpu(0).uuid
+        procs = []
+        for name, b in used.items():
+            pid = orch.status(name).pid
+            assert pid is not None
+            procs.append(ClientProcess(pid, 0, uuid, b, True))
+        self.backend.set_processes(procs)
+
+
+def config() -> ColoConfig:
+    return load_config_text(CFG, "t.yaml")
+
+
+def test_history_is_recorded_per_window_from_nvml_and_the_health_body(state: Path) -> None:
+    w = World(state)
+    orch = w.up(config())
+    w.use(orch, hog=700 * MIB, ok=300 * MIB)
+    w.run(orch, 11)
+    w.use(orch, hog=900 * MIB, ok=300 * MIB)
+    w.run(orch, 21)
+    rows = orch.store.usage()
+    hog = [r for r in rows if r.agent == "hog"]
+    assert len(hog) >= 2 and max(r.peak_bytes for r in hog) == 900 * MIB
+    assert all(r.limit_bytes == int(1.5 * GIB) and r.gpu == "local:0" for r in hog)
+    assert hog[-1].shapes == (Shape("small", 32, 512, 0),)
+    assert [r for r in rows if r.agent == "ok"][-1].shapes == ()  # no health body: a command agent's case
+    snap = orch.snapshot()
+    assert {u.agent for u in snap.usage} == {"hog", "ok"} and snap.usage_rows == len(rows)
+    orch.down()
+
+
+def test_a_tuned_limit_that_runs_out_of_memory_is_rolled_back_alone(state: Path) -> None:
+    cfg = config()
+    path = state / "tuned_limits.json"
+    tuned.save(path, {"hog": tuned.TunedEntry(640 * MIB, 600 * MIB, int(1.5 * GIB), tuned.agent_key(cfg, "hog"),
+                                              "peak 600 MiB", 1.0)})
+    w = World(state)
+    orch = w.up(cfg)
+    assert orch.current_plan().agent("hog").limit_source == "tuned"
+    assert orch.status("hog").limit_bytes == 640 * MIB
+    ok_pid, hog_pid = orch.status("ok").pid, orch.status("hog").pid
+    with open(state / "logs" / "hog.log", "a") as fh:
+        fh.write("CUDA out of memory on a request to small (batch 32 rows, 1 request(s)): CUDA out of memory.\n")
+    w.run(orch, 0.5)  # one tick: the log is read, the rollback decided and the restart begun
+    rolled = [e for e in orch.events() if e.kind == EventKind.ROLLED_BACK]
+    assert [e.agent for e in rolled] == ["hog"] and "1.5 GiB" in rolled[0].message
+    assert orch.current_plan().agent("hog").limit_source == "rolled back"
+    w.run(orch, 5)
+    assert orch.status("hog").state == AgentState.RUNNING and orch.status("hog").pid != hog_pid
+    assert orch.status("hog").limit_bytes == int(1.5 * GIB)
+    assert w.runner.last("bin-hog").spec.limit_bytes == int(1.5 * GIB)
+    assert orch.status("ok").pid == ok_pid and orch.status("ok").restarts == 0  # nothing else restarted
+    assert tuned.load(path)["hog"].rolled_back_at is not None
+    # a second out-of-memory error under the restored limit is the agent's own: no second rollback
+    with open(state / "logs" / "hog.log", "a") as fh:
+        fh.write("torch.OutOfMemoryError: CUDA out of memory.\n")
+    w.run(orch, 2)
+    assert len([e for e in orch.events() if e.kind == EventKind.ROLLED_BACK]) == 1
+    orch.down()
+    # the next plan of that state dir keeps the old limit
+    again = World(state)
+    orch2 = again.up(cfg)
+    assert orch2.status("hog").limit_bytes == int(1.5 * GIB)
+    orch2.down()
+
+
+def test_a_507_count_in_the_health_body_also_rolls_back(state: Path) -> None:
+    cfg = config()
+    tuned.save(state / "tuned_limits.json", {"hog": tuned.TunedEntry(
+        640 * MIB, 600 * MIB, int(1.5 * GIB), tuned.agent_key(cfg, "hog"), "", 1.0)})
+    w = World(state)
+    orch = w.up(cfg)
+    w.body["out_of_memory"] = 1
+    w.run(orch, 30)  # at least one health interval (5 s)
+    assert [e.agent for e in orch.events() if e.kind == EventKind.ROLLED_BACK] == ["hog"]
+    assert orch.status("hog").limit_bytes == int(1.5 * GIB)
+    orch.down()
+
+
+def test_no_rollback_without_a_tuned_limit(state: Path) -> None:
+    w = World(state)
+    orch = w.up(config())
+    with open(state / "logs" / "hog.log", "a") as fh:
+        fh.write("torch.OutOfMemoryError: CUDA out of memory.\n")
+    w.run(orch, 2)
+    assert any(e.kind == EventKind.OOM for e in orch.events())
+    assert not any(e.kind == EventKind.ROLLED_BACK for e in orch.events())
+    orch.down()
+
+
+def test_a_tuned_agent_that_dies_of_out_of_memory_is_rolled_back(state: Path) -> None:
+    """A command agent (or the built-in agent's device probe) may just die: its last words name the OOM."""
+    cfg = config()
+    tuned.save(state / "tuned_limits.json", {"hog": tuned.TunedEntry(
+        640 * MIB, 600 * MIB, int(1.5 * GIB), tuned.agent_key(cfg, "hog"), "", 1.0)})
+    w = World(state)
+    orch = w.up(cfg)
+    pid = orch.status("hog").pid
+    assert pid is not None
+    with open(state / "logs" / "hog.log", "a") as fh:
+        fh.write("ERROR agent hog: device round trip failed: CUDA error: out of memory; exiting to be restarted\n")
+    w.runner.exit(pid, code=4)
+    w.run(orch, 0.5)
+    assert [e.agent for e in orch.events() if e.kind == EventKind.ROLLED_BACK] == ["hog"]
+    w.run(orch, 5)
+    assert orch.status("hog").limit_bytes == int(1.5 * GIB) and orch.status("hog").state == AgentState.RUNNING
+    orch.down()
