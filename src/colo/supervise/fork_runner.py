@@ -83,6 +83,12 @@ class _Zygote:
                     sig = msg.get("signal")
                     self.exits[int(msg["exit"])] = ExitStatus(code=msg.get("code"), signal=sig)
                 elif msg.get("id") is not None:
+                    if "pid" in msg:
+                        # The zygote sends a child's pid before it can reap and report that child, so an exit
+                        # already stored for this pid is a stale one of an earlier child with the same pid.
+                        # Dropped here, under the reader's lock — not after fork() returns, when the new
+                        # child's own exit may already have arrived (a child that exits at once).
+                        self.exits.pop(int(msg["pid"]), None)
                     self.replies[int(msg["id"])] = msg
                 self.cond.notify_all()
         # EOF: every message the zygote sent has been read; only now may its children be tracked by pid.
@@ -118,10 +124,7 @@ class _Zygote:
             raise _ZygoteGone("the launcher did not answer" if not ok else "the launcher has exited")
         if "error" in reply:
             raise _Refused(str(reply["error"]))
-        pid = int(reply["pid"])
-        with self.cond:
-            self.exits.pop(pid, None)  # a stale exit of an earlier child with this (reused) pid
-        return pid
+        return int(reply["pid"])
 
     def close(self, wait_secs: float = 5.0) -> None:
         with contextlib.suppress(OSError, ValueError):

@@ -238,3 +238,56 @@ def test_a_real_builtin_agent_forked_on_cpu_serves_and_its_exit_codes_come_back(
         assert zombies_of(os.getpid(), zygote_pid(runner)) == []
     finally:
         runner.close()
+
+
+def test_a_child_that_exits_before_fork_returns_keeps_its_exit() -> None:
+    """The zygote's reply (pid) and that child's exit can both be read before fork() takes the lock again: the
+    exit must be kept (it was dropped as "stale" once, and the agent looked alive forever)."""
+    import json as _json
+    import queue
+    import threading as _threading
+    from typing import Any, cast
+
+    from colo.supervise.fork_runner import _Zygote
+
+    lines: queue.Queue[bytes | None] = queue.Queue()
+
+    class Stdin:
+        def write(self, data: bytes) -> int:
+            rid = _json.loads(data)["id"]
+            lines.put((_json.dumps({"exit": 4242, "code": 9}) + "\n").encode())  # an old child's exit: stale
+            lines.put((_json.dumps({"id": rid, "pid": 4242}) + "\n").encode())
+            lines.put((_json.dumps({"exit": 4242, "code": 3}) + "\n").encode())  # the new child, at once
+            return len(data)
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    class Stdout:
+        def __iter__(self) -> Any:
+            return iter(lines.get, None)
+
+        def close(self) -> None:
+            pass
+
+    class Proc:
+        stdin = Stdin()
+        stdout = Stdout()
+        pid = 1
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    z = _Zygote(cast(Any, Proc()), {}, first=True)
+    reader = _threading.Thread(target=z.read_forever, daemon=True)
+    reader.start()
+    pid = z.fork(["x"], {}, None, Path("/tmp/unused.log"))
+    deadline = time.monotonic() + 5
+    while 4242 not in z.exits and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pid == 4242 and z.exits.get(4242) == ExitStatus(code=3)
+    lines.put(None)
+    reader.join(5)
