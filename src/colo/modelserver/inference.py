@@ -144,7 +144,7 @@ def run_merged(
     The rows are right-padded to the longest row of all groups; each group's outputs are cut back to its own
     rows and its own longest row, so an answer does not depend on what it was batched with (up to float
     rounding). ``forward_ms`` is the merged batch's device time. Raises ValueError for a generator (they
-    run one request per batch) and torch's errors as they are.
+    merge through :func:`generate_merged`) and torch's errors as they are.
     """
     import torch
 
