@@ -35,7 +35,6 @@ from colo.errors import ColoError, DoesNotFitError, GpuError, PlanError, Supervi
 from colo.files import write_atomic
 from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl
-from colo.gpu.mps.daemon import MpsDefaults
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
@@ -45,7 +44,7 @@ from colo.spec.config import ColoConfig, MpsMode
 from colo.supervise import planning, tuned, tuning
 from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
-from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, STARTED_KEY, make_fleet, start_fleet, stop_fleet
+from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, make_fleet, start_fleet, stop_fleet
 from colo.supervise.fork_runner import make_runner
 from colo.supervise.health import HealthChecker, Probe
 from colo.supervise.history import UsageRecorder
@@ -53,6 +52,7 @@ from colo.supervise.launch import describe_change
 from colo.supervise.lockfile import StateLock
 from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_hooks import FleetHooks
+from colo.supervise.mps_switch import MpsSwitch, mps_events, mps_labels
 from colo.supervise.publish import Publisher
 from colo.supervise.recovery import RecoveryRecord
 from colo.supervise.runner import Runner
@@ -143,7 +143,7 @@ class Orchestrator:
         self._plan: Plan | None = None
         self._fleet: MpsFleet | None = None
         self._woke: set[int] = set()  # pids that woke the run loop (see _wait_for_next_tick)
-        self._mps_retiring: set[str] = set()  # GPUs switched to time-slicing whose daemon is still up
+        self._mps_switch: MpsSwitch | None = None  # the fleet following the plan's MPS decisions
         self.store = Store(self.paths.db)
         self.logs = AgentLogs(self.paths.logs)
         self.supervisor: Supervisor | None = None
@@ -380,12 +380,10 @@ class Orchestrator:
             if uuids:
                 self._become_subreaper()
                 started_d, adopted_d = start_fleet(self._fleet, self.store)
-            # Daemons an earlier orchestrator started on GPUs that now run without MPS: their agents (adopted)
-            # roll out of them, then they quit (see _tick_mps_retire).
-            for uuid in sorted(set(self.store.get_meta(STARTED_KEY, [])) - set(uuids)):
-                if uuid in on_gpus:
-                    self._fleet.add(uuid)
-                    self._mps_retiring.add(uuid)
+            self._mps_switch = MpsSwitch(
+                self._fleet, self.store, hooks=self._hooks, become_subreaper=self._become_subreaper, reap=self._reap
+            )
+            self._mps_switch.keep_leftovers(uuids, on_gpus)
         elif self.want_mps:
             self.warnings.append("MPS not started: no agent is placed on a GPU with a UUID on this machine")
         self._plan = p
@@ -414,8 +412,8 @@ class Orchestrator:
             sup.event(EventKind.DAEMON, None, f"started the MPS daemon of {uuid}", uuid)
         for uuid in adopted_d:
             sup.event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
-        self._mps_events(p, mine)
-        mps_labels = self._mps_labels(p, mine)
+        mps_events(sup.event, p, mine)
+        labels = mps_labels(p, mine) if self._fleet is not None else []
         records = self.store.agents()
         self.write_pid_file()
         self.store.delete_meta("api_url")  # the CLI records it again once its API serves
@@ -434,7 +432,7 @@ class Orchestrator:
                 "state_dir": str(self.paths.root),
                 "config_path": str(self.config_path) if self.config_path else None,
                 "mps": bool(uuids),
-                "mps_gpus": mps_labels,
+                "mps_gpus": labels,
                 "api": {"host": config.api.host, "port": config.api.port},
             },
         )
@@ -448,104 +446,15 @@ class Orchestrator:
             # daemon (and a killed daemon's server) and reaps them; a container's PID 1 may not.
             self._subreaper = procs.become_subreaper()
 
-    def _mps_events(self, p: Plan, mine: Sequence[AgentPlan], before: Plan | None = None) -> None:
-        """One event per GPU of this node with agents: whether it runs MPS and why (on ``up``), or, after an
-        apply, for each GPU whose decision changed."""
-        sup = self._sup()
-        used = {ap.gpu for ap in mine if ap.gpu is not None}
-        old = {g.gpu: g.mps for g in before.gpus} if before is not None else {}
-        for g in p.gpus:
-            if g.gpu not in used and not (before is not None and old.get(g.gpu)):
-                continue
-            if before is not None and old.get(g.gpu, False) == g.mps:
-                continue
-            verb = "" if before is None else ("switches to MPS: " if g.mps else "switches to time-slicing: ")
-            sup.event(EventKind.MPS_MODE, None, f"{g.gpu.label}: {verb}{g.mps_reason}", g.gpu.uuid)
-
-    def _switch_mps(self, p: Plan, mine: Sequence[AgentPlan]) -> list[str]:
-        """Bring the fleet to the GPUs ``p`` runs MPS on (an apply): start (or adopt) the daemon of each GPU
-        that switches to MPS, before its agents restart as its clients; GPUs that switch to time-slicing
-        are left to :meth:`_tick_mps_retire`, which stops their daemon once no agent of the old setup runs
-        there. Returns the GPUs whose daemon was started. Raises MpsError (those started here are stopped)."""
-        if self._fleet is None:
-            return []
-        want = set(planning.mps_gpu_uuids(p, mine))
-        have = {d.gpu_uuid for d in self._fleet.daemons()}
-        started: list[str] = []
-        hooks = self._hooks()
-        try:
-            for uuid in sorted(want - have):
-                self._become_subreaper()
-                daemon = self._fleet.add(uuid)
-                if daemon.start(MpsDefaults()):
-                    started.append(uuid)
-                    self.store.set_meta(STARTED_KEY, sorted({uuid, *self.store.get_meta(STARTED_KEY, [])}))
-                    self._sup().event(EventKind.DAEMON, None, f"started the MPS daemon of {uuid}", uuid)
-                else:
-                    self._sup().event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
-                if hooks is not None:
-                    hooks.watch(uuid)
-        except ColoError:
-            for uuid in sorted(want - have):
-                self._drop_daemon(uuid, stop=uuid in started)
-            raise
-        self._mps_retiring -= want  # needed again before its daemon was stopped
-        self._mps_retiring |= have - want
-        return started
-
-    def _mps_labels(self, p: Plan, mine: Sequence[AgentPlan]) -> list[str]:
-        """This node's GPUs that run MPS under ``p`` (``gpu0``), for ``colo status``."""
-        if self._fleet is None:
-            return []
-        want = set(planning.mps_gpu_uuids(p, mine))
-        return sorted({ap.gpu.label for ap in mine if ap.gpu is not None and ap.gpu.uuid in want})
-
     def _record_mps(self, p: Plan, mine: Sequence[AgentPlan]) -> None:
         meta = self.store.get_meta("orchestrator", None)
         if isinstance(meta, dict):
-            labels = self._mps_labels(p, mine)
+            labels = mps_labels(p, mine) if self._fleet is not None else []
             self.store.set_meta("orchestrator", {**meta, "mps": bool(labels), "mps_gpus": labels})
 
     def _hooks(self) -> FleetHooks | None:
         mps = self.supervisor.mps if self.supervisor is not None else None
         return mps if isinstance(mps, FleetHooks) else None
-
-    def _drop_daemon(self, uuid: str, *, stop: bool) -> None:
-        """Leave GPU ``uuid`` out of the fleet; quit its daemon when colo started it (``stop``)."""
-        assert self._fleet is not None
-        hooks = self._hooks()
-        if hooks is not None:
-            hooks.unwatch(uuid)  # its daemon quitting is no fault
-        try:
-            if stop:
-                self._fleet.daemon(uuid).stop()
-                self._reap()
-        finally:
-            self._fleet.remove(uuid)
-            self.store.set_meta(STARTED_KEY, [u for u in self.store.get_meta(STARTED_KEY, []) if u != uuid])
-
-    def _tick_mps_retire(self) -> None:
-        """GPUs that switched to time-slicing: once none of their agents still runs as an MPS client (the
-        rolling restart is through), quit the daemon colo started there (an adopted one is left running)."""
-        if self._fleet is None or not self._mps_retiring:
-            return
-        sup = self._sup()
-        for uuid in sorted(self._mps_retiring):
-            if sup.settling_on(uuid):
-                continue
-            self._mps_retiring.discard(uuid)
-            try:
-                daemon = self._fleet.daemon(uuid)
-            except KeyError:
-                continue
-            ours = daemon.started_by_colo or uuid in self.store.get_meta(STARTED_KEY, [])
-            try:
-                self._drop_daemon(uuid, stop=ours)
-            except ColoError as exc:
-                sup.event(EventKind.DAEMON, None, f"could not stop the MPS daemon of {uuid}: {exc}", uuid)
-                continue
-            what = "stopped the MPS daemon" if ours else "no longer uses the (adopted) MPS daemon"
-            sup.event(EventKind.DAEMON, None, f"{what} of {uuid}: its GPU runs time-sliced now", uuid)
 
     def _record_left_out(self, left_out: Sequence[Unplaced]) -> None:
         """Keep the agents this node does not run in the store, so `colo status` reports them too."""
@@ -568,7 +477,8 @@ class Orchestrator:
             self._reap()
             self._published.poll()
             self._sup().tick()
-            self._tick_mps_retire()
+            if self._mps_switch is not None and self._mps_switch.retiring:
+                self._mps_switch.tick(self._sup().settling_on, self._sup().event)
             for name in self._sup().take_ooms():
                 self._roll_back(name)
             self._publish()
@@ -746,7 +656,8 @@ class Orchestrator:
                     hint="run `colo down` and `colo up`",
                 )
             before = self._plan
-            self._switch_mps(p, mine)  # daemons first: the agents switching to MPS restart as their clients
+            if self._mps_switch is not None:  # daemons first: the agents switching to MPS restart as their clients
+                self._mps_switch.switch(p, mine, sup.event)
             placed_here = list(mine)
             if not self.run_agents:
                 mine = []  # agents run as pods/units (see __init__)
@@ -777,7 +688,7 @@ class Orchestrator:
             self._plan = p
             self.warnings.extend(warnings)
             self._write_config_copy(config)
-            self._mps_events(p, placed_here, before)
+            mps_events(sup.event, p, placed_here, before)
             self._record_mps(p, placed_here)
             sup.roll(roll)
             self._publish()
