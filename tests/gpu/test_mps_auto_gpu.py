@@ -53,6 +53,8 @@ def test_mps_auto_lone_agent_runs_like_time_slicing(tmp_path: Path) -> None:
         ],
     )
     print(r.output[-3000:])
+    if r.exit_code != 0:
+        _keep_logs(r.output)
     assert r.exit_code == 0, r.output
     run = json.loads(r.stdout)["runs"][0]
     by_mode = {s["mode"]: s for s in run["summary"]}
@@ -72,3 +74,22 @@ def test_mps_auto_lone_agent_runs_like_time_slicing(tmp_path: Path) -> None:
         f" mps_over_timeslice={mps:.3f}"
     )
     assert abs(auto - 1.0) <= 0.05
+
+
+def _keep_logs(output: str) -> None:
+    """A failed run: copy the state dir the bench kept (colo up's output, the agent's and the launcher's logs)
+    to ``$COLO_GPU_OUT/mps_auto_logs`` so the failure comes back from the device with its reasons."""
+    import os
+    import re
+    import shutil
+
+    out = os.environ.get("COLO_GPU_OUT")
+    if not out:
+        return
+    for kept in re.findall(r"state dir \(logs\) kept: (\S+)", output):
+        sd = Path(kept)
+        dest = Path(out) / "mps_auto_logs" / sd.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in [sd / "up.log", *sorted((sd / "logs").glob("*.log"))]:
+            if f.is_file():
+                shutil.copy(f, dest / f.name)
