@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from colo.memory.db import ModelEntry, Provenance
 
@@ -29,6 +32,31 @@ def child_env(**extra: str) -> dict[str, str]:
     e["PYTHONPATH"] = str(ROOT / "src") + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     e.update(extra)
     return e
+
+
+def offline_child_env() -> dict[str, str]:
+    """:func:`child_env` for a GPU machine's child: unbuffered output and no wait on the Hugging Face Hub (the
+    device has no network)."""
+    e = child_env(PYTHONUNBUFFERED="1")
+    e.setdefault("HF_HUB_OFFLINE", "1")
+    return e
+
+
+def wait_for(
+    pred: Callable[[], Any], timeout: float = 30.0, step: float = 0.25, tick: Callable[[], None] | None = None
+) -> Any:
+    """Poll ``pred`` (after ``tick()``, when given) every ``step`` seconds until it is truthy (returned) or
+    ``timeout`` seconds pass (the last falsy value is returned)."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        if tick is not None:
+            tick()
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    return value
 
 
 def measured_entry(

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ import pytest
 import yaml
 from mps_daemons import quit_all
 
-from testkit import child_env, free_port
+from testkit import free_port, offline_child_env, wait_for
 
 pytestmark = pytest.mark.gpu
 
@@ -176,24 +176,8 @@ def result(
     )
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.5, tick: Callable[[], None] | None = None) -> Any:
-    """Poll ``pred`` until truthy (returned) or ``timeout`` seconds (returns the last falsy value)."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        if tick is not None:
-            tick()
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    return value
 
 
-def env() -> dict[str, str]:
-    e = child_env(PYTHONUNBUFFERED="1")
-    e.setdefault("HF_HUB_OFFLINE", "1")  # the GPU machine has no network: never wait on the Hub
-    return e
 
 
 def kill_tree_under(marker: str) -> list[int]:
@@ -245,7 +229,7 @@ def health_ok(port: int) -> bool:
 
 def colo_status(sd: Path) -> dict[str, Any]:
     out = subprocess.run(
-        [*COLO, "status", "--json", "--state-dir", str(sd)], env=env(), capture_output=True, text=True, timeout=30
+        [*COLO, "status", "--json", "--state-dir", str(sd)], env=offline_child_env(), capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 0, out.stderr
     data: dict[str, Any] = json.loads(out.stdout)
@@ -275,7 +259,7 @@ def start_colo(sd: Path, config: Path) -> subprocess.Popen[bytes]:
             # --force: the drills run the seed's numbers, which colo predicts too small for two agents' worst
             # case (issue 13); the drills send no such request.
             [*COLO, "up", str(config), "--state-dir", str(sd), "--force"],
-            env=env(),
+            env=offline_child_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -299,7 +283,7 @@ def newsroom() -> Iterator[dict[str, Any]]:
         yield box
     finally:
         with contextlib.suppress(Exception):
-            subprocess.run([*COLO, "down", "--state-dir", str(sd), "--timeout", "60"], env=env(), timeout=90)
+            subprocess.run([*COLO, "down", "--state-dir", str(sd), "--timeout", "60"], env=offline_child_env(), timeout=90)
         for p in box["procs"]:
             with contextlib.suppress(Exception):
                 p.kill()
@@ -555,7 +539,7 @@ def mps_env_lines(sd: Path, agent: str) -> dict[str, str]:
     """The environment ``colo mps env AGENT`` prints (its ``export`` lines), for this state dir."""
     import shlex
 
-    e = env()
+    e = offline_child_env()
     e["COLO_STATE_DIR"] = str(sd)
     out = subprocess.run(
         [*COLO, "mps", "env", agent, "--config", str(NEWSROOM)], env=e, capture_output=True, text=True, timeout=60
@@ -667,7 +651,7 @@ class TestNewsroom:
         t0 = time.monotonic()
         out = subprocess.run(
             [*COLO, "apply", str(new_cfg), "--state-dir", str(sd), "--json"],
-            env=env(),
+            env=offline_child_env(),
             capture_output=True,
             text=True,
             timeout=90,
@@ -750,7 +734,7 @@ class TestNewsroom:
         before: dict[str, int] = newsroom.get("pids") or {}
         if len(before) != 9 or not all_serving(sd):
             pytest.skip("the newsroom is not up and serving")
-        client_env = {k: v for k, v in env().items() if not k.startswith(("CUDA_MPS_", "CUDA_VISIBLE_DEVICES"))}
+        client_env = {k: v for k, v in offline_child_env().items() if not k.startswith(("CUDA_MPS_", "CUDA_VISIBLE_DEVICES"))}
         client_env.update(mps_env_lines(sd, "analyst"))
         seq = max((e.seq for e in store_events(sd)), default=0)
         uuid, _ = the_gpu(sd)
@@ -843,7 +827,7 @@ class TestNewsroom:
         t0 = time.monotonic()
         out = subprocess.run(
             [*COLO, "down", "--state-dir", str(sd), "--timeout", "60"],
-            env=env(),
+            env=offline_child_env(),
             capture_output=True,
             text=True,
             timeout=90,

@@ -22,14 +22,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mps_daemons import quit_all
 
-from testkit import child_env, free_port
+from testkit import free_port, offline_child_env, wait_for
 
 pytestmark = pytest.mark.gpu
 
@@ -43,25 +43,12 @@ def gpu_result(**fields: Any) -> None:
     print("GPU-RESULT tune " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    return value
 
 
-def env() -> dict[str, str]:
-    e = child_env(PYTHONUNBUFFERED="1")
-    e.setdefault("HF_HUB_OFFLINE", "1")
-    return e
 
 
 def status(sd: Path) -> dict[str, dict[str, Any]]:
-    out = subprocess.run([*COLO, "status", "--json", "--state-dir", str(sd)], env=env(), capture_output=True,
+    out = subprocess.run([*COLO, "status", "--json", "--state-dir", str(sd)], env=offline_child_env(), capture_output=True,
                          text=True, timeout=30)
     if out.returncode != 0:
         return {}
@@ -88,7 +75,7 @@ def sd() -> Iterator[Path]:
         yield d
     finally:
         with contextlib.suppress(Exception):
-            subprocess.run([*COLO, "down", "--state-dir", str(d), "--timeout", "30"], env=env(), timeout=60)
+            subprocess.run([*COLO, "down", "--state-dir", str(d), "--timeout", "30"], env=offline_child_env(), timeout=60)
         from colo.gpu.mps.root import MpsRoot
 
         quit_all(MpsRoot.under_state_dir(d))
@@ -126,7 +113,7 @@ def test_tuned_limit_rolled_back_on_out_of_memory(sd: Path) -> None:
         "GPU test: a limit too small for the worst case", time.time())})
     t0 = time.monotonic()
     with open(sd / "up.log", "ab") as log:
-        proc = subprocess.Popen([*COLO, "up", str(cfg_path), "--state-dir", str(sd)], env=env(), stdout=log,
+        proc = subprocess.Popen([*COLO, "up", str(cfg_path), "--state-dir", str(sd)], env=offline_child_env(), stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         up = wait_for(lambda: (s := status(sd)) and all(a["state"] == "RUNNING" for a in s.values()) and s, 150, 1.0)
@@ -184,7 +171,7 @@ def test_tuned_limit_rolled_back_on_out_of_memory(sd: Path) -> None:
                    tuned_peak_mib=max((r.peak_bytes for r in rows if r.agent == "tuned"), default=0) // 1024**2)
     finally:
         with contextlib.suppress(Exception):
-            subprocess.run([*COLO, "down", "--state-dir", str(sd), "--timeout", "30"], env=env(), timeout=60)
+            subprocess.run([*COLO, "down", "--state-dir", str(sd), "--timeout", "30"], env=offline_child_env(), timeout=60)
         with contextlib.suppress(Exception):
             os.killpg(proc.pid, 9)
         proc.wait(10)

@@ -12,8 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from colo.cli.main import app
-from testkit import child_env, free_port
+from testkit import child_env, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 COLO = [sys.executable, "-c", "import sys; from colo.cli.main import main; sys.argv[0] = 'colo'; main()"]
@@ -60,15 +59,6 @@ def colo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*COLO, *args], env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    return value
 
 
 @pytest.fixture
