@@ -31,6 +31,7 @@ def load(config_path: Path, duration: float, clients: int, out: Path, processes:
 
     from colo.bench.agents_run import config_targets, request_shapes
     from colo.bench.loads.agents import drive_spread, wait_healthy
+    from colo.files import write_atomic
     from colo.spec import load_config
 
     cfg = load_config(config_path)
@@ -54,7 +55,7 @@ def load(config_path: Path, duration: float, clients: int, out: Path, processes:
             for ld in done.loads
         },
     }
-    out.write_text(json.dumps(body, indent=2) + "\n")
+    write_atomic(out, json.dumps(body, indent=2) + "\n")
     for ld in done.loads:
         print(f"{ld.name}: {ld.requests} requests, errors {dict(ld.errors) or 'none'}")
     return 0

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colo.errors import ColoError, SupervisorError
+from colo.memory.db import ModelDB
 from colo.memory.resolve import AgentMemory, agent_memory_for_plan
-from colo.memory.worst_case import model_request
+from colo.memory.worst_case import agent_requests
 from colo.plan.types import AgentPlan
 from colo.spec.config import ColoConfig
 from colo.supervise import planning, tuned
@@ -37,14 +38,11 @@ def worst_shapes(config: ColoConfig, agent: str) -> tuple[Shape, ...]:
     """A built-in agent's worst-case request per model (a command agent: none; it reports no shapes)."""
     if config.agents[agent].command is not None:
         return ()
-    out = []
-    for m in config.agents[agent].models:
-        try:
-            case = model_request(m, config.models.get(m))
-        except ColoError:  # a model colo cannot place: it cannot serve it either
-            return ()
-        out.append(Shape(m, case.batch_size, case.seq_len, case.new_tokens))
-    return tuple(out)
+    try:
+        cases = agent_requests(config, agent)
+    except ColoError:  # a model colo cannot place: it cannot serve it either
+        return ()
+    return tuple(Shape(c.model, c.batch_size, c.seq_len, c.new_tokens) for c in cases)
 
 
 def agent_facts(
@@ -93,8 +91,7 @@ def gather(config: ColoConfig, state_dir: Path, *, since_wall: float, store: Sto
     planned = planning.plan_config(config, state_dir=state_dir)
     mine, _ = planned.local()
     try:
-        db = planning._open_db(config, None)
-        needs = agent_memory_for_plan(config, db, planning.memory_gpu_name(planned.slots))
+        needs = agent_memory_for_plan(config, ModelDB.open_default(config), planning.memory_gpu_name(planned.slots))
     except ColoError:
         needs = {}
     entries = tuned.load(paths.tuned_limits)

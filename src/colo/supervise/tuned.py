@@ -26,6 +26,7 @@ from colo.files import write_atomic
 from colo.memory.worst_case import model_request
 from colo.plan.types import TunedLimit
 from colo.spec.config import ColoConfig, ModelSpec
+from colo.spec.load import read_text
 
 VERSION = 1
 
@@ -79,9 +80,9 @@ def load(path: Path) -> dict[str, TunedEntry]:
     if not p.exists():
         return {}
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(read_text(p))  # bounded, regular files only: the state dir may be shared
         return {str(name): TunedEntry.from_dict(d) for name, d in data.get("agents", {}).items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ConfigError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
             f"the tuned limits file {p} cannot be read: {exc}",
             hint="delete it to plan with the policy's limits again (`colo tune --apply` writes a new one)",
