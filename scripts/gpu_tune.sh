@@ -100,8 +100,8 @@ colo tune "$CONFIG" --state-dir "$SD" --apply --json >"$OUT/tune_apply.json" || 
 import json, subprocess, sys, time
 sd, config = sys.argv[1], sys.argv[2]
 from colo.spec import load_config
-from colo.supervise import tuned
-want = tuned.applicable(load_config(config), tuned.load(sd + "/tuned_limits.json"))
+from colo.supervise.tune import limits_file
+want = limits_file.applicable(load_config(config), limits_file.load(sd + "/tuned_limits.json"))
 cmd = [sys.executable, "-c", "import sys; sys.argv[0]='colo'; from colo.cli.main import main; main()",
        "status", "--json", "--state-dir", sd]
 deadline = time.monotonic() + 300

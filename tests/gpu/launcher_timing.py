@@ -24,11 +24,11 @@ import httpx
 
 from colo.gpu.mps.env import client_env
 from colo.gpu.mps.root import MpsRoot
+from colo.launch.fork_runner import ForkRunner
+from colo.launch.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
 from colo.plan import inventory_slots, plan
 from colo.spec import load_config
-from colo.supervise.fork_runner import ForkRunner
-from colo.supervise.launch import agent_setup, builtin_port
-from colo.supervise.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
+from colo.supervise.agent_setup import agent_setup, builtin_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NEWSROOM = ROOT / "examples" / "newsroom" / "colo.sized.yaml"

@@ -90,9 +90,9 @@ def test_tuned_limit_rolled_back_on_out_of_memory(sd: Path) -> None:
     if not NvmlBackend().gpus():
         pytest.skip("no NVIDIA GPU")
     from colo.spec import load_config
-    from colo.supervise import tuned
     from colo.supervise.snapshots import EventKind
     from colo.supervise.store import Store
+    from colo.supervise.tune import limits_file
 
     port, tiny_port, api = free_port(), free_port(), free_port()
     cfg_path = sd / "colo.yaml"
@@ -108,8 +108,8 @@ def test_tuned_limit_rolled_back_on_out_of_memory(sd: Path) -> None:
     )
     cfg = load_config(cfg_path)
     old_limit = int(4.5 * 1024**3)  # the policy's: 3 GiB + 50 %
-    tuned.save(sd / "tuned_limits.json", {"tuned": tuned.TunedEntry(
-        TUNED_LIMIT_MIB * 1024**2, (TUNED_LIMIT_MIB - 128) * 1024**2, old_limit, tuned.agent_key(cfg, "tuned"),
+    limits_file.save(sd / "tuned_limits.json", {"tuned": limits_file.TunedEntry(
+        TUNED_LIMIT_MIB * 1024**2, (TUNED_LIMIT_MIB - 128) * 1024**2, old_limit, limits_file.agent_key(cfg, "tuned"),
         "GPU test: a limit too small for the worst case", time.time())})
     t0 = time.monotonic()
     with open(sd / "up.log", "ab") as log:
@@ -148,7 +148,7 @@ def test_tuned_limit_rolled_back_on_out_of_memory(sd: Path) -> None:
             and worst_after == 200
             and after["bystander"]["pid"] == bystander_pid
             and after["bystander"]["restarts"] == 0
-            and tuned.load(sd / "tuned_limits.json")["tuned"].rolled_back_at is not None
+            and limits_file.load(sd / "tuned_limits.json")["tuned"].rolled_back_at is not None
             and rollback_s < 1.0
         )
         gpu_result(

@@ -14,17 +14,18 @@ LAYER = {
     "errors": 0, "units": 0, "files": 0, "clock": 0,
     "spec": 1,
     "memory": 2, "plan": 2,
-    "gpu": 3, "supervise": 3, "profiling": 3, "modelserver": 3,
+    "gpu": 3, "launch": 3, "supervise": 3, "profiling": 3, "modelserver": 3,
     "api": 4, "cli": 4, "bench": 4, "render": 4,
 }
 # Same-layer imports that are part of the design.
 ALLOWED_SIDEWAYS = {
     ("supervise", "gpu"), ("profiling", "gpu"), ("profiling", "memory"), ("modelserver", "gpu"), ("memory", "plan"),
-    ("profiling", "supervise"),  # a command agent is profiled through the supervisor's runner and health probe
+    ("launch", "gpu"), ("launch", "modelserver"),  # the launcher pre-imports the built-in agent
+    ("supervise", "launch"), ("profiling", "launch"),  # agents and profiled commands start through one runner
     ("supervise", "modelserver"), ("cli", "api"), ("cli", "bench"), ("cli", "render"),
     ("render", "cli"), ("bench", "api"),
 }
-NEVER = {("gpu", "supervise"), ("gpu", "api"), ("gpu", "cli"), ("supervise", "api"), ("supervise", "cli"),
+NEVER = {("gpu", "supervise"), ("launch", "supervise"), ("profiling", "supervise"), ("gpu", "api"), ("gpu", "cli"), ("supervise", "api"), ("supervise", "cli"),
          ("plan", "memory"), ("api", "cli")}
 DOORS = {"pynvml": {"gpu/nvml.py"}, "sqlite3": {"supervise/store.py"}, "psutil": {"gpu/procs.py"}}
 

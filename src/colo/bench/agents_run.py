@@ -104,7 +104,7 @@ def config_targets(
 
     Raises UsageError for a name in ``only`` that is not an agent of the config.
     """
-    from colo.supervise.launch import builtin_port
+    from colo.supervise.agent_setup import builtin_port
 
     unknown = sorted(set(only) - set(config.agents))
     if unknown:

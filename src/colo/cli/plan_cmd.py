@@ -180,7 +180,7 @@ def _findings_for(path: str) -> tuple[str, list[Finding], list[str]]:
         return kind, [], []
     config = config_from_loaded(loaded)
     from colo.spec.checks import check_file
-    from colo.supervise.launch import builtin_port
+    from colo.supervise.agent_setup import builtin_port
 
     file_findings = [Finding(f.severity, f.where, f.message)
                      for f in check_file(config, loaded, builtin_port=lambda name: builtin_port(config, name))]

@@ -1,7 +1,7 @@
 """``colo tune CONFIG [--since DURATION] [--json] [--apply]``: limits from what the agents really used.
 
-A view over :func:`colo.supervise.tuning.propose` (the formula is there) fed by
-:func:`colo.supervise.tune_inputs.gather` (plan, model database, tuned limits, usage history of the state
+A view over :func:`colo.supervise.tune.formula.propose` (the formula is there) fed by
+:func:`colo.supervise.tune.inputs.gather` (plan, model database, tuned limits, usage history of the state
 dir). ``--apply`` records the accepted proposals in ``<state_dir>/tuned_limits.json`` and asks the running
 orchestrator, through its HTTP API, to apply the config again: the same rolling apply as ``colo apply``
 (only agents whose limit changed restart, one at a time).
@@ -55,8 +55,8 @@ def tune_command(
     agent that runs out of memory under its new limit gets its old one back automatically."""
     from colo.spec import load_config
     from colo.supervise.statedir import config_yaml, resolve_state_dir
-    from colo.supervise.tune_inputs import gather, write_tuned
-    from colo.supervise.tuning import propose
+    from colo.supervise.tune.formula import propose
+    from colo.supervise.tune.inputs import gather, write_tuned
 
     since_secs = parse_since(since)  # a bad --since is a usage error before anything is read
     cfg = load_config(config)

@@ -3,7 +3,7 @@
 An agent with a ``command`` and a ``profile:`` block in colo.yaml is measured as it will run: its own
 process (and any children) on the profiling GPU, under MPS when a daemon is given (``env``), with no limit.
 
-1. start it through the supervisor's :class:`~colo.supervise.runner.Runner` (own session, log file);
+1. start it through the supervisor's :class:`~colo.launch.runner.Runner` (own session, log file);
 2. sample the NVML memory of its process tree from the start (loading weights is part of the peak);
 3. wait for its health check (the supervisor's probe) — a process that exits first is a failed row;
 4. drive it with the ``profile:`` load: ``concurrency`` clients sending ``method path body`` back to back,
@@ -30,12 +30,12 @@ from colo.errors import ProfileError
 from colo.gpu import procs
 from colo.gpu.nvml import GpuBackend
 from colo.gpu.sampler import PEAK_INTERVAL_SECS, Read, Sample, Sampler, nvml_read
+from colo.launch.health import HealthChecker, Probe
+from colo.launch.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
 from colo.memory.db import AgentEntry, ModelDB
 from colo.memory.worst_case import WorstCase, agent_requests
 from colo.profiling.profiler import Job, JobResult, gpu_provenance
 from colo.spec.config import ColoConfig, HealthCheck, ProfileLoad
-from colo.supervise.health import HealthChecker, Probe
-from colo.supervise.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
 
 #: The NVML sampling interval for command agents: their peak lasts seconds (weights, KV cache), not ms.
 COMMAND_INTERVAL_SECS = max(PEAK_INTERVAL_SECS, 0.02)

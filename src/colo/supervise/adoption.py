@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from colo.launch.runner import LaunchSpec, ProcessHandle, Runner
 from colo.spec.config import HealthCheck
 from colo.supervise.agent import AgentSetup
 from colo.supervise.policy import RestartRules
-from colo.supervise.runner import LaunchSpec, ProcessHandle, Runner
 from colo.supervise.store import AgentRecord
 from colo.supervise.supervisor import Supervisor
 

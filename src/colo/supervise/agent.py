@@ -11,7 +11,7 @@ commented where it happens. ``docs/states.md`` draws them.
   counting the exit as a failure: the fault was the GPU's, not the agent's.
 * An agent that was RUNNING and exits with ``EXIT_CONTEXT_LOST`` (its CUDA context broke under it: an MPS
   server that died, a sticky device error) starts again at once, and the exit is not counted as a failure;
-  the supervisor also tells MPS recovery (``colo.supervise.recovery``), which decides whether the whole GPU
+  the supervisor also tells MPS recovery (``colo.supervise.recovery.mps_recovery``), which decides whether the whole GPU
   must recover. While STARTING, that exit code counts like any failure (so a broken GPU ends in FATAL).
 * Killing an unhealthy process sends the stop signal and SIGCONT: a stopped (SIGSTOP) process would otherwise
   only see the signal at SIGKILL time, ``stop_wait_secs`` later.
@@ -27,12 +27,12 @@ from pathlib import Path
 
 from colo.clock import Clock
 from colo.errors import SupervisorError
+from colo.launch.health import Probe
+from colo.launch.runner import ExitStatus, LaunchSpec, ProcessHandle, Runner
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
 from colo.spec.config import HealthCheck
-from colo.supervise.health import Probe
 from colo.supervise.logs import last_line
 from colo.supervise.policy import RestartRules
-from colo.supervise.runner import ExitStatus, LaunchSpec, ProcessHandle, Runner
 from colo.supervise.snapshots import AgentStatus, EventKind, Shape
 from colo.supervise.state import AgentState, check_transition
 from colo.supervise.store import AgentRecord

@@ -18,7 +18,7 @@ from colo.gpu.mps.fleet import MpsFleet
 from colo.plan import AgentPlan, Plan
 from colo.supervise import planning
 from colo.supervise.fleet import STARTED_KEY
-from colo.supervise.mps_hooks import FleetHooks
+from colo.supervise.recovery.mps_hooks import FleetHooks
 from colo.supervise.snapshots import EventKind
 from colo.supervise.store import Store
 

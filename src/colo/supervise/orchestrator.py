@@ -12,7 +12,7 @@ read), ``colo.pid`` and ``colo.lock`` (one orchestrator per state dir).
 The orchestrator starts, ticks, applies and stops; the rooms it calls: :mod:`colo.supervise.lockfile` (the
 state dir's lock and pid file), :mod:`colo.supervise.fleet` (the per-GPU MPS daemons),
 :mod:`colo.supervise.adoption` (agents that outlived an orchestrator), :mod:`colo.supervise.supervisor` (the
-loop over agents) with :mod:`colo.supervise.recovery` (MPS fault recovery), and
+loop over agents) with :mod:`colo.supervise.recovery.mps_recovery` (MPS fault recovery), and
 :mod:`colo.supervise.publish` (the one GPU reading and the snapshot the API serves). The CLI reaches a
 running orchestrator through its HTTP API only (``colo.api``), ``colo down`` through a signal.
 """
@@ -39,28 +39,29 @@ from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
 from colo.gpu.poller import GpuPoller
+from colo.launch.fork_runner import make_runner
+from colo.launch.health import HealthChecker, Probe
+from colo.launch.runner import Runner
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, Unplaced
 from colo.spec.config import ColoConfig, MpsMode
-from colo.supervise import planning, tuned, tuning
+from colo.supervise import planning
 from colo.supervise.adoption import take_over
 from colo.supervise.agent import AgentSetup
+from colo.supervise.agent_setup import describe_change
 from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, make_fleet, start_fleet, stop_fleet
-from colo.supervise.fork_runner import make_runner
-from colo.supervise.health import HealthChecker, Probe
-from colo.supervise.history import UsageRecorder
-from colo.supervise.launch import describe_change
 from colo.supervise.lockfile import StateLock
 from colo.supervise.logs import AgentLogs
-from colo.supervise.mps_hooks import FleetHooks
 from colo.supervise.mps_switch import MpsSwitch, mps_events, mps_labels
 from colo.supervise.publish import Publisher
-from colo.supervise.recovery import RecoveryRecord
-from colo.supervise.runner import Runner
+from colo.supervise.recovery.mps_hooks import FleetHooks
+from colo.supervise.recovery.mps_recovery import RecoveryRecord
 from colo.supervise.snapshots import AgentStatus, ApplyResult, Event, EventKind, SystemSnapshot
 from colo.supervise.state import AgentState
 from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_dir
 from colo.supervise.store import Store
 from colo.supervise.supervisor import Supervisor
+from colo.supervise.tune import formula, limits_file
+from colo.supervise.tune.history import UsageRecorder
 
 TICK_SECS = 0.5
 
@@ -492,16 +493,16 @@ class Orchestrator:
             return
         try:
             ap = self._plan.agent(name)
-            entry = tuned.load(self.paths.tuned_limits).get(name)
+            entry = limits_file.load(self.paths.tuned_limits).get(name)
         except (KeyError, ColoError):
             return
         previous = entry.previous_limit_bytes if entry is not None else None
         rolled = entry is not None and entry.rolled_back_at is not None
-        restore = tuning.rollback_limit(ap.limit_source, agent.setup.limit_bytes, previous, rolled)
+        restore = formula.rollback_limit(ap.limit_source, agent.setup.limit_bytes, previous, rolled)
         if restore is None:
             return
         with contextlib.suppress(ColoError):
-            tuned.mark_rolled_back(self.paths.tuned_limits, name, self.clock.wall())
+            limits_file.mark_rolled_back(self.paths.tuned_limits, name, self.clock.wall())
         back = replace(
             ap,
             limit_bytes=restore,

@@ -37,10 +37,10 @@ from colo.plan import inventory_slots, plan
 from colo.plan.limits import declared_memory
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, PolicyFinding, TunedLimit, Unplaced
 from colo.spec.config import ColoConfig
-from colo.supervise import tuned
 from colo.supervise.agent import AgentSetup
-from colo.supervise.launch import agent_setup
+from colo.supervise.agent_setup import agent_setup
 from colo.supervise.statedir import StateDirPaths, resolve_state_dir
+from colo.supervise.tune import limits_file
 
 MemoryArg = Mapping[str, ModelMemory] | MemoryInputs | None
 
@@ -147,8 +147,8 @@ def memory_inputs(
 
 def tuned_limits(config: ColoConfig, state_dir: str | Path | None = None) -> dict[str, TunedLimit]:
     """The limits ``colo tune --apply`` set in the state dir (``tuned_limits.json``) that still apply to
-    ``config`` (see :mod:`colo.supervise.tuned`). Raises ConfigError for a corrupt file."""
-    return tuned.applicable(config, tuned.load(StateDirPaths(resolve_state_dir(config, state_dir)).tuned_limits))
+    ``config`` (see :mod:`colo.supervise.tune.limits_file`). Raises ConfigError for a corrupt file."""
+    return limits_file.applicable(config, limits_file.load(StateDirPaths(resolve_state_dir(config, state_dir)).tuned_limits))
 
 
 def _open_db(config: ColoConfig, db: ModelDB | str | Path | None) -> ModelDB:

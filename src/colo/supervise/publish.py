@@ -2,7 +2,7 @@
 :class:`~colo.supervise.snapshots.SystemSnapshot` built from it and the agents.
 
 Everything that needs the GPUs between polls reads the last reading here: the API (through the snapshot),
-FAULT detection (``colo.supervise.mps_hooks``) and each agent's GPU memory (:meth:`Publisher.tree_memory`).
+FAULT detection (``colo.supervise.recovery.mps_hooks``) and each agent's GPU memory (:meth:`Publisher.tree_memory`).
 """
 
 from __future__ import annotations

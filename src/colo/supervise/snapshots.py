@@ -126,7 +126,7 @@ class UsageSample:
 
 @dataclass(frozen=True)
 class RecoverySummary:
-    """One finished MPS recovery of a GPU (``colo.supervise.recovery``): what triggered it, seconds from the
+    """One finished MPS recovery of a GPU (``colo.supervise.recovery.mps_recovery``): what triggered it, seconds from the
     failed part last seen healthy to detection (``detect_secs``, an upper bound; None unknown) and from
     detection to every agent RUNNING again (``recover_secs``), whether the daemon was restarted, and whether
     every agent came back (``ok``)."""

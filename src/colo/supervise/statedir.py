@@ -108,7 +108,7 @@ def stop_leftovers(
 
     Returns lines describing what was done. Raises SupervisorError/MpsError when something survives.
     """
-    from colo.supervise.runner import ProcessRunner
+    from colo.launch.runner import ProcessRunner
     from colo.supervise.snapshots import EventKind
     from colo.supervise.state import AgentState
     from colo.supervise.store import Store

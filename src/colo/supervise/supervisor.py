@@ -2,9 +2,9 @@
 and rolls configuration changes through one agent at a time.
 
 Everything outside (processes, health probes, time, MPS, GPU memory) is injected, so the CPU tests drive
-the whole loop with a fake clock, :class:`~colo.supervise.runner.FakeRunner` and a fake :class:`MpsHooks`.
+the whole loop with a fake clock, :class:`~colo.launch.runner.FakeRunner` and a fake :class:`MpsHooks`.
 
-MPS fault recovery (its phases, triggers and allowed transitions) lives in :mod:`colo.supervise.recovery`;
+MPS fault recovery (its phases, triggers and allowed transitions) lives in :mod:`colo.supervise.recovery.mps_recovery`;
 the supervisor feeds it what it detects: deaths of MPS processes (every tick, before the agents are looked at,
 so a dead server's agents are held before they would respawn), MPS status polls (once a second), agents that
 lost their CUDA context (exit code ``EXIT_CONTEXT_LOST``: recovery when a fresh look at the GPU's MPS is not
@@ -20,16 +20,22 @@ from dataclasses import dataclass, field
 
 from colo.clock import Clock
 from colo.errors import ColoError
+from colo.launch.health import Probe
+from colo.launch.runner import Runner
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
 from colo.supervise.agent import Agent, AgentSetup
-from colo.supervise.health import Probe
-from colo.supervise.history import UsageRecorder
 from colo.supervise.logs import AgentLogs, LogScanner, scan_text
-from colo.supervise.recovery import MpsFault, MpsHooks, Recoveries, RecoveryRecord, RecoveryTrigger
-from colo.supervise.runner import Runner
+from colo.supervise.recovery.mps_recovery import (
+    MpsFault,
+    MpsHooks,
+    Recoveries,
+    RecoveryRecord,
+    RecoveryTrigger,
+)
 from colo.supervise.snapshots import AgentStatus, Event, EventKind
 from colo.supervise.state import AgentState
 from colo.supervise.store import Store
+from colo.supervise.tune.history import UsageRecorder
 
 #: How often (seconds) FAULT is looked for: every tick, so each new GPU reading (once a second) is looked at as
 #: soon as it is taken. Deaths of MPS processes are checked every tick too (liveness only).

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from colo.cli.main import app
 from colo.spec import load_config
-from colo.supervise import tuned
 from colo.supervise.snapshots import Shape, UsageSample
 from colo.supervise.store import Store
+from colo.supervise.tune import limits_file
 from colo.units import GIB, MIB
 
 runner = CliRunner()
@@ -121,13 +121,13 @@ def test_apply_writes_tuned_limits_and_asks_the_orchestrator(
     out = json.loads(r.stdout)
     assert out["tuned"] == ["small"] and out["applied"]["restarted"] == ["small"]
     assert len(client.applied) == 1
-    entry = tuned.load(sd / "tuned_limits.json")["small"]
+    entry = limits_file.load(sd / "tuned_limits.json")["small"]
     assert entry.limit_bytes == 768 * MIB and entry.previous_limit_bytes == int(1.5 * GIB)
     # colo plan now shows where each limit came from
     p = runner.invoke(app, ["plan", str(cfg), "--state-dir", str(sd)])
     assert p.exit_code == 0, p.output
     assert "limit from" in p.output and "tuned" in p.output and "peak 700.0 MiB over 20 windows" in p.output
-    assert tuned.applicable(load_config(cfg), tuned.load(sd / "tuned_limits.json"))["small"].limit_bytes == 768 * MIB
+    assert limits_file.applicable(load_config(cfg), limits_file.load(sd / "tuned_limits.json"))["small"].limit_bytes == 768 * MIB
 
 
 def test_advise_reads_the_history(world: tuple[Path, Path]) -> None:

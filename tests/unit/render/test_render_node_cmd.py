@@ -83,9 +83,9 @@ def test_orchestrator_without_agents_keeps_only_the_daemons() -> None:
 
     from colo.clock import FakeClock
     from colo.gpu.mps.fake import FakeMpsControl
+    from colo.launch.runner import FakeRunner
     from colo.spec import load_config_text
     from colo.supervise.orchestrator import Orchestrator
-    from colo.supervise.runner import FakeRunner
 
     cfg = load_config_text(
         "version: 1\ngpus: auto\nmodels: {small: {memory: 1GiB}}\n"

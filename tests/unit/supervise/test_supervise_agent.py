@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from colo.clock import FakeClock
+from colo.launch.health import HealthResult
+from colo.launch.runner import FakeRunner, LaunchSpec
 from colo.spec.config import HealthCheck
 from colo.supervise.agent import Agent, AgentSetup
-from colo.supervise.health import HealthResult
 from colo.supervise.policy import RestartRules
-from colo.supervise.runner import FakeRunner, LaunchSpec
 from colo.supervise.snapshots import EventKind
 from colo.supervise.state import ALLOWED, AgentState
 
@@ -329,7 +329,7 @@ def test_an_unhealthy_process_is_also_sent_sigcont(tmp_path: Path) -> None:
 
 def test_builtin_agents_are_probed_every_second_unless_the_user_said_otherwise() -> None:
     from colo.spec import load_config_text
-    from colo.supervise.launch import (
+    from colo.supervise.agent_setup import (
         BUILTIN_HEALTH_FAILURES,
         BUILTIN_HEALTH_INTERVAL_SECS,
         BUILTIN_HEALTH_TIMEOUT_SECS,

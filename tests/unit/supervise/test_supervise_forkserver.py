@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from colo.launch.fork_runner import ForkRunner, is_builtin_agent, make_runner
+from colo.launch.forkserver import fork_blocker
+from colo.launch.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner
 from colo.spec.config import Policy
-from colo.supervise.fork_runner import ForkRunner, is_builtin_agent, make_runner
-from colo.supervise.forkserver import fork_blocker
-from colo.supervise.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner
 
 
 def py(code: str, env: dict[str, str] | None = None, cwd: str | None = None) -> LaunchSpec:
@@ -248,7 +248,7 @@ def test_a_child_that_exits_before_fork_returns_keeps_its_exit() -> None:
     import threading as _threading
     from typing import Any, cast
 
-    from colo.supervise.fork_runner import _Zygote
+    from colo.launch.fork_runner import _Zygote
 
     lines: queue.Queue[bytes | None] = queue.Queue()
 

@@ -190,7 +190,7 @@ def test_launch_env_caps_the_builtin_agent_without_mps(tmp_path: Path) -> None:
     from colo.modelserver.command import MEMORY_CAP_VAR
     from colo.plan import inventory_slots, plan
     from colo.spec import load_config_text
-    from colo.supervise.launch import agent_setup
+    from colo.supervise.agent_setup import agent_setup
     from colo.supervise.planning import MpsRoot
 
     text = (

@@ -16,7 +16,7 @@ from test_supervise_orchestrator import (  # noqa: F401 - _no_leftover_dirs: aut
 
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
 from colo.supervise.orchestrator import TICK_SECS, Orchestrator
-from colo.supervise.recovery import RecoveryTrigger
+from colo.supervise.recovery.mps_recovery import RecoveryTrigger
 from colo.supervise.snapshots import EventKind
 from colo.supervise.state import AgentState
 
@@ -197,7 +197,7 @@ def test_recovery_kills_an_agent_stuck_in_teardown_after_one_second_and_times_it
     RECOVERY_STOP_WAIT_SECS, not the agent's 10 s stop_wait_secs; the done event says where the seconds went."""
     import signal
 
-    from colo.supervise.recovery import RECOVERY_STOP_WAIT_SECS, RecoveryPhase
+    from colo.supervise.recovery.mps_recovery import RECOVERY_STOP_WAIT_SECS, RecoveryPhase
 
     w, orch, pipe0, pids = two_gpus(tmp_path)
     w.runner.ignore_signals.add(pids["a"])  # ignores SIGTERM; only SIGKILL ends it

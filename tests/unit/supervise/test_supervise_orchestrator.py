@@ -19,11 +19,11 @@ from colo.clock import FakeClock
 from colo.errors import DoesNotFitError, SupervisorError
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.mps.fake import FakeMpsControl
+from colo.launch.health import HealthResult
+from colo.launch.runner import FakeRunner
 from colo.spec import load_config_text
 from colo.spec.config import ColoConfig
-from colo.supervise.health import HealthResult
 from colo.supervise.orchestrator import Orchestrator
-from colo.supervise.runner import FakeRunner
 from colo.supervise.snapshots import EventKind
 from colo.supervise.state import AgentState
 from colo.units import GIB

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from colo.clock import FakeClock
+from colo.launch.health import HealthChecker
+from colo.launch.runner import LaunchSpec, ProcessRunner
 from colo.spec.config import HealthCheck
-from colo.supervise.health import HealthChecker
 from colo.supervise.logs import AgentLogs, LogScanner, scan_text
-from colo.supervise.runner import LaunchSpec, ProcessRunner
 from colo.supervise.snapshots import AgentStatus, EventKind
 from colo.supervise.state import AgentState
 from colo.supervise.store import AgentRecord, Store
@@ -216,7 +216,7 @@ def test_the_config_copy_keeps_defaults_apart_from_choices(tmp_path: Path) -> No
     from colo.plan import inventory_slots
     from colo.spec.load import load_config, load_config_text
     from colo.supervise import planning
-    from colo.supervise.launch import BUILTIN_HEALTH_FAILURES, BUILTIN_HEALTH_INTERVAL_SECS
+    from colo.supervise.agent_setup import BUILTIN_HEALTH_FAILURES, BUILTIN_HEALTH_INTERVAL_SECS
     from colo.supervise.statedir import config_yaml
 
     source = Path(__file__).resolve().parents[3] / "examples" / "newsroom" / "colo.yaml"

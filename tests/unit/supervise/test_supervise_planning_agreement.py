@@ -26,11 +26,11 @@ from colo.cli.main import app
 from colo.clock import FakeClock
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.mps.fake import FakeMpsControl
+from colo.launch.health import HealthResult
+from colo.launch.runner import FakeRunner
 from colo.memory.db import ModelDB, ModelEntry
 from colo.spec import load_config
-from colo.supervise.health import HealthResult
 from colo.supervise.orchestrator import Orchestrator
-from colo.supervise.runner import FakeRunner
 from testkit import measured_entry
 
 GIB, MIB = units.GIB, units.MIB

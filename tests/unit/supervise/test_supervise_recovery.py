@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from colo.supervise.recovery import (
+from colo.supervise.recovery.mps_recovery import (
     ALLOWED,
     MpsFault,
     Recoveries,
@@ -79,7 +79,7 @@ def test_fleet_hooks_read_fault_from_the_gpu_reading_and_ask_only_what_it_missed
     from colo.gpu.mps.fleet import MpsFleet
     from colo.gpu.mps.root import MpsRoot
     from colo.gpu.poller import GpuPoller
-    from colo.supervise.mps_hooks import FleetHooks
+    from colo.supervise.recovery.mps_hooks import FleetHooks
 
     root = Path(tempfile.mkdtemp(prefix="cr", dir="/tmp"))  # MPS socket paths must stay short
     try:

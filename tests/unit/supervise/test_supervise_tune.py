@@ -16,14 +16,12 @@ from colo.plan import inventory_slots, plan
 from colo.plan.limits import declared_memory
 from colo.plan.types import MemoryInputs, TunedLimit
 from colo.spec import load_config_text
-from colo.supervise import tuned
-from colo.supervise.history import UsageRecorder
 from colo.supervise.planning import memory_inputs, plan_config
 from colo.supervise.snapshots import Shape, UsageSample
 from colo.supervise.statedir import StateDirPaths
 from colo.supervise.store import Store
-from colo.supervise.tune_inputs import worst_shapes, write_tuned
-from colo.supervise.tuning import (
+from colo.supervise.tune import limits_file
+from colo.supervise.tune.formula import (
     ALLOCATOR_GRANULE_BYTES,
     AgentFacts,
     TuneSettings,
@@ -32,6 +30,8 @@ from colo.supervise.tuning import (
     rollback_limit,
     room,
 )
+from colo.supervise.tune.history import UsageRecorder
+from colo.supervise.tune.inputs import worst_shapes, write_tuned
 
 MIB, GIB = units.MIB, units.GIB
 WORST = (Shape("m", 32, 512),)
@@ -166,9 +166,9 @@ def test_tuned_limits_file_feeds_the_plan_and_says_so(tmp_path: Path) -> None:
     before = {a.name: a for a in plan_config(cfg, state_dir=tmp_path).plan.agents}
     assert before["small"].limit_bytes == int(1.5 * GIB) and before["small"].limit_source == "policy"
     path = StateDirPaths(tmp_path).tuned_limits
-    entry = tuned.TunedEntry(768 * MIB, 700 * MIB, before["small"].limit_bytes, tuned.agent_key(cfg, "small"),
+    entry = limits_file.TunedEntry(768 * MIB, 700 * MIB, before["small"].limit_bytes, limits_file.agent_key(cfg, "small"),
                              "peak 700 MiB over 9 windows", 1.0)
-    tuned.save(path, {"small": entry, "gone": entry})
+    limits_file.save(path, {"small": entry, "gone": entry})
     after = {a.name: a for a in plan_config(cfg, state_dir=tmp_path).plan.agents}
     assert after["small"].limit_bytes == 768 * MIB and after["small"].limit_source == "tuned"
     assert after["small"].requirement_bytes == 700 * MIB
@@ -177,7 +177,7 @@ def test_tuned_limits_file_feeds_the_plan_and_says_so(tmp_path: Path) -> None:
     # a changed worst case makes the entry stale; a rolled-back entry no longer applies
     bigger = load_config_text(CFG.replace("{memory: 1GiB, batch_size: 32", "{memory: 1GiB, batch_size: 64"), "t.yaml")
     assert plan_config(bigger, state_dir=tmp_path).plan.agent("small").limit_source == "policy"
-    assert tuned.mark_rolled_back(path, "small", 5.0) is not None
+    assert limits_file.mark_rolled_back(path, "small", 5.0) is not None
     assert plan_config(cfg, state_dir=tmp_path).plan.agent("small").limit_bytes == int(1.5 * GIB)
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="tuned limits file"):

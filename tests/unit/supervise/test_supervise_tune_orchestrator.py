@@ -15,14 +15,14 @@ from colo.clock import FakeClock
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.mps.fake import FakeMpsControl
 from colo.gpu.nvml import ClientProcess
+from colo.launch.health import HealthResult
+from colo.launch.runner import FakeRunner
 from colo.spec import load_config_text
 from colo.spec.config import ColoConfig, HealthCheck
-from colo.supervise import tuned
-from colo.supervise.health import HealthResult
 from colo.supervise.orchestrator import Orchestrator
-from colo.supervise.runner import FakeRunner
 from colo.supervise.snapshots import EventKind, Shape
 from colo.supervise.state import AgentState
+from colo.supervise.tune import limits_file
 from colo.units import GIB, MIB
 
 CFG = """
@@ -107,7 +107,7 @@ def test_history_is_recorded_per_window_from_nvml_and_the_health_body(state: Pat
 def test_a_tuned_limit_that_runs_out_of_memory_is_rolled_back_alone(state: Path) -> None:
     cfg = config()
     path = state / "tuned_limits.json"
-    tuned.save(path, {"hog": tuned.TunedEntry(640 * MIB, 600 * MIB, int(1.5 * GIB), tuned.agent_key(cfg, "hog"),
+    limits_file.save(path, {"hog": limits_file.TunedEntry(640 * MIB, 600 * MIB, int(1.5 * GIB), limits_file.agent_key(cfg, "hog"),
                                               "peak 600 MiB", 1.0)})
     w = World(state)
     orch = w.up(cfg)
@@ -125,7 +125,7 @@ def test_a_tuned_limit_that_runs_out_of_memory_is_rolled_back_alone(state: Path)
     assert orch.status("hog").limit_bytes == int(1.5 * GIB)
     assert w.runner.last("bin-hog").spec.limit_bytes == int(1.5 * GIB)
     assert orch.status("ok").pid == ok_pid and orch.status("ok").restarts == 0  # nothing else restarted
-    assert tuned.load(path)["hog"].rolled_back_at is not None
+    assert limits_file.load(path)["hog"].rolled_back_at is not None
     # a second out-of-memory error under the restored limit is the agent's own: no second rollback
     with open(state / "logs" / "hog.log", "a") as fh:
         fh.write("torch.OutOfMemoryError: CUDA out of memory.\n")
@@ -141,8 +141,8 @@ def test_a_tuned_limit_that_runs_out_of_memory_is_rolled_back_alone(state: Path)
 
 def test_a_507_count_in_the_health_body_also_rolls_back(state: Path) -> None:
     cfg = config()
-    tuned.save(state / "tuned_limits.json", {"hog": tuned.TunedEntry(
-        640 * MIB, 600 * MIB, int(1.5 * GIB), tuned.agent_key(cfg, "hog"), "", 1.0)})
+    limits_file.save(state / "tuned_limits.json", {"hog": limits_file.TunedEntry(
+        640 * MIB, 600 * MIB, int(1.5 * GIB), limits_file.agent_key(cfg, "hog"), "", 1.0)})
     w = World(state)
     orch = w.up(cfg)
     w.body["out_of_memory"] = 1
@@ -166,8 +166,8 @@ def test_no_rollback_without_a_tuned_limit(state: Path) -> None:
 def test_a_tuned_agent_that_dies_of_out_of_memory_is_rolled_back(state: Path) -> None:
     """A command agent (or the built-in agent's device probe) may just die: its last words name the OOM."""
     cfg = config()
-    tuned.save(state / "tuned_limits.json", {"hog": tuned.TunedEntry(
-        640 * MIB, 600 * MIB, int(1.5 * GIB), tuned.agent_key(cfg, "hog"), "", 1.0)})
+    limits_file.save(state / "tuned_limits.json", {"hog": limits_file.TunedEntry(
+        640 * MIB, 600 * MIB, int(1.5 * GIB), limits_file.agent_key(cfg, "hog"), "", 1.0)})
     w = World(state)
     orch = w.up(cfg)
     pid = orch.status("hog").pid

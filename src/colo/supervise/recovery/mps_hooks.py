@@ -1,4 +1,4 @@
-"""The supervisor's view of the per-GPU MPS daemons (:class:`~colo.supervise.recovery.MpsHooks`), over
+"""The supervisor's view of the per-GPU MPS daemons (:class:`~colo.supervise.recovery.mps_recovery.MpsHooks`), over
 ``colo.gpu.mps.daemon.MpsFleet``: FAULT detection (the server statuses of the node's one GPU reading, else
 ``get_server_status``; fault lines new in each daemon's ``control.log``/``server.log`` name the client when
 they can), deaths (every control daemon and server process colo started, adopted or saw on its GPUs is watched
@@ -23,7 +23,7 @@ from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.log import MpsLogKind, MpsLogReader
 from colo.gpu.mps.replies import ServerStatus
 from colo.gpu.poller import GpuState
-from colo.supervise.recovery import MpsFault, RecoveryTrigger
+from colo.supervise.recovery.mps_recovery import MpsFault, RecoveryTrigger
 
 #: A fault line in an MPS log names the culprit of a FAULT seen within this many seconds.
 HINT_SECS = 60.0

@@ -1,5 +1,5 @@
-""":class:`ForkRunner`: the :class:`~colo.supervise.runner.Runner` that forks built-in agents from the
-pre-imported launcher (:mod:`colo.supervise.forkserver`) and spawns everything else.
+""":class:`ForkRunner`: the :class:`~colo.launch.runner.Runner` that forks built-in agents from the
+pre-imported launcher (:mod:`colo.launch.forkserver`) and spawns everything else.
 
 Only built-in agents run by this interpreter are forked; ``command:`` agents, and built-in agents whose ``env``
 changes a variable read at process start (``PYTHON*``, ``LD_*``, thread-pool sizes such as ``OMP_NUM_THREADS``;
@@ -26,11 +26,11 @@ from typing import Any, Literal
 
 from colo.errors import SupervisorError
 from colo.gpu import procs
+from colo.launch.forkserver import EXEC_TIME_PREFIXES, MODULE, ZYGOTE_ENV_DEFAULTS
+from colo.launch.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner, Runner, base_env
 from colo.modelserver.command import MODULE as BUILTIN_AGENT_MODULE
-from colo.supervise.forkserver import EXEC_TIME_PREFIXES, MODULE, ZYGOTE_ENV_DEFAULTS
-from colo.supervise.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner, Runner, base_env
 
-log = logging.getLogger("colo.supervise.fork_runner")
+log = logging.getLogger("colo.launch.fork_runner")
 
 Launcher = Literal["fork", "spawn"]
 
@@ -143,7 +143,7 @@ def is_builtin_agent(spec: LaunchSpec, python: str = sys.executable) -> bool:
 
 
 class ForkRunner:
-    """A :class:`~colo.supervise.runner.Runner` that forks built-in agents from a pre-imported zygote and
+    """A :class:`~colo.launch.runner.Runner` that forks built-in agents from a pre-imported zygote and
     spawns everything else (and everything while no zygote is usable) with ``fallback``.
 
     ``forkable`` picks the specs to fork (default: :func:`is_builtin_agent`); ``preload=False`` starts a zygote

@@ -1,4 +1,4 @@
-"""The pre-imported launcher (a "zygote") of the built-in agent: ``python -m colo.supervise.forkserver``.
+"""The pre-imported launcher (a "zygote") of the built-in agent: ``python -m colo.launch.forkserver``.
 
 Plain spawning pays ``import torch``, ``import transformers`` and the HTTP stack in every agent (seconds each
 time an agent restarts). The zygote is one long-lived process that does those imports once
@@ -6,7 +6,7 @@ time an agent restarts). The zygote is one long-lived process that does those im
 that config), **never initialises CUDA**, and forks one child per built-in agent on request. The child becomes
 a session leader, sets its environment (the MPS client settings, ``CUDA_VISIBLE_DEVICES``, the agent's
 ``env``), points stdout/stderr at the agent's log and runs the agent's ``main``: CUDA is first initialised
-there, after the environment is set. :class:`colo.supervise.fork_runner.ForkRunner` starts and talks to it.
+there, after the environment is set. :class:`colo.launch.fork_runner.ForkRunner` starts and talks to it.
 
 The zygote is the children's parent: it reaps them and sends ``(pid, exit status)`` over its control pipe (the
 exit code matters: ``EXIT_CONTEXT_LOST`` restarts an agent at once, 3 means out of memory; a double fork would
@@ -40,7 +40,7 @@ from typing import Any
 
 from colo.modelserver.command import MODULE as BUILTIN_AGENT_MODULE
 
-MODULE = "colo.supervise.forkserver"
+MODULE = "colo.launch.forkserver"
 
 #: Set in the zygote's environment (and so its children's) unless the orchestrator's environment sets them:
 #: libraries that would otherwise start worker threads at import time.

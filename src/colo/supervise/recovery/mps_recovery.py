@@ -115,7 +115,7 @@ class MpsFault:
 
 
 class MpsHooks(Protocol):
-    """What recovery needs from the per-GPU MPS daemons (``colo.supervise.mps_hooks.FleetHooks`` adapts
+    """What recovery needs from the per-GPU MPS daemons (``colo.supervise.recovery.mps_hooks.FleetHooks`` adapts
     ``colo.gpu.mps.daemon``)."""
 
     def faults(self) -> list[MpsFault]:

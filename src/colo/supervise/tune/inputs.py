@@ -1,4 +1,4 @@
-"""What ``colo tune`` reads before the pure proposal (:mod:`colo.supervise.tuning`): the plan of the config
+"""What ``colo tune`` reads before the pure proposal (:mod:`colo.supervise.tune.formula`): the plan of the config
 (with the tuned limits now in force), the model database's worst-case figures, the tuned-limits file and
 the usage history of the state dir; and :func:`write_tuned`, which records accepted proposals.
 """
@@ -15,17 +15,18 @@ from colo.memory.resolve import AgentMemory, agent_memory_for_plan
 from colo.memory.worst_case import agent_requests
 from colo.plan.types import AgentPlan
 from colo.spec.config import ColoConfig
-from colo.supervise import planning, tuned
+from colo.supervise import planning
 from colo.supervise.planning import NodePlan
 from colo.supervise.snapshots import Shape, UsageSample
 from colo.supervise.statedir import StateDirPaths
 from colo.supervise.store import Store
-from colo.supervise.tuning import TUNE_ROUND_BYTES, AgentFacts, Proposal, TuneSettings
+from colo.supervise.tune import limits_file
+from colo.supervise.tune.formula import TUNE_ROUND_BYTES, AgentFacts, Proposal, TuneSettings
 
 
 @dataclass(frozen=True)
 class TuneInputs:
-    """Everything :func:`colo.supervise.tuning.propose` needs, and the plan it came from."""
+    """Everything :func:`colo.supervise.tune.formula.propose` needs, and the plan it came from."""
 
     planned: NodePlan
     facts: tuple[AgentFacts, ...]
@@ -49,7 +50,7 @@ def agent_facts(
     config: ColoConfig,
     placed: Sequence[AgentPlan],
     needs: Mapping[str, AgentMemory],
-    entries: Mapping[str, tuned.TunedEntry],
+    entries: Mapping[str, limits_file.TunedEntry],
 ) -> tuple[AgentFacts, ...]:
     """Facts per placed agent (pure): its limit, worst-case shapes, need and profile, a limit it failed under."""
     out = []
@@ -94,7 +95,7 @@ def gather(config: ColoConfig, state_dir: Path, *, since_wall: float, store: Sto
         needs = agent_memory_for_plan(config, ModelDB.open_default(config), planning.memory_gpu_name(planned.slots))
     except ColoError:
         needs = {}
-    entries = tuned.load(paths.tuned_limits)
+    entries = limits_file.load(paths.tuned_limits)
     facts = agent_facts(config, mine, needs, entries)
     samples = tuple(store.usage(since=since_wall))
     settings = TuneSettings(round_to_bytes=min(TUNE_ROUND_BYTES, max(config.policy.round_to_bytes, 1)))
@@ -103,27 +104,27 @@ def gather(config: ColoConfig, state_dir: Path, *, since_wall: float, store: Sto
 
 def write_tuned(
     config: ColoConfig, state_dir: Path, proposals: Sequence[Proposal], *, now: float
-) -> dict[str, tuned.TunedEntry]:
+) -> dict[str, limits_file.TunedEntry]:
     """Record every trusted proposal that changes a limit in ``<state_dir>/tuned_limits.json`` (atomically);
     other agents' entries stay. Returns the new entries. The previous limit kept is the one in force before
     the first tuning (so a rollback always returns to a limit the agent ran under)."""
     path = StateDirPaths(state_dir).tuned_limits
-    entries = tuned.load(path)
-    new: dict[str, tuned.TunedEntry] = {}
+    entries = limits_file.load(path)
+    new: dict[str, limits_file.TunedEntry] = {}
     for p in proposals:
         if not p.changes or p.proposed_bytes is None or p.basis_bytes is None:
             continue
         old = entries.get(p.agent)
         keep_previous = old is not None and old.rolled_back_at is None and p.current_source == "tuned"
         previous = old.previous_limit_bytes if keep_previous and old is not None else p.current_bytes
-        new[p.agent] = tuned.TunedEntry(
+        new[p.agent] = limits_file.TunedEntry(
             limit_bytes=p.proposed_bytes,
             basis_bytes=p.basis_bytes,
             previous_limit_bytes=previous,
-            key=tuned.agent_key(config, p.agent),
+            key=limits_file.agent_key(config, p.agent),
             detail=p.detail(),
             tuned_at=now,
         )
     if new:
-        tuned.save(path, {**entries, **new})
+        limits_file.save(path, {**entries, **new})
     return new

@@ -1,6 +1,6 @@
 """How one planned agent is launched: argv, environment (MPS client settings), health check, restart rules.
 
-Two agents whose :class:`~colo.supervise.runner.LaunchSpec` compare equal need no restart: ``colo apply``
+Two agents whose :class:`~colo.launch.runner.LaunchSpec` compare equal need no restart: ``colo apply``
 restarts exactly the agents whose limit, placement, command, env or cwd changed.
 """
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 from colo.gpu.mps.env import PINNED_DEVICE_MEM_LIMIT, client_env
 from colo.gpu.mps.root import MpsRoot
+from colo.launch.runner import LaunchSpec
 from colo.plan.types import AgentPlan
 from colo.spec.config import ColoConfig, HealthCheck
 from colo.supervise.agent import AgentSetup
 from colo.supervise.policy import RestartRules
-from colo.supervise.runner import LaunchSpec
 from colo.units import format_size
 
 #: Built-in agents without a ``port`` get ``DEFAULT_PORT_BASE + their position`` among the agents (by name).

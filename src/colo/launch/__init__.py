@@ -1,0 +1,1 @@
+"""Starting agent processes: the runner (spawn), the pre-imported launcher (fork) and the health probe."""

@@ -1,0 +1,1 @@
+"""MPS fault recovery: the phases of a recovery and what the supervisor watches per GPU."""
