@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from colo.api.client import Verb
     from colo.spec.config import ColoConfig, MpsMode
     from colo.supervise.first_outcome import UpOutcome
+    from colo.supervise.planning import NodePlan
 
 STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
 REQUEST_TIMEOUT_SECS = 60.0
@@ -100,9 +101,12 @@ def up_command(
     cfg = load_config(config)
     if not skip_needs_check:
         check_builtin_agent_needs(cfg)
-    if not force:  # exit 2 with the findings (the orchestrator plans the same way again)
-        planning.refuse_predicted_oom(planning.plan_node(cfg, planning.read_gpus(), node=node))
     sd = resolve_state_dir(cfg, state_dir)
+    # The one plan of this `up` (the orchestrator takes it, across the detach): exit 2 with the findings when
+    # it predicts out-of-memory, unless --force.
+    planned = planning.plan_run(
+        cfg, planning.read_gpus(), state_dir=sd, node=node, mps_mode=mps_mode, use_mps=not no_mps, force=force
+    )
     other = running_orchestrator(sd)
     if other is not None:
         raise SupervisorError(
@@ -112,7 +116,8 @@ def up_command(
     if detach:
         _detach(StateDirPaths(sd), cfg, as_json=as_json)
     _run_foreground(
-        cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api, as_json=as_json, mps_mode=mps_mode
+        cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api, as_json=as_json, mps_mode=mps_mode,
+        planned=planned,
     )
 
 
@@ -260,6 +265,7 @@ def _run_foreground(
     run_agents: bool = True,
     as_json: bool = False,
     mps_mode: MpsMode | None = None,
+    planned: NodePlan | None = None,
 ) -> None:
     import signal
 
@@ -281,7 +287,7 @@ def _run_foreground(
     orch = Orchestrator(
         cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node, run_agents=run_agents, mps_mode=mps_mode
     )
-    result = orch.up()  # ColoError: nothing left running; main() prints it with its exit code
+    result = orch.up(planned)  # ColoError: nothing left running; main() prints it with its exit code
     for w in result.warnings:
         _warn(w)
     for u in result.left_out:
@@ -594,9 +600,11 @@ def apply_command(
     config: Path = typer.Argument(..., help="The new colo.yaml."),
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    force: bool = typer.Option(False, "--force", help="Apply a plan that predicts an agent runs out of memory."),
 ) -> None:
     """Move the running system to a new colo.yaml: restart only the agents whose limit, placement, command or
-    env changed, one at a time. If it does not fit, nothing changes."""
+    env changed, one at a time. If it does not fit, or the plan predicts an agent runs out of memory (unless
+    --force), nothing changes."""
     from colo.spec import load_config
     from colo.supervise.statedir import config_yaml
 
@@ -604,7 +612,7 @@ def apply_command(
     sd = _state_dir(state_dir, config)
     with orchestrator_client(sd) as client:
         # Sent whole, model paths made absolute: the orchestrator may run in another directory.
-        result = client.apply(config_yaml(cfg, config.resolve()), config.resolve())
+        result = client.apply(config_yaml(cfg, config.resolve()), config.resolve(), force=force)
     result.pop("applied", None)
     if as_json:
         print_json(result)
