@@ -9,12 +9,13 @@ State lives in ``<state_dir>``: ``colo.db`` (the :class:`~colo.supervise.store.S
 ``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``, ``config.yaml`` (the configuration the built-in agents
 read), ``colo.pid`` and ``colo.lock`` (one orchestrator per state dir).
 
-The orchestrator starts, ticks, applies and stops; the rooms it calls: :mod:`colo.supervise.lockfile` (the
-state dir's lock and pid file), :mod:`colo.supervise.fleet` (the per-GPU MPS daemons),
-:mod:`colo.supervise.adoption` (agents that outlived an orchestrator), :mod:`colo.supervise.supervisor` (the
-loop over agents) with :mod:`colo.supervise.recovery.mps_recovery` (MPS fault recovery), and
-:mod:`colo.supervise.publish` (the one GPU reading and the snapshot the API serves). The CLI reaches a
-running orchestrator through its HTTP API only (``colo.api``), ``colo down`` through a signal.
+The orchestrator is the loop; every plan it takes comes from :func:`colo.supervise.planning.plan_run`. The rooms
+it calls: ``lockfile`` (the state dir's lock and pid file), ``startup`` (the MPS fleet, the GPU reading, the
+supervisor), ``fleet`` and ``mps_switch`` (the per-GPU MPS daemons and the record of those colo started),
+``adoption`` (agents that outlived an orchestrator), ``supervisor`` (the loop over agents, with ``recovery/``),
+``rollout`` (moving to a new plan), ``roster`` (statuses), ``tune/rollback``, ``shutdown`` and ``up_record``
+(what ``up`` leaves in the store). The CLI reaches it through its HTTP API (``colo.api``), ``colo down``
+through a signal.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from colo.clock import SYSTEM_CLOCK, Clock
-from colo.errors import ColoError, DoesNotFitError, PlanError, SupervisorError
+from colo.errors import ColoError, PlanError, SupervisorError
 from colo.files import write_atomic
 from colo.gpu import procs
 from colo.gpu.mps.control import MpsControl
@@ -45,7 +46,7 @@ from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_switch import MpsSwitch, mps_events, mps_labels
 from colo.supervise.publish import Publisher
 from colo.supervise.recovery.mps_hooks import FleetHooks
-from colo.supervise.rollout import roll_out
+from colo.supervise.rollout import refuse_left_out, roll_out
 from colo.supervise.shutdown import stop_agents
 from colo.supervise.snapshots import AgentStatus, ApplyResult, Event, EventKind, SystemSnapshot
 from colo.supervise.startup import publisher_for, start_mps, supervisor_for
@@ -63,8 +64,6 @@ from colo.supervise.up_record import (
     record_mps,
     record_orchestrator,
 )
-
-__all__ = ["Orchestrator", "UpResult"]
 
 TICK_SECS = 0.5
 
@@ -418,14 +417,7 @@ class Orchestrator:
         sup = self._sup()
         p = planned.plan
         mine, left_out = planned.local()
-        refused = [u for u in left_out if u.priority != "low"]
-        if refused:
-            raise DoesNotFitError(
-                "the new configuration does not fit, nothing was changed: "
-                + "; ".join(f"{u.agent} ({u.priority}): {u.reason}" for u in refused),
-                agents=tuple(u.agent for u in refused),
-                hint="lower limits or margins, remove agents, or add GPUs",
-            )
+        refuse_left_out(left_out)
         if self.want_mps and self._fleet is None and planning.mps_gpu_uuids(p, mine):
             raise PlanError(
                 "the new plan runs MPS on a GPU, and this colo started without GPUs it could run MPS on",

@@ -6,12 +6,26 @@ place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+from colo.errors import DoesNotFitError
+from colo.plan.types import Unplaced
 from colo.supervise.agent import AgentSetup
 from colo.supervise.agent_setup import describe_change
 from colo.supervise.snapshots import ApplyResult
 from colo.supervise.supervisor import Supervisor
+
+
+def refuse_left_out(left_out: Sequence[Unplaced]) -> None:
+    """Raise DoesNotFitError when the new plan leaves out an agent above ``low`` priority (nothing changes)."""
+    refused = [u for u in left_out if u.priority != "low"]
+    if refused:
+        raise DoesNotFitError(
+            "the new configuration does not fit, nothing was changed: "
+            + "; ".join(f"{u.agent} ({u.priority}): {u.reason}" for u in refused),
+            agents=tuple(u.agent for u in refused),
+            hint="lower limits or margins, remove agents, or add GPUs",
+        )
 
 
 def roll_out(sup: Supervisor, new: Mapping[str, AgentSetup], why: str) -> ApplyResult:

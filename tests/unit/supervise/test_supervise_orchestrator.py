@@ -466,3 +466,12 @@ def test_one_snapshot_per_poll_feeds_memory_and_the_api(tmp_path: Path) -> None:
     r = client.post("/agents/b/stop", headers={"Authorization": "Bearer " + "t" * 32})
     assert r.json()["status"]["state"] == "STOPPING"  # published by the action itself
     orch.down()
+
+
+def test_the_orchestrator_stays_a_thin_loop() -> None:
+    """Issue 24: what is not the loop lives in rooms named for their job (startup, rollout, roster, shutdown,
+    up_record, fleet, tune/rollback); the orchestrator itself stays at most 450 lines."""
+    import colo.supervise.orchestrator as orchestrator
+
+    lines = Path(orchestrator.__file__).read_text().count("\n")
+    assert lines <= 450, f"supervise/orchestrator.py has {lines} lines; move what is not the loop into a room"
