@@ -122,7 +122,22 @@ TUNE_DOC = {
         "required": True,
         "description": "`{\"changes\": [{\"agent\", \"limit_bytes\", \"basis_bytes\", \"current_bytes\", "
         "\"current_source\", \"detail\"}, ...]}`: the accepted proposals of `colo tune`.",
-        "content": {"application/json": {"schema": {"type": "object"}}},
+        "content": {"application/json": {"schema": {
+            "type": "object",
+            "required": ["changes"],
+            "properties": {"changes": {"type": "array", "items": {
+                "type": "object",
+                "required": ["agent", "limit_bytes", "basis_bytes", "current_bytes", "current_source"],
+                "properties": {
+                    "agent": {"type": "string", "minLength": 1},
+                    "limit_bytes": {"type": "integer", "minimum": 1},
+                    "basis_bytes": {"type": "integer", "minimum": 1},
+                    "current_bytes": {"type": "integer", "minimum": 1},
+                    "current_source": {"type": "string", "enum": ["policy", "tuned", "rolled back"]},
+                    "detail": {"type": "string"},
+                },
+            }}},
+        }}},
     }
 }
 

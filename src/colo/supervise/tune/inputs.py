@@ -149,6 +149,8 @@ class TunedChange:
                 raise ConfigError(f"{key}: {d.get(key)!r} is not a positive number of bytes", source=source, field=key)
         if not isinstance(d.get("agent"), str) or not d["agent"]:
             raise ConfigError(f"agent: {d.get('agent')!r} is not an agent name", source=source, field="agent")
+        if not isinstance(d.get("detail", ""), str):
+            raise ConfigError(f"detail: {d['detail']!r} is not text", source=source, field="detail")
         try:
             current = LimitSource(str(d.get("current_source")))
         except ValueError as exc:
@@ -157,7 +159,7 @@ class TunedChange:
                 + ", ".join(s.value for s in LimitSource), source=source, field="current_source",
             ) from exc
         return TunedChange(
-            d["agent"], d["limit_bytes"], d["basis_bytes"], d["current_bytes"], current, str(d.get("detail", ""))
+            d["agent"], d["limit_bytes"], d["basis_bytes"], d["current_bytes"], current, d.get("detail", "")
         )
 
 
