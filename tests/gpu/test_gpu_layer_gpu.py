@@ -303,7 +303,7 @@ def test_unanswered_quit_is_killed_and_foreign_daemons_are_refused(
     binary = find_binary()
     assert binary is not None
     start_by_hand(binary, by_hand)
-    assert wait_for(d.is_running, 10)
+    assert wait_for(lambda: d.control_pid() is not None, 10)
     with pytest.raises(MpsError, match="pinned to") as refused:
         d.start()
     first = d.stop(timeout_secs=5)
@@ -344,7 +344,7 @@ def test_one_daemon_per_gpu_second_gpu_is_device_0(
     root = MpsRoot.under_state_dir(state_dir)
     fleet = MpsFleet(root, [u0, u1])
     started.daemons.extend(fleet.daemons())
-    assert fleet.start_all() == {u0: True, u1: True}
+    assert [d.start() for d in fleet.daemons()] == [True, True]
     c0, c1 = fleet.daemon(u0).control_pid(), fleet.daemon(u1).control_pid()
     assert c0 and c1 and c0 != c1
     assert [p.visible_devices for p in fleet.daemon(u1).processes()] == [u1]
@@ -361,8 +361,7 @@ def test_one_daemon_per_gpu_second_gpu_is_device_0(
     row, how = nvml_row(u1, rep["pid"])
     assert row is not None and row.gpu_uuid == u1, how
     clients.release(proc)
-    results = fleet.stop_all()
-    assert all(r.was_running for r in results.values())
+    assert all(d.stop().was_running for d in fleet.daemons())
     result_line(
         "multi_gpu",
         f"daemons {c0} (gpu0) and {c1} (gpu1); client on gpu1 sees {rep['count']} device (uuid {rep['uuid']}), "

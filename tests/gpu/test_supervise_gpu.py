@@ -984,7 +984,7 @@ def test_drill5_illegal_address_fault_recovery(small: dict[str, Any]) -> None:
         lambda: [e for e in orch.events() if e.kind.value == "mps_fault"], timeout=30, step=0.1, tick=orch.tick
     )
     t_detect = time.monotonic() - t0
-    recovered = wait_for(lambda: orch.recoveries(), timeout=150, step=0.2, tick=orch.tick)
+    recovered = wait_for(lambda: orch.supervisor.recovered, timeout=150, step=0.2, tick=orch.tick)
     secs = time.monotonic() - t0
     s = states(orch)
     after = {n: orch.status(n).pid for n in ports}

@@ -10,7 +10,8 @@ Errors (all ColoError, so the CLI prints one paragraph and exits with their code
 
 - nothing answers -> OrchestratorUnreachable "no orchestrator running at 127.0.0.1:8014";
 - 401 -> UsageError (wrong or missing token); 404 -> UsageError (no such agent);
-- 422 -> ConfigError with the server's field and line, DoesNotFitError with its agents, else PlanError;
+- 422 -> ConfigError with the server's field and line, DoesNotFitError with its agents, PredictedOutOfMemory
+  (exit 2) when the plan predicts out-of-memory, else PlanError;
 - 409 -> SupervisorError;
 - anything else -> ApiError with the status and the server's message.
 """
@@ -24,6 +25,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
+import yaml
 
 from colo.api.auth import read_token
 from colo.errors import (
@@ -146,6 +148,10 @@ class ApiClient:
                 field=body.get("field"),
                 line=body.get("line"),
             )
+        if status == 422 and body.get("predicted_oom") is True:
+            from colo.supervise.planning import PredictedOutOfMemory
+
+            return PredictedOutOfMemory(message, hint=body.get("hint"))
         if status == 422 and isinstance(body.get("agents"), list):
             return DoesNotFitError(message, agents=tuple(str(a) for a in body["agents"]))
         if status == 422:
@@ -180,13 +186,22 @@ class ApiClient:
         result: dict[str, Any] = self._json("POST", f"/agents/{name}/{verb}")
         return result
 
-    def apply(self, text: str, config_path: Path | None = None) -> dict[str, Any]:
+    def apply(self, text: str, config_path: Path | None = None, *, force: bool = False) -> dict[str, Any]:
         """Send a colo.yaml (YAML or JSON); returns what was restarted/started/stopped/unchanged/left out.
-        ``config_path``: the file it came from (absolute), which the orchestrator reloads on SIGHUP."""
+        ``config_path``: the file it came from (absolute), which the orchestrator reloads on SIGHUP.
+        ``force``: apply a plan that predicts out-of-memory (the body's top-level ``force: true``)."""
         headers = {**self._headers, "Content-Type": "application/yaml"}
+        if force:  # beside the colo.yaml's sections, as a mapping: JSON (a YAML subset) keeps it one document
+            text, headers["Content-Type"] = json.dumps({**yaml.safe_load(text), "force": True}), "application/json"
         if config_path is not None:
             headers["X-Colo-Config-Path"] = quote(str(config_path))  # percent-encoded: headers are ASCII
         result: dict[str, Any] = self._json("POST", "/apply", content=text.encode("utf-8"), headers=headers)
+        return result
+
+    def tune(self, changes: list[dict[str, Any]]) -> dict[str, Any]:
+        """Ask the orchestrator to record tuned limits (``TunedChange.to_dict()`` each) and roll them out;
+        returns ``{"tuned": [agents], "applied": {...} | None}``."""
+        result: dict[str, Any] = self._json("POST", "/tune", json={"changes": changes})
         return result
 
     def events(self, since: int = 0, limit: int = 200) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from colo.errors import (
     SupervisorError,
     UsageError,
 )
+from colo.supervise.planning import PredictedOutOfMemory
 
 log = logging.getLogger("colo.api")
 
@@ -56,6 +57,8 @@ def error_body(err: ColoError, token: str) -> dict[str, Any]:
         body["hint"] = redact(err.hint, token) if err.hint else None
     if isinstance(err, DoesNotFitError):
         body["agents"] = list(err.agents)
+    if isinstance(err, PredictedOutOfMemory):  # the client raises it again: `colo apply` exits 2 as `colo up` does
+        body.update(predicted_oom=True, hint=redact(err.hint, token) if err.hint else None)
     return body
 
 

@@ -19,6 +19,7 @@ from colo.gpu.nvml import GpuBackend
 from colo.plan import Plan, inventory_slots, plan
 from colo.spec import ColoConfig
 from colo.supervise.snapshots import AgentStatus, ApplyResult, Event, EventKind, SystemSnapshot
+from colo.supervise.tune.inputs import TunedChange
 
 
 class FakeSource:
@@ -51,6 +52,8 @@ class FakeSource:
         self.apply_error: ColoError | None = None
         self.applied: list[ColoConfig] = []
         self.applied_paths: list[str | None] = []
+        self.forced: list[bool] = []
+        self.tuned: list[TunedChange] = []
         self.apply_result = ApplyResult()
         self.apply_entered = threading.Event()
         self.apply_release: threading.Event | None = None
@@ -74,8 +77,16 @@ class FakeSource:
     def restart(self, name: str) -> None:
         self._act("restart", name)
 
-    def apply(self, config: ColoConfig, config_path: str | None = None) -> ApplyResult:
-        """Plan ``config`` on its inventory and take it (or raise ``apply_error``)."""
+    def tune(self, changes: Sequence[TunedChange]) -> tuple[list[str], ApplyResult | None]:
+        """Record ``changes`` (in ``tuned``) and answer ``apply_result`` (or raise ``apply_error``)."""
+        if self.apply_error:
+            raise self.apply_error
+        self.tuned.extend(changes)
+        return sorted(c.agent for c in changes), self.apply_result if changes else None
+
+    def apply(self, config: ColoConfig, config_path: str | None = None, *, force: bool = False) -> ApplyResult:
+        """Plan ``config`` on its inventory and take it (or raise ``apply_error``); ``forced`` records
+        ``force``."""
         self.apply_entered.set()
         if self.apply_release is not None:
             self.apply_release.wait(5)
@@ -83,6 +94,7 @@ class FakeSource:
             raise self.apply_error
         self.applied.append(config)
         self.applied_paths.append(config_path)
+        self.forced.append(force)
         self.config = config
         self.plan = plan(config, inventory_slots(config))
         return self.apply_result

@@ -10,6 +10,7 @@ Without a GPU (or NVML) ``/gpu/info`` still answers: ``mps_enabled: false`` and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,6 +26,7 @@ from colo.spec import ColoConfig, load_config
 from colo.supervise.planning import plan_node
 from colo.supervise.snapshots import AgentStatus, Event, EventKind, SystemSnapshot
 from colo.supervise.state import AgentState
+from colo.supervise.tune.inputs import TunedChange
 
 READ_ONLY_HINT = "colo serve only shows the plan and the GPUs; run `colo up CONFIG` to run and manage agents"
 
@@ -123,8 +125,11 @@ class ReadOnlySource:
         self._known(name)
         self._refuse(f"restart {name!r}")
 
-    def apply(self, config: ColoConfig, config_path: str | None = None) -> ApplyOutcome:
+    def apply(self, config: ColoConfig, config_path: str | None = None, *, force: bool = False) -> ApplyOutcome:
         self._refuse("apply a configuration")
+
+    def tune(self, changes: Sequence[TunedChange]) -> tuple[list[str], ApplyOutcome | None]:
+        self._refuse("record tuned limits")
 
     def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:
         return [e for e in self._events if e.seq > since_seq][:limit]

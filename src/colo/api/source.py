@@ -24,6 +24,7 @@ from colo.gpu.nvml import GpuBackend
 from colo.gpu.poller import GpuPoller, GpuState, no_gpu_state
 from colo.spec.config import ColoConfig
 from colo.supervise.snapshots import Event, SystemSnapshot
+from colo.supervise.tune.inputs import TunedChange
 
 
 class ApplyOutcome(Protocol):
@@ -57,9 +58,15 @@ class ApiSource(Protocol):
     def start(self, name: str) -> object: ...
     def stop(self, name: str) -> object: ...
     def restart(self, name: str) -> object: ...
-    def apply(self, config: ColoConfig, config_path: str | None = None) -> ApplyOutcome:
+    def apply(self, config: ColoConfig, config_path: str | None = None, *, force: bool = False) -> ApplyOutcome:
         """Move to ``config``; ``config_path`` (the file it came from, when the client says) is what a later
-        reload (SIGHUP) reads again."""
+        reload (SIGHUP) reads again. ``force``: take a plan that predicts an agent runs out of memory
+        (else PredictedOutOfMemory, a PlanError)."""
+        ...
+
+    def tune(self, changes: Sequence[TunedChange]) -> tuple[list[str], ApplyOutcome | None]:
+        """``colo tune --apply``: record the tuned limits (the running system is the tuned-limits file's
+        writer) and apply its configuration again; returns the agents recorded and what the apply did."""
         ...
 
 

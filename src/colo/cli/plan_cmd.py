@@ -16,6 +16,7 @@ from colo.errors import ConfigError, UsageError
 from colo.plan import GpuSlot, Plan, require_complete
 from colo.plan.allocation_doc import allocation_document
 from colo.plan.checks import Finding, check_allocation, check_plan
+from colo.plan.types import LimitSource
 from colo.spec.config import ColoConfig, GpuInventory, Policy
 from colo.spec.load import config_from_loaded
 from colo.spec.seed_format import (
@@ -81,11 +82,12 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool, state_dir: 
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     if show_declared:
         table.add_column("declared GiB", justify="right")
-    tuned = [a for a in p.agents if a.limit_source != "policy"]
+    tuned = [a for a in p.agents if a.limit_source is LimitSource.TUNED]
+    rolled = [a.name for a in p.agents if a.limit_source is LimitSource.ROLLED_BACK]
     for col in ("calculated GiB", "margin GiB", "limit GiB", "thread %", "client prio", "priority"):
         table.add_column(col, justify="right")
     table.add_column("limit held by", justify="left")
-    if tuned:
+    if tuned or rolled:
         table.add_column("limit from", justify="left")
     for a in p.agents:
         models = "\n".join(
@@ -100,8 +102,8 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool, state_dir: 
             str(a.active_thread_pct), str(a.client_priority), a.priority,
             a.enforcement or "—",
         ]
-        if tuned:
-            row.append(safe(a.limit_source))
+        if tuned or rolled:
+            row.append(safe(a.limit_source.value))
         table.add_row(*row)
     console.print(table)
     s = p.summary
@@ -121,7 +123,7 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool, state_dir: 
         console.print(gt)
     for line in p.mps_lines():
         console.print(f"[bold]MPS[/] {safe(line)}", highlight=False, soft_wrap=True)
-    policy = [a.name for a in p.agents if a.limit_source == "policy"]
+    policy = [a.name for a in p.agents if a.limit_source is not LimitSource.TUNED]
     if tuned:
         console.print(
             f"limits from: the policy (requirement + margin) for {len(policy)} agent(s); `colo tune` "
@@ -130,6 +132,11 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool, state_dir: 
         )
         for a in tuned:
             console.print(f"  {safe(a.name)}: {safe(a.requirement_source)}", highlight=False, soft_wrap=True)
+    if rolled:
+        console.print(
+            f"rolled back to the policy's limit (out of memory under a tuned limit): {safe(', '.join(rolled))}",
+            highlight=False, soft_wrap=True,
+        )
     for f in p.findings:
         colour = "red" if f.severity == "error" else "yellow"
         console.print(f"[{colour}]{f.severity}:[/] {safe(f.agent)}: {safe(f.message)}", highlight=False, soft_wrap=True)

@@ -1,7 +1,9 @@
 """``colo up``, ``colo down``, ``colo status``, ``colo apply``, ``colo logs``, ``colo agent start|stop|restart``.
 
 ``up`` runs the orchestrator in the foreground (systemd-friendly: SIGTERM/SIGINT stop it cleanly, SIGHUP
-re-applies the config file) or detached. The other commands find it through its state directory: the
+re-applies the config file) or detached; how is :mod:`colo.supervise.up_run` (detaching, the foreground run,
+the first-outcome watch) and :mod:`colo.api.background` (the API in a thread) — this view only prints, through
+the :class:`UpView` it is given. The other commands find it through its state directory: the
 SQLite store is the truth for ``status`` when no API answers; actions (``apply``, ``agent start|stop|restart``)
 go to the running orchestrator's HTTP API (its address and token are in the state dir), and ``down`` signals
 its pid.
@@ -15,15 +17,17 @@ the same summary and goes on supervising (its exit code is that of its stop: 0 a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.console import Console
 
 from colo.cli.common import _console, console, err_console, print_json, safe
 from colo.errors import ColoError, OrchestratorUnreachable, SupervisorError, UsageError
@@ -33,13 +37,14 @@ if TYPE_CHECKING:
     from colo.api.client import Verb
     from colo.spec.config import ColoConfig, MpsMode
     from colo.supervise.first_outcome import UpOutcome
+    from colo.supervise.planning import NodePlan
+    from colo.supervise.statedir import StateDirPaths
+    from colo.supervise.up_record import UpResult
 
 STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
 REQUEST_TIMEOUT_SECS = 60.0
 #: ``colo up --detach``: the orchestrator is up, but not every agent reached RUNNING (it keeps supervising).
 EXIT_NOT_ALL_RUNNING = 3
-#: Store meta key: the first outcome the orchestrator saw (``{"pid": ..., **UpOutcome.to_dict()}``).
-FIRST_OUTCOME_KEY = "first_outcome"
 
 
 def _state_dir(state_dir: Path | None, config: Path | None) -> Path:
@@ -51,11 +56,6 @@ def _state_dir(state_dir: Path | None, config: Path | None) -> Path:
 
         cfg = load_config(config)
     return resolve_state_dir(cfg, state_dir)
-
-
-def _warn(msg: str) -> None:
-    """One warning on stderr; ``msg`` is plain text (user text in it is escaped here)."""
-    err_console.print(f"[bold yellow]warning:[/] {safe(msg)}", highlight=False, soft_wrap=True)
 
 
 # --- up ----------------------------------------------------------------------------------------------------
@@ -100,19 +100,24 @@ def up_command(
     cfg = load_config(config)
     if not skip_needs_check:
         check_builtin_agent_needs(cfg)
-    if not force:  # exit 2 with the findings (the orchestrator plans the same way again)
-        planning.refuse_predicted_oom(planning.plan_node(cfg, planning.read_gpus(), node=node))
     sd = resolve_state_dir(cfg, state_dir)
+    # The one plan of this `up` (the orchestrator takes it, across the detach): exit 2 with the findings when
+    # it predicts out-of-memory, unless --force.
+    planned = planning.plan_run(
+        cfg, planning.read_gpus(), state_dir=sd, node=node, mps_mode=mps_mode, use_mps=not no_mps, force=force
+    )
     other = running_orchestrator(sd)
     if other is not None:
         raise SupervisorError(
             f"colo is already up with state dir {sd} (pid {other})",
             hint="`colo status` shows it; `colo apply CONFIG` changes it; `colo down` stops it",
         )
+    view = UpView(console, err_console, as_json)
     if detach:
-        _detach(StateDirPaths(sd), cfg, as_json=as_json)
+        view = _detach(StateDirPaths(sd), cfg, view)  # returns in the detached child only
     _run_foreground(
-        cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api, as_json=as_json, mps_mode=mps_mode
+        cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api, as_json=as_json, mps_mode=mps_mode,
+        planned=planned, view=view,
     )
 
 
@@ -151,102 +156,46 @@ def check_builtin_agent_needs(cfg: ColoConfig) -> None:
     )
 
 
-def _detach(paths: Any, cfg: ColoConfig, *, as_json: bool = False) -> None:
-    """Double-fork into a new session; the parent waits until the child holds the state dir (or died), then
-    until the child reports the agents' first outcome, prints it and exits 0 or 3."""
-    from colo.supervise.statedir import running_orchestrator
+@dataclass
+class UpView:
+    """Where ``colo up`` prints: ``out`` (stdout) and ``err`` (stderr) consoles, passed to every printer.
+    The detached child gets its own (:meth:`for_log`): the log file wants plain unwrapped lines."""
 
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    log_path = paths.logs / "orchestrator.log"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    first = os.fork()
-    if first > 0:
-        os.waitpid(first, 0)
-        deadline = time.monotonic() + 120.0
-        while time.monotonic() < deadline:
-            pid = running_orchestrator(paths.root)
-            if pid is not None and pid > 0:
-                _say(f"colo up: running in the background, pid {pid}; log {safe(log_path)}", as_json)
-                _report_detached(paths, cfg, pid, log_path, offset, as_json=as_json)
-            if paths.pid_file.exists() is False and _child_failed(log_path, offset):
-                break
-            time.sleep(0.2)
-        raise SupervisorError(
-            f"the detached orchestrator did not come up; its log {log_path} ends:\n{_log_tail(log_path, offset)}"
-        )
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(out, 1)
-    os.dup2(out, 2)
-    global console, err_console
-    # The consoles were made for the terminal (colours, its width): the log file wants plain unwrapped lines.
-    console, err_console = _console(stderr=False), _console(stderr=True)
+    out: Console
+    err: Console
+    as_json: bool = False
+
+    @classmethod
+    def for_log(cls, as_json: bool) -> UpView:
+        return cls(_console(stderr=False), _console(stderr=True), as_json)
+
+    def say(self, text: str) -> None:
+        """A line for people: stdout, or stderr with --json (stdout is the JSON then). ``text`` is markup-safe."""
+        (self.err if self.as_json else self.out).print(text, highlight=False)
+
+    def warn(self, msg: str) -> None:
+        """One warning on stderr; ``msg`` is plain text (user text in it is escaped here)."""
+        self.err.print(f"[bold yellow]warning:[/] {safe(msg)}", highlight=False, soft_wrap=True)
 
 
-def _log_tail(log_path: Path, offset: int = 0) -> str:
-    """The last 2,000 characters the log got past ``offset`` ("" when there is none)."""
+def _detach(paths: StateDirPaths, cfg: ColoConfig, view: UpView) -> UpView:
+    """Detach (:func:`colo.supervise.up_run.detach`). The parent waits until the child holds the state dir,
+    then for the agents' first outcome, prints it and exits 0 or 3; the child goes on with a view of its
+    own (its stdout and stderr are the log file now)."""
+    from colo.supervise.up_run import detach, wait_detached_outcome, wait_until_held
+
+    log = detach(paths)
+    if log is None:
+        return UpView.for_log(view.as_json)
+    pid = wait_until_held(paths, log)
+    view.say(f"colo up: running in the background, pid {pid}; log {safe(log.path)}")
+    progress = _Progress(view.as_json)
     try:
-        with open(log_path, "rb") as fh:
-            fh.seek(offset)
-            return fh.read().decode(errors="replace")[-2000:]
-    except OSError:
-        return ""
-
-
-def _report_detached(paths: Any, cfg: ColoConfig, pid: int, log_path: Path, offset: int, *, as_json: bool) -> None:
-    """Wait for the detached orchestrator's first-outcome report in the store; print it; exit 0 or 3.
-
-    Raises SupervisorError when the orchestrator dies first (with the end of its log)."""
-    from colo.supervise.first_outcome import UpOutcome, wait_secs
-    from colo.supervise.statedir import running_orchestrator
-    from colo.supervise.store import Store
-
-    # The orchestrator's own wait is bounded by the same timeouts; it also has to plan and launch first.
-    deadline = time.monotonic() + wait_secs(cfg, list(cfg.agents)) + 120.0
-    progress = _Progress(as_json)
-    started = time.monotonic()
-    while time.monotonic() < deadline:
-        store = Store.open_existing(paths.db)
-        found = None
-        if store is not None:
-            try:
-                found = store.get_meta(FIRST_OUTCOME_KEY)
-                done = sum(1 for r in store.agents() if r.status.state.value == "RUNNING")
-            finally:
-                store.close()
-            progress.show(f"{done} of {len(cfg.agents)} agents RUNNING", time.monotonic() - started)
-        if isinstance(found, dict) and found.get("pid") == pid:
-            progress.clear()
-            outcome = UpOutcome.from_dict(found)
-            _print_outcome(outcome, as_json=as_json, extra={"pid": pid, "log": str(log_path)})
-            raise typer.Exit(0 if outcome.all_running else EXIT_NOT_ALL_RUNNING)
-        if running_orchestrator(paths.root) != pid:
-            progress.clear()
-            raise SupervisorError(
-                f"the detached orchestrator (pid {pid}) stopped; its log {log_path} ends:\n{_log_tail(log_path, offset)}"
-            )
-        time.sleep(0.2)
-    progress.clear()
-    raise SupervisorError(
-        f"the orchestrator (pid {pid}) is running but reported no outcome of its agents in time",
-        hint="`colo status` shows them; `colo down` stops it",
-    )
-
-
-def _child_failed(log_path: Path, offset: int = 0) -> bool:
-    """Whether what the child wrote to its log past ``offset`` (earlier runs' lines are before it) is an error."""
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(offset)
-            return "error:" in fh.read().decode(errors="replace")[-4000:]
-    except OSError:
-        return False
+        outcome = wait_detached_outcome(paths, cfg, pid, log, progress.show)
+    finally:
+        progress.clear()
+    _print_outcome(outcome, view, extra={"pid": pid, "log": str(log.path)})
+    raise typer.Exit(0 if outcome.all_running else EXIT_NOT_ALL_RUNNING)
 
 
 def _run_foreground(
@@ -260,102 +209,81 @@ def _run_foreground(
     run_agents: bool = True,
     as_json: bool = False,
     mps_mode: MpsMode | None = None,
+    planned: NodePlan | None = None,
+    view: UpView | None = None,
 ) -> None:
-    import signal
-
+    """Run the orchestrator here until it is stopped (:func:`colo.supervise.up_run.run_foreground`),
+    printing what it did, serving its API (unless not ``api``) and reporting the first outcome."""
     from colo.supervise.orchestrator import Orchestrator
+    from colo.supervise.up_run import run_foreground, watch_first_outcome
 
-    # Handlers first: a SIGTERM while agents are being launched still ends in an orderly `down`.
-    stop = threading.Event()
-    reload = threading.Event()
+    v = view or UpView(console, err_console, as_json)
 
-    def on_stop(signum: int, frame: object) -> None:
-        stop.set()
+    def started(orch: Orchestrator, result: UpResult) -> Callable[[], None] | None:
+        for w in result.warnings:
+            v.warn(w)
+        for u in result.left_out:
+            v.warn(f"{u.agent} ({u.priority}) left out: {u.reason}")
+        mode = "MPS" if result.mps else "time-slicing (no MPS)"
+        v.say(
+            f"colo up: {len(result.started)} launched, {len(result.adopted)} adopted, {len(result.left_out)} left"
+            f" out; {mode}; state {safe(sd)}"
+        )
+        if not api:
+            return None
+        from colo.api.background import serve_in_thread
 
-    def on_hup(signum: int, frame: object) -> None:
-        reload.set()
+        served = serve_in_thread(orch, sd, v.warn)
+        if served is None:
+            return None
+        v.say(f"colo API: {safe(served.url)}")
+        return served.stop
 
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
-    orch = Orchestrator(
-        cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node, run_agents=run_agents, mps_mode=mps_mode
-    )
-    result = orch.up()  # ColoError: nothing left running; main() prints it with its exit code
-    for w in result.warnings:
-        _warn(w)
-    for u in result.left_out:
-        _warn(f"{u.agent} ({u.priority}) left out: {u.reason}")
-    mode = "MPS" if result.mps else "time-slicing (no MPS)"
-    _say(
-        f"colo up: {len(result.started)} launched, {len(result.adopted)} adopted, {len(result.left_out)} left out;"
-        f" {mode}; state {safe(sd)}",
-        as_json,
-    )
-    server = _start_api(orch, sd, as_json=as_json) if api else None
-    with contextlib.suppress(ColoError):
-        orch.store.delete_meta(FIRST_OUTCOME_KEY)
-    watch = threading.Thread(
-        target=_watch_first_outcome,
-        args=(orch, cfg, [*result.started, *result.adopted], stop, as_json),
-        name="colo-first-outcome",
-        daemon=True,
-    )
-    watch.start()
-    try:
-        orch.run(stop, reload=reload)
-    finally:
-        if server is not None:
-            server.should_exit = True
-        with contextlib.suppress(ColoError):
-            orch.store.delete_meta("api_url")
-    _say("colo down: agents stopped" + (", MPS daemons quit" if result.mps else ""), as_json)
+    def watch(orch: Orchestrator, result: UpResult, stop: threading.Event) -> None:
+        progress = _Progress(v.as_json)
 
+        def report(outcome: UpOutcome) -> None:
+            progress.clear()
+            _print_outcome(outcome, v)
 
-def _watch_first_outcome(orch: Any, cfg: ColoConfig, names: list[str], stop: threading.Event, as_json: bool) -> None:
-    """Wait (bounded) for every launched agent's first outcome while the loop supervises them; print the
-    summary and record it in the store (a detached ``colo up`` reads it there)."""
-    from colo.clock import SYSTEM_CLOCK
-    from colo.supervise.first_outcome import wait_first_outcomes, wait_secs
+        def failed(exc: ColoError) -> None:
+            progress.clear()
+            v.warn(f"could not report the agents' first outcome: {exc}")
 
-    progress = _Progress(as_json)
-    try:
-        outcome = wait_first_outcomes(
-            orch.statuses,
-            names,
-            timeout_secs=wait_secs(cfg, names),
-            clock=SYSTEM_CLOCK,
-            keep_going=lambda: not stop.is_set(),
-            on_progress=lambda done, total, secs: progress.show(
-                f"waiting for the agents' first outcome: {done} of {total}", secs
-            ),
+        watch_first_outcome(
+            orch, [*result.started, *result.adopted], stop, progress=progress.show, report=report, failed=failed
         )
         progress.clear()
-        if stop.is_set():
-            return
-        _print_outcome(outcome, as_json=as_json)
-        orch.store.set_meta(FIRST_OUTCOME_KEY, {"pid": os.getpid(), **outcome.to_dict()})
-    except ColoError as exc:  # the report is a courtesy: never let it disturb supervision
-        progress.clear()
-        _warn(f"could not report the agents' first outcome: {exc}")
+
+    result = run_foreground(
+        lambda: Orchestrator(
+            cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node, run_agents=run_agents,
+            mps_mode=mps_mode,
+        ),
+        planned,
+        started=started,
+        watch=watch,
+    )
+    v.say("colo down: agents stopped" + (", MPS daemons quit" if result.mps else ""))
 
 
-def _print_outcome(outcome: UpOutcome, *, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+def _print_outcome(outcome: UpOutcome, view: UpView, *, extra: dict[str, Any] | None = None) -> None:
     """The first-outcome summary: ``N of M agents RUNNING``, then one line per agent that is not, with
     colo's reason and the last line its process printed (user text, never markup)."""
-    if as_json:
+    if view.as_json:
         print_json({**(extra or {}), **outcome.to_dict()})
         return
+    out = view.out
     total = len(outcome.agents)
     ok = len(outcome.running)
     secs = f"after {outcome.waited_secs:.0f} s"
     if not total:
-        console.print("colo up: no agent was launched on this node", highlight=False)
+        out.print("colo up: no agent was launched on this node", highlight=False)
         return
     if outcome.all_running:
-        console.print(f"colo up: all {total} agents RUNNING ({secs})", highlight=False)
+        out.print(f"colo up: all {total} agents RUNNING ({secs})", highlight=False)
         return
-    console.print(
+    out.print(
         f"[bold yellow]colo up: {ok} of {total} agents RUNNING[/] ({secs}); "
         f"{total - ok} did not get there:",
         highlight=False,
@@ -364,8 +292,8 @@ def _print_outcome(outcome: UpOutcome, *, as_json: bool, extra: dict[str, Any] |
         why = a.last_error_line or a.reason or "(no reason recorded)"
         extra_reason = f" ({safe(a.reason)})" if a.last_error_line and a.reason else ""
         label = "still starting" if a.outcome.value == "starting" else a.outcome.value
-        console.print(f"  {safe(a.name)}: {label}{extra_reason}: {safe(why)}", highlight=False, soft_wrap=True)
-    console.print(
+        out.print(f"  {safe(a.name)}: {label}{extra_reason}: {safe(why)}", highlight=False, soft_wrap=True)
+    out.print(
         "  the orchestrator keeps supervising them; `colo status` shows each agent, `colo logs AGENT` its log",
         highlight=False,
     )
@@ -389,41 +317,6 @@ class _Progress:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
             self.shown = False
-
-
-def _say(text: str, as_json: bool) -> None:
-    """A line for people: stdout, or stderr with --json (stdout is the JSON then). ``text`` is markup-safe."""
-    (err_console if as_json else console).print(text, highlight=False)
-
-
-def _start_api(orch: Any, sd: Path, *, as_json: bool = False) -> Any:
-    """Serve the API in a daemon thread (uvicorn); None with a warning when it cannot start."""
-    try:
-        import uvicorn
-
-        from colo.api.app import create_app
-        from colo.api.server import bind_socket, binding_for, exposure_warning
-    except ImportError as exc:
-        _warn(f"the HTTP API is not available ({exc}); `colo status` reads the state dir instead")
-        return None
-    try:
-        binding = binding_for(orch.config().api, sd)
-        message = exposure_warning(binding.host, binding.open_reads)
-        if message:
-            _warn(message)
-        sock = bind_socket(binding.host, binding.port)
-        app = create_app(orch, token=binding.token, open_reads=binding.open_reads)
-    except (ColoError, ValueError) as exc:
-        _warn(f"the HTTP API did not start: {exc}")
-        return None
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
-    )
-    thread = threading.Thread(target=lambda: server.run(sockets=[sock]), name="colo-api", daemon=True)
-    thread.start()
-    orch.store.set_meta("api_url", binding.url)  # `colo status` asks the live API first
-    _say(f"colo API: {safe(binding.url)}", as_json)
-    return server
 
 
 # --- down --------------------------------------------------------------------------------------------------
@@ -594,9 +487,11 @@ def apply_command(
     config: Path = typer.Argument(..., help="The new colo.yaml."),
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    force: bool = typer.Option(False, "--force", help="Apply a plan that predicts an agent runs out of memory."),
 ) -> None:
     """Move the running system to a new colo.yaml: restart only the agents whose limit, placement, command or
-    env changed, one at a time. If it does not fit, nothing changes."""
+    env changed, one at a time. If it does not fit, or the plan predicts an agent runs out of memory (unless
+    --force), nothing changes."""
     from colo.spec import load_config
     from colo.supervise.statedir import config_yaml
 
@@ -604,7 +499,7 @@ def apply_command(
     sd = _state_dir(state_dir, config)
     with orchestrator_client(sd) as client:
         # Sent whole, model paths made absolute: the orchestrator may run in another directory.
-        result = client.apply(config_yaml(cfg, config.resolve()), config.resolve())
+        result = client.apply(config_yaml(cfg, config.resolve()), config.resolve(), force=force)
     result.pop("applied", None)
     if as_json:
         print_json(result)

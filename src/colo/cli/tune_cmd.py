@@ -2,9 +2,11 @@
 
 A view over :func:`colo.supervise.tune.formula.propose` (the formula is there) fed by
 :func:`colo.supervise.tune.inputs.gather` (plan, model database, tuned limits, usage history of the state
-dir). ``--apply`` records the accepted proposals in ``<state_dir>/tuned_limits.json`` and asks the running
-orchestrator, through its HTTP API, to apply the config again: the same rolling apply as ``colo apply``
-(only agents whose limit changed restart, one at a time).
+dir). ``--apply`` hands the accepted proposals to the running orchestrator through its HTTP API (``POST
+/tune``): it records them in ``<state_dir>/tuned_limits.json`` — it is that file's one writer — and applies its
+configuration again, the same rolling apply as ``colo apply`` (only agents whose limit changed restart, one
+at a time). Without a running orchestrator they are written here, under the file's lock, for the next
+``colo up``.
 """
 
 from __future__ import annotations
@@ -54,30 +56,31 @@ def tune_command(
     history is too short to trust. --apply rolls them out (only changed agents restart, one at a time); an
     agent that runs out of memory under its new limit gets its old one back automatically."""
     from colo.spec import load_config
-    from colo.supervise.statedir import config_yaml, resolve_state_dir
+    from colo.supervise.statedir import resolve_state_dir, running_orchestrator
     from colo.supervise.tune.formula import propose
-    from colo.supervise.tune.inputs import gather, write_tuned
+    from colo.supervise.tune.inputs import TunedChange, gather, write_tuned
 
     since_secs = parse_since(since)  # a bad --since is a usage error before anything is read
     cfg = load_config(config)
     sd = resolve_state_dir(cfg, state_dir)
     client = None
-    if apply:
+    if apply and running_orchestrator(sd) is not None:
         from colo.cli.run_cmd import orchestrator_client
 
-        client = orchestrator_client(sd)  # no orchestrator: a clear message, nothing written
+        client = orchestrator_client(sd)  # running without an API: a clear message, nothing written
     now = time.time()
     inputs = gather(cfg, sd, since_wall=now - since_secs if since_secs else 0.0)
     report = propose(inputs.facts, inputs.samples, inputs.settings)
     out: dict[str, Any] = {"state_dir": str(sd), "since_secs": since_secs, **report.to_dict()}
+    changes = TunedChange.accepted(report.proposals)
     if client is not None:
-        with client:
-            written = write_tuned(cfg, sd, report.proposals, now=now)
-            out["tuned"] = sorted(written)
-            if written:
-                result = client.apply(config_yaml(cfg, config.resolve()), config.resolve())
-                result.pop("applied", None)
-                out["applied"] = result
+        with client:  # the orchestrator records them (the file's one writer) and rolls them out
+            answer = client.tune([c.to_dict() for c in changes]) if changes else {"tuned": [], "applied": None}
+        out["tuned"] = answer.get("tuned") or []
+        if answer.get("applied") is not None:
+            out["applied"] = answer["applied"]
+    elif apply:  # no orchestrator: written under the file's lock, for the next `colo up`
+        out["tuned"] = sorted(write_tuned(cfg, sd, changes, now=now))
     if as_json:
         print_json(out)
         return
@@ -111,11 +114,16 @@ def _render(report: Any, out: dict[str, Any], since_secs: float | None) -> None:
         tuned = out["tuned"]
         if not tuned:
             console.print("nothing to apply: no trusted proposal changes a limit", highlight=False)
-        else:
-            applied = out.get("applied", {})
+        elif "applied" not in out:
             console.print(
                 f"tuned limits written to {safe(out['state_dir'])}/tuned_limits.json for {', '.join(tuned)}; "
-                f"restarting one at a time: {', '.join(applied.get('restarted') or []) or '-'}",
+                "colo is not running: `colo up` plans with them",
+                highlight=False, soft_wrap=True,
+            )
+        else:
+            console.print(
+                f"tuned limits written to {safe(out['state_dir'])}/tuned_limits.json for {', '.join(tuned)}; "
+                f"restarting one at a time: {', '.join(out['applied'].get('restarted') or []) or '-'}",
                 highlight=False, soft_wrap=True,
             )
 

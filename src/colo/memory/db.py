@@ -215,9 +215,6 @@ class ModelDB:
     def agents(self) -> list[AgentEntry]:
         return sorted(self._agents.values(), key=lambda e: (e.agent, e.kind, e.provenance.gpu, e.models))
 
-    def observations(self, agent: str | None = None) -> list[Observation]:
-        return [o for o in self._observed if agent is None or o.agent == agent]
-
     def lookup(
         self,
         model: str,

@@ -12,6 +12,7 @@ from colo.plan.types import (
     AgentPlan,
     GpuSlot,
     GpuSummary,
+    LimitSource,
     MemoryInputs,
     ModelMemory,
     Plan,
@@ -51,7 +52,7 @@ def plan(
     pol = config.policy
     rows: dict[str, tuple[tuple[ModelMemory, ...], int, int, int]] = {}
     sources: dict[str, str] = {}
-    limit_sources: dict[str, str] = {}
+    limit_sources: dict[str, LimitSource] = {}
     requests = []
     for name, agent in config.agents.items():
         whole = agent_req.get(name)
@@ -60,11 +61,13 @@ def plan(
         margin, limit = agent_limit(config, name, requirement)
         sources[name] = "sum of the models" if whole is None else f"{whole.source}: {whole.detail}"
         t = tuned.get(name)
-        if t is not None:  # colo tune: the observed basis and the limit it chose replace requirement + margin
+        if t is not None and t.rolled_back:  # it ran out of memory under its tuned limit: the policy's is back
+            limit_sources[name] = LimitSource.ROLLED_BACK
+        elif t is not None:  # colo tune: the observed basis and the limit it chose replace requirement + margin
             requirement, limit = t.basis_bytes, t.limit_bytes
             margin = limit - requirement
             sources[name] = f"observed: {t.detail}" if t.detail else "observed"
-            limit_sources[name] = "tuned"
+            limit_sources[name] = LimitSource.TUNED
         rows[name] = (models, requirement, margin, limit)
         cand = pinned_candidates(name, agent, gpus)
         requests.append(Request(name, agent.priority, limit, None if cand is None else tuple(cand)))
@@ -106,7 +109,7 @@ def plan(
             margin_policy=config.margin_for(req.name).describe(),
             requirement_source=sources[req.name],
             enforcement=None if pos is None else mps_policy.enforcement(decided[pos][0], spec.command is None),
-            limit_source=limit_sources.get(req.name, "policy"),
+            limit_source=limit_sources.get(req.name, LimitSource.POLICY),
         )
         agents.append(ap)
         if pos is None:

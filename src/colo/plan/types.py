@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 from colo.spec.config import MpsMode, Priority
@@ -12,6 +13,16 @@ MemorySource = Literal["declared", "measured", "estimated", "observed"]
 #: How an agent's memory limit is held to: by MPS (``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``), by the built-in
 #: agent capping PyTorch's allocator (its GPU runs without MPS), or not at all (a command agent without MPS).
 Enforcement = Literal["mps-pinned", "allocator-cap", "none"]
+
+
+class LimitSource(StrEnum):
+    """Where an agent's limit comes from: the policy (requirement + margin), ``colo tune`` (a tuned limit in
+    the state dir's ``tuned_limits.json``), or the policy again because the agent ran out of memory under its
+    tuned limit (the entry is marked rolled back)."""
+
+    POLICY = "policy"
+    TUNED = "tuned"
+    ROLLED_BACK = "rolled back"
 
 
 @dataclass(frozen=True, order=True)
@@ -70,6 +81,7 @@ class TunedLimit:
     limit_bytes: int
     basis_bytes: int
     detail: str = ""
+    rolled_back: bool = False  # it ran out of memory under this limit: the policy's limit is back in force
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,7 @@ class AgentPlan:
     def mps(self) -> bool:
         """Its GPU runs MPS (the agent is an MPS client under its pinned limit)."""
         return self.enforcement == "mps-pinned"
-    limit_source: str = "policy"  # "policy" (requirement + margin) or "tuned: ..." (colo tune)
+    limit_source: LimitSource = LimitSource.POLICY
 
     @property
     def model_ids(self) -> tuple[str, ...]:

@@ -13,14 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 
 from colo.errors import ColoError
-from colo.gpu.mps.daemon import MpsDefaults
-from colo.gpu.mps.fleet import MpsFleet
 from colo.plan import AgentPlan, Plan
 from colo.supervise import planning
-from colo.supervise.fleet import STARTED_KEY
+from colo.supervise.fleet import NodeFleet
 from colo.supervise.recovery.mps_hooks import FleetHooks
 from colo.supervise.snapshots import EventKind
-from colo.supervise.store import Store
 
 #: Records an event: (kind, agent, message, gpu).
 EventSink = Callable[[EventKind, str | None, str, str | None], object]
@@ -48,31 +45,24 @@ def mps_labels(p: Plan, mine: Sequence[AgentPlan]) -> list[str]:
 
 class MpsSwitch:
     """The fleet of this node following the plan's MPS decisions (see the module). ``hooks()`` is the MPS
-    watch (daemons it must start or stop watching), ``become_subreaper()`` is called before a daemon starts,
-    ``reap()`` after one quits."""
+    watch (daemons it must start or stop watching)."""
 
     def __init__(
         self,
-        fleet: MpsFleet,
-        store: Store,
+        fleet: NodeFleet,
         *,
         hooks: Callable[[], FleetHooks | None],
-        become_subreaper: Callable[[], None],
-        reap: Callable[[], None],
     ) -> None:
         self.fleet = fleet
-        self.store = store
         self._hooks = hooks
-        self._become_subreaper = become_subreaper
-        self._reap = reap
         self.retiring: set[str] = set()  # GPUs switched to time-slicing whose daemon is still up
 
     def keep_leftovers(self, mps_uuids: Collection[str], on_gpus: Collection[str]) -> None:
         """On ``up``: daemons an earlier orchestrator started on GPUs of ours that now run without MPS. Their
         agents (adopted) roll out of them, then the daemons quit (:meth:`tick`)."""
-        for uuid in sorted(set(self.store.get_meta(STARTED_KEY, [])) - set(mps_uuids)):
+        for uuid in sorted(set(self.fleet.recorded()) - set(mps_uuids)):
             if uuid in on_gpus:
-                self.fleet.add(uuid)
+                self.fleet.take_in(uuid)
                 self.retiring.add(uuid)
 
     def switch(self, p: Plan, mine: Sequence[AgentPlan], event: EventSink) -> list[str]:
@@ -80,16 +70,13 @@ class MpsSwitch:
         switch to time-slicing retiring. Returns the GPUs whose daemon was started. Raises MpsError (the
         daemons started here are stopped again)."""
         want = set(planning.mps_gpu_uuids(p, mine))
-        have = {d.gpu_uuid for d in self.fleet.daemons()}
+        have = set(self.fleet.uuids())
         started: list[str] = []
         hooks = self._hooks()
         try:
             for uuid in sorted(want - have):
-                self._become_subreaper()
-                daemon = self.fleet.add(uuid)
-                if daemon.start(MpsDefaults()):
+                if self.fleet.start(uuid):
                     started.append(uuid)
-                    self.store.set_meta(STARTED_KEY, sorted({uuid, *self.store.get_meta(STARTED_KEY, [])}))
                     event(EventKind.DAEMON, None, f"started the MPS daemon of {uuid}", uuid)
                 else:
                     event(EventKind.DAEMON, None, f"adopted the running MPS daemon of {uuid}", uuid)
@@ -108,13 +95,7 @@ class MpsSwitch:
         hooks = self._hooks()
         if hooks is not None:
             hooks.unwatch(uuid)  # its daemon quitting is no fault
-        try:
-            if stop:
-                self.fleet.daemon(uuid).stop()
-                self._reap()
-        finally:
-            self.fleet.remove(uuid)
-            self.store.set_meta(STARTED_KEY, [u for u in self.store.get_meta(STARTED_KEY, []) if u != uuid])
+        self.fleet.drop(uuid, stop=stop)
 
     def tick(self, settling_on: Callable[[str], bool], event: EventSink) -> None:
         """Retiring GPUs: once none of their agents still runs as an MPS client (``settling_on(uuid)`` false:
@@ -123,11 +104,9 @@ class MpsSwitch:
             if settling_on(uuid):
                 continue
             self.retiring.discard(uuid)
-            try:
-                daemon = self.fleet.daemon(uuid)
-            except KeyError:
+            if uuid not in self.fleet.uuids():
                 continue
-            ours = daemon.started_by_colo or uuid in self.store.get_meta(STARTED_KEY, [])
+            ours = self.fleet.ours(uuid)
             try:
                 self.drop(uuid, stop=ours)
             except ColoError as exc:

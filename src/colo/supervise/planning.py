@@ -17,32 +17,35 @@ The steps, each a function below:
 4. **the pure planner** (:func:`colo.plan.plan`);
 5. **the local split** (:meth:`NodePlan.local`): agents placed on other nodes are left to those nodes; agents
    placed on an inventory GPU this machine does not have are reported, not run.
+
+A running colo takes every plan from :func:`plan_run` — ``colo up``, ``colo apply``, ``POST /apply``, a
+reload (SIGHUP) and a tuned-limit rollback alike: the whole pipeline with the state dir (its tuned limits
+count), ``policy.mps`` as the run says, and the predicted-out-of-memory refusal (:func:`refuse_predicted_oom`)
+unless forced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from colo import units
-from colo.errors import ColoError, PlanError
+from colo.errors import ColoError, GpuError, PlanError
 from colo.gpu.mps.root import MpsRoot
-from colo.gpu.nvml import GpuSnapshot
+from colo.gpu.nvml import GpuBackend, GpuSnapshot
 from colo.memory.db import ModelDB
 from colo.memory.resolve import agent_memory_for_plan, memory_rows, plan_memory
 from colo.memory.worst_case import WorstCase, model_request
 from colo.plan import inventory_slots, plan
 from colo.plan.limits import declared_memory
 from colo.plan.types import AgentPlan, GpuSlot, MemoryInputs, ModelMemory, Plan, PolicyFinding, TunedLimit, Unplaced
-from colo.spec.config import ColoConfig
+from colo.spec.config import ColoConfig, MpsMode
 from colo.supervise.agent import AgentSetup
 from colo.supervise.agent_setup import agent_setup
 from colo.supervise.statedir import StateDirPaths, resolve_state_dir
 from colo.supervise.tune import limits_file
-
-MemoryArg = Mapping[str, ModelMemory] | MemoryInputs | None
 
 
 def local_node(config: ColoConfig, node: str | None = None) -> str:
@@ -77,6 +80,24 @@ def read_gpus() -> list[GpuSnapshot] | None:
 
         return list(NvmlBackend().gpus())
     except (ColoError, OSError, ImportError):
+        return None
+
+
+def open_backend(config: ColoConfig) -> GpuBackend | None:
+    """NVML on this machine (read once to be sure it answers), or None when it cannot be read here. Raises
+    PlanError for ``gpus: auto``, which needs it."""
+    try:
+        from colo.gpu.nvml import NvmlBackend
+
+        backend = NvmlBackend()
+        backend.gpus()
+        return backend
+    except (GpuError, ImportError) as exc:
+        if config.gpus == "auto":
+            raise PlanError(
+                f"gpus: auto, but the GPUs cannot be read ({exc})",
+                hint="run where the NVIDIA driver is loaded, or list an inventory under 'gpus:'",
+            ) from exc
         return None
 
 
@@ -171,7 +192,8 @@ def model_requirement(
 
 
 class PredictedOutOfMemory(PlanError):
-    """The plan gives an agent a limit below what its models' worst case needs (``colo up`` without --force)."""
+    """The plan gives an agent a limit below what its models' worst case needs (``colo up``, ``colo apply``,
+    ``POST /apply`` or a reload without force)."""
 
     exit_code = 2
 
@@ -243,7 +265,8 @@ def memory_findings(
 
 
 def refuse_predicted_oom(planned: NodePlan) -> None:
-    """Raise PredictedOutOfMemory naming every agent the plan predicts to run out of memory (``colo up``)."""
+    """Raise PredictedOutOfMemory naming every agent the plan predicts to run out of memory (every plan a
+    running colo takes, unless forced: :func:`plan_run`)."""
     errors = [f for f in planned.plan.findings if f.severity == "error" and f.topic == "memory"]
     if errors:
         raise PredictedOutOfMemory(
@@ -313,7 +336,6 @@ def plan_slots(
     slots: Sequence[GpuSlot],
     *,
     node: str | None = None,
-    memory: MemoryArg = None,
     from_db: bool = False,
     db: ModelDB | str | Path | None = None,
     warnings: Sequence[str] = (),
@@ -321,18 +343,15 @@ def plan_slots(
     mps_off: str | None = None,
     state_dir: str | Path | None = None,
 ) -> NodePlan:
-    """Plan ``config`` on ``slots`` (for this machine's ``node``, if known). ``memory`` overrides the memory step (tests, callers that resolved it).
+    """Plan ``config`` on ``slots`` (for this machine's ``node``, if known), with the memory findings.
     ``mps_off``: MPS is off for this run whatever ``policy.mps`` says, and why (``"--no-mps"``).
 
     Raises ConfigError, PlanError.
     """
-    mem: MemoryArg = (
-        memory if memory is not None else memory_inputs(config, slots, from_db=from_db, db=db, state_dir=state_dir)
-    )
+    mem = memory_inputs(config, slots, from_db=from_db, db=db, state_dir=state_dir)
     p = plan(config, slots, mem, mps_off=mps_off)
-    if memory is None:  # findings about declared numbers (a caller that gave its own memory knows better)
-        found = memory_findings(config, p, slots, db)
-        p = replace(p, findings=tuple(sorted((*p.findings, *found), key=lambda f: f.agent)))
+    found = memory_findings(config, p, slots, db)  # declared numbers the model DB or the estimate exceeds
+    p = replace(p, findings=tuple(sorted((*p.findings, *found), key=lambda f: f.agent)))
     return NodePlan(
         config=config,
         plan=p,
@@ -348,7 +367,6 @@ def plan_node(
     gpus: Sequence[GpuSnapshot] | None,
     *,
     node: str | None = None,
-    memory: MemoryArg = None,
     from_db: bool = False,
     db: ModelDB | str | Path | None = None,
     mps_off: str | None = None,
@@ -361,9 +379,36 @@ def plan_node(
     here = local_node(config, node)
     slots, warnings = gpu_slots(config, gpus, here)
     return plan_slots(
-        config, slots, node=here, memory=memory, from_db=from_db, db=db, warnings=warnings,
+        config, slots, node=here, from_db=from_db, db=db, warnings=warnings,
         gpus_known=gpus is not None, mps_off=mps_off, state_dir=state_dir,
     )
+
+
+def plan_run(
+    config: ColoConfig,
+    gpus: Sequence[GpuSnapshot] | None,
+    *,
+    state_dir: str | Path,
+    node: str | None = None,
+    mps_mode: MpsMode | None = None,
+    use_mps: bool = True,
+    force: bool = False,
+) -> NodePlan:
+    """The plan a running colo takes (``colo up``, ``colo apply``, ``POST /apply``, a reload, a rollback):
+    :func:`plan_node` with the state dir's tuned limits, ``mps_mode`` in place of ``policy.mps`` (``colo up
+    --mps``), MPS off for the run when not ``use_mps`` (``--no-mps``). ``force``: take a plan that predicts
+    an agent runs out of memory.
+
+    Raises PredictedOutOfMemory (unless ``force``), ConfigError, PlanError.
+    """
+    if mps_mode is not None:
+        config = config.model_copy(update={"policy": config.policy.model_copy(update={"mps": mps_mode})})
+    planned = plan_node(
+        config, gpus, node=node, mps_off=None if use_mps else "--no-mps", state_dir=state_dir
+    )
+    if not force:
+        refuse_predicted_oom(planned)
+    return planned
 
 
 def plan_config(

@@ -149,18 +149,12 @@ def stop_leftovers(
                 store.save_agent(
                     replace(rec, status=replace(rec.status, state=AgentState.STOPPED, pid=None), start_time=None)
                 )
-        uuids = store.get_meta("mps_daemons_started", [])
-        if uuids:
-            from colo.gpu.mps.control import MpsControl
-            from colo.gpu.mps.daemon import MpsDaemon
-            from colo.gpu.mps.root import MpsRoot
+        from colo.gpu.mps.control import MpsControl
+        from colo.supervise.fleet import NodeFleet
 
-            root = MpsRoot.under_state_dir(paths.root)
-            control = mps_control if isinstance(mps_control, MpsControl) else None
-            for uuid in uuids:
-                result = MpsDaemon(root.for_gpu(uuid), uuid, control).stop()
-                done.append(f"MPS daemon {uuid}: {result.message}")
-            store.set_meta("mps_daemons_started", [])
+        control = mps_control if isinstance(mps_control, MpsControl) else None
+        fleet = NodeFleet.from_record(paths.root, control, store)
+        fleet.stop_started(lambda uuid, result: done.append(f"MPS daemon {uuid}: {result.message}"))
         store.delete_meta("orchestrator")
     finally:
         store.close()

@@ -75,7 +75,7 @@ def gpu_source(tmp_path: Path, clock: Clock = SYSTEM_CLOCK) -> tuple[FakeSource,
     ]
     control = FakeMpsControl()
     fleet = MpsFleet(MpsRoot(tmp_path / "mps"), [gpu.uuid], control)
-    fleet.start_all()
+    [d.start() for d in fleet.daemons()]
     pipe = fleet.daemon(gpu.uuid).paths.pipe_dir
     control.connect_client(pipe, 1000)
     control.connect_client(pipe, 1001)

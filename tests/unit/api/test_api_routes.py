@@ -171,7 +171,7 @@ def test_gpu_info_fault_and_stopped_daemon(short_tmp: Path) -> None:
     assert client.get("/gpu/info").json()["gpus"][0]["mps"]["servers"][0]["status"] == "FAULT"
     assert "colo_mps_server_active{" in client.get("/metrics").text
     assert src.fleet is not None
-    src.fleet.stop_all()
+    [d.stop() for d in src.fleet.daemons()]
     clock.now += 10
     doc = client.get("/gpu/info").json()
     assert doc["mps_enabled"] is False and doc["mps"]["control_process"] is False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,18 +87,23 @@ def test_bad_since_is_a_usage_error(world: tuple[Path, Path], since: str) -> Non
     assert ("--since" in r.output and "duration" in r.output) or "longer than zero" in r.output
 
 
-def test_no_history_and_no_orchestrator_are_clear(world: tuple[Path, Path], tmp_path: Path) -> None:
+def test_no_history_and_no_api_are_clear(
+    world: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg, sd = world
     r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(tmp_path / "empty")])
     assert r.exit_code == 1 and "no usage history" in r.output and "colo up" in r.output
+    monkeypatch.setattr("colo.supervise.statedir.running_orchestrator", lambda sd: 4242)  # up, but no API
     r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--apply"])
-    assert r.exit_code == 1 and "colo is not running" in r.output
+    assert r.exit_code == 1 and "serves no HTTP API" in r.output
     assert not (sd / "tuned_limits.json").exists()
 
 
 class FakeClient:
+    """Stands in for the running orchestrator's API client: what ``POST /tune`` would get and answer."""
+
     def __init__(self) -> None:
-        self.applied: list[str] = []
+        self.tuned: list[list[dict[str, Any]]] = []
 
     def __enter__(self) -> FakeClient:
         return self
@@ -104,30 +111,68 @@ class FakeClient:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def apply(self, text: str, config_path: Path | None = None) -> dict[str, Any]:
-        self.applied.append(text)
-        return {"applied": True, "restarted": ["small"], "started": [], "stopped": [], "unchanged": ["big"],
-                "left_out": []}
+    def tune(self, changes: list[dict[str, Any]]) -> dict[str, Any]:
+        self.tuned.append(changes)
+        return {"tuned": sorted(c["agent"] for c in changes), "applied": {"restarted": ["small"], "started": [],
+                "stopped": [], "unchanged": ["big"], "left_out": []}}
 
 
-def test_apply_writes_tuned_limits_and_asks_the_orchestrator(
+def test_apply_asks_the_running_orchestrator_to_record_and_roll_out(
     world: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg, sd = world
     client = FakeClient()
     monkeypatch.setattr("colo.cli.run_cmd.orchestrator_client", lambda sd, **kw: client)
+    monkeypatch.setattr("colo.supervise.statedir.running_orchestrator", lambda sd: 4242)
     r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--apply", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["tuned"] == ["small"] and out["applied"]["restarted"] == ["small"]
-    assert len(client.applied) == 1
+    (changes,) = client.tuned
+    assert [(c["agent"], c["limit_bytes"], c["current_bytes"], c["current_source"]) for c in changes] == [
+        ("small", 768 * MIB, int(1.5 * GIB), "policy")
+    ]
+    assert not (sd / "tuned_limits.json").exists()  # the orchestrator writes it, not the CLI
+
+
+def test_apply_without_an_orchestrator_writes_under_the_lock(world: tuple[Path, Path]) -> None:
+    cfg, sd = world
+    r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--apply"])
+    assert r.exit_code == 0, r.output
+    assert "colo is not running: `colo up` plans with them" in r.output
     entry = limits_file.load(sd / "tuned_limits.json")["small"]
     assert entry.limit_bytes == 768 * MIB and entry.previous_limit_bytes == int(1.5 * GIB)
+    assert limits_file.lock_path(sd / "tuned_limits.json").exists()
     # colo plan now shows where each limit came from
     p = runner.invoke(app, ["plan", str(cfg), "--state-dir", str(sd)])
     assert p.exit_code == 0, p.output
     assert "limit from" in p.output and "tuned" in p.output and "peak 700.0 MiB over 20 windows" in p.output
     assert limits_file.applicable(load_config(cfg), limits_file.load(sd / "tuned_limits.json"))["small"].limit_bytes == 768 * MIB
+
+
+def test_apply_waits_for_a_rollback_that_holds_the_lock_and_keeps_it(world: tuple[Path, Path]) -> None:
+    """The cross-process case: `colo tune --apply` (no orchestrator) while a rollback of another agent is
+    being written under the file's lock. The tune waits for the lock and reads the file inside it: both
+    changes are kept."""
+    cfg, sd = world
+    path = sd / "tuned_limits.json"
+    key = limits_file.agent_key(load_config(cfg), "big")
+    limits_file.update(path, lambda e: {"big": limits_file.TunedEntry(int(2.5 * GIB), 2 * GIB, 3 * GIB, key)})
+    result: list[Any] = []
+    with limits_file.locked(path):  # the rollback's read-modify-write, as the orchestrator does it
+        tune = threading.Thread(
+            target=lambda: result.append(runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--apply"]))
+        )
+        tune.start()
+        tune.join(0.5)
+        assert tune.is_alive() and not result  # it waits for the lock
+        entries = limits_file.load(path)
+        limits_file.save(path, {**entries, "big": replace(entries["big"], rolled_back_at=123.0)})
+    tune.join(30)
+    assert result and result[0].exit_code == 0, result[0].output if result else "tune did not finish"
+    entries = limits_file.load(path)
+    assert entries["big"].rolled_back_at == 123.0  # the rollback was not lost
+    assert entries["small"].limit_bytes == 768 * MIB  # nor the tuning
 
 
 def test_advise_reads_the_history(world: tuple[Path, Path]) -> None:

@@ -69,7 +69,7 @@ def test_start_applies_defaults_before_any_client(tmp_path: Path) -> None:
     assert daemon.visible_devices == UUID
     assert daemon.pinned_mem_limit == {"0": "3072M"}
     assert daemon.active_thread_pct == 60.0 and daemon.client_priority == 1
-    assert d.healthy() and d.is_running()
+    assert d.healthy() and d.control_pid() is not None
     # The first server takes the defaults.
     spid = fake.connect_client(d.paths.pipe_dir, 777)
     assert fake.daemon_at(d.paths.pipe_dir).servers[spid].pinned_mem_limit == "3072M"
@@ -172,7 +172,7 @@ def test_stop_quits_cleanly(tmp_path: Path) -> None:
     result = d.stop(timeout_secs=5)
     assert result.was_running and result.quit_answered and result.killed_pids == ()
     assert (str(d.paths.pipe_dir), "quit -t 5") in fake.sent
-    assert d.processes() == [] and not d.is_running()
+    assert d.processes() == [] and not d.control_pid() is not None
     assert fake.signals == []
 
 
@@ -201,7 +201,7 @@ def test_stop_when_quit_is_ignored_waits_then_kills(tmp_path: Path) -> None:
     result = d.stop(timeout_secs=4)
     assert result.quit_answered and result.killed_pids == (fake.daemons[next(iter(fake.daemons))].pid,)
     assert clock.monotonic() >= 6.0  # waited timeout + 2 s grace before signalling
-    assert not d.is_running()
+    assert not d.control_pid() is not None
 
 
 def test_stop_survivor_raises(tmp_path: Path) -> None:
@@ -263,15 +263,15 @@ def test_fleet_one_daemon_per_gpu_and_foreign_daemons(tmp_path: Path) -> None:
         fake,
         {"clock": clock, "base_env": {}},
     )
-    assert fleet.start_all({UUID: MpsDefaults(active_thread_pct=40)}) == {UUID: True, UUID2: True}
+    defaults = {UUID: MpsDefaults(active_thread_pct=40)}
+    assert [d.start(defaults.get(d.gpu_uuid)) for d in fleet.daemons()] == [True, True]
     pipes = {fake.daemon_at(fleet.daemon(u).paths.pipe_dir).visible_devices for u in (UUID, UUID2)}
     assert pipes == {UUID, UUID2}
     assert fake.daemon_at(fleet.daemon(UUID).paths.pipe_dir).active_thread_pct == 40.0
     assert fake.daemon_at(fleet.daemon(UUID2).paths.pipe_dir).active_thread_pct == 100.0
     assert [p.pipe_dir for p in fleet.foreign_daemons()] == [str(tmp_path / "nvidia-mps")]
     assert [s.running for s in fleet.statuses()] == [True, True]
-    results = fleet.stop_all()
-    assert all(r.quit_answered for r in results.values())
+    assert all(d.stop().quit_answered for d in fleet.daemons())
 
 
 def test_client_env_from_plan_entry() -> None:

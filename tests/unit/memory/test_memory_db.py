@@ -64,7 +64,8 @@ def test_roundtrip_through_the_file(tmp_path: Path) -> None:
     again = ModelDB.open(path)
     assert again.models() == db.models()
     assert again.agents() == db.agents()
-    assert again.observations("critic")[0].peak_bytes == 2400 * MIB
+    assert raw["observed"][0]["agent"] == "critic" and raw["observed"][0]["peak_bytes"] == 2400 * MIB
+    assert json.loads(again.save().read_text())["observed"] == raw["observed"]  # read back and kept
 
 
 def test_same_key_replaces_other_shapes_and_gpus_add(tmp_path: Path) -> None:
@@ -107,8 +108,9 @@ def test_observations_are_capped_per_agent(tmp_path: Path) -> None:
     for i in range(5):
         db.observe(Observation(agent="a", peak_bytes=i, limit_bytes=None, date=str(i)), keep=3)
     db.observe(Observation(agent="b", peak_bytes=9, limit_bytes=None, date="x"), keep=3)
-    assert [o.peak_bytes for o in db.observations("a")] == [2, 3, 4]
-    assert len(db.observations()) == 4
+    observed = json.loads(db.save().read_text())["observed"]
+    assert [o["peak_bytes"] for o in observed if o["agent"] == "a"] == [2, 3, 4]
+    assert len(observed) == 4
 
 
 def test_forget(tmp_path: Path) -> None:

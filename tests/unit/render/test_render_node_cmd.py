@@ -110,7 +110,7 @@ def test_orchestrator_without_agents_keeps_only_the_daemons() -> None:
         assert sorted(result.daemons_started) == [fake_gpu(0).uuid, fake_gpu(1).uuid]
         applied = orch.apply(cfg)
         assert applied.started == [] and runner_.spawned == []
-        assert orch.current_plan().agent("b").gpu is not None
+        assert orch.snapshot().plan.agent("b").gpu is not None
         orch.down()
         assert all(not d.alive for d in mps.daemons.values())
     finally:

@@ -19,7 +19,7 @@ from test_supervise_orchestrator import (  # noqa: F401 - _no_leftover_dirs: aut
 from colo.errors import MpsError
 from colo.gpu.mps.env import PINNED_DEVICE_MEM_LIMIT, PIPE_DIRECTORY, VISIBLE_DEVICES
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
-from colo.supervise.fleet import STARTED_KEY
+from colo.supervise.fleet import NodeFleet
 from colo.supervise.orchestrator import Orchestrator
 from colo.supervise.snapshots import EventKind
 from colo.supervise.state import AgentState
@@ -56,7 +56,7 @@ def test_up_starts_daemons_only_where_two_agents_share_a_gpu(tmp_path: Path) -> 
     events = mps_events(orch)
     assert "gpu0: 2 agents — MPS on (auto): agents share the GPU under their MPS limits" in events
     assert any(m.startswith("gpu1: 1 agent — MPS off (auto): a lone process") for m in events)
-    gpus = {g.gpu.label: g.mps for g in orch.current_plan().gpus}
+    gpus = {g.gpu.label: g.mps for g in orch.snapshot().plan.gpus}
     assert gpus == {"gpu0": True, "gpu1": False}
     orch.down()
     assert daemons(w) == set()
@@ -78,7 +78,7 @@ def test_no_mps_is_off_for_the_run_whatever_the_policy(tmp_path: Path) -> None:
     orch.up()
     w.run(orch, 2)
     assert daemons(w) == set() and PIPE_DIRECTORY not in env_of(w, "a")
-    (g0, _) = orch.current_plan().gpus
+    (g0, _) = orch.snapshot().plan.gpus
     assert not g0.mps and "(--no-mps)" in g0.mps_reason
     orch.down()
 
@@ -95,7 +95,7 @@ def test_apply_placing_a_second_agent_switches_the_gpu_to_mps_and_back(tmp_path:
     result = orch.apply(config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1), mps="auto"))
     assert result.started == ["b"] and result.restarted == ["a"] and result.unchanged == ["c"]
     assert daemons(w) == {uuid(0)}
-    assert uuid(0) in orch.store.get_meta(STARTED_KEY, [])
+    assert uuid(0) in NodeFleet.from_record(orch.paths.root, None, orch.store).recorded()
     assert orch.store.get_meta("orchestrator")["mps_gpus"] == ["gpu0"]  # what `colo status` says
     w.run(orch, 6)
     assert w.pid(orch, "a") != pids["a"] and w.pid(orch, "c") == pids["c"]
@@ -120,8 +120,8 @@ def test_apply_placing_a_second_agent_switches_the_gpu_to_mps_and_back(tmp_path:
         e.kind == EventKind.DAEMON and "stopped the MPS daemon" in e.message and "time-sliced" in e.message
         for e in orch.events(0, 1000)
     )
-    assert orch.store.get_meta(STARTED_KEY, []) == []
-    assert not orch.recoveries()  # the daemon's exit was no fault
+    assert NodeFleet.from_record(orch.paths.root, None, orch.store).recorded() == []
+    assert not orch.supervisor.recovered  # the daemon's exit was no fault
     orch.down()
 
 
@@ -136,7 +136,7 @@ def test_switch_that_cannot_start_its_daemon_changes_nothing(tmp_path: Path) -> 
         orch.apply(config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1), mps="auto"))
     w.run(orch, 3)
     assert daemons(w) == set() and w.pid(orch, "a") == pid
-    assert set(orch.current_plan().agents[i].name for i in range(2)) == {"a", "c"}
+    assert set(orch.snapshot().plan.agents[i].name for i in range(2)) == {"a", "c"}
     orch.down()
 
 
@@ -152,7 +152,7 @@ def test_recovery_ignores_a_gpu_without_mps(tmp_path: Path) -> None:
     w.runner.exit(pids["c"], code=EXIT_CONTEXT_LOST)
     w.run(orch, 4)
     sup = orch.supervisor
-    assert sup is not None and not sup.recoveries.active and not orch.recoveries()
+    assert sup is not None and not sup.recoveries.active and not orch.supervisor.recovered
     assert not [e for e in orch.events(0, 1000) if e.kind == EventKind.MPS_FAULT]
     assert w.pid(orch, "a") == pids["a"] and w.pid(orch, "b") == pids["b"]
     assert orch.status("c").state == S.RUNNING and w.pid(orch, "c") != pids["c"]
@@ -218,10 +218,10 @@ def test_restart_under_auto_rolls_a_lone_agent_out_of_the_old_daemon_then_quits_
     w.run(first, 2)
     pid = w.pid(first, "a")
     assert daemons(w) == {uuid(0)}
-    first._release()  # what SIGKILL does to the lock; the agent and the daemon keep running
+    first._lock_file.release()  # what SIGKILL does to the lock; the agent and the daemon keep running
     second = w.orchestrator(config(agent("a"), mps="auto"))
     second.up()
     w.run(second, 6)
     assert w.pid(second, "a") != pid and PIPE_DIRECTORY not in env_of(w, "a")
-    assert daemons(w) == set() and second.store.get_meta(STARTED_KEY, []) == []
+    assert daemons(w) == set() and NodeFleet.from_record(second.paths.root, None, second.store).recorded() == []
     second.down()

@@ -43,7 +43,7 @@ def one_tick(w: World, orch: Orchestrator) -> None:
 
 
 def gpu0_recovered(w: World, orch: Orchestrator, pids: dict[str, int], trigger: RecoveryTrigger) -> None:
-    (rec,) = orch.recoveries()
+    (rec,) = orch.supervisor.recovered
     assert rec.trigger == trigger and rec.gpu_uuid == uuid(0) and rec.agents == ("a", "b")
     assert {n: orch.status(n).state for n in pids} == {"a": S.RUNNING, "b": S.RUNNING, "c": S.RUNNING}
     assert w.pid(orch, "a") != pids["a"] and w.pid(orch, "b") != pids["b"]
@@ -66,7 +66,7 @@ def test_server_death_is_seen_within_a_tick_and_recovers_that_gpu_only(tmp_path:
     assert sent == []  # no server to ask
     w.run(orch, 4)
     gpu0_recovered(w, orch, pids, RecoveryTrigger.SERVER_DIED)
-    assert not orch.recoveries()[0].daemon_restarted  # the daemon lived: it starts a new server itself
+    assert not orch.supervisor.recovered[0].daemon_restarted  # the daemon lived: it starts a new server itself
     assert f'colo_mps_recoveries_total{{trigger="server_died",uuid="{uuid(0)}"}} 1.0' in metrics_text(orch)
     assert "colo_mps_recovery_detect_seconds{" in metrics_text(orch)
     orch.down()
@@ -93,7 +93,7 @@ def test_daemon_death_restores_the_daemon_at_once_and_relaunches_that_gpu(tmp_pa
     assert rec.detect_secs is not None and rec.detect_secs <= TICK_SECS
     w.run(orch, 4)
     gpu0_recovered(w, orch, pids, RecoveryTrigger.DAEMON_DIED)
-    assert orch.recoveries()[0].daemon_restarted
+    assert orch.supervisor.recovered[0].daemon_restarted
     new = w.mps.daemon_at(pipe0)
     assert new.alive and new.pid != old
     assert not w.mps.alive(old_server)  # what was left of the old daemon was stopped
@@ -124,7 +124,7 @@ def test_context_lost_on_a_healthy_gpu_restarts_only_that_agent_at_once(tmp_path
     assert w.pid(orch, "b") == pids["b"] and w.pid(orch, "c") == pids["c"]
     assert any("only this agent restarts" in e.message for e in orch.events() if e.agent == "a")
     w.run(orch, 2)
-    assert orch.status("a").state == S.RUNNING and not orch.recoveries()
+    assert orch.status("a").state == S.RUNNING and not orch.supervisor.recovered
     sup = orch.supervisor
     assert sup is not None and sup.agents["a"].failures == 0  # not the agent's fault
     orch.down()
@@ -140,7 +140,7 @@ def test_context_lost_while_the_gpus_mps_is_unhealthy_recovers_the_gpu(tmp_path:
     assert orch.status("b").state != S.RUNNING and orch.status("c").state == S.RUNNING
     w.run(orch, 14)  # WAITING: the hung daemon never says ready; restarted after fault_wait_secs (10 s)
     gpu0_recovered(w, orch, pids, RecoveryTrigger.CLIENT_RPC_FAILURE)
-    assert orch.recoveries()[0].daemon_restarted
+    assert orch.supervisor.recovered[0].daemon_restarted
     orch.down()
 
 
@@ -177,7 +177,7 @@ def test_client_list_against_the_agents_placed_there(tmp_path: Path) -> None:
     assert sum("a (pid" in m and "not a client" in m for m in said) == 1
     assert not any("b (pid" in m for m in said)
     assert sum("MPS client 99999" in m and "not an agent of colo" in m for m in said) == 1
-    assert not orch.recoveries()  # information only
+    assert not orch.supervisor.recovered  # information only
     orch.down()
 
 
@@ -187,7 +187,7 @@ def test_context_lost_with_mps_words_in_its_log_but_a_healthy_gpu_restarts_only_
         fh.write("context lost: CUDA error: cudaErrorMpsRpcFailure\n")
     w.runner.exit(pids["a"], code=EXIT_CONTEXT_LOST)
     w.run(orch, 2)
-    assert not orch.recoveries() and (not orch.supervisor or uuid(0) not in orch.supervisor.recoveries)
+    assert not orch.supervisor.recovered and (not orch.supervisor or uuid(0) not in orch.supervisor.recoveries)
     assert w.pid(orch, "b") == pids["b"] and orch.status("a").state == S.RUNNING
     orch.down()
 
@@ -207,7 +207,7 @@ def test_recovery_kills_an_agent_stuck_in_teardown_after_one_second_and_times_it
     assert signal.SIGKILL in w.runner.procs[pids["a"]].signals
     w.run(orch, 4)
     gpu0_recovered(w, orch, pids, RecoveryTrigger.SERVER_DIED)
-    (rec,) = orch.recoveries()
+    (rec,) = orch.supervisor.recovered
     assert RECOVERY_STOP_WAIT_SECS <= rec.phase_secs[RecoveryPhase.STOPPING] <= RECOVERY_STOP_WAIT_SECS + 2 * TICK_SECS
     assert set(rec.phase_secs) == {RecoveryPhase.STOPPING, RecoveryPhase.WAITING, RecoveryPhase.RELAUNCHING}
     done = [e.message for e in orch.events() if "MPS fault recovery on" in e.message and "done in" in e.message]

@@ -86,7 +86,7 @@ def test_fleet_hooks_read_fault_from_the_gpu_reading_and_ask_only_what_it_missed
         gpus = [fake_gpu(0), fake_gpu(1)]
         control = FakeMpsControl()
         fleet = MpsFleet(MpsRoot(root), [g.uuid for g in gpus], control)
-        fleet.start_all()
+        [d.start() for d in fleet.daemons()]
         for g in gpus:
             control.connect_client(fleet.daemon(g.uuid).paths.pipe_dir, 1000 + g.index)
         control.fault(fleet.daemon(gpus[1].uuid).paths.pipe_dir)
@@ -101,5 +101,5 @@ def test_fleet_hooks_read_fault_from_the_gpu_reading_and_ask_only_what_it_missed
         hooks = FleetHooks(fleet, lambda: partial)
         assert hooks.faults() == []  # the hung daemon is asked itself, and does not answer: skipped
     finally:
-        fleet.stop_all(timeout_secs=1)
+        [d.stop(1) for d in fleet.daemons()]
         shutil.rmtree(root, ignore_errors=True)

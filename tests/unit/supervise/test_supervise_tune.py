@@ -5,6 +5,8 @@ retention, atomic writes)."""
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from colo.clock import FakeClock
 from colo.errors import ConfigError, SupervisorError
 from colo.plan import inventory_slots, plan
 from colo.plan.limits import declared_memory
-from colo.plan.types import MemoryInputs, TunedLimit
+from colo.plan.types import LimitSource, MemoryInputs, TunedLimit
 from colo.spec import load_config_text
 from colo.supervise.planning import memory_inputs, plan_config
 from colo.supervise.snapshots import Shape, UsageSample
@@ -24,6 +26,7 @@ from colo.supervise.tune import limits_file
 from colo.supervise.tune.formula import (
     ALLOCATOR_GRANULE_BYTES,
     AgentFacts,
+    NeedSource,
     TuneSettings,
     propose,
     propose_one,
@@ -31,7 +34,7 @@ from colo.supervise.tune.formula import (
     room,
 )
 from colo.supervise.tune.history import UsageRecorder
-from colo.supervise.tune.inputs import worst_shapes, write_tuned
+from colo.supervise.tune.inputs import TunedChange, worst_shapes, write_tuned
 
 MIB, GIB = units.MIB, units.GIB
 WORST = (Shape("m", 32, 512),)
@@ -80,7 +83,7 @@ def test_idle_windows_before_the_worst_case_do_not_widen_the_margin() -> None:
 
 
 def test_profiled_worst_case_counts_when_larger_than_the_peak() -> None:
-    p = propose_one(facts(profiled_bytes=1500 * MIB, need_bytes=1500 * MIB, need_source="measured: x"),
+    p = propose_one(facts(profiled_bytes=1500 * MIB, need_bytes=1500 * MIB, need_source=NeedSource.MEASURED),
                     windows([900 * MIB] * 8), TuneSettings())
     assert p.basis_bytes == 1500 * MIB and p.proposed_bytes == 1568 * MIB
 
@@ -88,15 +91,15 @@ def test_profiled_worst_case_counts_when_larger_than_the_peak() -> None:
 def test_never_below_the_worst_case_need_unless_the_history_measured_it() -> None:
     # the worst case never seen, but profiled: the (estimated) need is a floor
     unseen = windows([500 * MIB] * 8, shapes=(Shape("m", 4, 64),))
-    p = propose_one(facts(profiled_bytes=400 * MIB, need_bytes=1200 * MIB, need_source="estimated: e"), unseen,
+    p = propose_one(facts(profiled_bytes=400 * MIB, need_bytes=1200 * MIB, need_source=NeedSource.ESTIMATED), unseen,
                     TuneSettings())
     assert p.proposed_bytes == 1216 * MIB and "need" in p.reason
     # the history served the worst case: the observation outranks an estimate
-    seen = propose_one(facts(need_bytes=1200 * MIB, need_source="estimated: e"), windows([500 * MIB] * 8),
+    seen = propose_one(facts(need_bytes=1200 * MIB, need_source=NeedSource.ESTIMATED), windows([500 * MIB] * 8),
                        TuneSettings())
     assert seen.worst_case_seen and seen.proposed_bytes == 544 * MIB
     # ...but not a measurement
-    measured = propose_one(facts(need_bytes=1200 * MIB, need_source="measured: m"), windows([500 * MIB] * 8),
+    measured = propose_one(facts(need_bytes=1200 * MIB, need_source=NeedSource.MEASURED), windows([500 * MIB] * 8),
                            TuneSettings())
     assert measured.proposed_bytes == 1216 * MIB
 
@@ -141,11 +144,11 @@ def test_report_totals_and_what_freed_memory_buys() -> None:
 
 
 def test_rollback_decision() -> None:
-    assert rollback_limit("tuned", 1 * GIB, 2 * GIB, False) == 2 * GIB
-    assert rollback_limit("policy", 1 * GIB, 2 * GIB, False) is None  # its own OOM under the policy's limit
-    assert rollback_limit("tuned", 1 * GIB, 2 * GIB, True) is None  # already rolled back
-    assert rollback_limit("tuned", 2 * GIB, 1 * GIB, False) is None  # tuning raised it: nothing above to go to
-    assert rollback_limit("tuned", 1 * GIB, None, False) is None
+    assert rollback_limit(LimitSource.TUNED, 1 * GIB, 2 * GIB, False) == 2 * GIB
+    assert rollback_limit(LimitSource.POLICY, 1 * GIB, 2 * GIB, False) is None  # its own OOM under the policy's limit
+    assert rollback_limit(LimitSource.TUNED, 1 * GIB, 2 * GIB, True) is None  # already rolled back
+    assert rollback_limit(LimitSource.TUNED, 2 * GIB, 1 * GIB, False) is None  # tuning raised it: nothing above to go to
+    assert rollback_limit(LimitSource.TUNED, 1 * GIB, None, False) is None
 
 
 CFG = """
@@ -164,21 +167,22 @@ agents:
 def test_tuned_limits_file_feeds_the_plan_and_says_so(tmp_path: Path) -> None:
     cfg = load_config_text(CFG, "t.yaml")
     before = {a.name: a for a in plan_config(cfg, state_dir=tmp_path).plan.agents}
-    assert before["small"].limit_bytes == int(1.5 * GIB) and before["small"].limit_source == "policy"
+    assert before["small"].limit_bytes == int(1.5 * GIB) and before["small"].limit_source is LimitSource.POLICY
     path = StateDirPaths(tmp_path).tuned_limits
     entry = limits_file.TunedEntry(768 * MIB, 700 * MIB, before["small"].limit_bytes, limits_file.agent_key(cfg, "small"),
                              "peak 700 MiB over 9 windows", 1.0)
     limits_file.save(path, {"small": entry, "gone": entry})
     after = {a.name: a for a in plan_config(cfg, state_dir=tmp_path).plan.agents}
-    assert after["small"].limit_bytes == 768 * MIB and after["small"].limit_source == "tuned"
+    assert after["small"].limit_bytes == 768 * MIB and after["small"].limit_source is LimitSource.TUNED
     assert after["small"].requirement_bytes == 700 * MIB
     assert after["small"].requirement_source.startswith("observed: peak 700 MiB")
     assert after["big"] == before["big"]
     # a changed worst case makes the entry stale; a rolled-back entry no longer applies
     bigger = load_config_text(CFG.replace("{memory: 1GiB, batch_size: 32", "{memory: 1GiB, batch_size: 64"), "t.yaml")
-    assert plan_config(bigger, state_dir=tmp_path).plan.agent("small").limit_source == "policy"
+    assert plan_config(bigger, state_dir=tmp_path).plan.agent("small").limit_source is LimitSource.POLICY
     assert limits_file.mark_rolled_back(path, "small", 5.0) is not None
-    assert plan_config(cfg, state_dir=tmp_path).plan.agent("small").limit_bytes == int(1.5 * GIB)
+    rolled = plan_config(cfg, state_dir=tmp_path).plan.agent("small")
+    assert rolled.limit_bytes == int(1.5 * GIB) and rolled.limit_source is LimitSource.ROLLED_BACK
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="tuned limits file"):
         memory_inputs(cfg, inventory_slots(cfg), state_dir=tmp_path)
@@ -197,12 +201,12 @@ def test_write_tuned_keeps_the_first_previous_limit(tmp_path: Path) -> None:
     fs = [facts(agent="small", limit_bytes=int(1.5 * GIB), worst_shapes=worst_shapes(cfg, "small"))]
     hist = windows([700 * MIB] * 8, agent="small", shapes=worst_shapes(cfg, "small"))
     report = propose(fs, hist)
-    written = write_tuned(cfg, tmp_path, report.proposals, now=10.0)
+    written = write_tuned(cfg, tmp_path, TunedChange.accepted(report.proposals), now=10.0)
     assert written["small"].previous_limit_bytes == int(1.5 * GIB) and written["small"].limit_bytes == 768 * MIB
     # tuned again from the tuned limit: the limit to roll back to stays the policy's
-    fs2 = [facts(agent="small", limit_bytes=768 * MIB, limit_source="tuned", worst_shapes=worst_shapes(cfg, "small"))]
-    again = write_tuned(cfg, tmp_path, propose(fs2, windows([500 * MIB] * 8, agent="small",
-                        shapes=worst_shapes(cfg, "small"))).proposals, now=20.0)
+    fs2 = [facts(agent="small", limit_bytes=768 * MIB, limit_source=LimitSource.TUNED, worst_shapes=worst_shapes(cfg, "small"))]
+    again = write_tuned(cfg, tmp_path, TunedChange.accepted(propose(fs2, windows([500 * MIB] * 8, agent="small",
+                        shapes=worst_shapes(cfg, "small"))).proposals), now=20.0)
     assert again["small"].previous_limit_bytes == int(1.5 * GIB) and again["small"].limit_bytes == 544 * MIB
 
 
@@ -255,3 +259,39 @@ def test_parse_duration() -> None:
     for bad in ("", "-1s", "3 parsecs", "d"):
         with pytest.raises(ValueError, match="duration"):
             units.parse_duration(bad)
+
+
+def test_tuned_limits_file_has_one_writer_at_a_time(tmp_path: Path) -> None:
+    """Two writers (two open file descriptions, as two processes have): the second waits for the first's
+    lock, then reads what the first wrote — neither change is lost."""
+    path = StateDirPaths(tmp_path).tuned_limits
+    entry = limits_file.TunedEntry(768 * MIB, 700 * MIB, int(1.5 * GIB), ())
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(entries: dict[str, limits_file.TunedEntry]) -> dict[str, limits_file.TunedEntry]:
+        inside.set()
+        release.wait(10)
+        return {**entries, "a": entry}
+
+    first = threading.Thread(target=lambda: limits_file.update(path, slow))
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=lambda: limits_file.update(path, lambda e: {**e, "b": entry}))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # waiting for the lock
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert sorted(limits_file.load(path)) == ["a", "b"]
+
+
+def test_tuned_change_from_a_request_body_is_checked() -> None:
+    ok = TunedChange("small", 768 * MIB, 700 * MIB, int(1.5 * GIB), LimitSource.POLICY, "peak")
+    assert TunedChange.from_dict(ok.to_dict()) == ok
+    with pytest.raises(ConfigError, match="limit_bytes"):
+        TunedChange.from_dict({**ok.to_dict(), "limit_bytes": "lots"})
+    with pytest.raises(ConfigError, match="current_source"):
+        TunedChange.from_dict({**ok.to_dict(), "current_source": "guess"})
+    with pytest.raises(ConfigError, match="no agent 'ghost'"):
+        write_tuned(load_config_text(CFG, "t.yaml"), Path("/nonexistent"), [replace(ok, agent="ghost")], now=1.0)

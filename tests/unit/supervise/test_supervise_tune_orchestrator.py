@@ -4,13 +4,22 @@ within one poll, an event, nothing else restarted."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from colo.api.app import create_app
+from colo.api.client import ApiClient
+from colo.cli.main import app
 from colo.clock import FakeClock
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.mps.fake import FakeMpsControl
@@ -20,7 +29,7 @@ from colo.launch.runner import FakeRunner
 from colo.spec import load_config_text
 from colo.spec.config import ColoConfig, HealthCheck
 from colo.supervise.orchestrator import Orchestrator
-from colo.supervise.snapshots import EventKind, Shape
+from colo.supervise.snapshots import EventKind, Shape, UsageSample
 from colo.supervise.state import AgentState
 from colo.supervise.tune import limits_file
 from colo.units import GIB, MIB
@@ -111,7 +120,7 @@ def test_a_tuned_limit_that_runs_out_of_memory_is_rolled_back_alone(state: Path)
                                               "peak 600 MiB", 1.0)})
     w = World(state)
     orch = w.up(cfg)
-    assert orch.current_plan().agent("hog").limit_source == "tuned"
+    assert orch.snapshot().plan.agent("hog").limit_source == "tuned"
     assert orch.status("hog").limit_bytes == 640 * MIB
     ok_pid, hog_pid = orch.status("ok").pid, orch.status("hog").pid
     with open(state / "logs" / "hog.log", "a") as fh:
@@ -119,7 +128,7 @@ def test_a_tuned_limit_that_runs_out_of_memory_is_rolled_back_alone(state: Path)
     w.run(orch, 0.5)  # one tick: the log is read, the rollback decided and the restart begun
     rolled = [e for e in orch.events() if e.kind == EventKind.ROLLED_BACK]
     assert [e.agent for e in rolled] == ["hog"] and "1.5 GiB" in rolled[0].message
-    assert orch.current_plan().agent("hog").limit_source == "rolled back"
+    assert orch.snapshot().plan.agent("hog").limit_source == "rolled back"
     w.run(orch, 5)
     assert orch.status("hog").state == AgentState.RUNNING and orch.status("hog").pid != hog_pid
     assert orch.status("hog").limit_bytes == int(1.5 * GIB)
@@ -179,4 +188,59 @@ def test_a_tuned_agent_that_dies_of_out_of_memory_is_rolled_back(state: Path) ->
     assert [e.agent for e in orch.events() if e.kind == EventKind.ROLLED_BACK] == ["hog"]
     w.run(orch, 5)
     assert orch.status("hog").limit_bytes == int(1.5 * GIB) and orch.status("hog").state == AgentState.RUNNING
+    orch.down()
+
+
+BERT = "google/bert_uncased_L-2_H-128_A-2"
+TUNE_CFG = f"""
+version: 1
+gpus: [{{memory: 10GiB}}]
+policy: {{history_window: 10s}}
+models:
+  {BERT}: {{memory: 1GiB, batch_size: 32, max_seq_len: 512}}
+agents:
+  hog: {{models: [{BERT}], command: [bin-hog], margin: 0.5GiB, health: {{type: none, start_secs: 1}}}}
+  calm: {{models: [{BERT}], port: 9301, margin: 0.5GiB}}
+"""
+
+
+def test_tune_apply_while_a_limit_rolls_back_keeps_both(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`colo tune --apply` asks the running orchestrator (the tuned-limits file's one writer) while that
+    orchestrator rolls another agent's tuned limit back: both changes end up in the file and in the plan."""
+    cfg_path = tmp_path / "colo.yaml"
+    cfg_path.write_text(TUNE_CFG)
+    cfg = load_config_text(TUNE_CFG, "colo.yaml")
+    path = state / "tuned_limits.json"
+    limits_file.update(path, lambda e: {"hog": limits_file.TunedEntry(
+        640 * MIB, 600 * MIB, int(1.5 * GIB), limits_file.agent_key(cfg, "hog"), "peak 600 MiB", 1.0)})
+    w = World(state)
+    orch = w.up(cfg)
+    now = time.time()
+    worst = (Shape(BERT, 32, 512, 0),)
+    orch.store.add_usage(  # calm's history: 20 windows at 700 MiB, its worst case served
+        [UsageSample("calm", now - 300 + 10 * i, now - 290 + 10 * i, 700 * MIB, int(1.5 * GIB), 5, "local:0", worst, 0, 4)
+         for i in range(20)], keep_after=0.0, max_rows=1000,
+    )
+    client = TestClient(create_app(orch, token="tok"))
+    monkeypatch.setattr("colo.cli.run_cmd.orchestrator_client", lambda sd, **kw: ApiClient("http://testserver", "tok", client=client))
+    done: list[Any] = []
+    tune = threading.Thread(target=lambda: done.append(
+        CliRunner().invoke(app, ["tune", str(cfg_path), "--state-dir", str(state), "--apply", "--json"])))
+    with open(state / "logs" / "hog.log", "a") as fh:
+        fh.write("torch.OutOfMemoryError: CUDA out of memory.\n")
+    tune.start()
+    w.run(orch, 0.5)  # the rollback, while the tune is on its way
+    tune.join(60)
+    assert done and done[0].exit_code == 0, done[0].output if done else "colo tune did not finish"
+    assert json.loads(done[0].stdout)["tuned"] == ["calm"]
+    entries = limits_file.load(path)
+    assert entries["hog"].rolled_back_at is not None  # the rollback was kept
+    assert entries["calm"].limit_bytes == 768 * MIB and entries["calm"].previous_limit_bytes == int(1.5 * GIB)
+    plan = orch.snapshot().plan
+    assert plan is not None
+    assert (plan.agent("hog").limit_source, plan.agent("calm").limit_source) == ("rolled back", "tuned")
+    w.run(orch, 5)
+    assert orch.status("hog").limit_bytes == int(1.5 * GIB) and orch.status("calm").limit_bytes == 768 * MIB
     orch.down()

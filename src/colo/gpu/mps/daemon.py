@@ -133,10 +133,6 @@ class MpsDaemon:
                 return p.pid
         return None
 
-    def is_running(self) -> bool:
-        """A control daemon process exists for this pipe dir (it may still not answer: see healthy)."""
-        return self.control_pid() is not None
-
     def send(self, command: str, *, timeout_secs: float | None = None) -> str:
         """One command to this daemon; its reply. Raises MpsError."""
         return self.control.send(

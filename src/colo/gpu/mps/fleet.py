@@ -1,19 +1,18 @@
-"""One MPS control daemon per GPU under one :class:`~colo.gpu.mps.root.MpsRoot`: start, stop, status together.
-
-Raises: MpsError (exit 2), naming the GPUs whose daemon failed.
+"""One MPS control daemon per GPU under one :class:`~colo.gpu.mps.root.MpsRoot`: the daemons, their status,
+and the daemons here that are not colo's. Starting and stopping them (and the record of which ones colo
+started) is ``colo.supervise.fleet.NodeFleet``'s job.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from colo.errors import MpsError
 from colo.gpu.mps.control import MpsControl, MpsProcess, SubprocessMpsControl
-from colo.gpu.mps.daemon import MpsDaemon, MpsDefaults
-from colo.gpu.mps.replies import DaemonStatus, StopResult
+from colo.gpu.mps.daemon import MpsDaemon
+from colo.gpu.mps.replies import DaemonStatus
 from colo.gpu.mps.root import MpsRoot
 
 
@@ -52,24 +51,6 @@ class MpsFleet:
         """Leave GPU ``uuid`` out of the fleet (nothing is stopped: stop its daemon first)."""
         self._daemons.pop(uuid, None)
         self.gpu_uuids = [u for u in self.gpu_uuids if u != uuid]
-
-    def start_all(self, defaults_by_uuid: Mapping[str, MpsDefaults] | None = None) -> dict[str, bool]:
-        """Start (or adopt) every GPU's daemon; True where one was started. Raises MpsError (the first)."""
-        defaults_by_uuid = defaults_by_uuid or {}
-        return {u: d.start(defaults_by_uuid.get(u)) for u, d in self._daemons.items()}
-
-    def stop_all(self, timeout_secs: float = 10.0) -> dict[str, StopResult]:
-        """Stop every GPU's daemon. Raises MpsError after trying all of them, naming those that failed."""
-        results: dict[str, StopResult] = {}
-        errors: list[str] = []
-        for u, d in self._daemons.items():
-            try:
-                results[u] = d.stop(timeout_secs)
-            except MpsError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise MpsError("; ".join(errors))
-        return results
 
     def statuses(self) -> list[DaemonStatus]:
         return [d.status() for d in self._daemons.values()]

@@ -36,10 +36,12 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from colo import units
 from colo.memory.allocator import LARGE_SEGMENT_BYTES
+from colo.plan.types import LimitSource
 from colo.supervise.snapshots import Shape, UsageSample
 
 ALLOCATOR_GRANULE_BYTES = 2 * LARGE_SEGMENT_BYTES
@@ -51,12 +53,22 @@ MIN_WINDOWS = 6
 MIN_SECS = 60.0
 
 
+class NeedSource(StrEnum):
+    """Where an agent's worst-case need comes from: ``colo profile``'s measurement, colo's estimate, or
+    nowhere (unknown)."""
+
+    NONE = "none"
+    MEASURED = "measured"
+    ESTIMATED = "estimated"
+
+
 @dataclass(frozen=True)
 class AgentFacts:
     """What is known about one placed agent besides its history.
 
     ``worst_shapes``: each model's worst-case request (empty for a command agent, which reports no shapes).
-    ``need_bytes``: its worst case's need by the model database (measured or estimated; None: unknown).
+    ``need_bytes``: its worst case's need by the model database (measured or estimated, ``need_source``, with
+    ``need_detail`` saying from what; None: unknown).
     ``profiled_bytes``: the measured figure (``colo profile``), None when not measured.
     ``failed_limit_bytes``: a tuned limit it ran out of memory under (rolled back), if any.
     """
@@ -65,10 +77,11 @@ class AgentFacts:
     gpu: str  # label, e.g. "gpu0"
     gpu_key: str  # "local:0"
     limit_bytes: int
-    limit_source: str = "policy"
+    limit_source: LimitSource = LimitSource.POLICY
     worst_shapes: tuple[Shape, ...] = ()
     need_bytes: int | None = None
-    need_source: str = ""
+    need_source: NeedSource = NeedSource.NONE
+    need_detail: str = ""
     profiled_bytes: int | None = None
     failed_limit_bytes: int | None = None
 
@@ -90,7 +103,7 @@ class Proposal:
     agent: str
     gpu: str
     current_bytes: int
-    current_source: str
+    current_source: LimitSource
     windows: int
     span_secs: float
     observed_peak_bytes: int | None
@@ -129,7 +142,7 @@ class Proposal:
             "agent": self.agent,
             "gpu": self.gpu,
             "current_bytes": self.current_bytes,
-            "current_source": self.current_source,
+            "current_source": self.current_source.value,
             "windows": self.windows,
             "span_secs": round(self.span_secs, 1),
             "observed_peak_bytes": self.observed_peak_bytes,
@@ -255,7 +268,7 @@ def propose_one(facts: AgentFacts, samples: Sequence[UsageSample], settings: Tun
     # The need is a floor when it was measured, or when the history never showed the worst case; a window at
     # the worst-case shape is itself a measurement of that need (NVML, like `colo profile`) and outranks an
     # estimate.
-    measured_need = facts.need_source.startswith("measured")
+    measured_need = facts.need_source is NeedSource.MEASURED
     need = (facts.need_bytes or 0) if (measured_need or not seen) else 0
     floor = max(need, failed)
     proposed = units.round_up(max(basis + margin, floor), settings.round_to_bytes)
@@ -303,11 +316,11 @@ def propose(
 
 
 def rollback_limit(
-    limit_source: str, current_bytes: int, previous_bytes: int | None, rolled_back: bool
+    limit_source: LimitSource, current_bytes: int, previous_bytes: int | None, rolled_back: bool
 ) -> int | None:
     """The limit to restore for an agent that just ran out of memory: its limit before tuning, when its
     current limit is a tuned one (not already rolled back) below that; else None — nothing to roll back, the
     out-of-memory error is the agent's own under the policy's limit (or under a limit tuning raised)."""
-    if limit_source != "tuned" or rolled_back or previous_bytes is None or previous_bytes <= current_bytes:
+    if limit_source is not LimitSource.TUNED or rolled_back or previous_bytes is None or previous_bytes <= current_bytes:
         return None
     return previous_bytes

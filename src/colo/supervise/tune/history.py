@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from colo.clock import Clock
 from colo.errors import ColoError
+from colo.spec.config import Policy
 from colo.supervise.snapshots import Shape, UsageSample
 from colo.supervise.store import Store
 
@@ -60,6 +61,14 @@ class UsageRecorder:
     _open: dict[str, _Window] = field(default_factory=dict)
     _start_wall: float | None = None
     _due: float | None = None
+
+    @classmethod
+    def for_policy(cls, store: Store, clock: Clock, policy: Policy) -> UsageRecorder:
+        """A recorder with ``policy``'s window, retention and row cap (``policy.history_*``)."""
+        return cls(
+            store, clock, window_secs=policy.history_window_secs, retention_secs=policy.history_retention_secs,
+            max_rows=policy.history_max_rows,
+        )
 
     def note(
         self,

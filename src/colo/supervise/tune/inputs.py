@@ -1,6 +1,9 @@
 """What ``colo tune`` reads before the pure proposal (:mod:`colo.supervise.tune.formula`): the plan of the config
 (with the tuned limits now in force), the model database's worst-case figures, the tuned-limits file and
-the usage history of the state dir; and :func:`write_tuned`, which records accepted proposals.
+the usage history of the state dir; and what ``colo tune --apply`` records: :class:`TunedChange` (one
+accepted proposal, also what it sends to a running orchestrator's ``POST /tune``) and :func:`write_tuned`
+(under the tuned-limits file's lock: the running orchestrator calls it, or ``colo tune --apply`` when none
+runs).
 """
 
 from __future__ import annotations
@@ -8,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from colo.errors import ColoError, SupervisorError
+from colo.errors import ColoError, ConfigError, SupervisorError
 from colo.memory.db import ModelDB
 from colo.memory.resolve import AgentMemory, agent_memory_for_plan
 from colo.memory.worst_case import agent_requests
-from colo.plan.types import AgentPlan
+from colo.plan.types import AgentPlan, LimitSource
 from colo.spec.config import ColoConfig
 from colo.supervise import planning
 from colo.supervise.planning import NodePlan
@@ -21,7 +25,10 @@ from colo.supervise.snapshots import Shape, UsageSample
 from colo.supervise.statedir import StateDirPaths
 from colo.supervise.store import Store
 from colo.supervise.tune import limits_file
-from colo.supervise.tune.formula import TUNE_ROUND_BYTES, AgentFacts, Proposal, TuneSettings
+from colo.supervise.tune.formula import TUNE_ROUND_BYTES, AgentFacts, NeedSource, Proposal, TuneSettings
+
+#: The model database's sources that give a worst case's need.
+NEED_SOURCES = {"measured": NeedSource.MEASURED, "estimated": NeedSource.ESTIMATED}
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,8 @@ def agent_facts(
     for ap in placed:
         assert ap.gpu is not None
         need = needs.get(ap.name)
-        known = need is not None and need.source in ("measured", "estimated")
+        source = NEED_SOURCES.get(need.source, NeedSource.NONE) if need is not None else NeedSource.NONE
+        known = need is not None and source is not NeedSource.NONE
         entry = entries.get(ap.name)
         failed = entry.limit_bytes if entry is not None and entry.rolled_back_at is not None else None
         out.append(
@@ -69,8 +77,9 @@ def agent_facts(
                 limit_source=ap.limit_source,
                 worst_shapes=worst_shapes(config, ap.name),
                 need_bytes=need.requirement_bytes if known and need is not None else None,
-                need_source=f"{need.source}: {need.detail}" if known and need is not None else "",
-                profiled_bytes=need.requirement_bytes if need is not None and need.source == "measured" else None,
+                need_source=source,
+                need_detail=need.detail if known and need is not None else "",
+                profiled_bytes=need.requirement_bytes if need is not None and source is NeedSource.MEASURED else None,
                 failed_limit_bytes=failed,
             )
         )
@@ -102,29 +111,89 @@ def gather(config: ColoConfig, state_dir: Path, *, since_wall: float, store: Sto
     return TuneInputs(planned, facts, samples, settings, Path(state_dir))
 
 
-def write_tuned(
-    config: ColoConfig, state_dir: Path, proposals: Sequence[Proposal], *, now: float
-) -> dict[str, limits_file.TunedEntry]:
-    """Record every trusted proposal that changes a limit in ``<state_dir>/tuned_limits.json`` (atomically);
-    other agents' entries stay. Returns the new entries. The previous limit kept is the one in force before
-    the first tuning (so a rollback always returns to a limit the agent ran under)."""
-    path = StateDirPaths(state_dir).tuned_limits
-    entries = limits_file.load(path)
-    new: dict[str, limits_file.TunedEntry] = {}
-    for p in proposals:
-        if not p.changes or p.proposed_bytes is None or p.basis_bytes is None:
-            continue
-        old = entries.get(p.agent)
-        keep_previous = old is not None and old.rolled_back_at is None and p.current_source == "tuned"
-        previous = old.previous_limit_bytes if keep_previous and old is not None else p.current_bytes
-        new[p.agent] = limits_file.TunedEntry(
-            limit_bytes=p.proposed_bytes,
-            basis_bytes=p.basis_bytes,
-            previous_limit_bytes=previous,
-            key=limits_file.agent_key(config, p.agent),
-            detail=p.detail(),
-            tuned_at=now,
+@dataclass(frozen=True)
+class TunedChange:
+    """One accepted proposal to record: the agent's new limit and its basis, the limit in force when it was
+    proposed (and where that came from), and how it was derived (``detail``)."""
+
+    agent: str
+    limit_bytes: int
+    basis_bytes: int
+    current_bytes: int
+    current_source: LimitSource
+    detail: str
+
+    @staticmethod
+    def accepted(proposals: Sequence[Proposal]) -> tuple[TunedChange, ...]:
+        """The trusted proposals that change a limit."""
+        return tuple(
+            TunedChange(p.agent, p.proposed_bytes, p.basis_bytes, p.current_bytes, p.current_source, p.detail())
+            for p in proposals
+            if p.changes and p.proposed_bytes is not None and p.basis_bytes is not None
         )
-    if new:
-        limits_file.save(path, {**entries, **new})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent, "limit_bytes": self.limit_bytes, "basis_bytes": self.basis_bytes,
+            "current_bytes": self.current_bytes, "current_source": self.current_source.value, "detail": self.detail,
+        }
+
+    @staticmethod
+    def from_dict(d: Any, source: str = "<request body>") -> TunedChange:
+        """Raises ConfigError naming the field that is missing or of the wrong kind."""
+        if not isinstance(d, Mapping):
+            raise ConfigError("a tuned change must be an object", source=source)
+        sizes = ("limit_bytes", "basis_bytes", "current_bytes")
+        for key in sizes:
+            if not isinstance(d.get(key), int) or isinstance(d.get(key), bool) or d[key] <= 0:
+                raise ConfigError(f"{key}: {d.get(key)!r} is not a positive number of bytes", source=source, field=key)
+        if not isinstance(d.get("agent"), str) or not d["agent"]:
+            raise ConfigError(f"agent: {d.get('agent')!r} is not an agent name", source=source, field="agent")
+        if not isinstance(d.get("detail", ""), str):
+            raise ConfigError(f"detail: {d['detail']!r} is not text", source=source, field="detail")
+        try:
+            current = LimitSource(str(d.get("current_source")))
+        except ValueError as exc:
+            raise ConfigError(
+                f"current_source: {d.get('current_source')!r} is not one of "
+                + ", ".join(s.value for s in LimitSource), source=source, field="current_source",
+            ) from exc
+        return TunedChange(
+            d["agent"], d["limit_bytes"], d["basis_bytes"], d["current_bytes"], current, d.get("detail", "")
+        )
+
+
+def write_tuned(
+    config: ColoConfig, state_dir: Path, changes: Sequence[TunedChange], *, now: float
+) -> dict[str, limits_file.TunedEntry]:
+    """Record ``changes`` in ``<state_dir>/tuned_limits.json`` — read, changed and written under the file's
+    lock, so a rollback the orchestrator records at the same time is kept; other agents' entries stay.
+    Returns the new entries. The previous limit kept is the one in force before the first tuning (so a
+    rollback always returns to a limit the agent ran under). Raises ConfigError (a corrupt file; an agent
+    ``config`` does not have)."""
+    unknown = [c.agent for c in changes if c.agent not in config.agents]
+    if unknown:
+        raise ConfigError(
+            f"no agent {', '.join(map(repr, unknown))} in the configuration in force",
+            hint="tune with the colo.yaml the agents run with",
+        )
+    new: dict[str, limits_file.TunedEntry] = {}
+
+    def change(entries: dict[str, limits_file.TunedEntry]) -> dict[str, limits_file.TunedEntry]:
+        for c in changes:
+            old = entries.get(c.agent)
+            keep_previous = old is not None and old.rolled_back_at is None and c.current_source is LimitSource.TUNED
+            previous = old.previous_limit_bytes if keep_previous and old is not None else c.current_bytes
+            new[c.agent] = limits_file.TunedEntry(
+                limit_bytes=c.limit_bytes,
+                basis_bytes=c.basis_bytes,
+                previous_limit_bytes=previous,
+                key=limits_file.agent_key(config, c.agent),
+                detail=c.detail,
+                tuned_at=now,
+            )
+        return {**entries, **new}
+
+    if changes:
+        limits_file.update(StateDirPaths(state_dir).tuned_limits, change)
     return new

@@ -1,6 +1,5 @@
-"""Where tuned limits live: ``<state_dir>/tuned_limits.json``, written atomically by ``colo tune --apply``
-and by the orchestrator's rollback, read by every plan of that state dir (``colo plan``, ``up``, ``apply``)
-through :func:`colo.supervise.planning.memory_inputs`::
+"""Where tuned limits live: ``<state_dir>/tuned_limits.json``, read by every plan of that state dir (``colo
+plan``, ``up``, ``apply``) through :func:`colo.supervise.planning.memory_inputs`::
 
     {"version": 1,
      "agents": {"analyst": {"limit_bytes": 1207959552, "basis_bytes": 1100000000,
@@ -11,12 +10,20 @@ through :func:`colo.supervise.planning.memory_inputs`::
 An entry applies only while the agent's models and their worst-case shapes (``key``) are what they were when
 it was tuned, and until it is rolled back (``rolled_back_at`` set: the agent ran out of memory under it, the
 plan uses requirement + margin again). Delete the file (or an entry) to return to the policy's limits.
+
+One writer at a time: every change is a read-modify-write inside :func:`update`, which holds an exclusive
+``fcntl`` lock on ``tuned_limits.json.lock`` beside the file. The running orchestrator is the file's writer (a
+rollback, and ``colo tune --apply`` through its API); ``colo tune --apply`` without a running orchestrator
+writes under the same lock, so neither can lose the other's change.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -89,31 +96,67 @@ def load(path: Path) -> dict[str, TunedEntry]:
         ) from exc
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file beside ``path``: ``tuned_limits.json.lock``."""
+    return Path(path).with_name(Path(path).name + ".lock")
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the tuned-limits file's exclusive lock (blocks while another process holds it). Raises
+    ConfigError when the lock file cannot be opened (an unwritable state dir)."""
+    lock = lock_path(path)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot lock the tuned limits file: {exc.strerror or exc}", source=str(lock),
+            hint="run as the user that runs colo, or check the state dir's permissions",
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def update(
+    path: Path, change: Callable[[dict[str, TunedEntry]], Mapping[str, TunedEntry]]
+) -> dict[str, TunedEntry]:
+    """Read the file, let ``change`` return the entries to write (it gets a copy of what is there), and write
+    them — all under :func:`locked`. Returns what was written. Raises ConfigError (a corrupt file: nothing is
+    written)."""
+    with locked(path):
+        entries = dict(change(load(path)))
+        save(path, entries)
+        return entries
+
+
 def save(path: Path, entries: Mapping[str, TunedEntry]) -> None:
-    """Write ``entries`` atomically (the whole file)."""
+    """Write ``entries`` atomically (the whole file). Writers go through :func:`update` (the lock)."""
     body = {"version": VERSION, "agents": {n: e.to_dict() for n, e in sorted(entries.items())}}
     write_atomic(path, json.dumps(body, indent=2) + "\n")
 
 
 def applicable(config: ColoConfig, entries: Mapping[str, TunedEntry]) -> dict[str, TunedLimit]:
     """The tuned limits the planner uses: entries of agents still in ``config`` with the same models and
-    worst-case shapes, not rolled back."""
+    worst-case shapes; a rolled-back one says so (the planner keeps the policy's limit for it)."""
     out: dict[str, TunedLimit] = {}
     for name, e in entries.items():
-        if name not in config.agents or e.rolled_back_at is not None:
+        if name not in config.agents or e.key != agent_key(config, name):
             continue
-        if e.key != agent_key(config, name):
-            continue
-        out[name] = TunedLimit(name, e.limit_bytes, e.basis_bytes, e.detail)
+        out[name] = TunedLimit(name, e.limit_bytes, e.basis_bytes, e.detail, rolled_back=e.rolled_back_at is not None)
     return out
 
 
 def mark_rolled_back(path: Path, agent: str, when: float) -> TunedEntry | None:
-    """Record that ``agent``'s tuned limit was rolled back (at wall time ``when``); returns its entry."""
-    entries = load(path)
-    e = entries.get(agent)
-    if e is None:
-        return None
-    entries[agent] = replace(e, rolled_back_at=when)
-    save(path, entries)
-    return entries[agent]
+    """Record that ``agent``'s tuned limit was rolled back (at wall time ``when``), under the lock; returns
+    its entry (None: it has none)."""
+
+    def change(entries: dict[str, TunedEntry]) -> dict[str, TunedEntry]:
+        if agent in entries:
+            entries[agent] = replace(entries[agent], rolled_back_at=when)
+        return entries
+
+    return update(path, change).get(agent)

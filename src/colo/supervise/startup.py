@@ -1,0 +1,90 @@
+"""The parts ``colo up`` puts together before the loop runs: the MPS fleet of the GPUs the plan runs MPS on
+(started, or adopted after an orchestrator restart, following the plan through :class:`MpsSwitch`), the one
+GPU reading (:class:`~colo.supervise.publish.Publisher`), and the supervisor that watches the agents, their
+MPS daemons and their memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from colo.clock import Clock
+from colo.errors import ColoError
+from colo.gpu.mps.control import MpsControl
+from colo.gpu.mps.root import MpsRoot
+from colo.gpu.nvml import GpuBackend
+from colo.gpu.poller import GpuPoller
+from colo.launch.health import Probe
+from colo.launch.runner import Runner
+from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, NodeFleet
+from colo.supervise.logs import AgentLogs
+from colo.supervise.mps_switch import MpsSwitch
+from colo.supervise.publish import Publisher
+from colo.supervise.recovery.mps_hooks import FleetHooks
+from colo.supervise.store import Store
+from colo.supervise.supervisor import Supervisor
+from colo.supervise.tune.history import UsageRecorder
+
+
+def start_mps(
+    state_root: Path,
+    store: Store,
+    control: MpsControl | None,
+    mps_uuids: Sequence[str],
+    on_gpus: Sequence[str],
+    hooks: Callable[[], FleetHooks | None],
+) -> tuple[MpsSwitch, list[str], list[str]]:
+    """Start (or adopt) the daemon of each GPU in ``mps_uuids``; returns the switch that keeps the fleet in
+    step with later plans (``on_gpus``: every GPU of this node with agents; a GPU an earlier orchestrator ran
+    MPS on and this plan does not is retired), and the GPUs whose daemon was started and adopted. The fleet
+    exists even when no GPU runs MPS yet: an apply that places a second agent on a GPU (``policy.mps:
+    auto``) takes that GPU into it. Raises MpsError (the daemons started before are stopped again)."""
+    fleet = NodeFleet(state_root, mps_uuids, control, store)
+    switch = MpsSwitch(fleet, hooks=hooks)
+    try:
+        started, adopted = fleet.start_all()
+    except ColoError:
+        with contextlib.suppress(ColoError):
+            fleet.stop_started()
+        raise
+    switch.keep_leftovers(mps_uuids, on_gpus)
+    return switch, started, adopted
+
+
+def publisher_for(backend: GpuBackend | None, fleet: NodeFleet | None, state_root: Path, clock: Clock) -> Publisher:
+    """The node's one GPU reader (NVML and the fleet's daemons); without NVML there is no GPU reading."""
+    if backend is None:
+        return Publisher(None, clock)
+    root = fleet.root if fleet is not None else MpsRoot.under_state_dir(state_root)
+    control = fleet.control if fleet is not None else None
+    return Publisher(GpuPoller(backend, root, control, command_timeout_secs=MPS_COMMAND_TIMEOUT_SECS), clock)
+
+
+def supervisor_for(
+    runner: Runner,
+    probe: Probe,
+    clock: Clock,
+    store: Store,
+    logs: AgentLogs,
+    fleet: NodeFleet | None,
+    published: Publisher,
+    *,
+    fault_wait_secs: float,
+    usage: UsageRecorder,
+) -> Supervisor:
+    """The supervisor of this node's agents: MPS faults watched on ``fleet``'s GPUs (FAULT read from the GPU
+    reading when there is one, else asked of the daemons), each agent's GPU memory from the reading."""
+    reading = published.reading if published.poller is not None else None
+    return Supervisor(
+        runner=runner,
+        probe=probe,
+        clock=clock,
+        store=store,
+        logs=logs,
+        mps=FleetHooks(fleet.mps, reading, clock=clock) if fleet is not None else None,
+        gpu_memory=published.tree_memory if reading is not None else None,
+        fault_wait_secs=fault_wait_secs,
+        usage=usage,
+    )
