@@ -336,3 +336,24 @@ def test_the_probe_never_waits_for_its_query_and_a_stuck_one_counts_as_unanswere
     finally:
         release.set()
         probe.close()
+
+
+def test_gpu_info_and_colo_status_show_each_agents_membership(tmp_path: Path) -> None:
+    from colo.api.gpu_view import gpu_info_document
+    from colo.cli.run_cmd import _mps_cell
+
+    g = Gpu0(tmp_path)
+    g.plain = {"b"}
+    g.run(1.0)
+    snap = g.orch.snapshot()
+    doc = gpu_info_document(snap.gpu, snap.agents)
+    (gpu0,) = [x for x in doc["gpus"] if x["uuid"] == uuid(0)]
+    by_agent = {row["agent"]: row for row in gpu0["agents_mps"]}
+    assert gpu0["agents"] == ["a", "b"]
+    assert by_agent["a"]["mps_planned"] is True and by_agent["a"]["mps_client"] is True
+    assert by_agent["b"]["mps_client"] is False
+    cells = {s.name: _mps_cell(s.to_dict()) for s in snap.agents}
+    assert cells["a"] == "M+C" and "not MPS" in cells["b"]
+    assert _mps_cell({"mps_planned": True, "mps_client": None}) == "?"
+    assert _mps_cell({"mps_planned": False, "mps_client": None}) == "off"
+    g.orch.down()
