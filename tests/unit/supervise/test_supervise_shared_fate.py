@@ -357,3 +357,23 @@ def test_gpu_info_and_colo_status_show_each_agents_membership(tmp_path: Path) ->
     assert _mps_cell({"mps_planned": True, "mps_client": None}) == "?"
     assert _mps_cell({"mps_planned": False, "mps_client": None}) == "off"
     g.orch.down()
+
+
+def test_a_failed_mps_process_query_makes_membership_unknown_not_false() -> None:
+    """If NVML's MPS list cannot be read, every process would look like a plain context: colo must not judge."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gpu"))
+    from test_gpu_nvml import fake_pynvml, ident
+
+    from colo.gpu.nvml import NvmlBackend
+
+    mod = fake_pynvml()
+
+    def broken(h: int) -> list[object]:
+        raise RuntimeError("NVML_ERROR_INSUFFICIENT_SIZE")
+
+    mod.nvmlDeviceGetMPSComputeRunningProcesses = broken
+    rows = NvmlBackend(mod, identify=ident).processes()
+    assert rows and all(r.mps_known is False for r in rows)
+    assert all(r.mps_known for r in NvmlBackend(fake_pynvml(), identify=ident).processes())

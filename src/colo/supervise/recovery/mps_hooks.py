@@ -236,6 +236,8 @@ class FleetHooks:
         self._processes_seen = state
         out: dict[int, tuple[str, bool]] = {}
         for row in state.info.get("processes", []):
+            if row.get("mps_known") is False:
+                continue  # NVML's MPS list failed on that GPU: its rows say nothing about membership
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 out[int(row["pid"])] = (str(row["gpu_uuid"]), bool(row["is_mps_client"]))
         return out
