@@ -34,6 +34,7 @@ from colo.supervise.recovery.mps_recovery import (
     MpsFault,
     MpsHooks,
     Recoveries,
+    RecoveryPhase,
     RecoveryRecord,
     RecoveryTrigger,
 )
@@ -344,14 +345,23 @@ class Supervisor:
         self.recoveries.begin(fault, culprit, on_gpu, self._retiring, now)
 
     def _note_exit(self, agent: Agent, now: float) -> None:
-        """An agent that lost its CUDA context (exit code 4) while serving: its GPU's MPS is looked at."""
+        """An agent that lost its CUDA context (exit code 4) while serving: its GPU's MPS is looked at. One
+        relaunched by its GPU's recovery that loses it again: a failure during that recovery (its new server
+        died before colo's reading listed it), so the recovery starts over."""
         uuid = agent.setup.launch.gpu_uuid
         status = agent.last_exit
         if status is None or status.code != EXIT_CONTEXT_LOST or self.mps is None or not uuid:
             return
         if not agent.setup.launch.mps_client:
             return  # its GPU runs without MPS: the agent's own loss, it restarts by its policy
-        if agent.hold or self.shutting_down or uuid in self.recoveries:
+        if agent.hold or self.shutting_down:
+            return
+        rec = self.recoveries.get(uuid)
+        if rec is not None:
+            if rec.phase == RecoveryPhase.RELAUNCHING:
+                detail = f"{agent.name} lost its new CUDA context (exit code {EXIT_CONTEXT_LOST}) while relaunching"
+                fault = MpsFault(uuid, detail, trigger=RecoveryTrigger.CLIENT_RPC_FAILURE)
+                self.recoveries.refault(fault, self.agents_on(uuid), self._retiring, now)
             return
         self._lost.setdefault(uuid, (agent.name, now))
 

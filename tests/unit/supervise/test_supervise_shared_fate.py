@@ -377,3 +377,29 @@ def test_a_failed_mps_process_query_makes_membership_unknown_not_false() -> None
     rows = NvmlBackend(mod, identify=ident).processes()
     assert rows and all(r.mps_known is False for r in rows)
     assert all(r.mps_known for r in NvmlBackend(fake_pynvml(), identify=ident).processes())
+
+
+def test_a_relaunched_agent_losing_its_context_again_restarts_the_recovery(tmp_path: Path) -> None:
+    """The new server died before any reading listed it: the relaunched agents' own exits (code 4) say so."""
+    from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
+
+    g = Gpu0(tmp_path)
+    g.w.mps.kill_server(g.pipe0)
+    sup = g.orch.supervisor
+    assert sup is not None
+    for _ in range(20):
+        g.run(TICK_SECS, connect=False)
+        rec = sup.recoveries.get(uuid(0))
+        if rec is not None and rec.phase == RecoveryPhase.RELAUNCHING:
+            break
+    rec = sup.recoveries.get(uuid(0))
+    assert rec is not None and rec.phase == RecoveryPhase.RELAUNCHING
+    g.w.runner.exit(g.pid("a"), code=EXIT_CONTEXT_LOST)
+    g.run(TICK_SECS, connect=False)
+    assert rec.refaults == 1
+    assert any("lost its new CUDA context" in e.message for e in g.orch.events())
+    g.run(5)
+    (done,) = g.orch.recoveries()
+    assert done.ok and done.refaults == 1
+    g.all_running_under_mps()
+    g.orch.down()
