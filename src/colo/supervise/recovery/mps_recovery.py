@@ -27,9 +27,10 @@ and :meth:`Recoveries.begin` starts the same phases for that GPU (agents on othe
 recovers only the agents that differ (``Recovery.only``); any other failure widens it to the whole GPU.
 
 Triggers (:class:`RecoveryTrigger`): the server says FAULT (:meth:`MpsHooks.faults`, once a second); the server
-process died or the control daemon died or stopped answering (:meth:`MpsHooks.deaths`, every tick: process
-liveness is cheap); an agent lost its CUDA context (exit code ``EXIT_CONTEXT_LOST``) while that GPU's MPS no
-longer looks healthy (:meth:`MpsHooks.healthy`, asked at once); an agent's log shows an MPS error. Adding one:
+process died or the control daemon died (:meth:`MpsHooks.deaths`, every tick: process liveness is cheap); a
+server or the daemon is hung (stopped, or the daemon does not answer: the probe, also in ``deaths``); an
+agent's process is not what its plan says (the supervisor, at every GPU reading); an agent lost its CUDA
+context (exit code ``EXIT_CONTEXT_LOST``) while that GPU's MPS no longer looks healthy (:meth:`MpsHooks.healthy`, asked at once); an agent's log shows an MPS error. Adding one:
 a member here, a place that reports it as a :class:`MpsFault`, and — when the daemon must be restored as soon
 as the agents are stopped rather than after ``fault_wait_secs`` — an entry in :data:`RESTORE_DAEMON_AT_ONCE`.
 The phases do not change. ``docs/states.md`` draws this machine.
@@ -88,7 +89,7 @@ class RecoveryTrigger(StrEnum):
     SERVER_FAULT = "server_fault"  # get_server_status <pid> answered FAULT
     CLIENT_MPS_ERROR = "client_mps_error"  # an agent's log showed an MPS error (it died of it)
     SERVER_DIED = "server_died"  # a server process colo saw on the GPU is gone while agents used it
-    DAEMON_DIED = "daemon_died"  # the GPU's control daemon process is gone (or stopped answering)
+    DAEMON_DIED = "daemon_died"  # the GPU's control daemon process is gone
     CLIENT_RPC_FAILURE = "client_rpc_failure"  # an agent lost its CUDA context and the GPU's MPS is unhealthy
     SERVER_HUNG = "server_hung"  # a server process is stopped (state T): alive, serving nothing new
     DAEMON_HUNG = "daemon_hung"  # the control daemon is stopped, or did not answer the probe (mps_probe)
