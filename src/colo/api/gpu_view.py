@@ -4,7 +4,9 @@ The reading is :func:`colo.gpu.info.gpu_info`'s document (the same as ``colo gpu
 keys ``mps_enabled``, ``mps.enabled``, ``mps.pipe_dir``, ``mps.control_process``, then per-GPU detail, each
 GPU's daemon with its servers and clients, every GPU process with its MPS limit), taken by the source's one
 poller (:class:`colo.gpu.poller.GpuPoller`). The API adds the agent-level join: each process and each MPS
-client gets the ``agent`` it belongs to, each GPU the agents placed on it.
+client gets the ``agent`` it belongs to, each GPU the agents placed on it and, in ``agents_mps``, each of
+those agents' MPS membership: ``mps_planned`` (its plan runs it as an MPS client) and ``mps_client`` (NVML
+lists its process as one, nvidia-smi type ``M+C``; null until its process holds a CUDA context).
 """
 
 from __future__ import annotations
@@ -47,5 +49,9 @@ def gpu_info_document(state: GpuState, statuses: Sequence[AgentStatus]) -> dict[
             row["agent"] = join(int(row["pid"]))
         for server in (gpu.get("mps") or {}).get("servers", []):
             server["clients"] = [{"pid": pid, "agent": join(int(pid))} for pid in server.get("client_pids", [])]
-        gpu["agents"] = sorted(s.name for s in statuses if s.gpu_uuid and s.gpu_uuid == gpu.get("uuid"))
+        here = sorted((s for s in statuses if s.gpu_uuid and s.gpu_uuid == gpu.get("uuid")), key=lambda s: s.name)
+        gpu["agents"] = [s.name for s in here]
+        gpu["agents_mps"] = [
+            {"agent": s.name, "pid": s.pid, "mps_planned": s.mps_planned, "mps_client": s.mps_client} for s in here
+        ]
     return doc

@@ -400,7 +400,7 @@ def status_command(
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
     config: Path | None = typer.Option(None, "--config", "-c", help="Take the state dir from this colo.yaml."),
 ) -> None:
-    """Each agent's state, pid, GPU, limit, memory, restarts and last error."""
+    """Each agent's state, pid, GPU, MPS membership, limit, memory, restarts and last error."""
     from rich.table import Table
 
     from colo import units
@@ -426,7 +426,7 @@ def status_command(
             f"[bold yellow]colo is not running[/]: states below are as last recorded in {safe(sd)}", highlight=False
         )
     table = Table(header_style="bold")
-    for col in ("agent", "state", "pid", "gpu", "priority", "limit", "used", "restarts", "last error"):
+    for col in ("agent", "state", "pid", "gpu", "mps", "priority", "limit", "used", "restarts", "last error"):
         table.add_column(col)
     colors = {"RUNNING": "green", "STARTING": "cyan", "BACKOFF": "yellow", "FATAL": "bold red", "EXITED": "red"}
     for a in data["agents"]:
@@ -437,6 +437,7 @@ def status_command(
             f"[{colors.get(state, 'white')}]{safe(state)}[/]",
             str(a["pid"] or "-"),
             safe(a["gpu"] or "-"),
+            _mps_cell(a),
             safe(a["priority"]),
             units.format_size(a["limit_bytes"]) if a["limit_bytes"] else "-",
             units.format_size(used) if used else "-",
@@ -444,6 +445,19 @@ def status_command(
             _last_error_cell(a),
         )
     console.print(table)
+
+
+def _mps_cell(agent: dict[str, Any]) -> str:
+    """The agent's MPS membership against its plan: ``M+C`` (an MPS client, as planned), ``off`` (time-sliced,
+    as planned), ``?`` (no CUDA context seen yet), in red when it differs from its plan."""
+    planned, actual = agent.get("mps_planned"), agent.get("mps_client")
+    if planned is None:
+        return "-"
+    if actual is None:
+        return "?" if planned else "off"
+    if bool(actual) == bool(planned):
+        return "M+C" if actual else "off"
+    return "[bold red]C, not MPS[/]" if planned else "[bold red]M+C, planned off[/]"
 
 
 def _last_error_cell(agent: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,9 +54,10 @@ class GpuSnapshot:
 @dataclass(frozen=True)
 class ClientProcess:
     """A process holding a CUDA context on a GPU. ``is_mps_client``: listed by the MPS variant of the NVML
-    query (nvidia-smi type ``M+C``). ``used_memory_bytes`` is None where NVML cannot see it (other PID
-    namespace, no permission). ``cmdline``/``name`` come from ``colo.gpu.procs``; empty when the pid is not visible
-    here."""
+    query (nvidia-smi type ``M+C``); ``mps_known`` is False when that query failed on its GPU, so
+    ``is_mps_client`` False says nothing there (never judge membership from it). ``used_memory_bytes`` is None
+    where NVML cannot see it (other PID namespace, no permission). ``cmdline``/``name`` come from
+    ``colo.gpu.procs``; empty when the pid is not visible here."""
 
     pid: int
     gpu_index: int
@@ -65,6 +66,7 @@ class ClientProcess:
     is_mps_client: bool
     cmdline: tuple[str, ...] = ()
     name: str = ""
+    mps_known: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict: every field, ``cmdline`` last, as a list."""
@@ -248,8 +250,11 @@ class NvmlBackend:
                 f"listing compute processes on GPU {index}", lib.nvmlDeviceGetComputeRunningProcesses, h
             )
             mps_fn = getattr(lib, "nvmlDeviceGetMPSComputeRunningProcesses", None)
-            mps = (self._optional(mps_fn, h) if mps_fn is not None else None) or []
-            out.extend(merge_process_lists(index, uuid, compute or [], mps, self._identify))
+            mps = self._optional(mps_fn, h) if mps_fn is not None else None
+            rows = merge_process_lists(index, uuid, compute or [], mps or [], self._identify)
+            if mps is None:  # the MPS list could not be read: no row's MPS membership is known
+                rows = [replace(r, mps_known=False) for r in rows]
+            out.extend(rows)
         return out
 
     def close(self) -> None:

@@ -20,6 +20,11 @@ from colo.gpu.mps.control import MpsControl
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
 
+#: Bounds each MPS command of a reading, whatever ``command_timeout_secs`` says: a daemon that stops answering
+#: delays a reading (and the supervision loop that takes it) by at most this much. Noticing that it stopped
+#: answering is the probe's work (``colo.supervise.recovery.mps_probe``), not the reading's.
+READ_TIMEOUT_SECS = 1.0
+
 NO_GPU_HINT = "no GPU backend: colo sees no NVIDIA GPU here (is the driver loaded? try `nvidia-smi`)"
 
 
@@ -62,8 +67,8 @@ def no_gpu_state(reason: str = NO_GPU_HINT) -> GpuState:
 
 class GpuPoller:
     """Reads NVML (``backend``) and the MPS daemon of every GPU under ``root`` (through ``control``; the real
-    ``nvidia-cuda-mps-control`` when None), each MPS command bounded by ``command_timeout_secs`` (so a daemon
-    that stops answering delays one read by that much at most). ``backend`` None: no GPU here, every read
+    ``nvidia-cuda-mps-control`` when None), each MPS command bounded by ``command_timeout_secs`` and at most
+    :data:`READ_TIMEOUT_SECS` (so a daemon that stops answering delays one read by that much at most). ``backend`` None: no GPU here, every read
     says so."""
 
     def __init__(
@@ -84,7 +89,9 @@ class GpuPoller:
         if self.backend is None:
             return no_gpu_state()
         try:
-            info = gpu_info(self.backend, self.root, self.control, command_timeout_secs=self.command_timeout_secs)
+            asked = self.command_timeout_secs
+            timeout = READ_TIMEOUT_SECS if asked is None else min(asked, READ_TIMEOUT_SECS)
+            info = gpu_info(self.backend, self.root, self.control, command_timeout_secs=timeout)
             return GpuState(info)
         except (ColoError, OSError) as err:
             reason = str(err) or type(err).__name__

@@ -48,6 +48,16 @@ def is_alive(pid: int, start_time: float | None = None, *, denied_is_alive: bool
         return False
 
 
+def is_stopped(pid: int) -> bool:
+    """True when ``pid`` is stopped (``ps`` stat ``T``/``t``: SIGSTOP, or a tracer holds it): alive but never
+    scheduled, so it answers nothing until SIGCONT (SIGKILL still ends it). False when it runs, is gone or is
+    not visible."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except (psutil.Error, OSError):
+        return False
+
+
 def descendants(pid: int) -> list[int]:
     """Pids of every child of ``pid``, recursively; empty when it is gone or not visible."""
     try:

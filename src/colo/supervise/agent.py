@@ -13,6 +13,10 @@ commented where it happens. ``docs/states.md`` draws them.
   server that died, a sticky device error) starts again at once, and the exit is not counted as a failure;
   the supervisor also tells MPS recovery (``colo.supervise.recovery.mps_recovery``), which decides whether the whole GPU
   must recover. While STARTING, that exit code counts like any failure (so a broken GPU ends in FATAL).
+* ``launch_gate`` (the supervisor's: is this agent's GPU's MPS daemon answering?) is asked before every
+  start; while it names a reason to wait the agent stays in BACKOFF and asks again every
+  :data:`GATE_RETRY_SECS` — an MPS client started while no daemon answers would silently run as a plain CUDA
+  context, outside its limits.
 * Killing an unhealthy process sends the stop signal and SIGCONT: a stopped (SIGSTOP) process would otherwise
   only see the signal at SIGKILL time, ``stop_wait_secs`` later.
 """
@@ -39,6 +43,8 @@ from colo.supervise.store import AgentRecord
 
 #: While STARTING, probe at least this often (seconds) so readiness is noticed quickly.
 STARTING_PROBE_SECS = 1.0
+#: A start the launch gate held back is tried again after this many seconds.
+GATE_RETRY_SECS = 0.25
 
 EventSink = Callable[[EventKind, str], None]
 
@@ -79,9 +85,11 @@ class Agent:
         on_change: Callable[[Agent], None],
         restarts: int = 0,
         pre_stop: Callable[[Agent], None] | None = None,
+        launch_gate: Callable[[Agent], str | None] | None = None,
     ) -> None:
         self.setup = setup
         self._pre_stop = pre_stop
+        self._launch_gate = launch_gate
         self._next_setup: AgentSetup | None = None
         self._runner = runner
         self._probe = probe
@@ -101,6 +109,7 @@ class Agent:
         self.memory_peak_bytes: int | None = None
         self.shapes: tuple[Shape, ...] = ()  # the largest batch per model, from its health body (built-in agent)
         self.requests_answered: int | None = None  # requests answered since it started, from its health body
+        self.mps_client: bool | None = None  # its process is an MPS client (GPU reading); None: not seen yet
         self._spawned_once = False
         self._started_at = 0.0
         self._ready_at: float | None = None
@@ -282,6 +291,16 @@ class Agent:
         if self._next_setup is not None:
             self.setup, self._next_setup = self._next_setup, None
         now = self._clock.monotonic()
+        wait = self._launch_gate(self) if self._launch_gate is not None else None
+        if wait is not None:
+            self.last_error = wait
+            self._backoff_until = now + GATE_RETRY_SECS
+            if self.state != AgentState.BACKOFF:
+                # STOPPED/EXITED/FATAL -> BACKOFF: start requested, but its GPU's MPS daemon does not answer
+                self._set(AgentState.BACKOFF)
+            else:
+                self._changed(self)
+            return
         # STOPPED/EXITED/FATAL/BACKOFF -> STARTING: start requested, or backoff over
         self._set(AgentState.STARTING)
         self._started_at = now
@@ -294,6 +313,7 @@ class Agent:
         self.memory_used_bytes = None
         self.shapes = ()
         self.requests_answered = None
+        self.mps_client = None
         try:
             self.handle = self._runner.spawn(self.setup.launch, self._log_path)
         except SupervisorError as exc:
@@ -342,6 +362,7 @@ class Agent:
         self.last_exit = status
         self.handle = None
         self.memory_used_bytes = None
+        self.mps_client = None
         self._set(AgentState.STOPPED)  # STOPPING -> STOPPED: the process is gone
         self._emit(EventKind.STOPPED, f"stopped, pid {pid} ({status.describe()})")
         reason = self._restart_after_stop
@@ -353,6 +374,7 @@ class Agent:
         pid = self.handle.pid if self.handle else None
         self.handle = None
         self.memory_used_bytes = None
+        self.mps_client = None
         desc = status.describe()
         self.last_exit = status
         context_lost = status.code == EXIT_CONTEXT_LOST and self._kill_reason is None
@@ -420,6 +442,8 @@ class Agent:
             last_error_line=self.last_error_line,
             since=self.since,
             models=s.models,
+            mps_planned=s.launch.mps_client,
+            mps_client=self.mps_client,
         )
 
     def record(self) -> AgentRecord:

@@ -57,7 +57,11 @@ class AgentStatus:
 
     ``last_error`` is colo's reason (``exit code 1``, ``not ready: ...``); ``last_error_line`` is the agent's
     own last word, the last non-empty line of its log when its process last failed (e.g.
-    ``ModuleNotFoundError: No module named 'torch'``), cleared once it is RUNNING again."""
+    ``ModuleNotFoundError: No module named 'torch'``), cleared once it is RUNNING again.
+
+    ``mps_planned`` is what its plan says (an MPS client of its GPU's server, or time-sliced); ``mps_client``
+    what the last GPU reading showed (NVML's MPS process list, nvidia-smi type ``M+C``): None until its process
+    holds a CUDA context (``colo.supervise.recovery.membership``)."""
 
     name: str
     state: AgentState
@@ -74,6 +78,8 @@ class AgentStatus:
     last_error_line: str | None = None  # the last line of its log when it last failed (e.g. the exception)
     since: float | None = None  # wall-clock time of the last state change
     models: tuple[str, ...] = field(default_factory=tuple)
+    mps_planned: bool | None = None  # its plan runs it as an MPS client (None: not known, e.g. left out)
+    mps_client: bool | None = None  # NVML lists its process as an MPS client (None: no CUDA context seen yet)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

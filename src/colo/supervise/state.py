@@ -26,6 +26,7 @@ ALLOWED: dict[AgentState, frozenset[AgentState]] = {
         {
             AgentState.STARTING,  # STOPPED -> STARTING: start requested (colo up, API start)
             AgentState.RUNNING,  # STOPPED -> RUNNING: re-adopted a live process after an orchestrator restart
+            AgentState.BACKOFF,  # STOPPED -> BACKOFF: start requested while its GPU's MPS daemon does not answer
         }
     ),
     AgentState.STARTING: frozenset(
@@ -61,12 +62,14 @@ ALLOWED: dict[AgentState, frozenset[AgentState]] = {
         {
             AgentState.STARTING,  # EXITED -> STARTING: started again by hand
             AgentState.STOPPED,  # EXITED -> STOPPED: stop requested (clears the state)
+            AgentState.BACKOFF,  # EXITED -> BACKOFF: started by hand while its GPU's MPS daemon does not answer
         }
     ),
     AgentState.FATAL: frozenset(
         {
             AgentState.STARTING,  # FATAL -> STARTING: started again by hand
             AgentState.STOPPED,  # FATAL -> STOPPED: stop requested (clears the state)
+            AgentState.BACKOFF,  # FATAL -> BACKOFF: started by hand while its GPU's MPS daemon does not answer
         }
     ),
 }

@@ -8,7 +8,10 @@ MPS fault recovery (its phases, triggers and allowed transitions) lives in :mod:
 the supervisor feeds it what it detects: deaths of MPS processes (every tick, before the agents are looked at,
 so a dead server's agents are held before they would respawn), MPS status polls (once a second), agents that
 lost their CUDA context (exit code ``EXIT_CONTEXT_LOST``: recovery when a fresh look at the GPU's MPS is not
-healthy, else only that agent restarts) and agents dying with MPS errors in their logs.
+healthy, else only that agent restarts), agents dying with MPS errors in their logs, hung MPS processes (the
+probe, every tick) and agents whose process is not what their plan says (:mod:`colo.supervise.recovery.membership`,
+at every GPU reading). A failure of a GPU whose recovery runs goes to that recovery (``Recoveries.refault``),
+and no MPS client starts while its GPU's daemon does not answer (the agents' launch gate).
 """
 
 from __future__ import annotations
@@ -20,15 +23,18 @@ from dataclasses import dataclass, field
 
 from colo.clock import Clock
 from colo.errors import ColoError
+from colo.gpu import procs
 from colo.launch.health import Probe
 from colo.launch.runner import Runner
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
 from colo.supervise.agent import Agent, AgentSetup
 from colo.supervise.logs import AgentLogs, LogScanner, scan_text
+from colo.supervise.recovery.membership import MembershipWatch, judge
 from colo.supervise.recovery.mps_recovery import (
     MpsFault,
     MpsHooks,
     Recoveries,
+    RecoveryPhase,
     RecoveryRecord,
     RecoveryTrigger,
 )
@@ -51,7 +57,14 @@ _IN_USE = (AgentState.STARTING, AgentState.RUNNING)
 
 
 #: Recoveries during which ``terminate_client`` is not sent: there is no server (or daemon) to do it.
-_NO_SERVER_TO_ASK = frozenset({RecoveryTrigger.SERVER_DIED, RecoveryTrigger.DAEMON_DIED})
+_NO_SERVER_TO_ASK = frozenset(
+    {
+        RecoveryTrigger.SERVER_DIED,
+        RecoveryTrigger.DAEMON_DIED,
+        RecoveryTrigger.SERVER_HUNG,
+        RecoveryTrigger.DAEMON_HUNG,
+    }
+)
 
 
 @dataclass
@@ -103,6 +116,7 @@ class Supervisor:
         self._told_foreign: set[int] = set()
         self._told_namespace: set[str] = set()
         self._next_client_check = 0.0
+        self._membership = MembershipWatch()
         self._rolling = _Rolling()
         self.shutting_down = False
         self._next_mps_poll = 0.0
@@ -152,6 +166,7 @@ class Supervisor:
             on_change=self._save,
             restarts=restarts,
             pre_stop=self._terminate_client if self.mps is not None else None,
+            launch_gate=self._launch_gate if self.mps is not None else None,
         )
         self.agents[name] = agent
         self._scanners[name] = LogScanner(self.logs.path(name), from_end=True)
@@ -165,6 +180,14 @@ class Supervisor:
             return  # its server or daemon is gone (or hung): asking would only wait for a timeout
         if self.mps is not None and uuid and agent.handle is not None and agent.setup.launch.mps_client:
             self.mps.terminate_client(uuid, agent.handle.pid)
+
+    def _launch_gate(self, agent: Agent) -> str | None:
+        """Why ``agent`` must not start now: it is an MPS client and its GPU's daemon does not answer (it would
+        run as a plain CUDA context, outside its limits). None: it may start."""
+        uuid = agent.setup.launch.gpu_uuid
+        if self.mps is None or not uuid or not agent.setup.launch.mps_client or self.mps.answering(uuid):
+            return None
+        return f"waiting for the MPS control daemon of {uuid} to answer (started now, it would run outside MPS)"
 
     def _save(self, agent: Agent) -> None:
         if agent.name in self.agents:
@@ -256,6 +279,7 @@ class Supervisor:
                 self.store.delete_agent(name)
         if not self.shutting_down:
             self._tick_mps(now)
+            self._tick_membership(now)
             self.recoveries.tick(now, self.agents, self.agents_on)
             self._tick_rolling(now)
         if self.gpu_memory is not None and now >= self._next_memory_poll:
@@ -307,9 +331,11 @@ class Supervisor:
             self._begin(fault, now)
 
     def _begin(self, fault: MpsFault, now: float, culprit: str | None = None) -> None:
-        """Start ``fault``'s GPU recovery unless one runs, or unless a server died that no agent used."""
+        """Start ``fault``'s GPU recovery (or hand it to the one that runs there), unless a server died that
+        no agent used."""
         uuid = fault.gpu_uuid
         if uuid in self.recoveries:
+            self.recoveries.refault(fault, self.agents_on(uuid), self._retiring, now)
             return
         on_gpu = self.agents_on(uuid)
         in_use = any(a.handle is not None and a.state in _IN_USE and not a.hold for a in on_gpu)
@@ -319,14 +345,23 @@ class Supervisor:
         self.recoveries.begin(fault, culprit, on_gpu, self._retiring, now)
 
     def _note_exit(self, agent: Agent, now: float) -> None:
-        """An agent that lost its CUDA context (exit code 4) while serving: its GPU's MPS is looked at."""
+        """An agent that lost its CUDA context (exit code 4) while serving: its GPU's MPS is looked at. One
+        relaunched by its GPU's recovery that loses it again: a failure during that recovery (its new server
+        died before colo's reading listed it), so the recovery starts over."""
         uuid = agent.setup.launch.gpu_uuid
         status = agent.last_exit
         if status is None or status.code != EXIT_CONTEXT_LOST or self.mps is None or not uuid:
             return
         if not agent.setup.launch.mps_client:
             return  # its GPU runs without MPS: the agent's own loss, it restarts by its policy
-        if agent.hold or self.shutting_down or uuid in self.recoveries:
+        if agent.hold or self.shutting_down:
+            return
+        rec = self.recoveries.get(uuid)
+        if rec is not None:
+            if rec.phase == RecoveryPhase.RELAUNCHING:
+                detail = f"{agent.name} lost its new CUDA context (exit code {EXIT_CONTEXT_LOST}) while relaunching"
+                fault = MpsFault(uuid, detail, trigger=RecoveryTrigger.CLIENT_RPC_FAILURE)
+                self.recoveries.refault(fault, self.agents_on(uuid), self._retiring, now)
             return
         self._lost.setdefault(uuid, (agent.name, now))
 
@@ -367,6 +402,7 @@ class Supervisor:
                 self.event(EventKind.DAEMON, None, f"cannot read MPS status: {exc}")
         for fault in faults:
             if fault.gpu_uuid in self.recoveries:
+                self.recoveries.refault(fault, self.agents_on(fault.gpu_uuid), self._retiring, now)
                 continue
             culprit = self._agent_of_pid(fault.client_pid)
             suspect = self._suspects.pop(fault.gpu_uuid, None)
@@ -382,6 +418,46 @@ class Supervisor:
             if uuid not in self.recoveries:
                 fault = MpsFault(uuid, detail, trigger=RecoveryTrigger.CLIENT_MPS_ERROR)
                 self.recoveries.begin(fault, culprit, self.agents_on(uuid), self._retiring, now)
+
+    def _tick_membership(self, now: float) -> None:
+        """At each new GPU reading: every agent with a process against its plan (an MPS client or not). Its
+        ``mps_client`` is set from the reading; one that differed on two readings in a row gets an
+        ``mps_fault`` event naming it and what differs, and leaves RUNNING: an MPS client is recovered with its
+        GPU (``not_as_planned``: the daemon restored first when it does not answer, then the agent relaunched),
+        a time-sliced one is restarted."""
+        if self.mps is None:
+            return
+        try:
+            listed = self.mps.gpu_processes()
+        except ColoError:
+            return
+        if listed is None:
+            return
+        off_plan: dict[str, list[str]] = {}
+        for agent in self.agents.values():
+            uuid = agent.setup.launch.gpu_uuid
+            if agent.handle is None or agent.hold or agent.state not in _IN_USE:
+                self._membership.forget(agent.name)
+                continue
+            pids = [agent.handle.pid, *procs.descendants(agent.handle.pid)]
+            m = judge(agent.name, uuid, agent.setup.launch.mps_client, pids, listed)
+            if m.mps_client != agent.mps_client:
+                agent.mps_client = m.mps_client
+                self._save(agent)
+            if not self._membership.note(m):
+                continue
+            self.event(EventKind.MPS_FAULT, agent.name, f"not as planned: {m.detail()}", uuid)
+            if m.planned_mps and uuid:
+                off_plan.setdefault(uuid, []).append(agent.name)
+            else:
+                agent.restart("not as planned: an MPS client, planned time-sliced")
+        for uuid, names in off_plan.items():
+            detail = f"{', '.join(names)} not an MPS client as planned"
+            fault = MpsFault(uuid, detail, trigger=RecoveryTrigger.NOT_AS_PLANNED)
+            if uuid in self.recoveries:
+                self.recoveries.refault(fault, self.agents_on(uuid), self._retiring, now, only=names)
+            else:
+                self.recoveries.begin(fault, None, self.agents_on(uuid), self._retiring, now, only=names)
 
     def _compare_clients(self) -> None:
         """Each GPU's MPS client list against the agents colo placed there: an event (once per pid) for an agent

@@ -50,6 +50,12 @@ class _Hooks:
     def restart_daemon(self, gpu_uuid: str) -> None:
         self.restarted.append(gpu_uuid)
 
+    def answering(self, gpu_uuid: str) -> bool:
+        return True
+
+    def end_hung(self, gpu_uuid: str) -> None:
+        return None
+
 
 def test_an_empty_gpu_goes_through_every_phase_and_restarts_a_daemon_stuck_in_fault() -> None:
     events: list[tuple[EventKind, str]] = []

@@ -81,6 +81,10 @@ class MpsControl(Protocol):
         """Whether ``pid`` still runs (a zombie counts as gone)."""
         ...
 
+    def stopped(self, pid: int) -> bool:
+        """Whether ``pid`` is stopped (SIGSTOP, ``ps`` stat ``T``): alive, but it answers nothing (hung)."""
+        ...
+
     def start_time(self, pid: int) -> float | None:
         """When ``pid`` started (epoch seconds), to tell it from a later process with the same pid; None when
         it is gone or not visible."""
@@ -251,6 +255,9 @@ class SubprocessMpsControl:
 
     def alive(self, pid: int) -> bool:
         return procs.is_alive(pid, denied_is_alive=True)
+
+    def stopped(self, pid: int) -> bool:
+        return procs.is_stopped(pid)
 
     def start_time(self, pid: int) -> float | None:
         return procs.create_time(pid)

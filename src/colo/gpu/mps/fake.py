@@ -17,13 +17,15 @@ command lines read from stdin to that socket and prints the replies, or exits 1 
 connections and never answer.
 
 Faults a test can provoke: binary missing (``binary_present=False``), a daemon that never answers
-(``hang(pipe_dir)``), one that ignores ``quit`` (``ignore_quit(pipe_dir)``), a launcher that fails
+(``hang(pipe_dir)``), a stopped (SIGSTOP) daemon or server (``signal(pid, SIGSTOP)``: ``stopped(pid)`` says so,
+and the daemon answers nothing until SIGCONT or SIGKILL — as a real daemon whose server is stopped), one that ignores ``quit`` (``ignore_quit(pipe_dir)``), a launcher that fails
 (``fail_start``), a daemon already running from elsewhere (``add_daemon(...)``), a server FAULT (``fault``).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +37,8 @@ from colo.gpu.mps.control import CONTROL_BIN, DEFAULT_PIPE_DIR, PID_FILE, MpsPro
 from colo.gpu.mps.env import PIPE_DIRECTORY, VISIBLE_DEVICES, log_dir_of, pipe_dir_of
 
 DEFAULT_LOG_DIR = "/var/log/nvidia-mps"
+_SIGSTOP = int(signal.SIGSTOP)
+_SIGCONT = int(signal.SIGCONT)
 
 
 @dataclass
@@ -112,6 +116,7 @@ class FakeMpsControl:
         self.sent: list[tuple[str, str]] = []
         self.reaped_calls = 0
         self.orphans: dict[int, FakeServer] = {}
+        self.stopped_pids: set[int] = set()
 
     # --- helpers ---------------------------------------------------------------------------------------
 
@@ -194,7 +199,7 @@ class FakeMpsControl:
             raise MpsError(
                 f"{CONTROL_BIN} exited with status 1 for {command!r} in {pipe}: Cannot find MPS control daemon process"
             )
-        if not d.answers:
+        if not d.answers or self._stuck(d):
             raise MpsError(f"the MPS control daemon in {pipe} did not answer {command!r} within {timeout_secs:g} s")
         d.commands.append(command)
         self._log(d, "control.log", "Control", d.pid, "Accepting connection...")
@@ -272,8 +277,23 @@ class FakeMpsControl:
                 )
         return sorted(out, key=lambda p: p.pid)
 
+    def _stuck(self, d: FakeDaemon) -> bool:
+        """The daemon or one of its servers is stopped: the daemon answers nothing."""
+        return d.pid in self.stopped_pids or any(pid in self.stopped_pids for pid in d.servers)
+
+    def stopped(self, pid: int) -> bool:
+        return pid in self.stopped_pids and self.alive(pid)
+
     def signal(self, pid: int, sig: int) -> None:
         self.signals.append((pid, sig))
+        if sig == _SIGSTOP:
+            if self.alive(pid):
+                self.stopped_pids.add(pid)
+            return
+        if sig == _SIGCONT:
+            self.stopped_pids.discard(pid)
+            return
+        self.stopped_pids.discard(pid)
         if self.orphans.pop(pid, None) is not None:
             return
         for d in self.daemons.values():

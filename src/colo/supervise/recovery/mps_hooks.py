@@ -2,8 +2,10 @@
 ``colo.gpu.mps.daemon.MpsFleet``: FAULT detection (the server statuses of the node's one GPU reading, else
 ``get_server_status``; fault lines new in each daemon's ``control.log``/``server.log`` name the client when
 they can), deaths (every control daemon and server process colo started, adopted or saw on its GPUs is watched
-by pid and start time — no MPS command, so every tick), a daemon that stops answering (three readings in a
-row), a fresh health look for one GPU, ``terminate_client``, restarting one daemon.
+by pid and start time — no MPS command, so every tick), a hung daemon or server (the probe of
+:mod:`colo.supervise.recovery.mps_probe`: a stopped process, or a control query unanswered for 1 s), each
+compute process's MPS membership from the GPU reading, a fresh health look for one GPU, ``terminate_client``,
+ending a hung daemon and its servers (SIGKILL), restarting one daemon.
 
 A fault line alone does not start a recovery (a stray "fatal" in a log must not restart a GPU's agents):
 the server's own FAULT status does, and agents dying with MPS errors do (see the supervisor).
@@ -17,18 +19,17 @@ from dataclasses import dataclass, field
 
 from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import MpsError
-from colo.gpu.mps.control import SIGKILL, MpsControl
+from colo.gpu.mps.control import SIGKILL, MpsControl, SubprocessMpsControl
 from colo.gpu.mps.daemon import MpsDefaults
 from colo.gpu.mps.fleet import MpsFleet
 from colo.gpu.mps.log import MpsLogKind, MpsLogReader
 from colo.gpu.mps.replies import ServerStatus
 from colo.gpu.poller import GpuState
+from colo.supervise.recovery.mps_probe import MpsProbe, run_now
 from colo.supervise.recovery.mps_recovery import MpsFault, RecoveryTrigger
 
 #: A fault line in an MPS log names the culprit of a FAULT seen within this many seconds.
 HINT_SECS = 60.0
-#: A daemon whose process lives but that did not answer this many GPU readings in a row is treated as dead.
-UNANSWERED_READINGS = 3
 #: Two start times closer than this (seconds) are the same process.
 _SAME_START_SECS = 1.0
 
@@ -43,14 +44,18 @@ class _Watched:
     servers: dict[int, float | None] = field(default_factory=dict)
     ok_at: float = 0.0
     active_at: float | None = None  # when a look last found no server in FAULT
-    unanswered: int = 0
+    lost: bool = False  # the daemon died or was ended as hung: nothing answers until it is restarted
+    hung_told: bool = False  # a hang was reported (once, until the daemon is restarted)
 
 
 class FleetHooks:
     """:class:`MpsHooks` for an :class:`MpsFleet`; each MPS command is bounded by the daemon's timeout.
 
     ``reading`` (the orchestrator's last :class:`~colo.gpu.poller.GpuState`): when given, FAULT is read from
-    it instead of asking the daemons again, so one poller reads each GPU's MPS.
+    it instead of asking the daemons again, so one poller reads each GPU's MPS, and each agent's MPS
+    membership is judged from its processes (:meth:`gpu_processes`). ``probe`` tells a hung daemon or server
+    (default: an :class:`MpsProbe` whose queries run in worker threads when the control program is the real
+    one — a subprocess per query — and at once otherwise: an in-memory control answers at once).
     """
 
     def __init__(
@@ -59,10 +64,16 @@ class FleetHooks:
         reading: Callable[[], GpuState] | None = None,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        probe: MpsProbe | None = None,
     ) -> None:
         self.fleet = fleet
         self._reading = reading
         self._clock = clock
+        if probe is None:
+            threaded = isinstance(fleet.control, SubprocessMpsControl)
+            probe = MpsProbe(clock, None if threaded else run_now)
+        self.probe = probe
+        self._processes_seen: GpuState | None = None
         self._logs = {d.gpu_uuid: self._reader(d.paths.log_dir) for d in fleet.daemons()}
         self._hints: dict[str, tuple[float, int | None, str]] = {}  # uuid -> (when, client pid, log line)
         self._watch = {d.gpu_uuid: self._learn(d.gpu_uuid) for d in fleet.daemons()}
@@ -72,6 +83,7 @@ class FleetHooks:
         """Watch the daemon of a GPU just taken into the fleet (started by a switch to MPS)."""
         self._logs[gpu_uuid] = self._reader(self.fleet.daemon(gpu_uuid).paths.log_dir)
         self._watch[gpu_uuid] = self._learn(gpu_uuid)
+        self.probe.reset(gpu_uuid)
 
     def unwatch(self, gpu_uuid: str) -> None:
         """Stop watching a GPU about to leave the fleet (a switch to time-slicing): its daemon's exit is no
@@ -79,6 +91,7 @@ class FleetHooks:
         self._logs.pop(gpu_uuid, None)
         self._watch.pop(gpu_uuid, None)
         self._hints.pop(gpu_uuid, None)
+        self.probe.forget(gpu_uuid)
 
     # --- deaths (every tick) -------------------------------------------------------------------------------
 
@@ -147,6 +160,7 @@ class FleetHooks:
                     )
                 )
                 w.daemon_pid = w.daemon_start = None
+                w.lost = True
             elif dead_servers:
                 out.append(
                     MpsFault(
@@ -157,6 +171,75 @@ class FleetHooks:
                     )
                 )
             w.ok_at = now
+        return out + self._hung()
+
+    def _hung(self) -> list[MpsFault]:
+        """The probe's look at every watched GPU whose daemon is not known dead: a stopped server
+        (``SERVER_HUNG``), a stopped or unanswering daemon (``DAEMON_HUNG``); each hang once."""
+        out: list[MpsFault] = []
+        for uuid, w in self._watch.items():
+            if w.lost or w.hung_told:
+                continue
+            try:
+                daemon = self.fleet.daemon(uuid)
+            except KeyError:
+                continue
+            verdict = self.probe.look(uuid, daemon, w.daemon_pid, list(w.servers), self._control().stopped)
+            if verdict is None:
+                continue
+            w.hung_told = True
+            trigger = RecoveryTrigger.SERVER_HUNG if verdict.part == "server" else RecoveryTrigger.DAEMON_HUNG
+            out.append(MpsFault(uuid, verdict.detail, trigger=trigger, seen_ok_at=verdict.answered_at))
+        return out
+
+    def answering(self, gpu_uuid: str) -> bool:
+        """The probe's verdict on this GPU's daemon (no command sent): False while it is dead, hung, or did
+        not answer its last probes. True for a GPU not watched."""
+        w = self._watch.get(gpu_uuid)
+        if w is None:
+            return True
+        return not (w.lost or w.hung_told) and self.probe.answering(gpu_uuid)
+
+    def end_hung(self, gpu_uuid: str) -> None:
+        """SIGKILL this GPU's daemon and servers — the watched ones and any the process table ties to its pipe
+        dir (SIGKILL reaches a stopped process) — wait for them (at most 1 s), reap, and forget them: their
+        deaths are colo's doing, not new failures. Never raises."""
+        w = self._watch.get(gpu_uuid)
+        pids: set[int] = set()
+        if w is not None:
+            pids |= set(w.servers)
+            if w.daemon_pid is not None:
+                pids.add(w.daemon_pid)
+        with contextlib.suppress(MpsError, KeyError):
+            pids |= {p.pid for p in self.fleet.daemon(gpu_uuid).processes()}
+        control = self._control()
+        for pid in sorted(pids):
+            with contextlib.suppress(MpsError):
+                control.signal(pid, SIGKILL)
+        deadline = self._clock.monotonic() + 1.0
+        while any(control.alive(p) for p in pids) and self._clock.monotonic() < deadline:
+            self._clock.sleep(0.05)
+        control.reap()
+        if w is not None:
+            w.daemon_pid = w.daemon_start = None
+            w.servers.clear()
+            w.lost = True
+
+    def gpu_processes(self) -> dict[int, tuple[str, bool]] | None:
+        """Every compute process of a GPU reading newer than the last call: pid -> (GPU UUID, listed by NVML
+        as an MPS client, nvidia-smi type ``M+C``). None when there is no new reading, or it failed."""
+        if self._reading is None:
+            return None
+        state = self._reading()
+        if state is self._processes_seen or state.error:
+            return None
+        self._processes_seen = state
+        out: dict[int, tuple[str, bool]] = {}
+        for row in state.info.get("processes", []):
+            if row.get("mps_known") is False:
+                continue  # NVML's MPS list failed on that GPU: its rows say nothing about membership
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                out[int(row["pid"])] = (str(row["gpu_uuid"]), bool(row["is_mps_client"]))
         return out
 
     def clients(self) -> dict[str, set[int]]:
@@ -201,9 +284,8 @@ class FleetHooks:
 
     def faults(self) -> list[MpsFault]:
         """GPUs whose MPS server says FAULT (in the last GPU reading, else ``get_server_status``), with the
-        client a recent fault line in that daemon's logs names; and GPUs whose daemon process lives but did
-        not answer :data:`UNANSWERED_READINGS` readings in a row (``DAEMON_DIED``). Never raises for a daemon
-        that does not answer (skipped)."""
+        client a recent fault line in that daemon's logs names. Never raises for a daemon that does not answer
+        (skipped: the probe, :mod:`colo.supervise.recovery.mps_probe`, tells a hung one)."""
         now = self._clock.monotonic()
         if self._reading is not None:
             state = self._reading()
@@ -229,33 +311,6 @@ class FleetHooks:
                 out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT; log: {hint[2]}", hint[1], seen_ok_at=ok_at))
             else:
                 out.append(MpsFault(uuid, f"MPS server {pid} reports FAULT", seen_ok_at=ok_at))
-        return out + self._unanswering()
-
-    def _unanswering(self) -> list[MpsFault]:
-        """From the last reading: daemons whose process runs but which did not answer, several times in a row."""
-        if self._reading is None:
-            return []
-        out: list[MpsFault] = []
-        for gpu in self._reading().info.get("gpus", []):
-            uuid = str(gpu.get("uuid"))
-            w = self._watch.get(uuid)
-            daemon = gpu.get("mps") or {}
-            if w is None or w.daemon_pid is None or not daemon:
-                continue
-            if daemon.get("running") and not daemon.get("healthy"):
-                w.unanswered += 1
-            else:
-                w.unanswered = 0
-            if w.unanswered >= UNANSWERED_READINGS:
-                w.unanswered = 0
-                out.append(
-                    MpsFault(
-                        uuid,
-                        f"MPS control daemon {w.daemon_pid} runs but did not answer {UNANSWERED_READINGS} readings"
-                        " in a row",
-                        trigger=RecoveryTrigger.DAEMON_DIED,
-                    )
-                )
         return out
 
     def _faulted_servers(self) -> list[tuple[str, int]]:
@@ -337,5 +392,6 @@ class FleetHooks:
             daemon.start(defaults)
         finally:
             self._watch[gpu_uuid] = self._learn(gpu_uuid)
+            self.probe.reset(gpu_uuid)
         self._logs[gpu_uuid] = self._reader(daemon.paths.log_dir)
         self._hints.pop(gpu_uuid, None)

@@ -5,19 +5,32 @@ One path for every MPS failure: whatever noticed it (a :class:`RecoveryTrigger`)
 and :meth:`Recoveries.begin` starts the same phases for that GPU (agents on other GPUs are never touched)::
 
     (trigger) -> STOPPING -> WAITING -> RELAUNCHING -> DONE
+                    ^                        |
+                    +---- another failure ---+
 
-- STOPPING: every agent on that GPU is held; ``terminate_client`` then the stop signal. Over when no agent on
-  the GPU has a process.
+- STOPPING: every agent on that GPU is held; ``terminate_client`` then the stop signal, SIGKILL after
+  :data:`RECOVERY_STOP_WAIT_SECS`. Over when no agent on the GPU has a process, or after
+  :data:`STOPPING_BOUND_SECS` (an agent stuck in CUDA teardown does not hold the GPU: it is relaunched once
+  it is gone). A hung server or daemon (``server_hung``, ``daemon_hung``) is SIGKILLed first, before the
+  agents are stopped (SIGKILL reaches a stopped process; its clients cannot finish their teardown without it).
 - WAITING: until the GPU's MPS server is ACTIVE again (or gone); past ``fault_wait_secs`` the GPU's daemon is
-  restarted with its settings.
+  restarted with its settings — at once when the daemon is dead, hung or does not answer. A daemon that
+  cannot be restarted is tried again every :data:`RESTORE_RETRY_SECS`: nothing is relaunched without an
+  answering daemon (a client whose pipe dir has none runs as a plain CUDA context, outside its limits).
 - RELAUNCHING: the agents that were up are started again. Over when all are RUNNING (or gave up: FATAL,
-  EXITED), or after ``relaunch_timeout_secs``.
+  EXITED), or after ``relaunch_timeout_secs``. **Another failure** of the GPU's MPS now (the new daemon or
+  server dies or hangs, a server FAULT, an agent outside MPS) sends the recovery back to STOPPING: the same
+  record, its trigger kept, ``refaults`` counted.
 - DONE: a :class:`RecoveryRecord` (detection to all RUNNING, in seconds) and an event are written.
 
+``not_as_planned`` (an agent whose process is not what its plan says: :mod:`colo.supervise.recovery.membership`)
+recovers only the agents that differ (``Recovery.only``); any other failure widens it to the whole GPU.
+
 Triggers (:class:`RecoveryTrigger`): the server says FAULT (:meth:`MpsHooks.faults`, once a second); the server
-process died or the control daemon died or stopped answering (:meth:`MpsHooks.deaths`, every tick: process
-liveness is cheap); an agent lost its CUDA context (exit code ``EXIT_CONTEXT_LOST``) while that GPU's MPS no
-longer looks healthy (:meth:`MpsHooks.healthy`, asked at once); an agent's log shows an MPS error. Adding one:
+process died or the control daemon died (:meth:`MpsHooks.deaths`, every tick: process liveness is cheap); a
+server or the daemon is hung (stopped, or the daemon does not answer: the probe, also in ``deaths``); an
+agent's process is not what its plan says (the supervisor, at every GPU reading); an agent lost its CUDA
+context (exit code ``EXIT_CONTEXT_LOST``) while that GPU's MPS no longer looks healthy (:meth:`MpsHooks.healthy`, asked at once); an agent's log shows an MPS error. Adding one:
 a member here, a place that reports it as a :class:`MpsFault`, and — when the daemon must be restored as soon
 as the agents are stopped rather than after ``fault_wait_secs`` — an entry in :data:`RESTORE_DAEMON_AT_ONCE`.
 The phases do not change. ``docs/states.md`` draws this machine.
@@ -63,6 +76,7 @@ ALLOWED: dict[RecoveryPhase, frozenset[RecoveryPhase]] = {
     RecoveryPhase.RELAUNCHING: frozenset(
         {
             RecoveryPhase.DONE,  # RELAUNCHING -> DONE: every agent settled, or the relaunch timed out
+            RecoveryPhase.STOPPING,  # RELAUNCHING -> STOPPING: another MPS failure while the agents start
         }
     ),
     RecoveryPhase.DONE: frozenset(),
@@ -75,8 +89,11 @@ class RecoveryTrigger(StrEnum):
     SERVER_FAULT = "server_fault"  # get_server_status <pid> answered FAULT
     CLIENT_MPS_ERROR = "client_mps_error"  # an agent's log showed an MPS error (it died of it)
     SERVER_DIED = "server_died"  # a server process colo saw on the GPU is gone while agents used it
-    DAEMON_DIED = "daemon_died"  # the GPU's control daemon process is gone (or stopped answering)
+    DAEMON_DIED = "daemon_died"  # the GPU's control daemon process is gone
     CLIENT_RPC_FAILURE = "client_rpc_failure"  # an agent lost its CUDA context and the GPU's MPS is unhealthy
+    SERVER_HUNG = "server_hung"  # a server process is stopped (state T): alive, serving nothing new
+    DAEMON_HUNG = "daemon_hung"  # the control daemon is stopped, or did not answer the probe (mps_probe)
+    NOT_AS_PLANNED = "not_as_planned"  # an agent's process is not what its plan says (an MPS client or not)
 
 
 #: Triggers after which the GPU's daemon is restored as soon as the agents are stopped (a FAULT server clears
@@ -84,12 +101,24 @@ class RecoveryTrigger(StrEnum):
 #: keep running, but no new client can connect until a daemon runs in that pipe dir again; whether the old
 #: server would serve the clients of a new daemon is not known, so colo is safe: it stops the GPU's agents,
 #: stops what is left of the old daemon (its server), starts a new one with the same settings, relaunches.
-RESTORE_DAEMON_AT_ONCE: frozenset[RecoveryTrigger] = frozenset({RecoveryTrigger.DAEMON_DIED})
+RESTORE_DAEMON_AT_ONCE: frozenset[RecoveryTrigger] = frozenset(
+    {RecoveryTrigger.DAEMON_DIED, RecoveryTrigger.SERVER_HUNG, RecoveryTrigger.DAEMON_HUNG}
+)
+
+#: Triggers whose MPS processes are SIGKILLed as the recovery begins, before the agents are stopped: a hung
+#: server (or daemon) answers nothing, and its clients hang in CUDA teardown until it is gone.
+END_AT_ONCE: frozenset[RecoveryTrigger] = frozenset({RecoveryTrigger.SERVER_HUNG, RecoveryTrigger.DAEMON_HUNG})
 
 #: How long recovery lets a GPU's agent shut down after its stop signal before SIGKILL (at most the agent's own
 #: ``stop_wait_secs``). Its CUDA context is gone or poisoned, so there is nothing left to drain, and a process
 #: whose MPS server died can hang in CUDA's teardown: waiting the usual 10 s would be 10 s of the whole GPU.
 RECOVERY_STOP_WAIT_SECS = 1.0
+#: STOPPING is over this long after it began (seconds) even if an agent still has a process: one stuck in CUDA
+#: teardown past its SIGKILL (uninterruptible) must not hold its GPU's recovery; it is started again once gone.
+STOPPING_BOUND_SECS = RECOVERY_STOP_WAIT_SECS + 2.0
+#: A daemon restart that failed is tried again after this many seconds (the agents wait: nothing relaunches
+#: without an answering daemon).
+RESTORE_RETRY_SECS = 1.0
 
 
 class RecoveryTransitionError(Exception):
@@ -148,6 +177,20 @@ class MpsHooks(Protocol):
         """Quit and start again the GPU's MPS daemon (re-applying its defaults). Raises MpsError."""
         ...
 
+    def answering(self, gpu_uuid: str) -> bool:
+        """Whether this GPU's daemon answers (the probe's last verdict; no command sent): False while it is
+        dead, hung or not answering. True for a GPU colo does not watch."""
+        ...
+
+    def end_hung(self, gpu_uuid: str) -> None:
+        """SIGKILL this GPU's daemon and servers (hung: they answer nothing) and forget them; never raises."""
+        ...
+
+    def gpu_processes(self) -> dict[int, tuple[str, bool]] | None:
+        """From a GPU reading newer than the last call: every compute process, pid -> (GPU UUID, listed as an
+        MPS client). None when there is no new reading (or the GPUs could not be read)."""
+        ...
+
 
 @dataclass
 class Recovery:
@@ -163,12 +206,21 @@ class Recovery:
     daemon_restarted: bool = False
     detect_secs: float | None = None
     phase_secs: dict[RecoveryPhase, float] = field(default_factory=dict)
+    restore_daemon: bool = False  # the daemon is restored as soon as the agents are stopped
+    only: set[str] | None = None  # the agents recovered (not_as_planned); None: every agent of the GPU
+    refaults: int = 0  # further failures seen during this recovery
+    retry_at: float = 0.0  # a failed daemon restart is tried again from then on
 
     def move(self, new: RecoveryPhase, now: float) -> None:
-        """Enter ``new`` (checked against :data:`ALLOWED`) at ``now``; the time spent in the old phase is kept."""
+        """Enter ``new`` (checked against :data:`ALLOWED`) at ``now``; the time spent in the old phase is kept
+        (added up when a phase is entered again)."""
         check_transition(self.phase, new)
-        self.phase_secs[self.phase] = now - self.phase_at
+        self.phase_secs[self.phase] = self.phase_secs.get(self.phase, 0.0) + now - self.phase_at
         self.phase, self.phase_at = new, now
+
+    def mine(self, on_gpu: list[Agent]) -> list[Agent]:
+        """The agents of ``on_gpu`` this recovery stops and relaunches."""
+        return [a for a in on_gpu if self.only is None or a.name in self.only]
 
 
 @dataclass
@@ -184,6 +236,7 @@ class RecoveryRecord:
     detect_secs: float | None = None
     ok: bool = True
     phase_secs: Mapping[RecoveryPhase, float] = field(default_factory=dict)
+    refaults: int = 0
 
     def phases_text(self) -> str:
         """``stop_s=0.41 wait_s=0.00 relaunch_s=3.20``: where the recovery's seconds went."""
@@ -229,10 +282,19 @@ class Recoveries:
         return self.active.get(gpu_uuid)
 
     def begin(
-        self, fault: MpsFault, culprit: str | None, on_gpu: list[Agent], retiring: Collection[str], now: float
+        self,
+        fault: MpsFault,
+        culprit: str | None,
+        on_gpu: list[Agent],
+        retiring: Collection[str],
+        now: float,
+        only: Collection[str] | None = None,
     ) -> None:
-        """(trigger) -> STOPPING: hold and stop every agent of ``on_gpu``; remember those that were up."""
+        """(trigger) -> STOPPING: hold and stop every agent of ``on_gpu`` (those named in ``only``, when
+        given); remember those that were up. A hung server or daemon is SIGKILLed first."""
         uuid = fault.gpu_uuid
+        if only is not None:
+            on_gpu = [a for a in on_gpu if a.name in only]
         was_up = [a.name for a in on_gpu if a.state in _UP and a.name not in retiring]
         detect = max(0.0, now - fault.seen_ok_at) if fault.seen_ok_at is not None else None
         blame = f"; faulting client: {culprit}" if culprit else "; faulting client not named in the logs"
@@ -247,24 +309,90 @@ class Recoveries:
             uuid,
         )
         # Recorded before the agents are stopped: their stop consults it (no terminate_client to a dead server).
-        self.active[uuid] = Recovery(uuid, fault.trigger, now, was_up, now, culprit=culprit, detect_secs=detect)
-        for a in on_gpu:
+        rec = Recovery(uuid, fault.trigger, now, was_up, now, culprit=culprit, detect_secs=detect)
+        rec.restore_daemon = fault.trigger in RESTORE_DAEMON_AT_ONCE
+        rec.only = set(only) if only is not None else None
+        self.active[uuid] = rec
+        self._end_hung(fault)
+        self._stop(on_gpu)
+
+    def _end_hung(self, fault: MpsFault) -> None:
+        if self.mps is not None and fault.trigger in END_AT_ONCE:
+            self.mps.end_hung(fault.gpu_uuid)
+            self._event(
+                EventKind.DAEMON, None, f"SIGKILLed the hung MPS daemon and servers of {fault.gpu_uuid}", fault.gpu_uuid
+            )
+
+    @staticmethod
+    def _stop(agents: list[Agent]) -> None:
+        for a in agents:
             a.hold = True
             if a.handle is not None and a.state in (AgentState.STARTING, AgentState.RUNNING):
                 # terminate_client, then the stop signal, SIGKILL after RECOVERY_STOP_WAIT_SECS
                 a.stop("MPS fault recovery", wait_secs=RECOVERY_STOP_WAIT_SECS)
 
+    def refault(
+        self,
+        fault: MpsFault,
+        on_gpu: list[Agent],
+        retiring: Collection[str],
+        now: float,
+        only: Collection[str] | None = None,
+    ) -> bool:
+        """Another failure of a GPU whose recovery runs (``on_gpu``: every agent there; ``only``: the agents a
+        ``not_as_planned`` failure names). While the agents start (RELAUNCHING) it sends the recovery back to
+        STOPPING (RELAUNCHING -> STOPPING): they are held and stopped again. Before that (STOPPING, WAITING) it
+        only adds what it needs: the daemon restored at once, more agents. A FAULT seen before the relaunch is
+        the one being recovered: ignored. True when the failure was taken."""
+        rec = self.active[fault.gpu_uuid]
+        relaunching = rec.phase == RecoveryPhase.RELAUNCHING
+        if fault.trigger == RecoveryTrigger.SERVER_FAULT and not relaunching:
+            return False  # the server stays FAULT until its clients are gone: the same failure
+        if fault.trigger == RecoveryTrigger.NOT_AS_PLANNED and rec.only is None and not relaunching:
+            return False  # every agent of the GPU is being recovered already
+        rec.refaults += 1
+        rec.restore_daemon = rec.restore_daemon or fault.trigger in RESTORE_DAEMON_AT_ONCE
+        if fault.trigger == RecoveryTrigger.NOT_AS_PLANNED and rec.only is not None and only is not None:
+            rec.only |= set(only)
+        else:
+            rec.only = None  # the GPU's MPS failed: every agent on it
+        mine = rec.mine(on_gpu)
+        up = [a.name for a in mine if a.state in _UP and a.name not in retiring]
+        rec.agents = list(dict.fromkeys([*rec.agents, *up]))
+        self._event(
+            EventKind.MPS_FAULT,
+            None,
+            f"another MPS failure on {fault.gpu_uuid} during its recovery ({rec.phase.value}) [{fault.trigger.value}]:"
+            f" {fault.detail}" + ("; stopping its agents again" if relaunching else ""),
+            fault.gpu_uuid,
+        )
+        self._end_hung(fault)
+        if relaunching:
+            rec.move(RecoveryPhase.STOPPING, now)
+        self._stop(mine)
+        return True
+
     def tick(self, now: float, agents: Mapping[str, Agent], agents_on: Callable[[str], list[Agent]]) -> None:
         """Move every recovery on as far as it can go now."""
         for uuid, rec in list(self.active.items()):
             if rec.phase == RecoveryPhase.STOPPING:
-                if not all(a.handle is None for a in agents_on(uuid)):
+                left = [a.name for a in rec.mine(agents_on(uuid)) if a.handle is not None]
+                if left and now - rec.phase_at < STOPPING_BOUND_SECS:
                     continue
+                if left:
+                    self._event(
+                        EventKind.UNHEALTHY,
+                        None,
+                        f"{', '.join(left)} still ha{'s' if len(left) == 1 else 've'} a process "
+                        f"{STOPPING_BOUND_SECS:g} s into the recovery of {uuid} (stuck in CUDA teardown?): going on;"
+                        " each starts again once its process is gone",
+                        uuid,
+                    )
                 rec.move(RecoveryPhase.WAITING, now)
             if rec.phase == RecoveryPhase.WAITING:
                 if not self._waited(rec, now):
                     continue
-                for a in agents_on(uuid):
+                for a in rec.mine(agents_on(uuid)):
                     a.release()
                 for name in rec.agents:
                     if name in agents:
@@ -281,23 +409,39 @@ class Recoveries:
                 del self.active[uuid]
 
     def _waited(self, rec: Recovery, now: float) -> bool:
-        """WAITING is over: the server is ready, or the daemon was restarted (at once for some triggers,
-        else past ``fault_wait_secs``)."""
+        """WAITING is over: the server is ready (and the daemon answers), or the daemon was restarted (at once
+        when it is dead, hung or not answering, else past ``fault_wait_secs``). A failed restart keeps the
+        recovery WAITING and is tried again after :data:`RESTORE_RETRY_SECS`."""
         if self.mps is None:
             return True
-        at_once = rec.trigger in RESTORE_DAEMON_AT_ONCE
-        ready = not at_once and self._safe_ready(rec.gpu_uuid)
+        if now < rec.retry_at:
+            return False
+        uuid = rec.gpu_uuid
+        at_once = rec.restore_daemon or not self.mps.answering(uuid)
+        if rec.trigger == RecoveryTrigger.NOT_AS_PLANNED and not at_once:
+            at_once = not self.mps.healthy(uuid)  # the agent found outside MPS: is its daemon there?
+            if not at_once:
+                return True
+        ready = not at_once and self._safe_ready(uuid)
         if ready:
             return True
         if not at_once and now - rec.phase_at < self.fault_wait_secs:
             return False
         try:
-            self.mps.restart_daemon(rec.gpu_uuid)
-            rec.daemon_restarted = True
-            why = "at once" if at_once else "still FAULT"
-            self._event(EventKind.DAEMON, None, f"restarted the MPS daemon of {rec.gpu_uuid} ({why})", rec.gpu_uuid)
+            self.mps.restart_daemon(uuid)
         except ColoError as exc:
-            self._event(EventKind.DAEMON, None, f"could not restart the MPS daemon: {exc}", rec.gpu_uuid)
+            rec.retry_at = now + RESTORE_RETRY_SECS
+            self._event(
+                EventKind.DAEMON,
+                None,
+                f"could not restart the MPS daemon of {uuid}: {exc}; its agents wait (tried again in"
+                f" {RESTORE_RETRY_SECS:g} s)",
+                uuid,
+            )
+            return False
+        rec.daemon_restarted, rec.restore_daemon = True, False
+        why = "at once" if at_once else "still FAULT"
+        self._event(EventKind.DAEMON, None, f"restarted the MPS daemon of {uuid} ({why})", uuid)
         return True
 
     def _finish(self, rec: Recovery, mine: list[Agent], now: float) -> None:
@@ -314,6 +458,7 @@ class Recoveries:
             rec.detect_secs,
             ok,
             dict(rec.phase_secs),
+            rec.refaults,
         )
         self.recovered.append(record)
         blame = f" (faulting client: {rec.culprit})" if rec.culprit else ""
@@ -323,7 +468,7 @@ class Recoveries:
             None,
             f"MPS fault recovery on {rec.gpu_uuid} [{rec.trigger.value}] {'done' if ok else 'incomplete'} in "
             f"{secs:.1f} s: {running}/{len(mine)} agents RUNNING{blame}; {detect}recover_s={secs:.2f} "
-            f"({record.phases_text()})",
+            f"({record.phases_text()})" + (f"; {rec.refaults} further failure(s) during it" if rec.refaults else ""),
             rec.gpu_uuid,
         )
 
