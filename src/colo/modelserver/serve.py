@@ -329,6 +329,7 @@ def _serve(
         server.should_exit = True
 
     loader = threading.Thread(target=_load, name="colo-agent-load", daemon=True)
+    phases.mark("setup")
     loader.start()
     log.info(
         "agent %s: serving on http://%s:%d (loading %d model(s))", args.agent, args.host, port, len(specs)

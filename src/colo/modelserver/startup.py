@@ -5,14 +5,16 @@ The runner that starts the agent (:mod:`colo.launch`) puts two variables in its 
 every process of a Linux machine), and :data:`LAUNCHED_BY_VAR` (``fork`` or ``spawn``). The agent marks the end
 of each phase on the same clock; the first ``/health`` that answers ready ends the last one, and the agent logs::
 
-    start phases: fork 0.01s imports 0.00s cuda_context 0.25s weights 0.30s warmup 0.20s health_ready 0.05s total 0.81s
+    start phases: fork 0.01s imports 0.00s setup 0.02s cuda_context 0.25s weights 0.30s warmup 0.20s health_ready 0.05s total 0.83s
 
 Phases, in order (each from the end of the one before): ``fork`` or ``spawn`` (request -> the agent's ``main``
-runs: the fork, or a new interpreter and its first imports), ``imports`` (:func:`~colo.modelserver.serve.import_modules`),
-``cuda_context`` (the device chosen, CUDA initialised and its context created; ~0 on CPU), ``weights`` (every model
-built or moved to the device), ``warmup`` (the warm-up forwards), ``health_ready`` (ready -> the first ``/health``
-that says so: the supervisor's probe cadence). Without :data:`REQUESTED_VAR` (started by hand) the first phase
-is left out and the total starts at ``main``.
+runs: the fork, or a new interpreter and its first imports), ``imports`` (the config read and
+:func:`~colo.modelserver.serve.import_modules`), ``setup`` (the device chosen, the allocator cap of an agent
+without MPS, the HTTP app built), ``cuda_context`` (CUDA initialised and the context created; ~0 on CPU; the
+HTTP server starts meanwhile), ``weights`` (every model built, or taken from the launcher and moved to the
+device), ``warmup`` (the warm-up forwards), ``health_ready`` (ready -> the first ``/health`` that says so: the
+supervisor's probe cadence). Without :data:`REQUESTED_VAR` (started by hand) the first phase is left out and
+the total starts at ``main``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ REQUESTED_VAR = "COLO_LAUNCH_REQUESTED_MONOTONIC"
 LAUNCHED_BY_VAR = "COLO_LAUNCHED_BY"
 LAUNCHED_BY = ("fork", "spawn")
 #: The phases after the process runs, in order.
-PHASES = ("imports", "cuda_context", "weights", "warmup", "health_ready")
+PHASES = ("imports", "setup", "cuda_context", "weights", "warmup", "health_ready")
 
 
 def launch_env(launched_by: str, requested_monotonic: float) -> dict[str, str]:
