@@ -65,6 +65,7 @@ class _Zygote:
     gone: threading.Event = field(default_factory=threading.Event)
     import_secs: dict[str, float] = field(default_factory=dict)
     blocker: str | None = None  # why the zygote may not fork, as it said when ready
+    ready_info: dict[str, Any] = field(default_factory=dict)  # its whole ready message (driver state, ...)
     exits: dict[int, ExitStatus] = field(default_factory=dict)
     replies: dict[int, dict[str, Any]] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -81,6 +82,7 @@ class _Zygote:
                 if msg.get("ready"):
                     self.import_secs = dict(msg.get("import_secs") or {})
                     self.blocker = msg.get("blocker")
+                    self.ready_info = dict(msg)
                     self.ready.set()
                 elif "exit" in msg:
                     sig = msg.get("signal")
@@ -267,6 +269,13 @@ class ForkRunner:
         """Seconds the current zygote spent importing, per step (empty before it is ready)."""
         z = self._zygote
         return dict(z.import_secs) if z is not None else {}
+
+    def ready_info(self) -> dict[str, Any]:
+        """The current zygote's ready message: ``import_secs``, ``blocker`` (why it will not fork, or None),
+        ``driver`` (the CUDA driver's state after its imports), ``libcuda_mapped_by`` (the import step that
+        mapped libcuda, or None); empty before it is ready."""
+        z = self._zygote
+        return dict(z.ready_info) if z is not None else {}
 
     def close(self) -> None:
         """Stop the zygote (its children keep running)."""

@@ -207,7 +207,8 @@ class FakeRunner:
 
     By default a process exits with the signal it is sent (as a well-behaved agent would). Put a pid in
     ``ignore_signals`` to make it ignore everything but SIGKILL. ``fail_argv0`` makes spawn fail for a
-    command.
+    command. ``launch`` is what the next handles say of how they were launched (a real runner's
+    ``ProcessHandle.launch``).
     """
 
     def __init__(self, *, first_pid: int = 4000, clock_wall: float = 1_700_000_000.0) -> None:
@@ -215,6 +216,7 @@ class FakeRunner:
         self.spawned: list[FakeProcess] = []
         self.ignore_signals: set[int] = set()
         self.fail_argv0: set[str] = set()
+        self.launch = ""
         self._next_pid = first_pid
         self._wall = clock_wall
 
@@ -226,7 +228,7 @@ class FakeRunner:
         pid = self._next_pid
         self._next_pid += 1
         self._wall += 1.0
-        proc = FakeProcess(ProcessHandle(pid, self._wall), spec)
+        proc = FakeProcess(ProcessHandle(pid, self._wall, launch=self.launch), spec)
         self.procs[pid] = proc
         self.spawned.append(proc)
         return proc.handle

@@ -86,3 +86,30 @@ def test_runners_tell_the_agent_how_and_when_it_was_launched(tmp_path: Path) -> 
             assert wait_for(lambda r=r, handle=handle: r.poll(handle), 30) is not None  # reaped
     finally:
         runner.close()
+
+
+def test_the_started_event_says_how_the_agent_was_launched(tmp_path: Path) -> None:
+    from colo.clock import FakeClock as Clock
+    from colo.launch.health import HealthResult
+    from colo.launch.runner import FakeRunner
+    from colo.spec.config import HealthCheck
+    from colo.supervise.agent import Agent, AgentSetup
+    from colo.supervise.policy import RestartRules
+
+    runner = FakeRunner()
+    events: list[str] = []
+    setup = AgentSetup(
+        "a", py("pass"), HealthCheck(type="none", start_secs=1), RestartRules(max_retries=3, backoff_initial_secs=1)
+    )
+    agent = Agent(
+        setup,
+        runner=runner,
+        probe=lambda check: HealthResult(True),
+        clock=Clock(),
+        log_path=tmp_path / "a.log",
+        on_event=lambda kind, message: events.append(message),
+        on_change=lambda a: None,
+    )
+    runner.launch = "spawned: the launcher is still importing"
+    agent.start()
+    assert events[-1] == f"started, pid {runner.last().handle.pid}, spawned: the launcher is still importing"
