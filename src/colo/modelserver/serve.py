@@ -134,6 +134,7 @@ def import_modules(
 
     started = done("torch", started)
     import transformers  # noqa: F401
+    from transformers import AutoTokenizer  # noqa: F401  (lazy in transformers: seconds at the first load)
 
     started = done("transformers", started)
     import fastapi  # noqa: F401
