@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -77,11 +78,17 @@ def _stop(runner: Runner, handles: Mapping[str, ProcessHandle]) -> None:
 
 
 def time_to_healthy(
-    runner: Runner, specs: Mapping[str, tuple[LaunchSpec, int]], log_dir: Path
+    runner: Runner,
+    specs: Mapping[str, tuple[LaunchSpec, int]],
+    log_dir: Path,
+    *,
+    within_secs: float = HEALTHY_WITHIN_SECS,
+    starts: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, float]:
-    """Spawn every agent of ``specs`` at once; seconds from each one's spawn call to its /health 200. Stops
-    them all before returning. Raises AssertionError (with the log's tail) when one exits or never gets
-    healthy."""
+    """Spawn every agent of ``specs`` at once; seconds from each one's spawn call to its /health 200 (and, into
+    ``starts``, the ``start`` object of that first ready /health: how it was launched, its phases). Stops
+    them all before returning. Raises AssertionError (with the log's tail) when one exits or is not healthy
+    within ``within_secs``."""
     started: dict[str, float] = {}
     handles: dict[str, ProcessHandle] = {}
     took: dict[str, float] = {}
@@ -90,7 +97,7 @@ def time_to_healthy(
             started[name] = time.monotonic()
             handles[name] = runner.spawn(spec, log_dir / f"{name}.log")
         with httpx.Client(timeout=2.0) as client:
-            deadline = time.monotonic() + HEALTHY_WITHIN_SECS
+            deadline = time.monotonic() + within_secs
             while len(took) < len(specs) and time.monotonic() < deadline:
                 for name, (_, port) in specs.items():
                     if name in took:
@@ -107,9 +114,11 @@ def time_to_healthy(
                         # only this agent counts: not one of an earlier run still answering on its port
                         assert r.json().get("pid") == handles[name].pid, f"{name}: port {port} is another's"
                         took[name] = time.monotonic() - started[name]
+                        if starts is not None:
+                            starts[name] = r.json().get("start") or {}
                 time.sleep(0.02)
         missing = sorted(set(specs) - set(took))
-        assert not missing, f"not healthy within {HEALTHY_WITHIN_SECS:.0f}s: {missing}"
+        assert not missing, f"not healthy within {within_secs:.0f}s: {missing}"
         return took
     finally:
         _stop(runner, handles)
@@ -136,12 +145,15 @@ def measure(
         time_to_healthy(runner, specs, log_dir)  # warm-up: page cache; the launcher preloads the model classes
         slowest = []
         for i in range(runs):
-            took = time_to_healthy(runner, specs, log_dir)
+            starts: dict[str, dict[str, Any]] = {}
+            took = time_to_healthy(runner, specs, log_dir, starts=starts)
             slowest.append(max(took.values()))
             each = " ".join(f"{n}={s:.2f}" for n, s in sorted(took.items()))
+            last = max(took, key=lambda n: took[n])
             line = (
                 f"{label} launcher mode={mode} agent={agent} agents={len(specs)} run={i + 1} "
-                f"spawn_to_running_s={max(took.values()):.2f} each: {each}"
+                f"spawn_to_running_s={max(took.values()):.2f} slowest_phases={phases_text(starts.get(last))} "
+                f"each: {each}"
             )
             print(line, flush=True)
             if out is not None:
@@ -151,6 +163,14 @@ def measure(
         return slowest
     finally:
         runner.close()
+
+
+def phases_text(start: Mapping[str, Any] | None) -> str:
+    """``fork:0.01,imports:0.00,...,total:0.81`` from an agent's /health ``start`` object (``none`` without)."""
+    if not start:
+        return "none"
+    parts = [f"{k}:{v:.2f}" for k, v in (start.get("phases_secs") or {}).items()]
+    return ",".join([*parts, f"total:{float(start.get('total_secs') or 0.0):.2f}"])
 
 
 def summary(mode: str, secs: Sequence[float]) -> str:

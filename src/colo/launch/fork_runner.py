@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from colo.gpu import procs
 from colo.launch.forkserver import EXEC_TIME_PREFIXES, MODULE, ZYGOTE_ENV_DEFAULTS
 from colo.launch.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner, Runner, base_env
 from colo.modelserver.command import MODULE as BUILTIN_AGENT_MODULE
+from colo.modelserver.startup import launch_env
 
 log = logging.getLogger("colo.launch.fork_runner")
 
@@ -41,6 +42,8 @@ READY_WAIT_SECS = 60.0
 FORK_REPLY_SECS = 60.0
 #: Zygotes started after the first one died, at most: past this, every agent is spawned plainly.
 MAX_RESTARTS = 3
+#: ``ProcessHandle.launch`` of a forked agent (a spawned one says ``spawned: <why not forked>``).
+FORKED = "forked from the launcher"
 
 
 class _ZygoteGone(Exception):
@@ -62,6 +65,7 @@ class _Zygote:
     gone: threading.Event = field(default_factory=threading.Event)
     import_secs: dict[str, float] = field(default_factory=dict)
     blocker: str | None = None  # why the zygote may not fork, as it said when ready
+    ready_info: dict[str, Any] = field(default_factory=dict)  # its whole ready message (driver state, ...)
     exits: dict[int, ExitStatus] = field(default_factory=dict)
     replies: dict[int, dict[str, Any]] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -78,6 +82,7 @@ class _Zygote:
                 if msg.get("ready"):
                     self.import_secs = dict(msg.get("import_secs") or {})
                     self.blocker = msg.get("blocker")
+                    self.ready_info = dict(msg)
                     self.ready.set()
                 elif "exit" in msg:
                     sig = msg.get("signal")
@@ -179,9 +184,11 @@ class ForkRunner:
     def spawn(self, spec: LaunchSpec, log_path: Path) -> ProcessHandle:
         if not self._forkable(spec):
             return self.fallback.spawn(spec, log_path)
+        requested = time.monotonic()  # the agent's start phases count from here, whichever way it starts
         env = base_env()
         for key, value in ZYGOTE_ENV_DEFAULTS.items():
             env.setdefault(key, value)  # as in the zygote's own environment
+        env.update(launch_env("fork", requested))
         env.update(spec.env_dict())
         zygote, reason = self._usable_zygote(log_path.parent)
         if zygote is not None:
@@ -201,10 +208,11 @@ class ForkRunner:
                         self._forked[pid] = zygote
                         self.forks += 1
                     start = procs.create_time(pid)
-                    return ProcessHandle(pid, start if start is not None else 0.0)
+                    return ProcessHandle(pid, start if start is not None else 0.0, launch=FORKED)
         self.fallbacks.append(reason)
         log.info("spawning %s plainly: %s", spec.argv[0], reason)
-        return self.fallback.spawn(spec, log_path)
+        spawned = replace(spec, env=tuple(sorted({**dict(spec.env), **launch_env("spawn", requested)}.items())))
+        return replace(self.fallback.spawn(spawned, log_path), launch=f"spawned: {reason}")
 
     def poll(self, handle: ProcessHandle) -> ExitStatus | None:
         with self._lock:
@@ -261,6 +269,13 @@ class ForkRunner:
         """Seconds the current zygote spent importing, per step (empty before it is ready)."""
         z = self._zygote
         return dict(z.import_secs) if z is not None else {}
+
+    def ready_info(self) -> dict[str, Any]:
+        """The current zygote's ready message: ``import_secs``, ``blocker`` (why it will not fork, or None),
+        ``driver`` (the CUDA driver's state after its imports), ``libcuda_mapped_by`` (the import step that
+        mapped libcuda, or None); empty before it is ready."""
+        z = self._zygote
+        return dict(z.ready_info) if z is not None else {}
 
     def close(self) -> None:
         """Stop the zygote (its children keep running)."""

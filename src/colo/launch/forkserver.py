@@ -13,14 +13,25 @@ exit code matters: ``EXIT_CONTEXT_LOST`` restarts an agent at once, 3 means out 
 lose it). When the runner closes the pipe (the orchestrator stopped or died) the zygote exits; its children
 keep running, re-parented, and are re-adopted by pid and start time like spawned agents.
 
-Forking only from a single-threaded process is safe: before every fork the zygote checks (:func:`fork_blocker`)
-that it has one OS thread (``/proc/self/task``), one Python thread, no torch CUDA state and no ``libcuda``
-mapped. It runs with :data:`ZYGOTE_ENV_DEFAULTS` (numpy's OpenBLAS otherwise starts a worker thread at import;
-torch's NVML-based ``is_available()`` never initialises the driver).
+Forking only from a single-threaded process with no initialised CUDA driver is safe: before every fork the
+zygote checks (:func:`fork_blocker`) that it has one OS thread (``/proc/self/task``), one Python thread, no torch
+CUDA state and no *initialised* CUDA driver (:mod:`colo.launch.cuda_state`: on a GPU machine ``import torch``
+maps ``libcuda`` without initialising it, which is harmless; the driver itself is asked). When in doubt it does
+not fork, and says why: the agent is spawned and its ``started`` event names the reason. It logs the driver's
+state after each import step (``launcher import torch: libcuda mapped, not initialised (...) (mapped by import
+torch)``). It runs with :data:`ZYGOTE_ENV_DEFAULTS` (numpy's OpenBLAS otherwise starts a worker thread at
+import; torch's NVML-based ``is_available()`` never initialises the driver).
+
+While idle the zygote builds, once per config version, the models of the agents it forked on the CPU
+(:class:`Preloader`, :func:`colo.memory.build.prebuild`, within :data:`PREBUILD_MAX_MODEL_BYTES` each and
+:data:`PREBUILD_MAX_BYTES` in all), with torch single-threaded (each child gets its thread count back); agents
+forked later — a restart, a second agent of the same model — inherit them copy-on-write and only move them to
+their device (:func:`colo.memory.build.take_prebuilt`). The zygote never tokenises (no tokenizers thread pool).
 
 Control protocol (JSON lines on the zygote's stdin and stdout, both pipes to the runner):
 ``{"id", "argv", "env", "cwd", "log"}`` asks for a child; the zygote answers ``{"id", "pid"}`` or
-``{"id", "error"}``, says ``{"ready": true, "import_secs": {...}, "blocker": null}`` once after its imports,
+``{"id", "error"}``, says ``{"ready": true, "import_secs": {...}, "blocker": null, "driver": "...", "libcuda_mapped_by":
+"torch"}`` once after its imports,
 and ``{"exit": pid, "code": c, "signal": s}`` whenever it reaps a child.
 """
 
@@ -35,10 +46,16 @@ import select
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from colo.launch.cuda_state import Driver, DriverState, driver_state
 from colo.modelserver.command import MODULE as BUILTIN_AGENT_MODULE
+from colo.units import GIB
+
+if TYPE_CHECKING:
+    from colo.spec.config import ColoConfig
 
 MODULE = "colo.launch.forkserver"
 
@@ -49,6 +66,9 @@ ZYGOTE_ENV_DEFAULTS: dict[str, str] = {
     # torch.cuda.is_available() asks NVML instead of initialising the CUDA driver (torch's fork-safe check).
     "PYTORCH_NVML_BASED_CUDA_CHECK": "1",
 }
+#: The largest model the zygote prebuilds (bytes of parameters and buffers), and the most it holds in all.
+PREBUILD_MAX_MODEL_BYTES = 2 * GIB
+PREBUILD_MAX_BYTES = 8 * GIB
 #: Variables read when a process starts (interpreter, dynamic loader, thread pools): a child whose value differs
 #: from the zygote's cannot be forked from it and is spawned plainly.
 EXEC_TIME_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH_", "PYTORCH_")
@@ -70,25 +90,18 @@ def _threads_now() -> int:
         return threading.active_count()
 
 
-def cuda_driver_loaded() -> bool:
-    """Whether libcuda is mapped into this process: something called the CUDA driver (which cannot be used
-    across fork). torch loads it lazily, on the first CUDA call."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            return any("libcuda.so" in line for line in maps)
-    except OSError:
-        return False
-
-
-def fork_blocker() -> str | None:
-    """Why this process must not fork now (more than one thread, CUDA touched), or None when it may."""
+def fork_blocker(driver: Callable[[], DriverState] = driver_state) -> str | None:
+    """Why this process must not fork now, or None when it may: more than one thread (OS or Python), torch's
+    CUDA state initialised, or the CUDA driver initialised (or its state unreadable: when in doubt, spawn).
+    A ``libcuda`` that is only mapped does not block (see :mod:`colo.launch.cuda_state`)."""
     if threading.active_count() != 1 or _threads_now() != 1:
         return f"the launcher has {_threads_now()} threads; it forks only when single-threaded"
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
-        return "CUDA is initialised in the launcher"
-    if cuda_driver_loaded():
-        return "the CUDA driver (libcuda) is loaded in the launcher"
+        return "CUDA is initialised in the launcher (torch.cuda.is_initialized())"
+    state = driver()
+    if not state.driver.fork_safe:
+        return f"the CUDA driver is not fork-safe in the launcher: {state.describe()}"
     return None
 
 
@@ -151,7 +164,7 @@ def _become_child(req: dict[str, Any], log_fd: int, devnull: int, inherited: Seq
     return _run_argv(req["argv"])
 
 
-def _fork(req: dict[str, Any], inherited: Sequence[int]) -> int:
+def _fork(req: dict[str, Any], inherited: Sequence[int], child_setup: Callable[[], None] = lambda: None) -> int:
     """Fork one child for ``req``; its pid. Raises OSError/ValueError when it cannot (nothing is started)."""
     blocker = fork_blocker()
     if blocker is not None:
@@ -168,6 +181,7 @@ def _fork(req: dict[str, Any], inherited: Sequence[int]) -> int:
         if pid == 0:  # the child never returns into the zygote's loop
             code = 1
             try:
+                child_setup()
                 code = _become_child(req, log_fd, devnull, inherited)
             finally:
                 with contextlib.suppress(BaseException):
@@ -181,29 +195,128 @@ def _fork(req: dict[str, Any], inherited: Sequence[int]) -> int:
         os.close(devnull)
 
 
-def _preload_models(argv: Sequence[str], done: set[str]) -> None:
-    """Import the model classes of every agent in the built-in agent's ``--config`` (once per version of the
-    file), so children start with them imported. Never raises: a child reports its own load errors."""
-    if len(argv) < 3 or argv[1:3] != ["-m", BUILTIN_AGENT_MODULE] or "--config" not in argv[:-1]:
-        return
-    path = argv[argv.index("--config") + 1]
-    try:
-        key = f"{path}@{os.stat(path).st_mtime_ns}"
-    except OSError:
-        return
-    if key in done:
-        return
-    done.add(key)
-    try:
-        from colo.modelserver.serve import import_modules
-        from colo.spec import load_config
+def _arg(argv: Sequence[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
 
-        config = load_config(path)
-        specs = {m: config.models[m] for a in config.agents.values() for m in a.models if m in config.models}
-        spent = import_modules(sorted(specs.items()))
-        print(f"preloaded {len(specs)} model(s) of {path}: {spent}", file=sys.stderr, flush=True)
-    except Exception as exc:  # the child loads (and reports) for itself
-        print(f"preloading the models of {path} failed: {exc}", file=sys.stderr, flush=True)
+
+class Preloader:
+    """What the zygote prepares for the built-in agents of one config (per version of the file): their model
+    classes imported before the first fork, and each of their models built once on the CPU
+    (:func:`colo.memory.build.prebuild`) so forked agents inherit them copy-on-write and only move them to
+    their device. Builds happen while the zygote is idle (:meth:`build_one`), never before a fork: an agent
+    started before its model was built builds it itself. torch runs single-threaded here (its intra-op
+    thread count is given back in each child, :meth:`child_setup`), and ``fork_blocker`` is asked after each
+    build. Never raises: an agent reports its own load errors."""
+
+    def __init__(self, max_model_bytes: int = PREBUILD_MAX_MODEL_BYTES, max_bytes: int = PREBUILD_MAX_BYTES) -> None:
+        self.max_model_bytes = max_model_bytes
+        self.max_bytes = max_bytes
+        self.config_key: str | None = None
+        self.config: ColoConfig | None = None
+        self.pending: list[tuple[str, str, str | None]] = []
+        self.held: dict[tuple[str, str, str | None], int] = {}  # built models and their bytes
+        self.skipped: set[tuple[str, str, str | None]] = set()
+        self.torch_threads: int | None = None  # torch's thread count before the zygote set it to 1
+
+    def before_fork(self, argv: Sequence[str]) -> None:
+        """For a fork request with ``argv``: on a new config (or a new version of it) import its model
+        classes and forget the models of the old one; queue the agent's models for building."""
+        if len(argv) < 3 or list(argv[1:3]) != ["-m", BUILTIN_AGENT_MODULE]:
+            return
+        path = _arg(argv, "--config")
+        if path is None:
+            return
+        try:
+            key = f"{path}@{os.stat(path).st_mtime_ns}"
+            from colo.memory.build import keep_prebuilt
+            from colo.modelserver.serve import import_modules
+            from colo.spec import load_config
+
+            if key != self.config_key:
+                loaded = load_config(path)
+                self.config_key, self.config = key, loaded
+                specs = {m: loaded.models[m] for a in loaded.agents.values() for m in a.models if m in loaded.models}
+                spent = import_modules(sorted(specs.items()))
+                _say(f"preloaded {len(specs)} model class(es) of {path}: {_secs(spent)}")
+                wanted: set[tuple[str, str, str | None]] = {(m, spec.dtype, spec.path) for m, spec in specs.items()}
+                keep_prebuilt(wanted)
+                self.held = {k: v for k, v in self.held.items() if k in wanted}
+                self.pending = [k for k in self.pending if k in wanted]
+            config = self.config
+            agent = config.agents.get(_arg(argv, "--agent") or "") if config is not None else None
+            if config is None or agent is None:
+                return
+            dtype = _arg(argv, "--dtype")
+            for model_id in agent.models:
+                spec = config.models.get(model_id)
+                if spec is None:
+                    continue
+                want = (model_id, dtype or spec.dtype, spec.path)
+                if want not in self.held and want not in self.skipped and want not in self.pending:
+                    self.pending.append(want)
+        except Exception as exc:  # the child loads (and reports) for itself
+            _say(f"preloading for {path} failed: {exc}")
+
+    def build_one(self) -> None:
+        """Build the next queued model (the zygote is idle). A model that fails, or does not fit the budget,
+        is skipped for good (its agents build it themselves)."""
+        if not self.pending:
+            return
+        key = self.pending.pop(0)
+        model_id, dtype, path = key
+        try:
+            import torch
+
+            from colo.memory.build import prebuild
+
+            if self.torch_threads is None:
+                self.torch_threads = torch.get_num_threads()
+                torch.set_num_threads(1)  # a fill with several threads would start a pool: no more forks
+            started = time.perf_counter()
+            left = self.max_bytes - sum(self.held.values())
+            size = prebuild(model_id, dtype=dtype, path=path, max_bytes=min(self.max_model_bytes, left))
+            self.held[key] = size
+            _say(f"prebuilt {model_id} ({dtype}, {size >> 20} MiB) in {time.perf_counter() - started:.2f}s")
+        except Exception as exc:
+            self.skipped.add(key)
+            _say(f"not prebuilding {model_id} ({dtype}): {exc}")
+        blocker = fork_blocker()
+        if blocker is not None:
+            _say(f"after prebuilding {model_id}: {blocker}")
+
+    def child_setup(self) -> None:
+        """In a forked child: give torch back the thread count the zygote took from it."""
+        torch = sys.modules.get("torch")
+        if torch is not None and self.torch_threads is not None:
+            torch.set_num_threads(self.torch_threads)
+
+
+class DriverWatch:
+    """After each import step of the zygote: is ``libcuda`` mapped now, and did this step map it? (One log
+    line per step: on a GPU machine, which import maps the driver, and whether anything initialised it.)"""
+
+    def __init__(self, driver: Callable[[], DriverState] = driver_state) -> None:
+        self._driver = driver
+        self.mapped_by: str | None = None
+        self.state = driver()
+        if self.state.driver is not Driver.NOT_MAPPED:
+            self.mapped_by = "the interpreter's start"
+        _say(f"launcher start: {self.state.describe()}")
+
+    def __call__(self, step: str) -> None:
+        self.state = self._driver()
+        newly = self.mapped_by is None and self.state.driver is not Driver.NOT_MAPPED
+        if newly:
+            self.mapped_by = step
+        _say(f"launcher import {step}: {self.state.describe()}" + (f" (mapped by import {step})" if newly else ""))
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _secs(spent: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.2f}s" for k, v in spent.items())
 
 
 def _reap(ctl_out: int) -> None:
@@ -231,10 +344,11 @@ def serve(*, preload: bool = True) -> int:
     os.close(devnull)
     os.dup2(2, 1)
     spent: dict[str, float] = {}
+    watch = DriverWatch()
     if preload:
         from colo.modelserver.serve import import_modules
 
-        spent = import_modules()
+        spent = import_modules(after_step=watch)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -242,13 +356,27 @@ def serve(*, preload: bool = True) -> int:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     inherited = (ctl_in, ctl_out, wake_r, wake_w)
     blocker = fork_blocker()
-    print(f"launcher ready: imports {spent}; {blocker or 'single-threaded, no CUDA'}", file=sys.stderr, flush=True)
-    _send(ctl_out, {"ready": True, "pid": os.getpid(), "import_secs": spent, "blocker": blocker})
+    _say(f"launcher ready: imports {_secs(spent)}; {blocker or 'single-threaded, CUDA driver not initialised'}")
+    _send(
+        ctl_out,
+        {
+            "ready": True,
+            "pid": os.getpid(),
+            "import_secs": spent,
+            "blocker": blocker,
+            "driver": watch.state.describe(),
+            "libcuda_mapped_by": watch.mapped_by,
+        },
+    )
     pending = b""
-    preloaded: set[str] = set()
+    preloader = Preloader()
     try:
         while True:
-            ready, _, _ = select.select([ctl_in, wake_r], [], [], 1.0)
+            # Idle with models to build: build one between requests (a request waits at most one build).
+            idle_secs = 0.0 if preloader.pending else 1.0
+            ready, _, _ = select.select([ctl_in, wake_r], [], [], idle_secs)
+            if not ready:
+                preloader.build_one()
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
@@ -266,8 +394,8 @@ def serve(*, preload: bool = True) -> int:
                     req = json.loads(line)
                     rid = req["id"]
                     if preload:
-                        _preload_models(req["argv"], preloaded)
-                    _send(ctl_out, {"id": rid, "pid": _fork(req, inherited)})
+                        preloader.before_fork(req["argv"])
+                    _send(ctl_out, {"id": rid, "pid": _fork(req, inherited, preloader.child_setup)})
                 except (OSError, ValueError, KeyError, TypeError) as exc:
                     _send(ctl_out, {"id": rid, "error": str(exc)})
     except BrokenPipeError:

@@ -13,21 +13,25 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from colo.errors import SupervisorError
 from colo.gpu import procs
+from colo.modelserver.startup import launch_env
 
 
 @dataclass(frozen=True)
 class ProcessHandle:
-    """A process colo launched or adopted: its pid and start time (seconds since the epoch)."""
+    """A process colo launched or adopted: its pid and start time (seconds since the epoch), and how it was
+    launched (``launch``: ``"forked from the launcher"``, ``"spawned"``, ``"spawned: <why not forked>"``)."""
 
     pid: int
     start_time: float
     adopted: bool = False
+    launch: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class ProcessRunner:
 
     def spawn(self, spec: LaunchSpec, log_path: Path) -> ProcessHandle:
         env = base_env()
+        env.update(launch_env("spawn", time.monotonic()))  # unless a ForkRunner falling back set them first
         env.update(spec.env_dict())
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +157,7 @@ class ProcessRunner:
         self._children[proc.pid] = proc
         start = procs.create_time(proc.pid)
         # None: exited already; poll() reports how
-        return ProcessHandle(proc.pid, start if start is not None else 0.0)
+        return ProcessHandle(proc.pid, start if start is not None else 0.0, launch="spawned")
 
     def poll(self, handle: ProcessHandle) -> ExitStatus | None:
         child = self._children.get(handle.pid)
@@ -202,7 +207,8 @@ class FakeRunner:
 
     By default a process exits with the signal it is sent (as a well-behaved agent would). Put a pid in
     ``ignore_signals`` to make it ignore everything but SIGKILL. ``fail_argv0`` makes spawn fail for a
-    command.
+    command. ``launch`` is what the next handles say of how they were launched (a real runner's
+    ``ProcessHandle.launch``).
     """
 
     def __init__(self, *, first_pid: int = 4000, clock_wall: float = 1_700_000_000.0) -> None:
@@ -210,6 +216,7 @@ class FakeRunner:
         self.spawned: list[FakeProcess] = []
         self.ignore_signals: set[int] = set()
         self.fail_argv0: set[str] = set()
+        self.launch = ""
         self._next_pid = first_pid
         self._wall = clock_wall
 
@@ -221,7 +228,7 @@ class FakeRunner:
         pid = self._next_pid
         self._next_pid += 1
         self._wall += 1.0
-        proc = FakeProcess(ProcessHandle(pid, self._wall), spec)
+        proc = FakeProcess(ProcessHandle(pid, self._wall, launch=self.launch), spec)
         self.procs[pid] = proc
         self.spawned.append(proc)
         return proc.handle

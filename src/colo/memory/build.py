@@ -343,6 +343,62 @@ def build(
     return BuiltModel(module=module, source=source, dtype=dtype, device=device)
 
 
+# Models built once in a pre-forking launcher (:func:`prebuild`), inherited copy-on-write by its forked agents
+# (:func:`take_prebuilt`). Keyed by (model id, dtype, path).
+_PrebuiltKey = tuple[str, str, str | None]
+_prebuilt: dict[_PrebuiltKey, BuiltModel] = {}
+
+
+def model_bytes(built: BuiltModel) -> int:
+    """Bytes of a built model's parameters and buffers (tied tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*built.module.parameters(), *built.module.buffers()]:
+        key = id(tensor) if tensor.device.type == "meta" else tensor.data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += int(tensor.numel()) * int(tensor.element_size())
+    return total
+
+
+def prebuild(model_id: str, *, dtype: str = "float32", path: str | None = None, max_bytes: int) -> int:
+    """Build ``model_id`` on the CPU once, as :func:`build` would (same source, dtype, architecture), and keep
+    it for :func:`take_prebuilt` in processes forked after this; the bytes it holds (0 if it was built
+    already). A model whose parameters and buffers pass ``max_bytes`` is not built (ProfileError says so);
+    build errors are raised as :func:`build` raises them. Call it with torch single-threaded in a process
+    that forks: filling weights with several threads starts a thread pool."""
+    key = (model_id, dtype, path)
+    if key in _prebuilt:
+        return 0
+    size = model_bytes(build(model_id, dtype=dtype, device="meta", path=path))
+    if size > max_bytes:
+        raise ProfileError(
+            f"{model_id} ({size >> 20} MiB in {dtype}) is larger than the {max_bytes >> 20} MiB a launcher"
+            " prebuilds; its agents build it themselves"
+        )
+    _prebuilt[key] = build(model_id, dtype=dtype, device="cpu", path=path)
+    return size
+
+
+def keep_prebuilt(keys: set[tuple[str, str, str | None]]) -> None:
+    """Drop every prebuilt model whose (model id, dtype, path) is not in ``keys`` (a new config's)."""
+    for key in list(_prebuilt):
+        if key not in keys:
+            del _prebuilt[key]
+
+
+def take_prebuilt(model_id: str, *, dtype: str, device: str, path: str | None = None) -> BuiltModel | None:
+    """The model :func:`prebuild` built for (``model_id``, ``dtype``, ``path``), moved to ``device``, or None.
+    Taken once: this process holds no CPU copy of it afterwards (a forked child shares the launcher's pages
+    until then, and copies none of them to move it)."""
+    built = _prebuilt.pop((model_id, dtype, path), None)
+    if built is None:
+        return None
+    if device != "cpu":
+        built.module.to(device)
+    return BuiltModel(module=built.module, source=built.source, dtype=dtype, device=device)
+
+
 def build_model(
     model_id: str,
     *,

@@ -123,11 +123,15 @@ def load_model(
     as they are: the caller decides what an OOM means.
     """
     from colo.memory.build import RANDOM_WEIGHTS as BUILD_RANDOM
-    from colo.memory.build import build, max_positions
+    from colo.memory.build import build, max_positions, take_prebuilt
 
     started = clock.monotonic()
     use_dtype = dtype or spec.dtype
-    built = build(model_id, dtype=use_dtype, device=device, path=spec.path)
+    # Built once by the launcher this agent was forked from (same source and dtype): only moved here.
+    built = take_prebuilt(model_id, dtype=use_dtype, device=device, path=spec.path)
+    prebuilt = built is not None
+    if built is None:
+        built = build(model_id, dtype=use_dtype, device=device, path=spec.path)
     module = built.module
     source = built.source
     task: Task = spec.task or source.task
@@ -151,10 +155,11 @@ def load_model(
         load_secs=clock.monotonic() - started,
     )
     log.info(
-        "%s: loaded on %s (%s, %s, %.1fM parameters) in %.2fs",
+        "%s: loaded on %s (%s%s, %s, %.1fM parameters) in %.2fs",
         model_id,
         device,
         source.description,
+        ", prebuilt by the launcher" if prebuilt else "",
         use_dtype,
         parameters / 1e6,
         loaded.load_secs,

@@ -50,6 +50,7 @@ from colo.modelserver.inference import (
 )
 from colo.modelserver.loading import LoadedModel, load_model
 from colo.modelserver.metrics import AgentMetrics
+from colo.modelserver.startup import StartPhases
 from colo.spec.config import ModelSpec
 from colo.units import MIB
 
@@ -157,6 +158,7 @@ class AgentRuntime:
     probe_timeout_secs: float = DEFAULT_TIMEOUT_SECS
     hang_secs: float = DEFAULT_HANG_SECS
     on_context_lost: Callable[[str], None] = lambda reason: None
+    start: StartPhases | None = None  # the agent's start-up phases, ended by the first ready /health
     metrics: AgentMetrics = field(init=False)
     _state_lock: threading.Lock = field(default_factory=threading.Lock)
     _models_lock: threading.Lock = field(default_factory=threading.Lock)  # /health never waits on a batch
@@ -520,6 +522,7 @@ class AgentRuntime:
             "queue_depth": self._worker.depth,
             "batch_wait_ms": self.batch_wait_ms,
             "max_queue": self.max_queue,
+            "start": None if self.start is None else self.start.on_health(status == "ready"),
             **_device_memory_or_none(self.device, status),
         }
 

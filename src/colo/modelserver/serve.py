@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
@@ -38,6 +38,7 @@ from colo.errors import ColoError, UsageError
 from colo.gpu.mps import env as mps_env
 from colo.modelserver.command import DEFAULT_HOST, MEMORY_CAP_VAR
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST, EXIT_FAILED, EXIT_OK, EXIT_OOM
+from colo.modelserver.startup import StartPhases
 
 if TYPE_CHECKING:
     from colo.spec.config import ModelSpec
@@ -111,30 +112,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def import_modules(specs: Sequence[tuple[str, ModelSpec]] = ()) -> dict[str, float]:
+def import_modules(
+    specs: Sequence[tuple[str, ModelSpec]] = (), *, after_step: Callable[[str], None] | None = None
+) -> dict[str, float]:
     """Do every heavy import the agent needs — torch, transformers, the HTTP stack, and the model classes of
     ``specs`` — without initialising CUDA. Returns seconds per step (``torch``, ``transformers``, ``http``,
-    ``models``). Safe to call in a parent that forks agents afterwards; a model whose class cannot be found
-    here is left for the load to report.
+    ``models``); ``after_step(name)`` is called after each (the launcher looks at the CUDA driver there).
+    Safe to call in a parent that forks agents afterwards; a model whose class cannot be found here is left
+    for the load to report.
     """
     spent: dict[str, float] = {}
+
+    def done(step: str, started: float) -> float:
+        spent[step] = time.perf_counter() - started
+        if after_step is not None:
+            after_step(step)
+        return time.perf_counter()
+
     started = time.perf_counter()
     import torch  # noqa: F401
 
-    spent["torch"] = time.perf_counter() - started
-    started = time.perf_counter()
+    started = done("torch", started)
     import transformers  # noqa: F401
+    from transformers import AutoTokenizer  # noqa: F401  (lazy in transformers: seconds at the first load)
 
-    spent["transformers"] = time.perf_counter() - started
-    started = time.perf_counter()
+    started = done("transformers", started)
     import fastapi  # noqa: F401
     import uvicorn  # noqa: F401
 
     import colo.modelserver.app
     import colo.modelserver.runtime  # noqa: F401
 
-    spent["http"] = time.perf_counter() - started
-    started = time.perf_counter()
+    started = done("http", started)
     from colo.memory.build import preload
 
     for model_id, spec in specs:
@@ -142,8 +151,19 @@ def import_modules(specs: Sequence[tuple[str, ModelSpec]] = ()) -> dict[str, flo
             preload(model_id, path=spec.path)
         except Exception as exc:  # the load reports it properly, with its exit code
             log.debug("preload of %s skipped: %s", model_id, exc)
-    spent["models"] = time.perf_counter() - started
+    done("models", started)
     return spent
+
+
+def create_context(device: str) -> None:
+    """Create the CUDA context of ``device`` now (one tiny allocation, synchronised), so its cost is the
+    ``cuda_context`` phase and not hidden in the first model's build. Nothing on CPU."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    torch.zeros(1, device=device)
+    torch.cuda.synchronize(device)
 
 
 def _setup_logging(agent: str, level: str) -> None:
@@ -204,6 +224,7 @@ def cap_allocator(device: str, environ: Mapping[str, str] | None = None) -> floa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT or a load failure; return the process exit code."""
+    phases = StartPhases(os.environ)  # the fork/spawn phase ends here
     stop_requested = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -226,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         specs = agent_models(config, args.agent, source=args.config)
         spent = import_modules(specs)  # instant when a launcher imported them before forking
         log.info("imports: %s", " ".join(f"{k} {v:.2f}s" for k, v in spent.items()))
+        phases.mark("imports")
         port = args.port if args.port is not None else config.agents[args.agent].port
         if port is None:
             raise UsageError(
@@ -243,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cap_allocator(device)
     agent = config.agents[args.agent]
     wait_ms = args.batch_wait_ms if args.batch_wait_ms is not None else agent.batch_wait_ms
-    return _serve(args, specs, device, port, stop_requested, wait_ms, agent.matmul_precision)
+    return _serve(args, specs, device, port, stop_requested, wait_ms, agent.matmul_precision, phases)
 
 
 def _serve(
@@ -254,6 +276,7 @@ def _serve(
     stop_requested: threading.Event,
     batch_wait_ms: float,
     matmul_precision: str,
+    phases: StartPhases,
 ) -> int:
     import uvicorn
 
@@ -270,6 +293,7 @@ def _serve(
         matmul_precision=matmul_precision,
         max_queue=args.max_queue,
         on_context_lost=lambda reason: _exit_soon(args.agent, EXIT_CONTEXT_LOST),
+        start=phases,
     )
     if args.enable_fault_route:
         log.warning("agent %s: the fault route POST /debug/fault is enabled (tests only)", args.agent)
@@ -288,7 +312,14 @@ def _serve(
 
     def _load() -> None:
         try:
+            create_context(device)
+            phases.mark("cuda_context")
+            loading = time.monotonic()
             runtime.load()
+            # runtime.load builds every model, then warms up: the models' own load times are the weights.
+            weights_secs = sum(m.load_secs for m in runtime.models.values())
+            phases.mark("weights", weights_secs)
+            phases.mark("warmup", time.monotonic() - loading - weights_secs)
             runtime.watch_context()  # a lost context is found within about a second, polled or not
             return
         except ColoError as err:  # LoadOutOfMemory (exit 3), unknown model (exit 2), ...
@@ -299,6 +330,7 @@ def _serve(
         server.should_exit = True
 
     loader = threading.Thread(target=_load, name="colo-agent-load", daemon=True)
+    phases.mark("setup")
     loader.start()
     log.info(
         "agent %s: serving on http://%s:%d (loading %d model(s))", args.agent, args.host, port, len(specs)

@@ -322,11 +322,12 @@ class Agent:
             self._emit(EventKind.FATAL, f"could not start: {exc}")
             self._set(AgentState.FATAL)  # STARTING -> FATAL: spawn failed
             return
+        how = f", {self.handle.launch}" if self.handle.launch else ""  # forked, or spawned and why
         if self._spawned_once:
             self.restarts += 1
-            self._emit(EventKind.RESTARTED, f"restarted ({reason}), pid {self.handle.pid}")
+            self._emit(EventKind.RESTARTED, f"restarted ({reason}), pid {self.handle.pid}{how}")
         else:
-            self._emit(EventKind.STARTED, f"started, pid {self.handle.pid}")
+            self._emit(EventKind.STARTED, f"started, pid {self.handle.pid}{how}")
         self._spawned_once = True
         self._changed(self)
 

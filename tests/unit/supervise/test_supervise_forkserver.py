@@ -15,6 +15,7 @@ import pytest
 from colo.launch.fork_runner import ForkRunner, is_builtin_agent, make_runner
 from colo.launch.forkserver import fork_blocker
 from colo.launch.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner
+from colo.modelserver.startup import PHASES
 from colo.spec.config import Policy
 
 
@@ -227,14 +228,38 @@ def test_a_real_builtin_agent_forked_on_cpu_serves_and_its_exit_codes_come_back(
             except httpx.TransportError:
                 return False
 
+        def healthy_pid(pid: int) -> Callable[[], bool]:
+            def check() -> bool:
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                except httpx.TransportError:
+                    return False
+                return r.status_code == 200 and r.json()["pid"] == pid
+
+            return check
+
         wait_for(healthy, 120)
-        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()["pid"] == handle.pid
+        body = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+        assert body["pid"] == handle.pid
+        assert body["start"]["launched_by"] == "fork" and body["start"]["complete"]
+        assert list(body["start"]["phases_secs"]) == ["fork", *PHASES]
         out = httpx.post(f"http://127.0.0.1:{port}/infer", json={"texts": ["one", "two"]}, timeout=30)
         assert out.status_code == 200 and out.json()["embedding_shape"] == [2, 128]
         runner.signal(handle, signal.SIGTERM)
         assert exit_of(runner, handle) == ExitStatus(code=0)
         text = (tmp_path / "solo.log").read_text()
         assert "imports: torch 0.00s transformers 0.00s" in text and "stopped" in text
+        assert "start phases: fork " in text and "prebuilt by the launcher" not in text
+
+        # While idle the launcher built the model once; the restarted agent inherits it and only moves it.
+        wait_for(lambda: f"prebuilt {tiny}" in (tmp_path / "forkserver.log").read_text(), 60)
+        again = runner.spawn(spec("solo"), tmp_path / "again.log")
+        wait_for(healthy_pid(again.pid), 120)
+        assert "prebuilt by the launcher" in (tmp_path / "again.log").read_text()
+        runner.signal(again, signal.SIGTERM)
+        assert exit_of(runner, again) == ExitStatus(code=0)
+        launcher_log = (tmp_path / "forkserver.log").read_text()
+        assert "launcher import torch: libcuda" in launcher_log  # the driver's state after each import step
         assert zombies_of(os.getpid(), zygote_pid(runner)) == []
     finally:
         runner.close()
