@@ -92,3 +92,61 @@ def test_out_of_memory_signs_are_kept_once_per_agent_until_taken(tmp_path: Path)
     loop.sup.event(EventKind.OOM, "a", "again")
     assert loop.sup.take_ooms() == ["a"] and loop.sup.take_ooms() == []
     assert [e.kind for e in loop.store.events(agent="a")].count(EventKind.OOM) == 2
+
+
+def test_a_restarted_orchestrator_adopts_live_agents_retires_old_ones_and_starts_new_ones(tmp_path: Path) -> None:
+    from colo.supervise.adoption import take_over
+
+    first = Loop(tmp_path)
+    for name in ("a", "b", "changed"):
+        first.sup.add(_setup(name)).start()
+    first.run(3)
+    pids = {n: first.sup.agent(n).handle.pid for n in ("a", "b", "changed")}  # type: ignore[union-attr]
+    records = first.store.agents()  # what a new orchestrator reads before it adds anything
+    again = Supervisor(
+        runner=first.runner,  # the processes kept running
+        probe=lambda check: HealthResult(True, "ok"),
+        clock=first.clock,
+        store=first.store,
+        logs=AgentLogs(tmp_path / "logs"),
+    )
+    done = take_over(again, first.runner, records, [_setup("a"), _setup("changed", 4096), _setup("new")])
+    assert sorted(done.adopted) == ["a", "changed"] and done.started == ["new"]
+    assert [(s.name, reason) for s, reason in done.roll] == [("changed", "configuration changed while colo was down")]
+    assert again.agent("a").handle.pid == pids["a"]  # type: ignore[union-attr]
+    for _ in range(6):
+        first.clock.advance(0.5)
+        again.tick()
+    assert "b" not in again.agents and first.runner.procs[pids["b"]].exit is not None  # stopped and forgotten
+    assert sorted(r.status.name for r in first.store.agents()) == ["a", "changed", "new"]
+
+
+def test_the_publisher_polls_at_most_once_per_interval_and_freezes_snapshots() -> None:
+    from colo.gpu.poller import GpuState
+    from colo.spec.load import load_config_text
+    from colo.supervise.publish import Publisher
+
+    class Poller:
+        reads = 0
+
+        def read(self) -> GpuState:
+            Poller.reads += 1
+            return GpuState({"processes": [{"pid": 7, "used_memory_bytes": 5}]})
+
+    clock = FakeClock()
+    pub = Publisher(Poller(), clock, poll_secs=1.0)  # type: ignore[arg-type]
+    assert pub.reading().error is not None  # before the first poll: no GPU reading yet
+    pub.poll()
+    pub.poll()
+    clock.advance(0.5)
+    pub.poll()
+    assert Poller.reads == 1
+    pub.poll(force=True)
+    clock.advance(1.0)
+    pub.poll()
+    assert Poller.reads == 3
+    cfg = load_config_text("version: 1\ngpus: [{name: A, memory: 8GiB}]\nmodels: {m: {memory: 1GiB}}\nagents: {a: {models: [m]}}")
+    snap = pub.publish(cfg, None, [])
+    assert pub.latest() is snap and snap.gpu is pub.reading() and snap.agents == ()
+    assert pub.tree_memory([7, 999_999_999]) == {7: 5}  # from the last reading, not a second NVML read
+    assert Publisher(None, clock).latest() is None
