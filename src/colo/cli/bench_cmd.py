@@ -239,7 +239,7 @@ def bench_encoder(
 @bench_command("decode", concurrency={"default": "1,2,3"})
 def bench_decode(
     opts: BenchOptions,
-    shape: str = typer.Option("llama-3.1-8b", "--shape", help="built-in Llama-style shape: llama-3.1-8b or tiny"),
+    shape: str = typer.Option("llama-3.1-8b", "--shape", help="built-in Llama shape: llama-3.1-8b, llama-3.2-1b or tiny"),
     model: str | None = typer.Option(
         None,
         "--model",
