@@ -326,10 +326,11 @@ def bench_http(
     ),
 ) -> None:
     """An HTTP target (Ollama or OpenAI-compatible): N concurrent clients; tokens from the server's counts."""
+    from colo.bench.modes import Mode
     from colo.bench.spec import InstanceSpec
 
     spec = InstanceSpec("http", {"url": url, **request.params()}, duration_secs=opts.duration)
-    replace(opts, mode="external").run(spec, f"http {request.api} {request.model}")
+    replace(opts, mode=Mode.EXTERNAL).run(spec, f"http {request.api} {request.model}")
 
 
 @bench_command("forwards", ("mode", "duration", "out", "gpu", "as_json"))
