@@ -12,7 +12,7 @@
 #     windows after 2 s of warm-up; then each agent alone, one row per request (the batching wait);
 # (b) the OLD agent side by side: the pre-batching tree in .baseline/src (commit f564d01's src/) runs the same
 #     config with its own `colo up` (MPS), and the NEW bench drives it attached at 3 clients, then alone;
-# (c) python -m colo.bench.agents_targets judges issue 13's targets: GPU-RESULT lines and the final table.
+# (c) scripts/agents_targets.py judges issue 13's targets: GPU-RESULT lines and the final table.
 #
 # Writes to $OUT (default ./agents-bench-out): agents.json/.md/.png (new), old/agents.json/.md/.png, summary.json,
 # gpu_agents_bench.log — 8 files. Expected wall time on an H200: ~6–8 minutes (three starts of nine agents).
@@ -98,7 +98,7 @@ log "== (c) issue 13's targets"
 OLD_ARGS=()
 [ -f "$OUT/old/agents.json" ] && OLD_ARGS=(--old "$OUT/old/agents.json")
 if [ -f "$OUT/agents.json" ]; then
-  PYTHONPATH="$NEW_SRC${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}" "$PY" -m colo.bench.agents_targets "$OUT/agents.json" "${OLD_ARGS[@]}" \
+  PYTHONPATH="$NEW_SRC${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH}" "$PY" scripts/agents_targets.py "$OUT/agents.json" "${OLD_ARGS[@]}" \
     --config "$CONFIG" --clients 3 --summary "$OUT/summary.json" 2>&1 | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" -ne 0 ] && STATUS=1
 else

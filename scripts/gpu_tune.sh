@@ -6,10 +6,10 @@
 #                                              plumbing only — no GPU memory is read, so nothing is proposed)
 #
 # Steps: 1 `colo up` CONFIG (examples/newsroom/colo.sized.yaml) detached, in a fresh state dir · 2 a mixed load
-# of DURATION s through every agent's HTTP API (python -m colo.bench.tune_run load: per model a typical
+# of DURATION s through every agent's HTTP API (python scripts/tune_run.py load: per model a typical
 # request and its worst case, batch_size × max_seq_len) · 3 `colo tune` (table, then --json: totals before and
 # after) · 4 `colo tune --apply` (the rolling apply of `colo apply`), wait until every agent RUNNING at its
-# new limit · 5 the same load again · 6 the targets (python -m colo.bench.tune_run report): each agent's peak /
+# new limit · 5 the same load again · 6 the targets (python scripts/tune_run.py report): each agent's peak /
 # limit ≥ 0.85 and 0 out-of-memory errors / HTTP 507 during the second run, total allocation before/after ·
 # `colo down` always (trap).
 # $OUT gets: gpu_tune.log, tune_before.json, tune_apply.json, load1.json, load2.json, report.md, events.json.
@@ -83,7 +83,7 @@ say "1. colo up"
 colo up "$CONFIG" --state-dir "$SD" --detach "${UP_ARGS[@]}" || { say "colo up failed"; exit 1; }
 
 say "2. first load (${DURATION}s)"
-"$PY" -m colo.bench.tune_run load "$CONFIG" --duration "$DURATION" --clients "$CLIENTS" --out "$OUT/load1.json" || STATUS=1
+"$PY" scripts/tune_run.py load "$CONFIG" --duration "$DURATION" --clients "$CLIENTS" --out "$OUT/load1.json" || STATUS=1
 
 say "3. colo tune"
 colo tune "$CONFIG" --state-dir "$SD" || STATUS=1
@@ -118,13 +118,13 @@ EOF
 
 SINCE=$("$PY" -c 'import time; print(time.time())')
 say "5. second load (${DURATION}s)"
-"$PY" -m colo.bench.tune_run load "$CONFIG" --duration "$DURATION" --clients "$CLIENTS" --out "$OUT/load2.json" || STATUS=1
+"$PY" scripts/tune_run.py load "$CONFIG" --duration "$DURATION" --clients "$CLIENTS" --out "$OUT/load2.json" || STATUS=1
 sleep 12  # one more history window (10 s) so the run's last window is written
 
 say "6. targets"
 DRY_ARG=()
 [ "$DRY" = 1 ] && DRY_ARG=(--dry-run)
-"$PY" -m colo.bench.tune_run report "$CONFIG" --state-dir "$SD" --tune "$OUT/tune_before.json" --since "$SINCE" \
+"$PY" scripts/tune_run.py report "$CONFIG" --state-dir "$SD" --tune "$OUT/tune_before.json" --since "$SINCE" \
   --load "$OUT/load2.json" "${DRY_ARG[@]}" | tee "$OUT/report.md"
 [ "${PIPESTATUS[0]}" -ne 0 ] && STATUS=1
 exit "$STATUS"

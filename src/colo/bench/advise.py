@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from colo import units
+from colo.bench.modes import Mode
 from colo.bench.results import BenchResult
 from colo.plan.types import Plan
 from colo.spec.config import ColoConfig
@@ -119,7 +120,7 @@ def _bench_reasons(runs: Sequence[BenchResult]) -> tuple[list[Reason], list[str]
     for run in runs:
         batching_reasons, batching_notes = _batching_reasons(run)
         batching_won = any(r.points_to == "batching" for r in batching_reasons)
-        levels = [n for n in run.concurrencies("mps") if n > 1 and run.mps_ratio(n) is not None]
+        levels = [n for n in run.concurrencies(Mode.MPS) if n > 1 and run.mps_ratio(n) is not None]
         if levels:
             n = max(levels)
             r = run.mps_ratio(n)
@@ -139,7 +140,7 @@ def _bench_reasons(runs: Sequence[BenchResult]) -> tuple[list[Reason], list[str]
                 notes.append(f"{run.title}: MPS and time-slicing within 5 % at N={n} ({r:.2f}×)")
         reasons += batching_reasons
         notes += batching_notes
-        single = run.point("timeslice", 1) or run.point("mps", 1)
+        single = run.point(Mode.TIMESLICE, 1) or run.point(Mode.MPS, 1)
         sm = single.gpu.sm_util_mean_pct if single is not None and single.gpu is not None else None
         if sm is not None:
             if sm < 50:
@@ -166,16 +167,16 @@ def _bench_reasons(runs: Sequence[BenchResult]) -> tuple[list[Reason], list[str]
 def _batching_reasons(run: BenchResult) -> tuple[list[Reason], list[str]]:
     """One server with N slots against N separate servers (the best of MPS and time-slicing) at the largest
     N both measured."""
-    separate = [m for m in ("mps", "timeslice") if m in run.modes()]
+    separate = [m for m in (Mode.MPS, Mode.TIMESLICE) if m in run.modes()]
     common = [
         n
-        for n in run.concurrencies("batching")
+        for n in run.concurrencies(Mode.BATCHING)
         if n > 1 and any(run.point(m, n) is not None for m in separate)
     ]
     if not common:
         return [], []
     n = max(common)
-    batch = run.point("batching", n)
+    batch = run.point(Mode.BATCHING, n)
     assert batch is not None
     best_mode, best = max(
         ((m, p.aggregate_per_sec) for m in separate if (p := run.point(m, n)) is not None), key=lambda mv: mv[1]
@@ -184,7 +185,7 @@ def _batching_reasons(run: BenchResult) -> tuple[list[Reason], list[str]]:
         return [], []
     ratio = batch.aggregate_per_sec / best
     unit = f"{run.unit}/s"
-    setup = "MPS" if best_mode == "mps" else "time-sliced"
+    setup = "MPS" if best_mode == Mode.MPS else "time-sliced"
     text = (
         f"{run.title}: one server with {n} slots {batch.aggregate_per_sec:,.1f} {unit} aggregate vs "
         f"{best:,.1f} for {n} separate servers ({setup}): {ratio:.2f}×"
@@ -195,7 +196,7 @@ def _batching_reasons(run: BenchResult) -> tuple[list[Reason], list[str]]:
             "share one context size; it holds the weights once, where N servers hold N copies"
         ]
     if ratio <= 0.95:
-        return [Reason("mps" if best_mode == "mps" else "separate", 2, text + " (batching slower)")], []
+        return [Reason("mps" if best_mode == Mode.MPS else "separate", 2, text + " (batching slower)")], []
     return [], [text + " (within 5 %)"]
 
 

@@ -11,8 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from colo import units
-from colo.bench.report import MODE_NAMES, _ms, _num
+from colo.bench import format as fmt
+from colo.bench.modes import Mode, label
 from colo.bench.results import BenchResult, InstanceResult, PointResult
 
 
@@ -37,7 +37,7 @@ def requests_per_sec(point: PointResult) -> float:
 def memory_cell(inst: InstanceResult) -> str:
     """``peak / limit`` (``!`` when over), ``–`` parts unknown."""
     peak, limit = inst.info.get("peak_memory_bytes"), inst.info.get("limit_bytes")
-    text = f"{_size(peak)} / {_size(limit)}"
+    text = f"{fmt.size(peak)} / {fmt.size(limit)}"
     return text + " **over**" if peak is not None and limit is not None and peak > limit else text
 
 
@@ -73,12 +73,12 @@ def point_rows(result: BenchResult) -> list[list[str]]:
         ok = within_limits(p)
         rows.append(
             [
-                MODE_NAMES.get(mode, mode),
+                label(mode),
                 str(n),
-                _num(p.aggregate_per_sec),
-                _num(requests_per_sec(p)),
-                _ms(p.latency.p50_secs),
-                _ms(p.latency.p99_secs),
+                fmt.num(p.aggregate_per_sec),
+                fmt.num(requests_per_sec(p)),
+                fmt.ms(p.latency.p50_secs),
+                fmt.ms(p.latency.p99_secs),
                 str(hard_errors(p)),
                 str(retry_after(p)),
                 "–" if ok is None else "yes" if ok else "**no**",
@@ -97,14 +97,14 @@ def auto_rows(result: BenchResult) -> list[list[str]]:
     """``mps: auto`` against plain time-slicing per client count (both modes measured): the ratio of their
     aggregates and whether it is within :data:`AUTO_TOLERANCE` (for a one-agent config: auto runs no MPS)."""
     rows = []
-    for n in result.concurrencies("auto"):
-        auto, ts = result.point("auto", n), result.point("timeslice", n)
-        ratio = result.over_timeslice("auto", n)
+    for n in result.concurrencies(Mode.AUTO):
+        auto, ts = result.point(Mode.AUTO, n), result.point(Mode.TIMESLICE, n)
+        ratio = result.over_timeslice(Mode.AUTO, n)
         if auto is None or ts is None or ratio is None:
             continue
         ok = abs(ratio - 1.0) <= AUTO_TOLERANCE
         rows.append(
-            [str(n), _num(auto.aggregate_per_sec), _num(ts.aggregate_per_sec), f"{ratio:.3f}×", "yes" if ok else "**no**"]
+            [str(n), fmt.num(auto.aggregate_per_sec), fmt.num(ts.aggregate_per_sec), f"{ratio:.3f}×", "yes" if ok else "**no**"]
         )
     return rows
 
@@ -142,13 +142,13 @@ def agent_rows(result: BenchResult) -> list[list[str]]:
             lat = i.info.get("latency") or i.to_dict(with_latencies=False)["latency"]
             rows.append(
                 [
-                    MODE_NAMES.get(p.mode, p.mode),
+                    label(p.mode),
                     str(p.concurrency),
                     i.label,
-                    _num(i.per_sec),
-                    _num(requests(i) / i.elapsed_secs if i.elapsed_secs > 0 else math.nan),
-                    _ms(lat["p50_secs"]),
-                    _ms(lat["p99_secs"]),
+                    fmt.num(i.per_sec),
+                    fmt.num(requests(i) / i.elapsed_secs if i.elapsed_secs > 0 else math.nan),
+                    fmt.ms(lat["p50_secs"]),
+                    fmt.ms(lat["p99_secs"]),
                     errors_cell(i),
                     str(i.info.get("retry_after_503", 0)),
                     memory_cell(i),
@@ -161,26 +161,40 @@ def lone_rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
     """Each agent alone (one client, one row per request): p50/p99 per mode."""
     lone: Mapping[str, Mapping[str, Mapping[str, Any]]] = result.settings.get("lone") or {}
     modes = list(lone)
-    header = ["agent"] + [f"{MODE_NAMES.get(m, m)} {q}" for m in modes for q in ("p50 ms", "p99 ms")]
+    header = ["agent"] + [f"{label(m)} {q}" for m in modes for q in ("p50 ms", "p99 ms")]
     agents = sorted({a for m in modes for a in lone[m]})
-    rows = [[a] + [_ms(lone[m].get(a, {}).get(q)) for m in modes for q in ("p50_secs", "p99_secs")] for a in agents]
+    rows = [[a] + [fmt.ms(lone[m].get(a, {}).get(q)) for m in modes for q in ("p50_secs", "p99_secs")] for a in agents]
     return header, rows
 
 
-def _table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+def terminal_tables(result: BenchResult) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The tables ``colo bench agents`` prints, as (title, header, rows), those without rows left out."""
+    lone_header, lone = lone_rows(result)
+    tables = [
+        (result.title, list(POINT_HEADER), point_rows(result)),
+        ("per agent", list(AGENT_HEADER), agent_rows(result)),
+        ("a lone request", lone_header, lone),
+        ("mps: auto against time-slicing", list(AUTO_HEADER), auto_rows(result)),
+    ]
+    return [t for t in tables if t[2]]
+
+
+def point_line(point: PointResult) -> str:
+    """One measured point in a line, as progress shows it:
+    ``mps 3 client(s)/agent: 812.4 seq/s, p99 41.2 ms, errors 0``."""
+    return (
+        f"{point.mode} {point.concurrency} client(s)/agent: {point.aggregate_per_sec:,.1f} seq/s, "
+        f"p99 {1000 * point.latency.p99_secs:.1f} ms, errors {hard_errors(point)}"
+    )
 
 
 def markdown(result: BenchResult) -> list[str]:
     """The agents' tables as Markdown lines."""
     lines = ["Through the agents' HTTP APIs (errors exclude 503 with Retry-After, counted apart):", ""]
-    lines += [*_table(POINT_HEADER, point_rows(result)), "", "Per agent:", ""]
-    lines += _table(AGENT_HEADER, agent_rows(result))
+    lines += [*fmt.markdown_table(POINT_HEADER, point_rows(result)), "", "Per agent:", ""]
+    lines += fmt.markdown_table(AGENT_HEADER, agent_rows(result))
     header, rows = lone_rows(result)
     if rows:
-        lines += ["", "A lone request (each agent alone, one client, one row):", "", *_table(header, rows)]
+        lines += ["", "A lone request (each agent alone, one client, one row):", "", *fmt.markdown_table(header, rows)]
     return lines
 
-
-def _size(value: Any) -> str:
-    return units.format_size(int(value)) if isinstance(value, (int, float)) else "–"

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from colo.bench.harness import BenchError
 from colo.bench.loads.agents import AgentLoad, AgentTarget, RequestShape, drive, drive_spread, wait_healthy
+from colo.bench.modes import DEFAULT_MODES, Mode, label
 from colo.bench.results import BenchResult, InstanceResult, PointResult
 from colo.errors import ColoError, UsageError
 
@@ -44,9 +45,12 @@ COLO_COMMAND: tuple[str, ...] = (sys.executable, "-c", "from colo.cli.main impor
 MEMORY_INTERVAL_SECS = 0.05
 #: How ``colo up`` runs the config in each mode: ``mps`` on every GPU with an agent, ``auto`` as
 #: ``policy.mps: auto`` decides (a GPU's lone agent time-sliced), ``timeslice`` without MPS.
-UP_MODE_ARGS: dict[str, tuple[str, ...]] = {"timeslice": ("--no-mps",), "mps": ("--mps", "on"), "auto": ("--mps", "auto")}
-MODE_LABELS = {"timeslice": "time-slicing", "mps": "MPS", "auto": "mps: auto"}
-AGENT_MODES = tuple(UP_MODE_ARGS)
+UP_MODE_ARGS: dict[Mode, tuple[str, ...]] = {
+    Mode.TIMESLICE: ("--no-mps",),
+    Mode.MPS: ("--mps", "on"),
+    Mode.AUTO: ("--mps", "auto"),
+}
+AGENT_MODES: tuple[Mode, ...] = tuple(UP_MODE_ARGS)
 STOP_WAIT_SECS = 120.0
 
 
@@ -58,7 +62,7 @@ class AgentsBench:
     config_path: Path | None
     targets: tuple[AgentTarget, ...]
     clients: tuple[int, ...] = (1, 3, 16)
-    modes: tuple[str, ...] = ("timeslice", "mps")
+    modes: tuple[Mode, ...] = DEFAULT_MODES
     window_secs: float = 15.0
     warmup_secs: float = 2.0
     lone_secs: float = 0.0
@@ -134,6 +138,39 @@ def url_targets(urls: Sequence[str], shapes: tuple[RequestShape, ...]) -> tuple[
     return tuple(out)
 
 
+def choose_targets(
+    config: ColoConfig | None,
+    *,
+    attach: Sequence[str] = (),
+    attach_config: bool = False,
+    modes: Sequence[Mode] = DEFAULT_MODES,
+    batch: int,
+    seq_len: int,
+    new_tokens: int,
+    only: Sequence[str] = (),
+) -> tuple[AgentTarget, ...]:
+    """``colo bench agents``'s targets: the URLs of ``--attach`` (each sent ``batch`` × ``seq_len`` to its first
+    model), else the agents of ``config`` (``only`` those, when named). Attached, colo starts nothing, so
+    ``modes`` must be the one mode the running agents use. Raises UsageError for a combination that cannot run.
+    """
+    if attach and attach_config:
+        raise UsageError("give --attach URLs or --attach-config, not both")
+    if (attach or attach_config) and len(modes) != 1:
+        raise UsageError(
+            "attached, colo starts nothing: --mode names what the running agents use (one of timeslice, mps, auto)"
+        )
+    if attach:
+        return url_targets(attach, (RequestShape(None, batch, seq_len),))
+    if config is None:
+        raise UsageError("give CONFIG (colo.yaml), or --attach URL,... for agents already running")
+    return config_targets(config, batch=batch, seq_len=seq_len, new_tokens=new_tokens, only=only)
+
+
+def load_processes(targets: int, cpus: int | None) -> int:
+    """Load-generator processes by default: one per 4 CPUs, at most one per agent, at least one."""
+    return max(1, min(targets, (cpus or 1) // 4))
+
+
 def with_recorded(targets: Sequence[AgentTarget], state_dir: Path | None) -> tuple[AgentTarget, ...]:
     """The targets with their pid and limit from the store of ``state_dir`` (unchanged when it cannot be
     read: an older build's store, or none)."""
@@ -161,7 +198,7 @@ def with_recorded(targets: Sequence[AgentTarget], state_dir: Path | None) -> tup
 def colo_up(
     config_path: Path,
     *,
-    mode: str,
+    mode: Mode,
     names: Sequence[str],
     timeout_secs: float,
     progress: Progress,
@@ -177,7 +214,7 @@ def colo_up(
     sd = Path(tempfile.mkdtemp(prefix="colo-agents-bench-"))
     log_path = sd / "up.log"
     argv = [*command, "up", str(config_path), "--state-dir", str(sd), "--no-api", "--force", *UP_MODE_ARGS[mode]]
-    progress(f"{MODE_LABELS[mode]}: colo up (state dir {sd})")
+    progress(f"{label(mode)}: colo up (state dir {sd})")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     ok = False
@@ -250,7 +287,7 @@ def measure(
     bench: AgentsBench,
     backend: GpuBackend | None,
     *,
-    mode: str,
+    mode: Mode,
     transport: Any = None,
 ) -> PointResult:
     """One point: every target with ``clients`` clients, memory sampled by pid; the load generator's CPU."""
@@ -368,7 +405,7 @@ def run_agents_bench(
         }
         return BenchResult(bench.title, "agents", tuple(points), machine=machine, settings=settings, created=created)
 
-    def run_points(targets: Sequence[AgentTarget], mode: str) -> None:
+    def run_points(targets: Sequence[AgentTarget], mode: Mode) -> None:
         for n in bench.clients:
             progress(f"{mode}: {n} client(s) per agent, {bench.window_secs:g} s")
             point = measure(targets, n, bench, backend, mode=mode, transport=transport)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from colo.bench.llama_shapes import LlamaShape
 from colo.errors import UsageError
 
 if TYPE_CHECKING:
@@ -42,49 +43,12 @@ LLAMA3_CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class LlamaShape:
-    """A Llama-architecture shape. Hidden and feed-forward sizes must be multiples of 256 for K-quants."""
-
-    name: str
-    n_layers: int
-    hidden: int
-    n_heads: int
-    n_kv_heads: int
-    ff: int
-    vocab: int
-    context: int = 131072
-    rope_theta: float = 500000.0
-    rms_eps: float = 1e-5
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.n_heads
-
-    @property
-    def kv_dim(self) -> int:
-        return self.head_dim * self.n_kv_heads
-
-
-SHAPES: dict[str, LlamaShape] = {
-    "llama-3.1-8b": LlamaShape("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256),
-    "llama-3.2-1b": LlamaShape("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256),
-    # For tests: tiny but complete (every tensor kind, K-quant-compatible sizes).
-    "tiny": LlamaShape("tiny", 2, 256, 4, 2, 512, 512, context=2048),
-}
-
-
-def shape_named(name: str, **overrides: int) -> LlamaShape:
-    """A known shape, with some fields overridden (e.g. ``n_layers=2``). Raises UsageError."""
-    if name not in SHAPES:
-        raise UsageError(f"unknown shape {name!r}; use one of {', '.join(SHAPES)}")
-    changes: dict[str, Any] = {k: v for k, v in overrides.items() if v}
-    shape = dataclasses.replace(SHAPES[name], **changes)
-    for field, value in (("hidden", shape.hidden), ("ff", shape.ff)):
+def check_quantizable(shape: LlamaShape) -> LlamaShape:
+    """``shape`` when llama.cpp's K-quants can store it: hidden and intermediate sizes multiples of 256 (one
+    super-block). Raises UsageError naming the field otherwise."""
+    for field, value in (("hidden", shape.hidden), ("intermediate", shape.intermediate)):
         if value % 256:
-            raise UsageError(f"{field} {value} is not a multiple of 256 (K-quant super-blocks)")
-    if shape.hidden % shape.n_heads or shape.n_heads % shape.n_kv_heads:
-        raise UsageError(f"hidden {shape.hidden}, heads {shape.n_heads}, KV heads {shape.n_kv_heads} do not divide")
+            raise UsageError(f"shape {shape.name!r}: {field} {value} is not a multiple of 256 (K-quant super-blocks)")
     return shape
 
 
@@ -99,9 +63,9 @@ class TensorPlan:
 
 def tensor_plan(shape: LlamaShape) -> list[TensorPlan]:
     """Every tensor llama.cpp's ``llama`` architecture loads, in file order."""
-    h, kv, ff = shape.hidden, shape.kv_dim, shape.ff
+    h, kv, ff = shape.hidden, shape.kv_dim, shape.intermediate
     out = [TensorPlan("token_embd.weight", (h, shape.vocab), True)]
-    for i in range(shape.n_layers):
+    for i in range(shape.layers):
         b = f"blk.{i}."
         out += [
             TensorPlan(b + "attn_norm.weight", (h,), False),
@@ -237,6 +201,7 @@ def write_random_gguf(
     import numpy as np
 
     start = time.monotonic()
+    check_quantizable(shape)
     qtype = _quant_type(quant)
     vocab = read_vocab(vocab_from) if vocab_from is not None else _tiny_vocab(shape.vocab)
     n_tokens = len(next(v for k, v, *_ in vocab if k == "tokenizer.ggml.tokens"))
@@ -248,10 +213,10 @@ def write_random_gguf(
     writer.add_name(f"colo random {shape.name} {quant}")
     writer.add_context_length(shape.context)
     writer.add_embedding_length(shape.hidden)
-    writer.add_block_count(shape.n_layers)
-    writer.add_feed_forward_length(shape.ff)
-    writer.add_head_count(shape.n_heads)
-    writer.add_head_count_kv(shape.n_kv_heads)
+    writer.add_block_count(shape.layers)
+    writer.add_feed_forward_length(shape.intermediate)
+    writer.add_head_count(shape.heads)
+    writer.add_head_count_kv(shape.kv_heads)
     writer.add_rope_freq_base(shape.rope_theta)
     writer.add_rope_dimension_count(shape.head_dim)
     writer.add_layer_norm_rms_eps(shape.rms_eps)

@@ -28,6 +28,7 @@ from typing import IO, Any
 import colo
 from colo.bench.activity import ActivityWatch, GpuActivity
 from colo.bench.instance import PREFIX
+from colo.bench.modes import Mode
 from colo.bench.results import InstanceResult, PointResult
 from colo.bench.spec import InstanceSpec
 from colo.clock import SYSTEM_CLOCK, Clock
@@ -282,7 +283,7 @@ def _instance_result(inst: _Instance) -> InstanceResult:
 def run_point(
     specs: Sequence[InstanceSpec],
     *,
-    mode: str,
+    mode: Mode,
     sampler: ActivityWatch | None = None,
     name: str | None = None,
     **group: Any,

@@ -1,4 +1,5 @@
-"""The co-location mode of a benchmark point: time-slicing, or colo's own MPS daemon for the run.
+"""What each co-location mode (:class:`~colo.bench.modes.Mode`) of a run does: time-slicing, or colo's own MPS
+daemon for the run.
 
 ``timeslice``: instances are ordinary CUDA processes; the GPU time-slices between their contexts. Their
 ``CUDA_MPS_PIPE_DIRECTORY`` points at an empty private directory, so a system MPS daemon (at the default
@@ -20,10 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from colo.bench.modes import Mode, check_modes
 from colo.errors import MpsError, UsageError
 from colo.gpu.mps import env as mps_env
-
-MODES = ("timeslice", "mps", "external")
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,8 @@ class MpsClientLimits:
         )
 
 
-def check_modes(modes: list[str]) -> list[str]:
-    """Validate ``--mode`` values. Raises UsageError for an unknown one."""
-    for m in modes:
-        if m not in MODES:
-            raise UsageError(f"unknown mode {m!r}; use timeslice, mps or both (timeslice,mps), or external")
-    return modes
-
-
 @contextmanager
-def colocation_env(mode: str, gpu_uuid: str | None, *, tmp_root: str = "/tmp") -> Iterator[dict[str, str]]:
+def colocation_env(mode: Mode, gpu_uuid: str | None, *, tmp_root: str = "/tmp") -> Iterator[dict[str, str]]:
     """Environment additions for instances of one point in ``mode``; for ``mps`` a daemon runs meanwhile.
 
     ``gpu_uuid`` pins instances (and the daemon) to one GPU via ``CUDA_VISIBLE_DEVICES``; it is required for
@@ -63,7 +55,7 @@ def colocation_env(mode: str, gpu_uuid: str | None, *, tmp_root: str = "/tmp") -
     stop), UsageError for an unknown mode.
     """
     check_modes([mode])
-    if mode == "external":
+    if mode == Mode.EXTERNAL:
         yield {}
         return
     base = tempfile.mkdtemp(prefix="colo-bench-", dir=tmp_root)
@@ -72,7 +64,7 @@ def colocation_env(mode: str, gpu_uuid: str | None, *, tmp_root: str = "/tmp") -
         env: dict[str, str] = {}
         if gpu_uuid:
             env[mps_env.VISIBLE_DEVICES] = gpu_uuid
-        if mode == "timeslice":
+        if mode == Mode.TIMESLICE:
             empty = f"{base}/no-mps"
             os.makedirs(empty, exist_ok=True)
             env.update(mps_env.daemon_location(empty))

@@ -13,39 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from colo import units
+from colo.bench import format as fmt
+from colo.bench.modes import Mode, label
 from colo.bench.results import BenchResult, PointResult
 from colo.files import write_atomic
-
-MODE_NAMES = {
-    "timeslice": "time-slicing",
-    "mps": "MPS",
-    "auto": "mps: auto",
-    "merged": "merged batch",
-    "external": "as served",
-}
-
-
-def _num(value: float | None, digits: int = 1) -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}f}"
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.0f} %"
-
-
-def _ms(value_secs: float | None) -> str:
-    if value_secs is None or not math.isfinite(value_secs):
-        return "–"
-    ms = value_secs * 1000
-    return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}×"
 
 
 def to_json(results: Sequence[BenchResult], *, with_latencies: bool = False) -> str:
@@ -79,37 +50,48 @@ def machine_line(result: BenchResult) -> str:
     return ", ".join(parts) or "unknown machine"
 
 
-def _activity(point: PointResult) -> str:
-    if point.gpu is None or not point.gpu.samples:
-        return "–"
-    sm = point.gpu.sm_util_mean_pct
-    return f"{sm:.0f} %" if sm is not None else "–"
+def scaling_row(result: BenchResult, mode: Mode, n: int, point: PointResult) -> list[str]:
+    """One line of the seed's table: mode, N, individual, aggregate, scaling efficiency, MPS / time-slicing,
+    merged bound, fraction of the bound, p50 ms, p99 ms, SM busy (the Markdown report and the terminal)."""
+    lat = point.latency
+    return [
+        label(mode),
+        str(n),
+        fmt.num(point.individual_per_sec),
+        fmt.num(point.aggregate_per_sec),
+        fmt.pct(result.efficiency(mode, n)),
+        fmt.ratio(result.mps_ratio(n)) if mode == Mode.MPS else fmt.MISSING,
+        fmt.num(result.bound(n)),
+        fmt.pct(result.bound_fraction(mode, n)),
+        fmt.ms(lat.p50_secs),
+        fmt.ms(lat.p99_secs),
+        fmt.sm_busy(point),
+    ]
 
 
 def scaling_table(result: BenchResult) -> list[str]:
     """The seed's table (mode | individual | aggregate | scaling efficiency) plus the bound, latency, GPU."""
     unit = f"{result.unit}/s"
-    lines = [
-        f"| mode | N | individual ({unit}) | aggregate ({unit}) | scaling efficiency | MPS / time-slicing "
-        f"| merged bound ({unit}) | of bound | p50 ms | p99 ms | GPU SM busy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "mode",
+        "N",
+        f"individual ({unit})",
+        f"aggregate ({unit})",
+        "scaling efficiency",
+        "MPS / time-slicing",
+        f"merged bound ({unit})",
+        "of bound",
+        "p50 ms",
+        "p99 ms",
+        "GPU SM busy",
     ]
-    for mode, n, p in result.table_points():
-        lat = p.latency
-        lines.append(
-            f"| {MODE_NAMES.get(mode, mode)} | {n} | {_num(p.individual_per_sec)} | "
-            f"{_num(p.aggregate_per_sec)} | {_pct(result.efficiency(mode, n))} | "
-            f"{_ratio(result.mps_ratio(n)) if mode == 'mps' else '–'} | {_num(result.bound(n))} | "
-            f"{_pct(result.bound_fraction(mode, n))} | {_ms(lat.p50_secs)} | {_ms(lat.p99_secs)} | "
-            f"{_activity(p)} |"
-        )
-    return lines
+    return fmt.markdown_table(header, [scaling_row(result, mode, n, p) for mode, n, p in result.table_points()])
 
 
 def instance_table(result: BenchResult) -> list[str]:
     """Per instance (agent) rates for each mode: for a fixed set of different instances."""
     modes = result.modes()
-    header = "| instance | " + " | ".join(f"{MODE_NAMES.get(m, m)} ({result.unit}/s) | p50 ms | p99 ms" for m in modes)
+    header = "| instance | " + " | ".join(f"{label(m)} ({result.unit}/s) | p50 ms | p99 ms" for m in modes)
     lines = [header + " |", "|---|" + "---|---|---|" * len(modes)]
     first = result.point(modes[0], result.concurrencies(modes[0])[0]) if modes else None
     if first is None:
@@ -125,7 +107,7 @@ def instance_table(result: BenchResult) -> list[str]:
             from colo.bench import stats
 
             lat = stats.summarize_latencies(match.latencies_secs)
-            cells += [_num(match.per_sec), _ms(lat.p50_secs), _ms(lat.p99_secs)]
+            cells += [fmt.num(match.per_sec), fmt.ms(lat.p50_secs), fmt.ms(lat.p99_secs)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -139,8 +121,8 @@ def activity_lines(result: BenchResult) -> list[str]:
         mem = p.gpu.process_memory_max_bytes()
         mem_text = ", ".join(units.format_size(v) for v in mem.values()) if mem else "–"
         out.append(
-            f"- {MODE_NAMES.get(p.mode, p.mode)} N={p.concurrency}: SM busy {_num(p.gpu.sm_util_mean_pct, 0)} %, "
-            f"memory controller {_num(p.gpu.mem_util_mean_pct, 0)} %, per-instance memory {mem_text}"
+            f"- {label(p.mode)} N={p.concurrency}: SM busy {fmt.num(p.gpu.sm_util_mean_pct, 0)} %, "
+            f"memory controller {fmt.num(p.gpu.mem_util_mean_pct, 0)} %, per-instance memory {mem_text}"
             + f" ({len(p.gpu.samples)} samples)"
         )
     if out:
@@ -155,7 +137,7 @@ def bandwidth_line(result: BenchResult) -> str | None:
     it while sharing the GPU; a lone one — N = 1 alone, or a merged-batch process — measures it cleanly).
     """
     infos = [i.info for p in result.points for i in p.instances if i.info.get("copy_bandwidth_bytes_per_sec")]
-    single = result.point("timeslice", 1) or result.point("mps", 1)
+    single = result.point(Mode.TIMESLICE, 1) or result.point(Mode.MPS, 1)
     if not infos or single is None or not single.instances:
         return None
     bandwidth = max(float(i["copy_bandwidth_bytes_per_sec"]) for i in infos)
@@ -183,17 +165,17 @@ def reading(result: BenchResult) -> list[str]:
         server = [i.server_per_sec for i in p.instances if i.server_per_sec is not None]
         if server:
             out.append(
-                f"- {MODE_NAMES.get(p.mode, p.mode)} N={p.concurrency}: the server's own rate (tokens over the "
+                f"- {label(p.mode)} N={p.concurrency}: the server's own rate (tokens over the "
                 f"server-reported generation time: Ollama eval_duration, llama-server timings.predicted_ms) {sum(server) / len(server):.1f} tok/s per client, "
                 f"{sum(server):.1f} summed"
             )
-    levels = [n for n in result.concurrencies("mps") if n > 1 and result.mps_ratio(n) is not None]
+    levels = [n for n in result.concurrencies(Mode.MPS) if n > 1 and result.mps_ratio(n) is not None]
     for n in levels:
         r = result.mps_ratio(n)
         assert r is not None
         verdict = "faster than" if r > 1.05 else "slower than" if r < 0.95 else "on par with"
-        out.append(f"- N={n}: MPS {_ratio(r)} time-slicing ({verdict}).")
-    single = result.point("timeslice", 1)
+        out.append(f"- N={n}: MPS {fmt.ratio(r)} time-slicing ({verdict}).")
+    single = result.point(Mode.TIMESLICE, 1)
     if single and single.gpu and single.gpu.sm_util_mean_pct is not None:
         sm = single.gpu.sm_util_mean_pct
         out.append(
@@ -254,21 +236,21 @@ def plot_png(results: Sequence[BenchResult]) -> bytes:
     runs = [r for r in results if len(r.concurrencies()) > 1]
     rows = max(1, len(runs))
     fig, axes = plt.subplots(rows, 2, figsize=(11, 3.6 * rows), squeeze=False)
-    colors = {"timeslice": "tab:blue", "mps": "tab:orange", "external": "tab:green"}
+    colors = {Mode.TIMESLICE: "tab:blue", Mode.MPS: "tab:orange", Mode.EXTERNAL: "tab:green"}
     for row, r in enumerate(runs):
         ax_t, ax_e = axes[row][0], axes[row][1]
         for mode in r.modes():
             ns = r.concurrencies(mode)
             agg = [r.point(mode, n).aggregate_per_sec for n in ns]  # type: ignore[union-attr]
             eff = [r.efficiency(mode, n) for n in ns]
-            label = MODE_NAMES.get(mode, mode)
-            ax_t.plot(ns, agg, marker="o", color=colors.get(mode), label=label)
+            name = label(mode)
+            ax_t.plot(ns, agg, marker="o", color=colors.get(mode), label=name)
             ax_e.plot(
                 ns,
                 [100 * e if e is not None else math.nan for e in eff],
                 marker="o",
                 color=colors.get(mode),
-                label=label,
+                label=name,
             )
         bound_ns = [n for n in r.concurrencies() if r.bound(n) is not None]
         if len(bound_ns) > 1:

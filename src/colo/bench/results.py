@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from colo.bench import stats
 from colo.bench.activity import GpuActivity
-
-Mode = Literal["timeslice", "mps", "merged", "external"]
-MODES: tuple[str, ...] = ("timeslice", "mps")
+from colo.bench.modes import TABLE_ORDER, Mode
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,7 @@ class InstanceResult:
 class PointResult:
     """N instances run together in one mode (or one process with the merged batch: mode ``merged``)."""
 
-    mode: str
+    mode: Mode
     concurrency: int
     instances: tuple[InstanceResult, ...]
     gpu: GpuActivity | None = None
@@ -154,7 +152,7 @@ class PointResult:
     def from_dict(cls, raw: Mapping[str, Any]) -> PointResult:
         gpu = raw.get("gpu")
         return cls(
-            mode=str(raw["mode"]),
+            mode=Mode(raw["mode"]),
             concurrency=int(raw["concurrency"]),
             instances=tuple(InstanceResult.from_dict(i) for i in raw.get("instances", ())),
             gpu=GpuActivity.from_dict(gpu) if gpu else None,
@@ -179,22 +177,22 @@ class BenchResult:
     def unit(self) -> str:
         return self.points[0].unit if self.points else "item"
 
-    def modes(self) -> list[str]:
+    def modes(self) -> list[Mode]:
         """Co-location modes present, in a stable order (time-slicing first)."""
-        seen = {p.mode for p in self.points if p.mode != "merged"}
-        ordered = [m for m in ("timeslice", "mps", "auto", "external") if m in seen]
+        seen = {p.mode for p in self.points if p.mode != Mode.MERGED}
+        ordered: list[Mode] = [m for m in TABLE_ORDER if m in seen]
         return ordered + sorted(seen - set(ordered))
 
-    def concurrencies(self, mode: str | None = None) -> list[int]:
+    def concurrencies(self, mode: Mode | None = None) -> list[int]:
         return sorted({p.concurrency for p in self.points if mode is None or p.mode == mode})
 
-    def point(self, mode: str, concurrency: int) -> PointResult | None:
+    def point(self, mode: Mode, concurrency: int) -> PointResult | None:
         for p in self.points:
             if p.mode == mode and p.concurrency == concurrency:
                 return p
         return None
 
-    def table_points(self) -> list[tuple[str, int, PointResult]]:
+    def table_points(self) -> list[tuple[Mode, int, PointResult]]:
         """``(mode, N, point)`` in table order: each mode of :meth:`modes`, its levels ascending."""
         out = []
         for mode in self.modes():
@@ -204,7 +202,7 @@ class BenchResult:
                     out.append((mode, n, p))
         return out
 
-    def efficiency(self, mode: str, concurrency: int) -> float | None:
+    def efficiency(self, mode: Mode, concurrency: int) -> float | None:
         """Scaling efficiency of ``mode`` at N against the same mode at N = 1."""
         point = self.point(mode, concurrency)
         single = self.point(mode, 1)
@@ -214,27 +212,27 @@ class BenchResult:
 
     def mps_ratio(self, concurrency: int) -> float | None:
         """MPS aggregate / time-slicing aggregate at N."""
-        mps = self.point("mps", concurrency)
-        ts = self.point("timeslice", concurrency)
+        mps = self.point(Mode.MPS, concurrency)
+        ts = self.point(Mode.TIMESLICE, concurrency)
         return stats.ratio(mps.aggregate_per_sec if mps else None, ts.aggregate_per_sec if ts else None)
 
-    def over_timeslice(self, mode: str, concurrency: int) -> float | None:
+    def over_timeslice(self, mode: Mode, concurrency: int) -> float | None:
         """``mode``'s aggregate / time-slicing's aggregate at N (``auto``: what ``policy.mps: auto`` gives)."""
         point = self.point(mode, concurrency)
-        ts = self.point("timeslice", concurrency)
+        ts = self.point(Mode.TIMESLICE, concurrency)
         return stats.ratio(point.aggregate_per_sec if point else None, ts.aggregate_per_sec if ts else None)
 
     def bound(self, concurrency: int) -> float | None:
         """The merged-batch bound at N: one process with N× the batch (N = 1 is the single instance)."""
-        merged = self.point("merged", concurrency)
+        merged = self.point(Mode.MERGED, concurrency)
         if merged is not None:
             return merged.aggregate_per_sec
         if concurrency == 1:
-            single = self.point("timeslice", 1) or self.point("mps", 1)
+            single = self.point(Mode.TIMESLICE, 1) or self.point(Mode.MPS, 1)
             return single.aggregate_per_sec if single else None
         return None
 
-    def bound_fraction(self, mode: str, concurrency: int) -> float | None:
+    def bound_fraction(self, mode: Mode, concurrency: int) -> float | None:
         point = self.point(mode, concurrency)
         return stats.ratio(point.aggregate_per_sec if point else None, self.bound(concurrency))
 

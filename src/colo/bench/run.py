@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from colo.bench.activity import ActivityWatch
 from colo.bench.harness import InstanceGroup, Progress, run_point
-from colo.bench.mps import MpsClientLimits, check_modes, colocation_env
+from colo.bench.modes import DEFAULT_MODES, Mode, check_modes
+from colo.bench.mps import MpsClientLimits, colocation_env
 from colo.bench.results import BenchResult, PointResult
 from colo.bench.spec import InstanceSpec
 from colo.errors import UsageError
@@ -38,7 +39,7 @@ class BenchPlan:
     title: str
     base: InstanceSpec | None = None
     fixed: tuple[InstanceSpec, ...] = ()
-    modes: tuple[str, ...] = ("timeslice", "mps")
+    modes: tuple[Mode, ...] = DEFAULT_MODES
     concurrencies: tuple[int, ...] = (1, 2, 4, 8)
     merged_bound: bool = True
     limits: tuple[MpsClientLimits, ...] = (MpsClientLimits(),)  # instance i gets limits[i % len(limits)]
@@ -51,7 +52,7 @@ class BenchPlan:
             raise UsageError("limits must list at least one MpsClientLimits")
         if (self.base is None) == (not self.fixed):
             raise UsageError("a bench plan needs either one base instance or a fixed set of instances")
-        check_modes(list(self.modes))
+        object.__setattr__(self, "modes", tuple(check_modes(self.modes)))  # "mps" from a caller: Mode.MPS
         if any(n < 1 for n in self.concurrencies):
             raise UsageError(f"concurrency values must be 1 or more, got {list(self.concurrencies)}")
 
@@ -73,23 +74,38 @@ class BenchPlan:
         value = self.base.params.get(key, default)
         return self.base.with_params(**{key: value * n})
 
-    def steps(self) -> list[tuple[str, int]]:
+    def steps(self) -> list[tuple[Mode, int]]:
         """(mode, N) in run order; mode ``merged`` for the bound."""
         if self.fixed:
             return [(m, len(self.fixed)) for m in self.modes]
         out = [(m, n) for m in self.modes for n in self.levels()]
         if self.merged_bound and self.merged(2) is not None:
-            out += [("merged", n) for n in self.levels() if n > 1]
+            out += [(Mode.MERGED, n) for n in self.levels() if n > 1]
         return out
 
 
-def specs_for_mode(plan: BenchPlan, mode: str) -> list[InstanceSpec]:
+def specs_for_mode(plan: BenchPlan, mode: Mode) -> list[InstanceSpec]:
     """The instances one mode starts: the fixed set, or as many copies as the largest N; under MPS each
     carries its limits (instance i: ``plan.limits[i % len(plan.limits)]``) in its environment."""
     specs = list(plan.fixed) if plan.fixed else plan.instances(max(plan.levels()))
-    if mode != "mps":
+    if mode != Mode.MPS:
         return specs
     return [replace(s, env={**plan.limits[i % len(plan.limits)].env(), **s.env}) for i, s in enumerate(specs)]
+
+
+def gpu_backend(required: bool) -> GpuBackend | None:
+    """NVML when it answers; else None, or (``required``: a run with MPS points) its GpuError raised."""
+    from colo.errors import GpuError
+    from colo.gpu.nvml import NvmlBackend
+
+    try:
+        backend = NvmlBackend()
+        backend.gpus()
+        return backend
+    except GpuError:
+        if required:
+            raise
+        return None
 
 
 def machine_facts(backend: GpuBackend | None, gpu_index: int) -> dict[str, Any]:
@@ -128,7 +144,7 @@ def run_bench(
         if gpu is None:
             raise UsageError(f"no GPU with index {plan.gpu_index}", hint="see `nvidia-smi -L`")
         uuid = gpu.uuid
-    elif "mps" in plan.modes:
+    elif Mode.MPS in plan.modes:
         raise UsageError("--mode mps needs an NVIDIA GPU (NVML found none)", hint="use --mode timeslice")
     points: list[PointResult] = []
 
@@ -157,14 +173,14 @@ def run_bench(
                 results, activity = group.run(n, sampler=sampler(), label=f"{mode} N={n}")
                 record(PointResult(mode, n, tuple(results), activity, specs[0].describe()))
     for mode, n in plan.steps():
-        if mode != "merged":
+        if mode != Mode.MERGED:
             continue
         merged = plan.merged(n)
         assert merged is not None
-        with colocation_env("timeslice", uuid) as extra_env:
+        with colocation_env(Mode.TIMESLICE, uuid) as extra_env:
             point = run_point(
                 [replace(merged, label=f"merged x{n}")],
-                mode="merged",
+                mode=Mode.MERGED,
                 env={**os.environ, **extra_env},
                 sampler=sampler(),
                 ready_timeout_secs=plan.ready_timeout_secs,

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from colo.bench.modes import Mode
 from colo.bench.results import BenchResult, PointResult
 from colo.bench.spec import InstanceSpec
 from colo.errors import UsageError
@@ -26,11 +28,11 @@ if TYPE_CHECKING:
     from colo.gpu.nvml import GpuBackend
 
 #: What the servers were: separate servers under MPS, separate servers time-sliced, one server with N slots.
-SETUPS = ("mps", "timeslice", "batching")
-SETUP_NAMES = {
-    "mps": "separate servers, MPS",
-    "timeslice": "separate servers, time-sliced",
-    "batching": "one server, N slots",
+SETUPS: tuple[Mode, ...] = (Mode.MPS, Mode.TIMESLICE, Mode.BATCHING)
+SETUP_NAMES: dict[str, str] = {
+    Mode.MPS: "separate servers, MPS",
+    Mode.TIMESLICE: "separate servers, time-sliced",
+    Mode.BATCHING: "one server, N slots",
 }
 
 
@@ -88,13 +90,13 @@ def run_servers(
         plan = BenchPlan(
             f"{title}: {SETUP_NAMES[setup]} N={n}",
             fixed=tuple(client_specs(urls, n, params, duration_secs)),
-            modes=("external",),
+            modes=(Mode.EXTERNAL,),
             gpu_index=gpu_index,
         )
         run = run_bench(plan, backend=backend, progress=progress)
         first = first or run
         for p in run.points:
-            point = dataclasses.replace(p, mode=setup)
+            point = dataclasses.replace(p, mode=Mode(setup))
             points.append(point)
             if on_point is not None:
                 on_point(point)
@@ -138,7 +140,7 @@ def table_rows(result: BenchResult, memory: Mapping[str, Sequence[int]] | None =
                 "server_per_stream_tok_per_sec": per_client,
                 "server_aggregate_tok_per_sec": summed,
                 "scaling_efficiency": result.efficiency(mode, n),
-                "mps_over_timeslice": result.mps_ratio(n) if mode == "mps" else None,
+                "mps_over_timeslice": result.mps_ratio(n) if mode == Mode.MPS else None,
                 "p50_secs": p.latency.p50_secs if p.latency.count else None,
                 "p99_secs": p.latency.p99_secs if p.latency.count else None,
                 "requests": p.latency.count,
@@ -170,3 +172,13 @@ def table_markdown(result: BenchResult, memory: Mapping[str, Sequence[int]] | No
             f"{num(r['p99_secs'], '{:.2f}')} | {mem} |"
         )
     return lines
+
+
+def write_servers_reports(result: BenchResult, out: Path) -> None:
+    """``bench.json``/``bench.md``/``bench.png`` in ``out`` (:func:`colo.bench.report.write_reports`) and the
+    guide's table as ``servers.md``."""
+    from colo.bench.report import write_reports
+    from colo.files import write_atomic
+
+    write_reports([result], out)
+    write_atomic(out / "servers.md", "\n".join([f"## {result.title}", "", *table_markdown(result), ""]))

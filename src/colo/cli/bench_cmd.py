@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import os
 import typing
 from collections.abc import Callable
@@ -22,14 +21,13 @@ import typer
 
 from colo import units
 from colo.cli.common import OptionGroup, console, err_console, print_json, safe, with_option_groups
-from colo.errors import ConfigError, UsageError
+from colo.errors import UsageError
 
 if TYPE_CHECKING:
-    from colo.bench.mps import MpsClientLimits
+    from colo.bench.agents_run import AgentsBench
     from colo.bench.results import BenchResult, PointResult
     from colo.bench.run import BenchPlan
     from colo.bench.spec import InstanceSpec
-    from colo.gpu.nvml import GpuBackend
 
 bench_app = typer.Typer(
     help="Measure N instances together, MPS vs time-slicing, against the merged-batch bound.",
@@ -40,95 +38,17 @@ MODE_HELP = "timeslice, mps, or both: timeslice,mps"
 CONC_HELP = "numbers of concurrent instances, e.g. 1,2,4,8 (1 is always measured)"
 
 
-def parse_int_list(text: str, what: str) -> tuple[int, ...]:
-    """``"1,2,4"`` -> (1, 2, 4). Raises UsageError."""
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise UsageError(f"{what} {text!r}: write whole numbers separated by commas, e.g. 1,2,4,8") from exc
-    if not values or any(v < 1 or v > 64 for v in values):
-        raise UsageError(f"{what} {text!r}: each value must be 1..64")
-    return values
-
-
-def parse_agent_modes(text: str) -> tuple[str, ...]:
-    """``colo bench agents --mode``: timeslice, mps and auto (``colo up --mps auto``), comma-separated."""
-    from colo.bench.agents_run import AGENT_MODES
-
-    modes = [m.strip() for m in text.split(",") if m.strip()] or ["timeslice"]
-    for m in modes:
-        if m not in AGENT_MODES:
-            raise UsageError(f"unknown mode {m!r}; use timeslice, mps, auto or several (timeslice,auto)")
-    return tuple(modes)
-
-
-def parse_modes(text: str) -> tuple[str, ...]:
-    from colo.bench.mps import check_modes
-
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    return tuple(check_modes(modes or ["timeslice"]))
-
-
-def parse_limits(thread_pct: str | None, mem_limit: str | None) -> tuple[MpsClientLimits, ...]:
-    """``--thread-pct 50`` / ``25,75`` and ``--mem-limit 4GiB`` / ``2GiB,6GiB``: per-instance MPS limits
-    (instance i takes the i-th value, cycling). Raises UsageError."""
-    from colo.bench.mps import MpsClientLimits
-
-    pcts: list[int | None] = [None]
-    if thread_pct:
-        try:
-            pcts = [int(v) for v in thread_pct.split(",")]
-        except ValueError as exc:
-            raise UsageError(f"--thread-pct {thread_pct!r}: write percentages like 50 or 25,75") from exc
-        if any(not 1 <= p <= 100 for p in pcts if p is not None):
-            raise UsageError(f"--thread-pct {thread_pct!r}: each value must be 1..100")
-    mems: list[int | None] = [None]
-    if mem_limit:
-        try:
-            mems = [units.parse_size(v.strip()) for v in mem_limit.split(",")]
-        except ValueError as exc:
-            raise UsageError(f"--mem-limit {mem_limit!r}: {exc}") from exc
-    count = max(len(pcts), len(mems))
-    return tuple(
-        MpsClientLimits(pinned_mem_limit_bytes=mems[i % len(mems)], active_thread_pct=pcts[i % len(pcts)])
-        for i in range(count)
-    )
-
-
-def _backend(required: bool) -> GpuBackend | None:
-    from colo.errors import GpuError
-    from colo.gpu.nvml import NvmlBackend
-
-    try:
-        backend = NvmlBackend()
-        backend.gpus()
-        return backend
-    except GpuError:
-        if required:
-            raise
-        return None
-
-
-def _point_line(point: PointResult) -> str:
-    lat = point.latency
-    p50 = f"{1000 * lat.p50_secs:.2f} ms" if math.isfinite(lat.p50_secs) else "–"
-    sm = point.gpu.sm_util_mean_pct if point.gpu else None
-    sm_text = f", SM busy {sm:.0f} %" if sm is not None else ""
-    return (
-        f"{point.mode} N={point.concurrency}: aggregate {point.aggregate_per_sec:,.1f} {point.unit}/s, "
-        f"individual {point.individual_per_sec:,.1f}, p50 {p50}{sm_text}"
-    )
-
-
 def _execute(plan: BenchPlan, *, out: Path, as_json: bool, gpu_kind: bool) -> None:
     """Run ``plan`` with live progress, write the reports, print the table (or the JSON)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from colo.bench.format import point_line
     from colo.bench.harness import sigterm_as_exit
+    from colo.bench.modes import Mode
     from colo.bench.report import to_json, write_reports
-    from colo.bench.run import run_bench
+    from colo.bench.run import gpu_backend, run_bench
 
-    backend = _backend(required="mps" in plan.modes)
+    backend = gpu_backend(required=Mode.MPS in plan.modes)
     if backend is None and gpu_kind:
         err_console.print("[yellow]no NVIDIA GPU found (NVML): running on the CPU, no GPU activity samples[/]")
     view = err_console if as_json else console
@@ -143,7 +63,7 @@ def _execute(plan: BenchPlan, *, out: Path, as_json: bool, gpu_kind: bool) -> No
 
         def on_point(point: PointResult) -> None:
             progress.advance(task)
-            progress.console.print(safe(_point_line(point)), highlight=False)
+            progress.console.print(safe(point_line(point)), highlight=False)
 
         with sigterm_as_exit():
             result = run_bench(plan, backend=backend, progress=on_message, on_point=on_point)
@@ -160,7 +80,7 @@ def _execute(plan: BenchPlan, *, out: Path, as_json: bool, gpu_kind: bool) -> No
 def _print_table(result: BenchResult) -> None:
     from rich.table import Table
 
-    from colo.bench.report import MODE_NAMES, _ms, _num, _pct, _ratio
+    from colo.bench.report import scaling_row
 
     unit = f"{result.unit}/s"
     table = Table(title=safe(result.title))
@@ -179,20 +99,7 @@ def _print_table(result: BenchResult) -> None:
     ):
         table.add_column(col, justify="left" if col == "mode" else "right")
     for mode, n, p in result.table_points():
-        sm = p.gpu.sm_util_mean_pct if p.gpu else None
-        table.add_row(
-            MODE_NAMES.get(mode, mode),
-            str(n),
-            _num(p.individual_per_sec),
-            _num(p.aggregate_per_sec),
-            _pct(result.efficiency(mode, n)),
-            _ratio(result.mps_ratio(n)) if mode == "mps" else "–",
-            _num(result.bound(n)),
-            _pct(result.bound_fraction(mode, n)),
-            _ms(p.latency.p50_secs),
-            _ms(p.latency.p99_secs),
-            f"{sm:.0f} %" if sm is not None else "–",
-        )
+        table.add_row(*scaling_row(result, mode, n, p))
     console.print(table)
 
 
@@ -219,6 +126,7 @@ class BenchOptions:
 
     def run(self, spec: InstanceSpec, title: str) -> None:
         """N copies of ``spec`` at each concurrency, in each mode: run, write the reports, print."""
+        from colo.bench.options import parse_int_list, parse_limits, parse_modes
         from colo.bench.run import BenchPlan
 
         plan = BenchPlan(
@@ -331,7 +239,7 @@ def bench_encoder(
 @bench_command("decode", concurrency={"default": "1,2,3"})
 def bench_decode(
     opts: BenchOptions,
-    shape: str = typer.Option("llama-3.1-8b", "--shape", help="built-in Llama-style shape: llama-3.1-8b or tiny"),
+    shape: str = typer.Option("llama-3.1-8b", "--shape", help="built-in Llama shape: llama-3.1-8b, llama-3.2-1b or tiny"),
     model: str | None = typer.Option(
         None,
         "--model",
@@ -351,10 +259,9 @@ def bench_decode(
         params: dict[str, Any] = {"model": model, "dtype": dtype or "float16", **common}
         opts.run(InstanceSpec("hf_decode", params, duration_secs=opts.duration), f"decode {model}")
         return
-    from colo.bench.loads.llama import SHAPES
+    from colo.bench.llama_shapes import shape_named
 
-    if shape not in SHAPES:
-        raise UsageError(f"--shape {shape!r}: use one of {', '.join(sorted(SHAPES))}")
+    shape_named(shape)  # an unknown shape is a usage error here, not a failed instance later
     params = {"shape": shape, "dtype": dtype or "bfloat16", **common}
     opts.run(InstanceSpec("decode", params, duration_secs=opts.duration), f"decode {shape} shape")
 
@@ -419,10 +326,11 @@ def bench_http(
     ),
 ) -> None:
     """An HTTP target (Ollama or OpenAI-compatible): N concurrent clients; tokens from the server's counts."""
+    from colo.bench.modes import Mode
     from colo.bench.spec import InstanceSpec
 
     spec = InstanceSpec("http", {"url": url, **request.params()}, duration_secs=opts.duration)
-    replace(opts, mode="external").run(spec, f"http {request.api} {request.model}")
+    replace(opts, mode=Mode.EXTERNAL).run(spec, f"http {request.api} {request.model}")
 
 
 @bench_command("forwards", ("mode", "duration", "out", "gpu", "as_json"))
@@ -435,6 +343,7 @@ def bench_forwards(
 ) -> None:
     """All agents of CONFIG together as bare forwards: one process per agent running its models back to back
     (no HTTP, no agent; `colo bench agents` goes through the agents' APIs)."""
+    from colo.bench.options import parse_modes
     from colo.bench.run import BenchPlan
     from colo.bench.suite import agent_specs
 
@@ -477,28 +386,22 @@ def bench_agents(
     from N clients per agent for --duration seconds at each --clients count, and stops them. With --attach or
     --attach-config it loads agents already running (any build) and --mode only labels the results.
     """
-    from colo.bench.agents_run import AgentsBench, config_targets, url_targets
-    from colo.bench.loads.agents import RequestShape
+    from colo.bench.agents_run import AgentsBench, choose_targets, load_processes
+    from colo.bench.options import parse_agent_modes, parse_int_list
     from colo.spec.load import load_config
 
     counts = parse_int_list(clients, "--clients")
     modes = parse_agent_modes(opts.mode)
-    only = tuple(a.strip() for a in agents.split(",") if a.strip()) if agents else ()
-    attached = bool(attach) or attach_config
-    if attach and attach_config:
-        raise UsageError("give --attach URLs or --attach-config, not both")
-    if attached and len(modes) != 1:
-        raise UsageError(
-            "attached, colo starts nothing: --mode names what the running agents use (one of timeslice, mps, auto)"
-        )
-    cfg = load_config(config) if config is not None else None
-    if attach:
-        shapes = (RequestShape(None, batch, seq_len),)  # each agent's first model
-        targets = url_targets([u.strip() for u in attach.split(",") if u.strip()], shapes)
-    elif cfg is None:
-        raise UsageError("give CONFIG (colo.yaml), or --attach URL,... for agents already running")
-    else:
-        targets = config_targets(cfg, batch=batch, seq_len=seq_len, new_tokens=new_tokens, only=only)
+    targets = choose_targets(
+        load_config(config) if config is not None else None,
+        attach=[u.strip() for u in (attach or "").split(",") if u.strip()],
+        attach_config=attach_config,
+        modes=modes,
+        batch=batch,
+        seq_len=seq_len,
+        new_tokens=new_tokens,
+        only=[a.strip() for a in (agents or "").split(",") if a.strip()],
+    )
     title = f"{config.name if config else 'attached agents'}: {len(targets)} agents through HTTP, {batch}×{seq_len}"
     bench = AgentsBench(
         title,
@@ -509,53 +412,40 @@ def bench_agents(
         window_secs=opts.duration,
         warmup_secs=warmup,
         lone_secs=lone,
-        attached=attached,
+        attached=bool(attach) or attach_config,
         state_dir=state_dir,
         start_timeout_secs=start_timeout,
         gpu_index=opts.gpu,
-        processes=procs or max(1, min(len(targets), (os.cpu_count() or 1) // 4)),
+        processes=procs or load_processes(len(targets), os.cpu_count()),
         settings={"batch": batch, "seq_len": seq_len, "new_tokens": new_tokens},
     )
     _execute_agents(bench, out=opts.out, as_json=opts.as_json)
 
 
-def _execute_agents(bench: Any, *, out: Path, as_json: bool) -> None:
-    from colo.bench.agents_report import (
-        AGENT_HEADER,
-        AUTO_HEADER,
-        POINT_HEADER,
-        agent_rows,
-        auto_rows,
-        lone_rows,
-        point_rows,
-    )
+def _execute_agents(bench: AgentsBench, *, out: Path, as_json: bool) -> None:
+    from rich.table import Table
+
+    from colo.bench.agents_report import point_line as agents_point_line
+    from colo.bench.agents_report import terminal_tables
     from colo.bench.agents_run import run_agents_bench
     from colo.bench.harness import sigterm_as_exit
     from colo.bench.report import to_json, write_reports
+    from colo.bench.run import gpu_backend
 
-    backend = _backend(required=False)
     view = err_console if as_json else console
 
     def on_message(msg: str) -> None:
         view.print(safe(msg), highlight=False)
 
     def on_point(point: PointResult) -> None:
-        from colo.bench.agents_report import hard_errors
-
-        view.print(
-            safe(
-                f"{point.mode} {point.concurrency} client(s)/agent: {point.aggregate_per_sec:,.1f} seq/s, "
-                f"p99 {1000 * point.latency.p99_secs:.1f} ms, errors {hard_errors(point)}"
-            ),
-            highlight=False,
-        )
+        view.print(safe(agents_point_line(point)), highlight=False)
 
     def on_result(partial: BenchResult) -> None:  # a run cut short keeps what it measured
         write_reports([partial], out, stem="agents")
 
     with sigterm_as_exit():
         result = run_agents_bench(
-            bench, backend=backend, progress=on_message, on_point=on_point, on_result=on_result
+            bench, backend=gpu_backend(required=False), progress=on_message, on_point=on_point, on_result=on_result
         )
     paths = write_reports([result], out, stem="agents")
     if as_json:
@@ -563,16 +453,7 @@ def _execute_agents(bench: Any, *, out: Path, as_json: bool) -> None:
 
         sys.stdout.write(to_json([result]) + "\n")
         return
-    from rich.table import Table
-
-    for title, header, rows in (
-        (result.title, POINT_HEADER, point_rows(result)),
-        ("per agent", AGENT_HEADER, agent_rows(result)),
-        ("a lone request", *lone_rows(result)),
-        ("mps: auto against time-slicing", AUTO_HEADER, auto_rows(result)),
-    ):
-        if not rows:
-            continue
+    for title, header, rows in terminal_tables(result):
         table = Table(title=safe(title))
         for col in header:
             table.add_column(col, justify="left" if col in ("mode", "agent") else "right")
@@ -657,22 +538,13 @@ def advise_command(
     """MPS, separate servers (time-slicing) or MIG for CONFIG, with the reasons that applied (from the plan,
     a `colo bench` result, and the usage history `colo up` recorded in the state dir, when there is one)."""
     from colo.bench.advise import advise
-    from colo.bench.report import load_json
+    from colo.bench.options import load_results
     from colo.cli.plan_cmd import load_plannable
     from colo.supervise import planning
 
     cfg = load_plannable(str(config), gpu)
     the_plan = planning.plan_config(cfg).plan  # the one planning pipeline (gpus: auto reads NVML)
-    runs = []
-    if bench is not None:
-        try:
-            runs = load_json(bench.read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(
-                f"not a colo bench result: {exc}",
-                source=str(bench),
-                hint="pass the bench.json that `colo bench --out DIR` wrote",
-            ) from exc
+    runs = load_results(bench) if bench is not None else []
     advice = advise(cfg, the_plan, runs, _history(cfg, state_dir, since))
     if as_json:
         print_json(advice.to_dict())
@@ -704,7 +576,8 @@ def bench_make_gguf(
     layers: int = typer.Option(0, "--layers", min=0, help="override the shape's layer count"),
 ) -> None:
     """Write a random-weight Llama GGUF for llama.cpp (needs the `gguf` package: llama.cpp's gguf-py)."""
-    from colo.bench.gguf_random import shape_named, write_random_gguf
+    from colo.bench.gguf_random import write_random_gguf
+    from colo.bench.llama_shapes import shape_named
 
     try:
         import gguf  # noqa: F401
@@ -712,7 +585,7 @@ def bench_make_gguf(
         raise UsageError(
             "the `gguf` package is missing", hint="put llama.cpp's gguf-py on PYTHONPATH, or pip install gguf"
         ) from exc
-    done = write_random_gguf(out, shape_named(shape, n_layers=layers), quant=quant, vocab_from=vocab_from)
+    done = write_random_gguf(out, shape_named(shape, layers=layers), quant=quant, vocab_from=vocab_from)
     if opts.as_json:
         print_json(done.to_dict())
         return
@@ -738,20 +611,17 @@ def bench_servers(
     append: bool = typer.Option(False, "--append", help="keep the other setups already in OUT/bench.json"),
 ) -> None:
     """N clients over running servers, recorded as one setup (the guide's table: OUT/bench.json/md + servers.md)."""
-    from colo.bench.report import load_json, to_json, write_reports
-    from colo.bench.servers import merge_into, run_servers, table_markdown
-    from colo.files import write_atomic
+    from colo.bench.format import point_line
+    from colo.bench.options import load_results, parse_int_list
+    from colo.bench.report import to_json
+    from colo.bench.run import gpu_backend
+    from colo.bench.servers import merge_into, run_servers, table_markdown, write_servers_reports
 
     params = request.params() | {"ignore_eos": ignore_eos}
     if ignore_eos and request.api != "openai-chat":
         raise UsageError("--ignore-eos is llama-server's extension of the OpenAI API: use --api openai-chat")
     out = opts.out
-    previous = None
-    if append and (out / "bench.json").exists():
-        try:
-            previous = load_json((out / "bench.json").read_text(encoding="utf-8"))[0]
-        except (OSError, ValueError, KeyError, IndexError) as exc:
-            raise ConfigError(f"not a colo bench result: {exc}", source=str(out / "bench.json")) from exc
+    previous = load_results(out / "bench.json")[0] if append and (out / "bench.json").exists() else None
     result = run_servers(
         url,
         parse_int_list(opts.concurrency, "--concurrency"),
@@ -759,13 +629,12 @@ def bench_servers(
         setup=setup,
         duration_secs=opts.duration,
         title=title,
-        backend=_backend(required=False),
+        backend=gpu_backend(required=False),
         gpu_index=opts.gpu,
-        on_point=lambda p: err_console.print(safe(_point_line(p)), highlight=False),
+        on_point=lambda p: err_console.print(safe(point_line(p)), highlight=False),
     )
     result = merge_into(previous, result)
-    write_reports([result], out)
-    write_atomic(out / "servers.md", "\n".join([f"## {result.title}", "", *table_markdown(result), ""]))
+    write_servers_reports(result, out)
     if opts.as_json:
         import sys
 

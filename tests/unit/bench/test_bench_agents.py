@@ -19,8 +19,6 @@ from typer.testing import CliRunner
 
 from colo.bench.agents_report import hard_errors, markdown, retry_after, within_limits
 from colo.bench.agents_run import AgentsBench, config_targets, measure, request_shapes, run_agents_bench, url_targets
-from colo.bench.agents_targets import judge
-from colo.bench.agents_targets import main as targets_main
 from colo.bench.loads.agents import RETRY_AFTER_KEY, TRANSPORT_KEY, AgentTarget, RequestShape, drive
 from colo.bench.report import load_json, to_json
 from colo.bench.results import BenchResult, InstanceResult, PointResult
@@ -29,6 +27,7 @@ from colo.errors import UsageError
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.nvml import ClientProcess
 from colo.spec.load import load_config
+from scriptkit import load_script
 
 FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
 runner = CliRunner()
@@ -308,6 +307,9 @@ def _agents_result(rates: dict[tuple[str, int], float], *, lone_p50: float, erro
 
 
 def test_issue_13_targets_judged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/agents_targets.py (gpu_agents_bench.sh's judge) on results built here."""
+    targets = load_script("agents_targets")
+    judge, targets_main = targets.judge, targets.main
     new = _agents_result({("mps", 3): 10_000.0, ("timeslice", 3): 5_000.0, ("mps", 1): 4_000.0}, lone_p50=0.004)
     old = _agents_result({("mps", 3): 4_000.0}, lone_p50=0.003)
     verdicts = {t.name: t.passed for t in judge(new, old, clients=3, batch_wait_ms={"memory": 2.0})}

@@ -117,9 +117,9 @@ def test_bench_forwards_runs_every_agent_of_a_config(tmp_path: Path, no_gpu: Non
 
 
 def test_per_instance_mps_limits() -> None:
+    from colo.bench.options import parse_limits
     from colo.bench.run import BenchPlan, specs_for_mode
     from colo.bench.spec import InstanceSpec
-    from colo.cli.bench_cmd import parse_limits
     from colo.errors import UsageError
 
     limits = parse_limits("25,75", "2GiB")

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
+from colo.bench.llama_shapes import SHAPES, LlamaShape, shape_named
 from colo.bench.loads import make_workload
 from colo.bench.loads.cmd import CommandWorkload, parse_throughput
-from colo.bench.loads.llama import SHAPES, LlamaShape, StaticLlamaDecoder, shape_named
+from colo.bench.loads.llama import StaticLlamaDecoder
 from colo.errors import UsageError
 
 torch = pytest.importorskip("torch")
@@ -87,8 +88,12 @@ def test_llama_8b_shape_is_the_real_one() -> None:
     assert (s.hidden, s.layers, s.heads, s.kv_heads, s.intermediate, s.vocab) == (4096, 32, 32, 8, 14336, 128256)
     assert s.param_count() == 8_030_261_248  # Llama-3.1-8B's parameter count
     assert 15.0e9 < s.bytes_read_per_step(2, 1, 1024) < 15.3e9
-    with pytest.raises(ValueError, match="unknown decode shape"):
+    with pytest.raises(UsageError, match="unknown Llama shape 'llama-70b-ish'; use one of llama-3.1-8b"):
         shape_named("llama-70b-ish")
+    with pytest.raises(UsageError, match="must divide evenly"):
+        shape_named("tiny", heads=3)
+    assert shape_named("tiny", layers=0) == SHAPES["tiny"]  # 0: keep the shape's own value
+    assert shape_named("tiny", layers=1).layers == 1
     with pytest.raises(ValueError):
         LlamaShape(hidden=30, layers=1, heads=4, kv_heads=2, intermediate=8, vocab=8)
 

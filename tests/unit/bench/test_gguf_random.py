@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from colo.bench.gguf_random import SHAPES, shape_named, tensor_nbytes, tensor_plan, write_random_gguf
+from colo.bench.gguf_random import check_quantizable, tensor_nbytes, tensor_plan, write_random_gguf
+from colo.bench.llama_shapes import SHAPES, LlamaShape, shape_named
 from colo.cli.main import app
 from colo.errors import UsageError
 
@@ -72,16 +73,18 @@ def test_tiny_shape_reads_back_with_names_shapes_types_and_tokenizer(tmp_path: P
 
 def test_the_8b_shape_is_llama_3_1_8b_at_about_4_6_gib() -> None:
     s = SHAPES["llama-3.1-8b"]
-    assert (s.n_layers, s.hidden, s.n_heads, s.n_kv_heads, s.ff, s.vocab) == (32, 4096, 32, 8, 14336, 128256)
+    assert (s.layers, s.hidden, s.heads, s.kv_heads, s.intermediate, s.vocab) == (32, 4096, 32, 8, 14336, 128256)
     total = sum(tensor_nbytes(t.dims, "q4_k" if t.quantized else None) for t in tensor_plan(s))
     assert 4.4e9 < total < 5.0e9
 
 
 def test_bad_shapes_are_usage_errors() -> None:
-    with pytest.raises(UsageError, match="unknown shape"):
+    with pytest.raises(UsageError, match="unknown Llama shape"):
         shape_named("llama-9")
-    with pytest.raises(UsageError, match="multiple of 256"):
-        shape_named("tiny", hidden=300)
+    with pytest.raises(UsageError, match="hidden 320 is not a multiple of 256"):
+        check_quantizable(shape_named("tiny", hidden=320))
+    with pytest.raises(UsageError, match="intermediate 96 is not a multiple of 256"):
+        write_random_gguf(Path("never-written.gguf"), LlamaShape(256, 1, 4, 2, 96, 64))
 
 
 def test_make_gguf_cli(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from colo.bench.llama_shapes import shape_named
 from colo.bench.loads.graphs import capture, resolve_device, torch_dtype, torch_facts
-from colo.bench.loads.llama import StaticLlamaDecoder, shape_named
+from colo.bench.loads.llama import StaticLlamaDecoder
 from colo.bench.loads.static_decode import StaticDecodeWorkload
 
 
@@ -34,7 +35,7 @@ def measure_copy_bandwidth(device: str, size_bytes: int = 1 << 30, repeats: int 
 
 
 class DecodeWorkload(StaticDecodeWorkload):
-    """Greedy decode of ``batch_size`` streams of a ``shape`` model (see :data:`llama.SHAPES`); the other
+    """Greedy decode of ``batch_size`` streams of a ``shape`` model (see :data:`colo.bench.llama_shapes.SHAPES`); the other
     settings are :class:`StaticDecodeWorkload`'s."""
 
     default_max_len, default_start_pos, default_dtype = 1024, 128, "bfloat16"

@@ -2,8 +2,8 @@
 
 Exactly the Llama-3.1 architecture's arithmetic for a single new token per stream (RMSNorm, rotary position
 embedding, grouped-query attention reading a static KV cache, SwiGLU MLP, untied LM head, greedy argmax),
-with random weights in one dtype (bf16 by default): decode speed depends on the shapes, not the values.
-Every tensor the step touches is allocated up front and updated in place (next token, position, cache), so
+with random weights in one dtype (bf16 by default): decode speed depends on the shapes
+(:mod:`colo.bench.llama_shapes`), not the values. Every tensor the step touches is allocated up front and updated in place (next token, position, cache), so
 the whole step can be captured once as a CUDA graph and replayed for each token.
 
 The KV cache is not filled from a real prompt: attention reads all ``max_len`` cached positions every step
@@ -12,63 +12,9 @@ The KV cache is not filled from a real prompt: attention reads all ``max_len`` c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class LlamaShape:
-    """Architecture sizes. ``head_dim`` = hidden / heads."""
-
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    rope_theta: float = 500000.0
-    rms_eps: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if self.hidden % self.heads or self.heads % self.kv_heads or (self.hidden // self.heads) % 2:
-            raise ValueError(f"inconsistent shape {self}: hidden/heads and heads/kv_heads must divide evenly")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    def layer_params(self) -> int:
-        """Parameters of one decoder layer (attention, MLP, two norms)."""
-        qkv = self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim
-        out = self.hidden * self.hidden
-        mlp = 3 * self.hidden * self.intermediate
-        return qkv + out + mlp + 2 * self.hidden
-
-    def param_count(self) -> int:
-        """All parameters (embedding and LM head untied, as in Llama-3.1-8B: 8.03 B)."""
-        return self.layers * self.layer_params() + 2 * self.vocab * self.hidden + self.hidden
-
-    def bytes_read_per_step(self, dtype_bytes: int, batch_size: int, max_len: int) -> int:
-        """Bytes one decode step must read from memory: every weight except the embedding table (one row
-        per stream), plus the static KV cache."""
-        weights = (self.param_count() - self.vocab * self.hidden) * dtype_bytes
-        kv = 2 * self.layers * batch_size * self.kv_heads * max_len * self.head_dim * dtype_bytes
-        return weights + kv
-
-
-SHAPES: dict[str, LlamaShape] = {
-    # meta-llama/Llama-3.1-8B config.json
-    "llama-3.1-8b": LlamaShape(hidden=4096, layers=32, heads=32, kv_heads=8, intermediate=14336, vocab=128256),
-    # small enough for CPU tests
-    "tiny": LlamaShape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=256),
-}
-
-
-def shape_named(name: str) -> LlamaShape:
-    """A shape from :data:`SHAPES`. Raises ValueError naming the known ones."""
-    if name not in SHAPES:
-        raise ValueError(f"unknown decode shape {name!r}; known: {', '.join(sorted(SHAPES))}")
-    return SHAPES[name]
+from colo.bench.llama_shapes import LlamaShape
 
 
 class StaticLlamaDecoder:

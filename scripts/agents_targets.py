@@ -1,7 +1,7 @@
-"""Issue 13's targets, judged from ``colo bench agents`` results: ``python -m colo.bench.agents_targets``.
+"""Issue 13's targets, judged from ``colo bench agents`` results (``scripts/gpu_agents_bench.sh`` runs it).
 
-    python -m colo.bench.agents_targets NEW/agents.json [--old OLD/agents.json] [--config colo.yaml]
-                                        [--clients 3] [--summary summary.json]
+    python scripts/agents_targets.py NEW/agents.json [--old OLD/agents.json] [--config colo.yaml]
+                                     [--clients 3] [--summary summary.json]
 
 Prints one ``GPU-RESULT`` line per target and the table (new build's points, then the old build's):
 
@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from colo.bench import agents_report as rep
-from colo.bench.report import _ms, load_json
+from colo.bench import format as fmt
+from colo.bench.modes import Mode
+from colo.bench.report import load_json
 from colo.bench.results import BenchResult
 
 DEFAULT_BATCH_WAIT_MS = 2.0
@@ -45,7 +47,7 @@ class Target:
         return f"GPU-RESULT {self.name}: {verdict} — {self.detail}"
 
 
-def _agg(result: BenchResult | None, mode: str, clients: int) -> float | None:
+def _agg(result: BenchResult | None, mode: Mode, clients: int) -> float | None:
     p = result.point(mode, clients) if result else None
     return p.aggregate_per_sec if p else None
 
@@ -56,7 +58,7 @@ def _speedup(name: str, seq_per_sec: float | None, base_seq_per_sec: float | Non
     return Target(
         name,
         None if ratio is None else ratio >= factor,
-        f"{_n(seq_per_sec)} vs {_n(base_seq_per_sec)} seq/s = {_x(ratio)}",
+        f"{_n(seq_per_sec)} vs {_n(base_seq_per_sec)} seq/s = {fmt.ratio(ratio)}",
     )
 
 
@@ -89,13 +91,13 @@ def judge(
             "; ".join(over) or (f"unknown at {', '.join(unknown)}" if unknown else "every agent, every point"),
         )
     )
-    new_mps = _agg(new, "mps", clients)
-    out.append(_speedup(f"new >= 2x old at {clients} clients (MPS)", new_mps, _agg(old, "mps", clients), 2.0))
+    new_mps = _agg(new, Mode.MPS, clients)
+    out.append(_speedup(f"new >= 2x old at {clients} clients (MPS)", new_mps, _agg(old, Mode.MPS, clients), 2.0))
     out.append(
-        _speedup(f"MPS >= 1.5x time-slicing at {clients} clients", new_mps, _agg(new, "timeslice", clients), 1.5)
+        _speedup(f"MPS >= 1.5x time-slicing at {clients} clients", new_mps, _agg(new, Mode.TIMESLICE, clients), 1.5)
     )
     out.append(_lone(new, old, batch_wait_ms or {}))
-    p99 = [f"{p.mode} {p.concurrency}: {_ms(p.latency.p99_secs)} ms" for p in new.points]
+    p99 = [f"{p.mode} {p.concurrency}: {fmt.ms(p.latency.p99_secs)} ms" for p in new.points]
     out.append(
         Target("p99 reported", bool(p99) and all(math.isfinite(p.latency.p99_secs) for p in new.points), "; ".join(p99))
     )
@@ -115,8 +117,8 @@ def judge(
 
 
 def _lone(new: BenchResult, old: BenchResult | None, waits: dict[str, float]) -> Target:
-    new_lone = (new.settings.get("lone") or {}).get("mps") or {}
-    old_lone = ((old.settings.get("lone") or {}).get("mps") or {}) if old else {}
+    new_lone = (new.settings.get("lone") or {}).get(Mode.MPS) or {}
+    old_lone = ((old.settings.get("lone") or {}).get(Mode.MPS) or {}) if old else {}
     deltas = []
     for agent, row in sorted(new_lone.items()):
         before = old_lone.get(agent, {}).get("p50_secs")
@@ -140,15 +142,11 @@ def table(new: BenchResult, old: BenchResult | None) -> list[str]:
     """The points of both builds in one Markdown table (the old build's labelled)."""
     rows = [["new", *r] for r in rep.point_rows(new)] + ([["old", *r] for r in rep.point_rows(old)] if old else [])
     header = ["build", *rep.POINT_HEADER]
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return fmt.markdown_table(header, rows)
 
 
 def _n(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
-
-
-def _x(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}×"
 
 
 def _waits(config: Path | None) -> dict[str, float]:

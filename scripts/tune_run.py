@@ -1,7 +1,7 @@
 """Issue 14's run (``scripts/gpu_tune.sh``): a mixed load on a running colo, and the tune targets judged.
 
-    python -m colo.bench.tune_run load CONFIG --duration 180 --clients 3 --out load.json
-    python -m colo.bench.tune_run report CONFIG --state-dir SD --tune tune.json --since WALL --load load.json
+    python scripts/tune_run.py load CONFIG --duration 180 --clients 3 --out load.json
+    python scripts/tune_run.py report CONFIG --state-dir SD --tune tune.json --since WALL --load load.json
 
 ``load``: every agent of CONFIG at once through HTTP with ``colo bench agents``' load generator
 (:func:`colo.bench.loads.agents.drive_spread`), each client cycling through, per model, a typical request
@@ -104,7 +104,7 @@ def report(config_path: Path, state_dir: Path, tune_json: Path, since: float, lo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m colo.bench.tune_run")
+    parser = argparse.ArgumentParser(prog="python scripts/tune_run.py")
     sub = parser.add_subparsers(dest="cmd", required=True)
     lp = sub.add_parser("load")
     lp.add_argument("config", type=Path)
