@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NoReturn
 
-from colo.api.source import ApiSource, ApplyOutcome, PolledGpu
+from colo.api.source import ApiSource, ApplyOutcome, PolledGpu, pick_events
 from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError, SupervisorError
 from colo.files import state_dir
@@ -126,8 +126,8 @@ class ReadOnlySource:
     def apply(self, config: ColoConfig, config_path: str | None = None) -> ApplyOutcome:
         self._refuse("apply a configuration")
 
-    def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:
-        return [e for e in self._events if e.seq > since_seq][:limit]
+    def events(self, since_seq: int = 0, limit: int = 200, *, tail: bool = False) -> list[Event]:
+        return pick_events(self._events, since_seq, limit, tail=tail)
 
 
 def _nvml_backend() -> GpuBackend | None:
