@@ -69,3 +69,17 @@ def test_clean_plan_prints_no_advice(tmp_path: Path) -> None:
     r = runner.invoke(app, ["plan", str(config)])
     assert r.exit_code == 0, r.output
     assert "to do:" not in r.output and "warning:" not in r.output
+
+
+def test_validate_groups_the_same_finding_by_field() -> None:
+    r = runner.invoke(app, ["validate", str(NEWSROOM)])
+    assert r.exit_code == 1
+    lines = [line for line in r.output.splitlines() if line.startswith(("error:", "warning:"))]
+    (mini,) = [line for line in lines if MINI in line]
+    assert lines[0] == mini and mini.endswith("(at: agents.memory.memory, agents.newsreader.memory)")
+    assert r.output.rstrip().splitlines()[-2].startswith("to do:")  # then the mps: line
+    seed = NEWSROOM.parents[2] / "tests" / "fixtures" / "seed_mps_allocation_config.json"
+    r = runner.invoke(app, ["validate", str(seed)])
+    margins = [line for line in r.output.splitlines() if "on 3.0 GB is 33%" in line]
+    assert len(margins) == 1 and "critic" not in margins[0]
+    assert "agent_allocations.scout.safety_margin_gb, " in margins[0] and "synthesizer" in margins[0]

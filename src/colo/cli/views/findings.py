@@ -29,18 +29,24 @@ class FindingGroup:
 
 def group_findings(findings: Iterable[tuple[str, str, str, str]]) -> list[FindingGroup]:
     """``(severity, topic, subject, message)`` rows as groups of equal (severity, topic, message): errors
-    first, then ``memory`` (what runs out) before other topics, otherwise in the order first seen."""
+    first, ``memory`` (what runs out) before the other topics, otherwise in the order first seen."""
     subjects: dict[tuple[str, str, str], list[str]] = {}
     for severity, topic, subject, message in findings:
         named = subjects.setdefault((severity, topic, message), [])
         if subject not in named:
             named.append(subject)
     groups = [FindingGroup(sev, topic, msg, tuple(names)) for (sev, topic, msg), names in subjects.items()]
-    return sorted(groups, key=lambda g: (g.severity != "error", g.topic != "memory", g.topic))  # stable
+    return sorted(groups, key=lambda g: (g.severity != "error", g.topic != "memory"))  # stable: first seen
 
 
-def _advice(groups: Sequence[FindingGroup], config_path: str) -> str:
-    """The one line that says what to do about ``groups`` (topics colo knows get their own remedy)."""
+def agent_finding_row(severity: str, where: str, message: str) -> tuple[str, str, str, str]:
+    """A ``colo validate`` finding (``where`` a field path such as ``agents.critic.margin``) as a row for
+    :func:`group_findings`: the topic is the path's last part."""
+    return severity, where.rsplit(".", 1)[-1], where, message
+
+
+def _advice(groups: Sequence[FindingGroup], config_path: str) -> str | None:
+    """The one line that says what to do about ``groups``, when colo knows a remedy for their topics."""
     todo: list[str] = []
     topics = {g.topic for g in groups}
     if "memory" in topics:
@@ -49,10 +55,10 @@ def _advice(groups: Sequence[FindingGroup], config_path: str) -> str:
             "(`colo profile`) and plan with --from-db"
         )
     if "margin" in topics:
-        agents = sorted({a for g in groups if g.topic == "margin" for a in g.subjects})
+        agents = sorted({a.split(".")[1] if a.startswith("agents.") else a for g in groups if g.topic == "margin" for a in g.subjects})
         todo.append(f"give {safe(', '.join(agents))} a `margin` of at least the policy's (or none: the policy's applies)")
-    if topics - {"memory", "margin"}:
-        todo.append("see the lines above")
+    if not todo:
+        return None
     refusal = (
         "; `colo up` refuses the plan while an agent is predicted to run out of memory (--force runs it anyway)"
         if any(g.severity == "error" and g.topic == "memory" for g in groups)
@@ -61,14 +67,23 @@ def _advice(groups: Sequence[FindingGroup], config_path: str) -> str:
     return f"[bold]to do:[/] {'; '.join(todo)}{refusal}; `--json` lists every finding per agent"
 
 
-def print_findings(console: Console, groups: Sequence[FindingGroup], *, config_path: str) -> None:
-    """One line per group (``error: <message> — agents: a, b``), then the line saying what to do."""
+def print_findings(
+    console: Console,
+    groups: Sequence[FindingGroup],
+    *,
+    config_path: str,
+    prefix: str = "",
+    subject_label: tuple[str, str] = ("agent", "agents"),
+) -> None:
+    """One line per group (``error: <prefix><message> (agents: a, b)``), then the line saying what to do.
+    ``subject_label`` names the subjects, singular and plural (``colo validate``'s are field paths: "at")."""
     for g in groups:
         colour = "red" if g.severity == "error" else "yellow"
-        who = "agent" if len(g.subjects) == 1 else "agents"
+        who = subject_label[0] if len(g.subjects) == 1 else subject_label[1]
         console.print(
-            f"[{colour}]{g.severity}:[/] {safe(g.message)} [dim]({who}: {safe(', '.join(g.subjects))})[/]",
+            f"[{colour}]{g.severity}:[/] {safe(prefix)}{safe(g.message)} [dim]({who}: {safe(', '.join(g.subjects))})[/]",
             highlight=False, soft_wrap=True,
         )
-    if groups:
-        console.print(_advice(groups, config_path), highlight=False, soft_wrap=True)
+    advice = _advice(groups, config_path) if groups else None
+    if advice:
+        console.print(advice, highlight=False, soft_wrap=True)
