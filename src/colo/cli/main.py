@@ -32,12 +32,6 @@ def click_exits() -> tuple[type[Exception], ...]:
 CLICK_EXITS = click_exits()
 
 
-def _output_closed() -> list[int]:
-    from colo.cli.common import closed_output_fds
-
-    return closed_output_fds()
-
-
 class ColoGroup(TyperGroup):
     """The root command group, colo's one error path.
 
@@ -48,7 +42,7 @@ class ColoGroup(TyperGroup):
     """
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
-        from colo.cli.common import exit_closed_output, report_crash, report_error
+        from colo.cli.common import closed_output_fds, exit_closed_output, report_crash, report_error
 
         try:
             return super().invoke(ctx)
@@ -58,7 +52,7 @@ class ColoGroup(TyperGroup):
         except CLICK_EXITS:
             raise
         except BrokenPipeError as exc:
-            closed = _output_closed()
+            closed = closed_output_fds()
             if closed:
                 exit_closed_output(closed)
             ctx.exit(report_crash(exc))  # a pipe to a child process broke: a bug, not a reader that left
@@ -108,7 +102,7 @@ for _name in COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point (errors are handled by :class:`ColoGroup`)."""
-    from colo.cli.common import exit_closed_output
+    from colo.cli.common import closed_output_fds, exit_closed_output
 
     try:
         try:
@@ -120,10 +114,10 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:
-        exit_closed_output(_output_closed() or [1])
+        exit_closed_output(closed_output_fds() or [1])
     except SystemExit as exc:
         # rich's Console.on_broken_pipe (every console: ours, typer's help) and typer's own EPIPE handler exit 1
         # while handling the BrokenPipeError: the same closed pipe, so the same quiet 141.
         if exc.code == 1 and isinstance(exc.__context__, BrokenPipeError):
-            exit_closed_output(_output_closed())
+            exit_closed_output(closed_output_fds())
         raise
