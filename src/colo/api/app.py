@@ -149,13 +149,15 @@ class HeadAsGet:
 
 
 def install_openapi(app: FastAPI) -> None:
-    """The OpenAPI document names its bearer-token scheme on every route that can answer 401, and shows
-    errors in the ``{"error": ...}`` shape."""
+    """The OpenAPI document names its bearer-token scheme on every route that can answer 401, shows errors in
+    the ``{"error": ...}`` shape, and holds colo.yaml's schema (the JSON body of ``POST /apply``)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        # POST /apply reads its body itself (YAML or JSON); its JSON form is colo.yaml's own schema.
+        doc.setdefault("components", {}).setdefault("schemas", {}).update(apply.config_schemas())
         doc.setdefault("components", {}).setdefault("securitySchemes", {})["bearerAuth"] = {
             "type": "http",
             "scheme": "bearer",

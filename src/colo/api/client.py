@@ -204,9 +204,10 @@ class ApiClient:
         result: dict[str, Any] = self._json("POST", "/tune", json={"changes": changes})
         return result
 
-    def events(self, since: int = 0, limit: int = 200) -> list[dict[str, Any]]:
-        """Events with seq > ``since``, oldest first."""
-        result: list[dict[str, Any]] = self._json("GET", "/events", params={"since": since, "limit": limit})["events"]
+    def events(self, since: int = 0, limit: int = 200, *, tail: int | None = None) -> list[dict[str, Any]]:
+        """Events with seq > ``since``, oldest first: the first ``limit``, or the newest ``tail`` when given."""
+        params = {"since": since, **({"tail": tail} if tail is not None else {"limit": limit})}
+        result: list[dict[str, Any]] = self._json("GET", "/events", params=params)["events"]
         return result
 
     def follow_events(self, since: int = 0) -> Iterator[dict[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from colo.api.source import PolledGpu
+from colo.api.source import PolledGpu, pick_events
 from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError
 from colo.gpu.mps.fleet import MpsFleet
@@ -99,8 +99,8 @@ class FakeSource:
         self.plan = plan(config, inventory_slots(config))
         return self.apply_result
 
-    def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:
-        return [e for e in self._events if e.seq > since_seq][:limit]
+    def events(self, since_seq: int = 0, limit: int = 200, *, tail: bool = False) -> list[Event]:
+        return pick_events(self._events, since_seq, limit, tail=tail)
 
     def add_event(self, message: str, *, time_secs: float = 1_700_000_100.0) -> None:
         """Append a ``restarted`` event of agent ``scout``."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from colo.api.source import ApiSource, ApplyOutcome, PolledGpu
+from colo.api.source import ApiSource, ApplyOutcome, PolledGpu, pick_events
 from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ColoError, SupervisorError
 from colo.files import state_dir
@@ -131,8 +131,8 @@ class ReadOnlySource:
     def tune(self, changes: Sequence[TunedChange]) -> tuple[list[str], ApplyOutcome | None]:
         self._refuse("record tuned limits")
 
-    def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:
-        return [e for e in self._events if e.seq > since_seq][:limit]
+    def events(self, since_seq: int = 0, limit: int = 200, *, tail: bool = False) -> list[Event]:
+        return pick_events(self._events, since_seq, limit, tail=tail)
 
 
 def _nvml_backend() -> GpuBackend | None:

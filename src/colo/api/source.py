@@ -54,7 +54,10 @@ class ApiSource(Protocol):
         """The latest published snapshot; cheap (never reads a GPU, never waits for the supervision loop)."""
         ...
 
-    def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]: ...
+    def events(self, since_seq: int = 0, limit: int = 200, *, tail: bool = False) -> list[Event]:
+        """Events with seq greater than ``since_seq``, oldest first: the first ``limit`` of them, or with
+        ``tail`` the newest ``limit``."""
+        ...
     def start(self, name: str) -> object: ...
     def stop(self, name: str) -> object: ...
     def restart(self, name: str) -> object: ...
@@ -68,6 +71,14 @@ class ApiSource(Protocol):
         """``colo tune --apply``: record the tuned limits (the running system is the tuned-limits file's
         writer) and apply its configuration again; returns the agents recorded and what the apply did."""
         ...
+
+
+def pick_events(events: Sequence[Event], since_seq: int, limit: int, *, tail: bool = False) -> list[Event]:
+    """:meth:`ApiSource.events` over a list held in memory (seq ascending), for the sources without a store."""
+    after = [e for e in events if e.seq > since_seq]
+    if limit <= 0:
+        return []
+    return after[-limit:] if tail else after[:limit]
 
 
 class PolledGpu:

@@ -4,7 +4,8 @@ User text (file names, model and agent names, config keys and values, server ans
 never reaches the terminal raw: :func:`safe` escapes rich markup *and* control characters (terminal escape
 sequences, NUL, lone surrogates). Every error leaves through :func:`report_error`: one paragraph on stderr;
 the exit code is the error's (1 findings/failures, 2 usage or configuration); an unexpected exception is
-:func:`report_crash`'s one line naming the file the traceback was written to, exit 70.
+:func:`report_crash`'s one line naming the file the traceback was written to, exit 70. A reader that went away
+(``colo plan … | head``) is no error: :func:`exit_closed_output` exits 141 quietly, as git and ls do.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import functools
 import inspect
 import json
 import os
+import select
 import sys
 import tempfile
 import time
@@ -30,6 +32,9 @@ from rich.markup import escape
 from colo.errors import ColoError
 
 EXIT_CRASH = 70  # EX_SOFTWARE: a bug in colo, not in the user's input
+# 128 + SIGPIPE: what a shell shows for `git log | head` or `ls | head` when the reader leaves early, so a
+# `set -o pipefail` script sees colo like any other tool (output was cut short: not 0, but no failure either).
+EXIT_CLOSED_PIPE = 141
 
 
 def _console(stderr: bool) -> Console:
@@ -120,6 +125,33 @@ def report_crash(exc: BaseException) -> int:
         highlight=False, soft_wrap=True,
     )
     return EXIT_CRASH
+
+
+def closed_output_fds() -> list[int]:
+    """Which of stdout (1) and stderr (2) are pipes whose reader has gone (``poll`` reports POLLERR)."""
+    closed = []
+    for fd in (1, 2):
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            if any(events & select.POLLERR for _, events in poller.poll(0)):
+                closed.append(fd)
+        except (OSError, ValueError, AttributeError):  # fd not open; no poll() on this platform
+            continue
+    return closed
+
+
+def exit_closed_output(closed_fds: list[int]) -> NoReturn:
+    """Exit 141 without a word: the reader of ``closed_fds`` left (``colo … | head``), which is normal.
+
+    Each closed descriptor is pointed at /dev/null first, so the interpreter's last flush of what is still
+    buffered cannot fail again ("Exception ignored … BrokenPipeError", exit 120).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in closed_fds:
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    sys.exit(EXIT_CLOSED_PIPE)
 
 
 # -- options several commands share ---------------------------------------------------------------------

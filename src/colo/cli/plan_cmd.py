@@ -12,6 +12,7 @@ from rich.table import Table
 
 from colo import units
 from colo.cli.common import console, err_console, print_json, report_error, safe
+from colo.cli.views.findings import agent_finding_row, group_findings, print_findings
 from colo.errors import ConfigError, UsageError
 from colo.plan import GpuSlot, Plan, require_complete
 from colo.plan.allocation_doc import allocation_document
@@ -75,8 +76,11 @@ def _gib(value_bytes: int) -> str:
     return f"{value_bytes / units.GIB:.2f}"
 
 
-def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool, state_dir: Path | None = None) -> None:
-    """The allocation table and summary (a view: formats the plan, decides nothing)."""
+def render_plan(
+    p: Plan, config: ColoConfig, *, config_path: str, show_declared: bool, state_dir: Path | None = None
+) -> None:
+    """The allocation table, its summary and the plan's findings, grouped by cause (a view: formats the plan,
+    decides nothing); ``config_path`` is the file the findings' advice names."""
     table = Table(title="MPS allocation", title_justify="left", header_style="bold")
     for col, just in (("agent", "left"), ("gpu", "left"), ("models", "left")):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -137,11 +141,10 @@ def render_plan(p: Plan, config: ColoConfig, *, show_declared: bool, state_dir: 
             f"rolled back to the policy's limit (out of memory under a tuned limit): {safe(', '.join(rolled))}",
             highlight=False, soft_wrap=True,
         )
-    for f in p.findings:
-        colour = "red" if f.severity == "error" else "yellow"
-        console.print(f"[{colour}]{f.severity}:[/] {safe(f.agent)}: {safe(f.message)}", highlight=False, soft_wrap=True)
     for u in p.unplaced:
         console.print(f"[red]left out:[/] {safe(u.reason)}", highlight=False)
+    groups = group_findings((f.severity, f.topic, f.agent, f.message) for f in p.findings)
+    print_findings(console, groups, config_path=config_path)
 
 
 def plan_command(
@@ -170,7 +173,7 @@ def plan_command(
         from colo.supervise.statedir import resolve_state_dir
 
         sd = resolve_state_dir(config, state_dir)
-        render_plan(p, config, show_declared=from_db or config.policy.memory_source == "db", state_dir=sd)
+        render_plan(p, config, config_path=config_path, show_declared=from_db or config.policy.memory_source == "db", state_dir=sd)
         if out is not None:
             console.print(f"wrote {safe(out)}", highlight=False)
     if not allow_partial:
@@ -230,9 +233,8 @@ def validate_command(
         if not as_json:
             if not findings:
                 console.print(f"[green]ok[/] {safe(path)} ({kind})", highlight=False)
-            for f in findings:
-                colour = "red" if f.severity == "error" else "yellow"
-                console.print(f"[{colour}]{f.severity}:[/] {safe(path)}: {safe(f.where)}: {safe(f.message)}", highlight=False)
+            groups = group_findings(agent_finding_row(f.severity, f.where, f.message) for f in findings)
+            print_findings(console, groups, config_path=path, prefix=f"{path}: ", subject_label=("at", "at"))
             for line in mps:
                 console.print(f"[dim]mps:[/] {safe(path)}: {safe(line)}", highlight=False, soft_wrap=True)
     if as_json:

@@ -182,9 +182,9 @@ class Orchestrator:
             self._publish()
             return self.status(name)
 
-    def events(self, since_seq: int = 0, limit: int = 200) -> list[Event]:
-        """Events after ``since_seq`` (oldest first), at most ``limit``."""
-        return self.store.events(since_seq, limit)
+    def events(self, since_seq: int = 0, limit: int = 200, *, tail: bool = False) -> list[Event]:
+        """Events after ``since_seq`` (oldest first): the first ``limit``, or with ``tail`` the newest ``limit``."""
+        return self.store.events(since_seq, limit, tail=tail)
 
     def _sup(self) -> Supervisor:
         if self.supervisor is None:

@@ -229,7 +229,8 @@ def memory_findings(
         need = together.get(ap.name)
         will_oom = need is not None and need.source != "declared" and need.requirement_bytes > ap.limit_bytes
         severity: Literal["warning", "error"] = "error" if will_oom else "warning"
-        outcome = "it will run out of memory" if will_oom else f"only its margin covers it (limit {_gib_text(ap.limit_bytes)})"
+        # The same words for every agent of the model (no per-agent numbers), so views can name them in one line.
+        outcome = "it will run out of memory" if will_oom else "only the agent's margin covers it"
         named = 0
         for m in ap.models:
             row = rows.get(m.model)

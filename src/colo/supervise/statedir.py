@@ -207,7 +207,7 @@ def recorded_state(state_dir: Path, *, events: int = 10) -> RecordedState | None
                 )
         meta = store.get_meta("orchestrator") if pid else None
         api_url = store.get_meta("api_url") if pid else None
-        recent = store.events(0, events)
+        recent = store.events(0, events, tail=True)
     finally:
         store.close()
     return RecordedState(pid, meta, api_url, agents, recent)

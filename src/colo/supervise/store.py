@@ -193,11 +193,14 @@ class Store:
             seq = int(cur.lastrowid or 0)
         return Event(seq, time, kind, agent, message, gpu)
 
-    def events(self, since_seq: int = 0, limit: int = 200, agent: str | None = None) -> list[Event]:
-        """Events after ``since_seq``, oldest first, at most ``limit`` (newest when ``since_seq`` is 0)."""
+    def events(
+        self, since_seq: int = 0, limit: int = 200, agent: str | None = None, *, tail: bool = False
+    ) -> list[Event]:
+        """Events after ``since_seq``, oldest first: the first ``limit`` of them, or with ``tail`` the last
+        ``limit`` (the newest)."""
         where = "seq > ?" + (" AND agent = ?" if agent else "")
         args: tuple[Any, ...] = (since_seq, agent) if agent else (since_seq,)
-        if since_seq <= 0:
+        if tail:
             sql = (
                 f"SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events WHERE {where}"
                 " ORDER BY seq DESC LIMIT ?) ORDER BY seq"

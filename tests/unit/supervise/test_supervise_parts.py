@@ -40,7 +40,9 @@ def test_store_round_trips_agents_events_meta(tmp_path: Path) -> None:
 
     for i in range(5):
         store.add_event(100.0 + i, EventKind.STARTED, "a", f"e{i}", "GPU-1")
-    assert [e.message for e in store.events(0, 2)] == ["e3", "e4"]  # newest two, oldest first
+    assert [e.message for e in store.events(0, 2)] == ["e0", "e1"]  # seq > 0, oldest first
+    assert [e.message for e in store.events(0, 2, tail=True)] == ["e3", "e4"]  # the newest two, oldest first
+    assert [e.message for e in store.events(3, 5, tail=True)] == ["e3", "e4"]
     assert [e.message for e in store.events(2, 2)] == ["e2", "e3"]
     assert store.events(0, 10)[0].kind == EventKind.STARTED
 

@@ -64,7 +64,7 @@ def test_newsroom_keeps_the_seeds_numbers_and_says_which_will_run_out(newsroom_p
     assert message.endswith("— it will run out of memory; raise `memory` or plan with --from-db")
     # the bert-tiny agents need more than declared, but their margin covers it: a warning
     tiny = [f for f in planned.plan.findings if f.agent == "analyst" and f.topic == "memory"]
-    assert [f.severity for f in tiny] == ["warning"] and "only its margin covers it (limit 1.0 GiB)" in tiny[0].message
+    assert [f.severity for f in tiny] == ["warning"] and "only the agent's margin covers it;" in tiny[0].message
 
 
 def test_a_measurement_on_the_planned_gpu_wins_and_is_labelled(newsroom_path: Path, state: Path) -> None:

@@ -18,15 +18,31 @@ from colo.supervise.tune.inputs import TunedChange
 
 router = APIRouter(tags=["apply"])
 
-BODY_DOC = {
+#: A YAML (or plain-text) body: any text with something in it; an empty or blank body is refused (422).
+NON_BLANK_TEXT: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": r"\S"}
+
+
+def config_schemas() -> dict[str, dict[str, Any]]:
+    """colo.yaml's JSON Schema (``colo schema``) as OpenAPI components: ``ColoConfig`` and every model it
+    refers to, by name (``#/components/schemas/...``). What a JSON body of ``POST /apply`` must be."""
+    schema = ColoConfig.model_json_schema(
+        by_alias=True, mode="validation", ref_template="#/components/schemas/{model}"
+    )
+    defs: dict[str, dict[str, Any]] = schema.pop("$defs", {})
+    return {**defs, "ColoConfig": schema}
+
+
+#: The body ``POST /apply`` accepts, per content type. A new form of body (or a field beside the file) goes
+#: here and in :func:`apply`'s reading of it, nowhere else.
+BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "A complete colo.yaml, as YAML or JSON; a top-level `force: true` beside its sections "
+        "description": "A complete colo.yaml, as YAML or JSON (not empty); a top-level `force: true` beside its sections "
         "applies a plan that predicts an agent runs out of memory (else 422, nothing changed).",
         "content": {
-            "application/yaml": {"schema": {"type": "string"}},
-            "application/json": {"schema": {"type": "object"}},
-            "text/plain": {"schema": {"type": "string"}},
+            "application/yaml": {"schema": NON_BLANK_TEXT},
+            "application/json": {"schema": {"$ref": "#/components/schemas/ColoConfig"}},
+            "text/plain": {"schema": NON_BLANK_TEXT},
         },
     }
 }
