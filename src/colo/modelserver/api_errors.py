@@ -107,14 +107,29 @@ def error_from(dialect: Dialect, exc: Exception, retry_after_secs: int) -> Respo
     return JsonBytes(body, status_code=row.status(dialect), headers=headers)
 
 
+_TAGS = frozenset({"none", "str", "int", "bool", "float", "list", "dict"})
+
+
+def _field(loc: Sequence[Any]) -> str:
+    """A dotted field path from pydantic's ``loc``, without ``body`` and without the union-branch tags
+    pydantic adds (``list[...]``, ``function-after[...]``, ``str``)."""
+    parts = [
+        str(p)
+        for p in loc
+        if p != "body" and not (isinstance(p, str) and ("[" in p or p in _TAGS or p.startswith("constrained-")))
+    ]
+    return ".".join(parts) or "body"
+
+
 def summarize(errors: Sequence[Any]) -> tuple[str, str | None]:
     """A one-paragraph summary of pydantic's errors (field: problem; at most MAX_PROBLEMS) and the first
-    field's name. The input values are left out on purpose."""
+    field's name. The input values are left out on purpose; a union's "should be None" branch (a field that
+    may be left out) is noise and left out too."""
+    meaningful = [e for e in errors if e.get("type") != "none_required"] or list(errors)
     problems: list[str] = []
     first: str | None = None
-    for err in errors:
-        loc = [str(part) for part in err.get("loc", ()) if part != "body"]
-        where = ".".join(loc) or "body"
+    for err in meaningful:
+        where = _field(err.get("loc", ()))
         first = first or where
         problems.append(f"{where}: {err.get('msg', 'invalid')}")
     unique = list(dict.fromkeys(problems))

@@ -4,8 +4,10 @@ Every body is a pydantic model whose JSON Schema is the route's OpenAPI request 
 allows is what the agent accepts: texts are bounded (:data:`MAX_TEXT_CHARS`, :data:`MAX_ITEMS`), must be
 valid Unicode (a lone surrogate such as ``"\\ud800"`` is refused here, not by the tokenizer or the JSON
 encoder later), ids are non-negative, and "exactly one of" rules are written into the schema as ``oneOf``.
-Limits that depend on the model (its ``batch_size``, ``max_seq_len``, vocabulary) are checked by the runtime
-and answered 4xx in the route's own error shape.
+Bodies are strict (``"true"`` is not a boolean, ``"3"`` not an integer): what the schema refuses, the agent
+refuses. Limits that depend on the model (its ``batch_size``, ``max_seq_len``, vocabulary) are checked by
+the runtime and answered 4xx in the route's own error shape; the OpenAPI document carries them once the
+models are loaded (:mod:`colo.modelserver.openapi_doc`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _one_of(*names: str) -> dict[str, Any]:
 class InferBody(BaseModel):
     """``POST /infer`` body: one batch for one model, as ``texts`` or as ``input_ids`` (exactly one)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_of("texts", "input_ids"))
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_one_of("texts", "input_ids"))
 
     model: ModelId | SkipJsonSchema[None] = None
     texts: Texts | SkipJsonSchema[None] = None
@@ -78,7 +80,7 @@ class EmbeddingsBody(BaseModel):
     """OpenAI ``POST /v1/embeddings``: ``input`` is a string, a list of strings, a token array or a list of
     token arrays; ``encoding_format`` ``float`` (JSON numbers) or ``base64`` (little-endian float32 bytes)."""
 
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields colo has no use for (user, ...)
+    model_config = ConfigDict(extra="ignore", strict=True)  # clients send fields colo has no use for (user)
 
     model: ModelId
     input: Text | Texts | Row | Rows
@@ -90,7 +92,7 @@ class EmbeddingsBody(BaseModel):
 class CompletionsBody(BaseModel):
     """OpenAI ``POST /v1/completions`` (non-streaming, greedy): ``prompt`` a string or a list of strings."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: ModelId
     prompt: Text | Texts
@@ -101,7 +103,7 @@ class CompletionsBody(BaseModel):
 class ChatMessage(BaseModel):
     """One message of a chat; only text content."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Text
@@ -110,7 +112,7 @@ class ChatMessage(BaseModel):
 class ChatBody(BaseModel):
     """OpenAI ``POST /v1/chat/completions`` (non-streaming, greedy)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: ModelId
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
@@ -126,19 +128,17 @@ class EmbedBody(BaseModel):
     """TEI ``POST /embed``: ``inputs`` a string or a list of strings; ``normalize`` (default true) scales
     each embedding to unit length, as TEI does."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     inputs: Text | Texts
     normalize: bool = True
-    truncate: bool | None = None
 
 
 class PredictBody(BaseModel):
     """TEI ``POST /predict``: ``inputs`` a string or a list of strings; ``raw_scores`` gives logits instead of
     probabilities."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     inputs: Text | Texts
     raw_scores: bool = False
-    truncate: bool | None = None
