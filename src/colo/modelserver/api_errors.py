@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from colo.modelserver.batching import QueueFull
 from colo.modelserver.http_common import JsonBytes
@@ -145,6 +147,19 @@ def validation_response(request: Request, exc: RequestValidationError) -> Respon
     message, param = summarize(exc.errors())
     if dialect is Dialect.OPENAI:
         return JsonBytes(error_body(dialect, message, kind="invalid_request_error", param=param), status_code=400)
+    kind = "Validation" if dialect is Dialect.TEI else "bad request"
+    return JsonBytes(error_body(dialect, message, kind=kind), status_code=422)
+
+
+async def http_error_response(request: Request, exc: StarletteHTTPException) -> Response:
+    """A body that could not even be read (not UTF-8, not parseable: Starlette's 400) answered as a bad body
+    in the route's shape; any other HTTP error (404, 405) as Starlette answers it."""
+    if exc.status_code != 400:
+        return await http_exception_handler(request, exc)
+    dialect = dialect_of(request.url.path)
+    message = f"invalid request body: {exc.detail}"
+    if dialect is Dialect.OPENAI:
+        return JsonBytes(error_body(dialect, message, kind="invalid_request_error"), status_code=400)
     kind = "Validation" if dialect is Dialect.TEI else "bad request"
     return JsonBytes(error_body(dialect, message, kind=kind), status_code=422)
 

@@ -32,8 +32,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from colo.modelserver.api_errors import HANDLED, Dialect, error_from, error_responses, validation_response
+from colo.modelserver.api_errors import (
+    HANDLED,
+    Dialect,
+    error_from,
+    error_responses,
+    http_error_response,
+    validation_response,
+)
 from colo.modelserver.bodies import MAX_IDS_PER_ROW, MAX_ITEMS, MAX_TEXT_CHARS, InferBody
 from colo.modelserver.http_common import JsonBytes, ReceivedAt, parse_secs, respond
 from colo.modelserver.openai_api import add_openai_routes
@@ -59,6 +67,7 @@ def create_app(runtime: AgentRuntime, *, fault_route: bool = False) -> FastAPI:
     clock, metrics = runtime.clock, runtime.metrics
     app.add_middleware(ReceivedAt, clock=clock)
     app.add_exception_handler(RequestValidationError, validation_response)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error_response)  # type: ignore[arg-type]
     app.openapi = lambda: agent_openapi(app, runtime)  # type: ignore[method-assign]
 
     @app.get("/health", responses=_HEALTH_RESPONSES)
