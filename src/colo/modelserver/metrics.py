@@ -81,3 +81,17 @@ class AgentMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return bytes(generate_latest(self.registry))
+
+
+def phase_means_ms(text: str) -> dict[str, float]:
+    """Mean milliseconds per request of each phase, from a ``/metrics`` text (every agent in it summed);
+    phases never observed are left out."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            prefix = f"colo_agent_phase_seconds{suffix}{{"
+            if line.startswith(prefix) and 'phase="' in line:
+                phase = line.split('phase="', 1)[1].split('"', 1)[0]
+                into[phase] = into.get(phase, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {p: sums.get(p, 0.0) / counts[p] * 1000.0 for p in PHASES if counts.get(p)}

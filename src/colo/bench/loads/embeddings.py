@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ WORDS: tuple[str, ...] = (
 
 def text_of(words: int, seed: int) -> str:
     """``words`` words from :data:`WORDS`, a different sequence for each ``seed``."""
-    return " ".join(WORDS[(seed * 31 + i * (7 + seed % 5)) % len(WORDS)] for i in range(max(1, words)))
+    return " ".join(WORDS[(seed * 17 + i * 3) % len(WORDS)] for i in range(max(1, words)))  # 3 ⊥ 70: no repeats
 
 
 @dataclass(frozen=True)
@@ -119,24 +119,29 @@ def measure(
 
 
 def table(points: Sequence[EmbeddingsPoint]) -> list[str]:
-    """A Markdown table: one row per (tokens, clients), one column group per server."""
-    servers = list(dict.fromkeys(p.label for p in points))
+    """:func:`table_from_dicts` of measured points."""
+    return table_from_dicts([p.to_dict() for p in points])
+
+
+def table_from_dicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A Markdown table of points (:meth:`EmbeddingsPoint.to_dict`): one row per (tokens, texts, clients), one
+    column group per server; errors count every non-200 answer (503 with Retry-After included)."""
+    servers = list(dict.fromkeys(str(r["server"]) for r in rows))
     head = "| tokens × texts | clients | " + " | ".join(
         f"{s} req/s | {s} seq/s | {s} p50 ms | {s} p99 ms | {s} errors" for s in servers
     ) + " |"
     lines = [head, "|" + "---|" * (2 + 5 * len(servers))]
-    keys = list(dict.fromkeys((p.tokens, p.texts, p.clients) for p in points))
-    for tok, texts, n in keys:
+    found = {(r["server"], r["tokens"], r["texts"], r["clients"]): r for r in rows}
+    for tok, texts, n in dict.fromkeys((r["tokens"], r["texts"], r["clients"]) for r in rows):
         cells = [f"{tok} × {texts}", str(n)]
         for s in servers:
-            found = [p for p in points if (p.label, p.tokens, p.texts, p.clients) == (s, tok, texts, n)]
-            if not found:
+            d = found.get((s, tok, texts, n))
+            if d is None:
                 cells += ["—"] * 5
                 continue
-            d = found[0].to_dict()
             cells += [
                 f"{d['req_per_sec']:,.0f}", f"{d['seq_per_sec']:,.0f}", _ms(d["p50_ms"]), _ms(d["p99_ms"]),
-                str(d["errors"] + d["retry_after"]),
+                str(int(d["errors"]) + int(d["retry_after"])),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
