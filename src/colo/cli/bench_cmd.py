@@ -641,3 +641,9 @@ def bench_servers(
         sys.stdout.write(to_json([result]) + "\n")
         return
     console.print("\n".join(table_markdown(result)), highlight=False, markup=False)
+
+
+# `colo bench embeddings` (OpenAI /v1/embeddings on any server) lives in its own module.
+from colo.cli.bench_embeddings_cmd import bench_embeddings  # noqa: E402
+
+bench_app.command("embeddings")(bench_embeddings)

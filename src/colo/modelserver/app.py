@@ -1,122 +1,111 @@
-"""The built-in agent's HTTP API (FastAPI): ``GET /health``, ``POST /infer``, ``GET /metrics``.
+"""The built-in agent's HTTP API (FastAPI): colo's own routes, OpenAI's and text-embeddings-inference's.
+
+colo's routes:
 
 - ``GET /health``: 200 with the runtime's health once every model is loaded and warmed up AND the CUDA context
   answers a tiny round trip; 503 with the same body otherwise (``status`` ``loading``, ``failed`` or
   ``context_lost``, and ``error`` saying why).
 - ``POST /infer``: body ``{"model": id?, "texts": [...]}`` or ``{"model": id?, "input_ids": [[...]]}``, plus
-  ``max_new_tokens`` for generators. 200 with outputs and timings; 422 for a bad body or one beyond the
-  model's worst case (batch_size, max_seq_len, new_tokens); 503 while loading, when the context is lost, or
-  with ``Retry-After`` when the request queue is full; 507 when the batch could not allocate device memory
-  (CUDA out of memory, cuBLAS/cuDNN allocation failure; the agent stays up).
-- ``GET /metrics``: Prometheus text (queue depth, batch sizes, latency, errors by kind).
+  ``max_new_tokens`` for generators (refused for encoders). 200 with outputs and timings; 422 for a bad body
+  or one beyond the model's worst case (batch_size, max_seq_len, new_tokens); 503 while loading, when the
+  context is lost, or with ``Retry-After`` when the request queue is full; 507 when the batch could not
+  allocate device memory (CUDA out of memory, cuBLAS/cuDNN allocation failure; the agent stays up).
+- ``GET /metrics``: Prometheus text (queue depth, batch sizes, latency, per-phase time, errors by kind).
 - ``POST /debug/fault``: only when the app was created with ``fault_route=True`` (the hidden
   ``--enable-fault-route`` flag, never passed by colo): breaks the CUDA context with a device-side assert.
 
-The route functions are plain ``def``: FastAPI runs them in its thread pool; they only check and queue, the
-device work runs on the runtime's one device thread, so a batch never blocks ``/health``.
+The standard routes: :mod:`colo.modelserver.openai_api` (``/v1/models``, ``/v1/embeddings``,
+``/v1/completions``, ``/v1/chat/completions``) and :mod:`colo.modelserver.tei_api` (``/embed``, ``/predict``).
+Every error is in its route's own shape, never echoing the input (:mod:`colo.modelserver.api_errors`); the
+OpenAPI document carries the loaded models' limits (:mod:`colo.modelserver.openapi_doc`). Answers are
+serialised by orjson.
+
+The route functions are plain ``def``: FastAPI runs them in its thread pool; they only check, tokenise and
+queue, the device work runs on the runtime's one device thread, so a batch never blocks ``/health``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from colo.modelserver.batching import QueueFull
-from colo.modelserver.runtime import (
-    AgentRuntime,
-    ContextLost,
-    DeviceOutOfMemory,
-    InferInput,
-    NotReady,
-    RequestError,
+from colo.modelserver.api_errors import (
+    HANDLED,
+    Dialect,
+    error_from,
+    error_responses,
+    http_error_response,
+    validation_response,
 )
+from colo.modelserver.bodies import MAX_IDS_PER_ROW, MAX_ITEMS, MAX_TEXT_CHARS, InferBody
+from colo.modelserver.http_common import JsonBytes, ReceivedAt, parse_secs, respond
+from colo.modelserver.openai_api import add_openai_routes
+from colo.modelserver.openapi_doc import agent_openapi
+from colo.modelserver.runtime import AgentRuntime, InferInput
+from colo.modelserver.tei_api import add_tei_routes
 
-# Hard bounds on any body, before the per-model worst case is checked (keeps a request's size sane).
-MAX_ITEMS = 4096
-MAX_TEXT_CHARS = 1_000_000
-MAX_IDS_PER_ROW = 1_048_576
+__all__ = ["MAX_IDS_PER_ROW", "MAX_ITEMS", "MAX_TEXT_CHARS", "InferBody", "create_app"]
 
-
-class InferBody(BaseModel):
-    """``POST /infer`` body: one batch for one model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(None, max_length=512, description="Model id; default: the agent's first model.")
-    texts: (
-        Annotated[
-            list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]], Field(min_length=1, max_length=MAX_ITEMS)
-        ]
-        | None
-    ) = None
-    input_ids: (
-        Annotated[
-            list[
-                Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_IDS_PER_ROW)]
-            ],
-            Field(min_length=1, max_length=MAX_ITEMS),
-        ]
-        | None
-    ) = None
-    max_new_tokens: int | None = Field(
-        None, ge=1, le=1_048_576, description="Generators: tokens to generate."
-    )
-
-    @model_validator(mode="after")
-    def _one_input(self) -> InferBody:
-        if (self.texts is None) == (self.input_ids is None):
-            raise ValueError("give exactly one of 'texts' or 'input_ids'")
-        return self
-
-
-def _error(status: int, kind: str, exc: Exception, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": kind, "detail": str(exc)}, headers=headers)
+_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"description": "loading, failed, unresponsive or context lost (the same body as 200)"}
+}
 
 
 def create_app(runtime: AgentRuntime, *, fault_route: bool = False) -> FastAPI:
     """The FastAPI app serving ``runtime``; ``fault_route`` adds ``POST /debug/fault`` (GPU tests only)."""
     app = FastAPI(
         title=f"colo agent {runtime.agent}",
-        description="colo's built-in model agent: /health and /infer.",
+        description="colo's built-in model agent: /health, /infer, /metrics; OpenAI's /v1/embeddings, "
+        "/v1/completions, /v1/chat/completions, /v1/models; text-embeddings-inference's /embed, /predict.",
         version="1",
     )
+    clock, metrics = runtime.clock, runtime.metrics
+    app.add_middleware(ReceivedAt, clock=clock)
+    app.add_exception_handler(RequestValidationError, validation_response)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error_response)  # type: ignore[arg-type]
+    app.openapi = lambda: agent_openapi(app, runtime)  # type: ignore[method-assign]
 
-    @app.get("/health")
-    def health() -> JSONResponse:
+    @app.get("/health", responses=_HEALTH_RESPONSES)
+    def health() -> Response:
         body = runtime.health()
-        return JSONResponse(status_code=200 if body["status"] == "ready" else 503, content=body)
+        return JsonBytes(body, status_code=200 if body["status"] == "ready" else 503)
 
-    @app.post("/infer", response_model=None)
-    def infer(body: InferBody) -> JSONResponse | dict[str, Any]:
+    @app.post("/infer", responses=error_responses(Dialect.COLO, 422, 503, 507))
+    def infer(body: InferBody, request: Request) -> Response:
         req = InferInput(
-            model=body.model, texts=body.texts, input_ids=body.input_ids, max_new_tokens=body.max_new_tokens
+            model=body.model,
+            texts=body.texts,
+            input_ids=body.input_ids,
+            max_new_tokens=body.max_new_tokens,
+            parse_secs=parse_secs(request, clock),
         )
         try:
-            return runtime.infer(req)
-        except RequestError as exc:
-            return _error(422, "bad request", exc)
-        except NotReady as exc:
-            return _error(503, "not ready", exc)
-        except QueueFull as exc:
-            return _error(503, "queue full", exc, {"Retry-After": str(runtime.retry_after_secs)})
-        except ContextLost as exc:
-            return _error(503, "context lost", exc)
-        except DeviceOutOfMemory as exc:
-            return _error(507, "out of memory", exc)
+            answer = runtime.infer(req)
+        except HANDLED as exc:
+            return error_from(Dialect.COLO, exc, runtime.retry_after_secs)
+        return respond(answer, metrics, clock)
 
-    @app.get("/metrics")
-    def metrics() -> Response:
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"}},
+    )
+    def metrics_text() -> Response:
         return Response(content=runtime.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+    add_openai_routes(app, runtime)
+    add_tei_routes(app, runtime)
 
     if fault_route:
 
         @app.post("/debug/fault")
-        def fault() -> JSONResponse:
+        def fault() -> Response:
             runtime.inject_fault()
-            return JSONResponse(status_code=202, content={"fault": "device-side assert launched"})
+            return JsonBytes({"fault": "device-side assert launched"}, status_code=202)
 
     return app

@@ -44,8 +44,8 @@ class Job:
     """One checked request waiting for the device: ``rows`` of token ids for ``model_id``.
 
     ``mergeable`` jobs of one model are batched together up to ``max_rows`` rows; ``new_tokens`` is for
-    generators (a merged batch generates the largest and each job keeps its own). ``future`` receives the
-    executor's answer.
+    generators (a merged batch generates the largest and each job keeps its own); ``raw`` asks full numpy
+    outputs (the standard routes). ``future`` receives the executor's answer.
     """
 
     model_id: str
@@ -53,6 +53,7 @@ class Job:
     max_rows: int
     mergeable: bool
     new_tokens: int = 0
+    raw: bool = False
     enqueued: float = 0.0
     future: Future[Any] = field(default_factory=Future)
 

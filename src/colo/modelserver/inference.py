@@ -26,10 +26,14 @@ EMBEDDING_HEAD_VALUES = 8
 
 @dataclass(frozen=True)
 class BatchResult:
-    """Outputs of one batch (JSON-ready), and the device time it took in milliseconds."""
+    """Outputs of one batch (JSON-ready, or with numpy arrays when asked ``raw``), and where its time went in
+    milliseconds: ``to_device_ms`` (padding, host→device copy), ``forward_ms`` (device time of the forward or
+    the generation), ``to_host_ms`` (device→host copy and formatting)."""
 
     outputs: dict[str, Any]
     forward_ms: float
+    to_device_ms: float = 0.0
+    to_host_ms: float = 0.0
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -41,24 +45,26 @@ def is_oom(exc: BaseException) -> bool:
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool, device: str) -> tuple[Any, Any]:
     """``(input_ids, attention_mask)`` long tensors of shape [len(rows), longest row] on ``device``.
 
-    ``left`` pads on the left (decoder-only generation continues from the last position).
+    ``left`` pads on the left (decoder-only generation continues from the last position). Both are built in
+    one numpy array on the host and cross to a CUDA device in ONE copy, from pinned memory (PyTorch's caching
+    host allocator reuses the pinned block, so pinning costs nothing after the first batches of a shape).
     """
+    import numpy as np
     import torch
 
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("every row needs at least one token id")
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    both = np.zeros((2, len(rows), width), dtype=np.int64)  # [0]: ids, [1]: mask
+    both[0].fill(pad_id)
     for i, row in enumerate(rows):
-        values = torch.tensor(list(row), dtype=torch.long)
-        if left:
-            ids[i, width - len(row) :] = values
-            mask[i, width - len(row) :] = 1
-        else:
-            ids[i, : len(row)] = values
-            mask[i, : len(row)] = 1
-    return ids.to(device), mask.to(device)
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        both[0, i, span] = row
+        both[1, i, span] = 1
+    host = torch.from_numpy(both)
+    if device.startswith("cuda"):
+        host = host.pin_memory().to(device, non_blocking=True)
+    return host[0], host[1]
 
 
 def synchronize(device: str) -> None:
@@ -99,9 +105,30 @@ def _encoder_outputs(out: Any, mask: Any) -> dict[str, Any]:
     return _format_encoder(kind, tensor, mask)
 
 
-def _format_encoder(kind: str, tensor: Any, mask: Any) -> dict[str, Any]:
+def _raw_encoder(kind: str, tensor: Any, mask: Any) -> dict[str, Any]:
+    """Full outputs as float32 numpy arrays (what the standard routes serve): ``vectors`` [rows, dim] of
+    mean-pooled hidden states, or ``logits`` [rows, labels] of a classification head; token-level logits
+    have no raw form (``kind`` token_predictions, nothing else)."""
+    if kind == "logits":
+        if tensor.dim() == 2:
+            return {"kind": "classification", "logits": tensor.float().cpu().numpy()}
+        return {"kind": "token_predictions"}
+    return {"kind": "embeddings", "vectors": _mean_pool(tensor, mask).cpu().numpy()}
+
+
+def _mean_pool(hidden: Any, mask: Any) -> Any:
+    """Mask-weighted mean over tokens as float32 [rows, dim] (a 2-D tensor is already pooled)."""
+    if hidden.dim() == 2:
+        return hidden.float()
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).float()
+
+
+def _format_encoder(kind: str, tensor: Any, mask: Any, raw: bool = False) -> dict[str, Any]:
     import torch
 
+    if raw:
+        return _raw_encoder(kind, tensor, mask)
     if kind == "logits":
         logits = tensor
         if logits.dim() == 2:
@@ -117,12 +144,7 @@ def _format_encoder(kind: str, tensor: Any, mask: Any) -> dict[str, Any]:
             "logits_shape": list(logits.shape),
             "predictions": [best[i, : int(n)].tolist() for i, n in enumerate(lengths)],
         }
-    hidden = tensor
-    if hidden.dim() == 2:
-        pooled = hidden.float()
-    else:
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).float()
+    pooled = _mean_pool(tensor, mask)
     result: dict[str, Any] = {"kind": "embeddings", "embedding_shape": list(pooled.shape)}
     if pooled.numel() <= FULL_EMBEDDING_VALUES:
         result["embeddings"] = pooled.tolist()
@@ -138,38 +160,46 @@ def run_merged(
     *,
     device: str,
     clock: Clock = SYSTEM_CLOCK,
+    raw: Sequence[bool] = (),
 ) -> list[BatchResult]:
     """Run several requests' rows of one encoder as ONE batch; one result per group, as if run alone.
 
     The rows are right-padded to the longest row of all groups; each group's outputs are cut back to its own
     rows and its own longest row, so an answer does not depend on what it was batched with (up to float
-    rounding). ``forward_ms`` is the merged batch's device time. Raises ValueError for a generator (they
-    merge through :func:`generate_merged`) and torch's errors as they are.
+    rounding). ``raw[i]`` asks full numpy outputs for group i (see :func:`_raw_encoder`). The timings are the
+    merged batch's. Raises ValueError for a generator (they merge through :func:`generate_merged`) and
+    torch's errors as they are.
     """
     import torch
 
     if model.task != "encoder":
         raise ValueError(f"{model.model_id} is a {model.task}: generators are not merged")
     rows = [row for group in groups for row in group]
+    raws = list(raw) + [False] * (len(groups) - len(raw))
     with torch.inference_mode():
+        padding = clock.monotonic()
         ids, mask = pad_batch(rows, model.tokenizer.pad_id, left=False, device=device)
         synchronize(device)
         started = clock.monotonic()
         out = model.module(input_ids=ids, attention_mask=mask)
         synchronize(device)
-        forward_ms = (clock.monotonic() - started) * 1000.0
+        ended = clock.monotonic()
         kind, tensor = _encoder_tensor(out)
-        results: list[BatchResult] = []
+        formatted: list[dict[str, Any]] = []
         first = 0
-        for group in groups:
+        for group, as_raw in zip(groups, raws, strict=True):
             last = first + len(group)
             width = max(len(r) for r in group)
             part = tensor[first:last]
             if part.dim() == 3:
                 part = part[:, :width]
-            results.append(BatchResult(_format_encoder(kind, part, mask[first:last, :width]), forward_ms))
+            formatted.append(_format_encoder(kind, part, mask[first:last, :width], as_raw))
             first = last
-    return results
+        to_host_ms = (clock.monotonic() - ended) * 1000.0
+    return [
+        BatchResult(outputs, (ended - started) * 1000.0, (started - padding) * 1000.0, to_host_ms)
+        for outputs in formatted
+    ]
 
 
 def run_batch(
@@ -193,14 +223,19 @@ def run_batch(
     generator = model.task != "encoder"
     left = model.task == "generator"
     with torch.inference_mode():
+        padding = clock.monotonic()
         ids, mask = pad_batch(rows, tok.pad_id, left=left, device=device)
         synchronize(device)
         started = clock.monotonic()
+        to_device_ms = (started - padding) * 1000.0
         if not generator:
             out = model.module(input_ids=ids, attention_mask=mask)
             synchronize(device)
-            forward_ms = (clock.monotonic() - started) * 1000.0
-            return BatchResult(_encoder_outputs(out, mask), forward_ms)
+            ended = clock.monotonic()
+            encoded = _encoder_outputs(out, mask)
+            return BatchResult(
+                encoded, (ended - started) * 1000.0, to_device_ms, (clock.monotonic() - ended) * 1000.0
+            )
         new = max(1, max_new_tokens)
         kwargs: dict[str, Any] = {
             "input_ids": ids,
@@ -213,10 +248,12 @@ def run_batch(
             kwargs["min_new_tokens"] = new
         generated = model.module.generate(**kwargs)
         synchronize(device)
-        forward_ms = (clock.monotonic() - started) * 1000.0
+        ended = clock.monotonic()
+        forward_ms = (ended - started) * 1000.0
     # Decoder-only output repeats the prompt; seq2seq output starts with the decoder start token.
     skip = ids.shape[1] if left else 1
     new_ids = [row[skip:] for row in generated.tolist()]
+    to_host_ms = (clock.monotonic() - ended) * 1000.0
     outputs: dict[str, Any] = {
         "kind": "generation",
         "generated_ids": new_ids,
@@ -225,7 +262,7 @@ def run_batch(
     texts = [tok.decode(r) for r in new_ids]
     if all(t is not None for t in texts):
         outputs["texts"] = texts
-    return BatchResult(outputs, forward_ms)
+    return BatchResult(outputs, forward_ms, to_device_ms, to_host_ms)
 
 
 def generate_merged(
@@ -265,7 +302,7 @@ def generate_merged(
         texts = [model.tokenizer.decode(r) for r in mine]
         if all(t is not None for t in texts):
             outputs["texts"] = texts
-        results.append(BatchResult(outputs, merged.forward_ms))
+        results.append(BatchResult(outputs, merged.forward_ms, merged.to_device_ms, merged.to_host_ms))
     return results
 
 

@@ -67,6 +67,10 @@ class RequestError(UsageError):
     """An inference request the agent will not run: unknown model, too large, ids outside the vocabulary."""
 
 
+class UnknownModel(RequestError):
+    """The request names a model this agent does not serve (OpenAI's 404 ``model_not_found``)."""
+
+
 class NotReady(ColoError):
     """The agent is still loading (or failed to load)."""
 
@@ -87,7 +91,7 @@ class LoadOutOfMemory(ColoError):
 
 # The ``errors_total`` label of each error a request can end with (anything else counts as "other").
 _ERROR_LABELS: tuple[tuple[type[Exception], str], ...] = (
-    (RequestError, "bad_request"),
+    (RequestError, "bad_request"),  # UnknownModel included
     (NotReady, "not_ready"),
     (QueueFull, "queue_full"),
     (DeviceOutOfMemory, "alloc_failed"),
@@ -101,12 +105,16 @@ def _error_label(exc: Exception) -> str:
 
 @dataclass(frozen=True)
 class InferInput:
-    """A checked request: exactly one of ``texts`` / ``input_ids``."""
+    """A checked request: exactly one of ``texts`` / ``input_ids``. ``raw``: answer full outputs as numpy
+    arrays (``vectors``, ``logits``) for the standard routes to format, instead of colo's JSON-ready ones.
+    ``parse_secs``: what reading and checking the HTTP body took (observed as the ``parse`` phase)."""
 
     model: str | None = None
     texts: Sequence[str] | None = None
     input_ids: Sequence[Sequence[int]] | None = None
     max_new_tokens: int | None = None
+    raw: bool = False
+    parse_secs: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,7 @@ class AgentRuntime:
     error: str | None = None
     models: dict[str, LoadedModel] = field(default_factory=dict)
     warm_up: str | None = None
+    output_kinds: dict[str, str] = field(default_factory=dict)  # model -> what it answers (from the warm-up)
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
     matmul_precision: str | None = None
     max_queue: int = DEFAULT_MAX_QUEUE
@@ -252,6 +261,7 @@ class AgentRuntime:
                 exact_new_tokens=self.worst_case,
                 clock=self.clock,
             )
+            self.output_kinds[model_id] = str(result.outputs["kind"])
             log.info(
                 "%s: warm-up %d×%d on %s took %.1f ms",
                 model_id,
@@ -264,7 +274,9 @@ class AgentRuntime:
 
     # --- requests -----------------------------------------------------------------------------------------
 
-    def _model(self, model_id: str | None) -> LoadedModel:
+    def model(self, model_id: str | None) -> LoadedModel:
+        """The served model ``model_id`` (None: the agent's first). Raises ContextLost, NotReady, or
+        UnknownModel naming the models served."""
         if self.status == "context_lost":
             raise ContextLost(f"agent {self.agent}: {self.error}", hint="the agent is restarting")
         if self.status != "ready":
@@ -272,8 +284,13 @@ class AgentRuntime:
         if model_id is None:
             return self.models[self.specs[0][0]]
         if model_id not in self.models:
-            raise RequestError(f"model {model_id!r} is not served here (models: {', '.join(self.models)})")
+            raise UnknownModel(f"model {model_id!r} is not served here (models: {', '.join(self.models)})")
         return self.models[model_id]
+
+    def output_kind(self, model_id: str) -> str:
+        """What ``model_id`` answers: ``embeddings``, ``classification``, ``token_predictions`` or
+        ``generation`` (seen at warm-up)."""
+        return self.output_kinds.get(model_id, "generation" if self.models[model_id].task != "encoder" else "")
 
     def _rows(self, model: LoadedModel, req: InferInput) -> tuple[list[list[int]], bool]:
         limits = model.limits
@@ -313,9 +330,13 @@ class AgentRuntime:
         received = self.clock.monotonic()
         with self._worker.arriving() as arrival:  # a batch being gathered waits for this one
             try:
-                model = self._model(req.model)
+                model = self.model(req.model)
                 rows, truncated = self._rows(model, req)
                 new_tokens = 0
+                if model.task == "encoder" and req.max_new_tokens is not None:
+                    raise RequestError(
+                        f"max_new_tokens is for generators; {model.model_id} is an encoder (leave it out)"
+                    )
                 if model.task != "encoder":
                     new_tokens = model.limits.new_tokens if req.max_new_tokens is None else req.max_new_tokens
                     if not 1 <= new_tokens <= model.limits.new_tokens:
@@ -335,6 +356,7 @@ class AgentRuntime:
                 max_rows=model.limits.max_batch,
                 mergeable=True,
                 new_tokens=new_tokens,
+                raw=req.raw,
             )
             try:
                 future = self._worker.submit(job, arrival)
@@ -351,17 +373,32 @@ class AgentRuntime:
         self.metrics.requests.inc()
         self.metrics.rows.inc(len(rows))
         self.metrics.latency.observe(max(0.0, done - received))
+        result = answer.result
+        queue_secs = max(0.0, answer.started - prepared)
+        for phase, secs in (
+            ("parse", req.parse_secs),
+            ("tokenize", prepared - received),
+            ("queue", queue_secs),
+            ("to_device", result.to_device_ms / 1000.0),
+            ("forward", result.forward_ms / 1000.0),
+            ("to_host", result.to_host_ms / 1000.0),
+        ):
+            if secs is not None:
+                self.metrics.phase(phase, secs)
         return {
             "model": model.model_id,
             "task": model.task,
             "batch_size": len(rows),
             "seq_len": max(len(r) for r in rows),
+            "input_tokens": sum(len(r) for r in rows),
             "truncated": truncated,
-            **answer.result.outputs,
+            **result.outputs,
             "timing": {
                 "prepare_ms": round((prepared - received) * 1000.0, 3),
-                "queue_ms": round(max(0.0, answer.started - prepared) * 1000.0, 3),
-                "forward_ms": round(answer.result.forward_ms, 3),
+                "queue_ms": round(queue_secs * 1000.0, 3),
+                "to_device_ms": round(result.to_device_ms, 3),
+                "forward_ms": round(result.forward_ms, 3),
+                "to_host_ms": round(result.to_host_ms, 3),
                 "total_ms": round((done - received) * 1000.0, 3),
             },
             "device_batch": {"requests": answer.batch_requests, "rows": answer.batch_rows},
@@ -374,7 +411,9 @@ class AgentRuntime:
         started = self.clock.monotonic()
         try:
             if model.task == "encoder":
-                results = run_merged(model, [j.rows for j in jobs], device=self.device, clock=self.clock)
+                results = run_merged(
+                    model, [j.rows for j in jobs], device=self.device, clock=self.clock, raw=[j.raw for j in jobs]
+                )
             else:
                 results = generate_merged(
                     model, [(j.rows, j.new_tokens) for j in jobs], device=self.device, clock=self.clock

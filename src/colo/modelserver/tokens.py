@@ -142,6 +142,20 @@ class HfTokenizer:
     def decode(self, ids: Sequence[int]) -> str | None:
         return str(self._tok.decode(list(ids), skip_special_tokens=True))
 
+    def apply_chat_template(self, messages: Sequence[tuple[str, str]]) -> str | None:
+        """The chat as one prompt through the tokenizer's chat template; None when it has none (or it fails
+        on these messages)."""
+        if not getattr(self._tok, "chat_template", None):
+            return None
+        try:
+            text = self._tok.apply_chat_template(
+                [{"role": r, "content": c} for r, c in messages], tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # a template that refuses these roles: the caller uses the plain form
+            log.debug("chat template failed (%s); plain prompt", exc)
+            return None
+        return str(text)
+
 
 def _unusable(tok: Any, vocab_size: int) -> str | None:
     """Why a loaded tokenizer cannot serve this model, or None.
@@ -189,3 +203,14 @@ def load_tokenizer(model_id: str, path: str | None, vocab_size: int, *, real_wei
         origin += ", weights random"
     log.info("%s: tokenizer %s from %s", model_id, type(tok).__name__, origin)
     return HfTokenizer(tok, f"{origin}: {source}")
+
+
+def chat_prompt(tokenizer: Tokenizer, messages: Sequence[tuple[str, str]]) -> str:
+    """One prompt text for a chat of ``(role, content)`` messages: the tokenizer's own chat template when it
+    has one, else each message as ``role: content`` on its own line, ending with ``assistant:`` (what a
+    plain language model continues)."""
+    if isinstance(tokenizer, HfTokenizer):
+        templated = tokenizer.apply_chat_template(messages)
+        if templated is not None:
+            return templated
+    return "".join(f"{role}: {content}\n" for role, content in messages) + "assistant:"

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from colo.modelserver.loading import LoadedModel, ModelLimits
-from colo.modelserver.tokens import HashTokenizer
+from colo.modelserver.tokens import HashTokenizer, HfTokenizer
 from colo.spec.config import ModelSpec, Task
 
 VOCAB = 101
@@ -85,14 +85,30 @@ def tiny_loaded(kind: str, *, model_id: str | None = None, max_batch: int = 4, m
     )
 
 
-def tiny_loader(kinds: dict[str, str], calls: list[str] | None = None) -> Any:
-    """A ``loader`` for AgentRuntime: model id -> tiny kind; records the ids it was asked for."""
+def word_tokenizer() -> HfTokenizer:
+    """A real (transformers) word-level tokenizer over :data:`VOCAB` ids: ``[PAD]`` 0, ``[UNK]`` 1, then
+    ``w2`` … ``w100`` — so generators' ids decode to text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{i}": i for i in range(2, VOCAB)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]")
+    return HfTokenizer(fast, "test words")
+
+
+def tiny_loader(kinds: dict[str, str], calls: list[str] | None = None, *, words: bool = False) -> Any:
+    """A ``loader`` for AgentRuntime: model id -> tiny kind; records the ids it was asked for. ``words``: the
+    models get :func:`word_tokenizer` instead of the hash fallback."""
 
     def load(model_id: str, spec: ModelSpec, *, device: str, dtype: str | None, clock: Any) -> LoadedModel:
         if calls is not None:
             calls.append(model_id)
-        return tiny_loaded(kinds[model_id], model_id=model_id, max_batch=spec.batch_size,
-                           max_seq_len=spec.max_seq_len, new_tokens=spec.new_tokens)
+        loaded = tiny_loaded(kinds[model_id], model_id=model_id, max_batch=spec.batch_size,
+                             max_seq_len=spec.max_seq_len, new_tokens=spec.new_tokens)
+        if words:
+            loaded.tokenizer = word_tokenizer()
+        return loaded
 
     return load
 

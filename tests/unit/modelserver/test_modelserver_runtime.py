@@ -63,7 +63,7 @@ def test_empty_agent_is_refused() -> None:
 def test_default_model_is_the_first(ready: AgentRuntime) -> None:
     out = ready.infer(InferInput(texts=["good news", "bad news"]))
     assert out["model"] == "enc" and out["kind"] == "classification" and out["batch_size"] == 2
-    assert set(out["timing"]) == {"prepare_ms", "queue_ms", "forward_ms", "total_ms"}
+    assert set(out["timing"]) == {"prepare_ms", "queue_ms", "to_device_ms", "forward_ms", "to_host_ms", "total_ms"}
     assert out["timing"]["total_ms"] >= out["timing"]["forward_ms"] > 0
     assert ready.health()["requests"] == 1 and ready.health()["items"] == 2
 
