@@ -168,8 +168,11 @@ def test_drill1_mps_daemon_and_newsroom_up(newsroom: Newsroom) -> None:
             problems.append(f"{name}: not listed as an MPS client")
         if p.used_memory_bytes is not None and used > a["limit_bytes"]:
             problems.append(f"{name}: uses {used} > limit {a['limit_bytes']}")
-    text = newsroom.up_log_tail()
-    if "colo up: all 9 agents RUNNING" not in text:  # `colo up` says what became of the agents (issue 16)
+    def summary() -> bool:  # `colo up` says what became of the agents (issue 16)
+        text = "".join(log.read_text(errors="replace") for log in newsroom.state_dir.glob("up-*.log"))
+        return "colo up: all 9 agents RUNNING" in text
+
+    if not wait_for(summary, timeout=10, step=0.25):
         problems.append("colo up printed no first-outcome summary")
     detail = f"MPS daemon up after {newsroom.daemon_up_secs or -1:.1f} s; 9 RUNNING and answering after "
     detail += f"{newsroom.up_secs or -1:.1f} s; " + ("; ".join(problems) or " ".join(rows))
