@@ -12,10 +12,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE_SECS=${SMOKE_SECS:-115}
 WORK=${WORK:-out/gpu-smoke}
-rm -rf "$WORK" && mkdir -p "$WORK/artifacts"
+[ -n "${COLO_SMOKE_TEED:-}" ] || { rm -rf "$WORK" && mkdir -p "$WORK/artifacts"; }
 WORK=$(cd "$WORK" && pwd)
 start=$(date +%s)
-if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; exec > >(tee "$OUT/smoke.log") 2>&1; fi
+if [ -n "${OUT:-}" ] && [ -z "${COLO_SMOKE_TEED:-}" ]; then  # this output also to $OUT/smoke.log
+  mkdir -p "$OUT"
+  COLO_SMOKE_TEED=1 WORK="$WORK" "$0" "$@" 2>&1 | tee "$OUT/smoke.log"
+  exit "${PIPESTATUS[0]}"
+fi
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     >"$WORK/pip.log" 2>&1 || { echo "wheel install failed"; tail "$WORK/pip.log"; }

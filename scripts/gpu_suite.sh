@@ -16,10 +16,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SUITE_SECS=${SUITE_SECS:-500}
 WORK=${WORK:-out/gpu-suite}
-rm -rf "$WORK" && mkdir -p "$WORK/artifacts"
+[ -n "${COLO_SUITE_TEED:-}" ] || { rm -rf "$WORK" && mkdir -p "$WORK/artifacts"; }
 WORK=$(cd "$WORK" && pwd)
 start=$(date +%s)
-if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; exec > >(tee "$OUT/suite.log") 2>&1; fi
+if [ -n "${OUT:-}" ] && [ -z "${COLO_SUITE_TEED:-}" ]; then  # this output also to $OUT/suite.log
+  mkdir -p "$OUT"
+  COLO_SUITE_TEED=1 WORK="$WORK" "$0" "$@" 2>&1 | tee "$OUT/suite.log"
+  exit "${PIPESTATUS[0]}"
+fi
 
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -44,8 +48,17 @@ lane() {
   local rc=$?
   echo "lane $name: exit code $rc after $(( $(date +%s) - t0 )) s" | tee "$WORK/lane-$name.rc"
 }
-lane a & lane b & lane c &
-wait
+lane a & pa=$!
+lane b & pb=$!
+lane c & pc=$!
+( while sleep 30; do  # a line every 30 s: tests done so far
+    n=$(cat "$WORK"/results-*.jsonl 2>/dev/null | grep -c '"event": "ran"')
+    m=$(cat "$WORK"/results-*.jsonl 2>/dev/null | grep -c '"event": "collected"')
+    echo "... $(( $(date +%s) - start )) s: $n of $m tests done"
+  done ) &
+progress=$!
+wait $pa $pb $pc
+kill $progress 2>/dev/null
 
 echo
 python3 tests/gpu/leftovers.py | tee "$WORK/leftovers.txt"

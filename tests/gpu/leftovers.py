@@ -21,15 +21,6 @@ from typing import NamedTuple
 
 import psutil
 
-# colo's own processes as the GPU tests start them (python -m / -c), by a piece of their command line.
-COLO_COMMANDS = (
-    "colo.modelserver.serve",
-    "colo.launch.forkserver",
-    "colo.bench.instance",
-    "colo.profiling.child",
-    "from colo.cli.main import main",
-)
-
 
 class MpsProc(NamedTuple):
     """An MPS process: ``kind`` (control or server) and ``pid``."""
@@ -113,23 +104,27 @@ def clean_state_dir(sd: Path) -> None:
     shutil.rmtree(sd, ignore_errors=True)
 
 
-def survivors(pipe_base: str = "/tmp") -> list[str]:
-    """colo processes (the GPU tests' commands, not this process nor its parents) and MPS processes of a pipe
-    dir under ``pipe_base``, as ``pid:description``."""
+def survivors(marker: str) -> list[str]:
+    """Processes (this one and its parents aside) whose command line or environment names ``marker`` — the
+    scripts' ``$COLO_GPU_OUT``, which every process the tests start inherits (MPS daemons and servers, colo up,
+    the launcher, agents) — as ``pid:command line``."""
     mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
-    out = [f"{p.pid}:mps-{p.kind}" for p in mps_processes(pipe_base)]
+    out = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         if proc.pid in mine or proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if any(c in cmd for c in COLO_COMMANDS):
-            out.append(f"{proc.pid}:{cmd[:120]}")
+        if _mentions(proc, marker):
+            out.append(f"{proc.pid}:{' '.join(proc.info['cmdline'] or [])[:120]}")
     return out
 
 
-def sweep(pipe_base: str = "/tmp") -> list[str]:
-    """Print and SIGKILL (by pid) every survivor of the tests; returns what was found."""
-    found = survivors(pipe_base)
+def sweep() -> list[str]:
+    """Print and SIGKILL (by pid) every survivor of the tests of this run (``$COLO_GPU_OUT``); returns them."""
+    marker = os.environ.get("COLO_GPU_OUT", "")
+    if not marker:
+        print("== leftover processes: not looked for (no COLO_GPU_OUT: run by scripts/gpu_suite.sh)")
+        return []
+    found = survivors(marker)
     print(f"== leftover processes after the tests: {len(found) or 'none'}")
     for line in found:
         print(f"   {line}")

@@ -12,8 +12,11 @@ The config is a copy of the example under the state dir with every agent's port 
 (``test_launcher_gpu.py``) can run beside it in another lane of ``scripts/gpu_suite.sh``.
 
 A test that breaks the newsroom calls :meth:`Newsroom.restore` before it returns, or runs last: the marker
-``newsroom_order(n)`` orders the tests that use the fixture (default 0; drill 1 is -1, the orchestrator's
-SIGKILL 1, ``colo down`` 2). Drill result lines keep their format::
+``newsroom_order(n)`` orders the tests that use the fixture (default 0; drills 1 and 1b are -2 and -1, the
+orchestrator's SIGKILL 1 — after every drill that kills an MPS process, since the new orchestrator is not the
+MPS daemon's parent and cannot reap it — and ``colo down`` 2, last). A drill that wants a serving newsroom
+calls :meth:`Newsroom.restore` first (it returns at once when every agent serves). Drill result lines keep
+their format::
 
     GPU-RESULT drill=<id> name=<name> outcome=pass|fail seconds=S detect_s=D recover_s=R detail=...
 """

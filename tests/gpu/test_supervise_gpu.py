@@ -100,6 +100,7 @@ def mps_env_lines(room: Newsroom, agent: str) -> dict[str, str]:
 
 def gpu_failure_drill(room: Newsroom, drill: int, name: str, kind: str, trigger: str) -> None:
     """SIGKILL the GPU's MPS ``kind`` process; colo must notice (``trigger``), relaunch the nine agents, serve."""
+    room.restore()  # every drill starts from a serving newsroom (at once when it is)
     before = room.pids()
     victim = room.mps_pid(kind)
     assert victim is not None, f"no MPS {kind} of the newsroom's GPU: {room.mps_processes()}"
@@ -204,6 +205,7 @@ def test_drill1b_one_request_per_agent(newsroom: Newsroom) -> None:
 
 
 def test_drill2_sigkill_one_agent(newsroom: Newsroom) -> None:
+    newsroom.restore()
     before = newsroom.pids()
     victim = "analyst"
     t0 = time.monotonic()
@@ -246,6 +248,7 @@ def _apply(room: Newsroom, config: Any, agent: str, before: dict[str, int]) -> t
 
 
 def test_drill7_apply_one_limit_changed(newsroom: Newsroom) -> None:
+    newsroom.restore()
     before = newsroom.pids()
     data = yaml.safe_load(newsroom.config.read_text())
     data["agents"]["balancer"]["margin"] = "1GiB"  # limit 1.5 GiB -> 2 GiB
@@ -282,6 +285,7 @@ def test_drill9_sigkill_mps_control_daemon(newsroom: Newsroom) -> None:
 
 
 def test_drill10_sigstop_one_agent(newsroom: Newsroom) -> None:
+    newsroom.restore()
     before = newsroom.pids()
     victim = "memory"
     t_detect = 0.0
@@ -321,6 +325,7 @@ def test_drill11_outside_client_device_assert(newsroom: Newsroom) -> None:
     from colo.gpu.mps.daemon import MpsDaemon
     from colo.gpu.mps.root import MpsRoot
 
+    newsroom.restore()
     before = newsroom.pids()
     client_env = {k: v for k, v in offline_child_env().items() if not k.startswith(("CUDA_MPS_", "CUDA_VISIBLE_DEVICES"))}
     client_env.update(mps_env_lines(newsroom, "analyst"))
@@ -363,6 +368,7 @@ def test_drill11_outside_client_device_assert(newsroom: Newsroom) -> None:
 
 @pytest.mark.newsroom_order(1)
 def test_drill6_orchestrator_sigkill_and_adopt(newsroom: Newsroom) -> None:
+    newsroom.restore()
     before = newsroom.pids()
     orch = newsroom.orchestrator_pid()
     assert orch is not None
