@@ -29,12 +29,12 @@ else
 fi
 export PYTHONUNBUFFERED=1 COLO_GPU_OUT="$WORK/artifacts" COLO_GPU_RESULTS="$WORK/results-smoke.jsonl"
 echo "== GPU smoke $(date -u '+%Y-%m-%d %H:%M UTC'); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)"
-timeout -s INT -k 20 "$SMOKE_SECS" python3 -m pytest -m "gpu and smoke" -q -s -rfEs -p no:cacheprovider -o addopts="" \
+COLO_GPU_RUN="$WORK" timeout -s INT -k 20 "$SMOKE_SECS" python3 -m pytest -m "gpu and smoke" -q -s -rfEs -p no:cacheprovider -o addopts="" \
   -W "ignore::pytest.PytestUnraisableExceptionWarning" -W "ignore::ResourceWarning" \
   tests/gpu/test_supervise_gpu.py >"$WORK/smoke.log" 2>&1
 prc=$?
 grep -hE "^(FAILED|ERROR) " "$WORK/smoke.log" | cut -c1-400
-python3 tests/gpu/leftovers.py | tee "$WORK/leftovers.txt"
+python3 tests/gpu/leftovers.py "$WORK" >"$WORK/leftovers.txt" 2>&1; cat "$WORK/leftovers.txt"
 echo "== drills =="
 grep -h "GPU-RESULT drill=" "$WORK/smoke.log" | sed 's/^.*GPU-RESULT/GPU-RESULT/' | cut -c1-300
 echo "== steps =="

@@ -41,7 +41,7 @@ args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(tests/gpu)
 lane() {
   local name=$1 t0=$(date +%s)
-  COLO_GPU_LANE=$name COLO_GPU_RESULTS="$WORK/results-$name.jsonl" \
+  COLO_GPU_RUN="$WORK" COLO_GPU_LANE=$name COLO_GPU_RESULTS="$WORK/results-$name.jsonl" \
     timeout -s INT -k 30 "$SUITE_SECS" python3 -m pytest -m gpu -q -s -rfEs -p no:cacheprovider -o addopts="" \
     -W "ignore::pytest.PytestUnraisableExceptionWarning" -W "ignore::ResourceWarning" \
     "${args[@]}" >"$WORK/lane-$name.log" 2>&1
@@ -61,7 +61,7 @@ wait $pa $pb $pc
 kill $progress 2>/dev/null
 
 echo
-python3 tests/gpu/leftovers.py | tee "$WORK/leftovers.txt"
+python3 tests/gpu/leftovers.py "$WORK" >"$WORK/leftovers.txt" 2>&1; cat "$WORK/leftovers.txt"
 echo
 echo "== GPU-RESULT lines (whole lines in the lanes' logs) =="
 grep -h "GPU-RESULT" "$WORK"/lane-*.log 2>/dev/null | sed 's/^.*GPU-RESULT/GPU-RESULT/' | cut -c1-220

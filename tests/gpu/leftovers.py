@@ -104,27 +104,29 @@ def clean_state_dir(sd: Path) -> None:
     shutil.rmtree(sd, ignore_errors=True)
 
 
-def survivors(marker: str) -> list[str]:
-    """Processes (this one and its parents aside) whose command line or environment names ``marker`` — the
-    scripts' ``$COLO_GPU_OUT``, which every process the tests start inherits (MPS daemons and servers, colo up,
-    the launcher, agents) — as ``pid:command line``."""
-    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+RUN_VAR = "COLO_GPU_RUN"  # set by the scripts on the pytest processes only: every process a test starts inherits it
+
+
+def survivors(run: str) -> list[str]:
+    """Processes whose environment says they belong to the run ``run`` (``COLO_GPU_RUN``, set by the scripts on
+    their pytest processes and inherited by whatever the tests start: MPS daemons and servers, colo up, the
+    launcher, agents), as ``pid:command line``. The scripts themselves do not carry it."""
     out = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        if proc.pid in mine or proc.info["status"] == psutil.STATUS_ZOMBIE:
+        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        if _mentions(proc, marker):
-            out.append(f"{proc.pid}:{' '.join(proc.info['cmdline'] or [])[:120]}")
+        try:
+            if proc.environ().get(RUN_VAR) != run:
+                continue
+        except psutil.Error:
+            continue
+        out.append(f"{proc.pid}:{' '.join(proc.info['cmdline'] or [])[:120]}")
     return out
 
 
-def sweep() -> list[str]:
-    """Print and SIGKILL (by pid) every survivor of the tests of this run (``$COLO_GPU_OUT``); returns them."""
-    marker = os.environ.get("COLO_GPU_OUT", "")
-    if not marker:
-        print("== leftover processes: not looked for (no COLO_GPU_OUT: run by scripts/gpu_suite.sh)")
-        return []
-    found = survivors(marker)
+def sweep(run: str) -> list[str]:
+    """Print and SIGKILL (by pid) every survivor of the run ``run``; returns them."""
+    found = survivors(run)
     print(f"== leftover processes after the tests: {len(found) or 'none'}")
     for line in found:
         print(f"   {line}")
@@ -136,5 +138,8 @@ def sweep() -> list[str]:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or not sys.argv[1]:
+        print("usage: python3 tests/gpu/leftovers.py RUN   (the COLO_GPU_RUN value the tests ran with)", file=sys.stderr)
+        sys.exit(2)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    sweep()
+    sweep(sys.argv[1])

@@ -119,9 +119,18 @@ def answering(ports: Mapping[str, int], timeout: float = 1.0) -> dict[str, bool]
 class Newsroom:
     """One running newsroom: its state dir, config copy, ports and the ways to look at it and drive it."""
 
-    def __init__(self, source: Path = SIZED, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        source: Path = SIZED,
+        state_dir: Path | None = None,
+        *,
+        port_offset: int = PORT_OFFSET,
+        api_port: int | None = None,
+    ) -> None:
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="cn", dir="/tmp"))  # short: MPS sockets
-        doc = moved_ports(yaml.safe_load(source.read_text()), PORT_OFFSET)
+        doc = moved_ports(yaml.safe_load(source.read_text()), port_offset)
+        if api_port is not None:
+            doc["api"] = {**(doc.get("api") or {}), "port": api_port}
         self.config = self.state_dir / "newsroom.yaml"
         write_atomic(self.config, yaml.safe_dump(doc, sort_keys=False))
         self.ports: dict[str, int] = {name: int(a["port"]) for name, a in doc["agents"].items()}

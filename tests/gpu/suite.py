@@ -150,7 +150,7 @@ def file_table(rows: Sequence[FileRow]) -> list[str]:
         for k in OUTCOMES:
             total.outcomes[k] += r.outcomes[k]
     out.append(
-        f"{'total (tests run in parallel lanes)':<32}{total.collected:>6}{total.outcomes['passed']:>7}"
+        f"{'total (lanes overlap)':<32}{total.collected:>6}{total.outcomes['passed']:>7}"
         f"{total.outcomes['failed']:>7}{total.outcomes['error']:>7}{total.outcomes['skipped']:>8}"
         f"{total.not_run:>8}{total.seconds:>9.1f}  {total.result}"
     )

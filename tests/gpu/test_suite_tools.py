@@ -144,3 +144,25 @@ def test_the_serving_checker_counts_running_while_failing_and_the_recovery_momen
     assert "running_while_failing=2 (of 12 samples" in checker.summary()
     assert checker.wait_rounds(0, timeout=0.1)
     assert not checker.wait_rounds(1, timeout=0.05)
+
+
+def test_the_sweep_finds_and_kills_only_the_processes_of_its_run(capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from leftovers import sweep
+
+    run = f"/tmp/colo-sweep-test-{os.getpid()}"
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, "COLO_GPU_RUN": run})
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, "COLO_GPU_RUN": "x"})
+    try:
+        found = sweep(run)
+        assert [int(line.split(":", 1)[0]) for line in found] == [ours.pid]
+        assert ours.wait(10) == -9
+        assert other.poll() is None
+        assert "leftover processes after the tests: 1" in capsys.readouterr().out
+    finally:
+        for p in (ours, other):
+            p.kill()
+            p.wait(10)
