@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 COLO   := $(VENV)/bin/colo
 
-.PHONY: run test lint typecheck pytest bench schema clean gpu-test gpu-bench
+.PHONY: run test lint typecheck pytest bench schema clean gpu-test gpu-smoke gpu-bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +44,15 @@ bench: $(VENV)/.stamp-dev
 schema: $(VENV)/.stamp-run
 	$(COLO) schema > docs/colo.schema.json
 
-# On a machine with a GPU, MPS and torch: the GPU-marked tests, file by file, with a table at the end
-# (logs under $$OUT or out/gpu). colo need not be installed there: the script sets PYTHONPATH=src.
+# On a machine with a GPU, MPS and torch (docs/testing.md); colo need not be installed there: the scripts set
+# PYTHONPATH=src. gpu-test: every GPU test in one run (three lanes at once, <= 8 minutes), the per-file table
+# last (logs under out/gpu-suite; $$OUT/gpu-suite.tar.gz when $$OUT is set). gpu-smoke: <= 2 minutes, the first
+# thing to run after a GPU-facing change (daemon, newsroom, one request per agent, an MPS fault, colo down).
 gpu-test:
-	PER_FILE_SECS=300 scripts/gpu_suite.sh
+	scripts/gpu_suite.sh
+
+gpu-smoke:
+	scripts/gpu_smoke.sh
 
 # The H100 benchmark behind docs/benchmarks.md (about 7 minutes).
 gpu-bench:

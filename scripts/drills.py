@@ -3,7 +3,8 @@
 
     PYTHONPATH=src python3 scripts/drills.py [--timeout 540] [--out DIR]
 
-Runs ``tests/gpu/test_supervise_gpu.py`` (pytest -m gpu -s), echoes its output, collects the
+Runs ``tests/gpu/test_supervise_gpu.py`` (the newsroom's drills, on the session fixture of tests/gpu/newsroom.py)
+and ``tests/gpu/test_supervise_small_gpu.py`` (drills 3-5) in one pytest (-m gpu -s), echoes its output, collects the
 ``GPU-RESULT drill=N name=... outcome=... seconds=... [detect_s=D recover_s=R] detail=...`` lines and prints them
 as a table (and as
 ``drills.json`` under ``--out`` / ``$OUT`` when given). Exit code: pytest's (124 on timeout).
@@ -26,13 +27,14 @@ LINE = re.compile(
     r"seconds=(?P<seconds>[\d.]+)(?: detect_s=(?P<detect_s>\S+) recover_s=(?P<recover_s>\S+))? detail=(?P<detail>.*)$"
 )
 TITLES: dict[int | str, str] = {
-    1: "newsroom up: 9 agents RUNNING under MPS, each under its limit",
+    1: "MPS daemon + newsroom up: 9 agents RUNNING under MPS, each under its limit",
+    "1b": "one request per agent answered",
     2: "SIGKILL one agent -> restarted, others untouched",
     3: "always-exiting agent -> BACKOFF then FATAL",
     4: "allocates past its limit -> OOM alone",
     5: "illegal-address kernel -> MPS FAULT recovered",
     6: "SIGKILL orchestrator -> agents re-adopted",
-    7: "colo apply one limit -> only that agent restarted",
+    7: "colo apply one limit -> only that agent restarted (and back)",
     8: "SIGKILL the MPS server -> GPU recovered, all serving",
     9: "SIGKILL the MPS control daemon -> daemon restored, all serving",
     10: "SIGSTOP one agent -> killed and restarted, others untouched",
@@ -43,7 +45,7 @@ TITLES: dict[int | str, str] = {
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--timeout", type=float, default=540.0, help="seconds for the whole run")
+    ap.add_argument("--timeout", type=float, default=400.0, help="seconds for the whole run")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="directory for drills.json and the log")
     args = ap.parse_args()
     env = dict(os.environ)
@@ -62,6 +64,7 @@ def main() -> int:
         "-o",
         "addopts=",
         str(ROOT / "tests" / "gpu" / "test_supervise_gpu.py"),
+        str(ROOT / "tests" / "gpu" / "test_supervise_small_gpu.py"),
     ]
     start = time.monotonic()
     results: dict[int | str, dict[str, str | None]] = {}

@@ -1,49 +1,86 @@
 #!/usr/bin/env bash
-# Run colo's GPU tests on a machine with an NVIDIA GPU, one file at a time with a time budget each, and
-# print a short table at the end. Logs go to $OUT (or ./out/gpu). Usage:
-#   scripts/gpu_suite.sh [TEST_FILE ...]        (default: every tests/gpu/test_*.py)
-# Environment: PER_FILE_SECS (default 240). Wheels in .whl/ (see ../shared/tools/device-wheels.sh) are
-# installed into /tmp/site first when present.
+# colo's whole GPU suite in one run (`make gpu-test`), on a machine with an NVIDIA GPU, MPS and torch.
+#
+#   scripts/gpu_suite.sh [PYTEST_ARGS ...]      (default: every test of tests/gpu marked gpu)
+#
+# Three pytest processes run at once (lanes a, b, c: tests/gpu/suite.py says which test runs where; lane a is
+# the shared newsroom and its drills). Each lane is interrupted (SIGINT: fixtures still tear down) after
+# SUITE_SECS (default 500) and killed 30 s later, so the table always prints. What the tests left running is
+# then listed and killed (tests/gpu/leftovers.py). The per-file table (seconds, passed/failed) is printed LAST.
+#
+# Files: everything goes to $WORK (out/gpu-suite). Under $OUT (the device tool's folder; at most a few files
+# come back) go suite.log (this output), table.md (the rows for docs/testing.md) and gpu-suite.tar.gz (every
+# lane's log, the records, the tests' artifacts and kept logs: $COLO_GPU_OUT). Wheels in .whl/ (see
+# ../shared/tools/device-wheels.sh) are installed into /tmp/site first when present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out/gpu}
-mkdir -p "$OUT"
+SUITE_SECS=${SUITE_SECS:-500}
+WORK=${WORK:-out/gpu-suite}
+[ -n "${COLO_SUITE_TEED:-}" ] || { rm -rf "$WORK" && mkdir -p "$WORK/artifacts"; }
+WORK=$(cd "$WORK" && pwd)
+start=$(date +%s)
+if [ -n "${OUT:-}" ] && [ -z "${COLO_SUITE_TEED:-}" ]; then  # this output also to $OUT/suite.log
+  mkdir -p "$OUT"
+  COLO_SUITE_TEED=1 WORK="$WORK" "$0" "$@" 2>&1 | tee "$OUT/suite.log"
+  exit "${PIPESTATUS[0]}"
+fi
+
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >"$OUT/pip.log" 2>&1 || { echo "wheel install failed"; tail "$OUT/pip.log"; }
+    >"$WORK/pip.log" 2>&1 || { echo "wheel install failed"; tail "$WORK/pip.log"; }
   export PYTHONPATH=/tmp/site:$PWD/src
 else
   export PYTHONPATH=$PWD/src
 fi
-export PYTHONUNBUFFERED=1 COLO_GPU_OUT="$OUT"
-PER_FILE_SECS=${PER_FILE_SECS:-240}
-files=("$@")
-[ ${#files[@]} -eq 0 ] && files=(tests/gpu/test_*.py)
-nvidia-smi --query-gpu=name,driver_version,memory.total,compute_mode --format=csv,noheader 2>&1 | tee "$OUT/machine.txt"
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tee -a "$OUT/machine.txt"
-summary=()
-for f in "${files[@]}"; do
-  name=$(basename "$f" .py)
-  start=$(date +%s)
-  timeout -k 10 "$PER_FILE_SECS" python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" -s \
+export PYTHONUNBUFFERED=1 COLO_GPU_OUT="$WORK/artifacts"
+machine=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
+torchv=$(python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" 2>&1 | tail -1)
+echo "== GPU suite $(date -u '+%Y-%m-%d %H:%M UTC'); tree $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $machine; $torchv"
+
+args=("$@")
+[ ${#args[@]} -eq 0 ] && args=(tests/gpu)
+lane() {
+  local name=$1 t0=$(date +%s)
+  COLO_GPU_RUN="$WORK" COLO_GPU_LANE=$name COLO_GPU_RESULTS="$WORK/results-$name.jsonl" \
+    timeout -s INT -k 30 "$SUITE_SECS" python3 -m pytest -m gpu -q -s -rfEs -p no:cacheprovider -o addopts="" \
     -W "ignore::pytest.PytestUnraisableExceptionWarning" -W "ignore::ResourceWarning" \
-    "$f" >"$OUT/$name.log" 2>&1
-  rc=$?
-  secs=$(( $(date +%s) - start ))
-  line=$(grep -E "^(=+ )?[0-9]+ (passed|failed|error|skipped)|no tests ran|passed|failed" "$OUT/$name.log" | tail -1)
-  summary+=("$(printf '%-34s rc=%-3s %4ss  %s' "$name" "$rc" "$secs" "$line")")
-done
-# Leftover MPS daemons from a broken test would be a bug: report them (tests must quit their own).
-left=$(pgrep -af nvidia-cuda-mps || true)
+    "${args[@]}" >"$WORK/lane-$name.log" 2>&1
+  local rc=$?
+  echo "lane $name: exit code $rc after $(( $(date +%s) - t0 )) s" | tee "$WORK/lane-$name.rc"
+}
+lane a & pa=$!
+lane b & pb=$!
+lane c & pc=$!
+( while sleep 30; do  # a line every 30 s: tests done so far
+    n=$(cat "$WORK"/results-*.jsonl 2>/dev/null | grep -c '"event": "ran"')
+    m=$(cat "$WORK"/results-*.jsonl 2>/dev/null | grep -c '"event": "collected"')
+    echo "... $(( $(date +%s) - start )) s: $n of $m tests done"
+  done ) &
+progress=$!
+wait $pa $pb $pc
+kill $progress 2>/dev/null
+
 echo
-echo "== GPU-RESULT lines =="
-grep -h "GPU-RESULT" "$OUT"/*.log 2>/dev/null | sed 's/^.*GPU-RESULT/GPU-RESULT/' | sort -u | head -80
+python3 tests/gpu/leftovers.py "$WORK" >"$WORK/leftovers.txt" 2>&1; cat "$WORK/leftovers.txt"
 echo
-echo "== failures (last lines) =="
-for f in "$OUT"/*.log; do
-  if grep -qE "(FAILED|ERROR|Timeout)" "$f"; then echo "--- $f"; grep -E "^(FAILED|ERROR)|Error|assert" "$f" | head -12; fi
-done
+echo "== GPU-RESULT lines (whole lines in the lanes' logs) =="
+grep -h "GPU-RESULT" "$WORK"/lane-*.log 2>/dev/null | sed 's/^.*GPU-RESULT/GPU-RESULT/' | cut -c1-220
 echo
-echo "== leftover MPS processes: ${left:-none}"
-echo "== summary =="
-printf '%s\n' "${summary[@]}"
+echo "== failures =="
+grep -hE "^(FAILED|ERROR) " "$WORK"/lane-*.log 2>/dev/null | cut -c1-400 || true
+grep -hE "Timeout|KeyboardInterrupt" "$WORK"/lane-*.log 2>/dev/null | head -5 || true
+wall=$(( $(date +%s) - start ))
+echo
+echo "== summary: $machine; $torchv; wall ${wall} s (target 480 s: $([ "$wall" -le 480 ] && echo met || echo MISSED))"
+cat "$WORK"/lane-*.rc
+python3 tests/gpu/suite.py "$WORK"/results-*.jsonl --markdown "$WORK/table.md"
+rc=$?
+if [ -s "$WORK/leftovers.txt" ] && ! grep -q "after the tests: none" "$WORK/leftovers.txt"; then
+  echo "leftover processes after the tests (listed above): a test did not clean up"
+  rc=1
+fi
+if [ -n "${OUT:-}" ]; then
+  cp "$WORK/table.md" "$OUT/table.md" 2>/dev/null
+  tar czf "$OUT/gpu-suite.tar.gz" -C "$WORK" . 2>/dev/null
+fi
+exit $rc

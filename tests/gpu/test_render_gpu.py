@@ -20,9 +20,11 @@ import contextlib
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,15 +65,20 @@ def result_line(text: str) -> None:
     print(f"\nGPU-RESULT render {text}", flush=True)
 
 
-@pytest.fixture
-def daemon(state_dir: Path) -> Iterator[tuple[MpsDaemon, Any]]:
-    """GPU 0's daemon under ``state_dir``, index links written; always quit and checked at teardown."""
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[tuple[MpsDaemon, Any, Path]]:
+    """GPU 0's daemon under a private state dir (started once for the module's rendered clients), index links
+    written; always quit and checked at teardown. Yields (daemon, GPU, state dir)."""
     gpus = gpus_with_mps()
     gpu = gpus[0]
-    root = MpsRoot.under_state_dir(state_dir)
-    with running_daemon(root, gpu.uuid, MpsDefaults()) as d:
-        write_index_links(root.base_dir, [(g.index, g.uuid) for g in gpus])
-        yield d, gpu
+    sd = Path(tempfile.mkdtemp(prefix="colo-gpu-", dir="/tmp"))
+    root = MpsRoot.under_state_dir(sd)
+    try:
+        with running_daemon(root, gpu.uuid, MpsDefaults()) as d:
+            write_index_links(root.base_dir, [(g.index, g.uuid) for g in gpus])
+            yield d, gpu, sd
+    finally:
+        shutil.rmtree(sd, ignore_errors=True)
 
 
 def run_client(env_extra: dict[str, str], daemon: MpsDaemon) -> tuple[dict[str, Any], list[int]]:
@@ -105,8 +112,8 @@ def _check(name: str, report: dict[str, Any], servers: list[int]) -> None:
     assert allocs[2 * GIB] == "oom", f"2 GiB allocation under a 1536M limit gave {allocs[2 * GIB]!r}"
 
 
-def test_rendered_systemd_dropin_env_limits_a_real_client(state_dir: Path, daemon: tuple[MpsDaemon, Any]) -> None:
-    d, gpu = daemon
+def test_rendered_systemd_dropin_env_limits_a_real_client(daemon: tuple[MpsDaemon, Any, Path]) -> None:
+    d, gpu, state_dir = daemon
     config, p, layout = _plan(state_dir)
     files = render_systemd(config, p, options=SystemdOptions(layout=layout), agents=True)
     dropin = files["colo-agent-probe-agent.service.d/10-colo-mps.conf"]
@@ -117,8 +124,8 @@ def test_rendered_systemd_dropin_env_limits_a_real_client(state_dir: Path, daemo
     _check("systemd drop-in", report, servers)
 
 
-def test_rendered_deployment_env_limits_a_real_client(state_dir: Path, daemon: tuple[MpsDaemon, Any]) -> None:
-    d, gpu = daemon
+def test_rendered_deployment_env_limits_a_real_client(daemon: tuple[MpsDaemon, Any, Path]) -> None:
+    d, gpu, state_dir = daemon
     config, p, layout = _plan(state_dir)
     files = render_k8s(config, p, config_text=CONFIG, options=K8sOptions(layout=layout)).files
     deployment = next(
