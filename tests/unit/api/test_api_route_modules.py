@@ -24,7 +24,7 @@ def test_each_module_serves_its_paths() -> None:
         ("GET", "/agents/{name}"),
         ("POST", "/agents/{name}/{action}"),
     }
-    assert _paths(apply.router) == {("POST", "/apply")}
+    assert _paths(apply.router) == {("POST", "/apply"), ("POST", "/tune")}
     assert _paths(events.router) == {("GET", "/events")}
     assert {p for _, p in _paths(reads.router)} >= {"/healthz", "/mps/allocation", "/gpu/info", "/metrics"}
     assert reads.healthz()["status"] == "ok"
