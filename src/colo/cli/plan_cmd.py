@@ -12,7 +12,7 @@ from rich.table import Table
 
 from colo import units
 from colo.cli.common import console, err_console, print_json, report_error, safe
-from colo.cli.views.findings import agent_finding_row, group_findings, print_findings
+from colo.cli.views.findings import field_finding_row, group_findings, print_findings
 from colo.errors import ConfigError, UsageError
 from colo.plan import GpuSlot, Plan, require_complete
 from colo.plan.allocation_doc import allocation_document
@@ -233,7 +233,7 @@ def validate_command(
         if not as_json:
             if not findings:
                 console.print(f"[green]ok[/] {safe(path)} ({kind})", highlight=False)
-            groups = group_findings(agent_finding_row(f.severity, f.where, f.message) for f in findings)
+            groups = group_findings(field_finding_row(f.severity, f.where, f.message) for f in findings)
             print_findings(console, groups, config_path=path, prefix=f"{path}: ", subject_label=("at", "at"))
             for line in mps:
                 console.print(f"[dim]mps:[/] {safe(path)}: {safe(line)}", highlight=False, soft_wrap=True)

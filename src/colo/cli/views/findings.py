@@ -39,7 +39,7 @@ def group_findings(findings: Iterable[tuple[str, str, str, str]]) -> list[Findin
     return sorted(groups, key=lambda g: (g.severity != "error", g.topic != "memory"))  # stable: first seen
 
 
-def agent_finding_row(severity: str, where: str, message: str) -> tuple[str, str, str, str]:
+def field_finding_row(severity: str, where: str, message: str) -> tuple[str, str, str, str]:
     """A ``colo validate`` finding (``where`` a field path such as ``agents.critic.margin``) as a row for
     :func:`group_findings`: the topic is the path's last part."""
     return severity, where.rsplit(".", 1)[-1], where, message
