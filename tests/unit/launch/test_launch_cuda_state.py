@@ -81,7 +81,12 @@ def test_not_mapped_mapped_initialised_and_unknown(tmp_path: Path) -> None:
     assert driver_state(maps_path=str(tmp_path / "no-such-maps")).driver is Driver.NOT_MAPPED
 
 
-def test_fork_blocker_lets_a_mapped_driver_fork_but_not_an_initialised_one() -> None:
+def test_fork_blocker_lets_a_mapped_driver_fork_but_not_an_initialised_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The test process may run threads of earlier tests: a single-threaded launcher is what is pretended here
+    # (a fresh interpreter is the real one, below).
+    monkeypatch.setattr(forkserver, "_threads_now", lambda: 1)
+    monkeypatch.setattr(forkserver.threading, "active_count", lambda: 1)
+
     def state(driver: Driver) -> Any:
         return lambda: DriverState(driver, "/x/libcuda.so.1")
 
@@ -89,7 +94,8 @@ def test_fork_blocker_lets_a_mapped_driver_fork_but_not_an_initialised_one() -> 
     assert forkserver.fork_blocker(state(Driver.MAPPED)) is None
     assert "initialised" in (forkserver.fork_blocker(state(Driver.INITIALISED)) or "")
     assert "unknown" in (forkserver.fork_blocker(state(Driver.UNKNOWN)) or "")
-    assert forkserver.fork_blocker() is None  # this test process: one thread, no initialised driver
+    monkeypatch.setattr(forkserver, "_threads_now", lambda: 3)
+    assert "3 threads" in (forkserver.fork_blocker(state(Driver.NOT_MAPPED)) or "")
 
 
 CHILD = r"""
