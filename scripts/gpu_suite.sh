@@ -42,7 +42,7 @@ args=("$@")
 lane() {
   local name=$1 t0=$(date +%s)
   COLO_GPU_RUN="$WORK" COLO_GPU_LANE=$name COLO_GPU_RESULTS="$WORK/results-$name.jsonl" \
-    timeout -s INT -k 30 "$SUITE_SECS" python3 -m pytest -m gpu -q -s -rfEs -p no:cacheprovider -o addopts="" \
+    timeout -s INT -k 30 "$SUITE_SECS" python3 -m pytest -m gpu -q -s -rfEs -p no:cacheprovider -o addopts="" --continue-on-collection-errors \
     -W "ignore::pytest.PytestUnraisableExceptionWarning" -W "ignore::ResourceWarning" \
     "${args[@]}" >"$WORK/lane-$name.log" 2>&1
   local rc=$?

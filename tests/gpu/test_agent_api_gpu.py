@@ -12,11 +12,17 @@ from __future__ import annotations
 import base64
 import statistics
 import time
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
+
+with warnings.catch_warnings():
+    # The GPU machine's httpx comes without httpx2: starlette's test client warns once at import (harmless here;
+    # pytest's filterwarnings=error would make it a collection error).
+    warnings.simplefilter("ignore", UserWarning)
+    from fastapi.testclient import TestClient
 
 from colo.modelserver.app import create_app
 from colo.modelserver.metrics import phase_means_ms
