@@ -52,7 +52,21 @@ COLO = (sys.executable, "-c", "import sys; from colo.cli.main import main; sys.a
 PORT_OFFSET = 200
 UP_TIMEOUT_SECS = 240.0
 CHECK_INTERVAL_SECS = 0.2
-INFER_BODY = json.dumps({"texts": ["colo drill"], "max_new_tokens": 1}).encode()
+INFER_BODY = json.dumps({"texts": ["colo drill"]}).encode()
+#: The small ``/infer`` body per agent port: an agent whose first model generates also gets ``max_new_tokens: 1``
+#: (an encoder refuses that field, 422). Filled by :class:`Newsroom` from its config.
+BODIES: dict[int, bytes] = {}
+
+
+def infer_body(doc: Mapping[str, Any], agent: str, text: str = "colo drill", new_tokens: int = 1) -> bytes:
+    """The small ``/infer`` body for ``agent`` of a colo.yaml document: its first model's task decides whether
+    ``max_new_tokens`` is sent."""
+    first = doc["agents"][agent]["models"][0]
+    task = ((doc.get("models") or {}).get(first) or {}).get("task", "encoder")
+    body: dict[str, Any] = {"texts": [text]}
+    if task in ("generator", "seq2seq"):
+        body["max_new_tokens"] = new_tokens
+    return json.dumps(body).encode()
 
 
 def drill_result(
@@ -100,7 +114,7 @@ def moved_ports(doc: Mapping[str, Any], offset: int) -> dict[str, Any]:
 def infer_port_ok(port: int, timeout: float = 1.0) -> bool:
     """One small ``POST /infer`` to 127.0.0.1:``port`` answered 200 within ``timeout`` seconds."""
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/infer", data=INFER_BODY, headers={"Content-Type": "application/json"}
+        f"http://127.0.0.1:{port}/infer", data=BODIES.get(port, INFER_BODY), headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -134,6 +148,8 @@ class Newsroom:
         self.config = self.state_dir / "newsroom.yaml"
         write_atomic(self.config, yaml.safe_dump(doc, sort_keys=False))
         self.ports: dict[str, int] = {name: int(a["port"]) for name, a in doc["agents"].items()}
+        self.doc: dict[str, Any] = doc
+        BODIES.update({port: infer_body(doc, name) for name, port in self.ports.items()})
         self.api_url = f"http://127.0.0.1:{int((doc.get('api') or {}).get('port', 8014))}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.up_secs: float | None = None  # colo up -> every agent RUNNING and answering

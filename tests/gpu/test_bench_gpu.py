@@ -50,7 +50,7 @@ def _no_leftovers() -> None:
 def test_cli_bench_encoder_timeslice_mps_and_bound(backend: Any, tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "from colo.cli.main import main; main()", "bench", "encoder", "--model", BERT_TINY]
-    cmd += ["--mode", "timeslice,mps", "--concurrency", "2", "--duration", "1"]  # 8 × 128, fp16, graphs: the defaults
+    cmd += ["--mode", "timeslice,mps", "--concurrency", "2", "--duration", "3"]  # 8 × 128, fp16, graphs: the defaults
     cmd += ["--out", str(out), "--json", "--thread-pct", "50,100"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=280, check=False)
     print(done.stdout[-2000:], done.stderr[-3000:])
@@ -59,7 +59,7 @@ def test_cli_bench_encoder_timeslice_mps_and_bound(backend: Any, tmp_path: Path)
     for mode in ("timeslice", "mps"):
         point = result.point(mode, 2)
         assert point is not None and point.concurrency == 2
-        assert all(i.items > 0 and i.requests > 0 for i in point.instances)
+        assert all(i.items > 0 and i.requests > 0 for i in point.instances), (mode, point.instances)
         assert all(i.info.get("cuda_graphs") is True for i in point.instances), point.instances[0].info
         assert point.gpu is not None and point.gpu.samples, "no NVML samples during the window"
     assert result.bound(2) is not None and result.bound(2) > 0

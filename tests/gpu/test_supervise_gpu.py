@@ -40,7 +40,7 @@ import psutil
 import pytest
 import yaml
 from leftovers import processes_mentioning, zombies
-from newsroom import COLO, Newsroom, drill_result
+from newsroom import COLO, Newsroom, drill_result, infer_body
 
 from colo.files import write_atomic
 from testkit import offline_child_env, wait_for
@@ -189,7 +189,7 @@ def test_drill1b_one_request_per_agent(newsroom: Newsroom) -> None:
     for name, port in newsroom.ports.items():
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/infer",
-            data=json.dumps({"texts": ["markets rally as rates fall"], "max_new_tokens": 4}).encode(),
+            data=infer_body(newsroom.doc, name, "markets rally as rates fall", 4),
             headers={"Content-Type": "application/json"},
         )
         try:

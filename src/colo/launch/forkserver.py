@@ -90,12 +90,33 @@ def _threads_now() -> int:
         return threading.active_count()
 
 
+def thread_names() -> list[str]:
+    """The OS threads of this process other than the main one, as ``tid:comm`` (what ``ps -T`` shows)."""
+    out = []
+    try:
+        tids = sorted(int(t) for t in os.listdir("/proc/self/task"))
+    except OSError:
+        return []
+    for tid in tids:
+        if tid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/comm", encoding="utf-8", errors="replace") as f:
+                out.append(f"{tid}:{f.read().strip()}")
+        except OSError:
+            out.append(f"{tid}:?")
+    return out
+
+
 def fork_blocker(driver: Callable[[], DriverState] = driver_state) -> str | None:
     """Why this process must not fork now, or None when it may: more than one thread (OS or Python), torch's
     CUDA state initialised, or the CUDA driver initialised (or its state unreadable: when in doubt, spawn).
     A ``libcuda`` that is only mapped does not block (see :mod:`colo.launch.cuda_state`)."""
     if threading.active_count() != 1 or _threads_now() != 1:
-        return f"the launcher has {_threads_now()} threads; it forks only when single-threaded"
+        return (
+            f"the launcher has {_threads_now()} threads ({', '.join(thread_names()) or 'Python threads'}); "
+            "it forks only when single-threaded"
+        )
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "CUDA is initialised in the launcher (torch.cuda.is_initialized())"
@@ -308,7 +329,11 @@ class DriverWatch:
         newly = self.mapped_by is None and self.state.driver is not Driver.NOT_MAPPED
         if newly:
             self.mapped_by = step
-        _say(f"launcher import {step}: {self.state.describe()}" + (f" (mapped by import {step})" if newly else ""))
+        extra = thread_names()
+        _say(
+            f"launcher import {step}: {self.state.describe()}" + (f" (mapped by import {step})" if newly else "")
+            + (f"; other threads: {', '.join(extra)}" if extra else "")
+        )
 
 
 def _say(line: str) -> None:

@@ -212,9 +212,14 @@ def cap_allocator(device: str, environ: Mapping[str, str] | None = None) -> floa
     import torch
 
     try:
-        total = torch.cuda.get_device_properties(device).total_memory
+        # set_per_process_memory_fraction wants an index: a bare "cuda" is refused ("Expected a torch.device
+        # with a specified index"), as seen on the H100.
+        index = torch.device(device).index
+        if index is None:
+            index = torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
         fraction = min(1.0, max(cap, 1) / total)
-        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        torch.cuda.set_per_process_memory_fraction(fraction, index)
     except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # serve uncapped rather than not at all
         log.warning("no MPS: could not cap PyTorch's allocator at %d MiB (%s); running uncapped", cap >> 20, exc)
         return None

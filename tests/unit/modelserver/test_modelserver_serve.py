@@ -170,12 +170,22 @@ def test_cap_allocator_caps_torch_at_the_limit_only_without_mps(monkeypatch: pyt
     from colo.modelserver.command import MEMORY_CAP_VAR, memory_cap_env
     from colo.modelserver.serve import cap_allocator
 
-    calls: list[tuple[float, str]] = []
+    calls: list[tuple[float, int]] = []
+
+    def set_fraction(fraction: float, device: object) -> None:
+        # as torch 2.11 does on a GPU: a device without an index is refused
+        if not isinstance(device, int):
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+        calls.append((fraction, device))
+
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(total_memory=80 << 30))
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
     assert memory_cap_env(2 << 30) == {MEMORY_CAP_VAR: str(2 << 30)}
     assert cap_allocator("cuda", memory_cap_env(2 << 30)) == pytest.approx(2 / 80)
-    assert calls == [(pytest.approx(2 / 80), "cuda")]
+    assert calls == [(pytest.approx(2 / 80), 0)]
+    assert cap_allocator("cuda:0", memory_cap_env(1 << 30)) == pytest.approx(1 / 80)
+    calls.pop()
     assert cap_allocator("cuda", {}) is None
     assert cap_allocator("cpu", memory_cap_env(2 << 30)) is None
     assert cap_allocator("cuda", {MEMORY_CAP_VAR: "lots"}) is None
