@@ -1,21 +1,15 @@
 """The running system: plan against the GPUs, start the per-GPU MPS daemons, launch and supervise agents.
 
-``colo up`` builds an :class:`Orchestrator`, calls :meth:`Orchestrator.up`, then :meth:`Orchestrator.run`
-until told to stop; the API (``colo.api.app.create_app(orchestrator, ...)``) reads its published
-:meth:`Orchestrator.snapshot` and calls its actions and :meth:`Orchestrator.apply`. Actions, applies and ticks
-are guarded by one lock, so the API thread and the supervision loop never interleave.
-
-State lives in ``<state_dir>``: ``colo.db`` (the :class:`~colo.supervise.store.Store`: agents, events),
-``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``, ``config.yaml`` (the configuration the built-in agents
-read), ``colo.pid`` and ``colo.lock`` (one orchestrator per state dir).
+``colo up`` builds an :class:`Orchestrator`, calls :meth:`Orchestrator.up`, then :meth:`Orchestrator.run` until
+told to stop; the API reads its published :meth:`Orchestrator.snapshot` and calls its actions and
+:meth:`Orchestrator.apply`, all under one lock. State lives in ``<state_dir>`` (``colo.db``, ``logs/``,
+``mps/<uuid>/{pipe,log}``, ``config.yaml``, ``colo.pid``, ``colo.lock``: :mod:`colo.supervise.statedir`).
 
 The orchestrator is the loop; every plan it takes comes from :func:`colo.supervise.planning.plan_run`. The rooms
-it calls: ``lockfile`` (the state dir's lock and pid file), ``startup`` (the MPS fleet, the GPU reading, the
-supervisor), ``fleet`` and ``mps_switch`` (the per-GPU MPS daemons and the record of those colo started),
-``adoption`` (agents that outlived an orchestrator), ``supervisor`` (the loop over agents, with ``recovery/``),
-``rollout`` (moving to a new plan), ``roster`` (statuses), ``tune/rollback``, ``shutdown`` and ``up_record``
-(what ``up`` leaves in the store). The CLI reaches it through its HTTP API (``colo.api``), ``colo down``
-through a signal.
+it calls: ``lockfile``, ``startup`` (the MPS fleet, the GPU reading, the supervisor), ``fleet`` and
+``mps_switch`` (the per-GPU MPS daemons and the record of those colo started), ``adoption``, ``supervisor``
+(the loop over agents, with ``recovery/``), ``rollout``, ``roster`` (statuses), ``tune/rollback``, ``shutdown``
+and ``up_record``. The CLI reaches it through its HTTP API (``colo.api``), ``colo down`` through a signal.
 """
 
 from __future__ import annotations
@@ -39,7 +33,7 @@ from colo.plan.types import AgentPlan, Plan
 from colo.spec.config import ColoConfig, MpsMode
 from colo.supervise import planning, roster
 from colo.supervise.adoption import take_over
-from colo.supervise.agent import AgentSetup
+from colo.supervise.agent import STARTING_PROBE_SECS, AgentSetup
 from colo.supervise.fleet import NodeFleet
 from colo.supervise.lockfile import StateLock
 from colo.supervise.logs import AgentLogs
@@ -50,6 +44,7 @@ from colo.supervise.rollout import refuse_left_out, roll_out
 from colo.supervise.shutdown import stop_agents
 from colo.supervise.snapshots import AgentStatus, ApplyResult, Event, EventKind, SystemSnapshot
 from colo.supervise.startup import publisher_for, start_mps, supervisor_for
+from colo.supervise.state import AgentState
 from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_dir
 from colo.supervise.store import Store
 from colo.supervise.supervisor import Supervisor
@@ -343,10 +338,13 @@ class Orchestrator:
 
     def _wait_for_next_tick(self, stop: threading.Event, tick_secs: float) -> None:
         """Wait ``tick_secs`` — or less: an agent or a watched MPS process (daemon, server) that exits wakes the
-        loop at once (pidfds), so a death is acted on in milliseconds, not at the next tick. A pid that woke
-        the loop does not wake it again (a zombie stays "exited" until reaped)."""
+        loop at once (pidfds); while an agent is STARTING, at most its probe cadence. A pid that woke the loop
+        does not wake it again (a zombie stays "exited" until reaped)."""
         with self._lock:
-            pids = {a.handle.pid for a in self._sup().agents.values() if a.handle is not None}
+            agents = self._sup().agents.values()
+            pids = {a.handle.pid for a in agents if a.handle is not None}
+            if any(a.state is AgentState.STARTING for a in agents):
+                tick_secs = min(tick_secs, STARTING_PROBE_SECS)
             hooks = self._hooks()
             if hooks is not None:
                 pids.update(hooks.watched_pids())

@@ -97,7 +97,7 @@ def test_a_stopped_server_is_seen_at_once_killed_and_its_gpu_recovered(tmp_path:
     assert (server, signal.SIGKILL) in g.w.mps.signals and (old_daemon, signal.SIGKILL) in g.w.mps.signals
     assert g.orch.status("a").state != S.RUNNING and g.orch.status("b").state != S.RUNNING
     g.run(4)
-    (rec,) = g.orch.recoveries()
+    (rec,) = g.orch.supervisor.recovered
     assert rec.trigger == RecoveryTrigger.SERVER_HUNG and rec.daemon_restarted and rec.ok
     assert rec.detect_secs is not None and rec.detect_secs <= 2.0
     assert g.w.mps.daemon_at(g.pipe0).pid != old_daemon
@@ -119,7 +119,7 @@ def test_a_daemon_that_stops_answering_is_hung_within_two_seconds(tmp_path: Path
     hung = [e.message for e in g.orch.events() if e.kind == EventKind.MPS_FAULT]
     assert any("[daemon_hung]" in m and "did not answer get_server_list" in m for m in hung)
     g.run(4)
-    (rec,) = g.orch.recoveries()
+    (rec,) = g.orch.supervisor.recovered
     assert rec.trigger == RecoveryTrigger.DAEMON_HUNG and rec.daemon_restarted and rec.ok
     g.all_running_under_mps()
     g.orch.down()
@@ -150,7 +150,7 @@ def test_an_agent_outside_mps_is_never_left_running_and_is_relaunched_as_a_clien
     assert recovery_on_gpu0(g) == RecoveryTrigger.NOT_AS_PLANNED
     g.plain = set()
     g.run(4)
-    (rec,) = g.orch.recoveries()
+    (rec,) = g.orch.supervisor.recovered
     assert rec.trigger == RecoveryTrigger.NOT_AS_PLANNED and rec.agents == ("a",) and rec.ok
     assert not rec.daemon_restarted  # its daemon answered: only the agent was relaunched
     assert g.pid("b") == b_pid and g.pid("c") == c_pid  # only the agent that differed
@@ -186,7 +186,7 @@ def test_no_mps_client_starts_while_its_daemon_cannot_be_restored(tmp_path: Path
     assert any("could not restart the MPS daemon" in m and "its agents wait" in m for m in said)
     g.w.mps.fail_start = None
     g.run(4)
-    (rec,) = g.orch.recoveries()
+    (rec,) = g.orch.supervisor.recovered
     assert rec.ok and rec.daemon_restarted
     g.all_running_under_mps()
     g.orch.down()
@@ -245,7 +245,7 @@ def test_the_daemon_dying_again_while_agents_relaunch_restarts_the_recovery_clea
     assert RecoveryPhase.STOPPING in rec.phase_secs and rec.phase_secs[RecoveryPhase.RELAUNCHING] > 0
     assert any("another MPS failure" in e.message and "[daemon_died]" in e.message for e in g.orch.events())
     g.run(5)
-    (done,) = g.orch.recoveries()  # one recovery, restarted, not two half ones
+    (done,) = g.orch.supervisor.recovered  # one recovery, restarted, not two half ones
     assert done.trigger == RecoveryTrigger.SERVER_DIED and done.refaults == 1 and done.daemon_restarted and done.ok
     g.all_running_under_mps()
     g.orch.down()
@@ -269,7 +269,7 @@ def test_the_new_server_dying_and_then_hanging_during_recovery_still_ends_under_
         g.w.mps.signal(next(iter(servers)), signal.SIGSTOP)
     g.run(8)
     assert not sup.recoveries.active
-    records = g.orch.recoveries()
+    records = g.orch.supervisor.recovered
     assert records and all(r.ok for r in records)
     g.all_running_under_mps()
     g.orch.down()
@@ -399,7 +399,7 @@ def test_a_relaunched_agent_losing_its_context_again_restarts_the_recovery(tmp_p
     assert rec.refaults == 1
     assert any("lost its new CUDA context" in e.message for e in g.orch.events())
     g.run(5)
-    (done,) = g.orch.recoveries()
+    (done,) = g.orch.supervisor.recovered
     assert done.ok and done.refaults == 1
     g.all_running_under_mps()
     g.orch.down()
