@@ -113,6 +113,29 @@ def test_no_import_circle_between_modules() -> None:
 # (``from colo.plan import plan`` covers colo.plan.planner), or imports a module under it (a package is
 # covered by its modules). Reaching it only through another module does not count: a module nobody imports
 # in a test is a module nobody wrote a test for.
+#
+# Modules merged without a test that imports them (round 2 landed together with this test). The list may only
+# shrink: a module that gets its test must leave it (the test says so), and a new module comes with its test.
+NOT_YET_TESTED: frozenset[str] = frozenset(
+    {
+        "colo.api.background",
+        "colo.cli.bench_embeddings_cmd",
+        "colo.modelserver.api_errors",
+        "colo.modelserver.http_common",
+        "colo.modelserver.openai_api",
+        "colo.modelserver.openapi_doc",
+        "colo.modelserver.route_fit",
+        "colo.modelserver.tei_api",
+        "colo.supervise.recovery.membership",
+        "colo.supervise.rollout",
+        "colo.supervise.roster",
+        "colo.supervise.shutdown",
+        "colo.supervise.startup",
+        "colo.supervise.tune.rollback",
+        "colo.supervise.up_record",
+        "colo.supervise.up_run",
+    }
+)
 
 
 @cache
@@ -146,5 +169,10 @@ def covered_modules() -> set[str]:
 
 
 def test_every_module_is_imported_by_a_test() -> None:
-    untested = sorted(set(modules()) - covered_modules())
+    covered = covered_modules()
+    untested = sorted(set(modules()) - covered - NOT_YET_TESTED)
     assert not untested, "modules no test imports (write a test that imports each):\n" + "\n".join(untested)
+    done = sorted(NOT_YET_TESTED & covered)
+    assert not done, "these have a test now: take them off NOT_YET_TESTED:\n" + "\n".join(done)
+    gone = sorted(NOT_YET_TESTED - set(modules()))
+    assert not gone, "these modules are gone: take them off NOT_YET_TESTED:\n" + "\n".join(gone)
