@@ -7,10 +7,13 @@
 #   scripts/bench_embeddings.sh       env: OUT (./embeddings-bench-out), PYTHON (python3), WINDOW (10 s),
 #                                     CLIENTS (1,4,16), DEVICE (cuda), TINY (0), SKIP_INFINITY (0)
 #
-# On the lent GPU (no network): wheels colo needs in .whl/ (../shared/tools/device-wheels.sh), infinity-emb's
-# in .whl-infinity/ and, where the machine lacks scipy and scikit-learn (sentence-transformers imports them),
-# .whl-infinity-sci/. They are installed into .site-infinity/ (kept between calls on a warm machine), which
-# goes FIRST on infinity's PYTHONPATH only: it runs on transformers 4.57, colo's agent on the machine's own.
+# On the lent GPU (no network): wheels colo needs in .whl/ (../shared/tools/device-wheels.sh); infinity-emb's in
+# .whl-infinity/ (~19 MB, cp312: infinity-emb 0.0.78, transformers 4.57, tokenizers 0.22, huggingface_hub 0.36,
+# sentence-transformers 3.4, orjson, httptools, uvicorn 0.32, typer 0.12, click 8.1, rich 13, requests, ...) and
+# .whl-infinity-sci/ (~45 MB: scipy, scikit-learn, joblib, threadpoolctl, cloudpickle, narwhals — sentence-
+# transformers imports them at start). Both together pass the 64 MiB a device call carries, so carry them in
+# two calls: every dir present is installed into .site-infinity/ (ignored; kept while the machine stays warm),
+# which goes FIRST on infinity's PYTHONPATH only: infinity runs on transformers 4.57, colo on the machine's own.
 # A CPU dry run of the plumbing: DEVICE=cpu TINY=1 WINDOW=1 CLIENTS=1 SKIP_INFINITY=1 scripts/bench_embeddings.sh
 #
 # Writes $OUT: points.jsonl (one line per server × point), table.md, colo_metrics.txt, colo.log, infinity.log,
