@@ -91,12 +91,13 @@ def _threads_now() -> int:
 
 
 def thread_names() -> list[str]:
-    """The OS threads of this process other than the main one, as ``tid:comm`` (what ``ps -T`` shows)."""
-    out = []
+    """The threads of this process other than the main one: each Python thread as ``py:name``, then each OS
+    thread as ``tid:comm`` (what ``ps -T`` shows)."""
+    out = [f"py:{t.name}" for t in threading.enumerate() if t is not threading.main_thread()]
     try:
         tids = sorted(int(t) for t in os.listdir("/proc/self/task"))
     except OSError:
-        return []
+        return out
     for tid in tids:
         if tid == os.getpid():
             continue
