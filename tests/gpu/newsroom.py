@@ -383,7 +383,8 @@ class ServingChecker:
     """While a drill runs: every ~0.2 s, colo's agent states (its API) and one small ``/infer`` per agent.
 
     ``samples``: agent-samples taken (agents × rounds); ``failed_requests``: failed ``/infer`` per agent;
-    ``running_while_failing``: samples where colo said RUNNING and ``/infer`` failed (the promise: 0),
+    ``running_while_failing``: samples where colo said RUNNING (read before the round and again once its
+    answers are in) and ``/infer`` failed (the promise: 0),
     ``running_while_failing_by_agent`` the same per agent; ``first_failure_at``: monotonic time of the first
     round with a failed ``/infer``; ``all_answering_again_at``: the first round after the last failing one in
     which every agent answered (None while the last round failed)."""
@@ -451,8 +452,13 @@ class ServingChecker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            states = self.room.states_or_empty()
-            self.record(started, states, answering(self.room.ports, 1.0))
+            before = self.room.states_or_empty()
+            oks = answering(self.room.ports, 1.0)
+            # colo's claim when the answers are in: a request that hung for its 1 s timeout while colo saw the
+            # fault and said so counts as failed, not as RUNNING-while-failing (RUNNING both before and after).
+            after = self.room.states_or_empty()
+            states = {n: s for n, s in before.items() if after.get(n) == s}
+            self.record(started, states, oks)
             self._stop.wait(max(0.0, self.interval_secs - (time.monotonic() - started)))
 
 

@@ -90,6 +90,17 @@ def _threads_now() -> int:
         return threading.active_count()
 
 
+#: OS threads that do not stop a fork, by name (``comm``): jemalloc's background purging thread (the GPU
+#: machine's Python runs on jemalloc; seen on the H100 after ``import transformers``). jemalloc takes every lock
+#: of its own in a ``pthread_atfork`` handler before the fork and resets its background threads in the child,
+#: so the child never inherits a held allocator lock; the child starts its own when it needs one.
+FORK_SAFE_THREADS = frozenset({"jemalloc_bg_thd"})
+
+
+def _fork_safe_threads() -> list[str]:
+    return [t for t in thread_names() if not t.startswith("py:") and t.split(":", 1)[1] in FORK_SAFE_THREADS]
+
+
 def thread_names() -> list[str]:
     """The threads of this process other than the main one: each Python thread as ``py:name``, then each OS
     thread as ``tid:comm`` (what ``ps -T`` shows)."""
@@ -110,10 +121,11 @@ def thread_names() -> list[str]:
 
 
 def fork_blocker(driver: Callable[[], DriverState] = driver_state) -> str | None:
-    """Why this process must not fork now, or None when it may: more than one thread (OS or Python), torch's
+    """Why this process must not fork now, or None when it may: more than one thread (OS or Python; jemalloc's
+    background thread aside, :data:`FORK_SAFE_THREADS`), torch's
     CUDA state initialised, or the CUDA driver initialised (or its state unreadable: when in doubt, spawn).
     A ``libcuda`` that is only mapped does not block (see :mod:`colo.launch.cuda_state`)."""
-    if threading.active_count() != 1 or _threads_now() != 1:
+    if threading.active_count() != 1 or _threads_now() - len(_fork_safe_threads()) != 1:
         return (
             f"the launcher has {_threads_now()} threads ({', '.join(thread_names()) or 'Python threads'}); "
             "it forks only when single-threaded"

@@ -132,3 +132,19 @@ def test_a_real_mapped_library_is_asked_with_rtld_noload(tmp_path: Path) -> None
     assert got["mapped"] == "MAPPED" and got["blocker_mapped"] is None
     assert got["initialised"] == "INITIALISED"
     assert "cuDeviceGetCount answers 1 device" in got["blocker_initialised"]
+
+
+def test_fork_blocker_ignores_jemallocs_background_thread_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU machine's Python runs on jemalloc, whose purging thread (``jemalloc_bg_thd``) appears after
+    ``import transformers``: fork-safe (jemalloc's own atfork handlers), so it does not stop a fork; any other
+    OS thread does, and the blocker names it."""
+    monkeypatch.setattr(forkserver.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(forkserver, "_threads_now", lambda: 2)
+    mapped = lambda: DriverState(Driver.MAPPED, "/x/libcuda.so.1")  # noqa: E731
+    monkeypatch.setattr(forkserver, "thread_names", lambda: ["674:jemalloc_bg_thd"])
+    assert forkserver.fork_blocker(mapped) is None
+    monkeypatch.setattr(forkserver, "thread_names", lambda: ["675:cuda-EvtHandlr"])
+    assert "675:cuda-EvtHandlr" in (forkserver.fork_blocker(mapped) or "")
+    monkeypatch.setattr(forkserver, "_threads_now", lambda: 3)
+    monkeypatch.setattr(forkserver, "thread_names", lambda: ["674:jemalloc_bg_thd", "676:worker"])
+    assert "676:worker" in (forkserver.fork_blocker(mapped) or "")
