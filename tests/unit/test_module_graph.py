@@ -126,12 +126,6 @@ NOT_YET_TESTED: frozenset[str] = frozenset(
         "colo.modelserver.openapi_doc",
         "colo.modelserver.route_fit",
         "colo.modelserver.tei_api",
-        "colo.supervise.recovery.membership",
-        "colo.supervise.rollout",
-        "colo.supervise.roster",
-        "colo.supervise.shutdown",
-        "colo.supervise.startup",
-        "colo.supervise.tune.rollback",
         "colo.supervise.up_record",
         "colo.supervise.up_run",
     }
