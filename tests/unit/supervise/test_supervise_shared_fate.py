@@ -7,13 +7,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from test_supervise_orchestrator import (  # noqa: F401 - _no_leftover_dirs: autouse cleanup of state dirs
-    World,
-    _no_leftover_dirs,
-    agent,
-    config,
-    uuid,
-)
+from test_supervise_orchestrator import World, agent, config, uuid
 
 from colo.gpu.nvml import ClientProcess
 from colo.supervise.orchestrator import TICK_SECS
