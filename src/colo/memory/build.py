@@ -399,18 +399,6 @@ def take_prebuilt(model_id: str, *, dtype: str, device: str, path: str | None = 
     return BuiltModel(module=built.module, source=built.source, dtype=dtype, device=device)
 
 
-def build_model(
-    model_id: str,
-    *,
-    dtype: str = "float32",
-    device: str = "cpu",
-    path: str | None = None,
-    random_weights: bool | None = None,
-) -> Any:
-    """The ``torch.nn.Module`` of :func:`build` (eval mode). Same arguments and errors."""
-    return build(model_id, dtype=dtype, device=device, path=path, random_weights=random_weights).module
-
-
 def _token_range(cfg: dict[str, Any]) -> tuple[int, int]:
     vocab = int(cfg.get("vocab_size", 1000))
     # Stay clear of special ids at the bottom (pad, bos, eos, unk) so positions and masks behave as real text.
