@@ -185,6 +185,21 @@ class CommandRun:
     load: LoadOutcome
 
 
+@dataclass(frozen=True)
+class CommandRunOptions:
+    """How :func:`run_command_agent` runs an agent: extra environment (its ``CUDA_VISIBLE_DEVICES`` names the
+    GPU), the process runner and health probe (None: the real ones), the load driver, the NVML sampling
+    interval and the health poll (seconds), and the clock it waits on and dates the measurement by."""
+
+    env: Mapping[str, str] | None = None
+    runner: Runner | None = None
+    probe: Probe | None = None
+    drive: Callable[[ProfileLoad, str], LoadOutcome] = drive_load
+    interval_secs: float = COMMAND_INTERVAL_SECS
+    poll_secs: float = 0.5
+    clock: Clock = SYSTEM_CLOCK
+
+
 def _tail(path: Path, n: int = 600) -> str:
     try:
         return path.read_text(errors="replace")[-n:].strip()
@@ -197,21 +212,17 @@ def run_command_agent(
     *,
     reader: TreeReader,
     log_path: Path,
-    env: Mapping[str, str] | None = None,
-    runner: Runner | None = None,
-    probe: Probe | None = None,
-    drive: Callable[[ProfileLoad, str], LoadOutcome] = drive_load,
-    interval_secs: float = COMMAND_INTERVAL_SECS,
-    poll_secs: float = 0.5,
-    clock: Clock = SYSTEM_CLOCK,
+    options: CommandRunOptions | None = None,
 ) -> CommandRun:
     """Start, wait for health, load, stop; the NVML peak of the process tree throughout (waits and times
-    on ``clock``).
+    on the options' clock).
 
     Raises ProfileError when it cannot start, exits or never gets healthy, or every load request fails.
     """
-    runner = runner or ProcessRunner()
-    probe = probe or HealthChecker()
+    options = options or CommandRunOptions()
+    env, clock = options.env, options.clock
+    runner = options.runner or ProcessRunner()
+    probe = options.probe or HealthChecker()
     spec = LaunchSpec(
         argv=agent.argv,
         env=tuple(sorted({**(env or {}), **agent.env}.items())),
@@ -222,12 +233,12 @@ def run_command_agent(
     )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle = runner.spawn(spec, log_path)
-    stop_sampling = _sample_peak(reader, handle.pid, interval_secs, clock)
+    stop_sampling = _sample_peak(reader, handle.pid, options.interval_secs, clock)
     started = clock.monotonic()
     try:
-        _wait_healthy(agent, handle, runner, probe, log_path, started, poll_secs, clock)
+        _wait_healthy(agent, handle, runner, probe, log_path, started, options.poll_secs, clock)
         ready = clock.monotonic() - started
-        outcome = drive(agent.load, agent.base_url)
+        outcome = options.drive(agent.load, agent.base_url)
         if outcome.ok == 0:
             raise ProfileError(f"agent {agent.name}: no load request succeeded ({outcome.first_error})")
     finally:
@@ -319,27 +330,15 @@ def profile_command_agent(
     backend: GpuBackend,
     *,
     log_dir: Path,
-    env: Mapping[str, str] | None = None,
-    runner: Runner | None = None,
-    probe: Probe | None = None,
-    drive: Callable[[ProfileLoad, str], LoadOutcome] = drive_load,
-    clock: Clock = SYSTEM_CLOCK,
-    poll_secs: float = 0.5,
+    options: CommandRunOptions | None = None,
 ) -> JobResult:
     """Measure ``agent`` and record its :class:`AgentEntry` in ``db`` (in memory; call ``db.save()``), dated
-    by ``clock``'s wall time. A failure is a failed :class:`JobResult`, not an exception."""
+    by the options' clock. A failure is a failed :class:`JobResult`, not an exception."""
+    options = options or CommandRunOptions()
     job = Job(agent.models, agent=agent.name)
     try:
         run = run_command_agent(
-            agent,
-            reader=tree_reader(backend),
-            log_path=log_dir / f"profile-{agent.name}.log",
-            env=env,
-            runner=runner,
-            probe=probe,
-            drive=drive,
-            poll_secs=poll_secs,
-            clock=clock,
+            agent, reader=tree_reader(backend), log_path=log_dir / f"profile-{agent.name}.log", options=options
         )
     except ProfileError as exc:
         return JobResult(job, None, error=str(exc))
@@ -349,7 +348,7 @@ def profile_command_agent(
             None,
             error=f"agent {agent.name}: NVML never saw its processes (pid {run.pid}); is it on this GPU?",
         )
-    prov = gpu_provenance(backend, run.gpu_uuid, clock=clock, env=env)
+    prov = gpu_provenance(backend, run.gpu_uuid, clock=options.clock, env=options.env)
     entry = AgentEntry(
         agent=agent.name,
         models=tuple(m.shape for m in agent.models),
