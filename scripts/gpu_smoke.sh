@@ -11,10 +11,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE_SECS=${SMOKE_SECS:-115}
-WORK=${WORK:-out/gpu-smoke}
-start=$(date +%s)
 . scripts/lib/gpu_run.sh
-gpu_run_preamble COLO_SMOKE_TEED smoke.log "$@"
+gpu_run_preamble COLO_SMOKE_TEED smoke.log out/gpu-smoke "$@"
 export PYTHONUNBUFFERED=1 COLO_GPU_OUT="$WORK/artifacts" COLO_GPU_RESULTS="$WORK/results-smoke.jsonl"
 echo "== GPU smoke $(date -u '+%Y-%m-%d %H:%M UTC'); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)"
 COLO_GPU_RUN="$WORK" timeout -s INT -k 20 "$SMOKE_SECS" python3 -m pytest -m "gpu and smoke" -q -s -rfEs -p no:cacheprovider -o addopts="" \

@@ -15,10 +15,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SUITE_SECS=${SUITE_SECS:-500}
-WORK=${WORK:-out/gpu-suite}
-start=$(date +%s)
 . scripts/lib/gpu_run.sh
-gpu_run_preamble COLO_SUITE_TEED suite.log "$@"
+gpu_run_preamble COLO_SUITE_TEED suite.log out/gpu-suite "$@"
 export PYTHONUNBUFFERED=1 COLO_GPU_OUT="$WORK/artifacts"
 machine=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
 torchv=$(python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" 2>&1 | tail -1)

@@ -82,6 +82,11 @@ class World:
         self.run(orch, 3)
         return orch
 
+    def up_with_hog_tuned(self, cfg: ColoConfig, reason: str = "") -> Orchestrator:
+        """:meth:`up` after writing hog's tuned limit (640 MiB) to the state dir's tuned-limits file."""
+        limits_file.save(self.state / "tuned_limits.json", hog_tuned_to_640_mib(cfg, reason))
+        return self.up(cfg)
+
     def run(self, orch: Orchestrator, secs: float, step: float = 0.5) -> None:
         for _ in range(int(secs / step)):
             self.clock.advance(step)
@@ -154,10 +159,8 @@ def test_a_tuned_limit_that_runs_out_of_memory_is_rolled_back_alone(state: Path)
 
 
 def test_a_507_count_in_the_health_body_also_rolls_back(state: Path) -> None:
-    cfg = config()
-    limits_file.save(state / "tuned_limits.json", hog_tuned_to_640_mib(cfg))
     w = World(state)
-    orch = w.up(cfg)
+    orch = w.up_with_hog_tuned(config())
     w.body["out_of_memory"] = 1
     w.run(orch, 30)  # at least one health interval (5 s)
     assert [e.agent for e in orch.events() if e.kind == EventKind.ROLLED_BACK] == ["hog"]
@@ -178,10 +181,8 @@ def test_no_rollback_without_a_tuned_limit(state: Path) -> None:
 
 def test_a_tuned_agent_that_dies_of_out_of_memory_is_rolled_back(state: Path) -> None:
     """A command agent (or the built-in agent's device probe) may just die: its last words name the OOM."""
-    cfg = config()
-    limits_file.save(state / "tuned_limits.json", hog_tuned_to_640_mib(cfg))
     w = World(state)
-    orch = w.up(cfg)
+    orch = w.up_with_hog_tuned(config())
     pid = orch.status("hog").pid
     assert pid is not None
     with open(state / "logs" / "hog.log", "a") as fh:
