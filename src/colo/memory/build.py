@@ -43,7 +43,8 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-DTYPES = ("float32", "float16", "bfloat16")
+#: Bytes per element of each dtype colo builds models in (the estimator's arithmetic uses the same table).
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,8 @@ def torch_dtype(name: str) -> Any:
     """``"float32"`` → ``torch.float32``. Raises ConfigError for another name."""
     import torch
 
-    if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}", hint=f"use one of {', '.join(DTYPES)}")
+    if name not in DTYPE_BYTES:
+        raise ConfigError(f"unknown dtype {name!r}", hint=f"use one of {', '.join(DTYPE_BYTES)}")
     return getattr(torch, name)
 
 
