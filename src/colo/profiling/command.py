@@ -29,7 +29,7 @@ from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ProfileError
 from colo.gpu import procs
 from colo.gpu.nvml import GpuBackend
-from colo.gpu.sampler import PEAK_INTERVAL_SECS, Read, Sample, Sampler, nvml_read
+from colo.gpu.sampler import PEAK_INTERVAL_SECS, PeakStats, Read, Sample, Sampler, nvml_read
 from colo.launch.health import HealthChecker, Probe
 from colo.launch.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
 from colo.memory.db import AgentEntry, ModelDB
@@ -174,13 +174,11 @@ def drive_load(load: ProfileLoad, base_url: str, *, timeout_secs: float = 600.0)
 
 @dataclass(frozen=True)
 class CommandRun:
-    """One command agent's profiling run: its pid, NVML peak (bytes, None if never seen), samples."""
+    """One command agent's profiling run: its pid, what NVML sampled of its process tree (``peak.peak_bytes``
+    None if it never saw it), seconds until it was healthy, and the load's outcome."""
 
     pid: int
-    peak_bytes: int | None
-    samples: int
-    sample_hz: float
-    gpu_uuid: str
+    peak: PeakStats
     ready_secs: float
     load: LoadOutcome
 
@@ -244,33 +242,16 @@ def run_command_agent(
     finally:
         peak = stop_sampling()
         _stop(agent, handle, runner, clock)
-    return CommandRun(
-        pid=handle.pid,
-        peak_bytes=peak.peak_bytes,
-        samples=peak.samples,
-        sample_hz=peak.sample_hz,
-        gpu_uuid=peak.gpu_uuid,
-        ready_secs=ready,
-        load=outcome,
-    )
+    return CommandRun(pid=handle.pid, peak=peak, ready_secs=ready, load=outcome)
 
 
-@dataclass(frozen=True)
-class _Peak:
-    peak_bytes: int | None
-    samples: int
-    sample_hz: float
-    gpu_uuid: str
-
-
-def _sample_peak(reader: TreeReader, pid: int, interval_secs: float, clock: Clock) -> Callable[[], _Peak]:
+def _sample_peak(reader: TreeReader, pid: int, interval_secs: float, clock: Clock) -> Callable[[], PeakStats]:
     """Start sampling the tree under ``pid`` through ``reader`` (colo's one NVML sampling loop, on its
     background thread); returns the function that stops it and gives the peak."""
     sampler = Sampler(reader(pid), interval_secs=interval_secs, clock=clock, name=f"colo-profile-{pid}").start()
 
-    def stop() -> _Peak:
-        stats = sampler.stop().peak(pid)
-        return _Peak(stats.peak_bytes, stats.samples, stats.rate_hz, stats.gpu_uuid)
+    def stop() -> PeakStats:
+        return sampler.stop().peak(pid)
 
     return stop
 
@@ -342,21 +323,21 @@ def profile_command_agent(
         )
     except ProfileError as exc:
         return JobResult(job, None, error=str(exc))
-    if run.peak_bytes is None:
+    if run.peak.peak_bytes is None:
         return JobResult(
             job,
             None,
             error=f"agent {agent.name}: NVML never saw its processes (pid {run.pid}); is it on this GPU?",
         )
-    prov = gpu_provenance(backend, run.gpu_uuid, clock=options.clock, env=options.env)
+    prov = gpu_provenance(backend, run.peak.gpu_uuid, clock=options.clock, env=options.env)
     entry = AgentEntry(
         agent=agent.name,
         models=tuple(m.shape for m in agent.models),
         kind="measured",
-        nvml_peak_bytes=run.peak_bytes,
+        nvml_peak_bytes=run.peak.peak_bytes,
         weights_bytes=0,
-        samples=run.samples,
-        sample_hz=round(run.sample_hz, 1),
+        samples=run.peak.samples,
+        sample_hz=round(run.peak.rate_hz, 1),
         provenance=prov,
         command=agent.describe(),
     )
