@@ -152,16 +152,6 @@ def _print_info(info: dict[str, Any]) -> None:
         _note_foreign_daemon(f["pid"], f["pipe_dir"], f["visible_devices"])
 
 
-def _note_foreign_daemon(pid: int, pipe_dir: str, visible_devices: str | None) -> None:
-    """Say (on stderr) that an MPS control daemon colo did not start serves ``pipe_dir``."""
-    err_console.print(
-        f"[yellow]note:[/] another MPS control daemon (pid {pid}) runs with pipe dir {safe(pipe_dir)}"
-        + (f" (CUDA_VISIBLE_DEVICES={safe(visible_devices)})" if visible_devices else " (all GPUs)")
-        + "; processes that do not set CUDA_MPS_PIPE_DIRECTORY connect to it",
-        highlight=False,
-    )
-
-
 # --- colo mps start / status / stop ----------------------------------------------------------------------
 
 
@@ -201,6 +191,16 @@ def _warn_foreign(root: MpsRoot, uuids: list[str], control: MpsControl) -> None:
 
     for f in MpsFleet(root, uuids, control).foreign_daemons():
         _note_foreign_daemon(f.pid, f.pipe_dir, f.visible_devices)
+
+
+def _note_foreign_daemon(pid: int, pipe_dir: str, visible_devices: str | None) -> None:
+    """Say (on stderr) that an MPS control daemon colo did not start serves ``pipe_dir``."""
+    err_console.print(
+        f"[yellow]note:[/] another MPS control daemon (pid {pid}) runs with pipe dir {safe(pipe_dir)}"
+        + (f" (CUDA_VISIBLE_DEVICES={safe(visible_devices)})" if visible_devices else " (all GPUs)")
+        + "; processes that do not set CUDA_MPS_PIPE_DIRECTORY connect to it",
+        highlight=False,
+    )
 
 
 def _daemon_uuids(root: MpsRoot, wanted: list[str] | None) -> list[tuple[int | None, str]]:
