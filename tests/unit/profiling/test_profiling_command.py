@@ -92,7 +92,9 @@ def test_command_agent_is_started_loaded_sampled_stopped_and_recorded(tmp_path: 
     assert models_only_in_command_agents(config) == {"llama3.1-8b-q4_k"}
     db = ModelDB(tmp_path / "db.json")
     backend = TreeBackend()
-    result = profile_command_agent(agents["llama1"], db, backend, log_dir=tmp_path / "logs", options=CommandRunOptions(poll_secs=0.05))
+    result = profile_command_agent(
+        agents["llama1"], db, backend, log_dir=tmp_path / "logs", options=CommandRunOptions(poll_secs=0.05)
+    )
     assert result.ok, result.error
     entry = result.agent_entry
     assert entry is not None and entry.nvml_peak_bytes == 3 * GIB and entry.samples > 0
@@ -112,7 +114,11 @@ def test_a_command_that_dies_is_a_failed_row_with_its_log(tmp_path: Path) -> Non
     )
     agent = command_agents(config)["llama1"]
     result = profile_command_agent(
-        agent, ModelDB(tmp_path / "db.json"), TreeBackend(), log_dir=tmp_path / "logs", options=CommandRunOptions(poll_secs=0.05)
+        agent,
+        ModelDB(tmp_path / "db.json"),
+        TreeBackend(),
+        log_dir=tmp_path / "logs",
+        options=CommandRunOptions(poll_secs=0.05),
     )
     assert not result.ok
     assert "exit code 3" in result.error and "no GPU here" in result.error

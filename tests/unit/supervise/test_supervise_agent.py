@@ -288,7 +288,8 @@ def test_rules_from_spec_keep_every_field_of_the_spec() -> None:
     from colo.spec.config import RestartPolicy
 
     spec = RestartPolicy(
-        policy="always", max_retries=7, backoff_initial_secs=2.5, backoff_max_secs=90, stop_wait_secs=4, stop_signal="QUIT"
+        policy="always", max_retries=7, backoff_initial_secs=2.5, backoff_max_secs=90, stop_wait_secs=4,
+        stop_signal="QUIT",
     )
     rules = RestartRules.from_spec(spec, stable_secs=12.0)
     assert rules == RestartRules(
