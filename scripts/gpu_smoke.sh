@@ -11,22 +11,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE_SECS=${SMOKE_SECS:-115}
-WORK=${WORK:-out/gpu-smoke}
-[ -n "${COLO_SMOKE_TEED:-}" ] || { rm -rf "$WORK" && mkdir -p "$WORK/artifacts"; }
-WORK=$(cd "$WORK" && pwd)
-start=$(date +%s)
-if [ -n "${OUT:-}" ] && [ -z "${COLO_SMOKE_TEED:-}" ]; then  # this output also to $OUT/smoke.log
-  mkdir -p "$OUT"
-  COLO_SMOKE_TEED=1 WORK="$WORK" "$0" "$@" 2>&1 | tee "$OUT/smoke.log"
-  exit "${PIPESTATUS[0]}"
-fi
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >"$WORK/pip.log" 2>&1 || { echo "wheel install failed"; tail "$WORK/pip.log"; }
-  export PYTHONPATH=/tmp/site:$PWD/src
-else
-  export PYTHONPATH=$PWD/src
-fi
+. scripts/lib/gpu_run.sh
+gpu_run_preamble COLO_SMOKE_TEED smoke.log out/gpu-smoke "$@"
 export PYTHONUNBUFFERED=1 COLO_GPU_OUT="$WORK/artifacts" COLO_GPU_RESULTS="$WORK/results-smoke.jsonl"
 echo "== GPU smoke $(date -u '+%Y-%m-%d %H:%M UTC'); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)"
 COLO_GPU_RUN="$WORK" timeout -s INT -k 20 "$SMOKE_SECS" python3 -m pytest -m "gpu and smoke" -q -s -rfEs -p no:cacheprovider -o addopts="" \

@@ -15,23 +15,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SUITE_SECS=${SUITE_SECS:-500}
-WORK=${WORK:-out/gpu-suite}
-[ -n "${COLO_SUITE_TEED:-}" ] || { rm -rf "$WORK" && mkdir -p "$WORK/artifacts"; }
-WORK=$(cd "$WORK" && pwd)
-start=$(date +%s)
-if [ -n "${OUT:-}" ] && [ -z "${COLO_SUITE_TEED:-}" ]; then  # this output also to $OUT/suite.log
-  mkdir -p "$OUT"
-  COLO_SUITE_TEED=1 WORK="$WORK" "$0" "$@" 2>&1 | tee "$OUT/suite.log"
-  exit "${PIPESTATUS[0]}"
-fi
-
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >"$WORK/pip.log" 2>&1 || { echo "wheel install failed"; tail "$WORK/pip.log"; }
-  export PYTHONPATH=/tmp/site:$PWD/src
-else
-  export PYTHONPATH=$PWD/src
-fi
+. scripts/lib/gpu_run.sh
+gpu_run_preamble COLO_SUITE_TEED suite.log out/gpu-suite "$@"
 export PYTHONUNBUFFERED=1 COLO_GPU_OUT="$WORK/artifacts"
 machine=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
 torchv=$(python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" 2>&1 | tail -1)

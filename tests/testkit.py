@@ -84,3 +84,21 @@ def measured_entry(
         overhead_bytes=nvml_peak_bytes - reserved_peak_bytes,
         provenance=Provenance(gpu=gpu, date=date),
     )
+
+
+def two_encoder_config_yaml(policy: str = "") -> str:
+    """A colo.yaml (10 GiB GPU) of two encoder agents: ``small`` (bert L-2, 1 GiB, port 9301) and ``big``
+    (roberta-base, 2 GiB, port 9302), both at batch 32 of 512 tokens; ``policy`` (a flow mapping such as
+    ``{history_window: 10s}``) is written as the ``policy:`` line when given."""
+    policy_line = f"policy: {policy}\n" if policy else ""
+    return (
+        "version: 1\n"
+        "gpus: [{memory: 10GiB}]\n"
+        f"{policy_line}"
+        "models:\n"
+        "  google/bert_uncased_L-2_H-128_A-2: {memory: 1GiB, batch_size: 32, max_seq_len: 512}\n"
+        "  roberta-base: {memory: 2GiB, batch_size: 32, max_seq_len: 512}\n"
+        "agents:\n"
+        "  small: {models: [google/bert_uncased_L-2_H-128_A-2], port: 9301}\n"
+        "  big: {models: [roberta-base], port: 9302}\n"
+    )

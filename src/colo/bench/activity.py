@@ -12,7 +12,7 @@ Why it matters: a single instance that keeps the SMs ~100 % busy leaves nothing 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from colo.clock import SYSTEM_CLOCK, Clock
@@ -76,25 +76,18 @@ class GpuActivity:
         )
 
 
+@dataclass(eq=False)
 class ActivityWatch:
     """Watches GPU ``gpu_index`` (NVML index) during benchmark windows: :meth:`start` with the instances' pids,
     :meth:`stop` for the :class:`GpuActivity`. The sampling is :class:`colo.gpu.sampler.Sampler`'s; a failed
     reading is counted there and never fails the benchmark."""
 
-    def __init__(
-        self,
-        backend: GpuBackend,
-        gpu_index: int = 0,
-        *,
-        interval_secs: float = ACTIVITY_INTERVAL_SECS,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        self.backend = backend
-        self.gpu_index = gpu_index
-        self.interval_secs = interval_secs
-        self.clock = clock
-        self._sampler: Sampler | None = None
-        self._name = ""
+    backend: GpuBackend
+    gpu_index: int = 0
+    interval_secs: float = field(default=ACTIVITY_INTERVAL_SECS, kw_only=True)
+    clock: Clock = field(default=SYSTEM_CLOCK, kw_only=True)
+    _sampler: Sampler | None = field(default=None, init=False, repr=False)
+    _name: str = field(default="", init=False, repr=False)
 
     def sampler(self, pids: Sequence[int]) -> Sampler:
         """A sampler of this GPU and ``pids`` (not started)."""

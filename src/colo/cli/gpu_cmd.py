@@ -149,11 +149,7 @@ def _print_info(info: dict[str, Any]) -> None:
     else:
         console.print("no GPU processes", style="dim")
     for f in mps["foreign_daemons"]:
-        err_console.print(
-            f"[yellow]note:[/] another MPS control daemon (pid {f['pid']}) serves pipe dir {safe(f['pipe_dir'])}; "
-            "processes that do not set CUDA_MPS_PIPE_DIRECTORY connect to it",
-            highlight=False,
-        )
+        _note_foreign_daemon(f["pid"], f["pipe_dir"], f["visible_devices"])
 
 
 # --- colo mps start / status / stop ----------------------------------------------------------------------
@@ -194,12 +190,17 @@ def _warn_foreign(root: MpsRoot, uuids: list[str], control: MpsControl) -> None:
     from colo.gpu.mps.fleet import MpsFleet
 
     for f in MpsFleet(root, uuids, control).foreign_daemons():
-        err_console.print(
-            f"[yellow]note:[/] another MPS control daemon (pid {f.pid}) runs with pipe dir {safe(f.pipe_dir)}"
-            + (f" (CUDA_VISIBLE_DEVICES={f.visible_devices})" if f.visible_devices else " (all GPUs)")
-            + "; processes that do not set CUDA_MPS_PIPE_DIRECTORY connect to it",
-            highlight=False,
-        )
+        _note_foreign_daemon(f.pid, f.pipe_dir, f.visible_devices)
+
+
+def _note_foreign_daemon(pid: int, pipe_dir: str, visible_devices: str | None) -> None:
+    """Say (on stderr) that an MPS control daemon colo did not start serves ``pipe_dir``."""
+    err_console.print(
+        f"[yellow]note:[/] another MPS control daemon (pid {pid}) runs with pipe dir {safe(pipe_dir)}"
+        + (f" (CUDA_VISIBLE_DEVICES={safe(visible_devices)})" if visible_devices else " (all GPUs)")
+        + "; processes that do not set CUDA_MPS_PIPE_DIRECTORY connect to it",
+        highlight=False,
+    )
 
 
 def _daemon_uuids(root: MpsRoot, wanted: list[str] | None) -> list[tuple[int | None, str]]:

@@ -224,7 +224,12 @@ def profile_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from colo.gpu.nvml import NvmlBackend
-    from colo.profiling.command import command_agents, models_only_in_command_agents, profile_command_agent
+    from colo.profiling.command import (
+        CommandRunOptions,
+        command_agents,
+        models_only_in_command_agents,
+        profile_command_agent,
+    )
     from colo.profiling.profiler import Profiler, jobs_for
 
     config, models, agent_sets = _targets(what, random_weights=True if random_weights else None)
@@ -264,7 +269,7 @@ def profile_command(
             from colo.files import state_dir
 
             log_dir = state_dir(config.state_dir if config else None) / "logs"
-            results.append(profile_command_agent(agent, db, backend, log_dir=log_dir, env=env))
+            results.append(profile_command_agent(agent, db, backend, log_dir=log_dir, options=CommandRunOptions(env=env)))
             progress.advance(task)
             db.save()
     rows = [_result_row(r) for r in results]

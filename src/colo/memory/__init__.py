@@ -1,7 +1,7 @@
 """What each model really needs on the GPU: catalog, build, estimate, profile (child side), database, resolve.
 
 - :mod:`colo.memory.catalog` — exact HF architecture configs as data (``arch_config``, ``task_of``);
-- :mod:`colo.memory.build` — ``build_model`` (local weights, else random weights of the catalog architecture),
+- :mod:`colo.memory.build` — ``build`` (local weights, else random weights of the catalog architecture),
   ``example_inputs``, ``run_worst_case``;
 - :mod:`colo.memory.estimate` — the offline estimator (meta-device build + formulas), always "estimate";
 - :mod:`colo.profiling.protocol` / :mod:`colo.profiling.child` — the profiling child and its protocol (the

@@ -43,7 +43,8 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-DTYPES = ("float32", "float16", "bfloat16")
+#: Bytes per element of each dtype colo builds models in (the estimator's arithmetic uses the same table).
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,8 @@ def torch_dtype(name: str) -> Any:
     """``"float32"`` → ``torch.float32``. Raises ConfigError for another name."""
     import torch
 
-    if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}", hint=f"use one of {', '.join(DTYPES)}")
+    if name not in DTYPE_BYTES:
+        raise ConfigError(f"unknown dtype {name!r}", hint=f"use one of {', '.join(DTYPE_BYTES)}")
     return getattr(torch, name)
 
 
@@ -397,18 +398,6 @@ def take_prebuilt(model_id: str, *, dtype: str, device: str, path: str | None = 
     if device != "cpu":
         built.module.to(device)
     return BuiltModel(module=built.module, source=built.source, dtype=dtype, device=device)
-
-
-def build_model(
-    model_id: str,
-    *,
-    dtype: str = "float32",
-    device: str = "cpu",
-    path: str | None = None,
-    random_weights: bool | None = None,
-) -> Any:
-    """The ``torch.nn.Module`` of :func:`build` (eval mode). Same arguments and errors."""
-    return build(model_id, dtype=dtype, device=device, path=path, random_weights=random_weights).module
 
 
 def _token_range(cfg: dict[str, Any]) -> tuple[int, int]:

@@ -53,6 +53,7 @@ from colo import units
 from colo.errors import ProfileError
 from colo.memory import catalog
 from colo.memory.allocator import kv_cache_footprint, segment_footprint
+from colo.memory.build import DTYPE_BYTES
 from colo.memory.catalog import Task
 from colo.memory.worst_case import WorstCase
 
@@ -61,7 +62,6 @@ ALLOCATOR_SLACK = 0.05
 # cuBLAS(Lt) workspace (32 MiB on Hopper), allocated through PyTorch's caching allocator, plus small blocks
 ALLOCATOR_FLOOR_BYTES = 32 * units.MIB
 ALLOCATOR_ROUND_BYTES = 2 * units.MIB
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)

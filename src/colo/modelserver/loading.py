@@ -1,6 +1,6 @@
 """Loading an agent's models for the built-in agent: device choice, weights or catalog, tokenizer, limits.
 
-Each model is built by :func:`colo.memory.build.build_model`: real weights from the model's ``path`` or the
+Each model is built by :func:`colo.memory.build.build`: real weights from the model's ``path`` or the
 local Hugging Face cache when they are there, else the exact architecture from colo's catalog with random
 weights, so an agent runs offline. Nothing here downloads. torch is imported inside functions.
 """

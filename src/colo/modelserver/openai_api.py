@@ -54,6 +54,20 @@ def _text(ids: Sequence[int], decoded: str | None) -> str:
     return "".join(f"<{i}>" for i in ids)
 
 
+def _completion_doc(
+    id_prefix: str, object_name: str, model_id: str, choices: list[dict[str, Any]], usage: dict[str, int]
+) -> dict[str, Any]:
+    """An OpenAI completion answer (``text_completion`` or ``chat.completion``): a fresh id, now, the choices."""
+    return {
+        "id": f"{id_prefix}-{uuid.uuid4().hex}",
+        "object": object_name,
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": choices,
+        "usage": usage,
+    }
+
+
 def add_openai_routes(app: FastAPI, runtime: AgentRuntime) -> None:
     """Add the ``/v1/...`` routes for ``runtime`` to ``app``."""
     clock, metrics = runtime.clock, runtime.metrics
@@ -127,18 +141,11 @@ def add_openai_routes(app: FastAPI, runtime: AgentRuntime) -> None:
         if isinstance(out, Response):
             return out
         model_id, choices, usage = out
-        doc = {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": model_id,
-            "choices": [
-                {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
-                for i, (text, finish) in enumerate(choices)
-            ],
-            "usage": usage,
-        }
-        return respond(doc, metrics, clock)
+        choice_docs = [
+            {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+            for i, (text, finish) in enumerate(choices)
+        ]
+        return respond(_completion_doc("cmpl", "text_completion", model_id, choice_docs, usage), metrics, clock)
 
     @app.post("/v1/chat/completions", tags=["openai"], responses=_ERRORS)
     def chat(body: ChatBody, request: Request) -> Response:
@@ -153,15 +160,8 @@ def add_openai_routes(app: FastAPI, runtime: AgentRuntime) -> None:
         if isinstance(out, Response):
             return out
         model_id, choices, usage = out
-        doc = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model_id,
-            "choices": [
-                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-                for i, (text, finish) in enumerate(choices)
-            ],
-            "usage": usage,
-        }
-        return respond(doc, metrics, clock)
+        choice_docs = [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            for i, (text, finish) in enumerate(choices)
+        ]
+        return respond(_completion_doc("chatcmpl", "chat.completion", model_id, choice_docs, usage), metrics, clock)

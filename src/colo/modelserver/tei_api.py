@@ -50,16 +50,25 @@ def add_tei_routes(app: FastAPI, runtime: AgentRuntime) -> None:
     """Add ``/embed`` and ``/predict`` for ``runtime`` to ``app``."""
     clock, metrics = runtime.clock, runtime.metrics
 
-    @app.post("/embed", tags=["text-embeddings-inference"], responses=_ERRORS)
-    def embed(body: EmbedBody, request: Request) -> Response:
+    def run_raw(
+        inputs: str | list[str], kind: str, route: str, request: Request
+    ) -> tuple[LoadedModel, dict[str, Any]] | Response:
+        """(the agent's first model answering ``kind``, its raw answer for ``inputs``), or TEI's error."""
         parsed = parse_secs(request, clock)
-        texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
         try:
-            model = fitting_model(runtime, None, "embeddings", "/embed")
+            model = fitting_model(runtime, None, kind, route)
             answer = runtime.infer(InferInput(model=model.model_id, texts=texts, raw=True, parse_secs=parsed))
         except HANDLED as exc:
             return error_from(Dialect.TEI, exc, runtime.retry_after_secs)
-        vectors = answer["vectors"]
+        return model, answer
+
+    @app.post("/embed", tags=["text-embeddings-inference"], responses=_ERRORS)
+    def embed(body: EmbedBody, request: Request) -> Response:
+        out = run_raw(body.inputs, "embeddings", "/embed", request)
+        if isinstance(out, Response):
+            return out
+        vectors = out[1]["vectors"]
         if body.normalize:
             norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
@@ -67,14 +76,10 @@ def add_tei_routes(app: FastAPI, runtime: AgentRuntime) -> None:
 
     @app.post("/predict", tags=["text-embeddings-inference"], responses=_ERRORS)
     def predict(body: PredictBody, request: Request) -> Response:
-        parsed = parse_secs(request, clock)
-        single = isinstance(body.inputs, str)
-        texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        try:
-            model = fitting_model(runtime, None, "classification", "/predict")
-            answer = runtime.infer(InferInput(model=model.model_id, texts=texts, raw=True, parse_secs=parsed))
-        except HANDLED as exc:
-            return error_from(Dialect.TEI, exc, runtime.retry_after_secs)
+        out = run_raw(body.inputs, "classification", "/predict", request)
+        if isinstance(out, Response):
+            return out
+        model, answer = out
         logits = answer["logits"]
         scores = logits if body.raw_scores else softmax(logits)
         labels = labels_of(model, scores.shape[1])
@@ -82,4 +87,4 @@ def add_tei_routes(app: FastAPI, runtime: AgentRuntime) -> None:
             [{"score": float(row[j]), "label": labels[j]} for j in np.argsort(-row, kind="stable")]
             for row in scores
         ]
-        return respond(ranked[0] if single else ranked, metrics, clock)
+        return respond(ranked[0] if isinstance(body.inputs, str) else ranked, metrics, clock)

@@ -29,7 +29,7 @@ from colo.clock import SYSTEM_CLOCK, Clock
 from colo.errors import ProfileError
 from colo.gpu import procs
 from colo.gpu.nvml import GpuBackend
-from colo.gpu.sampler import PEAK_INTERVAL_SECS, Read, Sample, Sampler, nvml_read
+from colo.gpu.sampler import PEAK_INTERVAL_SECS, PeakStats, Read, Sample, Sampler, nvml_read
 from colo.launch.health import HealthChecker, Probe
 from colo.launch.runner import LaunchSpec, ProcessHandle, ProcessRunner, Runner
 from colo.memory.db import AgentEntry, ModelDB
@@ -174,15 +174,28 @@ def drive_load(load: ProfileLoad, base_url: str, *, timeout_secs: float = 600.0)
 
 @dataclass(frozen=True)
 class CommandRun:
-    """One command agent's profiling run: its pid, NVML peak (bytes, None if never seen), samples."""
+    """One command agent's profiling run: its pid, what NVML sampled of its process tree (``peak.peak_bytes``
+    None if it never saw it), seconds until it was healthy, and the load's outcome."""
 
     pid: int
-    peak_bytes: int | None
-    samples: int
-    sample_hz: float
-    gpu_uuid: str
+    peak: PeakStats
     ready_secs: float
     load: LoadOutcome
+
+
+@dataclass(frozen=True)
+class CommandRunOptions:
+    """How :func:`run_command_agent` runs an agent: extra environment (its ``CUDA_VISIBLE_DEVICES`` names the
+    GPU), the process runner and health probe (None: the real ones), the load driver, the NVML sampling
+    interval and the health poll (seconds), and the clock it waits on and dates the measurement by."""
+
+    env: Mapping[str, str] | None = None
+    runner: Runner | None = None
+    probe: Probe | None = None
+    drive: Callable[[ProfileLoad, str], LoadOutcome] = drive_load
+    interval_secs: float = COMMAND_INTERVAL_SECS
+    poll_secs: float = 0.5
+    clock: Clock = SYSTEM_CLOCK
 
 
 def _tail(path: Path, n: int = 600) -> str:
@@ -197,21 +210,17 @@ def run_command_agent(
     *,
     reader: TreeReader,
     log_path: Path,
-    env: Mapping[str, str] | None = None,
-    runner: Runner | None = None,
-    probe: Probe | None = None,
-    drive: Callable[[ProfileLoad, str], LoadOutcome] = drive_load,
-    interval_secs: float = COMMAND_INTERVAL_SECS,
-    poll_secs: float = 0.5,
-    clock: Clock = SYSTEM_CLOCK,
+    options: CommandRunOptions | None = None,
 ) -> CommandRun:
     """Start, wait for health, load, stop; the NVML peak of the process tree throughout (waits and times
-    on ``clock``).
+    on the options' clock).
 
     Raises ProfileError when it cannot start, exits or never gets healthy, or every load request fails.
     """
-    runner = runner or ProcessRunner()
-    probe = probe or HealthChecker()
+    options = options or CommandRunOptions()
+    env, clock = options.env, options.clock
+    runner = options.runner or ProcessRunner()
+    probe = options.probe or HealthChecker()
     spec = LaunchSpec(
         argv=agent.argv,
         env=tuple(sorted({**(env or {}), **agent.env}.items())),
@@ -222,44 +231,27 @@ def run_command_agent(
     )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle = runner.spawn(spec, log_path)
-    stop_sampling = _sample_peak(reader, handle.pid, interval_secs, clock)
+    stop_sampling = _sample_peak(reader, handle.pid, options.interval_secs, clock)
     started = clock.monotonic()
     try:
-        _wait_healthy(agent, handle, runner, probe, log_path, started, poll_secs, clock)
+        _wait_healthy(agent, handle, runner, probe, log_path, started, options.poll_secs, clock)
         ready = clock.monotonic() - started
-        outcome = drive(agent.load, agent.base_url)
+        outcome = options.drive(agent.load, agent.base_url)
         if outcome.ok == 0:
             raise ProfileError(f"agent {agent.name}: no load request succeeded ({outcome.first_error})")
     finally:
         peak = stop_sampling()
         _stop(agent, handle, runner, clock)
-    return CommandRun(
-        pid=handle.pid,
-        peak_bytes=peak.peak_bytes,
-        samples=peak.samples,
-        sample_hz=peak.sample_hz,
-        gpu_uuid=peak.gpu_uuid,
-        ready_secs=ready,
-        load=outcome,
-    )
+    return CommandRun(pid=handle.pid, peak=peak, ready_secs=ready, load=outcome)
 
 
-@dataclass(frozen=True)
-class _Peak:
-    peak_bytes: int | None
-    samples: int
-    sample_hz: float
-    gpu_uuid: str
-
-
-def _sample_peak(reader: TreeReader, pid: int, interval_secs: float, clock: Clock) -> Callable[[], _Peak]:
+def _sample_peak(reader: TreeReader, pid: int, interval_secs: float, clock: Clock) -> Callable[[], PeakStats]:
     """Start sampling the tree under ``pid`` through ``reader`` (colo's one NVML sampling loop, on its
     background thread); returns the function that stops it and gives the peak."""
     sampler = Sampler(reader(pid), interval_secs=interval_secs, clock=clock, name=f"colo-profile-{pid}").start()
 
-    def stop() -> _Peak:
-        stats = sampler.stop().peak(pid)
-        return _Peak(stats.peak_bytes, stats.samples, stats.rate_hz, stats.gpu_uuid)
+    def stop() -> PeakStats:
+        return sampler.stop().peak(pid)
 
     return stop
 
@@ -319,45 +311,33 @@ def profile_command_agent(
     backend: GpuBackend,
     *,
     log_dir: Path,
-    env: Mapping[str, str] | None = None,
-    runner: Runner | None = None,
-    probe: Probe | None = None,
-    drive: Callable[[ProfileLoad, str], LoadOutcome] = drive_load,
-    clock: Clock = SYSTEM_CLOCK,
-    poll_secs: float = 0.5,
+    options: CommandRunOptions | None = None,
 ) -> JobResult:
     """Measure ``agent`` and record its :class:`AgentEntry` in ``db`` (in memory; call ``db.save()``), dated
-    by ``clock``'s wall time. A failure is a failed :class:`JobResult`, not an exception."""
+    by the options' clock. A failure is a failed :class:`JobResult`, not an exception."""
+    options = options or CommandRunOptions()
     job = Job(agent.models, agent=agent.name)
     try:
         run = run_command_agent(
-            agent,
-            reader=tree_reader(backend),
-            log_path=log_dir / f"profile-{agent.name}.log",
-            env=env,
-            runner=runner,
-            probe=probe,
-            drive=drive,
-            poll_secs=poll_secs,
-            clock=clock,
+            agent, reader=tree_reader(backend), log_path=log_dir / f"profile-{agent.name}.log", options=options
         )
     except ProfileError as exc:
         return JobResult(job, None, error=str(exc))
-    if run.peak_bytes is None:
+    if run.peak.peak_bytes is None:
         return JobResult(
             job,
             None,
             error=f"agent {agent.name}: NVML never saw its processes (pid {run.pid}); is it on this GPU?",
         )
-    prov = gpu_provenance(backend, run.gpu_uuid, clock=clock, env=env)
+    prov = gpu_provenance(backend, run.peak.gpu_uuid, clock=options.clock, env=options.env)
     entry = AgentEntry(
         agent=agent.name,
         models=tuple(m.shape for m in agent.models),
         kind="measured",
-        nvml_peak_bytes=run.peak_bytes,
+        nvml_peak_bytes=run.peak.peak_bytes,
         weights_bytes=0,
-        samples=run.samples,
-        sample_hz=round(run.sample_hz, 1),
+        samples=run.peak.samples,
+        sample_hz=round(run.peak.rate_hz, 1),
         provenance=prov,
         command=agent.describe(),
     )

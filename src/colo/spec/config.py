@@ -32,13 +32,26 @@ Task = Literal["encoder", "generator", "seq2seq"]
 MpsMode = Literal["auto", "on", "off"]
 MPS_MODES: tuple[MpsMode, ...] = ("auto", "on", "off")
 
-_SIZE_SCHEMA: dict[str, Any] = {
-    "anyOf": [
-        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(B|[KMGT]i?B|[KMGT])\s*$", "examples": ["512MiB", "1.5GiB"]},
-        {"type": "integer", "minimum": 0, "description": "bytes"},
-    ],
-    "description": "A size with a unit: KiB/MiB/GiB/TiB (binary), KB/MB/GB/TB (SI), or MPS's K/M/G/T (binary).",
-}
+
+def _with_unit_schema(unit_re: str, examples: list[str], bare: str, bare_unit: str, description: str) -> dict[str, Any]:
+    """The JSON schema of a quantity written as a string with a unit (``unit_re`` after the number) or as a bare
+    number (``bare``: JSON type ``integer`` or ``number``, counted in ``bare_unit``)."""
+    return {
+        "anyOf": [
+            {"type": "string", "pattern": rf"^\s*\d+(\.\d+)?\s*{unit_re}\s*$", "examples": examples},
+            {"type": bare, "minimum": 0, "description": bare_unit},
+        ],
+        "description": description,
+    }
+
+
+_SIZE_SCHEMA = _with_unit_schema(
+    "(B|[KMGT]i?B|[KMGT])",
+    ["512MiB", "1.5GiB"],
+    "integer",
+    "bytes",
+    "A size with a unit: KiB/MiB/GiB/TiB (binary), KB/MB/GB/TB (SI), or MPS's K/M/G/T (binary).",
+)
 
 
 def _size(value: Any) -> int:
@@ -53,13 +66,13 @@ def _size(value: Any) -> int:
 
 Bytes = Annotated[int, BeforeValidator(_size), WithJsonSchema(_SIZE_SCHEMA)]
 
-_DURATION_SCHEMA: dict[str, Any] = {
-    "anyOf": [
-        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|min|h|d|w)?\s*$", "examples": ["90s", "7d"]},
-        {"type": "number", "minimum": 0, "description": "seconds"},
-    ],
-    "description": "A duration: a number with ms, s, m (min), h, d or w (a bare number is seconds).",
-}
+_DURATION_SCHEMA = _with_unit_schema(
+    "(ms|s|m|min|h|d|w)?",
+    ["90s", "7d"],
+    "number",
+    "seconds",
+    "A duration: a number with ms, s, m (min), h, d or w (a bare number is seconds).",
+)
 
 
 def _duration(value: Any) -> float:

@@ -47,7 +47,8 @@ STARTING_PROBE_SECS = 0.1
 #: A start the launch gate held back is tried again after this many seconds.
 GATE_RETRY_SECS = 0.25
 
-EventSink = Callable[[EventKind, str], None]
+#: Records one agent's event: (kind, message); the supervisor adds the agent and its GPU.
+AgentEventSink = Callable[[EventKind, str], None]
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Agent:
         probe: Probe,
         clock: Clock,
         log_path: Path,
-        on_event: EventSink,
+        on_event: AgentEventSink,
         on_change: Callable[[Agent], None],
         restarts: int = 0,
         pre_stop: Callable[[Agent], None] | None = None,

@@ -17,10 +17,7 @@ from colo.plan import AgentPlan, Plan
 from colo.supervise import planning
 from colo.supervise.fleet import NodeFleet
 from colo.supervise.recovery.mps_hooks import FleetHooks
-from colo.supervise.snapshots import EventKind
-
-#: Records an event: (kind, agent, message, gpu).
-EventSink = Callable[[EventKind, str | None, str, str | None], object]
+from colo.supervise.snapshots import EventKind, EventSink
 
 
 def mps_events(event: EventSink, p: Plan, mine: Sequence[AgentPlan], before: Plan | None = None) -> None:

@@ -38,16 +38,9 @@ class RestartRules:
 
     @classmethod
     def from_spec(cls, spec: RestartPolicy, *, stable_secs: float = DEFAULT_STABLE_SECS) -> RestartRules:
-        """The rules of a colo.yaml ``restart:`` block."""
-        return cls(
-            policy=spec.policy,
-            max_retries=spec.max_retries,
-            backoff_initial_secs=spec.backoff_initial_secs,
-            backoff_max_secs=spec.backoff_max_secs,
-            stop_wait_secs=spec.stop_wait_secs,
-            stop_signal=SIGNALS[spec.stop_signal],
-            stable_secs=stable_secs,
-        )
+        """The rules of a colo.yaml ``restart:`` block: its fields as they are, but the stop signal's number."""
+        same = spec.model_dump(exclude={"stop_signal"})
+        return cls(**same, stop_signal=SIGNALS[spec.stop_signal], stable_secs=stable_secs)
 
     def wants_restart(self, *, succeeded: bool) -> bool:
         """Whether an agent that exited on its own (``succeeded``: exit code 0) should start again."""

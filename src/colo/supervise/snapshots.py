@@ -3,6 +3,7 @@ moment): what the supervisor hands to the API, the CLI and the store."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,10 @@ class EventKind(StrEnum):
     DAEMON = "mps_daemon"  # an MPS daemon started, stopped or was restarted
     MPS_MODE = "mps_mode"  # a GPU runs MPS or not (policy.mps), or switched (its agents restart, one by one)
     ROLLED_BACK = "rolled_back"  # a tuned limit ran out of memory: the agent's old limit was restored
+
+
+#: Records an event: (kind, agent, message, gpu).
+EventSink = Callable[[EventKind, str | None, str, str | None], object]
 
 
 @dataclass(frozen=True)

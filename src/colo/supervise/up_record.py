@@ -15,8 +15,7 @@ from typing import Any
 
 from colo.plan.types import Unplaced
 from colo.spec.config import ColoConfig
-from colo.supervise.mps_switch import EventSink
-from colo.supervise.snapshots import EventKind
+from colo.supervise.snapshots import EventKind, EventSink
 from colo.supervise.store import Store
 
 _ORCHESTRATOR_KEY = "orchestrator"

@@ -5,42 +5,27 @@ from __future__ import annotations
 import threading
 
 from colo.api.cache import TtlCache
-
-
-class Clock:
-    """A :class:`colo.clock.Clock` set by hand (``now`` seconds, both clocks)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
-
-    def sleep(self, secs: float) -> None:
-        self.now += secs
+from colo.clock import FakeClock
 
 
 def test_fresh_value_is_reused_until_the_ttl() -> None:
-    clock = Clock()
+    clock = FakeClock(start=0.0)
     cache: TtlCache[int] = TtlCache(1.0, clock)
     loads = iter(range(10))
     assert cache.get(lambda: next(loads)) == 0
-    clock.now = 0.9
+    clock.advance(0.9)
     assert cache.get(lambda: next(loads)) == 0
-    clock.now = 1.0
+    clock.advance(0.1)
     assert cache.get(lambda: next(loads)) == 1
     cache.clear()
     assert cache.get(lambda: next(loads)) == 2
 
 
 def test_stale_value_is_served_while_another_caller_refreshes() -> None:
-    clock = Clock()
+    clock = FakeClock(start=0.0)
     cache: TtlCache[str] = TtlCache(1.0, clock)
     cache.get(lambda: "old")
-    clock.now = 5.0
+    clock.advance(5.0)
     entered, release = threading.Event(), threading.Event()
 
     def slow() -> str:

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from colo.api.app import create_app
 from colo.api.context import ApiOptions
+from colo.clock import FakeClock
 from colo.errors import DoesNotFitError, GpuError, SupervisorError
 from colo.gpu.fake_nvml import FakeGpuBackend
 from colo.plan.allocation_doc import allocation_document
@@ -24,26 +25,10 @@ from colo.units import MIB
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class Clock:
-    """A :class:`colo.clock.Clock` set by hand (``now`` seconds, both clocks)."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
-
-    def sleep(self, secs: float) -> None:
-        self.now += secs
-
-
 def client_for(
-    source: FakeSource, *, open_reads: bool = True, clock: Clock | None = None, options: ApiOptions | None = None
+    source: FakeSource, *, open_reads: bool = True, clock: FakeClock | None = None, options: ApiOptions | None = None
 ) -> TestClient:
-    app = create_app(source, token=TOKEN, open_reads=open_reads, options=options, clock=clock or Clock())
+    app = create_app(source, token=TOKEN, open_reads=open_reads, options=options, clock=clock or FakeClock())
     return TestClient(app, raise_server_exceptions=True)
 
 
@@ -89,7 +74,7 @@ def test_allocation_is_the_seed_document(client: TestClient, source: FakeSource)
 
 
 def test_allocation_rendered_once_per_plan(source: FakeSource) -> None:
-    clock = Clock()
+    clock = FakeClock()
     app = create_app(source, token=TOKEN, clock=clock, options=ApiOptions(read_ttl_secs=0.5))
     cache = app.state.ctx.allocation_cache
     renders: list[object] = []
@@ -97,13 +82,13 @@ def test_allocation_rendered_once_per_plan(source: FakeSource) -> None:
     cache._render = lambda p: renders.append(p) or inner(p)
     client = TestClient(app)
     first = client.get("/mps/allocation").content
-    clock.now += 10  # the body's TTL passes, but the plan is the same object: not rendered again
+    clock.advance(10)  # the body's TTL passes, but the plan is the same object: not rendered again
     assert client.get("/mps/allocation").content == first
     assert len(renders) == 1
     # A new plan (a reload made outside this API) is served once the body's TTL has passed.
     source.plan = dataclasses.replace(source.plan, placement="spread")
     assert client.get("/mps/allocation").content == first
-    clock.now += 0.5
+    clock.advance(0.5)
     second = client.get("/mps/allocation").json()
     assert len(renders) == 2
     assert second["colo"]["placement"] == "spread"
@@ -163,7 +148,7 @@ def test_gpu_info_daemon_error_is_reported_per_gpu(short_tmp: Path) -> None:
 
 
 def test_gpu_info_fault_and_stopped_daemon(short_tmp: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     src, control = gpu_source(short_tmp, clock)
     pipe = short_tmp / "mps" / UUID0 / "pipe"
     control.fault(pipe)
@@ -172,14 +157,14 @@ def test_gpu_info_fault_and_stopped_daemon(short_tmp: Path) -> None:
     assert "colo_mps_server_active{" in client.get("/metrics").text
     assert src.fleet is not None
     [d.stop() for d in src.fleet.daemons()]
-    clock.now += 10
+    clock.advance(10)
     doc = client.get("/gpu/info").json()
     assert doc["mps_enabled"] is False and doc["mps"]["control_process"] is False
     assert doc["gpus"][0]["mps"]["running"] is False
 
 
 def test_gpu_state_is_read_once_per_poll(short_tmp: Path) -> None:
-    clock = Clock()
+    clock = FakeClock()
     src, _ = gpu_source(short_tmp, clock)  # the source's one poller: at most one read per second
     client = client_for(src, clock=clock)
     assert src.backend is not None
@@ -188,7 +173,7 @@ def test_gpu_state_is_read_once_per_poll(short_tmp: Path) -> None:
     client.get("/gpu/info")
     client.get("/metrics")
     assert src.backend.calls == calls
-    clock.now += 1.5
+    clock.advance(1.5)
     client.get("/gpu/info")
     assert src.backend.calls > calls
 
@@ -388,10 +373,10 @@ def test_events_list_since_and_limit(client: TestClient) -> None:
 
 
 def test_events_follow_streams_sse(source: FakeSource) -> None:
-    class Ticking(Clock):
+    class Ticking(FakeClock):
         def monotonic(self) -> float:
-            self.now += 1.0
-            return self.now
+            self.advance(1.0)
+            return super().monotonic()
 
     client = client_for(
         source, clock=Ticking(), options=ApiOptions(event_poll_secs=0.0, stream_max_secs=3.0, heartbeat_secs=1.0)

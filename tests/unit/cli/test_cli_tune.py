@@ -17,19 +17,11 @@ from colo.supervise.snapshots import Shape, UsageSample
 from colo.supervise.store import Store
 from colo.supervise.tune import limits_file
 from colo.units import GIB, MIB
+from testkit import two_encoder_config_yaml
 
 runner = CliRunner()
 
-CFG = """
-version: 1
-gpus: [{memory: 10GiB}]
-models:
-  google/bert_uncased_L-2_H-128_A-2: {memory: 1GiB, batch_size: 32, max_seq_len: 512}
-  roberta-base: {memory: 2GiB, batch_size: 32, max_seq_len: 512}
-agents:
-  small: {models: [google/bert_uncased_L-2_H-128_A-2], port: 9301}
-  big: {models: [roberta-base], port: 9302}
-"""
+CFG = two_encoder_config_yaml()
 WORST = (Shape("google/bert_uncased_L-2_H-128_A-2", 32, 512, 0),)
 
 

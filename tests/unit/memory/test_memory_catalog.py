@@ -71,7 +71,7 @@ def test_unknown_model_names_itself() -> None:
 
 @pytest.mark.parametrize("model_id", sorted(PUBLISHED_PARAMS_M))
 def test_meta_build_matches_published_parameter_counts(model_id: str) -> None:
-    module = build.build_model(model_id, device="meta")
+    module = build.build(model_id, device="meta").module
     params = sum(p.numel() for p in module.parameters())
     assert params / 1e6 == pytest.approx(PUBLISHED_PARAMS_M[model_id], rel=0.002)
 

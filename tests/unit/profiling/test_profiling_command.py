@@ -17,7 +17,12 @@ from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
 from colo.gpu.nvml import ClientProcess
 from colo.memory.db import ModelDB
 from colo.memory.resolve import agent_memory_for_plan
-from colo.profiling.command import command_agents, models_only_in_command_agents, profile_command_agent
+from colo.profiling.command import (
+    CommandRunOptions,
+    command_agents,
+    models_only_in_command_agents,
+    profile_command_agent,
+)
 from colo.spec.load import load_config
 from testkit import FAKE_LLAMA_SERVER as FAKE_SERVER
 from testkit import free_port
@@ -87,7 +92,9 @@ def test_command_agent_is_started_loaded_sampled_stopped_and_recorded(tmp_path: 
     assert models_only_in_command_agents(config) == {"llama3.1-8b-q4_k"}
     db = ModelDB(tmp_path / "db.json")
     backend = TreeBackend()
-    result = profile_command_agent(agents["llama1"], db, backend, log_dir=tmp_path / "logs", poll_secs=0.05)
+    result = profile_command_agent(
+        agents["llama1"], db, backend, log_dir=tmp_path / "logs", options=CommandRunOptions(poll_secs=0.05)
+    )
     assert result.ok, result.error
     entry = result.agent_entry
     assert entry is not None and entry.nvml_peak_bytes == 3 * GIB and entry.samples > 0
@@ -107,7 +114,11 @@ def test_a_command_that_dies_is_a_failed_row_with_its_log(tmp_path: Path) -> Non
     )
     agent = command_agents(config)["llama1"]
     result = profile_command_agent(
-        agent, ModelDB(tmp_path / "db.json"), TreeBackend(), log_dir=tmp_path / "logs", poll_secs=0.05
+        agent,
+        ModelDB(tmp_path / "db.json"),
+        TreeBackend(),
+        log_dir=tmp_path / "logs",
+        options=CommandRunOptions(poll_secs=0.05),
     )
     assert not result.ok
     assert "exit code 3" in result.error and "no GPU here" in result.error

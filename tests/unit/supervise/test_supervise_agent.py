@@ -284,6 +284,25 @@ def test_rules_from_spec_and_questions() -> None:
     assert not RestartRules(policy="never").wants_restart(succeeded=False)
 
 
+def test_rules_from_spec_keep_every_field_of_the_spec() -> None:
+    from colo.spec.config import RestartPolicy
+
+    spec = RestartPolicy(
+        policy="always", max_retries=7, backoff_initial_secs=2.5, backoff_max_secs=90, stop_wait_secs=4,
+        stop_signal="QUIT",
+    )
+    rules = RestartRules.from_spec(spec, stable_secs=12.0)
+    assert rules == RestartRules(
+        policy="always",
+        max_retries=7,
+        backoff_initial_secs=2.5,
+        backoff_max_secs=90.0,
+        stop_wait_secs=4.0,
+        stop_signal=int(signal.SIGQUIT),
+        stable_secs=12.0,
+    )
+
+
 def test_a_failed_exit_keeps_the_last_line_of_the_log_until_running(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.agent.start()

@@ -8,23 +8,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_supervise_orchestrator import (  # noqa: F401 - _no_leftover_dirs: autouse cleanup of state dirs
-    World,
-    _no_leftover_dirs,
-    agent,
-    config,
-    uuid,
-)
+from test_supervise_orchestrator import World, agent, config, uuid
 
 from colo.errors import MpsError
 from colo.gpu.mps.env import PINNED_DEVICE_MEM_LIMIT, PIPE_DIRECTORY, VISIBLE_DEVICES
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
+from colo.spec.config import ColoConfig
 from colo.supervise.fleet import NodeFleet
 from colo.supervise.orchestrator import Orchestrator
 from colo.supervise.snapshots import EventKind
 from colo.supervise.state import AgentState
 
 S = AgentState
+
+
+def one_agent_per_gpu() -> ColoConfig:
+    """``policy.mps: auto``, agent a on GPU 0 and c on GPU 1 (no GPU needs MPS)."""
+    return config(agent("a", gpu=0), agent("c", gpu=1), mps="auto")
+
+
+def two_agents_on_gpu0() -> ColoConfig:
+    """``policy.mps: auto``, agents a and b on GPU 0 (it needs MPS) and c on GPU 1."""
+    return config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1), mps="auto")
 
 
 def env_of(w: World, name: str) -> dict[str, str]:
@@ -42,7 +47,7 @@ def mps_events(orch: Orchestrator) -> list[str]:
 
 def test_up_starts_daemons_only_where_two_agents_share_a_gpu(tmp_path: Path) -> None:
     w = World(tmp_path)
-    orch = w.orchestrator(config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1), mps="auto"))
+    orch = w.orchestrator(two_agents_on_gpu0())
     result = orch.up()
     w.run(orch, 2)
     assert result.daemons_started == [uuid(0)] and result.mps
@@ -85,14 +90,12 @@ def test_no_mps_is_off_for_the_run_whatever_the_policy(tmp_path: Path) -> None:
 
 def test_apply_placing_a_second_agent_switches_the_gpu_to_mps_and_back(tmp_path: Path) -> None:
     w = World(tmp_path)
-    orch = w.orchestrator(config(agent("a", gpu=0), agent("c", gpu=1), mps="auto"))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(one_agent_per_gpu())
     assert daemons(w) == set() and orch.store.get_meta("orchestrator")["mps_gpus"] == []
     pids = {n: w.pid(orch, n) for n in ("a", "c")}
 
     # a second agent on gpu0: its daemon starts first, then a restarts as an MPS client; c is untouched
-    result = orch.apply(config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1), mps="auto"))
+    result = orch.apply(two_agents_on_gpu0())
     assert result.started == ["b"] and result.restarted == ["a"] and result.unchanged == ["c"]
     assert daemons(w) == {uuid(0)}
     assert uuid(0) in NodeFleet.from_record(orch.paths.root, None, orch.store).recorded()
@@ -108,7 +111,7 @@ def test_apply_placing_a_second_agent_switches_the_gpu_to_mps_and_back(tmp_path:
 
     # back to one agent: a restarts time-sliced, then the daemon colo started quits
     pids = {n: w.pid(orch, n) for n in ("a", "c")}
-    result = orch.apply(config(agent("a", gpu=0), agent("c", gpu=1), mps="auto"))
+    result = orch.apply(one_agent_per_gpu())
     assert result.stopped == ["b"] and result.restarted == ["a"]
     assert daemons(w) == {uuid(0)}  # not before a restarted out of it
     w.run(orch, 6)
@@ -127,13 +130,11 @@ def test_apply_placing_a_second_agent_switches_the_gpu_to_mps_and_back(tmp_path:
 
 def test_switch_that_cannot_start_its_daemon_changes_nothing(tmp_path: Path) -> None:
     w = World(tmp_path)
-    orch = w.orchestrator(config(agent("a", gpu=0), agent("c", gpu=1), mps="auto"))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(one_agent_per_gpu())
     pid = w.pid(orch, "a")
     w.mps.fail_start = "boom"
     with pytest.raises(MpsError):
-        orch.apply(config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1), mps="auto"))
+        orch.apply(two_agents_on_gpu0())
     w.run(orch, 3)
     assert daemons(w) == set() and w.pid(orch, "a") == pid
     assert set(orch.snapshot().plan.agents[i].name for i in range(2)) == {"a", "c"}
@@ -142,9 +143,7 @@ def test_switch_that_cannot_start_its_daemon_changes_nothing(tmp_path: Path) -> 
 
 def test_recovery_ignores_a_gpu_without_mps(tmp_path: Path) -> None:
     w = World(tmp_path)
-    orch = w.orchestrator(config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1), mps="auto"))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(two_agents_on_gpu0())
     pids = {n: w.pid(orch, n) for n in "abc"}
     # c (no MPS) loses its context, and its log speaks of MPS: only c restarts, by its own policy
     with open(w.state / "logs" / "c.log", "a") as fh:
@@ -167,9 +166,7 @@ def test_mps_allocation_route_says_which_gpus_run_mps_and_why(tmp_path: Path) ->
     from colo.api.context import ApiOptions
 
     w = World(tmp_path)
-    orch = w.orchestrator(config(agent("a", gpu=0), agent("c", gpu=1), mps="auto"))
-    orch.up()
-    w.run(orch, 2)
+    orch = w.started(one_agent_per_gpu())
     client = TestClient(create_app(orch, token="t", options=ApiOptions(read_ttl_secs=0.0)))
     doc = client.get("/mps/allocation").json()
     assert doc["colo"]["mps_gpus"] == []
@@ -178,7 +175,7 @@ def test_mps_allocation_route_says_which_gpus_run_mps_and_why(tmp_path: Path) ->
     rows = doc["mps_resource_allocation"]["agent_allocations"]
     assert rows["a"]["colo"]["memory_enforcement"] == "none"  # a command agent without MPS: nothing holds it
     assert rows["a"]["mps_memory_limit_gb"] == 1.5  # the seed's keys as before
-    orch.apply(config(agent("a", gpu=0), agent("b", gpu=0), agent("c", gpu=1), mps="auto"))
+    orch.apply(two_agents_on_gpu0())
     doc = client.get("/mps/allocation").json()
     assert doc["colo"]["mps_gpus"] == ["local:0"]
     assert doc["colo"]["gpus"][0]["mps_reason"].startswith("2 agents — MPS on (auto)")

@@ -6,13 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_supervise_orchestrator import (  # noqa: F401 - _no_leftover_dirs: autouse cleanup of state dirs
-    World,
-    _no_leftover_dirs,
-    agent,
-    config,
-    uuid,
-)
+from test_supervise_orchestrator import World, agent, config, uuid
 
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
 from colo.supervise.orchestrator import TICK_SECS, Orchestrator

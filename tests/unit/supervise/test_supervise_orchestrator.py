@@ -7,10 +7,8 @@ GPU only, out-of-memory events from logs, re-adoption after an orchestrator rest
 
 from __future__ import annotations
 
-import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,14 +103,6 @@ class World:
         pid = orch.status(name).pid
         assert pid is not None
         return pid
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_dirs() -> Iterator[None]:
-    before = set(Path("/tmp").glob("cs*"))
-    yield
-    for d in set(Path("/tmp").glob("cs*")) - before:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def uuid(i: int) -> str:

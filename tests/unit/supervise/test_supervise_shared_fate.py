@@ -7,17 +7,11 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from test_supervise_orchestrator import (  # noqa: F401 - _no_leftover_dirs: autouse cleanup of state dirs
-    World,
-    _no_leftover_dirs,
-    agent,
-    config,
-    uuid,
-)
+from test_supervise_orchestrator import World, agent, config, uuid
 
 from colo.gpu.nvml import ClientProcess
 from colo.supervise.orchestrator import TICK_SECS
-from colo.supervise.recovery.mps_recovery import STOPPING_BOUND_SECS, RecoveryPhase, RecoveryTrigger
+from colo.supervise.recovery.mps_recovery import STOPPING_BOUND_SECS, Recovery, RecoveryPhase, RecoveryTrigger
 from colo.supervise.snapshots import EventKind
 from colo.supervise.state import AgentState
 
@@ -72,6 +66,19 @@ class Gpu0:
             self.orch.tick()
             self.states_seen.append({s.name: s.state for s in self.orch.statuses()})
             t += TICK_SECS
+
+    def run_until_relaunching(self, *, connect: bool = True, server_up: bool = False) -> Recovery | None:
+        """Ticks (at most 20) until GPU 0's recovery relaunches its agents (and, with ``server_up``, its daemon
+        has a server again); that recovery, or None if it never got there."""
+        sup = self.orch.supervisor
+        assert sup is not None
+        for _ in range(20):
+            self.run(TICK_SECS, connect=connect)
+            rec = sup.recoveries.get(uuid(0))
+            relaunching = rec is not None and rec.phase == RecoveryPhase.RELAUNCHING
+            if relaunching and (not server_up or self.w.mps.daemon_at(self.pipe0).servers):
+                return rec
+        return None
 
     def all_running_under_mps(self) -> None:
         for name in ("a", "b", "c"):
@@ -230,12 +237,7 @@ def test_the_daemon_dying_again_while_agents_relaunch_restarts_the_recovery_clea
     g.w.mps.kill_server(g.pipe0)
     sup = g.orch.supervisor
     assert sup is not None
-    for _ in range(20):  # until the agents are being relaunched
-        g.run(TICK_SECS)
-        rec = sup.recoveries.get(uuid(0))
-        if rec is not None and rec.phase == RecoveryPhase.RELAUNCHING:
-            break
-    rec = sup.recoveries.get(uuid(0))
+    rec = g.run_until_relaunching()
     assert rec is not None and rec.phase == RecoveryPhase.RELAUNCHING
     g.w.mps.kill_daemon(g.pipe0)  # a second fault while the agents start
     g.run(TICK_SECS)
@@ -256,11 +258,7 @@ def test_the_new_server_dying_and_then_hanging_during_recovery_still_ends_under_
     g.w.mps.kill_daemon(g.pipe0)
     sup = g.orch.supervisor
     assert sup is not None
-    for _ in range(20):
-        g.run(TICK_SECS)
-        rec = sup.recoveries.get(uuid(0))
-        if rec is not None and rec.phase == RecoveryPhase.RELAUNCHING and g.w.mps.daemon_at(g.pipe0).servers:
-            break
+    g.run_until_relaunching(server_up=True)
     g.run(1.0)  # a reading lists the new server: watched
     g.w.mps.kill_server(g.pipe0)
     g.run(2)
@@ -385,14 +383,7 @@ def test_a_relaunched_agent_losing_its_context_again_restarts_the_recovery(tmp_p
 
     g = Gpu0(tmp_path)
     g.w.mps.kill_server(g.pipe0)
-    sup = g.orch.supervisor
-    assert sup is not None
-    for _ in range(20):
-        g.run(TICK_SECS, connect=False)
-        rec = sup.recoveries.get(uuid(0))
-        if rec is not None and rec.phase == RecoveryPhase.RELAUNCHING:
-            break
-    rec = sup.recoveries.get(uuid(0))
+    rec = g.run_until_relaunching(connect=False)
     assert rec is not None and rec.phase == RecoveryPhase.RELAUNCHING
     g.w.runner.exit(g.pid("a"), code=EXIT_CONTEXT_LOST)
     g.run(TICK_SECS, connect=False)

@@ -35,6 +35,7 @@ from colo.supervise.tune.formula import (
 )
 from colo.supervise.tune.history import UsageRecorder
 from colo.supervise.tune.inputs import TunedChange, worst_shapes, write_tuned
+from testkit import two_encoder_config_yaml
 
 MIB, GIB = units.MIB, units.GIB
 WORST = (Shape("m", 32, 512),)
@@ -151,17 +152,7 @@ def test_rollback_decision() -> None:
     assert rollback_limit(LimitSource.TUNED, 1 * GIB, None, False) is None
 
 
-CFG = """
-version: 1
-gpus: [{memory: 10GiB}]
-policy: {history_window: 10s, history_retention: 1h, history_max_rows: 100}
-models:
-  google/bert_uncased_L-2_H-128_A-2: {memory: 1GiB, batch_size: 32, max_seq_len: 512}
-  roberta-base: {memory: 2GiB, batch_size: 32, max_seq_len: 512}
-agents:
-  small: {models: [google/bert_uncased_L-2_H-128_A-2], port: 9301}
-  big: {models: [roberta-base], port: 9302}
-"""
+CFG = two_encoder_config_yaml("{history_window: 10s, history_retention: 1h, history_max_rows: 100}")
 
 
 def test_tuned_limits_file_feeds_the_plan_and_says_so(tmp_path: Path) -> None:

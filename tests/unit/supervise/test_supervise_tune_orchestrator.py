@@ -56,6 +56,12 @@ def state() -> Iterator[Path]:
 BODY = {"status": "ready", "largest_batch": {"small": {"rows": 32, "seq_len": 512, "new_tokens": 0}}, "requests": 7}
 
 
+def hog_tuned_to_640_mib(cfg: ColoConfig, reason: str = "") -> dict[str, limits_file.TunedEntry]:
+    """The tuned-limits file's rows: hog tuned down from its 1.5 GiB policy limit to 640 MiB (600 MiB peak)."""
+    return {"hog": limits_file.TunedEntry(
+        640 * MIB, 600 * MIB, int(1.5 * GIB), limits_file.agent_key(cfg, "hog"), reason, 1.0)}
+
+
 class World:
     def __init__(self, state: Path) -> None:
         self.state = state
@@ -75,6 +81,11 @@ class World:
         orch.up()
         self.run(orch, 3)
         return orch
+
+    def up_with_hog_tuned(self, cfg: ColoConfig, reason: str = "") -> Orchestrator:
+        """:meth:`up` after writing hog's tuned limit (640 MiB) to the state dir's tuned-limits file."""
+        limits_file.save(self.state / "tuned_limits.json", hog_tuned_to_640_mib(cfg, reason))
+        return self.up(cfg)
 
     def run(self, orch: Orchestrator, secs: float, step: float = 0.5) -> None:
         for _ in range(int(secs / step)):
@@ -116,8 +127,7 @@ def test_history_is_recorded_per_window_from_nvml_and_the_health_body(state: Pat
 def test_a_tuned_limit_that_runs_out_of_memory_is_rolled_back_alone(state: Path) -> None:
     cfg = config()
     path = state / "tuned_limits.json"
-    limits_file.save(path, {"hog": limits_file.TunedEntry(640 * MIB, 600 * MIB, int(1.5 * GIB), limits_file.agent_key(cfg, "hog"),
-                                              "peak 600 MiB", 1.0)})
+    limits_file.save(path, hog_tuned_to_640_mib(cfg, "peak 600 MiB"))
     w = World(state)
     orch = w.up(cfg)
     assert orch.snapshot().plan.agent("hog").limit_source == "tuned"
@@ -149,11 +159,8 @@ def test_a_tuned_limit_that_runs_out_of_memory_is_rolled_back_alone(state: Path)
 
 
 def test_a_507_count_in_the_health_body_also_rolls_back(state: Path) -> None:
-    cfg = config()
-    limits_file.save(state / "tuned_limits.json", {"hog": limits_file.TunedEntry(
-        640 * MIB, 600 * MIB, int(1.5 * GIB), limits_file.agent_key(cfg, "hog"), "", 1.0)})
     w = World(state)
-    orch = w.up(cfg)
+    orch = w.up_with_hog_tuned(config())
     w.body["out_of_memory"] = 1
     w.run(orch, 30)  # at least one health interval (5 s)
     assert [e.agent for e in orch.events() if e.kind == EventKind.ROLLED_BACK] == ["hog"]
@@ -174,11 +181,8 @@ def test_no_rollback_without_a_tuned_limit(state: Path) -> None:
 
 def test_a_tuned_agent_that_dies_of_out_of_memory_is_rolled_back(state: Path) -> None:
     """A command agent (or the built-in agent's device probe) may just die: its last words name the OOM."""
-    cfg = config()
-    limits_file.save(state / "tuned_limits.json", {"hog": limits_file.TunedEntry(
-        640 * MIB, 600 * MIB, int(1.5 * GIB), limits_file.agent_key(cfg, "hog"), "", 1.0)})
     w = World(state)
-    orch = w.up(cfg)
+    orch = w.up_with_hog_tuned(config())
     pid = orch.status("hog").pid
     assert pid is not None
     with open(state / "logs" / "hog.log", "a") as fh:
@@ -213,8 +217,7 @@ def test_tune_apply_while_a_limit_rolls_back_keeps_both(
     cfg_path.write_text(TUNE_CFG)
     cfg = load_config_text(TUNE_CFG, "colo.yaml")
     path = state / "tuned_limits.json"
-    limits_file.update(path, lambda e: {"hog": limits_file.TunedEntry(
-        640 * MIB, 600 * MIB, int(1.5 * GIB), limits_file.agent_key(cfg, "hog"), "peak 600 MiB", 1.0)})
+    limits_file.update(path, lambda e: hog_tuned_to_640_mib(cfg, "peak 600 MiB"))
     w = World(state)
     orch = w.up(cfg)
     now = time.time()

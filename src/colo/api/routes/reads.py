@@ -19,10 +19,15 @@ from colo.api.source import ApiSource
 from colo.errors import SupervisorError
 from colo.plan.types import Plan
 
-router = APIRouter(dependencies=[Depends(require_read)], responses=errors(401))
+router = APIRouter(tags=["reads"], dependencies=[Depends(require_read)], responses=errors(401))
 
 
-@router.get("/healthz", tags=["reads"], summary="Liveness: the API answers")
+def _raw_body(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI's ``responses`` for a route that answers a ready-made body of ``media_type``."""
+    return {200: {"content": {media_type: {}}, "description": description}}
+
+
+@router.get("/healthz", summary="Liveness: the API answers")
 def healthz() -> dict[str, Any]:
     """``{"status": "ok", "version": ...}`` whenever the process serves requests."""
     return {"status": "ok", "version": __version__}
@@ -39,9 +44,8 @@ async def cached_body(cache: TtlCache[bytes], load: Callable[[], bytes]) -> byte
 
 @router.get(
     "/mps/allocation",
-    tags=["reads"],
     summary="The allocation document in the seed's format",
-    responses={200: {"content": {"application/json": {}}, "description": "mps_resource_allocation and colo"}},
+    responses=_raw_body("application/json", "mps_resource_allocation and colo"),
 )
 async def mps_allocation(request: Request) -> Response:
     """The plan as ``mps_allocation_config.json``: ``mps_resource_allocation.agent_allocations`` (one entry
@@ -67,9 +71,8 @@ def _plan_of(source: ApiSource) -> Plan:
 
 @router.get(
     "/gpu/info",
-    tags=["reads"],
     summary="GPUs, MPS daemons and their clients",
-    responses={200: {"content": {"application/json": {}}, "description": "the seed's keys and colo's detail"}},
+    responses=_raw_body("application/json", "the seed's keys and colo's detail"),
 )
 async def gpu_info(request: Request) -> Response:
     """``mps_enabled`` and ``mps`` (``enabled``, ``pipe_dir``, ``control_process``) as in the seed, then per
@@ -89,9 +92,8 @@ async def gpu_info(request: Request) -> Response:
 
 @router.get(
     "/metrics",
-    tags=["reads"],
     summary="Prometheus metrics",
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}},
+    responses=_raw_body("text/plain", "Prometheus text format 0.0.4"),
 )
 def metrics(request: Request) -> Response:
     """Per-agent memory used/limit (bytes), state, restarts; per-GPU memory, utilisation, temperature, power;

@@ -1,7 +1,7 @@
 """Encoder inference: any catalog model at a fixed batch × sequence length, CUDA-graph captured.
 
 One request is one forward pass over ``batch_size`` sequences of ``seq_len`` tokens, synchronised with the
-GPU; throughput is counted in sequences. The model comes from :func:`colo.memory.build.build_model` (real
+GPU; throughput is counted in sequences. The model comes from :func:`colo.memory.build.build` (real
 weights when present locally, else the exact architecture with random weights — speed does not depend on the
 values). With several ``models`` (an agent with more than one), one request runs each model once. For a
 seq2seq model a forward is its encoder over the input plus one decoder step.
@@ -45,14 +45,14 @@ class EncoderWorkload:
     def prepare(self) -> dict[str, Any]:
         import torch
 
-        from colo.memory.build import build_model, example_inputs
+        from colo.memory.build import build, example_inputs
 
         device = resolve_device(self.device)
         dtype = self.dtype if device != "cpu" else "float32"
         torch_dtype(dtype)  # validate early
         graphs_used: list[bool] = []
         for model_id in self.model_ids:
-            module = build_model(model_id, dtype=dtype, device=device, path=self.path)
+            module = build(model_id, dtype=dtype, device=device, path=self.path).module
             module.eval()
             inputs = example_inputs(model_id, self.batch_size, self.seq_len, device)
             if getattr(module.config, "is_encoder_decoder", False):

@@ -1,6 +1,6 @@
 """Generator decode through transformers with a static KV cache (e.g. distilgpt2), CUDA-graph captured.
 
-The model comes from :func:`colo.memory.build.build_model`; a ``transformers.StaticCache`` of ``max_len``
+The model comes from :func:`colo.memory.build.build`; a ``transformers.StaticCache`` of ``max_len``
 positions holds the keys and values, and one forward of a single token per stream (static ``input_ids``,
 ``cache_position`` and ``position_ids`` tensors, updated in place) is captured as a CUDA graph. Where the
 model's code cannot be captured, it runs eagerly and ``cuda_graphs: false`` says so in the report. The request
@@ -32,12 +32,12 @@ class HfDecodeWorkload(StaticDecodeWorkload):
         import torch
         from transformers import StaticCache
 
-        from colo.memory.build import build_model
+        from colo.memory.build import build
 
         device = resolve_device(self.device)
         dtype_name = self.dtype if device != "cpu" else "float32"
         torch_dtype(dtype_name)
-        module = build_model(self.model_id, dtype=dtype_name, device=device, path=self.path)
+        module = build(self.model_id, dtype=dtype_name, device=device, path=self.path).module
         module.eval()
         cache = StaticCache(config=module.config, max_cache_len=self.max_len)
         vocab = int(module.config.vocab_size)

@@ -49,7 +49,7 @@ from typing import Protocol
 
 from colo.errors import ColoError
 from colo.supervise.agent import Agent
-from colo.supervise.snapshots import EventKind, RecoverySummary
+from colo.supervise.snapshots import EventKind, EventSink, RecoverySummary
 from colo.supervise.state import AgentState
 
 
@@ -249,9 +249,6 @@ class RecoveryRecord:
             self.gpu_uuid, self.trigger.value, self.detect_secs, self.seconds, self.daemon_restarted, self.ok
         )
 
-
-#: Records an event: (kind, agent, message, gpu).
-EventSink = Callable[[EventKind, str | None, str, str | None], object]
 
 _UP = (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING, AgentState.BACKOFF)
 _SETTLED = (AgentState.RUNNING, AgentState.FATAL, AgentState.EXITED)
