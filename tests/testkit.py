@@ -102,3 +102,14 @@ def two_encoder_config_yaml(policy: str = "") -> str:
         "  small: {models: [google/bert_uncased_L-2_H-128_A-2], port: 9301}\n"
         "  big: {models: [roberta-base], port: 9302}\n"
     )
+
+
+def health_ok(port: int, timeout_secs: float = 2.0) -> bool:
+    """``GET http://127.0.0.1:PORT/health`` answered 2xx within ``timeout_secs``."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout_secs) as r:
+            return 200 <= r.status < 300
+    except OSError:
+        return False

@@ -43,7 +43,7 @@ from leftovers import processes_mentioning, zombies
 from newsroom import COLO, Newsroom, drill_result, infer_body
 
 from colo.files import write_atomic
-from testkit import offline_child_env, wait_for
+from testkit import health_ok, offline_child_env, wait_for
 
 pytestmark = pytest.mark.gpu
 
@@ -62,13 +62,6 @@ except Exception as exc:
     sys.exit(3)
 """
 
-
-def health_ok(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return 200 <= r.status < 300
-    except OSError:
-        return False
 
 
 def colo_figures(room: Newsroom, seq: int) -> tuple[float | None, float | None, str]:

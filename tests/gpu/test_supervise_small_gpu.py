@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import yaml
 from leftovers import clean_state_dir
 from newsroom import COLO, drill_result
 
-from testkit import free_port, offline_child_env, wait_for
+from testkit import free_port, health_ok, offline_child_env, wait_for
 
 pytestmark = pytest.mark.gpu
 
@@ -130,13 +129,6 @@ while True:
     time.sleep(0.1)
 '''
 
-
-def health_ok(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return 200 <= r.status < 300
-    except OSError:
-        return False
 
 
 def colo_status(sd: Path) -> dict[str, Any]:

@@ -6,9 +6,8 @@ supervisor to the fleet and to that reading."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -32,13 +31,10 @@ U0, U1 = fake_gpu(0).uuid, fake_gpu(1).uuid
 
 
 @pytest.fixture
-def state() -> Iterator[Path]:
-    # MPS pipe dirs must stay short (Unix socket paths): pytest's tmp_path is too long for them.
-    root = Path(tempfile.mkdtemp(prefix="cs", dir="/tmp"))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+def state() -> Path:
+    # MPS pipe dirs must stay short (Unix socket paths): pytest's tmp_path is too long for them. The
+    # supervise conftest removes the /tmp/cs* dirs a test made.
+    return Path(tempfile.mkdtemp(prefix="cs", dir="/tmp"))
 
 
 def _live(control: FakeMpsControl, root: Path, uuid: str) -> bool:
