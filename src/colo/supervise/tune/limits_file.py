@@ -125,11 +125,13 @@ def update(
     path: Path, change: Callable[[dict[str, TunedEntry]], Mapping[str, TunedEntry]]
 ) -> dict[str, TunedEntry]:
     """Read the file, let ``change`` return the entries to write (it gets a copy of what is there), and write
-    them — all under :func:`locked`. Returns what was written. Raises ConfigError (a corrupt file: nothing is
-    written)."""
+    them — all under :func:`locked`; when ``change`` changes nothing, nothing is written. Returns the entries
+    now in force. Raises ConfigError (a corrupt file: nothing is written)."""
     with locked(path):
-        entries = dict(change(load(path)))
-        save(path, entries)
+        before = load(path)
+        entries = dict(change(dict(before)))
+        if entries != before:
+            save(path, entries)
         return entries
 
 
