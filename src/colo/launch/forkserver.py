@@ -92,8 +92,9 @@ def _threads_now() -> int:
 
 #: OS threads that do not stop a fork, by name (``comm``): jemalloc's background purging thread (the GPU
 #: machine's Python runs on jemalloc; seen on the H100 after ``import transformers``). jemalloc takes every lock
-#: of its own in a ``pthread_atfork`` handler before the fork and resets its background threads in the child,
-#: so the child never inherits a held allocator lock; the child starts its own when it needs one.
+#: of its own in a ``pthread_atfork`` handler before the fork, and in the child re-initialises them and turns
+#: background threads off (``background_thread_postfork_child``): the child never inherits a held allocator
+#: lock, and its allocator purges inline instead.
 FORK_SAFE_THREADS = frozenset({"jemalloc_bg_thd"})
 
 
