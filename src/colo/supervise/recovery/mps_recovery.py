@@ -112,7 +112,9 @@ END_AT_ONCE: frozenset[RecoveryTrigger] = frozenset({RecoveryTrigger.SERVER_HUNG
 #: How long recovery lets a GPU's agent shut down after its stop signal before SIGKILL (at most the agent's own
 #: ``stop_wait_secs``). Its CUDA context is gone or poisoned, so there is nothing left to drain, and a process
 #: whose MPS server died can hang in CUDA's teardown: waiting the usual 10 s would be 10 s of the whole GPU.
-RECOVERY_STOP_WAIT_SECS = 1.0
+#: On the H100 a graceful stop did not finish inside 1 s (uvicorn's shutdown, then torch's teardown against a
+#: dead server: stop_s 1.69 of a 18.4 s recovery), so the stop signal is only a courtesy: SIGKILL follows at once.
+RECOVERY_STOP_WAIT_SECS = 0.2
 #: STOPPING is over this long after it began (seconds) even if an agent still has a process: one stuck in CUDA
 #: teardown past its SIGKILL (uninterruptible) must not hold its GPU's recovery; it is started again once gone.
 STOPPING_BOUND_SECS = RECOVERY_STOP_WAIT_SECS + 2.0
