@@ -17,10 +17,8 @@ the same summary and goes on supervising (its exit code is that of its stop: 0 a
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
-from colo.cli.common import _console, console, err_console, print_json, safe
-from colo.errors import ColoError, OrchestratorUnreachable, SupervisorError, UsageError
+from colo.cli.common import STATE_DIR_HELP, _console, console, err_console, print_json, safe, state_dir_for
+from colo.errors import ColoError, SupervisorError, UsageError
 from colo.spec.config import MPS_MODES
 
 if TYPE_CHECKING:
@@ -38,24 +36,11 @@ if TYPE_CHECKING:
     from colo.spec.config import ColoConfig, MpsMode
     from colo.supervise.first_outcome import UpOutcome
     from colo.supervise.planning import NodePlan
-    from colo.supervise.statedir import StateDirPaths
+    from colo.supervise.statedir import StateDirPaths, Stopped
     from colo.supervise.up_record import UpResult
 
-STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
-REQUEST_TIMEOUT_SECS = 60.0
 #: ``colo up --detach``: the orchestrator is up, but not every agent reached RUNNING (it keeps supervising).
 EXIT_NOT_ALL_RUNNING = 3
-
-
-def _state_dir(state_dir: Path | None, config: Path | None) -> Path:
-    from colo.supervise.statedir import resolve_state_dir
-
-    cfg = None
-    if config is not None and state_dir is None:
-        from colo.spec import load_config
-
-        cfg = load_config(config)
-    return resolve_state_dir(cfg, state_dir)
 
 
 # --- up ----------------------------------------------------------------------------------------------------
@@ -328,36 +313,23 @@ def down_command(
     timeout: float = typer.Option(120.0, "--timeout", min=1.0, help="Seconds to wait for a clean stop."),
 ) -> None:
     """Stop the agents gracefully and quit the MPS daemons colo started."""
-    import signal
+    from colo.supervise.statedir import stop_orchestrator
 
-    from colo.supervise.statedir import running_orchestrator, stop_leftovers
+    sd = state_dir_for(state_dir, config)
+    _print_stopped(stop_orchestrator(sd, timeout_secs=timeout), sd, console)
 
-    sd = _state_dir(state_dir, config)
-    pid = running_orchestrator(sd)
-    if pid is not None and pid > 0:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pid = None
-        if pid is not None:
-            deadline = time.monotonic() + timeout
-            while running_orchestrator(sd) is not None:
-                if time.monotonic() > deadline:
-                    raise SupervisorError(
-                        f"the orchestrator (pid {pid}) did not stop within {timeout:g} s",
-                        hint=f"see `colo logs` and `colo status`; `kill -9 {pid}` then `colo down` cleans up",
-                    )
-                time.sleep(0.2)
-            console.print(f"colo down: orchestrator (pid {pid}) stopped its agents and quit", highlight=False)
-            return
-    if pid is not None and pid < 0:
-        raise SupervisorError(f"the state dir {sd} is locked by a process without a pid file")
-    done = stop_leftovers(sd)
-    if not done:
-        console.print(f"colo down: nothing is running (state dir {safe(sd)})", highlight=False)
+
+def _print_stopped(stopped: Stopped, sd: Path, out: Console) -> None:
+    """What ``colo down`` did: the orchestrator that stopped, or what was left over and stopped here."""
+    pid = stopped.orchestrator_pid
+    if pid is not None:
+        out.print(f"colo down: orchestrator (pid {pid}) stopped its agents and quit", highlight=False)
         return
-    for line in done:
-        console.print(f"colo down: {safe(line)}", highlight=False)
+    if not stopped.leftovers:
+        out.print(f"colo down: nothing is running (state dir {safe(sd)})", highlight=False)
+        return
+    for line in stopped.leftovers:
+        out.print(f"colo down: {safe(line)}", highlight=False)
 
 
 # --- status ------------------------------------------------------------------------------------------------
@@ -405,7 +377,7 @@ def status_command(
 
     from colo import units
 
-    sd = _state_dir(state_dir, config)
+    sd = state_dir_for(state_dir, config)
     data = status_data(sd)
     if as_json:
         print_json(data)
@@ -473,30 +445,6 @@ def _last_error_cell(agent: dict[str, Any]) -> str:
 # --- actions, through the running orchestrator's HTTP API ----------------------------------------------------
 
 
-def orchestrator_client(sd: Path, *, timeout_secs: float = REQUEST_TIMEOUT_SECS) -> Any:
-    """An :class:`~colo.api.client.ApiClient` for the orchestrator running with state dir ``sd``.
-
-    Raises OrchestratorUnreachable when none runs there, or when it serves no HTTP API (``colo up --no-api``).
-    """
-    from colo.api.auth import read_token
-    from colo.api.client import ApiClient
-    from colo.supervise.statedir import recorded_state, running_orchestrator
-
-    pid = running_orchestrator(sd)
-    if pid is None:
-        raise OrchestratorUnreachable(
-            f"colo is not running with state dir {sd}", hint="start it with `colo up CONFIG` (or pass --state-dir)"
-        )
-    rec = recorded_state(sd, events=0)
-    url = rec.api_url if rec is not None else None
-    if not url:
-        raise OrchestratorUnreachable(
-            f"colo is up (pid {pid}) but serves no HTTP API, so it cannot be asked to act",
-            hint="start it without --no-api; `colo down` (a signal) still works",
-        )
-    return ApiClient(str(url), read_token(sd), timeout_secs=timeout_secs)
-
-
 def apply_command(
     config: Path = typer.Argument(..., help="The new colo.yaml."),
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
@@ -506,11 +454,12 @@ def apply_command(
     """Move the running system to a new colo.yaml: restart only the agents whose limit, placement, command or
     env changed, one at a time. If it does not fit, or the plan predicts an agent runs out of memory (unless
     --force), nothing changes."""
+    from colo.api.client import orchestrator_client
     from colo.spec import load_config
     from colo.supervise.statedir import config_yaml
 
     cfg = load_config(config)  # a bad file is reported here, with its line
-    sd = _state_dir(state_dir, config)
+    sd = state_dir_for(state_dir, config)
     with orchestrator_client(sd) as client:
         # Sent whole, model paths made absolute: the orchestrator may run in another directory.
         result = client.apply(config_yaml(cfg, config.resolve()), config.resolve(), force=force)
@@ -527,7 +476,9 @@ agent_app = typer.Typer(help="Start, stop or restart one agent of the running sy
 
 
 def _agent_action(action: Verb, name: str, state_dir: Path | None, as_json: bool) -> None:
-    sd = _state_dir(state_dir, None)
+    from colo.api.client import orchestrator_client
+
+    sd = state_dir_for(state_dir, None)
     with orchestrator_client(sd) as client:
         result = client.action(name, action)["status"]
     if as_json:
@@ -569,7 +520,7 @@ def logs_command(
     from colo.supervise.logs import AgentLogs
     from colo.supervise.statedir import StateDirPaths
 
-    sd = _state_dir(state_dir, None)
+    sd = state_dir_for(state_dir, None)
     logs = AgentLogs(StateDirPaths(sd).logs)
     if not logs.path(agent).exists():
         raise UsageError(

@@ -193,7 +193,7 @@ def test_colo_apply_refuses_it_with_exit_2_unless_forced(
 ) -> None:
     orch = running(newsroom_path.with_name("colo.sized.yaml"), state)
     try:
-        monkeypatch.setattr(run_cmd, "orchestrator_client", lambda sd, **kw: api_client(orch))
+        monkeypatch.setattr("colo.api.client.orchestrator_client", lambda sd, **kw: api_client(orch))
         refused = runner.invoke(app, ["apply", str(newsroom_path), "--state-dir", str(state)])
         assert refused.exit_code == 2, refused.output
         assert "memory: memory: sentence-transformers/all-MiniLM-L6-v2 declares 0.5 GiB" in refused.output
