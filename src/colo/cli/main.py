@@ -76,6 +76,7 @@ COMMAND_MODULES = [
     "colo.cli.gpu_cmd",
     "colo.cli.plan_cmd",
     "colo.cli.bench_cmd",
+    "colo.cli.advise_cmd",
     "colo.cli.up_cmd",
     "colo.cli.status_cmd",
     "colo.cli.render_cmd",
