@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from colo.cli.run_cmd import status_data
+from colo.cli.status_cmd import status_data
 from colo.spec.load import load_config
 from colo.supervise.statedir import resolve_state_dir
 

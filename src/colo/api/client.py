@@ -5,6 +5,7 @@
     client = ApiClient.from_state_dir(state_dir(config.state_dir), url=None)   # token from <state>/api-token
     client.agents()                       # [AgentStatus dicts]
     client.action("critic", "restart")    # {"agent", "action", "status"}
+    orchestrator_client(state_dir)        # the one running there: its address from the store, its token
 
 Errors (all ColoError, so the CLI prints one paragraph and exits with their code):
 
@@ -40,6 +41,8 @@ from colo.errors import (
 from colo.spec.config import ApiSettings
 
 DEFAULT_URL = "http://127.0.0.1:8014"
+#: Seconds :func:`orchestrator_client` waits for an answer (``colo apply``, ``colo agent``, ``colo tune --apply``).
+REQUEST_TIMEOUT_SECS = 60.0
 
 Verb = Literal["start", "stop", "restart"]
 
@@ -238,3 +241,27 @@ class ApiClient:
 
     def metrics_text(self) -> str:
         return self._request("GET", "/metrics").text
+
+
+def orchestrator_client(state_dir: Path, *, timeout_secs: float = REQUEST_TIMEOUT_SECS) -> ApiClient:
+    """A client for the orchestrator running with state dir ``state_dir``: its address as the store records
+    it, its token from the state dir (``colo apply``, ``colo agent``, ``colo tune --apply``).
+
+    Raises OrchestratorUnreachable when none runs there, or when it serves no HTTP API (``colo up --no-api``).
+    """
+    from colo.supervise.statedir import recorded_state, running_orchestrator
+
+    pid = running_orchestrator(state_dir)
+    if pid is None:
+        raise OrchestratorUnreachable(
+            f"colo is not running with state dir {state_dir}",
+            hint="start it with `colo up CONFIG` (or pass --state-dir)",
+        )
+    rec = recorded_state(state_dir, events=0)
+    url = rec.api_url if rec is not None else None
+    if not url:
+        raise OrchestratorUnreachable(
+            f"colo is up (pid {pid}) but serves no HTTP API, so it cannot be asked to act",
+            hint="start it without --no-api; `colo down` (a signal) still works",
+        )
+    return ApiClient(str(url), read_token(state_dir), timeout_secs=timeout_secs)

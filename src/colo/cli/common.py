@@ -156,6 +156,22 @@ def exit_closed_output(closed_fds: list[int]) -> NoReturn:
 
 # -- options several commands share ---------------------------------------------------------------------
 
+STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
+
+
+def state_dir_for(state_dir: Path | None, config: Path | None) -> Path:
+    """The state dir a command on a running colo works on: ``--state-dir``, else ``--config``'s ``state_dir``
+    (the file is loaded only then), else the default (``$COLO_STATE_DIR`` …)."""
+    from colo.supervise.statedir import resolve_state_dir
+
+    cfg = None
+    if config is not None and state_dir is None:
+        from colo.spec import load_config
+
+        cfg = load_config(config)
+    return resolve_state_dir(cfg, state_dir)
+
+
 
 @dataclass(frozen=True)
 class OptionGroup:

@@ -235,9 +235,9 @@ def _orchestrator_runs_agents_elsewhere() -> bool:
     """True when the supervisor's foreground run accepts ``run_agents`` (agents as pods or units)."""
     import inspect
 
-    from colo.cli.run_cmd import _run_foreground
+    from colo.cli.up_cmd import up_foreground
 
-    return "run_agents" in inspect.signature(_run_foreground).parameters
+    return "run_agents" in inspect.signature(up_foreground).parameters
 
 
 def node_command(
@@ -252,7 +252,7 @@ def node_command(
     no_api: bool = typer.Option(False, "--no-api", help="Do not serve the HTTP API."),
 ) -> None:
     """The node agent: `colo up --node NODE` (same code path), with index links to the MPS pipe dirs."""
-    from colo.cli.run_cmd import _run_foreground
+    from colo.cli.up_cmd import up_foreground
     from colo.errors import SupervisorError
     from colo.gpu.mps.root import MpsRoot
     from colo.spec.load import load_config
@@ -276,7 +276,7 @@ def node_command(
         raise SupervisorError(f"colo is already up with state dir {sd} (pid {other})", hint="`colo status` shows it")
     _link_gpus(MpsRoot.under_state_dir(sd).base_dir)
     extra: dict[str, Any] = {"run_agents": False} if no_agents else {}
-    _run_foreground(cfg, config_path, sd, use_mps=True, node=node, api=not no_api, **extra)
+    up_foreground(cfg, config_path, sd, use_mps=True, node=node, api=not no_api, **extra)
 
 
 def _link_gpus(mps_root: Path) -> None:

@@ -19,10 +19,8 @@ import typer
 from rich.table import Table
 
 from colo import units
-from colo.cli.common import console, print_json, safe
+from colo.cli.common import STATE_DIR_HELP, console, print_json, safe
 from colo.errors import UsageError
-
-STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
 
 
 def parse_since(text: str | None) -> float | None:
@@ -65,7 +63,7 @@ def tune_command(
     sd = resolve_state_dir(cfg, state_dir)
     client = None
     if apply and running_orchestrator(sd) is not None:
-        from colo.cli.run_cmd import orchestrator_client
+        from colo.api.client import orchestrator_client
 
         client = orchestrator_client(sd)  # running without an API: a clear message, nothing written
     now = time.time()

@@ -1,5 +1,5 @@
-"""colo's state directory: where an orchestrator keeps its files, whether one runs, and cleaning up after one
-that died.
+"""colo's state directory: where an orchestrator keeps its files, whether one runs, stopping the one that runs,
+and cleaning up after one that died.
 
 ``<state_dir>/colo.db`` (SQLite: agents, events, meta), ``logs/<agent>.log``, ``mps/<uuid>/{pipe,log}``,
 ``config.yaml`` (what the built-in agents read), ``colo.pid`` and ``colo.lock`` (held by the running
@@ -18,9 +18,13 @@ from pathlib import Path
 import yaml
 
 from colo.clock import SYSTEM_CLOCK, Clock
+from colo.errors import SupervisorError
 from colo.files import state_dir as default_state_dir
 from colo.spec.config import ColoConfig
 from colo.supervise.snapshots import AgentStatus, Event
+
+#: Seconds between two looks at whether a stopping orchestrator let go of its state dir.
+POLL_SECS = 0.2
 
 
 class _Under:
@@ -94,6 +98,42 @@ def config_yaml(config: ColoConfig, source: Path | None = None) -> str:
     return "# written by colo: the configuration the running agents were started with\n" + yaml.safe_dump(
         data, sort_keys=False
     )
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What :func:`stop_orchestrator` did: the pid of the orchestrator that stopped on SIGTERM, or (none was
+    running) None and the lines :func:`stop_leftovers` returned (empty: there was nothing to stop)."""
+
+    orchestrator_pid: int | None
+    leftovers: list[str]
+
+
+def stop_orchestrator(state_dir: Path, *, timeout_secs: float, clock: Clock = SYSTEM_CLOCK) -> Stopped:
+    """``colo down``: SIGTERM to the orchestrator holding ``state_dir`` and a wait until it lets go of it (it
+    stops its agents and quits the MPS daemons it started first); with none running, :func:`stop_leftovers`.
+
+    Raises SupervisorError when it does not stop within ``timeout_secs``, or when the state dir is locked by
+    a process without a pid file."""
+    pid = running_orchestrator(state_dir)
+    if pid is not None and pid > 0:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pid = None
+        if pid is not None:
+            deadline = clock.monotonic() + timeout_secs
+            while running_orchestrator(state_dir) is not None:
+                if clock.monotonic() > deadline:
+                    raise SupervisorError(
+                        f"the orchestrator (pid {pid}) did not stop within {timeout_secs:g} s",
+                        hint=f"see `colo logs` and `colo status`; `kill -9 {pid}` then `colo down` cleans up",
+                    )
+                clock.sleep(POLL_SECS)
+            return Stopped(pid, [])
+    if pid is not None and pid < 0:
+        raise SupervisorError(f"the state dir {state_dir} is locked by a process without a pid file")
+    return Stopped(None, stop_leftovers(state_dir))
 
 
 def stop_leftovers(

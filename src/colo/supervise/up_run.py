@@ -1,7 +1,7 @@
 """How ``colo up`` runs: detached (a double fork into a new session, the log file as stdout/stderr) or in the
 foreground (signals, the orchestrator's loop), and the watch that reports the agents' first outcome.
 
-The view (``colo.cli.run_cmd``) only prints: it hands in what to say through callbacks. The API server is
+The view (``colo.cli.up_cmd``) only prints: it hands in what to say through callbacks. The API server is
 started by the caller (the API layer: ``colo.api.background``), never from here — supervise does not import
 the API.
 

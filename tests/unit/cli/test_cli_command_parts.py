@@ -1,5 +1,6 @@
 """The parts of the CLI commands that are logic, met by name: ``--since``, ``--gpu``, what `colo plan`
-accepts, how `colo render` replaces an earlier rendering, and the commands `colo serve`/`colo top` add."""
+accepts, how `colo render` replaces an earlier rendering, and the commands `colo serve`/`colo top` and
+`colo capacity`/`colo advise` add."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from colo import units
+from colo.cli.advise_cmd import register as register_advise
 from colo.cli.api_cmd import register as register_api
 from colo.cli.plan_cmd import load_plannable, parse_gpu_option
 from colo.cli.render_cmd import RENDER_MARK, _write_tree
@@ -62,3 +64,13 @@ def test_api_commands_register_serve_and_top() -> None:
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0 and "/mps/allocation" in result.output
     assert CliRunner().invoke(app, ["top", "--help"]).exit_code == 0
+
+
+def test_advise_commands_register_capacity_and_advise() -> None:
+    app = typer.Typer()
+    register_advise(app)
+    assert [c.name for c in app.registered_commands] == ["capacity", "advise"]
+    result = CliRunner().invoke(app, ["capacity", "--help"])
+    assert result.exit_code == 0 and "--gpu-memory" in result.output
+    result = CliRunner().invoke(app, ["advise", "--help"])
+    assert result.exit_code == 0 and "--bench" in result.output and "--since" in result.output

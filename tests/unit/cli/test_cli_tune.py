@@ -114,7 +114,7 @@ def test_apply_asks_the_running_orchestrator_to_record_and_roll_out(
 ) -> None:
     cfg, sd = world
     client = FakeClient()
-    monkeypatch.setattr("colo.cli.run_cmd.orchestrator_client", lambda sd, **kw: client)
+    monkeypatch.setattr("colo.api.client.orchestrator_client", lambda sd, **kw: client)
     monkeypatch.setattr("colo.supervise.statedir.running_orchestrator", lambda sd: 4242)
     r = runner.invoke(app, ["tune", str(cfg), "--state-dir", str(sd), "--apply", "--json"])
     assert r.exit_code == 0, r.output

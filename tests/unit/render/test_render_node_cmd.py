@@ -14,7 +14,7 @@ import pytest
 from render_configs import mixed
 from typer.testing import CliRunner
 
-import colo.cli.run_cmd as run_cmd
+import colo.cli.up_cmd as up_cmd
 import colo.gpu.nvml as nvml
 from colo.cli.main import app
 from colo.gpu.fake_nvml import FakeGpuBackend, fake_gpu
@@ -29,7 +29,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     def fake_run(cfg: Any, config_path: Path, sd: Path, *, use_mps: bool, node: str | None, api: bool) -> None:
         seen.append({"cfg": cfg, "sd": sd, "use_mps": use_mps, "node": node, "api": api})
 
-    monkeypatch.setattr(run_cmd, "_run_foreground", fake_run)
+    monkeypatch.setattr(up_cmd, "up_foreground", fake_run)
     monkeypatch.setattr(nvml, "NvmlBackend", lambda: FakeGpuBackend([fake_gpu(0), fake_gpu(1)]))
     return seen
 
@@ -68,7 +68,7 @@ def test_no_agents_is_passed_when_supported(tmp_path: Path, monkeypatch: pytest.
     def fake_run(*_: Any, run_agents: bool = True, **__: Any) -> None:
         seen.append(run_agents)
 
-    monkeypatch.setattr(run_cmd, "_run_foreground", fake_run)
+    monkeypatch.setattr(up_cmd, "up_foreground", fake_run)
     monkeypatch.setattr(nvml, "NvmlBackend", lambda: FakeGpuBackend([fake_gpu(0)]))
     cfg = str(mixed(tmp_path / "colo.yaml"))
     result = runner.invoke(app, ["node", cfg, "--node", "node-a", "--no-agents", "--state-dir", str(tmp_path / "s")])
@@ -120,4 +120,4 @@ def test_orchestrator_without_agents_keeps_only_the_daemons() -> None:
 def test_real_foreground_run_accepts_run_agents() -> None:
     import inspect
 
-    assert "run_agents" in inspect.signature(run_cmd._run_foreground).parameters
+    assert "run_agents" in inspect.signature(up_cmd.up_foreground).parameters

@@ -242,14 +242,14 @@ def test_status_shows_the_last_error_line_as_text(tmp_path: Path) -> None:
 def test_up_checks_the_built_in_agents_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from colo.cli import run_cmd
+    from colo.cli import up_cmd
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name in ("torch", "transformers") else real(name, *a)
     )
     ran: list[Path] = []
-    monkeypatch.setattr(run_cmd, "_run_foreground", lambda cfg, path, sd, **kw: ran.append(path))
+    monkeypatch.setattr(up_cmd, "up_foreground", lambda cfg, path, sd, **kw: ran.append(path))
     sized = ROOT / "examples" / "newsroom" / "colo.sized.yaml"
     sd = str(tmp_path / "state")
     res = CliRunner().invoke(app, ["up", str(sized), "--state-dir", sd], terminal_width=400)

@@ -22,7 +22,7 @@ from colo import units
 from colo.api.app import create_app
 from colo.api.client import ApiClient
 from colo.api.readonly import load_read_only
-from colo.cli import run_cmd
+from colo.cli import up_cmd
 from colo.cli.main import app
 from colo.clock import FakeClock
 from colo.errors import ProfileError
@@ -116,7 +116,7 @@ def test_up_refuses_a_plan_that_runs_out_of_memory_unless_forced(
     newsroom_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ran: list[Path] = []
-    monkeypatch.setattr(run_cmd, "_run_foreground", lambda cfg, path, sd, **kw: ran.append(path))
+    monkeypatch.setattr(up_cmd, "up_foreground", lambda cfg, path, sd, **kw: ran.append(path))
     refused = runner.invoke(app, ["up", str(newsroom_path), "--state-dir", str(state)])
     assert refused.exit_code == 2 and ran == []
     assert "memory: memory: sentence-transformers/all-MiniLM-L6-v2 declares 0.5 GiB" in refused.output
@@ -133,7 +133,7 @@ def test_the_sized_newsroom_plans_clean(newsroom_path: Path, state: Path, monkey
     assert sorted(a.name for a in planned.plan.agents) == sorted(load_config(newsroom_path).agents)
     assert runner.invoke(app, ["validate", str(sized)]).exit_code == 0
     ran: list[Path] = []
-    monkeypatch.setattr(run_cmd, "_run_foreground", lambda cfg, path, sd, **kw: ran.append(path))
+    monkeypatch.setattr(up_cmd, "up_foreground", lambda cfg, path, sd, **kw: ran.append(path))
     assert runner.invoke(app, ["up", str(sized), "--state-dir", str(state)]).exit_code == 0 and ran == [sized]
 
 
@@ -193,7 +193,7 @@ def test_colo_apply_refuses_it_with_exit_2_unless_forced(
 ) -> None:
     orch = running(newsroom_path.with_name("colo.sized.yaml"), state)
     try:
-        monkeypatch.setattr(run_cmd, "orchestrator_client", lambda sd, **kw: api_client(orch))
+        monkeypatch.setattr("colo.api.client.orchestrator_client", lambda sd, **kw: api_client(orch))
         refused = runner.invoke(app, ["apply", str(newsroom_path), "--state-dir", str(state)])
         assert refused.exit_code == 2, refused.output
         assert "memory: memory: sentence-transformers/all-MiniLM-L6-v2 declares 0.5 GiB" in refused.output

@@ -338,7 +338,7 @@ def test_the_probe_never_waits_for_its_query_and_a_stuck_one_counts_as_unanswere
 
 def test_gpu_info_and_colo_status_show_each_agents_membership(tmp_path: Path) -> None:
     from colo.api.gpu_view import gpu_info_document
-    from colo.cli.run_cmd import _mps_cell
+    from colo.cli.status_cmd import _mps_cell
 
     g = Gpu0(tmp_path)
     g.plain = {"b"}

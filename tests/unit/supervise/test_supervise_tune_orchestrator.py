@@ -227,7 +227,7 @@ def test_tune_apply_while_a_limit_rolls_back_keeps_both(
          for i in range(20)], keep_after=0.0, max_rows=1000,
     )
     client = TestClient(create_app(orch, token="tok"))
-    monkeypatch.setattr("colo.cli.run_cmd.orchestrator_client", lambda sd, **kw: ApiClient("http://testserver", "tok", client=client))
+    monkeypatch.setattr("colo.api.client.orchestrator_client", lambda sd, **kw: ApiClient("http://testserver", "tok", client=client))
     done: list[Any] = []
     tune = threading.Thread(target=lambda: done.append(
         CliRunner().invoke(app, ["tune", str(cfg_path), "--state-dir", str(state), "--apply", "--json"])))

@@ -1,12 +1,11 @@
-"""``colo up``, ``colo down``, ``colo status``, ``colo apply``, ``colo logs``, ``colo agent start|stop|restart``.
+"""``colo up`` and ``colo down``: start colo on this machine and stop it again.
 
 ``up`` runs the orchestrator in the foreground (systemd-friendly: SIGTERM/SIGINT stop it cleanly, SIGHUP
 re-applies the config file) or detached; how is :mod:`colo.supervise.up_run` (detaching, the foreground run,
 the first-outcome watch) and :mod:`colo.api.background` (the API in a thread) — this view only prints, through
-the :class:`UpView` it is given. The other commands find it through its state directory: the
-SQLite store is the truth for ``status`` when no API answers; actions (``apply``, ``agent start|stop|restart``)
-go to the running orchestrator's HTTP API (its address and token are in the state dir), and ``down`` signals
-its pid.
+the :class:`UpView` it is given. ``down`` signals the orchestrator that holds the state dir and waits for it
+to stop (:func:`colo.supervise.statedir.stop_orchestrator`); with none running it stops what an orchestrator
+that died left behind.
 
 ``up`` reports what became of the agents: after launching, it waits (bounded by the agents' start timeouts)
 until each has a first outcome — RUNNING, or crash-looping/FATAL with the last line its process printed — and
@@ -17,10 +16,8 @@ the same summary and goes on supervising (its exit code is that of its stop: 0 a
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,33 +26,19 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
-from colo.cli.common import _console, console, err_console, print_json, safe
-from colo.errors import ColoError, OrchestratorUnreachable, SupervisorError, UsageError
+from colo.cli.common import STATE_DIR_HELP, _console, console, err_console, print_json, safe, state_dir_for
+from colo.errors import ColoError, SupervisorError, UsageError
 from colo.spec.config import MPS_MODES
 
 if TYPE_CHECKING:
-    from colo.api.client import Verb
     from colo.spec.config import ColoConfig, MpsMode
     from colo.supervise.first_outcome import UpOutcome
     from colo.supervise.planning import NodePlan
-    from colo.supervise.statedir import StateDirPaths
+    from colo.supervise.statedir import StateDirPaths, Stopped
     from colo.supervise.up_record import UpResult
 
-STATE_DIR_HELP = "colo's state directory (default: the config's state_dir, $COLO_STATE_DIR, or the default)."
-REQUEST_TIMEOUT_SECS = 60.0
 #: ``colo up --detach``: the orchestrator is up, but not every agent reached RUNNING (it keeps supervising).
 EXIT_NOT_ALL_RUNNING = 3
-
-
-def _state_dir(state_dir: Path | None, config: Path | None) -> Path:
-    from colo.supervise.statedir import resolve_state_dir
-
-    cfg = None
-    if config is not None and state_dir is None:
-        from colo.spec import load_config
-
-        cfg = load_config(config)
-    return resolve_state_dir(cfg, state_dir)
 
 
 # --- up ----------------------------------------------------------------------------------------------------
@@ -115,7 +98,7 @@ def up_command(
     view = UpView(console, err_console, as_json)
     if detach:
         view = _detach(StateDirPaths(sd), cfg, view)  # returns in the detached child only
-    _run_foreground(
+    up_foreground(
         cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api, as_json=as_json, mps_mode=mps_mode,
         planned=planned, view=view,
     )
@@ -198,8 +181,8 @@ def _detach(paths: StateDirPaths, cfg: ColoConfig, view: UpView) -> UpView:
     raise typer.Exit(0 if outcome.all_running else EXIT_NOT_ALL_RUNNING)
 
 
-def _run_foreground(
-    cfg: Any,
+def up_foreground(
+    cfg: ColoConfig,
     config_path: Path,
     sd: Path,
     *,
@@ -328,271 +311,26 @@ def down_command(
     timeout: float = typer.Option(120.0, "--timeout", min=1.0, help="Seconds to wait for a clean stop."),
 ) -> None:
     """Stop the agents gracefully and quit the MPS daemons colo started."""
-    import signal
+    from colo.supervise.statedir import stop_orchestrator
 
-    from colo.supervise.statedir import running_orchestrator, stop_leftovers
+    sd = state_dir_for(state_dir, config)
+    _print_stopped(stop_orchestrator(sd, timeout_secs=timeout), sd, console)
 
-    sd = _state_dir(state_dir, config)
-    pid = running_orchestrator(sd)
-    if pid is not None and pid > 0:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pid = None
-        if pid is not None:
-            deadline = time.monotonic() + timeout
-            while running_orchestrator(sd) is not None:
-                if time.monotonic() > deadline:
-                    raise SupervisorError(
-                        f"the orchestrator (pid {pid}) did not stop within {timeout:g} s",
-                        hint=f"see `colo logs` and `colo status`; `kill -9 {pid}` then `colo down` cleans up",
-                    )
-                time.sleep(0.2)
-            console.print(f"colo down: orchestrator (pid {pid}) stopped its agents and quit", highlight=False)
-            return
-    if pid is not None and pid < 0:
-        raise SupervisorError(f"the state dir {sd} is locked by a process without a pid file")
-    done = stop_leftovers(sd)
-    if not done:
-        console.print(f"colo down: nothing is running (state dir {safe(sd)})", highlight=False)
+
+def _print_stopped(stopped: Stopped, sd: Path, out: Console) -> None:
+    """What ``colo down`` did: the orchestrator that stopped, or what was left over and stopped here."""
+    pid = stopped.orchestrator_pid
+    if pid is not None:
+        out.print(f"colo down: orchestrator (pid {pid}) stopped its agents and quit", highlight=False)
         return
-    for line in done:
-        console.print(f"colo down: {safe(line)}", highlight=False)
-
-
-# --- status ------------------------------------------------------------------------------------------------
-
-
-def status_data(sd: Path) -> dict[str, Any]:
-    """What ``colo status`` shows: the orchestrator (pid or None) and every agent, from the running
-    orchestrator's API when it answers, else as last recorded in the state dir."""
-    from colo.supervise.statedir import recorded_state
-
-    rec = recorded_state(sd)
-    if rec is None:
-        return {"state_dir": str(sd), "orchestrator": None, "source": "store", "agents": [], "recent_events": []}
-    agents = [a.to_dict() for a in rec.agents]
-    pid = rec.orchestrator_pid
-    orch = {"pid": pid, **(rec.orchestrator or {})} if pid else None
-    source = "store"
-    if pid and rec.api_url:
-        live = _agents_from_api(sd, rec.api_url)
-        if live is not None:
-            agents, source = live, "api"
-    events = [e.to_dict() for e in rec.events]
-    return {"state_dir": str(sd), "orchestrator": orch, "source": source, "agents": agents, "recent_events": events}
-
-
-def _agents_from_api(sd: Path, url: str) -> list[dict[str, Any]] | None:
-    """The live agents from the running orchestrator's API, or None when it does not answer."""
-    try:
-        from colo.api.auth import read_token
-        from colo.api.client import ApiClient
-
-        with ApiClient(url, read_token(sd), timeout_secs=3.0) as client:
-            return client.agents()
-    except (ColoError, ImportError, OSError):
-        return None
-
-
-def status_command(
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
-    config: Path | None = typer.Option(None, "--config", "-c", help="Take the state dir from this colo.yaml."),
-) -> None:
-    """Each agent's state, pid, GPU, MPS membership, limit, memory, restarts and last error."""
-    from rich.table import Table
-
-    from colo import units
-
-    sd = _state_dir(state_dir, config)
-    data = status_data(sd)
-    if as_json:
-        print_json(data)
+    if not stopped.leftovers:
+        out.print(f"colo down: nothing is running (state dir {safe(sd)})", highlight=False)
         return
-    if data["orchestrator"] is None and not data["agents"]:
-        console.print(f"colo is not running (nothing in state dir {safe(sd)}); start it with `colo up CONFIG`")
-        return
-    orch = data["orchestrator"]
-    if orch:
-        gpus = orch.get("mps_gpus")
-        if isinstance(gpus, list):
-            mode = f"MPS on {', '.join(map(str, gpus))}" if gpus else "time-slicing (no GPU runs MPS)"
-        else:
-            mode = "MPS" if orch.get("mps") else "time-slicing"
-        console.print(f"colo is up: orchestrator pid {orch['pid']}, {mode}, state dir {safe(sd)}", highlight=False)
-    else:
-        console.print(
-            f"[bold yellow]colo is not running[/]: states below are as last recorded in {safe(sd)}", highlight=False
-        )
-    table = Table(header_style="bold")
-    for col in ("agent", "state", "pid", "gpu", "mps", "priority", "limit", "used", "restarts", "last error"):
-        table.add_column(col)
-    colors = {"RUNNING": "green", "STARTING": "cyan", "BACKOFF": "yellow", "FATAL": "bold red", "EXITED": "red"}
-    for a in data["agents"]:
-        state = a["state"]
-        used = a.get("memory_used_bytes")
-        table.add_row(
-            safe(a["name"]),
-            f"[{colors.get(state, 'white')}]{safe(state)}[/]",
-            str(a["pid"] or "-"),
-            safe(a["gpu"] or "-"),
-            _mps_cell(a),
-            safe(a["priority"]),
-            units.format_size(a["limit_bytes"]) if a["limit_bytes"] else "-",
-            units.format_size(used) if used else "-",
-            str(a["restarts"]),
-            _last_error_cell(a),
-        )
-    console.print(table)
-
-
-def _mps_cell(agent: dict[str, Any]) -> str:
-    """The agent's MPS membership against its plan: ``M+C`` (an MPS client, as planned), ``off`` (time-sliced,
-    as planned), ``?`` (no CUDA context seen yet), in red when it differs from its plan."""
-    planned, actual = agent.get("mps_planned"), agent.get("mps_client")
-    if planned is None:
-        return "-"
-    if actual is None:
-        return "?" if planned else "off"
-    if bool(actual) == bool(planned):
-        return "M+C" if actual else "off"
-    return "[bold red]C, not MPS[/]" if planned else "[bold red]M+C, planned off[/]"
-
-
-def _last_error_cell(agent: dict[str, Any]) -> str:
-    """colo's reason (``exit code 1``) and, below it, the last line the agent's process printed when it failed
-    (``ModuleNotFoundError: No module named 'torch'``): user text, escaped."""
-    reason = (agent.get("last_error") or "")[:80]
-    line = (agent.get("last_error_line") or "")[:120]
-    if not line:
-        return safe(reason)
-    return f"{safe(reason)}\n[red]{safe(line)}[/]" if reason else f"[red]{safe(line)}[/]"
-
-
-# --- actions, through the running orchestrator's HTTP API ----------------------------------------------------
-
-
-def orchestrator_client(sd: Path, *, timeout_secs: float = REQUEST_TIMEOUT_SECS) -> Any:
-    """An :class:`~colo.api.client.ApiClient` for the orchestrator running with state dir ``sd``.
-
-    Raises OrchestratorUnreachable when none runs there, or when it serves no HTTP API (``colo up --no-api``).
-    """
-    from colo.api.auth import read_token
-    from colo.api.client import ApiClient
-    from colo.supervise.statedir import recorded_state, running_orchestrator
-
-    pid = running_orchestrator(sd)
-    if pid is None:
-        raise OrchestratorUnreachable(
-            f"colo is not running with state dir {sd}", hint="start it with `colo up CONFIG` (or pass --state-dir)"
-        )
-    rec = recorded_state(sd, events=0)
-    url = rec.api_url if rec is not None else None
-    if not url:
-        raise OrchestratorUnreachable(
-            f"colo is up (pid {pid}) but serves no HTTP API, so it cannot be asked to act",
-            hint="start it without --no-api; `colo down` (a signal) still works",
-        )
-    return ApiClient(str(url), read_token(sd), timeout_secs=timeout_secs)
-
-
-def apply_command(
-    config: Path = typer.Argument(..., help="The new colo.yaml."),
-    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    force: bool = typer.Option(False, "--force", help="Apply a plan that predicts an agent runs out of memory."),
-) -> None:
-    """Move the running system to a new colo.yaml: restart only the agents whose limit, placement, command or
-    env changed, one at a time. If it does not fit, or the plan predicts an agent runs out of memory (unless
-    --force), nothing changes."""
-    from colo.spec import load_config
-    from colo.supervise.statedir import config_yaml
-
-    cfg = load_config(config)  # a bad file is reported here, with its line
-    sd = _state_dir(state_dir, config)
-    with orchestrator_client(sd) as client:
-        # Sent whole, model paths made absolute: the orchestrator may run in another directory.
-        result = client.apply(config_yaml(cfg, config.resolve()), config.resolve(), force=force)
-    result.pop("applied", None)
-    if as_json:
-        print_json(result)
-        return
-    for key in ("restarted", "started", "stopped", "unchanged", "left_out"):
-        names = result.get(key) or []
-        console.print(f"{key:>9}: {', '.join(names) if names else '-'}", highlight=False)
-
-
-agent_app = typer.Typer(help="Start, stop or restart one agent of the running system.", no_args_is_help=True)
-
-
-def _agent_action(action: Verb, name: str, state_dir: Path | None, as_json: bool) -> None:
-    sd = _state_dir(state_dir, None)
-    with orchestrator_client(sd) as client:
-        result = client.action(name, action)["status"]
-    if as_json:
-        print_json(result)
-    else:
-        console.print(f"{name}: {result.get('state')} (pid {result.get('pid') or '-'})", highlight=False)
-
-
-def _action_command(verb: Verb, doc: str) -> None:
-    """Register ``colo agent VERB NAME``: one action on the running orchestrator."""
-
-    def command(
-        name: str = typer.Argument(..., help="Agent name."),
-        state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
-        as_json: bool = typer.Option(False, "--json"),
-    ) -> None:
-        _agent_action(verb, name, state_dir, as_json)
-
-    command.__doc__ = doc
-    command.__name__ = f"agent_{verb}"
-    agent_app.command(verb)(command)
-
-
-_action_command("start", "Start an agent (also one that is FATAL or EXITED).")
-_action_command("stop", "Stop an agent; it stays STOPPED until started.")
-_action_command("restart", "Restart an agent.")
-
-
-# --- logs --------------------------------------------------------------------------------------------------
-
-
-def logs_command(
-    agent: str = typer.Argument(..., help="Agent name (or 'orchestrator')."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
-    lines: int = typer.Option(100, "--lines", "-n", min=0, help="How many lines to print first."),
-    state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
-) -> None:
-    """Print an agent's log (stdout and stderr); ``-f`` follows it."""
-    from colo.supervise.logs import AgentLogs
-    from colo.supervise.statedir import StateDirPaths
-
-    sd = _state_dir(state_dir, None)
-    logs = AgentLogs(StateDirPaths(sd).logs)
-    if not logs.path(agent).exists():
-        raise UsageError(
-            f"no log for agent {agent!r} in {logs.dir}", hint="`colo status` lists the agents; check --state-dir"
-        )
-    for line in logs.tail(agent, lines):
-        sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-    if not follow:
-        return
-    try:
-        for text in logs.follow(agent, keep_going=lambda: True):
-            sys.stdout.write(text)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        return
+    for line in stopped.leftovers:
+        out.print(f"colo down: {safe(line)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``up``, ``down``, ``status``, ``apply``, ``logs`` and the ``agent`` group."""
+    """Add ``up`` and ``down``."""
     app.command("up")(up_command)
     app.command("down")(down_command)
-    app.command("status")(status_command)
-    app.command("apply")(apply_command)
-    app.command("logs")(logs_command)
-    app.add_typer(agent_app, name="agent")
