@@ -2,6 +2,7 @@
 
     python scripts/agents_targets.py NEW/agents.json [--old OLD/agents.json] [--config colo.yaml]
                                      [--clients 3] [--summary summary.json]
+                                     [--inprocess FORWARDS/bench.json] [--lone-agents analyst,balancer]
 
 Prints one ``GPU-RESULT`` line per target and the table (new build's points, then the old build's):
 
@@ -10,7 +11,10 @@ Prints one ``GPU-RESULT`` line per target and the table (new build's points, the
 - aggregate seq/s at ``--clients`` under MPS ≥ 2× the old build's (same bench, same device, one run);
 - MPS ≥ 1.5× time-slicing at ``--clients``;
 - a lone request no slower than the old build's by more than the agent's batching wait (``batch_wait_ms``);
-- p99 at every point, and the load generator's CPU (its busiest process below 0.8 of a core: not the bottleneck).
+- p99 at every point, and the load generator's CPU (its busiest process below 0.8 of a core: not the bottleneck);
+- with ``--inprocess`` (``colo bench forwards CONFIG --mode mps`` on the same device, same run), issue 22's:
+  the agents through HTTP at 16 clients per agent (MPS) >= 60 % of the in-process MPS aggregate, and a lone
+  request to each of ``--lone-agents`` (the newsroom's bert-tiny agents) p50 <= 1.5 ms.
 
 Exit status 0 when every target shown passed, 1 otherwise, 2 for unreadable input.
 """
@@ -34,6 +38,10 @@ from colo.bench.results import BenchResult
 
 DEFAULT_BATCH_WAIT_MS = 2.0
 LOADGEN_BUSY_CORES = 0.8
+#: Issue 22: HTTP at HTTP_CLIENTS clients per agent against the in-process harness, and a lone request's p50.
+HTTP_CLIENTS = 16
+HTTP_SHARE = 0.6
+LONE_P50_MS = 1.5
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,33 @@ def _lone(new: BenchResult, old: BenchResult | None, waits: dict[str, float]) ->
     )
 
 
+def judge_http(new: BenchResult, inprocess: BenchResult, lone_agents: Sequence[str]) -> list[Target]:
+    """Issue 22's targets: HTTP (MPS, HTTP_CLIENTS per agent) against the in-process MPS aggregate (its largest
+    point: every agent at once), and each of ``lone_agents``'s lone-request p50 under MPS."""
+    http = _agg(new, Mode.MPS, HTTP_CLIENTS)
+    bare = [p for p in inprocess.points if p.mode == Mode.MPS]
+    base = max(bare, key=lambda p: p.concurrency).aggregate_per_sec if bare else None
+    share = http / base if http is not None and base else None
+    out = [
+        Target(
+            f"HTTP at {HTTP_CLIENTS} clients >= {HTTP_SHARE:.0%} of in-process (MPS)",
+            None if share is None else share >= HTTP_SHARE,
+            f"{_n(http)} vs {_n(base)} seq/s = {'–' if share is None else f'{share:.1%}'}",
+        )
+    ]
+    lone = (new.settings.get("lone") or {}).get(Mode.MPS) or {}
+    p50s = {a: lone.get(a, {}).get("p50_secs") for a in lone_agents}
+    known = {a: 1000 * float(v) for a, v in p50s.items() if v is not None}
+    out.append(
+        Target(
+            f"lone request p50 <= {LONE_P50_MS:g} ms ({', '.join(lone_agents)})",
+            None if len(known) < len(p50s) or not p50s else all(v <= LONE_P50_MS for v in known.values()),
+            ", ".join(f"{a} {v:.2f} ms" for a, v in known.items()) or "no lone-request latencies",
+        )
+    )
+    return out
+
+
 def table(new: BenchResult, old: BenchResult | None) -> list[str]:
     """The points of both builds in one Markdown table (the old build's labelled)."""
     rows = [["new", *r] for r in rep.point_rows(new)] + ([["old", *r] for r in rep.point_rows(old)] if old else [])
@@ -165,15 +200,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="colo.yaml: each agent's batch_wait_ms")
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--summary", type=Path, help="write the targets as JSON here")
+    parser.add_argument("--inprocess", type=Path, help="bench.json of `colo bench forwards CONFIG --mode mps`")
+    parser.add_argument("--lone-agents", default="analyst,balancer", help="agents whose lone p50 is judged")
     args = parser.parse_args(argv)
     try:
         new = load_json(args.new.read_text())[0]
         old = load_json(args.old.read_text())[0] if args.old and args.old.exists() else None
+        inprocess = load_json(args.inprocess.read_text())[0] if args.inprocess else None
         waits = _waits(args.config)
     except (OSError, ValueError, KeyError, IndexError) as exc:
         print(f"agents_targets: cannot read the results: {exc}", file=sys.stderr)
         return 2
     targets = judge(new, old, clients=args.clients, batch_wait_ms=waits)
+    if inprocess is not None:
+        targets += judge_http(new, inprocess, [a for a in args.lone_agents.split(",") if a])
     for t in targets:
         print(t.line())
     print()

@@ -328,6 +328,22 @@ def test_issue_13_targets_judged(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert targets_main([str(tmp_path / "missing.json")]) == 2
 
 
+def test_issue_22_http_targets_judged_against_the_in_process_harness(tmp_path: Path) -> None:
+    """agents_targets --inprocess: HTTP at 16 clients against the bare forwards' MPS aggregate, lone p50."""
+    targets = load_script("agents_targets")
+    new = _agents_result({("mps", 16): 7_000.0}, lone_p50=0.0012)
+    bare = _agents_result({("mps", 9): 10_000.0, ("timeslice", 9): 3_000.0}, lone_p50=0.0)
+    share, lone = targets.judge_http(new, bare, ["memory"])
+    assert share.passed and "70.0%" in share.detail and lone.passed and "1.20 ms" in lone.detail
+    slow = _agents_result({("mps", 16): 5_000.0}, lone_p50=0.002)
+    assert [t.passed for t in targets.judge_http(slow, bare, ["memory"])] == [False, False]
+    assert targets.judge_http(slow, bare, ["analyst"])[1].passed is None  # no lone figure: not judged
+    (tmp_path / "new.json").write_text(to_json([new]))
+    (tmp_path / "bare.json").write_text(to_json([bare]))
+    assert targets.main([str(tmp_path / "new.json"), "--inprocess", str(tmp_path / "bare.json"),
+                         "--lone-agents", "memory", "--clients", "16"]) == 0
+
+
 def test_cli_mode_auto_runs_colo_up_with_mps_auto_and_compares_with_time_slicing(tmp_path: Path) -> None:
     """`--mode timeslice,auto`: one fake agent, `colo up --no-mps` then `colo up --mps auto` (the plan runs a
     lone agent without MPS); the report compares auto with time-slicing."""
