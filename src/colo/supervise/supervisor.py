@@ -11,7 +11,9 @@ lost their CUDA context (exit code ``EXIT_CONTEXT_LOST``: recovery when a fresh 
 healthy, else only that agent restarts), agents dying with MPS errors in their logs, hung MPS processes (the
 probe, every tick) and agents whose process is not what their plan says (:mod:`colo.supervise.recovery.membership`,
 at every GPU reading). A failure of a GPU whose recovery runs goes to that recovery (``Recoveries.refault``),
-and no MPS client starts while its GPU's daemon does not answer (the agents' launch gate).
+and no MPS client starts while its GPU's daemon does not answer (the agents' launch gate). Recovery is
+bounded: a GPU whose recovery gave up (``Recoveries.given_up``) is left alone until an agent there is asked to
+run again.
 """
 
 from __future__ import annotations
@@ -342,6 +344,10 @@ class Supervisor:
         if fault.trigger == RecoveryTrigger.SERVER_DIED and not in_use:
             self.event(EventKind.DAEMON, None, f"{fault.detail} on {uuid}; no agent was using it", uuid)
             return
+        if uuid in self.recoveries.given_up:
+            why = "its recovery gave up; start an agent there to try again"
+            self.event(EventKind.DAEMON, None, f"{fault.detail} on {uuid}: not recovered ({why})", uuid)
+            return
         self.recoveries.begin(fault, culprit, on_gpu, self._retiring, now)
 
     def _note_exit(self, agent: Agent, now: float) -> None:
@@ -389,9 +395,24 @@ class Supervisor:
             fault = MpsFault(uuid, detail, trigger=RecoveryTrigger.CLIENT_RPC_FAILURE, seen_ok_at=at)
             self._begin(fault, now)
 
+    def _tick_given_up(self, now: float) -> None:
+        """A GPU whose recovery gave up, once an agent there is asked to run again (a start by hand, an
+        apply): its recovery begins again when its daemon does not answer (the agent waits in BACKOFF at the
+        launch gate meanwhile), else the GPU is an ordinary one again."""
+        assert self.mps is not None
+        for uuid in list(self.recoveries.given_up):
+            wanted = [a.name for a in self.agents_on(uuid) if a.state in (*_IN_USE, AgentState.BACKOFF) and not a.hold]
+            if not wanted:
+                continue
+            trigger = self.recoveries.given_up.pop(uuid)
+            if not self.mps.answering(uuid):
+                detail = f"{', '.join(wanted)} asked to run after its recovery gave up; its daemon does not answer"
+                self._begin(MpsFault(uuid, detail, trigger=trigger), now)
+
     def _tick_mps(self, now: float) -> None:
         if self.mps is None:
             return
+        self._tick_given_up(now)
         self._tick_lost(now)
         faults: list[MpsFault] = []
         if now >= self._next_mps_poll:
