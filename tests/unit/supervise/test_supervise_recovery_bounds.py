@@ -2,10 +2,10 @@
 during recovery end — in every agent RUNNING under MPS, or in FATAL with one event that says why and what to
 check — never in a recovery that goes on forever, nor in a degraded state that looks healthy.
 
+- an agent that keeps coming back outside MPS: FATAL on its third finding, never RUNNING meanwhile;
 - a daemon that cannot be restored: the recovery gives up after RESTORE_GIVE_UP_SECS, its agents FATAL;
 - a relaunch that fails again and again: the recovery gives up after MAX_RECOVERY_ROUNDS;
-- below each bound, everything recovers as before (the drills' recovery records unchanged);
-- the agent's pieces: a ready gate that holds a healthy agent in STARTING, and ``give_up`` from every state.
+- below each bound, everything recovers as before.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_supervise_orchestrator import uuid
+from test_supervise_orchestrator import World, agent, config, uuid
 from test_supervise_shared_fate import Gpu0, lone_agent
 
+from colo.gpu.mps.env import PIPE_DIRECTORY
+from colo.gpu.nvml import ClientProcess
 from colo.supervise.orchestrator import TICK_SECS
+from colo.supervise.recovery.membership import OUTSIDE_PLAN_FINDINGS, Finding, OutsidePlan
 from colo.supervise.recovery.mps_recovery import (
     ALLOWED,
     MAX_RECOVERY_ROUNDS,
@@ -41,7 +44,110 @@ def test_the_bounds_are_transitions_the_tables_allow() -> None:
 
     assert RecoveryPhase.DONE in ALLOWED[RecoveryPhase.WAITING]  # gave up
     assert S.FATAL in AGENT_ALLOWED[S.STOPPED]  # stopped by the recovery that gave up on it
-    assert (MAX_RECOVERY_ROUNDS, RESTORE_GIVE_UP_SECS) == (3, 60.0)
+    assert (OUTSIDE_PLAN_FINDINGS, MAX_RECOVERY_ROUNDS, RESTORE_GIVE_UP_SECS) == (3, 3, 60.0)
+
+
+def test_an_agent_that_keeps_coming_back_outside_mps_goes_fatal_and_is_never_running_meanwhile(
+    tmp_path: Path,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from colo.api.app import create_app
+
+    g = Gpu0(tmp_path)
+    b_pid, c_pid = g.pid("b"), g.pid("c")
+    g.plain = {"a"}  # every life of a is listed as a plain CUDA context (its command loses the pipe dir)
+    lives: list[int] = []
+    found_at = None
+    began = g.w.clock.monotonic()
+    for _ in range(120):
+        g.run(TICK_SECS)
+        st = g.orch.status("a")
+        if st.pid is not None and st.pid not in lives:
+            lives.append(st.pid)
+        if found_at is None and any(e.agent == "a" and "not as planned" in e.message for e in g.orch.events()):
+            found_at = len(g.states_seen)
+        if st.state == S.FATAL:
+            break
+    assert found_at is not None and g.orch.status("a").state == S.FATAL, g.orch.status("a")
+    assert g.w.clock.monotonic() - began < 30  # three findings, two relaunches: well under a minute
+    # From the first finding on, a is never RUNNING: each relaunch waits STARTING for a reading to list it.
+    assert all(s["a"] != S.RUNNING for s in g.states_seen[found_at:])
+    assert len(lives) == OUTSIDE_PLAN_FINDINGS  # the first life and two relaunches, then no more
+    ((who, said),) = fatal_events(g)
+    assert who == "a" and f"found outside its plan {OUTSIDE_PLAN_FINDINGS} times" in said
+    assert all(f"pid {pid}" in said for pid in lives) and said.count("a plain CUDA context (type C)") == 3
+    assert "`colo logs a`" in said and "`colo mps env a" in said and "colo agent start a" in said
+    assert f"{PIPE_DIRECTORY}={g.pipe0}" in said
+    assert g.orch.status("a").last_error == said
+    assert g.pid("b") == b_pid and g.pid("c") == c_pid  # the others are not touched
+    assert g.orch.status("b").state == S.RUNNING and g.orch.status("c").state == S.RUNNING
+    g.run(5)
+    assert g.orch.status("a").state == S.FATAL and g.orch.status("a").pid is None  # and it stays so
+    sup = g.orch.supervisor
+    assert sup is not None and not sup.recoveries.active
+    # What the API and `colo status --json` show: the state, the reason, the event.
+    client = TestClient(create_app(g.orch, token=TOKEN))
+    a = client.get("/agents/a").json()
+    assert a["state"] == "FATAL" and "found outside its plan" in a["last_error"]
+    events = client.get("/events").json()
+    events = events.get("events", events) if isinstance(events, dict) else events
+    assert any(e["kind"] == "fatal" and e["agent"] == "a" for e in events)
+    # Fixed (its command keeps the pipe dir now), a person starts it: a fresh count, RUNNING once under MPS.
+    g.plain = set()
+    g.orch.start("a")
+    g.run(4)
+    g.all_running_under_mps()
+    g.orch.down()
+
+
+def test_an_agent_found_outside_mps_once_recovers_as_before(tmp_path: Path) -> None:
+    """Below the bound: two findings (the agent came back outside MPS once) and then a client: RUNNING, no FATAL."""
+    g = Gpu0(tmp_path)
+    g.plain = {"a"}
+    sup = g.orch.supervisor
+    assert sup is not None
+    for _ in range(40):
+        g.run(TICK_SECS)
+        rec = sup.recoveries.get(uuid(0))
+        if rec is not None and rec.refaults == 1:
+            break
+    assert rec is not None and rec.refaults == 1 and rec.rounds == 1  # one agent: not a round of the GPU
+    g.plain = set()  # the second relaunch comes back as an MPS client
+    g.run(4)
+    g.all_running_under_mps()
+    assert not fatal_events(g)
+    (done,) = sup.recovered
+    assert done.ok and done.gave_up is None
+    g.orch.down()
+
+
+def test_a_time_sliced_agent_that_keeps_coming_back_as_an_mps_client_goes_fatal(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    orch = w.orchestrator(config(agent("a", gpu=0), agent("b", gpu=0), agent("t", gpu=1), mps="auto"))
+    orch.up()
+    w.run(orch, 2)
+    assert orch.status("t").mps_planned is False
+    lives: list[int] = []
+    seen: list[S] = []
+    for _ in range(80):
+        t = orch.status("t")
+        if t.pid is not None and t.pid not in lives:
+            lives.append(t.pid)
+        rows = [ClientProcess(t.pid, 1, uuid(1), 100 << 20, True)] if t.pid is not None else []
+        w.backend.set_processes(rows)  # every life of t is listed as an MPS client (type M+C)
+        w.clock.advance(TICK_SECS)
+        orch.tick()
+        seen.append(orch.status("t").state)
+        if seen[-1] == S.FATAL:
+            break
+    assert orch.status("t").state == S.FATAL and len(lives) == OUTSIDE_PLAN_FINDINGS
+    first = next(i for i, s in enumerate(seen) if s != S.RUNNING)
+    assert S.RUNNING not in seen[first:]  # never RUNNING again once found
+    said = [e.message for e in orch.events() if e.kind == EventKind.FATAL and e.agent == "t"]
+    assert len(said) == 1 and "planned time-sliced" in said[0] and "does not set" in said[0]
+    assert orch.status("a").state == S.RUNNING and orch.status("b").state == S.RUNNING
+    orch.down()
 
 
 def test_a_daemon_that_cannot_be_restored_ends_the_recovery_in_fatal_with_one_event(tmp_path: Path) -> None:
@@ -207,3 +313,17 @@ def test_give_up_from_every_state(tmp_path: Path) -> None:
     assert a.state == S.STARTING and len(runner.spawned) == 3
 
 
+def test_outside_plan_counts_findings_within_its_window() -> None:
+    from colo.supervise.recovery.membership import OUTSIDE_PLAN_WINDOW_SECS
+
+    o = OutsidePlan()
+    assert o.note("a", Finding(0.0, 1, "x")) is None and "a" in o.suspects
+    o.confirmed("a")
+    assert "a" not in o.suspects
+    assert o.note("a", Finding(OUTSIDE_PLAN_WINDOW_SECS + 1, 2, "x")) is None  # the first fell out of the window
+    assert o.note("a", Finding(OUTSIDE_PLAN_WINDOW_SECS + 2, 3, "x")) is None
+    found = o.note("a", Finding(OUTSIDE_PLAN_WINDOW_SECS + 3, 4, "x"))
+    assert found is not None and [f.pid for f in found] == [2, 3, 4]
+    assert o.note("a", Finding(OUTSIDE_PLAN_WINDOW_SECS + 4, 5, "x")) is None  # a fresh count after a give-up
+    o.forget("a")
+    assert "a" not in o.suspects
