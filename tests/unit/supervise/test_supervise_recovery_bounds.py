@@ -10,6 +10,7 @@ check — never in a recovery that goes on forever, nor in a degraded state that
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -238,7 +239,8 @@ def test_a_relaunch_that_fails_below_the_bound_still_recovers_fully(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    ("drill", "seconds", "relaunch_secs"), [("server_died", 1.0, 1.0), ("daemon_died", 1.0, 1.0), ("second_fault", 1.5, 1.5)]
+    ("drill", "seconds", "relaunch_secs"),
+    [("server_died", 1.0, 1.0), ("daemon_died", 1.0, 1.0), ("server_hung", 1.0, 1.0), ("second_fault", 1.5, 1.5)],
 )
 def test_the_drills_recover_in_the_same_time_as_before_the_bounds(
     tmp_path: Path, drill: str, seconds: float, relaunch_secs: float
@@ -248,6 +250,8 @@ def test_the_drills_recover_in_the_same_time_as_before_the_bounds(
     g = Gpu0(tmp_path)
     if drill == "daemon_died":
         g.w.mps.kill_daemon(g.pipe0)
+    elif drill == "server_hung":
+        g.w.mps.signal(next(iter(g.w.mps.daemon_at(g.pipe0).servers)), signal.SIGSTOP)
     else:
         g.w.mps.kill_server(g.pipe0)
     if drill == "second_fault":
