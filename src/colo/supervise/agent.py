@@ -17,6 +17,12 @@ commented where it happens. ``docs/states.md`` draws them.
   start; while it names a reason to wait the agent stays in BACKOFF and asks again every
   :data:`GATE_RETRY_SECS` — an MPS client started while no daemon answers would silently run as a plain CUDA
   context, outside its limits.
+* ``ready_gate`` (the supervisor's: was this agent found outside its MPS plan, and has no GPU reading confirmed it
+  since?) is asked before STARTING -> RUNNING: while it names a reason a healthy agent stays STARTING (killed
+  as not ready past ``startup_timeout_secs``) — an agent colo found outside MPS is not called RUNNING again
+  until a reading lists it as its plan says.
+* :meth:`Agent.give_up` (MPS recovery's bounds, ``colo.supervise.recovery``): FATAL with a reason — at once
+  when it has no process, else once its process is stopped.
 * Killing an unhealthy process sends the stop signal and SIGCONT: a stopped (SIGSTOP) process would otherwise
   only see the signal at SIGKILL time, ``stop_wait_secs`` later.
 """
@@ -88,10 +94,12 @@ class Agent:
         restarts: int = 0,
         pre_stop: Callable[[Agent], None] | None = None,
         launch_gate: Callable[[Agent], str | None] | None = None,
+        ready_gate: Callable[[Agent], str | None] | None = None,
     ) -> None:
         self.setup = setup
         self._pre_stop = pre_stop
         self._launch_gate = launch_gate
+        self._ready_gate = ready_gate
         self._next_setup: AgentSetup | None = None
         self._runner = runner
         self._probe = probe
@@ -123,6 +131,7 @@ class Agent:
         self._killed = False
         self._kill_reason: str | None = None
         self._restart_after_stop: str | None = None
+        self._fatal_after_stop: str | None = None  # give_up() while a process was still up
         self._oom: str | None = None
         self.last_exit: ExitStatus | None = None  # how the last process ended (None before the first exit)
 
@@ -135,6 +144,7 @@ class Agent:
         """Start if not up: STOPPED/EXITED/FATAL/BACKOFF -> STARTING (a stop in progress restarts after)."""
         if self.state in (AgentState.STARTING, AgentState.RUNNING):
             return
+        self._fatal_after_stop = None  # a person (or colo) asked for it: that overrides a give-up still pending
         if self.state == AgentState.STOPPING:
             self._restart_after_stop = reason
             return
@@ -169,6 +179,29 @@ class Agent:
         if restart:
             self._restart_after_stop = None
             self._spawn(reason)
+
+    def give_up(self, reason: str) -> None:
+        """Stop trying to keep it up (MPS recovery's bounds): FATAL with ``reason`` as ``last_error`` — at once
+        when it has no process (STOPPED/BACKOFF -> FATAL), else once its process is gone (stopped first; one
+        already stopping is not started again). A hold ends: a person's next start is an ordinary one. An agent
+        EXITED or FATAL already keeps its state and its own reason."""
+        self.hold = False
+        if self.state in (AgentState.EXITED, AgentState.FATAL):
+            return
+        self.last_error = reason
+        if self.state in (AgentState.STARTING, AgentState.RUNNING, AgentState.STOPPING):
+            self.stop(reason)  # STARTING/RUNNING -> STOPPING (nothing new when already stopping)
+            self._restart_after_stop = None
+            self._fatal_after_stop = reason
+            self._changed(self)
+        elif self.state in (AgentState.STOPPED, AgentState.BACKOFF):
+            # STOPPED/BACKOFF -> FATAL: MPS recovery gave up on it (it had been stopped by that recovery)
+            self._set(AgentState.FATAL)
+
+    @property
+    def giving_up(self) -> bool:
+        """FATAL once its process is gone (:meth:`give_up` while it was up)."""
+        return self._fatal_after_stop is not None
 
     def restart(self, reason: str = "restart requested") -> None:
         """Stop (if up) and start again."""
@@ -236,18 +269,33 @@ class Agent:
         check = self.setup.health
         up_secs = now - self._started_at
         if check.type == "none":
-            if up_secs >= check.start_secs:
+            if up_secs >= check.start_secs and not self._gated(up_secs):
                 self._ready(f"up for {check.start_secs:g} s")
             return
         if now >= self._next_probe_at:
             self._next_probe_at = now + min(check.interval_secs, STARTING_PROBE_SECS)
             result = self._probe(check)
             if result.ok:
-                self._ready(result.detail or "health check passed")
+                if not self._gated(up_secs):
+                    self._ready(result.detail or "health check passed")
                 return
             self.last_error = f"not ready: {result.detail}"
         if up_secs >= check.startup_timeout_secs:
             self._begin_kill(f"not healthy after {check.startup_timeout_secs:g} s ({self.last_error})")
+
+    def _gated(self, up_secs: float) -> bool:
+        """Whether the ready gate holds this healthy agent in STARTING now (its reason kept as ``last_error``);
+        past ``startup_timeout_secs`` it is killed as not ready, like an agent that never passed its check."""
+        wait = self._ready_gate(self) if self._ready_gate is not None else None
+        if wait is None:
+            return False
+        if self.last_error != wait:
+            self.last_error = wait
+            self._changed(self)
+        timeout = self.setup.health.startup_timeout_secs
+        if up_secs >= timeout:
+            self._begin_kill(f"not ready after {timeout:g} s ({wait})")
+        return True
 
     def _tick_running(self, now: float) -> None:
         stable_secs = self.setup.rules.stable_secs
@@ -368,6 +416,11 @@ class Agent:
         self.mps_client = None
         self._set(AgentState.STOPPED)  # STOPPING -> STOPPED: the process is gone
         self._emit(EventKind.STOPPED, f"stopped, pid {pid} ({status.describe()})")
+        if self._fatal_after_stop is not None:
+            self.last_error, self._fatal_after_stop = self._fatal_after_stop, None
+            self._restart_after_stop = None
+            self._set(AgentState.FATAL)  # STOPPED -> FATAL: given up while its process was up (now gone)
+            return
         reason = self._restart_after_stop
         self._restart_after_stop = None
         if reason is not None and not self.hold:

@@ -18,7 +18,7 @@ class AgentState(StrEnum):
     BACKOFF = "BACKOFF"  # exited or failed to become healthy; waiting before the next start
     STOPPING = "STOPPING"  # asked to stop; waiting for it to exit
     EXITED = "EXITED"  # exited on its own and the restart policy does not start it again
-    FATAL = "FATAL"  # could not be kept up (crash loop, spawn error); needs a person
+    FATAL = "FATAL"  # could not be kept up (crash loop, spawn error, MPS recovery gave up); needs a person
 
 
 ALLOWED: dict[AgentState, frozenset[AgentState]] = {
@@ -27,6 +27,7 @@ ALLOWED: dict[AgentState, frozenset[AgentState]] = {
             AgentState.STARTING,  # STOPPED -> STARTING: start requested (colo up, API start)
             AgentState.RUNNING,  # STOPPED -> RUNNING: re-adopted a live process after an orchestrator restart
             AgentState.BACKOFF,  # STOPPED -> BACKOFF: start requested while its GPU's MPS daemon does not answer
+            AgentState.FATAL,  # STOPPED -> FATAL: MPS recovery gave up on it (stopped by that recovery, or to give up)
         }
     ),
     AgentState.STARTING: frozenset(
@@ -49,7 +50,7 @@ ALLOWED: dict[AgentState, frozenset[AgentState]] = {
     AgentState.BACKOFF: frozenset(
         {
             AgentState.STARTING,  # BACKOFF -> STARTING: backoff delay over
-            AgentState.FATAL,  # BACKOFF -> FATAL: retries used up
+            AgentState.FATAL,  # BACKOFF -> FATAL: retries used up, or MPS recovery gave up on it
             AgentState.STOPPED,  # BACKOFF -> STOPPED: stop requested while waiting
         }
     ),

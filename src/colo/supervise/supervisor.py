@@ -11,7 +11,9 @@ lost their CUDA context (exit code ``EXIT_CONTEXT_LOST``: recovery when a fresh 
 healthy, else only that agent restarts), agents dying with MPS errors in their logs, hung MPS processes (the
 probe, every tick) and agents whose process is not what their plan says (:mod:`colo.supervise.recovery.membership`,
 at every GPU reading). A failure of a GPU whose recovery runs goes to that recovery (``Recoveries.refault``),
-and no MPS client starts while its GPU's daemon does not answer (the agents' launch gate).
+and no MPS client starts while its GPU's daemon does not answer (the agents' launch gate). Recovery is
+bounded: an agent found outside its plan too often is made FATAL (``OutsidePlan``), and a GPU whose recovery
+gave up (``Recoveries.given_up``) is left alone until an agent there is asked to run again.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from dataclasses import dataclass, field
 from colo.clock import Clock
 from colo.errors import ColoError
 from colo.gpu import procs
+from colo.gpu.mps.env import pipe_dir_of
 from colo.launch.health import Probe
 from colo.launch.runner import Runner
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST
 from colo.supervise.agent import Agent, AgentSetup
 from colo.supervise.logs import AgentLogs, LogScanner, scan_text
-from colo.supervise.recovery.membership import MembershipWatch, judge
+from colo.supervise.recovery.membership import Finding, MembershipWatch, OutsidePlan, judge, outside_plan_verdict
 from colo.supervise.recovery.mps_recovery import (
     MpsFault,
     MpsHooks,
@@ -117,6 +120,7 @@ class Supervisor:
         self._told_namespace: set[str] = set()
         self._next_client_check = 0.0
         self._membership = MembershipWatch()
+        self._outside = OutsidePlan()
         self._rolling = _Rolling()
         self.shutting_down = False
         self._next_mps_poll = 0.0
@@ -167,6 +171,7 @@ class Supervisor:
             restarts=restarts,
             pre_stop=self._terminate_client if self.mps is not None else None,
             launch_gate=self._launch_gate if self.mps is not None else None,
+            ready_gate=self._ready_gate if self.mps is not None else None,
         )
         self.agents[name] = agent
         self._scanners[name] = LogScanner(self.logs.path(name), from_end=True)
@@ -189,6 +194,15 @@ class Supervisor:
             return None
         return f"waiting for the MPS control daemon of {uuid} to answer (started now, it would run outside MPS)"
 
+    def _ready_gate(self, agent: Agent) -> str | None:
+        """Why a healthy ``agent`` must stay STARTING: it was found outside its plan and no GPU reading has
+        listed this process as its plan says yet. None: it may be RUNNING."""
+        planned = agent.setup.launch.mps_client
+        if agent.name not in self._outside.suspects or agent.mps_client == planned:
+            return None
+        as_planned = "an MPS client" if planned else "time-sliced"
+        return f"waiting for a GPU reading to list it as {as_planned} (it was found outside its plan)"
+
     def _save(self, agent: Agent) -> None:
         if agent.name in self.agents:
             self.store.save_agent(agent.record())
@@ -197,6 +211,7 @@ class Supervisor:
         """Stop an agent and forget it once it has stopped (removed from the plan)."""
         agent = self.agents[name]
         self._retiring.add(name)
+        self._outside.forget(name)
         agent.hold = True
         agent.stop("removed from the plan")
 
@@ -342,6 +357,10 @@ class Supervisor:
         if fault.trigger == RecoveryTrigger.SERVER_DIED and not in_use:
             self.event(EventKind.DAEMON, None, f"{fault.detail} on {uuid}; no agent was using it", uuid)
             return
+        if uuid in self.recoveries.given_up:
+            why = "its recovery gave up; start an agent there to try again"
+            self.event(EventKind.DAEMON, None, f"{fault.detail} on {uuid}: not recovered ({why})", uuid)
+            return
         self.recoveries.begin(fault, culprit, on_gpu, self._retiring, now)
 
     def _note_exit(self, agent: Agent, now: float) -> None:
@@ -389,9 +408,24 @@ class Supervisor:
             fault = MpsFault(uuid, detail, trigger=RecoveryTrigger.CLIENT_RPC_FAILURE, seen_ok_at=at)
             self._begin(fault, now)
 
+    def _tick_given_up(self, now: float) -> None:
+        """A GPU whose recovery gave up, once an agent there is asked to run again (a start by hand, an
+        apply): its recovery begins again when its daemon does not answer (the agent waits in BACKOFF at the
+        launch gate meanwhile), else the GPU is an ordinary one again."""
+        assert self.mps is not None
+        for uuid in list(self.recoveries.given_up):
+            wanted = [a.name for a in self.agents_on(uuid) if a.state in (*_IN_USE, AgentState.BACKOFF) and not a.hold]
+            if not wanted:
+                continue
+            trigger = self.recoveries.given_up.pop(uuid)
+            if not self.mps.answering(uuid):
+                detail = f"{', '.join(wanted)} asked to run after its recovery gave up; its daemon does not answer"
+                self._begin(MpsFault(uuid, detail, trigger=trigger), now)
+
     def _tick_mps(self, now: float) -> None:
         if self.mps is None:
             return
+        self._tick_given_up(now)
         self._tick_lost(now)
         faults: list[MpsFault] = []
         if now >= self._next_mps_poll:
@@ -434,6 +468,7 @@ class Supervisor:
         if listed is None:
             return
         off_plan: dict[str, list[str]] = {}
+        given_up: dict[str, str] = {}
         for agent in self.agents.values():
             uuid = agent.setup.launch.gpu_uuid
             if agent.handle is None or agent.hold or agent.state not in _IN_USE:
@@ -444,11 +479,20 @@ class Supervisor:
             if m.mps_client != agent.mps_client:
                 agent.mps_client = m.mps_client
                 self._save(agent)
+            if m.mps_client is not None and not m.differs:
+                self._outside.confirmed(agent.name)
             if not self._membership.note(m):
                 continue
             self.event(EventKind.MPS_FAULT, agent.name, f"not as planned: {m.detail()}", uuid)
+            found = self._outside.note(agent.name, Finding(now, agent.handle.pid, m.short()))
+            verdict = outside_plan_verdict(m, found, pipe_dir_of(agent.setup.launch.env_dict())) if found else None
             if m.planned_mps and uuid:
                 off_plan.setdefault(uuid, []).append(agent.name)
+                if verdict is not None:
+                    given_up[agent.name] = verdict  # stopped by its recovery, then FATAL instead of relaunched
+            elif verdict is not None:
+                self.event(EventKind.FATAL, agent.name, verdict, uuid)
+                agent.give_up(verdict)
             else:
                 agent.restart("not as planned: an MPS client, planned time-sliced")
         for uuid, names in off_plan.items():
@@ -458,6 +502,10 @@ class Supervisor:
                 self.recoveries.refault(fault, self.agents_on(uuid), self._retiring, now, only=names)
             else:
                 self.recoveries.begin(fault, None, self.agents_on(uuid), self._retiring, now, only=names)
+            for name in names:
+                if name in given_up:
+                    self.event(EventKind.FATAL, name, given_up[name], uuid)
+                    self.recoveries.abandon(uuid, name, given_up[name])
 
     def _compare_clients(self) -> None:
         """Each GPU's MPS client list against the agents colo placed there: an event (once per pid) for an agent

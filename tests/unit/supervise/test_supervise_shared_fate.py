@@ -5,12 +5,19 @@ recovery — fake MPS, fake NVML, fake processes, a fake clock. Each sequence en
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from test_supervise_orchestrator import World, agent, config, uuid
 
+from colo.clock import FakeClock
 from colo.gpu.nvml import ClientProcess
+from colo.launch.health import HealthResult
+from colo.launch.runner import FakeRunner, LaunchSpec
+from colo.spec.config import HealthCheck
+from colo.supervise.agent import GATE_RETRY_SECS, Agent, AgentSetup
 from colo.supervise.orchestrator import TICK_SECS
+from colo.supervise.policy import RestartRules
 from colo.supervise.recovery.mps_recovery import STOPPING_BOUND_SECS, Recovery, RecoveryPhase, RecoveryTrigger
 from colo.supervise.snapshots import EventKind
 from colo.supervise.state import AgentState
@@ -199,28 +206,34 @@ def test_no_mps_client_starts_while_its_daemon_cannot_be_restored(tmp_path: Path
     g.orch.down()
 
 
-def test_the_launch_gate_keeps_a_start_in_backoff_until_the_daemon_answers(tmp_path: Path) -> None:
-    from colo.clock import FakeClock
-    from colo.launch.health import HealthResult
-    from colo.launch.runner import FakeRunner, LaunchSpec
-    from colo.spec.config import HealthCheck
-    from colo.supervise.agent import GATE_RETRY_SECS, Agent, AgentSetup
-    from colo.supervise.policy import RestartRules
+Gate = Callable[[Agent], str | None]
 
+
+def lone_agent(
+    tmp_path: Path, *, launch_gate: Gate | None = None, ready_gate: Gate | None = None
+) -> tuple[Agent, FakeClock, FakeRunner]:
+    """One agent on GPU-x (health ``none``, up after 1 s, given up as not ready after 10 s; 2 s stop wait) with
+    the supervisor's gates as given, a fake clock and a fake runner."""
     clock, runner = FakeClock(), FakeRunner()
-    wait: list[str | None] = ["waiting for the MPS control daemon of GPU-x to answer"]
     launch = LaunchSpec(("agent-bin",), (), None, "local:0", "GPU-x", 1024)
-    setup = AgentSetup("a", launch, HealthCheck(type="none", start_secs=1), RestartRules())
+    health = HealthCheck(type="none", start_secs=1, startup_timeout_secs=10)
     a = Agent(
-        setup,
+        AgentSetup("a", launch, health, RestartRules(stop_wait_secs=2)),
         runner=runner,
         probe=lambda c: HealthResult(True, "ok"),
         clock=clock,
         log_path=tmp_path / "a.log",
         on_event=lambda k, m: None,
         on_change=lambda a: None,
-        launch_gate=lambda agent: wait[0],
+        launch_gate=launch_gate,
+        ready_gate=ready_gate,
     )
+    return a, clock, runner
+
+
+def test_the_launch_gate_keeps_a_start_in_backoff_until_the_daemon_answers(tmp_path: Path) -> None:
+    wait: list[str | None] = ["waiting for the MPS control daemon of GPU-x to answer"]
+    a, clock, runner = lone_agent(tmp_path, launch_gate=lambda agent: wait[0])
     a.start()
     assert a.state == S.BACKOFF and not runner.spawned and "to answer" in (a.last_error or "")
     clock.advance(GATE_RETRY_SECS)

@@ -16,6 +16,11 @@ An agent that differs on :data:`MISMATCH_READINGS` readings in a row (one readin
 NVML's two lists) is taken out of RUNNING by the supervisor: an ``mps_fault`` event naming it and what
 differs, then a ``not_as_planned`` recovery of that agent (its GPU's daemon restored first when it does not
 answer, then the agent relaunched).
+
+**Bounded** (:class:`OutsidePlan`): an agent found outside its plan :data:`OUTSIDE_PLAN_FINDINGS` times within
+:data:`OUTSIDE_PLAN_WINDOW_SECS` is not relaunched again but made FATAL, with one ``fatal`` event naming it,
+what differed each time, and what to check. Meanwhile it is never RUNNING: once found, it stays STARTING after
+each relaunch until a GPU reading lists it as its plan says (the supervisor's ready gate).
 """
 
 from __future__ import annotations
@@ -23,8 +28,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from colo.gpu.mps.env import PIPE_DIRECTORY
+
 #: Readings in a row on which an agent must differ from its plan before colo acts.
 MISMATCH_READINGS = 2
+#: An agent found outside its plan this many times within :data:`OUTSIDE_PLAN_WINDOW_SECS` is made FATAL. The
+#: first can be a moment without a daemon; the second comes after a recovery that checked (and if need be
+#: restored) that daemon; a third means the cause is the agent's own environment, which no relaunch changes.
+OUTSIDE_PLAN_FINDINGS = 3
+#: The window (seconds) those findings must fall in: a relaunch that takes 20 s fits many times over.
+OUTSIDE_PLAN_WINDOW_SECS = 600.0
 
 #: pid -> (GPU UUID, listed as an MPS client): the compute processes of one GPU reading.
 GpuProcesses = Mapping[int, tuple[str, bool]]
@@ -54,6 +67,12 @@ class Membership:
             )
         return f"{self.agent} is an MPS client (nvidia-smi type M+C) on {where}, but its plan says time-sliced"
 
+    def short(self) -> str:
+        """What differs, in a few words (one finding in a give-up event)."""
+        if self.planned_mps:
+            return "a plain CUDA context (type C), planned an MPS client"
+        return "an MPS client (type M+C), planned time-sliced"
+
 
 def judge(agent: str, gpu_uuid: str | None, planned_mps: bool, pids: Sequence[int], listed: GpuProcesses) -> Membership:
     """``agent`` (its process and descendants ``pids``) against its plan in one reading's ``listed``."""
@@ -82,3 +101,63 @@ class MembershipWatch:
     def forget(self, agent: str) -> None:
         """The agent's process ended (or it is being recovered): its count starts again."""
         self._misses.pop(agent, None)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One life of an agent found outside its plan: when (monotonic seconds), its pid, what differed."""
+
+    at: float
+    pid: int
+    what: str
+
+
+class OutsidePlan:
+    """Per agent, its findings within :data:`OUTSIDE_PLAN_WINDOW_SECS`, and the agents found and not yet seen
+    as planned since (``suspects``: the supervisor does not let them be RUNNING until a reading confirms them)."""
+
+    def __init__(self) -> None:
+        self.suspects: set[str] = set()
+        self._found: dict[str, list[Finding]] = {}
+
+    def note(self, agent: str, finding: Finding) -> list[Finding] | None:
+        """Record one finding: the findings in the window once they reach :data:`OUTSIDE_PLAN_FINDINGS` (then
+        forgotten: a start by hand begins a fresh count), else None."""
+        self.suspects.add(agent)
+        kept = [f for f in self._found.get(agent, []) if finding.at - f.at < OUTSIDE_PLAN_WINDOW_SECS]
+        kept.append(finding)
+        if len(kept) >= OUTSIDE_PLAN_FINDINGS:
+            self._found.pop(agent, None)
+            return kept
+        self._found[agent] = kept
+        return None
+
+    def confirmed(self, agent: str) -> None:
+        """A reading listed the agent as its plan says: no longer a suspect (its findings stay counted)."""
+        self.suspects.discard(agent)
+
+    def forget(self, agent: str) -> None:
+        """The agent left the plan."""
+        self.suspects.discard(agent)
+        self._found.pop(agent, None)
+
+
+def outside_plan_verdict(m: Membership, findings: Sequence[Finding], pipe_dir: str | None) -> str:
+    """The ``fatal`` event (and ``last_error``) of an agent found outside its plan too often: each finding, and
+    what a person checks before starting it again."""
+    first = findings[0].at
+    each = "; ".join(f"pid {f.pid} at +{f.at - first:.1f} s: {f.what}" for f in findings)
+    name = m.agent
+    if m.planned_mps:
+        check = (
+            f"that the MPS daemon of {m.gpu_uuid or 'its GPU'} answers (`colo mps status`; {PIPE_DIRECTORY}="
+            f"{pipe_dir or '?'}), that its command keeps the {PIPE_DIRECTORY} colo sets (`colo mps env {name}"
+            " -c CONFIG`)"
+        )
+    else:
+        check = f"that its command does not set {PIPE_DIRECTORY} itself (its plan runs it time-sliced)"
+    return (
+        f"{name} found outside its plan {len(findings)} times within {OUTSIDE_PLAN_WINDOW_SECS:g} s ({each}):"
+        f" FATAL, not relaunched again. Check {check}, and its log (`colo logs {name}`); then"
+        f" `colo agent start {name}`"
+    )

@@ -7,6 +7,7 @@ and :meth:`Recoveries.begin` starts the same phases for that GPU (agents on othe
     (trigger) -> STOPPING -> WAITING -> RELAUNCHING -> DONE
                     ^                        |
                     +---- another failure ---+
+                                 WAITING -> DONE: gave up (its bounds, below)
 
 - STOPPING: every agent on that GPU is held; ``terminate_client`` then the stop signal, SIGKILL after
   :data:`RECOVERY_STOP_WAIT_SECS`. Over when no agent on the GPU has a process, or after
@@ -17,10 +18,16 @@ and :meth:`Recoveries.begin` starts the same phases for that GPU (agents on othe
   restarted with its settings — at once when the daemon is dead, hung or does not answer. A daemon that
   cannot be restarted is tried again every :data:`RESTORE_RETRY_SECS`: nothing is relaunched without an
   answering daemon (a client whose pipe dir has none runs as a plain CUDA context, outside its limits).
+  **Bounded**: a daemon that could not be restarted for :data:`RESTORE_GIVE_UP_SECS`, or a recovery whose
+  relaunch failed :data:`MAX_RECOVERY_ROUNDS` times, gives up here (WAITING -> DONE): its agents become FATAL
+  and one ``fatal`` event says why and what to check; the GPU is left alone until an agent there is started
+  again (then the supervisor begins its recovery again when its daemon does not answer).
 - RELAUNCHING: the agents that were up are started again. Over when all are RUNNING (or gave up: FATAL,
   EXITED), or after ``relaunch_timeout_secs``. **Another failure** of the GPU's MPS now (the new daemon or
   server dies or hangs, a server FAULT, an agent outside MPS) sends the recovery back to STOPPING: the same
-  record, its trigger kept, ``refaults`` counted.
+  record, its trigger kept, ``refaults`` counted, and — when it fails the GPU's MPS, not one agent — a new
+  ``round``. An agent the supervisor gave up on (:meth:`Recoveries.abandon`: found outside its plan too often)
+  is not started again here but made FATAL.
 - DONE: a :class:`RecoveryRecord` (detection to all RUNNING, in seconds) and an event are written.
 
 ``not_as_planned`` (an agent whose process is not what its plan says: :mod:`colo.supervise.recovery.membership`)
@@ -48,6 +55,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from colo.errors import ColoError
+from colo.gpu.mps.env import log_dir_of, pipe_dir_of
 from colo.supervise.agent import Agent
 from colo.supervise.snapshots import EventKind, EventSink, RecoverySummary
 from colo.supervise.state import AgentState
@@ -71,6 +79,7 @@ ALLOWED: dict[RecoveryPhase, frozenset[RecoveryPhase]] = {
     RecoveryPhase.WAITING: frozenset(
         {
             RecoveryPhase.RELAUNCHING,  # WAITING -> RELAUNCHING: server ACTIVE/gone, or daemon restarted
+            RecoveryPhase.DONE,  # WAITING -> DONE: gave up (daemon not restorable, or the relaunch failed too often)
         }
     ),
     RecoveryPhase.RELAUNCHING: frozenset(
@@ -121,6 +130,14 @@ STOPPING_BOUND_SECS = RECOVERY_STOP_WAIT_SECS + 2.0
 #: A daemon restart that failed is tried again after this many seconds (the agents wait: nothing relaunches
 #: without an answering daemon).
 RESTORE_RETRY_SECS = 1.0
+#: A recovery whose daemon restarts have failed for this long (seconds, from the first failure) gives up: its
+#: agents become FATAL. Long enough for what passes by itself (an old server still tearing down, a GPU being
+#: reset); past it the cause needs a person, and the agents were down the whole time anyway.
+RESTORE_GIVE_UP_SECS = 60.0
+#: A recovery gives up when its agents' relaunch fails this many times (each failure of the GPU's MPS while
+#: they start sends it back to STOPPING: a new round). The worst drill needs two (a second fault during the
+#: relaunch); a third in a row means the restored MPS does not hold.
+MAX_RECOVERY_ROUNDS = 3
 
 
 class RecoveryTransitionError(Exception):
@@ -212,6 +229,11 @@ class Recovery:
     only: set[str] | None = None  # the agents recovered (not_as_planned); None: every agent of the GPU
     refaults: int = 0  # further failures seen during this recovery
     retry_at: float = 0.0  # a failed daemon restart is tried again from then on
+    rounds: int = 1  # relaunch attempts begun or pending: 1 + the failures of the GPU's MPS while relaunching
+    restore_failed_at: float | None = None  # the first failed daemon restart of this wait
+    restore_tries: int = 0  # failed daemon restarts since then
+    ending: str | None = None  # why it gives up (at its next WAITING); None: it goes on
+    abandoned: dict[str, str] = field(default_factory=dict)  # agent -> why it is made FATAL, not relaunched
 
     def move(self, new: RecoveryPhase, now: float) -> None:
         """Enter ``new`` (checked against :data:`ALLOWED`) at ``now``; the time spent in the old phase is kept
@@ -239,6 +261,7 @@ class RecoveryRecord:
     ok: bool = True
     phase_secs: Mapping[RecoveryPhase, float] = field(default_factory=dict)
     refaults: int = 0
+    gave_up: str | None = None  # why the recovery gave up (its agents FATAL); None: it ran to the end
 
     def phases_text(self) -> str:
         """``stop_s=0.41 wait_s=0.00 relaunch_s=3.20``: where the recovery's seconds went."""
@@ -273,6 +296,8 @@ class Recoveries:
         self.relaunch_timeout_secs = relaunch_timeout_secs
         self.active: dict[str, Recovery] = {}
         self.recovered: list[RecoveryRecord] = []
+        #: GPUs whose recovery gave up, with its trigger: left alone until an agent there is asked to run
+        self.given_up: dict[str, RecoveryTrigger] = {}
 
     def __contains__(self, gpu_uuid: object) -> bool:
         return gpu_uuid in self.active
@@ -294,7 +319,7 @@ class Recoveries:
         uuid = fault.gpu_uuid
         if only is not None:
             on_gpu = [a for a in on_gpu if a.name in only]
-        was_up = [a.name for a in on_gpu if a.state in _UP and a.name not in retiring]
+        was_up = [a.name for a in on_gpu if a.state in _UP and a.name not in retiring and not a.giving_up]
         detect = max(0.0, now - fault.seen_ok_at) if fault.seen_ok_at is not None else None
         blame = f"; faulting client: {culprit}" if culprit else "; faulting client not named in the logs"
         if fault.trigger not in (RecoveryTrigger.SERVER_FAULT, RecoveryTrigger.CLIENT_MPS_ERROR):
@@ -312,6 +337,7 @@ class Recoveries:
         rec.restore_daemon = fault.trigger in RESTORE_DAEMON_AT_ONCE
         rec.only = set(only) if only is not None else None
         self.active[uuid] = rec
+        self.given_up.pop(uuid, None)
         self._end_hung(fault)
         self._stop(on_gpu)
 
@@ -355,8 +381,15 @@ class Recoveries:
             rec.only |= set(only)
         else:
             rec.only = None  # the GPU's MPS failed: every agent on it
+        if relaunching and rec.only is None:
+            rec.rounds += 1
+            if rec.rounds > MAX_RECOVERY_ROUNDS and rec.ending is None:
+                rec.ending = (
+                    f"its agents' relaunch failed {MAX_RECOVERY_ROUNDS} times in a row (last: [{fault.trigger.value}]"
+                    f" {fault.detail})"
+                )
         mine = rec.mine(on_gpu)
-        up = [a.name for a in mine if a.state in _UP and a.name not in retiring]
+        up = [a.name for a in mine if a.state in _UP and a.name not in retiring and not a.giving_up]
         rec.agents = list(dict.fromkeys([*rec.agents, *up]))
         self._event(
             EventKind.MPS_FAULT,
@@ -370,6 +403,13 @@ class Recoveries:
             rec.move(RecoveryPhase.STOPPING, now)
         self._stop(mine)
         return True
+
+    def abandon(self, gpu_uuid: str, agent: str, reason: str) -> None:
+        """At this GPU's relaunch, ``agent`` is not started again but made FATAL with ``reason`` (the supervisor
+        gave up on it: found outside its plan too often). No-op when no recovery runs there."""
+        rec = self.active.get(gpu_uuid)
+        if rec is not None:
+            rec.abandoned[agent] = reason
 
     def tick(self, now: float, agents: Mapping[str, Agent], agents_on: Callable[[str], list[Agent]]) -> None:
         """Move every recovery on as far as it can go now."""
@@ -389,12 +429,19 @@ class Recoveries:
                     )
                 rec.move(RecoveryPhase.WAITING, now)
             if rec.phase == RecoveryPhase.WAITING:
-                if not self._waited(rec, now):
+                waited = rec.ending is None and self._waited(rec, now)
+                if rec.ending is not None:
+                    self._give_up(rec, now, agents, agents_on(uuid))
+                    del self.active[uuid]
+                    continue
+                if not waited:
                     continue
                 for a in rec.mine(agents_on(uuid)):
                     a.release()
                 for name in rec.agents:
-                    if name in agents:
+                    if name in rec.abandoned and name in agents:
+                        agents[name].give_up(rec.abandoned[name])  # STOPPED/BACKOFF -> FATAL, not relaunched
+                    elif name in agents:
                         agents[name].start("MPS fault recovery")
                 rec.move(RecoveryPhase.RELAUNCHING, now)
                 continue
@@ -410,7 +457,8 @@ class Recoveries:
     def _waited(self, rec: Recovery, now: float) -> bool:
         """WAITING is over: the server is ready (and the daemon answers), or the daemon was restarted (at once
         when it is dead, hung or not answering, else past ``fault_wait_secs``). A failed restart keeps the
-        recovery WAITING and is tried again after :data:`RESTORE_RETRY_SECS`."""
+        recovery WAITING and is tried again after :data:`RESTORE_RETRY_SECS`; one that fails
+        :data:`RESTORE_GIVE_UP_SECS` after the first failure sets ``rec.ending``: the recovery gives up."""
         if self.mps is None:
             return True
         if now < rec.retry_at:
@@ -430,18 +478,50 @@ class Recoveries:
             self.mps.restart_daemon(uuid)
         except ColoError as exc:
             rec.retry_at = now + RESTORE_RETRY_SECS
+            rec.restore_tries += 1
+            first = rec.restore_failed_at = now if rec.restore_failed_at is None else rec.restore_failed_at
+            if now - first >= RESTORE_GIVE_UP_SECS:
+                rec.ending = (
+                    f"its MPS daemon could not be restarted for {now - first:.0f} s ({rec.restore_tries} tries;"
+                    f" last: {exc})"
+                )
+                return False
             self._event(
                 EventKind.DAEMON,
                 None,
                 f"could not restart the MPS daemon of {uuid}: {exc}; its agents wait (tried again in"
-                f" {RESTORE_RETRY_SECS:g} s)",
+                f" {RESTORE_RETRY_SECS:g} s; given up {RESTORE_GIVE_UP_SECS:g} s after the first failure)",
                 uuid,
             )
             return False
+        rec.restore_failed_at, rec.restore_tries = None, 0
         rec.daemon_restarted, rec.restore_daemon = True, False
         why = "at once" if at_once else "still FAULT"
         self._event(EventKind.DAEMON, None, f"restarted the MPS daemon of {uuid} ({why})", uuid)
         return True
+
+    def _give_up(self, rec: Recovery, now: float, agents: Mapping[str, Agent], on_gpu: list[Agent]) -> None:
+        """WAITING -> DONE: the recovery gave up (``rec.ending`` says why). Every agent it was bringing back
+        becomes FATAL (each stopped already, or once its process is gone); one ``fatal`` event says why and what
+        to check; the GPU is left alone until an agent there is asked to run again."""
+        assert rec.ending is not None
+        rec.move(RecoveryPhase.DONE, now)
+        for a in rec.mine(on_gpu):
+            a.release()
+        mine = [agents[n] for n in rec.agents if n in agents]
+        names = [a.name for a in mine if a.state not in (AgentState.EXITED, AgentState.FATAL)]
+        short = f"MPS recovery of {rec.gpu_uuid} gave up: {rec.ending}"
+        for a in mine:
+            a.give_up(rec.abandoned.get(a.name, short))
+        self.given_up[rec.gpu_uuid] = rec.trigger
+        secs = now - rec.detected_at
+        self.recovered.append(
+            RecoveryRecord(
+                rec.gpu_uuid, secs, tuple(rec.agents), rec.culprit, rec.daemon_restarted, rec.trigger, rec.detect_secs,
+                False, dict(rec.phase_secs), rec.refaults, rec.ending,
+            )
+        )
+        self._event(EventKind.FATAL, None, give_up_text(rec, names, on_gpu, secs), rec.gpu_uuid)
 
     def _finish(self, rec: Recovery, mine: list[Agent], now: float) -> None:
         secs = now - rec.detected_at
@@ -477,3 +557,21 @@ class Recoveries:
             return self.mps.ready(uuid)
         except ColoError:
             return False
+
+
+def give_up_text(rec: Recovery, names: list[str], on_gpu: list[Agent], secs: float) -> str:
+    """The one event of a recovery that gave up: the GPU, its trigger, why, which agents are FATAL now, and what a
+    person checks before starting them again (the daemon's pipe and log dirs, ``colo logs``)."""
+    uuid = rec.gpu_uuid
+    env = next((a.setup.launch.env_dict() for a in on_gpu if a.setup.launch.mps_client), {})
+    pipe, logs = pipe_dir_of(env), log_dir_of(env)
+    where = f" (pipe dir {pipe}, its control.log and server.log in {logs})" if pipe and logs else ""
+    agents = ", ".join(names) if names else "no agent"
+    blame = f"; the faulting client named: {rec.culprit}" if rec.culprit else ""
+    first = names[0] if names else "NAME"
+    return (
+        f"gave up the MPS fault recovery of {uuid} [{rec.trigger.value}] after {secs:.1f} s: {rec.ending}{blame};"
+        f" FATAL now: {agents}. Check the GPU's MPS daemon{where} and the GPU (`colo mps status`, `nvidia-smi`),"
+        f" and the agents' logs (`colo logs {first}`); then start them again (`colo agent start {first}`): colo"
+        " restores the daemon first when it does not answer"
+    )
