@@ -20,8 +20,11 @@ Every error is in its route's own shape, never echoing the input (:mod:`colo.mod
 OpenAPI document carries the loaded models' limits (:mod:`colo.modelserver.openapi_doc`). Answers are
 serialised by orjson.
 
-The route functions are plain ``def``: FastAPI runs them in its thread pool; they only check, tokenise and
-queue, the device work runs on the runtime's one device thread, so a batch never blocks ``/health``.
+The inference routes (``/infer`` and the standard encoder routes) are ``async``: a small request is checked,
+tokenised and queued on the event loop, which then waits for its batch without blocking
+(:func:`colo.modelserver.http_common.infer`); a large one is checked and tokenised on a worker thread. The
+other routes are plain ``def`` (FastAPI's thread pool: ``/health`` may wait on the CUDA probe). The device
+work runs on the runtime's one device thread either way, so a batch never blocks ``/health``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from colo.modelserver.api_errors import (
     validation_response,
 )
 from colo.modelserver.bodies import MAX_IDS_PER_ROW, MAX_ITEMS, MAX_TEXT_CHARS, InferBody
-from colo.modelserver.http_common import JsonBytes, ReceivedAt, parse_secs, respond
+from colo.modelserver.http_common import JsonBytes, ReceivedAt, inline_sized, parse_secs, respond_async
+from colo.modelserver.http_common import infer as infer_on_loop
 from colo.modelserver.openai_api import add_openai_routes
 from colo.modelserver.openapi_doc import agent_openapi
 from colo.modelserver.runtime import AgentRuntime, InferInput
@@ -76,7 +80,7 @@ def create_app(runtime: AgentRuntime, *, fault_route: bool = False) -> FastAPI:
         return JsonBytes(body, status_code=200 if body["status"] == "ready" else 503)
 
     @app.post("/infer", responses=error_responses(Dialect.COLO, 422, 503, 507))
-    def infer(body: InferBody, request: Request) -> Response:
+    async def infer(body: InferBody, request: Request) -> Response:
         req = InferInput(
             model=body.model,
             texts=body.texts,
@@ -85,10 +89,10 @@ def create_app(runtime: AgentRuntime, *, fault_route: bool = False) -> FastAPI:
             parse_secs=parse_secs(request, clock),
         )
         try:
-            answer = runtime.infer(req)
+            answer = await infer_on_loop(runtime, req)
         except HANDLED as exc:
             return error_from(Dialect.COLO, exc, runtime.retry_after_secs)
-        return respond(answer, metrics, clock)
+        return await respond_async(answer, metrics, clock, inline=inline_sized(req))
 
     @app.get(
         "/metrics",

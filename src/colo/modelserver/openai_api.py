@@ -21,6 +21,7 @@ import base64
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,7 +29,7 @@ from fastapi.responses import Response
 
 from colo.modelserver.api_errors import HANDLED, Dialect, error_from, error_responses
 from colo.modelserver.bodies import ChatBody, CompletionsBody, EmbeddingsBody
-from colo.modelserver.http_common import parse_secs, respond
+from colo.modelserver.http_common import infer, inline_sized, parse_secs, respond, respond_async
 from colo.modelserver.route_fit import fitting_model
 from colo.modelserver.runtime import AgentRuntime, InferInput, RequestError
 from colo.modelserver.tokens import chat_prompt
@@ -81,14 +82,13 @@ def add_openai_routes(app: FastAPI, runtime: AgentRuntime) -> None:
         return respond({"object": "list", "data": data}, metrics, clock)
 
     @app.post("/v1/embeddings", tags=["openai"], responses=_ERRORS)
-    def embeddings(body: EmbeddingsBody, request: Request) -> Response:
+    async def embeddings(body: EmbeddingsBody, request: Request) -> Response:
         parsed = parse_secs(request, clock)
         texts, ids = split_input(body.input)
+        req = InferInput(model=body.model, texts=texts, input_ids=ids, raw=True, parse_secs=parsed)
         try:
             model = fitting_model(runtime, body.model, "embeddings", "/v1/embeddings")
-            answer = runtime.infer(
-                InferInput(model=model.model_id, texts=texts, input_ids=ids, raw=True, parse_secs=parsed)
-            )
+            answer = await infer(runtime, replace(req, model=model.model_id))
             vectors = answer["vectors"]
             if body.dimensions is not None and body.dimensions != vectors.shape[1]:
                 raise RequestError(
@@ -110,7 +110,7 @@ def add_openai_routes(app: FastAPI, runtime: AgentRuntime) -> None:
             "model": model.model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return respond(doc, metrics, clock)
+        return await respond_async(doc, metrics, clock, inline=inline_sized(req))
 
     def generate(
         model_name: str, route: str, prompts: list[str], max_tokens: int | None, parsed: float | None
