@@ -29,6 +29,7 @@ from fastapi.responses import Response
 
 from colo.modelserver.api_errors import HANDLED, Dialect, error_from, error_responses
 from colo.modelserver.bodies import ChatBody, CompletionsBody, EmbeddingsBody
+from colo.modelserver.fast_bodies import FastRoutes
 from colo.modelserver.http_common import infer, inline_sized, parse_secs, respond, respond_async
 from colo.modelserver.route_fit import fitting_model
 from colo.modelserver.runtime import AgentRuntime, InferInput, RequestError
@@ -69,9 +70,11 @@ def _completion_doc(
     }
 
 
-def add_openai_routes(app: FastAPI, runtime: AgentRuntime) -> None:
-    """Add the ``/v1/...`` routes for ``runtime`` to ``app``."""
+def add_openai_routes(app: FastAPI, runtime: AgentRuntime, fast: FastRoutes | None = None) -> None:
+    """Add the ``/v1/...`` routes for ``runtime`` to ``app``; ``/v1/embeddings`` also to ``fast`` (the routes
+    :class:`~colo.modelserver.fast_bodies.FastBodies` answers)."""
     clock, metrics = runtime.clock, runtime.metrics
+    fast = fast or FastRoutes()
 
     def failed(exc: Exception) -> Response:
         return error_from(Dialect.OPENAI, exc, runtime.retry_after_secs)
@@ -81,7 +84,7 @@ def add_openai_routes(app: FastAPI, runtime: AgentRuntime) -> None:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "colo"} for m, _ in runtime.specs]
         return respond({"object": "list", "data": data}, metrics, clock)
 
-    @app.post("/v1/embeddings", tags=["openai"], responses=_ERRORS)
+    @fast.post(app, "/v1/embeddings", EmbeddingsBody, tags=["openai"], responses=_ERRORS)
     async def embeddings(body: EmbeddingsBody, request: Request) -> Response:
         parsed = parse_secs(request, clock)
         texts, ids = split_input(body.input)

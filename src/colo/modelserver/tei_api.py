@@ -23,6 +23,7 @@ from fastapi.responses import Response
 
 from colo.modelserver.api_errors import HANDLED, Dialect, error_from, error_responses
 from colo.modelserver.bodies import EmbedBody, PredictBody
+from colo.modelserver.fast_bodies import FastRoutes
 from colo.modelserver.http_common import infer, inline_sized, parse_secs, respond_async
 from colo.modelserver.loading import LoadedModel
 from colo.modelserver.route_fit import fitting_model
@@ -46,9 +47,11 @@ def softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return result
 
 
-def add_tei_routes(app: FastAPI, runtime: AgentRuntime) -> None:
-    """Add ``/embed`` and ``/predict`` for ``runtime`` to ``app``."""
+def add_tei_routes(app: FastAPI, runtime: AgentRuntime, fast: FastRoutes | None = None) -> None:
+    """Add ``/embed`` and ``/predict`` for ``runtime`` to ``app``, and to ``fast`` (the routes
+    :class:`~colo.modelserver.fast_bodies.FastBodies` answers)."""
     clock, metrics = runtime.clock, runtime.metrics
+    fast = fast or FastRoutes()
 
     async def run_raw(
         inputs: str | list[str], kind: str, route: str, request: Request
@@ -66,7 +69,7 @@ def add_tei_routes(app: FastAPI, runtime: AgentRuntime) -> None:
     def small(inputs: str | list[str]) -> bool:
         return inline_sized(InferInput(texts=[inputs] if isinstance(inputs, str) else inputs))
 
-    @app.post("/embed", tags=["text-embeddings-inference"], responses=_ERRORS)
+    @fast.post(app, "/embed", EmbedBody, tags=["text-embeddings-inference"], responses=_ERRORS)
     async def embed(body: EmbedBody, request: Request) -> Response:
         out = await run_raw(body.inputs, "embeddings", "/embed", request)
         if isinstance(out, Response):
@@ -77,7 +80,7 @@ def add_tei_routes(app: FastAPI, runtime: AgentRuntime) -> None:
             vectors = vectors / np.maximum(norms, 1e-12)
         return await respond_async(vectors, metrics, clock, inline=small(body.inputs))
 
-    @app.post("/predict", tags=["text-embeddings-inference"], responses=_ERRORS)
+    @fast.post(app, "/predict", PredictBody, tags=["text-embeddings-inference"], responses=_ERRORS)
     async def predict(body: PredictBody, request: Request) -> Response:
         out = await run_raw(body.inputs, "classification", "/predict", request)
         if isinstance(out, Response):
