@@ -14,7 +14,9 @@ downloaded), waits for ``/health``, then sends requests one at a time over one k
 - ``POST /infer`` with ``input_ids`` of 1 × ``--tokens`` (16);
 - ``POST /v1/embeddings`` with the same ids as one token array (``encoding_format`` float).
 
-Prints, per route, p50/p99/mean of the client's wall time per request, and the agent's own mean per phase
+Prints, per route, p50/p99/mean of the client's wall time per request; for ``/infer`` also p50/p99 of each
+request's time outside its own forward (wall time less the answer's ``timing.forward_ms``: what issue 22 cuts,
+free of the forward's own noise); and the agent's own mean per phase
 over exactly those requests (``colo_agent_phase_seconds`` read before and after: parse, tokenize, queue,
 to_device, forward, to_host, serialize), and what the started agent's uvicorn runs on (its log says).
 ``--json`` prints the same as one JSON object. The agent is stopped on exit (SIGTERM, then SIGKILL).
@@ -25,11 +27,11 @@ the machine it ran on: label CPU runs as CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -111,10 +113,18 @@ class Connection:
 
 
 def time_route(
-    conn: Connection, path: str, body: bytes, *, warmup: int, requests: int, clock: Callable[[], float] = time.perf_counter
+    conn: Connection,
+    path: str,
+    body: bytes,
+    *,
+    warmup: int,
+    requests: int,
+    clock: Callable[[], float] = time.perf_counter,
+    forward_secs: list[float] | None = None,
 ) -> list[float]:
     """Seconds per request of ``requests`` POSTs of ``body`` to ``path``, one at a time, after ``warmup``
-    untimed ones. Raises RuntimeError on an answer other than 200."""
+    untimed ones; ``forward_secs`` (``/infer`` only) receives each timed answer's own ``timing.forward_ms``.
+    Raises RuntimeError on an answer other than 200."""
     times: list[float] = []
     for i in range(warmup + requests):
         started = clock()
@@ -124,11 +134,14 @@ def time_route(
             raise RuntimeError(f"POST {path}: {status} {answer[:300]!r}")
         if i >= warmup:
             times.append(elapsed)
+            if forward_secs is not None:
+                forward_secs.append(json.loads(answer)["timing"]["forward_ms"] / 1000.0)
     return times
 
 
 def measure(url: str, model: str, *, tokens: int, warmup: int, requests: int) -> dict[str, Any]:
-    """Every route of :func:`request_bodies` against the agent at ``url``: latency (ms) and phase means (ms)."""
+    """Every route of :func:`request_bodies` against the agent at ``url``: latency (ms) and phase means (ms);
+    for ``/infer`` also each request's time outside its own forward (its wall time less ``timing.forward_ms``)."""
     from colo.bench import stats
     from colo.modelserver.metrics import phase_means_ms
 
@@ -141,16 +154,22 @@ def measure(url: str, model: str, *, tokens: int, warmup: int, requests: int) ->
         for path, body in request_bodies(model, tokens).items():
             time_route(conn, path, body, warmup=warmup, requests=0)
             before = conn.request("GET", "/metrics")[1].decode()
-            times = time_route(conn, path, body, warmup=0, requests=requests)
+            forward: list[float] | None = [] if path == "/infer" else None
+            times = time_route(conn, path, body, warmup=0, requests=requests, forward_secs=forward)
             after = conn.request("GET", "/metrics")[1].decode()
             lat = stats.summarize_latencies(times)
-            routes[path] = {
+            row: dict[str, Any] = {
                 "requests": lat.count,
                 "p50_ms": lat.p50_secs * 1000.0,
                 "p99_ms": lat.p99_secs * 1000.0,
                 "mean_ms": lat.mean_secs * 1000.0,
                 "phases_ms": phase_means_ms(after, since=before),  # the timed requests' only
             }
+            if forward is not None:
+                outside = stats.summarize_latencies([t - f for t, f in zip(times, forward, strict=True)])
+                row["outside_forward_p50_ms"] = outside.p50_secs * 1000.0
+                row["outside_forward_p99_ms"] = outside.p99_secs * 1000.0
+            routes[path] = row
         info = json.loads(health)
         return {"device": info.get("device"), "device_name": info.get("device_name"), "tokens": tokens, "routes": routes}
     finally:
@@ -213,14 +232,16 @@ def http_of(log: Path) -> str | None:
     return found.group(1) if found else None
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes], grace_secs: float = 30.0) -> None:
+    """SIGTERM (the agent's graceful stop), SIGKILL when it is still there after ``grace_secs``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_secs)
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def table(result: dict[str, Any]) -> list[str]:
@@ -229,13 +250,19 @@ def table(result: dict[str, Any]) -> list[str]:
     lines = [
         f"a lone request of 1 × {result['tokens']} ids, on {label}, HTTP: {result.get('http') or 'not known'}",
         "",
-        "| route | requests | p50 ms | p99 ms | mean ms | agent's phases, mean ms |",
-        "|---|---|---|---|---|---|",
+        "| route | requests | p50 ms | p99 ms | mean ms | outside the forward, p50 / p99 ms | agent's phases, mean ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for path, row in result["routes"].items():
         phases = ", ".join(f"{k} {v:.3f}" for k, v in row["phases_ms"].items())
+        outside = (
+            f"{row['outside_forward_p50_ms']:.3f} / {row['outside_forward_p99_ms']:.3f}"
+            if "outside_forward_p50_ms" in row
+            else "–"
+        )
         lines.append(
-            f"| `{path}` | {row['requests']} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['mean_ms']:.3f} | {phases} |"
+            f"| `{path}` | {row['requests']} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['mean_ms']:.3f} "
+            f"| {outside} | {phases} |"
         )
     return lines
 

@@ -15,6 +15,7 @@ and tokenised on a worker thread, and its answer serialised there (:func:`respon
 
 from __future__ import annotations
 
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import orjson
@@ -74,22 +75,20 @@ def respond(content: Any, metrics: AgentMetrics, clock: Clock, status_code: int 
 def inline_sized(req: InferInput) -> bool:
     """Whether ``req`` is small enough to be checked, tokenised and answered on the event loop: at most
     :data:`INLINE_MAX_IDS` ids and :data:`INLINE_MAX_CHARS` characters of text (and rows no more than ids)."""
-    if req.texts is not None:
-        if len(req.texts) > INLINE_MAX_IDS:
+    return (req.texts is None or _total_within(req.texts, INLINE_MAX_CHARS)) and (
+        req.input_ids is None or _total_within(req.input_ids, INLINE_MAX_IDS)
+    )
+
+
+def _total_within(items: Sequence[Sized], most: int) -> bool:
+    """At most :data:`INLINE_MAX_IDS` items, their lengths adding up to at most ``most`` (counting stops past it)."""
+    if len(items) > INLINE_MAX_IDS:
+        return False
+    total = 0
+    for item in items:
+        total += len(item)
+        if total > most:
             return False
-        chars = 0
-        for text in req.texts:
-            chars += len(text)
-            if chars > INLINE_MAX_CHARS:
-                return False
-    if req.input_ids is not None:
-        if len(req.input_ids) > INLINE_MAX_IDS:
-            return False
-        ids = 0
-        for row in req.input_ids:
-            ids += len(row)
-            if ids > INLINE_MAX_IDS:
-                return False
     return True
 
 

@@ -66,6 +66,8 @@ def test_measure_times_each_route_and_reads_the_agents_phases(agent_url: str, ca
         assert row["requests"] == 5 and 0 < row["p50_ms"] <= row["p99_ms"]
         # The phases of the route's own timed requests, every one observed.
         assert set(row["phases_ms"]) == set(PHASES) and row["phases_ms"]["forward"] > 0
+    infer = result["routes"]["/infer"]
+    assert 0 < infer["outside_forward_p50_ms"] < infer["p50_ms"] and "outside_forward_p50_ms" not in result["routes"]["/v1/embeddings"]
     assert lone.main(["--url", agent_url, "--warmup", "0", "--requests", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("a lone request of 1 × 16 ids, on cpu") and lines[4].startswith("| `/infer` | 3 |")
