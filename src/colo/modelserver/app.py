@@ -20,8 +20,13 @@ Every error is in its route's own shape, never echoing the input (:mod:`colo.mod
 OpenAPI document carries the loaded models' limits (:mod:`colo.modelserver.openapi_doc`). Answers are
 serialised by orjson.
 
-The route functions are plain ``def``: FastAPI runs them in its thread pool; they only check, tokenise and
-queue, the device work runs on the runtime's one device thread, so a batch never blocks ``/health``.
+A valid JSON body of an inference route reaches its handler through :mod:`colo.modelserver.fast_bodies`
+(one pydantic pass over the raw bytes); any other goes FastAPI's way, so errors are FastAPI's as before.
+The inference routes (``/infer`` and the standard encoder routes) are ``async``: a small request is checked,
+tokenised and queued on the event loop, which then waits for its batch without blocking
+(:func:`colo.modelserver.http_common.infer`); a large one is checked and tokenised on a worker thread. The
+other routes are plain ``def`` (FastAPI's thread pool: ``/health`` may wait on the CUDA probe). The device
+work runs on the runtime's one device thread either way, so a batch never blocks ``/health``.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ from colo.modelserver.api_errors import (
     validation_response,
 )
 from colo.modelserver.bodies import MAX_IDS_PER_ROW, MAX_ITEMS, MAX_TEXT_CHARS, InferBody
-from colo.modelserver.http_common import JsonBytes, ReceivedAt, parse_secs, respond
+from colo.modelserver.fast_bodies import FastBodies, FastRoutes
+from colo.modelserver.http_common import JsonBytes, ReceivedAt, inline_sized, parse_secs, respond_async
+from colo.modelserver.http_common import infer as infer_on_loop
 from colo.modelserver.openai_api import add_openai_routes
 from colo.modelserver.openapi_doc import agent_openapi
 from colo.modelserver.runtime import AgentRuntime, InferInput
@@ -63,9 +70,14 @@ def create_app(runtime: AgentRuntime, *, fault_route: bool = False) -> FastAPI:
         description="colo's built-in model agent: /health, /infer, /metrics; OpenAI's /v1/embeddings, "
         "/v1/completions, /v1/chat/completions, /v1/models; text-embeddings-inference's /embed, /predict.",
         version="1",
+        # FastAPI's own OpenTelemetry hooks record nothing here (the agent configures no provider) but ask the
+        # OpenTelemetry API whether to, on every request: microseconds a lone request need not spend.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     clock, metrics = runtime.clock, runtime.metrics
-    app.add_middleware(ReceivedAt, clock=clock)
+    fast = FastRoutes()
+    app.add_middleware(FastBodies, routes=fast.routes)
+    app.add_middleware(ReceivedAt, clock=clock)  # added last, so outermost: it stamps every request first
     app.add_exception_handler(RequestValidationError, validation_response)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error_response)  # type: ignore[arg-type]
     app.openapi = lambda: agent_openapi(app, runtime)  # type: ignore[method-assign]
@@ -75,8 +87,8 @@ def create_app(runtime: AgentRuntime, *, fault_route: bool = False) -> FastAPI:
         body = runtime.health()
         return JsonBytes(body, status_code=200 if body["status"] == "ready" else 503)
 
-    @app.post("/infer", responses=error_responses(Dialect.COLO, 422, 503, 507))
-    def infer(body: InferBody, request: Request) -> Response:
+    @fast.post(app, "/infer", InferBody, responses=error_responses(Dialect.COLO, 422, 503, 507))
+    async def infer(body: InferBody, request: Request) -> Response:
         req = InferInput(
             model=body.model,
             texts=body.texts,
@@ -85,10 +97,10 @@ def create_app(runtime: AgentRuntime, *, fault_route: bool = False) -> FastAPI:
             parse_secs=parse_secs(request, clock),
         )
         try:
-            answer = runtime.infer(req)
+            answer = await infer_on_loop(runtime, req)
         except HANDLED as exc:
             return error_from(Dialect.COLO, exc, runtime.retry_after_secs)
-        return respond(answer, metrics, clock)
+        return await respond_async(answer, metrics, clock, inline=inline_sized(req))
 
     @app.get(
         "/metrics",
@@ -98,8 +110,8 @@ def create_app(runtime: AgentRuntime, *, fault_route: bool = False) -> FastAPI:
     def metrics_text() -> Response:
         return Response(content=runtime.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
-    add_openai_routes(app, runtime)
-    add_tei_routes(app, runtime)
+    add_openai_routes(app, runtime, fast)
+    add_tei_routes(app, runtime, fast)
 
     if fault_route:
 

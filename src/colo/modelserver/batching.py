@@ -15,12 +15,15 @@ time, whatever the concurrency:
   handler and the queue (:meth:`DeviceWorker.arriving`) — so a lone request never waits at all.
 - :meth:`DeviceWorker.call` runs any function on the worker thread (loading, warm-up, the fault hook), ahead of
   queued requests, so all device work shares one thread (one cuBLAS handle, one workspace).
+- :func:`answered` lets an event loop wait for a job's future without a thread of its own: the device thread
+  wakes the loop when it answers (one hand-off each way, where a waiting HTTP worker thread adds two).
 
 The executor given to the worker answers every job's future; the worker answers any it left unanswered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections import deque
@@ -240,6 +243,30 @@ class DeviceWorker:
                 kept.append(job)
         self._jobs = kept
         return rows
+
+
+async def answered(future: Future[Any]) -> None:
+    """Wait on the running event loop until ``future`` is answered (its result or error is left in it).
+
+    Never cancels ``future``, unlike :func:`asyncio.wrap_future`: a job's future belongs to the device thread,
+    which answers it whatever became of the caller (a cancelled job future would make its ``set_result``
+    raise there, in the middle of a batch). A caller cancelled meanwhile just stops waiting.
+    """
+    if future.done():
+        return
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    def on_done(_: Future[Any]) -> None:  # on the device thread
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting
+            loop.call_soon_threadsafe(wake)
+
+    future.add_done_callback(on_done)
+    await woken
 
 
 def _answer(future: Future[Any], *, exc: BaseException) -> None:

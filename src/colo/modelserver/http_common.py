@@ -1,25 +1,39 @@
-"""What every route of the built-in agent shares: orjson responses, and the clock of the ``parse`` and
-``serialize`` phases.
+"""What every route of the built-in agent shares: orjson responses, the clock of the ``parse`` and
+``serialize`` phases, and inference from the event loop.
 
 :class:`ReceivedAt` is a pure ASGI middleware (no Starlette ``BaseHTTPMiddleware``, whose task per request
 costs more than it measures) that stamps each HTTP request with the runtime clock's reading as it arrives;
-a route reads it back with :func:`parse_secs` — the time to read and validate the body and hand the request
-to the route's thread. :func:`respond` serialises an answer and observes the ``serialize`` phase.
+a route reads it back with :func:`parse_secs` — the time to read and validate the body until the route runs.
+:func:`respond` serialises an answer and observes the ``serialize`` phase.
+
+The inference routes are ``async``: :func:`infer` queues a request for the device thread and waits for its
+batch on the event loop, so a lone request crosses threads twice (loop → device thread → loop) instead of
+four times through a worker thread of the pool. A request larger than :func:`inline_sized` allows is checked
+and tokenised on a worker thread, and its answer serialised there (:func:`respond_async`), as the plain
+``def`` routes do: the loop is never held for long by one request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from colo.clock import Clock
+from colo.modelserver.batching import answered
 from colo.modelserver.metrics import AgentMetrics
+from colo.modelserver.runtime import AgentRuntime, InferInput
 
 RECEIVED_KEY = "colo_received"
+# At most this many token ids, or characters of text, in a request handled on the event loop (checking and
+# tokenising it, serialising its answer: tens of microseconds); larger ones go to a worker thread.
+INLINE_MAX_IDS = 4096
+INLINE_MAX_CHARS = 16384
 
 
 class JsonBytes(Response):
@@ -56,3 +70,43 @@ def respond(content: Any, metrics: AgentMetrics, clock: Clock, status_code: int 
     response = JsonBytes(content, status_code=status_code)
     metrics.phase("serialize", clock.monotonic() - started)
     return response
+
+
+def inline_sized(req: InferInput) -> bool:
+    """Whether ``req`` is small enough to be checked, tokenised and answered on the event loop: at most
+    :data:`INLINE_MAX_IDS` ids and :data:`INLINE_MAX_CHARS` characters of text (and rows no more than ids)."""
+    return (req.texts is None or _total_within(req.texts, INLINE_MAX_CHARS)) and (
+        req.input_ids is None or _total_within(req.input_ids, INLINE_MAX_IDS)
+    )
+
+
+def _total_within(items: Sequence[Sized], most: int) -> bool:
+    """At most :data:`INLINE_MAX_IDS` items, their lengths adding up to at most ``most`` (counting stops past it)."""
+    if len(items) > INLINE_MAX_IDS:
+        return False
+    total = 0
+    for item in items:
+        total += len(item)
+        if total > most:
+            return False
+    return True
+
+
+async def infer(runtime: AgentRuntime, req: InferInput) -> dict[str, Any]:
+    """:meth:`AgentRuntime.infer` from an async route: queue ``req`` (on the loop when :func:`inline_sized`,
+    else on a worker thread) and wait for its batch without blocking the loop. Raises what ``infer`` raises."""
+    if inline_sized(req):
+        pending = runtime.submit(req)
+    else:
+        pending = await run_in_threadpool(runtime.submit, req)
+    await answered(pending.future)
+    return runtime.collect(pending)
+
+
+async def respond_async(
+    content: Any, metrics: AgentMetrics, clock: Clock, *, inline: bool, status_code: int = 200
+) -> Response:
+    """:func:`respond` on the loop when ``inline`` (a small answer), else on a worker thread."""
+    if inline:
+        return respond(content, metrics, clock, status_code)
+    return await run_in_threadpool(respond, content, metrics, clock, status_code)

@@ -105,7 +105,7 @@ def _encoder_outputs(out: Any, mask: Any) -> dict[str, Any]:
     return _format_encoder(kind, tensor, mask)
 
 
-def _raw_encoder(kind: str, tensor: Any, mask: Any) -> dict[str, Any]:
+def _raw_encoder(kind: str, tensor: Any, mask: Any, unpadded: bool = False) -> dict[str, Any]:
     """Full outputs as float32 numpy arrays (what the standard routes serve): ``vectors`` [rows, dim] of
     mean-pooled hidden states, or ``logits`` [rows, labels] of a classification head; token-level logits
     have no raw form (``kind`` token_predictions, nothing else)."""
@@ -113,22 +113,26 @@ def _raw_encoder(kind: str, tensor: Any, mask: Any) -> dict[str, Any]:
         if tensor.dim() == 2:
             return {"kind": "classification", "logits": tensor.float().cpu().numpy()}
         return {"kind": "token_predictions"}
-    return {"kind": "embeddings", "vectors": _mean_pool(tensor, mask).cpu().numpy()}
+    return {"kind": "embeddings", "vectors": _mean_pool(tensor, mask, unpadded).cpu().numpy()}
 
 
-def _mean_pool(hidden: Any, mask: Any) -> Any:
-    """Mask-weighted mean over tokens as float32 [rows, dim] (a 2-D tensor is already pooled)."""
+def _mean_pool(hidden: Any, mask: Any, unpadded: bool = False) -> Any:
+    """Mask-weighted mean over tokens as float32 [rows, dim] (a 2-D tensor is already pooled). ``unpadded``:
+    the caller knows every row fills the width (a lone request, rows of one length), so the mask is all ones
+    and a plain mean gives the same (up to float rounding) in one kernel instead of six."""
     if hidden.dim() == 2:
         return hidden.float()
+    if unpadded:
+        return hidden.mean(1).float()
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).float()
 
 
-def _format_encoder(kind: str, tensor: Any, mask: Any, raw: bool = False) -> dict[str, Any]:
+def _format_encoder(kind: str, tensor: Any, mask: Any, raw: bool = False, unpadded: bool = False) -> dict[str, Any]:
     import torch
 
     if raw:
-        return _raw_encoder(kind, tensor, mask)
+        return _raw_encoder(kind, tensor, mask, unpadded)
     if kind == "logits":
         logits = tensor
         if logits.dim() == 2:
@@ -144,7 +148,7 @@ def _format_encoder(kind: str, tensor: Any, mask: Any, raw: bool = False) -> dic
             "logits_shape": list(logits.shape),
             "predictions": [best[i, : int(n)].tolist() for i, n in enumerate(lengths)],
         }
-    pooled = _mean_pool(tensor, mask)
+    pooled = _mean_pool(tensor, mask, unpadded).cpu()  # ONE device→host copy; the norms are taken here
     result: dict[str, Any] = {"kind": "embeddings", "embedding_shape": list(pooled.shape)}
     if pooled.numel() <= FULL_EMBEDDING_VALUES:
         result["embeddings"] = pooled.tolist()
@@ -193,7 +197,8 @@ def run_merged(
             part = tensor[first:last]
             if part.dim() == 3:
                 part = part[:, :width]
-            formatted.append(_format_encoder(kind, part, mask[first:last, :width], as_raw))
+            unpadded = all(len(r) == width for r in group)
+            formatted.append(_format_encoder(kind, part, mask[first:last, :width], as_raw, unpadded))
             first = last
         to_host_ms = (clock.monotonic() - ended) * 1000.0
     return [

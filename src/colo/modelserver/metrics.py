@@ -13,7 +13,7 @@ One registry per :class:`AgentMetrics` (not the process-global one), so several 
   alloc_failed (507), context_lost (503), other (500);
 - ``phase_seconds{phase}`` (histogram): where an answered request's time went, one observation per request
   and phase (:data:`PHASES`): ``parse`` (the HTTP body read and checked, until the route runs), ``tokenize``
-  (texts to ids and the model's limits checked, on the HTTP thread), ``queue`` (waiting for the device thread,
+  (texts to ids and the model's limits checked, on the event loop or a worker thread), ``queue`` (waiting for the device thread,
   merging included), ``to_device`` (padding and the host→device copy), ``forward`` (device time),
   ``to_host`` (device→host copy and formatting), ``serialize`` (the answer to JSON bytes). A histogram
   observation is a few hundred nanoseconds: always on.
@@ -83,9 +83,9 @@ class AgentMetrics:
         return bytes(generate_latest(self.registry))
 
 
-def phase_means_ms(text: str) -> dict[str, float]:
-    """Mean milliseconds per request of each phase, from a ``/metrics`` text (every agent in it summed);
-    phases never observed are left out."""
+def phase_totals(text: str) -> dict[str, tuple[float, float]]:
+    """``(seconds, requests)`` observed so far in each phase, from a ``/metrics`` text (every agent in it
+    summed); phases never observed are left out. Two readings subtracted give one stretch of requests."""
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     for line in text.splitlines():
@@ -94,4 +94,18 @@ def phase_means_ms(text: str) -> dict[str, float]:
             if line.startswith(prefix) and 'phase="' in line:
                 phase = line.split('phase="', 1)[1].split('"', 1)[0]
                 into[phase] = into.get(phase, 0.0) + float(line.rsplit(" ", 1)[1])
-    return {p: sums.get(p, 0.0) / counts[p] * 1000.0 for p in PHASES if counts.get(p)}
+    return {p: (sums.get(p, 0.0), counts[p]) for p in PHASES if counts.get(p)}
+
+
+def phase_means_ms(text: str, since: str | None = None) -> dict[str, float]:
+    """Mean milliseconds per request of each phase, from a ``/metrics`` text (every agent in it summed);
+    ``since``: an earlier ``/metrics`` text of the same agents, whose requests are left out. Phases with no
+    request are left out."""
+    now = phase_totals(text)
+    before = phase_totals(since) if since is not None else {}
+    means: dict[str, float] = {}
+    for phase, (secs, count) in now.items():
+        was_secs, was_count = before.get(phase, (0.0, 0.0))
+        if count > was_count:
+            means[phase] = (secs - was_secs) / (count - was_count) * 1000.0
+    return means

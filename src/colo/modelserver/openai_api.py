@@ -21,6 +21,7 @@ import base64
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,7 +29,8 @@ from fastapi.responses import Response
 
 from colo.modelserver.api_errors import HANDLED, Dialect, error_from, error_responses
 from colo.modelserver.bodies import ChatBody, CompletionsBody, EmbeddingsBody
-from colo.modelserver.http_common import parse_secs, respond
+from colo.modelserver.fast_bodies import FastRoutes
+from colo.modelserver.http_common import infer, inline_sized, parse_secs, respond, respond_async
 from colo.modelserver.route_fit import fitting_model
 from colo.modelserver.runtime import AgentRuntime, InferInput, RequestError
 from colo.modelserver.tokens import chat_prompt
@@ -68,9 +70,11 @@ def _completion_doc(
     }
 
 
-def add_openai_routes(app: FastAPI, runtime: AgentRuntime) -> None:
-    """Add the ``/v1/...`` routes for ``runtime`` to ``app``."""
+def add_openai_routes(app: FastAPI, runtime: AgentRuntime, fast: FastRoutes | None = None) -> None:
+    """Add the ``/v1/...`` routes for ``runtime`` to ``app``; ``/v1/embeddings`` also to ``fast`` (the routes
+    :class:`~colo.modelserver.fast_bodies.FastBodies` answers)."""
     clock, metrics = runtime.clock, runtime.metrics
+    fast = fast or FastRoutes()
 
     def failed(exc: Exception) -> Response:
         return error_from(Dialect.OPENAI, exc, runtime.retry_after_secs)
@@ -80,15 +84,14 @@ def add_openai_routes(app: FastAPI, runtime: AgentRuntime) -> None:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "colo"} for m, _ in runtime.specs]
         return respond({"object": "list", "data": data}, metrics, clock)
 
-    @app.post("/v1/embeddings", tags=["openai"], responses=_ERRORS)
-    def embeddings(body: EmbeddingsBody, request: Request) -> Response:
+    @fast.post(app, "/v1/embeddings", EmbeddingsBody, tags=["openai"], responses=_ERRORS)
+    async def embeddings(body: EmbeddingsBody, request: Request) -> Response:
         parsed = parse_secs(request, clock)
         texts, ids = split_input(body.input)
+        req = InferInput(model=body.model, texts=texts, input_ids=ids, raw=True, parse_secs=parsed)
         try:
             model = fitting_model(runtime, body.model, "embeddings", "/v1/embeddings")
-            answer = runtime.infer(
-                InferInput(model=model.model_id, texts=texts, input_ids=ids, raw=True, parse_secs=parsed)
-            )
+            answer = await infer(runtime, replace(req, model=model.model_id))
             vectors = answer["vectors"]
             if body.dimensions is not None and body.dimensions != vectors.shape[1]:
                 raise RequestError(
@@ -110,7 +113,7 @@ def add_openai_routes(app: FastAPI, runtime: AgentRuntime) -> None:
             "model": model.model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return respond(doc, metrics, clock)
+        return await respond_async(doc, metrics, clock, inline=inline_sized(req))
 
     def generate(
         model_name: str, route: str, prompts: list[str], max_tokens: int | None, parsed: float | None

@@ -5,7 +5,7 @@ warm-up forward on the device (the worst-case batch × sequence when asked, so t
 the one the plan was sized for); only then is the agent ready and ``/health`` answers 200.
 
 All device work — loading, warm-up, every batch — runs on ONE thread, the :class:`DeviceWorker`: requests are
-checked on the HTTP threads, queued, and merged (encoders) into batches of at most the model's ``batch_size``
+checked by the HTTP side (the event loop, or a worker thread), queued, and merged (encoders) into batches of at most the model's ``batch_size``
 rows of at most ``max_seq_len`` ids, so the device never holds more than the worst case the MPS limit was
 sized for, whatever the concurrency.
 
@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -125,6 +126,20 @@ class _Answer:
     started: float
     batch_requests: int
     batch_rows: int
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A checked request queued for the device (:meth:`AgentRuntime.submit`): its model and rows, when it
+    was received and prepared (clock seconds), and the ``future`` its batch's answer comes in."""
+
+    model: LoadedModel
+    rows: list[list[int]]
+    truncated: bool
+    parse_secs: float | None
+    received: float
+    prepared: float
+    future: Future[_Answer]
 
 
 @dataclass
@@ -325,8 +340,15 @@ class AgentRuntime:
 
         A JSON-ready answer with timings in ms (``queue_ms``: waiting for the device, merging included).
         Raises NotReady, ContextLost, RequestError, QueueFull, or DeviceOutOfMemory (the cache is emptied and
-        the agent stays up); any other error of the batch as it is.
+        the agent stays up); any other error of the batch as it is. :meth:`submit` then :meth:`collect`: an
+        event loop waits between the two without blocking (:func:`colo.modelserver.batching.answered`).
         """
+        return self.collect(self.submit(req))
+
+    def submit(self, req: InferInput) -> Pending:
+        """Check and tokenise ``req`` on the calling thread and queue it for the device; the batch's answer
+        comes in the returned :class:`Pending`'s ``future``. Raises NotReady, ContextLost, RequestError or
+        QueueFull (each counted in ``errors_total``)."""
         received = self.clock.monotonic()
         with self._worker.arriving() as arrival:  # a batch being gathered waits for this one
             try:
@@ -363,12 +385,18 @@ class AgentRuntime:
             except Exception as exc:
                 self.metrics.error(_error_label(exc) if isinstance(exc, QueueFull) else "other")
                 raise
+        return Pending(model, rows, truncated, req.parse_secs, received, prepared, future)
+
+    def collect(self, pending: Pending) -> dict[str, Any]:
+        """Wait for ``pending``'s batch (at once when its future is answered already) and answer as
+        :meth:`infer` does; the phases of the request are observed here. Raises the batch's error."""
         try:
-            answer: _Answer = future.result()
+            answer = pending.future.result()
         except Exception as exc:
             known = isinstance(exc, (QueueFull, DeviceOutOfMemory, ContextLost))
             self.metrics.error(_error_label(exc) if known else "other")
             raise
+        model, rows, received, prepared = pending.model, pending.rows, pending.received, pending.prepared
         done = self.clock.monotonic()
         self.metrics.requests.inc()
         self.metrics.rows.inc(len(rows))
@@ -376,7 +404,7 @@ class AgentRuntime:
         result = answer.result
         queue_secs = max(0.0, answer.started - prepared)
         for phase, secs in (
-            ("parse", req.parse_secs),
+            ("parse", pending.parse_secs),
             ("tokenize", prepared - received),
             ("queue", queue_secs),
             ("to_device", result.to_device_ms / 1000.0),
@@ -391,7 +419,7 @@ class AgentRuntime:
             "batch_size": len(rows),
             "seq_len": max(len(r) for r in rows),
             "input_tokens": sum(len(r) for r in rows),
-            "truncated": truncated,
+            "truncated": pending.truncated,
             **result.outputs,
             "timing": {
                 "prepare_ms": round((prepared - received) * 1000.0, 3),

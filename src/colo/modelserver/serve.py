@@ -14,6 +14,9 @@ Start-up order, for speed and for a pre-forking launcher: :func:`import_modules`
 it once, fork, and call :func:`main` in each child: the imports are then already done, and CUDA is first
 initialised in the child (``resolve_device``), after its MPS environment is set.
 
+HTTP is uvicorn's, on its fastest parts when installed (:func:`http_stack`: httptools' parser and the uvloop
+event loop, else h11 and asyncio's loop; the log says which), with no access log and no proxy-header pass.
+
 Exit codes (:mod:`colo.modelserver.exit_codes`): 0 after SIGTERM/SIGINT (graceful: uvicorn finishes
 in-flight requests), 2 for a bad command line or colo.yaml, 3 when loading or warming up ran the device out of
 memory (a line with "CUDA out of memory" is logged first), 4 (``EXIT_CONTEXT_LOST``) when the CUDA context
@@ -24,6 +27,7 @@ cannot be built).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -140,6 +144,10 @@ def import_modules(
     import fastapi  # noqa: F401
     import uvicorn  # noqa: F401
 
+    for optional in http_stack():
+        if optional in ("httptools", "uvloop"):
+            importlib.import_module(optional)
+
     import colo.modelserver.app
     import colo.modelserver.runtime  # noqa: F401
 
@@ -153,6 +161,14 @@ def import_modules(
             log.debug("preload of %s skipped: %s", model_id, exc)
     done("models", started)
     return spent
+
+
+def http_stack() -> tuple[str, str]:
+    """uvicorn's HTTP parser and event loop for the agent: ``("httptools", "uvloop")`` when installed (a lone
+    request's parsing and loop wake-ups cost a fraction of h11's and asyncio's), else ``"h11"``/``"asyncio"``."""
+    http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    loop = "uvloop" if sys.platform != "win32" and importlib.util.find_spec("uvloop") is not None else "asyncio"
+    return http, loop
 
 
 def create_context(device: str) -> None:
@@ -302,13 +318,17 @@ def _serve(
     )
     if args.enable_fault_route:
         log.warning("agent %s: the fault route POST /debug/fault is enabled (tests only)", args.agent)
+    http, loop = http_stack()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(runtime, fault_route=args.enable_fault_route),
             host=args.host,
             port=port,
+            http=http,
+            loop=loop,
             log_config=None,
             access_log=False,
+            proxy_headers=False,  # nothing here reads the client's address
             lifespan="off",
             timeout_graceful_shutdown=30,
         )
@@ -338,7 +358,8 @@ def _serve(
     phases.mark("setup")
     loader.start()
     log.info(
-        "agent %s: serving on http://%s:%d (loading %d model(s))", args.agent, args.host, port, len(specs)
+        "agent %s: serving on http://%s:%d (loading %d model(s)); HTTP: uvicorn with %s on %s",
+        args.agent, args.host, port, len(specs), http, loop,
     )
     try:
         server.run()

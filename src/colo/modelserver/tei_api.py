@@ -23,7 +23,8 @@ from fastapi.responses import Response
 
 from colo.modelserver.api_errors import HANDLED, Dialect, error_from, error_responses
 from colo.modelserver.bodies import EmbedBody, PredictBody
-from colo.modelserver.http_common import parse_secs, respond
+from colo.modelserver.fast_bodies import FastRoutes
+from colo.modelserver.http_common import infer, inline_sized, parse_secs, respond_async
 from colo.modelserver.loading import LoadedModel
 from colo.modelserver.route_fit import fitting_model
 from colo.modelserver.runtime import AgentRuntime, InferInput
@@ -46,11 +47,13 @@ def softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return result
 
 
-def add_tei_routes(app: FastAPI, runtime: AgentRuntime) -> None:
-    """Add ``/embed`` and ``/predict`` for ``runtime`` to ``app``."""
+def add_tei_routes(app: FastAPI, runtime: AgentRuntime, fast: FastRoutes | None = None) -> None:
+    """Add ``/embed`` and ``/predict`` for ``runtime`` to ``app``, and to ``fast`` (the routes
+    :class:`~colo.modelserver.fast_bodies.FastBodies` answers)."""
     clock, metrics = runtime.clock, runtime.metrics
+    fast = fast or FastRoutes()
 
-    def run_raw(
+    async def run_raw(
         inputs: str | list[str], kind: str, route: str, request: Request
     ) -> tuple[LoadedModel, dict[str, Any]] | Response:
         """(the agent's first model answering ``kind``, its raw answer for ``inputs``), or TEI's error."""
@@ -58,25 +61,28 @@ def add_tei_routes(app: FastAPI, runtime: AgentRuntime) -> None:
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         try:
             model = fitting_model(runtime, None, kind, route)
-            answer = runtime.infer(InferInput(model=model.model_id, texts=texts, raw=True, parse_secs=parsed))
+            answer = await infer(runtime, InferInput(model=model.model_id, texts=texts, raw=True, parse_secs=parsed))
         except HANDLED as exc:
             return error_from(Dialect.TEI, exc, runtime.retry_after_secs)
         return model, answer
 
-    @app.post("/embed", tags=["text-embeddings-inference"], responses=_ERRORS)
-    def embed(body: EmbedBody, request: Request) -> Response:
-        out = run_raw(body.inputs, "embeddings", "/embed", request)
+    def small(inputs: str | list[str]) -> bool:
+        return inline_sized(InferInput(texts=[inputs] if isinstance(inputs, str) else inputs))
+
+    @fast.post(app, "/embed", EmbedBody, tags=["text-embeddings-inference"], responses=_ERRORS)
+    async def embed(body: EmbedBody, request: Request) -> Response:
+        out = await run_raw(body.inputs, "embeddings", "/embed", request)
         if isinstance(out, Response):
             return out
         vectors = out[1]["vectors"]
         if body.normalize:
             norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
-        return respond(vectors, metrics, clock)
+        return await respond_async(vectors, metrics, clock, inline=small(body.inputs))
 
-    @app.post("/predict", tags=["text-embeddings-inference"], responses=_ERRORS)
-    def predict(body: PredictBody, request: Request) -> Response:
-        out = run_raw(body.inputs, "classification", "/predict", request)
+    @fast.post(app, "/predict", PredictBody, tags=["text-embeddings-inference"], responses=_ERRORS)
+    async def predict(body: PredictBody, request: Request) -> Response:
+        out = await run_raw(body.inputs, "classification", "/predict", request)
         if isinstance(out, Response):
             return out
         model, answer = out
@@ -87,4 +93,5 @@ def add_tei_routes(app: FastAPI, runtime: AgentRuntime) -> None:
             [{"score": float(row[j]), "label": labels[j]} for j in np.argsort(-row, kind="stable")]
             for row in scores
         ]
-        return respond(ranked[0] if isinstance(body.inputs, str) else ranked, metrics, clock)
+        content = ranked[0] if isinstance(body.inputs, str) else ranked
+        return await respond_async(content, metrics, clock, inline=small(body.inputs))

@@ -9,7 +9,7 @@ import torch
 from modelserver_fakes import VOCAB, StepClock, tiny_loaded
 
 from colo.modelserver import inference
-from colo.modelserver.inference import is_oom, pad_batch, run_batch, worst_case_rows
+from colo.modelserver.inference import is_oom, pad_batch, run_batch, run_merged, worst_case_rows
 
 
 def test_pad_right_and_left() -> None:
@@ -38,6 +38,23 @@ def test_embeddings_are_mask_weighted_means_of_the_hidden_states() -> None:
         hidden = model.module(input_ids=torch.tensor([[13]])).last_hidden_state
     assert out["embeddings"][1] == pytest.approx(hidden[0].mean(0).tolist(), abs=1e-5)
     assert res.forward_ms == pytest.approx(2.0)  # one clock step between the two readings
+
+
+def test_unpadded_groups_pool_with_a_plain_mean_and_answer_as_the_masked_mean() -> None:
+    model = tiny_loaded("bert")
+    lone, padded = run_merged(model, [[[10, 11, 12, 14]], [[13, 15], [16]]], device="cpu", raw=[False, True])
+    with torch.inference_mode():
+        hidden = model.module(input_ids=torch.tensor([[10, 11, 12, 14]])).last_hidden_state
+    # The lone row (no padding) takes the plain mean; the other group is padded, so its mask weighs its rows.
+    assert lone.outputs["embeddings"][0] == pytest.approx(hidden[0].mean(0).tolist(), abs=1e-5)
+    assert lone.outputs["embedding_norms"][0] == pytest.approx(float(hidden[0].mean(0).norm()), abs=1e-5)
+    alone = run_merged(model, [[[16]]], device="cpu", raw=[True])[0]
+    assert padded.outputs["vectors"][1] == pytest.approx(alone.outputs["vectors"][0], abs=1e-5)
+    hidden2 = torch.ones(2, 3, 4)
+    hidden2[1, 2] = 100.0  # a padded position: the masked mean leaves it out, the plain mean would not
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert inference._mean_pool(hidden2, mask).tolist() == [[1.0] * 4, [1.0] * 4]
+    assert inference._mean_pool(hidden2[:1], mask[:1], unpadded=True).tolist() == [[1.0] * 4]
 
 
 def test_large_embeddings_return_a_head(monkeypatch: pytest.MonkeyPatch) -> None:

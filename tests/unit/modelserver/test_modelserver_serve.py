@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -119,6 +120,23 @@ def test_real_process_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
             proc.wait(timeout=10)
     text = log_path.read_text()
     assert "device cpu" in text and "warm-up 4×32" in text and "stopped" in text
+    assert "HTTP: uvicorn with {} on {}".format(*serve.http_stack()) in text
+
+
+def test_the_http_stack_is_the_fastest_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    installed = {"httptools", "uvloop"}
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return real(name, *args) if name not in ("httptools", "uvloop") or name in installed else None
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    if real("httptools") and real("uvloop"):
+        assert serve.http_stack() == ("httptools", "uvloop")
+    installed.clear()  # neither: uvicorn's pure-Python parser and asyncio's loop, as before
+    assert serve.http_stack() == ("h11", "asyncio")
 
 
 def test_batching_options_are_checked() -> None:
