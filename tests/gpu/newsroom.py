@@ -27,6 +27,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -300,13 +301,33 @@ class Newsroom:
                 p.wait(5)
         if self.failed_tests:
             print(f"--- the newsroom's colo up output ({len(self.failed_tests)} test(s) failed)\n{self.up_log_tail()}")
-            self.keep_logs()
+        self.keep_logs()  # always: the start-up timeline (launcher, agents' start phases) is read from them
         clean_state_dir(self.state_dir)
 
     def up_log_tail(self, chars: int = 3000) -> str:
         return "".join(
             f"--- {log.name}\n{log.read_text(errors='replace')[-chars:]}\n" for log in sorted(self.state_dir.glob("up-*.log"))
         )
+
+    def start_timeline(self) -> str:
+        """Where ``colo up``'s seconds went: the launcher's ready line and the slowest agent's first start
+        phases (from forkserver.log and the agents' logs)."""
+        parts = []
+        fs = self.state_dir / "logs" / "forkserver.log"
+        ready = [ln for ln in fs.read_text(errors="replace").splitlines() if "launcher ready" in ln] if fs.exists() else []
+        parts.append(ready[0].strip() if ready else "no launcher ready line")
+        slowest: tuple[float, str, str] | None = None
+        for log in sorted((self.state_dir / "logs").glob("*.log")):
+            for ln in log.read_text(errors="replace").splitlines():
+                m = re.search(r"start phases: (.*) total ([0-9.]+)s", ln)
+                if m:
+                    total = float(m.group(2))
+                    if slowest is None or total > slowest[0]:
+                        slowest = (total, log.stem, m.group(1))
+                    break  # the first start only
+        if slowest is not None:
+            parts.append(f"slowest agent {slowest[1]} {slowest[0]:.2f}s: {slowest[2]}")
+        return "; ".join(parts)
 
     def keep_logs(self) -> None:
         """Copy colo up's output, the agents', orchestrator's and MPS logs to ``$COLO_GPU_OUT/newsroom``."""

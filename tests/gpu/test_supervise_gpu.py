@@ -170,6 +170,7 @@ def test_drill1_mps_daemon_and_newsroom_up(newsroom: Newsroom) -> None:
         problems.append("colo up printed no first-outcome summary")
     detail = f"MPS daemon up after {newsroom.daemon_up_secs or -1:.1f} s; 9 RUNNING and answering after "
     detail += f"{newsroom.up_secs or -1:.1f} s; " + ("; ".join(problems) or " ".join(rows))
+    detail += f"; timeline: {newsroom.start_timeline()}"
     drill_result(1, "newsroom_up", not problems, newsroom.up_secs or 0.0, detail)
     assert not problems, problems
 

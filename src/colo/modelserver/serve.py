@@ -49,7 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("colo.modelserver")
 
-__all__ = ["EXIT_CONTEXT_LOST", "EXIT_FAILED", "EXIT_OK", "EXIT_OOM", "cap_allocator", "import_modules", "main", "parse_args"]
+__all__ = [
+    "EXIT_CONTEXT_LOST", "EXIT_FAILED", "EXIT_OK", "EXIT_OOM", "UNUSED_OPTIONAL_PACKAGES", "cap_allocator",
+    "hide_unused_packages", "import_modules", "main", "parse_args",
+]
 
 # After the context is lost: time for in-flight 503 answers to go out before the process exits.
 CONTEXT_LOST_EXIT_GRACE_SECS = 0.3
@@ -116,6 +119,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+#: Optional packages transformers imports at start when they are installed, which the agent never uses:
+#: scikit-learn (only assisted generation's candidate heuristics, ``roc_curve``) cost 2.4 s of the 7.8 s that
+#: ``import transformers`` + its model classes took on the lent H100 host (``python -X importtime``, 2026-12-06).
+#: Marked absent (``sys.modules[name] = None``: transformers' ``find_spec`` check then says "not installed")
+#: unless something in this process imported it already.
+UNUSED_OPTIONAL_PACKAGES = ("sklearn",)
+
+
+def hide_unused_packages() -> list[str]:
+    """Mark :data:`UNUSED_OPTIONAL_PACKAGES` absent in this process (before transformers is imported); returns
+    the names marked (one already imported is left alone)."""
+    hidden = []
+    for name in UNUSED_OPTIONAL_PACKAGES:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]  # the import system's own "absent" marker
+            hidden.append(name)
+    return hidden
+
+
 def import_modules(
     specs: Sequence[tuple[str, ModelSpec]] = (), *, after_step: Callable[[str], None] | None = None
 ) -> dict[str, float]:
@@ -134,6 +156,7 @@ def import_modules(
         return time.perf_counter()
 
     started = time.perf_counter()
+    hide_unused_packages()
     import torch  # noqa: F401
 
     started = done("torch", started)
