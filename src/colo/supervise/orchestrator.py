@@ -43,7 +43,7 @@ from colo.supervise.recovery.mps_hooks import FleetHooks
 from colo.supervise.rollout import refuse_left_out, roll_out
 from colo.supervise.shutdown import stop_agents
 from colo.supervise.snapshots import AgentStatus, ApplyResult, Event, EventKind, SystemSnapshot
-from colo.supervise.startup import publisher_for, start_mps, supervisor_for
+from colo.supervise.startup import publisher_for, start_launcher, start_mps, supervisor_for
 from colo.supervise.state import AgentState
 from colo.supervise.statedir import StateDirPaths, config_yaml, resolve_state_dir
 from colo.supervise.store import Store
@@ -227,6 +227,7 @@ class Orchestrator:
                 if self._fleet is not None:
                     with contextlib.suppress(ColoError):
                         self._stop_daemons()
+                self.runner.close()  # a launcher started for this up
                 self._lock_file.release()
                 raise
 
@@ -240,6 +241,7 @@ class Orchestrator:
             self.warnings.append(f"placed on other nodes (not run here, node {planned.here()!r}): {', '.join(elsewhere)}")
         on_gpus = sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid})
         uuids = planning.mps_gpu_uuids(p, mine)  # the GPUs the plan runs MPS on (policy.mps)
+        start_launcher(self.runner, config, mine if self.run_agents else [], self.logs.dir)  # imports while MPS starts
         started_d: list[str] = []
         adopted_d: list[str] = []
         if self.want_mps and on_gpus:

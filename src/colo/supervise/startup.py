@@ -16,8 +16,11 @@ from colo.gpu.mps.control import MpsControl
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
 from colo.gpu.poller import GpuPoller
+from colo.launch.fork_runner import ForkRunner
 from colo.launch.health import Probe
 from colo.launch.runner import Runner
+from colo.plan.types import AgentPlan
+from colo.spec.config import ColoConfig
 from colo.supervise.fleet import MPS_COMMAND_TIMEOUT_SECS, NodeFleet
 from colo.supervise.logs import AgentLogs
 from colo.supervise.mps_switch import MpsSwitch
@@ -26,6 +29,17 @@ from colo.supervise.recovery.mps_hooks import FleetHooks
 from colo.supervise.store import Store
 from colo.supervise.supervisor import Supervisor
 from colo.supervise.tune.history import UsageRecorder
+
+
+def start_launcher(runner: Runner, config: ColoConfig, agents: Sequence[AgentPlan], logs_dir: Path) -> bool:
+    """Start ``runner``'s pre-imported launcher now, when it is a fork runner and one of ``agents`` (those this
+    node runs) is a built-in agent of ``config``, which it forks: its imports (seconds of torch and
+    transformers) then run while the MPS daemons start, not after them at the first spawn. Returns whether it
+    was started. Never raises: a launcher that cannot start is reported by the first spawn, which spawns."""
+    if not isinstance(runner, ForkRunner) or all(config.agents[ap.name].command is not None for ap in agents):
+        return False
+    runner.start(logs_dir)
+    return True
 
 
 def start_mps(

@@ -316,3 +316,31 @@ def test_a_child_that_exits_before_fork_returns_keeps_its_exit() -> None:
     assert pid == 4242 and z.exits.get(4242) == ExitStatus(code=3)
     lines.put(None)
     reader.join(5)
+
+
+def test_start_launcher_starts_the_zygote_before_any_spawn_only_for_builtin_agents(tmp_path: Path) -> None:
+    from colo.spec import load_config
+    from colo.supervise.planning import plan_run
+    from colo.supervise.startup import start_launcher
+
+    config = load_config(Path(__file__).resolve().parents[3] / "examples" / "newsroom" / "colo.sized.yaml")
+    mine, _ = plan_run(config, None, state_dir=tmp_path / "state").local()
+    assert len(mine) == 9
+    commands = config.model_copy(
+        update={"agents": {n: a.model_copy(update={"command": ["true"]}) for n, a in config.agents.items()}}
+    )
+    assert not start_launcher(ProcessRunner(), config, mine, tmp_path)  # a spawning runner has no launcher
+    runner = ForkRunner(forkable=only_c, preload=False, ready_wait_secs=30)
+    try:
+        assert not start_launcher(runner, commands, mine, tmp_path)  # every agent has a command: none forked
+        assert not start_launcher(runner, config, [], tmp_path)  # no agent here (pods, units)
+        assert runner._zygote is None
+        assert start_launcher(runner, config, mine, tmp_path / "logs")
+        assert runner.wait_ready(30)  # imported (here: nothing) before the first spawn asked for it
+        first = zygote_pid(runner)
+        forked = runner.spawn(py("import sys; sys.exit(3)"), tmp_path / "logs" / "a.log")
+        assert exit_of(runner, forked) == ExitStatus(code=3)
+        assert runner.forks == 1 and zygote_pid(runner) == first  # the spawn used the zygote started early
+        assert (tmp_path / "logs" / "forkserver.log").exists()
+    finally:
+        runner.close()
