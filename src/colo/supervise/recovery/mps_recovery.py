@@ -232,6 +232,7 @@ class Recovery:
     rounds: int = 1  # relaunch attempts begun or pending: 1 + the failures of the GPU's MPS while relaunching
     restore_failed_at: float | None = None  # the first failed daemon restart of this wait
     restore_tries: int = 0  # failed daemon restarts since then
+    restore_error: str = ""  # what the last one said (a repeat of it is not an event again)
     ending: str | None = None  # why it gives up (at its next WAITING); None: it goes on
     abandoned: dict[str, str] = field(default_factory=dict)  # agent -> why it is made FATAL, not relaunched
 
@@ -367,14 +368,17 @@ class Recoveries:
         """Another failure of a GPU whose recovery runs (``on_gpu``: every agent there; ``only``: the agents a
         ``not_as_planned`` failure names). While the agents start (RELAUNCHING) it sends the recovery back to
         STOPPING (RELAUNCHING -> STOPPING): they are held and stopped again. Before that (STOPPING, WAITING) it
-        only adds what it needs: the daemon restored at once, more agents. A FAULT seen before the relaunch is
-        the one being recovered: ignored. True when the failure was taken."""
+        only adds what it needs: the daemon restored at once, more agents. A FAULT seen before the relaunch, or a
+        daemon failure while its restart keeps failing, is the one being recovered: ignored. True when the
+        failure was taken."""
         rec = self.active[fault.gpu_uuid]
         relaunching = rec.phase == RecoveryPhase.RELAUNCHING
         if fault.trigger == RecoveryTrigger.SERVER_FAULT and not relaunching:
             return False  # the server stays FAULT until its clients are gone: the same failure
         if fault.trigger == RecoveryTrigger.NOT_AS_PLANNED and rec.only is None and not relaunching:
             return False  # every agent of the GPU is being recovered already
+        if fault.trigger in RESTORE_DAEMON_AT_ONCE and rec.restore_failed_at is not None and not relaunching:
+            return False  # the daemon colo cannot restart yet (tried again every RESTORE_RETRY_SECS): the same
         rec.refaults += 1
         rec.restore_daemon = rec.restore_daemon or fault.trigger in RESTORE_DAEMON_AT_ONCE
         if fault.trigger == RecoveryTrigger.NOT_AS_PLANNED and rec.only is not None and only is not None:
@@ -486,15 +490,17 @@ class Recoveries:
                     f" last: {exc})"
                 )
                 return False
-            self._event(
-                EventKind.DAEMON,
-                None,
-                f"could not restart the MPS daemon of {uuid}: {exc}; its agents wait (tried again in"
-                f" {RESTORE_RETRY_SECS:g} s; given up {RESTORE_GIVE_UP_SECS:g} s after the first failure)",
-                uuid,
-            )
+            if str(exc) != rec.restore_error:  # one event per new reason, not one per try
+                rec.restore_error = str(exc)
+                self._event(
+                    EventKind.DAEMON,
+                    None,
+                    f"could not restart the MPS daemon of {uuid}: {exc}; its agents wait (tried again every"
+                    f" {RESTORE_RETRY_SECS:g} s; given up {RESTORE_GIVE_UP_SECS:g} s after the first failure)",
+                    uuid,
+                )
             return False
-        rec.restore_failed_at, rec.restore_tries = None, 0
+        rec.restore_failed_at, rec.restore_tries, rec.restore_error = None, 0, ""
         rec.daemon_restarted, rec.restore_daemon = True, False
         why = "at once" if at_once else "still FAULT"
         self._event(EventKind.DAEMON, None, f"restarted the MPS daemon of {uuid} ({why})", uuid)
