@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,3 +114,13 @@ def health_ok(port: int, timeout_secs: float = 2.0) -> bool:
             return 200 <= r.status < 300
     except OSError:
         return False
+
+
+#: The prefix of this test process's short state dirs under /tmp (:func:`short_state_dir`).
+SHORT_DIR_PREFIX = f"cs{os.getpid()}_"
+
+
+def short_state_dir() -> Path:
+    """A new state dir under /tmp with a short name (MPS pipe paths under it stay within the socket-path limit),
+    named for this test process so that cleaning up after a test never touches another run's dirs."""
+    return Path(tempfile.mkdtemp(prefix=SHORT_DIR_PREFIX, dir="/tmp"))

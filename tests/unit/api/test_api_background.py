@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +19,7 @@ from colo.launch.health import HealthResult
 from colo.launch.runner import FakeRunner
 from colo.spec import load_config_text
 from colo.supervise.orchestrator import Orchestrator
+from testkit import short_state_dir
 
 CFG = """
 version: 1
@@ -37,7 +36,7 @@ agents:
 @pytest.fixture
 def orch(unused_port: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[Orchestrator]:
     monkeypatch.delenv("COLO_API_TOKEN", raising=False)
-    state = Path(tempfile.mkdtemp(prefix="cs", dir="/tmp"))
+    state = short_state_dir()
     o = Orchestrator(
         load_config_text(CFG.format(port=unused_port), "t.yaml"), state_dir=state,
         gpu_backend=FakeGpuBackend([fake_gpu(0)]), runner=FakeRunner(), probe=lambda c: HealthResult(True, "ok"),

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from testkit import SHORT_DIR_PREFIX
+
 
 @pytest.fixture(autouse=True)
 def _no_leftover_dirs() -> Iterator[None]:
-    """Removes the ``/tmp/cs*`` state dirs a test made (``World`` of test_supervise_orchestrator.py makes them
-    short, under /tmp, so that MPS pipe paths stay within the socket-path limit)."""
-    before = set(Path("/tmp").glob("cs*"))
+    """Removes the short state dirs under /tmp a test made (``testkit.short_state_dir``: named for this test
+    process, so another run's dirs — a parallel test session's — are never touched)."""
+    before = set(Path("/tmp").glob(f"{SHORT_DIR_PREFIX}*"))
     yield
-    for d in set(Path("/tmp").glob("cs*")) - before:
+    for d in set(Path("/tmp").glob(f"{SHORT_DIR_PREFIX}*")) - before:
         shutil.rmtree(d, ignore_errors=True)

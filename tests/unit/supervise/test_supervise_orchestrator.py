@@ -8,7 +8,6 @@ GPU only, out-of-memory events from logs, re-adoption after an orchestrator rest
 from __future__ import annotations
 
 import signal
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from colo.supervise.orchestrator import Orchestrator
 from colo.supervise.snapshots import EventKind
 from colo.supervise.state import AgentState
 from colo.units import GIB
+from testkit import short_state_dir
 
 S = AgentState
 
@@ -65,7 +65,7 @@ class World:
 
     def __init__(self, tmp_path: Path, gpus: int = 2, gpu_gib: int = 10) -> None:
         # MPS pipe dirs must stay short (Unix socket paths): pytest's tmp_path is too long for them.
-        self.state = Path(tempfile.mkdtemp(prefix="cs", dir="/tmp"))
+        self.state = short_state_dir()
         self._cleanup = self.state
         self.clock = FakeClock()
         self.runner = FakeRunner()

@@ -6,7 +6,6 @@ supervisor to the fleet and to that reading."""
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from colo.supervise.recovery.mps_hooks import FleetHooks
 from colo.supervise.startup import publisher_for, start_mps, supervisor_for
 from colo.supervise.store import Store
 from colo.supervise.tune.history import UsageRecorder
+from testkit import short_state_dir
 
 U0, U1 = fake_gpu(0).uuid, fake_gpu(1).uuid
 
@@ -34,7 +34,7 @@ U0, U1 = fake_gpu(0).uuid, fake_gpu(1).uuid
 def state() -> Path:
     # MPS pipe dirs must stay short (Unix socket paths): pytest's tmp_path is too long for them. The
     # supervise conftest removes the /tmp/cs* dirs a test made.
-    return Path(tempfile.mkdtemp(prefix="cs", dir="/tmp"))
+    return short_state_dir()
 
 
 def _live(control: FakeMpsControl, root: Path, uuid: str) -> bool:

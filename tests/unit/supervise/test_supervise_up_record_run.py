@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +45,7 @@ from colo.supervise.up_run import (
     wait_until_held,
     watch_first_outcome,
 )
+from testkit import short_state_dir
 
 CFG = """
 version: 1
@@ -62,7 +62,7 @@ agents:
 
 @pytest.fixture
 def state() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="cs", dir="/tmp"))  # short: MPS pipe dirs live under it
+    root = short_state_dir()  # short: MPS pipe dirs live under it
     try:
         yield root
     finally:
