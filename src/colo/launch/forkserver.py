@@ -22,7 +22,7 @@ state after each import step (``launcher import torch: libcuda mapped, not initi
 torch)``). It runs with :data:`ZYGOTE_ENV_DEFAULTS` (numpy's OpenBLAS otherwise starts a worker thread at
 import; torch's NVML-based ``is_available()`` never initialises the driver).
 
-While idle the zygote builds, once per config version, the models of the agents it forked on the CPU
+While idle (no fork request for :data:`PREBUILD_QUIET_SECS`) the zygote builds, once per config version, the models of the agents it forked on the CPU
 (:class:`Preloader`, :func:`colo.memory.build.prebuild`, within :data:`PREBUILD_MAX_MODEL_BYTES` each and
 :data:`PREBUILD_MAX_BYTES` in all), with torch single-threaded (each child gets its thread count back); agents
 forked later — a restart, a second agent of the same model — inherit them copy-on-write and only move them to
@@ -69,6 +69,10 @@ ZYGOTE_ENV_DEFAULTS: dict[str, str] = {
 #: The largest model the zygote prebuilds (bytes of parameters and buffers), and the most it holds in all.
 PREBUILD_MAX_MODEL_BYTES = 2 * GIB
 PREBUILD_MAX_BYTES = 8 * GIB
+#: The zygote builds a queued model only after this many seconds without a fork request: `colo up` (and a
+#: recovery) asks for every agent in a burst, and a build between two of its forks (0.3-0.6 s for a base-size
+#: model on the H100 host) would hold every fork after it — 3.3 s of the sized newsroom's start.
+PREBUILD_QUIET_SECS = 2.0
 #: Variables read when a process starts (interpreter, dynamic loader, thread pools): a child whose value differs
 #: from the zygote's cannot be forked from it and is spawned plainly.
 EXEC_TIME_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH_", "PYTORCH_")
@@ -358,6 +362,14 @@ def _secs(spent: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.2f}s" for k, v in spent.items())
 
 
+def build_wait_secs(pending: bool, quiet_secs: float) -> float | None:
+    """How long the idle zygote waits before it builds a queued model, ``quiet_secs`` after the last fork
+    request: None when nothing is queued, 0.0 when it builds now (quiet for :data:`PREBUILD_QUIET_SECS`)."""
+    if not pending:
+        return None
+    return max(0.0, PREBUILD_QUIET_SECS - quiet_secs)
+
+
 def _reap(ctl_out: int) -> None:
     while True:
         try:
@@ -409,12 +421,14 @@ def serve(*, preload: bool = True) -> int:
     )
     pending = b""
     preloader = Preloader()
+    asked_at = time.monotonic()  # the last fork request (or the start)
     try:
         while True:
-            # Idle with models to build: build one between requests (a request waits at most one build).
-            idle_secs = 0.0 if preloader.pending else 1.0
-            ready, _, _ = select.select([ctl_in, wake_r], [], [], idle_secs)
-            if not ready:
+            # Idle with models to build: build one once no fork was asked for a while (a burst of forks is
+            # never held by a build; a request that comes during one waits at most that one build).
+            build_in = build_wait_secs(bool(preloader.pending), time.monotonic() - asked_at)
+            ready, _, _ = select.select([ctl_in, wake_r], [], [], 1.0 if build_in is None else build_in)
+            if not ready and build_wait_secs(bool(preloader.pending), time.monotonic() - asked_at) == 0.0:
                 preloader.build_one()
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
@@ -432,6 +446,7 @@ def serve(*, preload: bool = True) -> int:
                 try:
                     req = json.loads(line)
                     rid = req["id"]
+                    asked_at = time.monotonic()
                     if preload:
                         preloader.before_fork(req["argv"])
                     _send(ctl_out, {"id": rid, "pid": _fork(req, inherited, preloader.child_setup)})

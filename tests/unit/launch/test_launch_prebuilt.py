@@ -106,3 +106,12 @@ def test_a_model_that_cannot_be_built_is_skipped_for_good(tmp_path: Path) -> Non
     assert pre.held == {} and (TINY, "float32", None) in pre.skipped
     pre.before_fork(argv)
     assert pre.pending == []
+
+
+def test_the_zygote_builds_only_after_a_quiet_spell_without_fork_requests() -> None:
+    from colo.launch.forkserver import PREBUILD_QUIET_SECS, build_wait_secs
+
+    assert build_wait_secs(False, 100.0) is None  # nothing queued: no build, whatever the quiet
+    assert build_wait_secs(True, 0.0) == PREBUILD_QUIET_SECS  # just asked for a fork: more may follow
+    assert build_wait_secs(True, PREBUILD_QUIET_SECS - 0.5) == pytest.approx(0.5)
+    assert build_wait_secs(True, PREBUILD_QUIET_SECS) == 0.0 and build_wait_secs(True, 60.0) == 0.0
