@@ -27,6 +27,7 @@ cannot be built).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import os
@@ -34,7 +35,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
@@ -50,8 +51,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("colo.modelserver")
 
 __all__ = [
-    "EXIT_CONTEXT_LOST", "EXIT_FAILED", "EXIT_OK", "EXIT_OOM", "UNUSED_OPTIONAL_PACKAGES", "cap_allocator",
-    "hide_unused_packages", "import_modules", "main", "parse_args",
+    "EXIT_CONTEXT_LOST",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_OOM",
+    "UNUSED_OPTIONAL_PACKAGES",
+    "cap_allocator",
+    "import_modules",
+    "main",
+    "parse_args",
+    "unused_packages_hidden",
 ]
 
 # After the context is lost: time for in-flight 503 answers to go out before the process exits.
@@ -121,21 +130,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 #: Optional packages transformers imports at start when they are installed, which the agent never uses:
 #: scikit-learn (only assisted generation's candidate heuristics, ``roc_curve``) cost 2.4 s of the 7.8 s that
-#: ``import transformers`` + its model classes took on the lent H100 host (``python -X importtime``, 2026-12-06).
-#: Marked absent (``sys.modules[name] = None``: transformers' ``find_spec`` check then says "not installed")
-#: unless something in this process imported it already.
-UNUSED_OPTIONAL_PACKAGES = ("sklearn",)
+#: ``import transformers`` + its model classes took on the lent H100 host, and SciPy (only the object-detection
+#: losses, ``linear_sum_assignment``) 0.55 s of what was left (``python -X importtime``, 2026-12-06).
+UNUSED_OPTIONAL_PACKAGES = ("sklearn", "scipy")
 
 
-def hide_unused_packages() -> list[str]:
-    """Mark :data:`UNUSED_OPTIONAL_PACKAGES` absent in this process (before transformers is imported); returns
-    the names marked (one already imported is left alone)."""
-    hidden = []
-    for name in UNUSED_OPTIONAL_PACKAGES:
-        if name not in sys.modules:
-            sys.modules[name] = None  # type: ignore[assignment]  # the import system's own "absent" marker
-            hidden.append(name)
-    return hidden
+@contextlib.contextmanager
+def unused_packages_hidden() -> Iterator[list[str]]:
+    """Within: :data:`UNUSED_OPTIONAL_PACKAGES` are marked absent (``sys.modules[name] = None``: transformers'
+    ``find_spec`` check then says "not installed", and remembers it), unless something in this process imported
+    one already; yields the names marked. After: the marks are gone again, so a model's own code that imports
+    one of them explicitly still can."""
+    hidden = [name for name in UNUSED_OPTIONAL_PACKAGES if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's own "absent" marker
+    try:
+        yield hidden
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
 
 
 def import_modules(
@@ -147,6 +161,11 @@ def import_modules(
     Safe to call in a parent that forks agents afterwards; a model whose class cannot be found here is left
     for the load to report.
     """
+    with unused_packages_hidden():
+        return _import_all(specs, after_step)
+
+
+def _import_all(specs: Sequence[tuple[str, ModelSpec]], after_step: Callable[[str], None] | None) -> dict[str, float]:
     spent: dict[str, float] = {}
 
     def done(step: str, started: float) -> float:
@@ -156,7 +175,6 @@ def import_modules(
         return time.perf_counter()
 
     started = time.perf_counter()
-    hide_unused_packages()
     import torch  # noqa: F401
 
     started = done("torch", started)

@@ -153,41 +153,42 @@ def test_batching_options_are_checked() -> None:
 def test_import_modules_touches_no_cuda() -> None:
     from colo.spec.config import ModelSpec
 
-    try:
-        spent = serve.import_modules([(TINY, ModelSpec()), ("no/such-model", ModelSpec())])
-    finally:  # the marker import_modules leaves must not leak into other tests of this process
-        for name in serve.UNUSED_OPTIONAL_PACKAGES:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
+    spent = serve.import_modules([(TINY, ModelSpec()), ("no/such-model", ModelSpec())])
+    assert not [n for n in serve.UNUSED_OPTIONAL_PACKAGES if n in sys.modules and sys.modules[n] is None]
     assert set(spent) == {"torch", "transformers", "http", "models"}
     assert "transformers.models.bert.modeling_bert" in sys.modules
     assert not torch.cuda.is_initialized()
 
 
 def test_unused_optional_packages_are_hidden_from_transformers(tmp_path: Path) -> None:
-    """An installed scikit-learn (here a stand-in that records being imported) is neither imported nor seen
-    by transformers in an agent; one imported before is left alone."""
-    pkg = tmp_path / "sklearn"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("import os\nopen(os.environ['MARK'], 'w').close()\n")
+    """An installed scikit-learn and SciPy (here stand-ins that record being imported) are neither imported nor
+    seen by transformers while the agent imports; afterwards a model's own code could still import them; one
+    imported before is left alone."""
+    for name in ("sklearn", "scipy"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"import os\nopen(os.environ['MARK'] + '{name}', 'w').close()\n")
     code = (
         "import importlib.util, sys\n"
         "from colo.modelserver import serve\n"
         "assert importlib.util.find_spec('sklearn') is not None\n"
-        "assert serve.hide_unused_packages() == ['sklearn']\n"
-        "assert importlib.util.find_spec('sklearn') is None\n"
-        "from transformers.utils import is_sklearn_available\n"
-        "assert not is_sklearn_available()\n"
-        "try:\n    import sklearn\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('imported')\n"
+        "with serve.unused_packages_hidden() as hidden:\n"
+        "    assert hidden == ['sklearn', 'scipy'], hidden\n"
+        "    assert importlib.util.find_spec('sklearn') is None and importlib.util.find_spec('scipy') is None\n"
+        "    from transformers.utils import is_scipy_available, is_sklearn_available\n"
+        "    assert not is_sklearn_available() and not is_scipy_available()\n"
+        "    try:\n        import sklearn\n    except ImportError:\n        pass\n    else:\n        raise SystemExit('imported')\n"
+        "assert not is_sklearn_available()  # transformers remembers\n"
+        "assert 'sklearn' not in sys.modules and 'scipy' not in sys.modules\n"
+        "import scipy  # a model's own explicit import still works\n"
     )
-    mark = tmp_path / "imported"
+    mark = tmp_path / "imported-"
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "MARK": str(mark)}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert not mark.exists()
-    before = "import sklearn\nfrom colo.modelserver import serve\nassert serve.hide_unused_packages() == []\n"
+    assert not (tmp_path / "imported-sklearn").exists() and (tmp_path / "imported-scipy").exists()
+    before = "import sklearn\nfrom colo.modelserver import serve\nwith serve.unused_packages_hidden() as h:\n    assert h == ['scipy']\n"
     r = subprocess.run([sys.executable, "-c", before], env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and mark.exists(), r.stderr[-2000:]
+    assert r.returncode == 0 and (tmp_path / "imported-sklearn").exists(), r.stderr[-2000:]
 
 
 def test_a_lost_context_exits_with_its_own_code(monkeypatch: pytest.MonkeyPatch) -> None:
