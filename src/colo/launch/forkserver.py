@@ -55,7 +55,7 @@ from colo.modelserver.command import MODULE as BUILTIN_AGENT_MODULE
 from colo.units import GIB
 
 if TYPE_CHECKING:
-    from colo.spec.config import ColoConfig
+    from colo.spec.config import ColoConfig, ModelSpec
 
 MODULE = "colo.launch.forkserver"
 
@@ -240,10 +240,10 @@ def _arg(argv: Sequence[str], flag: str) -> str | None:
 
 class Preloader:
     """What the zygote prepares for the built-in agents of one config (per version of the file): their model
-    classes imported before the first fork, and each of their models built once on the CPU
-    (:func:`colo.memory.build.prebuild`) so forked agents inherit them copy-on-write and only move them to
-    their device. Builds happen while the zygote is idle (:meth:`build_one`), never before a fork: an agent
-    started before its model was built builds it itself. torch runs single-threaded here (its intra-op
+    classes imported, and each of their models built once on the CPU (:func:`colo.memory.build.prebuild`) so
+    forked agents inherit them copy-on-write and only move them to their device. Both happen while the zygote
+    is idle (:meth:`build_one`), never before a fork: an agent forked before that imports its classes, or
+    builds its model, itself. torch runs single-threaded here (its intra-op
     thread count is given back in each child, :meth:`child_setup`), and ``fork_blocker`` is asked after each
     build. Never raises: an agent reports its own load errors."""
 
@@ -253,6 +253,7 @@ class Preloader:
         self.config_key: str | None = None
         self.config: ColoConfig | None = None
         self.pending: list[tuple[str, str, str | None]] = []
+        self.to_import: tuple[str, list[tuple[str, ModelSpec]]] | None = None  # (config path, its models)
         self.held: dict[tuple[str, str, str | None], int] = {}  # built models and their bytes
         self.skipped: set[tuple[str, str, str | None]] = set()
         self.torch_threads: int | None = None  # torch's thread count before the zygote set it to 1
@@ -268,15 +269,15 @@ class Preloader:
         try:
             key = f"{path}@{os.stat(path).st_mtime_ns}"
             from colo.memory.build import keep_prebuilt
-            from colo.modelserver.serve import import_modules
             from colo.spec import load_config
 
             if key != self.config_key:
                 loaded = load_config(path)
                 self.config_key, self.config = key, loaded
                 specs = {m: loaded.models[m] for a in loaded.agents.values() for m in a.models if m in loaded.models}
-                spent = import_modules(sorted(specs.items()))
-                _say(f"preloaded {len(specs)} model class(es) of {path}: {_secs(spent)}")
+                # Imported while idle, like the builds: the agents of this burst import their own classes (at
+                # once, in parallel), not one after another in here before each is forked.
+                self.to_import = (path, sorted(specs.items()))
                 wanted: set[tuple[str, str, str | None]] = {(m, spec.dtype, spec.path) for m, spec in specs.items()}
                 keep_prebuilt(wanted)
                 self.held = {k: v for k, v in self.held.items() if k in wanted}
@@ -296,9 +297,26 @@ class Preloader:
         except Exception as exc:  # the child loads (and reports) for itself
             _say(f"preloading for {path} failed: {exc}")
 
+    def has_work(self) -> bool:
+        """Whether there is something to do while idle: model classes to import, models to build."""
+        return self.to_import is not None or bool(self.pending)
+
     def build_one(self) -> None:
-        """Build the next queued model (the zygote is idle). A model that fails, or does not fit the budget,
-        is skipped for good (its agents build it themselves)."""
+        """Do the next idle task (the zygote is idle): import the config's model classes, else build the next
+        queued model. A model that fails, or does not fit the budget, is skipped for good (its agents build it
+        themselves)."""
+        if self.to_import is not None:
+            config_path, specs = self.to_import
+            self.to_import = None
+            from colo.modelserver.serve import import_modules
+
+            try:
+                spent = import_modules(specs)
+            except Exception as exc:  # the agents import (and report) for themselves
+                _say(f"importing the model classes of {config_path} failed: {exc}")
+            else:
+                _say(f"preloaded {len(specs)} model class(es) of {config_path}: {_secs(spent)}")
+            return
         if not self.pending:
             return
         key = self.pending.pop(0)
@@ -426,9 +444,9 @@ def serve(*, preload: bool = True) -> int:
         while True:
             # Idle with models to build: build one once no fork was asked for a while (a burst of forks is
             # never held by a build; a request that comes during one waits at most that one build).
-            build_in = build_wait_secs(bool(preloader.pending), time.monotonic() - asked_at)
+            build_in = build_wait_secs(preloader.has_work(), time.monotonic() - asked_at)
             ready, _, _ = select.select([ctl_in, wake_r], [], [], 1.0 if build_in is None else build_in)
-            if not ready and build_wait_secs(bool(preloader.pending), time.monotonic() - asked_at) == 0.0:
+            if not ready and build_wait_secs(preloader.has_work(), time.monotonic() - asked_at) == 0.0:
                 preloader.build_one()
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):

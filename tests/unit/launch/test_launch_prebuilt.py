@@ -82,6 +82,10 @@ def test_the_preloader_builds_each_model_once_while_idle_and_forgets_an_old_conf
     pre = Preloader()
     pre.before_fork(argv["a"])
     assert pre.pending == [(TINY, "float32", None)]  # queued, not built before the fork
+    assert pre.to_import is not None and pre.to_import[1][0][0] == TINY  # nor its classes imported
+    assert pre.has_work()
+    pre.build_one()  # the first idle task: the config's model classes
+    assert pre.to_import is None and set(pre.held) == set()
     pre.build_one()
     assert set(pre.held) == {(TINY, "float32", None)} and pre.pending == []
     assert torch.get_num_threads() == 1  # the zygote stays single-threaded
@@ -102,6 +106,7 @@ def test_a_model_that_cannot_be_built_is_skipped_for_good(tmp_path: Path) -> Non
     pre = Preloader(max_model_bytes=1 << 20)
     argv = builtin_agent_command("a", cfg, 9000, device="cpu")
     pre.before_fork(argv)
+    pre.build_one()  # the classes
     pre.build_one()
     assert pre.held == {} and (TINY, "float32", None) in pre.skipped
     pre.before_fork(argv)
