@@ -31,6 +31,7 @@ from colo.errors import ColoError, SupervisorError, UsageError
 from colo.spec.config import MPS_MODES
 
 if TYPE_CHECKING:
+    from colo.launch.runner import Runner
     from colo.spec.config import ColoConfig, MpsMode
     from colo.supervise.first_outcome import UpOutcome
     from colo.supervise.planning import NodePlan
@@ -77,6 +78,7 @@ def up_command(
     report how many reached RUNNING and why the others did not."""
     from colo.spec import load_config
     from colo.supervise import planning
+    from colo.supervise.startup import early_runner
     from colo.supervise.statedir import StateDirPaths, resolve_state_dir, running_orchestrator
 
     mps_mode = check_mps_option(mps, no_mps)
@@ -84,23 +86,30 @@ def up_command(
     if not skip_needs_check:
         check_builtin_agent_needs(cfg)
     sd = resolve_state_dir(cfg, state_dir)
-    # The one plan of this `up` (the orchestrator takes it, across the detach): exit 2 with the findings when
-    # it predicts out-of-memory, unless --force.
-    planned = planning.plan_run(
-        cfg, planning.read_gpus(), state_dir=sd, node=node, mps_mode=mps_mode, use_mps=not no_mps, force=force
-    )
     other = running_orchestrator(sd)
     if other is not None:
         raise SupervisorError(
             f"colo is already up with state dir {sd} (pid {other})",
             hint="`colo status` shows it; `colo apply CONFIG` changes it; `colo down` stops it",
         )
+    # In the foreground the agents' launcher starts importing now, while colo plans (seconds of torch).
+    runner = None if detach else early_runner(cfg, StateDirPaths(sd).logs)
+    try:
+        # The one plan of this `up` (the orchestrator takes it, across the detach): exit 2 with the findings
+        # when it predicts out-of-memory, unless --force.
+        planned = planning.plan_run(
+            cfg, planning.read_gpus(), state_dir=sd, node=node, mps_mode=mps_mode, use_mps=not no_mps, force=force
+        )
+    except BaseException:
+        if runner is not None:
+            runner.close()
+        raise
     view = UpView(console, err_console, as_json)
     if detach:
         view = _detach(StateDirPaths(sd), cfg, view)  # returns in the detached child only
     up_foreground(
         cfg, config, sd, use_mps=not no_mps, node=node, api=not no_api, as_json=as_json, mps_mode=mps_mode,
-        planned=planned, view=view,
+        planned=planned, view=view, runner=runner,
     )
 
 
@@ -194,9 +203,11 @@ def up_foreground(
     mps_mode: MpsMode | None = None,
     planned: NodePlan | None = None,
     view: UpView | None = None,
+    runner: Runner | None = None,
 ) -> None:
     """Run the orchestrator here until it is stopped (:func:`colo.supervise.up_run.run_foreground`),
-    printing what it did, serving its API (unless not ``api``) and reporting the first outcome."""
+    printing what it did, serving its API (unless not ``api``) and reporting the first outcome. ``runner``:
+    the orchestrator's (its launcher started early, :func:`colo.supervise.startup.early_runner`), else its own."""
     from colo.supervise.orchestrator import Orchestrator
     from colo.supervise.up_run import run_foreground, watch_first_outcome
 
@@ -241,7 +252,7 @@ def up_foreground(
     result = run_foreground(
         lambda: Orchestrator(
             cfg, config_path=config_path, state_dir=sd, use_mps=use_mps, node=node, run_agents=run_agents,
-            mps_mode=mps_mode,
+            mps_mode=mps_mode, runner=runner,
         ),
         planned,
         started=started,

@@ -135,6 +135,9 @@ class _Zygote:
         with contextlib.suppress(OSError, ValueError):
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
+        if not self.ready.is_set():  # still importing (it reads its pipe only after): nothing forked, ended now
+            with contextlib.suppress(OSError):
+                self.proc.kill()
         try:
             self.proc.wait(timeout=wait_secs)
         except subprocess.TimeoutExpired:

@@ -16,7 +16,7 @@ from colo.gpu.mps.control import MpsControl
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
 from colo.gpu.poller import GpuPoller
-from colo.launch.fork_runner import ForkRunner
+from colo.launch.fork_runner import ForkRunner, make_runner
 from colo.launch.health import Probe
 from colo.launch.runner import Runner
 from colo.plan.types import AgentPlan
@@ -40,6 +40,21 @@ def start_launcher(runner: Runner, config: ColoConfig, agents: Sequence[AgentPla
         return False
     runner.start(logs_dir)
     return True
+
+
+def early_runner(config: ColoConfig, logs_dir: Path) -> Runner | None:
+    """For ``colo up`` before it plans: the runner of ``policy.launcher`` with its launcher importing already,
+    when ``config`` is of one node (whatever is planned, this machine runs every agent) and one of its agents
+    runs the built-in agent; else None (the orchestrator makes its own runner). The caller closes it when it
+    does not hand it to an orchestrator."""
+    one_node = config.gpus == "auto" or len({row.node for row in config.gpus}) == 1
+    if not one_node or all(agent.command is not None for agent in config.agents.values()):
+        return None
+    runner = make_runner(config.policy.launcher)
+    if not isinstance(runner, ForkRunner):
+        return None
+    runner.start(logs_dir)
+    return runner
 
 
 def start_mps(

@@ -344,3 +344,27 @@ def test_start_launcher_starts_the_zygote_before_any_spawn_only_for_builtin_agen
         assert (tmp_path / "logs" / "forkserver.log").exists()
     finally:
         runner.close()
+
+
+def test_early_runner_starts_colo_ups_launcher_before_the_plan_only_where_it_will_fork(tmp_path: Path) -> None:
+    from colo.spec import load_config
+    from colo.supervise.startup import early_runner
+
+    config = load_config(Path(__file__).resolve().parents[3] / "examples" / "newsroom" / "colo.sized.yaml")
+    spawn = config.model_copy(update={"policy": config.policy.model_copy(update={"launcher": "spawn"})})
+    commands = config.model_copy(
+        update={"agents": {n: a.model_copy(update={"command": ["true"]}) for n, a in config.agents.items()}}
+    )
+    two_nodes = config.model_copy(
+        update={"gpus": [config.gpus[0], config.gpus[0].model_copy(update={"node": "other"})]}
+    )
+    for no in (spawn, commands, two_nodes):
+        assert early_runner(no, tmp_path / "logs") is None
+    assert not (tmp_path / "logs" / "forkserver.log").exists()
+    runner = early_runner(config, tmp_path / "logs")
+    assert isinstance(runner, ForkRunner)
+    zygote = runner._zygote
+    assert zygote is not None and zygote.proc.poll() is None  # importing torch in the background
+    started = time.monotonic()
+    runner.close()  # before its imports are done: ended at once, not after them
+    assert zygote.proc.returncode is not None and time.monotonic() - started < 4.5
