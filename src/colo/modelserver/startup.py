@@ -10,8 +10,8 @@ of each phase on the same clock; the first ``/health`` that answers ready ends t
 Phases, in order (each from the end of the one before): ``fork`` or ``spawn`` (request -> the agent's ``main``
 runs: the fork, or a new interpreter and its first imports), ``imports`` (the config read and
 :func:`~colo.modelserver.serve.import_modules`), ``setup`` (the device chosen, the allocator cap of an agent
-without MPS, the HTTP app built), ``cuda_context`` (CUDA initialised and the context created; ~0 on CPU; the
-HTTP server starts meanwhile), ``weights`` (every model built, or taken from the launcher and moved to the
+without MPS, the HTTP app built), ``cuda_context`` (what is left of creating the CUDA context: it starts on a side thread as soon as the
+device is chosen, before the imports; ~0 on CPU; the HTTP server starts meanwhile), ``weights`` (every model built, or taken from the launcher and moved to the
 device), ``warmup`` (the warm-up forwards), ``health_ready`` (ready -> the first ``/health`` that says so: the
 supervisor's probe cadence). Without :data:`REQUESTED_VAR` (started by hand) the first phase is left out and
 the total starts at ``main``.

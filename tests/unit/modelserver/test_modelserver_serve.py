@@ -241,3 +241,14 @@ def test_cap_allocator_caps_torch_at_the_limit_only_without_mps(monkeypatch: pyt
     assert cap_allocator("cuda", {MEMORY_CAP_VAR: "lots"}) is None
     assert cap_allocator("cuda", memory_cap_env(200 << 30)) == 1.0
     assert len(calls) == 2
+
+
+def test_the_early_context_is_made_on_a_side_thread_and_its_failure_reaches_the_loader() -> None:
+    assert not torch.cuda.is_available()  # CI and this machine: a CUDA context cannot be made here
+    cpu = serve.EarlyContext("cpu").start()
+    assert cpu._thread is None
+    cpu.wait()  # nothing to wait for
+    cuda = serve.EarlyContext("cuda:0").start()
+    assert cuda._thread is not None and cuda._thread.name == "colo-agent-cuda-context"
+    with pytest.raises((RuntimeError, AssertionError)):  # torch's "no CUDA" error, raised where the loader waits
+        cuda.wait()
