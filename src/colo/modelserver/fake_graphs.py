@@ -6,8 +6,9 @@ runs the module again on the new ids — without an attention mask, as a real gr
 the result INTO the static output, so a reader that keeps the static output past the next replay sees it
 overwritten, as with a real graph. Memory is simulated: each capture adds ``capture_bytes(key)`` to its pool,
 and :meth:`FakeGraphBackend.release` hands back the pools no live graph holds, as
-``torch.cuda.empty_cache`` does. ``fail`` makes the capture of a shape raise (after taking its pool's bytes,
-as a capture that ran out of memory half-way would).
+``torch.cuda.empty_cache`` does; a pool handed back is not taken again (torch may assert on a dropped pool's
+handle). ``fail`` makes the capture of a shape raise (after taking its pool's bytes, as a capture that ran out
+of memory half-way would).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class FakeGraphBackend:
         self._ids = itertools.count(1)
         self._pool_bytes: dict[int, int] = {}
         self._graphs: dict[int, weakref.WeakSet[FakeCapturedForward]] = {}
+        self._handed_back: set[int] = set()
 
     def memory(self) -> DeviceMemory:
         return self.memory_now
@@ -90,6 +92,8 @@ class FakeGraphBackend:
 
     def capture(self, module: Any, input_ids: Any, pool: object) -> tuple[FakeCapturedForward, int]:
         assert isinstance(pool, int) and pool in self._pool_bytes, "capture into a pool new_pool did not make"
+        if pool in self._handed_back:
+            raise RuntimeError(f"INTERNAL ASSERT FAILED: pool {pool} was handed back; use_count > 0 (fake)")
         key: GraphKey = (int(input_ids.shape[0]), int(input_ids.shape[1]))
         added = self.capture_bytes(key)
         self._pool_bytes[pool] += added
@@ -106,8 +110,9 @@ class FakeGraphBackend:
         """Hand back every pool no live graph holds (as ``torch.cuda.empty_cache`` frees freeable pools)."""
         self.releases += 1
         for pool, graphs in self._graphs.items():
-            if not graphs:
+            if not graphs and self._pool_bytes[pool]:
                 self._pool_bytes[pool] = 0
+                self._handed_back.add(pool)
 
     def held_bytes(self) -> int:
         """The bytes all pools hold now (a dropped pool's only after :meth:`release`)."""

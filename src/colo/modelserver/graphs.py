@@ -23,10 +23,11 @@ memory for good, on top of what the caching allocator keeps. All pools of an age
 (:func:`graph_budget_bytes`): at most :data:`DEFAULT_GRAPH_BUDGET_BYTES`, and at most
 :data:`GRAPH_HEADROOM_FRACTION` of the room left after the worst-case warm-up (:func:`headroom_bytes`). Each
 capture reports the bytes it added (the backend measures reserved memory before and after). A new shape is
-captured only while the bytes held plus the most any one capture has added so far fit the budget, and at most
-:data:`MAX_GRAPHS` graphs are held. A capture that passes the budget anyway (the first of an agent has no
-history to go by) is the last one; it is undone when its pool holds nothing else (a pool shared with other
-graphs cannot give memory back without dropping them).
+captured only while the bytes held plus the most any one kept capture has added fit the budget, and at most
+:data:`MAX_GRAPHS` graphs are held. A capture that passes the budget anyway is undone when its pool holds
+nothing else (a model's first: it has no history to go by), and that model tries no shape as large (rows ×
+seq_len) again; one that passes it in a pool shared with other graphs (which cannot give memory back without
+dropping them) is kept, and is the agent's last capture.
 
 **Failures are data**: a capture or replay that raises turns graphs off for that model — one log line, the
 reason in ``/health`` — its graphs are dropped and their pool handed back to the device, and the batch runs
@@ -144,18 +145,20 @@ def graph_budget_bytes(
 
 @dataclass(frozen=True)
 class ModelGraphs:
-    """One model's graphs at one moment: the shapes held, the bytes their pool added, and why graphs are off
-    for it (None: on)."""
+    """One model's graphs at one moment: the shapes held, the bytes their pool added, why graphs are off for it
+    (None: on), and the shape whose capture passed the budget alone (none as large is captured)."""
 
     shapes: tuple[GraphKey, ...]
     pool_bytes: int
     off_reason: str | None
+    too_large: GraphKey | None = None  # a capture of this shape passed the budget: none as large is tried
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "shapes": [shape_text(k) for k in self.shapes],
             "pool_bytes": self.pool_bytes,
             "off_reason": self.off_reason,
+            "too_large": None if self.too_large is None else shape_text(self.too_large),
         }
 
 
@@ -198,12 +201,18 @@ class GraphsSnapshot:
 
 @dataclass
 class _Pool:
-    """One model's pool and the graphs captured into it (device thread only; read under the lock)."""
+    """One model's pool and the graphs captured into it (device thread only; read under the lock). ``handle``
+    None: a new pool for the next capture (torch may not take a dropped pool's handle again)."""
 
-    handle: object
+    handle: object | None = None
     graphs: dict[GraphKey, CapturedForward] = field(default_factory=dict)
     added_bytes: int = 0
     off_reason: str | None = None
+    too_large: GraphKey | None = None
+
+    def fits(self, key: GraphKey) -> bool:
+        """Whether ``key`` is smaller (rows × seq_len) than the shape that passed the budget, if any."""
+        return self.too_large is None or key[0] * key[1] < self.too_large[0] * self.too_large[1]
 
 
 class EncoderGraphs:
@@ -226,16 +235,14 @@ class EncoderGraphs:
     ) -> None:
         self._backend = backend
         self.budget_bytes = budget_bytes if backend is not None else 0
-        self.off_reason = off_reason if backend is None else None
-        if backend is None and off_reason is None:
-            self.off_reason = "off"
+        self.off_reason = None if backend is not None else (off_reason or "off")
         self.max_rows = max_rows
         self.max_seq_len = max_seq_len
         self.max_graphs = max_graphs
         self._clock = clock
         self._lock = threading.Lock()
         self._pools: dict[str, _Pool] = {}
-        self._largest_capture_bytes = 0
+        self._largest_kept_bytes = 0  # the most one capture still held added: what the next may add
         self._full: str | None = None
         self._captures = 0
         self._replays = 0
@@ -264,6 +271,8 @@ class EncoderGraphs:
             return None
         graph = pool.graphs.get(key) if pool is not None else None
         if graph is None:
+            if pool is not None and not pool.fits(key):
+                return None
             graph = self._capture(model, key, input_ids)
             if graph is None:
                 return None
@@ -292,10 +301,10 @@ class EncoderGraphs:
         if self.budget_bytes <= 0:
             self._fill("no room for graph pools (budget 0)")
             return None
-        if pool_bytes + self._largest_capture_bytes > self.budget_bytes:
+        if pool_bytes + self._largest_kept_bytes > self.budget_bytes:
             self._fill(
                 f"budget of {self.budget_bytes / MIB:.1f} MiB reached (pools hold {pool_bytes / MIB:.1f} MiB; "
-                f"one capture has added up to {self._largest_capture_bytes / MIB:.1f} MiB)"
+                f"one capture has added up to {self._largest_kept_bytes / MIB:.1f} MiB)"
             )
             return None
         started = self._clock.monotonic()
@@ -311,7 +320,6 @@ class EncoderGraphs:
             pool.graphs[key] = graph
             pool.added_bytes += added
             self._captures += 1
-            self._largest_capture_bytes = max(self._largest_capture_bytes, added)
         held, pool_bytes = self._held()
         log.info(
             "%s: CUDA graph %s captured in %.1f ms (+%.1f MiB; pools %.1f of %.1f MiB, %d graph(s))",
@@ -319,18 +327,22 @@ class EncoderGraphs:
             held,
         )
         if pool_bytes <= self.budget_bytes:
+            self._largest_kept_bytes = max(self._largest_kept_bytes, added)
             return graph
         if len(pool.graphs) == 1:  # the pool holds this graph alone: dropping it gives all of it back
             with self._lock:
                 pool.graphs.clear()
                 pool.added_bytes = 0
+                pool.too_large = key
+                pool.handle = None
             del graph
             self._release()
-            self._fill(
-                f"budget of {self.budget_bytes / MIB:.1f} MiB passed by {model.model_id}'s {shape_text(key)} "
-                f"(+{added / MIB:.1f} MiB), which was dropped"
+            log.info(
+                "%s: CUDA graph %s dropped: it passed the budget of %.1f MiB; shapes as large run eagerly",
+                model.model_id, shape_text(key), self.budget_bytes / MIB,
             )
             return None
+        self._largest_kept_bytes = max(self._largest_kept_bytes, added)
         self._fill(f"budget of {self.budget_bytes / MIB:.1f} MiB reached (pools hold {pool_bytes / MIB:.1f} MiB)")
         return graph
 
@@ -341,9 +353,11 @@ class EncoderGraphs:
         try:
             pool = self._pools.get(model.model_id)
             if pool is None:
-                pool = _Pool(backend.new_pool())
+                pool = _Pool()
                 with self._lock:
                     self._pools[model.model_id] = pool
+            if pool.handle is None:
+                pool.handle = backend.new_pool()
             graph, added = backend.capture(model.module, input_ids, pool.handle)
         except Exception as exc:
             return first_line(exc)
@@ -364,7 +378,7 @@ class EncoderGraphs:
     def _turn_off(self, model_id: str, reason: str) -> None:
         """Graphs off for ``model_id`` for good: its graphs dropped, their pool handed back, one log line."""
         with self._lock:
-            pool = self._pools.setdefault(model_id, _Pool(None))
+            pool = self._pools.setdefault(model_id, _Pool())
             pool.graphs.clear()
             pool.added_bytes = 0
             pool.off_reason = reason
@@ -382,7 +396,7 @@ class EncoderGraphs:
         """The graphs now (for ``/health`` and ``/metrics``)."""
         with self._lock:
             models = {
-                model_id: ModelGraphs(tuple(sorted(p.graphs)), p.added_bytes, p.off_reason)
+                model_id: ModelGraphs(tuple(sorted(p.graphs)), p.added_bytes, p.off_reason, p.too_large)
                 for model_id, p in self._pools.items()
             }
         return GraphsSnapshot(

@@ -93,14 +93,17 @@ def test_captures_stop_once_the_next_would_pass_the_budget(bert: LoadedModel, ca
     assert replay(graphs, bert, ids(1, 5, start=9)) is not None and graphs.snapshot().replays == 3
 
 
-def test_a_first_capture_past_the_budget_is_undone(bert: LoadedModel) -> None:
-    backend = FakeGraphBackend(capture_bytes=lambda key: 100 * MIB)
+def test_a_models_first_capture_past_the_budget_is_undone_and_no_shape_as_large_is_tried(bert: LoadedModel) -> None:
+    backend = FakeGraphBackend(capture_bytes=lambda key: MIB * (100 if key[0] * key[1] >= 256 else 2))
     graphs = EncoderGraphs(backend, budget_bytes=64 * MIB, clock=StepClock())
     assert replay(graphs, bert, ids(8, 32)) is None
     assert backend.captures == [(8, 32)] and backend.held_bytes() == 0  # its pool went back to the device
     snap = graphs.snapshot()
-    assert snap.graphs == 0 and snap.pool_bytes == 0 and snap.full is not None and "was dropped" in snap.full
-    assert replay(graphs, bert, ids(1, 4)) is None and backend.captures == [(8, 32)]
+    assert snap.graphs == 0 and snap.pool_bytes == 0 and snap.full is None
+    assert snap.to_dict()["models"]["enc"]["too_large"] == "8x32"
+    assert replay(graphs, bert, ids(8, 32)) is None and replay(graphs, bert, ids(4, 64)) is None  # as large
+    assert replay(graphs, bert, ids(2, 16)) is not None  # smaller: captured, into a new pool
+    assert backend.captures == [(8, 32), (2, 16)] and graphs.snapshot().pool_bytes == 2 * MIB
 
 
 def test_a_later_capture_past_the_budget_is_kept_reported_and_the_last(bert: LoadedModel) -> None:
@@ -142,7 +145,9 @@ def test_a_shape_is_captured_once_then_replayed(bert: LoadedModel) -> None:
     assert backend.captures == [(2, 6)]
     snap = graphs.snapshot()
     assert (snap.captures, snap.replays, snap.graphs, snap.pool_bytes) == (1, 2, 1, 2 * MIB)
-    assert snap.to_dict()["models"] == {"enc": {"shapes": ["2x6"], "pool_bytes": 2 * MIB, "off_reason": None}}
+    assert snap.to_dict()["models"] == {
+        "enc": {"shapes": ["2x6"], "pool_bytes": 2 * MIB, "off_reason": None, "too_large": None}
+    }
 
 
 def test_padded_batches_and_generators_run_eagerly(bert: LoadedModel) -> None:
