@@ -15,8 +15,11 @@ data-dependent mask checks, which break a capture, are skipped) — of at most :
 **Capture** is lazy, on the device thread, the first time a shape is seen: the backend runs the shape eagerly
 on a side stream a couple of times (lazy initialisation, workspaces), then captures it into the model's memory
 pool (one pool per model, shared by all its graphs). **Replay** copies the batch's ids into the graph's static
-input and replays. The static output is overwritten by the next replay of that graph: a caller copies what it
-needs to the host before it runs another batch (the device thread runs one batch at a time).
+input and replays. The static output is overwritten by the next replay of that graph — and, as the graphs of a
+pool share its memory, possibly by the next replay of ANY graph of the model (a later capture may have put its
+output where an earlier graph keeps its intermediates). So a caller uses the output (copies what it needs to
+the host) before it runs another batch; the device thread runs one batch at a time, so replays never overlap.
+That is what makes a shared pool safe in any replay order.
 
 **Memory** (the plan's promise): the agent's MPS limit was sized for ONE worst-case batch, and graph pools hold
 memory for good, on top of what the caching allocator keeps. All pools of an agent share one budget

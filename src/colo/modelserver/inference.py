@@ -196,8 +196,9 @@ def run_merged(
             out = model.module(input_ids=ids, attention_mask=mask)
         synchronize(device)
         ended = clock.monotonic()
-        # A replayed graph's output is its static output, which the graph's next replay overwrites: every group
-        # is formatted (copied to the host) below, before this returns and the device thread runs another batch.
+        # A replayed graph's output is its static output, which the next replay of any graph of the model's pool
+        # may overwrite: every group is formatted (copied to the host) below, before this returns and the device
+        # thread runs another batch (colo.modelserver.graphs).
         kind, tensor = _encoder_tensor(out)
         formatted: list[dict[str, Any]] = []
         first = 0
