@@ -186,7 +186,8 @@ def test_a_failed_capture_turns_graphs_off_and_the_batch_is_answered_eagerly() -
         # What the failed capture may have kept (some torch versions keep its pool): printed, not asserted.
         reserved_left = int(torch.cuda.memory_reserved(DEVICE)) - before
         np.testing.assert_allclose(answered.outputs["vectors"], batch(plain, ids, None).outputs["vectors"], **FLOAT16)
-        np.testing.assert_allclose(batch(reading, ids, graphs).outputs["vectors"], answered.outputs["vectors"])
+        again = batch(reading, ids, graphs)  # graphs stay off for it: eager again
+        np.testing.assert_allclose(again.outputs["vectors"], answered.outputs["vectors"], **FLOAT16)
         others = agent_graphs()  # the device still captures and replays
         np.testing.assert_allclose(
             batch(plain, rows((2, 32), 3), others).outputs["vectors"],
