@@ -4,6 +4,7 @@
     python scripts/lone_latency.py --device cuda --dtype float16 --requests 2000
     python scripts/lone_latency.py --url http://127.0.0.1:9101 --model MODEL   # an agent already running
     python scripts/lone_latency.py --src ../old/src      # the agent of another colo tree (a before/after)
+    python scripts/lone_latency.py --device cuda --dtype float16 --cuda-graphs both   # graphs off, then on
 
 Starts ONE built-in agent the way colo does (``python -m colo.modelserver.serve``, its own uvicorn settings) on
 bert-tiny (``google/bert_uncased_L-2_H-128_A-2``: the catalog's 2-layer BERT, random weights, nothing
@@ -20,6 +21,10 @@ free of the forward's own noise); and the agent's own mean per phase
 over exactly those requests (``colo_agent_phase_seconds`` read before and after: parse, tokenize, queue,
 to_device, forward, to_host, serialize), and what the started agent's uvicorn runs on (its log says).
 ``--json`` prints the same as one JSON object. The agent is stopped on exit (SIGTERM, then SIGKILL).
+What the agent's ``/health`` says of its CUDA graphs after the timed requests is printed too (graphs held,
+their pools, replays; or why they are off). ``--cuda-graphs on|off`` passes the agent's own switch;
+``--cuda-graphs both`` measures an agent with graphs off, then one with them on, one after the other (two
+tables; with ``--json``, ``{"runs": {"off": ..., "on": ...}}``).
 On ``--device cpu`` the agent gets one torch thread unless ``--torch-threads`` says otherwise. Figures are of
 the machine it ran on: label CPU runs as CPU.
 """
@@ -171,7 +176,15 @@ def measure(url: str, model: str, *, tokens: int, warmup: int, requests: int) ->
                 row["outside_forward_p99_ms"] = outside.p99_secs * 1000.0
             routes[path] = row
         info = json.loads(health)
-        return {"device": info.get("device"), "device_name": info.get("device_name"), "tokens": tokens, "routes": routes}
+        status, after = conn.request("GET", "/health")
+        graphs = json.loads(after).get("cuda_graphs") if status == 200 else None
+        return {
+            "device": info.get("device"),
+            "device_name": info.get("device_name"),
+            "tokens": tokens,
+            "routes": routes,
+            "cuda_graphs": graphs,
+        }
     finally:
         conn.close()
 
@@ -264,7 +277,23 @@ def table(result: dict[str, Any]) -> list[str]:
             f"| `{path}` | {row['requests']} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['mean_ms']:.3f} "
             f"| {outside} | {phases} |"
         )
+    lines += ["", graphs_line(result.get("cuda_graphs"))]
     return lines
+
+
+def graphs_line(graphs: dict[str, Any] | None) -> str:
+    """What the agent's /health said of its CUDA graphs after the timed requests, in one line."""
+    if not graphs:
+        return "CUDA graphs: not reported by the agent"
+    if not graphs.get("enabled"):
+        return f"CUDA graphs: off ({graphs.get('off_reason')})"
+    shapes = {m: g["shapes"] for m, g in graphs.get("models", {}).items()}
+    mib = 1024 * 1024
+    return (
+        f"CUDA graphs: {graphs['graphs']} held {shapes}, pools {graphs['pool_bytes'] / mib:.1f} of "
+        f"{graphs['budget_bytes'] / mib:.1f} MiB, {graphs['replays']} replays, {graphs['failures']} failures"
+        + (f"; no new shapes: {graphs['full']}" if graphs.get("full") else "")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,10 +314,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--serve-arg", action="append", default=[], help="extra argument for the agent")
     parser.add_argument(
+        "--cuda-graphs",
+        choices=["on", "off", "both"],
+        default=None,
+        help="the started agent's --cuda-graphs (default: the agent's own, on); both: an agent with graphs off, "
+        "then one with graphs on",
+    )
+    parser.add_argument(
         "--src", type=Path, default=ROOT / "src", help="the src/ folder of the colo to start (default: this tree's)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
+    if args.url is not None and args.cuda_graphs is not None:
+        parser.error("--cuda-graphs is for an agent this script starts (not with --url)")
+    settings: list[str | None] = ["off", "on"] if args.cuda_graphs == "both" else [args.cuda_graphs]
+    results: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        try:
+            results[setting or "default"] = run_once(args, setting)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if len(results) == 1:
+        (result,) = results.values()
+        print(json.dumps(result, indent=2) if args.json else "\n".join(table(result)))
+        return 0
+    if args.json:
+        print(json.dumps({"runs": results}, indent=2))
+        return 0
+    for setting, result in results.items():
+        print("\n".join([f"### --cuda-graphs {setting}", "", *table(result), ""]))
+    return 0
+
+
+def run_once(args: argparse.Namespace, cuda_graphs: str | None) -> dict[str, Any]:
+    """Measure the agent at ``args.url``, or one started here (with ``--cuda-graphs`` when given) and stopped
+    after. Raises RuntimeError when the agent does not come up or answers other than 200."""
     with tempfile.TemporaryDirectory(prefix="colo-lone-") as tmp:
         proc = None
         url = args.url
@@ -296,21 +357,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             if url is None:
                 port = free_port()
                 threads = args.torch_threads if args.torch_threads is not None else (1 if args.device == "cpu" else None)
+                extra = [*args.serve_arg, *(("--cuda-graphs", cuda_graphs) if cuda_graphs else ())]
                 proc = start_agent(
-                    Path(tmp), args.model, port, args.device, args.dtype, args.serve_arg, threads, args.src.resolve()
+                    Path(tmp), args.model, port, args.device, args.dtype, extra, threads, args.src.resolve()
                 )
                 url = f"http://127.0.0.1:{port}"
             wait_healthy(url, proc, Path(tmp) / "agent.log", START_TIMEOUT_SECS)
             result = measure(url, args.model, tokens=args.tokens, warmup=args.warmup, requests=args.requests)
             result["http"] = http_of(Path(tmp) / "agent.log") if proc is not None else None
-        except RuntimeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            result["cuda_graphs_switch"] = cuda_graphs
+            return result
         finally:
             if proc is not None:
                 stop(proc)
-    print(json.dumps(result, indent=2) if args.json else "\n".join(table(result)))
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 MODULE = "colo.modelserver.serve"
 DEFAULT_HOST = "127.0.0.1"
@@ -22,6 +22,9 @@ DEFAULT_HOST = "127.0.0.1"
 #: limit): ``torch.cuda.set_per_process_memory_fraction`` (``serve.cap_allocator``). Not set under MPS, whose
 #: pinned limit holds the whole process.
 MEMORY_CAP_VAR = "COLO_MEMORY_CAP_BYTES"
+#: ``on`` (the default) or ``off``: whether the built-in agent replays encoder forwards from CUDA graphs (the
+#: default of its ``--cuda-graphs``; ``colo.modelserver.graphs``).
+CUDA_GRAPHS_VAR = "COLO_CUDA_GRAPHS"
 #: What the built-in agent imports beyond colo's own dependencies (the ``profile`` extra).
 NEEDED_MODULES = ("torch", "transformers")
 
@@ -90,6 +93,13 @@ def builtin_agent_command(
 def memory_cap_env(limit_bytes: int) -> dict[str, str]:
     """The environment that makes the built-in agent cap its allocator at ``limit_bytes`` (no MPS)."""
     return {MEMORY_CAP_VAR: str(int(limit_bytes))}
+
+
+def memory_cap_of(environ: Mapping[str, str]) -> int | None:
+    """The allocator cap :func:`memory_cap_env` put in ``environ``, in bytes; None when unset. Raises ValueError
+    for a value that is not a whole number."""
+    text = environ.get(MEMORY_CAP_VAR, "")
+    return int(text) if text else None
 
 
 def health_url(port: int, host: str = DEFAULT_HOST) -> str:

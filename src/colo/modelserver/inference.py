@@ -6,7 +6,9 @@ per-token predictions from [batch, tokens, vocab], else mean-pooled embeddings o
 greedily generated ids (decoded too when a real tokenizer is there).
 
 Everything runs under ``torch.inference_mode()``; on CUDA the device is synchronised before timing, so
-``forward_ms`` is the GPU time of the batch, not the launch time. torch is imported inside functions.
+``forward_ms`` is the GPU time of the batch, not the launch time. An encoder batch of rows of one length may be
+replayed from a CUDA graph instead of run eagerly (:mod:`colo.modelserver.graphs`); its outputs are formatted by
+the same code. torch is imported inside functions.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from colo.clock import SYSTEM_CLOCK, Clock
 from colo.modelserver.device_errors import DeviceErrorKind, classify
+from colo.modelserver.graphs import EncoderGraphs
 from colo.modelserver.loading import LoadedModel
 
 # Embeddings are returned in full up to this many values in a batch; beyond, shape and a head per row.
@@ -165,14 +168,17 @@ def run_merged(
     device: str,
     clock: Clock = SYSTEM_CLOCK,
     raw: Sequence[bool] = (),
+    graphs: EncoderGraphs | None = None,
 ) -> list[BatchResult]:
     """Run several requests' rows of one encoder as ONE batch; one result per group, as if run alone.
 
     The rows are right-padded to the longest row of all groups; each group's outputs are cut back to its own
     rows and its own longest row, so an answer does not depend on what it was batched with (up to float
     rounding). ``raw[i]`` asks full numpy outputs for group i (see :func:`_raw_encoder`). The timings are the
-    merged batch's. Raises ValueError for a generator (they merge through :func:`generate_merged`) and
-    torch's errors as they are.
+    merged batch's. ``graphs``: the forward is replayed from a CUDA graph when they have (or may capture) one
+    for the batch (rows of one length, see :meth:`EncoderGraphs.replay`), else run eagerly; ``forward_ms`` is
+    the device time either way (a new shape's capture included). Raises ValueError for a generator (they
+    merge through :func:`generate_merged`) and torch's errors as they are.
     """
     import torch
 
@@ -185,9 +191,14 @@ def run_merged(
         ids, mask = pad_batch(rows, model.tokenizer.pad_id, left=False, device=device)
         synchronize(device)
         started = clock.monotonic()
-        out = model.module(input_ids=ids, attention_mask=mask)
+        out = graphs.replay(model, rows, ids) if graphs is not None else None
+        if out is None:
+            out = model.module(input_ids=ids, attention_mask=mask)
         synchronize(device)
         ended = clock.monotonic()
+        # A replayed graph's output is its static output, which the next replay of any graph of the model's pool
+        # may overwrite: every group is formatted (copied to the host) below, before this returns and the device
+        # thread runs another batch (colo.modelserver.graphs).
         kind, tensor = _encoder_tensor(out)
         formatted: list[dict[str, Any]] = []
         first = 0

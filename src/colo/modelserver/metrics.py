@@ -4,6 +4,8 @@ One registry per :class:`AgentMetrics` (not the process-global one), so several 
 (tests) never collide. Names, all prefixed ``colo_agent_``:
 
 - ``queue_depth`` (gauge): requests waiting for the device worker;
+- ``cuda_graphs`` (gauge): CUDA graphs held (:mod:`colo.modelserver.graphs`); ``cuda_graph_pool_bytes``
+  (gauge): the bytes their pools added;
 - ``batch_rows`` (histogram): rows (sequences) per batch run on the device;
 - ``batch_requests`` (histogram): requests merged into one batch;
 - ``request_latency_seconds`` (histogram): received to answered, for answered requests;
@@ -41,6 +43,16 @@ class AgentMetrics:
         self.queue_depth = Gauge(
             "colo_agent_queue_depth", "Requests waiting for the device worker.", labels, registry=self.registry
         ).labels(agent)
+        self.cuda_graphs = Gauge(
+            "colo_agent_cuda_graphs", "CUDA graphs held (encoder forwards replayed).", labels, registry=self.registry
+        ).labels(agent)
+        self.cuda_graph_pool_bytes = Gauge(
+            "colo_agent_cuda_graph_pool_bytes",
+            "Bytes the CUDA graphs' memory pools added to the device memory held.",
+            labels,
+            registry=self.registry,
+        ).labels(agent)
+
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, labels, buckets=buckets, registry=self.registry).labels(agent)
 

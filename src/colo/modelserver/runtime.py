@@ -9,6 +9,10 @@ checked by the HTTP side (the event loop, or a worker thread), queued, and merge
 rows of at most ``max_seq_len`` ids, so the device never holds more than the worst case the MPS limit was
 sized for, whatever the concurrency.
 
+After the warm-up, encoder batches of rows of one length may be replayed from CUDA graphs
+(:mod:`colo.modelserver.graphs`), within a memory budget taken from the room the warm-up left; ``/health``
+says how many are held (``cuda_graphs``).
+
 ``/health`` is ``ready`` only while the CUDA context answers a tiny round trip (:class:`ContextWatch`); a
 context found unusable — by the probe or by a request — turns the runtime ``context_lost`` for good: the
 reason is logged once and ``on_context_lost`` is called (the server exits with ``EXIT_CONTEXT_LOST``).
@@ -41,6 +45,7 @@ from colo.modelserver.device_health import (
     cuda_round_trip,
     trigger_device_assert,
 )
+from colo.modelserver.graphs import EncoderGraphs, GraphBackend, graph_budget_bytes, headroom_bytes
 from colo.modelserver.inference import (
     BatchResult,
     generate_merged,
@@ -161,6 +166,10 @@ class AgentRuntime:
     it (past it /health says ``unresponsive``, 503); a probe unanswered for ``hang_secs`` is a hung device and
     the context is declared lost. ``on_context_lost(reason)`` is called once when the context is found
     unusable.
+
+    ``cuda_graphs``: replay encoder batches from CUDA graphs after the warm-up (on CUDA, or wherever
+    ``graph_backend`` is given: tests inject a fake). Their budget is ``graph_budget_bytes`` when given, else
+    taken from the room the warm-up left (``memory_cap_bytes``: PyTorch's allocator cap on a GPU without MPS).
     """
 
     agent: str
@@ -183,6 +192,11 @@ class AgentRuntime:
     hang_secs: float = DEFAULT_HANG_SECS
     on_context_lost: Callable[[str], None] = lambda reason: None
     start: StartPhases | None = None  # the agent's start-up phases, ended by the first ready /health
+    cuda_graphs: bool = True
+    graph_backend: GraphBackend | None = None
+    graph_budget_bytes: int | None = None
+    memory_cap_bytes: int | None = None
+    graphs: EncoderGraphs = field(init=False)
     metrics: AgentMetrics = field(init=False)
     _state_lock: threading.Lock = field(default_factory=threading.Lock)
     _models_lock: threading.Lock = field(default_factory=threading.Lock)  # /health never waits on a batch
@@ -197,6 +211,7 @@ class AgentRuntime:
         if not self.specs:
             raise ValueError(f"agent {self.agent} has no models")
         self.metrics = AgentMetrics(self.agent)
+        self.graphs = EncoderGraphs.off("not loaded yet")
         self._worker = DeviceWorker(
             self._execute,
             wait_secs=self.batch_wait_ms / 1000.0,
@@ -221,6 +236,10 @@ class AgentRuntime:
         step = ["loading", self.specs[0][0]]  # what was running when something failed
 
         def build_and_warm_up() -> None:  # on the device thread, like every batch after it
+            if self.cuda_graphs and self.graph_backend is None and self.device.startswith("cuda"):
+                from colo.modelserver.cuda_graphs import use_own_stream
+
+                use_own_stream(self.device)  # graphs are captured on it: its cuBLAS workspace comes with the warm-up
             if self.matmul_precision is not None:
                 import torch
 
@@ -232,6 +251,7 @@ class AgentRuntime:
                     self.models[model_id] = loaded
             step[0] = "warming up"
             self._warm_up(step)
+            self.graphs = self._graphs_after_warm_up()
 
         try:
             self._worker.call(build_and_warm_up)
@@ -286,6 +306,37 @@ class AgentRuntime:
                 result.forward_ms,
             )
         self.warm_up = "worst case (batch × max_seq_len)" if self.worst_case else "one short row"
+
+    def _graphs_after_warm_up(self) -> EncoderGraphs:
+        """The agent's CUDA graphs (on the device thread, after the warm-up): off when switched off, not on CUDA
+        (and no backend injected) or without an encoder; else on, with a budget from the room left now."""
+        if not self.cuda_graphs:
+            return EncoderGraphs.off("switched off (--cuda-graphs off)")
+        if not any(m.task == "encoder" for m in self.models.values()):
+            return EncoderGraphs.off("no encoder among the agent's models")
+        backend = self.graph_backend
+        if backend is None:
+            if not self.device.startswith("cuda"):
+                return EncoderGraphs.off(f"not on CUDA ({self.device})")
+            from colo.modelserver.cuda_graphs import TorchGraphBackend
+
+            backend = TorchGraphBackend(self.device)
+        budget = self.graph_budget_bytes
+        room = "given"
+        if budget is None:
+            try:
+                headroom = headroom_bytes(backend.memory(), self.memory_cap_bytes)
+            except RuntimeError as exc:  # serve eagerly rather than not at all
+                log.warning("CUDA graphs off: the device memory could not be read (%s)", first_line(exc))
+                return EncoderGraphs.off(f"device memory unreadable: {first_line(exc)}")
+            budget = graph_budget_bytes(headroom)
+            room = f"{headroom / MIB:.0f} MiB left after the warm-up"
+        graphs = EncoderGraphs(backend, budget_bytes=budget, clock=self.clock)
+        log.info(
+            "CUDA graphs on: encoder batches of one length up to %d×%d, pools budget %.1f MiB (%s)",
+            graphs.max_rows, graphs.max_seq_len, budget / MIB, room,
+        )
+        return graphs
 
     # --- requests -----------------------------------------------------------------------------------------
 
@@ -440,7 +491,12 @@ class AgentRuntime:
         try:
             if model.task == "encoder":
                 results = run_merged(
-                    model, [j.rows for j in jobs], device=self.device, clock=self.clock, raw=[j.raw for j in jobs]
+                    model,
+                    [j.rows for j in jobs],
+                    device=self.device,
+                    clock=self.clock,
+                    raw=[j.raw for j in jobs],
+                    graphs=self.graphs,
                 )
             else:
                 results = generate_merged(
@@ -552,6 +608,9 @@ class AgentRuntime:
     def metrics_text(self) -> bytes:
         """The Prometheus text of ``/metrics``."""
         self.metrics.queue_depth.set(self._worker.depth)
+        graphs = self.graphs.snapshot()
+        self.metrics.cuda_graphs.set(graphs.graphs)
+        self.metrics.cuda_graph_pool_bytes.set(graphs.pool_bytes)
         return self.metrics.render()
 
     def close(self) -> None:
@@ -590,6 +649,7 @@ class AgentRuntime:
             "batch_wait_ms": self.batch_wait_ms,
             "max_queue": self.max_queue,
             "start": None if self.start is None else self.start.on_health(status == "ready"),
+            "cuda_graphs": self.graphs.snapshot().to_dict(),
             **_device_memory_or_none(self.device, status),
         }
 

@@ -3,11 +3,14 @@
 ::
 
     python -m colo.modelserver.serve --agent critic --config colo.yaml --port 9104 [--worst-case]
-        [--batch-wait-ms 2] [--max-queue 64]
+        [--batch-wait-ms 2] [--max-queue 64] [--cuda-graphs on|off]
 
 The HTTP server starts at once (``/health`` answers 503 ``loading``); the models load on the agent's device
 thread, then one warm-up forward runs on the device (``--worst-case``: the worst batch × sequence, so the
-process's memory peak is the one the plan sized its MPS limit for); then ``/health`` answers 200.
+process's memory peak is the one the plan sized its MPS limit for); then ``/health`` answers 200. On CUDA,
+encoder batches of rows of one length are then replayed from CUDA graphs within a small memory budget
+(``--cuda-graphs off``, or ``COLO_CUDA_GRAPHS=off`` in the environment, runs every batch eagerly;
+:mod:`colo.modelserver.graphs`).
 
 Start-up order, for speed and for a pre-forking launcher: :func:`import_modules` does every heavy import
 (torch, transformers, the agent's model classes, the HTTP stack) and never touches CUDA, so a launcher may call
@@ -41,7 +44,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from colo.errors import ColoError, UsageError
 from colo.gpu.mps import env as mps_env
-from colo.modelserver.command import DEFAULT_HOST, MEMORY_CAP_VAR
+from colo.modelserver.command import CUDA_GRAPHS_VAR, DEFAULT_HOST, MEMORY_CAP_VAR, memory_cap_of
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST, EXIT_FAILED, EXIT_OK, EXIT_OOM
 from colo.modelserver.startup import StartPhases
 
@@ -108,6 +111,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-queue", type=int, default=64, help="Requests allowed to wait for the device; beyond, 503."
     )
+    parser.add_argument(
+        "--cuda-graphs",
+        default=os.environ.get(CUDA_GRAPHS_VAR, "on"),
+        help=f"on (default; {CUDA_GRAPHS_VAR} sets the default) or off: replay encoder batches of rows of one "
+        "length from CUDA graphs (CUDA only).",
+    )
     # Tests only: POST /debug/fault breaks the CUDA context. Hidden, and never passed by colo.
     parser.add_argument("--enable-fault-route", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -125,6 +134,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         raise UsageError(f"--batch-wait-ms {args.batch_wait_ms} is outside 0..1000")
     if not 1 <= args.max_queue <= 100_000:
         raise UsageError(f"--max-queue {args.max_queue} is outside 1..100000")
+    args.cuda_graphs = str(args.cuda_graphs).strip().lower()
+    if args.cuda_graphs not in ("on", "off"):
+        raise UsageError(
+            f"--cuda-graphs {args.cuda_graphs!r}: write on or off",
+            hint=f"the default comes from {CUDA_GRAPHS_VAR} when it is set",
+        )
     return args
 
 
@@ -283,13 +298,13 @@ def cap_allocator(device: str, environ: Mapping[str, str] | None = None) -> floa
     limit. It counts what PyTorch allocates (weights, activations, cuBLAS workspaces), not the CUDA context
     (a few hundred MiB), so the process may pass its limit by that much. Returns the fraction, or None when
     nothing was capped (no variable, not CUDA)."""
-    text = (os.environ if environ is None else environ).get(MEMORY_CAP_VAR, "")
-    if not text or not device.startswith("cuda"):
-        return None
+    env = os.environ if environ is None else environ
     try:
-        cap = int(text)
+        cap = memory_cap_of(env)
     except ValueError:
-        log.warning("ignoring %s=%r: not a number of bytes", MEMORY_CAP_VAR, text)
+        log.warning("ignoring %s=%r: not a number of bytes", MEMORY_CAP_VAR, env.get(MEMORY_CAP_VAR))
+        return None
+    if cap is None or not device.startswith("cuda"):
         return None
     import torch
 
@@ -351,10 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("stop requested before start; exiting")
         return EXIT_OK
     log.info("agent %s: %s", args.agent, _device_line(device))
-    cap_allocator(device)
+    capped = cap_allocator(device) is not None
     agent = config.agents[args.agent]
     wait_ms = args.batch_wait_ms if args.batch_wait_ms is not None else agent.batch_wait_ms
-    return _serve(args, specs, context, port, stop_requested, wait_ms, agent.matmul_precision, phases)
+    cap_bytes = memory_cap_of(os.environ) if capped else None
+    return _serve(args, specs, context, port, stop_requested, wait_ms, agent.matmul_precision, phases, cap_bytes)
 
 
 def _serve(
@@ -366,6 +382,7 @@ def _serve(
     batch_wait_ms: float,
     matmul_precision: str,
     phases: StartPhases,
+    memory_cap_bytes: int | None = None,
 ) -> int:
     import uvicorn
 
@@ -384,6 +401,8 @@ def _serve(
         max_queue=args.max_queue,
         on_context_lost=lambda reason: _exit_soon(args.agent, EXIT_CONTEXT_LOST),
         start=phases,
+        cuda_graphs=args.cuda_graphs == "on",
+        memory_cap_bytes=memory_cap_bytes,
     )
     if args.enable_fault_route:
         log.warning("agent %s: the fault route POST /debug/fault is enabled (tests only)", args.agent)

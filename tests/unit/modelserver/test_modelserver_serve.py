@@ -110,6 +110,7 @@ def test_real_process_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
         assert health is not None and health.status_code == 200, log_path.read_text()
         body = health.json()
         assert body["pid"] == proc.pid and body["warm_up"].startswith("worst case")
+        assert body["cuda_graphs"]["enabled"] is False and body["cuda_graphs"]["off_reason"] == "not on CUDA (cpu)"
         out = httpx.post(f"{url}/infer", json={"texts": ["one", "two three"]}, timeout=30)
         assert out.status_code == 200 and out.json()["embedding_shape"] == [2, 128]
         proc.send_signal(signal.SIGTERM)

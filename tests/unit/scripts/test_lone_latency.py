@@ -68,9 +68,41 @@ def test_measure_times_each_route_and_reads_the_agents_phases(agent_url: str, ca
         assert set(row["phases_ms"]) == set(PHASES) and row["phases_ms"]["forward"] > 0
     infer = result["routes"]["/infer"]
     assert 0 < infer["outside_forward_p50_ms"] < infer["p50_ms"] and "outside_forward_p50_ms" not in result["routes"]["/v1/embeddings"]
+    assert result["cuda_graphs"]["enabled"] is False  # what /health said after the timed requests
     assert lone.main(["--url", agent_url, "--warmup", "0", "--requests", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("a lone request of 1 × 16 ids, on cpu") and lines[4].startswith("| `/infer` | 3 |")
+    assert lines[-1] == "CUDA graphs: off (not on CUDA (cpu))"
+
+
+def test_both_measures_an_agent_with_graphs_off_then_one_with_them_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asked: list[str | None] = []
+
+    def run_once(args: object, cuda_graphs: str | None) -> dict[str, object]:
+        asked.append(cuda_graphs)
+        return {"switch": cuda_graphs}
+
+    monkeypatch.setattr(lone, "run_once", run_once)
+    assert lone.main(["--cuda-graphs", "both", "--json"]) == 0
+    assert asked == ["off", "on"]
+    assert json.loads(capsys.readouterr().out) == {"runs": {"off": {"switch": "off"}, "on": {"switch": "on"}}}
+    assert lone.main(["--cuda-graphs", "off", "--json"]) == 0 and asked[-1] == "off"
+    with pytest.raises(SystemExit):
+        lone.main(["--url", "http://127.0.0.1:1", "--cuda-graphs", "on"])
+
+
+def test_the_graphs_line_says_what_the_agent_holds() -> None:
+    graphs = {
+        "enabled": True, "graphs": 2, "pool_bytes": 3 << 20, "budget_bytes": 64 << 20, "replays": 10, "failures": 0,
+        "full": None, "models": {"m": {"shapes": ["1x16", "8x128"], "pool_bytes": 3 << 20, "off_reason": None}},
+    }
+    assert lone.graphs_line(graphs) == (
+        "CUDA graphs: 2 held {'m': ['1x16', '8x128']}, pools 3.0 of 64.0 MiB, 10 replays, 0 failures"
+    )
+    assert lone.graphs_line({**graphs, "full": "budget reached"}).endswith("; no new shapes: budget reached")
+    assert lone.graphs_line(None) == "CUDA graphs: not reported by the agent"
 
 
 def test_a_kept_alive_connection_closed_by_the_server_is_opened_again(agent_url: str) -> None:
