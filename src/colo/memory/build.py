@@ -200,15 +200,21 @@ def hf_config(source: ModelSource) -> Any:
 
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' info/warning chatter (random-init notices) while building."""
+    """Silence transformers' info/warning chatter (random-init notices) and its progress bars ("Loading
+    weights") while building. A progress bar is not only noise in an agent's log: tqdm starts a monitor thread,
+    and a pre-forking launcher that loaded weights with one running could never fork again."""
     from transformers.utils import logging as hf_logging
 
     before = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity(logging.ERROR)
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
         hf_logging.set_verbosity(before)
+        if bars:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _model_class(auto_cls: Any, config: Any) -> Any:

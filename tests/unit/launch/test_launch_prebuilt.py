@@ -67,48 +67,61 @@ def test_load_model_takes_the_prebuilt_model(caplog: pytest.LogCaptureFixture) -
     assert again.module is not held  # nothing left to take: built afresh
 
 
-def write_config(path: Path, models: dict[str, list[str]]) -> None:
+def write_config(path: Path, models: dict[str, list[str]], paths: dict[str, Path] | None = None) -> None:
     ids = sorted({m for ms in models.values() for m in ms})
+    where = {m: f", path: {p}" for m, p in (paths or {}).items()}
     text = "version: 1\ngpus: [{name: T, memory: 8GiB}]\nmodels:\n"
-    text += "".join(f"  {m}: {{memory: 1GiB, batch_size: 2, max_seq_len: 16}}\n" for m in ids)
+    text += "".join(f"  {m}: {{memory: 1GiB, batch_size: 2, max_seq_len: 16{where.get(m, '')}}}\n" for m in ids)
     text += "agents:\n" + "".join(f"  {a}:\n    models: [{', '.join(ms)}]\n" for a, ms in models.items())
     path.write_text(text, encoding="utf-8")
 
 
+def saved(model_id: str, folder: Path) -> Path:
+    """``model_id`` (random weights) saved as real weights in ``folder``."""
+    build(model_id).module.save_pretrained(folder)
+    return folder
+
+
 def test_the_preloader_builds_each_model_once_while_idle_and_forgets_an_old_config(tmp_path: Path) -> None:
     cfg = tmp_path / "colo.yaml"
-    write_config(cfg, {"a": [TINY], "b": [TINY]})
+    tiny = saved(TINY, tmp_path / "tiny")
+    write_config(cfg, {"a": [TINY], "b": [TINY]}, {TINY: tiny})
     argv = {name: builtin_agent_command(name, cfg, 9000, device="cpu") for name in ("a", "b", "c")}
     pre = Preloader()
     pre.before_fork(argv["a"])
-    assert pre.pending == [(TINY, "float32", None)]  # queued, not built before the fork
+    assert pre.pending == [(TINY, "float32", str(tiny))]  # queued, not built before the fork
     assert pre.to_import is not None and pre.to_import[1][0][0] == TINY  # nor its classes imported
     assert pre.has_work()
     pre.build_one()  # the first idle task: the config's model classes
     assert pre.to_import is None and set(pre.held) == set()
     pre.build_one()
-    assert set(pre.held) == {(TINY, "float32", None)} and pre.pending == []
+    assert set(pre.held) == {(TINY, "float32", str(tiny))} and pre.pending == []
     assert torch.get_num_threads() == 1  # the zygote stays single-threaded
     pre.before_fork(argv["b"])  # the same model: nothing new to build
     assert pre.pending == []
     pre.child_setup()
     assert torch.get_num_threads() == pre.torch_threads  # a child gets its threads back
-    write_config(cfg, {"c": [GPT]})
+    gpt = saved(GPT, tmp_path / "gpt")
+    write_config(cfg, {"c": [GPT], "d": [TINY]}, {GPT: gpt})
     os.utime(cfg, ns=(1, 1))  # a new version of the file
     pre.before_fork(argv["c"])
-    assert pre.held == {} and pre.pending == [(GPT, "float32", None)]
-    assert take_prebuilt(TINY, dtype="float32", device="cpu") is None  # the old config's model is gone
+    assert pre.held == {} and pre.pending == [(GPT, "float32", str(gpt))]
+    assert take_prebuilt(TINY, dtype="float32", device="cpu", path=str(tiny)) is None  # the old config's: gone
+    pre.before_fork(builtin_agent_command("d", cfg, 9000, device="cpu"))
+    # Random weights are not prebuilt: the agent fills them on its device faster than a copy moves there.
+    assert pre.pending == [(GPT, "float32", str(gpt))] and (TINY, "float32", None) in pre.skipped
 
 
 def test_a_model_that_cannot_be_built_is_skipped_for_good(tmp_path: Path) -> None:
     cfg = tmp_path / "colo.yaml"
-    write_config(cfg, {"a": [TINY]})
+    tiny = saved(TINY, tmp_path / "tiny")
+    write_config(cfg, {"a": [TINY]}, {TINY: tiny})
     pre = Preloader(max_model_bytes=1 << 20)
     argv = builtin_agent_command("a", cfg, 9000, device="cpu")
     pre.before_fork(argv)
     pre.build_one()  # the classes
     pre.build_one()
-    assert pre.held == {} and (TINY, "float32", None) in pre.skipped
+    assert pre.held == {} and (TINY, "float32", str(tiny)) in pre.skipped
     pre.before_fork(argv)
     assert pre.pending == []
 

@@ -201,11 +201,14 @@ def test_a_real_builtin_agent_forked_on_cpu_serves_and_its_exit_codes_come_back(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
+    from colo.memory.build import build
+
     tiny = "google/bert_uncased_L-2_H-128_A-2"
+    build(tiny).module.save_pretrained(tmp_path / "tiny")  # weights on disk: the launcher prebuilds only those
     cfg = tmp_path / "colo.yaml"
     cfg.write_text(
         "version: 1\ngpus: [{name: T, memory: 8GiB}]\n"
-        f"models:\n  {tiny}: {{memory: 1GiB, batch_size: 4, max_seq_len: 32}}\n"
+        f"models:\n  {tiny}: {{memory: 1GiB, batch_size: 4, max_seq_len: 32, path: {tmp_path / 'tiny'}}}\n"
         f"agents:\n  solo:\n    models: [{tiny}]\n    port: {port}\n",
         encoding="utf-8",
     )
