@@ -51,6 +51,7 @@ from colo.modelserver.inference import (
 )
 from colo.modelserver.loading import LoadedModel, load_model
 from colo.modelserver.metrics import AgentMetrics
+from colo.modelserver.preparing import PreparePool
 from colo.modelserver.startup import StartPhases
 from colo.spec.config import ModelSpec
 from colo.units import MIB
@@ -156,7 +157,9 @@ class AgentRuntime:
     """An agent's models on one device. Thread-safe: /health reads while a request or the load runs.
 
     ``loader`` builds one model (tests inject one). ``batch_wait_ms``: the longest a batch waits for more
-    requests to merge; ``max_queue``: requests allowed to wait for the device (beyond: 503). ``probe``: the
+    requests to merge; ``max_queue``: requests allowed to wait for the device (beyond: 503);
+    ``prepare_threads``: threads that check and tokenise large requests off the event loop (None:
+    :func:`colo.modelserver.preparing.default_threads`). ``probe``: the
     context round trip (default: :func:`cuda_round_trip` on CUDA, none on CPU); ``probe_timeout_secs`` bounds
     it (past it /health says ``unresponsive``, 503); a probe unanswered for ``hang_secs`` is a hung device and
     the context is declared lost. ``on_context_lost(reason)`` is called once when the context is found
@@ -178,6 +181,7 @@ class AgentRuntime:
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
     matmul_precision: str | None = None
     max_queue: int = DEFAULT_MAX_QUEUE
+    prepare_threads: int | None = None
     probe: Probe | None = None
     probe_timeout_secs: float = DEFAULT_TIMEOUT_SECS
     hang_secs: float = DEFAULT_HANG_SECS
@@ -190,6 +194,7 @@ class AgentRuntime:
     _started: float = 0.0
     _ready_secs: float | None = None
     _worker: DeviceWorker = field(init=False)
+    _prepare: PreparePool = field(init=False)
     _watch: ContextWatch | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -204,6 +209,7 @@ class AgentRuntime:
             on_depth=self.metrics.queue_depth.set,
             name=f"colo-agent-{self.agent}-device",
         )
+        self._prepare = PreparePool(self.prepare_threads, name=f"colo-agent-{self.agent}-prepare")
         probe = self.probe
         if probe is None and self.device.startswith("cuda"):
             probe = cuda_round_trip(self.device)
@@ -345,11 +351,18 @@ class AgentRuntime:
         """
         return self.collect(self.submit(req))
 
-    def submit(self, req: InferInput) -> Pending:
+    def submit_prepared(self, req: InferInput) -> Future[Pending]:
+        """:meth:`submit` on a thread of the runtime's :class:`~colo.modelserver.preparing.PreparePool`
+        (``prepare_threads``): the :class:`Pending`, or submit's error, comes in the returned future; the time
+        ``req`` waits for a pool thread counts as its ``tokenize`` phase. Raises QueueFull once closed."""
+        return self._prepare.submit(self.submit, req, self.clock.monotonic())
+
+    def submit(self, req: InferInput, received: float | None = None) -> Pending:
         """Check and tokenise ``req`` on the calling thread and queue it for the device; the batch's answer
-        comes in the returned :class:`Pending`'s ``future``. Raises NotReady, ContextLost, RequestError or
-        QueueFull (each counted in ``errors_total``)."""
-        received = self.clock.monotonic()
+        comes in the returned :class:`Pending`'s ``future``. ``received``: when the request was handed over
+        (clock seconds; default now), the start of its ``tokenize`` phase. Raises NotReady, ContextLost,
+        RequestError or QueueFull (each counted in ``errors_total``)."""
+        received = self.clock.monotonic() if received is None else received
         with self._worker.arriving() as arrival:  # a batch being gathered waits for this one
             try:
                 model = self.model(req.model)
@@ -555,7 +568,9 @@ class AgentRuntime:
         return self.metrics.render()
 
     def close(self) -> None:
-        """Stop taking requests (queued ones fail with QueueFull)."""
+        """Stop taking requests (queued ones fail with QueueFull); the prepare pool's threads end once their
+        work is done."""
+        self._prepare.close()
         self._worker.close()
 
     # --- health ---------------------------------------------------------------------------------------------
