@@ -10,9 +10,10 @@ The inference routes are ``async``: :func:`infer` queues a request for the devic
 batch on the event loop, so a lone request crosses threads twice (loop → device thread → loop) instead of
 four times through a worker thread of the pool. A request larger than :func:`prepared_on_loop` allows — texts
 of more than :data:`TOKENIZE_INLINE_MAX_CHARS` characters, or more than :func:`inline_sized` allows — is
-checked and tokenised on a thread of the runtime's prepare pool (:mod:`colo.modelserver.preparing`), which
-the loop waits for as it waits for the device; an answer past :func:`inline_sized` is serialised on a worker
-thread (:func:`respond_async`), as the plain ``def`` routes do: the loop is never held for long by one request.
+checked, tokenised and queued on a thread of the runtime's prepare pool (:mod:`colo.modelserver.preparing`),
+and the loop is woken once, when its batch is answered; an answer past :func:`inline_sized` is serialised on
+a worker thread (:func:`respond_async`), as the plain ``def`` routes do: the loop is never held for long by
+one request.
 """
 
 from __future__ import annotations
@@ -111,10 +112,10 @@ async def infer(runtime: AgentRuntime, req: InferInput) -> dict[str, Any]:
     if prepared_on_loop(req):
         pending = runtime.submit(req)
     else:
-        prepared = runtime.submit_prepared(req)
+        prepared = runtime.submit_prepared(req)  # answered once its batch is
         await answered(prepared)
         pending = prepared.result()
-    await answered(pending.future)
+    await answered(pending.future)  # at once after the pool
     return runtime.collect(pending)
 
 

@@ -4,8 +4,9 @@ Why: tokenising 8 texts of 128 tokens takes a millisecond or more, nearly all of
 with the GIL released (:class:`colo.modelserver.tokens.HfTokenizer`). Done on the event loop, that millisecond
 holds up every other request's HTTP work; on a :class:`PreparePool` thread the loop goes on reading and
 answering requests, the device thread goes on running batches, and on a machine with cores to spare several
-requests are tokenised at once. The event loop waits for a prepared request as it waits for its batch
-(:func:`colo.modelserver.batching.answered`): one hand-off each way.
+requests are tokenised at once. The pool thread also queues the request for the device, and the event loop
+is woken once, when the request's batch is answered (:meth:`colo.modelserver.runtime.AgentRuntime.submit_prepared`,
+:func:`colo.modelserver.batching.answered`).
 
 - :meth:`PreparePool.submit` runs ``fn(*args)`` on a pool thread and returns its future; its error (a bad
   request, a full queue) is left in the future for the caller to raise, as if ``fn`` had run on its own thread.

@@ -353,9 +353,22 @@ class AgentRuntime:
 
     def submit_prepared(self, req: InferInput) -> Future[Pending]:
         """:meth:`submit` on a thread of the runtime's :class:`~colo.modelserver.preparing.PreparePool`
-        (``prepare_threads``): the :class:`Pending`, or submit's error, comes in the returned future; the time
-        ``req`` waits for a pool thread counts as its ``tokenize`` phase. Raises QueueFull once closed."""
-        return self._prepare.submit(self.submit, req, self.clock.monotonic())
+        (``prepare_threads``). The returned future is answered once the request's batch is — with the
+        :class:`Pending`, for :meth:`collect` — or at once with submit's error: an event loop waiting on it
+        wakes once per request. The time ``req`` waits for a pool thread counts as its ``tokenize`` phase.
+        Raises QueueFull once closed."""
+        done: Future[Pending] = Future()
+
+        def prepare(received: float) -> None:
+            try:
+                pending = self.submit(req, received)
+            except Exception as exc:  # submit counted it; the caller raises it
+                done.set_exception(exc)
+                return
+            pending.future.add_done_callback(lambda _: done.set_result(pending))
+
+        self._prepare.submit(prepare, self.clock.monotonic())
+        return done
 
     def submit(self, req: InferInput, received: float | None = None) -> Pending:
         """Check and tokenise ``req`` on the calling thread and queue it for the device; the batch's answer

@@ -109,6 +109,22 @@ def test_a_request_prepared_on_the_pool_gets_what_it_gets_on_the_loop(runtime: A
     assert runtime.collect(prepared)["embeddings"] == runtime.collect(inline)["embeddings"]
 
 
+def test_the_prepared_future_is_answered_with_the_batch_not_before(runtime: AgentRuntime) -> None:
+    busy, release = threading.Event(), threading.Event()
+    blocker = threading.Thread(target=runtime._worker.call, args=(lambda: (busy.set(), release.wait(5)),))
+    blocker.start()
+    assert busy.wait(5)  # the device thread is held
+    done = runtime.submit_prepared(InferInput(model="enc", texts=[LONG]))
+    deadline = time.monotonic() + 5
+    while runtime._worker.depth == 0 and time.monotonic() < deadline:  # tokenised and queued by the pool
+        time.sleep(0.005)
+    assert runtime._worker.depth == 1 and not done.done()  # the loop is not woken for that
+    release.set()
+    pending = done.result(5)
+    assert pending.future.done() and runtime.collect(pending)["device_batch"] == {"requests": 1, "rows": 1}
+    blocker.join(5)
+
+
 def test_many_requests_prepared_at_once_each_get_their_own_ids(runtime: AgentRuntime) -> None:
     reqs = [InferInput(model="enc", texts=[f"w{2 + i % 90} w{3 + i % 90}", f"w{10 + i % 80}"]) for i in range(40)]
     futures = [runtime.submit_prepared(r) for r in reqs]
