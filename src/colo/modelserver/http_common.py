@@ -33,8 +33,9 @@ from colo.modelserver.metrics import AgentMetrics
 from colo.modelserver.runtime import AgentRuntime, InferInput
 
 RECEIVED_KEY = "colo_received"
-# At most this many token ids, or characters of text, in a request handled on the event loop (checking and
-# tokenising it, serialising its answer: tens of microseconds); larger ones go to a worker thread.
+# At most this many token ids, or characters of text, in a request handled on the event loop (checking it,
+# serialising its answer: tens of microseconds); larger ones are prepared on the prepare pool, and their answers
+# serialised on a worker thread.
 INLINE_MAX_IDS = 4096
 INLINE_MAX_CHARS = 16384
 # Texts of more characters than this in all are tokenised on the prepare pool: a fast tokenizer spends about a

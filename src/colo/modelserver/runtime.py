@@ -5,7 +5,7 @@ warm-up forward on the device (the worst-case batch × sequence when asked, so t
 the one the plan was sized for); only then is the agent ready and ``/health`` answers 200.
 
 All device work — loading, warm-up, every batch — runs on ONE thread, the :class:`DeviceWorker`: requests are
-checked by the HTTP side (the event loop, or a worker thread), queued, and merged (encoders) into batches of at most the model's ``batch_size``
+checked by the HTTP side (the event loop, or a thread of the prepare pool), queued, and merged (encoders) into batches of at most the model's ``batch_size``
 rows of at most ``max_seq_len`` ids, so the device never holds more than the worst case the MPS limit was
 sized for, whatever the concurrency.
 
@@ -367,7 +367,11 @@ class AgentRuntime:
                 return
             pending.future.add_done_callback(lambda _: done.set_result(pending))
 
-        self._prepare.submit(prepare, self.clock.monotonic())
+        try:
+            self._prepare.submit(prepare, self.clock.monotonic())
+        except QueueFull as exc:
+            self.metrics.error(_error_label(exc))
+            raise
         return done
 
     def submit(self, req: InferInput, received: float | None = None) -> Pending:

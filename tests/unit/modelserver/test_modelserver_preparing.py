@@ -150,6 +150,7 @@ def test_close_shuts_the_prepare_pool(runtime: AgentRuntime) -> None:
     runtime.close()
     with pytest.raises(QueueFull, match="stopping"):
         runtime.submit_prepared(InferInput(model="enc", texts=[LONG]))
+    assert b'colo_agent_errors_total{agent="prep",kind="queue_full"} 1.0' in runtime.metrics_text()
     assert _until_gone("colo-agent-prep-prepare") == []
 
 
