@@ -5,9 +5,9 @@ warm-up forward on the device (the worst-case batch × sequence when asked, so t
 the one the plan was sized for); only then is the agent ready and ``/health`` answers 200.
 
 All device work — loading, warm-up, every batch — runs on ONE thread, the :class:`DeviceWorker`: requests are
-checked by the HTTP side (the event loop, or a thread of the prepare pool), queued, and merged (encoders) into batches of at most the model's ``batch_size``
-rows of at most ``max_seq_len`` ids, so the device never holds more than the worst case the MPS limit was
-sized for, whatever the concurrency.
+checked by the HTTP side (the event loop, or a thread of the prepare pool), queued, and merged (encoders) into
+batches of at most the model's ``batch_size`` rows of at most ``max_seq_len`` ids, so the device never holds
+more than the worst case the MPS limit was sized for, whatever the concurrency.
 
 ``/health`` is ``ready`` only while the CUDA context answers a tiny round trip (:class:`ContextWatch`); a
 context found unusable — by the probe or by a request — turns the runtime ``context_lost`` for good: the

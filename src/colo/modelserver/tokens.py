@@ -142,7 +142,8 @@ class HfTokenizer:
         if self._encode_batch is not None:
             full = [e.ids for e in self._encode_batch(list(texts), add_special_tokens=True)]
         else:
-            full = [[int(i) for i in ids] for ids in self._tok(list(texts), add_special_tokens=True, truncation=False)["input_ids"]]
+            called = self._tok(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+            full = [[int(i) for i in ids] for ids in called]
         rows: list[list[int]] = []
         truncated = False
         for ids in full:
@@ -200,10 +201,10 @@ def _backend_encoder(tok: Any) -> Any | None:
     if copy is None:
         return None
     encode = getattr(copy, "encode_batch_fast", None) or copy.encode_batch
+    texts = list(_PROBE_TEXTS)
     try:
-        same = [e.ids for e in encode(list(_PROBE_TEXTS), add_special_tokens=True)] == [
-            [int(i) for i in ids] for ids in tok(list(_PROBE_TEXTS), add_special_tokens=True, truncation=False)["input_ids"]
-        ]
+        called = tok(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        same = [e.ids for e in encode(texts, add_special_tokens=True)] == [[int(i) for i in ids] for ids in called]
     except Exception as exc:  # a backend that cannot encode these: transformers' way
         log.debug("tokenizer backend probe failed (%s: %s); encoding through transformers", type(exc).__name__, exc)
         return None
