@@ -5,7 +5,8 @@
 # 128 tokens (8 per request). Prints a side-by-side table and colo's per-phase times.
 #
 #   scripts/bench_embeddings.sh       env: OUT (./embeddings-bench-out), PYTHON (python3), WINDOW (10 s),
-#                                     CLIENTS (1,4,16), DEVICE (cuda), TINY (0), SKIP_INFINITY (0)
+#                                     CLIENTS (1,4,16), DEVICE (cuda), TINY (0), SKIP_INFINITY (0),
+#                                     SERVE_ARGS (more arguments for colo's agent, e.g. "--prepare-threads 8")
 #
 # On the lent GPU (no network): wheels colo needs in .whl/ (../shared/tools/device-wheels.sh); infinity-emb's in
 # .whl-infinity/ (~19 MB, cp312: infinity-emb 0.0.78, transformers 4.57, tokenizers 0.22, huggingface_hub 0.36,
@@ -28,6 +29,7 @@ CLIENTS="${CLIENTS:-1,4,16}"
 DEVICE="${DEVICE:-cuda}"
 TINY="${TINY:-0}"
 SKIP_INFINITY="${SKIP_INFINITY:-0}"
+SERVE_ARGS="${SERVE_ARGS:-}"
 COLO_PORT="${COLO_PORT:-9311}"
 INF_PORT="${INF_PORT:-9312}"
 mkdir -p "$OUT"
@@ -92,9 +94,10 @@ agents:
   embedder: {models: [minilm], port: $COLO_PORT}
 YAML
 
-log "starting colo's agent on :$COLO_PORT ($DEVICE, $DTYPE)"
+log "starting colo's agent on :$COLO_PORT ($DEVICE, $DTYPE${SERVE_ARGS:+, $SERVE_ARGS})"
+# shellcheck disable=SC2086  # SERVE_ARGS is split into arguments on purpose
 PYTHONPATH="$COLO_PATH" "$PY" -m colo.modelserver.serve --agent embedder --config "$OUT/colo.yaml" \
-  --device "$DEVICE" --dtype "$DTYPE" >"$OUT/colo.log" 2>&1 &
+  --device "$DEVICE" --dtype "$DTYPE" $SERVE_ARGS >"$OUT/colo.log" 2>&1 &
 PIDS+=($!)
 if [ "$SKIP_INFINITY" != 1 ]; then
   log "starting infinity-emb on :$INF_PORT"

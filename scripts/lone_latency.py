@@ -204,16 +204,22 @@ def start_agent(
     extra: Sequence[str],
     torch_threads: int | None = None,
     src: Path = ROOT / "src",
+    *,
+    config_yaml: str | None = None,
+    agent: str = AGENT,
+    entry: Sequence[str] = ("-m", "colo.modelserver.serve"),
 ) -> subprocess.Popen[bytes]:
     """``python -m colo.modelserver.serve`` for one agent on ``model``, colo from ``src`` (first on the path);
-    ``torch_threads`` sets its ``OMP_NUM_THREADS`` (torch's intra-op threads)."""
+    ``torch_threads`` sets its ``OMP_NUM_THREADS`` (torch's intra-op threads). ``config_yaml``: the colo.yaml
+    to serve ``agent`` of (default :func:`config_text`); ``entry``: what python runs instead of
+    ``-m colo.modelserver.serve`` (given the same arguments)."""
     config = folder / "colo.yaml"
-    config.write_text(config_text(model, port))
+    config.write_text(config_yaml if config_yaml is not None else config_text(model, port))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
     if torch_threads is not None:
         env["OMP_NUM_THREADS"] = str(torch_threads)
-    command = [sys.executable, "-m", "colo.modelserver.serve", "--agent", AGENT, "--config", str(config),
+    command = [sys.executable, *entry, "--agent", agent, "--config", str(config),
                "--device", device, *(("--dtype", dtype) if dtype else ()), *extra]
     log = (folder / "agent.log").open("wb")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder)

@@ -1,7 +1,7 @@
 """Process inspection: the one door to psutil.
 
 Every question colo asks the process table goes through here: is this pid (still the same process) alive,
-when did it start, its children and parents, its environment, its name and command line, its resident memory,
+when did it start, its children and parents, its environment, its name and command line, its resident memory, its threads' CPU time,
 which processes look like MPS programs — and waiting for one of several processes to exit (pidfds). psutil's errors never leave this module: a process that is gone,
 a zombie or one we may not read answers with a plain value (``None``, ``False``, ``()``), as documented on
 each function, so callers treat "cannot see it" as data.
@@ -99,6 +99,15 @@ def rss_bytes(pid: int | None = None) -> int | None:
         return int(proc.memory_info().rss)
     except (psutil.Error, OSError):
         return None
+
+
+def thread_cpu_secs(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) each live thread of ``pid`` has used, by thread id (the main thread's id
+    is ``pid``); empty when the process is gone or not readable. CLI: ``ps -L -o tid,time -p PID``."""
+    try:
+        return {int(t.id): float(t.user_time + t.system_time) for t in psutil.Process(pid).threads()}
+    except (psutil.Error, OSError):
+        return {}
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,11 @@ A valid JSON body of an inference route reaches its handler through :mod:`colo.m
 (one pydantic pass over the raw bytes); any other goes FastAPI's way, so errors are FastAPI's as before.
 The inference routes (``/infer`` and the standard encoder routes) are ``async``: a small request is checked,
 tokenised and queued on the event loop, which then waits for its batch without blocking
-(:func:`colo.modelserver.http_common.infer`); a large one is checked and tokenised on a worker thread. The
-other routes are plain ``def`` (FastAPI's thread pool: ``/health`` may wait on the CUDA probe). The device
-work runs on the runtime's one device thread either way, so a batch never blocks ``/health``.
+(:func:`colo.modelserver.http_common.infer`); a large one — long texts above all — is checked, tokenised and
+queued on a thread of the runtime's prepare pool (:mod:`colo.modelserver.preparing`), and the loop is woken
+when its batch is answered. The other routes are plain ``def`` (FastAPI's thread pool: ``/health`` may wait on
+the CUDA probe). The device work runs on the runtime's one device thread either way, so a batch never blocks
+``/health``.
 """
 
 from __future__ import annotations

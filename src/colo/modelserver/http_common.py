@@ -8,9 +8,12 @@ a route reads it back with :func:`parse_secs` — the time to read and validate 
 
 The inference routes are ``async``: :func:`infer` queues a request for the device thread and waits for its
 batch on the event loop, so a lone request crosses threads twice (loop → device thread → loop) instead of
-four times through a worker thread of the pool. A request larger than :func:`inline_sized` allows is checked
-and tokenised on a worker thread, and its answer serialised there (:func:`respond_async`), as the plain
-``def`` routes do: the loop is never held for long by one request.
+four times through a worker thread of the pool. A request larger than :func:`prepared_on_loop` allows — texts
+of more than :data:`TOKENIZE_INLINE_MAX_CHARS` characters, or more than :func:`inline_sized` allows — is
+checked, tokenised and queued on a thread of the runtime's prepare pool (:mod:`colo.modelserver.preparing`),
+and the loop is woken once, when its batch is answered; an answer past :func:`inline_sized` is serialised on
+a worker thread (:func:`respond_async`), as the plain ``def`` routes do: the loop is never held for long by
+one request.
 """
 
 from __future__ import annotations
@@ -30,10 +33,15 @@ from colo.modelserver.metrics import AgentMetrics
 from colo.modelserver.runtime import AgentRuntime, InferInput
 
 RECEIVED_KEY = "colo_received"
-# At most this many token ids, or characters of text, in a request handled on the event loop (checking and
-# tokenising it, serialising its answer: tens of microseconds); larger ones go to a worker thread.
+# At most this many token ids, or characters of text, in a request handled on the event loop (checking it,
+# serialising its answer: tens of microseconds); larger ones are prepared on the prepare pool, and their answers
+# serialised on a worker thread.
 INLINE_MAX_IDS = 4096
 INLINE_MAX_CHARS = 16384
+# Texts of more characters than this in all are tokenised on the prepare pool: a fast tokenizer spends about a
+# microsecond a character with the GIL released, which the loop spends serving others meanwhile; a short text
+# (a lone query) is tokenised on the loop in less than the hand-off would cost.
+TOKENIZE_INLINE_MAX_CHARS = 1024
 
 
 class JsonBytes(Response):
@@ -80,6 +88,12 @@ def inline_sized(req: InferInput) -> bool:
     )
 
 
+def prepared_on_loop(req: InferInput) -> bool:
+    """Whether ``req`` is checked and tokenised on the event loop: :func:`inline_sized`, its texts (if any)
+    :data:`TOKENIZE_INLINE_MAX_CHARS` characters at most in all. Any other goes to the prepare pool."""
+    return inline_sized(req) and (req.texts is None or _total_within(req.texts, TOKENIZE_INLINE_MAX_CHARS))
+
+
 def _total_within(items: Sequence[Sized], most: int) -> bool:
     """At most :data:`INLINE_MAX_IDS` items, their lengths adding up to at most ``most`` (counting stops past it)."""
     if len(items) > INLINE_MAX_IDS:
@@ -93,13 +107,16 @@ def _total_within(items: Sequence[Sized], most: int) -> bool:
 
 
 async def infer(runtime: AgentRuntime, req: InferInput) -> dict[str, Any]:
-    """:meth:`AgentRuntime.infer` from an async route: queue ``req`` (on the loop when :func:`inline_sized`,
-    else on a worker thread) and wait for its batch without blocking the loop. Raises what ``infer`` raises."""
-    if inline_sized(req):
+    """:meth:`AgentRuntime.infer` from an async route: check, tokenise and queue ``req`` (on the loop when
+    :func:`prepared_on_loop`, else on the runtime's prepare pool) and wait for its batch without blocking the
+    loop. Raises what ``infer`` raises."""
+    if prepared_on_loop(req):
         pending = runtime.submit(req)
     else:
-        pending = await run_in_threadpool(runtime.submit, req)
-    await answered(pending.future)
+        prepared = runtime.submit_prepared(req)  # answered once its batch is
+        await answered(prepared)
+        pending = prepared.result()
+    await answered(pending.future)  # at once after the pool
     return runtime.collect(pending)
 
 

@@ -15,8 +15,9 @@ One registry per :class:`AgentMetrics` (not the process-global one), so several 
   alloc_failed (507), context_lost (503), other (500);
 - ``phase_seconds{phase}`` (histogram): where an answered request's time went, one observation per request
   and phase (:data:`PHASES`): ``parse`` (the HTTP body read and checked, until the route runs), ``tokenize``
-  (texts to ids and the model's limits checked, on the event loop or a worker thread), ``queue`` (waiting for the device thread,
-  merging included), ``to_device`` (padding and the host→device copy), ``forward`` (device time),
+  (texts to ids and the model's limits checked, on the event loop or a thread of the prepare pool, the wait for
+  one included), ``queue`` (waiting for the device thread, merging included), ``to_device`` (padding and the
+  host→device copy), ``forward`` (device time),
   ``to_host`` (device→host copy and formatting), ``serialize`` (the answer to JSON bytes). A histogram
   observation is a few hundred nanoseconds: always on.
 """

@@ -5,9 +5,9 @@ warm-up forward on the device (the worst-case batch × sequence when asked, so t
 the one the plan was sized for); only then is the agent ready and ``/health`` answers 200.
 
 All device work — loading, warm-up, every batch — runs on ONE thread, the :class:`DeviceWorker`: requests are
-checked by the HTTP side (the event loop, or a worker thread), queued, and merged (encoders) into batches of at most the model's ``batch_size``
-rows of at most ``max_seq_len`` ids, so the device never holds more than the worst case the MPS limit was
-sized for, whatever the concurrency.
+checked by the HTTP side (the event loop, or a thread of the prepare pool), queued, and merged (encoders) into
+batches of at most the model's ``batch_size`` rows of at most ``max_seq_len`` ids, so the device never holds
+more than the worst case the MPS limit was sized for, whatever the concurrency.
 
 After the warm-up, encoder batches of rows of one length may be replayed from CUDA graphs
 (:mod:`colo.modelserver.graphs`), within a memory budget taken from the room the warm-up left; ``/health``
@@ -56,6 +56,7 @@ from colo.modelserver.inference import (
 )
 from colo.modelserver.loading import LoadedModel, load_model
 from colo.modelserver.metrics import AgentMetrics
+from colo.modelserver.preparing import PreparePool
 from colo.modelserver.startup import StartPhases
 from colo.spec.config import ModelSpec
 from colo.units import MIB
@@ -161,7 +162,9 @@ class AgentRuntime:
     """An agent's models on one device. Thread-safe: /health reads while a request or the load runs.
 
     ``loader`` builds one model (tests inject one). ``batch_wait_ms``: the longest a batch waits for more
-    requests to merge; ``max_queue``: requests allowed to wait for the device (beyond: 503). ``probe``: the
+    requests to merge; ``max_queue``: requests allowed to wait for the device (beyond: 503);
+    ``prepare_threads``: threads that check and tokenise large requests off the event loop (None:
+    :func:`colo.modelserver.preparing.default_threads`). ``probe``: the
     context round trip (default: :func:`cuda_round_trip` on CUDA, none on CPU); ``probe_timeout_secs`` bounds
     it (past it /health says ``unresponsive``, 503); a probe unanswered for ``hang_secs`` is a hung device and
     the context is declared lost. ``on_context_lost(reason)`` is called once when the context is found
@@ -187,6 +190,7 @@ class AgentRuntime:
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
     matmul_precision: str | None = None
     max_queue: int = DEFAULT_MAX_QUEUE
+    prepare_threads: int | None = None
     probe: Probe | None = None
     probe_timeout_secs: float = DEFAULT_TIMEOUT_SECS
     hang_secs: float = DEFAULT_HANG_SECS
@@ -204,6 +208,7 @@ class AgentRuntime:
     _started: float = 0.0
     _ready_secs: float | None = None
     _worker: DeviceWorker = field(init=False)
+    _prepare: PreparePool = field(init=False)
     _watch: ContextWatch | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -219,6 +224,7 @@ class AgentRuntime:
             on_depth=self.metrics.queue_depth.set,
             name=f"colo-agent-{self.agent}-device",
         )
+        self._prepare = PreparePool(self.prepare_threads, name=f"colo-agent-{self.agent}-prepare")
         probe = self.probe
         if probe is None and self.device.startswith("cuda"):
             probe = cuda_round_trip(self.device)
@@ -396,11 +402,35 @@ class AgentRuntime:
         """
         return self.collect(self.submit(req))
 
-    def submit(self, req: InferInput) -> Pending:
+    def submit_prepared(self, req: InferInput) -> Future[Pending]:
+        """:meth:`submit` on a thread of the runtime's :class:`~colo.modelserver.preparing.PreparePool`
+        (``prepare_threads``). The returned future is answered once the request's batch is — with the
+        :class:`Pending`, for :meth:`collect` — or at once with submit's error: an event loop waiting on it
+        wakes once per request. The time ``req`` waits for a pool thread counts as its ``tokenize`` phase.
+        Raises QueueFull once closed."""
+        done: Future[Pending] = Future()
+
+        def prepare(received: float) -> None:
+            try:
+                pending = self.submit(req, received)
+            except Exception as exc:  # submit counted it; the caller raises it
+                done.set_exception(exc)
+                return
+            pending.future.add_done_callback(lambda _: done.set_result(pending))
+
+        try:
+            self._prepare.submit(prepare, self.clock.monotonic())
+        except QueueFull as exc:
+            self.metrics.error(_error_label(exc))
+            raise
+        return done
+
+    def submit(self, req: InferInput, received: float | None = None) -> Pending:
         """Check and tokenise ``req`` on the calling thread and queue it for the device; the batch's answer
-        comes in the returned :class:`Pending`'s ``future``. Raises NotReady, ContextLost, RequestError or
-        QueueFull (each counted in ``errors_total``)."""
-        received = self.clock.monotonic()
+        comes in the returned :class:`Pending`'s ``future``. ``received``: when the request was handed over
+        (clock seconds; default now), the start of its ``tokenize`` phase. Raises NotReady, ContextLost,
+        RequestError or QueueFull (each counted in ``errors_total``)."""
+        received = self.clock.monotonic() if received is None else received
         with self._worker.arriving() as arrival:  # a batch being gathered waits for this one
             try:
                 model = self.model(req.model)
@@ -614,7 +644,9 @@ class AgentRuntime:
         return self.metrics.render()
 
     def close(self) -> None:
-        """Stop taking requests (queued ones fail with QueueFull)."""
+        """Stop taking requests (queued ones fail with QueueFull); the prepare pool's threads end once their
+        work is done."""
+        self._prepare.close()
         self._worker.close()
 
     # --- health ---------------------------------------------------------------------------------------------

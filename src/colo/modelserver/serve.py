@@ -3,7 +3,7 @@
 ::
 
     python -m colo.modelserver.serve --agent critic --config colo.yaml --port 9104 [--worst-case]
-        [--batch-wait-ms 2] [--max-queue 64] [--cuda-graphs on|off]
+        [--batch-wait-ms 2] [--max-queue 64] [--cuda-graphs on|off] [--prepare-threads N]
 
 The HTTP server starts at once (``/health`` answers 503 ``loading``); the models load on the agent's device
 thread, then one warm-up forward runs on the device (``--worst-case``: the worst batch × sequence, so the
@@ -117,6 +117,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"on (default; {CUDA_GRAPHS_VAR} sets the default) or off: replay encoder batches of rows of one "
         "length from CUDA graphs (CUDA only).",
     )
+    parser.add_argument(
+        "--prepare-threads",
+        type=int,
+        default=None,
+        help="Threads that tokenise large requests off the event loop (default: half the usable cores, 2 to 4).",
+    )
     # Tests only: POST /debug/fault breaks the CUDA context. Hidden, and never passed by colo.
     parser.add_argument("--enable-fault-route", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -140,6 +146,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"--cuda-graphs {args.cuda_graphs!r}: write on or off",
             hint=f"the default comes from {CUDA_GRAPHS_VAR} when it is set",
         )
+    if args.prepare_threads is not None and not 1 <= args.prepare_threads <= 256:
+        raise UsageError(f"--prepare-threads {args.prepare_threads} is outside 1..256")
     return args
 
 
@@ -399,6 +407,7 @@ def _serve(
         batch_wait_ms=batch_wait_ms,
         matmul_precision=matmul_precision,
         max_queue=args.max_queue,
+        prepare_threads=args.prepare_threads,
         on_context_lost=lambda reason: _exit_soon(args.agent, EXIT_CONTEXT_LOST),
         start=phases,
         cuda_graphs=args.cuda_graphs == "on",
@@ -455,6 +464,8 @@ def _serve(
         log.error("agent %s: the HTTP server could not start on %s:%d", args.agent, args.host, port)
         code = exc.code if isinstance(exc.code, int) else EXIT_FAILED
         return _finish(loader, code or EXIT_FAILED)
+    finally:
+        runtime.close()  # after uvicorn's graceful stop: nothing is queued; the prepare pool's threads end
     if exit_code[0] != EXIT_OK:
         log.error("agent %s: exiting with code %d (%s)", args.agent, exit_code[0], runtime.error)
     elif stop_requested.is_set():

@@ -100,24 +100,32 @@ ROUTES = [
 
 
 @pytest.mark.parametrize(("path", "small", "large"), ROUTES, ids=[r[0] for r in ROUTES])
-def test_a_small_request_stays_on_the_loop_and_a_large_one_uses_the_pool(
+def test_a_small_request_stays_on_the_loop_and_a_large_one_uses_the_pools(
     runtime: AgentRuntime, monkeypatch: pytest.MonkeyPatch, path: str, small: dict[str, Any], large: dict[str, Any]
 ) -> None:
     pooled: list[str] = []
+    submitted_on: list[str] = []
     real = http_common.run_in_threadpool
+    real_submit = runtime.submit
 
     async def counting(fn: Any, *args: Any) -> Any:
         pooled.append(fn.__name__)
         return await real(fn, *args)
 
+    def submit(*args: Any) -> Any:
+        submitted_on.append(threading.current_thread().name)
+        return real_submit(*args)
+
     monkeypatch.setattr(http_common, "run_in_threadpool", counting)
+    monkeypatch.setattr(runtime, "submit", submit)
     with TestClient(create_app(runtime)) as client:
         answer = client.post(path, json=small)
         assert answer.status_code == 200, answer.text
-        assert pooled == []
+        assert pooled == [] and submitted_on[0].startswith("asyncio-portal")  # the test client's event loop
         answer = client.post(path, json=large)
         assert answer.status_code == 200, answer.text
-        assert pooled == ["submit", "respond"]  # checked and tokenised, then serialised, on a worker thread
+        assert pooled == ["respond"]  # serialised on a worker thread
+        assert submitted_on[1].startswith("colo-agent-desk-prepare")  # checked and tokenised on the prepare pool
 
 
 def test_the_loop_path_answers_as_the_runtime_does(runtime: AgentRuntime) -> None:

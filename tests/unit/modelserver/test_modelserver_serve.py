@@ -149,6 +149,9 @@ def test_batching_options_are_checked() -> None:
         serve.parse_args([*base, "--batch-wait-ms", "-1"])
     with pytest.raises(UsageError, match="max-queue"):
         serve.parse_args([*base, "--max-queue", "0"])
+    assert args.prepare_threads is None and serve.parse_args([*base, "--prepare-threads", "3"]).prepare_threads == 3
+    with pytest.raises(UsageError, match="prepare-threads"):
+        serve.parse_args([*base, "--prepare-threads", "0"])
 
 
 def test_import_modules_touches_no_cuda() -> None:
