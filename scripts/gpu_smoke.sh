@@ -14,7 +14,7 @@ SMOKE_SECS=${SMOKE_SECS:-115}
 . scripts/lib/gpu_run.sh
 gpu_run_preamble COLO_SMOKE_TEED smoke.log out/gpu-smoke "$@"
 export PYTHONUNBUFFERED=1 COLO_GPU_OUT="$WORK/artifacts" COLO_GPU_RESULTS="$WORK/results-smoke.jsonl"
-echo "== GPU smoke $(date -u '+%Y-%m-%d %H:%M UTC'); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)"
+echo "== GPU smoke $(date -u '+%Y-%m-%d %H:%M UTC'); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1); tree: $(tree_label)"
 COLO_GPU_RUN="$WORK" timeout -s INT -k 20 "$SMOKE_SECS" python3 -m pytest -m "gpu and smoke" -q -s -rfEs -p no:cacheprovider -o addopts="" \
   -W "ignore::pytest.PytestUnraisableExceptionWarning" -W "ignore::ResourceWarning" \
   tests/gpu/test_supervise_gpu.py >"$WORK/smoke.log" 2>&1

@@ -20,7 +20,7 @@ gpu_run_preamble COLO_SUITE_TEED suite.log out/gpu-suite "$@"
 export PYTHONUNBUFFERED=1 COLO_GPU_OUT="$WORK/artifacts"
 machine=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
 torchv=$(python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" 2>&1 | tail -1)
-echo "== GPU suite $(date -u '+%Y-%m-%d %H:%M UTC'); tree $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $machine; $torchv"
+echo "== GPU suite $(date -u '+%Y-%m-%d %H:%M UTC'); tree: $(tree_label); $machine; $torchv"
 
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(tests/gpu)
