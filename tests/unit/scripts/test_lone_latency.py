@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from colo.modelserver.app import create_app
 from colo.modelserver.bodies import EmbeddingsBody, InferBody
 from colo.modelserver.metrics import PHASES
-from colo.modelserver.runtime import AgentRuntime
 from colo.spec import load_config
 from colo.spec.config import ModelSpec
-from scriptkit import load_script
+from scriptkit import load_script, served_agent
 
 lone = load_script("lone_latency")
 
@@ -37,24 +32,8 @@ def test_the_config_and_bodies_are_what_the_agent_takes(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def agent_url() -> Iterator[str]:
-    runtime = AgentRuntime(agent="lone", specs=[(lone.BERT_TINY, ModelSpec(batch_size=4, max_seq_len=32))], device="cpu")
-    runtime.load()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), port=port, log_config=None, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive()
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        runtime.close()
+    with served_agent("lone", lone.BERT_TINY, ModelSpec(batch_size=4, max_seq_len=32)) as url:
+        yield url
 
 
 def test_measure_times_each_route_and_reads_the_agents_phases(agent_url: str, capsys: pytest.CaptureFixture[str]) -> None:
