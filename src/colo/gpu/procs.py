@@ -1,10 +1,11 @@
 """Process inspection: the one door to psutil.
 
 Every question colo asks the process table goes through here: is this pid (still the same process) alive,
-when did it start, its children and parents, its environment, its name and command line, its resident memory, its threads' CPU time,
-which processes look like MPS programs — and waiting for one of several processes to exit (pidfds). psutil's errors never leave this module: a process that is gone,
-a zombie or one we may not read answers with a plain value (``None``, ``False``, ``()``), as documented on
-each function, so callers treat "cannot see it" as data.
+when did it start, its children and parents, its environment, its name and command line, its resident memory,
+its threads' CPU time, which processes look like MPS programs — and waiting for one of several processes to
+exit (pidfds). psutil's errors never leave this module: a process that is gone, a zombie or one we may not read
+answers with a plain value (``None``, ``False``, ``()``), as documented on each function, so callers treat
+"cannot see it" as data.
 
 CLI equivalents: ``ps -o pid,lstart,stat,args -p PID``, ``pgrep -P PID``, ``cat /proc/PID/environ``.
 """
