@@ -2,13 +2,14 @@
 # Issue 22 on one GPU in one device call (about 5 minutes): the built-in agent's HTTP path against what the GPU
 # gives the same models in-process, and against infinity-emb.
 #
-#   scripts/gpu_http_bench.sh      env: OUT, WINDOW (10 s), SKIP_EMB (0), HTTP_SECS (240), EMB_SECS (200), GRAPHS_AB (0)
+#   scripts/gpu_http_bench.sh      env: OUT, WINDOW (10 s), SKIP_EMB (0), HTTP_SECS (240), EMB_SECS (200), VARIANTS
 #
 # (1) `colo bench forwards examples/newsroom/colo.sized.yaml --mode mps`: every agent's models as bare forwards,
 #     one process per agent, 8 × 128 (the in-process harness);
 # (2) `colo bench agents` on the same config, MPS, 1 and 16 clients per agent, 8 × 128 per request, then each
-#     agent alone (`--lone`: one row of 16 tokens per request); GRAPHS_AB=1: (2b) the same again with the agents'
-#     CUDA graphs off (COLO_CUDA_GRAPHS=off), judged the same way, to see what graphs do under many clients;
+#     agent alone (`--lone`: one row of 16 tokens per request); VARIANTS="NAME:VAR=VALUE[,VAR=VALUE] ...": (2b)
+#     the same at VARIANT_CLIENTS (16) clients again per variant, the agents run with those variables (e.g.
+#     "spin:COLO_CUDA_WAIT=spin eager:COLO_CUDA_GRAPHS=off"), judged the same way, side by side in one run;
 # (3) scripts/agents_targets.py --inprocess judges: HTTP at 16 clients >= 60 % of (1), lone p50 <= 1.5 ms on the
 #     bert-tiny agents, errors, peaks <= limits;
 # (4) scripts/bench_embeddings.sh: colo's agent against infinity-emb on /v1/embeddings (SKIP_EMB=1: not run;
@@ -33,17 +34,18 @@ timeout -s TERM -k 20 "${HTTP_SECS:-240}" "${COLO[@]}" bench agents "$CONFIG" --
   --seq-len 128 --duration "$WINDOW" --warmup 2 --lone 5 --start-timeout 120 --out "$WORK/agents" \
   >"$WORK/agents.log" 2>&1 || rc=1
 tail -40 "$WORK/agents.log"
-if [ "${GRAPHS_AB:-0}" = 1 ]; then  # the same agents bench with CUDA graphs off: the two side by side, one run
-  echo "== (2b) HTTP: colo bench agents again, COLO_CUDA_GRAPHS=off"
-  COLO_CUDA_GRAPHS=off timeout -s TERM -k 20 "${HTTP_SECS:-240}" "${COLO[@]}" bench agents "$CONFIG" --mode mps \
-    --clients 1,16 --batch 8 --seq-len 128 --duration "$WINDOW" --warmup 2 --lone 5 --start-timeout 120 \
-    --out "$WORK/agents-graphs-off" >"$WORK/agents-graphs-off.log" 2>&1 || rc=1
-  tail -25 "$WORK/agents-graphs-off.log"
-  if [ -f "$WORK/agents-graphs-off/agents.json" ] && [ -f "$WORK/forwards/bench.json" ]; then
-    python3 scripts/agents_targets.py "$WORK/agents-graphs-off/agents.json" --config "$CONFIG" --clients 16 \
-      --inprocess "$WORK/forwards/bench.json" || true
+for variant in ${VARIANTS:-}; do  # NAME:VAR=VALUE[,VAR=VALUE]: the agents bench again, side by side, one run
+  name=${variant%%:*} assigns=${variant#*:}
+  echo "== (2b) HTTP: colo bench agents again, $name (${assigns//,/ }), ${VARIANT_CLIENTS:-16} clients"
+  env ${assigns//,/ } timeout -s TERM -k 20 "${HTTP_SECS:-240}" "${COLO[@]}" bench agents "$CONFIG" --mode mps \
+    --clients "${VARIANT_CLIENTS:-16}" --batch 8 --seq-len 128 --duration "$WINDOW" --warmup 2 --start-timeout 120 \
+    --out "$WORK/agents-$name" >"$WORK/agents-$name.log" 2>&1 || rc=1
+  tail -14 "$WORK/agents-$name.log"
+  if [ -f "$WORK/agents-$name/agents.json" ] && [ -f "$WORK/forwards/bench.json" ]; then
+    python3 scripts/agents_targets.py "$WORK/agents-$name/agents.json" --config "$CONFIG" \
+      --clients "${VARIANT_CLIENTS:-16}" --inprocess "$WORK/forwards/bench.json" | grep -E "60%|load generator" || true
   fi
-fi
+done
 echo "== (3) targets"
 if [ -f "$WORK/agents/agents.json" ] && [ -f "$WORK/forwards/bench.json" ]; then
   python3 scripts/agents_targets.py "$WORK/agents/agents.json" --config "$CONFIG" --clients 16 \

@@ -93,7 +93,7 @@ def up_command(
             hint="`colo status` shows it; `colo apply CONFIG` changes it; `colo down` stops it",
         )
     # In the foreground the agents' launcher starts importing now, while colo plans (seconds of torch).
-    runner = None if detach else early_runner(cfg, StateDirPaths(sd).logs)
+    runner = None if detach else early_runner(cfg, Path(config).resolve(), StateDirPaths(sd).logs)
     try:
         # The one plan of this `up` (the orchestrator takes it, across the detach): exit 2 with the findings
         # when it predicts out-of-memory, unless --force.

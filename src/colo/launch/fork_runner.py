@@ -179,6 +179,7 @@ class ForkRunner:
         self._lock = threading.Lock()
         self._zygote: _Zygote | None = None
         self._log_dir: Path | None = None
+        self._models_of: Path | None = None  # a colo.yaml whose model classes the zygote imports at its start
         self._forked: dict[int, _Zygote] = {}  # pid -> the zygote that forked it
         self.forks = 0
         self.fallbacks: list[str] = []  # why each forkable spec was spawned plainly
@@ -250,9 +251,13 @@ class ForkRunner:
         return self.fallback.adopt(pid, start_time)
 
     # --- the zygote -------------------------------------------------------------------------------------
-    def start(self, log_dir: Path) -> None:
-        """Start the zygote now (its imports run in the background), logging to ``log_dir/forkserver.log``."""
+    def start(self, log_dir: Path, *, models_of: Path | None = None) -> None:
+        """Start the zygote now (its imports run in the background), logging to ``log_dir/forkserver.log``;
+        ``models_of``: a colo.yaml whose model classes it imports too before it is ready (and again whenever it
+        is restarted), so the agents it forks first do not each import their own."""
         with self._lock:
+            if models_of is not None:
+                self._models_of = models_of
             if self._zygote is None or self._zygote.gone.is_set():
                 self._zygote = self._start_zygote(log_dir)
 
@@ -319,6 +324,8 @@ class ForkRunner:
         for key, value in ZYGOTE_ENV_DEFAULTS.items():
             env.setdefault(key, value)
         argv = [self._python, "-m", MODULE] + ([] if self._preload else ["--no-preload"])
+        if self._preload and self._models_of is not None:
+            argv += ["--models-of", str(self._models_of)]
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
             with open(log_dir / "forkserver.log", "ab") as out:

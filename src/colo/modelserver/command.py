@@ -25,6 +25,9 @@ MEMORY_CAP_VAR = "COLO_MEMORY_CAP_BYTES"
 #: ``on`` (the default) or ``off``: whether the built-in agent replays encoder forwards from CUDA graphs (the
 #: default of its ``--cuda-graphs``; ``colo.modelserver.graphs``).
 CUDA_GRAPHS_VAR = "COLO_CUDA_GRAPHS"
+#: ``auto`` (the default), ``spin`` or ``block``: how the built-in agent's device thread waits for a batch on
+#: CUDA (the default of its ``--cuda-wait``; ``colo.modelserver.inference.CudaWait``).
+CUDA_WAIT_VAR = "COLO_CUDA_WAIT"
 #: What the built-in agent imports beyond colo's own dependencies (the ``profile`` extra).
 NEEDED_MODULES = ("torch", "transformers")
 

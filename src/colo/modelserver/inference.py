@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from colo.clock import SYSTEM_CLOCK, Clock
@@ -70,11 +71,40 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool, device:
     return host[0], host[1]
 
 
-def synchronize(device: str) -> None:
-    """Wait for queued work on a CUDA device (no-op on CPU)."""
+class CudaWait(StrEnum):
+    """How the device thread waits for a batch's forward on CUDA (``--cuda-wait``, ``COLO_CUDA_WAIT``).
+
+    ``spin``: ``torch.cuda.synchronize``, which busy-waits — the fastest wake-up, one CPU core held for the
+    whole forward. ``block``: an event made with ``blocking=True`` (``cudaEventBlockingSync``): the thread sleeps
+    until the GPU is done, leaving the core to the agent's event loop and to the other agents. ``auto``: spin
+    for a batch of one request with nothing waiting behind it (a lone request's latency), block otherwise
+    (under load, where cores are what an agent's HTTP side needs). Waits for the host→device copy always spin
+    (they are microseconds)."""
+
+    SPIN = "spin"
+    BLOCK = "block"
+    AUTO = "auto"
+
+    def blocks(self, *, requests: int, waiting: int) -> bool:
+        """Whether a batch of ``requests`` requests, with ``waiting`` more queued behind it, waits blocking."""
+        if self is CudaWait.AUTO:
+            return requests > 1 or waiting > 0
+        return self is CudaWait.BLOCK
+
+
+def synchronize(device: str, *, block: bool = False) -> None:
+    """Wait for queued work on a CUDA device (no-op on CPU): spinning (every stream of the device), or
+    ``block``: sleeping on a blocking event recorded on the calling thread's current stream (where the agent's
+    device thread runs all its work, :func:`colo.modelserver.cuda_graphs.use_own_stream`)."""
     import torch
 
-    if device.startswith("cuda"):
+    if not device.startswith("cuda"):
+        return
+    if block:
+        event = torch.cuda.Event(blocking=True)  # type: ignore[no-untyped-call]
+        event.record()
+        event.synchronize()
+    else:
         torch.cuda.synchronize(device)
 
 
@@ -169,6 +199,7 @@ def run_merged(
     clock: Clock = SYSTEM_CLOCK,
     raw: Sequence[bool] = (),
     graphs: EncoderGraphs | None = None,
+    block_wait: bool = False,
 ) -> list[BatchResult]:
     """Run several requests' rows of one encoder as ONE batch; one result per group, as if run alone.
 
@@ -177,8 +208,9 @@ def run_merged(
     rounding). ``raw[i]`` asks full numpy outputs for group i (see :func:`_raw_encoder`). The timings are the
     merged batch's. ``graphs``: the forward is replayed from a CUDA graph when they have (or may capture) one
     for the batch (rows of one length, see :meth:`EncoderGraphs.replay`), else run eagerly; ``forward_ms`` is
-    the device time either way (a new shape's capture included). Raises ValueError for a generator (they
-    merge through :func:`generate_merged`) and torch's errors as they are.
+    the device time either way (a new shape's capture included). ``block_wait``: wait for the forward sleeping,
+    not spinning (:class:`CudaWait`). Raises ValueError for a generator (they merge through
+    :func:`generate_merged`) and torch's errors as they are.
     """
     import torch
 
@@ -194,7 +226,7 @@ def run_merged(
         out = graphs.replay(model, rows, ids) if graphs is not None else None
         if out is None:
             out = model.module(input_ids=ids, attention_mask=mask)
-        synchronize(device)
+        synchronize(device, block=block_wait)
         ended = clock.monotonic()
         # A replayed graph's output is its static output, which the next replay of any graph of the model's pool
         # may overwrite: every group is formatted (copied to the host) below, before this returns and the device
@@ -226,12 +258,14 @@ def run_batch(
     max_new_tokens: int = 0,
     exact_new_tokens: bool = False,
     clock: Clock = SYSTEM_CLOCK,
+    block_wait: bool = False,
 ) -> BatchResult:
     """Run ``rows`` of token ids through ``model`` on ``device``.
 
     Generators (``task`` generator/seq2seq) generate ``max_new_tokens`` greedily; ``exact_new_tokens`` keeps
-    end-of-sequence from stopping early (the worst case generates every token). The caller checks sizes.
-    Raises torch's errors as they are (see :func:`is_oom`).
+    end-of-sequence from stopping early (the worst case generates every token). ``block_wait``: wait for the
+    forward or the generation sleeping, not spinning (:class:`CudaWait`). The caller checks sizes. Raises
+    torch's errors as they are (see :func:`is_oom`).
     """
     import torch
 
@@ -246,7 +280,7 @@ def run_batch(
         to_device_ms = (started - padding) * 1000.0
         if not generator:
             out = model.module(input_ids=ids, attention_mask=mask)
-            synchronize(device)
+            synchronize(device, block=block_wait)
             ended = clock.monotonic()
             encoded = _encoder_outputs(out, mask)
             return BatchResult(
@@ -263,7 +297,7 @@ def run_batch(
         if exact_new_tokens:
             kwargs["min_new_tokens"] = new
         generated = model.module.generate(**kwargs)
-        synchronize(device)
+        synchronize(device, block=block_wait)
         ended = clock.monotonic()
         forward_ms = (ended - started) * 1000.0
     # Decoder-only output repeats the prompt; seq2seq output starts with the decoder start token.
@@ -287,6 +321,7 @@ def generate_merged(
     *,
     device: str,
     clock: Clock = SYSTEM_CLOCK,
+    block_wait: bool = False,
 ) -> list[BatchResult]:
     """Generate for several requests of one generator as ONE batch: ``jobs`` are (rows, max_new_tokens); the
     prompts run together for the largest ``max_new_tokens`` (greedy), and each request gets its own rows cut
@@ -296,13 +331,16 @@ def generate_merged(
     the plan sized). Raises torch's errors as they are."""
     if len(jobs) == 1:
         ((rows, new_tokens),) = jobs
-        return [run_batch(model, rows, device=device, max_new_tokens=new_tokens, clock=clock)]
+        return [
+            run_batch(model, rows, device=device, max_new_tokens=new_tokens, clock=clock, block_wait=block_wait)
+        ]
     merged = run_batch(
         model,
         [row for rows, _ in jobs for row in rows],
         device=device,
         max_new_tokens=max(n for _, n in jobs),
         clock=clock,
+        block_wait=block_wait,
     )
     generated: list[list[int]] = merged.outputs["generated_ids"]
     results: list[BatchResult] = []

@@ -48,6 +48,7 @@ from colo.modelserver.device_health import (
 from colo.modelserver.graphs import EncoderGraphs, GraphBackend, graph_budget_bytes, headroom_bytes
 from colo.modelserver.inference import (
     BatchResult,
+    CudaWait,
     generate_merged,
     is_oom,
     run_batch,
@@ -173,6 +174,7 @@ class AgentRuntime:
     ``cuda_graphs``: replay encoder batches from CUDA graphs after the warm-up (on CUDA, or wherever
     ``graph_backend`` is given: tests inject a fake). Their budget is ``graph_budget_bytes`` when given, else
     taken from the room the warm-up left (``memory_cap_bytes``: PyTorch's allocator cap on a GPU without MPS).
+    ``cuda_wait``: how the device thread waits for a batch (:class:`~colo.modelserver.inference.CudaWait`).
     """
 
     agent: str
@@ -197,6 +199,7 @@ class AgentRuntime:
     on_context_lost: Callable[[str], None] = lambda reason: None
     start: StartPhases | None = None  # the agent's start-up phases, ended by the first ready /health
     cuda_graphs: bool = True
+    cuda_wait: CudaWait = CudaWait.AUTO
     graph_backend: GraphBackend | None = None
     graph_budget_bytes: int | None = None
     memory_cap_bytes: int | None = None
@@ -518,6 +521,7 @@ class AgentRuntime:
         model = self.models[jobs[0].model_id]
         rows = merged_rows(jobs)
         started = self.clock.monotonic()
+        block = self.cuda_wait.blocks(requests=len(jobs), waiting=self._worker.depth)
         try:
             if model.task == "encoder":
                 results = run_merged(
@@ -527,10 +531,15 @@ class AgentRuntime:
                     clock=self.clock,
                     raw=[j.raw for j in jobs],
                     graphs=self.graphs,
+                    block_wait=block,
                 )
             else:
                 results = generate_merged(
-                    model, [(j.rows, j.new_tokens) for j in jobs], device=self.device, clock=self.clock
+                    model,
+                    [(j.rows, j.new_tokens) for j in jobs],
+                    device=self.device,
+                    clock=self.clock,
+                    block_wait=block,
                 )
         except Exception as exc:
             error = self._batch_error(exc, model.model_id, len(jobs), rows)

@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 from colo.errors import ColoError, UsageError
 from colo.gpu.mps import env as mps_env
-from colo.modelserver.command import CUDA_GRAPHS_VAR, DEFAULT_HOST, MEMORY_CAP_VAR, memory_cap_of
+from colo.modelserver.command import CUDA_GRAPHS_VAR, CUDA_WAIT_VAR, DEFAULT_HOST, MEMORY_CAP_VAR, memory_cap_of
 from colo.modelserver.exit_codes import EXIT_CONTEXT_LOST, EXIT_FAILED, EXIT_OK, EXIT_OOM
+from colo.modelserver.inference import CudaWait
 from colo.modelserver.startup import StartPhases
 
 if TYPE_CHECKING:
@@ -118,6 +119,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "length from CUDA graphs (CUDA only).",
     )
     parser.add_argument(
+        "--cuda-wait",
+        default=os.environ.get(CUDA_WAIT_VAR, CudaWait.AUTO.value),
+        help=f"auto (default; {CUDA_WAIT_VAR} sets the default), spin or block: how the device thread waits for "
+        "a batch on CUDA — spinning (fastest wake-up, a core held), sleeping (the core left to the HTTP side), "
+        "or spinning only for a lone request.",
+    )
+    parser.add_argument(
         "--prepare-threads",
         type=int,
         default=None,
@@ -146,6 +154,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"--cuda-graphs {args.cuda_graphs!r}: write on or off",
             hint=f"the default comes from {CUDA_GRAPHS_VAR} when it is set",
         )
+    try:
+        args.cuda_wait = CudaWait(str(args.cuda_wait).strip().lower())
+    except ValueError:
+        raise UsageError(
+            f"--cuda-wait {args.cuda_wait!r}: write auto, spin or block",
+            hint=f"the default comes from {CUDA_WAIT_VAR} when it is set",
+        ) from None
     if args.prepare_threads is not None and not 1 <= args.prepare_threads <= 256:
         raise UsageError(f"--prepare-threads {args.prepare_threads} is outside 1..256")
     return args
@@ -411,6 +426,7 @@ def _serve(
         on_context_lost=lambda reason: _exit_soon(args.agent, EXIT_CONTEXT_LOST),
         start=phases,
         cuda_graphs=args.cuda_graphs == "on",
+        cuda_wait=args.cuda_wait,
         memory_cap_bytes=memory_cap_bytes,
     )
     if args.enable_fault_route:

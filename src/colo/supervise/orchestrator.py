@@ -241,7 +241,7 @@ class Orchestrator:
             self.warnings.append(f"placed on other nodes (not run here, node {planned.here()!r}): {', '.join(elsewhere)}")
         on_gpus = sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid})
         uuids = planning.mps_gpu_uuids(p, mine)  # the GPUs the plan runs MPS on (policy.mps)
-        start_launcher(self.runner, config, mine if self.run_agents else [], self.logs.dir)  # imports while MPS starts
+        start_launcher(self.runner, config, mine if self.run_agents else [], self.logs.dir, self.config_path)
         started_d: list[str] = []
         adopted_d: list[str] = []
         if self.want_mps and on_gpus:

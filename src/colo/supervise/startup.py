@@ -31,30 +31,38 @@ from colo.supervise.supervisor import Supervisor
 from colo.supervise.tune.history import UsageRecorder
 
 
-def start_launcher(runner: Runner, config: ColoConfig, agents: Sequence[AgentPlan], logs_dir: Path) -> bool:
+def start_launcher(
+    runner: Runner, config: ColoConfig, agents: Sequence[AgentPlan], logs_dir: Path, config_path: Path | None
+) -> bool:
     """Start ``runner``'s pre-imported launcher now, when it is a fork runner and one of ``agents`` (those this
     node runs) is a built-in agent of ``config``, which it forks: its imports (seconds of torch and
-    transformers) then run while the MPS daemons start, not after them at the first spawn. Returns whether it
-    was started. Never raises: a launcher that cannot start is reported by the first spawn, which spawns."""
-    if not isinstance(runner, ForkRunner) or all(config.agents[ap.name].command is not None for ap in agents):
+    transformers, and the model classes of ``config_path``'s agents) then run while the MPS daemons start
+    (the orchestrator calls it just before them), not after them at the first spawn. Returns whether it was
+    started. Never raises: a launcher that cannot start is reported by the first spawn, which spawns."""
+    if not isinstance(runner, ForkRunner) or not forks_an_agent(config, [ap.name for ap in agents]):
         return False
-    runner.start(logs_dir)
+    runner.start(logs_dir, models_of=config_path)
     return True
 
 
-def early_runner(config: ColoConfig, logs_dir: Path) -> Runner | None:
-    """For ``colo up`` before it plans: the runner of ``policy.launcher`` with its launcher importing already,
-    when ``config`` is of one node (whatever is planned, this machine runs every agent) and one of its agents
-    runs the built-in agent; else None (the orchestrator makes its own runner). The caller closes it when it
-    does not hand it to an orchestrator."""
+def early_runner(config: ColoConfig, config_path: Path, logs_dir: Path) -> Runner | None:
+    """For ``colo up`` before it plans: the runner of ``policy.launcher`` with its launcher importing already
+    (the model classes of ``config_path`` too), when ``config`` is of one node (whatever is planned, this
+    machine runs every agent) and one of its agents runs the built-in agent; else None (the orchestrator makes
+    its own runner). The caller closes it when it does not hand it to an orchestrator."""
     one_node = config.gpus == "auto" or len({row.node for row in config.gpus}) == 1
-    if not one_node or all(agent.command is not None for agent in config.agents.values()):
+    if not one_node or not forks_an_agent(config, list(config.agents)):
         return None
     runner = make_runner(config.policy.launcher)
     if not isinstance(runner, ForkRunner):
         return None
-    runner.start(logs_dir)
+    runner.start(logs_dir, models_of=config_path)
     return runner
+
+
+def forks_an_agent(config: ColoConfig, names: Sequence[str]) -> bool:
+    """Whether one of the agents ``names`` of ``config`` runs the built-in agent (what the launcher forks)."""
+    return any(config.agents[name].command is None for name in names)
 
 
 def start_mps(

@@ -133,3 +133,24 @@ def test_the_zygote_builds_only_after_a_quiet_spell_without_fork_requests() -> N
     assert build_wait_secs(True, 0.0) == PREBUILD_QUIET_SECS  # just asked for a fork: more may follow
     assert build_wait_secs(True, PREBUILD_QUIET_SECS - 0.5) == pytest.approx(0.5)
     assert build_wait_secs(True, PREBUILD_QUIET_SECS) == 0.0 and build_wait_secs(True, 60.0) == 0.0
+
+
+def test_the_launcher_imports_a_configs_model_classes_before_it_is_ready(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "colo.yaml"
+    write_config(cfg, {"a": [TINY], "b": [GPT]}, {})
+    probe = (
+        "import sys; from colo.launch.forkserver import import_models_of; secs = import_models_of(sys.argv[1]); "
+        "print(secs > 0, *(m in sys.modules for m in ('transformers.models.bert.modeling_bert', "
+        "'transformers.models.gpt2.modeling_gpt2')))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(cfg)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True"]  # both agents' classes, in a fresh interpreter
+    broken = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "missing.yaml")], capture_output=True, text=True, timeout=120
+    )
+    assert broken.returncode == 0 and broken.stdout.split()[1:] == ["False", "False"]  # never raises: agents import
+    assert "importing the model classes of" in broken.stderr and "missing.yaml" in broken.stderr

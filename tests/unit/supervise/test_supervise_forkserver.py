@@ -332,13 +332,14 @@ def test_start_launcher_starts_the_zygote_before_any_spawn_only_for_builtin_agen
     commands = config.model_copy(
         update={"agents": {n: a.model_copy(update={"command": ["true"]}) for n, a in config.agents.items()}}
     )
-    assert not start_launcher(ProcessRunner(), config, mine, tmp_path)  # a spawning runner has no launcher
+    path = tmp_path / "colo.yaml"
+    assert not start_launcher(ProcessRunner(), config, mine, tmp_path, path)  # no launcher to start
     runner = ForkRunner(forkable=only_c, preload=False, ready_wait_secs=30)
     try:
-        assert not start_launcher(runner, commands, mine, tmp_path)  # every agent has a command: none forked
-        assert not start_launcher(runner, config, [], tmp_path)  # no agent here (pods, units)
+        assert not start_launcher(runner, commands, mine, tmp_path, path)  # every agent has a command
+        assert not start_launcher(runner, config, [], tmp_path, path)  # no agent here (pods, units)
         assert runner._zygote is None
-        assert start_launcher(runner, config, mine, tmp_path / "logs")
+        assert start_launcher(runner, config, mine, tmp_path / "logs", path)
         assert runner.wait_ready(30)  # imported (here: nothing) before the first spawn asked for it
         first = zygote_pid(runner)
         forked = runner.spawn(py("import sys; sys.exit(3)"), tmp_path / "logs" / "a.log")
@@ -361,13 +362,15 @@ def test_early_runner_starts_colo_ups_launcher_before_the_plan_only_where_it_wil
     two_nodes = config.model_copy(
         update={"gpus": [config.gpus[0], config.gpus[0].model_copy(update={"node": "other"})]}
     )
+    path = Path(__file__).resolve().parents[3] / "examples" / "newsroom" / "colo.sized.yaml"
     for no in (spawn, commands, two_nodes):
-        assert early_runner(no, tmp_path / "logs") is None
+        assert early_runner(no, path, tmp_path / "logs") is None
     assert not (tmp_path / "logs" / "forkserver.log").exists()
-    runner = early_runner(config, tmp_path / "logs")
+    runner = early_runner(config, path, tmp_path / "logs")
     assert isinstance(runner, ForkRunner)
     zygote = runner._zygote
     assert zygote is not None and zygote.proc.poll() is None  # importing torch in the background
+    assert list(zygote.proc.args)[-2:] == ["--models-of", str(path)]  # and then the config's model classes
     started = time.monotonic()
     runner.close()  # before its imports are done: ended at once, not after them
     assert zygote.proc.returncode is not None and time.monotonic() - started < 4.5
