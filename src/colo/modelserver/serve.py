@@ -314,13 +314,13 @@ def _device_line(device: str) -> str:
     return " ".join(parts)
 
 
-def cap_allocator(device: str, environ: Mapping[str, str] | None = None) -> float | None:
+def cap_allocator(device: str, environ: Mapping[str, str] | None = None) -> int | None:
     """On a GPU without MPS (``COLO_MEMORY_CAP_BYTES`` set by the supervisor), cap PyTorch's caching
     allocator at the agent's planned limit: ``torch.cuda.set_per_process_memory_fraction(limit / total)``.
     An allocation past it fails as out of memory (507, the agent stays up), as it would under MPS's pinned
     limit. It counts what PyTorch allocates (weights, activations, cuBLAS workspaces), not the CUDA context
-    (a few hundred MiB), so the process may pass its limit by that much. Returns the fraction, or None when
-    nothing was capped (no variable, not CUDA)."""
+    (a few hundred MiB), so the process may pass its limit by that much. Returns the cap in bytes, or None
+    when nothing was capped (no variable, not CUDA, or torch refused)."""
     env = os.environ if environ is None else environ
     try:
         cap = memory_cap_of(env)
@@ -344,7 +344,7 @@ def cap_allocator(device: str, environ: Mapping[str, str] | None = None) -> floa
         log.warning("no MPS: could not cap PyTorch's allocator at %d MiB (%s); running uncapped", cap >> 20, exc)
         return None
     log.info("no MPS: PyTorch's allocator capped at %d MiB (%.4f of %d MiB)", cap >> 20, fraction, total >> 20)
-    return fraction
+    return cap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -389,10 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("stop requested before start; exiting")
         return EXIT_OK
     log.info("agent %s: %s", args.agent, _device_line(device))
-    capped = cap_allocator(device) is not None
+    cap_bytes = cap_allocator(device)
     agent = config.agents[args.agent]
     wait_ms = args.batch_wait_ms if args.batch_wait_ms is not None else agent.batch_wait_ms
-    cap_bytes = memory_cap_of(os.environ) if capped else None
     return _serve(args, specs, context, port, stop_requested, wait_ms, agent.matmul_precision, phases, cap_bytes)
 
 

@@ -236,15 +236,15 @@ def test_cap_allocator_caps_torch_at_the_limit_only_without_mps(monkeypatch: pyt
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
     assert memory_cap_env(2 << 30) == {MEMORY_CAP_VAR: str(2 << 30)}
-    assert cap_allocator("cuda", memory_cap_env(2 << 30)) == pytest.approx(2 / 80)
+    assert cap_allocator("cuda", memory_cap_env(2 << 30)) == 2 << 30  # the cap in bytes, as a fraction to torch
     assert calls == [(pytest.approx(2 / 80), 0)]
-    assert cap_allocator("cuda:0", memory_cap_env(1 << 30)) == pytest.approx(1 / 80)
-    calls.pop()
+    assert cap_allocator("cuda:0", memory_cap_env(1 << 30)) == 1 << 30
+    assert calls.pop() == (pytest.approx(1 / 80), 0)
     assert cap_allocator("cuda", {}) is None
     assert cap_allocator("cpu", memory_cap_env(2 << 30)) is None
     assert cap_allocator("cuda", {MEMORY_CAP_VAR: "lots"}) is None
-    assert cap_allocator("cuda", memory_cap_env(200 << 30)) == 1.0
-    assert len(calls) == 2
+    assert cap_allocator("cuda", memory_cap_env(200 << 30)) == 200 << 30
+    assert calls[-1] == (1.0, 0) and len(calls) == 2  # at most the whole device
 
 
 def test_the_early_context_is_made_on_a_side_thread_and_its_failure_reaches_the_loader() -> None:
