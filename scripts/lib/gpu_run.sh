@@ -29,11 +29,12 @@ gpu_run_preamble() {
 }
 
 # What tree ran, for the run's header: git's HEAD (the device's copy of .git may be older than the files it was
-# sent with) and a hash of the sources themselves, which `scripts/lib/gpu_run.sh` sourced by hand (or
+# sent with) and a hash of the sources themselves (files in C-locale order: the device's first header, 19:46 UTC
+# 2026-12-06, gave a hash that this machine did not, most likely from a locale's collation), which `scripts/lib/gpu_run.sh` sourced by hand (or
 # `bash -c '. scripts/lib/gpu_run.sh; sources_hash'`) reproduces on the machine the tree came from.
 sources_hash() {
   find src tests scripts examples -type f \( -name '*.py' -o -name '*.sh' -o -name '*.yaml' \) -print0 2>/dev/null \
-    | sort -z | xargs -0 sha1sum | sha1sum | cut -c1-12
+    | LC_ALL=C sort -z | xargs -0 sha1sum | sha1sum | cut -c1-12
 }
 tree_label() {
   echo "git $(git rev-parse --short HEAD 2>/dev/null || echo '?') (may be stale on the device), sources $(sources_hash)"
