@@ -24,7 +24,6 @@ their format::
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import re
@@ -36,7 +35,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ import yaml
 from leftovers import MpsProc, Zombie, clean_state_dir, mps_processes, processes_mentioning, zombies
 
 from colo.files import write_atomic
+from newsroom_doc import moved_ports
 from testkit import offline_child_env, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,24 +94,6 @@ def drill_result(
     )
 
 
-def moved_ports(doc: Mapping[str, Any], offset: int) -> dict[str, Any]:
-    """A copy of a colo.yaml document with every agent's ``port`` and its health URL's port moved by
-    ``offset``. Raises ValueError for an agent without a port or with a health URL on another port."""
-    new: dict[str, Any] = copy.deepcopy(dict(doc))
-    for name, agent in new["agents"].items():
-        if "port" not in agent:
-            raise ValueError(f"agent {name} has no port to move")
-        old = int(agent["port"])
-        agent["port"] = old + offset
-        health = agent.get("health") or {}
-        url = health.get("url")
-        if url is not None:
-            if f":{old}/" not in url:
-                raise ValueError(f"agent {name}: health URL {url} is not on its port {old}")
-            health["url"] = url.replace(f":{old}/", f":{old + offset}/")
-    return new
-
-
 def infer_port_ok(port: int, timeout: float = 1.0) -> bool:
     """One small ``POST /infer`` to 127.0.0.1:``port`` answered 200 within ``timeout`` seconds."""
     req = urllib.request.Request(
@@ -132,7 +114,11 @@ def answering(ports: Mapping[str, int], timeout: float = 1.0) -> dict[str, bool]
 
 
 class Newsroom:
-    """One running newsroom: its state dir, config copy, ports and the ways to look at it and drive it."""
+    """One running newsroom: its state dir, config copy, ports and the ways to look at it and drive it.
+
+    Its config is ``source`` (a colo.yaml file), or ``doc`` (a colo.yaml document, e.g.
+    ``newsroom_doc.two_newsrooms``) when given, with every agent's port moved by ``port_offset``. ``label``
+    names the folder its logs are kept in under ``$COLO_GPU_OUT``."""
 
     def __init__(
         self,
@@ -141,9 +127,12 @@ class Newsroom:
         *,
         port_offset: int = PORT_OFFSET,
         api_port: int | None = None,
+        doc: Mapping[str, Any] | None = None,
+        label: str = "newsroom",
     ) -> None:
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="cn", dir="/tmp"))  # short: MPS sockets
-        doc = moved_ports(yaml.safe_load(source.read_text()), port_offset)
+        self.label = label
+        doc = moved_ports(yaml.safe_load(source.read_text()) if doc is None else doc, port_offset)
         if api_port is not None:
             doc["api"] = {**(doc.get("api") or {}), "port": api_port}
         self.config = self.state_dir / "newsroom.yaml"
@@ -228,9 +217,10 @@ class Newsroom:
             )
         return time.monotonic() - t0
 
-    def checker(self) -> ServingChecker:
-        """A :class:`ServingChecker` of this newsroom (use it as a context manager)."""
-        return ServingChecker(self)
+    def checker(self, names: Collection[str] | None = None) -> ServingChecker:
+        """A :class:`ServingChecker` of this newsroom's agents ``names`` (None: all; use it as a context
+        manager)."""
+        return ServingChecker(self, names=names)
 
     # --- bringing it up, restoring it, taking it down -------------------------------------------------------
 
@@ -330,11 +320,11 @@ class Newsroom:
         return "; ".join(parts)
 
     def keep_logs(self) -> None:
-        """Copy colo up's output, the agents', orchestrator's and MPS logs to ``$COLO_GPU_OUT/newsroom``."""
+        """Copy colo up's output, the agents', orchestrator's and MPS logs to ``$COLO_GPU_OUT/<label>``."""
         out = os.environ.get("COLO_GPU_OUT")
         if not out:
             return
-        dest = Path(out) / "newsroom"
+        dest = Path(out) / self.label
         dest.mkdir(parents=True, exist_ok=True)
         logs = [*self.state_dir.glob("up-*.log"), *self.state_dir.glob("logs/*.log"), *self.state_dir.glob("mps/*/log/*.log")]
         for f in logs:
@@ -343,30 +333,40 @@ class Newsroom:
 
     # --- MPS, events, leftovers -------------------------------------------------------------------------
 
-    def mps_processes(self) -> list[MpsProc]:
-        """This state dir's MPS daemon/server processes (kind, pid)."""
-        return mps_processes(self.state_dir)
+    def mps_processes(self, uuid: str | None = None) -> list[MpsProc]:
+        """This state dir's MPS daemon/server processes (kind, pid); only GPU ``uuid``'s when given."""
+        return mps_processes(self.state_dir if uuid is None else self.pipe_dir(uuid))
+
+    def gpu_uuids(self) -> list[str]:
+        """UUIDs of the GPUs with an MPS root (pipe and log dirs) under this state dir."""
+        from colo.gpu.mps.root import MpsRoot
+
+        return MpsRoot.under_state_dir(self.state_dir).gpu_uuids()
+
+    def pipe_dir(self, uuid: str) -> Path:
+        """GPU ``uuid``'s MPS pipe dir under this state dir."""
+        from colo.gpu.mps.root import MpsRoot
+
+        return MpsRoot.under_state_dir(self.state_dir).for_gpu(uuid).pipe_dir
 
     def gpu(self) -> tuple[str, Path]:
         """(UUID, pipe dir) of the newsroom's one GPU."""
-        from colo.gpu.mps.root import MpsRoot
+        (uuid,) = self.gpu_uuids()
+        return uuid, self.pipe_dir(uuid)
 
-        root = MpsRoot.under_state_dir(self.state_dir)
-        (uuid,) = root.gpu_uuids()
-        return uuid, root.for_gpu(uuid).pipe_dir
-
-    def mps_pid(self, kind: str) -> int | None:
-        """The GPU's control daemon (process scan) or server (``get_server_list``, then the scan)."""
+    def mps_pid(self, kind: str, uuid: str | None = None) -> int | None:
+        """A GPU's control daemon (process scan) or server (``get_server_list``, then the scan): GPU ``uuid``'s,
+        or the newsroom's one GPU's."""
         from colo.gpu.mps.daemon import MpsDaemon
         from colo.gpu.mps.root import MpsRoot
 
         if kind == "server":
-            uuid, _ = self.gpu()
+            gpu = uuid or self.gpu()[0]
             with contextlib.suppress(Exception):
-                pids = MpsDaemon(MpsRoot.under_state_dir(self.state_dir).for_gpu(uuid), uuid).server_pids()
+                pids = MpsDaemon(MpsRoot.under_state_dir(self.state_dir).for_gpu(gpu), gpu).server_pids()
                 if pids:
                     return pids[0]
-        found = [p.pid for p in self.mps_processes() if p.kind == kind]
+        found = [p.pid for p in self.mps_processes(uuid) if p.kind == kind]
         return found[0] if found else None
 
     def events_after(self, seq: int, kind: str | None = None, text: str = "") -> list[Any]:
@@ -401,7 +401,8 @@ class Newsroom:
 
 
 class ServingChecker:
-    """While a drill runs: every ~0.2 s, colo's agent states (its API) and one small ``/infer`` per agent.
+    """While a drill runs: every ~0.2 s, colo's agent states (its API) and one small ``/infer`` per agent (of
+    ``names``, when given: e.g. one GPU's agents).
 
     ``samples``: agent-samples taken (agents × rounds); ``failed_requests``: failed ``/infer`` per agent;
     ``running_while_failing``: samples where colo said RUNNING (read before the round and again once its
@@ -410,8 +411,11 @@ class ServingChecker:
     round with a failed ``/infer``; ``all_answering_again_at``: the first round after the last failing one in
     which every agent answered (None while the last round failed)."""
 
-    def __init__(self, room: Newsroom, interval_secs: float = CHECK_INTERVAL_SECS) -> None:
+    def __init__(
+        self, room: Newsroom, interval_secs: float = CHECK_INTERVAL_SECS, *, names: Collection[str] | None = None
+    ) -> None:
         self.room = room
+        self.ports = dict(room.ports) if names is None else {n: room.ports[n] for n in names}
         self.interval_secs = interval_secs
         self.samples = 0
         self.rounds = 0
@@ -474,7 +478,7 @@ class ServingChecker:
         while not self._stop.is_set():
             started = time.monotonic()
             before = self.room.states_or_empty()
-            oks = answering(self.room.ports, 1.0)
+            oks = answering(self.ports, 1.0)
             # colo's claim when the answers are in: a request that hung for its 1 s timeout while colo saw the
             # fault and said so counts as failed, not as RUNNING-while-failing (RUNNING both before and after).
             after = self.room.states_or_empty()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from newsroom import SIZED, Newsroom, ServingChecker, moved_ports
+from newsroom import SIZED, Newsroom, ServingChecker
 from suite import (
     FileRow,
     file_rows,
@@ -22,6 +22,8 @@ from suite import (
     run_order,
     step_lines,
 )
+
+from newsroom_doc import moved_ports, two_newsrooms
 
 
 def test_the_newsroom_runs_in_lane_a_whatever_its_file_and_unlisted_files_in_c() -> None:
@@ -125,6 +127,16 @@ def test_the_newsroom_object_writes_its_config_copy_and_knows_its_ports(tmp_path
     from colo.spec import load_config
 
     assert sorted(load_config(room.config).agents) == sorted(room.ports)
+
+
+def test_a_newsroom_of_a_document_writes_that_document_moved_and_checks_the_agents_asked_for(tmp_path: Path) -> None:
+    room = Newsroom(state_dir=tmp_path, doc=two_newsrooms(yaml.safe_load(SIZED.read_text())), port_offset=400,
+                    label="two_gpus")
+    assert len(room.ports) == 18 and room.ports["analyst"] == 9501 and room.ports["analyst_b"] == 9601
+    assert yaml.safe_load(room.config.read_text())["gpus"] == "auto"
+    assert room.label == "two_gpus" and Newsroom(state_dir=tmp_path / "x").label == "newsroom"
+    assert set(room.checker(["analyst", "scout_b"]).ports) == {"analyst", "scout_b"}
+    assert room.checker().ports == room.ports
 
 
 def test_the_serving_checker_counts_running_while_failing_and_the_recovery_moment(tmp_path: Path) -> None:
