@@ -391,6 +391,19 @@ class Newsroom:
         ours = set(processes_mentioning(str(self.state_dir)))
         return [z for z in zombies() if "nvidia-cuda-mps" in z.name and z.ppid in ours]
 
+    def left_after_down(self, timeout: float = 10.0) -> tuple[list[str], list[int], list[str]]:
+        """After ``colo down``: this state dir's MPS processes (``KIND:PID``), the processes that name it, and
+        the MPS zombies it left unreaped, once all are gone or after ``timeout`` s (printed as ``GPU-LEFTOVERS
+        drill=end``, with every zombie here)."""
+        sd = str(self.state_dir)
+        wait_for(lambda: not self.mps_processes() and not processes_mentioning(sd), timeout=timeout, step=0.2)
+        mps = [f"{p.kind}:{p.pid}" for p in self.mps_processes()]
+        agents = processes_mentioning(sd)
+        unreaped = [str(x) for x in self.unreaped_zombies()]
+        z = [str(x) for x in zombies()]
+        print(f"GPU-LEFTOVERS drill=end zombies={z or 'none'} mps={mps or 'none'} agents={agents or 'none'}")
+        return mps, agents, unreaped
+
     def leftovers(self, tag: int | str) -> list[str]:
         """Zombies (every one here) and this state dir's MPS processes now, printed as one ``GPU-LEFTOVERS``
         line and returned (``zombie PID:NAME(parent P)``, ``mps KIND:PID``)."""
@@ -488,9 +501,9 @@ class ServingChecker:
 
 
 @contextlib.contextmanager
-def running_newsroom() -> Iterator[Newsroom]:
-    """A newsroom up and serving; always closed (the session fixture's body)."""
-    room = Newsroom()
+def running_newsroom(room: Newsroom | None = None) -> Iterator[Newsroom]:
+    """A newsroom (``room``, else the sized one) up and serving; always closed (the session fixture's body)."""
+    room = room if room is not None else Newsroom()
     try:
         try:
             room.bring_up()

@@ -39,7 +39,7 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from leftovers import processes_mentioning, zombies
+from leftovers import zombies
 from newsroom import COLO, Newsroom, drill_result, infer_body
 
 from colo.files import write_atomic
@@ -408,20 +408,11 @@ def test_drill6_orchestrator_sigkill_and_adopt(newsroom: Newsroom) -> None:
 @pytest.mark.smoke
 @pytest.mark.newsroom_order(2)
 def test_drill_end_down_leaves_nothing(newsroom: Newsroom) -> None:
-    sd = newsroom.state_dir
     t0 = time.monotonic()
     out = newsroom.down(timeout=60)
     secs = time.monotonic() - t0
-
-    def nothing_left() -> bool:
-        return not newsroom.mps_processes() and not processes_mentioning(str(sd))
-
-    wait_for(nothing_left, timeout=10, step=0.2)
+    mps, agents, unreaped = newsroom.left_after_down()
     z = [str(x) for x in zombies()]
-    mps = [f"{p.kind}:{p.pid}" for p in newsroom.mps_processes()]
-    agents = processes_mentioning(str(sd))
-    unreaped = [str(x) for x in newsroom.unreaped_zombies()]
-    print(f"GPU-LEFTOVERS drill=end zombies={z or 'none'} mps={mps or 'none'} agents={agents or 'none'}")
     ok = out.returncode == 0 and not mps and not agents and not unreaped
     detail = (
         f"colo down rc={out.returncode}; MPS processes: {mps or 'none'}; processes of the state dir: "
