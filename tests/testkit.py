@@ -60,6 +60,20 @@ def wait_for(
     return value
 
 
+def wait_until_empty(check: Callable[[], list[str]], timeout: float, step: float = 0.25) -> list[str]:
+    """``check()`` polled every ``step`` seconds until it finds nothing (``[]``), or its last findings after
+    ``timeout`` seconds."""
+    last: list[str] = []
+
+    def ok() -> bool:
+        nonlocal last
+        last = check()
+        return not last
+
+    wait_for(ok, timeout=timeout, step=step)
+    return last
+
+
 def measured_entry(
     model: str,
     nvml_peak_bytes: int,

@@ -404,6 +404,21 @@ class Newsroom:
         print(f"GPU-LEFTOVERS drill=end zombies={z or 'none'} mps={mps or 'none'} agents={agents or 'none'}")
         return mps, agents, unreaped
 
+    def down_leaves_nothing(self, timeout: float = 60) -> tuple[bool, float, str]:
+        """``colo down``, then :meth:`left_after_down`: (nothing left and exit 0, seconds ``colo down`` took, the
+        detail — with its stderr's tail when something was left)."""
+        t0 = time.monotonic()
+        out = self.down(timeout=timeout)
+        secs = time.monotonic() - t0
+        mps, agents, unreaped = self.left_after_down()
+        z = [str(x) for x in zombies()]
+        ok = out.returncode == 0 and not mps and not agents and not unreaped
+        detail = (
+            f"colo down rc={out.returncode}; MPS processes: {mps or 'none'}; processes of the state dir: "
+            f"{agents or 'none'}; zombies: {z or 'none'} (colo's to reap: {unreaped or 'none'})"
+        )
+        return ok, secs, detail if ok else detail + out.stderr[-500:]
+
     def leftovers(self, tag: int | str) -> list[str]:
         """Zombies (every one here) and this state dir's MPS processes now, printed as one ``GPU-LEFTOVERS``
         line and returned (``zombie PID:NAME(parent P)``, ``mps KIND:PID``)."""

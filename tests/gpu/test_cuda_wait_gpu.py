@@ -18,27 +18,23 @@ wait is most of a batch.)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
+from device_thread import DEVICE, on_device_thread
 
-from colo.modelserver.cuda_graphs import use_own_stream
 from colo.modelserver.inference import run_merged, synchronize
 from colo.modelserver.loading import load_model
 from colo.spec.config import ModelSpec
 
 pytestmark = pytest.mark.gpu
 
-DEVICE = "cuda"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SPEC = ModelSpec(dtype="float16", batch_size=8, max_seq_len=128)
 SLEEP_CYCLES = 50_000_000  # ~30 ms at the clocks of an H100 or H200
 WAITS = 8
 FLOAT16 = {"rtol": 2e-2, "atol": 2e-2}
-T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -47,17 +43,6 @@ def cuda() -> None:
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-
-
-def on_device_thread(work: Callable[[], T]) -> T:
-    """``work()`` on a thread of its own running on a stream of its own, as the agent's device thread does."""
-
-    def run() -> T:
-        use_own_stream(DEVICE)
-        return work()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
 
 
 def test_a_blocking_wait_leaves_the_cpu_while_the_gpu_works() -> None:

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
+from device_thread import DEVICE, on_device_thread
 
-from colo.modelserver.cuda_graphs import TorchGraphBackend, use_own_stream
+from colo.modelserver.cuda_graphs import TorchGraphBackend
 from colo.modelserver.graphs import EncoderGraphs, graph_budget_bytes, headroom_bytes
 from colo.modelserver.inference import BatchResult, run_merged
 from colo.modelserver.loading import LoadedModel, load_model
@@ -39,7 +38,6 @@ from colo.spec.config import ModelSpec
 
 pytestmark = pytest.mark.gpu
 
-DEVICE = "cuda"
 BERT_TINY = "google/bert_uncased_L-2_H-128_A-2"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SHAPES = ((1, 16), (8, 128))
@@ -49,7 +47,6 @@ UNTIMED = 20
 LONE_REQUESTS = 300
 FLOAT16 = {"rtol": 2e-2, "atol": 2e-2}
 MIB = 1024 * 1024
-T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -58,18 +55,6 @@ def cuda() -> None:
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-
-
-def on_device_thread(work: Callable[[], T]) -> T:
-    """``work()`` on a thread of its own that runs on a stream of its own, as the agent's device thread does
-    (the stream dies with the thread; pytest's thread keeps the default stream)."""
-
-    def run() -> T:
-        use_own_stream(DEVICE)
-        return work()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
 
 
 def rows(shape: tuple[int, int], offset: int) -> list[list[int]]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from testkit import wait_for
+from testkit import wait_for, wait_until_empty
 
 pytestmark = pytest.mark.gpu
 
@@ -93,15 +93,7 @@ def outside_mps(room: Any) -> list[str]:
 def wait_under_mps(room: Any, timeout: float = 5.0) -> list[str]:
     """``outside_mps`` once it is empty, or its last answer after ``timeout`` s (colo judges once a reading,
     once a second, and only once an agent holds a CUDA context)."""
-    last: list[str] = []
-
-    def ok() -> bool:
-        nonlocal last
-        last = outside_mps(room)
-        return not last
-
-    wait_for(ok, timeout=timeout, step=0.25)
-    return last
+    return wait_until_empty(lambda: outside_mps(room), timeout)
 
 
 def drill(

@@ -48,7 +48,7 @@ from newsroom import COLO, SIZED, Newsroom, drill_result, running_newsroom
 
 from colo.gpu.nvml import GpuSnapshot
 from newsroom_doc import two_newsrooms
-from testkit import free_port, offline_child_env, wait_for
+from testkit import free_port, offline_child_env, wait_for, wait_until_empty
 
 pytestmark = pytest.mark.gpu
 
@@ -119,15 +119,7 @@ def not_clients_of_their_gpu(room: Newsroom) -> list[str]:
 def wait_clients_of_their_gpu(room: Newsroom, timeout: float = 10.0) -> list[str]:
     """:func:`not_clients_of_their_gpu` once it is empty, or its last answer after ``timeout`` s (colo judges
     once a GPU reading, once a second)."""
-    last: list[str] = []
-
-    def ok() -> bool:
-        nonlocal last
-        last = not_clients_of_their_gpu(room)
-        return not last
-
-    wait_for(ok, timeout=timeout, step=0.25)
-    return last
+    return wait_until_empty(lambda: not_clients_of_their_gpu(room), timeout)
 
 
 def test_two_gpus_plan_and_explain_place_agents_on_both_gpus(gpus: list[GpuSnapshot], doc: dict[str, Any], tmp_path: Path) -> None:
@@ -240,14 +232,6 @@ def test_two_gpus_drill_on_gpu_0_leaves_the_other_gpu_serving(
 
 
 def test_two_gpus_down_leaves_nothing(room: Newsroom) -> None:
-    t0 = time.monotonic()
-    out = room.down(timeout=60)
-    secs = time.monotonic() - t0
-    mps, agents, unreaped = room.left_after_down()
-    ok = out.returncode == 0 and not mps and not agents and not unreaped
-    detail = (
-        f"colo down rc={out.returncode}; MPS processes: {mps or 'none'}; processes of the state dir: "
-        f"{agents or 'none'}; colo's zombies to reap: {unreaped or 'none'}"
-    )
+    ok, secs, detail = room.down_leaves_nothing()
     drill_result("two_gpus_down", "down_leaves_nothing", ok, secs, detail)
-    assert ok, detail + out.stderr[-500:]
+    assert ok, detail

@@ -314,14 +314,7 @@ class Preloader:
         if self.to_import is not None:
             config_path, specs = self.to_import
             self.to_import = None
-            from colo.modelserver.serve import import_modules
-
-            try:
-                spent = import_modules(specs)
-            except Exception as exc:  # the agents import (and report) for themselves
-                _say(f"importing the model classes of {config_path} failed: {exc}")
-            else:
-                _say(f"preloaded {len(specs)} model class(es) of {config_path}: {_secs(spent)}")
+            _import_classes(config_path, lambda: specs)
             return
         if not self.pending:
             return
@@ -364,15 +357,26 @@ def import_models_of(config_path: str) -> float:
     says ready: the agents of ``colo up``'s first burst are then forked with their classes imported — each
     imported its own in 0.7-0.9 s, nine at once, against 0.4 s for all of them here, on the H100 host).
     Returns the seconds spent; never raises (the agents import, and report, for themselves)."""
+    from colo.spec import load_config
+
     started = time.perf_counter()
+    _import_classes(config_path, lambda: config_models(load_config(config_path)))
+    return time.perf_counter() - started
+
+
+def _import_classes(config_path: str, specs: Callable[[], list[tuple[str, ModelSpec]]]) -> None:
+    """Import the model classes of ``specs()`` (the models of the config at ``config_path``) and say so in one
+    line; a failure (the config or an import) is said, never raised: the agents import, and report, for
+    themselves."""
     try:
         from colo.modelserver.serve import import_modules
-        from colo.spec import load_config
 
-        import_modules(config_models(load_config(config_path)))
+        models = specs()
+        spent = import_modules(models)
     except Exception as exc:
         _say(f"importing the model classes of {config_path} failed: {exc}")
-    return time.perf_counter() - started
+    else:
+        _say(f"preloaded {len(models)} model class(es) of {config_path}: {_secs(spent)}")
 
 
 def _has_weights_on_disk(model_id: str, path: str | None) -> bool:

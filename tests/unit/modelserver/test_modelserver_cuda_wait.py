@@ -77,6 +77,17 @@ def test_the_runtime_passes_its_choice_to_the_forward(
     assert seen == [blocks]
 
 
-def test_waiting_on_a_cpu_is_nothing() -> None:
+def test_waiting_on_a_cpu_touches_no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    def no_cuda(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("CUDA asked for on a CPU device")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", no_cuda)
+    monkeypatch.setattr(torch.cuda, "Event", no_cuda)
     synchronize("cpu")
     synchronize("cpu", block=True)
+    with pytest.raises(AssertionError):  # the same calls on a CUDA device do ask
+        synchronize("cuda", block=True)
+    with pytest.raises(AssertionError):
+        synchronize("cuda:0")
