@@ -39,7 +39,7 @@ NEW_SRC="$ROOT/src"
 OLD_SRC="${BENCH_OLD_SRC:-$ROOT/.baseline/src}"
 OLD_SD="$(mktemp -d /tmp/colo-old-agents-XXXXXX)"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-COLO_MAIN="from colo.cli.main import main; main()"
+COLO_MAIN="from colo.cli.entry import main; main()"
 STATUS=0
 
 log() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }

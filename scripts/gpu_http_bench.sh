@@ -22,7 +22,7 @@ gpu_run_preamble COLO_HTTP_TEED http-bench.log out/gpu-http-bench "$@"
 WINDOW=${WINDOW:-10}
 CONFIG=examples/newsroom/colo.sized.yaml
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-COLO=(python3 -c 'import sys; sys.argv[0] = "colo"; from colo.cli.main import main; main()')
+COLO=(python3 -c 'import sys; sys.argv[0] = "colo"; from colo.cli.entry import main; main()')
 echo "== GPU HTTP bench $(date -u '+%Y-%m-%d %H:%M UTC'); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)"
 rc=0
 echo "== (1) in-process: colo bench forwards (MPS)"

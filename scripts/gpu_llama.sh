@@ -33,7 +33,7 @@ LOG="$OUT/gpu_llama.log"
 exec > >(tee -a "$LOG") 2>&1
 T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
-colo() { "$PY" -c 'import sys; sys.argv[0] = "colo"; from colo.cli.main import main; main()' "$@"; }
+colo() { "$PY" -c 'import sys; sys.argv[0] = "colo"; from colo.cli.entry import main; main()' "$@"; }
 export PYTHONPATH="$REPO/src:$LLW/llama.cpp/gguf-py${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 

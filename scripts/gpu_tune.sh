@@ -56,7 +56,7 @@ T0=$(date +%s)
 STATUS=0
 exec > >(tee -a "$LOG") 2>&1
 say() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
-colo() { "$PY" -c 'import sys; sys.argv[0] = "colo"; from colo.cli.main import main; main()' "$@"; }
+colo() { "$PY" -c 'import sys; sys.argv[0] = "colo"; from colo.cli.entry import main; main()' "$@"; }
 
 cleanup() {
   trap - EXIT TERM INT
@@ -102,7 +102,7 @@ sd, config = sys.argv[1], sys.argv[2]
 from colo.spec import load_config
 from colo.supervise.tune import limits_file
 want = limits_file.applicable(load_config(config), limits_file.load(sd + "/tuned_limits.json"))
-cmd = [sys.executable, "-c", "import sys; sys.argv[0]='colo'; from colo.cli.main import main; main()",
+cmd = [sys.executable, "-c", "import sys; sys.argv[0]='colo'; from colo.cli.entry import main; main()",
        "status", "--json", "--state-dir", sd]
 deadline = time.monotonic() + 300
 while time.monotonic() < deadline:

@@ -49,7 +49,7 @@ from testkit import offline_child_env, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZED = ROOT / "examples" / "newsroom" / "colo.sized.yaml"
-COLO = (sys.executable, "-c", "import sys; from colo.cli.main import main; sys.argv[0] = 'colo'; main()")
+COLO = (sys.executable, "-c", "import sys; from colo.cli.entry import main; sys.argv[0] = 'colo'; main()")
 PORT_OFFSET = 200
 UP_TIMEOUT_SECS = 240.0
 CHECK_INTERVAL_SECS = 0.2

@@ -49,7 +49,7 @@ def _no_leftovers() -> None:
 
 def test_cli_bench_encoder_timeslice_mps_and_bound(backend: Any, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "from colo.cli.main import main; main()", "bench", "encoder", "--model", BERT_TINY]
+    cmd = [sys.executable, "-c", "from colo.cli.entry import main; main()", "bench", "encoder", "--model", BERT_TINY]
     cmd += ["--mode", "timeslice,mps", "--concurrency", "2", "--duration", "3"]  # 8 × 128, fp16, graphs: the defaults
     cmd += ["--out", str(out), "--json", "--thread-pct", "50,100"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=280, check=False)

@@ -141,7 +141,7 @@ def colo_cli(state_dir: Path, *args: str) -> dict[str, Any]:
     """``colo <args> --json`` in a child python (colo is not installed on the GPU machine: PYTHONPATH)."""
     env = dict(os.environ, COLO_STATE_DIR=str(state_dir))
     done = subprocess.run(
-        [sys.executable, "-c", "from colo.cli.main import main; main()", *args, "--json"],
+        [sys.executable, "-c", "from colo.cli.entry import main; main()", *args, "--json"],
         env=env,
         capture_output=True,
         text=True,

@@ -146,7 +146,7 @@ def test_colo_node_no_agents_serves_a_rendered_client(state_dir: Path) -> None:
     cfg_path = state_dir / "colo.yaml"
     cfg_path.write_text(CONFIG)
     sd = state_dir / "s"
-    argv = [sys.executable, "-c", "from colo.cli.main import main; main()", "node", str(cfg_path)]
+    argv = [sys.executable, "-c", "from colo.cli.entry import main; main()", "node", str(cfg_path)]
     argv += ["--node", "local", "--no-agents", "--no-api", "--state-dir", str(sd)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUDA_MPS_")}
     log = (state_dir / "node.log").open("w")

@@ -33,7 +33,7 @@ from testkit import free_port, offline_child_env, wait_for
 
 pytestmark = pytest.mark.gpu
 
-COLO = [sys.executable, "-c", "import sys; from colo.cli.main import main; sys.argv[0] = 'colo'; main()"]
+COLO = [sys.executable, "-c", "import sys; from colo.cli.entry import main; sys.argv[0] = 'colo'; main()"]
 # roberta-base loads and warms up in ~1.25 GiB (NVML, H200; at 1280 MiB its device probe already ran out of
 # memory), and 32 × 512 needs more than 2 GiB.
 TUNED_LIMIT_MIB = 1792

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 #: How colo is started: the interpreter running this bench, the tree on its PYTHONPATH.
-COLO_COMMAND: tuple[str, ...] = (sys.executable, "-c", "from colo.cli.main import main; main()")
+COLO_COMMAND: tuple[str, ...] = (sys.executable, "-c", "from colo.cli.entry import main; main()")
 MEMORY_INTERVAL_SECS = 0.05
 #: How ``colo up`` runs the config in each mode: ``mps`` on every GPU with an agent, ``auto`` as
 #: ``policy.mps: auto`` decides (a GPU's lone agent time-sliced), ``timeslice`` without MPS.

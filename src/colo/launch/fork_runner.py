@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 from colo.errors import SupervisorError
 from colo.gpu import procs
-from colo.launch.forkserver import EXEC_TIME_PREFIXES, MODULE, ZYGOTE_ENV_DEFAULTS
-from colo.launch.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner, Runner, base_env
+from colo.launch import prestart
+from colo.launch.forkserver import EXEC_TIME_PREFIXES
+from colo.launch.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner, Runner
 from colo.modelserver.command import MODULE as BUILTIN_AGENT_MODULE
 from colo.modelserver.startup import launch_env
 
@@ -131,6 +132,16 @@ class _Zygote:
             raise _Refused(str(reply["error"]))
         return int(reply["pid"])
 
+    def tell_log(self, path: Path) -> None:
+        """Have the zygote log to ``path`` from now on (it answers nothing). Raises _ZygoteGone."""
+        with self.cond:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(json.dumps({"log_to": str(path.absolute())}).encode() + b"\n")
+                self.proc.stdin.flush()
+            except (OSError, ValueError) as exc:
+                raise _ZygoteGone(f"the launcher's pipe is closed: {exc}") from exc
+
     def close(self, wait_secs: float = 5.0) -> None:
         with contextlib.suppress(OSError, ValueError):
             if self.proc.stdin is not None:
@@ -189,9 +200,7 @@ class ForkRunner:
         if not self._forkable(spec):
             return self.fallback.spawn(spec, log_path)
         requested = time.monotonic()  # the agent's start phases count from here, whichever way it starts
-        env = base_env()
-        for key, value in ZYGOTE_ENV_DEFAULTS.items():
-            env.setdefault(key, value)  # as in the zygote's own environment
+        env = prestart.launcher_env()  # as in the zygote's own environment
         env.update(launch_env("fork", requested))
         env.update(spec.env_dict())
         zygote, reason = self._usable_zygote(log_path.parent)
@@ -254,12 +263,13 @@ class ForkRunner:
     def start(self, log_dir: Path, *, models_of: Path | None = None) -> None:
         """Start the zygote now (its imports run in the background), logging to ``log_dir/forkserver.log``;
         ``models_of``: a colo.yaml whose model classes it imports too before it is ready (and again whenever it
-        is restarted), so the agents it forks first do not each import their own."""
+        is restarted), so the agents it forks first do not each import their own. A launcher that the console
+        script started for exactly this (:mod:`colo.launch.prestart`) is taken over instead of starting one."""
         with self._lock:
             if models_of is not None:
                 self._models_of = models_of
             if self._zygote is None or self._zygote.gone.is_set():
-                self._zygote = self._start_zygote(log_dir)
+                self._zygote = self._adopt_prestarted(log_dir) or self._start_zygote(log_dir)
 
     def wait_ready(self, timeout_secs: float) -> bool:
         """Wait until the zygote (started by :meth:`start` or a spawn) has done its imports; False if it
@@ -320,28 +330,43 @@ class ForkRunner:
     def _start_zygote(self, log_dir: Path) -> _Zygote | None:
         first = self._log_dir is None
         self._log_dir = log_dir
-        env = base_env()
-        for key, value in ZYGOTE_ENV_DEFAULTS.items():
-            env.setdefault(key, value)
-        argv = [self._python, "-m", MODULE] + ([] if self._preload else ["--no-preload"])
-        if self._preload and self._models_of is not None:
-            argv += ["--models-of", str(self._models_of)]
+        env = prestart.launcher_env()
+        argv = prestart.launcher_argv(self._python, preload=self._preload, models_of=self._models_of)
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
             with open(log_dir / "forkserver.log", "ab") as out:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=out,
-                    env=env,
-                    start_new_session=True,  # a Ctrl-C to `colo up` is colo's to handle, not the launcher's
-                    close_fds=True,
-                )
+                proc = prestart.popen_launcher(argv, env, out.fileno())
         except OSError as exc:
             log.warning("cannot start the launcher (%s); agents are spawned plainly", exc)
             return None
-        z = _Zygote(proc, env, first)
+        return self._follow(_Zygote(proc, env, first))
+
+    def _adopt_prestarted(self, log_dir: Path) -> _Zygote | None:
+        """The launcher the console script started for this very command line and environment, told to log to
+        ``log_dir/forkserver.log`` from now on; None when there is none (or it is gone)."""
+        held = prestart.claim(
+            prestart.launcher_argv(self._python, preload=self._preload, models_of=self._models_of),
+            prestart.launcher_env(),
+        )
+        if held is None:
+            return None
+        first = self._log_dir is None
+        self._log_dir = log_dir
+        z = _Zygote(held.proc, held.env, first)
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            z.tell_log(log_dir / "forkserver.log")
+        except (OSError, _ZygoteGone) as exc:
+            log.warning("the early launcher cannot be taken over (%s); starting another", exc)
+            z.close()
+            with contextlib.suppress(OSError):
+                held.early_log.unlink()
+            return None
+        log.info("took over the launcher started with the command (pid %d)", held.proc.pid)
+        return self._follow(z)
+
+    @staticmethod
+    def _follow(z: _Zygote) -> _Zygote:
         threading.Thread(target=z.read_forever, name="colo-forkserver-reader", daemon=True).start()
         return z
 

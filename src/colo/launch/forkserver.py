@@ -34,13 +34,15 @@ Control protocol (JSON lines on the zygote's stdin and stdout, both pipes to the
 ``{"id", "argv", "env", "cwd", "log"}`` asks for a child; the zygote answers ``{"id", "pid"}`` or
 ``{"id", "error"}``, says ``{"ready": true, "import_secs": {...}, "blocker": null, "driver": "...", "libcuda_mapped_by":
 "torch"}`` once after its imports,
-and ``{"exit": pid, "code": c, "signal": s}`` whenever it reaps a child.
+and ``{"exit": pid, "code": c, "signal": s}`` whenever it reaps a child. ``{"log_to": PATH}`` (no answer) moves
+its log there (a zygote started with ``--early-log FILE`` before the state dir was known: :func:`move_log`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -78,6 +80,9 @@ PREBUILD_QUIET_SECS = 2.0
 #: Variables read when a process starts (interpreter, dynamic loader, thread pools): a child whose value differs
 #: from the zygote's cannot be forked from it and is spawned plainly.
 EXEC_TIME_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "TORCH_", "PYTORCH_")
+#: The launcher's option naming the temporary file its stderr goes to until the runner sends ``{"log_to": PATH}``
+#: (a launcher started before ``colo up`` knew its state dir: :mod:`colo.launch.prestart`).
+EARLY_LOG_OPTION = "--early-log"
 #: ``python -m MODULE`` entry points the zygote calls directly (their ``__main__`` block is ``sys.exit(main())``);
 #: other modules run through ``runpy``.
 ENTRY_POINTS = {BUILTIN_AGENT_MODULE: "main"}
@@ -445,10 +450,29 @@ def _reap(ctl_out: int) -> None:
             _send(ctl_out, {"exit": pid, "code": os.waitstatus_to_exitcode(status), "signal": None})
 
 
-def serve(*, preload: bool = True, models_of: str | None = None) -> int:
+def move_log(path: str, early_log: str | None) -> None:
+    """From now on this process's stdout and stderr (and its future children's) append to ``path``; what was
+    written to ``early_log`` (its stderr so far, when given) is copied there first and the file removed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        sys.stderr.flush()
+        if early_log is not None:
+            with contextlib.suppress(OSError), open(early_log, "rb") as old:
+                while chunk := old.read(1 << 16):
+                    os.write(fd, chunk)
+            with contextlib.suppress(OSError):
+                os.unlink(early_log)
+        os.dup2(fd, 2)
+        os.dup2(fd, 1)
+    finally:
+        os.close(fd)
+
+
+def serve(*, preload: bool = True, models_of: str | None = None, early_log: str | None = None) -> int:
     """The zygote's loop: import (and the model classes of the config at ``models_of``), say ready, then fork
     children on request and report their exits until the runner closes the control pipe (then exit; the
-    children keep running)."""
+    children keep running). ``early_log``: the temporary file stderr goes to until a ``{"log_to": PATH}``
+    message (:func:`move_log`)."""
     # The control pipe moves off fds 0/1: nothing printed by a library can corrupt it, and children get their
     # own stdio.
     ctl_in, ctl_out = os.dup(0), os.dup(1)
@@ -465,6 +489,9 @@ def serve(*, preload: bool = True, models_of: str | None = None) -> int:
         if models_of is not None:
             spent["models"] = import_models_of(models_of)
             watch("models")
+        # What the imports made moves to the collector's permanent generation: a forked agent's collections
+        # then never walk (or write to) those ~1M objects, so their pages stay shared with the launcher.
+        gc.freeze()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -510,6 +537,10 @@ def serve(*, preload: bool = True, models_of: str | None = None) -> int:
                 rid = None
                 try:
                     req = json.loads(line)
+                    if "log_to" in req:  # where to log from now on (no reply)
+                        move_log(str(req["log_to"]), early_log)
+                        early_log = None
+                        continue
                     rid = req["id"]
                     asked_at = time.monotonic()
                     if preload:
@@ -527,8 +558,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--models-of", metavar="CONFIG", default=None, help="Also import the model classes of this colo.yaml first."
     )
+    parser.add_argument(
+        EARLY_LOG_OPTION, metavar="FILE", default=None, help="stderr's file until the runner names the log file."
+    )
     args = parser.parse_args(argv)
-    return serve(preload=not args.no_preload, models_of=args.models_of)
+    return serve(preload=not args.no_preload, models_of=args.models_of, early_log=args.early_log)
 
 
 if __name__ == "__main__":

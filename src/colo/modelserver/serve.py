@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import logging
 import os
@@ -61,6 +62,7 @@ __all__ = [
     "EXIT_OOM",
     "UNUSED_OPTIONAL_PACKAGES",
     "cap_allocator",
+    "collector_paused",
     "import_modules",
     "main",
     "parse_args",
@@ -190,6 +192,21 @@ def unused_packages_hidden() -> Iterator[list[str]]:
                 del sys.modules[name]
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Within: Python's cyclic garbage collector off (as it was after). The heavy imports allocate about a
+    million objects and free almost none, so every collection their allocations trigger walks a growing heap
+    for nothing: 0.3-0.8 s of the 4-5.5 s that ``import_modules`` took on a 2-core CPU machine (4 runs each,
+    2026-12-06)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def import_modules(
     specs: Sequence[tuple[str, ModelSpec]] = (), *, after_step: Callable[[str], None] | None = None
 ) -> dict[str, float]:
@@ -197,9 +214,9 @@ def import_modules(
     ``specs`` — without initialising CUDA. Returns seconds per step (``torch``, ``transformers``, ``http``,
     ``models``); ``after_step(name)`` is called after each (the launcher looks at the CUDA driver there).
     Safe to call in a parent that forks agents afterwards; a model whose class cannot be found here is left
-    for the load to report.
+    for the load to report. The garbage collector is paused meanwhile (:func:`collector_paused`).
     """
-    with unused_packages_hidden():
+    with unused_packages_hidden(), collector_paused():
         return _import_all(specs, after_step)
 
 

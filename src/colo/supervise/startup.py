@@ -16,6 +16,7 @@ from colo.gpu.mps.control import MpsControl
 from colo.gpu.mps.root import MpsRoot
 from colo.gpu.nvml import GpuBackend
 from colo.gpu.poller import GpuPoller
+from colo.launch import prestart
 from colo.launch.fork_runner import ForkRunner, make_runner
 from colo.launch.health import Probe
 from colo.launch.runner import Runner
@@ -49,12 +50,12 @@ def early_runner(config: ColoConfig, config_path: Path, logs_dir: Path) -> Runne
     """For ``colo up`` before it plans: the runner of ``policy.launcher`` with its launcher importing already
     (the model classes of ``config_path`` too), when ``config`` is of one node (whatever is planned, this
     machine runs every agent) and one of its agents runs the built-in agent; else None (the orchestrator makes
-    its own runner). The caller closes it when it does not hand it to an orchestrator."""
+    its own runner). The caller closes it when it does not hand it to an orchestrator. The launcher the console
+    script started for this command (:mod:`colo.launch.prestart`) becomes this runner's, or is ended here."""
     one_node = config.gpus == "auto" or len({row.node for row in config.gpus}) == 1
-    if not one_node or not forks_an_agent(config, list(config.agents)):
-        return None
     runner = make_runner(config.policy.launcher)
-    if not isinstance(runner, ForkRunner):
+    if not one_node or not forks_an_agent(config, list(config.agents)) or not isinstance(runner, ForkRunner):
+        prestart.discard()
         return None
     runner.start(logs_dir, models_of=config_path)
     return runner

@@ -62,7 +62,7 @@ def test_config_error_is_2_findings_1(tmp_path: Path) -> None:
 def test_piped_output_does_not_wrap(tmp_path: Path) -> None:
     long_name = "x" * 300 + ".yaml"
     result = subprocess.run(
-        [sys.executable, "-c", "from colo.cli.main import main; main()", "validate", str(tmp_path / long_name)],
+        [sys.executable, "-c", "from colo.cli.entry import main; main()", "validate", str(tmp_path / long_name)],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2

@@ -195,6 +195,33 @@ def test_unused_optional_packages_are_hidden_from_transformers(tmp_path: Path) -
     assert r.returncode == 0 and (tmp_path / "imported-sklearn").exists(), r.stderr[-2000:]
 
 
+def test_the_collector_is_paused_while_importing_and_restored_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``import_modules`` runs with the garbage collector off and leaves it as it found it: on after (also when
+    an import step fails), and still off when it was off before."""
+    import gc
+
+    seen: list[bool] = []
+    monkeypatch.setattr(serve, "_import_all", lambda specs, after_step: seen.append(gc.isenabled()) or {})
+    assert gc.isenabled()
+    serve.import_modules()
+    assert seen == [False] and gc.isenabled()
+
+    def failing(specs: Any, after_step: Any) -> dict[str, float]:
+        raise RuntimeError("an import failed")
+
+    monkeypatch.setattr(serve, "_import_all", failing)
+    with pytest.raises(RuntimeError):
+        serve.import_modules()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with serve.collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_a_lost_context_exits_with_its_own_code(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 

@@ -24,7 +24,7 @@ from colo.cli.main import app
 from testkit import child_env, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
-COLO = [sys.executable, "-c", "import sys; from colo.cli.main import main; sys.argv[0] = 'colo'; main()"]
+COLO = [sys.executable, "-c", "import sys; from colo.cli.entry import main; sys.argv[0] = 'colo'; main()"]
 AGENT = (
     "import http.server, sys\n"
     "class H(http.server.BaseHTTPRequestHandler):\n"
