@@ -22,6 +22,15 @@ the real CLI (``newsroom.Newsroom``), always taken down (``colo down``; nothing 
 
     GPU-RESULT drill=two_gpus_<name> name=<name> outcome=pass|fail seconds=S detect_s=D recover_s=R detail=...
 
+- issue 23, item 4 (checked on CPU by ``tests/unit/bench/test_bench_agents_gpus.py``,
+  ``tests/unit/cli/test_cli_tune_two_gpus.py`` and ``tests/unit/supervise/test_supervise_apply_move.py``):
+  ``colo bench agents --attach-config --json`` gives each GPU's aggregate (nine agents each, > 0 seq/s) and
+  their sum, with 0 errors; ``colo tune --json`` lists each agent under the GPU colo runs it on and per GPU its
+  nine agents' allocation (trusted proposals printed, not asserted: they need a minute of history); ``colo
+  apply`` pinning ``analyst_b`` to GPU 0, then back to GPU 1, relaunches only it (as an MPS client of the new
+  GPU: colo's API and NVML) while the other 17 keep their pids and fail 0 requests under a checker, and the
+  file without the pin restarts nothing (the running placement is kept). Result lines
+  ``drill=two_gpus_bench|two_gpus_tune|two_gpus_apply``;
 - ``colo down``: exits 0; no MPS process, process or unreaped zombie of the state dir is left
   (``Newsroom.left_after_down``).
 
@@ -58,6 +67,10 @@ DETECT_WAIT_SECS = 10.0
 RECOVER_WAIT_SECS = 25.0
 TARGET_ANSWERING_SECS = 3.0  # the single-GPU target: all of the faulted GPU's agents answering again
 _FIGURES = re.compile(r"detect_s=(?P<d>[\d.]+) recover_s=(?P<r>[\d.]+)")
+BENCH_TIMEOUT_SECS = 300
+MOVE_WAIT_SECS = 120.0  # the moved agent RUNNING, answering, on its new GPU (it loads its models again)
+#: The agent ``colo apply`` moves from GPU 1 to GPU 0 and back (the first of GPU 1's when it is not there).
+MOVER = "analyst_b"
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +242,132 @@ def test_two_gpus_drill_on_gpu_0_leaves_the_other_gpu_serving(
         room.leftovers(f"two_gpus_{name}")
         with contextlib.suppress(AssertionError):
             room.restore()
+
+
+def test_two_gpus_bench_agents_reports_each_gpu_and_the_sum(room: Newsroom, gpus: list[GpuSnapshot]) -> None:
+    """``colo bench agents --attach-config`` on the running two newsrooms: each GPU's aggregate and the sum
+    (``settings.by_gpu`` of ``--json``; the terminal's "per GPU" table is the same data)."""
+    room.restore()
+    t0 = time.monotonic()
+    out = room.colo(
+        "bench", "agents", str(room.config), "--attach-config", "--mode", "mps", "-n", "1", "--duration", "5",
+        "--warmup", "1", "--out", str(room.state_dir / "bench"), "--json", timeout=BENCH_TIMEOUT_SECS,
+    )
+    ok, detail = out.returncode == 0, out.stderr[-300:]
+    by_gpu: list[dict[str, Any]] = []
+    if ok:
+        (run,) = json.loads(out.stdout)["runs"]
+        by_gpu = run["settings"].get("by_gpu") or []
+    entry = by_gpu[0] if by_gpu else {"gpus": [], "all": {}}
+    per = {g["gpu"]: g for g in entry["gpus"]}
+    total = entry["all"].get("seq_per_sec", 0.0)
+    summed = sum(g["seq_per_sec"] for g in per.values())
+    ok = ok and len(per) == 2 and all(len(g["agents"]) == 9 and g["seq_per_sec"] > 0 for g in per.values())
+    ok = ok and abs(total - summed) <= 1e-6 * max(total, 1.0) and entry["all"].get("hard_errors") == 0
+    if out.returncode == 0:
+        detail = " ".join(f"{k}={g['seq_per_sec']:.1f}seq/s({len(g['agents'])})" for k, g in sorted(per.items()))
+        detail += f" all={total:.1f}seq/s errors={entry['all'].get('hard_errors')} ({len(gpus)} GPUs)"
+    drill_result("two_gpus_bench", "bench_per_gpu_and_sum", ok, time.monotonic() - t0, detail)
+    assert out.returncode == 0, out.stderr
+    assert sorted(per) == ["local:0", "local:1"], entry
+    assert all(len(g["agents"]) == 9 and g["seq_per_sec"] > 0 for g in per.values()), per
+    assert total == pytest.approx(summed) and entry["all"]["hard_errors"] == 0, entry
+
+
+def test_two_gpus_tune_proposes_per_gpu(room: Newsroom, gpus: list[GpuSnapshot]) -> None:
+    """``colo tune --json`` on the running two newsrooms: each agent under the GPU colo runs it on, and per GPU
+    its nine agents' allocation now (and as proposed). Whether each proposal is trusted depends on how much
+    history the module has made by then (at least 6 windows over a minute): printed, not asserted."""
+    t0 = time.monotonic()
+    out = room.colo("tune", str(room.config), "--json", timeout=120)
+    placed = {name: str(a.get("gpu") or "") for name, a in room.agents().items()}  # "local:0"
+    label = {key: "gpu" + key.rsplit(":", 1)[-1] for key in set(placed.values())}
+    report: dict[str, Any] = json.loads(out.stdout) if out.returncode == 0 else {"agents": [], "gpus": []}
+    by = {a["agent"]: a for a in report["agents"]}
+    per = {g["gpu"]: g for g in report["gpus"]}
+    wrong = sorted(n for n, key in placed.items() if by.get(n, {}).get("gpu") != label[key])
+    sums = {
+        g: (per[g]["before_bytes"], sum(by[n]["current_bytes"] for n in per[g]["agents"] if n in by)) for g in per
+    }
+    ok = out.returncode == 0 and sorted(per) == ["gpu0", "gpu1"] and not wrong
+    ok = ok and all(len(g["agents"]) == 9 for g in per.values()) and all(a == b for a, b in sums.values())
+    trusted = sum(1 for a in by.values() if a["trusted"])
+    detail = (
+        f"gpus={sorted(per)} agents per GPU {[len(g['agents']) for g in per.values()]} misplaced={wrong or 'none'}"
+        f" trusted={trusted}/18 " + " ".join(f"{g}: {per[g]['text']}" for g in sorted(per))
+    )
+    drill_result("two_gpus_tune", "tune_per_gpu", ok, time.monotonic() - t0, detail if out.returncode == 0 else out.stderr)
+    assert out.returncode == 0, out.stderr
+    assert sorted(per) == ["gpu0", "gpu1"] and not wrong, (per, wrong)
+    assert all(len(g["agents"]) == 9 for g in per.values()), per
+    assert all(a == b for a, b in sums.values()), sums
+
+
+def _apply_move(room: Newsroom, tmp_path: Path, mover: str, pin: int | None, target_uuid: str) -> tuple[bool, str]:
+    """``colo apply`` of the newsrooms' config with ``mover`` pinned to GPU ``pin`` (None: their own file),
+    every other agent under a checker the whole time. True when only ``mover`` restarted and is RUNNING, answering and an
+    MPS client of ``target_uuid``, and every other agent kept its pid and failed no request."""
+    path = room.config  # no pin: the newsrooms' own file (what a SIGHUP reads again afterwards)
+    if pin is not None:
+        doc = json.loads(json.dumps(room.doc))
+        doc["agents"][mover]["gpu"] = pin
+        path = tmp_path / f"move-{mover}-{pin}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    before = room.pids()
+    rest = [n for n in room.ports if n != mover]
+    with room.checker(rest) as c:
+        c.wait_rounds(3)
+        out = room.colo("apply", str(path), "--json", timeout=120)
+        result: dict[str, Any] = json.loads(out.stdout) if out.returncode == 0 else {}
+
+        def moved() -> bool:
+            a = room.agents().get(mover, {})
+            return a.get("state") == "RUNNING" and a.get("gpu_uuid") == target_uuid and room.infer_ok(mover, 5.0)
+
+        there = bool(wait_for(moved, timeout=MOVE_WAIT_SECS, step=0.5)) if out.returncode == 0 else False
+        c.wait_rounds(3)
+    after = room.pids()
+    kept = {n: (before.get(n), after.get(n)) for n in rest if before.get(n) != after.get(n)}
+    outside = wait_clients_of_their_gpu(room) if there else ["not moved"]
+    expect_restart = [mover] if pin is not None else []
+    ok = (
+        out.returncode == 0 and result.get("restarted") == expect_restart and there and not kept
+        and sum(c.failed_requests.values()) == 0 and c.running_while_failing == 0 and not outside
+    )
+    detail = (
+        f"{mover} pin={pin}: restarted={result.get('restarted')} on_target={there} pid {before.get(mover)}->"
+        f"{after.get(mover)}; others: pids changed={kept or 'none'} {c.summary()}; outside={outside or 'none'}"
+        f" {out.stderr[-200:] if out.returncode else ''}"
+    )
+    return ok, detail
+
+
+def test_two_gpus_apply_moves_one_agent_and_the_rest_keep_serving(
+    room: Newsroom, gpus: list[GpuSnapshot], tmp_path: Path
+) -> None:
+    """``colo apply`` pinning one agent of GPU 1 to GPU 0 relaunches only it (stopped on GPU 1, started as an
+    MPS client of GPU 0's daemon); the other 17 keep their pids and answer throughout (a checker on them, one
+    small ``/infer`` each every ~0.2 s). Then back (pinned to GPU 1), then the config without the pin: the
+    running placement is kept, nothing restarts."""
+    room.restore()
+    u0 = gpus[0].uuid
+    placed = by_gpu(room)
+    others = [n for uuid, names in placed.items() if uuid != u0 for n in names]
+    assert others, f"the plan must use a GPU besides GPU 0: {placed}"
+    mover = MOVER if MOVER in others else others[0]
+    home = next(g for g in gpus if g.uuid == room.agents()[mover]["gpu_uuid"])
+    t0 = time.monotonic()
+    ok0, there = _apply_move(room, tmp_path, mover, gpus[0].index, u0)
+    drill_result("two_gpus_apply", "move_to_gpu0", ok0, time.monotonic() - t0, there)
+    t1 = time.monotonic()
+    ok1, back = _apply_move(room, tmp_path, mover, home.index, home.uuid)
+    drill_result("two_gpus_apply", "move_back", ok1, time.monotonic() - t1, back)
+    t2 = time.monotonic()
+    ok2, unpinned = _apply_move(room, tmp_path, mover, None, home.uuid)
+    drill_result("two_gpus_apply", "unpinned_keeps_placement", ok2, time.monotonic() - t2, unpinned)
+    assert ok0, there
+    assert ok1, back
+    assert ok2, unpinned
 
 
 def test_two_gpus_down_leaves_nothing(room: Newsroom) -> None:

@@ -1,17 +1,20 @@
-"""The tables of ``colo bench agents`` (Markdown and the terminal's rows): per point, per agent, lone requests.
+"""The tables of ``colo bench agents`` (Markdown and the terminal's rows): per point, per GPU, per agent, lone
+requests.
 
 Read from a :class:`BenchResult` of workload ``agents`` (:mod:`colo.bench.agents_run`): an instance per agent
-whose ``info`` carries its errors by status, 503-with-Retry-After apart, and its NVML peak and limit; the
-point's ``load`` the load generator's CPU.
+whose ``info`` carries its errors by status, 503-with-Retry-After apart, its NVML peak and limit, and the GPU
+colo runs it on (``gpu``, a ``GpuSlot.key``; None when not known); the point's ``load`` the load generator's CPU.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from colo.bench import format as fmt
+from colo.bench import stats
 from colo.bench.modes import Mode, label
 from colo.bench.results import BenchResult, InstanceResult, PointResult
 
@@ -64,6 +67,110 @@ def cpu_cell(point: PointResult) -> str:
     if procs > 1 and busiest is not None:
         text += f" ({procs} processes, busiest {busiest:.2f})"
     return text
+
+
+#: The ``gpu`` of the sum over every GPU in :func:`gpu_totals` (a GPU key has a colon: ``local:0``).
+ALL_GPUS = "all"
+
+
+@dataclass(frozen=True)
+class GpuTotal:
+    """One GPU's agents over one point (or, ``gpu`` = :data:`ALL_GPUS`, every agent): their summed rates
+    (they ran together over the same window), latency over all their requests, errors."""
+
+    gpu: str
+    agents: tuple[str, ...]
+    seq_per_sec: float
+    requests_per_sec: float
+    p50_secs: float | None
+    p99_secs: float | None
+    hard_errors: int
+    retry_after_503: int
+
+    @staticmethod
+    def of(gpu: str, instances: Sequence[InstanceResult]) -> GpuTotal:
+        pooled = [x for i in instances for x in i.latencies_secs]
+        lat = stats.summarize_latencies(pooled)
+        return GpuTotal(
+            gpu,
+            tuple(i.label for i in instances),
+            sum(i.per_sec for i in instances),
+            sum(requests(i) / i.elapsed_secs for i in instances if i.elapsed_secs > 0),
+            stats.finite(lat.p50_secs),
+            stats.finite(lat.p99_secs),
+            sum(int(i.info.get("hard_errors", 0)) for i in instances),
+            sum(int(i.info.get("retry_after_503", 0)) for i in instances),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gpu": self.gpu,
+            "agents": list(self.agents),
+            "seq_per_sec": self.seq_per_sec,
+            "requests_per_sec": self.requests_per_sec,
+            "p50_secs": self.p50_secs,
+            "p99_secs": self.p99_secs,
+            "hard_errors": self.hard_errors,
+            "retry_after_503": self.retry_after_503,
+        }
+
+
+def gpu_totals(point: PointResult) -> tuple[GpuTotal, ...]:
+    """Each GPU's aggregate (by GPU key), then the sum over all of them (:data:`ALL_GPUS`, the point's
+    aggregate); empty when no agent's GPU is known (``--attach`` URLs without a state dir)."""
+    by_gpu: dict[str, list[InstanceResult]] = {}
+    for i in point.instances:
+        gpu = i.info.get("gpu")
+        by_gpu.setdefault(str(gpu) if gpu else "unknown", []).append(i)
+    if set(by_gpu) <= {"unknown"}:
+        return ()
+    return (*(GpuTotal.of(g, by_gpu[g]) for g in sorted(by_gpu)), GpuTotal.of(ALL_GPUS, point.instances))
+
+
+def gpu_totals_of(points: Iterable[PointResult]) -> list[dict[str, Any]]:
+    """``settings["by_gpu"]`` of a run (what ``--json`` carries): per point its mode, clients per agent, each
+    GPU's total and the sum (``all``); points whose agents' GPUs are unknown are left out."""
+    out = []
+    for p in points:
+        totals = gpu_totals(p)
+        if totals:
+            out.append(
+                {
+                    "mode": str(p.mode),
+                    "clients": p.concurrency,
+                    "gpus": [t.to_dict() for t in totals[:-1]],
+                    "all": totals[-1].to_dict(),
+                }
+            )
+    return out
+
+
+GPU_HEADER = ("mode", "clients/agent", "GPU", "agents", "aggregate seq/s", "requests/s", "p50 ms", "p99 ms", "errors")
+
+
+def gpu_rows(result: BenchResult) -> list[list[str]]:
+    """A row per GPU per point, then the point's sum (``all GPUs``); none unless two or more GPUs were seen
+    (on one GPU the point table says it all). From ``settings["by_gpu"]`` (kept in the JSON report)."""
+    data: Sequence[Mapping[str, Any]] = result.settings.get("by_gpu") or gpu_totals_of(result.points)
+    if len({g["gpu"] for d in data for g in d["gpus"]}) < 2:
+        return []
+    rows = []
+    for d in data:
+        for gpu, t in [*((str(g["gpu"]), g) for g in d["gpus"]), ("**all GPUs**", d["all"])]:
+            rows.append(
+                [
+                    label(d["mode"]),
+                    str(d["clients"]),
+                    gpu,
+                    str(len(t["agents"])),
+                    fmt.num(t["seq_per_sec"]),
+                    fmt.num(t["requests_per_sec"]),
+                    fmt.ms(t["p50_secs"]),
+                    fmt.ms(t["p99_secs"]),
+                    str(t["hard_errors"]),
+                ]
+            )
+    return rows
 
 
 def point_rows(result: BenchResult) -> list[list[str]]:
@@ -172,6 +279,7 @@ def terminal_tables(result: BenchResult) -> list[tuple[str, list[str], list[list
     lone_header, lone = lone_rows(result)
     tables = [
         (result.title, list(POINT_HEADER), point_rows(result)),
+        ("per GPU (each GPU's agents together, then the sum)", list(GPU_HEADER), gpu_rows(result)),
         ("per agent", list(AGENT_HEADER), agent_rows(result)),
         ("a lone request", lone_header, lone),
         ("mps: auto against time-slicing", list(AUTO_HEADER), auto_rows(result)),
@@ -191,7 +299,12 @@ def point_line(point: PointResult) -> str:
 def markdown(result: BenchResult) -> list[str]:
     """The agents' tables as Markdown lines."""
     lines = ["Through the agents' HTTP APIs (errors exclude 503 with Retry-After, counted apart):", ""]
-    lines += [*fmt.markdown_table(POINT_HEADER, point_rows(result)), "", "Per agent:", ""]
+    lines += fmt.markdown_table(POINT_HEADER, point_rows(result))
+    by_gpu = gpu_rows(result)
+    if by_gpu:
+        lines += ["", "Per GPU (each GPU's agents together, then the sum over the GPUs):", ""]
+        lines += fmt.markdown_table(GPU_HEADER, by_gpu)
+    lines += ["", "Per agent:", ""]
     lines += fmt.markdown_table(AGENT_HEADER, agent_rows(result))
     header, rows = lone_rows(result)
     if rows:

@@ -8,9 +8,10 @@ in a fresh state directory, waits until every agent is RUNNING, loads them
 already running (any build: the URLs, or a config's ports) and starts nothing.
 
 Each agent's memory is sampled through :mod:`colo.gpu.sampler` (NVML, by pid) over the whole load, warm-up
-included, and compared with its limit from the state dir's store. Results are :class:`BenchResult`s: a point
-per (mode, clients per agent), an instance per agent; ``settings["lone"]`` holds each agent's lone-request
-latency per mode.
+included, and compared with its limit from the state dir's store, which also says which GPU runs it (each
+instance's ``info["gpu"]``). Results are :class:`BenchResult`s: a point per (mode, clients per agent), an
+instance per agent; ``settings["lone"]`` holds each agent's lone-request latency per mode, ``settings["by_gpu"]``
+each point's aggregate per GPU and their sum (:func:`colo.bench.agents_report.gpu_totals_of`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from colo.bench.agents_report import gpu_totals_of
 from colo.bench.harness import BenchError
 from colo.bench.loads.agents import AgentLoad, AgentTarget, RequestShape, drive, drive_spread, wait_healthy
 from colo.bench.modes import DEFAULT_MODES, Mode, label
@@ -172,7 +174,7 @@ def load_processes(targets: int, cpus: int | None) -> int:
 
 
 def with_recorded(targets: Sequence[AgentTarget], state_dir: Path | None) -> tuple[AgentTarget, ...]:
-    """The targets with their pid and limit from the store of ``state_dir`` (unchanged when it cannot be
+    """The targets with their pid, limit and GPU from the store of ``state_dir`` (unchanged when it cannot be
     read: an older build's store, or none)."""
     if state_dir is None:
         return tuple(targets)
@@ -186,7 +188,9 @@ def with_recorded(targets: Sequence[AgentTarget], state_dir: Path | None) -> tup
         return tuple(targets)
     by_name = {a.name: a for a in rec.agents}
     return tuple(
-        replace(t, pid=by_name[t.name].pid, limit_bytes=by_name[t.name].limit_bytes or None) if t.name in by_name else t
+        replace(t, pid=by_name[t.name].pid, limit_bytes=by_name[t.name].limit_bytes or None, gpu=by_name[t.name].gpu)
+        if t.name in by_name
+        else t
         for t in targets
     )
 
@@ -321,12 +325,17 @@ def measure(
         "host_cpus": float(os.cpu_count() or 0),
         "memory_samples": float(len(samples.samples)) if samples else 0.0,
     }
+    gpu_of = {t.name: t.gpu for t in targets}
     return PointResult(
-        mode, clients, tuple(_instance(i, ld) for i, ld in enumerate(loads)), workload="agents", load=load
+        mode,
+        clients,
+        tuple(_instance(i, ld, gpu_of.get(ld.name)) for i, ld in enumerate(loads)),
+        workload="agents",
+        load=load,
     )
 
 
-def _instance(index: int, ld: AgentLoad) -> InstanceResult:
+def _instance(index: int, ld: AgentLoad, gpu: str | None = None) -> InstanceResult:
     from colo.bench import stats
 
     return InstanceResult(
@@ -349,6 +358,7 @@ def _instance(index: int, ld: AgentLoad) -> InstanceResult:
             "peak_memory_bytes": ld.peak_memory_bytes,
             "within_limit": ld.within_limit,
             "last_error": ld.last_error,
+            "gpu": gpu,  # GpuSlot.key from colo's store; None when not known (bare --attach URLs)
         },
     )
 
@@ -402,6 +412,7 @@ def run_agents_bench(
             "attached": bench.attached,
             "shapes": {t.name: [s.to_dict() for s in t.shapes] for t in bench.targets},
             "lone": dict(lone),
+            "by_gpu": gpu_totals_of(points),
         }
         return BenchResult(bench.title, "agents", tuple(points), machine=machine, settings=settings, created=created)
 

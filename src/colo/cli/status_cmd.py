@@ -150,14 +150,18 @@ def apply_command(
     env changed, one at a time. If it does not fit, or the plan predicts an agent runs out of memory (unless
     --force), nothing changes."""
     from colo.api.client import orchestrator_client
+    from colo.errors import ConfigError
     from colo.spec import load_config
+    from colo.spec.load import in_file
     from colo.supervise.statedir import config_yaml
 
     cfg = load_config(config)  # a bad file is reported here, with its line
     sd = state_dir_for(state_dir, config)
     with orchestrator_client(sd) as client:
-        # Sent whole, model paths made absolute: the orchestrator may run in another directory.
-        result = client.apply(config_yaml(cfg, config.resolve()), config.resolve(), force=force)
+        try:  # sent whole, model paths made absolute: the orchestrator may run in another directory
+            result = client.apply(config_yaml(cfg, config.resolve()), config.resolve(), force=force)
+        except ConfigError as exc:  # found by the plan (a pin no GPU matches): about this file, at its line
+            raise in_file(exc, config) from exc
     result.pop("applied", None)
     if as_json:
         print_json(result)

@@ -50,8 +50,8 @@ def tune_command(
     state_dir: Path | None = typer.Option(None, "--state-dir", help=STATE_DIR_HELP),
 ) -> None:
     """Propose per-agent limits from the usage history: max(observed peak, profiled worst case) + a margin
-    from the peaks' spread and the allocator's granularity, never below the worst case's need. Says when the
-    history is too short to trust. --apply rolls them out (only changed agents restart, one at a time); an
+    from the peaks' spread and the allocator's granularity, never below the worst case's need; per GPU (where
+    colo runs the agents), the allocation now and as proposed. Says when the history is too short to trust. --apply rolls them out (only changed agents restart, one at a time); an
     agent that runs out of memory under its new limit gets its old one back automatically."""
     from colo.spec import load_config
     from colo.supervise.statedir import resolve_state_dir, running_orchestrator
@@ -104,8 +104,8 @@ def _render(report: Any, out: dict[str, Any], since_secs: float | None) -> None:
         f"({units.format_size(abs(before - after))} {'freed' if before >= after else 'more'})",
         highlight=False,
     )
-    for g in report.gpus:
-        console.print(safe(g.text()), highlight=False)
+    for g in report.gpus:  # per GPU: its allocation now and as proposed, and what the memory freed buys
+        console.print(safe(f"{g.allocation_text()}; {g.text()}"), highlight=False)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {safe(note)}", highlight=False, soft_wrap=True)
     if "tuned" in out:

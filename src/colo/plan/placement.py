@@ -3,6 +3,11 @@
 Order: high priority first, then larger limits, then name. ``binpack`` takes the GPU with the least free room
 that still fits (best fit); ``spread`` the GPU with the most. Ties go to the GPU listed first. A GPU at the MPS
 client cap takes no more agents.
+
+A running colo plans again (``colo apply``, a reload, a rollback) with each agent's GPU now as its ``keep``: an
+agent stays on that GPU while it may (its pin allows it) and still fits there (room and the client cap, in
+placement order), whatever the strategy would choose afresh — so moving one agent (a pin) or resizing one
+never reshuffles the rest, and only the agents whose placement really changes restart.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
 
 @dataclass(frozen=True)
 class Request:
-    """An agent asking for ``limit_bytes`` on one of ``candidates`` (None: any GPU)."""
+    """An agent asking for ``limit_bytes`` on one of ``candidates`` (None: any GPU); ``keep``: the GPU it runs
+    on now (position), which it keeps while it may and fits there (None: place it afresh)."""
 
     name: str
     priority: str
     limit_bytes: int
     candidates: tuple[int, ...] | None
+    keep: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,9 +88,19 @@ def place(
             f"{units.format_size(max(free[best], 0))} on {labels[best]}"
         )
 
+    def kept(req: Request) -> int | None:
+        """``req.keep`` when the agent may stay there (its pin allows it) and still fits; else None."""
+        i = req.keep
+        if i is None or not 0 <= i < len(free) or (req.candidates is not None and i not in req.candidates):
+            return None
+        return i if clients[i] < max_clients and free[i] >= req.limit_bytes else None
+
     for req in placement_order(requests):
         need = req.limit_bytes
-        if req.candidates is not None:
+        stay = kept(req)
+        if stay is not None:
+            chosen = stay
+        elif req.candidates is not None:
             room = [i for i in req.candidates if clients[i] < max_clients]
             fitting = [i for i in room if free[i] >= need]
             if fitting:

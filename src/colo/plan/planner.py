@@ -30,6 +30,7 @@ def plan(
     memory: Mapping[str, ModelMemory] | MemoryInputs | None = None,
     *,
     mps_off: str | None = None,
+    keep: Mapping[str, str] | None = None,
 ) -> Plan:
     """Turn model memory into per-agent MPS limits and place the agents on ``gpus``.
 
@@ -39,7 +40,9 @@ def plan(
 
     Each GPU's MPS decision (``policy.mps``, a row's ``gpus[].mps``; see :mod:`colo.plan.mps`) is in
     ``Plan.gpus`` and each agent's ``enforcement``; ``mps_off`` (e.g. ``"--no-mps"``) turns MPS off
-    everywhere for this run and says why.
+    everywhere for this run and says why. ``keep`` maps agents to the GPU (``GpuSlot.key``) they run on now
+    (a running colo planning again): each stays there while its pin allows it and it fits
+    (:mod:`colo.plan.placement`); a key of no slot is ignored.
 
     Raises PlanError for a model without any memory figure, ConfigError for a pin that matches no GPU.
     """
@@ -54,6 +57,7 @@ def plan(
     sources: dict[str, str] = {}
     limit_sources: dict[str, LimitSource] = {}
     requests = []
+    position = {g.key: i for i, g in enumerate(gpus)}
     for name, agent in config.agents.items():
         whole = agent_req.get(name)
         models = agent_models(config, name, mem) if whole is None else _models_or_whole(config, name, mem, whole)
@@ -70,7 +74,8 @@ def plan(
             limit_sources[name] = LimitSource.TUNED
         rows[name] = (models, requirement, margin, limit)
         cand = pinned_candidates(name, agent, gpus)
-        requests.append(Request(name, agent.priority, limit, None if cand is None else tuple(cand)))
+        stay = position.get((keep or {}).get(name, ""))
+        requests.append(Request(name, agent.priority, limit, None if cand is None else tuple(cand), stay))
 
     capacity = [max(g.memory_total_bytes - pol.reserve_per_gpu_bytes, 0) for g in gpus]
     outcome = place(

@@ -231,6 +231,32 @@ def check_references(config: ColoConfig, loaded: Loaded | None = None) -> None:
             )
 
 
+def undotted(field: str) -> Path:
+    """``agents.critic.models[0]`` -> ``("agents", "critic", "models", 0)`` (the inverse of :func:`dotted`)."""
+    out: list[str | int] = []
+    for part in field.split("."):
+        name, *indices = part.split("[")
+        if name:
+            out.append(name)
+        out.extend(int(i.rstrip("]")) for i in indices if i.rstrip("]").isdigit())
+    return tuple(out)
+
+
+def in_file(err: ConfigError, path: str | FsPath) -> ConfigError:
+    """``err`` raised about a configuration that came from the file ``path`` by way of a plan or the API (which
+    saw no file: ``<request body>``, or no source at all) as an error about that file: its name and, when
+    ``err`` names a field, that field's line there. ``err`` itself when it already names a file."""
+    if err.source not in (None, "<request body>", "<config>"):
+        return err
+    line = None
+    if err.field:
+        try:
+            line = line_of(parse_document(read_text(path), str(path)).lines, undotted(err.field))
+        except ConfigError:
+            line = None
+    return ConfigError(err.detail, source=str(path), field=err.field, line=line, hint=err.hint)
+
+
 def load_config(path: str | FsPath) -> ColoConfig:
     """Read and validate a colo.yaml. Raises ConfigError (exit 2) with file, field and line."""
     return config_from_loaded(parse_document(read_text(path), str(path)))

@@ -196,12 +196,12 @@ class Orchestrator:
         return list(self._backend.gpus()) if self._backend is not None else None
 
     def make_plan(self, config: ColoConfig, *, force: bool = False) -> planning.NodePlan:
-        """Plan ``config`` on this machine's GPUs with the state dir's tuned limits — the one path of every
-        plan this orchestrator takes (:func:`colo.supervise.planning.plan_run`). Raises PredictedOutOfMemory
-        (unless ``force``), ConfigError, PlanError, GpuError."""
+        """Plan ``config`` here with the state dir's tuned limits, running agents kept on their GPUs — the one
+        path of every plan this orchestrator takes (:func:`colo.supervise.planning.plan_run`). Raises
+        PredictedOutOfMemory (unless ``force``), ConfigError, PlanError, GpuError."""
         return planning.plan_run(
             config, self._gpus(config), state_dir=self.paths.root, node=self.node, mps_mode=self.mps_mode,
-            use_mps=self.want_mps, force=force,
+            use_mps=self.want_mps, force=force, keep=planning.placement_of(self._plan),
         )
 
     def setup_for(self, config: ColoConfig, ap: AgentPlan) -> AgentSetup:

@@ -21,12 +21,13 @@ The steps, each a function below:
 A running colo takes every plan from :func:`plan_run` — ``colo up``, ``colo apply``, ``POST /apply``, a
 reload (SIGHUP) and a tuned-limit rollback alike: the whole pipeline with the state dir (its tuned limits
 count), ``policy.mps`` as the run says, and the predicted-out-of-memory refusal (:func:`refuse_predicted_oom`)
-unless forced.
+unless forced. Once agents run, it plans with their placement kept (:func:`placement_of`): an apply moves only
+the agents a pin moves (or that no longer fit where they are), never the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -327,6 +328,12 @@ class NodePlan:
         return mps_gpu_uuids(self.plan, self.local()[0])
 
 
+def placement_of(p: Plan | None) -> dict[str, str]:
+    """Agent -> the GPU key (``local:0``) ``p`` placed it on: what a running colo keeps when it plans again
+    (``keep`` of :func:`plan_run`); empty without a plan (before ``colo up``)."""
+    return {ap.name: ap.gpu.key for ap in p.placed if ap.gpu is not None} if p is not None else {}
+
+
 def mps_gpu_uuids(p: Plan, mine: Sequence[AgentPlan]) -> list[str]:
     """UUIDs of the GPUs of ``mine`` (this node's agents of ``p``) that the plan runs MPS on."""
     return sorted({ap.gpu.uuid for ap in mine if ap.gpu is not None and ap.gpu.uuid and ap.mps})
@@ -343,14 +350,16 @@ def plan_slots(
     gpus_known: bool = False,
     mps_off: str | None = None,
     state_dir: str | Path | None = None,
+    keep: Mapping[str, str] | None = None,
 ) -> NodePlan:
     """Plan ``config`` on ``slots`` (for this machine's ``node``, if known), with the memory findings.
-    ``mps_off``: MPS is off for this run whatever ``policy.mps`` says, and why (``"--no-mps"``).
+    ``mps_off``: MPS is off for this run whatever ``policy.mps`` says, and why (``"--no-mps"``). ``keep``: agent
+    -> the GPU key it runs on now (:func:`placement_of`), where it stays while it may and fits.
 
     Raises ConfigError, PlanError.
     """
     mem = memory_inputs(config, slots, from_db=from_db, db=db, state_dir=state_dir)
-    p = plan(config, slots, mem, mps_off=mps_off)
+    p = plan(config, slots, mem, mps_off=mps_off, keep=keep)
     found = memory_findings(config, p, slots, db)  # declared numbers the model DB or the estimate exceeds
     p = replace(p, findings=tuple(sorted((*p.findings, *found), key=lambda f: f.agent)))
     return NodePlan(
@@ -372,6 +381,7 @@ def plan_node(
     db: ModelDB | str | Path | None = None,
     mps_off: str | None = None,
     state_dir: str | Path | None = None,
+    keep: Mapping[str, str] | None = None,
 ) -> NodePlan:
     """The whole pipeline: node, slots (``gpus``: NVML's GPUs here, None when unknown), memory, plan.
 
@@ -381,7 +391,7 @@ def plan_node(
     slots, warnings = gpu_slots(config, gpus, here)
     return plan_slots(
         config, slots, node=here, from_db=from_db, db=db, warnings=warnings,
-        gpus_known=gpus is not None, mps_off=mps_off, state_dir=state_dir,
+        gpus_known=gpus is not None, mps_off=mps_off, state_dir=state_dir, keep=keep,
     )
 
 
@@ -394,18 +404,20 @@ def plan_run(
     mps_mode: MpsMode | None = None,
     use_mps: bool = True,
     force: bool = False,
+    keep: Mapping[str, str] | None = None,
 ) -> NodePlan:
     """The plan a running colo takes (``colo up``, ``colo apply``, ``POST /apply``, a reload, a rollback):
     :func:`plan_node` with the state dir's tuned limits, ``mps_mode`` in place of ``policy.mps`` (``colo up
     --mps``), MPS off for the run when not ``use_mps`` (``--no-mps``). ``force``: take a plan that predicts
-    an agent runs out of memory.
+    an agent runs out of memory. ``keep``: the placement in force (:func:`placement_of`; an apply, a reload,
+    a rollback): every agent stays on its GPU unless its pin moves it or it no longer fits there.
 
     Raises PredictedOutOfMemory (unless ``force``), ConfigError, PlanError.
     """
     if mps_mode is not None:
         config = config.model_copy(update={"policy": config.policy.model_copy(update={"mps": mps_mode})})
     planned = plan_node(
-        config, gpus, node=node, mps_off=None if use_mps else "--no-mps", state_dir=state_dir
+        config, gpus, node=node, mps_off=None if use_mps else "--no-mps", state_dir=state_dir, keep=keep
     )
     if not force:
         refuse_predicted_oom(planned)
@@ -418,18 +430,20 @@ def plan_config(
     from_db: bool = False,
     db: ModelDB | str | Path | None = None,
     state_dir: str | Path | None = None,
+    keep: Mapping[str, str] | None = None,
 ) -> NodePlan:
     """Plan without running anything (``colo plan``, ``validate``, ``render``): an inventory as configured
-    (no GPU needed), ``gpus: auto`` on the GPUs NVML sees now. Raises ConfigError, PlanError."""
+    (no GPU needed), ``gpus: auto`` on the GPUs NVML sees now. ``keep``: where agents ran (``colo tune``: the
+    store's record). Raises ConfigError, PlanError."""
     if config.gpus != "auto":
-        return plan_slots(config, inventory_slots(config), from_db=from_db, db=db, state_dir=state_dir)
+        return plan_slots(config, inventory_slots(config), from_db=from_db, db=db, state_dir=state_dir, keep=keep)
     gpus = read_gpus()
     if gpus is None:
         raise PlanError(
             "gpus: auto, but the GPUs cannot be read here",
             hint="plan without a GPU with --gpu 24GiB (or list an inventory under 'gpus:')",
         )
-    return plan_node(config, gpus, from_db=from_db, db=db, state_dir=state_dir)
+    return plan_node(config, gpus, from_db=from_db, db=db, state_dir=state_dir, keep=keep)
 
 
 def launch_setup(config: ColoConfig, ap: AgentPlan, *, config_copy: Path, mps_root: MpsRoot | None) -> AgentSetup:

@@ -61,13 +61,15 @@ class RequestShape:
 
 @dataclass(frozen=True)
 class AgentTarget:
-    """One agent to load: its base URL, a request shape per model, and (when known) its pid and limit."""
+    """One agent to load: its base URL, a request shape per model, and (when known) its pid, limit and the GPU
+    colo runs it on (``gpu``: ``GpuSlot.key``, e.g. ``local:1``)."""
 
     name: str
     url: str
     shapes: tuple[RequestShape, ...]
     pid: int | None = None
     limit_bytes: int | None = None
+    gpu: str | None = None
 
     @property
     def infer_url(self) -> str:

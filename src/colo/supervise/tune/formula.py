@@ -167,11 +167,16 @@ class Proposal:
 
 @dataclass(frozen=True)
 class GpuGain:
-    """What the proposals free on one GPU and what that buys (``room``: (agent, how many more copies))."""
+    """One GPU's proposals: its agents, their limits together now (``before_bytes``) and as proposed
+    (``after_bytes``; an agent without a proposal keeps its limit), what that frees and what it buys (``room``:
+    (agent, how many more copies))."""
 
     gpu: str
     freed_bytes: int
     room: tuple[tuple[str, int], ...] = ()
+    agents: tuple[str, ...] = ()
+    before_bytes: int = 0
+    after_bytes: int = 0
 
     def text(self) -> str:
         size = units.format_size(abs(self.freed_bytes))
@@ -181,6 +186,25 @@ class GpuGain:
             return f"frees {size} on {self.gpu}: not enough for another agent"
         name, n = self.room[0]
         return f"frees {size} on {self.gpu}: room for {n} more {name}"
+
+    def allocation_text(self) -> str:
+        """``gpu1 (9 agents): 36.75 GiB now → 17.09 GiB proposed``."""
+        gib = units.GIB
+        return (
+            f"{self.gpu} ({len(self.agents)} agent{'s' if len(self.agents) != 1 else ''}): "
+            f"{self.before_bytes / gib:.2f} GiB now → {self.after_bytes / gib:.2f} GiB proposed"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gpu": self.gpu,
+            "agents": list(self.agents),
+            "before_bytes": self.before_bytes,
+            "after_bytes": self.after_bytes,
+            "freed_bytes": self.freed_bytes,
+            "room": [list(r) for r in self.room],
+            "text": self.text(),
+        }
 
 
 @dataclass(frozen=True)
@@ -194,10 +218,7 @@ class TuneReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "agents": [p.to_dict() for p in self.proposals],
-            "gpus": [
-                {"gpu": g.gpu, "freed_bytes": g.freed_bytes, "room": [list(r) for r in g.room], "text": g.text()}
-                for g in self.gpus
-            ],
+            "gpus": [g.to_dict() for g in self.gpus],
             "total_before_bytes": self.total_before_bytes,
             "total_after_bytes": self.total_after_bytes,
             "notes": list(self.notes),
@@ -299,8 +320,15 @@ def propose(
     for f, p in zip(facts, proposals, strict=True):
         freed[f.gpu] += p.freed_bytes
         on_gpu[f.gpu][f.agent] = after[f.agent]
+    before: dict[str, int] = defaultdict(int)
+    for p in proposals:
+        before[p.gpu] += p.current_bytes
     gains = tuple(
-        GpuGain(g, freed[g], room(freed[g], on_gpu[g]) if freed[g] > 0 else ()) for g in sorted(freed)
+        GpuGain(
+            g, freed[g], room(freed[g], on_gpu[g]) if freed[g] > 0 else (), tuple(on_gpu[g]), before[g],
+            sum(on_gpu[g].values()),
+        )
+        for g in sorted(freed)
     )
     notes = []
     untrusted = [p.agent for p in proposals if not p.trusted]

@@ -87,8 +87,8 @@ def agent_facts(
 
 
 def gather(config: ColoConfig, state_dir: Path, *, since_wall: float, store: Store | None = None) -> TuneInputs:
-    """Read the plan, the model database, the tuned limits and the history (rows that ended at or after
-    ``since_wall``). Raises SupervisorError when the state dir has no database (colo never ran there),
+    """Read the plan (each agent kept on the GPU the store says colo runs it on), the model database, the tuned
+    limits and the history (rows that ended at or after ``since_wall``). Raises SupervisorError when the state dir has no database (colo never ran there),
     ConfigError/PlanError when the config cannot be planned."""
     paths = StateDirPaths(state_dir)
     if store is None:
@@ -98,7 +98,9 @@ def gather(config: ColoConfig, state_dir: Path, *, since_wall: float, store: Sto
                 f"no usage history: {paths.db} does not exist (colo has not run with state dir {state_dir})",
                 hint="run the agents with `colo up CONFIG` under their usual load first (or pass --state-dir)",
             )
-    planned = planning.plan_config(config, state_dir=state_dir)
+    # where colo runs (or last ran) each agent: an apply keeps agents on their GPUs, so a fresh plan may differ
+    ran_on = {r.status.name: r.status.gpu for r in store.agents() if r.status.gpu}
+    planned = planning.plan_config(config, state_dir=state_dir, keep=ran_on)
     mine, _ = planned.local()
     try:
         needs = agent_memory_for_plan(config, ModelDB.open_default(config), planning.memory_gpu_name(planned.slots))
