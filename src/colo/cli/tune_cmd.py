@@ -51,8 +51,9 @@ def tune_command(
 ) -> None:
     """Propose per-agent limits from the usage history: max(observed peak, profiled worst case) + a margin
     from the peaks' spread and the allocator's granularity, never below the worst case's need; per GPU (where
-    colo runs the agents), the allocation now and as proposed. Says when the history is too short to trust. --apply rolls them out (only changed agents restart, one at a time); an
-    agent that runs out of memory under its new limit gets its old one back automatically."""
+    colo runs the agents), the allocation now and as proposed. Says when the history is too short to trust.
+    --apply rolls them out (only changed agents restart, one at a time); an agent that runs out of memory under
+    its new limit gets its old one back automatically."""
     from colo.spec import load_config
     from colo.supervise.statedir import resolve_state_dir, running_orchestrator
     from colo.supervise.tune.formula import propose

@@ -44,7 +44,7 @@ class Prestarted:
     """A launcher started by :func:`for_command_line`, not yet claimed."""
 
     proc: subprocess.Popen[bytes]
-    argv: list[str]
+    argv: list[str]  # the launcher's command line (:func:`launcher_argv`), without the early-log option
     env: dict[str, str]
     early_log: Path  # its stderr until the runner names the log file
 
@@ -113,9 +113,9 @@ def for_command_line(args: Sequence[str], python: str = sys.executable, *, prelo
         fd, name = tempfile.mkstemp(prefix="colo-launcher-", suffix=".log")
     except OSError:
         return False
-    argv = [*launcher_argv(python, preload=preload, models_of=config), EARLY_LOG_OPTION, name]
+    argv, env = launcher_argv(python, preload=preload, models_of=config), launcher_env()
     try:
-        proc = popen_launcher(argv, launcher_env(), fd)
+        proc = popen_launcher([*argv, EARLY_LOG_OPTION, name], env, fd)
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(name)
@@ -123,22 +123,21 @@ def for_command_line(args: Sequence[str], python: str = sys.executable, *, prelo
     finally:
         os.close(fd)
     with _lock:
-        previous, _held = _held, Prestarted(proc, argv, launcher_env(), Path(name))
+        previous, _held = _held, Prestarted(proc, argv, env, Path(name))
     if previous is not None:
         _end(previous)
     return True
 
 
 def claim(argv: Sequence[str], env: dict[str, str]) -> Prestarted | None:
-    """The launcher :func:`for_command_line` started, when it runs ``argv`` (what the caller would start, less
-    the early-log option) with ``env`` and is still alive; it is the caller's from then on. Else None (one that
-    does not match is ended)."""
+    """The launcher :func:`for_command_line` started, when it runs ``argv`` (what the caller would start) with
+    ``env`` and is still alive; it is the caller's from then on. Else None (one that does not match is ended)."""
     global _held
     with _lock:
         held, _held = _held, None
     if held is None:
         return None
-    if held.argv[: len(held.argv) - 2] != list(argv) or held.env != env or held.proc.poll() is not None:
+    if held.argv != list(argv) or held.env != env or held.proc.poll() is not None:
         _end(held)
         return None
     return held

@@ -316,13 +316,12 @@ def propose(
     proposals = tuple(propose_one(f, by_agent.get(f.agent, []), settings) for f in facts)
     after = {p.agent: p.proposed_bytes if p.proposed_bytes is not None else p.current_bytes for p in proposals}
     freed: dict[str, int] = defaultdict(int)
+    before: dict[str, int] = defaultdict(int)
     on_gpu: dict[str, dict[str, int]] = defaultdict(dict)
     for f, p in zip(facts, proposals, strict=True):
         freed[f.gpu] += p.freed_bytes
+        before[f.gpu] += p.current_bytes
         on_gpu[f.gpu][f.agent] = after[f.agent]
-    before: dict[str, int] = defaultdict(int)
-    for p in proposals:
-        before[p.gpu] += p.current_bytes
     gains = tuple(
         GpuGain(
             g, freed[g], room(freed[g], on_gpu[g]) if freed[g] > 0 else (), tuple(on_gpu[g]), before[g],

@@ -88,8 +88,8 @@ def agent_facts(
 
 def gather(config: ColoConfig, state_dir: Path, *, since_wall: float, store: Store | None = None) -> TuneInputs:
     """Read the plan (each agent kept on the GPU the store says colo runs it on), the model database, the tuned
-    limits and the history (rows that ended at or after ``since_wall``). Raises SupervisorError when the state dir has no database (colo never ran there),
-    ConfigError/PlanError when the config cannot be planned."""
+    limits and the history (rows that ended at or after ``since_wall``). Raises SupervisorError when the state
+    dir has no database (colo never ran there), ConfigError/PlanError when the config cannot be planned."""
     paths = StateDirPaths(state_dir)
     if store is None:
         store = Store.open_existing(paths.db)
