@@ -1,14 +1,21 @@
-"""Shared test set-up: examples' paths; GPU tests are deselected unless `-m gpu` is given."""
+"""Shared test set-up: examples' paths; GPU tests are deselected unless `-m gpu` is given; no test (nor a
+`colo` it runs) forks from a node launcher this machine may run, unless it starts its own."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from colo.launch.node_launcher import SOCKET_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 NEWSROOM = ROOT / "examples" / "newsroom" / "colo.yaml"
 FIXTURES = ROOT / "tests" / "fixtures"
+
+os.environ[SOCKET_ENV] = str(Path(tempfile.gettempdir()) / f"colo-tests-{os.getpid()}" / "launcher.sock")
 
 
 @pytest.fixture

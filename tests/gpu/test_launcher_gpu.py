@@ -73,7 +73,7 @@ def test_launcher_forks_bert_tiny_under_mps(tmp_path: Path, monkeypatch: pytest.
                 f"GPU-RESULT launcher agent=bert-tiny spawn_s={spawned['analyst']:.2f} "
                 f"fork_first_s={first['analyst']:.2f} fork_s={forked['analyst']:.2f} "
                 f"phases={phases_text(starts['analyst'])} spawn_phases={phases_text(spawn_starts['analyst'])} "
-                f"prebuilt={prebuilt} driver=\"{info.get('driver')}\" libcuda_mapped_by={info.get('libcuda_mapped_by')} "
+                f'prebuilt={prebuilt} driver="{info.get("driver")}" libcuda_mapped_by={info.get("libcuda_mapped_by")} '
                 f"launcher_imports={info.get('import_secs')}",
                 flush=True,
             )
@@ -82,4 +82,75 @@ def test_launcher_forks_bert_tiny_under_mps(tmp_path: Path, monkeypatch: pytest.
                     print(f"GPU-RESULT launcher log: {line}", flush=True)
     finally:
         forker.close()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_node_launcher_forks_bert_tiny_under_mps_and_holds_no_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node launcher (``colo launcher serve``'s process) on a GPU machine: a runner forks bert-tiny from a
+    session of it under a real MPS daemon, and neither the launcher nor its session ever holds a GPU context
+    (NVML lists no process of theirs, before and after the agent ran). Prints ``GPU-RESULT node-launcher``."""
+    import subprocess
+
+    from colo.gpu.mps.root import MpsRoot
+    from colo.gpu.nvml import NvmlBackend
+    from colo.launch.node_launcher import command_line, connect
+    from colo.launch.prestart import launcher_env
+    from testkit import wait_for
+
+    backend = NvmlBackend()
+    gpus = backend.gpus()
+    if not gpus:
+        pytest.skip("NVML sees no GPU")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    short = Path(tempfile.mkdtemp(prefix="cl", dir="/tmp"))
+    sock = short / "run" / "launcher.sock"
+    root = MpsRoot.under_state_dir(short)
+    with open(tmp_path / "node.log", "ab") as out:
+        node = subprocess.Popen(
+            command_line(sock, models_of=NEWSROOM),
+            env=launcher_env(),
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    forker = ForkRunner(node_socket=sock)
+    try:
+
+        def answers() -> bool:
+            session = connect(sock)
+            if session is not None:
+                session.close()
+            return session is not None or node.poll() is not None
+
+        assert wait_for(answers, timeout=HEALTHY_WITHIN_SECS, step=0.2) and node.poll() is None, (
+            tmp_path / "node.log"
+        ).read_text(errors="replace")[-3000:]
+        with running_daemon(root, gpus[0].uuid):
+            alone = launch_specs(NEWSROOM, ["analyst"], mps=(root, gpus[0].uuid))
+            forker.start(tmp_path / "fork")
+            assert forker.node is not None and forker.node.pid == node.pid, (tmp_path / "node.log").read_text()[-3000:]
+            starts: dict[str, dict[str, Any]] = {}
+            forked = time_to_healthy(forker, alone, tmp_path / "fork", within_secs=HEALTHY_WITHIN_SECS, starts=starts)
+            assert forker.forks == 1 and forker.fallbacks == [], forker.fallbacks
+            assert starts["analyst"].get("launched_by") == "fork", starts
+            session_pid = forker.ready_info().get("pid")
+            on_gpu = {p.pid for p in backend.processes()}
+        forker.close()
+        assert node.pid not in on_gpu and session_pid not in on_gpu, on_gpu
+        assert node.poll() is None  # the runner's end is its session's, not the launcher's
+        print(
+            f"GPU-RESULT node-launcher agent=bert-tiny fork_s={forked['analyst']:.2f} "
+            f"phases={phases_text(starts['analyst'])} node_imports={forker.node.import_secs} "
+            f"launcher_on_gpu={node.pid in on_gpu}",
+            flush=True,
+        )
+    finally:
+        forker.close()
+        if node.poll() is None:
+            node.terminate()
+            node.wait(15)
+        backend.close()
         shutil.rmtree(short, ignore_errors=True)

@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from colo.errors import SupervisorError
 from colo.gpu import procs
-from colo.launch import prestart
+from colo.launch import node_launcher, prestart
 from colo.launch.forkserver import EXEC_TIME_PREFIXES
 from colo.launch.runner import ExitStatus, LaunchSpec, ProcessHandle, ProcessRunner, Runner
 from colo.modelserver.command import MODULE as BUILTIN_AGENT_MODULE
@@ -43,8 +43,35 @@ READY_WAIT_SECS = 60.0
 FORK_REPLY_SECS = 60.0
 #: Zygotes started after the first one died, at most: past this, every agent is spawned plainly.
 MAX_RESTARTS = 3
-#: ``ProcessHandle.launch`` of a forked agent (a spawned one says ``spawned: <why not forked>``).
+#: ``ProcessHandle.launch`` of a forked agent (a spawned one says ``spawned: <why not forked>``; one forked from a
+#: node launcher's session says which launcher after it).
 FORKED = "forked from the launcher"
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _Reader(Protocol):
+    def __iter__(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+class _LauncherProcess(Protocol):
+    """What the runner uses of a launcher: a ``Popen`` of its own, or a node launcher's session
+    (:class:`~colo.launch.node_launcher.NodeSession`)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def stdin(self) -> _Writer | None: ...
+    @property
+    def stdout(self) -> _Reader | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def kill(self) -> None: ...
 
 
 class _ZygoteGone(Exception):
@@ -59,7 +86,7 @@ class _Refused(Exception):
 class _Zygote:
     """One running zygote process as seen from the orchestrator (a reader thread collects its messages)."""
 
-    proc: subprocess.Popen[bytes]
+    proc: _LauncherProcess
     env: dict[str, str]
     first: bool  # the first zygote of its runner: spawns wait for its imports
     ready: threading.Event = field(default_factory=threading.Event)
@@ -81,10 +108,7 @@ class _Zygote:
                 continue
             with self.cond:
                 if msg.get("ready"):
-                    self.import_secs = dict(msg.get("import_secs") or {})
-                    self.blocker = msg.get("blocker")
-                    self.ready_info = dict(msg)
-                    self.ready.set()
+                    self.take_ready(msg)
                 elif "exit" in msg:
                     sig = msg.get("signal")
                     self.exits[int(msg["exit"])] = ExitStatus(code=msg.get("code"), signal=sig)
@@ -108,6 +132,13 @@ class _Zygote:
             self.gone.set()
             self.ready.set()
             self.cond.notify_all()
+
+    def take_ready(self, msg: dict[str, Any]) -> None:
+        """The zygote's ready message (read here, or by :func:`~colo.launch.node_launcher.connect`)."""
+        self.import_secs = dict(msg.get("import_secs") or {})
+        self.blocker = msg.get("blocker")
+        self.ready_info = dict(msg)
+        self.ready.set()
 
     def fork(self, argv: Sequence[str], env: dict[str, str], cwd: str | None, log_path: Path) -> int:
         """Ask for a child; its pid. Raises _ZygoteGone when the zygote is gone or hung, _Refused when it
@@ -168,7 +199,9 @@ class ForkRunner:
     ``forkable`` picks the specs to fork (default: :func:`is_builtin_agent`); ``preload=False`` starts a zygote
     that imports nothing heavy (tests). The zygote starts on the first forkable spawn, which waits for its
     imports (up to ``ready_wait_secs``); a zygote that dies is replaced in the background while spawns go to
-    ``fallback``, at most ``max_restarts`` times.
+    ``fallback``, at most ``max_restarts`` times. With ``node_socket``, a node launcher listening there
+    (:mod:`colo.launch.node_launcher`, already imported) gives the zygote whenever it answers and suits this
+    runner; else one is started as above.
     """
 
     def __init__(
@@ -180,6 +213,7 @@ class ForkRunner:
         ready_wait_secs: float = READY_WAIT_SECS,
         max_restarts: int = MAX_RESTARTS,
         python: str = sys.executable,
+        node_socket: Path | None = None,
     ) -> None:
         self.fallback: Runner = fallback or ProcessRunner()
         self._forkable = forkable or (lambda spec: is_builtin_agent(spec, python))
@@ -187,6 +221,8 @@ class ForkRunner:
         self._ready_wait_secs = ready_wait_secs
         self._restarts_left = max_restarts
         self._python = python
+        self._node_socket = node_socket
+        self.node: node_launcher.NodeInfo | None = None  # the node launcher the current zygote is a session of
         self._lock = threading.Lock()
         self._zygote: _Zygote | None = None
         self._log_dir: Path | None = None
@@ -221,7 +257,9 @@ class ForkRunner:
                         self._forked[pid] = zygote
                         self.forks += 1
                     start = procs.create_time(pid)
-                    return ProcessHandle(pid, start if start is not None else 0.0, launch=FORKED)
+                    node = self.node
+                    launch = FORKED if node is None else f"{FORKED} (a session of the node launcher, pid {node.pid})"
+                    return ProcessHandle(pid, start if start is not None else 0.0, launch=launch)
         self.fallbacks.append(reason)
         log.info("spawning %s plainly: %s", spec.argv[0], reason)
         spawned = replace(spec, env=tuple(sorted({**dict(spec.env), **launch_env("spawn", requested)}.items())))
@@ -269,7 +307,10 @@ class ForkRunner:
             if models_of is not None:
                 self._models_of = models_of
             if self._zygote is None or self._zygote.gone.is_set():
-                self._zygote = self._adopt_prestarted(log_dir) or self._start_zygote(log_dir)
+                node = self._node_zygote(log_dir)
+                if node is not None:
+                    prestart.discard()  # the console script's own launcher is not needed
+                self._zygote = node or self._adopt_prestarted(log_dir) or self._start_zygote(log_dir)
 
     def wait_ready(self, timeout_secs: float) -> bool:
         """Wait until the zygote (started by :meth:`start` or a spawn) has done its imports; False if it
@@ -312,7 +353,7 @@ class ForkRunner:
                     return None, "the launcher died too often"
                 if not first:
                     self._restarts_left -= 1
-                z = self._zygote = self._start_zygote(log_dir)
+                z = self._zygote = self._node_zygote(log_dir) or self._start_zygote(log_dir)
                 if z is None:
                     return None, "the launcher cannot start"
         # Only the very first zygote is waited for: after a death, agents are spawned plainly until the
@@ -326,6 +367,50 @@ class ForkRunner:
         if z.blocker:
             return None, z.blocker
         return z, ""
+
+    def _node_zygote(self, log_dir: Path) -> _Zygote | None:
+        """A session of the node launcher at ``node_socket``, logging to ``log_dir/forkserver.log`` from now on;
+        None when none answers there or it does not suit this runner (said in colo's log, once per try)."""
+        self.node = None
+        if self._node_socket is None:
+            return None
+        try:
+            session = node_launcher.connect(self._node_socket)
+        except node_launcher.NodeLauncherError as exc:
+            log.warning("not forking from the node launcher at %s: %s", self._node_socket, exc)
+            return None
+        if session is None:
+            return None
+        why = node_launcher.unusable(
+            session.node, python=self._python, preload=self._preload, env=prestart.launcher_env()
+        )
+        if why is None and session.ready.get("blocker"):
+            why = str(session.ready["blocker"])
+        if why is not None:
+            log.warning(
+                "not forking from the node launcher at %s (pid %d): %s", self._node_socket, session.node.pid, why
+            )
+            session.close()
+            return None
+        first = self._log_dir is None
+        self._log_dir = log_dir
+        z = _Zygote(session, dict(session.node.env), first)
+        z.take_ready(session.ready)
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            z.tell_log(log_dir / "forkserver.log")
+        except (OSError, _ZygoteGone) as exc:
+            log.warning("the node launcher's session cannot log to %s (%s); not forking from it", log_dir, exc)
+            session.close()
+            return None
+        self.node = session.node
+        log.info(
+            "forking agents from the node launcher at %s (pid %d, session %d)",
+            self._node_socket,
+            session.node.pid,
+            session.pid,
+        )
+        return self._follow(z)
 
     def _start_zygote(self, log_dir: Path) -> _Zygote | None:
         first = self._log_dir is None
@@ -386,7 +471,7 @@ class ForkRunner:
 def make_runner(launcher: Launcher) -> Runner:
     """The runner for ``policy.launcher``: ``fork`` (built-in agents from the zygote) or ``spawn``."""
     if launcher == "fork":
-        return ForkRunner()
+        return ForkRunner(node_socket=node_launcher.default_socket())
     if launcher == "spawn":
         return ProcessRunner()
     raise SupervisorError(f"unknown launcher {launcher!r}", hint="policy.launcher is fork or spawn")

@@ -306,7 +306,7 @@ class Preloader:
                     else:  # random weights: the agent fills them on its device faster than it copies them there
                         self.skipped.add(want)
         except Exception as exc:  # the child loads (and reports) for itself
-            _say(f"preloading for {path} failed: {exc}")
+            say(f"preloading for {path} failed: {exc}")
 
     def has_work(self) -> bool:
         """Whether there is something to do while idle: model classes to import, models to build."""
@@ -337,13 +337,13 @@ class Preloader:
             left = self.max_bytes - sum(self.held.values())
             size = prebuild(model_id, dtype=dtype, path=path, max_bytes=min(self.max_model_bytes, left))
             self.held[key] = size
-            _say(f"prebuilt {model_id} ({dtype}, {size >> 20} MiB) in {time.perf_counter() - started:.2f}s")
+            say(f"prebuilt {model_id} ({dtype}, {size >> 20} MiB) in {time.perf_counter() - started:.2f}s")
         except Exception as exc:
             self.skipped.add(key)
-            _say(f"not prebuilding {model_id} ({dtype}): {exc}")
+            say(f"not prebuilding {model_id} ({dtype}): {exc}")
         blocker = fork_blocker()
         if blocker is not None:
-            _say(f"after prebuilding {model_id}: {blocker}")
+            say(f"after prebuilding {model_id}: {blocker}")
 
     def child_setup(self) -> None:
         """In a forked child: give torch back the thread count the zygote took from it."""
@@ -379,9 +379,9 @@ def _import_classes(config_path: str, specs: Callable[[], list[tuple[str, ModelS
         models = specs()
         spent = import_modules(models)
     except Exception as exc:
-        _say(f"importing the model classes of {config_path} failed: {exc}")
+        say(f"importing the model classes of {config_path} failed: {exc}")
     else:
-        _say(f"preloaded {len(models)} model class(es) of {config_path}: {_secs(spent)}")
+        say(f"preloaded {len(models)} model class(es) of {config_path}: {secs_text(spent)}")
 
 
 def _has_weights_on_disk(model_id: str, path: str | None) -> bool:
@@ -406,7 +406,7 @@ class DriverWatch:
         self.state = driver()
         if self.state.driver is not Driver.NOT_MAPPED:
             self.mapped_by = "the interpreter's start"
-        _say(f"launcher start: {self.state.describe()}")
+        say(f"launcher start: {self.state.describe()}")
 
     def __call__(self, step: str) -> None:
         self.state = self._driver()
@@ -414,17 +414,18 @@ class DriverWatch:
         if newly:
             self.mapped_by = step
         extra = thread_names()
-        _say(
-            f"launcher import {step}: {self.state.describe()}" + (f" (mapped by import {step})" if newly else "")
+        say(
+            f"launcher import {step}: {self.state.describe()}"
+            + (f" (mapped by import {step})" if newly else "")
             + (f"; other threads: {', '.join(extra)}" if extra else "")
         )
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _secs(spent: dict[str, float]) -> str:
+def secs_text(spent: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.2f}s" for k, v in spent.items())
 
 
@@ -468,18 +469,21 @@ def move_log(path: str, early_log: str | None) -> None:
         os.close(fd)
 
 
-def serve(*, preload: bool = True, models_of: str | None = None, early_log: str | None = None) -> int:
-    """The zygote's loop: import (and the model classes of the config at ``models_of``), say ready, then fork
-    children on request and report their exits until the runner closes the control pipe (then exit; the
-    children keep running). ``early_log``: the temporary file stderr goes to until a ``{"log_to": PATH}``
-    message (:func:`move_log`)."""
-    # The control pipe moves off fds 0/1: nothing printed by a library can corrupt it, and children get their
-    # own stdio.
+def control_fds() -> tuple[int, int]:
+    """Move the control pipe off fds 0/1 (nothing printed by a library can corrupt it, and children get their
+    own stdio): returns ``(ctl_in, ctl_out)``; fd 0 is then ``/dev/null`` and fd 1 the log (fd 2)."""
     ctl_in, ctl_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
+    return ctl_in, ctl_out
+
+
+def import_all(*, preload: bool, models_of: str | None) -> tuple[dict[str, float], DriverWatch]:
+    """The launcher's imports (nothing heavy without ``preload``; the model classes of the config at
+    ``models_of`` too), the driver watched after each step; then the heap frozen. Returns seconds per step
+    and the watch."""
     spent: dict[str, float] = {}
     watch = DriverWatch()
     if preload:
@@ -492,6 +496,31 @@ def serve(*, preload: bool = True, models_of: str | None = None, early_log: str 
         # What the imports made moves to the collector's permanent generation: a forked agent's collections
         # then never walk (or write to) those ~1M objects, so their pages stay shared with the launcher.
         gc.freeze()
+    return spent, watch
+
+
+def serve(*, preload: bool = True, models_of: str | None = None, early_log: str | None = None) -> int:
+    """The zygote's loop: import (and the model classes of the config at ``models_of``), say ready, then fork
+    children on request and report their exits until the runner closes the control pipe (then exit; the
+    children keep running). ``early_log``: the temporary file stderr goes to until a ``{"log_to": PATH}``
+    message (:func:`move_log`)."""
+    ctl_in, ctl_out = control_fds()
+    spent, watch = import_all(preload=preload, models_of=models_of)
+    return zygote_loop(ctl_in, ctl_out, spent=spent, watch=watch, preload=preload, early_log=early_log)
+
+
+def zygote_loop(
+    ctl_in: int,
+    ctl_out: int,
+    *,
+    spent: dict[str, float],
+    watch: DriverWatch,
+    preload: bool,
+    early_log: str | None = None,
+    ready_extra: dict[str, Any] | None = None,
+) -> int:
+    """Say ready (with ``ready_extra``: a node launcher's session says what launcher it is), then fork children
+    on request and report their exits until ``ctl_in`` reaches its end; 0."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -499,7 +528,14 @@ def serve(*, preload: bool = True, models_of: str | None = None, early_log: str 
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     inherited = (ctl_in, ctl_out, wake_r, wake_w)
     blocker = fork_blocker()
-    _say(f"launcher ready: imports {_secs(spent)}; {blocker or 'single-threaded, CUDA driver not initialised'}")
+    ready_line = (
+        f"launcher ready: imports {secs_text(spent)}; {blocker or 'single-threaded, CUDA driver not initialised'}"
+    )
+    if ready_extra and "node" in ready_extra:
+        ready_line = (
+            f"a session (pid {os.getpid()}) of the node launcher (pid {ready_extra['node'].get('pid')}): {ready_line}"
+        )
+    say(ready_line)
     _send(
         ctl_out,
         {
@@ -509,6 +545,7 @@ def serve(*, preload: bool = True, models_of: str | None = None, early_log: str 
             "blocker": blocker,
             "driver": watch.state.describe(),
             "libcuda_mapped_by": watch.mapped_by,
+            **(ready_extra or {}),
         },
     )
     pending = b""
@@ -539,6 +576,8 @@ def serve(*, preload: bool = True, models_of: str | None = None, early_log: str 
                     req = json.loads(line)
                     if "log_to" in req:  # where to log from now on (no reply)
                         move_log(str(req["log_to"]), early_log)
+                        if early_log is None:  # nothing was copied: say here what this launcher is
+                            say(ready_line)
                         early_log = None
                         continue
                     rid = req["id"]
@@ -548,7 +587,7 @@ def serve(*, preload: bool = True, models_of: str | None = None, early_log: str 
                     _send(ctl_out, {"id": rid, "pid": _fork(req, inherited, preloader.child_setup)})
                 except (OSError, ValueError, KeyError, TypeError) as exc:
                     _send(ctl_out, {"id": rid, "error": str(exc)})
-    except BrokenPipeError:
+    except (BrokenPipeError, ConnectionResetError):
         return 0
 
 

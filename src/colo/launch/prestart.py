@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -107,7 +108,7 @@ def for_command_line(args: Sequence[str], python: str = sys.executable, *, prelo
     (``preload=False``: one that imports nothing heavy, for tests.)"""
     global _held
     config = up_config(args)
-    if config is None:
+    if config is None or _node_launcher_listens():
         return False
     try:
         fd, name = tempfile.mkstemp(prefix="colo-launcher-", suffix=".log")
@@ -127,6 +128,17 @@ def for_command_line(args: Sequence[str], python: str = sys.executable, *, prelo
     if previous is not None:
         _end(previous)
     return True
+
+
+def _node_launcher_listens() -> bool:
+    """Whether a node launcher's socket is there (:mod:`colo.launch.node_launcher`): ``colo up`` then forks from
+    it, and no launcher of its own is worth starting. (Only looked at, not asked: a stale socket costs ``colo
+    up`` its head start, nothing else.)"""
+    from colo.launch.node_launcher import default_socket
+
+    with contextlib.suppress(OSError):
+        return stat.S_ISSOCK(default_socket().lstat().st_mode)
+    return False
 
 
 def claim(argv: Sequence[str], env: dict[str, str]) -> Prestarted | None:
