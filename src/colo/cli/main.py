@@ -78,6 +78,7 @@ COMMAND_MODULES = [
     "colo.cli.bench_cmd",
     "colo.cli.advise_cmd",
     "colo.cli.up_cmd",
+    "colo.cli.launcher_cmd",
     "colo.cli.status_cmd",
     "colo.cli.render_cmd",
     "colo.cli.memory_cmd",

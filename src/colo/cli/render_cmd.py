@@ -206,9 +206,10 @@ def systemd_command(
         print_json({"out": str(out), "files": sorted(files)})
         return
     console.print(f"wrote {len(written)} files to {safe(out)}", highlight=False)
+    units = " ".join(sorted({Path(f).name for f in files if Path(f).name in ("colo.service", "colo-launcher.service")}))
     console.print(
         f"install: copy a node's files to /etc/systemd/system/, put the config at {safe(config_on_host)}, then "
-        "`systemctl daemon-reload && systemctl enable --now colo.service`",
+        f"`systemctl daemon-reload && systemctl enable --now {units}`",
         highlight=False,
         soft_wrap=True,
     )

@@ -223,6 +223,11 @@ def up_foreground(
             f"colo up: {len(result.started)} launched, {len(result.adopted)} adopted, {len(result.left_out)} left"
             f" out; {mode}; state {safe(sd)}"
         )
+        from colo.launch.fork_runner import ForkRunner
+
+        node = orch.runner.node if isinstance(orch.runner, ForkRunner) else None
+        if node is not None:
+            v.say(f"colo up: built-in agents forked from the node launcher (pid {node.pid}, {safe(node.socket)})")
         if not api:
             return None
         from colo.api.background import serve_in_thread

@@ -5,6 +5,10 @@ Per node of the plan (``<node>/`` when the inventory has several nodes, the top 
 - ``colo.service``: ``colo up CONFIG`` (``--node NODE`` on a cluster), Type=simple, restarted on failure,
   ``COLO_STATE_DIR`` and ``StateDirectory=`` for its state, ``KillMode=mixed`` so colo stops its agents in
   order before systemd's SIGKILL reaches what is left.
+- ``colo-launcher.service`` (without ``agents``, when the node runs a built-in agent and ``policy.launcher`` is
+  ``fork``): ``colo launcher serve --models-of CONFIG``, the node launcher (torch and transformers imported
+  before ``colo up``; ``colo.service`` wants it and starts after it). ``KillMode=process``: the agents colo forks
+  from it live in its cgroup, and stopping the launcher must not stop them.
 - with ``agents=True``: ``colo.service`` runs the node agent ``colo node CONFIG --node NODE --no-agents``
   (MPS daemons, index links, API; no agents) and each agent planned on the node gets
   ``colo-agent-<name>.service`` (its command, restart policy, stop signal and timeout) and a drop-in
@@ -68,10 +72,48 @@ def _secs(value: float) -> str:
     return f"{max(0, math.ceil(value))}s"
 
 
+LAUNCHER_UNIT = "colo-launcher.service"
+
+
+def launcher_unit(opts: SystemdOptions) -> str:
+    """``colo-launcher.service``: the node launcher, with the environment ``colo.service`` gives ``colo up`` (a
+    variable read at process start that differs would stop colo from forking from it)."""
+    argv = [opts.colo_bin, "launcher", "serve", "--models-of", opts.config_path]
+    return "\n".join(
+        [
+            "[Unit]",
+            "Description=colo node launcher: torch and transformers imported before colo up forks its agents",
+            "After=nvidia-persistenced.service",
+            "",
+            "[Service]",
+            "Type=simple",
+            f"ExecStart={exec_line(argv)}",
+            environment_line("PYTHONUNBUFFERED", "1"),
+            # Its socket's directory (/run/colo): private, as the launcher requires.
+            "RuntimeDirectory=colo",
+            "RuntimeDirectoryMode=0700",
+            "Restart=on-failure",
+            "RestartSec=5s",
+            # Agents forked from it run in this unit's cgroup: stopping the launcher stops only the launcher.
+            "KillMode=process",
+            "",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]
+    )
+
+
 def node_unit(
-    config: ColoConfig, opts: SystemdOptions, *, node: str | None, agents_by_systemd: bool, stop_secs: float
+    config: ColoConfig,
+    opts: SystemdOptions,
+    *,
+    node: str | None,
+    agents_by_systemd: bool,
+    stop_secs: float,
+    launcher: bool = False,
 ) -> str:
-    """``colo.service`` for ``node`` (None: a single host)."""
+    """``colo.service`` for ``node`` (None: a single host); ``launcher``: it wants ``colo-launcher.service``."""
     if agents_by_systemd:
         # The node agent: MPS daemons (and the index links the drop-ins' pipe dirs go through), no agents.
         argv = [opts.colo_bin, "node", opts.config_path, "--node", node or "local", "--no-agents"]
@@ -85,8 +127,8 @@ def node_unit(
             if agents_by_systemd
             else f"Description=colo: model agents on shared GPUs under CUDA MPS ({' '.join(argv[1:2] + argv[3:])})"
         ),
-        "Wants=network-online.target",
-        "After=network-online.target nvidia-persistenced.service",
+        "Wants=network-online.target" + (f" {LAUNCHER_UNIT}" if launcher else ""),
+        "After=network-online.target nvidia-persistenced.service" + (f" {LAUNCHER_UNIT}" if launcher else ""),
         "StartLimitIntervalSec=300",
         "StartLimitBurst=5",
         "",
@@ -186,7 +228,8 @@ def render_systemd(
     options: SystemdOptions | None = None,
     agents: bool = False,
 ) -> dict[str, str]:
-    """Files (relative path -> text): per node ``colo.service`` and, with ``agents``, agent units and drop-ins.
+    """Files (relative path -> text): per node ``colo.service`` (and ``colo-launcher.service`` where colo forks
+    built-in agents) and, with ``agents``, agent units and drop-ins.
 
     Raises ConfigError for agent names that cannot become unit names (the same rule as Kubernetes names).
     """
@@ -200,9 +243,21 @@ def render_systemd(
         prefix = f"{node}/" if multi else ""
         on_node = [a for a in plan.placed if a.gpu is not None and a.gpu.node == node]
         stop = max((config.agents[a.name].restart.stop_wait_secs for a in on_node), default=10.0)
-        files[f"{prefix}colo.service"] = header + node_unit(
-            config, opts, node=node if multi or agents else None, agents_by_systemd=agents, stop_secs=stop
+        forks = (
+            not agents
+            and config.policy.launcher == "fork"
+            and any(config.agents[a.name].command is None for a in on_node)
         )
+        files[f"{prefix}colo.service"] = header + node_unit(
+            config,
+            opts,
+            node=node if multi or agents else None,
+            agents_by_systemd=agents,
+            stop_secs=stop,
+            launcher=forks,
+        )
+        if forks:
+            files[f"{prefix}{LAUNCHER_UNIT}"] = header + launcher_unit(opts)
         if not agents:
             continue
         for a in sorted(on_node, key=lambda p: unit_names[p.name]):

@@ -122,6 +122,22 @@ def test_single_host_unit_has_no_node_flag(tmp_path: Path) -> None:
     config = load_config(cfg)
     p = require_complete(plan(config, inventory_slots(config)))
     files = render_systemd(config, p)
-    assert sorted(files) == ["colo.service"]
+    # A built-in agent forked by colo: the node launcher's unit too, wanted by colo.service.
+    assert sorted(files) == ["colo-launcher.service", "colo.service"]
     assert "ExecStart=/usr/local/bin/colo up /etc/colo/colo.yaml\n" in files["colo.service"]
     assert "StateDirectory=colo" in files["colo.service"]
+    assert "Wants=network-online.target colo-launcher.service\n" in files["colo.service"]
+    launcher = files["colo-launcher.service"]
+    assert "ExecStart=/usr/local/bin/colo launcher serve --models-of /etc/colo/colo.yaml\n" in launcher
+    assert "RuntimeDirectoryMode=0700" in launcher and "KillMode=process" in launcher
+    # colo up's own environment (a variable read at process start that differs would stop the forking).
+    assert 'Environment="PYTHONUNBUFFERED=1"' in launcher and 'Environment="PYTHONUNBUFFERED=1"' in files["colo.service"]
+
+
+def test_no_launcher_unit_where_colo_forks_nothing(tmp_path: Path) -> None:
+    spawn = write_config(tmp_path / "spawn.yaml", ["a: {models: [small]}"], gpus=NODE_A)
+    spawn.write_text(spawn.read_text().replace("placement: spread}", "placement: spread, launcher: spawn}", 1))
+    config = load_config(spawn)
+    p = require_complete(plan(config, inventory_slots(config)))
+    assert sorted(render_systemd(config, p)) == ["colo.service"]
+    assert "colo-launcher" not in render_systemd(config, p)["colo.service"]
