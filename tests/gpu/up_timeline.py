@@ -14,7 +14,7 @@ cold page cache for torch's libraries on a fresh machine; the later ones are wha
 ``--node-launcher``: first ``colo launcher start --models-of`` the sized newsroom (on a private socket; its
 ``NODE-LAUNCHER`` line says how long it took), so every ``colo up`` forks its agents from that already imported
 launcher; after each run's ``colo down``, ``NODE-LAUNCHER-AFTER-DOWN`` says whether the launcher holds a GPU
-process (it must not); it is stopped at the end.
+process and whether any process it forked is left (neither may be); it is stopped at the end.
 """
 
 from __future__ import annotations
@@ -125,10 +125,14 @@ def runs(count: int, node_pid: int) -> None:
         finally:
             room.close()
         if node_pid:
+            import psutil
+
             on_gpu = gpu_pids()
+            left = [c.pid for c in psutil.Process(node_pid).children(recursive=True) if c.status() != "zombie"]
             print(
                 f"NODE-LAUNCHER-AFTER-DOWN run={run} pid={node_pid} alive={Path(f'/proc/{node_pid}').exists()} "
-                f"gpu_processes={sorted(on_gpu) or 'none'} launcher_on_gpu={node_pid in on_gpu}"
+                f"gpu_processes={sorted(on_gpu) or 'none'} launcher_on_gpu={node_pid in on_gpu} "
+                f"descendants={left or 'none'}"
             )
 
 
