@@ -79,7 +79,8 @@ def test_runners_tell_the_agent_how_and_when_it_was_launched(tmp_path: Path) -> 
         assert plain.launch == "spawned"
         for name, how in (("f", "fork"), ("s", "spawn"), ("p", "spawn")):
             log = tmp_path / f"{name}.log"
-            wait_for(lambda log=log: log.read_text().strip(), 30)
+            # The whole line: an unbuffered child (PYTHONUNBUFFERED in the environment) writes print's parts one by one.
+            wait_for(lambda log=log: log.read_text().endswith("\n"), 30)
             said, secs = log.read_text().split()
             assert said == how and 0.0 <= float(secs) < 30.0, log.read_text()
         for r, handle in ((runner, forked), (runner, spawned), (spawner, plain)):
