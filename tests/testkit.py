@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -138,3 +139,27 @@ def short_state_dir() -> Path:
     """A new state dir under /tmp with a short name (MPS pipe paths under it stay within the socket-path limit),
     named for this test process so that cleaning up after a test never touches another run's dirs."""
     return Path(tempfile.mkdtemp(prefix=SHORT_DIR_PREFIX, dir="/tmp"))
+
+
+#: The ``colo`` console script (``colo.cli.entry``, which starts the early launcher) run by this interpreter.
+COLO_ENTRY = (sys.executable, "-c", "import sys; sys.argv[0] = 'colo'; from colo.cli.entry import main; main()")
+BERT_TINY = "google/bert_uncased_L-2_H-128_A-2"
+
+
+def bert_tiny_config(path: Path) -> Path:
+    """Write a colo.yaml to ``path``: one built-in agent ``solo`` serving bert-tiny (random weights, runs on a
+    CPU) on a free port, on an inventory GPU ``T``."""
+    path.write_text(
+        "version: 1\ngpus: [{name: T, memory: 8GiB}]\n"
+        f"models:\n  {BERT_TINY}: {{memory: 1GiB, batch_size: 4, max_seq_len: 32}}\n"
+        f"agents:\n  solo:\n    models: [{BERT_TINY}]\n    port: {free_port()}\n"
+    )
+    return path
+
+
+def text_or_empty(path: Path) -> str:
+    """``path``'s text (undecodable bytes replaced), or "" while it does not exist."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""

@@ -49,6 +49,7 @@ def _check_dir(path: Path) -> None:
         raise UsageError(f"cannot use {path} for the node launcher's socket: {exc}", hint="pass --socket") from exc
 
 
+@launcher_app.command("serve")
 def serve_command(socket: Path | None = SOCKET_OPT, models_of: Path | None = MODELS_OPT) -> None:
     """Run the node launcher in the foreground until SIGTERM or Ctrl-C (for a systemd unit)."""
     from colo.launch.node_launcher import command_line
@@ -62,6 +63,7 @@ def serve_command(socket: Path | None = SOCKET_OPT, models_of: Path | None = MOD
     os.execve(argv[0], argv, launcher_env())
 
 
+@launcher_app.command("start")
 def start_command(
     socket: Path | None = SOCKET_OPT,
     models_of: Path | None = MODELS_OPT,
@@ -131,10 +133,12 @@ def _tail(path: Path, lines: int = 8) -> str:
         return ""
 
 
+@launcher_app.command("status")
 def status_command(
     socket: Path | None = SOCKET_OPT, as_json: bool = typer.Option(False, "--json", help="As JSON.")
 ) -> None:
     """Whether a node launcher answers, since when, its imports, and whether this colo forks from it."""
+    from colo.launch.forkserver import secs_text
     from colo.launch.node_launcher import NodeLauncherError, connect, unusable
     from colo.launch.prestart import launcher_env
 
@@ -160,7 +164,7 @@ def status_command(
         )
         return
     age = time.time() - node.started_unix
-    imports = " ".join(f"{k} {v:.2f}s" for k, v in node.import_secs.items()) or "none (started with --no-preload)"
+    imports = secs_text(node.import_secs) or "none (started with --no-preload)"
     console.print(safe(f"node launcher at {path}: pid {node.pid}, up {age:.0f} s, {node.python}"), highlight=False)
     console.print(safe(f"  imports: {imports}; code {node.signature}"), highlight=False)
     console.print(
@@ -173,6 +177,7 @@ def status_command(
     )
 
 
+@launcher_app.command("stop")
 def stop_command(socket: Path | None = SOCKET_OPT) -> None:
     """Stop the node launcher (agents forked from it, and the colos they belong to, go on)."""
     from colo.gpu import procs
@@ -206,8 +211,4 @@ def stop_command(socket: Path | None = SOCKET_OPT) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``colo launcher ...``."""
-    launcher_app.command("serve")(serve_command)
-    launcher_app.command("start")(start_command)
-    launcher_app.command("status")(status_command)
-    launcher_app.command("stop")(stop_command)
     app.add_typer(launcher_app, name="launcher")

@@ -20,7 +20,7 @@ from colo.bench.agents_report import ALL_GPUS, gpu_rows, gpu_totals, gpu_totals_
 from colo.bench.agents_run import AgentsBench, measure, with_recorded
 from colo.bench.loads.agents import AgentTarget, RequestShape
 from colo.bench.report import load_json, to_json
-from colo.bench.results import BenchResult
+from colo.bench.results import BenchResult, PointResult
 from colo.cli.main import app
 from colo.supervise.snapshots import AgentStatus
 from colo.supervise.state import AgentState
@@ -81,25 +81,15 @@ def test_a_point_sums_each_gpus_agents_and_all_of_them() -> None:
 
 def test_without_known_gpus_or_on_one_gpu_there_is_no_per_gpu_table() -> None:
     transport = httpx.MockTransport(lambda r: httpx.Response(200, json={}))
-    bare = [AgentTarget(n, f"http://{n}:1", SHAPE) for n in "ab"]
-    point = measure(
-        bare,
-        1,
-        AgentsBench("t", None, tuple(bare), window_secs=0.1, warmup_secs=0.0),
-        None,
-        mode="mps",
-        transport=transport,
-    )
+
+    def point_of(gpu: str | None) -> PointResult:
+        targets = [AgentTarget(n, f"http://{n}:1", SHAPE, gpu=gpu) for n in "ab"]
+        bench = AgentsBench("t", None, tuple(targets), window_secs=0.1, warmup_secs=0.0)
+        return measure(targets, 1, bench, None, mode="mps", transport=transport)
+
+    point = point_of(None)
     assert gpu_totals(point) == () and gpu_totals_of([point]) == []
-    one = [AgentTarget(n, f"http://{n}:1", SHAPE, gpu="local:0") for n in "ab"]
-    point = measure(
-        one,
-        1,
-        AgentsBench("t", None, tuple(one), window_secs=0.1, warmup_secs=0.0),
-        None,
-        mode="mps",
-        transport=transport,
-    )
+    point = point_of("local:0")
     assert [t.gpu for t in gpu_totals(point)] == ["local:0", ALL_GPUS]  # in the JSON
     assert gpu_rows(BenchResult("t", "agents", (point,))) == []  # the point table says it all
 

@@ -25,9 +25,9 @@ from colo.launch.fork_runner import ForkRunner
 from colo.launch.node_launcher import NodeInfo, NodeLauncherError, connect, unusable
 from colo.launch.prestart import launcher_env
 from colo.launch.runner import ExitStatus, LaunchSpec
-from testkit import child_env, free_port, wait_for
+from testkit import COLO_ENTRY, bert_tiny_config, child_env, text_or_empty, wait_for
 
-COLO = [sys.executable, "-c", "import sys; sys.argv[0] = 'colo'; from colo.cli.entry import main; main()"]
+COLO = list(COLO_ENTRY)
 
 
 def py(code: str) -> LaunchSpec:
@@ -202,13 +202,7 @@ def test_colo_launcher_start_then_colo_up_forks_from_it_and_down_leaves_only_it(
     agent forks it from a session of that launcher (no launcher of its own, none started by the console
     script), ``colo down`` leaves the node launcher alone and nothing else; ``status --json``; ``stop``."""
     sock = tmp_path / "run" / "launcher.sock"
-    tiny = "google/bert_uncased_L-2_H-128_A-2"
-    config = tmp_path / "colo.yaml"
-    config.write_text(
-        "version: 1\ngpus: [{name: T, memory: 8GiB}]\n"
-        f"models:\n  {tiny}: {{memory: 1GiB, batch_size: 4, max_seq_len: 32}}\n"
-        f"agents:\n  solo:\n    models: [{tiny}]\n    port: {free_port()}\n"
-    )
+    config = bert_tiny_config(tmp_path / "colo.yaml")
     env = child_env(HF_HUB_OFFLINE="1", **{node_launcher.SOCKET_ENV: str(sock)})
     none = subprocess.run([*COLO, "launcher", "status"], env=env, capture_output=True, text=True, timeout=60)
     assert none.returncode == 1 and "no node launcher" in none.stderr
@@ -236,10 +230,10 @@ def test_colo_launcher_start_then_colo_up_forks_from_it_and_down_leaves_only_it(
         )
     agent_log = state / "logs" / "solo.log"
     try:
-        assert wait_for(lambda: "start phases" in _text(agent_log), timeout=120, step=0.2), _text(agent_log)[-2000:]
-        first = _text(agent_log).splitlines()[0]
+        assert wait_for(lambda: "start phases" in text_or_empty(agent_log), timeout=120, step=0.2), text_or_empty(agent_log)[-2000:]
+        first = text_or_empty(agent_log).splitlines()[0]
         assert f"a session of the node launcher, pid {node_pid}" in first, first
-        assert wait_for(lambda: "forked from the node launcher" in _text(up_out), timeout=10, step=0.1)
+        assert wait_for(lambda: "forked from the node launcher" in text_or_empty(up_out), timeout=10, step=0.1)
         up_children = [p.cmdline() for p in psutil.Process(up.pid).children(recursive=True)]
         assert not any("colo.launch.forkserver" in " ".join(c) for c in up_children)  # no launcher of its own
     finally:
@@ -256,26 +250,17 @@ def test_colo_launcher_start_then_colo_up_forks_from_it_and_down_leaves_only_it(
     assert again.returncode == 0 and "nothing to stop" in again.stdout
 
 
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
 def test_status_and_stop_with_no_launcher_there(tmp_path: Path) -> None:
     """In-process, through typer: ``status`` exits 1 and says none answers; ``stop`` has nothing to do (0)."""
     from typer.testing import CliRunner
 
-    from colo.cli.main import app
-
     sock = str(tmp_path / "run" / "launcher.sock")
-    status = CliRunner().invoke(app, ["launcher", "status", "--socket", sock, "--json"])
+    app = launcher_cmd.launcher_app
+    status = CliRunner().invoke(app, ["status", "--socket", sock, "--json"])
     assert status.exit_code == 1 and json.loads(status.stdout) == {
         "socket": sock,
         "running": False,
         "error": "none answers there",
     }
-    stop = CliRunner().invoke(app, ["launcher", "stop", "--socket", sock])
+    stop = CliRunner().invoke(app, ["stop", "--socket", sock])
     assert stop.exit_code == 0 and "nothing to stop" in stop.stdout
-    assert launcher_cmd.STOP_WAIT_SECS > 0

@@ -17,7 +17,7 @@ import pytest
 from colo.launch import prestart
 from colo.launch.fork_runner import ForkRunner
 from colo.launch.runner import ExitStatus, LaunchSpec
-from testkit import child_env, free_port, wait_for
+from testkit import COLO_ENTRY, bert_tiny_config, child_env, text_or_empty, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -146,17 +146,11 @@ def test_colo_up_forks_its_agent_from_the_launcher_the_console_script_started(tm
     """The real ``colo up`` (console-script entry, a built-in bert-tiny agent on this CPU): the launcher started
     before the CLI is the one that forks the agent, and its early log ends up in the state dir's
     ``forkserver.log`` (the temporary file gone)."""
-    tiny = "google/bert_uncased_L-2_H-128_A-2"
-    config = tmp_path / "colo.yaml"
-    config.write_text(
-        "version: 1\ngpus: [{name: T, memory: 8GiB}]\n"
-        f"models:\n  {tiny}: {{memory: 1GiB, batch_size: 4, max_seq_len: 32}}\n"
-        f"agents:\n  solo:\n    models: [{tiny}]\n    port: {free_port()}\n"
-    )
+    config = bert_tiny_config(tmp_path / "colo.yaml")
     scratch, state = tmp_path / "scratch", tmp_path / "state"
     scratch.mkdir()
     env = child_env(TMPDIR=str(scratch), HF_HUB_OFFLINE="1")
-    colo = [sys.executable, "-c", "import sys; sys.argv[0] = 'colo'; from colo.cli.entry import main; main()"]
+    colo = list(COLO_ENTRY)
     up = subprocess.Popen(
         [*colo, "up", str(config), "--state-dir", str(state), "--no-api"],
         env=env,
@@ -166,13 +160,13 @@ def test_colo_up_forks_its_agent_from_the_launcher_the_console_script_started(tm
     )
     agent_log = state / "logs" / "solo.log"
     try:
-        assert wait_for(lambda: "start phases" in _text(agent_log), timeout=180, step=0.5), _text(agent_log)[-2000:]
-        first = _text(agent_log).splitlines()[0]
+        assert wait_for(lambda: "start phases" in text_or_empty(agent_log), timeout=180, step=0.5), text_or_empty(agent_log)[-2000:]
+        first = text_or_empty(agent_log).splitlines()[0]
         assert "forked from the launcher" in first, first
         agent_pid = int(first.split(", pid ")[1].split(",")[0])
         launcher = psutil.Process(agent_pid).parent()
         assert launcher is not None and "--early-log" in launcher.cmdline()  # the console script's, taken over
-        log = _text(state / "logs" / "forkserver.log")
+        log = text_or_empty(state / "logs" / "forkserver.log")
         assert log.count("launcher start") == 1 and "launcher ready" in log, log
         assert not list(scratch.glob("colo-launcher-*"))
     finally:
@@ -180,10 +174,3 @@ def test_colo_up_forks_its_agent_from_the_launcher_the_console_script_started(tm
         up.wait(timeout=30)
     assert down.returncode == 0 and up.returncode == 0
     assert not launchers_with(str(config))
-
-
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
